@@ -1,0 +1,1 @@
+"""Key stores: the KeyStore protocol and its SQLite (and PostgreSQL) implementations."""

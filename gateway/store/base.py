@@ -1,0 +1,222 @@
+"""The KeyStore protocol, its record types and its errors (no I/O here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+KeyStatus = Literal["active", "revoked"]
+ChangeOp = Literal["upsert", "delete"]
+
+
+class StoreError(Exception):
+    """Base class for store errors that map to a clear client error."""
+
+
+class NameConflictError(StoreError):
+    """A key (or admin) with that name already exists."""
+
+
+class NotFoundError(StoreError):
+    """No record with that id or name."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    """One API key as stored: every DESIGN field, never the secret."""
+
+    id: int
+    name: str
+    description: str
+    roles: tuple[str, ...]
+    status: KeyStatus
+    digest: bytes  # SHA-256 of the secret
+    prefix: str
+    created_at: float  # unix seconds
+    created_by: str
+    updated_at: float
+    revoked_at: float | None
+    expires_at: float | None
+    last_used_at: float | None
+    use_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    """What is needed to insert a key; the secret itself never reaches the store."""
+
+    name: str
+    description: str
+    roles: tuple[str, ...]
+    digest: bytes
+    prefix: str
+    expires_at: float | None = None
+
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChanges:
+    """A partial edit of a key; fields left as None are not changed.
+
+    `expires_at` uses `clear_expiry=True` to remove an expiry (None means unchanged).
+    """
+
+    name: str | None = None
+    description: str | None = None
+    roles: tuple[str, ...] | None = None
+    expires_at: float | None = None
+    clear_expiry: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change-feed entry: the key's digest and its current row (None once deleted)."""
+
+    seq: int
+    digest: bytes
+    row: KeyRow | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One audit log entry; `details` is JSON-serialisable and never holds a secret."""
+
+    id: int
+    at: float
+    actor: str
+    action: str
+    key_id: int | None
+    key_name: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminAccount:
+    """An administrator of the admin API: password hash and the roles they may grant."""
+
+    name: str
+    password_hash: str
+    grants: tuple[str, ...]
+    grant_all: bool
+    created_at: float
+    updated_at: float
+
+
+class KeyStore(Protocol):
+    """Persistent key storage with a change feed, audit log and admin accounts.
+
+    Every key write appends change-feed entries in the same transaction and records an
+    audit event (actor is the admin name, or "cli:<user>" for the CLI).
+    """
+
+    async def open(self) -> None:
+        """Connect and apply pending schema migrations."""
+
+    async def close(self) -> None:
+        """Flush and disconnect."""
+
+    async def ping(self) -> bool:
+        """Return True when the store answers a trivial query."""
+
+    # --- keys -----------------------------------------------------------------
+    async def create_key(self, new: NewKey, actor: str) -> KeyRow:
+        """Insert a key; raise NameConflictError if the name is taken."""
+
+    async def get_key(self, key_id: int) -> KeyRow | None:
+        """Return a key by id, or None."""
+
+    async def get_key_by_name(self, name: str) -> KeyRow | None:
+        """Return a key by exact name, or None."""
+
+    async def list_keys(
+        self,
+        *,
+        status: Literal["active", "revoked", "expired"] | None = None,
+        query: str | None = None,
+        limit: int = 100,
+        after_id: int = 0,
+        now: float | None = None,
+    ) -> list[KeyRow]:
+        """List keys ordered by id (> after_id), filtered by status and name/description substring."""
+
+    async def update_key(self, key_id: int, changes: KeyChanges, actor: str) -> KeyRow:
+        """Apply a partial edit; raise NotFoundError or NameConflictError."""
+
+    async def set_revoked(self, key_id: int, revoked: bool, actor: str) -> KeyRow:
+        """Revoke or reinstate one key; raise NotFoundError."""
+
+    async def delete_key(self, key_id: int, actor: str) -> KeyRow:
+        """Delete one key for good and return what it was; raise NotFoundError."""
+
+    async def revoke_all(self, actor: str) -> int:
+        """Revoke every active key in one transaction; return how many."""
+
+    async def reinstate_all(self, actor: str) -> int:
+        """Reinstate every revoked key in one transaction; return how many."""
+
+    async def delete_revoked(self, actor: str) -> int:
+        """Delete every revoked key in one transaction; return how many."""
+
+    # --- change feed and cache loading ----------------------------------------
+    async def load_all(self) -> tuple[list[KeyRow], int]:
+        """Return every key and the change-feed sequence they reflect."""
+
+    async def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
+        """Return change-feed entries with sequence > seq, oldest first."""
+
+    async def current_seq(self) -> int:
+        """Return the latest change-feed sequence number (0 when empty)."""
+
+    # --- usage ---------------------------------------------------------------
+    async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:
+        """Add use counts and raise last_used_at for many keys in one transaction.
+
+        `usage` maps key id -> (last_used_at, uses since the previous flush).
+        Writes no change-feed entry (usage is not auth-relevant).
+        """
+
+    # --- audit ---------------------------------------------------------------
+    async def append_audit(
+        self,
+        actor: str,
+        action: str,
+        key_id: int | None = None,
+        key_name: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record one audit event (for actions not already audited by a key write)."""
+
+    async def list_audit(
+        self,
+        *,
+        key_id: int | None = None,
+        key_name: str | None = None,
+        actor: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[AuditEvent]:
+        """List audit events newest first (id < before_id), filtered."""
+
+    # --- admin accounts -----------------------------------------------------
+    async def add_admin(
+        self, name: str, password_hash: str, grants: tuple[str, ...], grant_all: bool, actor: str
+    ) -> AdminAccount:
+        """Create an admin account; raise NameConflictError."""
+
+    async def get_admin(self, name: str) -> AdminAccount | None:
+        """Return an admin account by name, or None."""
+
+    async def list_admins(self) -> list[AdminAccount]:
+        """Return every admin account ordered by name."""
+
+    async def set_admin_password(self, name: str, password_hash: str, actor: str) -> None:
+        """Replace an admin's password hash; raise NotFoundError."""
+
+    async def set_admin_grants(
+        self, name: str, grants: tuple[str, ...], grant_all: bool, actor: str
+    ) -> AdminAccount:
+        """Replace an admin's grant set; raise NotFoundError."""
+
+    async def remove_admin(self, name: str, actor: str) -> None:
+        """Delete an admin account; raise NotFoundError."""
