@@ -1,0 +1,398 @@
+"""Route policy: the YAML model, its validating loader and the compiled matcher (no aiohttp)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ALL_METHODS = "*"
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+ONE_SEGMENT = "*"
+ANY_SEGMENTS = "**"
+_ROLE_FIELDS = frozenset({"description", "allow", "include"})
+_TOP_FIELDS = frozenset({"roles", "protected"})
+# A cap on distinct role sets whose compiled matcher is memoised (one entry per set).
+MATCHER_CACHE_LIMIT = 4096
+
+
+class PolicyError(Exception):
+    """A policy file failed validation; `problems` lists every problem with its location."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid policy:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One `METHODS PATH` allow rule, with the role and index it came from."""
+
+    methods: frozenset[str] | None  # None means every method
+    segments: tuple[str, ...]
+    role: str
+    index: int
+    text: str
+
+    def allows_method(self, method: str) -> bool:
+        """Return True when the rule's methods cover `method` (GET covers HEAD)."""
+        return self.methods is None or method in self.methods
+
+    def matches_path(self, segments: tuple[str, ...]) -> bool:
+        """Return True when the rule's path pattern matches the request path segments."""
+        return _pattern_matches(self.segments, segments, case_insensitive=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """A named role: its description, own rules and included roles."""
+
+    name: str
+    description: str
+    rules: tuple[Rule, ...]
+    includes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of a policy check and what decided it."""
+
+    allowed: bool
+    reason: str  # "allowed", "protected", "no_rule"
+    rule: Rule | None = None
+
+
+def _pattern_matches(
+    pattern: tuple[str, ...], segments: tuple[str, ...], *, case_insensitive: bool
+) -> bool:
+    """Match a segment pattern (`*` one segment, trailing `**` any number) against a path."""
+    for position, part in enumerate(pattern):
+        if part == ANY_SEGMENTS:
+            return True
+        if position >= len(segments):
+            return False
+        if part == ONE_SEGMENT:
+            continue
+        actual = segments[position]
+        if case_insensitive:
+            if part.casefold() != actual.casefold():
+                return False
+        elif part != actual:
+            return False
+    return len(pattern) == len(segments)
+
+
+def split_path(path: str) -> tuple[str, ...]:
+    """Split a decoded absolute path into segments, ignoring one trailing slash."""
+    parts = path.split("/")[1:]
+    if parts and parts[-1] == "":
+        parts.pop()
+    return tuple(parts)
+
+
+class _Node:
+    """A trie node of a compiled matcher: literal children, a `*` child, terminal methods."""
+
+    __slots__ = ("any_tail", "children", "star", "terminal")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.star: _Node | None = None
+        self.terminal: set[str] | None = None  # methods allowed when the path ends here
+        self.any_tail: set[str] | None = None  # methods allowed for `**` from here on
+
+    def child(self, segment: str) -> _Node:
+        """Return (creating it) the child for a literal or `*` segment."""
+        if segment == ONE_SEGMENT:
+            if self.star is None:
+                self.star = _Node()
+            return self.star
+        node = self.children.get(segment)
+        if node is None:
+            node = self.children[segment] = _Node()
+        return node
+
+
+_EVERY = "*"
+
+
+def _add_methods(target: set[str] | None, methods: frozenset[str] | None) -> set[str]:
+    """Merge rule methods into a node's method set (`*` stands for every method)."""
+    merged = set() if target is None else target
+    merged.update((_EVERY,) if methods is None else methods)
+    return merged
+
+
+class CompiledMatcher:
+    """A trie over the rules of one role set: answers "is METHOD PATH allowed" quickly."""
+
+    __slots__ = ("_root",)
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self._root = _Node()
+        for rule in rules:
+            node = self._root
+            for segment in rule.segments:
+                if segment == ANY_SEGMENTS:
+                    node.any_tail = _add_methods(node.any_tail, rule.methods)
+                    break
+                node = node.child(segment)
+            else:
+                node.terminal = _add_methods(node.terminal, rule.methods)
+
+    def allows(self, method: str, segments: tuple[str, ...]) -> bool:
+        """Return True when some rule allows `method` on the path `segments`."""
+        return _walk(self._root, segments, 0, method)
+
+
+def _has(methods: set[str] | None, method: str) -> bool:
+    return methods is not None and (method in methods or _EVERY in methods)
+
+
+def _walk(node: _Node, segments: tuple[str, ...], position: int, method: str) -> bool:
+    """Depth-first trie walk, literal children before `*`; `**` ends the walk early."""
+    while True:
+        if _has(node.any_tail, method):
+            return True
+        if position == len(segments):
+            return _has(node.terminal, method)
+        literal = node.children.get(segments[position])
+        if node.star is not None:
+            if literal is not None and _walk(literal, segments, position + 1, method):
+                return True
+            node = node.star
+        elif literal is not None:
+            node = literal
+        else:
+            return False
+        position += 1
+
+
+@dataclass
+class Policy:
+    """A loaded policy: roles with resolved includes, protected paths, memoised matchers."""
+
+    roles: dict[str, Role]
+    protected: tuple[tuple[str, ...], ...]
+    source: str = "<policy>"
+    _expanded: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
+    _matchers: dict[frozenset[str], CompiledMatcher] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._expanded = {name: self._expand(name, ()) for name in self.roles}
+
+    def _expand(self, name: str, trail: tuple[str, ...]) -> frozenset[str]:
+        names = {name}
+        for included in self.roles[name].includes:
+            if included in self.roles and included not in trail:
+                names |= self._expand(included, (*trail, name))
+        return frozenset(names)
+
+    def effective_roles(self, roles: Iterable[str]) -> frozenset[str]:
+        """Return the roles plus every role they include; unknown roles grant nothing."""
+        result: set[str] = set()
+        for role in roles:
+            result |= self._expanded.get(role, frozenset())
+        return frozenset(result)
+
+    def rules_for(self, roles: Iterable[str]) -> list[Rule]:
+        """Return every allow rule granted by the roles (includes resolved)."""
+        effective = self.effective_roles(roles)
+        return [rule for name in sorted(effective) for rule in self.roles[name].rules]
+
+    def matcher_for(self, roles: frozenset[str]) -> CompiledMatcher:
+        """Return the compiled matcher of a role set, built once and memoised."""
+        matcher = self._matchers.get(roles)
+        if matcher is None:
+            if len(self._matchers) >= MATCHER_CACHE_LIMIT:
+                self._matchers.clear()
+            matcher = self._matchers[roles] = CompiledMatcher(self.rules_for(roles))
+        return matcher
+
+    def is_protected(self, segments: tuple[str, ...]) -> bool:
+        """Return True for key-management paths; matched case-insensitively to deny more."""
+        return any(
+            _pattern_matches(pattern, segments, case_insensitive=True)
+            for pattern in self.protected
+        )
+
+    def decide(self, roles: frozenset[str], method: str, segments: tuple[str, ...]) -> bool:
+        """Return True when a key with `roles` may call METHOD on the path (hot path)."""
+        if self.is_protected(segments):
+            return False
+        return self.matcher_for(roles).allows(method, segments)
+
+    def explain(self, roles: Iterable[str], method: str, path: str) -> Decision:
+        """Return the decision for METHOD PATH with the rule that decided it (slow, for admins)."""
+        segments = split_path(path)
+        if self.is_protected(segments):
+            return Decision(False, "protected")
+        for rule in self.rules_for(roles):
+            if rule.allows_method(method) and rule.matches_path(segments):
+                return Decision(True, "allowed", rule)
+        return Decision(False, "no_rule")
+
+
+def parse_rule(text: Any, role: str, index: int, where: str, problems: list[str]) -> Rule | None:
+    """Parse one `METHODS PATH` rule, appending located problems instead of raising."""
+    location = f"{where}: role {role!r}, allow[{index}]"
+    if not isinstance(text, str):
+        problems.append(f"{location}: rule must be a string 'METHODS PATH'")
+        return None
+    parts = text.split()
+    if len(parts) != 2:
+        problems.append(f"{location}: {text!r} must be 'METHODS PATH' (e.g. 'GET /a/**')")
+        return None
+    method_text, path = parts
+    valid, methods = _parse_methods(method_text, location, problems)
+    segments = _parse_pattern(path, location, problems)
+    if not valid or segments is None:
+        return None
+    return Rule(methods, segments, role, index, text)
+
+
+def _parse_methods(
+    text: str, location: str, problems: list[str]
+) -> tuple[bool, frozenset[str] | None]:
+    """Parse `*`, `GET` or `GET,PUT` into (valid, methods); None means all; GET implies HEAD."""
+    if text == ALL_METHODS:
+        return True, None
+    methods = set()
+    for method in text.split(","):
+        if method.upper() not in KNOWN_METHODS or method != method.upper():
+            problems.append(f"{location}: unknown method {method!r} (use upper case, e.g. GET)")
+            return False, None
+        methods.add(method)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return True, frozenset(methods)
+
+
+def _parse_pattern(path: str, location: str, problems: list[str]) -> tuple[str, ...] | None:
+    """Parse a path pattern into segments, checking `*` and `**` placement."""
+    if not path.startswith("/"):
+        problems.append(f"{location}: path {path!r} must start with '/'")
+        return None
+    segments = split_path(path)
+    for position, segment in enumerate(segments):
+        if segment == "":
+            problems.append(f"{location}: path {path!r} has an empty segment")
+            return None
+        if segment == ANY_SEGMENTS and position != len(segments) - 1:
+            problems.append(f"{location}: '**' may only be the last segment in {path!r}")
+            return None
+        if segment not in (ONE_SEGMENT, ANY_SEGMENTS) and "*" in segment:
+            problems.append(f"{location}: wildcards must be whole segments in {path!r}")
+            return None
+        if segment in (".", "..") or "%" in segment:
+            problems.append(f"{location}: {path!r} must use plain decoded segments")
+            return None
+    return segments
+
+
+def policy_from_data(data: Any, where: str) -> Policy:
+    """Build a Policy from parsed YAML, collecting every problem before raising PolicyError."""
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        raise PolicyError([f"{where}: top level must be a mapping with 'roles' and 'protected'"])
+    for unknown in sorted(set(map(str, data)) - _TOP_FIELDS):
+        problems.append(f"{where}: unknown top-level key {unknown!r}")
+    roles_data = data.get("roles")
+    roles: dict[str, Role] = {}
+    if not isinstance(roles_data, Mapping) or not roles_data:
+        problems.append(f"{where}: 'roles' must be a non-empty mapping of role name to role")
+        roles_data = {}
+    for name, body in roles_data.items():
+        role = _parse_role(name, body, where, problems)
+        if role is not None:
+            roles[role.name] = role
+    for role in roles.values():
+        for included in role.includes:
+            if included not in roles_data:
+                problems.append(f"{where}: role {role.name!r} includes unknown role {included!r}")
+    problems.extend(_cycle_problems(roles, where))
+    protected = _parse_protected(data.get("protected", []), where, problems)
+    if problems:
+        raise PolicyError(problems)
+    return Policy(roles=roles, protected=protected, source=where)
+
+
+def _parse_role(name: Any, body: Any, where: str, problems: list[str]) -> Role | None:
+    """Parse one role mapping, appending located problems."""
+    if not isinstance(name, str) or not name:
+        problems.append(f"{where}: role name {name!r} must be a non-empty string")
+        return None
+    if body is None:
+        body = {}
+    if not isinstance(body, Mapping):
+        problems.append(f"{where}: role {name!r} must be a mapping")
+        return None
+    for unknown in sorted(set(map(str, body)) - _ROLE_FIELDS):
+        problems.append(f"{where}: role {name!r}: unknown key {unknown!r}")
+    description = body.get("description", "")
+    if not isinstance(description, str):
+        problems.append(f"{where}: role {name!r}: description must be a string")
+        description = ""
+    allow = body.get("allow", [])
+    if not isinstance(allow, list):
+        problems.append(f"{where}: role {name!r}: allow must be a list of rules")
+        allow = []
+    rules = [parse_rule(text, name, index, where, problems) for index, text in enumerate(allow)]
+    includes = body.get("include", [])
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        problems.append(f"{where}: role {name!r}: include must be a list of role names")
+        includes = []
+    return Role(name, description, tuple(r for r in rules if r is not None), tuple(includes))
+
+
+def _cycle_problems(roles: Mapping[str, Role], where: str) -> list[str]:
+    """Report include cycles (a role that includes itself, directly or not)."""
+    problems = []
+    for start in roles:
+        stack, seen = list(roles[start].includes), set()
+        while stack:
+            current = stack.pop()
+            if current == start:
+                problems.append(f"{where}: role {start!r} includes itself (include cycle)")
+                break
+            if current in seen or current not in roles:
+                continue
+            seen.add(current)
+            stack.extend(roles[current].includes)
+    return problems
+
+
+def _parse_protected(data: Any, where: str, problems: list[str]) -> tuple[tuple[str, ...], ...]:
+    """Parse the protected path list."""
+    if not isinstance(data, list):
+        problems.append(f"{where}: 'protected' must be a list of paths")
+        return ()
+    patterns = []
+    for index, path in enumerate(data):
+        location = f"{where}: protected[{index}]"
+        if not isinstance(path, str):
+            problems.append(f"{location}: must be a path string")
+            continue
+        segments = _parse_pattern(path, location, problems)
+        if segments is not None:
+            patterns.append(segments)
+    return tuple(patterns)
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate a policy YAML file; raise PolicyError listing every problem."""
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise PolicyError([f"{where}: cannot read: {error.strerror or error}"]) from error
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise PolicyError([f"{where}: invalid YAML: {error}"]) from error
+    return policy_from_data(data, where)
