@@ -137,7 +137,7 @@ class KeyStore(Protocol):
         after_id: int = 0,
         now: float | None = None,
     ) -> list[KeyRow]:
-        """List keys ordered by id (> after_id), filtered by status and name/description substring."""
+        """List keys by id (> after_id), filtered by status and name/description substring."""
 
     async def update_key(self, key_id: int, changes: KeyChanges, actor: str) -> KeyRow:
         """Apply a partial edit; raise NotFoundError or NameConflictError."""

@@ -1,0 +1,171 @@
+"""Key lifecycle rules shared by the CLI and the admin API: validation, creation, key JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway import keys
+from gateway.policy import Policy
+from gateway.store.base import KeyRow, KeyStore, NewKey
+
+NAME_MAX_LENGTH = 64
+DESCRIPTION_MAX_LENGTH = 1000
+ROLES_MAX = 64
+
+E_INVALID = "invalid_request"
+E_UNKNOWN_ROLE = "unknown_role"
+
+
+class InputError(Exception):
+    """Hostile or wrong input, mapped to a 4xx answer naming the field."""
+
+    def __init__(self, message: str, field: str | None = None, code: str = E_INVALID) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.code = code
+
+
+def validate_name(value: Any) -> str:
+    """Return a key name that is 1-64 printable ASCII characters, safe in a header value."""
+    if not isinstance(value, str):
+        raise InputError("name must be a string", "name")
+    if not 1 <= len(value) <= NAME_MAX_LENGTH:
+        raise InputError(f"name must be 1-{NAME_MAX_LENGTH} characters", "name")
+    if any(not (" " <= c <= "~") for c in value):
+        raise InputError(
+            "name may contain only printable ASCII characters (no control characters)", "name"
+        )
+    if value != value.strip():
+        raise InputError("name must not start or end with spaces", "name")
+    if value.isdigit():
+        raise InputError("name must not be all digits (it would look like an id)", "name")
+    return value
+
+
+def validate_description(value: Any) -> str:
+    """Return a description of at most 1,000 characters without control characters."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InputError("description must be a string", "description")
+    if len(value) > DESCRIPTION_MAX_LENGTH:
+        raise InputError(
+            f"description must be at most {DESCRIPTION_MAX_LENGTH} characters", "description"
+        )
+    if any((c < " " and c not in "\t\n") or c == "\x7f" for c in value):
+        raise InputError("description must not contain control characters", "description")
+    return value
+
+
+def validate_roles(value: Any, policy: Policy) -> tuple[str, ...]:
+    """Return de-duplicated, sorted roles; every role must be defined in the policy."""
+    if not isinstance(value, list | tuple) or not value:
+        raise InputError("roles must be a non-empty list of role names", "roles")
+    if len(value) > ROLES_MAX:
+        raise InputError(f"at most {ROLES_MAX} roles", "roles")
+    if not all(isinstance(role, str) for role in value):
+        raise InputError("roles must be strings", "roles")
+    unknown = sorted({role for role in value if role not in policy.roles})
+    if unknown:
+        raise InputError(f"unknown role(s): {', '.join(unknown)}", "roles", code=E_UNKNOWN_ROLE)
+    return tuple(sorted(set(value)))
+
+
+def parse_timestamp(value: Any, field: str, now: float) -> float:
+    """Parse an ISO-8601 timestamp with a zone that lies in the future into unix seconds."""
+    if not isinstance(value, str):
+        raise InputError(f"{field} must be an ISO-8601 string with a time zone", field)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as error:
+        raise InputError(f"{field} is not ISO-8601: {value!r}", field) from error
+    if moment.tzinfo is None:
+        raise InputError(f"{field} must include a time zone (e.g. 2027-01-01T00:00:00Z)", field)
+    stamp = moment.timestamp()
+    if stamp <= now:
+        raise InputError(f"{field} must be in the future", field)
+    return stamp
+
+
+def iso(stamp: float | None) -> str | None:
+    """Format unix seconds as ISO-8601 UTC (or None)."""
+    if stamp is None:
+        return None
+    return datetime.fromtimestamp(stamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def status_of(row: KeyRow, now: float) -> str:
+    """Return `active`, `revoked` or `expired` as the admin API shows it."""
+    if row.status == "revoked":
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+def key_json(row: KeyRow, now: float) -> dict[str, Any]:
+    """Return the DESIGN key JSON for a stored key (never the secret or its digest)."""
+    return {
+        "id": row.id,
+        "name": row.name,
+        "description": row.description,
+        "roles": list(row.roles),
+        "status": status_of(row, now),
+        "prefix": row.prefix,
+        "created_at": iso(row.created_at),
+        "created_by": row.created_by,
+        "updated_at": iso(row.updated_at),
+        "revoked_at": iso(row.revoked_at),
+        "expires_at": iso(row.expires_at),
+        "last_used_at": iso(row.last_used_at),
+        "use_count": row.use_count,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    """A freshly created key and its secret, which exists only in this object."""
+
+    row: KeyRow
+    secret: str
+
+
+def check_grants(roles: Iterable[str], grants: frozenset[str] | None) -> None:
+    """Refuse roles outside an administrator's grant set (None means may grant all)."""
+    if grants is None:
+        return
+    outside = sorted(set(roles) - grants)
+    if outside:
+        raise PermissionError(f"you may not grant role(s): {', '.join(outside)}")
+
+
+def new_key_request(data: Mapping[str, Any], policy: Policy, now: float) -> tuple[NewKey, str]:
+    """Validate a create request and mint a key; return the store record and the secret."""
+    name = validate_name(data.get("name"))
+    description = validate_description(data.get("description"))
+    roles = validate_roles(data.get("roles"), policy)
+    expires = data.get("expires_at")
+    expires_at = None if expires is None else parse_timestamp(expires, "expires_at", now)
+    secret = keys.generate_key()
+    new = NewKey(
+        name=name,
+        description=description,
+        roles=roles,
+        digest=keys.digest(secret),
+        prefix=keys.display_prefix(secret),
+        expires_at=expires_at,
+    )
+    return new, secret
+
+
+async def create_key(
+    store: KeyStore, data: Mapping[str, Any], policy: Policy, actor: str, now: float
+) -> CreatedKey:
+    """Validate, mint and store a key; the secret is returned once and never stored."""
+    new, secret = new_key_request(data, policy, now)
+    row = await store.create_key(new, actor)
+    return CreatedKey(row, secret)

@@ -1,0 +1,31 @@
+"""The per-process runtime: settings, store, key table, policy and usage counter, wired together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.cache import FeedFollower, KeyTable, UsageCounter, catch_up
+from gateway.policy import Policy
+from gateway.settings import Settings
+from gateway.store.base import KeyStore
+
+
+@dataclass
+class Runtime:
+    """Everything a gateway process shares between its proxy and admin listeners."""
+
+    settings: Settings
+    store: KeyStore
+    policy: Policy
+    table: KeyTable = field(default_factory=KeyTable)
+    usage: UsageCounter = field(default_factory=UsageCounter)
+    follower: FeedFollower | None = None
+
+    async def load_table(self) -> None:
+        """Load every key from the store into the in-memory table."""
+        rows, seq = await self.store.load_all()
+        self.table.load(rows, seq)
+
+    async def apply_own_writes(self) -> None:
+        """Bring the table up to date with the store before an admin call returns."""
+        await catch_up(self.store, self.table)

@@ -1,0 +1,323 @@
+"""Gateway config: loading `gateway.yaml`, validating every field, reporting every problem."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
+CONFIG_ENV_VAR = "KEYGATE_CONFIG"
+DEFAULT_LISTEN_HOST = "0.0.0.0"
+DEFAULT_LISTEN_PORT = 8080
+DEFAULT_ADMIN_HOST = "127.0.0.1"
+DEFAULT_ADMIN_PORT = 8081
+DEFAULT_UPSTREAM_TIMEOUT = 60.0  # seconds until the upstream must start answering
+DEFAULT_CONNECT_TIMEOUT = 5.0  # seconds to open a connection to the upstream
+DEFAULT_ACTING_USER_HEADER = "X-Acting-User"
+# Identity headers a client might use to pose as someone; always stripped.
+DEFAULT_STRIP_HEADERS = (
+    "X-Forwarded-User",
+    "X-Remote-User",
+    "X-Auth-User",
+    "X-User",
+    "Remote-User",
+    "X-Authenticated-User",
+)
+DEFAULT_POLL_INTERVAL = 0.2  # seconds between change-feed polls
+DEFAULT_FLUSH_INTERVAL = 2.0  # seconds between usage flushes
+DEFAULT_GRACE_PERIOD = 30.0  # seconds in-flight requests get on shutdown
+DEFAULT_POOL_SIZE = 256  # keep-alive connections to the upstream per process
+_HEADER_TOKEN = frozenset(
+    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+class ConfigError(Exception):
+    """The config failed validation; `problems` lists every problem with its location."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid config:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A host and TCP port to listen on."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where and how to forward: base URL, timeouts, static headers (values resolved)."""
+
+    url: str
+    timeout: float
+    connect_timeout: float
+    headers: tuple[tuple[str, str], ...]
+    pool_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The validated gateway configuration."""
+
+    path: Path
+    listen: Listener
+    admin: Listener
+    upstream: Upstream
+    store_url: str
+    policy_path: Path
+    acting_user_header: str
+    strip_headers: tuple[str, ...]
+    anonymous: Literal["passthrough", "deny"]
+    poll_interval: float
+    flush_interval: float
+    grace_period: float
+    log_level: str
+    access_log: bool
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory that relative paths in the config are resolved against."""
+        return self.path.parent
+
+
+def config_path_from(argument: str | None) -> Path:
+    """Return the config path: the argument, else $KEYGATE_CONFIG, else config/gateway.yaml."""
+    if argument:
+        return Path(argument)
+    from_env = os.environ.get(CONFIG_ENV_VAR)
+    return Path(from_env) if from_env else DEFAULT_CONFIG_PATH
+
+
+def is_header_name(name: str) -> bool:
+    """Return True when `name` is a valid HTTP header field name (RFC 9110 token)."""
+    return bool(name) and _HEADER_TOKEN.issuperset(name)
+
+
+class _Reader:
+    """Reads typed fields out of nested mappings, collecting located problems."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.problems: list[str] = []
+
+    def problem(self, location: str, message: str) -> None:
+        self.problems.append(f"{self.where}: {location}: {message}")
+
+    def section(self, data: Mapping[str, Any], name: str, allowed: set[str]) -> Mapping[str, Any]:
+        value = data.get(name, {})
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.problem(name, "must be a mapping")
+            return {}
+        for unknown in sorted(set(map(str, value)) - allowed):
+            self.problem(f"{name}.{unknown}", "unknown setting")
+        return value
+
+    def string(self, data: Mapping[str, Any], location: str, key: str, default: str) -> str:
+        value = data.get(key, default)
+        if not isinstance(value, str) or not value:
+            self.problem(f"{location}.{key}", "must be a non-empty string")
+            return default
+        return value
+
+    def number(
+        self, data: Mapping[str, Any], location: str, key: str, default: float, *, minimum: float
+    ) -> float:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            self.problem(f"{location}.{key}", f"must be a number >= {minimum}")
+            return default
+        return float(value)
+
+    def port(self, data: Mapping[str, Any], location: str, default: int) -> int:
+        value = data.get("port", default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+            self.problem(f"{location}.port", "must be an integer 0-65535")
+            return default
+        return value
+
+    def boolean(self, data: Mapping[str, Any], location: str, key: str, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            self.problem(f"{location}.{key}", "must be true or false")
+            return default
+        return value
+
+
+_TOP_LEVEL = {
+    "listen",
+    "admin",
+    "upstream",
+    "store",
+    "policy",
+    "identity",
+    "anonymous",
+    "feed",
+    "usage",
+    "shutdown",
+    "log",
+}
+
+
+def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate parsed YAML into Settings, raising ConfigError with every problem found."""
+    env = os.environ if environ is None else environ
+    reader = _Reader(str(path))
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"{path}: top level must be a mapping"])
+    for unknown in sorted(set(map(str, data)) - _TOP_LEVEL):
+        reader.problem(unknown, "unknown setting")
+
+    listen_data = reader.section(data, "listen", {"host", "port"})
+    listen = Listener(
+        reader.string(listen_data, "listen", "host", DEFAULT_LISTEN_HOST),
+        reader.port(listen_data, "listen", DEFAULT_LISTEN_PORT),
+    )
+    admin_data = reader.section(data, "admin", {"host", "port"})
+    admin = Listener(
+        reader.string(admin_data, "admin", "host", DEFAULT_ADMIN_HOST),
+        reader.port(admin_data, "admin", DEFAULT_ADMIN_PORT),
+    )
+    upstream = _upstream(reader, data, env)
+
+    store_data = reader.section(data, "store", {"url"})
+    store_url = reader.string(store_data, "store", "url", "")
+    if store_url and not store_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        reader.problem("store.url", "must start with sqlite:///, postgresql:// or postgres://")
+    if "url" not in store_data:
+        reader.problem("store.url", "is required (e.g. sqlite:///keygate.db)")
+
+    policy_value = data.get("policy", "policy.yaml")
+    if not isinstance(policy_value, str) or not policy_value:
+        reader.problem("policy", "must be a path to the policy YAML file")
+        policy_value = "policy.yaml"
+    policy_path = (path.parent / policy_value).resolve()
+
+    identity = reader.section(data, "identity", {"acting_user_header", "strip_headers"})
+    acting = reader.string(identity, "identity", "acting_user_header", DEFAULT_ACTING_USER_HEADER)
+    if not is_header_name(acting):
+        reader.problem("identity.acting_user_header", f"{acting!r} is not a valid header name")
+    strip = identity.get("strip_headers", list(DEFAULT_STRIP_HEADERS))
+    if not isinstance(strip, list) or not all(
+        isinstance(h, str) and is_header_name(h) for h in strip
+    ):
+        reader.problem("identity.strip_headers", "must be a list of header names")
+        strip = list(DEFAULT_STRIP_HEADERS)
+
+    anonymous = data.get("anonymous", "passthrough")
+    if anonymous not in ("passthrough", "deny"):
+        reader.problem("anonymous", "must be 'passthrough' or 'deny'")
+        anonymous = "passthrough"
+
+    feed = reader.section(data, "feed", {"poll_interval"})
+    usage = reader.section(data, "usage", {"flush_interval"})
+    shutdown = reader.section(data, "shutdown", {"grace_period"})
+    log = reader.section(data, "log", {"level", "access_log"})
+    level = reader.string(log, "log", "level", "info").lower()
+    if level not in ("debug", "info", "warning", "error"):
+        reader.problem("log.level", "must be debug, info, warning or error")
+        level = "info"
+
+    settings = Settings(
+        path=path,
+        listen=listen,
+        admin=admin,
+        upstream=upstream,
+        store_url=store_url,
+        policy_path=policy_path,
+        acting_user_header=acting,
+        strip_headers=tuple(strip),
+        anonymous=anonymous,
+        poll_interval=reader.number(
+            feed, "feed", "poll_interval", DEFAULT_POLL_INTERVAL, minimum=0.01
+        ),
+        flush_interval=reader.number(
+            usage, "usage", "flush_interval", DEFAULT_FLUSH_INTERVAL, minimum=0.05
+        ),
+        grace_period=reader.number(
+            shutdown, "shutdown", "grace_period", DEFAULT_GRACE_PERIOD, minimum=0
+        ),
+        log_level=level,
+        access_log=reader.boolean(log, "log", "access_log", True),
+    )
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return settings
+
+
+def _upstream(reader: _Reader, data: Mapping[str, Any], env: Mapping[str, str]) -> Upstream:
+    """Validate the upstream section, resolving header values from the environment."""
+    section = reader.section(
+        data, "upstream", {"url", "timeout", "connect_timeout", "headers", "pool_size"}
+    )
+    url = reader.string(section, "upstream", "url", "")
+    parts = urlsplit(url)
+    if "url" not in section:
+        reader.problem("upstream.url", "is required (e.g. http://127.0.0.1:9000)")
+    elif parts.scheme not in ("http", "https") or not parts.hostname:
+        reader.problem("upstream.url", f"{url!r} must be an http:// or https:// URL with a host")
+    elif parts.path not in ("", "/") or parts.query or parts.fragment:
+        reader.problem("upstream.url", "must have no path, query or fragment (paths pass through)")
+    headers: list[tuple[str, str]] = []
+    raw_headers = section.get("headers", {}) or {}
+    if not isinstance(raw_headers, Mapping):
+        reader.problem("upstream.headers", "must be a mapping of header name to {env: VAR}")
+        raw_headers = {}
+    for name, spec in raw_headers.items():
+        location = f"upstream.headers.{name}"
+        if not isinstance(name, str) or not is_header_name(name):
+            reader.problem(location, "is not a valid header name")
+            continue
+        if not isinstance(spec, Mapping) or len(spec) != 1 or not {"env", "value"} & set(spec):
+            reader.problem(location, "must be {env: VARIABLE} or {value: text}")
+            continue
+        if "env" in spec:
+            variable = spec["env"]
+            value = env.get(str(variable))
+            if value is None:
+                reader.problem(location, f"environment variable {variable!r} is not set")
+                continue
+        else:
+            value = str(spec["value"])
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            reader.problem(location, "value contains control characters")
+            continue
+        headers.append((name, value))
+    pool = reader.number(section, "upstream", "pool_size", DEFAULT_POOL_SIZE, minimum=1)
+    return Upstream(
+        url=url.rstrip("/"),
+        timeout=reader.number(
+            section, "upstream", "timeout", DEFAULT_UPSTREAM_TIMEOUT, minimum=0.1
+        ),
+        connect_timeout=reader.number(
+            section, "upstream", "connect_timeout", DEFAULT_CONNECT_TIMEOUT, minimum=0.1
+        ),
+        headers=tuple(headers),
+        pool_size=int(pool),
+    )
+
+
+def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate a config file; raise ConfigError listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read: {error.strerror or error}"]) from error
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{path}: invalid YAML: {error}"]) from error
+    return settings_from_data(data, path.resolve(), environ)
