@@ -17,6 +17,8 @@ ONE_SEGMENT = "*"
 ANY_SEGMENTS = "**"
 _ROLE_FIELDS = frozenset({"description", "allow", "include"})
 _TOP_FIELDS = frozenset({"roles", "protected"})
+# keygate's own admin API paths: never reachable with a key, whatever the policy file says.
+BUILTIN_PROTECTED = ("/api/v1/keys/**", "/api/v1/audit/**", "/api/v1/policy/**")
 # A cap on distinct role sets whose compiled matcher is memoised (one entry per set).
 MATCHER_CACHE_LIMIT = 4096
 
@@ -80,7 +82,7 @@ def _pattern_matches(
             continue
         actual = segments[position]
         if case_insensitive:
-            if part.casefold() != actual.casefold():
+            if part != actual.casefold():  # patterns are folded when the policy loads
                 return False
         elif part != actual:
             return False
@@ -182,9 +184,14 @@ class Policy:
     source: str = "<policy>"
     _expanded: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
     _matchers: dict[frozenset[str], CompiledMatcher] = field(default_factory=dict, repr=False)
+    _protected_folded: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         self._expanded = {name: self._expand(name, ()) for name in self.roles}
+        builtin = tuple(split_path(pattern) for pattern in BUILTIN_PROTECTED)
+        self._protected_folded = tuple(
+            tuple(part.casefold() for part in pattern) for pattern in (*self.protected, *builtin)
+        )
 
     def _expand(self, name: str, trail: tuple[str, ...]) -> frozenset[str]:
         names = {name}
@@ -216,16 +223,10 @@ class Policy:
 
     def is_protected(self, segments: tuple[str, ...]) -> bool:
         """Return True for key-management paths; matched case-insensitively to deny more."""
-        return any(
-            _pattern_matches(pattern, segments, case_insensitive=True)
-            for pattern in self.protected
-        )
-
-    def decide(self, roles: frozenset[str], method: str, segments: tuple[str, ...]) -> bool:
-        """Return True when a key with `roles` may call METHOD on the path (hot path)."""
-        if self.is_protected(segments):
-            return False
-        return self.matcher_for(roles).allows(method, segments)
+        for pattern in self._protected_folded:
+            if _pattern_matches(pattern, segments, case_insensitive=True):
+                return True
+        return False
 
     def explain(self, roles: Iterable[str], method: str, path: str) -> Decision:
         """Return the decision for METHOD PATH with the rule that decided it (slow, for admins)."""

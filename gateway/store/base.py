@@ -53,7 +53,6 @@ class NewKey:
     expires_at: float | None = None
 
 
-
 @dataclass(frozen=True, slots=True)
 class KeyChanges:
     """A partial edit of a key; fields left as None are not changed.

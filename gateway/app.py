@@ -1,0 +1,144 @@
+"""App factories and the running gateway: wiring only (store, table, feed, listeners)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from gateway.cache import FeedFollower
+from gateway.policy import load_policy
+from gateway.proxy import KEY_NAME, Proxy, create_client_session, safe_handle
+from gateway.runtime import Runtime
+from gateway.settings import Settings
+from gateway.store.factory import store_from_url
+
+log = logging.getLogger("keygate")
+access_log = logging.getLogger("keygate.access")
+# Most bytes of request line kept before the proxy answers 400 (aiohttp's default).
+MAX_LINE_SIZE = 8190
+
+
+class ProxyAccessLogger(AbstractAccessLogger):
+    """One line per proxied request: peer, request line, status, size, time, key name."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Write the access line (never a credential: only the key's name)."""
+        self.logger.info(
+            '%s "%s %s" %s %s %.1fms key=%s',
+            request.remote,
+            request.method,
+            request.raw_path,
+            response.status,
+            response.body_length,
+            time * 1000,
+            request.get(KEY_NAME, "-"),
+        )
+
+
+def create_proxy_server(proxy: Proxy, access_log_enabled: bool) -> web.Server:
+    """Return the low-level aiohttp server for the proxy listener (no router on the hot path)."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return await safe_handle(proxy, request)
+
+    return web.Server(
+        handler,
+        access_log_class=ProxyAccessLogger,
+        access_log=access_log if access_log_enabled else None,
+        max_line_size=MAX_LINE_SIZE,
+        auto_decompress=False,
+    )
+
+
+@dataclass
+class RunningGateway:
+    """A started gateway: its runtime and the addresses its listeners bound."""
+
+    runtime: Runtime
+    proxy_port: int
+    admin_port: int | None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+async def open_runtime(settings: Settings) -> Runtime:
+    """Open the store, load the policy and the whole key table."""
+    policy = load_policy(settings.policy_path)
+    store = store_from_url(settings.store_url, settings.base_dir)
+    await store.open()
+    runtime = Runtime(settings=settings, store=store, policy=policy)
+    try:
+        await runtime.load_table()
+    except BaseException:
+        await store.close()
+        raise
+    return runtime
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    settings: Settings, *, reuse_port: bool = False, serve_admin: bool = True
+) -> AsyncIterator[RunningGateway]:
+    """Start store, feed follower, usage flusher, proxy and admin listeners; stop them on exit."""
+    runtime = await open_runtime(settings)
+    follower = FeedFollower(runtime.store, runtime.table, settings.poll_interval)
+    runtime.follower = follower
+    tasks = [
+        asyncio.create_task(follower.run(), name="keygate-feed"),
+        asyncio.create_task(
+            runtime.usage.run(runtime.store, settings.flush_interval), name="keygate-usage"
+        ),
+    ]
+    session = create_client_session(runtime)
+    proxy_runner = web.ServerRunner(
+        create_proxy_server(
+            Proxy(runtime, session), settings.log_level != "warning" and settings.access_log
+        ),
+        shutdown_timeout=settings.grace_period,
+    )
+    admin_runner: web.AppRunner | None = None
+    try:
+        await proxy_runner.setup()
+        proxy_site = web.TCPSite(
+            proxy_runner,
+            settings.listen.host,
+            settings.listen.port,
+            reuse_port=reuse_port or None,
+            shutdown_timeout=settings.grace_period,
+        )
+        await proxy_site.start()
+        admin_port: int | None = None
+        if serve_admin:
+            from gateway.admin.app import create_admin_app
+
+            admin_runner = web.AppRunner(
+                create_admin_app(runtime), access_log=access_log, shutdown_timeout=5.0
+            )
+            await admin_runner.setup()
+            admin_site = web.TCPSite(
+                admin_runner,
+                settings.admin.host,
+                settings.admin.port,
+                reuse_port=reuse_port or None,
+            )
+            await admin_site.start()
+            admin_port = admin_runner.addresses[0][1]
+        yield RunningGateway(runtime, proxy_runner.addresses[0][1], admin_port, tasks)
+    finally:
+        # Listeners stop first (new connections refused, in-flight requests drain), then the
+        # background tasks; the usage flusher writes its last batch when cancelled.
+        await proxy_runner.cleanup()
+        if admin_runner is not None:
+            await admin_runner.cleanup()
+        await session.close()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await runtime.store.close()

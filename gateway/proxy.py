@@ -1,0 +1,261 @@
+"""The proxy listener: runs the request flow and forwards to the upstream with header hygiene."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway import auth
+from gateway.cache import now
+from gateway.runtime import Runtime
+from gateway.target import TargetError, decoded_path
+
+log = logging.getLogger("keygate.proxy")
+
+# Hop-by-hop headers (RFC 9110 §7.6.1) plus those never forwarded as sent.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Framing headers a client may not drop by naming them in `Connection`.
+_FRAMING = frozenset({"content-length", "transfer-encoding", "host"})
+# Forwarding metadata keygate sets itself; client-sent copies are identity spoofing.
+FORWARDING_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
+# Responses up to this many bytes (with a Content-Length) are read whole and sent in one write.
+SMALL_BODY_LIMIT = 256 * 1024
+STREAM_CHUNK = 64 * 1024
+E_UPSTREAM_DOWN = "upstream_unavailable"
+E_UPSTREAM_TIMEOUT = "upstream_timeout"
+E_BAD_TARGET = "bad_target"
+E_INTERNAL = "internal_error"
+KEY_NAME = web.RequestKey("key_name", str)
+_JSON_TYPE = "application/json"
+# Normalised header names are cached; the cache is bounded against hostile header variety.
+_NORMALISED_CACHE_LIMIT = 4096
+
+
+def normalise(name: str) -> str:
+    """Fold a header name for comparison: lower case, `_` read as `-`."""
+    return name.lower().replace("_", "-")
+
+
+def error_response(status: int, code: str, message: str, challenge: bool = False) -> web.Response:
+    """Return a JSON error response `{"error", "message"}`."""
+    response = web.Response(
+        status=status,
+        body=json.dumps({"error": code, "message": message}).encode(),
+        content_type=_JSON_TYPE,
+    )
+    if challenge:
+        response.headers["WWW-Authenticate"] = auth.WWW_AUTHENTICATE_VALUE
+    return response
+
+
+def refusal_response(refusal: auth.Refusal) -> web.Response:
+    """Render an auth refusal as its JSON error response."""
+    return error_response(refusal.status, refusal.code, refusal.message, refusal.challenge)
+
+
+class Proxy:
+    """The proxy request handler: hygiene, credential, key, policy, forward, account."""
+
+    def __init__(self, runtime: Runtime, session: aiohttp.ClientSession) -> None:
+        settings = runtime.settings
+        self._runtime = runtime
+        self._session = session
+        self._upstream = settings.upstream.url
+        self._acting_header = settings.acting_user_header
+        self._deny_anonymous = settings.anonymous == "deny"
+        self._static_headers = settings.upstream.headers
+        identity = {
+            normalise(name)
+            for name in (
+                settings.acting_user_header,
+                *settings.strip_headers,
+                *FORWARDING_HEADERS,
+                *(name for name, _ in settings.upstream.headers),
+            )
+        }
+        self._always_drop = frozenset(HOP_BY_HOP | identity | {"host", "expect", "x-api-key"})
+        self._normalised: dict[str, str] = {}
+        self._timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=settings.upstream.connect_timeout,
+            sock_read=settings.upstream.timeout,
+        )
+
+    def _norm(self, name: str) -> str:
+        folded = self._normalised.get(name)
+        if folded is None:
+            if len(self._normalised) >= _NORMALISED_CACHE_LIMIT:
+                self._normalised.clear()
+            folded = self._normalised[name] = normalise(name)
+        return folded
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Run the request flow of DESIGN for one request."""
+        try:
+            path = decoded_path(request.raw_path)
+        except TargetError as error:
+            return error_response(400, E_BAD_TARGET, str(error))
+        headers = request.headers
+        credential = auth.extract_credential(
+            headers.getall(auth.API_KEY_HEADER, ()), headers.getall(auth.AUTHORIZATION, ())
+        )
+        if isinstance(credential, auth.Refusal):
+            return refusal_response(credential)
+        runtime = self._runtime
+        acting_user: str | None = None
+        drop_authorization = False
+        if credential is None:
+            if self._deny_anonymous:
+                return refusal_response(auth.KEY_MISSING)
+        else:
+            moment = now()
+            record = auth.authenticate(runtime.table, credential.key, moment)
+            if isinstance(record, auth.Refusal):
+                return refusal_response(record)
+            refusal = auth.authorize(runtime.policy, record, request.method, path)
+            if refusal is not None:
+                return refusal_response(refusal)
+            runtime.usage.record(record.id, moment)
+            acting_user = record.name
+            drop_authorization = credential.in_authorization
+            request[KEY_NAME] = acting_user
+        return await self._forward(request, acting_user, drop_authorization)
+
+    def _upstream_headers(
+        self, request: web.BaseRequest, acting_user: str | None, drop_authorization: bool
+    ) -> CIMultiDict[str]:
+        """Copy the client's headers minus hop-by-hop, credential and identity headers."""
+        drop = self._always_drop
+        connection = request.headers.get("Connection")
+        if connection:
+            named = {normalise(token.strip()) for token in connection.split(",")} - _FRAMING
+            drop = drop | named
+        if drop_authorization:
+            drop = drop | {"authorization"}
+        norm = self._norm
+        out: CIMultiDict[str] = CIMultiDict()
+        for name, value in request.headers.items():
+            if norm(name) not in drop:
+                out.add(name, value)
+        if acting_user is not None:
+            out[self._acting_header] = acting_user
+        peer = request.remote
+        if peer:
+            out["X-Forwarded-For"] = peer
+        out["X-Forwarded-Proto"] = request.scheme
+        host = request.headers.get("Host")
+        if host:
+            out["X-Forwarded-Host"] = host
+        for name, value in self._static_headers:
+            out[name] = value
+        return out
+
+    async def _forward(
+        self, request: web.BaseRequest, acting_user: str | None, drop_authorization: bool
+    ) -> web.StreamResponse:
+        """Send the request upstream byte-exact and stream the answer back."""
+        headers = self._upstream_headers(request, acting_user, drop_authorization)
+        url = URL(self._upstream + request.raw_path, encoded=True)
+        body = request.content if request.body_exists else None
+        try:
+            upstream = await self._session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                timeout=self._timeout,
+                skip_auto_headers=_SKIP_AUTO_HEADERS,
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            return error_response(504, E_UPSTREAM_TIMEOUT, "the upstream did not answer in time")
+        except aiohttp.ClientError as error:
+            log.warning("upstream request failed: %s", error.__class__.__name__)
+            return error_response(502, E_UPSTREAM_DOWN, "the upstream could not be reached")
+        try:
+            return await self._relay(request, upstream)
+        finally:
+            upstream.release()
+
+    async def _relay(
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        """Copy status, headers (minus hop-by-hop) and body from the upstream response."""
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        drop = HOP_BY_HOP
+        connection = upstream.headers.get("Connection")
+        if connection:
+            drop = drop | ({normalise(t.strip()) for t in connection.split(",")} - _FRAMING)
+        out = response.headers
+        for name, value in upstream.headers.items():
+            if name.lower() not in drop:
+                out.add(name, value)
+        length = upstream.content_length
+        try:
+            if length is not None and length <= SMALL_BODY_LIMIT:
+                body = await upstream.read()
+                await response.prepare(request)
+                await response.write_eof(body)
+                return response
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
+                await response.write(chunk)
+            await response.write_eof()
+        except (TimeoutError, aiohttp.ClientError) as error:
+            if not response.prepared:
+                if isinstance(error, TimeoutError | aiohttp.ServerTimeoutError):
+                    return error_response(504, E_UPSTREAM_TIMEOUT, "the upstream timed out")
+                return error_response(502, E_UPSTREAM_DOWN, "the upstream failed mid-answer")
+            # Headers already went out: the only honest signal left is to cut the connection.
+            log.warning("upstream failed mid-body: %s", error.__class__.__name__)
+            if request.transport is not None:
+                request.transport.close()
+        return response
+
+
+_SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
+
+
+def create_client_session(runtime: Runtime) -> aiohttp.ClientSession:
+    """Return the keep-alive client session used to reach the upstream."""
+    connector = aiohttp.TCPConnector(
+        limit=runtime.settings.upstream.pool_size,
+        limit_per_host=0,
+        ttl_dns_cache=300,
+        enable_cleanup_closed=False,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=_SKIP_AUTO_HEADERS,
+    )
+
+
+async def safe_handle(proxy: Proxy, request: web.BaseRequest) -> web.StreamResponse:
+    """Wrap the proxy handler so no unexpected error leaves as a bare 500 page."""
+    try:
+        return await proxy.handle(request)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unexpected error handling %s", request.method)
+        return error_response(500, E_INTERNAL, "internal error")
