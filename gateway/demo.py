@@ -1,0 +1,126 @@
+"""`keygate demo`: a 1Integrate-like backend with keygate in front, a demo key and curl lines."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from importlib import resources
+from pathlib import Path
+
+from gateway import lifecycle
+from gateway.app import running_gateway
+from gateway.cache import now
+from gateway.demo_backend import start_demo_backend
+from gateway.policy import load_policy
+from gateway.server import configure_logging
+from gateway.settings import load_settings
+from gateway.store.factory import store_from_url
+
+DEMO_KEY_NAME = "demo-integration"
+DEMO_ROLES = ["1int-user"]
+DEFAULT_DATA_DIR = Path("keygate-demo")
+_CONFIG_TEMPLATE = """\
+# Written by `keygate demo`: the demo gateway in front of the demo backend.
+listen: {{host: 127.0.0.1, port: {port}}}
+admin: {{host: 127.0.0.1, port: {admin_port}}}
+upstream: {{url: "http://127.0.0.1:{backend_port}", timeout: 30}}
+store: {{url: "sqlite:///keygate.db"}}
+policy: policy.yaml
+anonymous: passthrough
+log: {{level: info, access_log: true}}
+"""
+
+
+def write_demo_config(data_dir: Path, port: int, admin_port: int, backend_port: int) -> Path:
+    """Write the demo's gateway.yaml and policy.yaml into `data_dir`; return the config path."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    policy = resources.files("gateway").joinpath("examples/policy.yaml").read_text("utf-8")
+    (data_dir / "policy.yaml").write_text(policy, encoding="utf-8")
+    config = data_dir / "gateway.yaml"
+    config.write_text(
+        _CONFIG_TEMPLATE.format(port=port, admin_port=admin_port, backend_port=backend_port),
+        encoding="utf-8",
+    )
+    return config
+
+
+async def fresh_demo_key(config: Path) -> str:
+    """Replace the demo key with a new one and return its secret (shown once, here)."""
+    settings = load_settings(config)
+    policy = load_policy(settings.policy_path)
+    store = store_from_url(settings.store_url, settings.base_dir)
+    await store.open()
+    try:
+        old = await store.get_key_by_name(DEMO_KEY_NAME)
+        if old is not None:
+            await store.delete_key(old.id, "demo")
+        request = {
+            "name": DEMO_KEY_NAME,
+            "description": "created by keygate demo",
+            "roles": DEMO_ROLES,
+        }
+        created = await lifecycle.create_key(store, request, policy, "demo", now())
+    finally:
+        await store.close()
+    return created.secret
+
+
+def curl_lines(secret: str, port: int) -> str:
+    """Return ready-to-paste curl commands: allowed, denied and protected calls."""
+    base = f"http://127.0.0.1:{port}/1Integrate/rest"
+    header = f'-H "X-API-Key: {secret}"'
+    return "\n".join(
+        [
+            "# allowed (1int-user may read sessions):",
+            f"curl -i {header} {base}/sessions/",
+            "# allowed (sessions-control: play a session; the backend records the key's name):",
+            f"curl -i -X PUT {header} -H 'Content-Type: application/json' -d '{{}}' "
+            f"{base}/sessions/demo/s1",
+            "# denied, 403 (1int-user may not write rules):",
+            f"curl -i -X PUT {header} -H 'Content-Type: application/json' -d '{{}}' "
+            f"{base}/rules/demo/r1",
+            "# protected, 403 for every key whatever its roles (key management):",
+            f"curl -i {header} {base}/apikeys",
+            "# no key: passes through, the backend asks for its own login (401):",
+            f"curl -i {base}/sessions/",
+        ]
+    )
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    """Run backend and gateway until Ctrl-C (or --exit-after seconds)."""
+    configure_logging("info")
+    data_dir = Path(args.data_dir) if args.data_dir else DEFAULT_DATA_DIR
+    config = write_demo_config(data_dir, args.port, args.admin_port, args.backend_port)
+    secret = await fresh_demo_key(config)
+    backend = await start_demo_backend("127.0.0.1", args.backend_port)
+    try:
+        settings = load_settings(config)
+        async with running_gateway(settings) as gateway:
+            print(
+                f"\nkeygate demo: backend on 127.0.0.1:{args.backend_port}, "
+                f"gateway on 127.0.0.1:{gateway.proxy_port}, "
+                f"admin on 127.0.0.1:{gateway.admin_port}; data in {data_dir.resolve()}\n"
+                f"\nDemo API key '{DEMO_KEY_NAME}' (roles {', '.join(DEMO_ROLES)}), "
+                f"shown once:\n\n    {secret}\n\n"
+                f"{curl_lines(secret, gateway.proxy_port)}\n\n"
+                f"Manage keys: keygate keys list --config {config}\n"
+                "Press Ctrl-C to stop.\n",
+                flush=True,
+            )
+            await _wait_for_stop(args.exit_after)
+    finally:
+        await backend.cleanup()
+    return 0
+
+
+async def _wait_for_stop(exit_after: float | None) -> None:
+    """Wait for SIGINT/SIGTERM, or for `exit_after` seconds when given."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), exit_after)
