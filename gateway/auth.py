@@ -53,6 +53,9 @@ def extract_credential(
 
     Returns None when the request carries no key (anonymous, or the backend's own login).
     """
+    if len(api_key_values) == 1 and not authorization_values:  # the common case, fast
+        only = api_key_values[0].strip()
+        return Credential(only, False) if only else KEY_MALFORMED
     key: str | None = None
     for value in api_key_values:
         value = value.strip()
@@ -97,9 +100,8 @@ def authenticate(table: KeyTable, key: str, now: float) -> CachedKey | Refusal:
 
 def authorize(policy: Policy, record: CachedKey, method: str, path: str) -> Refusal | None:
     """Return None when the key may call METHOD PATH, else the 403 refusal to send."""
-    segments = split_path(path)
-    if policy.is_protected(segments):
+    if policy.is_protected_path(path):
         return PROTECTED
-    if not policy.matcher_for(record.roles).allows(method, segments):
+    if not policy.matcher_for(record.roles).allows(method, split_path(path)):
         return FORBIDDEN
     return None

@@ -175,6 +175,25 @@ def _walk(node: _Node, segments: tuple[str, ...], position: int, method: str) ->
         position += 1
 
 
+_TAIL, _EXACT, _SEGMENTS = 0, 1, 2
+_PrefixTest = tuple[str, int, tuple[str, ...]]
+
+
+def _prefix_test(pattern: tuple[str, ...]) -> _PrefixTest:
+    """Split a folded pattern into its literal path prefix and how the rest must match."""
+    literal: list[str] = []
+    for part in pattern:
+        if part in (ONE_SEGMENT, ANY_SEGMENTS):
+            break
+        literal.append(part)
+    prefix = "/" + "/".join(literal) if literal else ""
+    if len(literal) == len(pattern):
+        return prefix, _EXACT, pattern
+    if len(literal) == len(pattern) - 1 and pattern[-1] == ANY_SEGMENTS:
+        return prefix, _TAIL, pattern
+    return prefix, _SEGMENTS, pattern
+
+
 @dataclass
 class Policy:
     """A loaded policy: roles with resolved includes, protected paths, memoised matchers."""
@@ -185,6 +204,7 @@ class Policy:
     _expanded: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
     _matchers: dict[frozenset[str], CompiledMatcher] = field(default_factory=dict, repr=False)
     _protected_folded: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
+    _protected_prefixes: tuple[_PrefixTest, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         self._expanded = {name: self._expand(name, ()) for name in self.roles}
@@ -192,6 +212,7 @@ class Policy:
         self._protected_folded = tuple(
             tuple(part.casefold() for part in pattern) for pattern in (*self.protected, *builtin)
         )
+        self._protected_prefixes = tuple(_prefix_test(p) for p in self._protected_folded)
 
     def _expand(self, name: str, trail: tuple[str, ...]) -> frozenset[str]:
         names = {name}
@@ -220,6 +241,27 @@ class Policy:
                 self._matchers.clear()
             matcher = self._matchers[roles] = CompiledMatcher(self.rules_for(roles))
         return matcher
+
+    def is_protected_path(self, path: str) -> bool:
+        """Return True for key-management paths, given the decoded path (hot path).
+
+        A literal-prefix test on the case-folded path decides most patterns without
+        splitting; patterns with inner wildcards fall back to a segment match.
+        """
+        folded = path.casefold()
+        for prefix, kind, pattern in self._protected_prefixes:
+            if not folded.startswith(prefix):
+                continue
+            rest = folded[len(prefix) :]
+            if kind == _TAIL:
+                if not rest or rest[0] == "/":
+                    return True
+            elif kind == _EXACT:
+                if rest in ("", "/"):
+                    return True
+            elif _pattern_matches(pattern, split_path(folded), case_insensitive=True):
+                return True
+        return False
 
     def is_protected(self, segments: tuple[str, ...]) -> bool:
         """Return True for key-management paths; matched case-insensitively to deny more."""
