@@ -1,0 +1,1 @@
+"""keygate benchmarks: the proxy throughput harness (`python -m benchmarks.proxy`) and helpers."""

@@ -1,0 +1,765 @@
+"""Proxy throughput benchmark: upstream direct, nginx peer, aiohttp bare and keygate under wrk.
+
+    python -m benchmarks.proxy [--rounds 3] [--duration 5] [--only upstream,nginx,bare,keygate]
+
+Everything runs on 127.0.0.1. One upstream nginx serves a ~100-byte JSON document and a
+1 MiB file for the whole run. Each round starts every contender in turn (the starting
+contender rotates per round), self-checks it, warms it up, measures the small and the 1 MiB
+path with wrk, and stops it, so only one contender is alive while it is measured. The
+table reports the median over rounds per contender and path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from benchmarks import cpu, keygate, nginx
+from benchmarks.nginx import (
+    APIKEYS_PATH,
+    BENCH_KEY_NAME,
+    BIG_PATH,
+    BIG_SIZE,
+    SMALL_BODY,
+    SMALL_PATH,
+    WHOAMI_PATH,
+)
+from benchmarks.procs import (
+    LOOPBACK,
+    BenchError,
+    ManagedProcess,
+    Probe,
+    free_port,
+    free_ports,
+    http_get,
+    wait_for_port,
+    wait_for_status,
+)
+from benchmarks.wrk import WrkResult, find_wrk, run_wrk, wrk_version
+
+EXIT_MISSING_TOOLS = 2
+KEY_HEADER = keygate.KEY_HEADER
+SPOOFED_USER = "spoofed-by-client"  # a client-sent X-Acting-User that must never reach upstream
+INVALID_KEY = "kg_bad"
+APT_TIMEOUT_S = 900.0  # seconds `apt-get install` may take
+IDLE_CHECK_S = 1.0  # seconds of /proc/stat sampling before the run
+SKIP_REASON_LINES = 8  # lines of a skip reason's detail (e.g. a log tail) in the report
+BUSY_WARNING_FRACTION = 0.10  # warn when other work keeps more than this share of CPUs busy
+OTHER_LOAD_NOTE_FRACTION = 0.05  # note runs where other processes took more of all CPUs
+
+CONTENDERS = ("upstream", "nginx", "bare", "keygate-w1", "keygate-w2", "keygate-anon")
+KEYGATE_CONTENDERS = ("keygate-w1", "keygate-w2", "keygate-anon")
+LABELS = {
+    "upstream": "upstream direct",
+    "nginx": "nginx peer",
+    "bare": "aiohttp bare",
+    "keygate-w1": "keygate w1",
+    "keygate-w2": "keygate w2",
+    "keygate-anon": "keygate anon",
+}
+ALIASES: dict[str, tuple[str, ...]] = {
+    "upstream": ("upstream",),
+    "direct": ("upstream",),
+    "nginx": ("nginx",),
+    "peer": ("nginx",),
+    "bare": ("bare",),
+    "aiohttp": ("bare",),
+    "keygate": KEYGATE_CONTENDERS,
+    "keygate-w1": ("keygate-w1",),
+    "w1": ("keygate-w1",),
+    "keygate-w2": ("keygate-w2",),
+    "w2": ("keygate-w2",),
+    "keygate-anon": ("keygate-anon",),
+    "anon": ("keygate-anon",),
+}
+PATHS = {"small": SMALL_PATH, "1MiB": BIG_PATH}
+# (label, numerator, denominator): requests/s ratios printed per path.
+RATIOS = (
+    ("keygate w1 / nginx peer", "keygate-w1", "nginx"),
+    ("keygate w2 / nginx peer", "keygate-w2", "nginx"),
+    ("keygate w1 / aiohttp bare", "keygate-w1", "bare"),
+    ("keygate w2 / aiohttp bare", "keygate-w2", "bare"),
+    ("keygate keyed / anon (w2)", "keygate-w2", "keygate-anon"),
+    ("nginx peer / upstream direct", "nginx", "upstream"),
+    ("aiohttp bare / upstream direct", "bare", "upstream"),
+)
+# Rough seconds to start and self-check one contender, for the up-front time estimate.
+STARTUP_ESTIMATE_S = {"keygate-w1": 4.0, "keygate-w2": 4.0, "keygate-anon": 4.0}
+DEFAULT_STARTUP_ESTIMATE_S = 1.5
+
+
+# --- Command line and tools -------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.proxy",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per contender (median)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of wrk warm-up")
+    parser.add_argument("--connections", type=int, default=32, help="wrk -c")
+    parser.add_argument("--threads", type=int, default=1, help="wrk -t (it shares the CPUs)")
+    parser.add_argument(
+        "--wrk-timeout", type=float, default=10.0, help="wrk --timeout, seconds per request"
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(CONTENDERS),
+        help="comma list of contenders: upstream, nginx, bare, keygate (= keygate-w1, "
+        "keygate-w2, keygate-anon) or any of those three",
+    )
+    parser.add_argument(
+        "--nginx-workers", type=int, default=1, help="worker_processes of the nginx peer"
+    )
+    parser.add_argument(
+        "--keys", type=int, default=10_000, help="keys in the nginx map and keygate's store"
+    )
+    parser.add_argument(
+        "--seed-budget",
+        type=float,
+        default=keygate.SEED_BUDGET_S,
+        help="seconds keygate key seeding may take before keygate is skipped",
+    )
+    parser.add_argument(
+        "--startup-timeout", type=float, default=60.0, help="seconds for a contender to be ready"
+    )
+    parser.add_argument(
+        "--max-error-fraction",
+        type=float,
+        default=0.5,
+        help="a run with more errors (non-2xx + socket errors) per request is invalid",
+    )
+    parser.add_argument(
+        "--python", default=sys.executable, help="interpreter for keygate and the bare proxy"
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also save results as JSON")
+    parser.add_argument(
+        "--install",
+        action="store_true",
+        help="apt-get install missing nginx/wrk (only when running as root)",
+    )
+    parser.add_argument("--keep-temp", action="store_true", help="keep the temp dir (debugging)")
+    args = parser.parse_args(argv)
+    selected: set[str] = set()
+    for token in filter(None, (t.strip().lower() for t in args.only.split(","))):
+        if token not in ALIASES:
+            parser.error(f"--only: unknown contender {token!r} (choose from {', '.join(ALIASES)})")
+        selected.update(ALIASES[token])
+    if not selected:
+        parser.error("--only selects no contender")
+    args.contenders = [c for c in CONTENDERS if c in selected]
+    for name in ("rounds", "connections", "threads", "nginx_workers", "keys"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.duration <= 0 or args.warmup < 0:
+        parser.error("--duration must be positive and --warmup not negative")
+    return args
+
+
+@dataclass(frozen=True)
+class Tools:
+    """Paths of the external programs the harness drives."""
+
+    nginx: str
+    wrk: str
+
+
+def _find_tools() -> tuple[str | None, str | None]:
+    """Return the nginx and wrk binaries, None for each one missing."""
+    return nginx.find_nginx(), find_wrk()
+
+
+def ensure_tools(install: bool) -> Tools | None:
+    """Find nginx and wrk, installing them with apt-get when allowed; None when still missing."""
+    found_nginx, found_wrk = _find_tools()
+    missing = [name for name, path in (("nginx", found_nginx), ("wrk", found_wrk)) if not path]
+    if missing and install and os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"installing {' '.join(missing)} with apt-get ...", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        command = ["apt-get", "install", "-y", *missing]
+        try:
+            if subprocess.run(command, env=env, timeout=APT_TIMEOUT_S, check=False).returncode:
+                subprocess.run(["apt-get", "update"], env=env, timeout=APT_TIMEOUT_S, check=False)
+                subprocess.run(command, env=env, timeout=APT_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            print("apt-get timed out", file=sys.stderr)
+        found_nginx, found_wrk = _find_tools()
+    if found_nginx and found_wrk:
+        return Tools(nginx=found_nginx, wrk=found_wrk)
+    missing = [name for name, path in (("nginx", found_nginx), ("wrk", found_wrk)) if not path]
+    print(
+        f"error: missing {' and '.join(missing)} "
+        f"(searched PATH, and {nginx.NGINX_FALLBACK} for nginx).\n"
+        f"Install on Debian/Ubuntu:  sudo apt-get install -y {' '.join(missing)}\n"
+        "or rerun as root with --install to let the harness run apt-get.",
+        file=sys.stderr,
+    )
+    return None
+
+
+# --- Machine info -----------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    """Return the CPU model name from /proc/cpuinfo (or the platform's guess)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware", "cpu model") and value.strip():
+                return value.strip()
+    return platform.processor() or "unknown"
+
+
+def _package_version(name: str) -> str:
+    """Return an installed distribution's version, or "not installed"."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_info(tools: Tools, python: str) -> dict[str, str]:
+    """Return what the numbers depend on: CPU, cores, kernel, interpreter and tool versions."""
+    info = {
+        "cpu": _cpu_model(),
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()} ({python})",
+        "aiohttp": _package_version("aiohttp"),
+        "uvloop": _package_version("uvloop"),
+        "nginx": nginx.nginx_version(tools.nginx),
+        "wrk": wrk_version(tools.wrk),
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+    busy = cpu.busy_fraction(IDLE_CHECK_S)
+    if busy is not None:
+        info["busy"] = f"{busy:.0%} of all CPUs busy over {IDLE_CHECK_S:g} s before start"
+        if busy > BUSY_WARNING_FRACTION:
+            info["busy"] += " -- WARNING: machine not idle, numbers will be noisy"
+    if Path(python).resolve() != Path(sys.executable).resolve():
+        done = subprocess.run(
+            [python, "-c", "import platform; print(platform.python_version())"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        info["python"] += f"; contenders use {python} {done.stdout.strip() or '?'}"
+    return info
+
+
+# --- Self-checks ------------------------------------------------------------------------------
+
+
+def _expect(probe: Probe, status: int, what: str, body: bytes | None = None) -> None:
+    """Fail the self-check unless the probe has the status (and body, when given)."""
+    if probe.status != status or (body is not None and probe.body != body):
+        want = f"{status}" + (f" with body {body[:80]!r}" if body is not None else "")
+        raise BenchError(
+            f"self-check failed: {what}: expected {want}, got {probe.status} "
+            f"with body {probe.body[:200]!r}"
+        )
+
+
+def check_passthrough(port: int, headers: dict[str, str]) -> int:
+    """Check the small and the 1 MiB document come back intact; return the number of checks."""
+    _expect(http_get(port, SMALL_PATH, headers), 200, "small document", SMALL_BODY.encode())
+    big = http_get(port, BIG_PATH, headers)
+    _expect(big, 200, "1 MiB document")
+    if len(big.body) != BIG_SIZE:
+        raise BenchError(f"self-check failed: 1 MiB document has {len(big.body)} bytes")
+    return 2
+
+
+def check_key_enforcement(port: int, key: str, *, anonymous_passes: bool) -> int:
+    """Check acting user, 403 on key management, 401 on a bad key, and the no-key answer."""
+    spoof = {"X-Acting-User": SPOOFED_USER}
+    _expect(
+        http_get(port, WHOAMI_PATH, {KEY_HEADER: key, **spoof}),
+        200,
+        "keyed request reaches upstream with X-Acting-User = key name (client value replaced)",
+        BENCH_KEY_NAME.encode(),
+    )
+    _expect(http_get(port, APIKEYS_PATH, {KEY_HEADER: key}), 403, "key on apikeys path")
+    _expect(http_get(port, WHOAMI_PATH, {KEY_HEADER: INVALID_KEY}), 401, "invalid key")
+    if anonymous_passes:
+        _expect(
+            http_get(port, WHOAMI_PATH, spoof),
+            200,
+            "no key passes through with client X-Acting-User stripped",
+            b"",
+        )
+    else:
+        _expect(http_get(port, WHOAMI_PATH, spoof), 401, "no key")
+    return 4
+
+
+# --- Results ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A running, self-checked contender: where wrk goes, what it sends, which processes."""
+
+    port: int
+    headers: dict[str, str]
+    pgids: tuple[int, ...]  # process groups that are the contender (beside the upstream)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One wrk measurement and the CPU share other processes took meanwhile."""
+
+    wrk: WrkResult
+    other_load: float | None  # share of all CPUs used outside the benchmark, 0..1
+
+
+@dataclass
+class Summary:
+    """One contender on one path: medians over rounds, error totals and validity."""
+
+    contender: str
+    label: str
+    path: str
+    rounds_rps: list[float]
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+    socket_errors: int
+    other_load_max: float | None  # worst share of all CPUs other processes took in a round
+    valid: bool
+    note: str = ""
+
+
+@dataclass
+class Harness:
+    """One benchmark run: the shared upstream, the contenders, and what they measured."""
+
+    args: argparse.Namespace
+    tools: Tools
+    root: Path
+    upstream_port: int = 0
+    upstream_pgid: int = 0
+    nginx_key: str = ""
+    nginx_table: dict[str, str] = field(default_factory=dict)
+    keygate_dir: Path | None = None
+    keygate_key: str = ""
+    skipped: dict[str, str] = field(default_factory=dict)
+    round_index: int = 0
+    runs: dict[tuple[str, str], list[Run]] = field(default_factory=dict)
+
+    # Preparation ------------------------------------------------------------------------------
+
+    def prepare_nginx_peer(self) -> None:
+        """Generate the peer's key table (bench key + filler keys)."""
+        self.nginx_key, self.nginx_table = nginx.generate_keys(self.args.keys)
+
+    def prepare_keygate(self) -> None:
+        """Check the CLI, write policy and config, create the bench key and seed the rest."""
+        problem = keygate.check_cli(python=self.args.python)
+        if problem:
+            self._skip_keygate(f"keygate CLI does not start yet: {problem}")
+            return
+        directory = self.root / "keygate"
+        directory.mkdir()
+        keygate.write_policy(directory)
+        listen_port, admin_port = free_ports(2)
+        config = keygate.write_config(
+            directory,
+            "keys.yaml",
+            listen_port=listen_port,
+            admin_port=admin_port,
+            upstream_port=self.upstream_port,
+        )
+        try:
+            self.keygate_key = keygate.create_key(config, BENCH_KEY_NAME, python=self.args.python)
+            print(f"  keygate: created key {BENCH_KEY_NAME!r}; seeding {self.args.keys - 1} more")
+            keygate.seed_keys(
+                config, self.args.keys - 1, python=self.args.python, budget_s=self.args.seed_budget
+            )
+        except BenchError as exc:
+            self._skip_keygate(f"keygate key setup failed: {exc}")
+            return
+        self.keygate_dir = directory
+
+    def _skip_keygate(self, reason: str) -> None:
+        """Mark every selected keygate contender as skipped and say why."""
+        print(f"  SKIP keygate contenders: {reason}", flush=True)
+        for contender in KEYGATE_CONTENDERS:
+            if contender in self.args.contenders:
+                self.skipped[contender] = reason
+
+    def _log_path(self, name: str) -> Path:
+        """Return a per-round log file for a contender process (kept with --keep-temp)."""
+        return self.root / f"{name}-round{self.round_index + 1}.log"
+
+    # Contenders -------------------------------------------------------------------------------
+
+    def serve(self, contender: str) -> contextlib.AbstractContextManager[Target]:
+        """Return a context that runs and self-checks a contender and yields its Target."""
+        starters: dict[str, Callable[[], contextlib.AbstractContextManager[Target]]] = {
+            "upstream": self._upstream_direct,
+            "nginx": self._nginx_peer,
+            "bare": self._aiohttp_bare,
+            "keygate-w1": lambda: self._keygate(1, keyed=True),
+            "keygate-w2": lambda: self._keygate(2, keyed=True),
+            "keygate-anon": lambda: self._keygate(2, keyed=False),
+        }
+        return starters[contender]()
+
+    @contextlib.contextmanager
+    def _upstream_direct(self) -> Iterator[Target]:
+        """Yield the shared upstream nginx itself (the ceiling)."""
+        checks = check_passthrough(self.upstream_port, {})
+        print(f"self-check ok ({checks})", end="", flush=True)
+        yield Target(self.upstream_port, {}, ())
+
+    @contextlib.contextmanager
+    def _nginx_peer(self) -> Iterator[Target]:
+        """Run the nginx peer on a fresh port for the duration of the block."""
+        port = free_port()
+        process = nginx.start_peer(
+            self.tools.nginx,
+            self.root,
+            port,
+            self.upstream_port,
+            self.nginx_table,
+            self.args.nginx_workers,
+        )
+        try:
+            headers = {KEY_HEADER: self.nginx_key}
+            checks = check_passthrough(port, headers)
+            checks += check_key_enforcement(port, self.nginx_key, anonymous_passes=False)
+            print(f"self-check ok ({checks})", end="", flush=True)
+            yield Target(port, headers, (process.pgid,))
+        finally:
+            process.stop()
+
+    @contextlib.contextmanager
+    def _aiohttp_bare(self) -> Iterator[Target]:
+        """Run benchmarks.bare_proxy on a fresh port for the duration of the block."""
+        port = free_port()
+        argv = [self.args.python, "-m", "benchmarks.bare_proxy", "--port", str(port)]
+        argv += ["--upstream", f"http://{LOOPBACK}:{self.upstream_port}"]
+        process = ManagedProcess(
+            "aiohttp bare", argv, log_path=self._log_path("bare"), cwd=keygate.REPO_ROOT
+        )
+        try:
+            wait_for_port(port, self.args.startup_timeout, process)
+            wait_for_status(port, SMALL_PATH, {}, 200, self.args.startup_timeout, process)
+            checks = check_passthrough(port, {})
+            print(f"self-check ok ({checks})", end="", flush=True)
+            yield Target(port, {}, (process.pgid,))
+        finally:
+            process.stop()
+
+    @contextlib.contextmanager
+    def _keygate(self, workers: int, *, keyed: bool) -> Iterator[Target]:
+        """Run `gateway serve --workers N` on fresh ports for the duration of the block."""
+        assert self.keygate_dir is not None
+        listen_port, admin_port = free_ports(2)
+        config = keygate.write_config(
+            self.keygate_dir,
+            f"serve-w{workers}.yaml",
+            listen_port=listen_port,
+            admin_port=admin_port,
+            upstream_port=self.upstream_port,
+        )
+        process = keygate.start_keygate(
+            config,
+            workers,
+            listen_port=listen_port,
+            key=self.keygate_key,
+            log_path=self._log_path(f"keygate-w{workers}-{'keyed' if keyed else 'anon'}"),
+            startup_timeout_s=self.args.startup_timeout,
+            python=self.args.python,
+        )
+        try:
+            headers = {KEY_HEADER: self.keygate_key} if keyed else {}
+            checks = check_passthrough(listen_port, headers)
+            checks += check_key_enforcement(listen_port, self.keygate_key, anonymous_passes=True)
+            print(f"self-check ok ({checks})", end="", flush=True)
+            yield Target(listen_port, headers, (process.pgid,))
+        finally:
+            process.stop()
+
+    # Measuring --------------------------------------------------------------------------------
+
+    def estimate_s(self) -> float:
+        """Return a rough duration of the measuring phase in seconds."""
+        per_round = sum(
+            STARTUP_ESTIMATE_S.get(c, DEFAULT_STARTUP_ESTIMATE_S)
+            + self.args.warmup
+            + len(PATHS) * self.args.duration
+            for c in self.args.contenders
+            if c not in self.skipped
+        )
+        return float(per_round * self.args.rounds)
+
+    def measure(self) -> None:
+        """Run every round: each active contender started, checked, warmed, measured, stopped."""
+        for round_index in range(self.args.rounds):
+            active = [c for c in self.args.contenders if c not in self.skipped]
+            if not active:
+                return
+            shift = round_index % len(active)
+            for contender in active[shift:] + active[:shift]:
+                self._measure_one(contender, round_index)
+
+    def _measure_one(self, contender: str, round_index: int) -> None:
+        """Start, check, warm up and measure one contender on every path, then stop it."""
+        self.round_index = round_index
+        tag = f"  round {round_index + 1}/{self.args.rounds}  {LABELS[contender]:<15}"
+        print(f"{tag} starting ... ", end="", flush=True)
+        try:
+            with self.serve(contender) as target:
+                print(flush=True)
+                base = f"http://{LOOPBACK}:{target.port}"
+                if self.args.warmup > 0:
+                    self._wrk(target, f"{base}{SMALL_PATH}", self.args.warmup)
+                for path_name, path in PATHS.items():
+                    run = self._wrk(target, f"{base}{path}", self.args.duration)
+                    self.runs.setdefault((contender, path_name), []).append(run)
+                    result = run.wrk
+                    extra = f"  errors {result.errors}" if result.errors else ""
+                    if run.other_load is not None and run.other_load > OTHER_LOAD_NOTE_FRACTION:
+                        extra += f"  other load {run.other_load:.0%}"
+                    print(
+                        f"{tag} {path_name:<6} {result.rps:>10,.0f} req/s  "
+                        f"p50 {fmt_ms(result.p50_ms):>8}  p99 {fmt_ms(result.p99_ms):>8}{extra}",
+                        flush=True,
+                    )
+        except (BenchError, ValueError, subprocess.TimeoutExpired) as exc:
+            print(flush=True)
+            reason = str(exc)
+            self.skipped[contender] = reason
+            print(f"{tag} FAILED, skipped from now on: {reason}", flush=True)
+
+    def _wrk(self, target: Target, url: str, duration_s: float) -> Run:
+        """Run wrk once with the run's settings, accounting for CPU used by other processes."""
+        pgids = (self.upstream_pgid, *target.pgids)
+        before = cpu.mark(pgids)
+        result, _ = run_wrk(
+            self.tools.wrk,
+            url,
+            duration_s=duration_s,
+            connections=self.args.connections,
+            threads=self.args.threads,
+            timeout_s=self.args.wrk_timeout,
+            headers=target.headers,
+        )
+        return Run(wrk=result, other_load=cpu.other_load(before, cpu.mark(pgids)))
+
+    # Reporting --------------------------------------------------------------------------------
+
+    def summaries(self) -> list[Summary]:
+        """Return one median summary per contender and path that has measurements."""
+        out = []
+        for contender in self.args.contenders:
+            for path_name in PATHS:
+                runs = self.runs.get((contender, path_name))
+                if not runs:
+                    continue
+                results = [run.wrk for run in runs]
+                bad = [r for r in results if r.error_fraction > self.args.max_error_fraction]
+                loads = [run.other_load for run in runs if run.other_load is not None]
+                notes = []
+                if bad:
+                    worst = max(r.error_fraction for r in bad)
+                    notes.append(f"INVALID: {worst:.0%} errors in {len(bad)} round(s)")
+                elif any(r.errors for r in results):
+                    notes.append("some errors")
+                if len(runs) < self.args.rounds:
+                    notes.append(f"{len(runs)}/{self.args.rounds} rounds")
+                if loads and max(loads) > OTHER_LOAD_NOTE_FRACTION:
+                    notes.append(f"other load up to {max(loads):.0%}")
+                out.append(
+                    Summary(
+                        contender=contender,
+                        label=LABELS[contender],
+                        path=path_name,
+                        rounds_rps=[r.rps for r in results],
+                        rps=statistics.median(r.rps for r in results),
+                        p50_ms=statistics.median(r.p50_ms for r in results),
+                        p99_ms=statistics.median(r.p99_ms for r in results),
+                        requests=sum(r.requests for r in results),
+                        non_2xx=sum(r.non_2xx for r in results),
+                        socket_errors=sum(sum(r.socket_errors.values()) for r in results),
+                        other_load_max=round(max(loads), 3) if loads else None,
+                        valid=not bad,
+                        note="; ".join(notes),
+                    )
+                )
+        return out
+
+
+def ratios(summaries: list[Summary]) -> list[dict[str, object]]:
+    """Return the requests/s ratios per path; None where a side is missing or invalid."""
+    by_key = {(s.contender, s.path): s for s in summaries}
+    out: list[dict[str, object]] = []
+    for label, numerator, denominator in RATIOS:
+        row: dict[str, object] = {"ratio": label}
+        for path_name in PATHS:
+            top, bottom = by_key.get((numerator, path_name)), by_key.get((denominator, path_name))
+            ok = top and bottom and top.valid and bottom.valid and bottom.rps > 0
+            row[path_name] = round(top.rps / bottom.rps, 3) if ok and top and bottom else None
+        out.append(row)
+    return out
+
+
+def fmt_ms(value: float) -> str:
+    """Format milliseconds with a readable unit."""
+    if value < 1.0:
+        return f"{value * 1000:.0f}us"
+    if value < 1000.0:
+        return f"{value:.2f}ms"
+    return f"{value / 1000:.2f}s"
+
+
+def print_report(
+    info: dict[str, str], settings: dict[str, object], harness: Harness
+) -> dict[str, object]:
+    """Print the results table and ratios; return the same data for --json."""
+    summaries = harness.summaries()
+    ratio_rows = ratios(summaries)
+    print()
+    header = (
+        f"{'contender':<16} {'path':<6} {'req/s':>10} {'p50':>9} {'p99':>9} "
+        f"{'non-2xx':>8} {'sock err':>8}  {'req/s per round':<28} note"
+    )
+    print(header)
+    print("-" * len(header))
+    if not summaries:
+        print("(no measurements)")
+    for s in summaries:
+        per_round = ", ".join(f"{x:,.0f}" for x in s.rounds_rps)
+        print(
+            f"{s.label:<16} {s.path:<6} {s.rps:>10,.0f} {fmt_ms(s.p50_ms):>9} "
+            f"{fmt_ms(s.p99_ms):>9} {s.non_2xx:>8} {s.socket_errors:>8}  {per_round:<28} {s.note}"
+        )
+    by_reason: dict[str, list[str]] = {}
+    for contender, reason in harness.skipped.items():
+        by_reason.setdefault(reason.strip() or "?", []).append(LABELS[contender])
+    for reason, labels in by_reason.items():
+        lines = reason.splitlines()
+        shown = lines[:1] + lines[1:][-SKIP_REASON_LINES:]
+        print(f"SKIPPED {', '.join(labels)}: " + "\n    ".join(shown))
+    shown_rows = [row for row in ratio_rows if any(row[p] is not None for p in PATHS)]
+    if shown_rows:
+        print()
+        print(f"{'ratio (req/s, medians)':<32} " + " ".join(f"{p:>8}" for p in PATHS))
+    for row in shown_rows:
+        cells = [row[p] for p in PATHS]
+        text = " ".join(f"{c:>8.2f}" if isinstance(c, float) else f"{'n/a':>8}" for c in cells)
+        print(f"{row['ratio']!s:<32} {text}")
+    return {
+        "machine": info,
+        "settings": settings,
+        "results": [asdict(s) for s in summaries],
+        "ratios": ratio_rows,
+        "skipped": harness.skipped,
+        "raw": {
+            f"{contender}/{path}": [asdict(r) for r in runs]
+            for (contender, path), runs in harness.runs.items()
+        },
+    }
+
+
+# --- Main -------------------------------------------------------------------------------------
+
+
+def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Treat SIGTERM like Ctrl-C so every finally block cleans up."""
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the whole benchmark once; Ctrl-C or SIGTERM stop it after cleaning up."""
+    try:
+        return run(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted; child processes stopped and temp files removed", file=sys.stderr)
+        return 130
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the whole benchmark once and print (and optionally save) the results."""
+    args = parse_args(argv)
+    tools = ensure_tools(args.install)
+    if tools is None:
+        return EXIT_MISSING_TOOLS
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    info = machine_info(tools, args.python)
+    settings: dict[str, object] = {
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "wrk": f"-t{args.threads} -c{args.connections} --timeout={args.wrk_timeout:g}s --latency",
+        "nginx_peer_workers": args.nginx_workers,
+        "keys": args.keys,
+        "contenders": [LABELS[c] for c in args.contenders],
+        "statistic": "median over rounds",
+    }
+    print("keygate proxy benchmark (all on 127.0.0.1)")
+    for key, value in info.items():
+        print(f"  {key:<8} {value}")
+    print(
+        f"  wrk {settings['wrk']}, {args.duration:g} s per run, {args.warmup:g} s warm-up, "
+        f"{args.rounds} round(s), median per contender"
+    )
+    print(
+        f"  upstream nginx: worker_processes 1; nginx peer: worker_processes {args.nginx_workers}; "
+        f"keys: {args.keys}"
+    )
+    root = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
+    started = time.monotonic()
+    try:
+        harness = Harness(args=args, tools=tools, root=root)
+        harness.upstream_port = free_port()
+        upstream = nginx.start_upstream(tools.nginx, root, harness.upstream_port)
+        harness.upstream_pgid = upstream.pgid
+        try:
+            if "nginx" in args.contenders:
+                harness.prepare_nginx_peer()
+            if any(c in args.contenders for c in KEYGATE_CONTENDERS):
+                harness.prepare_keygate()
+            print(f"  measuring, about {harness.estimate_s():.0f} s", flush=True)
+            harness.measure()
+        finally:
+            upstream.stop()
+        report = print_report(info, settings, harness)
+        print(f"\ntotal {time.monotonic() - started:.0f} s")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            print(f"saved {args.json}")
+    finally:
+        if args.keep_temp:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
