@@ -68,9 +68,11 @@ def extract_credential(
     if len(authorization_values) > 1:
         return CREDENTIAL_CONFLICT
     if authorization_values:
-        scheme, _, value = authorization_values[0].strip().partition(" ")
-        value = value.strip()
-        scheme = scheme.lower()
+        # Split on any whitespace: a key after `Bearer<TAB>` must not slip through to the
+        # backend as if it were the backend's own credential.
+        parts = authorization_values[0].split(None, 1)
+        scheme = parts[0].lower() if parts else ""
+        value = parts[1].strip() if len(parts) > 1 else ""
         if scheme == "apikey" or (scheme == "bearer" and keys.looks_like_key(value)):
             if key is not None and value != key:
                 return CREDENTIAL_CONFLICT

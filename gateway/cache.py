@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from gateway.store.base import Change, KeyRow, KeyStore
+from gateway.store.base import AuthRow, Change, KeyRow, KeyStore
 
 log = logging.getLogger("keygate.cache")
 
@@ -78,6 +78,14 @@ class KeyTable:
         self._by_digest = table
         self.seq = seq
 
+    def loader(self) -> TableLoader:
+        """Return a loader that builds a replacement table chunk by chunk (cold start)."""
+        return TableLoader(self)
+
+    def _install(self, entries: dict[bytes, CachedKey], seq: int) -> None:
+        self._by_digest = entries
+        self.seq = seq
+
     def put(self, row: KeyRow) -> None:
         """Insert or replace one key (used for this process's own writes)."""
         self._by_digest[row.digest] = self._record(row)
@@ -99,6 +107,28 @@ class KeyTable:
             self.seq = change.seq
             applied += 1
         return applied
+
+
+class TableLoader:
+    """Builds a whole table from lean auth rows without full KeyRow objects, then swaps it in."""
+
+    def __init__(self, table: KeyTable) -> None:
+        self._table = table
+        self._entries: dict[bytes, CachedKey] = {}
+
+    def add(self, rows: Iterable[AuthRow]) -> None:
+        """Add a chunk of (digest, id, name, roles, status, expires_at) rows."""
+        entries = self._entries
+        intern_roles = self._table._roles
+        for digest, key_id, name, roles, status, expires_at in rows:
+            entries[digest] = CachedKey(
+                key_id, name, intern_roles(roles), status == "revoked", expires_at
+            )
+
+    def finish(self, seq: int) -> None:
+        """Replace the table's contents with what was loaded, at feed sequence `seq`."""
+        self._table._install(self._entries, seq)
+        self._entries = {}
 
 
 async def catch_up(store: KeyStore, table: KeyTable) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway import keys
 from gateway.policy import Policy
-from gateway.store.base import KeyRow, KeyStore, NewKey
+from gateway.store.base import AuditEvent, KeyRow, KeyStore, NewKey
 
 NAME_MAX_LENGTH = 64
 DESCRIPTION_MAX_LENGTH = 1000
@@ -85,6 +85,10 @@ def parse_timestamp(value: Any, field: str, now: float) -> float:
         raise InputError(f"{field} is not ISO-8601: {value!r}", field) from error
     if moment.tzinfo is None:
         raise InputError(f"{field} must include a time zone (e.g. 2027-01-01T00:00:00Z)", field)
+    try:
+        moment.astimezone(UTC)  # iso() must be able to show it again (year <= 9999 in UTC)
+    except OverflowError as error:
+        raise InputError(f"{field} is out of range: {value!r}", field) from error
     stamp = moment.timestamp()
     if stamp <= now:
         raise InputError(f"{field} must be in the future", field)
@@ -169,3 +173,16 @@ async def create_key(
     new, secret = new_key_request(data, policy, now)
     row = await store.create_key(new, actor)
     return CreatedKey(row, secret)
+
+
+def audit_json(event: AuditEvent) -> dict[str, Any]:
+    """Return an audit event as the admin API and `keygate audit --json` show it."""
+    return {
+        "id": event.id,
+        "at": iso(event.at),
+        "actor": event.actor,
+        "action": event.action,
+        "key_id": event.key_id,
+        "key_name": event.key_name,
+        "details": dict(event.details),
+    }

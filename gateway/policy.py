@@ -434,6 +434,8 @@ def load_policy(path: Path) -> Policy:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise PolicyError([f"{where}: cannot read: {error.strerror or error}"]) from error
+    except UnicodeDecodeError as error:
+        raise PolicyError([f"{where}: cannot read: not UTF-8 text ({error.reason})"]) from error
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -23,8 +23,9 @@ class Runtime:
 
     async def load_table(self) -> None:
         """Load every key from the store into the in-memory table."""
-        rows, seq = await self.store.load_all()
-        self.table.load(rows, seq)
+        loader = self.table.loader()
+        seq = await self.store.load_auth(loader.add)
+        loader.finish(seq)
 
     async def apply_own_writes(self) -> None:
         """Bring the table up to date with the store before an admin call returns."""

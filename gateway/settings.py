@@ -135,7 +135,8 @@ class _Reader:
         self, data: Mapping[str, Any], location: str, key: str, default: float, *, minimum: float
     ) -> float:
         value = data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        # `not value >= minimum` also refuses NaN, which compares false with everything.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= minimum:
             self.problem(f"{location}.{key}", f"must be a number >= {minimum}")
             return default
         return float(value)
@@ -194,7 +195,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
     upstream = _upstream(reader, data, env)
 
     store_data = reader.section(data, "store", {"url"})
-    store_url = reader.string(store_data, "store", "url", "")
+    store_url = reader.string(store_data, "store", "url", "") if "url" in store_data else ""
     if store_url and not store_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         reader.problem("store.url", "must start with sqlite:///, postgresql:// or postgres://")
     if "url" not in store_data:
@@ -263,10 +264,19 @@ def _upstream(reader: _Reader, data: Mapping[str, Any], env: Mapping[str, str]) 
     section = reader.section(
         data, "upstream", {"url", "timeout", "connect_timeout", "headers", "pool_size"}
     )
-    url = reader.string(section, "upstream", "url", "")
-    parts = urlsplit(url)
+    url = reader.string(section, "upstream", "url", "") if "url" in section else ""
+    url_error: str | None = None
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port that is not a number in 0-65535
+    except ValueError as error:  # e.g. "http://[::1" or "http://host:99999"
+        parts, url_error = urlsplit(""), str(error)
     if "url" not in section:
         reader.problem("upstream.url", "is required (e.g. http://127.0.0.1:9000)")
+    elif not url:
+        pass  # reader.string has reported it
+    elif url_error is not None:
+        reader.problem("upstream.url", f"{url!r} is not a valid URL: {url_error}")
     elif parts.scheme not in ("http", "https") or not parts.hostname:
         reader.problem("upstream.url", f"{url!r} must be an http:// or https:// URL with a host")
     elif parts.path not in ("", "/") or parts.query or parts.fragment:
@@ -316,6 +326,8 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError([f"{path}: cannot read: {error.strerror or error}"]) from error
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"{path}: cannot read: not UTF-8 text ({error.reason})"]) from error
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:

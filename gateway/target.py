@@ -9,9 +9,11 @@ from urllib.parse import unquote
 MAX_TARGET_LENGTH = 4096
 
 # Anything a backend could read differently from us: encoded slash, backslash, dot, percent
-# or NUL; raw backslash, `;` parameters, NUL/controls/space/non-ASCII; `//`; dot segments.
+# or NUL; a `%` not followed by two hex digits (left as-is by us, decoded or refused by
+# others, e.g. IIS `%u0061`); raw backslash, `;` parameters, NUL/controls/space/non-ASCII;
+# `//`; dot segments.
 _AMBIGUOUS_PATH = re.compile(
-    r"%(?:2[fFeE5]|5[cC]|00)|[\\;#\x00-\x20\x7f-\U0010ffff]|//|/\.\.?(?:/|$)"
+    r"%(?:2[fFeE5]|5[cC]|00|(?![0-9A-Fa-f]{2}))|[\\;#\x00-\x20\x7f-\U0010ffff]|//|/\.\.?(?:/|$)"
 )
 _AMBIGUOUS_QUERY = re.compile(r"%00|[#\x00-\x20\x7f-\U0010ffff]")
 

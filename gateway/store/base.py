@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 KeyStatus = Literal["active", "revoked"]
+# The lean row a process loads into its key table: digest, id, name, roles, status, expires_at.
+AuthRow = tuple[bytes, int, str, tuple[str, ...], str, float | None]
 ChangeOp = Literal["upsert", "delete"]
 
 
@@ -159,6 +162,12 @@ class KeyStore(Protocol):
     # --- change feed and cache loading ----------------------------------------
     async def load_all(self) -> tuple[list[KeyRow], int]:
         """Return every key and the change-feed sequence they reflect."""
+
+    async def load_auth(self, sink: Callable[[list[AuthRow]], None]) -> int:
+        """Feed every key's auth row to `sink` in chunks; return the feed sequence they reflect.
+
+        This is the cold-start path for a million keys: no full KeyRow objects are built.
+        """
 
     async def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
         """Return change-feed entries with sequence > seq, oldest first."""

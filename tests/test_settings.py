@@ -1,0 +1,341 @@
+"""Behaviour of config loading: the shipped config, located problems, env values, paths."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.policy import load_policy
+from gateway.settings import (
+    CONFIG_ENV_VAR,
+    DEFAULT_ACTING_USER_HEADER,
+    DEFAULT_ADMIN_HOST,
+    DEFAULT_ADMIN_PORT,
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_GRACE_PERIOD,
+    DEFAULT_LISTEN_HOST,
+    DEFAULT_LISTEN_PORT,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_POOL_SIZE,
+    DEFAULT_STRIP_HEADERS,
+    DEFAULT_UPSTREAM_TIMEOUT,
+    ConfigError,
+    Settings,
+    config_path_from,
+    is_header_name,
+    load_settings,
+    settings_from_data,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "config" / "gateway.yaml"
+WHERE = Path("/etc/keygate/gateway.yaml")
+MINIMAL: dict[str, Any] = {
+    "upstream": {"url": "http://127.0.0.1:9000"},
+    "store": {"url": "sqlite:///keygate.db"},
+}
+
+
+def build(data: Any, environ: dict[str, str] | None = None) -> Settings:
+    return settings_from_data(data, WHERE, environ or {})
+
+
+def problems_of(data: Any, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        build(data, environ)
+    return caught.value.problems
+
+
+def with_(**sections: Any) -> dict[str, Any]:
+    """MINIMAL with some top-level settings replaced or added."""
+    return {**MINIMAL, **sections}
+
+
+def test_shipped_config_loads_with_its_policy() -> None:
+    settings = load_settings(SHIPPED, environ={})
+    assert settings.path == SHIPPED.resolve()
+    assert (settings.listen.host, settings.listen.port) == ("0.0.0.0", 8080)
+    assert (settings.admin.host, settings.admin.port) == ("127.0.0.1", 8081)
+    assert settings.upstream.url == "http://127.0.0.1:9000"
+    assert settings.upstream.headers == ()
+    assert settings.store_url.startswith("sqlite:///")
+    assert settings.policy_path == (REPO / "config" / "policy.yaml").resolve()
+    assert settings.base_dir == SHIPPED.resolve().parent
+    assert settings.anonymous == "passthrough"
+    assert settings.acting_user_header == "X-Acting-User"
+    assert "X-Remote-User" in settings.strip_headers
+    assert "1int-admin" in load_policy(settings.policy_path).roles
+
+
+def test_minimal_config_takes_the_documented_defaults() -> None:
+    settings = build(MINIMAL)
+    assert settings.listen.host == DEFAULT_LISTEN_HOST
+    assert settings.listen.port == DEFAULT_LISTEN_PORT
+    assert (settings.admin.host, settings.admin.port) == (DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT)
+    assert settings.upstream.timeout == DEFAULT_UPSTREAM_TIMEOUT
+    assert settings.upstream.connect_timeout == DEFAULT_CONNECT_TIMEOUT
+    assert settings.upstream.pool_size == DEFAULT_POOL_SIZE
+    assert settings.acting_user_header == DEFAULT_ACTING_USER_HEADER
+    assert settings.strip_headers == DEFAULT_STRIP_HEADERS
+    assert settings.anonymous == "passthrough"
+    assert settings.poll_interval == DEFAULT_POLL_INTERVAL
+    assert settings.flush_interval == DEFAULT_FLUSH_INTERVAL
+    assert settings.grace_period == DEFAULT_GRACE_PERIOD
+    assert (settings.log_level, settings.access_log) == ("info", True)
+    assert settings.policy_path == WHERE.parent / "policy.yaml"
+
+
+def test_every_problem_is_reported_at_once_with_its_location() -> None:
+    data = {
+        "listen": {"host": "0.0.0.0", "port": 70000, "backlog": 5},
+        "admin": {"port": "8081"},
+        "upstream": {
+            "url": "http://backend:9000/1Integrate",
+            "timeout": -1,
+            "retries": 3,
+            "headers": {
+                "Bad Header": {"value": "x"},
+                "X-Service-Token": {"env": "KEYGATE_TEST_MISSING"},
+                "X-Injected": {"value": "a\r\nX-Acting-User: admin"},
+                "X-Shape": {"env": "A", "value": "b"},
+            },
+        },
+        "store": {"path": "keygate.db"},
+        "identity": {"acting_user_header": "X Acting User", "strip_headers": ["ok", "not ok"]},
+        "anonymous": "allow",
+        "feed": {"poll_interval": 0},
+        "log": {"level": "verbose", "access_log": "yes"},
+        "shutdown": 30,
+        "listener": {},
+    }
+    problems = problems_of(data)
+    assert all(problem.startswith(f"{WHERE}: ") for problem in problems)
+    expected = [
+        "listener: unknown setting",
+        "listen.backlog: unknown setting",
+        "listen.port: must be an integer 0-65535",
+        "admin.port: must be an integer 0-65535",
+        "upstream.retries: unknown setting",
+        "upstream.url: must have no path",
+        "upstream.timeout: must be a number >= 0.1",
+        "upstream.headers.Bad Header: is not a valid header name",
+        "upstream.headers.X-Service-Token: environment variable 'KEYGATE_TEST_MISSING' is not set",
+        "upstream.headers.X-Injected: value contains control characters",
+        "upstream.headers.X-Shape: must be {env: VARIABLE} or {value: text}",
+        "store.path: unknown setting",
+        "store.url: is required",
+        "identity.acting_user_header: 'X Acting User' is not a valid header name",
+        "identity.strip_headers: must be a list of header names",
+        "anonymous: must be 'passthrough' or 'deny'",
+        "feed.poll_interval: must be a number >= 0.01",
+        "log.level: must be debug, info, warning or error",
+        "log.access_log: must be true or false",
+        "shutdown: must be a mapping",
+    ]
+    for fragment in expected:
+        matching = [p for p in problems if f"{WHERE}: {fragment}" in p]
+        assert len(matching) == 1, (fragment, problems)
+    assert len(problems) == len(expected)
+
+
+@pytest.mark.parametrize("port", [-1, 65536, "8080", True, 80.5, None])
+def test_bad_ports(port: Any) -> None:
+    assert problems_of(with_(listen={"port": port})) == [
+        f"{WHERE}: listen.port: must be an integer 0-65535"
+    ]
+
+
+def test_port_zero_means_pick_a_free_port() -> None:
+    assert build(with_(listen={"port": 0}, admin={"port": 65535})).listen.port == 0
+
+
+@pytest.mark.parametrize("anonymous", ["Passthrough", "allow", "", None, True, ["deny"]])
+def test_bad_anonymous(anonymous: Any) -> None:
+    assert problems_of(with_(anonymous=anonymous)) == [
+        f"{WHERE}: anonymous: must be 'passthrough' or 'deny'"
+    ]
+
+
+def test_anonymous_deny() -> None:
+    assert build(with_(anonymous="deny")).anonymous == "deny"
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("http://backend:9000/1Integrate/rest", "must have no path"),
+        ("http://backend:9000?x=1", "must have no path"),
+        ("http://backend:9000#top", "must have no path"),
+        ("ftp://backend", "must be an http:// or https:// URL with a host"),
+        ("backend:9000", "must be an http:// or https:// URL with a host"),
+        ("http://", "must be an http:// or https:// URL with a host"),
+        ("http://[::1", "is not a valid URL"),
+        ("http://backend:99999", "is not a valid URL"),
+        ("http://backend:port", "is not a valid URL"),
+        ("", "must be a non-empty string"),
+        (9000, "must be a non-empty string"),
+    ],
+)
+def test_bad_upstream_urls(url: Any, fragment: str) -> None:
+    problems = problems_of(with_(upstream={"url": url}))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{WHERE}: upstream.url: ")
+    assert fragment in problems[0]
+
+
+def test_upstream_url_keeps_no_trailing_slash() -> None:
+    assert build(with_(upstream={"url": "https://backend:8443/"})).upstream.url == (
+        "https://backend:8443"
+    )
+
+
+def test_missing_required_settings_are_each_reported_once() -> None:
+    assert problems_of({}) == [
+        f"{WHERE}: upstream.url: is required (e.g. http://127.0.0.1:9000)",
+        f"{WHERE}: store.url: is required (e.g. sqlite:///keygate.db)",
+    ]
+    assert problems_of(None) == problems_of({})
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://db/keygate", "sqlite://relative.db", "keygate.db", "SQLITE:///x.db"]
+)
+def test_bad_store_urls(url: str) -> None:
+    assert problems_of(with_(store={"url": url})) == [
+        f"{WHERE}: store.url: must start with sqlite:///, postgresql:// or postgres://"
+    ]
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///keygate.db", "sqlite:////var/lib/k.db", "postgresql://u@h/db"]
+)
+def test_good_store_urls(url: str) -> None:
+    assert build(with_(store={"url": url})).store_url == url
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("feed", "poll_interval", math.nan),
+        ("feed", "poll_interval", True),
+        ("feed", "poll_interval", "0.2"),
+        ("usage", "flush_interval", 0.01),
+        ("shutdown", "grace_period", -1),
+        ("upstream", "pool_size", 0),
+        ("upstream", "connect_timeout", math.nan),
+    ],
+)
+def test_bad_numbers(section: str, key: str, value: Any) -> None:
+    base = dict(MINIMAL[section]) if section in MINIMAL else {}
+    problems = problems_of(with_(**{section: {**base, key: value}}))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{WHERE}: {section}.{key}: must be a number >= ")
+
+
+def test_header_values_from_environment_and_literals() -> None:
+    data = with_(
+        upstream={
+            "url": "http://backend",
+            "headers": {
+                "Authorization": {"env": "KEYGATE_UPSTREAM_AUTH"},
+                "X-Static": {"value": "literal text"},
+            },
+        }
+    )
+    settings = build(data, {"KEYGATE_UPSTREAM_AUTH": "Basic c3ZjOnB3"})
+    assert settings.upstream.headers == (
+        ("Authorization", "Basic c3ZjOnB3"),
+        ("X-Static", "literal text"),
+    )
+
+
+def test_header_value_from_environment_with_control_characters_is_refused() -> None:
+    data = with_(upstream={"url": "http://b", "headers": {"X-T": {"env": "T"}}})
+    assert problems_of(data, {"T": "ok\nX-Acting-User: admin"}) == [
+        f"{WHERE}: upstream.headers.X-T: value contains control characters"
+    ]
+    assert problems_of(data, {"T": "nul\x00"}) == problems_of(data, {"T": "del\x7f"})
+
+
+def test_missing_environment_variable_is_named() -> None:
+    data = with_(upstream={"url": "http://b", "headers": {"X-T": {"env": "KEYGATE_NOPE"}}})
+    assert problems_of(data, {"OTHER": "1"}) == [
+        f"{WHERE}: upstream.headers.X-T: environment variable 'KEYGATE_NOPE' is not set"
+    ]
+
+
+@pytest.mark.parametrize("name", ["X-Acting-User", "x_user", "A", "!#$%&'*+-.^_`|~"])
+def test_header_names_accepted(name: str) -> None:
+    assert is_header_name(name)
+    assert build(with_(identity={"acting_user_header": name})).acting_user_header == name
+
+
+@pytest.mark.parametrize("name", ["X Acting", "X:User", "", "X-\u00e9", "X\r\nY", "X(1)"])
+def test_header_names_refused(name: str) -> None:
+    assert not is_header_name(name)
+
+
+def test_relative_policy_path_resolves_against_the_config_directory(tmp_path: Path) -> None:
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    config = config_dir / "gateway.yaml"
+    config.write_text(yaml.safe_dump({**MINIMAL, "policy": "../policies/p.yaml"}), "utf-8")
+    assert load_settings(config).policy_path == tmp_path / "policies" / "p.yaml"
+    absolute = tmp_path / "abs.yaml"
+    config.write_text(yaml.safe_dump({**MINIMAL, "policy": str(absolute)}), "utf-8")
+    assert load_settings(config).policy_path == absolute
+    config.write_text(yaml.safe_dump(MINIMAL), "utf-8")
+    assert load_settings(config).policy_path == config_dir / "policy.yaml"
+
+
+def test_relative_config_path_is_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(MINIMAL), "utf-8")
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(Path("gateway.yaml"))
+    assert settings.path == tmp_path / "gateway.yaml"
+    assert settings.policy_path == tmp_path / "policy.yaml"
+
+
+def test_policy_must_be_a_path() -> None:
+    assert problems_of(with_(policy=["a.yaml"])) == [
+        f"{WHERE}: policy: must be a path to the policy YAML file"
+    ]
+
+
+def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CONFIG_ENV_VAR, raising=False)
+    assert config_path_from(None) == DEFAULT_CONFIG_PATH == Path("config/gateway.yaml")
+    assert config_path_from("/x/arg.yaml") == Path("/x/arg.yaml")
+    monkeypatch.setenv(CONFIG_ENV_VAR, "/x/env.yaml")
+    assert config_path_from(None) == Path("/x/env.yaml")
+    assert config_path_from("") == Path("/x/env.yaml")
+    assert config_path_from("/x/arg.yaml") == Path("/x/arg.yaml")
+    monkeypatch.setenv(CONFIG_ENV_VAR, "")
+    assert config_path_from(None) == DEFAULT_CONFIG_PATH
+
+
+def test_top_level_must_be_a_mapping() -> None:
+    with pytest.raises(ConfigError) as caught:
+        build(["listen"])
+    assert caught.value.problems == [f"{WHERE}: top level must be a mapping"]
+
+
+def test_unreadable_invalid_and_non_utf8_files(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(missing)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("listen: {port: [\n", "utf-8")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_settings(broken)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"listen:\n  host: \xff\n")
+    with pytest.raises(ConfigError, match="cannot read") as caught:
+        load_settings(binary)
+    assert len(caught.value.problems) == 1
