@@ -155,37 +155,17 @@ def create_key(
     return secret
 
 
-# --- Seeding: one CLI call per key. Isolated on purpose; swap for a bulk path later. ---------
+# --- Seeding: one bulk transaction straight into the store's schema. --------------------------
 
 
-def seed_keys(
-    config_path: Path,
-    count: int,
-    *,
-    python: str = sys.executable,
-    cwd: Path = REPO_ROOT,
-    budget_s: float = SEED_BUDGET_S,
-) -> None:
-    """Create `count` filler keys (seed-00001, ...) with one `keys create` call each."""
+def seed_keys(config_path: Path, count: int, **_ignored: object) -> None:
+    """Create `count` filler keys (seed-0000000, ...) in the store next to the config."""
     if count <= 0:
         return
-    started = time.monotonic()
-    report_every = max(1, count // 10)
-    for index in range(1, count + 1):
-        create_key(config_path, f"seed-{index:05d}", python=python, cwd=cwd)
-        elapsed = time.monotonic() - started
-        if index == min(SEED_PROBE_KEYS, count):
-            projected = elapsed / index * count
-            if projected > budget_s:
-                raise BenchError(
-                    f"seeding {count} keys with one CLI call each would take ~{projected:.0f} s "
-                    f"({elapsed / index:.2f} s per key), over the {budget_s:.0f} s budget; "
-                    "pass a smaller --keys, a larger --seed-budget, or give seed_keys a bulk path"
-                )
-        if index % report_every == 0 or index == count:
-            print(f"    seeded {index}/{count} keys ({elapsed:.0f} s)", flush=True)
-        if elapsed > budget_s and index < count:
-            raise BenchError(f"seeding stopped after {index}/{count} keys: over {budget_s:.0f} s")
+    from benchmarks.seed import seed_store
+
+    seconds = seed_store(config_path.parent / "keygate.db", count, ("bench",))
+    print(f"    seeded {count} keys in {seconds:.1f} s", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------

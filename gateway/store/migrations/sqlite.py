@@ -1,0 +1,150 @@
+"""SQLite schema migrations and the routine that applies them, each in its own transaction."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+
+import aiosqlite
+
+from gateway.store.migrations import Migration, check_sequence
+
+# Statements are run one by one (never executescript, which commits implicitly), so a
+# migration and its schema_version row commit together or not at all.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "keys, change feed, audit log, admin accounts",
+        (
+            """
+            CREATE TABLE keys (
+                id           INTEGER PRIMARY KEY AUTOINCREMENT,
+                name         TEXT    NOT NULL UNIQUE,
+                description  TEXT    NOT NULL DEFAULT '',
+                roles        TEXT    NOT NULL,
+                status       TEXT    NOT NULL CHECK (status IN ('active', 'revoked')),
+                digest       BLOB    NOT NULL UNIQUE,
+                prefix       TEXT    NOT NULL,
+                created_at   REAL    NOT NULL,
+                created_by   TEXT    NOT NULL,
+                updated_at   REAL    NOT NULL,
+                revoked_at   REAL,
+                expires_at   REAL,
+                last_used_at REAL,
+                use_count    INTEGER NOT NULL DEFAULT 0
+            )
+            """,
+            "CREATE INDEX keys_status ON keys (status)",
+            """
+            CREATE TABLE key_changes (
+                seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+                key_id INTEGER NOT NULL,
+                digest BLOB    NOT NULL,
+                op     TEXT    NOT NULL CHECK (op IN ('upsert', 'delete'))
+            )
+            """,
+            """
+            CREATE TABLE audit (
+                id       INTEGER PRIMARY KEY AUTOINCREMENT,
+                at       REAL    NOT NULL,
+                actor    TEXT    NOT NULL,
+                action   TEXT    NOT NULL,
+                key_id   INTEGER,
+                key_name TEXT,
+                details  TEXT    NOT NULL DEFAULT '{}'
+            )
+            """,
+            "CREATE INDEX audit_key_id ON audit (key_id)",
+            "CREATE INDEX audit_key_name ON audit (key_name)",
+            "CREATE INDEX audit_actor ON audit (actor)",
+            """
+            CREATE TABLE admins (
+                name          TEXT    PRIMARY KEY,
+                password_hash TEXT    NOT NULL,
+                grants        TEXT    NOT NULL,
+                grant_all     INTEGER NOT NULL CHECK (grant_all IN (0, 1)),
+                created_at    REAL    NOT NULL,
+                updated_at    REAL    NOT NULL
+            )
+            """,
+        ),
+    ),
+)
+
+check_sequence(MIGRATIONS)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+_CREATE_VERSION_TABLE = """
+    CREATE TABLE IF NOT EXISTS schema_version (
+        version     INTEGER PRIMARY KEY,
+        description TEXT    NOT NULL,
+        applied_at  REAL    NOT NULL
+    )
+"""
+_CURRENT_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+
+
+async def _in_transaction(db: aiosqlite.Connection, statements: tuple[str, ...]) -> None:
+    """Run statements in one BEGIN IMMEDIATE transaction (waits for, never races, writers)."""
+    try:
+        await db.execute("BEGIN IMMEDIATE")
+        for statement in statements:
+            await db.execute(statement)
+        await db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            await db.execute("ROLLBACK")
+        raise
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was migrated by a newer keygate than this one."""
+
+
+async def schema_version(db: aiosqlite.Connection) -> int:
+    """Return the highest applied migration version (0 for a fresh database)."""
+    rows = list(await db.execute_fetchall(_CURRENT_VERSION))
+    return int(rows[0][0])
+
+
+async def apply_migrations(
+    db: aiosqlite.Connection, migrations: tuple[Migration, ...] = MIGRATIONS
+) -> list[int]:
+    """Apply pending migrations in order, each in its own transaction; return their versions.
+
+    `db` must be in autocommit mode (isolation_level=None). Safe when several processes
+    open a fresh file at once: the version is re-read under the write lock, so each
+    migration runs exactly once.
+    """
+    await _in_transaction(db, (_CREATE_VERSION_TABLE,))
+    latest = migrations[-1].version if migrations else 0
+    applied: list[int] = []
+    for migration in migrations:
+        if await schema_version(db) >= migration.version:
+            continue
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            # Another process may have applied it between our check and the lock.
+            if await schema_version(db) < migration.version:
+                for statement in migration.statements:
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO schema_version (version, description, applied_at) "
+                    "VALUES (?, ?, ?)",
+                    (migration.version, migration.description, time.time()),
+                )
+                applied.append(migration.version)
+            await db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                await db.execute("ROLLBACK")
+            raise
+    current = await schema_version(db)
+    if current > latest:
+        raise SchemaTooNewError(
+            f"database schema version {current} is newer than this keygate supports "
+            f"({latest}); upgrade keygate"
+        )
+    return applied

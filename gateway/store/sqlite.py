@@ -1,0 +1,851 @@
+"""SQLite key store: keys, change feed, audit log and admin accounts in one file (aiosqlite)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+
+from gateway.store.base import (
+    AdminAccount,
+    AuditEvent,
+    AuthRow,
+    Change,
+    KeyChanges,
+    KeyRow,
+    KeyStatus,
+    NameConflictError,
+    NewKey,
+    NotFoundError,
+)
+from gateway.store.migrations.sqlite import apply_migrations
+
+log = logging.getLogger("keygate.store.sqlite")
+
+# Milliseconds a statement waits for another process's write lock before failing.
+BUSY_TIMEOUT_MS = 5000
+# Rows per round trip to the SQLite thread when loading every key.
+LOAD_CHUNK = 20_000
+# Distinct roles JSON strings remembered for interning before the memo starts over.
+ROLES_MEMO_MAX = 10_000
+
+# Audit actions written by this store (the admin API records others via append_audit).
+ACTION_CREATE = "create"
+ACTION_EDIT = "edit"
+ACTION_REVOKE = "revoke"
+ACTION_REINSTATE = "reinstate"
+ACTION_DELETE = "delete"
+ACTION_REVOKE_ALL = "revoke_all"
+ACTION_REINSTATE_ALL = "reinstate_all"
+ACTION_DELETE_REVOKED = "delete_revoked"
+ACTION_ADMIN_ADD = "admin_add"
+ACTION_ADMIN_PASSWD = "admin_passwd"
+ACTION_ADMIN_GRANTS = "admin_grants"
+ACTION_ADMIN_REMOVE = "admin_remove"
+
+_PRAGMAS = (
+    f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+)
+
+# KeyRow's fields in declaration order; every key SELECT returns exactly these columns.
+_KEY_FIELDS = (
+    "id",
+    "name",
+    "description",
+    "roles",
+    "status",
+    "digest",
+    "prefix",
+    "created_at",
+    "created_by",
+    "updated_at",
+    "revoked_at",
+    "expires_at",
+    "last_used_at",
+    "use_count",
+)
+_KEY_COLUMNS = ", ".join(_KEY_FIELDS)
+_KEY_COLUMNS_K = ", ".join(f"k.{name}" for name in _KEY_FIELDS)
+_ROLES_INDEX = _KEY_FIELDS.index("roles")
+_ADMIN_COLUMNS = "name, password_hash, grants, grant_all, created_at, updated_at"
+_AUDIT_COLUMNS = "id, at, actor, action, key_id, key_name, details"
+
+_INSERT_CHANGE = "INSERT INTO key_changes (key_id, digest, op) VALUES (?, ?, ?)"
+_INSERT_AUDIT = (
+    "INSERT INTO audit (at, actor, action, key_id, key_name, details) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_CURRENT_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM key_changes"
+
+
+def _fast_setters() -> tuple[Callable[[object, object], None], ...] | None:
+    """Return KeyRow's slot setters when rows may be built without the dataclass __init__.
+
+    A frozen dataclass __init__ goes through object.__setattr__ per field, which doubles
+    the cost of load_all on a million keys; writing the slots directly gives the same
+    object. Only used while KeyRow is a slots dataclass with exactly _KEY_FIELDS and no
+    __post_init__; otherwise rows are built the ordinary way.
+    """
+    names = tuple(field.name for field in dataclasses.fields(KeyRow))
+    if (
+        names != _KEY_FIELDS
+        or getattr(KeyRow, "__slots__", None) != _KEY_FIELDS
+        or hasattr(KeyRow, "__post_init__")
+    ):
+        return None
+    return tuple(KeyRow.__dict__[name].__set__ for name in _KEY_FIELDS)
+
+
+_SETTERS = _fast_setters()
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for the block (restored only if it was on)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+async def _retry_when_locked(db: aiosqlite.Connection, sql: str) -> list[Any]:
+    """Run one statement, retrying for up to BUSY_TIMEOUT_MS while the file is locked.
+
+    Switching a fresh file to WAL needs an exclusive lock, and when several processes
+    open it at once SQLite reports "database is locked" at once instead of waiting
+    (deadlock avoidance), so the busy timeout alone does not cover it.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            return list(await db.execute_fetchall(sql))
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def _roles_json(roles: Iterable[str]) -> str:
+    """Encode a role tuple as the compact JSON array stored in the roles column."""
+    return json.dumps(list(roles), separators=(",", ":"))
+
+
+def _details_json(details: dict[str, Any] | None) -> str:
+    """Encode audit details as compact JSON."""
+    return json.dumps(details or {}, separators=(",", ":"), sort_keys=True)
+
+
+def _like_pattern(query: str) -> str:
+    """Return a LIKE pattern (escape character backslash) matching `query` as a substring."""
+    escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _is_unique_violation(exc: sqlite3.IntegrityError, column: str) -> bool:
+    """Return True when `exc` is a UNIQUE/PRIMARY KEY failure on exactly `table.column`."""
+    return str(exc) == f"UNIQUE constraint failed: {column}"
+
+
+class _RolesMemo(dict[str, tuple[str, ...]]):
+    """Roles JSON string -> one shared tuple, so keys with the same role set share it."""
+
+    def __missing__(self, text: str) -> tuple[str, ...]:
+        if len(self) >= ROLES_MEMO_MAX:
+            self.clear()
+        roles = tuple(str(role) for role in json.loads(text))
+        self[text] = roles
+        return roles
+
+
+class SqliteKeyStore:
+    """KeyStore on one SQLite file in WAL mode; one connection, writes under an asyncio.Lock.
+
+    Every write runs in BEGIN IMMEDIATE ... COMMIT, so it is whole or absent, and other
+    processes using the same file serialise on SQLite's write lock. Reads take the same
+    asyncio.Lock, so they never see another task's transaction half-done on the shared
+    connection.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        """Remember the database path; nothing is opened until open()."""
+        self.path = Path(path)
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._roles = _RolesMemo()
+
+    def __repr__(self) -> str:
+        return f"SqliteKeyStore({str(self.path)!r})"
+
+    # --- connection ------------------------------------------------------------
+    async def open(self) -> None:
+        """Create the directory if needed, connect, set pragmas and apply migrations."""
+        async with self._lock:
+            if self._db is not None:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: no implicit transactions; every write says BEGIN itself.
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+            try:
+                for pragma in _PRAGMAS:
+                    rows = await _retry_when_locked(db, pragma)
+                    if pragma.startswith("PRAGMA journal_mode") and rows[0][0] != "wal":
+                        log.warning("SQLite %s: journal mode %s, not WAL", self.path, rows[0][0])
+                applied = await apply_migrations(db)
+            except BaseException:
+                await db.close()
+                raise
+            if applied:
+                log.info("SQLite %s: applied schema migrations %s", self.path, applied)
+            self._db = db
+
+    async def close(self) -> None:
+        """Wait for running statements, then close the connection (idempotent)."""
+        db = self._db
+        if db is None:
+            return
+        async with self._lock:
+            self._db = None
+            await db.close()
+
+    async def ping(self) -> bool:
+        """Return True when the database answers SELECT 1."""
+        try:
+            rows = await self._fetch("SELECT 1")
+        except (sqlite3.Error, ValueError, RuntimeError):  # failed, or closed
+            return False
+        return rows == [(1,)]
+
+    def _conn(self) -> aiosqlite.Connection:
+        """Return the open connection; raise RuntimeError when the store is not open."""
+        if self._db is None:
+            raise RuntimeError(f"{self!r} is not open")
+        return self._db
+
+    @contextlib.asynccontextmanager
+    async def _transaction(
+        self, begin: str = "BEGIN IMMEDIATE"
+    ) -> AsyncIterator[aiosqlite.Connection]:
+        """Run the body in one transaction on the shared connection, under the lock.
+
+        Rolls back on any exception, cancellation included: aiosqlite runs statements in
+        queue order on its thread, so the ROLLBACK follows whatever was already queued.
+        """
+        async with self._lock:
+            db = self._conn()
+            try:
+                await db.execute(begin)
+                yield db
+                await db.execute("COMMIT")
+            except BaseException:
+                # Fails harmlessly when BEGIN itself failed or COMMIT already happened.
+                with contextlib.suppress(sqlite3.Error):
+                    await db.execute("ROLLBACK")
+                raise
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Run one read statement under the lock and return all rows."""
+        async with self._lock:
+            return list(await self._conn().execute_fetchall(sql, params))
+
+    # --- row building ----------------------------------------------------------
+    def _build_rows(self, rows: Iterable[Sequence[Any]]) -> list[KeyRow]:
+        """Turn SELECT rows (columns _KEY_FIELDS) into KeyRows with interned role tuples."""
+        memo = self._roles
+        out: list[KeyRow]
+        setters = _SETTERS
+        if setters is None:  # pragma: no cover - only if KeyRow's shape changes
+            out = []
+            for row in rows:
+                values = list(row)
+                values[_ROLES_INDEX] = memo[values[_ROLES_INDEX]]
+                out.append(KeyRow(*values))
+            return out
+        (
+            s_id,
+            s_name,
+            s_description,
+            s_roles,
+            s_status,
+            s_digest,
+            s_prefix,
+            s_created_at,
+            s_created_by,
+            s_updated_at,
+            s_revoked_at,
+            s_expires_at,
+            s_last_used_at,
+            s_use_count,
+        ) = setters
+        new = object.__new__
+        out = []
+        append = out.append
+        for (
+            key_id,
+            name,
+            description,
+            roles,
+            status,
+            digest,
+            prefix,
+            created_at,
+            created_by,
+            updated_at,
+            revoked_at,
+            expires_at,
+            last_used_at,
+            use_count,
+        ) in rows:
+            key = new(KeyRow)
+            s_id(key, key_id)
+            s_name(key, name)
+            s_description(key, description)
+            s_roles(key, memo[roles])
+            s_status(key, status)
+            s_digest(key, digest)
+            s_prefix(key, prefix)
+            s_created_at(key, created_at)
+            s_created_by(key, created_by)
+            s_updated_at(key, updated_at)
+            s_revoked_at(key, revoked_at)
+            s_expires_at(key, expires_at)
+            s_last_used_at(key, last_used_at)
+            s_use_count(key, use_count)
+            append(key)
+        return out
+
+    async def _key_in(self, db: aiosqlite.Connection, key_id: int) -> KeyRow:
+        """Read one key inside the current transaction; raise NotFoundError."""
+        rows = list(
+            await db.execute_fetchall(f"SELECT {_KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,))
+        )
+        if not rows:
+            raise NotFoundError(f"no key with id {key_id}")
+        return self._build_rows(rows)[0]
+
+    async def _audit_in(
+        self,
+        db: aiosqlite.Connection,
+        at: float,
+        actor: str,
+        action: str,
+        key_id: int | None = None,
+        key_name: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Append one audit row inside the current transaction."""
+        await db.execute(
+            _INSERT_AUDIT, (at, actor, action, key_id, key_name, _details_json(details))
+        )
+
+    # --- keys ------------------------------------------------------------------
+    async def create_key(self, new: NewKey, actor: str) -> KeyRow:
+        """Insert a key; raise NameConflictError if the name is taken."""
+        now = time.time()
+        roles_text = _roles_json(new.roles)
+        async with self._transaction() as db:
+            try:
+                cursor = await db.execute(
+                    "INSERT INTO keys (name, description, roles, status, digest, prefix,"
+                    " created_at, created_by, updated_at, expires_at)"
+                    " VALUES (?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)",
+                    (
+                        new.name,
+                        new.description,
+                        roles_text,
+                        new.digest,
+                        new.prefix,
+                        now,
+                        actor,
+                        now,
+                        new.expires_at,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                if _is_unique_violation(exc, "keys.name"):
+                    raise NameConflictError(f"a key named {new.name!r} already exists") from None
+                raise
+            key_id = cursor.lastrowid
+            if key_id is None:  # pragma: no cover - SQLite always reports it after INSERT
+                raise RuntimeError("SQLite returned no row id for the new key")
+            await db.execute(_INSERT_CHANGE, (key_id, new.digest, "upsert"))
+            await self._audit_in(
+                db,
+                now,
+                actor,
+                ACTION_CREATE,
+                key_id,
+                new.name,
+                {"roles": list(new.roles), "expires_at": new.expires_at},
+            )
+        return KeyRow(
+            id=key_id,
+            name=new.name,
+            description=new.description,
+            roles=self._roles[roles_text],
+            status="active",
+            digest=new.digest,
+            prefix=new.prefix,
+            created_at=now,
+            created_by=actor,
+            updated_at=now,
+            revoked_at=None,
+            expires_at=new.expires_at,
+            last_used_at=None,
+            use_count=0,
+        )
+
+    async def get_key(self, key_id: int) -> KeyRow | None:
+        """Return a key by id, or None."""
+        rows = await self._fetch(f"SELECT {_KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,))
+        return self._build_rows(rows)[0] if rows else None
+
+    async def get_key_by_name(self, name: str) -> KeyRow | None:
+        """Return a key by exact name, or None."""
+        rows = await self._fetch(f"SELECT {_KEY_COLUMNS} FROM keys WHERE name = ?", (name,))
+        return self._build_rows(rows)[0] if rows else None
+
+    async def list_keys(
+        self,
+        *,
+        status: Literal["active", "revoked", "expired"] | None = None,
+        query: str | None = None,
+        limit: int = 100,
+        after_id: int = 0,
+        now: float | None = None,
+    ) -> list[KeyRow]:
+        """List keys ordered by id (> after_id), filtered by status and name/description substring.
+
+        "active" excludes expired keys, "expired" is active with expires_at <= now, and the
+        query matches case-insensitively (ASCII) with no wildcards.
+        """
+        if limit < 0:
+            raise ValueError("limit must not be negative")
+        moment = time.time() if now is None else now
+        where = ["id > ?"]
+        params: list[Any] = [after_id]
+        if status == "active":
+            where.append("status = 'active' AND (expires_at IS NULL OR expires_at > ?)")
+            params.append(moment)
+        elif status == "revoked":
+            where.append("status = 'revoked'")
+        elif status == "expired":
+            where.append("status = 'active' AND expires_at <= ?")
+            params.append(moment)
+        elif status is not None:
+            raise ValueError(f"unknown status filter {status!r}")
+        if query:
+            where.append(r"(name LIKE ? ESCAPE '\' OR description LIKE ? ESCAPE '\')")
+            pattern = _like_pattern(query)
+            params += [pattern, pattern]
+        params.append(limit)
+        rows = await self._fetch(
+            f"SELECT {_KEY_COLUMNS} FROM keys WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+            params,
+        )
+        return self._build_rows(rows)
+
+    async def update_key(self, key_id: int, changes: KeyChanges, actor: str) -> KeyRow:
+        """Apply a partial edit; raise NotFoundError or NameConflictError.
+
+        Fields equal to their current value are not changes; an edit that changes nothing
+        writes nothing (no updated_at, change-feed entry or audit event).
+        """
+        if changes.clear_expiry and changes.expires_at is not None:
+            raise ValueError("give expires_at or clear_expiry, not both")
+        now = time.time()
+        async with self._transaction() as db:
+            current = await self._key_in(db, key_id)
+            wanted: dict[str, Any] = {}
+            if changes.name is not None:
+                wanted["name"] = changes.name
+            if changes.description is not None:
+                wanted["description"] = changes.description
+            if changes.roles is not None:
+                wanted["roles"] = tuple(changes.roles)
+            if changes.clear_expiry:
+                wanted["expires_at"] = None
+            elif changes.expires_at is not None:
+                wanted["expires_at"] = changes.expires_at
+            edits = {
+                field: value for field, value in wanted.items() if getattr(current, field) != value
+            }
+            if not edits:
+                return current
+            columns = {
+                field: _roles_json(value) if field == "roles" else value
+                for field, value in edits.items()
+            }
+            assignments = ", ".join(f"{field} = ?" for field in columns)
+            try:
+                await db.execute(
+                    f"UPDATE keys SET {assignments}, updated_at = ? WHERE id = ?",
+                    (*columns.values(), now, key_id),
+                )
+            except sqlite3.IntegrityError as exc:
+                if _is_unique_violation(exc, "keys.name"):
+                    raise NameConflictError(
+                        f"a key named {edits['name']!r} already exists"
+                    ) from None
+                raise
+            await db.execute(_INSERT_CHANGE, (key_id, current.digest, "upsert"))
+            before = {field: _jsonable(getattr(current, field)) for field in edits}
+            after = {field: _jsonable(value) for field, value in edits.items()}
+            await self._audit_in(
+                db,
+                now,
+                actor,
+                ACTION_EDIT,
+                key_id,
+                edits.get("name", current.name),
+                {"before": before, "after": after},
+            )
+        if "roles" in columns:
+            edits["roles"] = self._roles[columns["roles"]]
+        return dataclasses.replace(current, **edits, updated_at=now)
+
+    async def set_revoked(self, key_id: int, revoked: bool, actor: str) -> KeyRow:
+        """Revoke or reinstate one key; raise NotFoundError.
+
+        Revoking a revoked key (or reinstating an active one) returns it unchanged and
+        writes nothing.
+        """
+        now = time.time()
+        status: KeyStatus = "revoked" if revoked else "active"
+        revoked_at = now if revoked else None
+        async with self._transaction() as db:
+            current = await self._key_in(db, key_id)
+            if current.status == status:
+                return current
+            await db.execute(
+                "UPDATE keys SET status = ?, revoked_at = ?, updated_at = ? WHERE id = ?",
+                (status, revoked_at, now, key_id),
+            )
+            await db.execute(_INSERT_CHANGE, (key_id, current.digest, "upsert"))
+            action = ACTION_REVOKE if revoked else ACTION_REINSTATE
+            await self._audit_in(db, now, actor, action, key_id, current.name)
+        return dataclasses.replace(current, status=status, revoked_at=revoked_at, updated_at=now)
+
+    async def delete_key(self, key_id: int, actor: str) -> KeyRow:
+        """Delete one key for good and return what it was; raise NotFoundError."""
+        now = time.time()
+        async with self._transaction() as db:
+            current = await self._key_in(db, key_id)
+            await db.execute("DELETE FROM keys WHERE id = ?", (key_id,))
+            await db.execute(_INSERT_CHANGE, (key_id, current.digest, "delete"))
+            await self._audit_in(
+                db, now, actor, ACTION_DELETE, key_id, current.name, {"status": current.status}
+            )
+        return current
+
+    async def _batch(
+        self, actor: str, action: str, op: str, where: str, write: str, *values: object
+    ) -> int:
+        """Log a change for every key matching `where`, then `write ... WHERE where` them.
+
+        One transaction: the change rows (INSERT ... SELECT), the write and an audit event
+        with the count. `values` are the write's parameters.
+        """
+        now = time.time()
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO key_changes (key_id, digest, op)"
+                f" SELECT id, digest, ? FROM keys WHERE {where} ORDER BY id",
+                (op,),
+            )
+            cursor = await db.execute(f"{write} WHERE {where}", values)
+            count = cursor.rowcount
+            await self._audit_in(db, now, actor, action, details={"count": count})
+        return count
+
+    async def revoke_all(self, actor: str) -> int:
+        """Revoke every active key in one transaction; return how many."""
+        now = time.time()
+        return await self._batch(
+            actor,
+            ACTION_REVOKE_ALL,
+            "upsert",
+            "status = 'active'",
+            "UPDATE keys SET status = 'revoked', revoked_at = ?, updated_at = ?",
+            now,
+            now,
+        )
+
+    async def reinstate_all(self, actor: str) -> int:
+        """Reinstate every revoked key in one transaction; return how many."""
+        return await self._batch(
+            actor,
+            ACTION_REINSTATE_ALL,
+            "upsert",
+            "status = 'revoked'",
+            "UPDATE keys SET status = 'active', revoked_at = NULL, updated_at = ?",
+            time.time(),
+        )
+
+    async def delete_revoked(self, actor: str) -> int:
+        """Delete every revoked key in one transaction; return how many."""
+        return await self._batch(
+            actor, ACTION_DELETE_REVOKED, "delete", "status = 'revoked'", "DELETE FROM keys"
+        )
+
+    # --- change feed and cache loading ----------------------------------------
+    async def load_all(self) -> tuple[list[KeyRow], int]:
+        """Return every key and the change-feed sequence they reflect (one snapshot).
+
+        Rows are fetched in chunks (bounded memory besides the result) and the cyclic
+        garbage collector is paused meanwhile: KeyRows hold no cycles, and collections
+        triggered by a million new objects would otherwise cost more than the load.
+        """
+        keys: list[KeyRow] = []
+        with _gc_paused():
+            async with self._transaction("BEGIN") as db:
+                seq_rows = list(await db.execute_fetchall(_CURRENT_SEQ))
+                async with db.execute(f"SELECT {_KEY_COLUMNS} FROM keys ORDER BY id") as cursor:
+                    while chunk := await cursor.fetchmany(LOAD_CHUNK):
+                        keys += self._build_rows(chunk)
+        return keys, int(seq_rows[0][0])
+
+    async def load_auth(self, sink: Callable[[list[AuthRow]], None]) -> int:
+        """Feed every key's auth row to `sink` in chunks; return the feed sequence they reflect.
+
+        One read snapshot, chunks of LOAD_CHUNK rows in id order, role tuples interned, and
+        the garbage collector paused as in load_all. `sink` runs on the event loop.
+        """
+        memo = self._roles
+        with _gc_paused():
+            async with self._transaction("BEGIN") as db:
+                seq_rows = list(await db.execute_fetchall(_CURRENT_SEQ))
+                async with db.execute(
+                    "SELECT digest, id, name, roles, status, expires_at FROM keys ORDER BY id"
+                ) as cursor:
+                    while chunk := await cursor.fetchmany(LOAD_CHUNK):
+                        sink(
+                            [
+                                (digest, key_id, name, memo[roles], status, expires_at)
+                                for digest, key_id, name, roles, status, expires_at in chunk
+                            ]
+                        )
+        return int(seq_rows[0][0])
+
+    async def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
+        """Return change-feed entries with sequence > seq, oldest first.
+
+        Each entry carries the key's current row, or None when the key no longer exists.
+        """
+        if limit < 0:
+            raise ValueError("limit must not be negative")
+        rows = await self._fetch(
+            f"SELECT c.seq, c.digest, {_KEY_COLUMNS_K} FROM key_changes c"
+            " LEFT JOIN keys k ON k.digest = c.digest"
+            " WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
+            (seq, limit),
+        )
+        present = self._build_rows(row[2:] for row in rows if row[2] is not None)
+        changes: list[Change] = []
+        position = 0
+        for row in rows:
+            if row[2] is None:
+                changes.append(Change(row[0], row[1], None))
+            else:
+                changes.append(Change(row[0], row[1], present[position]))
+                position += 1
+        return changes
+
+    async def current_seq(self) -> int:
+        """Return the latest change-feed sequence number (0 when empty)."""
+        rows = await self._fetch(_CURRENT_SEQ)
+        return int(rows[0][0])
+
+    # --- usage -----------------------------------------------------------------
+    async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:
+        """Add use counts and raise last_used_at for many keys in one transaction.
+
+        Unknown ids (keys deleted meanwhile) are ignored; no change-feed entry is written.
+        """
+        if not usage:
+            return
+        params = [(uses, last_used, key_id) for key_id, (last_used, uses) in usage.items()]
+        async with self._transaction() as db:
+            await db.executemany(
+                "UPDATE keys SET use_count = use_count + ?1,"
+                " last_used_at = max(coalesce(last_used_at, ?2), ?2) WHERE id = ?3",
+                params,
+            )
+
+    # --- audit -----------------------------------------------------------------
+    async def append_audit(
+        self,
+        actor: str,
+        action: str,
+        key_id: int | None = None,
+        key_name: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record one audit event (for actions not already audited by a key write)."""
+        async with self._transaction() as db:
+            await self._audit_in(db, time.time(), actor, action, key_id, key_name, details)
+
+    async def list_audit(
+        self,
+        *,
+        key_id: int | None = None,
+        key_name: str | None = None,
+        actor: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[AuditEvent]:
+        """List audit events newest first (id < before_id), filtered; since is inclusive."""
+        if limit < 0:
+            raise ValueError("limit must not be negative")
+        where: list[str] = []
+        params: list[Any] = []
+        for clause, value in (
+            ("key_id = ?", key_id),
+            ("key_name = ?", key_name),
+            ("actor = ?", actor),
+            ("at >= ?", since),
+            ("id < ?", before_id),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        condition = f"WHERE {' AND '.join(where)}" if where else ""
+        params.append(limit)
+        rows = await self._fetch(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit {condition} ORDER BY id DESC LIMIT ?", params
+        )
+        return [
+            AuditEvent(
+                id=row[0],
+                at=row[1],
+                actor=row[2],
+                action=row[3],
+                key_id=row[4],
+                key_name=row[5],
+                details=json.loads(row[6]),
+            )
+            for row in rows
+        ]
+
+    # --- admin accounts --------------------------------------------------------
+    async def add_admin(
+        self, name: str, password_hash: str, grants: tuple[str, ...], grant_all: bool, actor: str
+    ) -> AdminAccount:
+        """Create an admin account; raise NameConflictError."""
+        now = time.time()
+        async with self._transaction() as db:
+            try:
+                await db.execute(
+                    f"INSERT INTO admins ({_ADMIN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, password_hash, _roles_json(grants), int(grant_all), now, now),
+                )
+            except sqlite3.IntegrityError as exc:
+                if _is_unique_violation(exc, "admins.name"):
+                    raise NameConflictError(f"an admin named {name!r} already exists") from None
+                raise
+            await self._audit_in(
+                db,
+                now,
+                actor,
+                ACTION_ADMIN_ADD,
+                details={"admin": name, "grants": list(grants), "grant_all": grant_all},
+            )
+        return AdminAccount(name, password_hash, tuple(grants), grant_all, now, now)
+
+    async def get_admin(self, name: str) -> AdminAccount | None:
+        """Return an admin account by name, or None."""
+        rows = await self._fetch(f"SELECT {_ADMIN_COLUMNS} FROM admins WHERE name = ?", (name,))
+        return _admin(rows[0]) if rows else None
+
+    async def list_admins(self) -> list[AdminAccount]:
+        """Return every admin account ordered by name."""
+        rows = await self._fetch(f"SELECT {_ADMIN_COLUMNS} FROM admins ORDER BY name")
+        return [_admin(row) for row in rows]
+
+    async def set_admin_password(self, name: str, password_hash: str, actor: str) -> None:
+        """Replace an admin's password hash; raise NotFoundError."""
+        now = time.time()
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE admins SET password_hash = ?, updated_at = ? WHERE name = ?",
+                (password_hash, now, name),
+            )
+            if cursor.rowcount == 0:
+                raise NotFoundError(f"no admin named {name!r}")
+            await self._audit_in(db, now, actor, ACTION_ADMIN_PASSWD, details={"admin": name})
+
+    async def set_admin_grants(
+        self, name: str, grants: tuple[str, ...], grant_all: bool, actor: str
+    ) -> AdminAccount:
+        """Replace an admin's grant set; raise NotFoundError."""
+        now = time.time()
+        async with self._transaction() as db:
+            rows = list(
+                await db.execute_fetchall(
+                    f"SELECT {_ADMIN_COLUMNS} FROM admins WHERE name = ?", (name,)
+                )
+            )
+            if not rows:
+                raise NotFoundError(f"no admin named {name!r}")
+            current = _admin(rows[0])
+            await db.execute(
+                "UPDATE admins SET grants = ?, grant_all = ?, updated_at = ? WHERE name = ?",
+                (_roles_json(grants), int(grant_all), now, name),
+            )
+            await self._audit_in(
+                db,
+                now,
+                actor,
+                ACTION_ADMIN_GRANTS,
+                details={
+                    "admin": name,
+                    "before": {"grants": list(current.grants), "grant_all": current.grant_all},
+                    "after": {"grants": list(grants), "grant_all": grant_all},
+                },
+            )
+        return dataclasses.replace(
+            current, grants=tuple(grants), grant_all=grant_all, updated_at=now
+        )
+
+    async def remove_admin(self, name: str, actor: str) -> None:
+        """Delete an admin account; raise NotFoundError."""
+        now = time.time()
+        async with self._transaction() as db:
+            cursor = await db.execute("DELETE FROM admins WHERE name = ?", (name,))
+            if cursor.rowcount == 0:
+                raise NotFoundError(f"no admin named {name!r}")
+            await self._audit_in(db, now, actor, ACTION_ADMIN_REMOVE, details={"admin": name})
+
+
+def _jsonable(value: Any) -> Any:
+    """Return a value as audit JSON wants it (tuples become lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _admin(row: Sequence[Any]) -> AdminAccount:
+    """Build an AdminAccount from a row of _ADMIN_COLUMNS."""
+    return AdminAccount(
+        name=row[0],
+        password_hash=row[1],
+        grants=tuple(json.loads(row[2])),
+        grant_all=bool(row[3]),
+        created_at=row[4],
+        updated_at=row[5],
+    )
