@@ -109,7 +109,6 @@ async def running_gateway(
             settings.listen.host,
             settings.listen.port,
             reuse_port=reuse_port or None,
-            shutdown_timeout=settings.grace_period,
         )
         await proxy_site.start()
         admin_port: int | None = None

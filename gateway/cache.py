@@ -16,7 +16,7 @@ from gateway.store.base import AuthRow, Change, KeyRow, KeyStore
 log = logging.getLogger("keygate.cache")
 
 # Seconds between change-feed polls when no notification arrives.
-DEFAULT_POLL_INTERVAL = 0.2
+DEFAULT_POLL_INTERVAL = 0.1
 # Seconds between flushes of last-used times and use counts to the store.
 DEFAULT_USAGE_FLUSH_INTERVAL = 2.0
 # Change-feed entries fetched per store round trip.

@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import inspect
 import json
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -231,7 +232,10 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = load_config(args)
     load_policy(settings.policy_path)  # fail fast with every policy problem listed
-    resolve_workers(args.workers)
+    workers = resolve_workers(args.workers)
+    if workers > 1 and args.worker_index is None and settings.listen.port == 0:
+        # Port 0 would give every worker its own random port instead of one shared port.
+        raise CliError(f"--workers {args.workers} needs a fixed listen.port (not 0)")
     return run_server(settings, args.workers, args.worker_index)
 
 
@@ -358,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (OSError, ValueError) as error:
         print(f"keygate: error: {error}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as error:  # e.g. the store file is not a database
+        print(f"keygate: error: store: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

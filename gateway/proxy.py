@@ -7,7 +7,7 @@ import json
 import logging
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -69,6 +69,20 @@ def error_response(status: int, code: str, message: str, challenge: bool = False
 def refusal_response(refusal: auth.Refusal) -> web.Response:
     """Render an auth refusal as its JSON error response."""
     return error_response(refusal.status, refusal.code, refusal.message, refusal.challenge)
+
+
+class RelayedResponse(web.StreamResponse):
+    """A streamed response carrying the upstream's headers: aiohttp adds no Content-Type.
+
+    aiohttp defaults a body's missing Content-Type to application/octet-stream; a proxy must
+    not invent one (RFC 9110 section 8.3 lets the recipient sniff or assume instead).
+    """
+
+    async def _prepare_headers(self) -> None:
+        untyped = hdrs.CONTENT_TYPE not in self.headers
+        await super()._prepare_headers()
+        if untyped:
+            self.headers.popall(hdrs.CONTENT_TYPE, None)
 
 
 class Proxy:
@@ -172,6 +186,14 @@ class Proxy:
         self, request: web.BaseRequest, acting_user: str | None, drop_authorization: bool
     ) -> web.StreamResponse:
         """Send the request upstream byte-exact and stream the answer back."""
+        if (
+            request.version == aiohttp.HttpVersion11
+            and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
+        ):
+            # The request passed every check: ask for the body now. aiohttp's low-level server
+            # never answers Expect itself, so a waiting client (curl) would stall instead.
+            await request.writer.write(_CONTINUE)
+            request.writer.output_size = 0
         headers = self._upstream_headers(request, acting_user, drop_authorization)
         url = URL(self._upstream + request.raw_path, encoded=True)
         body = request.content if request.body_exists else None
@@ -199,7 +221,7 @@ class Proxy:
         self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
     ) -> web.StreamResponse:
         """Copy status, headers (minus hop-by-hop) and body from the upstream response."""
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response = RelayedResponse(status=upstream.status, reason=upstream.reason)
         drop = HOP_BY_HOP
         connection = upstream.headers.get("Connection")
         if connection:
@@ -224,13 +246,19 @@ class Proxy:
                 if isinstance(error, TimeoutError | aiohttp.ServerTimeoutError):
                     return error_response(504, E_UPSTREAM_TIMEOUT, "the upstream timed out")
                 return error_response(502, E_UPSTREAM_DOWN, "the upstream failed mid-answer")
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                # The client left mid-answer (aiohttp raises a ClientError for that too):
+                # not the upstream's fault; releasing the upstream response closes it.
+                log.debug("client went away mid-body: %s", error.__class__.__name__)
+                return response
             # Headers already went out: the only honest signal left is to cut the connection.
             log.warning("upstream failed mid-body: %s", error.__class__.__name__)
-            if request.transport is not None:
-                request.transport.close()
+            transport.close()
         return response
 
 
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 
 

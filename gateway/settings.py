@@ -29,7 +29,7 @@ DEFAULT_STRIP_HEADERS = (
     "Remote-User",
     "X-Authenticated-User",
 )
-DEFAULT_POLL_INTERVAL = 0.2  # seconds between change-feed polls
+DEFAULT_POLL_INTERVAL = 0.1  # seconds between change-feed polls
 DEFAULT_FLUSH_INTERVAL = 2.0  # seconds between usage flushes
 DEFAULT_GRACE_PERIOD = 30.0  # seconds in-flight requests get on shutdown
 DEFAULT_POOL_SIZE = 256  # keep-alive connections to the upstream per process

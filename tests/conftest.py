@@ -1,0 +1,430 @@
+"""Shared fixtures: a real demo backend, a config dir with a real SQLite store, keys, gateways.
+
+Everything here runs the real thing: the demo backend listens on a loopback port, the store
+is an SQLite file in a temporary directory, keys are minted by `gateway.lifecycle.create_key`
+and gateways run either in-process (`running_gateway`) or as `python -m gateway` processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+
+from gateway import lifecycle
+from gateway.app import RunningGateway, running_gateway
+from gateway.demo_backend import runner_url, start_demo_backend
+from gateway.policy import load_policy
+from gateway.settings import load_settings
+from gateway.store.factory import store_from_url
+
+PYTHON = sys.executable
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REST = "/1Integrate/rest"
+# Role granting every method on every path (protected paths must still refuse it).
+ALL_ROLE = "test-everything"
+# Role that may read and write rules and use the echo endpoints.
+WRITER_ROLE = "test-rules-writer"
+# Seconds a subprocess gateway gets to start accepting connections.
+START_TIMEOUT = 15.0
+# Working directory of subprocesses: nowhere near the repo's own config/ (no accidental use).
+NEUTRAL_CWD = Path(tempfile.gettempdir())
+
+
+def policy_data() -> dict[str, Any]:
+    """Return the example policy plus the test roles, as parsed YAML."""
+    text = resources.files("gateway").joinpath("examples/policy.yaml").read_text("utf-8")
+    data: dict[str, Any] = yaml.safe_load(text)
+    data["roles"][ALL_ROLE] = {"description": "every method, every path", "allow": ["* /**"]}
+    data["roles"][WRITER_ROLE] = {
+        "description": "rules read/write plus echo",
+        "include": ["1int-rules-read", "1int-rules-write", "1int-echo"],
+    }
+    return data
+
+
+# --------------------------------------------------------------------------- backend
+
+
+@dataclass
+class Backend:
+    """A started demo backend: its runner, port and base URL."""
+
+    runner: web.AppRunner
+    port: int
+    url: str
+
+
+async def start_backend() -> Backend:
+    """Start the demo backend on 127.0.0.1 with a free port."""
+    runner = await start_demo_backend("127.0.0.1", 0)
+    return Backend(runner, int(runner.addresses[0][1]), runner_url(runner))
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[Backend]:
+    """The demo backend on a loopback port chosen by the OS."""
+    started = await start_backend()
+    try:
+        yield started
+    finally:
+        await started.runner.cleanup()
+
+
+# --------------------------------------------------------------------------- config
+
+
+def write_config(
+    directory: Path,
+    upstream_url: str,
+    *,
+    listen_port: int = 0,
+    admin_port: int = 0,
+    extra: Mapping[str, Any] | None = None,
+    policy: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write gateway.yaml and policy.yaml into `directory`; return the config path.
+
+    `extra` is merged into the config one level deep (e.g. {"upstream": {"timeout": 0.5}}).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "policy.yaml").write_text(
+        yaml.safe_dump(dict(policy) if policy is not None else policy_data()),
+        encoding="utf-8",
+    )
+    config: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": listen_port},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "upstream": {"url": upstream_url, "timeout": 30},
+        "store": {"url": "sqlite:///keygate.db"},
+        "policy": "policy.yaml",
+        "feed": {"poll_interval": 0.05},
+        "usage": {"flush_interval": 0.5},
+        "shutdown": {"grace_period": 5},
+        "log": {"level": "info", "access_log": True},
+    }
+    for name, value in (extra or {}).items():
+        if isinstance(value, Mapping) and isinstance(config.get(name), dict):
+            config[name] = {**config[name], **value}
+        else:
+            config[name] = value
+    path = directory / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, backend: Backend) -> Path:
+    """A config dir (gateway.yaml, policy.yaml, SQLite store) pointing at the demo backend."""
+    return write_config(tmp_path / "config", backend.url)
+
+
+# --------------------------------------------------------------------------- keys
+
+
+async def create_key(
+    config: Path,
+    name: str,
+    roles: Sequence[str],
+    *,
+    expires_at: str | None = None,
+    now: float | None = None,
+) -> str:
+    """Create a key directly in the config's store with lifecycle.create_key; return the secret.
+
+    `now` is the moment the lifecycle validates `expires_at` against (pass a past moment to
+    mint an already-expired key through the real code path).
+    """
+    settings = load_settings(config)
+    policy = load_policy(settings.policy_path)
+    store = store_from_url(settings.store_url, settings.base_dir)
+    await store.open()
+    try:
+        request = {"name": name, "roles": list(roles), "expires_at": expires_at}
+        created = await lifecycle.create_key(
+            store, request, policy, "test", time.time() if now is None else now
+        )
+    finally:
+        await store.close()
+    return created.secret
+
+
+async def add_key(
+    gateway: RunningGateway,
+    name: str,
+    roles: Sequence[str],
+    *,
+    expires_at: str | None = None,
+    now: float | None = None,
+) -> str:
+    """Create a key in a running in-process gateway's store and its table; return the secret."""
+    runtime = gateway.runtime
+    request = {"name": name, "roles": list(roles), "expires_at": expires_at}
+    created = await lifecycle.create_key(
+        runtime.store, request, runtime.policy, "test", time.time() if now is None else now
+    )
+    await runtime.apply_own_writes()
+    return created.secret
+
+
+@pytest.fixture
+async def gateway(config_path: Path) -> AsyncIterator[RunningGateway]:
+    """A gateway running in this process in front of the demo backend (no admin listener)."""
+    async with running_gateway(load_settings(config_path), serve_admin=False) as running:
+        yield running
+
+
+# --------------------------------------------------------------------------- raw HTTP
+
+
+@dataclass
+class RawResponse:
+    """An HTTP/1.1 response exactly as it came off the socket."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header `name` (case-insensitive), in order."""
+        return [value for key, value in self.headers if key.lower() == name.lower()]
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = bytearray()
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        size = int(size_line.split(b";")[0].strip(), 16)
+        if size == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                pass
+            return bytes(body)
+        body += await reader.readexactly(size)
+        await reader.readexactly(2)
+
+
+async def raw_request(
+    port: int, request: bytes, *, head: bool = False, timeout: float = 10.0
+) -> RawResponse:
+    """Send raw request bytes to 127.0.0.1:port and parse one response (no normalisation)."""
+
+    async def exchange() -> RawResponse:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(request)
+            await writer.drain()
+            head_bytes = await reader.readuntil(b"\r\n\r\n")
+            lines = head_bytes.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            headers = []
+            for line in lines[1:]:
+                if line:
+                    name, _, value = line.partition(":")
+                    headers.append((name, value.strip()))
+            lowered = {name.lower(): value for name, value in headers}
+            if head or status in (204, 304) or 100 <= status < 200:
+                body = b""
+            elif lowered.get("transfer-encoding", "").lower() == "chunked":
+                body = await _read_chunked(reader)
+            elif "content-length" in lowered:
+                body = await reader.readexactly(int(lowered["content-length"]))
+            else:
+                body = await reader.read()
+            return RawResponse(status, headers, body)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    return await asyncio.wait_for(exchange(), timeout)
+
+
+def http_request(
+    method: str,
+    target: str,
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes = b"",
+    *,
+    host: str = "127.0.0.1",
+    connection: str = "close",
+) -> bytes:
+    """Build raw HTTP/1.1 request bytes, header names and duplicates sent exactly as given.
+
+    A `Connection` header (default `close`) is appended so the raw reader sees EOF.
+    """
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body)}")
+    lines.append(f"Connection: {connection}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def wait_for_port(
+    port: int, timeout: float = START_TIMEOUT, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait until 127.0.0.1:port accepts a connection; fail early if `process` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError as error:
+            if process is not None and process.poll() is not None:
+                raise AssertionError(
+                    f"process exited with {process.returncode} before listening"
+                ) from error
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"nothing listening on port {port} after {timeout}s"
+                ) from error
+            await asyncio.sleep(0.05)
+        else:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            return
+
+
+def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for gateway subprocesses: this one, without KEYGATE_CONFIG, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k != "KEYGATE_CONFIG"}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env.update(extra or {})
+    return env
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m gateway ARGS` to completion and capture its output."""
+    return subprocess.run(
+        [PYTHON, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=NEUTRAL_CWD,
+        env=cli_env(env),
+        timeout=timeout,
+        check=False,
+    )
+
+
+async def arun_cli(*args: str, timeout: float = 30.0) -> tuple[int, str, str]:
+    """Run `python -m gateway ARGS` without blocking the event loop; return (rc, out, err)."""
+    process = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "gateway",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=NEUTRAL_CWD,
+        env=cli_env(),
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@dataclass
+class ServeProcess:
+    """A `python -m gateway serve` subprocess with its stderr captured to a file."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    extra_pids: list[int] = field(default_factory=list)
+
+    def log_text(self) -> str:
+        """Everything the process wrote to stderr so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM the process, wait for it, return its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+
+def start_serve(config: Path, port: int, log_path: Path, *args: str) -> ServeProcess:
+    """Start `python -m gateway serve --config CONFIG ARGS`; the caller waits for the port."""
+    log_file = log_path.open("wb")
+    try:
+        process = subprocess.Popen(
+            [PYTHON, "-m", "gateway", "serve", "--config", str(config), *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=NEUTRAL_CWD,
+            env=cli_env(),
+        )
+    finally:
+        log_file.close()
+    return ServeProcess(process, port, log_path)
+
+
+@contextlib.contextmanager
+def reaped(serve: ServeProcess) -> Iterator[ServeProcess]:
+    """Make sure a serve process (and any pids noted in extra_pids) is gone afterwards."""
+    try:
+        yield serve
+    finally:
+        if serve.process.poll() is None:
+            serve.process.kill()
+            serve.process.wait(timeout=10)
+        for pid in serve.extra_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def rss_bytes(pid: int) -> int:
+    """Return a process's resident set size from /proc/<pid>/status, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def children_of(pid: int) -> set[int]:
+    """Return the pids whose parent is `pid` (scanning /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state, ppid, ...
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            found.add(int(entry.name))
+    return found

@@ -1,0 +1,248 @@
+"""Identity header hygiene: what the backend receives about who is calling, sent over raw sockets.
+
+Every request here is written byte for byte (header case, `_` spellings and duplicates really
+go on the wire) and the demo backend's echo endpoint reports the raw header list it received.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from conftest import ALL_ROLE, REST, Backend, add_key, http_request, raw_request, write_config
+
+from gateway.app import RunningGateway, running_gateway
+from gateway.settings import DEFAULT_STRIP_HEADERS, ConfigError, load_settings
+
+ECHO = f"{REST}/_echo/identity"
+SPOOF = "mallory"
+
+
+async def echoed(
+    gateway: RunningGateway, headers: list[tuple[str, str]], *, connection: str = "close"
+) -> list[tuple[str, str]]:
+    """Send GET /_echo with exactly these headers; return the headers the backend received."""
+    response = await raw_request(
+        gateway.proxy_port,
+        http_request("GET", ECHO, headers, host="gateway.example:8443", connection=connection),
+    )
+    assert response.status == 200, response.body
+    return [(name, value) for name, value in response.json()["headers"]]
+
+
+def values(headers: list[tuple[str, str]], name: str) -> list[str]:
+    """Every value of a header, matching names case-insensitively and `_` as `-`."""
+    wanted = name.lower().replace("_", "-")
+    return [v for n, v in headers if n.lower().replace("_", "-") == wanted]
+
+
+@pytest.fixture
+async def key(gateway: RunningGateway) -> str:
+    """A key named `integration-bot` that may call everything."""
+    return await add_key(gateway, "integration-bot", [ALL_ROLE])
+
+
+SPOOFED_ACTING_USER = [
+    [("X-Acting-User", SPOOF)],
+    [("x-acting-user", SPOOF)],
+    [("X-ACTING-USER", SPOOF)],
+    [("x-AcTiNg-uSeR", SPOOF)],
+    [("X_Acting_User", SPOOF)],
+    [("x_acting-user", SPOOF)],
+    [("X-Acting-User", SPOOF), ("X-Acting-User", "admin")],
+    [("X-Acting-User", SPOOF), ("x-acting-user", "admin"), ("X_ACTING_USER", "root")],
+    [("X-Acting-User", "")],
+]
+
+
+@pytest.mark.parametrize("spoofed", SPOOFED_ACTING_USER)
+async def test_exactly_one_acting_user_arrives_and_it_is_the_key_name(
+    gateway: RunningGateway, key: str, spoofed: list[tuple[str, str]]
+) -> None:
+    received = await echoed(gateway, [*spoofed, ("X-API-Key", key)])
+    assert values(received, "X-Acting-User") == ["integration-bot"]
+    assert SPOOF not in json.dumps(received)
+
+
+@pytest.mark.parametrize("spoofed", SPOOFED_ACTING_USER)
+async def test_anonymous_requests_carry_no_acting_user(
+    gateway: RunningGateway, spoofed: list[tuple[str, str]]
+) -> None:
+    received = await echoed(gateway, spoofed)
+    assert values(received, "X-Acting-User") == []
+    assert SPOOF not in json.dumps(received)
+
+
+async def test_acting_user_named_in_connection_is_still_set_once(
+    gateway: RunningGateway, key: str
+) -> None:
+    received = await echoed(
+        gateway,
+        [("X-Acting-User", SPOOF), ("X-API-Key", key)],
+        connection="close, x-acting-user",
+    )
+    assert values(received, "X-Acting-User") == ["integration-bot"]
+    anonymous = await echoed(gateway, [("X-Acting-User", SPOOF)], connection="X-Acting-User")
+    assert values(anonymous, "X-Acting-User") == []
+
+
+def _spellings(name: str) -> list[str]:
+    return [
+        name,
+        name.lower(),
+        name.upper(),
+        name.replace("-", "_"),
+        name.lower().replace("-", "_"),
+    ]
+
+
+@pytest.mark.parametrize("header", DEFAULT_STRIP_HEADERS)
+async def test_every_strip_header_spelling_is_dropped(
+    gateway: RunningGateway, key: str, header: str
+) -> None:
+    spoofed = [(spelling, SPOOF) for spelling in _spellings(header)]
+    for credential in ([("X-API-Key", key)], []):
+        received = await echoed(gateway, [*spoofed, *credential])
+        assert values(received, header) == []
+        assert SPOOF not in json.dumps(received)
+
+
+async def test_custom_strip_headers_replace_the_defaults(tmp_path: Path, backend: Backend) -> None:
+    config = write_config(
+        tmp_path / "strip",
+        backend.url,
+        extra={"identity": {"strip_headers": ["X-Company-User", "X-Forwarded-User"]}},
+    )
+    async with running_gateway(load_settings(config), serve_admin=False) as running:
+        key = await add_key(running, "strip-bot", [ALL_ROLE])
+        received = await echoed(
+            running,
+            [
+                ("x_company_user", SPOOF),
+                ("X-Company-User", SPOOF),
+                ("X-Forwarded-User", SPOOF),
+                ("X-API-Key", key),
+            ],
+        )
+    assert values(received, "X-Company-User") == []
+    assert values(received, "X-Forwarded-User") == []
+    assert values(received, "X-Acting-User") == ["strip-bot"]
+
+
+async def test_forwarding_headers_are_set_by_the_gateway(gateway: RunningGateway, key: str) -> None:
+    spoofed = [
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("x-forwarded-for", "7.7.7.7"),
+        ("X_Forwarded_For", "8.8.8.8"),
+        ("X-Forwarded-Proto", "https"),
+        ("x_forwarded_proto", "https"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-FORWARDED-HOST", "evil.example"),
+        ("Forwarded", "for=6.6.6.6;proto=https;host=evil.example"),
+    ]
+    for credential in ([("X-API-Key", key)], []):
+        received = await echoed(gateway, [*spoofed, *credential])
+        assert values(received, "X-Forwarded-For") == ["127.0.0.1"]
+        assert values(received, "X-Forwarded-Proto") == ["http"]
+        assert values(received, "X-Forwarded-Host") == ["gateway.example:8443"]
+        assert values(received, "Forwarded") == []
+        dumped = json.dumps(received)
+        assert "6.6.6.6" not in dumped and "evil.example" not in dumped
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [
+        ("X-API-Key", "{key}"),
+        ("x-api-key", "{key}"),
+        ("X-API-KEY", "{key}"),
+        ("Authorization", "Bearer {key}"),
+        ("authorization", "ApiKey {key}"),
+    ],
+)
+async def test_the_credential_never_reaches_the_backend(
+    gateway: RunningGateway, key: str, credential: tuple[str, str]
+) -> None:
+    received = await echoed(gateway, [(credential[0], credential[1].format(key=key))])
+    assert values(received, "X-Acting-User") == ["integration-bot"]
+    assert values(received, "X-API-Key") == []
+    assert values(received, "Authorization") == []
+    assert key not in json.dumps(received)
+    assert key[:20] not in json.dumps(received)
+
+
+async def test_an_underscore_api_key_header_is_not_a_credential_and_is_not_forwarded(
+    gateway: RunningGateway, key: str
+) -> None:
+    received = await echoed(gateway, [("X_API_Key", key)])
+    assert values(received, "X-Acting-User") == []  # not authenticated: anonymous
+    assert key not in json.dumps(received)
+
+
+@contextlib.asynccontextmanager
+async def static_header_gateway(
+    tmp_path: Path, backend: Backend, spec: dict[str, dict[str, str]]
+) -> AsyncIterator[RunningGateway]:
+    """A gateway whose config adds static upstream headers."""
+    config = write_config(tmp_path / "static", backend.url, extra={"upstream": {"headers": spec}})
+    async with running_gateway(load_settings(config), serve_admin=False) as running:
+        yield running
+
+
+async def test_static_upstream_headers_from_env_replace_client_copies(
+    tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "service-secret-1f2e3d"
+    monkeypatch.setenv("KEYGATE_TEST_SERVICE_AUTH", secret)
+    spec = {
+        "X-Service-Auth": {"env": "KEYGATE_TEST_SERVICE_AUTH"},
+        "X-Static-Tag": {"value": "keygate"},
+    }
+    async with static_header_gateway(tmp_path, backend, spec) as running:
+        key = await add_key(running, "static-bot", [ALL_ROLE])
+        spoofed = [
+            ("X-Service-Auth", "client-forged"),
+            ("x_service_auth", "client-forged"),
+            ("X-STATIC-TAG", "client-forged"),
+        ]
+        for credential in ([("X-API-Key", key)], []):
+            received = await echoed(running, [*spoofed, *credential])
+            assert values(received, "X-Service-Auth") == [secret]
+            assert values(received, "X-Static-Tag") == ["keygate"]
+            assert "client-forged" not in json.dumps(received)
+
+
+async def test_static_header_with_unset_env_var_is_a_config_error(
+    tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KEYGATE_TEST_UNSET_VARIABLE", raising=False)
+    config = write_config(
+        tmp_path / "unset",
+        backend.url,
+        extra={"upstream": {"headers": {"X-Service-Auth": {"env": "KEYGATE_TEST_UNSET_VARIABLE"}}}},
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config)
+    assert any(
+        "upstream.headers.X-Service-Auth" in p and "KEYGATE_TEST_UNSET_VARIABLE" in p
+        for p in raised.value.problems
+    )
+
+
+async def test_custom_acting_user_header(tmp_path: Path, backend: Backend) -> None:
+    config = write_config(
+        tmp_path / "custom",
+        backend.url,
+        extra={"identity": {"acting_user_header": "X-Integrate-User"}},
+    )
+    async with running_gateway(load_settings(config), serve_admin=False) as running:
+        key = await add_key(running, "custom-bot", [ALL_ROLE])
+        received = await echoed(
+            running,
+            [("X-Integrate-User", SPOOF), ("x_integrate_user", SPOOF), ("X-API-Key", key)],
+        )
+    assert values(received, "X-Integrate-User") == ["custom-bot"]
+    assert SPOOF not in json.dumps(received)
