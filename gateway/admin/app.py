@@ -1,0 +1,66 @@
+"""The admin app factory: routes, middlewares and resources of the admin listener (wiring only)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.admin import audit_handlers, health, key_handlers, openapi, policy_handlers
+from gateway.admin.auth import (
+    AUTHENTICATOR,
+    Authenticator,
+    LoginThrottle,
+    api_key_middleware,
+    auth_middleware,
+)
+from gateway.admin.errors import error_middleware
+from gateway.admin.parsing import MAX_BODY_BYTES
+from gateway.runtime import Runtime
+from gateway.state import RUNTIME
+
+KEYS = "/api/v1/keys"
+KEY = "/api/v1/keys/{id}"
+
+# (method, path, handler, route name); the OpenAPI document lists exactly these.
+ROUTES: tuple[tuple[str, str, Handler, str | None], ...] = (
+    ("GET", "/healthz", health.healthz, "healthz"),
+    ("GET", "/readyz", health.readyz, "readyz"),
+    ("GET", "/api/v1/openapi.json", openapi.openapi, None),
+    ("POST", KEYS, key_handlers.create_key, None),
+    ("GET", KEYS, key_handlers.list_keys, None),
+    ("POST", f"{KEYS}/revoke-all", key_handlers.revoke_all, None),
+    ("POST", f"{KEYS}/reinstate-all", key_handlers.reinstate_all, None),
+    ("POST", f"{KEYS}/delete-revoked", key_handlers.delete_revoked, None),
+    ("GET", KEY, key_handlers.get_key, None),
+    ("PATCH", KEY, key_handlers.update_key, None),
+    ("DELETE", KEY, key_handlers.delete_key, None),
+    ("POST", f"{KEY}/revoke", key_handlers.revoke_key, None),
+    ("POST", f"{KEY}/reinstate", key_handlers.reinstate_key, None),
+    ("GET", "/api/v1/roles", policy_handlers.list_roles, None),
+    ("POST", "/api/v1/policy/explain", policy_handlers.explain, None),
+    ("GET", "/api/v1/audit", audit_handlers.list_audit, None),
+)
+
+
+def create_admin_app(
+    runtime: Runtime,
+    *,
+    throttle: LoginThrottle | None = None,
+    authenticator: Authenticator | None = None,
+) -> web.Application:
+    """Build the admin listener's app on a runtime whose store is already open.
+
+    The caller owns the runtime (store, table, policy); this app owns the password-hashing
+    pool. `throttle`/`authenticator` let tests and deployments tune login throttling.
+    """
+    app = web.Application(
+        middlewares=[error_middleware, api_key_middleware, auth_middleware],
+        client_max_size=MAX_BODY_BYTES,
+    )
+    app[RUNTIME] = runtime
+    auth = authenticator if authenticator is not None else Authenticator(runtime.store, throttle)
+    app[AUTHENTICATOR] = auth
+    app.cleanup_ctx.append(auth.context)
+    for method, path, handler, name in ROUTES:
+        app.router.add_route(method, path, handler, name=name)
+    return app

@@ -1,0 +1,177 @@
+"""Admin API error codes, JSON error responses and the middleware that renders every error."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway import lifecycle
+from gateway.store.base import NameConflictError, NotFoundError
+
+log = logging.getLogger("keygate.admin")
+
+# Error codes (the "error" member of every error body).
+E_API_KEY_FORBIDDEN = "api_key_forbidden"
+E_UNAUTHORIZED = "unauthorized"
+E_TOO_MANY_ATTEMPTS = "too_many_attempts"
+E_GRANT_FORBIDDEN = "grant_forbidden"
+E_NAME_CONFLICT = "name_conflict"
+E_NOT_FOUND = "not_found"
+E_INVALID = lifecycle.E_INVALID
+E_UNKNOWN_ROLE = lifecycle.E_UNKNOWN_ROLE
+E_UNKNOWN_FIELD = "unknown_field"
+E_MALFORMED_JSON = "malformed_json"
+E_UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+E_BODY_TOO_LARGE = "body_too_large"
+E_METHOD_NOT_ALLOWED = "method_not_allowed"
+E_NOT_READY = "not_ready"
+E_INTERNAL = "internal_error"
+E_HTTP = "http_error"
+
+# Messages.
+M_API_KEY_FORBIDDEN = "API keys cannot use the admin API; authenticate as an administrator"
+M_NOT_FOUND = "no such resource"
+M_KEY_NOT_FOUND = "no key with that id"
+M_NAME_CONFLICT = "a key with that name already exists"
+M_METHOD_NOT_ALLOWED = "method not allowed on this resource"
+M_BODY_TOO_LARGE = "request body is too large"
+M_INTERNAL = "internal error"
+
+# Status codes of aiohttp's own HTTP errors mapped to our error codes.
+_CODES_BY_STATUS = {
+    400: E_INVALID,
+    404: E_NOT_FOUND,
+    405: E_METHOD_NOT_ALLOWED,
+    413: E_BODY_TOO_LARGE,
+    415: E_UNSUPPORTED_MEDIA_TYPE,
+}
+_MESSAGES_BY_STATUS = {
+    404: M_NOT_FOUND,
+    405: M_METHOD_NOT_ALLOWED,
+    413: M_BODY_TOO_LARGE,
+}
+# Response headers of aiohttp's HTTP exceptions that are kept on the JSON rendering.
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate", "Location")
+NO_STORE = "no-store"
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, error code, message and optional field and headers."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+
+def error_body(
+    code: str, message: str, field: str | None = None, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Return the JSON body of an error: {"error", "message"} plus "field" when known."""
+    body: dict[str, Any] = {"error": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    if extra:
+        body.update(extra)
+    return body
+
+
+def json_error(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> web.Response:
+    """Return a JSON error response."""
+    response = web.json_response(
+        error_body(code, message, field, extra), status=status, headers=headers
+    )
+    response.headers["Cache-Control"] = NO_STORE
+    return response
+
+
+def grant_forbidden(message: str) -> ApiError:
+    """Return the 403 error for a role outside the caller's grant set."""
+    return ApiError(403, E_GRANT_FORBIDDEN, message, field="roles")
+
+
+def not_found(message: str = M_KEY_NOT_FOUND) -> ApiError:
+    """Return the 404 error for an unknown id."""
+    return ApiError(404, E_NOT_FOUND, message)
+
+
+def bad_request(message: str, field: str | None = None, code: str = E_INVALID) -> ApiError:
+    """Return a 400 error naming the offending field."""
+    return ApiError(400, code, message, field=field)
+
+
+def from_input_error(error: lifecycle.InputError) -> ApiError:
+    """Map a lifecycle validation error: 422 for an unknown role, else 400."""
+    status = 422 if error.code == E_UNKNOWN_ROLE else 400
+    return ApiError(status, error.code, error.message, field=error.field)
+
+
+def _from_http_exception(error: web.HTTPException) -> web.Response:
+    """Render one of aiohttp's own HTTP errors as JSON, keeping its useful headers."""
+    status = error.status
+    code = _CODES_BY_STATUS.get(status, E_HTTP)
+    message = _MESSAGES_BY_STATUS.get(status) or error.reason or "error"
+    headers = {name: error.headers[name] for name in _KEPT_HEADERS if name in error.headers}
+    return json_error(status, code, message, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into a JSON answer; unexpected ones become a bare 500."""
+    try:
+        response = await handler(request)
+    except ApiError as error:
+        return render(error)
+    except lifecycle.InputError as error:
+        return render(from_input_error(error))
+    except NameConflictError:
+        return json_error(409, E_NAME_CONFLICT, M_NAME_CONFLICT, field="name")
+    except NotFoundError:
+        return json_error(404, E_NOT_FOUND, M_KEY_NOT_FOUND)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return _from_http_exception(error)
+    except Exception:
+        log.exception("unexpected error in admin API: %s %s", request.method, request.path)
+        return json_error(500, E_INTERNAL, M_INTERNAL)
+    if not response.prepared and "Cache-Control" not in response.headers:
+        response.headers["Cache-Control"] = NO_STORE
+    return response
+
+
+def render(error: ApiError) -> web.Response:
+    """Render an ApiError as its JSON response."""
+    return json_error(
+        error.status,
+        error.code,
+        error.message,
+        field=error.field,
+        headers=error.headers,
+        extra=error.extra,
+    )

@@ -1,0 +1,181 @@
+"""Admin API key handlers: create, list, show, edit, revoke, reinstate, delete and batches."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aiohttp import web
+
+from gateway import lifecycle
+from gateway.admin.accounts import grant_set
+from gateway.admin.auth import current_admin
+from gateway.admin.errors import NO_STORE, bad_request, grant_forbidden, not_found
+from gateway.admin.parsing import (
+    decode_cursor,
+    encode_cursor,
+    parse_id,
+    parse_limit,
+    parse_text,
+    query_params,
+    read_json_object,
+)
+from gateway.cache import now as clock
+from gateway.policy import Policy
+from gateway.runtime import Runtime
+from gateway.state import RUNTIME
+from gateway.store.base import AdminAccount, KeyChanges
+
+KEY_FIELDS = frozenset({"name", "description", "roles", "expires_at"})
+LIST_PARAMS = frozenset({"status", "q", "limit", "cursor"})
+STATUSES: tuple[Literal["active", "revoked", "expired"], ...] = ("active", "revoked", "expired")
+KEY_CURSOR = "k"
+
+M_NOTHING_TO_CHANGE = "nothing to change: give name, description, roles or expires_at"
+M_STATUS = "status must be one of: active, revoked, expired"
+
+
+def _runtime(request: web.Request) -> Runtime:
+    return request.app[RUNTIME]
+
+
+def _key_id(request: web.Request) -> int:
+    return parse_id(request.match_info["id"])
+
+
+def check_grants(roles: tuple[str, ...], admin: AdminAccount) -> None:
+    """Refuse (403, naming them) roles outside the admin's grant set."""
+    try:
+        lifecycle.check_grants(roles, grant_set(admin))
+    except PermissionError as error:
+        raise grant_forbidden(str(error)) from None
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, headers={"Cache-Control": NO_STORE})
+
+
+async def create_key(request: web.Request) -> web.Response:
+    """POST /api/v1/keys: create a key; the only answer that ever holds its secret."""
+    runtime = _runtime(request)
+    admin = current_admin(request)
+    data = await read_json_object(request, KEY_FIELDS)
+    now = clock()
+    new, secret = lifecycle.new_key_request(data, runtime.policy, now)
+    check_grants(new.roles, admin)
+    row = await runtime.store.create_key(new, admin.name)
+    await runtime.apply_own_writes()
+    return _json({"key": lifecycle.key_json(row, now), "secret": secret}, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    """GET /api/v1/keys: one page of keys by id, filtered by status and text."""
+    runtime = _runtime(request)
+    params = query_params(request, LIST_PARAMS)
+    status_text = params.get("status") or None
+    status = next((s for s in STATUSES if s == status_text), None)
+    if status_text is not None and status is None:
+        raise bad_request(M_STATUS, field="status")
+    query = parse_text(params, "q")
+    limit = parse_limit(params)
+    after = decode_cursor(params, KEY_CURSOR) or 0
+    now = clock()
+    rows = await runtime.store.list_keys(
+        status=status, query=query, limit=limit + 1, after_id=after, now=now
+    )
+    page = rows[:limit]
+    next_cursor = encode_cursor(KEY_CURSOR, page[-1].id) if len(rows) > limit else None
+    return _json(
+        {"items": [lifecycle.key_json(row, now) for row in page], "next_cursor": next_cursor}
+    )
+
+
+async def get_key(request: web.Request) -> web.Response:
+    """GET /api/v1/keys/{id}: one key."""
+    row = await _runtime(request).store.get_key(_key_id(request))
+    if row is None:
+        raise not_found()
+    return _json(lifecycle.key_json(row, clock()))
+
+
+def key_changes(data: dict[str, Any], policy: Policy, now: float) -> KeyChanges:
+    """Validate a PATCH body into a partial edit (`expires_at: null` clears the expiry)."""
+    if not data:
+        raise bad_request(M_NOTHING_TO_CHANGE)
+    expires = data.get("expires_at")
+    return KeyChanges(
+        name=lifecycle.validate_name(data["name"]) if "name" in data else None,
+        description=(
+            lifecycle.validate_description(data["description"]) if "description" in data else None
+        ),
+        roles=lifecycle.validate_roles(data["roles"], policy) if "roles" in data else None,
+        expires_at=(
+            None if expires is None else lifecycle.parse_timestamp(expires, "expires_at", now)
+        ),
+        clear_expiry="expires_at" in data and expires is None,
+    )
+
+
+async def update_key(request: web.Request) -> web.Response:
+    """PATCH /api/v1/keys/{id}: edit name, description, roles or expiry."""
+    runtime = _runtime(request)
+    admin = current_admin(request)
+    key_id = _key_id(request)
+    if await runtime.store.get_key(key_id) is None:
+        raise not_found()
+    data = await read_json_object(request, KEY_FIELDS)
+    now = clock()
+    changes = key_changes(data, runtime.policy, now)
+    if changes.roles is not None:
+        check_grants(changes.roles, admin)
+    row = await runtime.store.update_key(key_id, changes, admin.name)
+    await runtime.apply_own_writes()
+    return _json(lifecycle.key_json(row, now))
+
+
+async def _set_revoked(request: web.Request, revoked: bool) -> web.Response:
+    runtime = _runtime(request)
+    row = await runtime.store.set_revoked(_key_id(request), revoked, current_admin(request).name)
+    await runtime.apply_own_writes()
+    return _json(lifecycle.key_json(row, clock()))
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    """POST /api/v1/keys/{id}/revoke: revoke a key (it can be reinstated)."""
+    return await _set_revoked(request, True)
+
+
+async def reinstate_key(request: web.Request) -> web.Response:
+    """POST /api/v1/keys/{id}/reinstate: reinstate a revoked key."""
+    return await _set_revoked(request, False)
+
+
+async def delete_key(request: web.Request) -> web.Response:
+    """DELETE /api/v1/keys/{id}: delete a key for good."""
+    runtime = _runtime(request)
+    await runtime.store.delete_key(_key_id(request), current_admin(request).name)
+    await runtime.apply_own_writes()
+    return web.Response(status=204, headers={"Cache-Control": NO_STORE})
+
+
+async def revoke_all(request: web.Request) -> web.Response:
+    """POST /api/v1/keys/revoke-all: revoke every active key in one transaction."""
+    runtime = _runtime(request)
+    count = await runtime.store.revoke_all(current_admin(request).name)
+    await runtime.apply_own_writes()
+    return _json({"count": count})
+
+
+async def reinstate_all(request: web.Request) -> web.Response:
+    """POST /api/v1/keys/reinstate-all: reinstate every revoked key in one transaction."""
+    runtime = _runtime(request)
+    count = await runtime.store.reinstate_all(current_admin(request).name)
+    await runtime.apply_own_writes()
+    return _json({"count": count})
+
+
+async def delete_revoked(request: web.Request) -> web.Response:
+    """POST /api/v1/keys/delete-revoked: delete every revoked key in one transaction."""
+    runtime = _runtime(request)
+    count = await runtime.store.delete_revoked(current_admin(request).name)
+    await runtime.apply_own_writes()
+    return _json({"count": count})

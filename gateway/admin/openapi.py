@@ -1,0 +1,548 @@
+"""The admin API's OpenAPI 3.1 document: exactly the admin listener's endpoints and schemas."""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from typing import Any
+
+from aiohttp import web
+
+from gateway.admin import errors
+from gateway.admin.parsing import DEFAULT_LIMIT, MAX_BODY_BYTES, MAX_LIMIT
+from gateway.lifecycle import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, ROLES_MAX
+
+OPENAPI_VERSION = "3.1.0"
+API_VERSION = "1"
+TITLE = "keygate admin API"
+
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: Schema) -> Schema:
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {**schema, "type": [kind, "null"]}
+    return {"oneOf": [schema, {"type": "null"}]}
+
+
+_TIME: Schema = {"type": "string", "format": "date-time"}
+_ERROR_CODES = sorted(
+    value
+    for name, value in vars(errors).items()
+    if name.startswith("E_") and isinstance(value, str)
+)
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string", "enum": _ERROR_CODES},
+            "message": {"type": "string"},
+            "field": {"type": "string", "description": "the request field at fault"},
+            "retry_after": {"type": "integer", "description": "seconds, with 429"},
+            "checks": {"$ref": "#/components/schemas/ReadyChecks"},
+        },
+    },
+    "KeyStatus": {"type": "string", "enum": ["active", "revoked", "expired"]},
+    "Key": {
+        "type": "object",
+        "required": [
+            "id",
+            "name",
+            "description",
+            "roles",
+            "status",
+            "prefix",
+            "created_at",
+            "created_by",
+            "updated_at",
+            "revoked_at",
+            "expires_at",
+            "last_used_at",
+            "use_count",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "integer", "minimum": 1},
+            "name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX_LENGTH},
+            "description": {"type": "string", "maxLength": DESCRIPTION_MAX_LENGTH},
+            "roles": {"type": "array", "items": {"type": "string"}},
+            "status": _ref("KeyStatus"),
+            "prefix": {"type": "string", "description": "first characters of the secret"},
+            "created_at": _TIME,
+            "created_by": {"type": "string"},
+            "updated_at": _TIME,
+            "revoked_at": _nullable(_TIME),
+            "expires_at": _nullable(_TIME),
+            "last_used_at": _nullable(_TIME),
+            "use_count": {"type": "integer", "minimum": 0},
+        },
+    },
+    "KeyCreate": {
+        "type": "object",
+        "required": ["name", "roles"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": NAME_MAX_LENGTH,
+                "pattern": "^[ -~]+$",
+                "description": "printable ASCII, unique, not all digits, no outer spaces",
+            },
+            "description": _nullable({"type": "string", "maxLength": DESCRIPTION_MAX_LENGTH}),
+            "roles": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": ROLES_MAX,
+                "items": {"type": "string"},
+                "description": "roles defined in the policy and in the caller's grant set",
+            },
+            "expires_at": _nullable({**_TIME, "description": "in the future, with a time zone"}),
+        },
+    },
+    "KeyPatch": {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX_LENGTH},
+            "description": _nullable({"type": "string", "maxLength": DESCRIPTION_MAX_LENGTH}),
+            "roles": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": ROLES_MAX,
+                "items": {"type": "string"},
+            },
+            "expires_at": _nullable({**_TIME, "description": "null removes the expiry"}),
+        },
+    },
+    "KeyCreated": {
+        "type": "object",
+        "required": ["key", "secret"],
+        "additionalProperties": False,
+        "properties": {
+            "key": _ref("Key"),
+            "secret": {
+                "type": "string",
+                "pattern": "^kg_[0-9A-Za-z]+$",
+                "description": "shown this once; it can never be read again",
+            },
+        },
+    },
+    "KeyPage": {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "additionalProperties": False,
+        "properties": {
+            "items": {"type": "array", "items": _ref("Key")},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+    "Count": {
+        "type": "object",
+        "required": ["count"],
+        "additionalProperties": False,
+        "properties": {"count": {"type": "integer", "minimum": 0}},
+    },
+    "Rule": {
+        "type": "object",
+        "required": ["role", "index", "rule"],
+        "additionalProperties": False,
+        "properties": {
+            "role": {"type": "string"},
+            "index": {"type": "integer", "minimum": 0},
+            "rule": {"type": "string", "description": "'METHODS PATH' as written"},
+        },
+    },
+    "Role": {
+        "type": "object",
+        "required": [
+            "name",
+            "description",
+            "includes",
+            "rules",
+            "effective_roles",
+            "effective_rules",
+            "grantable",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "includes": {"type": "array", "items": {"type": "string"}},
+            "rules": {"type": "array", "items": {"type": "string"}},
+            "effective_roles": {"type": "array", "items": {"type": "string"}},
+            "effective_rules": {"type": "array", "items": _ref("Rule")},
+            "grantable": {"type": "boolean", "description": "the caller may grant this role"},
+        },
+    },
+    "Roles": {
+        "type": "object",
+        "required": ["roles", "protected"],
+        "additionalProperties": False,
+        "properties": {
+            "roles": {"type": "array", "items": _ref("Role")},
+            "protected": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "ExplainRequest": {
+        "type": "object",
+        "required": ["method", "path"],
+        "additionalProperties": False,
+        "properties": {
+            "method": {"type": "string"},
+            "path": {"type": "string", "pattern": "^/"},
+            "roles": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            "key_id": {"type": "integer", "minimum": 1},
+        },
+        "oneOf": [{"required": ["roles"]}, {"required": ["key_id"]}],
+    },
+    "Explanation": {
+        "type": "object",
+        "required": [
+            "allowed",
+            "reason",
+            "rule",
+            "method",
+            "path",
+            "roles",
+            "effective_roles",
+            "key",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "allowed": {"type": "boolean"},
+            "reason": {
+                "type": "string",
+                "enum": ["allowed", "protected", "no_rule", "key_revoked", "key_expired"],
+            },
+            "rule": _nullable(_ref("Rule")),
+            "method": {"type": "string"},
+            "path": {"type": "string"},
+            "roles": {"type": "array", "items": {"type": "string"}},
+            "effective_roles": {"type": "array", "items": {"type": "string"}},
+            "key": {
+                "type": ["object", "null"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "name": {"type": "string"},
+                    "status": _ref("KeyStatus"),
+                },
+            },
+        },
+    },
+    "AuditEvent": {
+        "type": "object",
+        "required": ["id", "at", "actor", "action", "key_id", "key_name", "details"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "integer"},
+            "at": _TIME,
+            "actor": {"type": "string"},
+            "action": {"type": "string"},
+            "key_id": {"type": ["integer", "null"]},
+            "key_name": {"type": ["string", "null"]},
+            "details": {"type": "object"},
+        },
+    },
+    "AuditPage": {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "additionalProperties": False,
+        "properties": {
+            "items": {"type": "array", "items": _ref("AuditEvent")},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string", "enum": ["ok"]}},
+    },
+    "ReadyChecks": {
+        "type": "object",
+        "required": ["store", "policy"],
+        "properties": {"store": {"type": "boolean"}, "policy": {"type": "boolean"}},
+    },
+    "Ready": {
+        "type": "object",
+        "required": ["status", "checks"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ready"]},
+            "checks": _ref("ReadyChecks"),
+        },
+    },
+}
+
+
+def _json_content(schema: Schema) -> Schema:
+    return {"application/json": {"schema": schema}}
+
+
+def _ok(description: str, schema: str, status: str = "200") -> dict[str, Schema]:
+    return {status: {"description": description, "content": _json_content(_ref(schema))}}
+
+
+def _errors(*statuses: int) -> dict[str, Schema]:
+    descriptions = {
+        400: "invalid request (malformed JSON, unknown field, bad value or parameter)",
+        401: "missing or wrong admin credentials",
+        403: "an API key was presented, or a role outside the caller's grant set",
+        404: "no such key",
+        409: "name already in use",
+        413: f"body larger than {MAX_BODY_BYTES} bytes",
+        415: "body is not JSON",
+        422: "unknown role",
+        429: "too many failed logins from this address (see Retry-After)",
+        503: "not ready",
+    }
+    return {
+        str(status): {
+            "description": descriptions[status],
+            "content": _json_content(_ref("Error")),
+        }
+        for status in statuses
+    }
+
+
+_AUTH_ERRORS = (401, 403, 429)
+_BODY_ERRORS = (400, 413, 415)
+_ID_PARAMETER: Schema = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
+_LIMIT: Schema = {
+    "name": "limit",
+    "in": "query",
+    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+}
+_CURSOR: Schema = {
+    "name": "cursor",
+    "in": "query",
+    "description": "next_cursor of the previous page (opaque)",
+    "schema": {"type": "string"},
+}
+
+
+def _body(schema: str) -> Schema:
+    return {"required": True, "content": _json_content(_ref(schema))}
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    responses: dict[str, Schema],
+    *,
+    tags: tuple[str, ...] = ("keys",),
+    parameters: list[Schema] | None = None,
+    body: str | None = None,
+    public: bool = False,
+) -> Schema:
+    operation: Schema = {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": list(tags),
+        "responses": responses,
+    }
+    if parameters:
+        operation["parameters"] = parameters
+    if body is not None:
+        operation["requestBody"] = _body(body)
+    if public:
+        operation["security"] = []
+    return operation
+
+
+def _paths() -> dict[str, Schema]:
+    batch = {
+        "revoke-all": ("revokeAllKeys", "Revoke every active key (one transaction)"),
+        "reinstate-all": ("reinstateAllKeys", "Reinstate every revoked key (one transaction)"),
+        "delete-revoked": ("deleteRevokedKeys", "Delete every revoked key (one transaction)"),
+    }
+    paths: dict[str, Schema] = {
+        "/healthz": {
+            "get": _operation(
+                "healthz", "Process is alive", _ok("alive", "Health"), tags=("health",), public=True
+            )
+        },
+        "/readyz": {
+            "get": _operation(
+                "readyz",
+                "Store reachable and policy loaded",
+                {**_ok("ready", "Ready"), **_errors(503)},
+                tags=("health",),
+                public=True,
+            )
+        },
+        "/api/v1/openapi.json": {
+            "get": _operation(
+                "openapi",
+                "This document",
+                {
+                    "200": {
+                        "description": "OpenAPI 3.1 document",
+                        "content": _json_content({"type": "object"}),
+                    },
+                    **_errors(*_AUTH_ERRORS),
+                },
+                tags=("meta",),
+            )
+        },
+        "/api/v1/keys": {
+            "post": _operation(
+                "createKey",
+                "Create a key; the response is the only time the secret is shown",
+                {
+                    **_ok("created", "KeyCreated", "201"),
+                    **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 409, 422),
+                },
+                body="KeyCreate",
+            ),
+            "get": _operation(
+                "listKeys",
+                "List keys by id",
+                {**_ok("a page of keys", "KeyPage"), **_errors(400, *_AUTH_ERRORS)},
+                parameters=[
+                    {"name": "status", "in": "query", "schema": _ref("KeyStatus")},
+                    {
+                        "name": "q",
+                        "in": "query",
+                        "description": "substring of name or description",
+                        "schema": {"type": "string"},
+                    },
+                    _LIMIT,
+                    _CURSOR,
+                ],
+            ),
+        },
+        "/api/v1/keys/{id}": {
+            "get": _operation(
+                "getKey",
+                "Show one key",
+                {**_ok("the key", "Key"), **_errors(*_AUTH_ERRORS, 404)},
+                parameters=[_ID_PARAMETER],
+            ),
+            "patch": _operation(
+                "updateKey",
+                "Edit a key's name, description, roles or expiry",
+                {
+                    **_ok("the edited key", "Key"),
+                    **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 404, 409, 422),
+                },
+                parameters=[_ID_PARAMETER],
+                body="KeyPatch",
+            ),
+            "delete": _operation(
+                "deleteKey",
+                "Delete a key for good",
+                {"204": {"description": "deleted"}, **_errors(*_AUTH_ERRORS, 404)},
+                parameters=[_ID_PARAMETER],
+            ),
+        },
+        "/api/v1/keys/{id}/revoke": {
+            "post": _operation(
+                "revokeKey",
+                "Revoke a key (it can be reinstated)",
+                {**_ok("the revoked key", "Key"), **_errors(*_AUTH_ERRORS, 404)},
+                parameters=[_ID_PARAMETER],
+            )
+        },
+        "/api/v1/keys/{id}/reinstate": {
+            "post": _operation(
+                "reinstateKey",
+                "Reinstate a revoked key",
+                {**_ok("the reinstated key", "Key"), **_errors(*_AUTH_ERRORS, 404)},
+                parameters=[_ID_PARAMETER],
+            )
+        },
+    }
+    for suffix, (operation_id, summary) in batch.items():
+        paths[f"/api/v1/keys/{suffix}"] = {
+            "post": _operation(
+                operation_id,
+                summary,
+                {**_ok("how many keys changed", "Count"), **_errors(*_AUTH_ERRORS)},
+            )
+        }
+    paths["/api/v1/roles"] = {
+        "get": _operation(
+            "listRoles",
+            "Roles of the policy with descriptions and effective rules",
+            {**_ok("roles", "Roles"), **_errors(*_AUTH_ERRORS)},
+            tags=("policy",),
+        )
+    }
+    paths["/api/v1/policy/explain"] = {
+        "post": _operation(
+            "explainPolicy",
+            "Decide METHOD PATH for roles or a key, with the rule that decided",
+            {
+                **_ok("the decision", "Explanation"),
+                **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 404, 422),
+            },
+            tags=("policy",),
+            body="ExplainRequest",
+        )
+    }
+    paths["/api/v1/audit"] = {
+        "get": _operation(
+            "listAudit",
+            "Audit events, newest first",
+            {**_ok("a page of events", "AuditPage"), **_errors(400, *_AUTH_ERRORS)},
+            tags=("audit",),
+            parameters=[
+                {"name": "key_id", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                {"name": "actor", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "since",
+                    "in": "query",
+                    "description": "ISO-8601 time with a time zone",
+                    "schema": _TIME,
+                },
+                _LIMIT,
+                _CURSOR,
+            ],
+        )
+    }
+    return paths
+
+
+@cache
+def _document() -> Schema:
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": TITLE,
+            "version": API_VERSION,
+            "description": (
+                "Manage keygate API keys. Authenticate with HTTP Basic as an admin account; "
+                "any request carrying an API key is refused with 403 api_key_forbidden. "
+                "Every error is JSON {error, message, field?}."
+            ),
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"adminBasic": {"type": "http", "scheme": "basic"}},
+        },
+        "security": [{"adminBasic": []}],
+        "paths": _paths(),
+    }
+
+
+def openapi_document() -> Schema:
+    """Return the OpenAPI 3.1 document of the admin API (a fresh copy)."""
+    return copy.deepcopy(_document())
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """GET /api/v1/openapi.json: the OpenAPI 3.1 document of this API."""
+    return web.json_response(_document())

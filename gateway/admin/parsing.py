@@ -1,0 +1,224 @@
+"""Admin API request parsing: JSON bodies, ids, query parameters and opaque cursors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway.admin.errors import (
+    E_BODY_TOO_LARGE,
+    E_MALFORMED_JSON,
+    E_UNKNOWN_FIELD,
+    E_UNSUPPORTED_MEDIA_TYPE,
+    ApiError,
+    bad_request,
+    not_found,
+)
+
+MAX_BODY_BYTES = 64 * 1024  # bytes; larger request bodies get 413
+DEFAULT_LIMIT = 100  # items per page when `limit` is not given
+MAX_LIMIT = 1000  # largest page size
+MAX_ID = 2**63 - 1  # ids are SQLite / PostgreSQL bigints
+MAX_QUERY_LENGTH = 1000  # characters of a search or filter parameter
+_ID = re.compile(r"[0-9]{1,19}")
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,40}")
+_NAME_SHOWN = 40  # characters of an unknown field name repeated in a message
+
+M_CONTENT_TYPE = "request body must be JSON (Content-Type: application/json)"
+M_BODY_TOO_LARGE = f"request body must be at most {MAX_BODY_BYTES} bytes"
+M_NOT_UTF8 = "request body is not UTF-8"
+M_MALFORMED_JSON = "request body is not valid JSON"
+M_NOT_OBJECT = "request body must be a JSON object"
+M_DUPLICATE = "duplicate member in JSON object"
+M_BAD_CONSTANT = "NaN and Infinity are not JSON"
+M_SURROGATE = "request body contains an unpaired surrogate escape (not valid Unicode)"
+M_LIMIT = f"limit must be an integer from 1 to {MAX_LIMIT}"
+M_CURSOR = "cursor is not valid (use next_cursor from the previous page)"
+M_DUPLICATE_PARAM = "query parameter given more than once"
+
+
+class _DuplicateMember(ValueError):
+    """A JSON object repeats a member name."""
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateMember(key)
+        result[key] = value
+    return result
+
+
+def _constant(text: str) -> Any:
+    raise ValueError(M_BAD_CONSTANT)
+
+
+def _shown(names: Iterable[str]) -> str:
+    return ", ".join(repr(name[:_NAME_SHOWN]) for name in names)
+
+
+def is_json_content_type(content_type: str) -> bool:
+    """Return True for application/json and application/*+json media types."""
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
+
+
+def parse_json_object(raw: bytes, allowed: frozenset[str]) -> dict[str, Any]:
+    """Parse a request body that must be a JSON object with only `allowed` members."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise bad_request(M_NOT_UTF8, code=E_MALFORMED_JSON) from error
+    try:
+        data = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+    except _DuplicateMember as error:
+        raise bad_request(
+            M_DUPLICATE, field=str(error)[:_NAME_SHOWN], code=E_MALFORMED_JSON
+        ) from None
+    except (ValueError, RecursionError) as error:
+        raise bad_request(M_MALFORMED_JSON, code=E_MALFORMED_JSON) from error
+    try:  # "\ud800" is valid JSON but no valid Unicode text: refuse it here, not in the store
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise bad_request(M_SURROGATE, code=E_MALFORMED_JSON) from error
+    if not isinstance(data, dict):
+        raise bad_request(M_NOT_OBJECT)
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise bad_request(
+            f"unknown field(s): {_shown(unknown)}; allowed: {', '.join(sorted(allowed))}",
+            field=unknown[0][:_NAME_SHOWN],
+            code=E_UNKNOWN_FIELD,
+        )
+    return data
+
+
+async def read_json_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
+    """Read the request body as a JSON object (415, 413 and 400 for the ways it can fail)."""
+    if not is_json_content_type(request.content_type):
+        raise ApiError(415, E_UNSUPPORTED_MEDIA_TYPE, M_CONTENT_TYPE)
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise ApiError(413, E_BODY_TOO_LARGE, M_BODY_TOO_LARGE)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as error:
+        raise ApiError(413, E_BODY_TOO_LARGE, M_BODY_TOO_LARGE) from error
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, E_BODY_TOO_LARGE, M_BODY_TOO_LARGE)
+    return parse_json_object(raw, allowed)
+
+
+def parse_id(text: str) -> int:
+    """Return a path id; anything but a plain positive integer in range is a 404."""
+    if not _ID.fullmatch(text):
+        raise not_found()
+    value = int(text)
+    if not 1 <= value <= MAX_ID:
+        raise not_found()
+    return value
+
+
+def query_params(request: web.Request, allowed: frozenset[str]) -> dict[str, str]:
+    """Return the query parameters; unknown or repeated ones are a 400 naming them."""
+    query = request.rel_url.query
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        raise bad_request(
+            f"unknown query parameter(s): {_shown(unknown)}", field=unknown[0][:_NAME_SHOWN]
+        )
+    params: dict[str, str] = {}
+    for name in query:
+        values = query.getall(name)
+        if len(values) != 1:
+            raise bad_request(M_DUPLICATE_PARAM, field=name)
+        params[name] = values[0]
+    return params
+
+
+def parse_limit(params: dict[str, str]) -> int:
+    """Return the page size from `limit` (default 100), 1..1000."""
+    text = params.get("limit")
+    if text is None:
+        return DEFAULT_LIMIT
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= MAX_LIMIT:
+        raise bad_request(M_LIMIT, field="limit")
+    return int(text)
+
+
+def parse_text(params: dict[str, str], name: str) -> str | None:
+    """Return a free-text parameter (None when absent or empty), bounded in length."""
+    text = params.get(name)
+    if not text:
+        return None
+    if len(text) > MAX_QUERY_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise bad_request(
+            f"{name} must be at most {MAX_QUERY_LENGTH} characters without control characters",
+            field=name,
+        )
+    return text
+
+
+def parse_int_param(params: dict[str, str], name: str) -> int | None:
+    """Return a positive integer parameter, or None when absent."""
+    text = params.get(name)
+    if text is None:
+        return None
+    if not _ID.fullmatch(text) or not 1 <= int(text) <= MAX_ID:
+        raise bad_request(f"{name} must be a positive integer", field=name)
+    return int(text)
+
+
+def parse_since(params: dict[str, str], name: str) -> float | None:
+    """Return an ISO-8601 time with zone (past or future) as unix seconds, or None."""
+    text = params.get(name)
+    if text is None:
+        return None
+    message = f"{name} must be an ISO-8601 time with a time zone, e.g. 2026-01-01T00:00:00Z"
+    if len(text) > 64:
+        raise bad_request(message, field=name)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as error:
+        raise bad_request(message, field=name) from error
+    if moment.tzinfo is None:
+        raise bad_request(message, field=name)
+    try:
+        return moment.timestamp()
+    except OverflowError as error:  # e.g. year 1 with a positive offset
+        raise bad_request(message, field=name) from error
+
+
+def encode_cursor(kind: str, position: int) -> str:
+    """Return an opaque page cursor for a kind of listing ("k" keys, "a" audit)."""
+    raw = f"{kind}:{position}".encode("ascii")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(params: dict[str, str], kind: str) -> int | None:
+    """Return the position in a cursor made by encode_cursor for `kind`; 400 if not one."""
+    text = params.get("cursor")
+    if text is None:
+        return None
+    if not _CURSOR.fullmatch(text):
+        raise bad_request(M_CURSOR, field="cursor")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+    except (binascii.Error, ValueError) as error:
+        raise bad_request(M_CURSOR, field="cursor") from error
+    prefix, _, number = raw.partition(":")
+    if prefix != kind or not _ID.fullmatch(number):
+        raise bad_request(M_CURSOR, field="cursor")
+    position = int(number)
+    if not 1 <= position <= MAX_ID or encode_cursor(kind, position) != text:
+        raise bad_request(M_CURSOR, field="cursor")
+    return position
