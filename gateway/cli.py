@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import lifecycle
+from gateway.cli_admin import register as register_admin_commands
 from gateway.policy import Policy, PolicyError, load_policy
 from gateway.settings import ConfigError, Settings, config_path_from, load_settings
 from gateway.store.base import KeyChanges, KeyRow, KeyStore, NameConflictError, NotFoundError
@@ -332,12 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(check)
     check.set_defaults(func=policy_check)
 
-    try:
-        from gateway.cli_admin import register as register_admin_commands
-    except ImportError:  # the admin commands module is optional while it is being built
-        pass
-    else:
-        register_admin_commands(commands, _add_config)
+    register_admin_commands(commands, _add_config)
     return parser
 
 

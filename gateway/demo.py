@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import secrets
 import signal
 from importlib import resources
 from pathlib import Path
@@ -13,12 +14,14 @@ from gateway import lifecycle
 from gateway.app import running_gateway
 from gateway.cache import now
 from gateway.demo_backend import start_demo_backend
+from gateway.passwords import hash_password
 from gateway.policy import load_policy
 from gateway.server import configure_logging
 from gateway.settings import load_settings
 from gateway.store.factory import store_from_url
 
 DEMO_KEY_NAME = "demo-integration"
+DEMO_ADMIN_NAME = "demo-admin"
 DEMO_ROLES = ["1int-user"]
 DEFAULT_DATA_DIR = Path("keygate-demo")
 _CONFIG_TEMPLATE = """\
@@ -46,8 +49,11 @@ def write_demo_config(data_dir: Path, port: int, admin_port: int, backend_port: 
     return config
 
 
-async def fresh_demo_key(config: Path) -> str:
-    """Replace the demo key with a new one and return its secret (shown once, here)."""
+async def fresh_demo_credentials(config: Path) -> tuple[str, str]:
+    """Replace the demo key and the demo admin's password; return (key secret, password).
+
+    Both are shown once, here; the store keeps only the key's digest and a scrypt hash.
+    """
     settings = load_settings(config)
     policy = load_policy(settings.policy_path)
     store = store_from_url(settings.store_url, settings.base_dir)
@@ -56,6 +62,12 @@ async def fresh_demo_key(config: Path) -> str:
         old = await store.get_key_by_name(DEMO_KEY_NAME)
         if old is not None:
             await store.delete_key(old.id, "demo")
+        password = secrets.token_urlsafe(12)
+        password_hash = hash_password(password)
+        if await store.get_admin(DEMO_ADMIN_NAME) is None:
+            await store.add_admin(DEMO_ADMIN_NAME, password_hash, (), True, "demo")
+        else:
+            await store.set_admin_password(DEMO_ADMIN_NAME, password_hash, "demo")
         request = {
             "name": DEMO_KEY_NAME,
             "description": "created by keygate demo",
@@ -64,7 +76,21 @@ async def fresh_demo_key(config: Path) -> str:
         created = await lifecycle.create_key(store, request, policy, "demo", now())
     finally:
         await store.close()
-    return created.secret
+    return created.secret, password
+
+
+def admin_lines(password: str, admin_port: int) -> str:
+    """Return ready-to-paste curl commands for the admin API."""
+    admin = f"-u {DEMO_ADMIN_NAME}:{password} http://127.0.0.1:{admin_port}/api/v1"
+    return "\n".join(
+        [
+            f"# admin API (admin '{DEMO_ADMIN_NAME}', password shown once):",
+            f"curl -s {admin}/keys",
+            f"curl -s {admin}/keys -H 'Content-Type: application/json' "
+            """-d '{"name": "etl-job", "roles": ["1int-sessions-read"]}'""",
+            f"curl -s -X POST {admin}/keys/revoke-all",
+        ]
+    )
 
 
 def curl_lines(secret: str, port: int) -> str:
@@ -75,9 +101,11 @@ def curl_lines(secret: str, port: int) -> str:
         [
             "# allowed (1int-user may read sessions):",
             f"curl -i {header} {base}/sessions/",
-            "# allowed (sessions-control: play a session; the backend records the key's name):",
+            "# allowed (1int-sessions-control): create a session, then play it; the backend",
+            "# records the key's name as createdBy/lastEditedBy:",
             f"curl -i -X PUT {header} -H 'Content-Type: application/json' -d '{{}}' "
             f"{base}/sessions/demo/s1",
+            f"curl -i -X PUT {header} '{base}/sessions/demo/s1?action=play'",
             "# denied, 403 (1int-user may not write rules):",
             f"curl -i -X PUT {header} -H 'Content-Type: application/json' -d '{{}}' "
             f"{base}/rules/demo/r1",
@@ -94,7 +122,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     configure_logging("info")
     data_dir = Path(args.data_dir) if args.data_dir else DEFAULT_DATA_DIR
     config = write_demo_config(data_dir, args.port, args.admin_port, args.backend_port)
-    secret = await fresh_demo_key(config)
+    secret, password = await fresh_demo_credentials(config)
     backend = await start_demo_backend("127.0.0.1", args.backend_port)
     try:
         settings = load_settings(config)
@@ -106,6 +134,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                 f"\nDemo API key '{DEMO_KEY_NAME}' (roles {', '.join(DEMO_ROLES)}), "
                 f"shown once:\n\n    {secret}\n\n"
                 f"{curl_lines(secret, gateway.proxy_port)}\n\n"
+                f"{admin_lines(password, gateway.admin_port or args.admin_port)}\n\n"
                 f"Manage keys: keygate keys list --config {config}\n"
                 "Press Ctrl-C to stop.\n",
                 flush=True,

@@ -11,12 +11,21 @@ import aiohttp
 from conftest import NEUTRAL_CWD, PYTHON, cli_env, free_port, wait_for_port
 
 from gateway import keys
-from gateway.demo import DEMO_KEY_NAME, DEMO_ROLES, curl_lines, fresh_demo_key, write_demo_config
+from gateway.demo import (
+    DEMO_ADMIN_NAME,
+    DEMO_KEY_NAME,
+    DEMO_ROLES,
+    curl_lines,
+    fresh_demo_credentials,
+    write_demo_config,
+)
+from gateway.passwords import verify_password
 from gateway.settings import load_settings
 from gateway.store.factory import store_from_url
 
 EXIT_AFTER = 8.0  # seconds the demo runs before exiting by itself
 KEY_PATTERN = re.compile(r"^\s+(kg_[0-9A-Za-z]{36})$", re.MULTILINE)
+ADMIN_PATTERN = re.compile(r"-u demo-admin:(\S+) ")
 START_TIMEOUT = 20.0  # seconds until the demo must have printed its key
 
 
@@ -70,7 +79,18 @@ async def test_demo_prints_a_key_and_its_example_calls_behave(tmp_path: Path) ->
             # no key: passes through; the backend asks for its own login
             async with session.get(f"{rest}/sessions/") as response:
                 assert response.status == 401
-                assert (await response.json())["error"] == "unauthenticated"
+            # the printed admin credentials work on the admin API; the key does not
+            admin_match = ADMIN_PATTERN.search(printed)
+            assert admin_match is not None, printed
+            login = {"Authorization": aiohttp.encode_basic_auth(DEMO_ADMIN_NAME, admin_match[1])}
+            admin = f"http://127.0.0.1:{admin_port}/api/v1"
+            async with session.get(f"{admin}/keys", headers=login) as response:
+                assert response.status == 200
+                names = [item["name"] for item in (await response.json())["items"]]
+                assert names == [DEMO_KEY_NAME]
+            async with session.get(f"{admin}/keys", headers=with_key) as response:
+                assert response.status == 403
+                assert (await response.json())["error"] == "api_key_forbidden"
         rest_out = await asyncio.wait_for(process.stdout.read(), EXIT_AFTER + 10)
         code = await asyncio.wait_for(process.wait(), 10)
     finally:
@@ -84,11 +104,12 @@ async def test_demo_prints_a_key_and_its_example_calls_behave(tmp_path: Path) ->
         assert key.encode() not in stored.read_bytes()
 
 
-async def test_each_demo_run_replaces_the_demo_key(tmp_path: Path) -> None:
+async def test_each_demo_run_replaces_the_demo_key_and_admin_password(tmp_path: Path) -> None:
     config = write_demo_config(tmp_path / "demo", 18080, 18081, 19000)
-    first = await fresh_demo_key(config)
-    second = await fresh_demo_key(config)
+    first, first_password = await fresh_demo_credentials(config)
+    second, second_password = await fresh_demo_credentials(config)
     assert first != second
+    assert first_password != second_password
     settings = load_settings(config)
     store = store_from_url(settings.store_url, settings.base_dir)
     await store.open()
@@ -98,6 +119,16 @@ async def test_each_demo_run_replaces_the_demo_key(tmp_path: Path) -> None:
         await store.close()
     assert [(row.name, row.roles) for row in rows] == [(DEMO_KEY_NAME, tuple(DEMO_ROLES))]
     assert rows[0].digest == keys.digest(second)
+    store = store_from_url(settings.store_url, settings.base_dir)
+    await store.open()
+    try:
+        admin = await store.get_admin(DEMO_ADMIN_NAME)
+    finally:
+        await store.close()
+    assert admin is not None and admin.grant_all
+    assert verify_password(second_password, admin.password_hash)
+    assert not verify_password(first_password, admin.password_hash)
+    assert second_password not in admin.password_hash
     for line in curl_lines(second, 18080).splitlines():
         if line.startswith("curl"):
             assert "http://127.0.0.1:18080/1Integrate/rest/" in line
