@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 import zlib
 
@@ -16,9 +15,8 @@ KEY_LENGTH = len(KEY_PREFIX) + RANDOM_LENGTH + CHECKSUM_LENGTH
 # Characters of the key shown in listings so humans can tell keys apart.
 DISPLAY_PREFIX_LENGTH = 10
 
-_KEY_SHAPE = re.compile(
-    re.escape(KEY_PREFIX) + f"[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}"
-)
+_PREFIX_LENGTH = len(KEY_PREFIX)
+_CHECKSUM_START = _PREFIX_LENGTH + RANDOM_LENGTH
 # Every two-digit base62 string, so a 6-digit checksum is three table lookups (hot path).
 _PAIRS = tuple(high + low for high in BASE62_ALPHABET for low in BASE62_ALPHABET)
 _62_SQUARED = 62**2
@@ -45,9 +43,26 @@ def looks_like_key(value: str) -> bool:
 
 def is_well_formed(key: str) -> bool:
     """Return True when the key has the right length, alphabet and checksum."""
-    if _KEY_SHAPE.fullmatch(key) is None:
-        return False
-    return key[-CHECKSUM_LENGTH:] == checksum(key[len(KEY_PREFIX) : -CHECKSUM_LENGTH])
+    return digest_if_well_formed(key) is not None
+
+
+def digest_if_well_formed(key: str) -> bytes | None:
+    """Return the key's SHA-256 digest, or None when shape or checksum is wrong (hot path).
+
+    The shape test uses C string methods (ASCII alphanumerics are exactly base62) and the
+    checksum is compared before any hashing, so garbage costs no digest and no lookup.
+    """
+    if len(key) != KEY_LENGTH or not key.startswith(KEY_PREFIX):
+        return None
+    tail = key[_PREFIX_LENGTH:]
+    if not (tail.isascii() and tail.isalnum()):
+        return None
+    raw = key.encode("ascii")
+    crc = zlib.crc32(raw[_PREFIX_LENGTH:_CHECKSUM_START])
+    expected = _PAIRS[crc // _62_FOURTH] + _PAIRS[crc // _62_SQUARED % _62_SQUARED]
+    if tail[-CHECKSUM_LENGTH:] != expected + _PAIRS[crc % _62_SQUARED]:
+        return None
+    return hashlib.sha256(raw).digest()
 
 
 def digest(key: str) -> bytes:

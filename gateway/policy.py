@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,23 +176,23 @@ def _walk(node: _Node, segments: tuple[str, ...], position: int, method: str) ->
         position += 1
 
 
-_TAIL, _EXACT, _SEGMENTS = 0, 1, 2
-_PrefixTest = tuple[str, int, tuple[str, ...]]
-
-
-def _prefix_test(pattern: tuple[str, ...]) -> _PrefixTest:
-    """Split a folded pattern into its literal path prefix and how the rest must match."""
-    literal: list[str] = []
-    for part in pattern:
-        if part in (ONE_SEGMENT, ANY_SEGMENTS):
-            break
-        literal.append(part)
-    prefix = "/" + "/".join(literal) if literal else ""
-    if len(literal) == len(pattern):
-        return prefix, _EXACT, pattern
-    if len(literal) == len(pattern) - 1 and pattern[-1] == ANY_SEGMENTS:
-        return prefix, _TAIL, pattern
-    return prefix, _SEGMENTS, pattern
+def _compile_protected(
+    patterns: tuple[tuple[str, ...], ...],
+) -> tuple[re.Pattern[str] | None, tuple[tuple[str, ...], ...]]:
+    """Split folded protected patterns into one prefix regex and the rest (inner wildcards)."""
+    alternatives: list[str] = []
+    segmented: list[tuple[str, ...]] = []
+    for pattern in patterns:
+        literal = [part for part in pattern if part not in (ONE_SEGMENT, ANY_SEGMENTS)]
+        prefix = re.escape("/" + "/".join(literal)) if literal else ""
+        if len(literal) == len(pattern):
+            alternatives.append(prefix + "/?$")
+        elif len(literal) == len(pattern) - 1 and pattern[-1] == ANY_SEGMENTS:
+            alternatives.append(prefix + "(?:/|$)")
+        else:
+            segmented.append(pattern)
+    regex = re.compile("|".join(f"(?:{a})" for a in alternatives)) if alternatives else None
+    return regex, tuple(segmented)
 
 
 @dataclass
@@ -204,7 +205,8 @@ class Policy:
     _expanded: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
     _matchers: dict[frozenset[str], CompiledMatcher] = field(default_factory=dict, repr=False)
     _protected_folded: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
-    _protected_prefixes: tuple[_PrefixTest, ...] = field(default=(), repr=False)
+    _protected_regex: re.Pattern[str] | None = field(default=None, repr=False)
+    _protected_segments: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         self._expanded = {name: self._expand(name, ()) for name in self.roles}
@@ -212,7 +214,9 @@ class Policy:
         self._protected_folded = tuple(
             tuple(part.casefold() for part in pattern) for pattern in (*self.protected, *builtin)
         )
-        self._protected_prefixes = tuple(_prefix_test(p) for p in self._protected_folded)
+        self._protected_regex, self._protected_segments = _compile_protected(
+            self._protected_folded
+        )
 
     def _expand(self, name: str, trail: tuple[str, ...]) -> frozenset[str]:
         names = {name}
@@ -245,22 +249,17 @@ class Policy:
     def is_protected_path(self, path: str) -> bool:
         """Return True for key-management paths, given the decoded path (hot path).
 
-        A literal-prefix test on the case-folded path decides most patterns without
-        splitting; patterns with inner wildcards fall back to a segment match.
+        Patterns that are a literal prefix (optionally ending in `**`) are one compiled
+        regex over the case-folded path; patterns with inner wildcards use segment matching.
         """
         folded = path.casefold()
-        for prefix, kind, pattern in self._protected_prefixes:
-            if not folded.startswith(prefix):
-                continue
-            rest = folded[len(prefix) :]
-            if kind == _TAIL:
-                if not rest or rest[0] == "/":
+        if self._protected_regex is not None and self._protected_regex.match(folded):
+            return True
+        if self._protected_segments:
+            segments = split_path(folded)
+            for pattern in self._protected_segments:
+                if _pattern_matches(pattern, segments, case_insensitive=True):
                     return True
-            elif kind == _EXACT:
-                if rest in ("", "/"):
-                    return True
-            elif _pattern_matches(pattern, split_path(folded), case_insensitive=True):
-                return True
         return False
 
     def is_protected(self, segments: tuple[str, ...]) -> bool:
