@@ -7,7 +7,6 @@ from aiohttp.typedefs import Handler
 
 from gateway.admin import audit_handlers, health, key_handlers, openapi, policy_handlers
 from gateway.admin.auth import (
-    AUTHENTICATOR,
     Authenticator,
     LoginThrottle,
     api_key_middleware,
@@ -16,7 +15,7 @@ from gateway.admin.auth import (
 from gateway.admin.errors import error_middleware
 from gateway.admin.parsing import MAX_BODY_BYTES
 from gateway.runtime import Runtime
-from gateway.state import RUNTIME
+from gateway.state import AUTHENTICATOR, RUNTIME
 
 KEYS = "/api/v1/keys"
 KEY = "/api/v1/keys/{id}"

@@ -31,6 +31,7 @@ from gateway.admin.errors import (
     M_API_KEY_FORBIDDEN,
     ApiError,
 )
+from gateway.state import ADMIN, AUTHENTICATOR
 from gateway.store.base import AdminAccount, KeyStore
 
 log = logging.getLogger("keygate.admin.auth")
@@ -410,10 +411,6 @@ def too_many_attempts(wait: float) -> ApiError:
         headers={"Retry-After": str(seconds)},
         extra={"retry_after": seconds},
     )
-
-
-ADMIN = web.RequestKey("admin", AdminAccount)
-AUTHENTICATOR = web.AppKey("admin_authenticator", Authenticator)
 
 
 @web.middleware
