@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from gateway import keys
 from gateway.cache import CachedKey, KeyTable
-from gateway.policy import Policy, split_path
+from gateway.policy import Policy
 
 API_KEY_HEADER = "X-API-Key"
 AUTHORIZATION = "Authorization"
@@ -105,6 +105,6 @@ def authorize(policy: Policy, record: CachedKey, method: str, path: str) -> Refu
     """Return None when the key may call METHOD PATH, else the 403 refusal to send."""
     if policy.is_protected_path(path):
         return PROTECTED
-    if not policy.matcher_for(record.roles).allows(method, split_path(path)):
+    if not policy.matcher_for(record.roles).allows(method, path):
         return FORBIDDEN
     return None

@@ -132,12 +132,17 @@ def _add_methods(target: set[str] | None, methods: frozenset[str] | None) -> set
 
 
 class CompiledMatcher:
-    """A trie over the rules of one role set: answers "is METHOD PATH allowed" quickly."""
+    """The rules of one role set as a trie, compiled per method into one anchored regex.
 
-    __slots__ = ("_root",)
+    The trie shares common prefixes, so the regex tries literal segments before `*` exactly
+    as a trie walk would, but the whole match runs in C: no path splitting per request.
+    """
+
+    __slots__ = ("_by_method", "_root")
 
     def __init__(self, rules: Iterable[Rule]) -> None:
         self._root = _Node()
+        self._by_method: dict[str, re.Pattern[str]] = {}
         for rule in rules:
             node = self._root
             for segment in rule.segments:
@@ -148,32 +153,50 @@ class CompiledMatcher:
             else:
                 node.terminal = _add_methods(node.terminal, rule.methods)
 
-    def allows(self, method: str, segments: tuple[str, ...]) -> bool:
-        """Return True when some rule allows `method` on the path `segments`."""
-        return _walk(self._root, segments, 0, method)
+    def allows(self, method: str, path: str) -> bool:
+        """Return True when some rule allows `method` on the decoded `path` (hot path)."""
+        regex = self._by_method.get(method)
+        if regex is None:
+            # Any other method token can only match `*` rules: one shared entry, so hostile
+            # method names can't grow this cache or force a compile per request.
+            key = method if method in KNOWN_METHODS else _OTHER_METHOD
+            regex = self._by_method.get(key)
+            if regex is None:
+                source = _node_regex(self._root, key)
+                regex = re.compile(source if source is not None else "(?!)", re.DOTALL)
+                self._by_method[key] = regex
+        return regex.match(path) is not None
+
+
+_OTHER_METHOD = "\x00other"  # stands for every method token outside KNOWN_METHODS
 
 
 def _has(methods: set[str] | None, method: str) -> bool:
     return methods is not None and (method in methods or _EVERY in methods)
 
 
-def _walk(node: _Node, segments: tuple[str, ...], position: int, method: str) -> bool:
-    """Depth-first trie walk, literal children before `*`; `**` ends the walk early."""
-    while True:
-        if _has(node.any_tail, method):
-            return True
-        if position == len(segments):
-            return _has(node.terminal, method)
-        literal = node.children.get(segments[position])
-        if node.star is not None:
-            if literal is not None and _walk(literal, segments, position + 1, method):
-                return True
-            node = node.star
-        elif literal is not None:
-            node = literal
-        else:
-            return False
-        position += 1
+def _node_regex(node: _Node, method: str) -> str | None:
+    """Return the regex for the rest of a path below `node`, or None when nothing matches.
+
+    A path ends with at most one `/` (as split_path ignores it); `*` is one non-empty
+    segment; `**` is zero or more segments. `\\Z` (not `$`) so a decoded newline can't end it.
+    """
+    alternatives = []
+    if _has(node.any_tail, method):
+        alternatives.append(r"(?:/.*)?\Z")
+    if _has(node.terminal, method):
+        alternatives.append(r"/?\Z")
+    for segment, child in node.children.items():
+        below = _node_regex(child, method)
+        if below is not None:
+            alternatives.append("/" + re.escape(segment) + below)
+    if node.star is not None:
+        below = _node_regex(node.star, method)
+        if below is not None:
+            alternatives.append("/[^/]+" + below)
+    if not alternatives:
+        return None
+    return alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
 
 
 def _compile_protected(
@@ -214,9 +237,7 @@ class Policy:
         self._protected_folded = tuple(
             tuple(part.casefold() for part in pattern) for pattern in (*self.protected, *builtin)
         )
-        self._protected_regex, self._protected_segments = _compile_protected(
-            self._protected_folded
-        )
+        self._protected_regex, self._protected_segments = _compile_protected(self._protected_folded)
 
     def _expand(self, name: str, trail: tuple[str, ...]) -> frozenset[str]:
         names = {name}

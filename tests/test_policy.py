@@ -42,9 +42,7 @@ def allowed(policy: Policy, roles: Iterable[str], method: str, path: str) -> boo
     """Ask both the slow explain() and the compiled matcher; they must agree."""
     role_set = frozenset(roles)
     slow = policy.explain(role_set, method, path).allowed
-    fast = not policy.is_protected_path(path) and policy.matcher_for(role_set).allows(
-        method, split_path(path)
-    )
+    fast = not policy.is_protected_path(path) and policy.matcher_for(role_set).allows(method, path)
     assert slow == fast, (sorted(role_set), method, path)
     return slow
 
@@ -431,7 +429,7 @@ def test_compiled_matcher_agrees_with_explain_and_a_reference() -> None:
             expected = reference_allows(
                 [rule for name in chosen for rule in roles[name]["allow"]], method, path
             )
-            fast = policy.matcher_for(chosen).allows(method, split_path(path))
+            fast = policy.matcher_for(chosen).allows(method, path)
             slow = policy.explain(chosen, method, path)
             assert fast == slow.allowed == expected, (roles, sorted(chosen), method, path)
             if slow.allowed:
@@ -458,3 +456,22 @@ def test_protected_prefix_test_agrees_with_segment_match() -> None:
             assert fast == reference_allows([f"* {p}" for p in folded], "GET", path.casefold())
             outcomes[fast] += 1
     assert min(outcomes.values()) > 800
+
+
+def test_unknown_method_tokens_match_only_star_rules_and_share_one_cache_entry() -> None:
+    policy = one_role("GET /a/**", "* /b/**")
+    matcher = policy.matcher_for(frozenset({"r"}))
+    assert not matcher.allows("FOO", "/a/x")
+    assert matcher.allows("FOO", "/b/x")
+    for index in range(100):
+        matcher.allows(f"M{index}", "/b/x")
+    assert len(matcher._by_method) <= 2  # "FOO" and 100 others share one compiled entry
+
+
+def test_a_decoded_newline_cannot_end_a_literal_rule_early() -> None:
+    policy = one_role("GET /a/b")
+    matcher = policy.matcher_for(frozenset({"r"}))
+    assert matcher.allows("GET", "/a/b")
+    assert matcher.allows("GET", "/a/b/")
+    assert not matcher.allows("GET", "/a/b\n")
+    assert not matcher.allows("GET", "/a/b\n/c")
