@@ -42,6 +42,14 @@ def _group_jiffies(pgids: Collection[int]) -> int:
     return total
 
 
+def group_seconds(pgids: Collection[int]) -> float:
+    """Return the CPU seconds (user + system) used so far by the processes in `pgids`."""
+    try:
+        return _group_jiffies(pgids) / CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _own_jiffies() -> int:
     """Return CPU jiffies used by this process and its reaped children (wrk runs)."""
     own = resource.getrusage(resource.RUSAGE_SELF)

@@ -330,6 +330,7 @@ class Run:
 
     wrk: WrkResult
     other_load: float | None  # share of all CPUs used outside the benchmark, 0..1
+    cpu_us_per_request: float | None = None  # contender's own CPU time per request
 
 
 @dataclass
@@ -348,6 +349,7 @@ class Summary:
     socket_errors: int
     other_load_max: float | None  # worst share of all CPUs other processes took in a round
     valid: bool
+    cpu_us: float | None = None  # median contender CPU microseconds per request (noise-robust)
     note: str = ""
 
 
@@ -559,6 +561,7 @@ class Harness:
         """Run wrk once with the run's settings, accounting for CPU used by other processes."""
         pgids = (self.upstream_pgid, *target.pgids)
         before = cpu.mark(pgids)
+        own_before = cpu.group_seconds(target.pgids)
         result, _ = run_wrk(
             self.tools.wrk,
             url,
@@ -568,7 +571,13 @@ class Harness:
             timeout_s=self.args.wrk_timeout,
             headers=target.headers,
         )
-        return Run(wrk=result, other_load=cpu.other_load(before, cpu.mark(pgids)))
+        own = cpu.group_seconds(target.pgids) - own_before
+        per_request = own / result.requests * 1e6 if result.requests and target.pgids else None
+        return Run(
+            wrk=result,
+            other_load=cpu.other_load(before, cpu.mark(pgids)),
+            cpu_us_per_request=per_request,
+        )
 
     # Reporting --------------------------------------------------------------------------------
 
@@ -607,10 +616,17 @@ class Harness:
                         socket_errors=sum(sum(r.socket_errors.values()) for r in results),
                         other_load_max=round(max(loads), 3) if loads else None,
                         valid=not bad,
+                        cpu_us=_median_or_none([run.cpu_us_per_request for run in runs]),
                         note="; ".join(notes),
                     )
                 )
         return out
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    """Return the median of the known values, or None when there are none."""
+    known = [value for value in values if value is not None]
+    return round(statistics.median(known), 1) if known else None
 
 
 def ratios(summaries: list[Summary]) -> list[dict[str, object]]:
@@ -645,7 +661,7 @@ def print_report(
     print()
     header = (
         f"{'contender':<16} {'path':<6} {'req/s':>10} {'p50':>9} {'p99':>9} "
-        f"{'non-2xx':>8} {'sock err':>8}  {'req/s per round':<28} note"
+        f"{'non-2xx':>8} {'sock err':>8} {'cpu/req':>9}  {'req/s per round':<28} note"
     )
     print(header)
     print("-" * len(header))
@@ -653,9 +669,11 @@ def print_report(
         print("(no measurements)")
     for s in summaries:
         per_round = ", ".join(f"{x:,.0f}" for x in s.rounds_rps)
+        cpu_text = "?" if s.cpu_us is None else f"{s.cpu_us:,.0f}us"
         print(
             f"{s.label:<16} {s.path:<6} {s.rps:>10,.0f} {fmt_ms(s.p50_ms):>9} "
-            f"{fmt_ms(s.p99_ms):>9} {s.non_2xx:>8} {s.socket_errors:>8}  {per_round:<28} {s.note}"
+            f"{fmt_ms(s.p99_ms):>9} {s.non_2xx:>8} {s.socket_errors:>8} {cpu_text:>9}  "
+            f"{per_round:<28} {s.note}"
         )
     by_reason: dict[str, list[str]] = {}
     for contender, reason in harness.skipped.items():
@@ -672,6 +690,13 @@ def print_report(
         cells = [row[p] for p in PATHS]
         text = " ".join(f"{c:>8.2f}" if isinstance(c, float) else f"{'n/a':>8}" for c in cells)
         print(f"{row['ratio']!s:<32} {text}")
+    by_key = {(s.contender, s.path): s for s in summaries}
+    keyed, anon = by_key.get(("keygate-w2", "small")), by_key.get(("keygate-anon", "small"))
+    if keyed and anon and keyed.cpu_us and anon.cpu_us:
+        print(
+            f"{'keygate CPU per request, keyed / anon (w2, small)':<32} "
+            f"{keyed.cpu_us / anon.cpu_us:>8.2f}  (the noise-robust form of the ratio above)"
+        )
     return {
         "machine": info,
         "settings": settings,
