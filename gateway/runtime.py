@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.cache import FeedFollower, KeyTable, UsageCounter, catch_up
+from gateway.metrics import ProxyMetrics
 from gateway.policy import Policy
 from gateway.settings import Settings
 from gateway.store.base import KeyStore
@@ -19,6 +20,7 @@ class Runtime:
     policy: Policy
     table: KeyTable = field(default_factory=KeyTable)
     usage: UsageCounter = field(default_factory=UsageCounter)
+    metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
     follower: FeedFollower | None = None
 
     async def load_table(self) -> None:

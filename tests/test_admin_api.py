@@ -26,6 +26,7 @@ from gateway.passwords import hash_password
 from gateway.policy import policy_from_data
 from gateway.runtime import Runtime
 from gateway.settings import settings_from_data
+from gateway.state import RUNTIME
 from gateway.store.sqlite import SqliteKeyStore
 
 Client = TestClient[web.Request, web.Application]
@@ -1055,7 +1056,7 @@ async def test_openapi_describes_exactly_the_routes(client: Client) -> None:
     for path, item in document["paths"].items():
         for method, operation in item.items():
             assert operation["operationId"] and operation["responses"], (path, method)
-            if path in ("/healthz", "/readyz"):
+            if path in ("/healthz", "/readyz", "/metrics"):
                 assert operation["security"] == []
             else:
                 assert "401" in operation["responses"] and "403" in operation["responses"]
@@ -1072,7 +1073,7 @@ async def test_every_api_route_requires_credentials(client: Client) -> None:
     document = openapi_document()
     for path, item in document["paths"].items():
         for method in item:
-            if path in ("/healthz", "/readyz"):
+            if path in ("/healthz", "/readyz", "/metrics"):
                 continue
             url = path.replace("{id}", "1")
             resp = await client.request(method.upper(), url, json={})
@@ -1177,3 +1178,23 @@ async def test_admin_calls_bind_the_proxy_of_the_same_process(config_path: Path)
             assert await expect(resp, 200) == {"count": 1}
         async with session.get(f"{proxy}{echo}", headers=as_key) as resp:
             await expect_error(resp, 401, "key_unknown")
+
+
+async def test_metrics_count_proxy_outcomes_and_keys_without_credentials(
+    client: Client,
+) -> None:
+    runtime = client.app[RUNTIME]
+    runtime.metrics.refused("key_unknown")
+    runtime.metrics.refused("key_unknown")
+    runtime.metrics.forwarded(204)
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.content_type == "text/plain"
+    text = await resp.text()
+    assert 'keygate_proxy_requests_total{outcome="key_unknown"} 2.0' in text
+    assert 'keygate_proxy_requests_total{outcome="forwarded"} 1.0' in text
+    assert 'keygate_upstream_responses_total{class="2xx"} 1.0' in text
+    assert f"keygate_keys {float(len(runtime.table))}" in text
+    # an API key is still refused here, like everywhere on the admin listener
+    resp = await client.get("/metrics", headers={"X-API-Key": "kg_x"})
+    assert resp.status == 403

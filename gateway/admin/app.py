@@ -24,6 +24,7 @@ KEY = "/api/v1/keys/{id}"
 ROUTES: tuple[tuple[str, str, Handler, str | None], ...] = (
     ("GET", "/healthz", health.healthz, "healthz"),
     ("GET", "/readyz", health.readyz, "readyz"),
+    ("GET", "/metrics", health.metrics, "metrics"),
     ("GET", "/api/v1/openapi.json", openapi.openapi, None),
     ("POST", KEYS, key_handlers.create_key, None),
     ("GET", KEYS, key_handlers.list_keys, None),

@@ -41,7 +41,7 @@ WWW_AUTHENTICATE = f'Basic realm="{REALM}", charset="UTF-8"'
 API_KEY_HEADER = "x-api-key"  # lower case, '_' spelled '-'
 AUDIT_LOGIN_FAILED = "admin_login_failed"
 UNKNOWN_ACTOR = "?"
-PUBLIC_ROUTES = frozenset({"healthz", "readyz"})  # route names served without Basic auth
+PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics"})  # route names served without Basic auth
 
 FAILURE_WINDOW = 600.0  # seconds a failed login counts against its address
 FAILURES_BEFORE_LOCKOUT = 5  # failed logins per address and window before lockouts start

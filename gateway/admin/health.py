@@ -1,4 +1,4 @@
-"""Admin listener health probes: /healthz (process alive) and /readyz (store and policy)."""
+"""Admin listener probes: /healthz (alive), /readyz (store and policy), /metrics (Prometheus)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 from aiohttp import web
 
 from gateway.admin.errors import E_NOT_READY, json_error
+from gateway.metrics import render
 from gateway.state import RUNTIME
 
 log = logging.getLogger("keygate.admin")
@@ -34,3 +35,9 @@ async def readyz(request: web.Request) -> web.Response:
     if store_ok and policy_ok:
         return web.json_response({"status": "ready", "checks": checks})
     return json_error(503, E_NOT_READY, M_NOT_READY, extra={"checks": checks})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: this process's counters in Prometheus text format (no auth)."""
+    body = render(request.app[RUNTIME])
+    return web.Response(body=body, content_type="text/plain", charset="utf-8")

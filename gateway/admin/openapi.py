@@ -383,6 +383,20 @@ def _paths() -> dict[str, Schema]:
                 public=True,
             )
         },
+        "/metrics": {
+            "get": _operation(
+                "metrics",
+                "This process's counters in Prometheus text format",
+                {
+                    "200": {
+                        "description": "Prometheus text exposition format 0.0.4",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+                tags=("health",),
+                public=True,
+            )
+        },
         "/api/v1/openapi.json": {
             "get": _operation(
                 "openapi",

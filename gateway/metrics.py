@@ -1,0 +1,75 @@
+"""Proxy counters kept as plain integers on the hot path, exposed in Prometheus text format."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from gateway.runtime import Runtime
+
+FORWARDED = "forwarded"  # outcome label for requests sent upstream
+
+
+class ProxyMetrics:
+    """Counts proxy outcomes; one Counter increment per request, read only at scrape time."""
+
+    def __init__(self) -> None:
+        self.outcomes: Counter[str] = Counter()  # "forwarded" or a refusal/error code
+        self.upstream_status: Counter[int] = Counter()  # by status class: 2, 3, 4, 5
+
+    def refused(self, code: str) -> None:
+        """Count one request answered by keygate itself with error `code`."""
+        self.outcomes[code] += 1
+
+    def forwarded(self, status: int) -> None:
+        """Count one request forwarded upstream and the status class it answered with."""
+        self.outcomes[FORWARDED] += 1
+        self.upstream_status[status // 100] += 1
+
+
+class _RuntimeCollector(Collector):
+    """Builds metric families from one process's runtime at each scrape."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield requests by outcome, upstream statuses, key count and feed sequence."""
+        metrics = self._runtime.metrics
+        outcomes = CounterMetricFamily(
+            "keygate_proxy_requests",
+            "Proxied requests by outcome: forwarded, or the error code keygate answered",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(metrics.outcomes.items()):
+            outcomes.add_metric([outcome], count)
+        yield outcomes
+        statuses = CounterMetricFamily(
+            "keygate_upstream_responses",
+            "Forwarded requests by upstream status class",
+            labels=["class"],
+        )
+        for status_class, count in sorted(metrics.upstream_status.items()):
+            statuses.add_metric([f"{status_class}xx"], count)
+        yield statuses
+        yield GaugeMetricFamily(
+            "keygate_keys", "Keys in this process's in-memory table", value=len(self._runtime.table)
+        )
+        yield GaugeMetricFamily(
+            "keygate_feed_sequence",
+            "Change-feed sequence this process's table reflects",
+            value=self._runtime.table.seq,
+        )
+
+
+def render(runtime: Runtime) -> bytes:
+    """Return this process's metrics in the Prometheus text exposition format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_RuntimeCollector(runtime))
+    return generate_latest(registry)
