@@ -8,13 +8,18 @@ import logging
 
 import aiohttp
 from aiohttp import hdrs, web
-from multidict import CIMultiDict
-from yarl import URL
 
 from gateway import auth
 from gateway.cache import now
 from gateway.runtime import Runtime
 from gateway.target import TargetError, decoded_path
+from gateway.upstream import (
+    RequestBodyError,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 log = logging.getLogger("keygate.proxy")
 
@@ -38,7 +43,6 @@ _FRAMING = frozenset({"content-length", "transfer-encoding", "host"})
 FORWARDING_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
 # Responses up to this many bytes (with a Content-Length) are read whole and sent in one write.
 SMALL_BODY_LIMIT = 256 * 1024
-STREAM_CHUNK = 64 * 1024
 E_UPSTREAM_DOWN = "upstream_unavailable"
 E_UPSTREAM_TIMEOUT = "upstream_timeout"
 E_BAD_TARGET = "bad_target"
@@ -85,17 +89,31 @@ class RelayedResponse(web.StreamResponse):
             self.headers.popall(hdrs.CONTENT_TYPE, None)
 
 
+class RelayedWholeResponse(RelayedResponse):
+    """A relayed response whose body is at hand: head and body go out in one write.
+
+    aiohttp's StreamResponse sends its head as soon as it is prepared; `web.Response` opts
+    out with this class attribute so the head waits for the body. Streams keep the default,
+    so a client sees the head of a slow stream at once.
+    """
+
+    _send_headers_immediately = False
+
+
 class Proxy:
     """The proxy request handler: hygiene, credential, key, policy, forward, account."""
 
-    def __init__(self, runtime: Runtime, session: aiohttp.ClientSession) -> None:
+    def __init__(self, runtime: Runtime, client: UpstreamClient) -> None:
         settings = runtime.settings
         self._runtime = runtime
-        self._session = session
-        self._upstream = settings.upstream.url
+        self._client = client
         self._acting_header = settings.acting_user_header
         self._deny_anonymous = settings.anonymous == "deny"
-        self._static_headers = settings.upstream.headers
+        # Configured service headers, one per name (a later spelling replaces an earlier one).
+        static: dict[str, tuple[str, str]] = {}
+        for name, value in settings.upstream.headers:
+            static[name.lower()] = (name, value)
+        self._static_headers = tuple(static.values())
         identity = {
             normalise(name)
             for name in (
@@ -107,11 +125,6 @@ class Proxy:
         }
         self._always_drop = frozenset(HOP_BY_HOP | identity | {"host", "expect", "x-api-key"})
         self._normalised: dict[str, str] = {}
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=settings.upstream.connect_timeout,
-            sock_read=settings.upstream.timeout,
-        )
 
     def _norm(self, name: str) -> str:
         folded = self._normalised.get(name)
@@ -155,31 +168,29 @@ class Proxy:
 
     def _upstream_headers(
         self, request: web.BaseRequest, acting_user: str | None, drop_authorization: bool
-    ) -> CIMultiDict[str]:
+    ) -> list[tuple[str, str]]:
         """Copy the client's headers minus hop-by-hop, credential and identity headers."""
         drop = self._always_drop
-        connection = request.headers.get("Connection")
+        headers = request.headers
+        connection = headers.get("Connection")
         if connection:
             named = {normalise(token.strip()) for token in connection.split(",")} - _FRAMING
             drop = drop | named
         if drop_authorization:
             drop = drop | {"authorization"}
         norm = self._norm
-        out: CIMultiDict[str] = CIMultiDict()
-        for name, value in request.headers.items():
-            if norm(name) not in drop:
-                out.add(name, value)
+        # Everything keygate sets itself is in `drop`, so appending never duplicates a name.
+        out = [(name, value) for name, value in headers.items() if norm(name) not in drop]
         if acting_user is not None:
-            out[self._acting_header] = acting_user
+            out.append((self._acting_header, acting_user))
         peer = request.remote
         if peer:
-            out["X-Forwarded-For"] = peer
-        out["X-Forwarded-Proto"] = request.scheme
-        host = request.headers.get("Host")
+            out.append(("X-Forwarded-For", peer))
+        out.append(("X-Forwarded-Proto", request.scheme))
+        host = headers.get("Host")
         if host:
-            out["X-Forwarded-Host"] = host
-        for name, value in self._static_headers:
-            out[name] = value
+            out.append(("X-Forwarded-Host", host))
+        out += self._static_headers
         return out
 
     async def _forward(
@@ -195,22 +206,21 @@ class Proxy:
             await request.writer.write(_CONTINUE)
             request.writer.output_size = 0
         headers = self._upstream_headers(request, acting_user, drop_authorization)
-        url = URL(self._upstream + request.raw_path, encoded=True)
         body = request.content if request.body_exists else None
+        # A body without a Content-Length came chunked: it goes upstream chunked as well.
+        chunked = body is not None and hdrs.CONTENT_LENGTH not in request.headers
         try:
-            upstream = await self._session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                timeout=self._timeout,
-                skip_auto_headers=_SKIP_AUTO_HEADERS,
+            upstream = await self._client.request(
+                request.method, request.raw_path, headers, body, chunked=chunked
             )
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+        except UpstreamTimeout:
             return error_response(504, E_UPSTREAM_TIMEOUT, "the upstream did not answer in time")
-        except aiohttp.ClientError as error:
-            log.warning("upstream request failed: %s", error.__class__.__name__)
+        except RequestBodyError as error:
+            # The client's side failed (it left mid-upload, or broke its chunked framing).
+            log.info("request body failed: %s", error)
+            return error_response(502, E_UPSTREAM_DOWN, "the request could not be forwarded")
+        except UpstreamError as error:
+            log.warning("upstream request failed: %s: %s", error.__class__.__name__, error)
             return error_response(502, E_UPSTREAM_DOWN, "the upstream could not be reached")
         try:
             return await self._relay(request, upstream)
@@ -218,63 +228,59 @@ class Proxy:
             upstream.release()
 
     async def _relay(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
+        self, request: web.BaseRequest, upstream: UpstreamResponse
     ) -> web.StreamResponse:
         """Copy status, headers (minus hop-by-hop) and body from the upstream response."""
-        response = RelayedResponse(status=upstream.status, reason=upstream.reason)
+        length = upstream.content_length
+        whole = length is not None and length <= SMALL_BODY_LIMIT
+        kind = RelayedWholeResponse if whole else RelayedResponse
+        response = kind(status=upstream.status, reason=upstream.reason)
         drop = HOP_BY_HOP
-        connection = upstream.headers.get("Connection")
+        connection = upstream.connection
         if connection:
             drop = drop | ({normalise(t.strip()) for t in connection.split(",")} - _FRAMING)
         out = response.headers
-        for name, value in upstream.headers.items():
+        for name, value in upstream.headers:
             if name.lower() not in drop:
                 out.add(name, value)
-        length = upstream.content_length
         try:
-            if length is not None and length <= SMALL_BODY_LIMIT:
+            if whole:
                 body = await upstream.read()
                 await response.prepare(request)
                 await response.write_eof(body)
                 return response
             await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(STREAM_CHUNK):
+            while chunk := await upstream.read_chunk():
                 await response.write(chunk)
             await response.write_eof()
-        except (TimeoutError, aiohttp.ClientError) as error:
+        except UpstreamError as error:
             if not response.prepared:
-                if isinstance(error, TimeoutError | aiohttp.ServerTimeoutError):
+                if isinstance(error, UpstreamTimeout):
                     return error_response(504, E_UPSTREAM_TIMEOUT, "the upstream timed out")
                 return error_response(502, E_UPSTREAM_DOWN, "the upstream failed mid-answer")
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                # The client left mid-answer (aiohttp raises a ClientError for that too):
-                # not the upstream's fault; releasing the upstream response closes it.
-                log.debug("client went away mid-body: %s", error.__class__.__name__)
-                return response
             # Headers already went out: the only honest signal left is to cut the connection.
-            log.warning("upstream failed mid-body: %s", error.__class__.__name__)
-            transport.close()
+            log.warning("upstream failed mid-body: %s: %s", error.__class__.__name__, error)
+            transport = request.transport
+            if transport is not None:
+                transport.close()
+        except (ConnectionError, aiohttp.ClientConnectionError) as error:
+            # The client left mid-answer: not the upstream's fault. The upstream response is
+            # incomplete, so releasing it closes that connection instead of pooling it.
+            log.debug("client went away mid-body: %s", error.__class__.__name__)
         return response
 
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_SKIP_AUTO_HEADERS = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 
 
-def create_client_session(runtime: Runtime) -> aiohttp.ClientSession:
-    """Return the keep-alive client session used to reach the upstream."""
-    connector = aiohttp.TCPConnector(
-        limit=runtime.settings.upstream.pool_size,
-        limit_per_host=0,
-        ttl_dns_cache=300,
-        enable_cleanup_closed=False,
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=_SKIP_AUTO_HEADERS,
+def create_client_session(runtime: Runtime) -> UpstreamClient:
+    """Return the keep-alive upstream client (connection pool) the proxy forwards through."""
+    upstream = runtime.settings.upstream
+    return UpstreamClient(
+        upstream.url,
+        pool_size=upstream.pool_size,
+        connect_timeout=upstream.connect_timeout,
+        timeout=upstream.timeout,
     )
 
 
