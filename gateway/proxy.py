@@ -134,32 +134,42 @@ class Proxy:
             folded = self._normalised[name] = normalise(name)
         return folded
 
+    def _refuse(self, refusal: auth.Refusal) -> web.Response:
+        """Count and render an auth refusal."""
+        self._runtime.metrics.refused(refusal.code)
+        return refusal_response(refusal)
+
+    def _error(self, status: int, code: str, message: str) -> web.Response:
+        """Count and render an error keygate answers itself (hygiene, upstream failures)."""
+        self._runtime.metrics.refused(code)
+        return error_response(status, code, message)
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Run the request flow of DESIGN for one request."""
         try:
             path = decoded_path(request.raw_path)
         except TargetError as error:
-            return error_response(400, E_BAD_TARGET, str(error))
+            return self._error(400, E_BAD_TARGET, str(error))
         headers = request.headers
         credential = auth.extract_credential(
             headers.getall(auth.API_KEY_HEADER, ()), headers.getall(auth.AUTHORIZATION, ())
         )
         if isinstance(credential, auth.Refusal):
-            return refusal_response(credential)
+            return self._refuse(credential)
         runtime = self._runtime
         acting_user: str | None = None
         drop_authorization = False
         if credential is None:
             if self._deny_anonymous:
-                return refusal_response(auth.KEY_MISSING)
+                return self._refuse(auth.KEY_MISSING)
         else:
             moment = now()
             record = auth.authenticate(runtime.table, credential.key, moment)
             if isinstance(record, auth.Refusal):
-                return refusal_response(record)
+                return self._refuse(record)
             refusal = auth.authorize(runtime.policy, record, request.method, path)
             if refusal is not None:
-                return refusal_response(refusal)
+                return self._refuse(refusal)
             runtime.usage.record(record.id, moment)
             acting_user = record.name
             drop_authorization = credential.in_authorization
@@ -214,14 +224,14 @@ class Proxy:
                 request.method, request.raw_path, headers, body, chunked=chunked
             )
         except UpstreamTimeout:
-            return error_response(504, E_UPSTREAM_TIMEOUT, "the upstream did not answer in time")
+            return self._error(504, E_UPSTREAM_TIMEOUT, "the upstream did not answer in time")
         except RequestBodyError as error:
             # The client's side failed (it left mid-upload, or broke its chunked framing).
             log.info("request body failed: %s", error)
-            return error_response(502, E_UPSTREAM_DOWN, "the request could not be forwarded")
+            return self._error(502, E_UPSTREAM_DOWN, "the request could not be forwarded")
         except UpstreamError as error:
             log.warning("upstream request failed: %s: %s", error.__class__.__name__, error)
-            return error_response(502, E_UPSTREAM_DOWN, "the upstream could not be reached")
+            return self._error(502, E_UPSTREAM_DOWN, "the upstream could not be reached")
         try:
             return await self._relay(request, upstream)
         finally:
@@ -243,6 +253,7 @@ class Proxy:
         for name, value in upstream.headers:
             if name.lower() not in drop:
                 out.add(name, value)
+        self._runtime.metrics.forwarded(upstream.status)
         try:
             if whole:
                 body = await upstream.read()
@@ -256,8 +267,8 @@ class Proxy:
         except UpstreamError as error:
             if not response.prepared:
                 if isinstance(error, UpstreamTimeout):
-                    return error_response(504, E_UPSTREAM_TIMEOUT, "the upstream timed out")
-                return error_response(502, E_UPSTREAM_DOWN, "the upstream failed mid-answer")
+                    return self._error(504, E_UPSTREAM_TIMEOUT, "the upstream timed out")
+                return self._error(502, E_UPSTREAM_DOWN, "the upstream failed mid-answer")
             # Headers already went out: the only honest signal left is to cut the connection.
             log.warning("upstream failed mid-body: %s: %s", error.__class__.__name__, error)
             transport = request.transport

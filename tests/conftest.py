@@ -185,8 +185,8 @@ async def add_key(
 
 @pytest.fixture
 async def gateway(config_path: Path) -> AsyncIterator[RunningGateway]:
-    """A gateway running in this process in front of the demo backend (no admin listener)."""
-    async with running_gateway(load_settings(config_path), serve_admin=False) as running:
+    """A gateway running in this process in front of the demo backend (admin on a free port)."""
+    async with running_gateway(load_settings(config_path)) as running:
         yield running
 
 

@@ -931,3 +931,25 @@ async def test_acting_user_is_recorded_by_the_backend(
         f"{base(gateway)}{REST}/rules/keygate", headers={"X-API-Key": author}
     ) as r:
         assert (await r.json())["createdBy"] == "integration-bot"
+
+
+async def test_metrics_count_each_outcome_on_the_admin_listener(
+    gateway: RunningGateway, all_key: str, client: aiohttp.ClientSession
+) -> None:
+    proxy, admin = base(gateway), f"http://127.0.0.1:{gateway.admin_port}"
+    calls = [
+        ({"X-API-Key": all_key}, f"{ECHO}/a", 200),
+        ({"X-API-Key": all_key}, f"{ECHO}/b", 200),
+        ({"X-API-Key": all_key[:-1] + "x"}, f"{ECHO}/a", 401),
+        ({"X-API-Key": all_key}, "/1Integrate/rest/apikeys", 403),
+    ]
+    for headers, path, status in calls:
+        async with client.get(proxy + path, headers=headers) as response:
+            assert response.status == status
+    async with client.get(admin + "/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    assert 'keygate_proxy_requests_total{outcome="forwarded"} 2.0' in text
+    assert 'keygate_proxy_requests_total{outcome="key_malformed"} 1.0' in text
+    assert 'keygate_proxy_requests_total{outcome="forbidden_protected"} 1.0' in text
+    assert 'keygate_upstream_responses_total{class="2xx"} 2.0' in text
