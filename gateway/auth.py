@@ -86,12 +86,26 @@ def extract_credential(
     return Credential(key, in_authorization)
 
 
+# Well-formed keys seen lately -> their digest, so a client's steady key skips the checksum
+# and SHA-256 (the biggest part of a keyed request's extra cost). Only the digest is cached,
+# never a decision: the table is still consulted on every request. The plaintext keys live
+# only in this process's memory, like the request headers they came from; bounded, and
+# cleared whole when full, so hostile key variety only costs the uncached path.
+RECENT_DIGESTS_LIMIT = 4096
+_recent_digests: dict[str, bytes] = {}
+
+
 def authenticate(table: KeyTable, key: str, now: float) -> CachedKey | Refusal:
     """Check shape and checksum, then look the digest up; refuse unknown, revoked, expired."""
-    digest = keys.digest_if_well_formed(key)
+    digest = _recent_digests.get(key)
     if digest is None:
-        return KEY_MALFORMED
-    record = table.lookup(digest)
+        digest = keys.digest_if_well_formed(key)
+        if digest is None:
+            return KEY_MALFORMED
+        if len(_recent_digests) >= RECENT_DIGESTS_LIMIT:
+            _recent_digests.clear()
+        _recent_digests[key] = digest
+    record = table.lookup(digest)  # every request: revocation is never cached
     if record is None:
         return KEY_UNKNOWN
     if record.revoked:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import gateway
+from gateway import auth as auth_module
 from gateway import keys
 from gateway.auth import (
     CREDENTIAL_CONFLICT,
@@ -251,3 +252,25 @@ def test_encoded_protected_segment_is_still_protected(shipped: Policy) -> None:
 
 def test_refusal_is_a_value_object() -> None:
     assert Refusal(403, "forbidden", FORBIDDEN.message) == FORBIDDEN
+
+
+def test_recent_digest_cache_never_caches_the_decision() -> None:
+    table = CountingTable()
+    table.load([row(KEY)], 1)
+    assert isinstance(authenticate(table, KEY, NOW), CachedKey)
+    assert isinstance(authenticate(table, KEY, NOW), CachedKey)
+    table.load([row(KEY, status="revoked")], 2)
+    assert authenticate(table, KEY, NOW) is KEY_REVOKED  # the very next request sees it
+    table.load([], 3)
+    assert authenticate(table, KEY, NOW) is KEY_UNKNOWN
+    assert table.lookups == 4  # one table lookup per request, cached digest or not
+
+
+def test_recent_digest_cache_holds_only_well_formed_keys_and_stays_bounded() -> None:
+    table = KeyTable()
+    bad = KEY[:-1] + ("A" if KEY[-1] != "A" else "B")
+    assert authenticate(table, bad, NOW) is KEY_MALFORMED
+    assert bad not in auth_module._recent_digests
+    for _ in range(auth_module.RECENT_DIGESTS_LIMIT + 10):
+        authenticate(table, keys.generate_key(), NOW)
+    assert len(auth_module._recent_digests) <= auth_module.RECENT_DIGESTS_LIMIT
