@@ -113,6 +113,7 @@ async def test_every_method_is_forwarded(
         f"{ECHO}/A-Z_~!$&'()*+,=:@/x?a=%2f&b=?/&c=%3F#".rstrip("#"),
         f"{ECHO}/trailing/",
         f"{ECHO}/q?=",
+        f"{ECHO}/bare-question-mark?",
     ],
 )
 async def test_path_and_query_arrive_byte_exact(
