@@ -14,7 +14,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from gateway.cache import FeedFollower
 from gateway.policy import load_policy
-from gateway.proxy import KEY_NAME, Proxy, create_client_session, safe_handle
+from gateway.proxy import KEY_NAME, Proxy, create_upstream_client, safe_handle
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store.factory import store_from_url
@@ -98,10 +98,11 @@ async def running_gateway(
             runtime.usage.run(runtime.store, settings.flush_interval), name="keygate-usage"
         ),
     ]
-    session = create_client_session(runtime)
+    upstream = create_upstream_client(runtime)
     proxy_runner = web.ServerRunner(
         create_proxy_server(
-            Proxy(runtime, session), settings.log_level != "warning" and settings.access_log
+            Proxy(runtime, upstream),
+            settings.access_log and settings.log_level in ("debug", "info"),
         ),
         shutdown_timeout=settings.grace_period,
     )
@@ -138,7 +139,7 @@ async def running_gateway(
         await proxy_runner.cleanup()
         if admin_runner is not None:
             await admin_runner.cleanup()
-        await session.close()
+        await upstream.close()
         for task in tasks:
             task.cancel()
         for task in tasks:

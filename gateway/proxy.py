@@ -284,7 +284,7 @@ class Proxy:
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def create_client_session(runtime: Runtime) -> UpstreamClient:
+def create_upstream_client(runtime: Runtime) -> UpstreamClient:
     """Return the keep-alive upstream client (connection pool) the proxy forwards through."""
     upstream = runtime.settings.upstream
     return UpstreamClient(
