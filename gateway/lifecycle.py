@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,7 +57,8 @@ def validate_description(value: Any) -> str:
         raise InputError(
             f"description must be at most {DESCRIPTION_MAX_LENGTH} characters", "description"
         )
-    if any((c < " " and c not in "\t\n") or c == "\x7f" for c in value):
+    # Cc covers C0, DEL and C1; Zl/Zp are line/paragraph separators that split log lines.
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") and c not in "\t\n" for c in value):
         raise InputError("description must not contain control characters", "description")
     return value
 

@@ -301,7 +301,11 @@ def _upstream(reader: _Reader, data: Mapping[str, Any], env: Mapping[str, str]) 
                 reader.problem(location, f"environment variable {variable!r} is not set")
                 continue
         else:
-            value = str(spec["value"])
+            literal = spec["value"]
+            if not isinstance(literal, str | int | float) or isinstance(literal, bool):
+                reader.problem(location, "value must be text (or a number)")
+                continue
+            value = str(literal)
         if any(ord(c) < 32 or ord(c) == 127 for c in value):
             reader.problem(location, "value contains control characters")
             continue

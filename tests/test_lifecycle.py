@@ -106,7 +106,19 @@ def test_descriptions() -> None:
     assert validate_description("caf\u00e9") == "caf\u00e9"
 
 
-@pytest.mark.parametrize("value", ["d" * (DESCRIPTION_MAX_LENGTH + 1), "a\x00b", "a\x7f", "\r", 5])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "d" * (DESCRIPTION_MAX_LENGTH + 1),
+        "a\x00b",
+        "a\x7f",
+        "\r",
+        5,
+        "a\x85b",
+        "a\u2028b",
+        "\u2029",
+    ],
+)
 def test_invalid_descriptions(value: Any) -> None:
     with pytest.raises(InputError) as caught:
         validate_description(value)

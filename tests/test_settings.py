@@ -339,3 +339,11 @@ def test_unreadable_invalid_and_non_utf8_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read") as caught:
         load_settings(binary)
     assert len(caught.value.problems) == 1
+
+
+@pytest.mark.parametrize("literal", [None, True, ["a"], {"k": "v"}])
+def test_a_literal_header_value_must_be_text(literal: Any) -> None:
+    data = with_(upstream={"url": "http://b", "headers": {"X-T": {"value": literal}}})
+    assert problems_of(data, {}) == [
+        f"{WHERE}: upstream.headers.X-T: value must be text (or a number)"
+    ]
