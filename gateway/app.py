@@ -11,10 +11,19 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_protocol import RequestHandler
 
 from gateway.cache import FeedFollower
 from gateway.policy import load_policy
-from gateway.proxy import KEY_NAME, Proxy, create_upstream_client, safe_handle
+from gateway.proxy import (
+    E_BAD_REQUEST,
+    E_INTERNAL,
+    KEY_NAME,
+    Proxy,
+    create_upstream_client,
+    error_response,
+    safe_handle,
+)
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store.factory import store_from_url
@@ -42,13 +51,49 @@ class ProxyAccessLogger(AbstractAccessLogger):
         )
 
 
+class _JsonErrorRequestHandler(RequestHandler):
+    """aiohttp's connection handler, with parser-level errors answered as keygate's JSON.
+
+    Malformed requests (asterisk-form or over-long request lines, smuggling attempts) never
+    reach the proxy handler; aiohttp would answer them in plain text and log a traceback
+    each, which hostile clients could use to flood the log.
+    """
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Answer a request aiohttp could not parse or handle with a JSON error."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error")
+        if status >= 500:
+            log.error("error handling request from %s", request.remote, exc_info=exc)
+            response = error_response(status, E_INTERNAL, "internal error")
+        else:
+            log.info("refused malformed request from %s: %s", request.remote, exc)
+            response = error_response(status, E_BAD_REQUEST, "malformed HTTP request")
+        response.force_close()
+        return response
+
+
+class ProxyServer(web.Server):
+    """The low-level server of the proxy listener, using the JSON error handler."""
+
+    def __call__(self) -> RequestHandler:
+        """Return the handler for one new connection."""
+        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
 def create_proxy_server(proxy: Proxy, access_log_enabled: bool) -> web.Server:
     """Return the low-level aiohttp server for the proxy listener (no router on the hot path)."""
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return await safe_handle(proxy, request)
 
-    return web.Server(
+    return ProxyServer(
         handler,
         access_log_class=ProxyAccessLogger,
         access_log=access_log if access_log_enabled else None,

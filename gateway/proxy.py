@@ -47,6 +47,7 @@ E_UPSTREAM_DOWN = "upstream_unavailable"
 E_UPSTREAM_TIMEOUT = "upstream_timeout"
 E_BAD_TARGET = "bad_target"
 E_INTERNAL = "internal_error"
+E_BAD_REQUEST = "bad_request"
 KEY_NAME = web.RequestKey("key_name", str)
 _JSON_TYPE = "application/json"
 # Normalised header names are cached; the cache is bounded against hostile header variety.

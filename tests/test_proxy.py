@@ -577,14 +577,36 @@ async def test_ambiguous_targets_are_400_before_auth(
 async def test_targets_the_http_parser_refuses_are_400_and_never_forwarded(
     gateway: RunningGateway, all_key: str, backend: Backend, target: str
 ) -> None:
-    """Asterisk-form and over-long request lines die in aiohttp's parser (plain-text 400)."""
+    """Asterisk-form and over-long request lines die in aiohttp's parser: JSON 400."""
     server = backend.runner.server
     assert server is not None
     before = len(server.connections)
     response = await raw_request(
         gateway.proxy_port, http_request("GET", target, [("X-API-Key", "kg_bad")])
     )
-    assert response.status == 400
+    raw_error(response, 400, "bad_request")
+    assert len(server.connections) == before
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /1Integrate/rest/_echo/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST /1Integrate/rest/_echo/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+        b"Content-Length: 5\r\n\r\nhello",
+        b"POST /1Integrate/rest/_echo/x HTTP/1.1\r\nHost: x\r\n"
+        b"Transfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ],
+)
+async def test_smuggling_shaped_requests_are_json_400_and_never_forwarded(
+    gateway: RunningGateway, backend: Backend, head: bytes
+) -> None:
+    server = backend.runner.server
+    assert server is not None
+    before = len(server.connections)
+    response = await raw_request(gateway.proxy_port, head)
+    raw_error(response, 400, "bad_request")
     assert len(server.connections) == before
 
 
