@@ -25,7 +25,6 @@ class Refusal:
     challenge: bool = False  # send WWW-Authenticate
 
 
-BAD_TARGET = "bad_target"
 CREDENTIAL_CONFLICT = Refusal(
     400, "credential_conflict", "send one credential: an API key or the backend's own login"
 )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import lifecycle
+from gateway.cache import now as current_time
 from gateway.cli_admin import register as register_admin_commands
 from gateway.policy import Policy, PolicyError, load_policy
 from gateway.settings import ConfigError, Settings, config_path_from, load_settings
@@ -62,7 +63,7 @@ async def resolve_key(store: KeyStore, ref: str) -> KeyRow:
 
 def print_key(row: KeyRow, as_json: bool, extra: dict[str, Any] | None = None) -> None:
     """Print one key as JSON or as aligned `field: value` lines."""
-    data = lifecycle.key_json(row, lifecycle_now())
+    data = lifecycle.key_json(row, current_time())
     if extra:
         data.update(extra)
     if as_json:
@@ -71,13 +72,6 @@ def print_key(row: KeyRow, as_json: bool, extra: dict[str, Any] | None = None) -
     for field, value in data.items():
         shown = ", ".join(value) if isinstance(value, list) else ("" if value is None else value)
         print(f"{field:>13}: {shown}")
-
-
-def lifecycle_now() -> float:
-    """Return the current unix time (a seam kept in one place)."""
-    from gateway.cache import now
-
-    return now()
 
 
 # --- keys ---------------------------------------------------------------------
@@ -94,7 +88,7 @@ async def keys_create(args: argparse.Namespace) -> int:
         "expires_at": args.expires,
     }
     async with open_store(settings) as store:
-        created = await lifecycle.create_key(store, request, policy, cli_actor(), lifecycle_now())
+        created = await lifecycle.create_key(store, request, policy, cli_actor(), current_time())
     if args.json:
         print_key(created.row, True, {"secret": created.secret})
     else:
@@ -117,7 +111,7 @@ async def keys_list(args: argparse.Namespace) -> int:
             if len(page) < 1000:
                 break
             after = page[-1].id
-    now = lifecycle_now()
+    now = current_time()
     if args.json:
         print(json.dumps([lifecycle.key_json(row, now) for row in rows], indent=2))
         return 0
@@ -145,7 +139,7 @@ async def keys_edit(args: argparse.Namespace) -> int:
     """Edit a key's name, description, roles or expiry."""
     settings = load_config(args)
     policy = load_policy(settings.policy_path)
-    now = lifecycle_now()
+    now = current_time()
     changes = KeyChanges(
         name=None if args.name is None else lifecycle.validate_name(args.name),
         description=(
