@@ -209,9 +209,9 @@ def _compile_protected(
         literal = [part for part in pattern if part not in (ONE_SEGMENT, ANY_SEGMENTS)]
         prefix = re.escape("/" + "/".join(literal)) if literal else ""
         if len(literal) == len(pattern):
-            alternatives.append(prefix + "/?$")
+            alternatives.append(prefix + r"/?\Z")
         elif len(literal) == len(pattern) - 1 and pattern[-1] == ANY_SEGMENTS:
-            alternatives.append(prefix + "(?:/|$)")
+            alternatives.append(prefix + r"(?:/|\Z)")
         else:
             segmented.append(pattern)
     regex = re.compile("|".join(f"(?:{a})" for a in alternatives)) if alternatives else None

@@ -16,6 +16,10 @@ _AMBIGUOUS_PATH = re.compile(
     r"%(?:2[fFeE5]|5[cC]|00|(?![0-9A-Fa-f]{2}))|[\\;#\x00-\x20\x7f-\U0010ffff]|//|/\.\.?(?:/|$)"
 )
 _AMBIGUOUS_QUERY = re.compile(r"%00|[#\x00-\x20\x7f-\U0010ffff]")
+# Checked on the decoded path: encoded control characters (C0, DEL, C1), and whitespace at
+# either end of a segment, which Java path matchers that trim tokens read as the bare name
+# (`/apikeys%20` or `/apikeys%09` would otherwise reach a protected resource).
+_AMBIGUOUS_DECODED = re.compile(r"[\x00-\x1f\x7f-\x9f]|/\s|\s(?:/|\Z)")
 
 
 class TargetError(ValueError):
@@ -39,6 +43,12 @@ def decoded_path(raw_target: str) -> str:
     if "%" not in path:
         return path
     try:
-        return unquote(path, errors="strict")
+        decoded = unquote(path, errors="strict")
     except UnicodeDecodeError as error:
         raise TargetError("path has percent-encoding that is not valid UTF-8") from error
+    if _AMBIGUOUS_DECODED.search(decoded) is not None:
+        raise TargetError(
+            "ambiguous path: encoded control characters, or whitespace at the start or end "
+            "of a segment, are refused"
+        )
+    return decoded

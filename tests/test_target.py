@@ -53,6 +53,15 @@ EXAMPLE = Path(gateway.__file__).resolve().parent / "examples" / "policy.yaml"
         "//a",
         "/a//b",
         "/a/b//",
+        # encoded controls anywhere, encoded whitespace at a segment's edge (trimming matchers)
+        "/1Integrate/rest/apikeys%20",
+        "/1Integrate/rest/apikeys%09/1",
+        "/1Integrate/rest/%20apikeys",
+        "/1Integrate/rest/apikeys%C2%A0",
+        "/a/b%0A",
+        "/a/b%0d%0aX-Acting-User:%20admin",
+        "/a/%7F",
+        "/a/%C2%85",
         # control characters, spaces, non-ASCII, fragment
         "/a b",
         "/a\tb",
