@@ -110,11 +110,7 @@ class Proxy:
         self._client = client
         self._acting_header = settings.acting_user_header
         self._deny_anonymous = settings.anonymous == "deny"
-        # Configured service headers, one per name (a later spelling replaces an earlier one).
-        static: dict[str, tuple[str, str]] = {}
-        for name, value in settings.upstream.headers:
-            static[name.lower()] = (name, value)
-        self._static_headers = tuple(static.values())
+        self._static_headers = settings.upstream.headers  # names unique (settings checks)
         identity = {
             normalise(name)
             for name in (

@@ -286,11 +286,16 @@ def _upstream(reader: _Reader, data: Mapping[str, Any], env: Mapping[str, str]) 
     if not isinstance(raw_headers, Mapping):
         reader.problem("upstream.headers", "must be a mapping of header name to {env: VAR}")
         raw_headers = {}
+    seen: set[str] = set()
     for name, spec in raw_headers.items():
         location = f"upstream.headers.{name}"
         if not isinstance(name, str) or not is_header_name(name):
             reader.problem(location, "is not a valid header name")
             continue
+        if name.lower() in seen:
+            reader.problem(location, "is set twice (header names ignore case)")
+            continue
+        seen.add(name.lower())
         if not isinstance(spec, Mapping) or len(spec) != 1 or not {"env", "value"} & set(spec):
             reader.problem(location, "must be {env: VARIABLE} or {value: text}")
             continue

@@ -347,3 +347,15 @@ def test_a_literal_header_value_must_be_text(literal: Any) -> None:
     assert problems_of(data, {}) == [
         f"{WHERE}: upstream.headers.X-T: value must be text (or a number)"
     ]
+
+
+def test_an_upstream_header_named_twice_in_any_case_is_a_problem() -> None:
+    data = with_(
+        upstream={
+            "url": "http://b",
+            "headers": {"X-Service": {"value": "a"}, "x-service": {"value": "b"}},
+        }
+    )
+    assert problems_of(data, {}) == [
+        f"{WHERE}: upstream.headers.x-service: is set twice (header names ignore case)"
+    ]
