@@ -22,7 +22,6 @@ from gateway.proxy import (
     Proxy,
     create_upstream_client,
     error_response,
-    safe_handle,
 )
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -90,11 +89,8 @@ class ProxyServer(web.Server):
 def create_proxy_server(proxy: Proxy, access_log_enabled: bool) -> web.Server:
     """Return the low-level aiohttp server for the proxy listener (no router on the hot path)."""
 
-    async def handler(request: web.BaseRequest) -> web.StreamResponse:
-        return await safe_handle(proxy, request)
-
     return ProxyServer(
-        handler,
+        proxy,
         access_log_class=ProxyAccessLogger,
         access_log=access_log if access_log_enabled else None,
         max_line_size=MAX_LINE_SIZE,

@@ -141,6 +141,16 @@ class Proxy:
         self._runtime.metrics.refused(code)
         return error_response(status, code, message)
 
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Serve one request (the listener's handler): no unexpected error leaves as a bare 500."""
+        try:
+            return await self.handle(request)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("unexpected error handling %s", request.method)
+            return error_response(500, E_INTERNAL, "internal error")
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Run the request flow of DESIGN for one request."""
         try:
@@ -290,14 +300,3 @@ def create_upstream_client(runtime: Runtime) -> UpstreamClient:
         connect_timeout=upstream.connect_timeout,
         timeout=upstream.timeout,
     )
-
-
-async def safe_handle(proxy: Proxy, request: web.BaseRequest) -> web.StreamResponse:
-    """Wrap the proxy handler so no unexpected error leaves as a bare 500 page."""
-    try:
-        return await proxy.handle(request)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        log.exception("unexpected error handling %s", request.method)
-        return error_response(500, E_INTERNAL, "internal error")
