@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from gateway.problems import ProblemsError, read_yaml
 
 ALL_METHODS = "*"
 KNOWN_METHODS = frozenset(
@@ -24,12 +24,10 @@ BUILTIN_PROTECTED = ("/api/v1/keys/**", "/api/v1/audit/**", "/api/v1/policy/**")
 MATCHER_CACHE_LIMIT = 4096
 
 
-class PolicyError(Exception):
+class PolicyError(ProblemsError):
     """A policy file failed validation; `problems` lists every problem with its location."""
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("invalid policy:\n  " + "\n  ".join(problems))
-        self.problems = problems
+    what = "policy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,15 +447,4 @@ def _parse_protected(data: Any, where: str, problems: list[str]) -> tuple[tuple[
 
 def load_policy(path: Path) -> Policy:
     """Read and validate a policy YAML file; raise PolicyError listing every problem."""
-    where = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise PolicyError([f"{where}: cannot read: {error.strerror or error}"]) from error
-    except UnicodeDecodeError as error:
-        raise PolicyError([f"{where}: cannot read: not UTF-8 text ({error.reason})"]) from error
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise PolicyError([f"{where}: invalid YAML: {error}"]) from error
-    return policy_from_data(data, where)
+    return policy_from_data(read_yaml(path, PolicyError), str(path))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
+from gateway.problems import ProblemsError, read_yaml
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 CONFIG_ENV_VAR = "KEYGATE_CONFIG"
@@ -38,12 +38,10 @@ _HEADER_TOKEN = frozenset(
 )
 
 
-class ConfigError(Exception):
+class ConfigError(ProblemsError):
     """The config failed validation; `problems` lists every problem with its location."""
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("invalid config:\n  " + "\n  ".join(problems))
-        self.problems = problems
+    what = "config"
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,14 +329,5 @@ def _upstream(reader: _Reader, data: Mapping[str, Any], env: Mapping[str, str]) 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate a config file; raise ConfigError listing every problem."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError([f"{path}: cannot read: {error.strerror or error}"]) from error
-    except UnicodeDecodeError as error:
-        raise ConfigError([f"{path}: cannot read: not UTF-8 text ({error.reason})"]) from error
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError([f"{path}: invalid YAML: {error}"]) from error
+    data = read_yaml(path, ConfigError)
     return settings_from_data(data, path.resolve(), environ)
