@@ -405,6 +405,37 @@ def reaped(serve: ServeProcess) -> Iterator[ServeProcess]:
                 os.kill(pid, signal.SIGKILL)
 
 
+@dataclass
+class Served:
+    """A running `serve` subprocess, its config and the secret of its one key."""
+
+    serve: ServeProcess
+    config: Path
+    secret: str
+
+    @property
+    def base(self) -> str:
+        """The proxy listener's base URL."""
+        return f"http://127.0.0.1:{self.serve.port}"
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    directory: Path, backend: Backend, key_name: str, extra: dict[str, Any]
+) -> AsyncIterator[Served]:
+    """Run `serve` in front of the backend with one all-roles key; it must stop with 0."""
+    port = free_port()
+    config = write_config(
+        directory, backend.url, listen_port=port, admin_port=free_port(), extra=extra
+    )
+    secret = await create_key(config, key_name, [ALL_ROLE])
+    serve = start_serve(config, port, directory.parent / f"{directory.name}-serve.log")
+    with reaped(serve):
+        await wait_for_port(port, process=serve.process)
+        yield Served(serve, config, secret)
+        assert serve.stop() == 0, serve.log_text()
+
+
 def rss_bytes(pid: int) -> int:
     """Return a process's resident set size from /proc/<pid>/status, in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

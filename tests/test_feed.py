@@ -12,24 +12,11 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import (
-    ALL_ROLE,
-    REST,
-    Backend,
-    ServeProcess,
-    arun_cli,
-    create_key,
-    free_port,
-    reaped,
-    start_serve,
-    wait_for_port,
-    write_config,
-)
+from conftest import ALL_ROLE, REST, Backend, Served, arun_cli, serving
 
 from gateway.settings import DEFAULT_POLL_INTERVAL
 
@@ -43,37 +30,12 @@ Outcome = tuple[int, str]  # HTTP status and JSON error code ("" on success)
 Probe = Callable[[], Awaitable[Outcome]]
 
 
-@dataclass
-class Served:
-    """A running `serve` process, its config and the secret of its key `feed-bot`."""
-
-    serve: ServeProcess
-    config: Path
-    secret: str
-
-    @property
-    def base(self) -> str:
-        """The proxy listener's base URL."""
-        return f"http://127.0.0.1:{self.serve.port}"
-
-
 @pytest.fixture
 async def served(tmp_path: Path, backend: Backend) -> AsyncIterator[Served]:
     """A `serve` subprocess (default feed poll interval) with a key `feed-bot`."""
-    port = free_port()
-    config = write_config(
-        tmp_path / "feed",
-        backend.url,
-        listen_port=port,
-        admin_port=free_port(),
-        extra={"feed": {"poll_interval": DEFAULT_POLL_INTERVAL}},
-    )
-    secret = await create_key(config, "feed-bot", [ALL_ROLE])
-    serve = start_serve(config, port, tmp_path / "serve.log")
-    with reaped(serve):
-        await wait_for_port(port, process=serve.process)
-        yield Served(serve, config, secret)
-        assert serve.stop() == 0, serve.log_text()
+    extra = {"feed": {"poll_interval": DEFAULT_POLL_INTERVAL}}
+    async with serving(tmp_path / "feed", backend, "feed-bot", extra) as running:
+        yield running
 
 
 async def outcome(session: aiohttp.ClientSession, url: str, key: str) -> Outcome:

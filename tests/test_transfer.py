@@ -19,19 +19,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import (
-    ALL_ROLE,
-    REST,
-    Backend,
-    ServeProcess,
-    create_key,
-    free_port,
-    reaped,
-    rss_bytes,
-    start_serve,
-    wait_for_port,
-    write_config,
-)
+from conftest import REST, Backend, Served, rss_bytes, serving
 
 from gateway.demo_backend import BLOB_MODULUS
 
@@ -43,36 +31,12 @@ SAMPLE_EVERY = 0.02  # seconds between RSS samples
 TRANSFER_TIMEOUT = 120.0  # seconds one 1 GiB transfer may take
 
 
-@dataclass
-class Gateway:
-    """A `serve` subprocess and a key that may use the echo and blob endpoints."""
-
-    serve: ServeProcess
-    key: str
-
-    @property
-    def base(self) -> str:
-        """The proxy listener's base URL."""
-        return f"http://127.0.0.1:{self.serve.port}"
-
-
 @pytest.fixture
-async def gateway_process(tmp_path: Path, backend: Backend) -> AsyncIterator[Gateway]:
+async def gateway_process(tmp_path: Path, backend: Backend) -> AsyncIterator[Served]:
     """A gateway process in front of the demo backend (access log off: nothing but bytes)."""
-    port = free_port()
-    config = write_config(
-        tmp_path / "transfer",
-        backend.url,
-        listen_port=port,
-        admin_port=free_port(),
-        extra={"log": {"level": "warning", "access_log": False}},
-    )
-    key = await create_key(config, "transfer-bot", [ALL_ROLE])
-    serve = start_serve(config, port, tmp_path / "serve.log")
-    with reaped(serve):
-        await wait_for_port(port, process=serve.process)
-        yield Gateway(serve, key)
-        assert serve.stop() == 0, serve.log_text()
+    extra = {"log": {"level": "warning", "access_log": False}}
+    async with serving(tmp_path / "transfer", backend, "transfer-bot", extra) as running:
+        yield running
 
 
 @dataclass
@@ -120,9 +84,9 @@ def sampling(pid: int) -> Iterator[RssSampler]:
         sampler.samples.append(rss_bytes(pid))
 
 
-async def warm_up(session: aiohttp.ClientSession, gateway: Gateway) -> None:
+async def warm_up(session: aiohttp.ClientSession, gateway: Served) -> None:
     """Move a few MiB each way first so the baseline includes the steady-state buffers."""
-    headers = {"X-API-Key": gateway.key}
+    headers = {"X-API-Key": gateway.secret}
     async with session.post(
         f"{gateway.base}{REST}/_echo/warm", data=io.BytesIO(os.urandom(4 * MIB)), headers=headers
     ) as response:
@@ -131,7 +95,7 @@ async def warm_up(session: aiohttp.ClientSession, gateway: Gateway) -> None:
         assert len(await r.read()) == 8 * MIB
 
 
-async def test_one_gib_upload_streams_through_with_flat_memory(gateway_process: Gateway) -> None:
+async def test_one_gib_upload_streams_through_with_flat_memory(gateway_process: Served) -> None:
     block = os.urandom(CHUNK)
     expected = hashlib.sha256()
     sent = 0
@@ -152,7 +116,7 @@ async def test_one_gib_upload_streams_through_with_flat_memory(gateway_process: 
             async with session.post(
                 f"{gateway_process.base}{REST}/_echo/upload",
                 data=body(),
-                headers={"X-API-Key": gateway_process.key},
+                headers={"X-API-Key": gateway_process.secret},
             ) as response:
                 assert response.status == 200
                 echoed = await response.json()
@@ -176,7 +140,7 @@ def blob_sha256(size: int) -> str:
     return digest.hexdigest()
 
 
-async def test_one_gib_download_streams_through_with_flat_memory(gateway_process: Gateway) -> None:
+async def test_one_gib_download_streams_through_with_flat_memory(gateway_process: Served) -> None:
     received = hashlib.sha256()
     length = 0
     timeout = aiohttp.ClientTimeout(total=TRANSFER_TIMEOUT)
@@ -187,7 +151,7 @@ async def test_one_gib_download_streams_through_with_flat_memory(gateway_process
             started = time.monotonic()
             async with session.get(
                 f"{gateway_process.base}{REST}/_blob?size={GIB}",
-                headers={"X-API-Key": gateway_process.key},
+                headers={"X-API-Key": gateway_process.secret},
             ) as response:
                 assert response.status == 200
                 assert response.headers["Content-Length"] == str(GIB)
