@@ -23,6 +23,19 @@ def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _page(item: str) -> dict[str, Any]:
+    """Return the schema of one cursor page of `item` objects."""
+    return {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "additionalProperties": False,
+        "properties": {
+            "items": {"type": "array", "items": _ref(item)},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    }
+
+
 def _nullable(schema: Schema) -> Schema:
     kind = schema.get("type")
     if isinstance(kind, str):
@@ -136,15 +149,7 @@ SCHEMAS: dict[str, Schema] = {
             },
         },
     },
-    "KeyPage": {
-        "type": "object",
-        "required": ["items", "next_cursor"],
-        "additionalProperties": False,
-        "properties": {
-            "items": {"type": "array", "items": _ref("Key")},
-            "next_cursor": {"type": ["string", "null"]},
-        },
-    },
+    "KeyPage": _page("Key"),
     "Count": {
         "type": "object",
         "required": ["count"],
@@ -252,15 +257,7 @@ SCHEMAS: dict[str, Schema] = {
             "details": {"type": "object"},
         },
     },
-    "AuditPage": {
-        "type": "object",
-        "required": ["items", "next_cursor"],
-        "additionalProperties": False,
-        "properties": {
-            "items": {"type": "array", "items": _ref("AuditEvent")},
-            "next_cursor": {"type": ["string", "null"]},
-        },
-    },
+    "AuditPage": _page("AuditEvent"),
     "Health": {
         "type": "object",
         "required": ["status"],
