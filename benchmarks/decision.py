@@ -12,11 +12,12 @@ import os
 import random
 import statistics
 import time
+from collections.abc import Iterator
 
-from gateway import auth, keys
-from gateway.cache import KeyTable
+from gateway import auth, credentials, keys, refusals
+from gateway.keytable import KeyTable
 from gateway.policy import Policy, policy_from_data
-from gateway.store.base import KeyRow
+from gateway.store.base import AuthRow
 
 ROLE_COUNT = 50
 
@@ -41,23 +42,19 @@ def build_policy(rule_count: int, seed: int = 7) -> Policy:
 def build_table(count: int, probe_keys: list[str]) -> KeyTable:
     """Return a table of `count` keys; the probe keys are real, the rest random digests."""
     table = KeyTable()
-    now = time.time()
     role_sets = [tuple(sorted({f"role{i}", f"role{(i * 7) % ROLE_COUNT}"})) for i in range(20)]
 
-    def rows() -> object:
+    def rows() -> Iterator[AuthRow]:
         for index in range(count):
             if index < len(probe_keys):
                 digest = keys.digest(probe_keys[index])
             else:
                 digest = hashlib.sha256(os.urandom(16)).digest()
-            yield KeyRow(
-                id=index + 1, name=f"key-{index:07d}", description="", roles=role_sets[index % 20],
-                status="active", digest=digest, prefix="kg_xxxxxxx", created_at=now,
-                created_by="bench", updated_at=now, revoked_at=None, expires_at=None,
-                last_used_at=None, use_count=0,
-            )  # fmt: skip
+            yield digest, index + 1, f"key-{index:07d}", role_sets[index % 20], "active", None
 
-    table.load(rows(), 0)  # type: ignore[arg-type]
+    loader = table.loader()
+    loader.add(rows())
+    loader.finish(0)
     return table
 
 
@@ -65,11 +62,11 @@ def decide(
     table: KeyTable, policy: Policy, api_key: list[str], method: str, path: str, now: float
 ) -> bool:
     """One full decision as the proxy makes it (minus the aiohttp request object)."""
-    credential = auth.extract_credential(api_key, ())
-    if not isinstance(credential, auth.Credential):
+    credential = credentials.extract_credential(api_key, ())
+    if not isinstance(credential, credentials.Credential):
         return False
     record = auth.authenticate(table, credential.key, now)
-    if isinstance(record, auth.Refusal):
+    if isinstance(record, refusals.Refusal):
         return False
     return auth.authorize(policy, record, method, path) is None
 
@@ -115,7 +112,7 @@ def main() -> None:
     cold_cases = [([probe], "GET", paths[index % len(paths)]) for index, probe in enumerate(probes)]
     cold: list[float] = []
     for _ in range(args.batches // 4):
-        auth._recent_digests.clear()
+        auth.digest_of.cache_clear()
         begin = time.perf_counter_ns()
         for api_key, method, path in cold_cases:
             decide(table, policy, api_key, method, path, now)

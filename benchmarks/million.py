@@ -33,7 +33,7 @@ def rss_bytes() -> int:
 
 def measure_table(db_path: Path) -> None:
     """Child-process mode: load the table from the store and print RSS growth per key."""
-    from gateway.cache import KeyTable
+    from gateway.keytable import KeyTable
     from gateway.store.sqlite import SqliteKeyStore
 
     async def run() -> None:
@@ -57,7 +57,7 @@ def measure_table(db_path: Path) -> None:
 
 async def time_creates(config: Path) -> list[float]:
     """Create keys in-process on the full store and return each call's milliseconds."""
-    from gateway import lifecycle
+    from gateway import key_rules
     from gateway.policy import load_policy
     from gateway.settings import load_settings
     from gateway.store.factory import store_from_url
@@ -71,7 +71,7 @@ async def time_creates(config: Path) -> list[float]:
         for index in range(CREATE_SAMPLES):
             request = {"name": f"timed-{index}", "roles": [keygate.BENCH_ROLE]}
             started = time.perf_counter()
-            await lifecycle.create_key(store, request, policy, "bench", time.time())
+            await key_rules.create_key(store, request, policy, "bench", time.time())
             timings.append((time.perf_counter() - started) * 1000)
     finally:
         await store.close()

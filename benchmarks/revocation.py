@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks import keygate
 from benchmarks.procs import ManagedProcess, free_ports, wait_for_port
-from gateway import lifecycle
+from gateway import key_rules
 from gateway.policy import load_policy
 from gateway.settings import load_settings
 from gateway.store.base import KeyStore
@@ -137,7 +137,7 @@ async def run(args: argparse.Namespace, directory: Path) -> None:
     try:
         secrets = []
         for index in range(args.revocations):
-            created = await lifecycle.create_key(
+            created = await key_rules.create_key(
                 store, {"name": f"rev-{index}", "roles": [keygate.BENCH_ROLE]}, policy, "bench",
                 time.time(),
             )  # fmt: skip

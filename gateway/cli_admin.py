@@ -11,9 +11,12 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from gateway import lifecycle
 from gateway.admin.accounts import validate_admin_name, validate_password
+from gateway.cli_common import CliError, add_config_option, cli_actor, load_config, open_store
+from gateway.clock import iso
+from gateway.key_rules import audit_json
 from gateway.passwords import hash_password
+from gateway.policy import load_policy
 from gateway.settings import Settings
 from gateway.store.base import AdminAccount
 
@@ -28,40 +31,32 @@ M_LIMIT = f"--limit must be an integer from 1 to {AUDIT_MAX_LIMIT}"
 M_SINCE = "--since must be an ISO-8601 time with a time zone, e.g. 2026-01-01T00:00:00Z"
 
 
-def _cli_error(message: str) -> Exception:
-    from gateway.cli import CliError
-
-    return CliError(message)
-
-
 def read_new_password(args: argparse.Namespace) -> str:
     """Read a new password: one line from stdin with --password-stdin, else getpass twice."""
     if args.password_stdin:
         line = sys.stdin.readline()
         if not line:
-            raise _cli_error(M_NO_PASSWORD)
+            raise CliError(M_NO_PASSWORD)
         password = line.removesuffix("\n").removesuffix("\r")
     else:
         password = getpass.getpass("New admin password: ")
         if password != getpass.getpass("Repeat the password: "):
-            raise _cli_error(M_MISMATCH)
+            raise CliError(M_MISMATCH)
     try:
         return validate_password(password)
     except ValueError as error:
-        raise _cli_error(str(error)) from None
+        raise CliError(str(error)) from None
 
 
 def _admin_name(value: str) -> str:
     try:
         return validate_admin_name(value)
     except ValueError as error:
-        raise _cli_error(f"{error}: {value!r}") from None
+        raise CliError(f"{error}: {value!r}") from None
 
 
 def _grants(args: argparse.Namespace, settings: Settings) -> tuple[tuple[str, ...], bool]:
     """Return (grants, grant_all) from --grant/--grant-all; every role must be in the policy."""
-    from gateway.policy import load_policy
-
     if args.grant_all:
         return (), True
     grants = tuple(sorted(set(args.grant or ())))
@@ -69,9 +64,7 @@ def _grants(args: argparse.Namespace, settings: Settings) -> tuple[tuple[str, ..
         policy = load_policy(settings.policy_path)
         unknown = [role for role in grants if role not in policy.roles]
         if unknown:
-            raise _cli_error(
-                f"unknown role(s) {', '.join(unknown)}: not defined in {policy.source}"
-            )
+            raise CliError(f"unknown role(s) {', '.join(unknown)}: not defined in {policy.source}")
     return grants, False
 
 
@@ -81,8 +74,8 @@ def admin_json(account: AdminAccount) -> dict[str, Any]:
         "name": account.name,
         "grants": list(account.grants),
         "grant_all": account.grant_all,
-        "created_at": lifecycle.iso(account.created_at),
-        "updated_at": lifecycle.iso(account.updated_at),
+        "created_at": iso(account.created_at),
+        "updated_at": iso(account.updated_at),
     }
 
 
@@ -94,7 +87,6 @@ def _grants_text(account: AdminAccount) -> str:
 
 async def admins_add(args: argparse.Namespace) -> int:
     """Create an admin account with a password and a grant set."""
-    from gateway.cli import cli_actor, load_config, open_store
 
     name = _admin_name(args.name)
     settings = load_config(args)
@@ -109,7 +101,6 @@ async def admins_add(args: argparse.Namespace) -> int:
 
 async def admins_list(args: argparse.Namespace) -> int:
     """List admin accounts and what each may grant."""
-    from gateway.cli import load_config, open_store
 
     async with open_store(load_config(args)) as store:
         accounts = await store.list_admins()
@@ -118,7 +109,7 @@ async def admins_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'NAME':<24} {'CREATED':<21} GRANTS")
     for account in accounts:
-        created = lifecycle.iso(account.created_at) or ""
+        created = iso(account.created_at) or ""
         print(f"{account.name:<24} {created[:19] + 'Z':<21} {_grants_text(account)}")
     print(f"{len(accounts)} admin(s)")
     return 0
@@ -126,13 +117,12 @@ async def admins_list(args: argparse.Namespace) -> int:
 
 async def admins_passwd(args: argparse.Namespace) -> int:
     """Set a new password for an admin account."""
-    from gateway.cli import cli_actor, load_config, open_store
 
     name = _admin_name(args.name)
     settings = load_config(args)
     async with open_store(settings) as store:
         if await store.get_admin(name) is None:
-            raise _cli_error(f"no admin named {name!r}")
+            raise CliError(f"no admin named {name!r}")
         password = read_new_password(args)
         encoded = await asyncio.to_thread(hash_password, password)
         await store.set_admin_password(name, encoded, cli_actor())
@@ -142,7 +132,6 @@ async def admins_passwd(args: argparse.Namespace) -> int:
 
 async def admins_grants(args: argparse.Namespace) -> int:
     """Replace the set of roles an admin may grant."""
-    from gateway.cli import cli_actor, load_config, open_store
 
     name = _admin_name(args.name)
     settings = load_config(args)
@@ -155,7 +144,6 @@ async def admins_grants(args: argparse.Namespace) -> int:
 
 async def admins_remove(args: argparse.Namespace) -> int:
     """Delete an admin account."""
-    from gateway.cli import cli_actor, load_config, open_store
 
     name = _admin_name(args.name)
     async with open_store(load_config(args)) as store:
@@ -185,7 +173,6 @@ def _since(text: str) -> float:
 
 async def audit(args: argparse.Namespace) -> int:
     """Show audit events, newest first."""
-    from gateway.cli import load_config, open_store
 
     key_id = int(args.key) if args.key and args.key.isascii() and args.key.isdigit() else None
     key_name = args.key if args.key and key_id is None else None
@@ -193,7 +180,7 @@ async def audit(args: argparse.Namespace) -> int:
         events = await store.list_audit(
             key_id=key_id, key_name=key_name, actor=args.actor, since=args.since, limit=args.limit
         )
-    items = [lifecycle.audit_json(event) for event in events]
+    items = [audit_json(event) for event in events]
     if args.json:
         print(json.dumps(items, indent=2))
         return 0
@@ -220,10 +207,7 @@ def _add_grant_options(parser: argparse.ArgumentParser, replacing: bool) -> None
         group.add_argument("--no-grants", action="store_true", help="may give keys no role")
 
 
-def register(
-    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
-    add_config: Callable[[argparse.ArgumentParser], None],
-) -> None:
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `admins add|list|passwd|grants|remove` and `audit` to the keygate CLI."""
     admins = commands.add_parser("admins", help="manage admin accounts of the admin API")
     admin_commands = admins.add_subparsers(dest="admins_command", required=True)
@@ -257,7 +241,7 @@ def register(
     remove.set_defaults(func=admins_remove)
 
     for sub in admin_commands.choices.values():
-        add_config(sub)
+        add_config_option(sub)
 
     log = commands.add_parser("audit", help="show the audit log, newest first")
     log.add_argument("--key", metavar="NAME|ID", help="only events about this key")
@@ -270,5 +254,5 @@ def register(
         help=f"most events to show (default {AUDIT_DEFAULT_LIMIT})",
     )
     log.add_argument("--json", action="store_true", help="print JSON")
-    add_config(log)
+    add_config_option(log)
     log.set_defaults(func=audit)

@@ -10,9 +10,9 @@ import signal
 from importlib import resources
 from pathlib import Path
 
-from gateway import lifecycle
+from gateway import key_rules
 from gateway.app import running_gateway
-from gateway.cache import now
+from gateway.clock import now
 from gateway.demo_backend import start_demo_backend
 from gateway.passwords import hash_password
 from gateway.policy import load_policy
@@ -73,7 +73,7 @@ async def fresh_demo_credentials(config: Path) -> tuple[str, str]:
             "description": "created by keygate demo",
             "roles": DEMO_ROLES,
         }
-        created = await lifecycle.create_key(store, request, policy, "demo", now())
+        created = await key_rules.create_key(store, request, policy, "demo", now())
     finally:
         await store.close()
     return created.secret, password

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from gateway.runtime import Runtime
+from gateway.keytable import KeyTable
 
 FORWARDED = "forwarded"  # outcome label for requests sent upstream
 
@@ -33,15 +31,16 @@ class ProxyMetrics:
         self.upstream_status[status // 100] += 1
 
 
-class _RuntimeCollector(Collector):
-    """Builds metric families from one process's runtime at each scrape."""
+class _ProcessCollector(Collector):
+    """Builds metric families from one process's counters and key table at each scrape."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
+    def __init__(self, metrics: ProxyMetrics, table: KeyTable) -> None:
+        self._metrics = metrics
+        self._table = table
 
     def collect(self) -> Iterator[Metric]:
         """Yield requests by outcome, upstream statuses, key count and feed sequence."""
-        metrics = self._runtime.metrics
+        metrics = self._metrics
         outcomes = CounterMetricFamily(
             "keygate_proxy_requests",
             "Proxied requests by outcome: forwarded, or the error code keygate answered",
@@ -59,17 +58,17 @@ class _RuntimeCollector(Collector):
             statuses.add_metric([f"{status_class}xx"], count)
         yield statuses
         yield GaugeMetricFamily(
-            "keygate_keys", "Keys in this process's in-memory table", value=len(self._runtime.table)
+            "keygate_keys", "Keys in this process's in-memory table", value=len(self._table)
         )
         yield GaugeMetricFamily(
             "keygate_feed_sequence",
             "Change-feed sequence this process's table reflects",
-            value=self._runtime.table.seq,
+            value=self._table.seq,
         )
 
 
-def render(runtime: Runtime) -> bytes:
+def render(metrics: ProxyMetrics, table: KeyTable) -> bytes:
     """Return this process's metrics in the Prometheus text exposition format."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_RuntimeCollector(runtime))
+    registry.register(_ProcessCollector(metrics, table))
     return generate_latest(registry)

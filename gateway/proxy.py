@@ -1,17 +1,27 @@
-"""The proxy listener: runs the request flow and forwards to the upstream with header hygiene."""
+"""The proxy listener's handler: runs the request flow of DESIGN and relays the answer."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 import aiohttp
 from aiohttp import hdrs, web
 
-from gateway import auth
-from gateway.cache import now
+from gateway import auth, refusals
+from gateway.clock import now
+from gateway.credentials import API_KEY_HEADER, AUTHORIZATION, extract_credential
+from gateway.error_responses import (
+    E_BAD_TARGET,
+    E_INTERNAL,
+    E_UPSTREAM_DOWN,
+    E_UPSTREAM_TIMEOUT,
+    error_response,
+    refusal_response,
+)
+from gateway.hygiene import HeaderHygiene, response_headers
 from gateway.runtime import Runtime
+from gateway.state import KEY_NAME
 from gateway.target import TargetError, decoded_path
 from gateway.upstream import (
     RequestBodyError,
@@ -20,85 +30,13 @@ from gateway.upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from gateway.web_internals import RelayedResponse, RelayedWholeResponse
 
 log = logging.getLogger("keygate.proxy")
 
-# Hop-by-hop headers (RFC 9110 §7.6.1) plus those never forwarded as sent.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# Framing headers a client may not drop by naming them in `Connection`.
-_FRAMING = frozenset({"content-length", "transfer-encoding", "host"})
-# Forwarding metadata keygate sets itself; client-sent copies are identity spoofing.
-FORWARDING_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
 # Responses up to this many bytes (with a Content-Length) are read whole and sent in one write.
 SMALL_BODY_LIMIT = 256 * 1024
-E_UPSTREAM_DOWN = "upstream_unavailable"
-E_UPSTREAM_TIMEOUT = "upstream_timeout"
-E_BAD_TARGET = "bad_target"
-E_INTERNAL = "internal_error"
-E_BAD_REQUEST = "bad_request"
-KEY_NAME = web.RequestKey("key_name", str)
-_JSON_TYPE = "application/json"
-# Normalised header names are cached; the cache is bounded against hostile header variety.
-_NORMALISED_CACHE_LIMIT = 4096
-
-
-def normalise(name: str) -> str:
-    """Fold a header name for comparison: lower case, `_` read as `-`."""
-    return name.lower().replace("_", "-")
-
-
-def error_response(status: int, code: str, message: str, challenge: bool = False) -> web.Response:
-    """Return a JSON error response `{"error", "message"}`."""
-    response = web.Response(
-        status=status,
-        body=json.dumps({"error": code, "message": message}).encode(),
-        content_type=_JSON_TYPE,
-    )
-    if challenge:
-        response.headers["WWW-Authenticate"] = auth.WWW_AUTHENTICATE_VALUE
-    return response
-
-
-def refusal_response(refusal: auth.Refusal) -> web.Response:
-    """Render an auth refusal as its JSON error response."""
-    return error_response(refusal.status, refusal.code, refusal.message, refusal.challenge)
-
-
-class RelayedResponse(web.StreamResponse):
-    """A streamed response carrying the upstream's headers: aiohttp adds no Content-Type.
-
-    aiohttp defaults a body's missing Content-Type to application/octet-stream; a proxy must
-    not invent one (RFC 9110 section 8.3 lets the recipient sniff or assume instead).
-    """
-
-    async def _prepare_headers(self) -> None:
-        untyped = hdrs.CONTENT_TYPE not in self.headers
-        await super()._prepare_headers()
-        if untyped:
-            self.headers.popall(hdrs.CONTENT_TYPE, None)
-
-
-class RelayedWholeResponse(RelayedResponse):
-    """A relayed response whose body is at hand: head and body go out in one write.
-
-    aiohttp's StreamResponse sends its head as soon as it is prepared; `web.Response` opts
-    out with this class attribute so the head waits for the body. Streams keep the default,
-    so a client sees the head of a slow stream at once.
-    """
-
-    _send_headers_immediately = False
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Proxy:
@@ -108,30 +46,12 @@ class Proxy:
         settings = runtime.settings
         self._runtime = runtime
         self._client = client
-        self._acting_header = settings.acting_user_header
         self._deny_anonymous = settings.anonymous == "deny"
-        self._static_headers = settings.upstream.headers  # names unique (settings checks)
-        identity = {
-            normalise(name)
-            for name in (
-                settings.acting_user_header,
-                *settings.strip_headers,
-                *FORWARDING_HEADERS,
-                *(name for name, _ in settings.upstream.headers),
-            )
-        }
-        self._always_drop = frozenset(HOP_BY_HOP | identity | {"host", "expect", "x-api-key"})
-        self._normalised: dict[str, str] = {}
+        self._hygiene = HeaderHygiene(
+            settings.acting_user_header, settings.strip_headers, settings.upstream.headers
+        )
 
-    def _norm(self, name: str) -> str:
-        folded = self._normalised.get(name)
-        if folded is None:
-            if len(self._normalised) >= _NORMALISED_CACHE_LIMIT:
-                self._normalised.clear()
-            folded = self._normalised[name] = normalise(name)
-        return folded
-
-    def _refuse(self, refusal: auth.Refusal) -> web.Response:
+    def _refuse(self, refusal: refusals.Refusal) -> web.Response:
         """Count and render an auth refusal."""
         self._runtime.metrics.refused(refusal.code)
         return refusal_response(refusal)
@@ -158,21 +78,21 @@ class Proxy:
         except TargetError as error:
             return self._error(400, E_BAD_TARGET, str(error))
         headers = request.headers
-        credential = auth.extract_credential(
-            headers.getall(auth.API_KEY_HEADER, ()), headers.getall(auth.AUTHORIZATION, ())
+        credential = extract_credential(
+            headers.getall(API_KEY_HEADER, ()), headers.getall(AUTHORIZATION, ())
         )
-        if isinstance(credential, auth.Refusal):
+        if isinstance(credential, refusals.Refusal):
             return self._refuse(credential)
         runtime = self._runtime
         acting_user: str | None = None
         drop_authorization = False
         if credential is None:
             if self._deny_anonymous:
-                return self._refuse(auth.KEY_MISSING)
+                return self._refuse(refusals.KEY_MISSING)
         else:
             moment = now()
             record = auth.authenticate(runtime.table, credential.key, moment)
-            if isinstance(record, auth.Refusal):
+            if isinstance(record, refusals.Refusal):
                 return self._refuse(record)
             refusal = auth.authorize(runtime.policy, record, request.method, path)
             if refusal is not None:
@@ -182,33 +102,6 @@ class Proxy:
             drop_authorization = credential.in_authorization
             request[KEY_NAME] = acting_user
         return await self._forward(request, acting_user, drop_authorization)
-
-    def _upstream_headers(
-        self, request: web.BaseRequest, acting_user: str | None, drop_authorization: bool
-    ) -> list[tuple[str, str]]:
-        """Copy the client's headers minus hop-by-hop, credential and identity headers."""
-        drop = self._always_drop
-        headers = request.headers
-        connection = headers.get("Connection")
-        if connection:
-            named = {normalise(token.strip()) for token in connection.split(",")} - _FRAMING
-            drop = drop | named
-        if drop_authorization:
-            drop = drop | {"authorization"}
-        norm = self._norm
-        # Everything keygate sets itself is in `drop`, so appending never duplicates a name.
-        out = [(name, value) for name, value in headers.items() if norm(name) not in drop]
-        if acting_user is not None:
-            out.append((self._acting_header, acting_user))
-        peer = request.remote
-        if peer:
-            out.append(("X-Forwarded-For", peer))
-        out.append(("X-Forwarded-Proto", request.scheme))
-        host = headers.get("Host")
-        if host:
-            out.append(("X-Forwarded-Host", host))
-        out += self._static_headers
-        return out
 
     async def _forward(
         self, request: web.BaseRequest, acting_user: str | None, drop_authorization: bool
@@ -222,10 +115,19 @@ class Proxy:
             # never answers Expect itself, so a waiting client (curl) would stall instead.
             await request.writer.write(_CONTINUE)
             request.writer.output_size = 0
-        headers = self._upstream_headers(request, acting_user, drop_authorization)
+        client_headers = request.headers
+        headers = self._hygiene.upstream_headers(
+            client_headers.items(),
+            connection=client_headers.get(hdrs.CONNECTION),
+            host=client_headers.get(hdrs.HOST),
+            acting_user=acting_user,
+            drop_authorization=drop_authorization,
+            peer=request.remote,
+            scheme=request.scheme,
+        )
         body = request.content if request.body_exists else None
         # A body without a Content-Length came chunked: it goes upstream chunked as well.
-        chunked = body is not None and hdrs.CONTENT_LENGTH not in request.headers
+        chunked = body is not None and hdrs.CONTENT_LENGTH not in client_headers
         try:
             upstream = await self._client.request(
                 request.method, request.raw_path, headers, body, chunked=chunked
@@ -252,14 +154,9 @@ class Proxy:
         whole = length is not None and length <= SMALL_BODY_LIMIT
         kind = RelayedWholeResponse if whole else RelayedResponse
         response = kind(status=upstream.status, reason=upstream.reason)
-        drop = HOP_BY_HOP
-        connection = upstream.connection
-        if connection:
-            drop = drop | ({normalise(t.strip()) for t in connection.split(",")} - _FRAMING)
         out = response.headers
-        for name, value in upstream.headers:
-            if name.lower() not in drop:
-                out.add(name, value)
+        for name, value in response_headers(upstream.headers, upstream.connection):
+            out.add(name, value)
         self._runtime.metrics.forwarded(upstream.status)
         try:
             if whole:
@@ -286,17 +183,3 @@ class Proxy:
             # incomplete, so releasing it closes that connection instead of pooling it.
             log.debug("client went away mid-body: %s", error.__class__.__name__)
         return response
-
-
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-def create_upstream_client(runtime: Runtime) -> UpstreamClient:
-    """Return the keep-alive upstream client (connection pool) the proxy forwards through."""
-    upstream = runtime.settings.upstream
-    return UpstreamClient(
-        upstream.url,
-        pool_size=upstream.pool_size,
-        connect_timeout=upstream.connect_timeout,
-        timeout=upstream.timeout,
-    )

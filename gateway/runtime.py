@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.cache import FeedFollower, KeyTable, UsageCounter, catch_up
+from gateway.feed import FeedFollower, catch_up
+from gateway.keytable import KeyTable
 from gateway.metrics import ProxyMetrics
 from gateway.policy import Policy
 from gateway.settings import Settings
 from gateway.store.base import KeyStore
+from gateway.usage import UsageCounter
 
 
 @dataclass

@@ -194,8 +194,10 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
 
     store_data = reader.section(data, "store", {"url"})
     store_url = reader.string(store_data, "store", "url", "") if "url" in store_data else ""
-    if store_url and not store_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        reader.problem("store.url", "must start with sqlite:///, postgresql:// or postgres://")
+    if store_url.lower().startswith(("postgresql://", "postgres://")):
+        reader.problem("store.url", "PostgreSQL is not supported yet; use sqlite:///path")
+    elif store_url and not store_url.startswith("sqlite:///"):
+        reader.problem("store.url", "must start with sqlite:/// (e.g. sqlite:///keygate.db)")
     if "url" not in store_data:
         reader.problem("store.url", "is required (e.g. sqlite:///keygate.db)")
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
+from gateway.admin.basic_auth import Authenticator
 from gateway.runtime import Runtime
 from gateway.store.base import AdminAccount
 
-if TYPE_CHECKING:
-    from gateway.admin.auth import Authenticator
-
 RUNTIME = web.AppKey("runtime", Runtime)
-# The admin listener's authenticator (typed by annotation: its module imports this one).
-AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("admin_authenticator")
+AUTHENTICATOR = web.AppKey("admin_authenticator", Authenticator)
 ADMIN = web.RequestKey("admin", AdminAccount)
+# The name of the key a proxied request was made with (for the access log).
+KEY_NAME = web.RequestKey("key_name", str)

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from gateway.settings import Upstream
+
 # Response body bytes buffered from the upstream before reading pauses (backpressure).
 READ_HIGH_WATER = 512 * 1024
 # Seconds an idle pooled connection is trusted; older ones are closed instead of reused.
@@ -704,3 +706,13 @@ class UpstreamClient:
         for waiter in self._slot_waiters:
             if not waiter.done():
                 waiter.set_exception(UpstreamClosed("the upstream client is closed"))
+
+
+def create_upstream_client(upstream: Upstream) -> UpstreamClient:
+    """Return the keep-alive upstream client (connection pool) configured by `upstream`."""
+    return UpstreamClient(
+        upstream.url,
+        pool_size=upstream.pool_size,
+        connect_timeout=upstream.connect_timeout,
+        timeout=upstream.timeout,
+    )

@@ -1,7 +1,7 @@
 """Shared fixtures: a real demo backend, a config dir with a real SQLite store, keys, gateways.
 
 Everything here runs the real thing: the demo backend listens on a loopback port, the store
-is an SQLite file in a temporary directory, keys are minted by `gateway.lifecycle.create_key`
+is an SQLite file in a temporary directory, keys are minted by `gateway.key_rules.create_key`
 and gateways run either in-process (`running_gateway`) or as `python -m gateway` processes.
 """
 
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,11 +27,13 @@ import pytest
 import yaml
 from aiohttp import web
 
-from gateway import lifecycle
+from gateway import key_rules
 from gateway.app import RunningGateway, running_gateway
 from gateway.demo_backend import runner_url, start_demo_backend
+from gateway.keytable import KeyTable
 from gateway.policy import load_policy
 from gateway.settings import load_settings
+from gateway.store.base import AuthRow, KeyRow, KeyStore
 from gateway.store.factory import store_from_url
 
 PYTHON = sys.executable
@@ -146,7 +148,7 @@ async def create_key(
     expires_at: str | None = None,
     now: float | None = None,
 ) -> str:
-    """Create a key directly in the config's store with lifecycle.create_key; return the secret.
+    """Create a key directly in the config's store with key_rules.create_key; return the secret.
 
     `now` is the moment the lifecycle validates `expires_at` against (pass a past moment to
     mint an already-expired key through the real code path).
@@ -157,7 +159,7 @@ async def create_key(
     await store.open()
     try:
         request = {"name": name, "roles": list(roles), "expires_at": expires_at}
-        created = await lifecycle.create_key(
+        created = await key_rules.create_key(
             store, request, policy, "test", time.time() if now is None else now
         )
     finally:
@@ -176,7 +178,7 @@ async def add_key(
     """Create a key in a running in-process gateway's store and its table; return the secret."""
     runtime = gateway.runtime
     request = {"name": name, "roles": list(roles), "expires_at": expires_at}
-    created = await lifecycle.create_key(
+    created = await key_rules.create_key(
         runtime.store, request, runtime.policy, "test", time.time() if now is None else now
     )
     await runtime.apply_own_writes()
@@ -459,3 +461,23 @@ def children_of(pid: int) -> set[int]:
         if int(fields[1]) == pid:
             found.add(int(entry.name))
     return found
+
+
+def fill_table(table: KeyTable, rows: Iterable[KeyRow], seq: int) -> None:
+    """Replace a key table's contents with `rows` at feed sequence `seq`, as a cold load does."""
+    loader = table.loader()
+    loader.add((r.digest, r.id, r.name, r.roles, r.status, r.expires_at) for r in rows)
+    loader.finish(seq)
+
+
+async def load_auth_rows(store: KeyStore) -> tuple[list[AuthRow], int]:
+    """Return every auth row the store's cold load gives, and the sequence they reflect."""
+    rows: list[AuthRow] = []
+    seq = await store.load_auth(rows.extend)
+    return rows, seq
+
+
+async def load_table_from(store: KeyStore, table: KeyTable) -> None:
+    """Fill `table` from the store the way a starting gateway does."""
+    loader = table.loader()
+    loader.finish(await store.load_auth(loader.add))

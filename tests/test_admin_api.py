@@ -19,9 +19,10 @@ from yarl import URL
 
 from gateway import keys
 from gateway.admin.app import create_admin_app
-from gateway.admin.auth import Authenticator, LoginThrottle
+from gateway.admin.basic_auth import Authenticator
 from gateway.admin.openapi import openapi_document
 from gateway.admin.parsing import MAX_BODY_BYTES, encode_cursor
+from gateway.admin.throttle import LoginThrottle
 from gateway.passwords import hash_password
 from gateway.policy import policy_from_data
 from gateway.runtime import Runtime

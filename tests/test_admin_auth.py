@@ -16,7 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from gateway.admin.app import create_admin_app
-from gateway.admin.auth import Authenticator, LoginThrottle
+from gateway.admin.basic_auth import Authenticator
+from gateway.admin.throttle import LoginThrottle
 from gateway.passwords import hash_password
 from gateway.policy import policy_from_data
 from gateway.runtime import Runtime

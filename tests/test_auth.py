@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import fill_table
 
 import gateway
 from gateway import auth as auth_module
 from gateway import keys
-from gateway.auth import (
+from gateway.auth import authenticate, authorize
+from gateway.credentials import Credential, extract_credential
+from gateway.keytable import CachedKey, KeyTable
+from gateway.policy import Policy, load_policy, policy_from_data
+from gateway.refusals import (
     CREDENTIAL_CONFLICT,
     FORBIDDEN,
     KEY_EXPIRED,
@@ -18,14 +23,8 @@ from gateway.auth import (
     KEY_REVOKED,
     KEY_UNKNOWN,
     PROTECTED,
-    Credential,
     Refusal,
-    authenticate,
-    authorize,
-    extract_credential,
 )
-from gateway.cache import CachedKey, KeyTable
-from gateway.policy import Policy, load_policy, policy_from_data
 from gateway.store.base import KeyRow, KeyStatus
 from gateway.target import decoded_path
 
@@ -167,41 +166,41 @@ def test_refusals_carry_status_code_and_challenge() -> None:
 )
 def test_malformed_keys_are_refused_without_a_lookup(value: str) -> None:
     table = CountingTable()
-    table.load([row(KEY)], 1)
+    fill_table(table, [row(KEY)], 1)
     assert authenticate(table, value, NOW) is KEY_MALFORMED
     assert table.lookups == 0
 
 
 def test_unknown_key() -> None:
     table = CountingTable()
-    table.load([row(KEY)], 1)
+    fill_table(table, [row(KEY)], 1)
     assert authenticate(table, OTHER_KEY, NOW) is KEY_UNKNOWN
     assert table.lookups == 1
 
 
 def test_revoked_key() -> None:
     table = KeyTable()
-    table.load([row(KEY, status="revoked")], 1)
+    fill_table(table, [row(KEY, status="revoked")], 1)
     assert authenticate(table, KEY, NOW) is KEY_REVOKED
 
 
 def test_revoked_wins_over_expired() -> None:
     table = KeyTable()
-    table.load([row(KEY, status="revoked", expires_at=NOW - 1)], 1)
+    fill_table(table, [row(KEY, status="revoked", expires_at=NOW - 1)], 1)
     assert authenticate(table, KEY, NOW) is KEY_REVOKED
 
 
 @pytest.mark.parametrize("expires_at", [NOW, NOW - 1, 0.0])
 def test_expired_key(expires_at: float) -> None:
     table = KeyTable()
-    table.load([row(KEY, expires_at=expires_at)], 1)
+    fill_table(table, [row(KEY, expires_at=expires_at)], 1)
     assert authenticate(table, KEY, NOW) is KEY_EXPIRED
 
 
 @pytest.mark.parametrize("expires_at", [None, NOW + 0.001, NOW + 86_400])
 def test_active_key_is_accepted(expires_at: float | None) -> None:
     table = KeyTable()
-    table.load([row(KEY, 7, name="etl", roles=("1int-admin",), expires_at=expires_at)], 1)
+    fill_table(table, [row(KEY, 7, name="etl", roles=("1int-admin",), expires_at=expires_at)], 1)
     record = authenticate(table, KEY, NOW)
     assert isinstance(record, CachedKey)
     assert (record.id, record.name, record.roles) == (7, "etl", frozenset({"1int-admin"}))
@@ -256,12 +255,12 @@ def test_refusal_is_a_value_object() -> None:
 
 def test_recent_digest_cache_never_caches_the_decision() -> None:
     table = CountingTable()
-    table.load([row(KEY)], 1)
+    fill_table(table, [row(KEY)], 1)
     assert isinstance(authenticate(table, KEY, NOW), CachedKey)
     assert isinstance(authenticate(table, KEY, NOW), CachedKey)
-    table.load([row(KEY, status="revoked")], 2)
+    fill_table(table, [row(KEY, status="revoked")], 2)
     assert authenticate(table, KEY, NOW) is KEY_REVOKED  # the very next request sees it
-    table.load([], 3)
+    fill_table(table, [], 3)
     assert authenticate(table, KEY, NOW) is KEY_UNKNOWN
     assert table.lookups == 4  # one table lookup per request, cached digest or not
 
@@ -269,8 +268,9 @@ def test_recent_digest_cache_never_caches_the_decision() -> None:
 def test_recent_digest_cache_holds_only_well_formed_keys_and_stays_bounded() -> None:
     table = KeyTable()
     bad = KEY[:-1] + ("A" if KEY[-1] != "A" else "B")
+    auth_module.digest_of.cache_clear()
     assert authenticate(table, bad, NOW) is KEY_MALFORMED
-    assert bad not in auth_module._recent_digests
+    assert auth_module.digest_of.cache_info().currsize == 0
     for _ in range(auth_module.RECENT_DIGESTS_LIMIT + 10):
         authenticate(table, keys.generate_key(), NOW)
-    assert len(auth_module._recent_digests) <= auth_module.RECENT_DIGESTS_LIMIT
+    assert auth_module.digest_of.cache_info().currsize <= auth_module.RECENT_DIGESTS_LIMIT

@@ -65,7 +65,7 @@ def out_of(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def seed(config: Path, *names: str, roles: Sequence[str] = ("1int-user",)) -> None:
-    """Create keys straight in the store (lifecycle.create_key) to set up a CLI test."""
+    """Create keys straight in the store (key_rules.create_key) to set up a CLI test."""
 
     async def create() -> None:
         for name in names:

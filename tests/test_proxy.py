@@ -34,8 +34,8 @@ from conftest import (
 
 from gateway import keys
 from gateway.app import RunningGateway, running_gateway
-from gateway.auth import WWW_AUTHENTICATE_VALUE
 from gateway.demo_backend import blob_chunk
+from gateway.refusals import WWW_AUTHENTICATE_VALUE
 from gateway.settings import load_settings
 
 ECHO = f"{REST}/_echo"

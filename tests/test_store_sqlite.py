@@ -17,6 +17,7 @@ from typing import Any
 
 import aiosqlite
 import pytest
+from conftest import load_auth_rows
 
 from gateway.store.base import (
     AdminAccount,
@@ -259,7 +260,7 @@ async def test_names_are_case_sensitive(store: SqliteKeyStore) -> None:
 
 async def test_rows_read_back_are_ordinary_keyrows(store: SqliteKeyStore) -> None:
     created = await store.create_key(new_key("plain", ("a", "b")), ACTOR)
-    (loaded,), _ = await store.load_all()
+    (loaded,) = await store.list_keys()
     rebuilt = KeyRow(**{f.name: getattr(loaded, f.name) for f in dataclasses.fields(KeyRow)})
     assert loaded == rebuilt == created
     assert hash(loaded) == hash(rebuilt)
@@ -696,28 +697,28 @@ async def test_changes_since_pages_in_sequence_order(store: SqliteKeyStore) -> N
 
 async def test_empty_store(store: SqliteKeyStore) -> None:
     assert await store.current_seq() == 0
-    assert await store.load_all() == ([], 0)
+    assert await load_auth_rows(store) == ([], 0)
     assert await store.changes_since(0) == []
     assert await store.list_keys() == []
     assert await store.list_admins() == []
     assert await store.ping() is True
 
 
-async def test_load_all_returns_every_row_and_its_sequence(store: SqliteKeyStore) -> None:
+async def test_load_auth_returns_every_row_and_its_sequence(store: SqliteKeyStore) -> None:
     made = [
         await store.create_key(new_key(f"l{i}", ("r1", "r2") if i % 2 else ("r3",)), ACTOR)
         for i in range(6)
     ]
     made[2] = await store.set_revoked(made[2].id, True, ACTOR)
-    rows, seq = await store.load_all()
-    assert rows == made
+    rows, seq = await load_auth_rows(store)
+    assert rows == [(r.digest, r.id, r.name, r.roles, r.status, r.expires_at) for r in made]
     assert seq == await store.current_seq() == 7
     # Rows with the same roles share one tuple object.
-    assert rows[1].roles is rows[3].roles is rows[5].roles
-    assert rows[0].roles is rows[2].roles is rows[4].roles
+    assert rows[1][3] is rows[3][3] is rows[5][3]
+    assert rows[0][3] is rows[2][3] is rows[4][3]
 
 
-async def test_load_all_handles_many_keys(store: SqliteKeyStore, db_path: Path) -> None:
+async def test_load_auth_handles_many_keys(store: SqliteKeyStore, db_path: Path) -> None:
     count = 30_000
     connection = raw(db_path)
     role_sets = ['["a","b"]', '["c"]', "[]"]
@@ -729,13 +730,13 @@ async def test_load_all_handles_many_keys(store: SqliteKeyStore, db_path: Path) 
     )
     connection.execute("COMMIT")
     connection.close()
-    rows, seq = await store.load_all()
+    rows, seq = await load_auth_rows(store)
     assert len(rows) == count
     assert seq == 0
-    assert [row.id for row in rows] == sorted(row.id for row in rows)
-    assert len({id(row.roles) for row in rows}) == 3
-    assert rows[4].roles == ("c",)
-    assert rows[5].roles == ()
+    assert [row[1] for row in rows] == sorted(row[1] for row in rows)
+    assert len({id(row[3]) for row in rows}) == 3
+    assert rows[4][3] == ("c",)
+    assert rows[5][3] == ()
 
 
 async def test_load_auth_feeds_lean_rows_and_the_sequence(store: SqliteKeyStore) -> None:
@@ -967,9 +968,8 @@ async def test_two_instances_follow_each_other(
     assert [c.row for c in seen] == [revoked]
 
     theirs = await other.create_key(new_key("from-b"), "bob")
-    rows, last = await store.load_all()
-    assert rows == [revoked, theirs]
-    assert last == await other.current_seq()
+    assert await store.list_keys() == [revoked, theirs]
+    assert (await load_auth_rows(store))[1] == await other.current_seq()
 
     with pytest.raises(NameConflictError):
         await store.create_key(dataclasses.replace(new_key("x"), name="from-b"), ACTOR)

@@ -6,14 +6,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.admin import audit_handlers, health, key_handlers, openapi, policy_handlers
-from gateway.admin.auth import (
-    Authenticator,
-    LoginThrottle,
-    api_key_middleware,
-    auth_middleware,
-)
+from gateway.admin.basic_auth import Authenticator
 from gateway.admin.errors import error_middleware
+from gateway.admin.middlewares import api_key_middleware, auth_middleware
 from gateway.admin.parsing import MAX_BODY_BYTES
+from gateway.admin.throttle import LoginThrottle
 from gateway.runtime import Runtime
 from gateway.state import AUTHENTICATOR, RUNTIME
 

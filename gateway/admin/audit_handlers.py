@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import lifecycle
+from gateway import key_rules
 from gateway.admin.errors import NO_STORE
 from gateway.admin.parsing import (
     decode_cursor,
@@ -36,6 +36,6 @@ async def list_audit(request: web.Request) -> web.Response:
     page = events[:limit]
     next_cursor = encode_cursor(AUDIT_CURSOR, page[-1].id) if len(events) > limit else None
     return web.json_response(
-        {"items": [lifecycle.audit_json(event) for event in page], "next_cursor": next_cursor},
+        {"items": [key_rules.audit_json(event) for event in page], "next_cursor": next_cursor},
         headers={"Cache-Control": NO_STORE},
     )

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import lifecycle
+from gateway import key_rules
 from gateway.store.base import NameConflictError, NotFoundError
 
 log = logging.getLogger("keygate.admin")
@@ -21,8 +21,8 @@ E_TOO_MANY_ATTEMPTS = "too_many_attempts"
 E_GRANT_FORBIDDEN = "grant_forbidden"
 E_NAME_CONFLICT = "name_conflict"
 E_NOT_FOUND = "not_found"
-E_INVALID = lifecycle.E_INVALID
-E_UNKNOWN_ROLE = lifecycle.E_UNKNOWN_ROLE
+E_INVALID = key_rules.E_INVALID
+E_UNKNOWN_ROLE = key_rules.E_UNKNOWN_ROLE
 E_UNKNOWN_FIELD = "unknown_field"
 E_MALFORMED_JSON = "malformed_json"
 E_UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
@@ -110,9 +110,9 @@ def json_error(
     return response
 
 
-def grant_forbidden(message: str) -> ApiError:
-    """Return the 403 error for a role outside the caller's grant set."""
-    return ApiError(403, E_GRANT_FORBIDDEN, message, field="roles")
+def grant_forbidden(error: key_rules.GrantError) -> ApiError:
+    """Return the 403 error for roles outside the caller's grant set, naming them."""
+    return ApiError(403, E_GRANT_FORBIDDEN, str(error), field="roles")
 
 
 def not_found(message: str = M_KEY_NOT_FOUND) -> ApiError:
@@ -125,8 +125,8 @@ def bad_request(message: str, field: str | None = None, code: str = E_INVALID) -
     return ApiError(400, code, message, field=field)
 
 
-def from_input_error(error: lifecycle.InputError) -> ApiError:
-    """Map a lifecycle validation error: 422 for an unknown role, else 400."""
+def from_input_error(error: key_rules.InputError) -> ApiError:
+    """Map a key-rules validation error: 422 for an unknown role, else 400."""
     status = 422 if error.code == E_UNKNOWN_ROLE else 400
     return ApiError(status, error.code, error.message, field=error.field)
 
@@ -147,8 +147,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except ApiError as error:
         return render(error)
-    except lifecycle.InputError as error:
+    except key_rules.InputError as error:
         return render(from_input_error(error))
+    except key_rules.GrantError as error:
+        return render(grant_forbidden(error))
     except NameConflictError:
         return json_error(409, E_NAME_CONFLICT, M_NAME_CONFLICT, field="name")
     except NotFoundError:

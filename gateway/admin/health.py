@@ -39,5 +39,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: this process's counters in Prometheus text format (no auth)."""
-    body = render(request.app[RUNTIME])
+    runtime = request.app[RUNTIME]
+    body = render(runtime.metrics, runtime.table)
     return web.Response(body=body, content_type="text/plain", charset="utf-8")

@@ -6,10 +6,10 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from gateway import lifecycle
+from gateway import clock, key_rules
 from gateway.admin.accounts import grant_set
-from gateway.admin.auth import current_admin
-from gateway.admin.errors import NO_STORE, bad_request, grant_forbidden, not_found
+from gateway.admin.errors import NO_STORE, bad_request, not_found
+from gateway.admin.middlewares import current_admin
 from gateway.admin.parsing import (
     decode_cursor,
     encode_cursor,
@@ -19,11 +19,10 @@ from gateway.admin.parsing import (
     query_params,
     read_json_object,
 )
-from gateway.cache import now as clock
 from gateway.policy import Policy
 from gateway.runtime import Runtime
 from gateway.state import RUNTIME
-from gateway.store.base import AdminAccount, KeyChanges
+from gateway.store.base import KeyChanges
 
 KEY_FIELDS = frozenset({"name", "description", "roles", "expires_at"})
 LIST_PARAMS = frozenset({"status", "q", "limit", "cursor"})
@@ -42,14 +41,6 @@ def _key_id(request: web.Request) -> int:
     return parse_id(request.match_info["id"])
 
 
-def check_grants(roles: tuple[str, ...], admin: AdminAccount) -> None:
-    """Refuse (403, naming them) roles outside the admin's grant set."""
-    try:
-        lifecycle.check_grants(roles, grant_set(admin))
-    except PermissionError as error:
-        raise grant_forbidden(str(error)) from None
-
-
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, headers={"Cache-Control": NO_STORE})
 
@@ -59,12 +50,12 @@ async def create_key(request: web.Request) -> web.Response:
     runtime = _runtime(request)
     admin = current_admin(request)
     data = await read_json_object(request, KEY_FIELDS)
-    now = clock()
-    new, secret = lifecycle.new_key_request(data, runtime.policy, now)
-    check_grants(new.roles, admin)
+    now = clock.now()
+    new, secret = key_rules.new_key_request(data, runtime.policy, now)
+    key_rules.check_grants(new.roles, grant_set(admin))
     row = await runtime.store.create_key(new, admin.name)
     await runtime.apply_own_writes()
-    return _json({"key": lifecycle.key_json(row, now), "secret": secret}, status=201)
+    return _json({"key": key_rules.key_json(row, now), "secret": secret}, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -78,14 +69,14 @@ async def list_keys(request: web.Request) -> web.Response:
     query = parse_text(params, "q")
     limit = parse_limit(params)
     after = decode_cursor(params, KEY_CURSOR) or 0
-    now = clock()
+    now = clock.now()
     rows = await runtime.store.list_keys(
         status=status, query=query, limit=limit + 1, after_id=after, now=now
     )
     page = rows[:limit]
     next_cursor = encode_cursor(KEY_CURSOR, page[-1].id) if len(rows) > limit else None
     return _json(
-        {"items": [lifecycle.key_json(row, now) for row in page], "next_cursor": next_cursor}
+        {"items": [key_rules.key_json(row, now) for row in page], "next_cursor": next_cursor}
     )
 
 
@@ -94,7 +85,7 @@ async def get_key(request: web.Request) -> web.Response:
     row = await _runtime(request).store.get_key(_key_id(request))
     if row is None:
         raise not_found()
-    return _json(lifecycle.key_json(row, clock()))
+    return _json(key_rules.key_json(row, clock.now()))
 
 
 def key_changes(data: dict[str, Any], policy: Policy, now: float) -> KeyChanges:
@@ -103,13 +94,13 @@ def key_changes(data: dict[str, Any], policy: Policy, now: float) -> KeyChanges:
         raise bad_request(M_NOTHING_TO_CHANGE)
     expires = data.get("expires_at")
     return KeyChanges(
-        name=lifecycle.validate_name(data["name"]) if "name" in data else None,
+        name=key_rules.validate_name(data["name"]) if "name" in data else None,
         description=(
-            lifecycle.validate_description(data["description"]) if "description" in data else None
+            key_rules.validate_description(data["description"]) if "description" in data else None
         ),
-        roles=lifecycle.validate_roles(data["roles"], policy) if "roles" in data else None,
+        roles=key_rules.validate_roles(data["roles"], policy) if "roles" in data else None,
         expires_at=(
-            None if expires is None else lifecycle.parse_timestamp(expires, "expires_at", now)
+            None if expires is None else key_rules.parse_timestamp(expires, "expires_at", now)
         ),
         clear_expiry="expires_at" in data and expires is None,
     )
@@ -123,20 +114,20 @@ async def update_key(request: web.Request) -> web.Response:
     if await runtime.store.get_key(key_id) is None:
         raise not_found()
     data = await read_json_object(request, KEY_FIELDS)
-    now = clock()
+    now = clock.now()
     changes = key_changes(data, runtime.policy, now)
     if changes.roles is not None:
-        check_grants(changes.roles, admin)
+        key_rules.check_grants(changes.roles, grant_set(admin))
     row = await runtime.store.update_key(key_id, changes, admin.name)
     await runtime.apply_own_writes()
-    return _json(lifecycle.key_json(row, now))
+    return _json(key_rules.key_json(row, now))
 
 
 async def _set_revoked(request: web.Request, revoked: bool) -> web.Response:
     runtime = _runtime(request)
     row = await runtime.store.set_revoked(_key_id(request), revoked, current_admin(request).name)
     await runtime.apply_own_writes()
-    return _json(lifecycle.key_json(row, clock()))
+    return _json(key_rules.key_json(row, clock.now()))
 
 
 async def revoke_key(request: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from gateway.admin import errors
 from gateway.admin.parsing import DEFAULT_LIMIT, MAX_BODY_BYTES, MAX_LIMIT
-from gateway.lifecycle import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, ROLES_MAX
+from gateway.key_rules import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, ROLES_MAX
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1"

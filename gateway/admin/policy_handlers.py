@@ -6,12 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import lifecycle
+from gateway import clock, key_rules
 from gateway.admin.accounts import grant_set
-from gateway.admin.auth import current_admin
 from gateway.admin.errors import NO_STORE, bad_request, not_found
+from gateway.admin.middlewares import current_admin
 from gateway.admin.parsing import MAX_ID, read_json_object
-from gateway.cache import now as clock
 from gateway.policy import KNOWN_METHODS, Decision, Policy, Rule
 from gateway.state import RUNTIME
 
@@ -93,7 +92,7 @@ async def explain(request: web.Request) -> web.Response:
     key: dict[str, Any] | None = None
     status = "active"
     if "roles" in data:
-        roles = lifecycle.validate_roles(data["roles"], runtime.policy)
+        roles = key_rules.validate_roles(data["roles"], runtime.policy)
     else:
         key_id = data["key_id"]
         if isinstance(key_id, bool) or not isinstance(key_id, int) or not 1 <= key_id <= MAX_ID:
@@ -102,7 +101,7 @@ async def explain(request: web.Request) -> web.Response:
         if row is None:
             raise not_found()
         roles = row.roles
-        status = lifecycle.status_of(row, clock())
+        status = key_rules.status_of(row, clock.now())
         key = {"id": row.id, "name": row.name, "status": status}
     body = decision_json(runtime.policy.explain(roles, method, path))
     if status != "active":  # the proxy refuses the key before the policy is asked

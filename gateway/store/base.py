@@ -160,9 +160,6 @@ class KeyStore(Protocol):
         """Delete every revoked key in one transaction; return how many."""
 
     # --- change feed and cache loading ----------------------------------------
-    async def load_all(self) -> tuple[list[KeyRow], int]:
-        """Return every key and the change-feed sequence they reflect."""
-
     async def load_auth(self, sink: Callable[[list[AuthRow]], None]) -> int:
         """Feed every key's auth row to `sink` in chunks; return the feed sequence they reflect.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import logging
@@ -90,27 +91,6 @@ _INSERT_AUDIT = (
 _CURRENT_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM key_changes"
 
 
-def _fast_setters() -> tuple[Callable[[object, object], None], ...] | None:
-    """Return KeyRow's slot setters when rows may be built without the dataclass __init__.
-
-    A frozen dataclass __init__ goes through object.__setattr__ per field, which doubles
-    the cost of load_all on a million keys; writing the slots directly gives the same
-    object. Only used while KeyRow is a slots dataclass with exactly _KEY_FIELDS and no
-    __post_init__; otherwise rows are built the ordinary way.
-    """
-    names = tuple(field.name for field in dataclasses.fields(KeyRow))
-    if (
-        names != _KEY_FIELDS
-        or getattr(KeyRow, "__slots__", None) != _KEY_FIELDS
-        or hasattr(KeyRow, "__post_init__")
-    ):
-        return None
-    return tuple(KeyRow.__dict__[name].__set__ for name in _KEY_FIELDS)
-
-
-_SETTERS = _fast_setters()
-
-
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector for the block (restored only if it was on)."""
@@ -163,15 +143,10 @@ def _is_unique_violation(exc: sqlite3.IntegrityError, column: str) -> bool:
     return str(exc) == f"UNIQUE constraint failed: {column}"
 
 
-class _RolesMemo(dict[str, tuple[str, ...]]):
-    """Roles JSON string -> one shared tuple, so keys with the same role set share it."""
-
-    def __missing__(self, text: str) -> tuple[str, ...]:
-        if len(self) >= ROLES_MEMO_MAX:
-            self.clear()
-        roles = tuple(str(role) for role in json.loads(text))
-        self[text] = roles
-        return roles
+@functools.lru_cache(maxsize=ROLES_MEMO_MAX)
+def _roles_of(text: str) -> tuple[str, ...]:
+    """Return the role tuple of a roles JSON column; one shared tuple per distinct text."""
+    return tuple(str(role) for role in json.loads(text))
 
 
 class SqliteKeyStore:
@@ -188,7 +163,6 @@ class SqliteKeyStore:
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
-        self._roles = _RolesMemo()
 
     def __repr__(self) -> str:
         return f"SqliteKeyStore({str(self.path)!r})"
@@ -266,68 +240,12 @@ class SqliteKeyStore:
 
     # --- row building ----------------------------------------------------------
     def _build_rows(self, rows: Iterable[Sequence[Any]]) -> list[KeyRow]:
-        """Turn SELECT rows (columns _KEY_FIELDS) into KeyRows with interned role tuples."""
-        memo = self._roles
-        out: list[KeyRow]
-        setters = _SETTERS
-        if setters is None:  # pragma: no cover - only if KeyRow's shape changes
-            out = []
-            for row in rows:
-                values = list(row)
-                values[_ROLES_INDEX] = memo[values[_ROLES_INDEX]]
-                out.append(KeyRow(*values))
-            return out
-        (
-            s_id,
-            s_name,
-            s_description,
-            s_roles,
-            s_status,
-            s_digest,
-            s_prefix,
-            s_created_at,
-            s_created_by,
-            s_updated_at,
-            s_revoked_at,
-            s_expires_at,
-            s_last_used_at,
-            s_use_count,
-        ) = setters
-        new = object.__new__
-        out = []
-        append = out.append
-        for (
-            key_id,
-            name,
-            description,
-            roles,
-            status,
-            digest,
-            prefix,
-            created_at,
-            created_by,
-            updated_at,
-            revoked_at,
-            expires_at,
-            last_used_at,
-            use_count,
-        ) in rows:
-            key = new(KeyRow)
-            s_id(key, key_id)
-            s_name(key, name)
-            s_description(key, description)
-            s_roles(key, memo[roles])
-            s_status(key, status)
-            s_digest(key, digest)
-            s_prefix(key, prefix)
-            s_created_at(key, created_at)
-            s_created_by(key, created_by)
-            s_updated_at(key, updated_at)
-            s_revoked_at(key, revoked_at)
-            s_expires_at(key, expires_at)
-            s_last_used_at(key, last_used_at)
-            s_use_count(key, use_count)
-            append(key)
+        """Turn SELECT rows (columns _KEY_FIELDS) into KeyRows with shared role tuples."""
+        out: list[KeyRow] = []
+        for row in rows:
+            values = list(row)
+            values[_ROLES_INDEX] = _roles_of(values[_ROLES_INDEX])
+            out.append(KeyRow(*values))
         return out
 
     async def _key_in(self, db: aiosqlite.Connection, key_id: int) -> KeyRow:
@@ -398,7 +316,7 @@ class SqliteKeyStore:
             id=key_id,
             name=new.name,
             description=new.description,
-            roles=self._roles[roles_text],
+            roles=_roles_of(roles_text),
             status="active",
             digest=new.digest,
             prefix=new.prefix,
@@ -517,7 +435,7 @@ class SqliteKeyStore:
                 {"before": before, "after": after},
             )
         if "roles" in columns:
-            edits["roles"] = self._roles[columns["roles"]]
+            edits["roles"] = _roles_of(columns["roles"])
         return dataclasses.replace(current, **edits, updated_at=now)
 
     async def set_revoked(self, key_id: int, revoked: bool, actor: str) -> KeyRow:
@@ -605,29 +523,14 @@ class SqliteKeyStore:
         )
 
     # --- change feed and cache loading ----------------------------------------
-    async def load_all(self) -> tuple[list[KeyRow], int]:
-        """Return every key and the change-feed sequence they reflect (one snapshot).
-
-        Rows are fetched in chunks (bounded memory besides the result) and the cyclic
-        garbage collector is paused meanwhile: KeyRows hold no cycles, and collections
-        triggered by a million new objects would otherwise cost more than the load.
-        """
-        keys: list[KeyRow] = []
-        with _gc_paused():
-            async with self._transaction("BEGIN") as db:
-                seq_rows = list(await db.execute_fetchall(_CURRENT_SEQ))
-                async with db.execute(f"SELECT {_KEY_COLUMNS} FROM keys ORDER BY id") as cursor:
-                    while chunk := await cursor.fetchmany(LOAD_CHUNK):
-                        keys += self._build_rows(chunk)
-        return keys, int(seq_rows[0][0])
-
     async def load_auth(self, sink: Callable[[list[AuthRow]], None]) -> int:
         """Feed every key's auth row to `sink` in chunks; return the feed sequence they reflect.
 
         One read snapshot, chunks of LOAD_CHUNK rows in id order, role tuples interned, and
-        the garbage collector paused as in load_all. `sink` runs on the event loop.
+        the cyclic garbage collector paused (auth rows hold no cycles, and collections
+        triggered by a million new objects would cost more than the load). `sink` runs on
+        the event loop.
         """
-        memo = self._roles
         with _gc_paused():
             async with self._transaction("BEGIN") as db:
                 seq_rows = list(await db.execute_fetchall(_CURRENT_SEQ))
@@ -637,7 +540,7 @@ class SqliteKeyStore:
                     while chunk := await cursor.fetchmany(LOAD_CHUNK):
                         sink(
                             [
-                                (digest, key_id, name, memo[roles], status, expires_at)
+                                (digest, key_id, name, _roles_of(roles), status, expires_at)
                                 for digest, key_id, name, roles, status, expires_at in chunk
                             ]
                         )

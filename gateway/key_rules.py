@@ -1,4 +1,4 @@
-"""Key lifecycle rules shared by the CLI and the admin API: validation, creation, key JSON."""
+"""Key rules shared by the CLI and the admin API: validation, grant limits, creation, key JSON."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway import keys
+from gateway.clock import iso
 from gateway.policy import Policy
 from gateway.store.base import AuditEvent, KeyRow, KeyStore, NewKey
 
@@ -18,6 +19,14 @@ ROLES_MAX = 64
 
 E_INVALID = "invalid_request"
 E_UNKNOWN_ROLE = "unknown_role"
+
+
+class GrantError(Exception):
+    """An administrator tried to give a key roles outside their grant set."""
+
+    def __init__(self, roles: Iterable[str]) -> None:
+        self.roles = tuple(sorted(roles))
+        super().__init__(f"you may not grant role(s): {', '.join(self.roles)}")
 
 
 class InputError(Exception):
@@ -97,13 +106,6 @@ def parse_timestamp(value: Any, field: str, now: float) -> float:
     return stamp
 
 
-def iso(stamp: float | None) -> str | None:
-    """Format unix seconds as ISO-8601 UTC (or None)."""
-    if stamp is None:
-        return None
-    return datetime.fromtimestamp(stamp, UTC).isoformat().replace("+00:00", "Z")
-
-
 def status_of(row: KeyRow, now: float) -> str:
     """Return `active`, `revoked` or `expired` as the admin API shows it."""
     if row.status == "revoked":
@@ -144,9 +146,9 @@ def check_grants(roles: Iterable[str], grants: frozenset[str] | None) -> None:
     """Refuse roles outside an administrator's grant set (None means may grant all)."""
     if grants is None:
         return
-    outside = sorted(set(roles) - grants)
+    outside = set(roles) - grants
     if outside:
-        raise PermissionError(f"you may not grant role(s): {', '.join(outside)}")
+        raise GrantError(outside)
 
 
 def new_key_request(data: Mapping[str, Any], policy: Policy, now: float) -> tuple[NewKey, str]:

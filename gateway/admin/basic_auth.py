@@ -1,4 +1,4 @@
-"""Admin API authentication: refusing API keys, HTTP Basic for admin accounts, login throttling.
+"""HTTP Basic authentication of admin accounts: password checks off the event loop, throttled.
 
 Authentication only says who is calling; what they may do (grant limits) is checked by the
 handlers.
@@ -7,50 +7,29 @@ handlers.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hmac
 import logging
 import math
 import secrets
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
-from gateway import keys, passwords
+from gateway import passwords
 from gateway.admin.accounts import is_admin_name
-from gateway.admin.errors import (
-    E_API_KEY_FORBIDDEN,
-    E_TOO_MANY_ATTEMPTS,
-    E_UNAUTHORIZED,
-    M_API_KEY_FORBIDDEN,
-    ApiError,
-)
-from gateway.state import ADMIN, AUTHENTICATOR
+from gateway.admin.errors import E_TOO_MANY_ATTEMPTS, E_UNAUTHORIZED, ApiError
+from gateway.admin.throttle import LoginThrottle
+from gateway.credentials import decode_basic, split_authorization
 from gateway.store.base import AdminAccount, KeyStore
 
 log = logging.getLogger("keygate.admin.auth")
 
 REALM = "keygate admin"
 WWW_AUTHENTICATE = f'Basic realm="{REALM}", charset="UTF-8"'
-API_KEY_HEADER = "x-api-key"  # lower case, '_' spelled '-'
 AUDIT_LOGIN_FAILED = "admin_login_failed"
 UNKNOWN_ACTOR = "?"
-PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics"})  # route names served without Basic auth
-
-FAILURE_WINDOW = 600.0  # seconds a failed login counts against its address
-FAILURES_BEFORE_LOCKOUT = 5  # failed logins per address and window before lockouts start
-LOCKOUT_BASE = 1.0  # seconds of the first lockout; doubles with every further failure
-LOCKOUT_MAX = 300.0  # seconds; the longest lockout
-FAILURE_DELAY_BASE = 0.05  # seconds a failed attempt's answer is held back; doubles each time
-FAILURE_DELAY_MAX = 2.0  # seconds; the longest hold-back of one answer
-PENDING_RETRY_AFTER = 1.0  # seconds to wait when too many guesses are being checked at once
-MAX_TRACKED_ADDRESSES = 10_000  # addresses remembered by the throttle (memory bound)
 HASH_WORKERS = 2  # threads checking passwords (each scrypt check needs ~16 MiB)
 VERIFIED_TTL = 60.0  # seconds a successful password check is remembered
 VERIFIED_MAX = 1024  # remembered successful checks (memory bound)
@@ -62,170 +41,14 @@ M_LOCKED = "too many failed logins from this address; retry later"
 M_INTERRUPTED = "password check interrupted"
 
 
-def _is_key_token(value: str) -> bool:
-    return keys.looks_like_key(value.strip())
-
-
-def _basic_carries_key(token: str) -> bool:
-    """Return True when HTTP Basic credentials smuggle an API key as name or password."""
-    try:
-        decoded = base64.b64decode(token.encode("ascii"), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeError):
-        return False
-    name, _, password = decoded.partition(":")
-    return _is_key_token(name) or _is_key_token(password)
-
-
-def carries_api_key(request: web.Request) -> bool:
-    """Return True when the request presents an API key in any form keygate accepts (or near it).
-
-    X-API-Key (any case, `_` for `-`, any value, even empty), `Authorization: ApiKey ...`,
-    `Authorization: Bearer kg_...`, a bare `kg_...` credential, or Basic with a key inside.
-    """
-    for name, value in request.headers.items():
-        normalized = name.lower().replace("_", "-")
-        if normalized == API_KEY_HEADER:
-            return True
-        if normalized != "authorization":
-            continue
-        scheme, _, token = value.strip().partition(" ")
-        lowered = scheme.lower()
-        if lowered == "apikey" or _is_key_token(scheme) or _is_key_token(token):
-            return True
-        if lowered == "basic" and _basic_carries_key(token.strip()):
-            return True
-    return False
-
-
 def parse_basic(values: list[str]) -> tuple[str, str] | None:
     """Return (name, password) from exactly one `Authorization: Basic` value, else None."""
     if len(values) != 1:
         return None
-    scheme, _, token = values[0].strip().partition(" ")
-    if scheme.lower() != "basic":
+    scheme, token = split_authorization(values[0])
+    if scheme != "basic":
         return None
-    try:
-        decoded = base64.b64decode(token.strip().encode("ascii"), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeError):
-        return None
-    name, colon, password = decoded.partition(":")
-    if not colon or not name:
-        return None
-    return name, password
-
-
-@dataclass
-class _Address:
-    """Failed-login state of one client address."""
-
-    failures: deque[float] = field(default_factory=deque)
-    pending: int = 0
-
-
-class LoginThrottle:
-    """Per-address failed-login counter with exponential hold-back and lockout.
-
-    The first `free_failures` failures in `window` seconds are only held back
-    (`delay_base`, doubling); after that the address is locked out for `lockout_base`
-    seconds, doubling with each further failure up to `lockout_max`. Guesses being
-    checked at the same time count too, so parallel requests cannot bypass the limit.
-    """
-
-    def __init__(
-        self,
-        *,
-        window: float = FAILURE_WINDOW,
-        free_failures: int = FAILURES_BEFORE_LOCKOUT,
-        lockout_base: float = LOCKOUT_BASE,
-        lockout_max: float = LOCKOUT_MAX,
-        delay_base: float = FAILURE_DELAY_BASE,
-        delay_max: float = FAILURE_DELAY_MAX,
-        max_tracked: int = MAX_TRACKED_ADDRESSES,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.window = window
-        self.free_failures = free_failures
-        self.lockout_base = lockout_base
-        self.lockout_max = lockout_max
-        self.delay_base = delay_base
-        self.delay_max = delay_max
-        self.max_tracked = max_tracked
-        self._clock = clock
-        self._addresses: dict[str, _Address] = {}
-
-    def __len__(self) -> int:
-        return len(self._addresses)
-
-    def _prune(self, state: _Address, now: float) -> None:
-        while state.failures and state.failures[0] <= now - self.window:
-            state.failures.popleft()
-
-    def _get(self, address: str, now: float) -> _Address:
-        state = self._addresses.get(address)
-        if state is None:
-            if len(self._addresses) >= self.max_tracked:
-                self._evict(now)
-            state = self._addresses[address] = _Address()
-        else:
-            self._prune(state, now)
-        return state
-
-    def _evict(self, now: float) -> None:
-        """Forget idle addresses; if still full, the longest-tracked ones."""
-        for address, state in list(self._addresses.items()):
-            self._prune(state, now)
-            if not state.failures and not state.pending:
-                del self._addresses[address]
-        while len(self._addresses) >= self.max_tracked:
-            oldest = next(iter(self._addresses))
-            del self._addresses[oldest]
-
-    def failures(self, address: str) -> int:
-        """Return how many failed logins from `address` still count."""
-        state = self._addresses.get(address)
-        if state is None:
-            return 0
-        self._prune(state, self._clock())
-        return len(state.failures)
-
-    def retry_after(self, address: str) -> float | None:
-        """Return seconds until `address` may try again, or None when it may try now."""
-        state = self._addresses.get(address)
-        if state is None:
-            return None
-        now = self._clock()
-        self._prune(state, now)
-        count = len(state.failures)
-        if count >= self.free_failures:
-            exponent = min(count - self.free_failures, 32)
-            locked_until = state.failures[-1] + min(
-                self.lockout_base * 2.0**exponent, self.lockout_max
-            )
-            if now < locked_until:
-                return locked_until - now
-        if state.pending and count + state.pending >= self.free_failures:
-            return PENDING_RETRY_AFTER
-        if not state.failures and not state.pending:
-            del self._addresses[address]
-        return None
-
-    def begin(self, address: str) -> None:
-        """Note that a password check for `address` started."""
-        self._get(address, self._clock()).pending += 1
-
-    def end(self, address: str) -> None:
-        """Note that a password check for `address` finished."""
-        state = self._addresses.get(address)
-        if state is not None and state.pending:
-            state.pending -= 1
-
-    def fail(self, address: str) -> float:
-        """Record a failed login; return the seconds its answer should be held back."""
-        now = self._clock()
-        state = self._get(address, now)
-        state.failures.append(now)
-        exponent = min(len(state.failures) - 1, 32)
-        return min(self.delay_base * 2.0**exponent, self.delay_max)
+    return decode_basic(token)
 
 
 class Authenticator:
@@ -411,25 +234,3 @@ def too_many_attempts(wait: float) -> ApiError:
         headers={"Retry-After": str(seconds)},
         extra={"retry_after": seconds},
     )
-
-
-@web.middleware
-async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse any request that carries an API key, before anything else looks at it."""
-    if carries_api_key(request):
-        raise ApiError(403, E_API_KEY_FORBIDDEN, M_API_KEY_FORBIDDEN)
-    return await handler(request)
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Require admin Basic credentials on every matched route except the public ones."""
-    match = request.match_info
-    if match.http_exception is None and match.route.name not in PUBLIC_ROUTES:
-        request[ADMIN] = await request.app[AUTHENTICATOR].authenticate(request)
-    return await handler(request)
-
-
-def current_admin(request: web.Request) -> AdminAccount:
-    """Return the authenticated admin of a request."""
-    return request[ADMIN]

@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from conftest import fill_table, load_table_from
 
 from gateway import keys
-from gateway.cache import FeedFollower, KeyTable, UsageCounter, catch_up
+from gateway.feed import FeedFollower, catch_up
+from gateway.keytable import KeyTable
 from gateway.store.base import Change, KeyRow, KeyStatus, NewKey
 from gateway.store.sqlite import SqliteKeyStore
+from gateway.usage import UsageCounter
 
 # Upper bound, in seconds, for a change made by another store instance to reach the table.
 FEED_BOUND = 1.0
@@ -56,7 +59,7 @@ def test_load_replaces_the_whole_table() -> None:
     table = KeyTable()
     assert len(table) == 0
     assert table.seq == 0
-    table.load([row(1), row(2, status="revoked", expires_at=5.0)], 10)
+    fill_table(table, [row(1), row(2, status="revoked", expires_at=5.0)], 10)
     assert len(table) == 2
     assert table.seq == 10
     first, second = table.lookup(digest_of(1)), table.lookup(digest_of(2))
@@ -65,7 +68,7 @@ def test_load_replaces_the_whole_table() -> None:
     assert (first.id, first.name, first.revoked, first.expires_at) == (1, "key-1", False, None)
     assert (second.revoked, second.expires_at) == (True, 5.0)
     assert first.roles == frozenset({"reader"})
-    table.load([row(3)], 12)
+    fill_table(table, [row(3)], 12)
     assert table.lookup(digest_of(1)) is None
     assert table.lookup(digest_of(3)) is not None
     assert (len(table), table.seq) == (1, 12)
@@ -89,7 +92,7 @@ def test_put_and_drop() -> None:
 
 def test_apply_follows_sequence_and_deletes() -> None:
     table = KeyTable()
-    table.load([row(1), row(2)], 5)
+    fill_table(table, [row(1), row(2)], 5)
     applied = table.apply(
         [
             Change(3, digest_of(1), None),  # older than the table: ignored
@@ -113,7 +116,7 @@ def test_apply_follows_sequence_and_deletes() -> None:
 
 def test_role_sets_are_interned() -> None:
     table = KeyTable()
-    table.load([row(1, roles=("a", "b")), row(2, roles=tuple(["a", "b"]))], 1)
+    fill_table(table, [row(1, roles=("a", "b")), row(2, roles=tuple(["a", "b"]))], 1)
     table.put(row(3, roles=tuple("ab")))
     records = [table.lookup(digest_of(i)) for i in (1, 2, 3)]
     assert all(record is not None for record in records)
@@ -130,7 +133,7 @@ def test_role_sets_are_interned() -> None:
 
 def test_loader_swaps_in_a_whole_table_only_when_finished() -> None:
     table = KeyTable()
-    table.load([row(1)], 4)
+    fill_table(table, [row(1)], 4)
     loader = table.loader()
     loader.add([(digest_of(2), 2, "two", ("a", "b"), "active", None)])
     loader.add([(digest_of(3), 3, "three", ("a", "b"), "revoked", 9.0)])
@@ -273,7 +276,7 @@ async def test_usage_run_flushes_once_more_when_cancelled(db_path: Path) -> None
         assert (stored.use_count, stored.last_used_at) == (1, 1234.0)
 
 
-async def test_cold_load_from_the_store_matches_load_all(db_path: Path) -> None:
+async def test_cold_load_from_the_store_matches_the_full_rows(db_path: Path) -> None:
     async with opened(db_path) as store:
         secrets = []
         for index in range(5):
@@ -283,7 +286,7 @@ async def test_cold_load_from_the_store_matches_load_all(db_path: Path) -> None:
             if index == 3:
                 await store.set_revoked(created.id, True, "admin")
         full = KeyTable()
-        full.load(*await store.load_all())
+        fill_table(full, await store.list_keys(), await store.current_seq())
         lean = KeyTable()
         loader = lean.loader()
         loader.finish(await store.load_auth(loader.add))
@@ -305,7 +308,7 @@ async def test_cold_load_from_the_store_matches_load_all(db_path: Path) -> None:
 async def test_catch_up_applies_another_writers_changes(db_path: Path) -> None:
     async with opened(db_path) as mine, opened(db_path) as theirs:
         table = KeyTable()
-        table.load(*await mine.load_all())
+        await load_table_from(mine, table)
         new, secret = new_key("elsewhere")
         created = await theirs.create_key(new, "cli:ops")
         await theirs.set_revoked(created.id, True, "cli:ops")
@@ -321,8 +324,8 @@ async def test_catch_up_applies_another_writers_changes(db_path: Path) -> None:
 async def test_follower_picks_up_another_stores_writes_within_a_second(db_path: Path) -> None:
     async with opened(db_path) as mine, opened(db_path) as theirs:
         table = KeyTable()
-        table.load(*await mine.load_all())
-        follower = FeedFollower(mine, table)
+        await load_table_from(mine, table)
+        follower = FeedFollower(mine, table, poll_interval=0.1)
         task = asyncio.create_task(follower.run())
         try:
             new, secret = new_key("ci-bot", ("reader", "writer"))

@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 
 import gateway
-from gateway import keys, lifecycle
-from gateway.lifecycle import (
+from gateway import clock, key_rules, keys
+from gateway.key_rules import (
     DESCRIPTION_MAX_LENGTH,
     E_INVALID,
     E_UNKNOWN_ROLE,
     NAME_MAX_LENGTH,
     ROLES_MAX,
+    GrantError,
     InputError,
     check_grants,
     key_json,
@@ -195,7 +196,7 @@ def test_invalid_timestamps(value: Any, fragment: str) -> None:
 
 def test_latest_timestamp_still_shows() -> None:
     stamp = parse_timestamp("9999-12-31T23:59:59Z", "expires_at", NOW)
-    assert lifecycle.iso(stamp) == "9999-12-31T23:59:59Z"
+    assert clock.iso(stamp) == "9999-12-31T23:59:59Z"
 
 
 # --------------------------------------------------------------------- key JSON
@@ -231,7 +232,7 @@ def test_key_json_has_exactly_the_design_fields_and_no_secret_material() -> None
     assert repr(row.digest) not in text
     assert shown["prefix"] == row.prefix
     assert shown["roles"] == ["1int-user"]
-    assert shown["created_at"] == lifecycle.iso(NOW - 3600)
+    assert shown["created_at"] == clock.iso(NOW - 3600)
     assert str(shown["created_at"]).endswith("Z")
     assert (shown["revoked_at"], shown["expires_at"]) == (None, None)
     assert shown["use_count"] == 12
@@ -253,8 +254,8 @@ def test_key_json_status(changes: dict[str, Any], status: str) -> None:
 
 
 def test_iso_format() -> None:
-    assert lifecycle.iso(None) is None
-    assert lifecycle.iso(0) == "1970-01-01T00:00:00Z"
+    assert clock.iso(None) is None
+    assert clock.iso(0) == "1970-01-01T00:00:00Z"
 
 
 # --------------------------------------------------------------------- minting
@@ -267,7 +268,7 @@ def test_new_key_request_mints_a_key_and_keeps_only_its_hash(policy: Policy) -> 
         "roles": ["1int-user", "1int-user"],
         "expires_at": "2030-01-01T00:00:00Z",
     }
-    new, secret = lifecycle.new_key_request(data, policy, NOW)
+    new, secret = key_rules.new_key_request(data, policy, NOW)
     assert keys.is_well_formed(secret)
     assert new.digest == keys.digest(secret)
     assert new.prefix == keys.display_prefix(secret)
@@ -282,14 +283,14 @@ def test_new_key_request_mints_a_key_and_keeps_only_its_hash(policy: Policy) -> 
         "prefix",
         "expires_at",
     }
-    again, other = lifecycle.new_key_request(data, policy, NOW)
+    again, other = key_rules.new_key_request(data, policy, NOW)
     assert other != secret
     assert again.digest != new.digest
 
 
 def test_new_key_request_validates_every_field(policy: Policy) -> None:
     good: dict[str, Any] = {"name": "etl", "roles": ["1int-user"]}
-    assert lifecycle.new_key_request(good, policy, NOW)[0].expires_at is None
+    assert key_rules.new_key_request(good, policy, NOW)[0].expires_at is None
     for field, bad in (
         ("name", "bad\nname"),
         ("description", "x" * (DESCRIPTION_MAX_LENGTH + 1)),
@@ -297,7 +298,7 @@ def test_new_key_request_validates_every_field(policy: Policy) -> None:
         ("expires_at", "2000-01-01T00:00:00Z"),
     ):
         with pytest.raises(InputError) as caught:
-            lifecycle.new_key_request({**good, field: bad}, policy, NOW)
+            key_rules.new_key_request({**good, field: bad}, policy, NOW)
         assert caught.value.field == field
 
 
@@ -307,7 +308,7 @@ async def test_created_key_secret_never_reaches_the_database(
     store = SqliteKeyStore(tmp_path / "keygate.db")
     await store.open()
     try:
-        created = await lifecycle.create_key(
+        created = await key_rules.create_key(
             store, {"name": "etl", "roles": ["1int-admin"]}, policy, "admin", NOW
         )
         stored = await store.get_key(created.row.id)
@@ -329,7 +330,15 @@ def test_check_grants() -> None:
     check_grants(["a", "b"], None)  # may grant everything
     check_grants(["a"], frozenset({"a", "b"}))
     check_grants([], frozenset())
-    with pytest.raises(PermissionError, match="b, c"):
+    with pytest.raises(GrantError, match="b, c") as refused:
         check_grants(["a", "c", "b"], frozenset({"a"}))
-    with pytest.raises(PermissionError, match="a"):
+    assert refused.value.roles == ("b", "c")
+    with pytest.raises(GrantError, match="a"):
         check_grants(["a"], frozenset())
+
+
+def test_a_grant_refusal_is_not_a_file_permission_error() -> None:
+    # The CLI and the admin API must tell "you may not grant" from an OS permission error.
+    with pytest.raises(GrantError) as refused:
+        check_grants(["x"], frozenset())
+    assert not isinstance(refused.value, OSError)

@@ -1,0 +1,215 @@
+"""Command line for API keys: `keygate keys create|list|show|edit|revoke|reinstate|delete|...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway import clock, key_rules
+from gateway.cli_common import CliError, add_config_option, cli_actor, load_config, open_store
+from gateway.policy import load_policy
+from gateway.store.base import KeyChanges, KeyRow, KeyStore
+
+Handler = Callable[[argparse.Namespace], Awaitable[int]]
+
+
+async def resolve_key(store: KeyStore, ref: str) -> KeyRow:
+    """Find a key by numeric id or exact name, or raise CliError."""
+    row = await store.get_key(int(ref)) if ref.isdigit() else await store.get_key_by_name(ref)
+    if row is None:
+        raise CliError(f"no key with id or name {ref!r}")
+    return row
+
+
+def print_key(row: KeyRow, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    """Print one key as JSON or as aligned `field: value` lines."""
+    data = key_rules.key_json(row, clock.now())
+    if extra:
+        data.update(extra)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    for field, value in data.items():
+        shown = ", ".join(value) if isinstance(value, list) else ("" if value is None else value)
+        print(f"{field:>13}: {shown}")
+
+
+async def keys_create(args: argparse.Namespace) -> int:
+    """Create a key and print its secret once."""
+    settings = load_config(args)
+    policy = load_policy(settings.policy_path)
+    request: dict[str, Any] = {
+        "name": args.name,
+        "description": args.description,
+        "roles": args.role,
+        "expires_at": args.expires,
+    }
+    async with open_store(settings) as store:
+        created = await key_rules.create_key(store, request, policy, cli_actor(), clock.now())
+    if args.json:
+        print_key(created.row, True, {"secret": created.secret})
+    else:
+        print_key(created.row, False)
+        print()
+        print(f"secret: {created.secret}")
+        print("Store this secret now: it is shown once and can never be read again.")
+    return 0
+
+
+async def keys_list(args: argparse.Namespace) -> int:
+    """List keys, optionally filtered by status."""
+    settings = load_config(args)
+    async with open_store(settings) as store:
+        rows: list[KeyRow] = []
+        after = 0
+        while True:
+            page = await store.list_keys(status=args.status, limit=1000, after_id=after)
+            rows.extend(page)
+            if len(page) < 1000:
+                break
+            after = page[-1].id
+    now = clock.now()
+    if args.json:
+        print(json.dumps([key_rules.key_json(row, now) for row in rows], indent=2))
+        return 0
+    print(f"{'ID':>6}  {'NAME':<24} {'STATUS':<8} {'PREFIX':<11} {'USES':>6}  ROLES")
+    for row in rows:
+        status = key_rules.status_of(row, now)
+        roles = ",".join(row.roles)
+        print(
+            f"{row.id:>6}  {row.name:<24} {status:<8} {row.prefix:<11} {row.use_count:>6}  {roles}"
+        )
+    print(f"{len(rows)} key(s)")
+    return 0
+
+
+async def keys_show(args: argparse.Namespace) -> int:
+    """Show one key."""
+    settings = load_config(args)
+    async with open_store(settings) as store:
+        row = await resolve_key(store, args.key)
+    print_key(row, args.json)
+    return 0
+
+
+async def keys_edit(args: argparse.Namespace) -> int:
+    """Edit a key's name, description, roles or expiry."""
+    settings = load_config(args)
+    policy = load_policy(settings.policy_path)
+    now = clock.now()
+    changes = KeyChanges(
+        name=None if args.name is None else key_rules.validate_name(args.name),
+        description=(
+            None if args.description is None else key_rules.validate_description(args.description)
+        ),
+        roles=None if args.role is None else key_rules.validate_roles(args.role, policy),
+        expires_at=(
+            None
+            if args.expires in (None, "never")
+            else key_rules.parse_timestamp(args.expires, "expires", now)
+        ),
+        clear_expiry=args.expires == "never",
+    )
+    if changes == KeyChanges():
+        raise CliError("nothing to change: give --name, --description, --role or --expires")
+    async with open_store(settings) as store:
+        row = await resolve_key(store, args.key)
+        row = await store.update_key(row.id, changes, cli_actor())
+    print_key(row, args.json)
+    return 0
+
+
+async def keys_revoke(args: argparse.Namespace) -> int:
+    """Revoke one key."""
+    return await _set_revoked(args, True)
+
+
+async def keys_reinstate(args: argparse.Namespace) -> int:
+    """Reinstate one revoked key."""
+    return await _set_revoked(args, False)
+
+
+async def _set_revoked(args: argparse.Namespace, revoked: bool) -> int:
+    settings = load_config(args)
+    async with open_store(settings) as store:
+        row = await resolve_key(store, args.key)
+        row = await store.set_revoked(row.id, revoked, cli_actor())
+    print_key(row, args.json)
+    return 0
+
+
+async def keys_delete(args: argparse.Namespace) -> int:
+    """Delete one key for good."""
+    settings = load_config(args)
+    async with open_store(settings) as store:
+        row = await resolve_key(store, args.key)
+        await store.delete_key(row.id, cli_actor())
+    print(f"deleted key {row.id} ({row.name})")
+    return 0
+
+
+def _batch(action: str, label: str) -> Handler:
+    async def run(args: argparse.Namespace) -> int:
+        settings = load_config(args)
+        async with open_store(settings) as store:
+            count: int = await getattr(store, action)(cli_actor())
+        if args.json:
+            print(json.dumps({"count": count}))
+        else:
+            print(f"{label} {count} key(s)")
+        return 0
+
+    run.__doc__ = f"{label.capitalize()} keys in one transaction."
+    return run
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `keys ...` to the keygate CLI."""
+    keys_parser = commands.add_parser("keys", help="manage API keys")
+    keys_commands = keys_parser.add_subparsers(dest="keys_command", required=True)
+
+    create = keys_commands.add_parser("create", help="create a key (prints the secret once)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--description", default="")
+    create.add_argument("--role", action="append", required=True, help="repeat for more roles")
+    create.add_argument("--expires", help="ISO-8601 time with zone, e.g. 2027-01-01T00:00:00Z")
+    create.set_defaults(func=keys_create)
+
+    listing = keys_commands.add_parser("list", help="list keys")
+    listing.add_argument("--status", choices=("active", "revoked", "expired"))
+    listing.set_defaults(func=keys_list)
+
+    show = keys_commands.add_parser("show", help="show one key")
+    show.add_argument("key", metavar="ID|NAME")
+    show.set_defaults(func=keys_show)
+
+    edit = keys_commands.add_parser("edit", help="edit a key")
+    edit.add_argument("key", metavar="ID|NAME")
+    edit.add_argument("--name")
+    edit.add_argument("--description")
+    edit.add_argument("--role", action="append", help="replaces all roles; repeat for more")
+    edit.add_argument("--expires", help="ISO-8601 time with zone, or 'never'")
+    edit.set_defaults(func=keys_edit)
+
+    for name, func, text in (
+        ("revoke", keys_revoke, "revoke a key (can be reinstated)"),
+        ("reinstate", keys_reinstate, "reinstate a revoked key"),
+        ("delete", keys_delete, "delete a key for good"),
+    ):
+        one = keys_commands.add_parser(name, help=text)
+        one.add_argument("key", metavar="ID|NAME")
+        one.set_defaults(func=func)
+
+    for name, action, label in (
+        ("revoke-all", "revoke_all", "revoked"),
+        ("reinstate-all", "reinstate_all", "reinstated"),
+        ("delete-revoked", "delete_revoked", "deleted"),
+    ):
+        batch = keys_commands.add_parser(name, help=f"batch: {name.replace('-', ' ')}")
+        batch.set_defaults(func=_batch(action, label))
+
+    for sub in keys_commands.choices.values():
+        add_config_option(sub)
+        sub.add_argument("--json", action="store_true", help="print JSON")

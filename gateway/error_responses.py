@@ -1,0 +1,33 @@
+"""JSON error answers of the proxy listener: `{"error": code, "message": text}`."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from gateway.refusals import WWW_AUTHENTICATE_VALUE, Refusal
+
+E_UPSTREAM_DOWN = "upstream_unavailable"
+E_UPSTREAM_TIMEOUT = "upstream_timeout"
+E_BAD_TARGET = "bad_target"
+E_INTERNAL = "internal_error"
+E_BAD_REQUEST = "bad_request"
+_JSON_TYPE = "application/json"
+
+
+def error_response(status: int, code: str, message: str, challenge: bool = False) -> web.Response:
+    """Return a JSON error response `{"error", "message"}`."""
+    response = web.Response(
+        status=status,
+        body=json.dumps({"error": code, "message": message}).encode(),
+        content_type=_JSON_TYPE,
+    )
+    if challenge:
+        response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE_VALUE
+    return response
+
+
+def refusal_response(refusal: Refusal) -> web.Response:
+    """Render an auth refusal as its JSON error response."""
+    return error_response(refusal.status, refusal.code, refusal.message, refusal.challenge)

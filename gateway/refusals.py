@@ -1,0 +1,29 @@
+"""The proxy's refusals of a key caller: status, error code and message of each (no aiohttp)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WWW_AUTHENTICATE_VALUE = 'ApiKey realm="keygate", header="X-API-Key"'
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A refusal: HTTP status, error code and message, rendered as a JSON body."""
+
+    status: int
+    code: str
+    message: str
+    challenge: bool = False  # send WWW-Authenticate
+
+
+CREDENTIAL_CONFLICT = Refusal(
+    400, "credential_conflict", "send one credential: an API key or the backend's own login"
+)
+KEY_MISSING = Refusal(401, "key_missing", "an API key is required (X-API-Key header)", True)
+KEY_MALFORMED = Refusal(401, "key_malformed", "the API key is malformed", True)
+KEY_UNKNOWN = Refusal(401, "key_unknown", "the API key is not known", True)
+KEY_REVOKED = Refusal(401, "key_revoked", "the API key has been revoked", True)
+KEY_EXPIRED = Refusal(401, "key_expired", "the API key has expired", True)
+PROTECTED = Refusal(403, "forbidden_protected", "API keys may not call key-management paths")
+FORBIDDEN = Refusal(403, "forbidden", "the API key's roles do not allow this method and path")

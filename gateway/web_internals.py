@@ -1,0 +1,88 @@
+"""keygate's uses of aiohttp internals, in one place, pinned by pyproject's upper bound.
+
+tests/test_web_internals.py fails when an aiohttp release changes any of them:
+- `StreamResponse._prepare_headers` (no invented Content-Type on relayed answers);
+- `StreamResponse._send_headers_immediately` (head and small body in one write);
+- `RequestHandler` and its `handle_error` (parser refusals answered as JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestHandler
+
+from gateway.error_responses import E_BAD_REQUEST, E_INTERNAL, error_response
+
+log = logging.getLogger("keygate")
+
+
+class RelayedResponse(web.StreamResponse):
+    """A streamed response carrying the upstream's headers: aiohttp adds no Content-Type.
+
+    aiohttp defaults a body's missing Content-Type to application/octet-stream; a proxy must
+    not invent one (RFC 9110 section 8.3 lets the recipient sniff or assume instead).
+    """
+
+    async def _prepare_headers(self) -> None:
+        untyped = hdrs.CONTENT_TYPE not in self.headers
+        await super()._prepare_headers()
+        if untyped:
+            self.headers.popall(hdrs.CONTENT_TYPE, None)
+
+
+class RelayedWholeResponse(RelayedResponse):
+    """A relayed response whose body is at hand: head and body go out in one write.
+
+    aiohttp's StreamResponse sends its head as soon as it is prepared; `web.Response` opts
+    out with this class attribute so the head waits for the body. Streams keep the default,
+    so a client sees the head of a slow stream at once.
+    """
+
+    _send_headers_immediately = False
+
+
+class JsonErrorRequestHandler(RequestHandler):
+    """aiohttp's connection handler, with parser-level errors answered as keygate's JSON.
+
+    Malformed requests (asterisk-form or over-long request lines, smuggling attempts) never
+    reach the proxy handler; aiohttp would answer them in plain text and log a traceback
+    each, which hostile clients could use to flood the log.
+    """
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Answer a request aiohttp could not parse or handle with a JSON error."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started; cannot send an error")
+        if status >= 500:
+            log.error("error handling request from %s", request.remote, exc_info=exc)
+            response = error_response(status, E_INTERNAL, "internal error")
+        else:
+            log.info("refused malformed request from %s: %s", request.remote, exc)
+            response = error_response(status, E_BAD_REQUEST, "malformed HTTP request")
+        response.force_close()
+        return response
+
+
+class JsonErrorServer(web.Server):
+    """A low-level aiohttp server whose connections use JsonErrorRequestHandler."""
+
+    def __init__(self, handler: Any, **handler_kwargs: Any) -> None:
+        """Serve `handler`; `handler_kwargs` go to every connection's RequestHandler."""
+        super().__init__(handler, **handler_kwargs)
+        # Kept here rather than read back from the base class's private fields.
+        self._handler_loop = asyncio.get_running_loop()
+        self._handler_kwargs = handler_kwargs
+
+    def __call__(self) -> RequestHandler:
+        """Return the handler for one new connection."""
+        return JsonErrorRequestHandler(self, loop=self._handler_loop, **self._handler_kwargs)
