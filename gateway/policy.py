@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,9 @@ class Policy:
     protected: tuple[tuple[str, ...], ...]
     source: str = "<policy>"
     _expanded: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
-    _matchers: dict[frozenset[str], CompiledMatcher] = field(default_factory=dict, repr=False)
+    _matchers: Callable[[frozenset[str]], CompiledMatcher] = field(
+        init=False, repr=False, compare=False
+    )
     _protected_folded: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
     _protected_regex: re.Pattern[str] | None = field(default=None, repr=False)
     _protected_segments: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
@@ -236,6 +239,7 @@ class Policy:
             tuple(part.casefold() for part in pattern) for pattern in (*self.protected, *builtin)
         )
         self._protected_regex, self._protected_segments = _compile_protected(self._protected_folded)
+        self._matchers = functools.lru_cache(maxsize=MATCHER_CACHE_LIMIT)(self._compile_matcher)
 
     def _expand(self, name: str, trail: tuple[str, ...]) -> frozenset[str]:
         names = {name}
@@ -258,12 +262,10 @@ class Policy:
 
     def matcher_for(self, roles: frozenset[str]) -> CompiledMatcher:
         """Return the compiled matcher of a role set, built once and memoised."""
-        matcher = self._matchers.get(roles)
-        if matcher is None:
-            if len(self._matchers) >= MATCHER_CACHE_LIMIT:
-                self._matchers.clear()
-            matcher = self._matchers[roles] = CompiledMatcher(self.rules_for(roles))
-        return matcher
+        return self._matchers(roles)
+
+    def _compile_matcher(self, roles: frozenset[str]) -> CompiledMatcher:
+        return CompiledMatcher(self.rules_for(roles))
 
     def is_protected_path(self, path: str) -> bool:
         """Return True for key-management paths, given the decoded path (hot path).

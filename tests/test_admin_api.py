@@ -1093,11 +1093,14 @@ def _api_key_variants(secret: str) -> list[dict[str, str]]:
         {"x-api-key": "", "Authorization": root},
         {"X_Api_Key": "whatever", "Authorization": root},
         {"Authorization": f"Bearer {secret}"},
+        {"Authorization": f"Bearer\t{secret}"},
         {"Authorization": f"ApiKey {secret}"},
+        {"Authorization": f"ApiKey\t{secret}"},
         {"Authorization": f"apikey {secret}"},
         {"Authorization": "ApiKey not-even-a-key"},
         {"Authorization": secret},
         {"Authorization": "Basic " + base64.b64encode(f"root:{secret}".encode()).decode()},
+        {"Authorization": "Basic\t" + base64.b64encode(f"{secret}:x".encode()).decode()},
     ]
 
 
