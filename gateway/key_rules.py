@@ -116,7 +116,7 @@ def status_of(row: KeyRow, now: float) -> str:
 
 
 def key_json(row: KeyRow, now: float) -> dict[str, Any]:
-    """Return the DESIGN key JSON for a stored key (never the secret or its digest)."""
+    """Return the key JSON of the admin API for a stored key (never the secret or its digest)."""
     return {
         "id": row.id,
         "name": row.name,

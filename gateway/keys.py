@@ -8,7 +8,7 @@ import zlib
 
 KEY_PREFIX = "kg_"
 BASE62_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-# 30 base62 characters carry 178 bits of randomness (>= the 160 bits DESIGN requires).
+# 30 base62 characters carry 178 bits of randomness (at least 160 bits are required).
 RANDOM_LENGTH = 30
 CHECKSUM_LENGTH = 6
 KEY_LENGTH = len(KEY_PREFIX) + RANDOM_LENGTH + CHECKSUM_LENGTH

@@ -1,4 +1,4 @@
-"""The proxy listener's handler: runs the request flow of DESIGN and relays the answer."""
+"""The proxy listener's handler: runs the request flow and relays the upstream's answer."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class Proxy:
             return error_response(500, E_INTERNAL, "internal error")
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Run the request flow of DESIGN for one request."""
+        """Run the request flow for one request (hygiene, credential, key, policy, forward)."""
         try:
             path = decoded_path(request.raw_path)
         except TargetError as error:

@@ -19,6 +19,9 @@ from gateway import keys
 from gateway.settings import load_settings
 from gateway.store.factory import store_from_url
 
+# Starts real processes (CLI, server, demo): deselect with -m "not slow" for a fast loop.
+pytestmark = pytest.mark.slow
+
 KEY_FIELDS = {
     "id",
     "name",

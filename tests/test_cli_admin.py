@@ -25,6 +25,9 @@ from gateway.runtime import Runtime
 from gateway.settings import load_settings
 from gateway.store.sqlite import SqliteKeyStore
 
+# Starts real processes (CLI, server, demo): deselect with -m "not slow" for a fast loop.
+pytestmark = pytest.mark.slow
+
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from conftest import NEUTRAL_CWD, PYTHON, cli_env, free_port, wait_for_port
 
 from gateway import keys
@@ -22,6 +23,9 @@ from gateway.demo import (
 from gateway.passwords import verify_password
 from gateway.settings import load_settings
 from gateway.store.factory import store_from_url
+
+# Starts real processes (CLI, server, demo): deselect with -m "not slow" for a fast loop.
+pytestmark = pytest.mark.slow
 
 EXIT_AFTER = 8.0  # seconds the demo runs before exiting by itself
 KEY_PATTERN = re.compile(r"^\s+(kg_[0-9A-Za-z]{36})$", re.MULTILINE)

@@ -20,6 +20,9 @@ from conftest import ALL_ROLE, REST, Backend, Served, arun_cli, serving
 
 from gateway.settings import DEFAULT_POLL_INTERVAL
 
+# Starts real processes (CLI, server, demo): deselect with -m "not slow" for a fast loop.
+pytestmark = pytest.mark.slow
+
 # The bound this test states for a change to reach a running process, in seconds.
 FEED_BOUND = 1.0
 POLL_EVERY = 0.01  # seconds between probe requests while waiting for a change

@@ -28,6 +28,9 @@ from conftest import (
     write_config,
 )
 
+# Starts real processes (CLI, server, demo): deselect with -m "not slow" for a fast loop.
+pytestmark = pytest.mark.slow
+
 ACCESS_LINE = re.compile(r"^\S+ \S+ (?P<pid>\d+) INFO keygate\.access: .*\"GET (?P<path>\S+) ")
 STOP_TIMEOUT = 10.0  # seconds a stopping gateway may take (grace period is 5 s)
 

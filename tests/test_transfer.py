@@ -23,6 +23,9 @@ from conftest import REST, Backend, Served, rss_bytes, serving
 
 from gateway.demo_backend import BLOB_MODULUS
 
+# Starts real processes (CLI, server, demo): deselect with -m "not slow" for a fast loop.
+pytestmark = pytest.mark.slow
+
 GIB = 1024**3
 MIB = 1024**2
 CHUNK = MIB  # bytes per client write / read

@@ -26,7 +26,7 @@ class NotFoundError(StoreError):
 
 @dataclass(frozen=True, slots=True)
 class KeyRow:
-    """One API key as stored: every DESIGN field, never the secret."""
+    """One API key as stored: every field of the data model, never the secret."""
 
     id: int
     name: str
