@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -10,6 +11,16 @@ from aiohttp.abc import AbstractAccessLogger
 from gateway.state import KEY_NAME
 
 access_logger = logging.getLogger("keygate.access")
+# A key anywhere in the target (path or query, `_` raw or percent-encoded): kept to its
+# display prefix (`kg_` + 7 characters), the rest replaced.
+_KEY_IN_TARGET = re.compile(r"(kg(?:_|%5[fF])[0-9A-Za-z]{7})[0-9A-Za-z]+")
+
+
+def redact_keys(target: str) -> str:
+    """Return a request target with every key cut to its display prefix."""
+    if "kg" not in target:
+        return target
+    return _KEY_IN_TARGET.sub(r"\1...", target)
 
 
 class ProxyAccessLogger(AbstractAccessLogger):
@@ -21,7 +32,7 @@ class ProxyAccessLogger(AbstractAccessLogger):
             '%s "%s %s" %s %s %.1fms key=%s',
             request.remote,
             request.method,
-            request.raw_path,
+            redact_keys(request.raw_path),
             response.status,
             response.body_length,
             time * 1000,

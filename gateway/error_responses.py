@@ -14,6 +14,8 @@ E_BAD_TARGET = "bad_target"
 E_INTERNAL = "internal_error"
 E_BAD_REQUEST = "bad_request"
 _JSON_TYPE = "application/json"
+# What keygate's own answers say in `Server` (never the aiohttp or Python version).
+SERVER_NAME = "keygate"
 
 
 def error_response(status: int, code: str, message: str, challenge: bool = False) -> web.Response:
@@ -22,6 +24,7 @@ def error_response(status: int, code: str, message: str, challenge: bool = False
         status=status,
         body=json.dumps({"error": code, "message": message}).encode(),
         content_type=_JSON_TYPE,
+        headers={"Server": SERVER_NAME},
     )
     if challenge:
         response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE_VALUE

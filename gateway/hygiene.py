@@ -1,8 +1,16 @@
-"""Header hygiene: what the proxy drops, keeps and sets on the way up and down (no aiohttp)."""
+"""Header hygiene: what the proxy drops, keeps and sets on the way up and down (no aiohttp).
+
+Client header names are compared on their letters and digits only (`X.Acting.User`,
+`X_ActingUser` and `x-acting-user-` are one name), because backends and the frameworks in
+front of them normalise names in different ways (CGI and WSGI turn `-` into `_`, some drop
+punctuation). A name that squashes to an identity, rewrite, credential or framing header is
+treated as that header.
+"""
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Iterator
 
 from gateway.credentials import fold_header_name
@@ -25,10 +33,164 @@ HOP_BY_HOP = frozenset(
 FRAMING = frozenset({"content-length", "transfer-encoding", "host"})
 # Forwarding metadata keygate sets itself; client-sent copies are identity spoofing.
 FORWARDING_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
-# Folded header names remembered (least recently used out): bounded against hostile variety.
+# Identity headers that common gateways, proxies and frameworks trust to name the user (or
+# the client's address); always stripped, on top of `identity.strip_headers`.
+TRUSTED_IDENTITY_HEADERS = (
+    # oauth2-proxy
+    "X-Auth-Request-User",
+    "X-Auth-Request-Email",
+    "X-Auth-Request-Preferred-Username",
+    "X-Auth-Request-Groups",
+    "X-Auth-Request-Access-Token",
+    "X-Forwarded-User",
+    "X-Forwarded-Email",
+    "X-Forwarded-Preferred-Username",
+    "X-Forwarded-Groups",
+    "X-Forwarded-Access-Token",
+    # Grafana auth proxy
+    "X-WEBAUTH-USER",
+    "X-WEBAUTH-EMAIL",
+    "X-WEBAUTH-NAME",
+    "X-WEBAUTH-ROLE",
+    "X-Grafana-Org-Id",
+    # Apache mod_auth*, Authelia, Traefik forward-auth
+    "Remote-User",
+    "Remote-Groups",
+    "Remote-Name",
+    "Remote-Email",
+    "X-Remote-User",
+    "X-Remote-Group",
+    "X-Auth-User",
+    "X-User",
+    "X-Username",
+    "X-User-Id",
+    "X-Userid",
+    "X-Authenticated-User",
+    "X-Authenticated-Userid",
+    "X-Authenticated-Groups",
+    "X-Authenticated-Scope",
+    "X-Principal",
+    # Kong
+    "X-Consumer-ID",
+    "X-Consumer-Custom-ID",
+    "X-Consumer-Username",
+    "X-Consumer-Groups",
+    "X-Credential-Identifier",
+    "X-Credential-Username",
+    "X-Anonymous-Consumer",
+    "X-Userinfo",
+    # Spring Security pre-authentication, SiteMinder
+    "SM_USER",
+    "SM-User",
+    "X-SM-User",
+    # IIS / Azure App Service authentication
+    "X-MS-CLIENT-PRINCIPAL",
+    "X-MS-CLIENT-PRINCIPAL-NAME",
+    "X-MS-CLIENT-PRINCIPAL-ID",
+    "X-MS-CLIENT-PRINCIPAL-IDP",
+    "X-MS-TOKEN-AAD-ID-TOKEN",
+    "X-ARR-ClientCert",
+    # Cloud identity-aware proxies
+    "Cf-Access-Authenticated-User-Email",
+    "Cf-Access-Jwt-Assertion",
+    "X-Goog-Authenticated-User-Email",
+    "X-Goog-Authenticated-User-Id",
+    "X-Goog-Iap-Jwt-Assertion",
+    "X-Amzn-Oidc-Data",
+    "X-Amzn-Oidc-Identity",
+    "X-Amzn-Oidc-Accesstoken",
+    "X-Pomerium-Jwt-Assertion",
+    # Client certificates forwarded by TLS terminators
+    "X-Forwarded-Client-Cert",
+    "X-SSL-Client-Cert",
+    "X-SSL-Client-S-DN",
+    "X-Client-Cert",
+    "X-Client-DN",
+    "SSL_CLIENT_CERT",
+    "SSL_CLIENT_S_DN",
+    # The client's address, as other proxies report it
+    "X-Real-IP",
+    "True-Client-IP",
+    "X-Client-IP",
+    "X-Cluster-Client-IP",
+    "CF-Connecting-IP",
+    "Fastly-Client-IP",
+    "X-Originating-IP",
+)
+# Squashed name prefixes of whole families of the above (e.g. every `X-Forwarded-*`).
+TRUSTED_IDENTITY_PREFIXES = (
+    "xforwarded",
+    "xauthrequest",
+    "xwebauth",
+    "xremote",
+    "remote",
+    "xauthenticated",
+    "xconsumer",
+    "xcredential",
+    "xmsclientprincipal",
+    "xmstoken",
+    "cfaccess",
+    "xgoogauthenticated",
+    "xgoogiap",
+    "xamznoidc",
+    "xpomerium",
+    "xsslclient",
+    "sslclient",
+)
+# Headers some frameworks route on instead of the request line (Symfony, Zend/Laminas, IIS URL
+# Rewrite, Envoy, Spring's ForwardedHeaderFilter): the backend would serve a path the policy
+# never saw. Always stripped.
+URL_REWRITE_HEADERS = (
+    "X-Original-URL",
+    "X-Original-URI",
+    "X-Original-Path",
+    "X-Rewrite-URL",
+    "X-Override-URL",
+    "X-Forwarded-Prefix",
+    "X-Forwarded-Path",
+    "X-Forwarded-URI",
+    "X-Forwarded-Port",
+    "X-Forwarded-Scheme",
+    "X-Forwarded-Server",
+    "X-Forwarded-Ssl",
+    "X-Envoy-Original-Path",
+    "X-Envoy-Original-Url",
+    "X-HTTP-DestinationURL",
+    "X-Proxy-URL",
+    "X-Url-Scheme",
+    "Front-End-Https",
+    "Request-URI",
+)
+URL_REWRITE_PREFIXES = ("xoriginal", "xrewrite", "xenvoyoriginal")
+# Headers that make Jersey, Spring, ASP.NET, Express and Laravel treat a request as another
+# method: a key caller's request carrying one is decided for that method too (gateway.proxy).
+METHOD_OVERRIDE_HEADERS = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
+# The query parameter some frameworks read as a method override (Rails, Laravel, Express).
+METHOD_OVERRIDE_QUERY = "_method"
+# Header names classified and remembered (least recently used out): bounded against variety.
 FOLDED_NAMES_LIMIT = 4096
 
+KEEP = 0  # forward as sent
+DROP = 1  # never forward
+OVERRIDE = 2  # a method-override header: forwarded only when the policy allows its method
+
+_NOT_LETTER_OR_DIGIT = re.compile(r"[^0-9a-z]+")
+
 folded = functools.lru_cache(maxsize=FOLDED_NAMES_LIMIT)(fold_header_name)
+
+
+def squash(name: str) -> str:
+    """Return a header name's letters and digits, lower case: the name as loose readers see it."""
+    return _NOT_LETTER_OR_DIGIT.sub("", name.lower())
+
+
+# Headers forwarded only under their exact (case-insensitive) name: a look-alike
+# (`Content_Length`, `Authorization_`) could be read as the real one by a loose backend, with
+# a value keygate never checked.
+_EXACT_ONLY = {
+    squash(name): name.lower() for name in ("Content-Length", "Content-Type", "Authorization")
+}
+_OVERRIDE_SQUASHED = frozenset(squash(name) for name in METHOD_OVERRIDE_HEADERS)
 
 
 def connection_named(connection: str) -> set[str]:
@@ -47,16 +209,33 @@ class HeaderHygiene:
     ) -> None:
         self._acting_header = acting_user_header
         self._static_headers = list(static_headers)  # names unique (settings checks)
-        identity = {
-            fold_header_name(name)
-            for name in (
-                acting_user_header,
-                *strip_headers,
-                *FORWARDING_HEADERS,
-                *(name for name, _ in static_headers),
-            )
-        }
-        self._always_drop = frozenset(HOP_BY_HOP | identity | {"host", "expect", "x-api-key"})
+        dropped = (
+            *HOP_BY_HOP,
+            acting_user_header,
+            *strip_headers,
+            *FORWARDING_HEADERS,
+            *TRUSTED_IDENTITY_HEADERS,
+            *URL_REWRITE_HEADERS,
+            *(name for name, _ in static_headers),
+            "Host",
+            "Expect",
+            "X-API-Key",
+        )
+        self._dropped_squashed = frozenset(squash(name) for name in dropped)
+        self._dropped_prefixes = (*TRUSTED_IDENTITY_PREFIXES, *URL_REWRITE_PREFIXES)
+        self.classify = functools.lru_cache(maxsize=FOLDED_NAMES_LIMIT)(self._classify)
+
+    def _classify(self, name: str) -> int:
+        """Return KEEP, DROP or OVERRIDE for a client header name."""
+        squashed = squash(name)
+        if squashed in self._dropped_squashed or squashed.startswith(self._dropped_prefixes):
+            return DROP
+        exact = _EXACT_ONLY.get(squashed)
+        if exact is not None:
+            return KEEP if name.lower() == exact else DROP
+        if squashed in _OVERRIDE_SQUASHED:
+            return OVERRIDE
+        return KEEP
 
     def upstream_headers(
         self,
@@ -68,18 +247,28 @@ class HeaderHygiene:
         drop_authorization: bool,
         peer: str | None,
         scheme: str,
-    ) -> list[tuple[str, str]]:
-        """Copy the client's headers minus hop-by-hop, credential and identity headers.
+    ) -> tuple[list[tuple[str, str]], list[str]]:
+        """Copy the client's headers minus hop-by-hop, credential, identity and rewrite headers.
 
         Then set the acting user (for a key caller), X-Forwarded-For/-Proto/-Host and the
         configured service headers; everything set here is dropped first, so no name repeats.
+        Returns the headers and the values of any method-override headers among them.
         """
-        drop = self._always_drop
+        extra_drop: set[str] = set()
         if connection:
-            drop = drop | connection_named(connection)
+            extra_drop = connection_named(connection)
         if drop_authorization:
-            drop = drop | {"authorization"}
-        out = [(name, value) for name, value in headers if folded(name) not in drop]
+            extra_drop.add("authorization")
+        classify = self.classify
+        out: list[tuple[str, str]] = []
+        overrides: list[str] = []
+        for name, value in headers:
+            kind = classify(name)
+            if kind == DROP or (extra_drop and folded(name) in extra_drop):
+                continue
+            if kind == OVERRIDE:
+                overrides.append(value)
+            out.append((name, value))
         if acting_user is not None:
             out.append((self._acting_header, acting_user))
         if peer:
@@ -88,7 +277,18 @@ class HeaderHygiene:
         if host:
             out.append(("X-Forwarded-Host", host))
         out += self._static_headers
-        return out
+        return out, overrides
+
+
+def query_method_overrides(raw_target: str) -> list[str]:
+    """Return the values of `_method` parameters in a raw target's query (usually none)."""
+    _, _, query = raw_target.partition("?")
+    found = []
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        if name.lower() in ("_method", "%5fmethod"):
+            found.append(value)
+    return found
 
 
 def response_headers(

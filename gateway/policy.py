@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.problems import ProblemsError, read_yaml
+from gateway.skeleton import needs_skeleton, path_skeleton
 
 ALL_METHODS = "*"
 KNOWN_METHODS = frozenset(
@@ -270,10 +271,15 @@ class Policy:
     def is_protected_path(self, path: str) -> bool:
         """Return True for key-management paths, given the decoded path (hot path).
 
-        Patterns that are a literal prefix (optionally ending in `**`) are one compiled
-        regex over the case-folded path; patterns with inner wildcards use segment matching.
+        The case-folded path and, when it can differ, its skeleton (gateway.skeleton) are
+        both matched. Patterns that are a literal prefix (optionally ending in `**`) are one
+        compiled regex; patterns with inner wildcards use segment matching.
         """
-        folded = path.casefold()
+        if self._matches_protected(path.casefold()):
+            return True
+        return needs_skeleton(path) and self._matches_protected(path_skeleton(path))
+
+    def _matches_protected(self, folded: str) -> bool:
         if self._protected_regex is not None and self._protected_regex.match(folded):
             return True
         if self._protected_segments:
@@ -293,7 +299,7 @@ class Policy:
     def explain(self, roles: Iterable[str], method: str, path: str) -> Decision:
         """Return the decision for METHOD PATH with the rule that decided it (slow, for admins)."""
         segments = split_path(path)
-        if self.is_protected(segments):
+        if self.is_protected_path(path):
             return Decision(False, "protected")
         for rule in self.rules_for(roles):
             if rule.allows_method(method) and rule.matches_path(segments):

@@ -19,7 +19,8 @@ from gateway.error_responses import (
     error_response,
     refusal_response,
 )
-from gateway.hygiene import HeaderHygiene, response_headers
+from gateway.hygiene import HeaderHygiene, query_method_overrides, response_headers
+from gateway.keys import display_prefix, looks_like_key
 from gateway.runtime import Runtime
 from gateway.state import KEY_NAME
 from gateway.target import TargetError, decoded_path
@@ -37,6 +38,11 @@ log = logging.getLogger("keygate.proxy")
 # Responses up to this many bytes (with a Content-Length) are read whole and sent in one write.
 SMALL_BODY_LIMIT = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _unknown_key_label(key: str) -> str:
+    """Return how the access log names a key keygate does not know: its display prefix only."""
+    return "?" + display_prefix(key) + "..." if looks_like_key(key) else "?"
 
 
 class Proxy:
@@ -77,46 +83,48 @@ class Proxy:
             path = decoded_path(request.raw_path)
         except TargetError as error:
             return self._error(400, E_BAD_TARGET, str(error))
-        headers = request.headers
+        client = request.headers
         credential = extract_credential(
-            headers.getall(API_KEY_HEADER, ()), headers.getall(AUTHORIZATION, ())
+            client.getall(API_KEY_HEADER, ()), client.getall(AUTHORIZATION, ())
         )
         if isinstance(credential, refusals.Refusal):
             return self._refuse(credential)
         runtime = self._runtime
-        acting_user: str | None = None
-        drop_authorization = False
         if credential is None:
             if self._deny_anonymous:
                 return self._refuse(refusals.KEY_MISSING)
-        else:
-            moment = now()
-            record = auth.authenticate(runtime.table, credential.key, moment)
-            if isinstance(record, refusals.Refusal):
-                return self._refuse(record)
-            refusal = auth.authorize(runtime.policy, record, request.method, path)
-            if refusal is not None:
-                return self._refuse(refusal)
-            runtime.usage.record(record.id, moment)
-            acting_user = record.name
-            drop_authorization = credential.in_authorization
-            request[KEY_NAME] = acting_user
-        return await self._forward(request, acting_user, drop_authorization)
+            headers, _ = self._upstream_headers(request, None, False)
+            return await self._forward(request, headers)
+        moment = now()
+        record = auth.authenticate(runtime.table, credential.key, moment)
+        if isinstance(record, refusals.Refusal):
+            request[KEY_NAME] = _unknown_key_label(credential.key)
+            return self._refuse(record)
+        request[KEY_NAME] = record.name
+        refusal = auth.authorize(runtime.policy, record, request.method, path)
+        if refusal is not None:
+            return self._refuse(refusal)
+        headers, overrides = self._upstream_headers(
+            request, record.name, credential.in_authorization
+        )
+        if "method" in request.raw_path.lower():
+            overrides += query_method_overrides(request.raw_path)
+        for override in overrides:
+            # Jersey, Spring and ASP.NET run the request as the named method: decide that too.
+            method = override.strip().upper()
+            if not method.isascii() or not method.isalpha():
+                return self._refuse(refusals.BAD_OVERRIDE)
+            if auth.authorize(runtime.policy, record, method, path) is not None:
+                return self._refuse(refusals.OVERRIDE_FORBIDDEN)
+        runtime.usage.record(record.id, moment)
+        return await self._forward(request, headers)
 
-    async def _forward(
+    def _upstream_headers(
         self, request: web.BaseRequest, acting_user: str | None, drop_authorization: bool
-    ) -> web.StreamResponse:
-        """Send the request upstream byte-exact and stream the answer back."""
-        if (
-            request.version == aiohttp.HttpVersion11
-            and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue"
-        ):
-            # The request passed every check: ask for the body now. aiohttp's low-level server
-            # never answers Expect itself, so a waiting client (curl) would stall instead.
-            await request.writer.write(_CONTINUE)
-            request.writer.output_size = 0
+    ) -> tuple[list[tuple[str, str]], list[str]]:
+        """Return the headers to send upstream and any method-override values among them."""
         client_headers = request.headers
-        headers = self._hygiene.upstream_headers(
+        return self._hygiene.upstream_headers(
             client_headers.items(),
             connection=client_headers.get(hdrs.CONNECTION),
             host=client_headers.get(hdrs.HOST),
@@ -125,6 +133,20 @@ class Proxy:
             peer=request.remote,
             scheme=request.scheme,
         )
+
+    async def _forward(
+        self, request: web.BaseRequest, headers: list[tuple[str, str]]
+    ) -> web.StreamResponse:
+        """Send the request upstream byte-exact and stream the answer back."""
+        client_headers = request.headers
+        if (
+            request.version == aiohttp.HttpVersion11
+            and client_headers.get(hdrs.EXPECT, "").lower() == "100-continue"
+        ):
+            # The request passed every check: ask for the body now. aiohttp's low-level server
+            # never answers Expect itself, so a waiting client (curl) would stall instead.
+            await request.writer.write(_CONTINUE)
+            request.writer.output_size = 0
         body = request.content if request.body_exists else None
         # A body without a Content-Length came chunked: it goes upstream chunked as well.
         chunked = body is not None and hdrs.CONTENT_LENGTH not in client_headers

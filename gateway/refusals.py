@@ -27,3 +27,12 @@ KEY_REVOKED = Refusal(401, "key_revoked", "the API key has been revoked", True)
 KEY_EXPIRED = Refusal(401, "key_expired", "the API key has expired", True)
 PROTECTED = Refusal(403, "forbidden_protected", "API keys may not call key-management paths")
 FORBIDDEN = Refusal(403, "forbidden", "the API key's roles do not allow this method and path")
+OVERRIDE_FORBIDDEN = Refusal(
+    403,
+    "forbidden",
+    "the API key's roles do not allow the method named by the method-override header or "
+    "_method parameter",
+)
+BAD_OVERRIDE = Refusal(
+    400, "bad_method_override", "a method-override header or _method parameter must name one method"
+)

@@ -8,12 +8,12 @@ from urllib.parse import unquote
 # Longest request-target accepted, in characters (aiohttp's own line limit is 8190).
 MAX_TARGET_LENGTH = 4096
 
-# Anything a backend could read differently from us: encoded slash, backslash, dot, percent
-# or NUL; a `%` not followed by two hex digits (left as-is by us, decoded or refused by
-# others, e.g. IIS `%u0061`); raw backslash, `;` parameters, NUL/controls/space/non-ASCII;
-# `//`; dot segments.
+# Anything a backend could read differently from us: encoded slash, backslash, dot, percent,
+# semicolon (a path parameter once decoded, to Tomcat and Spring) or NUL; a `%` not followed
+# by two hex digits (left as-is by us, decoded or refused by others, e.g. IIS `%u0061`); raw
+# backslash, `;` parameters, NUL/controls/space/non-ASCII; `//`; dot segments.
 _AMBIGUOUS_PATH = re.compile(
-    r"%(?:2[fFeE5]|5[cC]|00|(?![0-9A-Fa-f]{2}))|[\\;#\x00-\x20\x7f-\U0010ffff]|//|/\.\.?(?:/|$)"
+    r"%(?:2[fFeE5]|5[cC]|3[bB]|00|(?![0-9A-Fa-f]{2}))|[\\;#\x00-\x20\x7f-\U0010ffff]|//|/\.\.?(?:/|$)"
 )
 _AMBIGUOUS_QUERY = re.compile(r"%00|[#\x00-\x20\x7f-\U0010ffff]")
 # Checked on the decoded path: encoded control characters (C0, DEL, C1), and whitespace at
@@ -35,7 +35,7 @@ def decoded_path(raw_target: str) -> str:
     path, separator, query = raw_target.partition("?")
     if _AMBIGUOUS_PATH.search(path) is not None:
         raise TargetError(
-            "ambiguous path: encoded '/', '\\', '.', '%' or NUL, ';', '//', dot segments "
+            "ambiguous path: encoded '/', '\\', '.', '%', ';' or NUL, ';', '//', dot segments "
             "and control characters are refused"
         )
     if separator and _AMBIGUOUS_QUERY.search(query) is not None:

@@ -21,17 +21,22 @@ log = logging.getLogger("keygate")
 
 
 class RelayedResponse(web.StreamResponse):
-    """A streamed response carrying the upstream's headers: aiohttp adds no Content-Type.
+    """A streamed response carrying the upstream's headers: aiohttp adds no Content-Type or Server.
 
     aiohttp defaults a body's missing Content-Type to application/octet-stream; a proxy must
-    not invent one (RFC 9110 section 8.3 lets the recipient sniff or assume instead).
+    not invent one (RFC 9110 section 8.3 lets the recipient sniff or assume instead). Nor does
+    it announce aiohttp's and Python's versions in a `Server` the upstream did not send.
     """
 
     async def _prepare_headers(self) -> None:
-        untyped = hdrs.CONTENT_TYPE not in self.headers
+        headers = self.headers
+        untyped = hdrs.CONTENT_TYPE not in headers
+        unnamed = hdrs.SERVER not in headers
         await super()._prepare_headers()
         if untyped:
-            self.headers.popall(hdrs.CONTENT_TYPE, None)
+            headers.popall(hdrs.CONTENT_TYPE, None)
+        if unnamed:
+            headers.popall(hdrs.SERVER, None)
 
 
 class RelayedWholeResponse(RelayedResponse):
@@ -67,7 +72,9 @@ class JsonErrorRequestHandler(RequestHandler):
             log.error("error handling request from %s", request.remote, exc_info=exc)
             response = error_response(status, E_INTERNAL, "internal error")
         else:
-            log.info("refused malformed request from %s: %s", request.remote, exc)
+            # Only the kind of error: aiohttp's message quotes the offending header line, which
+            # may hold a key or Basic credentials.
+            log.info("refused malformed request from %s: %s", request.remote, type(exc).__name__)
             response = error_response(status, E_BAD_REQUEST, "malformed HTTP request")
         response.force_close()
         return response
