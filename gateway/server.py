@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import errno
 import logging
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +27,69 @@ MAX_RESTART_DELAY = 10.0
 # Extra seconds past the grace period before the supervisor kills a worker that won't stop.
 KILL_MARGIN = 5.0
 SUPERVISOR_POLL = 0.2  # seconds between supervisor checks on its workers
+PARENT_POLL = 0.5  # seconds between a worker's checks that its supervisor is alive
+# Environment a worker gets from its supervisor: the supervisor's pid, and the descriptor
+# on which the worker reports that it is serving.
+SUPERVISOR_PID_ENV = "KEYGATE_SUPERVISOR_PID"
+READY_FD_ENV = "KEYGATE_READY_FD"
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+
+
+class PortInUseError(OSError):
+    """A listener's port is already held, typically by another keygate."""
+
+
+def ensure_ports_free(settings: Settings) -> None:
+    """Refuse to start workers on ports another process holds (SO_REUSEPORT would share them).
+
+    A plain bind without SO_REUSEPORT fails on a port held by anyone, including workers of
+    another keygate whose supervisor died; the supervisor's workers would otherwise bind
+    beside them and split the traffic.
+    """
+    for what, listener in (("proxy", settings.listen), ("admin", settings.admin)):
+        if listener.port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((listener.host, listener.port))
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE:
+                    raise
+                raise PortInUseError(
+                    f"{what} port {listener.host}:{listener.port} is already in use "
+                    "(another keygate still running?); stop it first"
+                ) from None
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send this worker SIGTERM when its supervisor dies (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+async def _watch_supervisor(supervisor: int, stop: asyncio.Event) -> None:
+    """Stop this worker when its supervisor is gone (the portable safety net for PDEATHSIG)."""
+    while not stop.is_set():
+        if os.getppid() != supervisor:
+            log.error("supervisor %d is gone; stopping this worker", supervisor)
+            stop.set()
+            return
+        await asyncio.sleep(PARENT_POLL)
+
+
+def _report_ready() -> None:
+    """Tell the supervisor (if any) that this worker is serving."""
+    fd = os.environ.pop(READY_FD_ENV, None)
+    if fd is None or not fd.isdigit():
+        return
+    with contextlib.suppress(OSError):
+        os.write(int(fd), b"1")
+        os.close(int(fd))
 
 
 def configure_logging(level: str) -> None:
@@ -60,7 +128,12 @@ async def serve_until_stopped(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV, "")
+    watcher: asyncio.Task[None] | None = None
+    if supervisor.isdigit():
+        watcher = asyncio.create_task(_watch_supervisor(int(supervisor), stop))
     async with running_gateway(settings, reuse_port=reuse_port, serve_admin=serve_admin) as gw:
+        _report_ready()
         if ready_line:
             admin = f", admin on {settings.admin.host}:{gw.admin_port}" if serve_admin else ""
             log.info(
@@ -73,6 +146,8 @@ async def serve_until_stopped(
             )
         await stop.wait()
         log.info("stopping: draining in-flight requests (grace %.0fs)", settings.grace_period)
+    if watcher is not None:
+        watcher.cancel()
     log.info("stopped")
 
 
@@ -81,6 +156,8 @@ def run_server(settings: Settings, workers_value: str, worker_index: int | None 
     configure_logging(settings.log_level)
     workers = resolve_workers(workers_value)
     if worker_index is not None or workers == 1:
+        if worker_index is not None:
+            _die_with_parent()
         uses_uvloop = install_uvloop()
         if worker_index in (None, 0):
             log.info("event loop: %s", "uvloop" if uses_uvloop else "asyncio")
@@ -92,18 +169,27 @@ def run_server(settings: Settings, workers_value: str, worker_index: int | None 
             )
         )
         return 0
-    return Supervisor(settings.path, workers, settings.grace_period).run()
+    ensure_ports_free(settings)
+    return Supervisor(
+        settings.path, workers, settings.grace_period, settings.max_start_failures
+    ).run()
 
 
 class Supervisor:
     """Starts N worker processes, restarts any that die, and drains them all on SIGTERM."""
 
-    def __init__(self, config: Path, workers: int, grace_period: float) -> None:
+    def __init__(
+        self, config: Path, workers: int, grace_period: float, max_start_failures: int
+    ) -> None:
         self._config = config
         self._grace = grace_period
+        self._max_start_failures = max_start_failures
         self._workers: list[subprocess.Popen[bytes] | None] = [None] * workers
         self._started: list[float] = [0.0] * workers
         self._failures: list[int] = [0] * workers
+        self._ready_pipes: list[int | None] = [None] * workers  # read ends, until ready
+        self._ready: list[bool] = [False] * workers
+        self._start_failures = 0  # consecutive workers that died before serving
         self._stopping = False
 
     def _spawn(self, index: int) -> None:
@@ -111,8 +197,39 @@ class Supervisor:
             sys.executable, "-m", "gateway", "serve", "--config", str(self._config),
             "--worker-index", str(index),
         ]  # fmt: skip
-        self._workers[index] = subprocess.Popen(command)
+        read_end, write_end = os.pipe()
+        env = {
+            **os.environ,
+            SUPERVISOR_PID_ENV: str(os.getpid()),
+            READY_FD_ENV: str(write_end),
+        }
+        try:
+            self._workers[index] = subprocess.Popen(command, env=env, pass_fds=(write_end,))
+        finally:
+            os.close(write_end)
+        self._close_ready_pipe(index)
+        self._ready_pipes[index] = read_end
+        self._ready[index] = False
         self._started[index] = time.monotonic()
+
+    def _close_ready_pipe(self, index: int) -> None:
+        fd = self._ready_pipes[index]
+        if fd is not None:
+            os.close(fd)
+            self._ready_pipes[index] = None
+
+    def _check_ready(self) -> None:
+        """Note workers that reported serving; a ready worker resets the crash-loop count."""
+        pipes = {fd: i for i, fd in enumerate(self._ready_pipes) if fd is not None}
+        if not pipes:
+            return
+        readable, _, _ = select.select(list(pipes), [], [], 0)
+        for fd in readable:
+            index = pipes[fd]
+            if os.read(fd, 1) == b"1":
+                self._ready[index] = True
+                self._start_failures = 0
+            self._close_ready_pipe(index)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._stopping = True
@@ -126,9 +243,22 @@ class Supervisor:
             self._spawn(index)
         while not self._stopping:
             time.sleep(SUPERVISOR_POLL)
+            self._check_ready()
             for index, process in enumerate(self._workers):
                 if process is None or process.poll() is None or self._stopping:
                     continue
+                self._check_ready()
+                if not self._ready[index]:
+                    self._start_failures += 1
+                    if self._start_failures >= self._max_start_failures:
+                        log.error(
+                            "worker %d failed to start %d times in a row (last exit status "
+                            "%d; its error is above); stopping",
+                            index, self._start_failures, process.returncode,
+                        )  # fmt: skip
+                        self._workers[index] = None
+                        self._drain()
+                        return 1
                 self._restart(index, process.returncode)
         return self._drain()
 
@@ -164,5 +294,7 @@ class Supervisor:
                 process.kill()
                 code = process.wait()
             status = status or (0 if code == 0 else 1)
+        for index in range(len(self._workers)):
+            self._close_ready_pipe(index)
         log.info("supervisor stopped")
         return status

@@ -32,6 +32,7 @@ DEFAULT_STRIP_HEADERS = (
 DEFAULT_POLL_INTERVAL = 0.1  # seconds between change-feed polls
 DEFAULT_FLUSH_INTERVAL = 2.0  # seconds between usage flushes
 DEFAULT_GRACE_PERIOD = 30.0  # seconds in-flight requests get on shutdown
+DEFAULT_MAX_START_FAILURES = 5  # workers in a row dying before serving end the supervisor
 DEFAULT_POOL_SIZE = 256  # keep-alive connections to the upstream per process
 _HEADER_TOKEN = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -79,6 +80,7 @@ class Settings:
     poll_interval: float
     flush_interval: float
     grace_period: float
+    max_start_failures: int
     log_level: str
     access_log: bool
 
@@ -165,6 +167,7 @@ _TOP_LEVEL = {
     "feed",
     "usage",
     "shutdown",
+    "supervisor",
     "log",
 }
 
@@ -226,6 +229,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
     feed = reader.section(data, "feed", {"poll_interval"})
     usage = reader.section(data, "usage", {"flush_interval"})
     shutdown = reader.section(data, "shutdown", {"grace_period"})
+    supervisor = reader.section(data, "supervisor", {"max_start_failures"})
     log = reader.section(data, "log", {"level", "access_log"})
     level = reader.string(log, "log", "level", "info").lower()
     if level not in ("debug", "info", "warning", "error"):
@@ -250,6 +254,15 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         ),
         grace_period=reader.number(
             shutdown, "shutdown", "grace_period", DEFAULT_GRACE_PERIOD, minimum=0
+        ),
+        max_start_failures=int(
+            reader.number(
+                supervisor,
+                "supervisor",
+                "max_start_failures",
+                DEFAULT_MAX_START_FAILURES,
+                minimum=1,
+            )
         ),
         log_level=level,
         access_log=reader.boolean(log, "log", "access_log", True),
