@@ -1080,3 +1080,71 @@ def test_postgres_urls_are_not_available_yet(url: str, base_dir: Path) -> None:
 def test_bad_store_urls_are_refused(url: str, message: str, base_dir: Path) -> None:
     with pytest.raises(ValueError, match=message):
         store_from_url(url, base_dir)
+
+
+# --------------------------------------------------------------------------- issue 9
+
+
+async def test_database_and_its_wal_and_shm_are_created_private(tmp_path: Path) -> None:
+    path = tmp_path / "private" / "keygate.db"
+    opened = SqliteKeyStore(path)
+    await opened.open()
+    try:
+        await opened.create_key(new_key("any"), ACTOR)
+        files = [path, path.with_name("keygate.db-wal"), path.with_name("keygate.db-shm")]
+        for file in files:
+            assert file.exists(), file
+            assert file.stat().st_mode & 0o777 == 0o600, (file, oct(file.stat().st_mode))
+    finally:
+        await opened.close()
+
+
+async def test_get_key_by_digest(store: SqliteKeyStore) -> None:
+    row = await store.create_key(new_key("by-digest"), ACTOR)
+    assert await store.get_key_by_digest(row.digest) == row
+    assert await store.get_key_by_digest(hashlib.sha256(b"nothing").digest()) is None
+
+
+async def test_list_keys_query_matches_the_display_prefix(store: SqliteKeyStore) -> None:
+    await store.create_key(dataclasses.replace(new_key("a"), prefix="kg_AbCdEfG"), ACTOR)
+    await store.create_key(dataclasses.replace(new_key("b"), prefix="kg_ZzZzZzZ"), ACTOR)
+    assert [row.name for row in await store.list_keys(query="kg_abcd")] == ["a"]
+
+
+async def test_audit_details_hold_iso_times(store: SqliteKeyStore) -> None:
+    moment = 4_102_444_800.0  # 2100-01-01T00:00:00Z
+    row = await store.create_key(new_key("timed", expires_at=moment), ACTOR)
+    await store.update_key(row.id, KeyChanges(expires_at=moment + 86_400), ACTOR)
+    await store.update_key(row.id, KeyChanges(clear_expiry=True), ACTOR)
+    details = [event.details for event in await store.list_audit()]
+    assert details[2]["expires_at"] == "2100-01-01T00:00:00Z"
+    assert details[1]["before"]["expires_at"] == "2100-01-01T00:00:00Z"
+    assert details[1]["after"]["expires_at"] == "2100-01-02T00:00:00Z"
+    assert details[0]["after"]["expires_at"] is None
+
+
+async def test_login_failures_are_counted_per_subject_and_shared(
+    store: SqliteKeyStore, other: SqliteKeyStore
+) -> None:
+    await store.record_login_failure(("addr:10.0.0.1", "acct:root"), at=100.0, forget_before=0.0)
+    await other.record_login_failure(("addr:10.0.0.2", "acct:root"), at=105.0, forget_before=0.0)
+    counts = await store.login_failures(("addr:10.0.0.1", "acct:root", "acct:x"), since=0.0)
+    assert counts == {"addr:10.0.0.1": (1, 100.0), "acct:root": (2, 105.0)}
+    assert await other.login_failures(("acct:root",), since=101.0) == {"acct:root": (1, 105.0)}
+    # Old failures are forgotten when new ones are written.
+    await store.record_login_failure(("addr:10.0.0.3",), at=500.0, forget_before=400.0)
+    assert await store.login_failures(("acct:root", "addr:10.0.0.3"), since=0.0) == {
+        "addr:10.0.0.3": (1, 500.0)
+    }
+
+
+async def test_batches_can_be_limited_to_keys_within_a_grant_set(store: SqliteKeyStore) -> None:
+    inside = await store.create_key(new_key("inside", ("reader",)), ACTOR)
+    outside = await store.create_key(new_key("outside", ("reader", "writer")), ACTOR)
+    assert await store.revoke_all(ACTOR, grants=frozenset({"reader"})) == (1, 1)
+    assert (await store.get_key(inside.id)).status == "revoked"  # type: ignore[union-attr]
+    assert (await store.get_key(outside.id)).status == "active"  # type: ignore[union-attr]
+    assert await store.revoke_all(ACTOR) == (1, 0)
+    assert await store.delete_revoked(ACTOR, grants=frozenset()) == (0, 2)
+    event = (await store.list_audit(limit=1))[0]
+    assert event.details == {"count": 0, "skipped": 2, "key_ids": []}
