@@ -10,7 +10,7 @@ from typing import Any
 from gateway import clock, key_rules
 from gateway.cli_common import CliError, add_config_option, cli_actor, load_config, open_store
 from gateway.policy import load_policy
-from gateway.store.base import KeyChanges, KeyRow, KeyStore
+from gateway.store.base import BatchResult, KeyChanges, KeyRow, KeyStore
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 
@@ -154,7 +154,8 @@ def _batch(action: str, label: str) -> Handler:
     async def run(args: argparse.Namespace) -> int:
         settings = load_config(args)
         async with open_store(settings) as store:
-            count: int = await getattr(store, action)(cli_actor())
+            result: BatchResult = await getattr(store, action)(cli_actor())
+        count = result.changed
         if args.json:
             print(json.dumps({"count": count}))
         else:

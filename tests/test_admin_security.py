@@ -77,9 +77,11 @@ def origin_of(client: Client) -> str:
 
 async def state_changing_requests(client: Client) -> list[tuple[str, str, bytes]]:
     """(method, path, body) of every state-changing route, on a fresh key."""
-    key_id = (await create(client, f"target-{time.monotonic_ns()}"))["key"]["id"]
+    unique = time.monotonic_ns()
+    key_id = (await create(client, f"target-{unique}"))["key"]["id"]
+    made = {"name": f"made-{unique}", "roles": ["reader"]}
     return [
-        ("POST", KEYS, json.dumps({"name": "csrf-made", "roles": ["reader"]}).encode()),
+        ("POST", KEYS, json.dumps(made).encode()),
         ("PATCH", f"{KEYS}/{key_id}", json.dumps({"description": "changed"}).encode()),
         ("POST", f"{KEYS}/{key_id}/revoke", b""),
         ("POST", f"{KEYS}/{key_id}/reinstate", b""),
