@@ -39,6 +39,9 @@ from gateway.store.base import (
 from gateway.store.migrations.sqlite import apply_migrations
 
 log = logging.getLogger("keygate.store.sqlite")
+# aiosqlite logs every statement with its parameters at DEBUG: names typed at the admin
+# login prompt (possibly passwords) would reach the log whenever keygate runs at debug.
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 # Milliseconds a statement waits for another process's write lock before failing.
 BUSY_TIMEOUT_MS = 5000
