@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway.access_log import ProxyAccessLogger, access_logger
 from gateway.admin.app import create_admin_app
+from gateway.admin.middlewares import SECURITY_HEADERS
 from gateway.feed import FeedFollower
 from gateway.policy import load_policy
 from gateway.proxy import Proxy
@@ -19,7 +20,7 @@ from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store.factory import store_from_url
 from gateway.upstream import create_upstream_client
-from gateway.web_internals import JsonErrorServer
+from gateway.web_internals import JsonErrorAppRunner, JsonErrorServer
 
 # Most bytes of request line kept before the proxy answers 400 (aiohttp's default).
 MAX_LINE_SIZE = 8190
@@ -86,7 +87,7 @@ async def running_gateway(
         ),
         shutdown_timeout=settings.grace_period,
     )
-    admin_runner: web.AppRunner | None = None
+    admin_runner: JsonErrorAppRunner | None = None
     try:
         await proxy_runner.setup()
         proxy_site = web.TCPSite(
@@ -98,8 +99,11 @@ async def running_gateway(
         await proxy_site.start()
         admin_port: int | None = None
         if serve_admin:
-            admin_runner = web.AppRunner(
-                create_admin_app(runtime), access_log=access_logger, shutdown_timeout=5.0
+            admin_runner = JsonErrorAppRunner(
+                create_admin_app(runtime),
+                error_headers=SECURITY_HEADERS,
+                access_log=access_logger,
+                shutdown_timeout=5.0,
             )
             await admin_runner.setup()
             admin_site = web.TCPSite(

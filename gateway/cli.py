@@ -14,7 +14,7 @@ from gateway import cli_admin, cli_keys, key_rules
 from gateway.cli_common import CliError, add_config_option, load_config
 from gateway.policy import Policy, PolicyError, load_policy
 from gateway.settings import ConfigError
-from gateway.store.base import NameConflictError, NotFoundError
+from gateway.store.base import KeyExpiredError, NameConflictError, NotFoundError
 
 Handler = Callable[[argparse.Namespace], Awaitable[int] | int]
 
@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NameConflictError as error:
         print(f"keygate: error: name already in use: {error}", file=sys.stderr)
         return 1
-    except (NotFoundError, CliError, key_rules.GrantError) as error:
+    except (NotFoundError, KeyExpiredError, CliError, key_rules.GrantError) as error:
         print(f"keygate: error: {error}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as error:

@@ -1,16 +1,17 @@
-"""Command line for API keys: `keygate keys create|list|show|edit|revoke|reinstate|delete|...`."""
+"""Command line for API keys: `keygate keys create|list|show|edit|revoke|...|identify`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway import clock, key_rules
+from gateway import clock, key_rules, keys
 from gateway.cli_common import CliError, add_config_option, cli_actor, load_config, open_store
 from gateway.policy import load_policy
-from gateway.store.base import KeyChanges, KeyRow, KeyStore
+from gateway.store.base import BatchResult, KeyChanges, KeyRow, KeyStore
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 
@@ -150,11 +151,26 @@ async def keys_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+async def keys_identify(args: argparse.Namespace) -> int:
+    """Say which key a leaked secret belongs to; the secret is read from standard input."""
+    secret = sys.stdin.readline().strip()
+    if not keys.is_well_formed(secret):
+        raise CliError("standard input is not a well-formed keygate key (kg_... with checksum)")
+    settings = load_config(args)
+    async with open_store(settings) as store:
+        row = await store.get_key_by_digest(keys.digest(secret))
+    if row is None:
+        raise CliError("no key has that secret (deleted, or never a keygate key)")
+    print_key(row, args.json)
+    return 0
+
+
 def _batch(action: str, label: str) -> Handler:
     async def run(args: argparse.Namespace) -> int:
         settings = load_config(args)
         async with open_store(settings) as store:
-            count: int = await getattr(store, action)(cli_actor())
+            result: BatchResult = await getattr(store, action)(cli_actor())
+        count = result.changed
         if args.json:
             print(json.dumps({"count": count}))
         else:
@@ -201,6 +217,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         one = keys_commands.add_parser(name, help=text)
         one.add_argument("key", metavar="ID|NAME")
         one.set_defaults(func=func)
+
+    identify = keys_commands.add_parser(
+        "identify", help="which key a leaked secret belongs to (secret on standard input)"
+    )
+    identify.set_defaults(func=keys_identify)
 
     for name, action, label in (
         ("revoke-all", "revoke_all", "revoked"),

@@ -88,7 +88,7 @@ def admin_lines(password: str, admin_port: int) -> str:
             f"curl -s {admin}/keys",
             f"curl -s {admin}/keys -H 'Content-Type: application/json' "
             """-d '{"name": "etl-job", "roles": ["1int-sessions-read"]}'""",
-            f"curl -s -X POST {admin}/keys/revoke-all",
+            f"curl -s -X POST {admin}/keys/revoke-all -H 'Content-Type: application/json'",
         ]
     )
 

@@ -3,13 +3,16 @@
 tests/test_web_internals.py fails when an aiohttp release changes any of them:
 - `StreamResponse._prepare_headers` (no invented Content-Type on relayed answers);
 - `StreamResponse._send_headers_immediately` (head and small body in one write);
-- `RequestHandler` and its `handle_error` (parser refusals answered as JSON).
+- `RequestHandler` and its `handle_error` (parser refusals answered as JSON);
+- `AppRunner._make_server` and the built `Server`'s `request_handler`, `request_factory`,
+  `handler_cancellation` and `_kwargs` (an application's connections get that handler too).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -55,8 +58,12 @@ class JsonErrorRequestHandler(RequestHandler):
 
     Malformed requests (asterisk-form or over-long request lines, smuggling attempts) never
     reach the proxy handler; aiohttp would answer them in plain text and log a traceback
-    each, which hostile clients could use to flood the log.
+    each, which hostile clients could use to flood the log. aiohttp's parser messages quote
+    the offending header line (credentials included), so only the error's class is logged
+    and nothing of it is echoed.
     """
+
+    error_headers: Mapping[str, str] = {}  # added to every error answer (set per server)
 
     def handle_error(
         self,
@@ -74,8 +81,10 @@ class JsonErrorRequestHandler(RequestHandler):
         else:
             # Only the kind of error: aiohttp's message quotes the offending header line, which
             # may hold a key or Basic credentials.
-            log.info("refused malformed request from %s: %s", request.remote, type(exc).__name__)
+            reason = type(exc).__name__ if exc is not None else "error"
+            log.info("refused malformed request from %s: %s", request.remote, reason)
             response = error_response(status, E_BAD_REQUEST, "malformed HTTP request")
+        response.headers.update(self.error_headers)
         response.force_close()
         return response
 
@@ -83,13 +92,59 @@ class JsonErrorRequestHandler(RequestHandler):
 class JsonErrorServer(web.Server):
     """A low-level aiohttp server whose connections use JsonErrorRequestHandler."""
 
-    def __init__(self, handler: Any, **handler_kwargs: Any) -> None:
-        """Serve `handler`; `handler_kwargs` go to every connection's RequestHandler."""
-        super().__init__(handler, **handler_kwargs)
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        request_factory: Any = None,
+        handler_cancellation: bool = False,
+        error_headers: Mapping[str, str] | None = None,
+        **handler_kwargs: Any,
+    ) -> None:
+        """Serve `handler`; `handler_kwargs` go to every connection's RequestHandler.
+
+        `error_headers` are added to every parser-level error answer.
+        """
+        super().__init__(
+            handler,
+            request_factory=request_factory,
+            handler_cancellation=handler_cancellation,
+            **handler_kwargs,
+        )
         # Kept here rather than read back from the base class's private fields.
         self._handler_loop = asyncio.get_running_loop()
         self._handler_kwargs = handler_kwargs
+        self._error_headers = dict(error_headers or {})
 
     def __call__(self) -> RequestHandler:
         """Return the handler for one new connection."""
-        return JsonErrorRequestHandler(self, loop=self._handler_loop, **self._handler_kwargs)
+        handler = JsonErrorRequestHandler(self, loop=self._handler_loop, **self._handler_kwargs)
+        handler.error_headers = self._error_headers
+        return handler
+
+
+class JsonErrorAppRunner(web.AppRunner):
+    """An AppRunner whose connections use JsonErrorRequestHandler (parser refusals as JSON)."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        error_headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Run `app` like web.AppRunner; `error_headers` go on every parser-level error answer."""
+        super().__init__(app, **kwargs)
+        self._error_headers = dict(error_headers or {})
+
+    async def _make_server(self) -> web.Server:
+        # The base class starts the app up and builds aiohttp's Server for it; serve the same
+        # handler, request factory and connection settings through JsonErrorServer instead.
+        plain = await super()._make_server()
+        return JsonErrorServer(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            error_headers=self._error_headers,
+            **plain._kwargs,
+        )

@@ -38,6 +38,8 @@ ROOT_PASSWORD = "root-password"
 LIMITED_PASSWORD = "limited-password"
 ROOT = {"Authorization": aiohttp.encode_basic_auth("root", ROOT_PASSWORD)}
 LIMITED = {"Authorization": aiohttp.encode_basic_auth("limited", LIMITED_PASSWORD)}
+# State-changing requests carry a JSON Content-Type, body or not (the CSRF rule).
+WRITE = {**ROOT, "Content-Type": "application/json"}
 KEYS = "/api/v1/keys"
 REST = "/1Integrate/rest"
 POLICY = policy_from_data(
@@ -272,7 +274,7 @@ async def test_list_pages_with_opaque_cursors_and_filters(client: Client) -> Non
     created = [await create(client, f"page-{i}") for i in range(5)]
     await create(client, "other-thing")
     ids = [c["key"]["id"] for c in created]
-    await client.post(f"{KEYS}/{ids[1]}/revoke", headers=ROOT)
+    await client.post(f"{KEYS}/{ids[1]}/revoke", headers=WRITE)
 
     seen: list[int] = []
     cursor: str | None = None
@@ -542,14 +544,10 @@ async def test_valid_unusual_names_are_accepted(client: Client) -> None:
         (b'{"name": "\\ud800", "roles": ["reader"]}', "application/json", 400, "malformed_json"),
         (b'{"\\udfff": 1}', "application/json", 400, "malformed_json"),
         (b"[" * 30_000 + b"]" * 30_000, "application/json", 400, "malformed_json"),
-        (b'{"name": "x", "roles": ["reader"]}', "text/plain", 415, "unsupported_media_type"),
-        (
-            b'{"name": "x", "roles": ["reader"]}',
-            "application/x-www-form-urlencoded",
-            415,
-            "unsupported_media_type",
-        ),
-        (b'{"name": "x", "roles": ["reader"]}', "", 415, "unsupported_media_type"),
+        # Bodies a cross-site form could send: refused by the CSRF rule before any parsing.
+        (b'{"name": "x", "roles": ["reader"]}', "text/plain", 403, "csrf"),
+        (b'{"name": "x", "roles": ["reader"]}', "application/x-www-form-urlencoded", 403, "csrf"),
+        (b'{"name": "x", "roles": ["reader"]}', "", 403, "csrf"),
     ],
 )
 async def test_malformed_bodies(
@@ -655,7 +653,7 @@ async def test_no_odd_value_in_any_field_produces_a_500(client: Client) -> None:
                 assert resp.status < 500, (method, field, value, await resp.text())
                 if resp.status == 201:  # a value that was fine: undo it
                     created = await resp.json()
-                    await client.delete(f"{KEYS}/{created['key']['id']}", headers=ROOT)
+                    await client.delete(f"{KEYS}/{created['key']['id']}", headers=WRITE)
         for field in ("method", "path", "roles", "key_id"):
             body = {**explain, field: value}
             if field == "key_id":
@@ -685,19 +683,19 @@ async def test_revoke_reinstate_delete_take_effect_before_the_call_returns(
     created = await create(client, "lifecycle")
     key_id, secret = created["key"]["id"], created["secret"]
 
-    body = await expect(await client.post(f"{KEYS}/{key_id}/revoke", headers=ROOT), 200)
+    body = await expect(await client.post(f"{KEYS}/{key_id}/revoke", headers=WRITE), 200)
     assert_documented("/api/v1/keys/{id}/revoke", "post", 200, body)
     assert body["status"] == "revoked" and body["revoked_at"] is not None
     assert lookup(runtime, secret).revoked
 
-    body = await expect(await client.post(f"{KEYS}/{key_id}/reinstate", headers=ROOT), 200)
+    body = await expect(await client.post(f"{KEYS}/{key_id}/reinstate", headers=WRITE), 200)
     assert body["status"] == "active" and body["revoked_at"] is None
     assert not lookup(runtime, secret).revoked
 
-    await expect(await client.delete(f"{KEYS}/{key_id}", headers=ROOT), 204)
+    await expect(await client.delete(f"{KEYS}/{key_id}", headers=WRITE), 204)
     assert lookup(runtime, secret) is None
     await expect_error(await client.get(f"{KEYS}/{key_id}", headers=ROOT), 404, "not_found")
-    await expect_error(await client.delete(f"{KEYS}/{key_id}", headers=ROOT), 404, "not_found")
+    await expect_error(await client.delete(f"{KEYS}/{key_id}", headers=WRITE), 404, "not_found")
 
     actions = [
         e["action"]
@@ -713,34 +711,37 @@ async def test_revoke_reinstate_delete_take_effect_before_the_call_returns(
 async def test_batches_count_and_take_effect_immediately(client: Client, runtime: Runtime) -> None:
     secrets_ = [(await create(client, f"batch-{i}"))["secret"] for i in range(4)]
     first_id = (await runtime.store.list_keys())[0].id
-    await client.post(f"{KEYS}/{first_id}/revoke", headers=ROOT)
+    await client.post(f"{KEYS}/{first_id}/revoke", headers=WRITE)
 
-    body = await expect(await client.post(f"{KEYS}/revoke-all", headers=ROOT), 200)
+    body = await expect(await client.post(f"{KEYS}/revoke-all", headers=WRITE), 200)
     assert_documented("/api/v1/keys/revoke-all", "post", 200, body)
-    assert body == {"count": 3}
+    assert body == {"count": 3, "skipped": 0}
     assert all(lookup(runtime, s).revoked for s in secrets_)
 
-    assert await expect(await client.post(f"{KEYS}/reinstate-all", headers=ROOT), 200) == {
-        "count": 4
+    assert await expect(await client.post(f"{KEYS}/reinstate-all", headers=WRITE), 200) == {
+        "count": 4,
+        "skipped": 0,
     }
     assert not any(lookup(runtime, s).revoked for s in secrets_)
 
-    await client.post(f"{KEYS}/{first_id}/revoke", headers=ROOT)
-    assert await expect(await client.post(f"{KEYS}/delete-revoked", headers=ROOT), 200) == {
-        "count": 1
+    await client.post(f"{KEYS}/{first_id}/revoke", headers=WRITE)
+    assert await expect(await client.post(f"{KEYS}/delete-revoked", headers=WRITE), 200) == {
+        "count": 1,
+        "skipped": 0,
     }
     assert lookup(runtime, secrets_[0]) is None
     assert all(lookup(runtime, s) is not None for s in secrets_[1:])
-    assert await expect(await client.post(f"{KEYS}/delete-revoked", headers=ROOT), 200) == {
-        "count": 0
+    assert await expect(await client.post(f"{KEYS}/delete-revoked", headers=WRITE), 200) == {
+        "count": 0,
+        "skipped": 0,
     }
 
     audit = await expect(
         await client.get("/api/v1/audit", params={"actor": "root"}, headers=ROOT), 200
     )
     batches = {e["action"]: e["details"] for e in audit["items"] if e["key_id"] is None}
-    assert batches["revoke_all"] == {"count": 3}
-    assert batches["reinstate_all"] == {"count": 4}
+    assert batches["revoke_all"]["count"] == 3 and batches["revoke_all"]["skipped"] == 0
+    assert batches["reinstate_all"]["count"] == 4 and len(batches["reinstate_all"]["key_ids"]) == 4
 
 
 async def test_concurrent_revoke_all_and_creates_stay_consistent(
@@ -756,7 +757,7 @@ async def test_concurrent_revoke_all_and_creates_stay_consistent(
 
     async def revoke_all() -> int:
         return int(
-            (await expect(await client.post(f"{KEYS}/revoke-all", headers=ROOT), 200))["count"]
+            (await expect(await client.post(f"{KEYS}/revoke-all", headers=WRITE), 200))["count"]
         )
 
     jobs: list[Awaitable[Any]] = [create_one(i) for i in range(30)]
@@ -902,7 +903,7 @@ async def test_explain_by_roles_and_by_key(client: Client) -> None:
     )
     assert by_key["allowed"] is True and by_key["path"] == f"{REST}/x"
     assert by_key["key"] == {"id": key_id, "name": "explained", "status": "active"}
-    await client.post(f"{KEYS}/{key_id}/revoke", headers=ROOT)
+    await client.post(f"{KEYS}/{key_id}/revoke", headers=WRITE)
     revoked = await expect(
         await client.post(
             url, json={"method": "PUT", "path": f"{REST}/x", "key_id": key_id}, headers=ROOT
@@ -953,7 +954,7 @@ async def test_explain_validation(
 async def test_audit_lists_filters_and_pages(client: Client) -> None:
     first = await create(client, "audited-1")
     await create(client, "audited-2", auth=LIMITED)
-    await client.post(f"{KEYS}/{first['key']['id']}/revoke", headers=ROOT)
+    await client.post(f"{KEYS}/{first['key']['id']}/revoke", headers=WRITE)
 
     body = await expect(await client.get("/api/v1/audit", headers=ROOT), 200)
     assert_documented("/api/v1/audit", "get", 200, body)
@@ -1168,18 +1169,18 @@ async def test_admin_calls_bind_the_proxy_of_the_same_process(config_path: Path)
         async with session.post(f"{admin}{KEYS}/revoke-all", headers={**as_key, **ROOT}) as resp:
             await expect_error(resp, 403, "api_key_forbidden")
 
-        async with session.post(f"{admin}{KEYS}/{key_id}/revoke", headers=ROOT) as resp:
+        async with session.post(f"{admin}{KEYS}/{key_id}/revoke", headers=WRITE) as resp:
             await expect(resp, 200)
         async with session.get(f"{proxy}{echo}", headers=as_key) as resp:
             await expect_error(resp, 401, "key_revoked")
-        async with session.post(f"{admin}{KEYS}/reinstate-all", headers=ROOT) as resp:
-            assert await expect(resp, 200) == {"count": 1}
+        async with session.post(f"{admin}{KEYS}/reinstate-all", headers=WRITE) as resp:
+            assert await expect(resp, 200) == {"count": 1, "skipped": 0}
         async with session.get(f"{proxy}{echo}", headers=as_key) as resp:
             await expect(resp, 200)
-        async with session.post(f"{admin}{KEYS}/revoke-all", headers=ROOT) as resp:
-            assert await expect(resp, 200) == {"count": 1}
-        async with session.post(f"{admin}{KEYS}/delete-revoked", headers=ROOT) as resp:
-            assert await expect(resp, 200) == {"count": 1}
+        async with session.post(f"{admin}{KEYS}/revoke-all", headers=WRITE) as resp:
+            assert await expect(resp, 200) == {"count": 1, "skipped": 0}
+        async with session.post(f"{admin}{KEYS}/delete-revoked", headers=WRITE) as resp:
+            assert await expect(resp, 200) == {"count": 1, "skipped": 0}
         async with session.get(f"{proxy}{echo}", headers=as_key) as resp:
             await expect_error(resp, 401, "key_unknown")
 

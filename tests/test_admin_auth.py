@@ -129,7 +129,8 @@ async def test_wrong_password_is_401_and_audited_without_the_password(
 @pytest.mark.parametrize(
     ("authorization", "actor"),
     [
-        (aiohttp.encode_basic_auth("nobody", PASSWORD), "nobody"),
+        # Not an admin: the name may be a password typed into the name field.
+        (aiohttp.encode_basic_auth("nobody", PASSWORD), "?"),
         ("Basic !!!not-base64!!!", "?"),
         ("Basic " + base64.b64encode(b"no-colon").decode(), "?"),
         ("Basic " + base64.b64encode(b"root:\xff\xfe").decode(), "?"),
@@ -264,7 +265,7 @@ async def test_password_hashing_does_not_block_the_event_loop(
 
 
 class FakeClock:
-    """A settable monotonic clock."""
+    """A settable wall clock."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -273,49 +274,81 @@ class FakeClock:
         return self.now
 
 
-def test_throttle_window_forgets_old_failures() -> None:
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteKeyStore]:
+    """A real SQLite store for the throttle's shared counts."""
+    opened = SqliteKeyStore(tmp_path / "throttle.db")
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def wait_of(
+    throttle: LoginThrottle, store: SqliteKeyStore, address: str, account: str | None = None
+) -> float | None:
+    """Ask the throttle about one attempt, releasing its reservation at once."""
+    reservation = throttle.begin(address, account)
+    try:
+        return await throttle.retry_after(store, reservation, account=account is not None)
+    finally:
+        throttle.end(reservation)
+
+
+async def test_throttle_window_forgets_old_failures(store: SqliteKeyStore) -> None:
     clock = FakeClock()
     throttle = LoginThrottle(window=60, free_failures=2, lockout_base=10, clock=clock)
-    throttle.fail("a")
-    throttle.fail("a")
-    assert throttle.retry_after("a") == pytest.approx(10)
-    assert throttle.retry_after("b") is None  # per address
+    await throttle.fail(store, "a", None)
+    await throttle.fail(store, "a", None)
+    assert await wait_of(throttle, store, "a") == pytest.approx(10)
+    assert await wait_of(throttle, store, "b") is None  # per address
     clock.now += 10
-    assert throttle.retry_after("a") is None
-    throttle.fail("a")
-    assert throttle.retry_after("a") == pytest.approx(20)  # doubled
+    assert await wait_of(throttle, store, "a") is None
+    await throttle.fail(store, "a", None)
+    assert await wait_of(throttle, store, "a") == pytest.approx(20)  # doubled
     clock.now += 61
-    assert throttle.failures("a") == 0
-    assert throttle.retry_after("a") is None
+    assert await wait_of(throttle, store, "a") is None
 
 
-def test_throttle_delays_double_up_to_the_cap() -> None:
+async def test_throttle_delays_double_up_to_the_cap(store: SqliteKeyStore) -> None:
     throttle = LoginThrottle(delay_base=0.1, delay_max=0.5, free_failures=100)
-    assert [throttle.fail("a") for _ in range(5)] == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
+    delays = [await throttle.fail(store, "a", None) for _ in range(5)]
+    assert delays == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
 
 
-def test_throttle_lockout_is_capped() -> None:
+async def test_throttle_lockouts_are_capped_shorter_for_accounts(store: SqliteKeyStore) -> None:
     clock = FakeClock()
-    throttle = LoginThrottle(free_failures=1, lockout_base=1, lockout_max=30, clock=clock)
-    for _ in range(50):
-        throttle.fail("a")
-    assert throttle.retry_after("a") == pytest.approx(30)
+    throttle = LoginThrottle(
+        free_failures=1, lockout_base=1, lockout_max=300, account_lockout_max=30, clock=clock
+    )
+    for index in range(50):
+        await throttle.fail(store, f"10.0.0.{index}", "root")  # one account, many addresses
+        await throttle.fail(store, "10.9.9.9", None)  # one address
+    assert await wait_of(throttle, store, "10.9.9.9") == pytest.approx(300)
+    assert await wait_of(throttle, store, "10.1.1.1", "root") == pytest.approx(30)
+    assert await wait_of(throttle, store, "10.1.1.1", "alice") is None
 
 
-def test_throttle_counts_checks_in_progress() -> None:
+async def test_throttle_counts_checks_in_progress(store: SqliteKeyStore) -> None:
     throttle = LoginThrottle(free_failures=2)
-    throttle.begin("a")
-    assert throttle.retry_after("a") is None
-    throttle.begin("a")
-    assert throttle.retry_after("a") is not None
-    throttle.end("a")
-    assert throttle.retry_after("a") is None
+    first = throttle.begin("a", None)
+    assert await throttle.retry_after(store, first, account=False) is None
+    second = throttle.begin("a", None)
+    assert await throttle.retry_after(store, second, account=False) is None
+    third = throttle.begin("a", None)
+    assert await throttle.retry_after(store, third, account=False) is not None
+    for reservation in (first, second, third):
+        throttle.end(reservation)
+    assert len(throttle) == 0  # nothing pending is remembered
 
 
-def test_throttle_memory_is_bounded() -> None:
+async def test_throttle_forgets_failures_outside_the_window(store: SqliteKeyStore) -> None:
     clock = FakeClock()
-    throttle = LoginThrottle(max_tracked=100, clock=clock)
+    throttle = LoginThrottle(window=60, clock=clock)
     for index in range(1000):
-        throttle.fail(f"10.0.{index // 256}.{index % 256}")
-    assert len(throttle) <= 100
-    assert throttle.failures("10.0.3.231") == 1  # the newest are kept
+        await throttle.fail(store, f"10.0.{index // 256}.{index % 256}", None)
+    clock.now += 61
+    await throttle.fail(store, "10.9.9.9", None)
+    rows = list(await store._conn().execute_fetchall("SELECT COUNT(*) FROM login_failures"))
+    assert rows == [(1,)]

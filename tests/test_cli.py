@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import create_key, run_cli, write_config
+from conftest import NEUTRAL_CWD, PYTHON, cli_env, create_key, run_cli, write_config
 
 from gateway import keys
 from gateway.settings import load_settings
@@ -511,3 +511,31 @@ def test_a_store_file_that_is_not_a_database_is_one_clear_line(config: Path) -> 
     fails(listing, "not a database")
     assert serving.returncode != 0 and "Traceback" not in serving.stderr
     assert "keygate: error: store: file is not a database" in serving.stderr
+
+
+def test_identify_reads_the_secret_from_stdin(config: Path) -> None:
+    created = json.loads(ok(config, "create", "--name", "leaked", "--role", "1int-user", "--json"))
+    secret = created["secret"]
+
+    def identify(text: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PYTHON, "-m", "gateway", "keys", "identify", "--config", str(config), *extra],
+            input=text,
+            capture_output=True,
+            text=True,
+            cwd=NEUTRAL_CWD,
+            env=cli_env(),
+            timeout=30,
+            check=False,
+        )
+
+    found = identify(secret + "\n", "--json")
+    assert json.loads(out_of(found))["id"] == created["id"]
+    assert secret not in found.stdout + found.stderr
+    plain = out_of(identify(secret))
+    assert "leaked" in plain and secret not in plain
+    unknown = identify(keys.generate_key() + "\n")
+    fails(unknown, "no key")
+    bad = identify("kg_not-a-key\n")
+    fails(bad, "not a well-formed")
+    assert "kg_not-a-key" not in bad.stderr

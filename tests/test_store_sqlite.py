@@ -458,24 +458,24 @@ async def test_batch_actions(store: SqliteKeyStore) -> None:
     keys = [await store.create_key(new_key(f"b{i}"), ACTOR) for i in range(5)]
     early = await store.set_revoked(keys[0].id, True, ACTOR)
 
-    assert await store.revoke_all("bob") == 4
+    assert await store.revoke_all("bob") == (4, 0)
     rows = await store.list_keys()
     assert {row.status for row in rows} == {"revoked"}
     assert all(row.revoked_at is not None for row in rows)
     assert rows[0] == early  # the key revoked earlier is untouched
     assert all(row.revoked_at == row.updated_at for row in rows)
-    assert await store.revoke_all("bob") == 0
+    assert await store.revoke_all("bob") == (0, 0)
 
-    assert await store.reinstate_all("carol") == 5
+    assert await store.reinstate_all("carol") == (5, 0)
     rows = await store.list_keys()
     assert {row.status for row in rows} == {"active"}
     assert all(row.revoked_at is None for row in rows)
 
     await store.set_revoked(keys[1].id, True, ACTOR)
     await store.set_revoked(keys[3].id, True, ACTOR)
-    assert await store.delete_revoked("dave") == 2
+    assert await store.delete_revoked("dave") == (2, 0)
     assert [row.name for row in await store.list_keys()] == ["b0", "b2", "b4"]
-    assert await store.delete_revoked("dave") == 0
+    assert await store.delete_revoked("dave") == (0, 0)
 
     batch = [
         (e.action, e.actor, e.details)
@@ -483,11 +483,11 @@ async def test_batch_actions(store: SqliteKeyStore) -> None:
         if e.action in ("revoke_all", "reinstate_all", "delete_revoked")
     ]
     assert batch == [
-        ("delete_revoked", "dave", {"count": 0}),
-        ("delete_revoked", "dave", {"count": 2}),
-        ("reinstate_all", "carol", {"count": 5}),
-        ("revoke_all", "bob", {"count": 0}),
-        ("revoke_all", "bob", {"count": 4}),
+        ("delete_revoked", "dave", {"count": 0, "skipped": 0, "key_ids": []}),
+        ("delete_revoked", "dave", {"count": 2, "skipped": 0, "key_ids": [keys[1].id, keys[3].id]}),
+        ("reinstate_all", "carol", {"count": 5, "skipped": 0, "key_ids": [k.id for k in keys]}),
+        ("revoke_all", "bob", {"count": 0, "skipped": 0, "key_ids": []}),
+        ("revoke_all", "bob", {"count": 4, "skipped": 0, "key_ids": [k.id for k in keys[1:]]}),
     ]
 
 
@@ -515,7 +515,7 @@ async def test_batch_action_is_all_or_nothing(store: SqliteKeyStore, db_path: Pa
 
     # Revoke every key, then make delete_revoked trip over t3.
     raw_rows(db_path, "DROP TRIGGER refuse_t3")
-    assert await store.revoke_all(ACTOR) == 5
+    assert await store.revoke_all(ACTOR) == (5, 0)
     seq = await store.current_seq()
     with pytest.raises(sqlite3.IntegrityError, match="refused"):
         await store.delete_revoked(ACTOR)
@@ -653,10 +653,10 @@ async def test_every_key_write_appends_to_the_change_feed(store: SqliteKeyStore)
     await store.update_key(a.id, KeyChanges(description="edited"), ACTOR)
     await store.set_revoked(b.id, True, ACTOR)
     await store.delete_key(c.id, ACTOR)
-    assert await store.revoke_all(ACTOR) == 1  # a
-    assert await store.reinstate_all(ACTOR) == 2  # a, b
+    assert await store.revoke_all(ACTOR) == (1, 0)  # a
+    assert await store.reinstate_all(ACTOR) == (2, 0)  # a, b
     await store.set_revoked(b.id, True, ACTOR)
-    assert await store.delete_revoked(ACTOR) == 1  # b
+    assert await store.delete_revoked(ACTOR) == (1, 0)  # b
     await store.record_usage({a.id: (time.time(), 3)})  # not a feed event
 
     changes = await store.changes_since(0)
@@ -819,7 +819,7 @@ async def test_record_usage_adds_counts_and_keeps_latest_time(store: SqliteKeySt
 
 
 async def test_key_lifecycle_is_audited_without_secrets_or_digests(store: SqliteKeyStore) -> None:
-    row = await store.create_key(new_key("audited", ("r",), expires_at=7200.0), ACTOR)
+    row = await store.create_key(new_key("audited", ("r",), expires_at=4_102_444_800.0), ACTOR)
     await store.update_key(row.id, KeyChanges(roles=("r", "s")), ACTOR)
     await store.set_revoked(row.id, True, ACTOR)
     await store.set_revoked(row.id, False, ACTOR)
@@ -843,7 +843,7 @@ async def test_key_lifecycle_is_audited_without_secrets_or_digests(store: Sqlite
         "create",
         "delete",
     ]
-    assert events[-1].details == {"roles": ["r"], "expires_at": 7200.0}
+    assert events[-1].details == {"roles": ["r"], "expires_at": "2100-01-01T00:00:00Z"}
     assert all(e.actor == ACTOR for e in events)
     ids = [e.id for e in events]
     assert ids == sorted(ids, reverse=True)
@@ -984,7 +984,7 @@ async def test_two_instances_writing_at_once(store: SqliteKeyStore, other: Sqlit
     )
     assert len({row.id for row in rows}) == 20
     changes = await store.changes_since(0)
-    assert [c.seq for c in changes] == list(range(1, 21 + revoked))
+    assert [c.seq for c in changes] == list(range(1, 21 + revoked.changed))
     assert {c.digest for c in changes} == {row.digest for row in rows}
     assert [c.seq for c in await other.changes_since(0)] == [c.seq for c in changes]
 
@@ -1080,3 +1080,71 @@ def test_postgres_urls_are_not_available_yet(url: str, base_dir: Path) -> None:
 def test_bad_store_urls_are_refused(url: str, message: str, base_dir: Path) -> None:
     with pytest.raises(ValueError, match=message):
         store_from_url(url, base_dir)
+
+
+# --------------------------------------------------------------------------- issue 9
+
+
+async def test_database_and_its_wal_and_shm_are_created_private(tmp_path: Path) -> None:
+    path = tmp_path / "private" / "keygate.db"
+    opened = SqliteKeyStore(path)
+    await opened.open()
+    try:
+        await opened.create_key(new_key("any"), ACTOR)
+        files = [path, path.with_name("keygate.db-wal"), path.with_name("keygate.db-shm")]
+        for file in files:
+            assert file.exists(), file
+            assert file.stat().st_mode & 0o777 == 0o600, (file, oct(file.stat().st_mode))
+    finally:
+        await opened.close()
+
+
+async def test_get_key_by_digest(store: SqliteKeyStore) -> None:
+    row = await store.create_key(new_key("by-digest"), ACTOR)
+    assert await store.get_key_by_digest(row.digest) == row
+    assert await store.get_key_by_digest(hashlib.sha256(b"nothing").digest()) is None
+
+
+async def test_list_keys_query_matches_the_display_prefix(store: SqliteKeyStore) -> None:
+    await store.create_key(dataclasses.replace(new_key("a"), prefix="kg_AbCdEfG"), ACTOR)
+    await store.create_key(dataclasses.replace(new_key("b"), prefix="kg_ZzZzZzZ"), ACTOR)
+    assert [row.name for row in await store.list_keys(query="kg_abcd")] == ["a"]
+
+
+async def test_audit_details_hold_iso_times(store: SqliteKeyStore) -> None:
+    moment = 4_102_444_800.0  # 2100-01-01T00:00:00Z
+    row = await store.create_key(new_key("timed", expires_at=moment), ACTOR)
+    await store.update_key(row.id, KeyChanges(expires_at=moment + 86_400), ACTOR)
+    await store.update_key(row.id, KeyChanges(clear_expiry=True), ACTOR)
+    details = [event.details for event in await store.list_audit()]
+    assert details[2]["expires_at"] == "2100-01-01T00:00:00Z"
+    assert details[1]["before"]["expires_at"] == "2100-01-01T00:00:00Z"
+    assert details[1]["after"]["expires_at"] == "2100-01-02T00:00:00Z"
+    assert details[0]["after"]["expires_at"] is None
+
+
+async def test_login_failures_are_counted_per_subject_and_shared(
+    store: SqliteKeyStore, other: SqliteKeyStore
+) -> None:
+    await store.record_login_failure(("addr:10.0.0.1", "acct:root"), at=100.0, forget_before=0.0)
+    await other.record_login_failure(("addr:10.0.0.2", "acct:root"), at=105.0, forget_before=0.0)
+    counts = await store.login_failures(("addr:10.0.0.1", "acct:root", "acct:x"), since=0.0)
+    assert counts == {"addr:10.0.0.1": (1, 100.0), "acct:root": (2, 105.0)}
+    assert await other.login_failures(("acct:root",), since=101.0) == {"acct:root": (1, 105.0)}
+    # Old failures are forgotten when new ones are written.
+    await store.record_login_failure(("addr:10.0.0.3",), at=500.0, forget_before=400.0)
+    assert await store.login_failures(("acct:root", "addr:10.0.0.3"), since=0.0) == {
+        "addr:10.0.0.3": (1, 500.0)
+    }
+
+
+async def test_batches_can_be_limited_to_keys_within_a_grant_set(store: SqliteKeyStore) -> None:
+    inside = await store.create_key(new_key("inside", ("reader",)), ACTOR)
+    outside = await store.create_key(new_key("outside", ("reader", "writer")), ACTOR)
+    assert await store.revoke_all(ACTOR, grants=frozenset({"reader"})) == (1, 1)
+    assert (await store.get_key(inside.id)).status == "revoked"  # type: ignore[union-attr]
+    assert (await store.get_key(outside.id)).status == "active"  # type: ignore[union-attr]
+    assert await store.revoke_all(ACTOR) == (1, 0)
+    assert await store.delete_revoked(ACTOR, grants=frozenset()) == (0, 2)
+    event = (await store.list_audit(limit=1))[0]
+    assert event.details == {"count": 0, "skipped": 2, "key_ids": []}

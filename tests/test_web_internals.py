@@ -97,3 +97,16 @@ async def test_parser_refusals_are_answered_by_our_handler_as_json(relay_server:
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.split(b" ", 2)[1] == b"400"
     assert json.loads(body)["error"] == "bad_request"
+
+
+async def test_app_runner_internals_exist() -> None:
+    assert inspect.iscoroutinefunction(web.AppRunner._make_server)
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response()
+
+    server = web.Server(handler, access_log=None)
+    assert server.request_handler is handler
+    assert callable(server.request_factory)
+    assert server.handler_cancellation is False
+    assert server._kwargs == {"access_log": None}

@@ -8,7 +8,12 @@ from aiohttp.typedefs import Handler
 from gateway.admin import audit_handlers, health, key_handlers, openapi, policy_handlers
 from gateway.admin.basic_auth import Authenticator
 from gateway.admin.errors import error_middleware
-from gateway.admin.middlewares import api_key_middleware, auth_middleware
+from gateway.admin.middlewares import (
+    add_security_headers,
+    api_key_middleware,
+    auth_middleware,
+    csrf_middleware,
+)
 from gateway.admin.parsing import MAX_BODY_BYTES
 from gateway.admin.throttle import LoginThrottle
 from gateway.runtime import Runtime
@@ -28,6 +33,7 @@ ROUTES: tuple[tuple[str, str, Handler, str | None], ...] = (
     ("POST", f"{KEYS}/revoke-all", key_handlers.revoke_all, None),
     ("POST", f"{KEYS}/reinstate-all", key_handlers.reinstate_all, None),
     ("POST", f"{KEYS}/delete-revoked", key_handlers.delete_revoked, None),
+    ("POST", f"{KEYS}/identify", key_handlers.identify_key, None),
     ("GET", KEY, key_handlers.get_key, None),
     ("PATCH", KEY, key_handlers.update_key, None),
     ("DELETE", KEY, key_handlers.delete_key, None),
@@ -51,10 +57,11 @@ def create_admin_app(
     pool. `throttle`/`authenticator` let tests and deployments tune login throttling.
     """
     app = web.Application(
-        middlewares=[error_middleware, api_key_middleware, auth_middleware],
+        middlewares=[error_middleware, api_key_middleware, csrf_middleware, auth_middleware],
         client_max_size=MAX_BODY_BYTES,
     )
     app[RUNTIME] = runtime
+    app.on_response_prepare.append(add_security_headers)
     auth = authenticator if authenticator is not None else Authenticator(runtime.store, throttle)
     app[AUTHENTICATOR] = auth
     app.cleanup_ctx.append(auth.context)

@@ -29,6 +29,7 @@ log = logging.getLogger("keygate.admin.auth")
 REALM = "keygate admin"
 WWW_AUTHENTICATE = f'Basic realm="{REALM}", charset="UTF-8"'
 AUDIT_LOGIN_FAILED = "admin_login_failed"
+AUDIT_LOGIN_THROTTLED = "admin_login_throttled"
 UNKNOWN_ACTOR = "?"
 HASH_WORKERS = 2  # threads checking passwords (each scrypt check needs ~16 MiB)
 VERIFIED_TTL = 60.0  # seconds a successful password check is remembered
@@ -37,7 +38,7 @@ VERIFIED_MAX = 1024  # remembered successful checks (memory bound)
 M_MISSING = "admin credentials required (HTTP Basic)"
 M_MALFORMED = "malformed HTTP Basic credentials"
 M_INVALID = "invalid admin name or password"
-M_LOCKED = "too many failed logins from this address; retry later"
+M_LOCKED = "too many failed logins from this address or for this account; retry later"
 M_INTERRUPTED = "password check interrupted"
 
 
@@ -135,9 +136,10 @@ class Authenticator:
                 del self._verified[next(iter(self._verified))]
         self._verified[memo] = (password_hash, now + self._verified_ttl)
 
-    async def _verify(self, name: str, password: str, remembered: str | None) -> _Outcome:
-        """Return the account when the password is right, else None."""
-        account = await self.store.get_admin(name) if is_admin_name(name) else None
+    async def _verify(
+        self, account: AdminAccount | None, password: str, remembered: str | None
+    ) -> _Outcome:
+        """Return the account when the password is right, else None (same cost either way)."""
         if account is None:
             await self._verify_in_pool(password, await self._dummy())
             return None
@@ -150,50 +152,76 @@ class Authenticator:
     async def authenticate(self, request: web.Request) -> AdminAccount:
         """Return the admin account of a request's Basic credentials or raise ApiError.
 
-        The throttle is consulted and a check reserved with no await in between, so
-        parallel guesses from one address count against its limit.
+        A check is reserved with the throttle before the first await, so parallel guesses
+        count against the limits of their address and account; the stored failure counts
+        are then consulted, and a throttled attempt is audited and answered 429.
+        Identical credentials arriving while they are being checked wait for that check.
         """
         values = request.headers.getall("Authorization", [])
         if not values:
             raise unauthorized(M_MISSING)
         address = request.remote or "?"
-        wait = self.throttle.retry_after(address)
-        if wait is not None:
-            raise too_many_attempts(wait)
         parsed = parse_basic(values)
-        if parsed is None:
-            await self._failed(address, UNKNOWN_ACTOR, self.throttle.fail(address))
-            raise unauthorized(M_MALFORMED)
-        name, password = parsed
-        memo = self._memo(name, password)
-        running = self._checking.get(memo)
-        if running is not None:  # the same credentials are being checked right now
-            return _account_or_raise(await asyncio.shield(running))
-        remembered = self._remembered(memo)
-        self.throttle.begin(address)
-        future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
-        self._checking[memo] = future
+        typed = parsed[0] if parsed is not None and is_admin_name(parsed[0]) else None
+        memo = self._memo(*parsed) if parsed is not None else None
+        running = self._checking.get(memo) if memo is not None else None
+        reservation = self.throttle.begin(address, typed, counted=running is None)
+        future: asyncio.Future[_Outcome] | None = None
+        if memo is not None and running is None:
+            future = asyncio.get_running_loop().create_future()
+            self._checking[memo] = future
+        known = False
+        wait: float | None = None
         delay = 0.0
         outcome: _Outcome = RuntimeError(M_INTERRUPTED)  # what joiners see if this is cancelled
         try:
-            outcome = await self._verify(name, password, remembered)
-            if outcome is None:
-                delay = self.throttle.fail(address)
+            account = await self.store.get_admin(typed) if typed is not None else None
+            known = account is not None
+            wait = await self.throttle.retry_after(self.store, reservation, account=known)
+            if wait is not None:
+                outcome = too_many_attempts(wait)
+            elif parsed is None:
+                outcome = unauthorized(M_MALFORMED)
+            elif future is not None and memo is not None:
+                outcome = await self._verify(account, parsed[1], self._remembered(memo))
+                if outcome is None:
+                    delay = await self._count_failure(address, typed if known else None)
         except Exception as error:
             outcome = error
         finally:
-            self.throttle.end(address)
-            self._checking.pop(memo, None)
-            if not future.done():
-                future.set_result(outcome)
-        if isinstance(outcome, AdminAccount):
+            self.throttle.end(reservation)
+            if future is not None:
+                self._checking.pop(memo, None)  # type: ignore[arg-type]
+                if not future.done():
+                    future.set_result(outcome)
+        actor = typed if known else None
+        if wait is not None:
+            await self._throttled(address, actor, wait)
+        elif parsed is None:
+            await self._failed(address, None, await self._count_failure(address, None))
+        elif running is not None:  # the same credentials were being checked: share the outcome
+            return _account_or_raise(await asyncio.shield(running))
+        elif isinstance(outcome, AdminAccount) and memo is not None:
             self._remember(memo, outcome.password_hash)
         elif outcome is None:
-            await self._failed(address, name if is_admin_name(name) else UNKNOWN_ACTOR, delay)
+            await self._failed(address, actor, delay)
         return _account_or_raise(outcome)
 
-    async def _failed(self, address: str, actor: str, delay: float) -> None:
-        """Audit a failed login (already counted) and hold its answer back."""
+    async def _count_failure(self, address: str, account: str | None) -> float:
+        """Count a failure in the store; return its hold-back (the most when counting fails)."""
+        try:
+            return await self.throttle.fail(self.store, address, account)
+        except Exception:
+            log.exception("could not count a failed admin login")
+            return self.throttle.delay_max
+
+    async def _failed(self, address: str, account: str | None, delay: float) -> None:
+        """Audit a failed login (already counted) and hold its answer back.
+
+        The attempted name is recorded only when it is an existing admin: anything else
+        may be a password typed into the name field.
+        """
+        actor = account if account is not None else UNKNOWN_ACTOR
         try:
             await self.store.append_audit(
                 actor=actor, action=AUDIT_LOGIN_FAILED, details={"remote": address}
@@ -202,6 +230,19 @@ class Authenticator:
             log.exception("could not audit a failed admin login")
         log.warning("failed admin login for %r from %s", actor, address)
         await asyncio.sleep(delay)
+
+    async def _throttled(self, address: str, account: str | None, wait: float) -> None:
+        """Audit an attempt refused by the throttle (its password was not checked)."""
+        actor = account if account is not None else UNKNOWN_ACTOR
+        try:
+            await self.store.append_audit(
+                actor=actor,
+                action=AUDIT_LOGIN_THROTTLED,
+                details={"remote": address, "retry_after": retry_after_seconds(wait)},
+            )
+        except Exception:
+            log.exception("could not audit a throttled admin login")
+        log.warning("throttled admin login for %r from %s", actor, address)
 
 
 _Outcome = AdminAccount | None | Exception
@@ -224,9 +265,14 @@ def unauthorized(message: str) -> ApiError:
     return ApiError(401, E_UNAUTHORIZED, message, headers={"WWW-Authenticate": WWW_AUTHENTICATE})
 
 
+def retry_after_seconds(wait: float) -> int:
+    """Return a wait as whole seconds for Retry-After (at least 1)."""
+    return max(1, math.ceil(wait))
+
+
 def too_many_attempts(wait: float) -> ApiError:
-    """Return the 429 error for a throttled address, with Retry-After in whole seconds."""
-    seconds = max(1, math.ceil(wait))
+    """Return the 429 error for a throttled attempt, with Retry-After in whole seconds."""
+    seconds = retry_after_seconds(wait)
     return ApiError(
         429,
         E_TOO_MANY_ATTEMPTS,

@@ -10,7 +10,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import key_rules
-from gateway.store.base import NameConflictError, NotFoundError
+from gateway.store.base import (
+    KeyExpiredError,
+    NameConflictError,
+    NotFoundError,
+    OutsideGrantsError,
+)
 
 log = logging.getLogger("keygate.admin")
 
@@ -19,6 +24,8 @@ E_API_KEY_FORBIDDEN = "api_key_forbidden"
 E_UNAUTHORIZED = "unauthorized"
 E_TOO_MANY_ATTEMPTS = "too_many_attempts"
 E_GRANT_FORBIDDEN = "grant_forbidden"
+E_CSRF = "csrf"
+E_KEY_EXPIRED = "key_expired"
 E_NAME_CONFLICT = "name_conflict"
 E_NOT_FOUND = "not_found"
 E_INVALID = key_rules.E_INVALID
@@ -40,6 +47,10 @@ M_NAME_CONFLICT = "a key with that name already exists"
 M_METHOD_NOT_ALLOWED = "method not allowed on this resource"
 M_BODY_TOO_LARGE = "request body is too large"
 M_INTERNAL = "internal error"
+M_CSRF_CONTENT_TYPE = (
+    "state-changing requests must be sent with Content-Type: application/json (body or not)"
+)
+M_CSRF_ORIGIN = "cross-site request refused: Origin / Sec-Fetch-Site is not this listener's own"
 
 # Status codes of aiohttp's own HTTP errors mapped to our error codes.
 _CODES_BY_STATUS = {
@@ -155,6 +166,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_error(409, E_NAME_CONFLICT, M_NAME_CONFLICT, field="name")
     except NotFoundError:
         return json_error(404, E_NOT_FOUND, M_KEY_NOT_FOUND)
+    except OutsideGrantsError as error:
+        return json_error(403, E_GRANT_FORBIDDEN, str(error))
+    except KeyExpiredError as error:
+        return json_error(409, E_KEY_EXPIRED, str(error), field="expires_at")
     except web.HTTPException as error:
         if error.status < 400:
             raise

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from gateway import clock, key_rules
+from gateway import clock, key_rules, keys
 from gateway.admin.accounts import grant_set
 from gateway.admin.errors import NO_STORE, bad_request, not_found
 from gateway.admin.middlewares import current_admin
@@ -22,15 +22,18 @@ from gateway.admin.parsing import (
 from gateway.policy import Policy
 from gateway.runtime import Runtime
 from gateway.state import RUNTIME
-from gateway.store.base import KeyChanges
+from gateway.store.base import BatchResult, KeyChanges
 
 KEY_FIELDS = frozenset({"name", "description", "roles", "expires_at"})
+IDENTIFY_FIELDS = frozenset({"secret"})
 LIST_PARAMS = frozenset({"status", "q", "limit", "cursor"})
 STATUSES: tuple[Literal["active", "revoked", "expired"], ...] = ("active", "revoked", "expired")
 KEY_CURSOR = "k"
 
 M_NOTHING_TO_CHANGE = "nothing to change: give name, description, roles or expires_at"
 M_STATUS = "status must be one of: active, revoked, expired"
+M_SECRET = "secret must be a whole keygate API key (kg_..., with its checksum)"
+M_NO_KEY_FOR_SECRET = "no key has that secret (deleted, or never a keygate key)"
 
 
 def _runtime(request: web.Request) -> Runtime:
@@ -116,16 +119,18 @@ async def update_key(request: web.Request) -> web.Response:
     data = await read_json_object(request, KEY_FIELDS)
     now = clock.now()
     changes = key_changes(data, runtime.policy, now)
+    grants = grant_set(admin)
     if changes.roles is not None:
-        key_rules.check_grants(changes.roles, grant_set(admin))
-    row = await runtime.store.update_key(key_id, changes, admin.name)
+        key_rules.check_grants(changes.roles, grants)
+    row = await runtime.store.update_key(key_id, changes, admin.name, grants)
     await runtime.apply_own_writes()
     return _json(key_rules.key_json(row, now))
 
 
 async def _set_revoked(request: web.Request, revoked: bool) -> web.Response:
     runtime = _runtime(request)
-    row = await runtime.store.set_revoked(_key_id(request), revoked, current_admin(request).name)
+    admin = current_admin(request)
+    row = await runtime.store.set_revoked(_key_id(request), revoked, admin.name, grant_set(admin))
     await runtime.apply_own_writes()
     return _json(key_rules.key_json(row, clock.now()))
 
@@ -143,30 +148,50 @@ async def reinstate_key(request: web.Request) -> web.Response:
 async def delete_key(request: web.Request) -> web.Response:
     """DELETE /api/v1/keys/{id}: delete a key for good."""
     runtime = _runtime(request)
-    await runtime.store.delete_key(_key_id(request), current_admin(request).name)
+    admin = current_admin(request)
+    await runtime.store.delete_key(_key_id(request), admin.name, grant_set(admin))
     await runtime.apply_own_writes()
     return web.Response(status=204, headers={"Cache-Control": NO_STORE})
 
 
+def _batch_json(result: BatchResult) -> web.Response:
+    return _json({"count": result.changed, "skipped": result.skipped})
+
+
 async def revoke_all(request: web.Request) -> web.Response:
-    """POST /api/v1/keys/revoke-all: revoke every active key in one transaction."""
+    """POST /api/v1/keys/revoke-all: revoke every active key within the caller's grants."""
     runtime = _runtime(request)
-    count = await runtime.store.revoke_all(current_admin(request).name)
+    admin = current_admin(request)
+    result = await runtime.store.revoke_all(admin.name, grant_set(admin))
     await runtime.apply_own_writes()
-    return _json({"count": count})
+    return _batch_json(result)
 
 
 async def reinstate_all(request: web.Request) -> web.Response:
-    """POST /api/v1/keys/reinstate-all: reinstate every revoked key in one transaction."""
+    """POST /api/v1/keys/reinstate-all: reinstate every revoked key within the caller's grants."""
     runtime = _runtime(request)
-    count = await runtime.store.reinstate_all(current_admin(request).name)
+    admin = current_admin(request)
+    result = await runtime.store.reinstate_all(admin.name, grant_set(admin))
     await runtime.apply_own_writes()
-    return _json({"count": count})
+    return _batch_json(result)
 
 
 async def delete_revoked(request: web.Request) -> web.Response:
-    """POST /api/v1/keys/delete-revoked: delete every revoked key in one transaction."""
+    """POST /api/v1/keys/delete-revoked: delete every revoked key within the caller's grants."""
     runtime = _runtime(request)
-    count = await runtime.store.delete_revoked(current_admin(request).name)
+    admin = current_admin(request)
+    result = await runtime.store.delete_revoked(admin.name, grant_set(admin))
     await runtime.apply_own_writes()
-    return _json({"count": count})
+    return _batch_json(result)
+
+
+async def identify_key(request: web.Request) -> web.Response:
+    """POST /api/v1/keys/identify: which key a (leaked) secret belongs to, by its digest."""
+    data = await read_json_object(request, IDENTIFY_FIELDS)
+    secret = data.get("secret")
+    if not isinstance(secret, str) or not keys.is_well_formed(secret):
+        raise bad_request(M_SECRET, field="secret")
+    row = await _runtime(request).store.get_key_by_digest(keys.digest(secret))
+    if row is None:
+        raise not_found(M_NO_KEY_FOR_SECRET)
+    return _json(key_rules.key_json(row, clock.now()))

@@ -1,16 +1,35 @@
-"""Admin listener middlewares: refuse API keys first, then require admin credentials."""
+"""Admin listener middlewares: refuse API keys, then cross-site writes, then require credentials."""
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
+from yarl import URL
 
-from gateway.admin.errors import E_API_KEY_FORBIDDEN, M_API_KEY_FORBIDDEN, ApiError
+from gateway.admin.errors import (
+    E_API_KEY_FORBIDDEN,
+    E_CSRF,
+    M_API_KEY_FORBIDDEN,
+    M_CSRF_CONTENT_TYPE,
+    M_CSRF_ORIGIN,
+    ApiError,
+)
+from gateway.admin.parsing import is_json_content_type
 from gateway.credentials import carries_api_key
 from gateway.state import ADMIN, AUTHENTICATOR
 from gateway.store.base import AdminAccount
 
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics"})  # route names served without Basic auth
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # every other method changes state
+SAME_ORIGIN_SITES = frozenset({"same-origin", "none"})  # Sec-Fetch-Site values let through
+SERVER = "keygate"  # the Server header: no framework or version
+# Headers on every answer of the admin listener, parser refusals included.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Server": SERVER,
+}
 
 
 @web.middleware
@@ -19,6 +38,53 @@ async def api_key_middleware(request: web.Request, handler: Handler) -> web.Stre
     if carries_api_key(request.headers.items()):
         raise ApiError(403, E_API_KEY_FORBIDDEN, M_API_KEY_FORBIDDEN)
     return await handler(request)
+
+
+def _origin_tuple(url: URL) -> tuple[str, str, int | None]:
+    return (url.scheme.lower(), (url.host or "").lower(), url.port)
+
+
+def is_same_origin(origin: str, scheme: str, host: str) -> bool:
+    """Return True when an Origin value names this listener (scheme, host and port)."""
+    try:
+        theirs = URL(origin)
+        ours = URL.build(scheme=scheme, authority=host)
+    except (ValueError, TypeError):
+        return False
+    if not theirs.scheme or not theirs.host or theirs.path not in ("", "/"):
+        return False
+    return _origin_tuple(theirs) == _origin_tuple(ours)
+
+
+def check_same_site(request: web.Request) -> None:
+    """Refuse (403 csrf) a state-changing request a browser could send from another site.
+
+    Such a request must say it is JSON (a cross-site form cannot, without a CORS preflight
+    this listener never grants), and whatever the browser says of its origin must be us.
+    """
+    if request.method in SAFE_METHODS:
+        return
+    if not is_json_content_type(request.content_type):
+        raise ApiError(403, E_CSRF, M_CSRF_CONTENT_TYPE)
+    site = request.headers.getall(hdrs.SEC_FETCH_SITE, [])
+    if any(value.strip().lower() not in SAME_ORIGIN_SITES for value in site):
+        raise ApiError(403, E_CSRF, M_CSRF_ORIGIN)
+    origins = request.headers.getall(hdrs.ORIGIN, [])
+    if any(not is_same_origin(value.strip(), request.scheme, request.host) for value in origins):
+        raise ApiError(403, E_CSRF, M_CSRF_ORIGIN)
+
+
+@web.middleware
+async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse cross-site state changes on matched routes, before any credential is checked."""
+    if request.match_info.http_exception is None:
+        check_same_site(request)
+    return await handler(request)
+
+
+async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: set the security headers and our Server on every answer."""
+    response.headers.update(SECURITY_HEADERS)
 
 
 @web.middleware

@@ -150,11 +150,30 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
     "KeyPage": _page("Key"),
+    "Identify": {
+        "type": "object",
+        "required": ["secret"],
+        "additionalProperties": False,
+        "properties": {
+            "secret": {
+                "type": "string",
+                "pattern": "^kg_[0-9A-Za-z]+$",
+                "description": "a whole key as found by a secret scanner; never stored or logged",
+            }
+        },
+    },
     "Count": {
         "type": "object",
-        "required": ["count"],
+        "required": ["count", "skipped"],
         "additionalProperties": False,
-        "properties": {"count": {"type": "integer", "minimum": 0}},
+        "properties": {
+            "count": {"type": "integer", "minimum": 0},
+            "skipped": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "matching keys left alone: roles outside the caller's grants",
+            },
+        },
     },
     "Rule": {
         "type": "object",
@@ -291,13 +310,16 @@ def _errors(*statuses: int) -> dict[str, Schema]:
     descriptions = {
         400: "invalid request (malformed JSON, unknown field, bad value or parameter)",
         401: "missing or wrong admin credentials",
-        403: "an API key was presented, or a role outside the caller's grant set",
+        403: (
+            "an API key was presented (api_key_forbidden), a cross-site or non-JSON write "
+            "(csrf), or a key or role outside the caller's grant set (grant_forbidden)"
+        ),
         404: "no such key",
-        409: "name already in use",
+        409: "name already in use, or reinstating an expired key (key_expired)",
         413: f"body larger than {MAX_BODY_BYTES} bytes",
         415: "body is not JSON",
         422: "unknown role",
-        429: "too many failed logins from this address (see Retry-After)",
+        429: "too many failed logins from this address or for this account (see Retry-After)",
         503: "not ready",
     }
     return {
@@ -470,8 +492,8 @@ def _paths() -> dict[str, Schema]:
         "/api/v1/keys/{id}/reinstate": {
             "post": _operation(
                 "reinstateKey",
-                "Reinstate a revoked key",
-                {**_ok("the reinstated key", "Key"), **_errors(*_AUTH_ERRORS, 404)},
+                "Reinstate a revoked key (an expired one needs a new expires_at first)",
+                {**_ok("the reinstated key", "Key"), **_errors(*_AUTH_ERRORS, 404, 409)},
                 parameters=[_ID_PARAMETER],
             )
         },
@@ -484,6 +506,14 @@ def _paths() -> dict[str, Schema]:
                 {**_ok("how many keys changed", "Count"), **_errors(*_AUTH_ERRORS)},
             )
         }
+    paths["/api/v1/keys/identify"] = {
+        "post": _operation(
+            "identifyKey",
+            "Which key a leaked secret belongs to (looked up by its SHA-256 digest)",
+            {**_ok("the key", "Key"), **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 404)},
+            body="Identify",
+        )
+    }
     paths["/api/v1/roles"] = {
         "get": _operation(
             "listRoles",
@@ -537,7 +567,9 @@ def _document() -> Schema:
             "description": (
                 "Manage keygate API keys. Authenticate with HTTP Basic as an admin account; "
                 "any request carrying an API key is refused with 403 api_key_forbidden. "
-                "Every error is JSON {error, message, field?}."
+                "State-changing requests (every method but GET/HEAD/OPTIONS) must carry "
+                "Content-Type: application/json, body or not, and come from no other origin "
+                "(403 csrf). Every error is JSON {error, message, field?}."
             ),
         },
         "components": {

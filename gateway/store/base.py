@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 KeyStatus = Literal["active", "revoked"]
 # The lean row a process loads into its key table: digest, id, name, roles, status, expires_at.
@@ -22,6 +22,37 @@ class NameConflictError(StoreError):
 
 class NotFoundError(StoreError):
     """No record with that id or name."""
+
+
+class OutsideGrantsError(StoreError):
+    """The key has roles outside the acting administrator's grant set."""
+
+    def __init__(self, key_name: str, roles: tuple[str, ...]) -> None:
+        self.key_name = key_name
+        self.roles = roles
+        super().__init__(f"key {key_name!r} has role(s) outside your grant set: {', '.join(roles)}")
+
+
+class KeyExpiredError(StoreError):
+    """An expired key cannot be reinstated (give it a new expiry first)."""
+
+
+# Roles an administrator may act on: None for every role (grant-all admins and the CLI).
+Grants = frozenset[str] | None
+
+
+class BatchResult(NamedTuple):
+    """What a batch action did: keys changed, and matching keys skipped (outside the grants)."""
+
+    changed: int
+    skipped: int
+
+
+class LoginFailures(NamedTuple):
+    """Failed logins of one throttle subject within a window: how many, and the latest."""
+
+    failures: int
+    last_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,23 +172,30 @@ class KeyStore(Protocol):
     ) -> list[KeyRow]:
         """List keys by id (> after_id), filtered by status and name/description substring."""
 
-    async def update_key(self, key_id: int, changes: KeyChanges, actor: str) -> KeyRow:
-        """Apply a partial edit; raise NotFoundError or NameConflictError."""
+    async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
+        """Return the key whose secret has this SHA-256 digest, or None."""
 
-    async def set_revoked(self, key_id: int, revoked: bool, actor: str) -> KeyRow:
-        """Revoke or reinstate one key; raise NotFoundError."""
+    async def update_key(
+        self, key_id: int, changes: KeyChanges, actor: str, grants: Grants = None
+    ) -> KeyRow:
+        """Apply a partial edit; raise NotFoundError, NameConflictError or OutsideGrantsError."""
 
-    async def delete_key(self, key_id: int, actor: str) -> KeyRow:
-        """Delete one key for good and return what it was; raise NotFoundError."""
+    async def set_revoked(
+        self, key_id: int, revoked: bool, actor: str, grants: Grants = None
+    ) -> KeyRow:
+        """Revoke or reinstate one key; raise NotFoundError, OutsideGrantsError, KeyExpiredError."""
 
-    async def revoke_all(self, actor: str) -> int:
-        """Revoke every active key in one transaction; return how many."""
+    async def delete_key(self, key_id: int, actor: str, grants: Grants = None) -> KeyRow:
+        """Delete one key for good and return it; raise NotFoundError, OutsideGrantsError."""
 
-    async def reinstate_all(self, actor: str) -> int:
-        """Reinstate every revoked key in one transaction; return how many."""
+    async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
+        """Revoke every active key within `grants` in one transaction."""
 
-    async def delete_revoked(self, actor: str) -> int:
-        """Delete every revoked key in one transaction; return how many."""
+    async def reinstate_all(self, actor: str, grants: Grants = None) -> BatchResult:
+        """Reinstate every revoked key within `grants` in one transaction."""
+
+    async def delete_revoked(self, actor: str, grants: Grants = None) -> BatchResult:
+        """Delete every revoked key within `grants` in one transaction."""
 
     # --- change feed and cache loading ----------------------------------------
     async def load_auth(self, sink: Callable[[list[AuthRow]], None]) -> int:
@@ -202,6 +240,17 @@ class KeyStore(Protocol):
         before_id: int | None = None,
     ) -> list[AuditEvent]:
         """List audit events newest first (id < before_id), filtered."""
+
+    # --- failed-login throttle (shared by every process using the store) ------
+    async def record_login_failure(
+        self, subjects: tuple[str, ...], at: float, forget_before: float
+    ) -> None:
+        """Count one failed login against each subject; forget failures older than forget_before."""
+
+    async def login_failures(
+        self, subjects: tuple[str, ...], since: float
+    ) -> dict[str, LoginFailures]:
+        """Return the failures since `since` of each subject that has any."""
 
     # --- admin accounts -----------------------------------------------------
     async def add_admin(

@@ -9,6 +9,7 @@ import functools
 import gc
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -17,21 +18,30 @@ from typing import Any, Literal
 
 import aiosqlite
 
+from gateway.clock import iso
 from gateway.store.base import (
     AdminAccount,
     AuditEvent,
     AuthRow,
+    BatchResult,
     Change,
+    Grants,
     KeyChanges,
+    KeyExpiredError,
     KeyRow,
     KeyStatus,
+    LoginFailures,
     NameConflictError,
     NewKey,
     NotFoundError,
+    OutsideGrantsError,
 )
 from gateway.store.migrations.sqlite import apply_migrations
 
 log = logging.getLogger("keygate.store.sqlite")
+# aiosqlite logs every statement with its parameters at DEBUG: names typed at the admin
+# login prompt (possibly passwords) would reach the log whenever keygate runs at debug.
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 # Milliseconds a statement waits for another process's write lock before failing.
 BUSY_TIMEOUT_MS = 5000
@@ -39,6 +49,8 @@ BUSY_TIMEOUT_MS = 5000
 LOAD_CHUNK = 20_000
 # Distinct roles JSON strings remembered for interning before the memo starts over.
 ROLES_MEMO_MAX = 10_000
+# Mode of a database file this store creates; SQLite gives its -wal and -shm files the same.
+DB_FILE_MODE = 0o600
 
 # Audit actions written by this store (the admin API records others via append_audit).
 ACTION_CREATE = "create"
@@ -143,6 +155,38 @@ def _is_unique_violation(exc: sqlite3.IntegrityError, column: str) -> bool:
     return str(exc) == f"UNIQUE constraint failed: {column}"
 
 
+def _outside(row: KeyRow, grants: Grants) -> tuple[str, ...]:
+    """Return the key's roles outside `grants` (none when grants is None: every role)."""
+    if grants is None:
+        return ()
+    return tuple(sorted(set(row.roles) - grants))
+
+
+def _check_grants(row: KeyRow, grants: Grants) -> None:
+    """Raise OutsideGrantsError unless every role of the key lies within `grants`."""
+    outside = _outside(row, grants)
+    if outside:
+        raise OutsideGrantsError(row.name, outside)
+
+
+def _within_grants(grants: Grants) -> tuple[str, list[str]]:
+    """Return an SQL condition (and its parameters) true for keys whose roles lie in grants."""
+    if grants is None:
+        return "1", []
+    marks = ", ".join("?" for _ in grants)
+    inside = f"value NOT IN ({marks})" if grants else "1"
+    return f"NOT EXISTS (SELECT 1 FROM json_each(keys.roles) WHERE {inside})", sorted(grants)
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only, unless it already exists."""
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, DB_FILE_MODE)
+    except FileExistsError:
+        return
+    os.close(descriptor)
+
+
 @functools.lru_cache(maxsize=ROLES_MEMO_MAX)
 def _roles_of(text: str) -> tuple[str, ...]:
     """Return the role tuple of a roles JSON column; one shared tuple per distinct text."""
@@ -174,6 +218,7 @@ class SqliteKeyStore:
             if self._db is not None:
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
             # isolation_level=None: no implicit transactions; every write says BEGIN itself.
             db = await aiosqlite.connect(self.path, isolation_level=None)
             try:
@@ -310,7 +355,7 @@ class SqliteKeyStore:
                 ACTION_CREATE,
                 key_id,
                 new.name,
-                {"roles": list(new.roles), "expires_at": new.expires_at},
+                {"roles": list(new.roles), "expires_at": iso(new.expires_at)},
             )
         return KeyRow(
             id=key_id,
@@ -339,6 +384,11 @@ class SqliteKeyStore:
         rows = await self._fetch(f"SELECT {_KEY_COLUMNS} FROM keys WHERE name = ?", (name,))
         return self._build_rows(rows)[0] if rows else None
 
+    async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
+        """Return the key whose secret has this SHA-256 digest, or None."""
+        rows = await self._fetch(f"SELECT {_KEY_COLUMNS} FROM keys WHERE digest = ?", (digest,))
+        return self._build_rows(rows)[0] if rows else None
+
     async def list_keys(
         self,
         *,
@@ -348,10 +398,11 @@ class SqliteKeyStore:
         after_id: int = 0,
         now: float | None = None,
     ) -> list[KeyRow]:
-        """List keys ordered by id (> after_id), filtered by status and name/description substring.
+        """List keys ordered by id (> after_id), filtered by status and a text query.
 
         "active" excludes expired keys, "expired" is active with expires_at <= now, and the
-        query matches case-insensitively (ASCII) with no wildcards.
+        query matches name, description or display prefix case-insensitively (ASCII) with
+        no wildcards.
         """
         if limit < 0:
             raise ValueError("limit must not be negative")
@@ -369,9 +420,12 @@ class SqliteKeyStore:
         elif status is not None:
             raise ValueError(f"unknown status filter {status!r}")
         if query:
-            where.append(r"(name LIKE ? ESCAPE '\' OR description LIKE ? ESCAPE '\')")
+            where.append(
+                r"(name LIKE ? ESCAPE '\' OR description LIKE ? ESCAPE '\'"
+                r" OR prefix LIKE ? ESCAPE '\')"
+            )
             pattern = _like_pattern(query)
-            params += [pattern, pattern]
+            params += [pattern, pattern, pattern]
         params.append(limit)
         rows = await self._fetch(
             f"SELECT {_KEY_COLUMNS} FROM keys WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
@@ -379,8 +433,10 @@ class SqliteKeyStore:
         )
         return self._build_rows(rows)
 
-    async def update_key(self, key_id: int, changes: KeyChanges, actor: str) -> KeyRow:
-        """Apply a partial edit; raise NotFoundError or NameConflictError.
+    async def update_key(
+        self, key_id: int, changes: KeyChanges, actor: str, grants: Grants = None
+    ) -> KeyRow:
+        """Apply a partial edit; raise NotFoundError, NameConflictError or OutsideGrantsError.
 
         Fields equal to their current value are not changes; an edit that changes nothing
         writes nothing (no updated_at, change-feed entry or audit event).
@@ -390,6 +446,7 @@ class SqliteKeyStore:
         now = time.time()
         async with self._transaction() as db:
             current = await self._key_in(db, key_id)
+            _check_grants(current, grants)
             wanted: dict[str, Any] = {}
             if changes.name is not None:
                 wanted["name"] = changes.name
@@ -423,8 +480,8 @@ class SqliteKeyStore:
                     ) from None
                 raise
             await db.execute(_INSERT_CHANGE, (key_id, current.digest, "upsert"))
-            before = {field: _jsonable(getattr(current, field)) for field in edits}
-            after = {field: _jsonable(value) for field, value in edits.items()}
+            before = {field: _jsonable(field, getattr(current, field)) for field in edits}
+            after = {field: _jsonable(field, value) for field, value in edits.items()}
             await self._audit_in(
                 db,
                 now,
@@ -438,17 +495,25 @@ class SqliteKeyStore:
             edits["roles"] = _roles_of(columns["roles"])
         return dataclasses.replace(current, **edits, updated_at=now)
 
-    async def set_revoked(self, key_id: int, revoked: bool, actor: str) -> KeyRow:
-        """Revoke or reinstate one key; raise NotFoundError.
+    async def set_revoked(
+        self, key_id: int, revoked: bool, actor: str, grants: Grants = None
+    ) -> KeyRow:
+        """Revoke or reinstate one key; raise NotFoundError, OutsideGrantsError, KeyExpiredError.
 
         Revoking a revoked key (or reinstating an active one) returns it unchanged and
-        writes nothing.
+        writes nothing; reinstating an expired key is refused, whatever its status.
         """
         now = time.time()
         status: KeyStatus = "revoked" if revoked else "active"
         revoked_at = now if revoked else None
         async with self._transaction() as db:
             current = await self._key_in(db, key_id)
+            _check_grants(current, grants)
+            if not revoked and current.expires_at is not None and current.expires_at <= now:
+                raise KeyExpiredError(
+                    f"key {current.name!r} expired at {iso(current.expires_at)}; "
+                    "give it a new expires_at before reinstating it"
+                )
             if current.status == status:
                 return current
             await db.execute(
@@ -460,11 +525,12 @@ class SqliteKeyStore:
             await self._audit_in(db, now, actor, action, key_id, current.name)
         return dataclasses.replace(current, status=status, revoked_at=revoked_at, updated_at=now)
 
-    async def delete_key(self, key_id: int, actor: str) -> KeyRow:
-        """Delete one key for good and return what it was; raise NotFoundError."""
+    async def delete_key(self, key_id: int, actor: str, grants: Grants = None) -> KeyRow:
+        """Delete one key for good and return it; raise NotFoundError, OutsideGrantsError."""
         now = time.time()
         async with self._transaction() as db:
             current = await self._key_in(db, key_id)
+            _check_grants(current, grants)
             await db.execute("DELETE FROM keys WHERE id = ?", (key_id,))
             await db.execute(_INSERT_CHANGE, (key_id, current.digest, "delete"))
             await self._audit_in(
@@ -473,27 +539,43 @@ class SqliteKeyStore:
         return current
 
     async def _batch(
-        self, actor: str, action: str, op: str, where: str, write: str, *values: object
-    ) -> int:
-        """Log a change for every key matching `where`, then `write ... WHERE where` them.
+        self,
+        actor: str,
+        action: str,
+        op: str,
+        where: str,
+        write: str,
+        values: tuple[object, ...],
+        grants: Grants,
+    ) -> BatchResult:
+        """Log a change for every key matching `where` within `grants`, then `write` them.
 
         One transaction: the change rows (INSERT ... SELECT), the write and an audit event
-        with the count. `values` are the write's parameters.
+        with the count, the skipped count and the ids touched. `values` are the write's
+        parameters.
         """
         now = time.time()
+        scope, scope_params = _within_grants(grants)
+        chosen = f"({where}) AND {scope}"
         async with self._transaction() as db:
+            total_rows = list(await db.execute_fetchall(f"SELECT COUNT(*) FROM keys WHERE {where}"))
+            id_rows = await db.execute_fetchall(
+                f"SELECT id FROM keys WHERE {chosen} ORDER BY id", scope_params
+            )
+            key_ids = [int(row[0]) for row in id_rows]
             await db.execute(
                 "INSERT INTO key_changes (key_id, digest, op)"
-                f" SELECT id, digest, ? FROM keys WHERE {where} ORDER BY id",
-                (op,),
+                f" SELECT id, digest, ? FROM keys WHERE {chosen} ORDER BY id",
+                (op, *scope_params),
             )
-            cursor = await db.execute(f"{write} WHERE {where}", values)
-            count = cursor.rowcount
-            await self._audit_in(db, now, actor, action, details={"count": count})
-        return count
+            await db.execute(f"{write} WHERE {chosen}", (*values, *scope_params))
+            result = BatchResult(len(key_ids), int(total_rows[0][0]) - len(key_ids))
+            details = {"count": result.changed, "skipped": result.skipped, "key_ids": key_ids}
+            await self._audit_in(db, now, actor, action, details=details)
+        return result
 
-    async def revoke_all(self, actor: str) -> int:
-        """Revoke every active key in one transaction; return how many."""
+    async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
+        """Revoke every active key within `grants` in one transaction."""
         now = time.time()
         return await self._batch(
             actor,
@@ -501,25 +583,32 @@ class SqliteKeyStore:
             "upsert",
             "status = 'active'",
             "UPDATE keys SET status = 'revoked', revoked_at = ?, updated_at = ?",
-            now,
-            now,
+            (now, now),
+            grants,
         )
 
-    async def reinstate_all(self, actor: str) -> int:
-        """Reinstate every revoked key in one transaction; return how many."""
+    async def reinstate_all(self, actor: str, grants: Grants = None) -> BatchResult:
+        """Reinstate every revoked key within `grants` in one transaction."""
         return await self._batch(
             actor,
             ACTION_REINSTATE_ALL,
             "upsert",
             "status = 'revoked'",
             "UPDATE keys SET status = 'active', revoked_at = NULL, updated_at = ?",
-            time.time(),
+            (time.time(),),
+            grants,
         )
 
-    async def delete_revoked(self, actor: str) -> int:
-        """Delete every revoked key in one transaction; return how many."""
+    async def delete_revoked(self, actor: str, grants: Grants = None) -> BatchResult:
+        """Delete every revoked key within `grants` in one transaction."""
         return await self._batch(
-            actor, ACTION_DELETE_REVOKED, "delete", "status = 'revoked'", "DELETE FROM keys"
+            actor,
+            ACTION_DELETE_REVOKED,
+            "delete",
+            "status = 'revoked'",
+            "DELETE FROM keys",
+            (),
+            grants,
         )
 
     # --- change feed and cache loading ----------------------------------------
@@ -647,6 +736,32 @@ class SqliteKeyStore:
             for row in rows
         ]
 
+    # --- failed-login throttle -------------------------------------------------
+    async def record_login_failure(
+        self, subjects: tuple[str, ...], at: float, forget_before: float
+    ) -> None:
+        """Count one failed login against each subject; forget failures older than forget_before."""
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM login_failures WHERE at < ?", (forget_before,))
+            await db.executemany(
+                "INSERT INTO login_failures (subject, at) VALUES (?, ?)",
+                [(subject, at) for subject in subjects],
+            )
+
+    async def login_failures(
+        self, subjects: tuple[str, ...], since: float
+    ) -> dict[str, LoginFailures]:
+        """Return the failures since `since` of each subject that has any."""
+        if not subjects:
+            return {}
+        marks = ", ".join("?" for _ in subjects)
+        rows = await self._fetch(
+            "SELECT subject, COUNT(*), MAX(at) FROM login_failures"
+            f" WHERE subject IN ({marks}) AND at >= ? GROUP BY subject",
+            (*subjects, since),
+        )
+        return {str(row[0]): LoginFailures(int(row[1]), float(row[2])) for row in rows}
+
     # --- admin accounts --------------------------------------------------------
     async def add_admin(
         self, name: str, password_hash: str, grants: tuple[str, ...], grant_all: bool, actor: str
@@ -737,8 +852,10 @@ class SqliteKeyStore:
             await self._audit_in(db, now, actor, ACTION_ADMIN_REMOVE, details={"admin": name})
 
 
-def _jsonable(value: Any) -> Any:
-    """Return a value as audit JSON wants it (tuples become lists)."""
+def _jsonable(field: str, value: Any) -> Any:
+    """Return a key field as audit JSON wants it (tuples become lists, times ISO-8601)."""
+    if field.endswith("_at"):
+        return iso(value)
     return list(value) if isinstance(value, tuple) else value
 
 

@@ -70,6 +70,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        2,
+        "failed admin logins per address and per account (shared login throttle)",
+        (
+            """
+            CREATE TABLE login_failures (
+                subject TEXT NOT NULL,
+                at      REAL NOT NULL
+            )
+            """,
+            "CREATE INDEX login_failures_subject ON login_failures (subject, at)",
+            "CREATE INDEX login_failures_at ON login_failures (at)",
+        ),
+    ),
 )
 
 check_sequence(MIGRATIONS)
