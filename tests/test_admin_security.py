@@ -434,7 +434,7 @@ async def listener(runtime: Runtime) -> AsyncIterator[tuple[int, Runtime]]:
     app = app_with(runtime, free_failures=5, lockout_base=0.2, account_lockout_max=0.6)
     runner = web_internals.JsonErrorAppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "0.0.0.0", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0)  # reached from any 127.x source address
     await site.start()
     try:
         yield runner.addresses[0][1], runtime
@@ -469,6 +469,29 @@ async def test_an_attacker_cannot_keep_a_real_admin_out_beyond_the_bound(
     while await _guess_from(port, "127.0.7.1", "root", ROOT_PASSWORD) != 200:
         assert time.monotonic() - started < 1.0  # account_lockout_max is 0.6 s
         await asyncio.sleep(0.05)
+
+
+async def test_an_admin_is_never_locked_out_of_an_address_it_logged_in_from(
+    aiohttp_client: ClientFactory, runtime: Runtime
+) -> None:
+    # Lockouts long enough that re-locking would keep the account shut for the whole test.
+    app = app_with(runtime, free_failures=5, lockout_base=30, account_lockout_max=60)
+    runner = web_internals.JsonErrorAppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        assert await _guess_from(port, "127.0.7.1", "root", ROOT_PASSWORD) == 200
+        for index in range(10):  # an attacker elsewhere locks the account
+            await _guess_from(port, f"127.0.6.{index + 1}", "root", "guess")
+        assert await _guess_from(port, "127.0.6.99", "root", ROOT_PASSWORD) == 429
+        # The admin's own address is spared: no wait at all, however often it is re-locked.
+        assert await _guess_from(port, "127.0.7.1", "root", ROOT_PASSWORD) == 200
+        await _guess_from(port, "127.0.6.1", "root", "guess")
+        assert await _guess_from(port, "127.0.7.1", "root", ROOT_PASSWORD) == 200
+    finally:
+        await runner.cleanup()
 
 
 async def test_failures_are_counted_in_the_store_across_processes(

@@ -17,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+import gateway.clock
 from gateway import passwords
 from gateway.admin.accounts import is_admin_name
 from gateway.admin.errors import E_TOO_MANY_ATTEMPTS, E_UNAUTHORIZED, ApiError
-from gateway.admin.throttle import LoginThrottle
+from gateway.admin.throttle import TRUSTED_ADDRESS_WINDOW, LoginThrottle
 from gateway.credentials import decode_basic, split_authorization
 from gateway.store.base import AdminAccount, KeyStore
 
@@ -177,7 +178,16 @@ class Authenticator:
         try:
             account = await self.store.get_admin(typed) if typed is not None else None
             known = account is not None
-            wait = await self.throttle.retry_after(self.store, reservation, account=known)
+            trusted = (
+                typed is not None
+                and known
+                and await self.store.trusted_login(
+                    typed, address, gateway.clock.now() - TRUSTED_ADDRESS_WINDOW
+                )
+            )
+            wait = await self.throttle.retry_after(
+                self.store, reservation, account=known, trusted=trusted
+            )
             if wait is not None:
                 outcome = too_many_attempts(wait)
             elif parsed is None:
@@ -202,10 +212,19 @@ class Authenticator:
         elif running is not None:  # the same credentials were being checked: share the outcome
             return _account_or_raise(await asyncio.shield(running))
         elif isinstance(outcome, AdminAccount) and memo is not None:
+            if self._remembered(memo) is None:  # a real password check: note the address
+                await self._note_success(outcome.name, address)
             self._remember(memo, outcome.password_hash)
         elif outcome is None:
             await self._failed(address, actor, delay)
         return _account_or_raise(outcome)
+
+    async def _note_success(self, account: str, address: str) -> None:
+        """Record the address a login succeeded from (exempt from the account's lockout)."""
+        try:
+            await self.store.record_login_success(account, address, gateway.clock.now())
+        except Exception:
+            log.exception("could not record a successful admin login")
 
     async def _count_failure(self, address: str, account: str | None) -> float:
         """Count a failure in the store; return its hold-back (the most when counting fails)."""

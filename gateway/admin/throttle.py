@@ -20,6 +20,9 @@ LOCKOUT_MAX = 300.0  # seconds; the longest lockout of an address
 # Seconds; the longest lockout of an account. Kept short so that an attacker guessing an
 # admin's password cannot keep the real admin out for longer than this at a time.
 ACCOUNT_LOCKOUT_MAX = 60.0
+# Seconds an address an admin logged in from stays exempt from that account's lockout: an
+# attacker elsewhere can lock the account, but never out of the places its admin uses.
+TRUSTED_ADDRESS_WINDOW = 30 * 86_400.0
 FAILURE_DELAY_BASE = 0.05  # seconds a failed attempt's answer is held back; doubles each time
 FAILURE_DELAY_MAX = 2.0  # seconds; the longest hold-back of one answer
 PENDING_RETRY_AFTER = 1.0  # seconds to wait when too many guesses are being checked at once
@@ -106,18 +109,20 @@ class LoginThrottle:
                 self._pending.pop(name, None)
 
     async def retry_after(
-        self, store: KeyStore, reservation: Reservation, *, account: bool
+        self, store: KeyStore, reservation: Reservation, *, account: bool, trusted: bool = False
     ) -> float | None:
         """Return seconds until the reserved attempt may be checked, or None to check it now.
 
         `account` says whether the attempt names an existing admin; only then is that
-        account's stored count read (no other typed name reaches the store).
+        account's stored count read (no other typed name reaches the store). `trusted` says
+        that admin logged in from this address lately: the account's lockout spares it
+        (the address's own count still applies).
         """
         now = self._clock()
-        stored = reservation.subjects if account else reservation.subjects[:1]
+        stored = reservation.subjects if account and not trusted else reservation.subjects[:1]
         counts = await store.login_failures(stored, now - self.window)
         wait = 0.0
-        for name in reservation.subjects:
+        for name in stored:
             found = counts.get(name)
             count = found.failures if found is not None else 0
             if found is not None and count >= self.free_failures:

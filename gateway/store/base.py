@@ -252,6 +252,12 @@ class KeyStore(Protocol):
     ) -> dict[str, LoginFailures]:
         """Return the failures since `since` of each subject that has any."""
 
+    async def record_login_success(self, account: str, address: str, at: float) -> None:
+        """Note that `account` logged in from `address` at `at` (its lockout spares it)."""
+
+    async def trusted_login(self, account: str, address: str, since: float) -> bool:
+        """Return True when `account` logged in from `address` at or after `since`."""
+
     # --- admin accounts -----------------------------------------------------
     async def add_admin(
         self, name: str, password_hash: str, grants: tuple[str, ...], grant_all: bool, actor: str

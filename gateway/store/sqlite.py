@@ -762,6 +762,23 @@ class SqliteKeyStore:
         )
         return {str(row[0]): LoginFailures(int(row[1]), float(row[2])) for row in rows}
 
+    async def record_login_success(self, account: str, address: str, at: float) -> None:
+        """Note that `account` logged in from `address` at `at` (its lockout spares it)."""
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO trusted_logins (account, address, at) VALUES (?, ?, ?)"
+                " ON CONFLICT (account, address) DO UPDATE SET at = excluded.at",
+                (account, address, at),
+            )
+
+    async def trusted_login(self, account: str, address: str, since: float) -> bool:
+        """Return True when `account` logged in from `address` at or after `since`."""
+        rows = await self._fetch(
+            "SELECT 1 FROM trusted_logins WHERE account = ? AND address = ? AND at >= ?",
+            (account, address, since),
+        )
+        return bool(rows)
+
     # --- admin accounts --------------------------------------------------------
     async def add_admin(
         self, name: str, password_hash: str, grants: tuple[str, ...], grant_all: bool, actor: str

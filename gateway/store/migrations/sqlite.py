@@ -84,6 +84,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX login_failures_at ON login_failures (at)",
         ),
     ),
+    Migration(
+        3,
+        "addresses each admin logged in from (exempt from that account's lockout)",
+        (
+            """
+            CREATE TABLE trusted_logins (
+                account TEXT NOT NULL,
+                address TEXT NOT NULL,
+                at      REAL NOT NULL,
+                PRIMARY KEY (account, address)
+            )
+            """,
+        ),
+    ),
 )
 
 check_sequence(MIGRATIONS)
