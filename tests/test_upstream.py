@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import random
 import shutil
 import socket
 import ssl
@@ -21,6 +23,7 @@ from gateway.upstream import (
     READ_HIGH_WATER,
     UpstreamClient,
     UpstreamClosed,
+    UpstreamError,
     UpstreamProtocolError,
     UpstreamResponse,
     UpstreamTimeout,
@@ -839,3 +842,150 @@ async def test_https_upstream(tmp_path: Path) -> None:
         server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 2)
+
+
+# --------------------------------------------------------------------------- defects (issue 8)
+
+
+async def test_a_post_is_never_resent_after_the_upstream_received_it() -> None:
+    """RFC 9112 section 9.3.1.1: a non-idempotent request is not retried automatically."""
+    seen: list[bytes] = []
+
+    async def handle(ex: Exchange) -> None:
+        while True:
+            head, body = await ex.read_request()
+            seen.append(head.split(b" ", 1)[0] + b" " + body)
+            if head.startswith(b"POST"):
+                ex.writer.transport.abort()  # received, then dropped without an answer
+                return
+            await ex.send(OK_HELLO)
+
+    async with upstream(handle) as up, client_for(up.url) as client:
+        await fetch(client)
+        with pytest.raises(UpstreamClosed):
+            async with asyncio.timeout(TEST_TIMEOUT):
+                await client.request("POST", "/", [("Content-Length", "3")], Buffered(b"abc"))
+        # A streamed POST body is not resent either.
+        await fetch(client)
+        with pytest.raises(UpstreamClosed):
+            async with asyncio.timeout(TEST_TIMEOUT):
+                await client.request("POST", "/", [("Content-Length", "3")], Source(1, b"xyz"))
+    assert seen.count(b"POST abc") == 1
+    assert seen.count(b"POST xyz") == 1
+
+
+def _open_fds() -> int:
+    """File descriptors this process holds now."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+STRESS_REQUESTS = 3000  # requests in the cancellation stress test
+STRESS_CONCURRENCY = 48  # of them in flight at once
+STRESS_POOL = 8  # pool_size under stress
+
+
+async def test_pool_accounting_holds_under_random_cancellations() -> None:
+    """Thousands of requests, cancelled at random in every phase, against a rude upstream."""
+    rng = random.Random(8)
+    fds_before = _open_fds()
+
+    async def handle(ex: Exchange) -> None:
+        while True:
+            head, _ = await ex.read_request()
+            kind = head.split(b" ", 2)[1]
+            if kind == b"/slow":
+                await asyncio.sleep(0.002)
+                await ex.send(OK_HELLO)
+            elif kind == b"/stall":  # half a body, then silence
+                await ex.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+                await asyncio.sleep(0.05)
+                ex.writer.transport.abort()
+                return
+            elif kind == b"/drop":
+                ex.writer.transport.abort()
+                return
+            elif kind == b"/close":
+                await ex.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+                return
+            else:
+                await ex.send(OK_HELLO)
+
+    over: list[int] = []
+    async with upstream(handle) as up:
+        client = UpstreamClient(
+            up.url, pool_size=STRESS_POOL, connect_timeout=1, timeout=0.3, pool_timeout=2
+        )
+
+        async def one(path: str) -> None:
+            response = await client.request("GET", path, [])
+            try:
+                await response.read()
+            finally:
+                response.release()
+
+        async def sample() -> None:
+            while True:
+                live = client.pool.live
+                if live > STRESS_POOL:
+                    over.append(live)
+                await asyncio.sleep(0)
+
+        sampler = asyncio.create_task(sample())
+        semaphore = asyncio.Semaphore(STRESS_CONCURRENCY)
+        paths = ["/fast"] * 6 + ["/slow", "/stall", "/drop", "/close"]
+
+        async def run(n: int) -> None:
+            async with semaphore:
+                task = asyncio.create_task(one(rng.choice(paths)))
+                if rng.random() < 0.5:  # cancel in connect, head wait or mid-body
+                    if rng.random() < 0.5:
+                        for _ in range(rng.randrange(8)):  # a few loop turns: mid-connect
+                            await asyncio.sleep(0)
+                    else:
+                        await asyncio.sleep(rng.choice([0.0005, 0.001, 0.003, 0.01]))
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, UpstreamError):
+                    await task
+
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(run(n) for n in range(STRESS_REQUESTS)))
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+        await asyncio.sleep(0.1)
+        assert up.open_now <= STRESS_POOL
+        assert client.pool.live <= STRESS_POOL
+        assert client.pool.idle <= client.pool.live
+        # Every slot came back exactly once: the whole pool can be used again.
+        results = await asyncio.gather(*(fetch(client, "GET", "/slow") for _ in range(20)))
+        assert [body for _, body in results] == [b"hello"] * 20
+        await client.close()
+    assert over == []
+    await asyncio.sleep(0.1)
+    assert _open_fds() <= fds_before
+
+
+async def test_an_over_long_header_line_is_refused_while_it_arrives() -> None:
+    sent = 0
+
+    async def handle(ex: Exchange) -> None:
+        nonlocal sent
+        await ex.read_request()
+        await ex.send(b"HTTP/1.1 200 OK\r\nX-Big: ")
+        for _ in range(64):
+            await ex.send(b"a" * MIB)
+            sent += MIB
+
+    async with upstream(handle) as up, client_for(up.url) as client:
+        with pytest.raises(UpstreamError) as caught:
+            await fetch(client)
+    assert type(caught.value).__name__ == "UpstreamLimitError"
+    assert sent < 64 * MIB
+
+
+async def test_latin1_header_bytes_and_reason_are_kept() -> None:
+    answer = b'HTTP/1.1 200 Tr\xe8s bien\r\nX-File: caf\xe9.txt\r\nContent-Length: 0\r\n\r\n'
+    async with upstream(canned(answer)) as up, client_for(up.url) as client:
+        response, _ = await fetch(client)
+    assert response.reason.encode("latin-1") == b"Tr\xe8s bien"
+    assert [(n, v.encode("latin-1")) for n, v in response.headers][0] == ("X-File", b"caf\xe9.txt")
