@@ -20,12 +20,12 @@ from gateway.proxy import (
     E_INTERNAL,
     KEY_NAME,
     Proxy,
-    create_upstream_client,
     error_response,
 )
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 from gateway.store.factory import store_from_url
+from gateway.upstream import create_upstream_client
 
 log = logging.getLogger("keygate")
 access_log = logging.getLogger("keygate.access")
@@ -95,6 +95,9 @@ def create_proxy_server(proxy: Proxy, access_log_enabled: bool) -> web.Server:
         access_log=access_log if access_log_enabled else None,
         max_line_size=MAX_LINE_SIZE,
         auto_decompress=False,
+        # A client that leaves cancels its request: the upstream exchange is abandoned at
+        # once, its connection closed and its pool slot freed (not held until it answers).
+        handler_cancellation=True,
     )
 
 
@@ -139,7 +142,7 @@ async def running_gateway(
             runtime.usage.run(runtime.store, settings.flush_interval), name="keygate-usage"
         ),
     ]
-    upstream = create_upstream_client(runtime)
+    upstream = create_upstream_client(settings.upstream)
     proxy_runner = web.ServerRunner(
         create_proxy_server(
             Proxy(runtime, upstream),

@@ -14,9 +14,12 @@ from gateway.cache import now
 from gateway.runtime import Runtime
 from gateway.target import TargetError, decoded_path
 from gateway.upstream import (
+    ClientBodyTimeout,
     RequestBodyError,
     UpstreamClient,
     UpstreamError,
+    UpstreamLimitError,
+    UpstreamProtocolError,
     UpstreamResponse,
     UpstreamTimeout,
 )
@@ -45,6 +48,9 @@ FORWARDING_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host"
 SMALL_BODY_LIMIT = 256 * 1024
 E_UPSTREAM_DOWN = "upstream_unavailable"
 E_UPSTREAM_TIMEOUT = "upstream_timeout"
+E_UPSTREAM_HEAD_TOO_LARGE = "upstream_head_too_large"  # 502: over max_line_size/max_headers
+E_UPSTREAM_BAD_RESPONSE = "upstream_bad_response"  # 502: not valid HTTP, or not relayable
+E_CLIENT_BODY_TIMEOUT = "client_body_timeout"  # 408: the request body went idle
 E_BAD_TARGET = "bad_target"
 E_INTERNAL = "internal_error"
 E_BAD_REQUEST = "bad_request"
@@ -77,17 +83,56 @@ def refusal_response(refusal: auth.Refusal) -> web.Response:
 
 
 class RelayedResponse(web.StreamResponse):
-    """A streamed response carrying the upstream's headers: aiohttp adds no Content-Type.
+    """A streamed response carrying the upstream's head: byte-exact, no Content-Type added.
 
     aiohttp defaults a body's missing Content-Type to application/octet-stream; a proxy must
     not invent one (RFC 9110 section 8.3 lets the recipient sniff or assume instead).
     """
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        reason: str,
+        latin1_head: bool = False,
+        transfer_codings: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(status=status, reason=reason)
+        # Header strings hold the upstream's bytes as latin-1 (see UpstreamResponse).
+        self._latin1_head = latin1_head
+        self._transfer_codings = transfer_codings
 
     async def _prepare_headers(self) -> None:
         untyped = hdrs.CONTENT_TYPE not in self.headers
         await super()._prepare_headers()
         if untyped:
             self.headers.popall(hdrs.CONTENT_TYPE, None)
+        if self._transfer_codings and hdrs.TRANSFER_ENCODING in self.headers:
+            # The upstream's codings (gzip ...) stay applied to the body keygate re-chunks:
+            # relayed in front of chunked, never silently dropped (RFC 9112 section 6.1).
+            codings = ", ".join((*self._transfer_codings, "chunked"))
+            self.headers[hdrs.TRANSFER_ENCODING] = codings
+
+    async def _write_headers(self) -> None:
+        """Write the head; one holding non-ASCII upstream bytes goes out as latin-1.
+
+        aiohttp serialises heads as UTF-8, which is byte-exact only for ASCII; it would
+        re-encode (or, for lone surrogates, drop) other bytes. So such a head is written here,
+        straight to the transport, before any body byte.
+        """
+        request = self._req
+        if not self._latin1_head or request is None:
+            await super()._write_headers()
+            return
+        version = request.version
+        lines = [f"HTTP/{version.major}.{version.minor} {self.status} {self.reason}"]
+        lines += [f"{name}: {value}" for name, value in self.headers.items()]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client connection closed")
+        transport.write(head)
+        request.writer.output_size += len(head)
 
 
 class RelayedWholeResponse(RelayedResponse):
@@ -230,28 +275,62 @@ class Proxy:
             upstream = await self._client.request(
                 request.method, request.raw_path, headers, body, chunked=chunked
             )
-        except UpstreamTimeout:
-            return self._error(504, E_UPSTREAM_TIMEOUT, "the upstream did not answer in time")
-        except RequestBodyError as error:
-            # The client's side failed (it left mid-upload, or broke its chunked framing).
-            log.info("request body failed: %s", error)
-            return self._error(502, E_UPSTREAM_DOWN, "the request could not be forwarded")
         except UpstreamError as error:
-            log.warning("upstream request failed: %s: %s", error.__class__.__name__, error)
-            return self._error(502, E_UPSTREAM_DOWN, "the upstream could not be reached")
+            answer = self._upstream_failed(error)
+            if isinstance(error, ClientBodyTimeout):
+                # Close the client's side too, once the 408 is out: aiohttp would otherwise
+                # linger reading the rest of a body that is not coming.
+                await answer.prepare(request)
+                await answer.write_eof()
+                if request.transport is not None:
+                    request.transport.close()
+            return answer
         try:
             return await self._relay(request, upstream)
         finally:
             upstream.release()
 
+    def _upstream_failed(self, error: UpstreamError) -> web.Response:
+        """Answer for an exchange that failed before the response head could be relayed."""
+        if isinstance(error, ClientBodyTimeout):
+            log.info("request body timed out: %s", error)
+            response = self._error(408, E_CLIENT_BODY_TIMEOUT, "the request body stalled")
+            response.force_close()  # the rest of the body will never be read
+            return response
+        if isinstance(error, UpstreamTimeout):
+            return self._error(504, E_UPSTREAM_TIMEOUT, "the upstream did not answer in time")
+        if isinstance(error, RequestBodyError):
+            # The client's side failed (it left mid-upload, or broke its chunked framing).
+            log.info("request body failed: %s", error)
+            return self._error(502, E_UPSTREAM_DOWN, "the request could not be forwarded")
+        log.warning("upstream request failed: %s: %s", error.__class__.__name__, error)
+        if isinstance(error, UpstreamLimitError):
+            return self._error(502, E_UPSTREAM_HEAD_TOO_LARGE, "the upstream's head is too large")
+        if isinstance(error, UpstreamProtocolError):
+            return self._error(502, E_UPSTREAM_BAD_RESPONSE, "the upstream's answer is invalid")
+        return self._error(502, E_UPSTREAM_DOWN, "the upstream could not be reached")
+
     async def _relay(
         self, request: web.BaseRequest, upstream: UpstreamResponse
     ) -> web.StreamResponse:
         """Copy status, headers (minus hop-by-hop) and body from the upstream response."""
+        if upstream.transfer_codings and request.version < aiohttp.HttpVersion11:
+            # RFC 9112 section 6.1: no transfer coding may be sent to an HTTP/1.0 client.
+            log.warning(
+                "upstream transfer coding %s for an HTTP/1.0 client", upstream.transfer_codings
+            )
+            return self._error(
+                502, E_UPSTREAM_BAD_RESPONSE, "the upstream's coding cannot be relayed"
+            )
         length = upstream.content_length
         whole = length is not None and length <= SMALL_BODY_LIMIT
         kind = RelayedWholeResponse if whole else RelayedResponse
-        response = kind(status=upstream.status, reason=upstream.reason)
+        response = kind(
+            status=upstream.status,
+            reason=upstream.reason,
+            latin1_head=not upstream.head_ascii,
+            transfer_codings=upstream.transfer_codings,
+        )
         drop = HOP_BY_HOP
         connection = upstream.connection
         if connection:
@@ -289,14 +368,3 @@ class Proxy:
 
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-def create_upstream_client(runtime: Runtime) -> UpstreamClient:
-    """Return the keep-alive upstream client (connection pool) the proxy forwards through."""
-    upstream = runtime.settings.upstream
-    return UpstreamClient(
-        upstream.url,
-        pool_size=upstream.pool_size,
-        connect_timeout=upstream.connect_timeout,
-        timeout=upstream.timeout,
-    )
