@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
+from gateway.settings import Upstream as UpstreamSettings
+from gateway.settings import UpstreamTLS
 from gateway.upstream import (
     READ_HIGH_WATER,
     UpstreamClient,
@@ -28,6 +31,7 @@ from gateway.upstream import (
     UpstreamProtocolError,
     UpstreamResponse,
     UpstreamTimeout,
+    create_upstream_client,
 )
 
 MIB = 1024 * 1024
@@ -997,3 +1001,154 @@ async def test_latin1_header_bytes_and_reason_are_kept() -> None:
     assert response.reason.encode("latin-1") == b"Tr\xe8s bien"
     name, value = response.headers[0]
     assert (name, value.encode("latin-1")) == ("X-File", b"caf\xe9.txt")
+
+
+# --------------------------------------------------------------------------- idle connections
+
+
+async def test_an_idle_connection_the_upstream_closed_is_never_handed_out() -> None:
+    async def handle(ex: Exchange) -> None:
+        await ex.read_request()
+        await ex.send(OK_HELLO)  # keep-alive by default, then the upstream closes anyway
+
+    async with upstream(handle) as up, client_for(up.url) as client:
+        await fetch(client)
+        await asyncio.sleep(0.05)
+        assert client.pool.idle == 0  # its close was seen: out of the pool
+        response = await client.request("POST", "/", [("Content-Length", "2")], Buffered(b"ok"))
+        assert await response.read() == b"hello"
+        response.release()
+    assert up.accepted == 2
+
+
+async def test_idle_connections_expire_by_idle_timeout_or_the_keep_alive_hint() -> None:
+    closed: list[int] = []
+
+    async def handle(ex: Exchange) -> None:
+        try:
+            while True:
+                head, _ = await ex.read_request()
+                hint = b"Keep-Alive: timeout=1\r\n" if b" /hint " in head else b""
+                await ex.send(b"HTTP/1.1 200 OK\r\n" + hint + b"Content-Length: 5\r\n\r\nhello")
+        finally:
+            closed.append(ex.number)
+
+    async with upstream(handle) as up, client_for(up.url, idle_timeout=0.3) as client:
+        await fetch(client)
+        await asyncio.sleep(0.5)  # past idle_timeout: closed by keygate, unasked
+        assert closed == [1]
+        assert client.pool.live == 0
+        await fetch(client)
+        assert up.accepted == 2
+    async with upstream(handle) as up, client_for(up.url, idle_timeout=30) as client:
+        await fetch(client, "GET", "/hint")  # timeout=1: kept 0.5 s, less than the upstream
+        await asyncio.sleep(0.2)
+        await fetch(client)
+        assert up.accepted == 1
+        await asyncio.sleep(0.7)
+        await fetch(client)
+        assert up.accepted == 2
+
+
+# --------------------------------------------------------------------------- tls (trustme)
+
+
+@dataclass
+class TLSUpstream:
+    """An HTTPS upstream on loopback, with the CA that issued its certificate."""
+
+    url: str
+    ca: trustme.CA
+    up: Upstream
+
+
+@contextlib.asynccontextmanager
+async def tls_upstream(
+    tmp_path: Path, *, names: tuple[str, ...] = ("127.0.0.1",), client_ca: trustme.CA | None = None
+) -> AsyncIterator[TLSUpstream]:
+    """An HTTPS upstream whose certificate names `names`; `client_ca` makes it demand mTLS."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(server_context)
+    if client_ca is not None:
+        server_context.verify_mode = ssl.CERT_REQUIRED
+        client_ca.configure_trust(server_context)
+    up = Upstream(keep_answering(OK_HELLO))
+    server = await asyncio.start_server(up._serve, "127.0.0.1", 0, ssl=server_context)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        yield TLSUpstream(f"https://127.0.0.1:{port}", ca, up)
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 2)
+
+
+def settings_for(url: str, tls: UpstreamTLS) -> UpstreamSettings:
+    """Upstream settings as the config would give them (short bounds for tests)."""
+    return UpstreamSettings(url=url, timeout=5, connect_timeout=2, headers=(), pool_size=4, tls=tls)
+
+
+async def test_https_upstream_verified_with_a_configured_ca(tmp_path: Path) -> None:
+    async with tls_upstream(tmp_path) as https:
+        ca_file = tmp_path / "ca.pem"
+        https.ca.cert_pem.write_to_path(str(ca_file))
+        client = create_upstream_client(settings_for(https.url, UpstreamTLS(ca_file=str(ca_file))))
+        try:
+            for _ in range(3):
+                response, body = await fetch(client)
+                assert (response.status, body) == (200, b"hello")
+        finally:
+            await client.close()
+        assert https.up.accepted == 1
+        # Verification is on by default: the system's CAs do not know this one.
+        strict = create_upstream_client(settings_for(https.url, UpstreamTLS()))
+        try:
+            with pytest.raises(UpstreamClosed, match="CERTIFICATE_VERIFY_FAILED"):
+                await fetch(strict)
+        finally:
+            await strict.close()
+
+
+async def test_https_upstream_server_name(tmp_path: Path) -> None:
+    async with tls_upstream(tmp_path, names=("backend.internal",)) as https:
+        ca_file = tmp_path / "ca.pem"
+        https.ca.cert_pem.write_to_path(str(ca_file))
+        named = UpstreamTLS(ca_file=str(ca_file), server_name="backend.internal")
+        client = create_upstream_client(settings_for(https.url, named))
+        try:
+            response, _ = await fetch(client)
+            assert response.status == 200
+        finally:
+            await client.close()
+        unnamed = create_upstream_client(settings_for(https.url, UpstreamTLS(ca_file=str(ca_file))))
+        try:
+            with pytest.raises(UpstreamClosed):  # the certificate does not name 127.0.0.1
+                await fetch(unnamed)
+        finally:
+            await unnamed.close()
+
+
+async def test_https_upstream_with_a_client_certificate(tmp_path: Path) -> None:
+    client_ca = trustme.CA()
+    async with tls_upstream(tmp_path, client_ca=client_ca) as https:
+        ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "c.pem", tmp_path / "k.pem"
+        https.ca.cert_pem.write_to_path(str(ca_file))
+        issued = client_ca.issue_cert("keygate.client")
+        issued.cert_chain_pems[0].write_to_path(str(cert_file))
+        issued.private_key_pem.write_to_path(str(key_file))
+        mtls = UpstreamTLS(ca_file=str(ca_file), cert_file=str(cert_file), key_file=str(key_file))
+        client = create_upstream_client(settings_for(https.url, mtls))
+        try:
+            response, body = await fetch(client)
+            assert (response.status, body) == (200, b"hello")
+        finally:
+            await client.close()
+        anonymous = create_upstream_client(
+            settings_for(https.url, UpstreamTLS(ca_file=str(ca_file)))
+        )
+        try:
+            with pytest.raises(UpstreamError):  # TLS 1.3: refused at the first read
+                await fetch(anonymous)
+        finally:
+            await anonymous.close()

@@ -39,6 +39,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.uses = 0
         self.idle_deadline = 0.0  # loop time after which an idle connection is not reused
+        self.keep_alive_hint: float | None = None  # the upstream's `Keep-Alive: timeout=`
         self.lost: asyncio.Future[None] = loop.create_future()
         self._on_lost = on_lost
         self._reading_paused = False
@@ -178,6 +179,7 @@ class UpstreamResponse:
         self._head_timeout = head_timeout
         self._read_timeout = read_timeout
         self._limits = limits
+        self._max_headers = limits.max_headers
         self._head_room = limits.max_head_size
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._head_only = head_only
@@ -214,10 +216,9 @@ class UpstreamResponse:
         """Collect one header (trailers after a chunked body arrive here too and are dropped)."""
         headers = self._raw_headers
         headers.append((name, value))
-        limits = self._limits
-        if len(name) + len(value) + 2 > limits.max_line_size:
-            raise _HeadTooLarge("a header line")
-        if len(headers) > limits.max_headers:
+        # Line lengths are checked once the head is complete (`_head_room` bounds the bytes
+        # meanwhile); the count here, so that a flood of tiny fields stops at once.
+        if len(headers) > self._max_headers:
             raise _HeadTooLarge("the number of header fields")
 
     def on_headers_complete(self) -> None:
@@ -231,25 +232,31 @@ class UpstreamResponse:
         if self._head_done:
             return  # trailers of a chunked body: dropped (RFC 9110 section 6.5.1 allows it)
         self.status = status
-        reason = self._reason_raw
-        self.head_ascii = reason.isascii()
-        self.reason = reason.decode("latin-1")
         self.version = version = parser.get_http_version()
-        headers = self.headers
+        raw_headers = self._raw_headers
+        reason = self._reason_raw
+        max_line = self._limits.max_line_size - 2  # the ": " of a field line
+        if self._limits.max_head_size - self._head_room > max_line:
+            # Only a head longer than one line can hold a line over the limit.
+            for raw_name, raw_value in raw_headers:
+                if len(raw_name) + len(raw_value) > max_line:
+                    raise _HeadTooLarge("a header line")
+        try:  # ASCII, nearly always: as fast as latin-1, and tells whether the head is
+            self.reason = reason.decode("ascii")
+            self.headers = [(n.decode("ascii"), v.decode("ascii")) for n, v in raw_headers]
+        except UnicodeDecodeError:
+            self.head_ascii = False
+            self.reason = reason.decode("latin-1")
+            self.headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw_headers]
         content_length: int | None = None
         transfer_encoding: str | None = None
         connection: str | None = None
         keep_alive_field: str | None = None
-        ascii_ = self.head_ascii
-        for raw_name, raw_value in self._raw_headers:
-            name = raw_name.decode("latin-1")
-            value = raw_value.decode("latin-1")
-            headers.append((name, value))
-            if ascii_ and not raw_value.isascii():
-                ascii_ = False
+        for raw_name, raw_value in raw_headers:
             # Only four names matter for framing and reuse; their lengths are 10, 14 and 17.
             if len(raw_name) in (10, 14, 17):
                 lowered = raw_name.lower()
+                value = raw_value.decode("latin-1")
                 if lowered == b"content-length":
                     content_length = int(value)  # llhttp checked it is one valid number
                 elif lowered == b"transfer-encoding":
@@ -260,7 +267,7 @@ class UpstreamResponse:
                     connection = value if connection is None else f"{connection}, {value}"
                 elif lowered == b"keep-alive":
                     keep_alive_field = value
-        self.head_ascii = ascii_
+        self._raw_headers = []  # trailers, if any, are counted afresh
         codings = framing.transfer_codings(transfer_encoding)
         how = framing.response_framing(status, self._head_only, codings, content_length)
         self.transfer_codings = codings[:-1] if codings[-1:] == ("chunked",) else codings
@@ -268,7 +275,7 @@ class UpstreamResponse:
         self.content_length = None if codings else content_length
         self.connection = connection
         self._until_eof = how is Framing.UNTIL_CLOSE
-        self._keep_alive = framing.keep_alive(version, framing.tokens(connection), how)
+        self._keep_alive = framing.keep_alive(version, connection, how)
         if keep_alive_field is not None:
             self._keep_alive_hint = framing.keep_alive_timeout(keep_alive_field)
         self._head_done = True

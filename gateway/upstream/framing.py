@@ -95,14 +95,20 @@ def response_framing(
     return Framing.LENGTH if content_length is not None else Framing.UNTIL_CLOSE
 
 
-def keep_alive(version: str, connection: frozenset[str], framing: Framing) -> bool:
+def keep_alive(version: str, connection: str | None, framing: Framing) -> bool:
     """Whether the connection persists after this response (RFC 9112 section 9.3).
 
-    `close` ends it; HTTP/1.1 persists by default. An HTTP/1.0 `keep-alive` may be honoured
-    (section 9.3, last case); like h11, keygate does not, so 1.0 answers are never reused.
-    A body delimited by the connection closing ends it too (section 6.3 rule 8).
+    `connection` is the joined `Connection` field value. The `close` option ends it; HTTP/1.1
+    persists by default. An HTTP/1.0 `keep-alive` may be honoured (section 9.3, last case);
+    like h11, keygate does not, so 1.0 answers are never reused. A body delimited by the
+    connection closing ends it too (section 6.3 rule 8).
     """
-    return version == "1.1" and "close" not in connection and framing is not Framing.UNTIL_CLOSE
+    if version != "1.1" or framing is Framing.UNTIL_CLOSE:
+        return False
+    # The substring test is a fast path; the token test decides ("closed-x" is not "close").
+    return (
+        connection is None or "close" not in connection.lower() or "close" not in tokens(connection)
+    )
 
 
 def keep_alive_timeout(value: str | None) -> float | None:

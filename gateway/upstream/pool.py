@@ -169,7 +169,9 @@ class Pool:
             conn.abort()  # its slot returns in `_lost`, once the socket is really closed
             return
         conn.resume_reading()
-        lifetime = framing.idle_lifetime(self._idle_timeout, hint)
+        if hint is not None:  # the upstream's own idle timeout holds until it says otherwise
+            conn.keep_alive_hint = hint
+        lifetime = framing.idle_lifetime(self._idle_timeout, conn.keep_alive_hint)
         if lifetime <= 0:
             conn.abort()
             return
