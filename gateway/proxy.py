@@ -83,56 +83,25 @@ def refusal_response(refusal: auth.Refusal) -> web.Response:
 
 
 class RelayedResponse(web.StreamResponse):
-    """A streamed response carrying the upstream's head: byte-exact, no Content-Type added.
+    """A streamed response carrying the upstream's head: no Content-Type added.
 
     aiohttp defaults a body's missing Content-Type to application/octet-stream; a proxy must
     not invent one (RFC 9110 section 8.3 lets the recipient sniff or assume instead).
     """
 
-    def __init__(
-        self,
-        *,
-        status: int,
-        reason: str,
-        latin1_head: bool = False,
-        transfer_codings: tuple[str, ...] = (),
-    ) -> None:
-        super().__init__(status=status, reason=reason)
-        # Header strings hold the upstream's bytes as latin-1 (see UpstreamResponse).
-        self._latin1_head = latin1_head
-        self._transfer_codings = transfer_codings
+    # The upstream's transfer codings other than chunked (set per response when any).
+    transfer_codings: tuple[str, ...] = ()
 
     async def _prepare_headers(self) -> None:
         untyped = hdrs.CONTENT_TYPE not in self.headers
         await super()._prepare_headers()
         if untyped:
             self.headers.popall(hdrs.CONTENT_TYPE, None)
-        if self._transfer_codings and hdrs.TRANSFER_ENCODING in self.headers:
+        if self.transfer_codings and hdrs.TRANSFER_ENCODING in self.headers:
             # The upstream's codings (gzip ...) stay applied to the body keygate re-chunks:
             # relayed in front of chunked, never silently dropped (RFC 9112 section 6.1).
-            codings = ", ".join((*self._transfer_codings, "chunked"))
+            codings = ", ".join((*self.transfer_codings, "chunked"))
             self.headers[hdrs.TRANSFER_ENCODING] = codings
-
-    async def _write_headers(self) -> None:
-        """Write the head; one holding non-ASCII upstream bytes goes out as latin-1.
-
-        aiohttp serialises heads as UTF-8, which is byte-exact only for ASCII; it would
-        re-encode (or, for lone surrogates, drop) other bytes. So such a head is written here,
-        straight to the transport, before any body byte.
-        """
-        request = self._req
-        if not self._latin1_head or request is None:
-            await super()._write_headers()
-            return
-        version = request.version
-        lines = [f"HTTP/{version.major}.{version.minor} {self.status} {self.reason}"]
-        lines += [f"{name}: {value}" for name, value in self.headers.items()]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("the client connection closed")
-        transport.write(head)
-        request.writer.output_size += len(head)
 
 
 class RelayedWholeResponse(RelayedResponse):
@@ -144,6 +113,33 @@ class RelayedWholeResponse(RelayedResponse):
     """
 
     _send_headers_immediately = False
+
+
+class Latin1Head(RelayedResponse):
+    """A relayed response whose head holds non-ASCII bytes, written back byte for byte.
+
+    Header strings hold the upstream's bytes as latin-1 (see UpstreamResponse). aiohttp
+    serialises heads as UTF-8, byte-exact only for ASCII: it would re-encode (or, for lone
+    surrogates, drop) other bytes. So such a head is written here, straight to the
+    transport, before any body byte. Only these rare heads pay for it.
+    """
+
+    async def _write_headers(self) -> None:
+        request = self._req
+        assert request is not None
+        version = request.version
+        lines = [f"HTTP/{version.major}.{version.minor} {self.status} {self.reason}"]
+        lines += [f"{name}: {value}" for name, value in self.headers.items()]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client connection closed")
+        transport.write(head)
+        request.writer.output_size += len(head)
+
+
+class Latin1WholeHead(Latin1Head, RelayedWholeResponse):
+    """A whole relayed response with a non-ASCII head."""
 
 
 class Proxy:
@@ -324,13 +320,13 @@ class Proxy:
             )
         length = upstream.content_length
         whole = length is not None and length <= SMALL_BODY_LIMIT
-        kind = RelayedWholeResponse if whole else RelayedResponse
-        response = kind(
-            status=upstream.status,
-            reason=upstream.reason,
-            latin1_head=not upstream.head_ascii,
-            transfer_codings=upstream.transfer_codings,
-        )
+        if upstream.head_ascii:
+            kind: type[RelayedResponse] = RelayedWholeResponse if whole else RelayedResponse
+        else:
+            kind = Latin1WholeHead if whole else Latin1Head
+        response = kind(status=upstream.status, reason=upstream.reason)
+        if upstream.transfer_codings:
+            response.transfer_codings = upstream.transfer_codings
         drop = HOP_BY_HOP
         connection = upstream.connection
         if connection:

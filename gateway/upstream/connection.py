@@ -42,7 +42,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive_hint: float | None = None  # the upstream's `Keep-Alive: timeout=`
         self.lost: asyncio.Future[None] = loop.create_future()
         self._on_lost = on_lost
-        self._reading_paused = False
+        self.reading_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
 
@@ -113,14 +113,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         """Stop reading from the upstream until the body buffer is consumed."""
-        if not self._reading_paused and self.transport is not None and not self.closed:
-            self._reading_paused = True
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         """Read from the upstream again."""
-        if self._reading_paused:
-            self._reading_paused = False
+        if self.reading_paused:
+            self.reading_paused = False
             if self.transport is not None and not self.closed:
                 self.transport.resume_reading()
 
@@ -135,6 +135,40 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
     """Wake a waiter (a timer callback: the woken side sees nothing changed and gives up)."""
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
+
+
+_Fields = tuple[list[tuple[str, str]], int | None, str | None, str | None, str | None]
+
+
+def _decode(raw_headers: list[tuple[bytes, bytes]], encoding: str) -> _Fields:
+    """Decode a head's fields; pick out Content-Length, Transfer-Encoding, Connection, Keep-Alive.
+
+    Returns (headers, content length, transfer-encoding, connection, keep-alive), repeated
+    list fields joined with ", " (RFC 9110 section 5.3).
+    """
+    headers = []
+    content_length: int | None = None
+    transfer_encoding: str | None = None
+    connection: str | None = None
+    keep_alive: str | None = None
+    for raw_name, raw_value in raw_headers:
+        name = raw_name.decode(encoding)
+        value = raw_value.decode(encoding)
+        headers.append((name, value))
+        # Only four names matter for framing and reuse; their lengths are 10, 14 and 17.
+        if len(raw_name) in (10, 14, 17):
+            lowered = raw_name.lower()
+            if lowered == b"content-length":
+                content_length = int(value)  # llhttp checked it is one valid number
+            elif lowered == b"transfer-encoding":
+                transfer_encoding = (
+                    value if transfer_encoding is None else f"{transfer_encoding}, {value}"
+                )
+            elif lowered == b"connection":
+                connection = value if connection is None else f"{connection}, {value}"
+            elif lowered == b"keep-alive":
+                keep_alive = value
+    return headers, content_length, transfer_encoding, connection, keep_alive
 
 
 class _HeadTooLarge(Exception):
@@ -178,9 +212,9 @@ class UpstreamResponse:
         self._loop = conn.loop
         self._head_timeout = head_timeout
         self._read_timeout = read_timeout
-        self._limits = limits
+        self._max_line = limits.max_line_size
         self._max_headers = limits.max_headers
-        self._head_room = limits.max_head_size
+        self._head_budget = self._head_room = limits.max_head_size
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._head_only = head_only
         self._raw_headers: list[tuple[bytes, bytes]] = []
@@ -207,19 +241,15 @@ class UpstreamResponse:
         self._reason_raw = b""
 
     def on_status(self, status: bytes) -> None:
-        """Collect the reason phrase (llhttp may deliver it in pieces)."""
+        """Collect the reason phrase (llhttp may deliver it in pieces; `feed` bounds it)."""
         self._reason_raw += status
-        if len(self._reason_raw) > self._limits.max_line_size:
-            raise _HeadTooLarge("the status line")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """Collect one header (trailers after a chunked body arrive here too and are dropped)."""
-        headers = self._raw_headers
-        headers.append((name, value))
-        # Line lengths are checked once the head is complete (`_head_room` bounds the bytes
-        # meanwhile); the count here, so that a flood of tiny fields stops at once.
-        if len(headers) > self._max_headers:
-            raise _HeadTooLarge("the number of header fields")
+        """Collect one header (trailers after a chunked body arrive here too and are dropped).
+
+        Limits are checked per packet in `feed` and exactly once the head is complete.
+        """
+        self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         """Decode the head; skip 1xx interim responses; decide the body framing and reuse."""
@@ -235,40 +265,26 @@ class UpstreamResponse:
         self.version = version = parser.get_http_version()
         raw_headers = self._raw_headers
         reason = self._reason_raw
-        max_line = self._limits.max_line_size - 2  # the ": " of a field line
-        if self._limits.max_head_size - self._head_room > max_line:
+        if len(raw_headers) > self._max_headers:
+            raise _HeadTooLarge("the number of header fields")
+        max_line = self._max_line - 2  # the ": " of a field line
+        if self._head_budget - self._head_room > max_line:
             # Only a head longer than one line can hold a line over the limit.
+            if len(reason) > max_line - 11:  # "HTTP/1.1 200 "
+                raise _HeadTooLarge("the status line")
             for raw_name, raw_value in raw_headers:
                 if len(raw_name) + len(raw_value) > max_line:
                     raise _HeadTooLarge("a header line")
-        try:  # ASCII, nearly always: as fast as latin-1, and tells whether the head is
+        try:  # ASCII nearly always: as fast as latin-1, and it tells whether the head is
             self.reason = reason.decode("ascii")
-            self.headers = [(n.decode("ascii"), v.decode("ascii")) for n, v in raw_headers]
+            fields = _decode(raw_headers, "ascii")
         except UnicodeDecodeError:
             self.head_ascii = False
             self.reason = reason.decode("latin-1")
-            self.headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in raw_headers]
-        content_length: int | None = None
-        transfer_encoding: str | None = None
-        connection: str | None = None
-        keep_alive_field: str | None = None
-        for raw_name, raw_value in raw_headers:
-            # Only four names matter for framing and reuse; their lengths are 10, 14 and 17.
-            if len(raw_name) in (10, 14, 17):
-                lowered = raw_name.lower()
-                value = raw_value.decode("latin-1")
-                if lowered == b"content-length":
-                    content_length = int(value)  # llhttp checked it is one valid number
-                elif lowered == b"transfer-encoding":
-                    transfer_encoding = (
-                        value if transfer_encoding is None else f"{transfer_encoding}, {value}"
-                    )
-                elif lowered == b"connection":
-                    connection = value if connection is None else f"{connection}, {value}"
-                elif lowered == b"keep-alive":
-                    keep_alive_field = value
+            fields = _decode(raw_headers, "latin-1")
+        self.headers, content_length, transfer_encoding, connection, keep_alive_field = fields
         self._raw_headers = []  # trailers, if any, are counted afresh
-        codings = framing.transfer_codings(transfer_encoding)
+        codings = () if transfer_encoding is None else framing.transfer_codings(transfer_encoding)
         how = framing.response_framing(status, self._head_only, codings, content_length)
         self.transfer_codings = codings[:-1] if codings[-1:] == ("chunked",) else codings
         # RFC 9112 section 6.3 rule 3: with Transfer-Encoding, Content-Length is not the length.
@@ -323,6 +339,8 @@ class UpstreamResponse:
                 else:
                     self._head_room = room - len(data)
             parser.feed_data(data)
+            if not self._head_done and len(self._raw_headers) > self._max_headers:
+                raise _HeadTooLarge("the number of header fields")  # a flood: stop now
         except _HeadTooLarge as error:
             self._fail_limit(str(error))
         except httptools.HttpParserCallbackError as error:
@@ -439,7 +457,7 @@ class UpstreamResponse:
                 chunks.clear()
                 self._buffered = 0
                 conn = self._conn
-                if conn is not None:
+                if conn is not None and conn.reading_paused:
                     conn.resume_reading()
                 return data
             if self._complete:

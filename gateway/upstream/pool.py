@@ -171,10 +171,12 @@ class Pool:
         conn.resume_reading()
         if hint is not None:  # the upstream's own idle timeout holds until it says otherwise
             conn.keep_alive_hint = hint
-        lifetime = framing.idle_lifetime(self._idle_timeout, conn.keep_alive_hint)
-        if lifetime <= 0:
-            conn.abort()
-            return
+        lifetime = self._idle_timeout
+        if conn.keep_alive_hint is not None:
+            lifetime = framing.idle_lifetime(lifetime, conn.keep_alive_hint)
+            if lifetime <= 0:
+                conn.abort()
+                return
         conn.idle_deadline = conn.loop.time() + lifetime
         self._idle.append(conn)
         if self._sweep is None:
