@@ -35,6 +35,9 @@ def create_proxy_server(proxy: Proxy, access_log_enabled: bool) -> web.Server:
         access_log=access_logger if access_log_enabled else None,
         max_line_size=MAX_LINE_SIZE,
         auto_decompress=False,
+        # A client that leaves cancels its request: the upstream exchange is abandoned at
+        # once, its connection closed and its pool slot freed (not held until it answers).
+        handler_cancellation=True,
     )
 
 

@@ -13,8 +13,11 @@ from gateway.clock import now
 from gateway.credentials import API_KEY_HEADER, AUTHORIZATION, extract_credential
 from gateway.error_responses import (
     E_BAD_TARGET,
+    E_CLIENT_BODY_TIMEOUT,
     E_INTERNAL,
+    E_UPSTREAM_BAD_RESPONSE,
     E_UPSTREAM_DOWN,
+    E_UPSTREAM_HEAD_TOO_LARGE,
     E_UPSTREAM_TIMEOUT,
     error_response,
     refusal_response,
@@ -25,13 +28,21 @@ from gateway.runtime import Runtime
 from gateway.state import KEY_NAME
 from gateway.target import TargetError, decoded_path
 from gateway.upstream import (
+    ClientBodyTimeout,
     RequestBodyError,
     UpstreamClient,
     UpstreamError,
+    UpstreamLimitError,
+    UpstreamProtocolError,
     UpstreamResponse,
     UpstreamTimeout,
 )
-from gateway.web_internals import RelayedResponse, RelayedWholeResponse
+from gateway.web_internals import (
+    Latin1Head,
+    Latin1WholeHead,
+    RelayedResponse,
+    RelayedWholeResponse,
+)
 
 log = logging.getLogger("keygate.proxy")
 
@@ -154,28 +165,62 @@ class Proxy:
             upstream = await self._client.request(
                 request.method, request.raw_path, headers, body, chunked=chunked
             )
-        except UpstreamTimeout:
-            return self._error(504, E_UPSTREAM_TIMEOUT, "the upstream did not answer in time")
-        except RequestBodyError as error:
-            # The client's side failed (it left mid-upload, or broke its chunked framing).
-            log.info("request body failed: %s", error)
-            return self._error(502, E_UPSTREAM_DOWN, "the request could not be forwarded")
         except UpstreamError as error:
-            log.warning("upstream request failed: %s: %s", error.__class__.__name__, error)
-            return self._error(502, E_UPSTREAM_DOWN, "the upstream could not be reached")
+            answer = self._upstream_failed(error)
+            if isinstance(error, ClientBodyTimeout):
+                # Close the client's side too, once the 408 is out: aiohttp would otherwise
+                # linger reading the rest of a body that is not coming.
+                await answer.prepare(request)
+                await answer.write_eof()
+                if request.transport is not None:
+                    request.transport.close()
+            return answer
         try:
             return await self._relay(request, upstream)
         finally:
             upstream.release()
 
+    def _upstream_failed(self, error: UpstreamError) -> web.Response:
+        """Answer for an exchange that failed before the response head could be relayed."""
+        if isinstance(error, ClientBodyTimeout):
+            log.info("request body timed out: %s", error)
+            response = self._error(408, E_CLIENT_BODY_TIMEOUT, "the request body stalled")
+            response.force_close()  # the rest of the body will never be read
+            return response
+        if isinstance(error, UpstreamTimeout):
+            return self._error(504, E_UPSTREAM_TIMEOUT, "the upstream did not answer in time")
+        if isinstance(error, RequestBodyError):
+            # The client's side failed (it left mid-upload, or broke its chunked framing).
+            log.info("request body failed: %s", error)
+            return self._error(502, E_UPSTREAM_DOWN, "the request could not be forwarded")
+        log.warning("upstream request failed: %s: %s", error.__class__.__name__, error)
+        if isinstance(error, UpstreamLimitError):
+            return self._error(502, E_UPSTREAM_HEAD_TOO_LARGE, "the upstream's head is too large")
+        if isinstance(error, UpstreamProtocolError):
+            return self._error(502, E_UPSTREAM_BAD_RESPONSE, "the upstream's answer is invalid")
+        return self._error(502, E_UPSTREAM_DOWN, "the upstream could not be reached")
+
     async def _relay(
         self, request: web.BaseRequest, upstream: UpstreamResponse
     ) -> web.StreamResponse:
         """Copy status, headers (minus hop-by-hop) and body from the upstream response."""
+        if upstream.transfer_codings and request.version < aiohttp.HttpVersion11:
+            # RFC 9112 section 6.1: no transfer coding may be sent to an HTTP/1.0 client.
+            log.warning(
+                "upstream transfer coding %s for an HTTP/1.0 client", upstream.transfer_codings
+            )
+            return self._error(
+                502, E_UPSTREAM_BAD_RESPONSE, "the upstream's coding cannot be relayed"
+            )
         length = upstream.content_length
         whole = length is not None and length <= SMALL_BODY_LIMIT
-        kind = RelayedWholeResponse if whole else RelayedResponse
+        if upstream.head_ascii:
+            kind: type[RelayedResponse] = RelayedWholeResponse if whole else RelayedResponse
+        else:
+            kind = Latin1WholeHead if whole else Latin1Head
         response = kind(status=upstream.status, reason=upstream.reason)
+        if upstream.transfer_codings:
+            response.transfer_codings = upstream.transfer_codings
         out = response.headers
         for name, value in response_headers(upstream.headers, upstream.connection):
             out.add(name, value)

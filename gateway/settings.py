@@ -34,6 +34,12 @@ DEFAULT_FLUSH_INTERVAL = 2.0  # seconds between usage flushes
 DEFAULT_GRACE_PERIOD = 30.0  # seconds in-flight requests get on shutdown
 DEFAULT_MAX_START_FAILURES = 5  # workers in a row dying before serving end the supervisor
 DEFAULT_POOL_SIZE = 256  # keep-alive connections to the upstream per process
+DEFAULT_POOL_TIMEOUT = 10.0  # seconds a request waits for a free upstream connection
+DEFAULT_IDLE_TIMEOUT = 15.0  # seconds an idle upstream connection is kept for reuse
+DEFAULT_CLIENT_BODY_TIMEOUT = 30.0  # seconds a client's request body may send nothing (408)
+DEFAULT_READ_TIMEOUT = 60.0  # seconds the upstream may stall mid-body, either direction (504)
+DEFAULT_MAX_LINE_SIZE = 8190  # bytes in the upstream's status line or one header line
+DEFAULT_MAX_HEADERS = 128  # header fields in one upstream response head
 _HEADER_TOKEN = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
@@ -54,14 +60,31 @@ class Listener:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamTLS:
+    """How an https upstream is verified and what keygate shows it (paths resolved)."""
+
+    ca_file: str | None = None  # PEM bundle to trust instead of the system's CAs
+    cert_file: str | None = None  # client certificate (PEM), for upstreams that want mTLS
+    key_file: str | None = None  # its private key, when not inside cert_file
+    server_name: str | None = None  # SNI and the name the certificate must carry
+
+
+@dataclass(frozen=True, slots=True)
 class Upstream:
-    """Where and how to forward: base URL, timeouts, static headers (values resolved)."""
+    """Where and how to forward: base URL, bounds, limits, static headers (values resolved)."""
 
     url: str
-    timeout: float
+    timeout: float  # seconds for the response head once the request is sent
     connect_timeout: float
     headers: tuple[tuple[str, str], ...]
     pool_size: int
+    pool_timeout: float = DEFAULT_POOL_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    client_body_timeout: float = DEFAULT_CLIENT_BODY_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    max_line_size: int = DEFAULT_MAX_LINE_SIZE
+    max_headers: int = DEFAULT_MAX_HEADERS
+    tls: UpstreamTLS = UpstreamTLS()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,15 +136,18 @@ class _Reader:
     def problem(self, location: str, message: str) -> None:
         self.problems.append(f"{self.where}: {location}: {message}")
 
-    def section(self, data: Mapping[str, Any], name: str, allowed: set[str]) -> Mapping[str, Any]:
+    def section(
+        self, data: Mapping[str, Any], name: str, allowed: set[str], within: str = ""
+    ) -> Mapping[str, Any]:
         value = data.get(name, {})
+        location = f"{within}.{name}" if within else name
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            self.problem(name, "must be a mapping")
+            self.problem(location, "must be a mapping")
             return {}
         for unknown in sorted(set(map(str, value)) - allowed):
-            self.problem(f"{name}.{unknown}", "unknown setting")
+            self.problem(f"{location}.{unknown}", "unknown setting")
         return value
 
     def string(self, data: Mapping[str, Any], location: str, key: str, default: str) -> str:
@@ -193,7 +219,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         reader.string(admin_data, "admin", "host", DEFAULT_ADMIN_HOST),
         reader.port(admin_data, "admin", DEFAULT_ADMIN_PORT),
     )
-    upstream = _upstream(reader, data, env)
+    upstream = _upstream(reader, data, env, path.parent)
 
     store_data = reader.section(data, "store", {"url"})
     store_url = reader.string(store_data, "store", "url", "") if "url" in store_data else ""
@@ -272,11 +298,28 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
     return settings
 
 
-def _upstream(reader: _Reader, data: Mapping[str, Any], env: Mapping[str, str]) -> Upstream:
+_UPSTREAM_KEYS = {
+    "url",
+    "timeout",
+    "connect_timeout",
+    "headers",
+    "pool_size",
+    "pool_timeout",
+    "idle_timeout",
+    "client_body_timeout",
+    "read_timeout",
+    "max_line_size",
+    "max_headers",
+    "tls",
+}
+_TLS_KEYS = {"ca_file", "cert_file", "key_file", "server_name"}
+
+
+def _upstream(
+    reader: _Reader, data: Mapping[str, Any], env: Mapping[str, str], base: Path
+) -> Upstream:
     """Validate the upstream section, resolving header values from the environment."""
-    section = reader.section(
-        data, "upstream", {"url", "timeout", "connect_timeout", "headers", "pool_size"}
-    )
+    section = reader.section(data, "upstream", _UPSTREAM_KEYS)
     url = reader.string(section, "upstream", "url", "") if "url" in section else ""
     url_error: str | None = None
     try:
@@ -329,6 +372,17 @@ def _upstream(reader: _Reader, data: Mapping[str, Any], env: Mapping[str, str]) 
             continue
         headers.append((name, value))
     pool = reader.number(section, "upstream", "pool_size", DEFAULT_POOL_SIZE, minimum=1)
+
+    def seconds(key: str, default: float) -> float:
+        return reader.number(section, "upstream", key, default, minimum=0.01)
+
+    def count(key: str, default: int, minimum: int) -> int:
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            reader.problem(f"upstream.{key}", f"must be an integer >= {minimum}")
+            return default
+        return value
+
     return Upstream(
         url=url.rstrip("/"),
         timeout=reader.number(
@@ -339,6 +393,43 @@ def _upstream(reader: _Reader, data: Mapping[str, Any], env: Mapping[str, str]) 
         ),
         headers=tuple(headers),
         pool_size=int(pool),
+        pool_timeout=seconds("pool_timeout", DEFAULT_POOL_TIMEOUT),
+        idle_timeout=seconds("idle_timeout", DEFAULT_IDLE_TIMEOUT),
+        client_body_timeout=seconds("client_body_timeout", DEFAULT_CLIENT_BODY_TIMEOUT),
+        read_timeout=seconds("read_timeout", DEFAULT_READ_TIMEOUT),
+        max_line_size=count("max_line_size", DEFAULT_MAX_LINE_SIZE, 64),
+        max_headers=count("max_headers", DEFAULT_MAX_HEADERS, 1),
+        tls=_tls(reader, section, base, https=parts.scheme == "https"),
+    )
+
+
+def _tls(reader: _Reader, section: Mapping[str, Any], base: Path, *, https: bool) -> UpstreamTLS:
+    """Validate `upstream.tls`: files exist (relative to the config), key needs a certificate."""
+    tls = reader.section(section, "tls", _TLS_KEYS, within="upstream")
+    if tls and not https:
+        reader.problem("upstream.tls", "is only for an https:// upstream.url")
+    files: dict[str, str | None] = {}
+    for key in ("ca_file", "cert_file", "key_file"):
+        files[key] = None
+        if key in tls:
+            name = reader.string(tls, "upstream.tls", key, "")
+            if not name:
+                continue
+            resolved = (base / name).resolve()
+            if not resolved.is_file():
+                reader.problem(f"upstream.tls.{key}", f"{str(resolved)!r} is not a file")
+                continue
+            files[key] = str(resolved)
+    if "key_file" in tls and "cert_file" not in tls:
+        reader.problem("upstream.tls.key_file", "needs upstream.tls.cert_file")
+    server_name = ""
+    if "server_name" in tls:
+        server_name = reader.string(tls, "upstream.tls", "server_name", "")
+    return UpstreamTLS(
+        ca_file=files["ca_file"],
+        cert_file=files["cert_file"],
+        key_file=files["key_file"],
+        server_name=server_name or None,
     )
 
 

@@ -3,6 +3,7 @@
 tests/test_web_internals.py fails when an aiohttp release changes any of them:
 - `StreamResponse._prepare_headers` (no invented Content-Type on relayed answers);
 - `StreamResponse._send_headers_immediately` (head and small body in one write);
+- `StreamResponse._write_headers` and `_req` (non-ASCII upstream heads written byte for byte);
 - `RequestHandler` and its `handle_error` (parser refusals answered as JSON);
 - `AppRunner._make_server` and the built `Server`'s `request_handler`, `request_factory`,
   `handler_cancellation` and `_kwargs` (an application's connections get that handler too).
@@ -31,6 +32,9 @@ class RelayedResponse(web.StreamResponse):
     it announce aiohttp's and Python's versions in a `Server` the upstream did not send.
     """
 
+    # The upstream's transfer codings other than chunked (set per response when any).
+    transfer_codings: tuple[str, ...] = ()
+
     async def _prepare_headers(self) -> None:
         headers = self.headers
         untyped = hdrs.CONTENT_TYPE not in headers
@@ -40,6 +44,10 @@ class RelayedResponse(web.StreamResponse):
             headers.popall(hdrs.CONTENT_TYPE, None)
         if unnamed:
             headers.popall(hdrs.SERVER, None)
+        if self.transfer_codings and hdrs.TRANSFER_ENCODING in headers:
+            # The upstream's codings (gzip ...) stay applied to the body keygate re-chunks:
+            # relayed in front of chunked, never silently dropped (RFC 9112 section 6.1).
+            headers[hdrs.TRANSFER_ENCODING] = ", ".join((*self.transfer_codings, "chunked"))
 
 
 class RelayedWholeResponse(RelayedResponse):
@@ -51,6 +59,33 @@ class RelayedWholeResponse(RelayedResponse):
     """
 
     _send_headers_immediately = False
+
+
+class Latin1Head(RelayedResponse):
+    """A relayed response whose head holds non-ASCII bytes, written back byte for byte.
+
+    Header strings hold the upstream's bytes as latin-1 (see UpstreamResponse). aiohttp
+    serialises heads as UTF-8, byte-exact only for ASCII: it would re-encode (or, for lone
+    surrogates, drop) other bytes. So such a head is written here, straight to the
+    transport, before any body byte. Only these rare heads pay for it.
+    """
+
+    async def _write_headers(self) -> None:
+        request = self._req
+        assert request is not None
+        version = request.version
+        lines = [f"HTTP/{version.major}.{version.minor} {self.status} {self.reason}"]
+        lines += [f"{name}: {value}" for name, value in self.headers.items()]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client connection closed")
+        transport.write(head)
+        request.writer.output_size += len(head)
+
+
+class Latin1WholeHead(Latin1Head, RelayedWholeResponse):
+    """A whole relayed response with a non-ASCII head."""
 
 
 class JsonErrorRequestHandler(RequestHandler):

@@ -15,18 +15,25 @@ from gateway.settings import (
     DEFAULT_ACTING_USER_HEADER,
     DEFAULT_ADMIN_HOST,
     DEFAULT_ADMIN_PORT,
+    DEFAULT_CLIENT_BODY_TIMEOUT,
     DEFAULT_CONFIG_PATH,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_GRACE_PERIOD,
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_LISTEN_HOST,
     DEFAULT_LISTEN_PORT,
+    DEFAULT_MAX_HEADERS,
+    DEFAULT_MAX_LINE_SIZE,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_POOL_SIZE,
+    DEFAULT_POOL_TIMEOUT,
+    DEFAULT_READ_TIMEOUT,
     DEFAULT_STRIP_HEADERS,
     DEFAULT_UPSTREAM_TIMEOUT,
     ConfigError,
     Settings,
+    UpstreamTLS,
     config_path_from,
     is_header_name,
     load_settings,
@@ -364,4 +371,84 @@ def test_an_upstream_header_named_twice_in_any_case_is_a_problem() -> None:
     )
     assert problems_of(data, {}) == [
         f"{WHERE}: upstream.headers.x-service: is set twice (header names ignore case)"
+    ]
+
+
+def test_upstream_bounds_and_limits_default_and_can_be_set() -> None:
+    upstream = build(MINIMAL).upstream
+    assert (upstream.pool_timeout, upstream.idle_timeout) == (
+        DEFAULT_POOL_TIMEOUT,
+        DEFAULT_IDLE_TIMEOUT,
+    )
+    assert (upstream.client_body_timeout, upstream.read_timeout) == (
+        DEFAULT_CLIENT_BODY_TIMEOUT,
+        DEFAULT_READ_TIMEOUT,
+    )
+    assert (upstream.max_line_size, upstream.max_headers) == (8190, 128)
+    assert (DEFAULT_MAX_LINE_SIZE, DEFAULT_MAX_HEADERS) == (8190, 128)
+    assert upstream.tls == UpstreamTLS()
+    values = {
+        "pool_timeout": 1,
+        "idle_timeout": 2.5,
+        "client_body_timeout": 3,
+        "read_timeout": 4,
+        "max_line_size": 100,
+        "max_headers": 10,
+    }
+    upstream = build(with_(upstream={**MINIMAL["upstream"], **values})).upstream
+    assert (upstream.pool_timeout, upstream.idle_timeout) == (1.0, 2.5)
+    assert (upstream.client_body_timeout, upstream.read_timeout) == (3.0, 4.0)
+    assert (upstream.max_line_size, upstream.max_headers) == (100, 10)
+
+
+def test_bad_upstream_bounds_are_each_reported_with_their_location() -> None:
+    bad = {
+        "url": "http://127.0.0.1:9000",
+        "pool_timeout": 0,
+        "idle_timeout": "15",
+        "client_body_timeout": -1,
+        "read_timeout": math.nan,
+        "max_line_size": 10,
+        "max_headers": 1.5,
+    }
+    problems = problems_of(with_(upstream=bad))
+    assert [p.split(": ")[1] for p in problems] == [
+        "upstream.pool_timeout",
+        "upstream.idle_timeout",
+        "upstream.client_body_timeout",
+        "upstream.read_timeout",
+        "upstream.max_line_size",
+        "upstream.max_headers",
+    ]
+
+
+def test_upstream_tls_files_resolve_against_the_config_and_must_exist(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("x")
+    (tmp_path / "client.pem").write_text("x")
+    data = with_(
+        upstream={
+            "url": "https://backend.internal",
+            "tls": {"ca_file": "ca.pem", "cert_file": "client.pem", "server_name": "b.example"},
+        }
+    )
+    tls = settings_from_data(data, tmp_path / "gateway.yaml", {}).upstream.tls
+    assert tls == UpstreamTLS(
+        ca_file=str(tmp_path / "ca.pem"),
+        cert_file=str(tmp_path / "client.pem"),
+        server_name="b.example",
+    )
+    bad = with_(
+        upstream={
+            "url": "http://backend.internal",
+            "tls": {"ca_file": "missing.pem", "key_file": "client.pem", "verify": False},
+        }
+    )
+    with pytest.raises(ConfigError) as caught:
+        settings_from_data(bad, tmp_path / "gateway.yaml", {})
+    located = [p.split(": ")[1] for p in caught.value.problems]
+    assert located == [
+        "upstream.tls.verify",
+        "upstream.tls",
+        "upstream.tls.ca_file",
+        "upstream.tls.key_file",
     ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import random
 import shutil
 import socket
 import ssl
@@ -14,16 +16,22 @@ import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trustme
 
+from gateway.settings import Upstream as UpstreamSettings
+from gateway.settings import UpstreamTLS
 from gateway.upstream import (
     READ_HIGH_WATER,
     UpstreamClient,
     UpstreamClosed,
+    UpstreamError,
     UpstreamProtocolError,
     UpstreamResponse,
     UpstreamTimeout,
+    create_upstream_client,
 )
 
 MIB = 1024 * 1024
@@ -119,14 +127,18 @@ async def client_for(
     timeout: float = 5.0,
     connect_timeout: float = 2.0,
     ssl_context: ssl.SSLContext | None = None,
+    **options: Any,
 ) -> AsyncIterator[UpstreamClient]:
-    """An UpstreamClient for `url`, closed afterwards."""
+    """An UpstreamClient for `url` (`timeout` bounds every phase unless set), closed afterwards."""
+    for bound in ("pool_timeout", "read_timeout", "client_body_timeout"):
+        options.setdefault(bound, timeout)
     client = UpstreamClient(
         url,
         pool_size=pool_size,
         connect_timeout=connect_timeout,
         timeout=timeout,
         ssl_context=ssl_context,
+        **options,
     )
     try:
         yield client
@@ -401,7 +413,7 @@ async def test_duplicate_headers_keep_order_and_case() -> None:
         ("X-CUSTOM", "two"),
         ("X-Spaces", "value with  spaces"),
         ("Connection", "keep-alive, X-Hop"),
-        ("X-Utf8", "café"),
+        ("X-Utf8", "caf\xc3\xa9"),  # the bytes, as latin-1: byte-exact whatever they mean
         ("Content-Length", "0"),
     ]
     assert response.connection == "keep-alive, X-Hop"
@@ -502,7 +514,7 @@ async def test_stale_pooled_connection_is_retried_once_on_a_fresh_one() -> None:
     assert up.accepted == 2
 
 
-async def test_buffered_body_is_resent_on_retry() -> None:
+async def test_buffered_body_of_an_idempotent_request_is_resent_on_retry() -> None:
     seen: list[bytes] = []
 
     async def handle(ex: Exchange) -> None:
@@ -519,7 +531,7 @@ async def test_buffered_body_is_resent_on_retry() -> None:
 
     async with upstream(handle) as up, client_for(up.url) as client:
         await fetch(client)
-        response = await client.request("POST", "/", [("Content-Length", "3")], Buffered(b"abc"))
+        response = await client.request("PUT", "/", [("Content-Length", "3")], Buffered(b"abc"))
         assert await response.read() == b"hello"
         response.release()
     assert up.accepted == 2
@@ -562,7 +574,7 @@ async def test_streamed_body_already_read_is_not_resent() -> None:
         source = Source(3, b"z" * 100_000)
         with pytest.raises(UpstreamClosed):
             async with asyncio.timeout(TEST_TIMEOUT):
-                await client.request("POST", "/", [("Content-Length", "300000")], source)
+                await client.request("PUT", "/", [("Content-Length", "300000")], source)
     assert up.accepted == 1
 
 
@@ -839,3 +851,304 @@ async def test_https_upstream(tmp_path: Path) -> None:
         server.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 2)
+
+
+# --------------------------------------------------------------------------- defects (issue 8)
+
+
+async def test_a_post_is_never_resent_after_the_upstream_received_it() -> None:
+    """RFC 9112 section 9.3.1.1: a non-idempotent request is not retried automatically."""
+    seen: list[bytes] = []
+
+    async def handle(ex: Exchange) -> None:
+        while True:
+            head, body = await ex.read_request()
+            seen.append(head.split(b" ", 1)[0] + b" " + body)
+            if head.startswith(b"POST"):
+                ex.writer.transport.abort()  # received, then dropped without an answer
+                return
+            await ex.send(OK_HELLO)
+
+    async with upstream(handle) as up, client_for(up.url) as client:
+        await fetch(client)
+        with pytest.raises(UpstreamClosed):
+            async with asyncio.timeout(TEST_TIMEOUT):
+                await client.request("POST", "/", [("Content-Length", "3")], Buffered(b"abc"))
+        # A streamed POST body is not resent either.
+        await fetch(client)
+        with pytest.raises(UpstreamClosed):
+            async with asyncio.timeout(TEST_TIMEOUT):
+                await client.request("POST", "/", [("Content-Length", "3")], Source(1, b"xyz"))
+    assert seen.count(b"POST abc") == 1
+    assert seen.count(b"POST xyz") == 1
+
+
+def _open_fds() -> int:
+    """File descriptors this process holds now."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+STRESS_REQUESTS = 3000  # requests in the cancellation stress test
+STRESS_CONCURRENCY = 48  # of them in flight at once
+STRESS_POOL = 8  # pool_size under stress
+
+
+async def test_pool_accounting_holds_under_random_cancellations() -> None:
+    """Thousands of requests, cancelled at random in every phase, against a rude upstream."""
+    rng = random.Random(8)
+    fds_before = _open_fds()
+
+    async def handle(ex: Exchange) -> None:
+        while True:
+            head, _ = await ex.read_request()
+            kind = head.split(b" ", 2)[1]
+            if kind == b"/slow":
+                await asyncio.sleep(0.002)
+                await ex.send(OK_HELLO)
+            elif kind == b"/stall":  # half a body, then silence
+                await ex.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+                await asyncio.sleep(0.05)
+                ex.writer.transport.abort()
+                return
+            elif kind == b"/drop":
+                ex.writer.transport.abort()
+                return
+            elif kind == b"/close":
+                await ex.send(
+                    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+                )
+                return
+            else:
+                await ex.send(OK_HELLO)
+
+    over: list[int] = []
+    async with upstream(handle) as up:
+        client = UpstreamClient(
+            up.url, pool_size=STRESS_POOL, connect_timeout=1, timeout=0.3, pool_timeout=2
+        )
+
+        async def one(path: str) -> None:
+            response = await client.request("GET", path, [])
+            try:
+                await response.read()
+            finally:
+                response.release()
+
+        async def sample() -> None:
+            while True:
+                live = client.pool.live
+                if live > STRESS_POOL:
+                    over.append(live)
+                await asyncio.sleep(0)
+
+        sampler = asyncio.create_task(sample())
+        semaphore = asyncio.Semaphore(STRESS_CONCURRENCY)
+        paths = ["/fast"] * 6 + ["/slow", "/stall", "/drop", "/close"]
+
+        async def run(n: int) -> None:
+            async with semaphore:
+                task = asyncio.create_task(one(rng.choice(paths)))
+                if rng.random() < 0.5:  # cancel in connect, head wait or mid-body
+                    if rng.random() < 0.5:
+                        for _ in range(rng.randrange(8)):  # a few loop turns: mid-connect
+                            await asyncio.sleep(0)
+                    else:
+                        await asyncio.sleep(rng.choice([0.0005, 0.001, 0.003, 0.01]))
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, UpstreamError):
+                    await task
+
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(run(n) for n in range(STRESS_REQUESTS)))
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+        await asyncio.sleep(0.1)
+        assert up.open_now <= STRESS_POOL
+        assert client.pool.live <= STRESS_POOL
+        assert client.pool.idle <= client.pool.live
+        # Every slot came back exactly once: the whole pool can be used again.
+        results = await asyncio.gather(*(fetch(client, "GET", "/slow") for _ in range(20)))
+        assert [body for _, body in results] == [b"hello"] * 20
+        await client.close()
+    assert over == []
+    await asyncio.sleep(0.1)
+    assert _open_fds() <= fds_before
+
+
+async def test_an_over_long_header_line_is_refused_while_it_arrives() -> None:
+    sent = 0
+
+    async def handle(ex: Exchange) -> None:
+        nonlocal sent
+        await ex.read_request()
+        await ex.send(b"HTTP/1.1 200 OK\r\nX-Big: ")
+        for _ in range(64):
+            await ex.send(b"a" * MIB)
+            sent += MIB
+
+    async with upstream(handle) as up, client_for(up.url) as client:
+        with pytest.raises(UpstreamError) as caught:
+            await fetch(client)
+    assert type(caught.value).__name__ == "UpstreamLimitError"
+    assert sent < 64 * MIB
+
+
+async def test_latin1_header_bytes_and_reason_are_kept() -> None:
+    answer = b"HTTP/1.1 200 Tr\xe8s bien\r\nX-File: caf\xe9.txt\r\nContent-Length: 0\r\n\r\n"
+    async with upstream(canned(answer)) as up, client_for(up.url) as client:
+        response, _ = await fetch(client)
+    assert response.reason.encode("latin-1") == b"Tr\xe8s bien"
+    name, value = response.headers[0]
+    assert (name, value.encode("latin-1")) == ("X-File", b"caf\xe9.txt")
+
+
+# --------------------------------------------------------------------------- idle connections
+
+
+async def test_an_idle_connection_the_upstream_closed_is_never_handed_out() -> None:
+    async def handle(ex: Exchange) -> None:
+        await ex.read_request()
+        await ex.send(OK_HELLO)  # keep-alive by default, then the upstream closes anyway
+
+    async with upstream(handle) as up, client_for(up.url) as client:
+        await fetch(client)
+        await asyncio.sleep(0.05)
+        assert client.pool.idle == 0  # its close was seen: out of the pool
+        response = await client.request("POST", "/", [("Content-Length", "2")], Buffered(b"ok"))
+        assert await response.read() == b"hello"
+        response.release()
+    assert up.accepted == 2
+
+
+async def test_idle_connections_expire_by_idle_timeout_or_the_keep_alive_hint() -> None:
+    closed: list[int] = []
+
+    async def handle(ex: Exchange) -> None:
+        try:
+            while True:
+                head, _ = await ex.read_request()
+                hint = b"Keep-Alive: timeout=1\r\n" if b" /hint " in head else b""
+                await ex.send(b"HTTP/1.1 200 OK\r\n" + hint + b"Content-Length: 5\r\n\r\nhello")
+        finally:
+            closed.append(ex.number)
+
+    async with upstream(handle) as up, client_for(up.url, idle_timeout=0.3) as client:
+        await fetch(client)
+        await asyncio.sleep(0.5)  # past idle_timeout: closed by keygate, unasked
+        assert closed == [1]
+        assert client.pool.live == 0
+        await fetch(client)
+        assert up.accepted == 2
+    async with upstream(handle) as up, client_for(up.url, idle_timeout=30) as client:
+        await fetch(client, "GET", "/hint")  # timeout=1: kept 0.5 s, less than the upstream
+        await asyncio.sleep(0.2)
+        await fetch(client)
+        assert up.accepted == 1
+        await asyncio.sleep(0.7)
+        await fetch(client)
+        assert up.accepted == 2
+
+
+# --------------------------------------------------------------------------- tls (trustme)
+
+
+@dataclass
+class TLSUpstream:
+    """An HTTPS upstream on loopback, with the CA that issued its certificate."""
+
+    url: str
+    ca: trustme.CA
+    up: Upstream
+
+
+@contextlib.asynccontextmanager
+async def tls_upstream(
+    tmp_path: Path, *, names: tuple[str, ...] = ("127.0.0.1",), client_ca: trustme.CA | None = None
+) -> AsyncIterator[TLSUpstream]:
+    """An HTTPS upstream whose certificate names `names`; `client_ca` makes it demand mTLS."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(server_context)
+    if client_ca is not None:
+        server_context.verify_mode = ssl.CERT_REQUIRED
+        client_ca.configure_trust(server_context)
+    up = Upstream(keep_answering(OK_HELLO))
+    server = await asyncio.start_server(up._serve, "127.0.0.1", 0, ssl=server_context)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        yield TLSUpstream(f"https://127.0.0.1:{port}", ca, up)
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 2)
+
+
+def settings_for(url: str, tls: UpstreamTLS) -> UpstreamSettings:
+    """Upstream settings as the config would give them (short bounds for tests)."""
+    return UpstreamSettings(url=url, timeout=5, connect_timeout=2, headers=(), pool_size=4, tls=tls)
+
+
+async def test_https_upstream_verified_with_a_configured_ca(tmp_path: Path) -> None:
+    async with tls_upstream(tmp_path) as https:
+        ca_file = tmp_path / "ca.pem"
+        https.ca.cert_pem.write_to_path(str(ca_file))
+        client = create_upstream_client(settings_for(https.url, UpstreamTLS(ca_file=str(ca_file))))
+        try:
+            for _ in range(3):
+                response, body = await fetch(client)
+                assert (response.status, body) == (200, b"hello")
+        finally:
+            await client.close()
+        assert https.up.accepted == 1
+        # Verification is on by default: the system's CAs do not know this one.
+        strict = create_upstream_client(settings_for(https.url, UpstreamTLS()))
+        try:
+            with pytest.raises(UpstreamClosed, match="CERTIFICATE_VERIFY_FAILED"):
+                await fetch(strict)
+        finally:
+            await strict.close()
+
+
+async def test_https_upstream_server_name(tmp_path: Path) -> None:
+    async with tls_upstream(tmp_path, names=("backend.internal",)) as https:
+        ca_file = tmp_path / "ca.pem"
+        https.ca.cert_pem.write_to_path(str(ca_file))
+        named = UpstreamTLS(ca_file=str(ca_file), server_name="backend.internal")
+        client = create_upstream_client(settings_for(https.url, named))
+        try:
+            response, _ = await fetch(client)
+            assert response.status == 200
+        finally:
+            await client.close()
+        unnamed = create_upstream_client(settings_for(https.url, UpstreamTLS(ca_file=str(ca_file))))
+        try:
+            with pytest.raises(UpstreamClosed):  # the certificate does not name 127.0.0.1
+                await fetch(unnamed)
+        finally:
+            await unnamed.close()
+
+
+async def test_https_upstream_with_a_client_certificate(tmp_path: Path) -> None:
+    client_ca = trustme.CA()
+    async with tls_upstream(tmp_path, client_ca=client_ca) as https:
+        ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "c.pem", tmp_path / "k.pem"
+        https.ca.cert_pem.write_to_path(str(ca_file))
+        issued = client_ca.issue_cert("keygate.client")
+        issued.cert_chain_pems[0].write_to_path(str(cert_file))
+        issued.private_key_pem.write_to_path(str(key_file))
+        mtls = UpstreamTLS(ca_file=str(ca_file), cert_file=str(cert_file), key_file=str(key_file))
+        client = create_upstream_client(settings_for(https.url, mtls))
+        try:
+            response, body = await fetch(client)
+            assert (response.status, body) == (200, b"hello")
+        finally:
+            await client.close()
+        anonymous = create_upstream_client(
+            settings_for(https.url, UpstreamTLS(ca_file=str(ca_file)))
+        )
+        try:
+            with pytest.raises(UpstreamError):  # TLS 1.3: refused at the first read
+                await fetch(anonymous)
+        finally:
+            await anonymous.close()
