@@ -23,7 +23,10 @@ PURE = (
     "gateway.policy",
     "gateway.refusals",
     "gateway.settings",
+    "gateway.skeleton",
     "gateway.target",
+    "gateway.upstream.errors",
+    "gateway.upstream.framing",
     "gateway.usage",
 )
 
