@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from gateway.credentials import fold_header_name
 
@@ -293,11 +293,7 @@ def query_method_overrides(raw_target: str) -> list[str]:
 
 def response_headers(
     headers: Iterable[tuple[str, str]], connection: str | None
-) -> Iterator[tuple[str, str]]:
-    """Yield the upstream's response headers minus hop-by-hop and `Connection`-named ones."""
-    drop = HOP_BY_HOP
-    if connection:
-        drop = drop | connection_named(connection)
-    for name, value in headers:
-        if name.lower() not in drop:
-            yield name, value
+) -> list[tuple[str, str]]:
+    """Return the upstream's response headers minus hop-by-hop and `Connection`-named ones."""
+    drop = HOP_BY_HOP | connection_named(connection) if connection else HOP_BY_HOP
+    return [(name, value) for name, value in headers if name.lower() not in drop]

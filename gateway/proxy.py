@@ -221,9 +221,7 @@ class Proxy:
         response = kind(status=upstream.status, reason=upstream.reason)
         if upstream.transfer_codings:
             response.transfer_codings = upstream.transfer_codings
-        out = response.headers
-        for name, value in response_headers(upstream.headers, upstream.connection):
-            out.add(name, value)
+        response.headers.extend(response_headers(upstream.headers, upstream.connection))
         self._runtime.metrics.forwarded(upstream.status)
         try:
             if whole:
