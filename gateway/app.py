@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -22,8 +24,11 @@ from gateway.store.factory import store_from_url
 from gateway.upstream import create_upstream_client
 from gateway.web_internals import JsonErrorAppRunner, JsonErrorServer
 
+log = logging.getLogger("keygate")
 # Most bytes of request line kept before the proxy answers 400 (aiohttp's default).
 MAX_LINE_SIZE = 8190
+# Seconds aiohttp's own shutdown gives requests still running after the grace period.
+CUT_TIMEOUT = 0.5
 
 
 def create_proxy_server(proxy: Proxy, access_log_enabled: bool) -> web.Server:
@@ -83,13 +88,14 @@ async def running_gateway(
         ),
     ]
     upstream = create_upstream_client(settings.upstream)
+    proxy = Proxy(runtime, upstream)
     proxy_runner = web.ServerRunner(
-        create_proxy_server(
-            Proxy(runtime, upstream),
-            settings.access_log and settings.log_level in ("debug", "info"),
-        ),
-        shutdown_timeout=settings.grace_period,
+        create_proxy_server(proxy, settings.access_log and settings.log_level in ("debug", "info")),
+        # The grace period is spent in Proxy.drain, with connections fully open (aiohttp's
+        # own shutdown stops reading request bodies at once); what remains is cut at once.
+        shutdown_timeout=CUT_TIMEOUT,
     )
+    proxy_site: web.TCPSite | None = None
     admin_runner: JsonErrorAppRunner | None = None
     try:
         await proxy_runner.setup()
@@ -121,6 +127,11 @@ async def running_gateway(
     finally:
         # Listeners stop first (new connections refused, in-flight requests drain), then the
         # background tasks; the usage flusher writes its last batch when cancelled.
+        if proxy_site is not None:
+            await proxy_site.stop()
+            started = time.monotonic()
+            cut = await proxy.drain(settings.grace_period)
+            log.info("proxy drained in %.1fs (%d request(s) cut)", time.monotonic() - started, cut)
         await proxy_runner.cleanup()
         if admin_runner is not None:
             await admin_runner.cleanup()

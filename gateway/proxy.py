@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import aiohttp
 from aiohttp import hdrs, web
 
 from gateway import auth, refusals
+from gateway.access_log import redact_keys
 from gateway.clock import now
 from gateway.credentials import API_KEY_HEADER, AUTHORIZATION, extract_credential
 from gateway.error_responses import (
@@ -63,6 +65,9 @@ class Proxy:
         settings = runtime.settings
         self._runtime = runtime
         self._client = client
+        self._in_flight: dict[int, web.BaseRequest] = {}  # by id(): requests are unhashable
+        self._draining = False
+        self._idle = asyncio.Event()
         self._deny_anonymous = settings.anonymous == "deny"
         self._hygiene = HeaderHygiene(
             settings.acting_user_header, settings.strip_headers, settings.upstream.headers
@@ -80,13 +85,38 @@ class Proxy:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Serve one request (the listener's handler): no unexpected error leaves as a bare 500."""
+        in_flight = self._in_flight
+        in_flight[id(request)] = request
         try:
-            return await self.handle(request)
+            response = await self.handle(request)
+            if self._draining:
+                response.force_close()  # shutting down: this connection takes no more requests
+            return response
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
             log.exception("unexpected error handling %s", request.method)
             return error_response(500, E_INTERNAL, "internal error")
+        finally:
+            del in_flight[id(request)]
+            if self._draining and not in_flight:
+                self._idle.set()
+
+    async def drain(self, grace_period: float) -> int:
+        """Let requests in flight finish (bodies still flow both ways) for up to `grace_period`
+        seconds; log the ones still running then, and return how many there were."""
+        self._draining = True
+        if self._in_flight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace_period)
+        for request in list(self._in_flight.values()):
+            log.warning(
+                "shutdown: cutting %s %s after the grace period; %d response bytes sent",
+                request.method,
+                redact_keys(request.raw_path),
+                request.writer.output_size if request.writer is not None else 0,
+            )
+        return len(self._in_flight)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Run the request flow for one request (hygiene, credential, key, policy, forward)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -11,8 +12,11 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    ALL_ROLE,
+    REST,
     Backend,
     children_of,
+    create_key,
     free_port,
     reaped,
     start_serve,
@@ -112,3 +116,108 @@ async def test_a_crash_loop_ends_with_the_workers_error(tmp_path: Path, backend:
         assert children_of(serve.process.pid) == set()
         took = time.monotonic() - started
         print(f"crash loop ended after {took:.1f}s, status {serve.process.returncode}")
+
+
+async def _slow_chunked_upload(
+    port: int, key: str, chunks: int, chunk_size: int, pause: float, on_half: object
+) -> tuple[int, dict[str, object]]:
+    """Upload `chunks` chunks to the echo endpoint, pausing between them; call `on_half()`
+    halfway. Return the status and the echo's JSON."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            (
+                f"POST {REST}/_echo/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {key}\r\n"
+                "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            ).encode()
+        )
+        block = b"u" * chunk_size
+        for index in range(chunks):
+            if index == chunks // 2:
+                on_half()  # type: ignore[operator]
+            writer.write(b"%x\r\n%b\r\n" % (chunk_size, block))
+            await writer.drain()
+            await asyncio.sleep(pause)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if b"chunked" in head.lower():
+        size, _, rest = body.partition(b"\r\n")
+        body = rest[: int(size, 16)]
+    return status, json.loads(body)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_sigterm_lets_an_upload_in_flight_finish(
+    tmp_path: Path, backend: Backend, workers: str
+) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path / "upload",
+        backend.url,
+        listen_port=port,
+        admin_port=free_port(),
+        extra={"shutdown": {"grace_period": 10}},
+    )
+    key = await create_key(config, "uploader", [ALL_ROLE])
+    serve = start_serve(config, port, tmp_path / "upload.log", "--workers", workers)
+    with reaped(serve):
+        await wait_for_port(port, process=serve.process)
+        if workers == "2":
+            serve.extra_pids.extend(await workers_of(serve.process.pid, 2))
+        signalled: list[float] = []
+
+        def terminate() -> None:
+            serve.process.send_signal(signal.SIGTERM)
+            signalled.append(time.monotonic())
+
+        chunks, size = 40, 64 * 1024  # 2.5 MiB over about 2 s, SIGTERM halfway
+        status, echo = await _slow_chunked_upload(port, key, chunks, size, 0.05, terminate)
+        assert status == 200, echo
+        assert echo["body_length"] == chunks * size
+        code = serve.process.wait(timeout=15)
+        took = time.monotonic() - signalled[0]
+        log = serve.log_text()
+        assert code == 0, log
+        assert took < 10, log  # well within the grace period, not twice it
+        assert "cutting" not in log
+        print(f"workers={workers}: upload finished, exit {code} {took:.2f}s after SIGTERM")
+
+
+async def test_what_cannot_finish_in_the_grace_period_is_cut_and_logged(
+    tmp_path: Path, backend: Backend
+) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path / "cut",
+        backend.url,
+        listen_port=port,
+        admin_port=free_port(),
+        extra={"shutdown": {"grace_period": 1}},
+    )
+    key = await create_key(config, "waiter", [ALL_ROLE])
+    serve = start_serve(config, port, tmp_path / "cut.log")
+    with reaped(serve):
+        await wait_for_port(port, process=serve.process)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"GET {REST}/_slow?delay=5 HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        serve.process.send_signal(signal.SIGTERM)
+        code = serve.process.wait(timeout=15)
+        took = time.monotonic() - started
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        log = serve.log_text()
+        assert code == 0, log
+        assert took < 1 + 3, log  # the grace period plus the cut, not twice the grace
+        assert f"cutting GET {REST}/_slow?delay=5" in log, log
+        assert answer == b"" or b" 200 " not in answer.split(b"\r\n", 1)[0]
+        print(f"slow request cut; exit {code} {took:.2f}s after SIGTERM")
