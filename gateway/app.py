@@ -19,10 +19,10 @@ from gateway.feed import FeedFollower
 from gateway.policy import load_policy
 from gateway.proxy import Proxy
 from gateway.runtime import Runtime
-from gateway.settings import Settings
+from gateway.settings import ClientLimits, Settings
 from gateway.store.factory import store_from_url
 from gateway.upstream import create_upstream_client
-from gateway.web_internals import JsonErrorAppRunner, JsonErrorServer
+from gateway.web_internals import ConnectionLimits, JsonErrorAppRunner, JsonErrorServer
 
 log = logging.getLogger("keygate")
 # Most bytes of request line kept before the proxy answers 400 (aiohttp's default).
@@ -31,7 +31,7 @@ MAX_LINE_SIZE = 8190
 CUT_TIMEOUT = 0.5
 
 
-def create_proxy_server(proxy: Proxy, access_log_enabled: bool) -> web.Server:
+def create_proxy_server(proxy: Proxy, access_log_enabled: bool, client: ClientLimits) -> web.Server:
     """Return the low-level aiohttp server for the proxy listener (no router on the hot path)."""
 
     return JsonErrorServer(
@@ -43,6 +43,8 @@ def create_proxy_server(proxy: Proxy, access_log_enabled: bool) -> web.Server:
         # A client that leaves cancels its request: the upstream exchange is abandoned at
         # once, its connection closed and its pool slot freed (not held until it answers).
         handler_cancellation=True,
+        limits=ConnectionLimits(client.head_timeout, client.max_connections),
+        keepalive_timeout=client.keepalive_timeout,
     )
 
 
@@ -90,7 +92,9 @@ async def running_gateway(
     upstream = create_upstream_client(settings.upstream)
     proxy = Proxy(runtime, upstream)
     proxy_runner = web.ServerRunner(
-        create_proxy_server(proxy, settings.access_log and settings.log_level in ("debug", "info")),
+        create_proxy_server(
+            proxy, settings.access_log and settings.log_level in ("debug", "info"), settings.client
+        ),
         # The grace period is spent in Proxy.drain, with connections fully open (aiohttp's
         # own shutdown stops reading request bodies at once); what remains is cut at once.
         shutdown_timeout=CUT_TIMEOUT,

@@ -40,6 +40,7 @@ from gateway.upstream import (
     UpstreamTimeout,
 )
 from gateway.web_internals import (
+    JsonErrorRequestHandler,
     Latin1Head,
     Latin1WholeHead,
     RelayedResponse,
@@ -99,6 +100,9 @@ class Proxy:
             return error_response(500, E_INTERNAL, "internal error")
         finally:
             del in_flight[id(request)]
+            protocol = request.protocol
+            if isinstance(protocol, JsonErrorRequestHandler):
+                protocol.await_head()  # the clock for the next head on this connection
             if self._draining and not in_flight:
                 self._idle.set()
 

@@ -32,6 +32,9 @@ DEFAULT_STRIP_HEADERS = (
 DEFAULT_POLL_INTERVAL = 0.1  # seconds between change-feed polls
 DEFAULT_FLUSH_INTERVAL = 2.0  # seconds between usage flushes
 DEFAULT_GRACE_PERIOD = 30.0  # seconds in-flight requests get on shutdown
+DEFAULT_HEAD_TIMEOUT = 10.0  # seconds a client has to send a whole request head
+DEFAULT_KEEPALIVE_TIMEOUT = 15.0  # seconds an idle keep-alive client connection stays open
+DEFAULT_MAX_CONNECTIONS = 4096  # open client connections per worker on the proxy listener
 DEFAULT_MAX_START_FAILURES = 5  # workers in a row dying before serving end the supervisor
 DEFAULT_POOL_SIZE = 256  # keep-alive connections to the upstream per process
 DEFAULT_POOL_TIMEOUT = 10.0  # seconds a request waits for a free upstream connection
@@ -88,6 +91,15 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """Bounds on what proxy clients may hold: head time, idle keep-alive, connections."""
+
+    head_timeout: float
+    keepalive_timeout: float
+    max_connections: int
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The validated gateway configuration."""
 
@@ -95,6 +107,7 @@ class Settings:
     listen: Listener
     admin: Listener
     upstream: Upstream
+    client: ClientLimits
     store_url: str
     policy_path: Path
     acting_user_header: str
@@ -194,6 +207,7 @@ _TOP_LEVEL = {
     "usage",
     "shutdown",
     "supervisor",
+    "client",
     "log",
 }
 
@@ -256,6 +270,22 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
     usage = reader.section(data, "usage", {"flush_interval"})
     shutdown = reader.section(data, "shutdown", {"grace_period"})
     supervisor = reader.section(data, "supervisor", {"max_start_failures"})
+    client_data = reader.section(
+        data, "client", {"head_timeout", "keepalive_timeout", "max_connections"}
+    )
+    client = ClientLimits(
+        head_timeout=reader.number(
+            client_data, "client", "head_timeout", DEFAULT_HEAD_TIMEOUT, minimum=0.1
+        ),
+        keepalive_timeout=reader.number(
+            client_data, "client", "keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT, minimum=0.1
+        ),
+        max_connections=int(
+            reader.number(
+                client_data, "client", "max_connections", DEFAULT_MAX_CONNECTIONS, minimum=1
+            )
+        ),
+    )
     log = reader.section(data, "log", {"level", "access_log"})
     level = reader.string(log, "log", "level", "info").lower()
     if level not in ("debug", "info", "warning", "error"):
@@ -267,6 +297,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         listen=listen,
         admin=admin,
         upstream=upstream,
+        client=client,
         store_url=store_url,
         policy_path=policy_path,
         acting_user_header=acting,

@@ -12,9 +12,10 @@ tests/test_web_internals.py fails when an aiohttp release changes any of them:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestHandler
@@ -88,6 +89,18 @@ class Latin1WholeHead(Latin1Head, RelayedWholeResponse):
     """A whole relayed response with a non-ASCII head."""
 
 
+E_TOO_MANY_CONNECTIONS = "too_many_connections"
+_TOO_MANY_BODY = json.dumps(
+    {"error": E_TOO_MANY_CONNECTIONS, "message": "too many open connections; retry shortly"}
+).encode()
+# Written straight to a refused connection: no parser, no handler, no task for it.
+_TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Server: keygate\r\nConnection: close\r\nRetry-After: 1\r\n"
+    b"Content-Length: %d\r\n\r\n%b" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
+)
+
+
 class JsonErrorRequestHandler(RequestHandler):
     """aiohttp's connection handler, with parser-level errors answered as keygate's JSON.
 
@@ -99,6 +112,51 @@ class JsonErrorRequestHandler(RequestHandler):
     """
 
     error_headers: Mapping[str, str] = {}  # added to every error answer (set per server)
+    limits: ConnectionLimits | None = None  # set per server: head timeout, connection cap
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Accept a connection, or refuse it at once when the server is at its cap."""
+        super().connection_made(transport)
+        limits = self.limits
+        if limits is None:
+            return
+        if limits.over_capacity():
+            # Refuse quickly rather than slow everyone: a canned answer, then close.
+            # uvloop's transports are not asyncio.WriteTransport subclasses: cast, not check.
+            cast(asyncio.Transport, transport).write(_TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
+        self.await_head()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Forget the head timer with the connection."""
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def await_head(self) -> None:
+        """Start the clock on the next request head (connection open, or a response done)."""
+        limits = self.limits
+        if limits is None or limits.head_timeout is None:
+            return
+        self._cancel_head_timer()
+        self._head_timer = asyncio.get_running_loop().call_later(
+            limits.head_timeout, self._head_timed_out
+        )
+
+    def head_received(self) -> None:
+        """A request head arrived in time."""
+        self._cancel_head_timer()
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        log.info("closing a connection that sent no complete request head in time")
+        self.force_close()
 
     def handle_error(
         self,
@@ -124,6 +182,19 @@ class JsonErrorRequestHandler(RequestHandler):
         return response
 
 
+class ConnectionLimits:
+    """One server's client-side bounds: time to send a request head, and a connection cap."""
+
+    def __init__(self, head_timeout: float | None, max_connections: int | None) -> None:
+        self.head_timeout = head_timeout  # seconds, from connect or the end of a response
+        self.max_connections = max_connections  # open client connections at once
+        self.live = 0
+
+    def over_capacity(self) -> bool:
+        """Return True when one more connection than allowed is open."""
+        return self.max_connections is not None and self.live > self.max_connections
+
+
 class JsonErrorServer(web.Server):
     """A low-level aiohttp server whose connections use JsonErrorRequestHandler."""
 
@@ -134,15 +205,18 @@ class JsonErrorServer(web.Server):
         request_factory: Any = None,
         handler_cancellation: bool = False,
         error_headers: Mapping[str, str] | None = None,
+        limits: ConnectionLimits | None = None,
         **handler_kwargs: Any,
     ) -> None:
         """Serve `handler`; `handler_kwargs` go to every connection's RequestHandler.
 
-        `error_headers` are added to every parser-level error answer.
+        `error_headers` are added to every parser-level error answer; `limits` bound what
+        clients may hold (a head timeout, a connection cap).
         """
+        self._inner_factory = request_factory
         super().__init__(
             handler,
-            request_factory=request_factory,
+            request_factory=self._request_with_head_mark if limits else request_factory,
             handler_cancellation=handler_cancellation,
             **handler_kwargs,
         )
@@ -150,11 +224,41 @@ class JsonErrorServer(web.Server):
         self._handler_loop = asyncio.get_running_loop()
         self._handler_kwargs = handler_kwargs
         self._error_headers = dict(error_headers or {})
+        self.limits = limits
+
+    def _request_with_head_mark(
+        self,
+        message: Any,
+        payload: Any,
+        protocol: RequestHandler,
+        writer: Any,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        """Build a request (a head arrived): stop that connection's head clock first."""
+        if isinstance(protocol, JsonErrorRequestHandler):
+            protocol.head_received()
+        if self._inner_factory is not None:
+            request: web.BaseRequest = self._inner_factory(message, payload, protocol, writer, task)
+            return request
+        return web.BaseRequest(message, payload, protocol, writer, task, self._handler_loop)
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        """Count an open connection."""
+        super().connection_made(handler, transport)
+        if self.limits is not None:
+            self.limits.live += 1
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        """Count a closed connection."""
+        super().connection_lost(handler, exc)
+        if self.limits is not None:
+            self.limits.live -= 1
 
     def __call__(self) -> RequestHandler:
         """Return the handler for one new connection."""
         handler = JsonErrorRequestHandler(self, loop=self._handler_loop, **self._handler_kwargs)
         handler.error_headers = self._error_headers
+        handler.limits = self.limits
         return handler
 
 

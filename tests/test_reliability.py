@@ -221,3 +221,106 @@ async def test_what_cannot_finish_in_the_grace_period_is_cut_and_logged(
         assert f"cutting GET {REST}/_slow?delay=5" in log, log
         assert answer == b"" or b" 200 " not in answer.split(b"\r\n", 1)[0]
         print(f"slow request cut; exit {code} {took:.2f}s after SIGTERM")
+
+
+def descriptors(pid: int) -> int:
+    """Open file descriptors of a process."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, timeout: float) -> bool:
+    """Return True when the server closes the connection (EOF) within `timeout` seconds."""
+    try:
+        while await asyncio.wait_for(reader.read(65536), timeout):
+            pass
+    except (TimeoutError, ConnectionError):
+        return False
+    return True
+
+
+async def test_slow_and_idle_clients_are_closed_while_others_are_served(
+    tmp_path: Path, backend: Backend
+) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path / "slowloris",
+        backend.url,
+        listen_port=port,
+        admin_port=free_port(),
+        extra={"client": {"head_timeout": 1, "keepalive_timeout": 1, "max_connections": 1000}},
+    )
+    key = await create_key(config, "steady", [ALL_ROLE])
+    serve = start_serve(config, port, tmp_path / "slowloris.log")
+    with reaped(serve):
+        await wait_for_port(port, process=serve.process)
+        await asyncio.sleep(0.2)
+        before = descriptors(serve.process.pid)
+        slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(200)]
+        for _, writer in slow:  # a head that never ends
+            writer.write(f"GET {REST}/_echo/x HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode())
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(100)]
+        for reader, writer in idle:  # one request, then silence on a keep-alive connection
+            writer.write(
+                f"GET {REST}/_echo/x HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n\r\n".encode()
+            )
+            await reader.readuntil(b"\r\n\r\n")
+        during = descriptors(serve.process.pid)
+        started = time.monotonic()
+        served = 0
+        for _ in range(10):  # legitimate requests meanwhile, each on a fresh connection
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"GET {REST}/_echo/x HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+            served += head.startswith(b"HTTP/1.1 200")
+            writer.close()
+            await asyncio.sleep(0.05)
+        assert served == 10
+        closed = await asyncio.gather(*(_closed_by_server(r, 3.0) for r, _ in slow + idle))
+        took = time.monotonic() - started
+        assert all(closed), f"{closed.count(False)} connections still open after {took:.1f}s"
+        for _, writer in slow + idle:
+            writer.close()
+        await asyncio.sleep(0.3)
+        after = descriptors(serve.process.pid)
+        assert after <= before + 2, (before, during, after)
+        print(f"descriptors before {before}, with 300 slow/idle clients {during}, after {after}")
+        assert serve.stop() == 0
+
+
+async def test_connections_over_the_cap_are_refused_at_once(
+    tmp_path: Path, backend: Backend
+) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path / "cap",
+        backend.url,
+        listen_port=port,
+        admin_port=free_port(),
+        extra={"client": {"max_connections": 20, "head_timeout": 30}},
+    )
+    serve = start_serve(config, port, tmp_path / "cap.log")
+    with reaped(serve):
+        await wait_for_port(port, process=serve.process)
+        await asyncio.sleep(0.2)
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+        await asyncio.sleep(0.1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+        answer = await asyncio.wait_for(reader.read(), 2)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b'"too_many_connections"' in answer
+        assert time.monotonic() - started < 1
+        writer.close()
+        for _, held_writer in held:
+            held_writer.close()
+        await asyncio.sleep(0.2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"GET {REST}/_echo/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200")
+        writer.close()
+        assert serve.stop() == 0
