@@ -8,7 +8,7 @@ import re
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from gateway.state import KEY_NAME
+from gateway.state import KEY_NAME, RELAY_INCOMPLETE
 
 access_logger = logging.getLogger("keygate.access")
 # A key anywhere in the target (path or query, `_` raw or percent-encoded): kept to its
@@ -24,12 +24,16 @@ def redact_keys(target: str) -> str:
 
 
 class ProxyAccessLogger(AbstractAccessLogger):
-    """One line per proxied request: peer, request line, status, size, time, key name."""
+    """One line per proxied request: peer, request line, status, size, time, key name.
+
+    The size is the body bytes written; an answer cut short (the upstream or the client
+    failed mid-body) ends its line with ` incomplete`, never passing for a whole one.
+    """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Write the access line (never a credential: only the key's name)."""
         self.logger.info(
-            '%s "%s %s" %s %s %.1fms key=%s',
+            '%s "%s %s" %s %s %.1fms key=%s%s',
             request.remote,
             request.method,
             redact_keys(request.raw_path),
@@ -37,4 +41,5 @@ class ProxyAccessLogger(AbstractAccessLogger):
             response.body_length,
             time * 1000,
             request.get(KEY_NAME, "-"),
+            " incomplete" if request.get(RELAY_INCOMPLETE) else "",
         )

@@ -27,7 +27,7 @@ from gateway.error_responses import (
 from gateway.hygiene import HeaderHygiene, query_method_overrides, response_headers
 from gateway.keys import display_prefix, looks_like_key
 from gateway.runtime import Runtime
-from gateway.state import KEY_NAME
+from gateway.state import KEY_NAME, RELAY_INCOMPLETE
 from gateway.target import TargetError, decoded_path
 from gateway.upstream import (
     ClientBodyTimeout,
@@ -274,6 +274,7 @@ class Proxy:
                 return self._error(502, E_UPSTREAM_DOWN, "the upstream failed mid-answer")
             # Headers already went out: the only honest signal left is to cut the connection.
             log.warning("upstream failed mid-body: %s: %s", error.__class__.__name__, error)
+            request[RELAY_INCOMPLETE] = True
             transport = request.transport
             if transport is not None:
                 transport.close()
@@ -281,4 +282,5 @@ class Proxy:
             # The client left mid-answer: not the upstream's fault. The upstream response is
             # incomplete, so releasing it closes that connection instead of pooling it.
             log.debug("client went away mid-body: %s", error.__class__.__name__)
+            request[RELAY_INCOMPLETE] = True
         return response

@@ -13,3 +13,5 @@ AUTHENTICATOR = web.AppKey("admin_authenticator", Authenticator)
 ADMIN = web.RequestKey("admin", AdminAccount)
 # The name of the key a proxied request was made with (for the access log).
 KEY_NAME = web.RequestKey("key_name", str)
+# Set when a relayed answer was cut short (the upstream or the client failed mid-body).
+RELAY_INCOMPLETE = web.RequestKey("relay_incomplete", bool)

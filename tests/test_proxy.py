@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -376,9 +377,10 @@ async def test_upstream_dying_before_a_small_body_ends_is_502(
 
 
 async def test_upstream_dying_mid_stream_cuts_the_client_connection(
-    shape_gateway: RunningGateway,
+    shape_gateway: RunningGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Headers already went out: the client must see a short body, never a clean end."""
+    caplog.set_level(logging.INFO, logger="keygate.access")
     key = await add_key(shape_gateway, "shape-bot", [ALL_ROLE])
     request = http_request("GET", "/shape/truncated-large", [("X-API-Key", key)])
     reader, writer = await asyncio.open_connection("127.0.0.1", shape_gateway.proxy_port)
@@ -393,6 +395,12 @@ async def test_upstream_dying_mid_stream_cuts_the_client_connection(
     assert head.startswith(b"HTTP/1.1 200 ")
     assert b"Content-Length: 1000000\r\n" in head
     assert len(body) < 1_000_000
+    # ...and the access log never passes the cut answer off as complete.
+    lines = [r.getMessage() for r in caplog.records if r.name == "keygate.access"]
+    assert any("/shape/truncated-large" in line for line in lines), lines
+    for line in lines:
+        if "/shape/truncated-large" in line:
+            assert line.endswith(" incomplete"), line
 
 
 async def test_expect_100_continue_is_answered_after_the_checks(
