@@ -140,6 +140,8 @@ class JsonErrorRequestHandler(RequestHandler):
         if limits is None or limits.head_timeout is None:
             return
         self._cancel_head_timer()
+        if self.transport is None:  # the connection is gone (its handler ran to the end)
+            return
         self._head_timer = asyncio.get_running_loop().call_later(
             limits.head_timeout, self._head_timed_out
         )

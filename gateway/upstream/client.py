@@ -232,7 +232,12 @@ class UpstreamClient:
         except UpstreamError:
             raise
         except Exception as error:
-            raise RequestBodyError(f"reading the request body failed: {error!r}") from error
+            # aiohttp keeps the client's error in its StreamReader and re-raises that same
+            # object: its traceback then holds the reader's frames, and the reader holds it, a
+            # cycle that keeps every buffered body chunk alive until a full collection. Drop
+            # the traceback (the message says what happened) and do not chain it.
+            error.__traceback__ = None
+            raise RequestBodyError(f"reading the request body failed: {error!r}") from None
 
     async def close(self) -> None:
         """Close the idle connections; in-flight responses drop theirs when released."""

@@ -74,6 +74,10 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(None)
         self._on_lost(self)
+        # The transport refers to this protocol and this to it: let go, so reference counting
+        # alone frees both (and whatever the exchange still buffers).
+        self.transport = None
+        self.exchange = None
 
     def pause_writing(self) -> None:
         """The transport's write buffer is full: senders wait in `drain`."""
@@ -123,6 +127,18 @@ class UpstreamConnection(asyncio.Protocol):
             self.reading_paused = False
             if self.transport is not None and not self.closed:
                 self.transport.resume_reading()
+
+    def discard(self) -> None:
+        """Abort a connection whose opening failed (cancelled, timed out) and let go of it.
+
+        The event loop may close such a transport without ever calling `connection_lost`
+        (uvloop does when `create_connection` is cancelled), which would leave this protocol
+        and its transport referring to each other until a full collection.
+        """
+        self.abort()
+        self.transport = None
+        if not self.lost.done():
+            self.lost.set_result(None)
 
     def abort(self) -> None:
         """Drop the connection now (unsent data discarded); `connection_lost` follows."""
@@ -410,12 +426,16 @@ class UpstreamResponse:
 
     def writer_done(self, task: asyncio.Task[None]) -> None:
         """The request body was sent, or sending it failed (then the connection is dropped)."""
+        self.writer = None  # the finished task's traceback frames refer back to this response
         if task.cancelled():
+            self._keep_alive = False  # the body was not sent whole: never reuse the connection
             return
         error = task.exception()
         if error is None:
             self._wake()
             return
+        # Kept for wait_head to raise: without the writer's frames, so nothing cycles back.
+        error.__traceback__ = None
         if not isinstance(error, UpstreamError):
             error = RequestBodyError(f"reading the request body failed: {error!r}")
         self.send_failed(error)
@@ -490,4 +510,7 @@ class UpstreamResponse:
         if writer is not None and not writer.done():
             writer.cancel()
         reusable = self._complete and self._keep_alive and self._error is None and writer_ok
+        # A raised error's traceback holds frames that refer to this response: forget it, so
+        # reference counting alone frees the exchange (and any buffered body).
+        self._error = None
         self._release(conn, reusable, self._keep_alive_hint)

@@ -148,7 +148,7 @@ class Pool:
         except BaseException:
             self._opening -= 1
             for conn in made:  # a transport made before the failure: close it, no fd leaks
-                conn.abort()
+                conn.discard()
             self._wake()
             raise
         self._opening -= 1
