@@ -1,4 +1,4 @@
-"""Command line: serve, demo, keys, admins, audit and policy commands."""
+"""Command line: serve, demo, init, keys, admins, audit and policy commands."""
 
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ from gateway import cli_admin, cli_keys, key_rules
 from gateway.cli_common import CliError, add_config_option, load_config
 from gateway.policy import Policy, PolicyError, load_policy
 from gateway.settings import ConfigError
-from gateway.store.base import KeyExpiredError, NameConflictError, NotFoundError
+from gateway.store.base import (
+    KeyExpiredError,
+    NameConflictError,
+    NotFoundError,
+    StoreMissingError,
+    StoreUnavailableError,
+)
+from gateway.store.factory import store_from_url
+from gateway.store.migrations.sqlite import SchemaTooNewError
 
 Handler = Callable[[argparse.Namespace], Awaitable[int] | int]
 
@@ -28,6 +36,24 @@ async def policy_check(args: argparse.Namespace) -> int:
         f"{path}: OK ({len(policy.roles)} roles, {rules} rules, "
         f"{len(policy.protected)} protected paths)"
     )
+    return 0
+
+
+async def init(args: argparse.Namespace) -> int:
+    """Create the configured database (and its directory) unless it exists; migrate it."""
+    settings = load_config(args)
+    store = store_from_url(settings.store_url, settings.base_dir)
+    try:
+        await store.open(create=False)
+        existed = True
+    except StoreMissingError:
+        await store.open(create=True)
+        existed = False
+    await store.close()
+    if existed:
+        print(f"{store.location} already exists; its schema is up to date")
+    else:
+        print(f"created {store.location}")
     return 0
 
 
@@ -74,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # seconds; used by tests
     demo_parser.set_defaults(func=demo)
 
+    init_parser = commands.add_parser(
+        "init", help="create the database the config names (other commands never do)"
+    )
+    add_config_option(init_parser)
+    init_parser.set_defaults(func=init)
+
     cli_keys.register(commands)
 
     policy_parser = commands.add_parser("policy", help="policy tools")
@@ -106,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NotFoundError, KeyExpiredError, CliError, key_rules.GrantError) as error:
         print(f"keygate: error: {error}", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as error:
+    except (StoreUnavailableError, SchemaTooNewError, OSError, ValueError) as error:
         print(f"keygate: error: {error}", file=sys.stderr)
         return 1
     except sqlite3.Error as error:  # e.g. the store file is not a database

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from gateway.settings import Settings, config_path_from, load_settings
-from gateway.store.base import KeyStore
+from gateway.store.base import KeyStore, StoreMissingError
 from gateway.store.factory import store_from_url
 
 
@@ -29,11 +29,25 @@ def load_config(args: argparse.Namespace) -> Settings:
     return load_settings(config_path_from(getattr(args, "config", None)))
 
 
+def no_database(location: str, settings: Settings) -> CliError:
+    """Return the one-line error for a missing store, saying how to create it."""
+    return CliError(
+        f"no database at {location}; create it with "
+        f"'keygate init --config {settings.path}' (or start 'keygate serve')"
+    )
+
+
 @asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[KeyStore]:
-    """Open the configured store for one CLI command and close it afterwards."""
+    """Open the configured store for one CLI command and close it afterwards.
+
+    Never creates it: only `keygate init`, `serve` and `demo` do.
+    """
     store = store_from_url(settings.store_url, settings.base_dir)
-    await store.open()
+    try:
+        await store.open(create=False)
+    except StoreMissingError as error:
+        raise no_database(error.location, settings) from None
     try:
         yield store
     finally:

@@ -41,6 +41,8 @@ class KeyTable:
         self._by_digest: dict[bytes, CachedKey] = {}
         self._role_sets: dict[tuple[str, ...], frozenset[str]] = {}
         self.seq = 0
+        # The store generation (database file) `seq` belongs to; another one means reload.
+        self.generation = 0
 
     def __len__(self) -> int:
         return len(self._by_digest)

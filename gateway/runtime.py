@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.feed import FeedFollower, catch_up
+from gateway.feed import FeedFollower, catch_up, load_table
 from gateway.keytable import KeyTable
 from gateway.metrics import ProxyMetrics
 from gateway.policy import Policy
@@ -27,9 +27,7 @@ class Runtime:
 
     async def load_table(self) -> None:
         """Load every key from the store into the in-memory table."""
-        loader = self.table.loader()
-        seq = await self.store.load_auth(loader.add)
-        loader.finish(seq)
+        await load_table(self.store, self.table)
 
     async def apply_own_writes(self) -> None:
         """Bring the table up to date with the store before an admin call returns."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from gateway.store.base import KeyStore
+from gateway.store.base import KeyStore, StoreUnavailableError
 
 log = logging.getLogger("keygate.usage")
 
@@ -45,13 +45,28 @@ class UsageCounter:
             raise
 
     async def run(self, store: KeyStore, interval: float) -> None:
-        """Flush every `interval` seconds until cancelled (then flush once more)."""
+        """Flush every `interval` seconds until cancelled (then flush once more).
+
+        Counts that fail to flush are kept for the next try; an outage is logged when it
+        starts and when it ends, not at every attempt.
+        """
+        failing = False
         try:
             while True:
                 await asyncio.sleep(interval)
                 try:
                     await self.flush(store)
+                except StoreUnavailableError as error:
+                    if not failing:
+                        log.warning("usage flush failed, counts kept in memory: %s", error)
+                    failing = True
                 except Exception:
-                    log.exception("usage flush failed; will retry")
+                    if not failing:
+                        log.exception("usage flush failed, counts kept in memory; will retry")
+                    failing = True
+                else:
+                    if failing:
+                        log.info("usage flush recovered: pending counts written")
+                    failing = False
         finally:
             await self.flush(store)

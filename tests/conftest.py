@@ -131,6 +131,19 @@ def write_config(
     return path
 
 
+def init_store(config: Path) -> Path:
+    """Create the config's database as `keygate init` does (CLI commands never create it)."""
+
+    async def create() -> None:
+        settings = load_settings(config)
+        store = store_from_url(settings.store_url, settings.base_dir)
+        await store.open(create=True)
+        await store.close()
+
+    asyncio.run(create())
+    return config
+
+
 @pytest.fixture
 def config_path(tmp_path: Path, backend: Backend) -> Path:
     """A config dir (gateway.yaml, policy.yaml, SQLite store) pointing at the demo backend."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import NEUTRAL_CWD, PYTHON, cli_env, create_key, run_cli, write_config
+from conftest import NEUTRAL_CWD, PYTHON, cli_env, create_key, init_store, run_cli, write_config
 
 from gateway import keys
 from gateway.settings import load_settings
@@ -41,8 +41,8 @@ KEY_FIELDS = {
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    """A config dir with the test policy and an SQLite store (no gateway running)."""
-    return write_config(tmp_path / "cfg", "http://127.0.0.1:9")
+    """A config dir with the test policy and an initialised SQLite store (no gateway running)."""
+    return init_store(write_config(tmp_path / "cfg", "http://127.0.0.1:9"))
 
 
 # CLI processes run at once by `many` (each spends ~0.5 s importing; independent runs overlap).
@@ -448,7 +448,7 @@ def test_keygate_config_env_var_is_honoured(config: Path, tmp_path: Path) -> Non
     assert from_env.returncode == 0, from_env.stderr
     assert [key["name"] for key in json.loads(from_env.stdout)] == ["env-bot"]
     # --config wins over the variable.
-    other = write_config(tmp_path / "other", "http://127.0.0.1:9")
+    other = init_store(write_config(tmp_path / "other", "http://127.0.0.1:9"))
     explicit = run_cli(
         "keys", "list", "--json", "--config", str(other), env={"KEYGATE_CONFIG": str(config)}
     )
@@ -510,7 +510,8 @@ def test_a_store_file_that_is_not_a_database_is_one_clear_line(config: Path) -> 
     listing, serving = many(keys_args(config, "list"), ["serve", "--config", str(config)])
     fails(listing, "not a database")
     assert serving.returncode != 0 and "Traceback" not in serving.stderr
-    assert "keygate: error: store: file is not a database" in serving.stderr
+    db = config.parent / "keygate.db"
+    assert f"keygate: error: store {db}: corrupt (file is not a database)" in serving.stderr
 
 
 def test_identify_reads_the_secret_from_stdin(config: Path) -> None:

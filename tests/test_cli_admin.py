@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from conftest import init_store
 
 from gateway.admin.app import create_admin_app
 from gateway.passwords import DEFAULT_N, cost_of, verify_password
@@ -59,7 +60,7 @@ def config(tmp_path: Path) -> Path:
         "store: {url: 'sqlite:///keygate.db'}\n"
         "policy: policy.yaml\n"
     )
-    return path
+    return init_store(path)
 
 
 def keygate(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -153,10 +153,11 @@ async def test_open_twice_and_close_twice_are_harmless(db_path: Path) -> None:
     opened = SqliteKeyStore(db_path)
     await asyncio.gather(opened.open(), opened.open())
     await opened.open()
-    assert await opened.ping() is True
+    await opened.ping()  # raises unless it reads and writes
     await opened.close()
     await opened.close()
-    assert await opened.ping() is False
+    with pytest.raises(RuntimeError, match="not open"):
+        await opened.ping()
 
 
 async def test_concurrent_first_opens_migrate_once(db_path: Path) -> None:
@@ -166,7 +167,7 @@ async def test_concurrent_first_opens_migrate_once(db_path: Path) -> None:
         versions = raw_rows(db_path, "SELECT version FROM schema_version")
         assert sorted(row[0] for row in versions) == [m.version for m in MIGRATIONS]
         for opened in stores:
-            assert await opened.ping() is True
+            await opened.ping()  # raises unless it reads and writes
     finally:
         for opened in stores:
             await opened.close()
@@ -199,7 +200,8 @@ async def test_open_refuses_a_schema_newer_than_this_code(db_path: Path) -> None
     second = SqliteKeyStore(db_path)
     with pytest.raises(SchemaTooNewError, match="newer"):
         await second.open()
-    assert await second.ping() is False
+    with pytest.raises(RuntimeError, match="not open"):
+        await second.ping()
 
 
 def test_migration_versions_must_be_consecutive() -> None:
@@ -701,7 +703,7 @@ async def test_empty_store(store: SqliteKeyStore) -> None:
     assert await store.changes_since(0) == []
     assert await store.list_keys() == []
     assert await store.list_admins() == []
-    assert await store.ping() is True
+    await store.ping()  # raises unless it reads and writes
 
 
 async def test_load_auth_returns_every_row_and_its_sequence(store: SqliteKeyStore) -> None:
@@ -1053,7 +1055,7 @@ async def test_factory_store_opens_where_the_url_says(base_dir: Path) -> None:
     store = store_from_url("sqlite:///state/k.db", base_dir)
     await store.open()
     try:
-        assert await store.ping() is True
+        await store.ping()  # raises unless it reads and writes
     finally:
         await store.close()
     assert (base_dir / "state" / "k.db").is_file()

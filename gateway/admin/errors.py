@@ -15,6 +15,7 @@ from gateway.store.base import (
     NameConflictError,
     NotFoundError,
     OutsideGrantsError,
+    StoreUnavailableError,
 )
 
 log = logging.getLogger("keygate.admin")
@@ -36,6 +37,7 @@ E_UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 E_BODY_TOO_LARGE = "body_too_large"
 E_METHOD_NOT_ALLOWED = "method_not_allowed"
 E_NOT_READY = "not_ready"
+E_STORE_UNAVAILABLE = "store_unavailable"
 E_INTERNAL = "internal_error"
 E_HTTP = "http_error"
 
@@ -68,6 +70,8 @@ _MESSAGES_BY_STATUS = {
 # Response headers of aiohttp's HTTP exceptions that are kept on the JSON rendering.
 _KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate", "Location")
 NO_STORE = "no-store"
+# Seconds a client is asked to wait before retrying while the key store is unavailable.
+STORE_RETRY_AFTER = 5
 
 
 class ApiError(Exception):
@@ -170,6 +174,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_error(403, E_GRANT_FORBIDDEN, str(error))
     except KeyExpiredError as error:
         return json_error(409, E_KEY_EXPIRED, str(error), field="expires_at")
+    except StoreUnavailableError as error:
+        log.warning("admin API: %s %s: %s", request.method, request.path, error)
+        return store_unavailable(error)
     except web.HTTPException as error:
         if error.status < 400:
             raise
@@ -180,6 +187,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     if not response.prepared and "Cache-Control" not in response.headers:
         response.headers["Cache-Control"] = NO_STORE
     return response
+
+
+def store_unavailable(error: StoreUnavailableError) -> web.Response:
+    """Return the 503 answer for a store that cannot serve now, naming the cause."""
+    return json_error(
+        503,
+        E_STORE_UNAVAILABLE,
+        f"the key store is unavailable: {error.cause}; nothing was changed, retry later",
+        headers={"Retry-After": str(STORE_RETRY_AFTER)},
+    )
 
 
 def render(error: ApiError) -> web.Response:

@@ -37,6 +37,27 @@ class KeyExpiredError(StoreError):
     """An expired key cannot be reinstated (give it a new expiry first)."""
 
 
+class StoreUnavailableError(Exception):
+    """The store cannot serve now: its file was deleted, the disk is full, read-only, corrupt.
+
+    `cause` says which, in words an operator acts on; the message also names the store.
+    The condition may pass by itself (space freed, file restored): callers retry later.
+    """
+
+    def __init__(self, location: str, cause: str) -> None:
+        self.location = location
+        self.cause = cause
+        super().__init__(f"store {location}: {cause}")
+
+
+class StoreMissingError(Exception):
+    """The database does not exist and the caller did not ask for it to be created."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        super().__init__(f"no database at {location}")
+
+
 # Roles an administrator may act on: None for every role (grant-all admins and the CLI).
 Grants = frozenset[str] | None
 
@@ -139,17 +160,32 @@ class KeyStore(Protocol):
     """Persistent key storage with a change feed, audit log and admin accounts.
 
     Every key write appends change-feed entries in the same transaction and records an
-    audit event (actor is the admin name, or "cli:<user>" for the CLI).
+    audit event (actor is the admin name, or "cli:<user>" for the CLI). Any call raises
+    StoreUnavailableError while the store is unusable (deleted, full, read-only, corrupt).
     """
 
-    async def open(self) -> None:
-        """Connect and apply pending schema migrations."""
+    @property
+    def location(self) -> str:
+        """Where the data lives (a file path, a server), for messages."""
+
+    @property
+    def generation(self) -> int:
+        """How many times the store was reopened on a replaced database since open().
+
+        A new generation has its own change-feed sequence: followers reload everything.
+        """
+
+    async def open(self, *, create: bool = True) -> None:
+        """Connect and apply pending schema migrations.
+
+        Without `create`, a missing database raises StoreMissingError and nothing is made.
+        """
 
     async def close(self) -> None:
         """Flush and disconnect."""
 
-    async def ping(self) -> bool:
-        """Return True when the store answers a trivial query."""
+    async def ping(self) -> None:
+        """Raise StoreUnavailableError (naming the cause) unless the store reads and writes."""
 
     # --- keys -----------------------------------------------------------------
     async def create_key(self, new: NewKey, actor: str) -> KeyRow:

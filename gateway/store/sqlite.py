@@ -35,8 +35,10 @@ from gateway.store.base import (
     NewKey,
     NotFoundError,
     OutsideGrantsError,
+    StoreMissingError,
+    StoreUnavailableError,
 )
-from gateway.store.migrations.sqlite import apply_migrations
+from gateway.store.migrations.sqlite import SchemaTooNewError, apply_migrations
 
 log = logging.getLogger("keygate.store.sqlite")
 # aiosqlite logs every statement with its parameters at DEBUG: names typed at the admin
@@ -51,6 +53,27 @@ LOAD_CHUNK = 20_000
 ROLES_MEMO_MAX = 10_000
 # Mode of a database file this store creates; SQLite gives its -wal and -shm files the same.
 DB_FILE_MODE = 0o600
+
+# Causes named by StoreUnavailableError, by SQLite primary result code; others are not
+# store faults (a constraint is a conflict, a lock held too long is contention).
+CAUSE_DELETED = "the database file was deleted (restore it; keygate picks it up by itself)"
+CAUSE_FULL = "disk full"
+CAUSE_READ_ONLY = "read-only"
+CAUSE_CORRUPT = "corrupt"
+CAUSE_IO = "I/O error"
+CAUSE_CANNOT_OPEN = "cannot open the database file"
+_CAUSES_BY_CODE = {
+    sqlite3.SQLITE_FULL: CAUSE_FULL,
+    sqlite3.SQLITE_READONLY: CAUSE_READ_ONLY,
+    sqlite3.SQLITE_CORRUPT: CAUSE_CORRUPT,
+    sqlite3.SQLITE_NOTADB: CAUSE_CORRUPT,
+    sqlite3.SQLITE_IOERR: CAUSE_IO,
+    sqlite3.SQLITE_CANTOPEN: CAUSE_CANNOT_OPEN,
+}
+# SQLite's companion files of a WAL database: the log and its shared-memory index.
+_COMPANION_SUFFIXES = ("-wal", "-shm")
+# Low byte of an extended SQLite result code: its primary code.
+_PRIMARY_CODE_MASK = 0xFF
 
 # Audit actions written by this store (the admin API records others via append_audit).
 ACTION_CREATE = "create"
@@ -187,6 +210,21 @@ def _create_private(path: Path) -> None:
     os.close(descriptor)
 
 
+def _cause_of(error: sqlite3.Error) -> str | None:
+    """Return the store-fault cause of an SQLite error ("disk full (...)"), or None."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:
+        return None
+    cause = _CAUSES_BY_CODE.get(code & _PRIMARY_CODE_MASK)
+    return None if cause is None else f"{cause} ({error})"
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """Return the (device, inode) of the file at `path`; raise OSError when it is gone."""
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
 @functools.lru_cache(maxsize=ROLES_MEMO_MAX)
 def _roles_of(text: str) -> tuple[str, ...]:
     """Return the role tuple of a roles JSON column; one shared tuple per distinct text."""
@@ -195,6 +233,11 @@ def _roles_of(text: str) -> tuple[str, ...]:
 
 class SqliteKeyStore:
     """KeyStore on one SQLite file in WAL mode; one connection, writes under an asyncio.Lock.
+
+    Every call first checks (one stat) that the file at the path is still the one open:
+    deleted, it answers StoreUnavailableError; replaced, it reopens on the new file. The
+    store never opens the database file itself while SQLite has it open: closing any
+    descriptor of a file drops every POSIX lock this process holds on it, SQLite's too.
 
     Every write runs in BEGIN IMMEDIATE ... COMMIT, so it is whole or absent, and other
     processes using the same file serialise on SQLite's write lock. Reads take the same
@@ -207,49 +250,168 @@ class SqliteKeyStore:
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._opened = False  # between open() and close(); _db is None while reopening fails
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
+        # Identities of the -wal and -shm files that belong to the open file.
+        self._companions: dict[str, tuple[int, int]] = {}
+        self._generation = 0
 
     def __repr__(self) -> str:
         return f"SqliteKeyStore({str(self.path)!r})"
 
+    @property
+    def location(self) -> str:
+        """The database file's path."""
+        return str(self.path)
+
+    @property
+    def generation(self) -> int:
+        """How many times the store reopened a replaced database file since open()."""
+        return self._generation
+
     # --- connection ------------------------------------------------------------
-    async def open(self) -> None:
-        """Create the directory if needed, connect, set pragmas and apply migrations."""
+    async def open(self, *, create: bool = True) -> None:
+        """Connect, set pragmas and apply migrations; with `create`, make the file first.
+
+        Without `create` a missing file raises StoreMissingError and nothing is created;
+        a file SQLite cannot use raises StoreUnavailableError naming it and the cause.
+        """
         async with self._lock:
-            if self._db is not None:
+            if self._opened:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            _create_private(self.path)
-            # isolation_level=None: no implicit transactions; every write says BEGIN itself.
-            db = await aiosqlite.connect(self.path, isolation_level=None)
-            try:
-                for pragma in _PRAGMAS:
-                    rows = await _retry_when_locked(db, pragma)
-                    if pragma.startswith("PRAGMA journal_mode") and rows[0][0] != "wal":
-                        log.warning("SQLite %s: journal mode %s, not WAL", self.path, rows[0][0])
-                applied = await apply_migrations(db)
-            except BaseException:
-                await db.close()
-                raise
-            if applied:
-                log.info("SQLite %s: applied schema migrations %s", self.path, applied)
-            self._db = db
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                _create_private(self.path)
+            elif not self.path.exists():
+                raise StoreMissingError(str(self.path))
+            self._db = await self._connect()
+            self._opened = True
+
+    async def _connect(self) -> aiosqlite.Connection:
+        """Connect to the file now at the path and migrate it; remember its identity."""
+        identity = self._current_identity()
+        # isolation_level=None: no implicit transactions; every write says BEGIN itself.
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            for pragma in _PRAGMAS:
+                rows = await _retry_when_locked(db, pragma)
+                if pragma.startswith("PRAGMA journal_mode") and rows[0][0] != "wal":
+                    log.warning("SQLite %s: journal mode %s, not WAL", self.path, rows[0][0])
+            applied = await apply_migrations(db)
+        except BaseException as error:
+            await db.close()
+            if isinstance(error, SchemaTooNewError):
+                raise SchemaTooNewError(f"store {self.path}: {error}") from None
+            if isinstance(error, sqlite3.Error):
+                self._raise_if_unavailable(error)
+            raise
+        if applied:
+            log.info("SQLite %s: applied schema migrations %s", self.path, applied)
+        self._identity = identity
+        self._companions = {}
+        for suffix in _COMPANION_SUFFIXES:
+            with contextlib.suppress(OSError):
+                self._companions[suffix] = _identity(Path(f"{self.path}{suffix}"))
+        return db
+
+    def _remove_stale_companions(self) -> None:
+        """Remove the -wal and -shm files of the database that was replaced or deleted.
+
+        SQLite would otherwise replay the old file's log onto the new one. Only the files
+        this store had open are removed: another process that already reopened the new file
+        has made its own, which stay.
+        """
+        for suffix, identity in self._companions.items():
+            companion = Path(f"{self.path}{suffix}")
+            with contextlib.suppress(OSError):
+                if _identity(companion) == identity:
+                    companion.unlink()
+                    log.warning("SQLite %s: removed the replaced database's %s", self.path, suffix)
+        self._companions = {}
+
+    def _current_identity(self) -> tuple[int, int]:
+        """Return the identity of the file at the path; StoreUnavailableError when gone."""
+        try:
+            return _identity(self.path)
+        except FileNotFoundError:
+            raise StoreUnavailableError(str(self.path), CAUSE_DELETED) from None
+        except OSError as error:
+            raise StoreUnavailableError(str(self.path), f"{CAUSE_IO} ({error})") from None
+
+    def _raise_if_unavailable(self, error: sqlite3.Error) -> None:
+        """Raise StoreUnavailableError for an SQLite error that is a store fault."""
+        cause = _cause_of(error)
+        if cause is not None:
+            raise StoreUnavailableError(str(self.path), cause) from error
+
+    async def _ready(self) -> aiosqlite.Connection:
+        """Return the connection after checking the file is still the one open (under the lock).
+
+        A deleted file is never recreated: every call fails until it is back. A file that
+        is not the one opened (an operator restored a backup over it) is opened in its place
+        and the generation counted, so followers reload instead of mixing two feeds.
+        """
+        if not self._opened:
+            raise RuntimeError(f"{self!r} is not open")
+        identity = self._current_identity()
+        if self._db is None or identity != self._identity:
+            old, self._db = self._db, None
+            if old is not None:
+                # SQLite neither checkpoints nor deletes the log of a moved database.
+                with contextlib.suppress(sqlite3.Error):
+                    await old.close()
+            self._remove_stale_companions()
+            self._db = await self._connect()
+            self._generation += 1
+            log.warning(
+                "SQLite %s: the database file was replaced; reopened it (generation %d)",
+                self.path,
+                self._generation,
+            )
+        return self._db
 
     async def close(self) -> None:
         """Wait for running statements, then close the connection (idempotent)."""
-        db = self._db
-        if db is None:
+        if not self._opened:
             return
         async with self._lock:
-            self._db = None
-            await db.close()
+            db, self._db = self._db, None
+            self._opened = False
+            if db is not None:
+                await db.close()
 
-    async def ping(self) -> bool:
-        """Return True when the database answers SELECT 1."""
-        try:
-            rows = await self._fetch("SELECT 1")
-        except (sqlite3.Error, ValueError, RuntimeError):  # failed, or closed
-            return False
-        return rows == [(1,)]
+    async def ping(self) -> None:
+        """Raise StoreUnavailableError unless the store reads and takes a one-row write.
+
+        The write is what shows a full or read-only disk. Another process holding the write
+        lock is not waited for: that it writes shows the store takes writes.
+        """
+        async with self._lock:
+            db = await self._ready()
+            try:
+                await db.execute("PRAGMA busy_timeout = 0")
+                try:
+                    await db.execute("BEGIN IMMEDIATE")
+                    await db.execute(
+                        "INSERT INTO store_health (id, at) VALUES (1, ?)"
+                        " ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                        (time.time(),),
+                    )
+                    await db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        await db.execute("ROLLBACK")
+                    raise
+                finally:
+                    await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            except sqlite3.Error as error:
+                if (
+                    getattr(error, "sqlite_errorcode", 0) & _PRIMARY_CODE_MASK
+                    == sqlite3.SQLITE_BUSY
+                ):
+                    return
+                self._raise_if_unavailable(error)
+                raise
 
     def _conn(self) -> aiosqlite.Connection:
         """Return the open connection; raise RuntimeError when the store is not open."""
@@ -267,21 +429,28 @@ class SqliteKeyStore:
         queue order on its thread, so the ROLLBACK follows whatever was already queued.
         """
         async with self._lock:
-            db = self._conn()
+            db = await self._ready()
             try:
                 await db.execute(begin)
                 yield db
                 await db.execute("COMMIT")
-            except BaseException:
+            except BaseException as error:
                 # Fails harmlessly when BEGIN itself failed or COMMIT already happened.
                 with contextlib.suppress(sqlite3.Error):
                     await db.execute("ROLLBACK")
+                if isinstance(error, sqlite3.Error):
+                    self._raise_if_unavailable(error)
                 raise
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """Run one read statement under the lock and return all rows."""
         async with self._lock:
-            return list(await self._conn().execute_fetchall(sql, params))
+            db = await self._ready()
+            try:
+                return list(await db.execute_fetchall(sql, params))
+            except sqlite3.Error as error:
+                self._raise_if_unavailable(error)
+                raise
 
     # --- row building ----------------------------------------------------------
     def _build_rows(self, rows: Iterable[Sequence[Any]]) -> list[KeyRow]:

@@ -98,6 +98,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        4,
+        "one-row table the readiness probe writes (a full or read-only disk shows)",
+        (
+            """
+            CREATE TABLE store_health (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                at REAL    NOT NULL
+            )
+            """,
+        ),
+    ),
 )
 
 check_sequence(MIGRATIONS)
