@@ -88,6 +88,9 @@ class Proxy:
         """Serve one request (the listener's handler): no unexpected error leaves as a bare 500."""
         in_flight = self._in_flight
         in_flight[id(request)] = request
+        protocol = request.protocol
+        if isinstance(protocol, JsonErrorRequestHandler):
+            protocol.head_received()
         try:
             response = await self.handle(request)
             if self._draining:
@@ -100,7 +103,6 @@ class Proxy:
             return error_response(500, E_INTERNAL, "internal error")
         finally:
             del in_flight[id(request)]
-            protocol = request.protocol
             if isinstance(protocol, JsonErrorRequestHandler):
                 protocol.await_head()  # the clock for the next head on this connection
             if self._draining and not in_flight:

@@ -114,6 +114,8 @@ class JsonErrorRequestHandler(RequestHandler):
     error_headers: Mapping[str, str] = {}  # added to every error answer (set per server)
     limits: ConnectionLimits | None = None  # set per server: head timeout, connection cap
     _head_timer: asyncio.TimerHandle | None = None
+    _head_deadline = 0.0  # loop time by which the awaited request head must be complete
+    _awaiting_head = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Accept a connection, or refuse it at once when the server is at its cap."""
@@ -131,32 +133,38 @@ class JsonErrorRequestHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Forget the head timer with the connection."""
-        self._cancel_head_timer()
-        super().connection_lost(exc)
-
-    def await_head(self) -> None:
-        """Start the clock on the next request head (connection open, or a response done)."""
-        limits = self.limits
-        if limits is None or limits.head_timeout is None:
-            return
-        self._cancel_head_timer()
-        if self.transport is None:  # the connection is gone (its handler ran to the end)
-            return
-        self._head_timer = asyncio.get_running_loop().call_later(
-            limits.head_timeout, self._head_timed_out
-        )
-
-    def head_received(self) -> None:
-        """A request head arrived in time."""
-        self._cancel_head_timer()
-
-    def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        super().connection_lost(exc)
 
-    def _head_timed_out(self) -> None:
+    def await_head(self) -> None:
+        """Start the clock on the next request head (connection open, or a response done).
+
+        Per request this only notes a deadline; one timer per connection checks it, and
+        re-arms itself while heads keep arriving in time (no timer churn on the hot path).
+        """
+        limits = self.limits
+        if limits is None or limits.head_timeout is None or self.transport is None:
+            return  # no bound, or the connection is gone (its handler ran to the end)
+        loop = asyncio.get_running_loop()
+        self._head_deadline = loop.time() + limits.head_timeout
+        self._awaiting_head = True
+        if self._head_timer is None:
+            self._head_timer = loop.call_at(self._head_deadline, self._check_head)
+
+    def head_received(self) -> None:
+        """A request head arrived in time."""
+        self._awaiting_head = False
+
+    def _check_head(self) -> None:
         self._head_timer = None
+        if not self._awaiting_head or self.transport is None:
+            return  # a request is being served; its end starts the clock again
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._head_deadline:
+            self._head_timer = loop.call_at(self._head_deadline, self._check_head)
+            return
         log.info("closing a connection that sent no complete request head in time")
         self.force_close()
 
@@ -215,10 +223,9 @@ class JsonErrorServer(web.Server):
         `error_headers` are added to every parser-level error answer; `limits` bound what
         clients may hold (a head timeout, a connection cap).
         """
-        self._inner_factory = request_factory
         super().__init__(
             handler,
-            request_factory=self._request_with_head_mark if limits else request_factory,
+            request_factory=request_factory,
             handler_cancellation=handler_cancellation,
             **handler_kwargs,
         )
@@ -227,22 +234,6 @@ class JsonErrorServer(web.Server):
         self._handler_kwargs = handler_kwargs
         self._error_headers = dict(error_headers or {})
         self.limits = limits
-
-    def _request_with_head_mark(
-        self,
-        message: Any,
-        payload: Any,
-        protocol: RequestHandler,
-        writer: Any,
-        task: asyncio.Task[None],
-    ) -> web.BaseRequest:
-        """Build a request (a head arrived): stop that connection's head clock first."""
-        if isinstance(protocol, JsonErrorRequestHandler):
-            protocol.head_received()
-        if self._inner_factory is not None:
-            request: web.BaseRequest = self._inner_factory(message, payload, protocol, writer, task)
-            return request
-        return web.BaseRequest(message, payload, protocol, writer, task, self._handler_loop)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         """Count an open connection."""
