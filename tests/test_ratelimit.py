@@ -1,0 +1,159 @@
+"""Per-key rate limits: the GCRA decision, the local limiter, and the shared Redis limiter.
+
+The Redis tests use the real Redis on loopback (KEYGATE_TEST_REDIS, default
+redis://127.0.0.1:6379/15); under CI=true a missing Redis fails them, elsewhere it skips them
+with a message saying how to start one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio
+
+from gateway.ratelimit import (
+    LocalLimiter,
+    RateLimit,
+    RedisLimiter,
+    decide,
+    headers,
+    redis_limiter,
+    share,
+)
+
+REDIS_URL = os.environ.get("KEYGATE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+TEN_PER_SECOND = RateLimit(10, "second", 10)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def admitted(limit: RateLimit, times: list[float]) -> list[bool]:
+    tat = 0.0
+    out = []
+    for now in times:
+        decision, tat = decide(limit, tat, now)
+        out.append(decision.allowed)
+    return out
+
+
+def test_a_full_bucket_admits_the_burst_then_refuses() -> None:
+    limit = RateLimit(10, "second", 5)
+    assert admitted(limit, [100.0] * 7) == [True] * 5 + [False] * 2
+
+
+def test_the_bucket_refills_at_the_rate() -> None:
+    limit = RateLimit(10, "second", 1)  # one every 0.1 s, no burst
+    assert admitted(limit, [0.0, 0.05, 0.1, 0.15, 0.2]) == [True, False, True, False, True]
+
+
+def test_a_refusal_says_when_to_retry_and_headers_follow() -> None:
+    limit = RateLimit(60, "minute", 2)
+    tat = 0.0
+    for _ in range(2):
+        _, tat = decide(limit, tat, 10.0)
+    refused, after = decide(limit, tat, 10.0)
+    assert not refused.allowed and refused.remaining == 0
+    assert after == tat  # a refusal uses nothing up
+    assert refused.retry_after == pytest.approx(1.0)
+    named = dict(headers(limit, refused))
+    assert named["RateLimit-Limit"] == "60;w=60"
+    assert named["RateLimit-Remaining"] == "0"
+    assert named["Retry-After"] == "1"
+
+
+def test_remaining_counts_down_to_zero() -> None:
+    limit = RateLimit(5, "second", 5)
+    tat = 0.0
+    remaining = []
+    for _ in range(5):
+        decision, tat = decide(limit, tat, 50.0)
+        remaining.append(decision.remaining)
+    assert remaining == [4, 3, 2, 1, 0]
+
+
+def test_each_process_enforces_its_share() -> None:
+    assert share(RateLimit(100, "minute", 20), 2) == RateLimit(50, "minute", 10)
+    assert share(RateLimit(1, "hour", 1), 4) == RateLimit(1, "hour", 1)  # never below one
+
+
+def test_local_limiter_keeps_keys_apart() -> None:
+    clock = Clock()
+    limiter = LocalLimiter(clock)
+    limit = RateLimit(2, "second", 2)
+    assert [limiter.check_now(1, limit).allowed for _ in range(3)] == [True, True, False]
+    assert limiter.check_now(2, limit).allowed  # another key has its own bucket
+    clock.now += 0.5
+    assert limiter.check_now(1, limit).allowed
+
+
+# --------------------------------------------------------------------- Redis
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """The test Redis, reachable, with this run's keys removed afterwards."""
+    client = redis.asyncio.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        await client.ping()
+    except (redis.RedisError, OSError) as error:
+        await client.aclose()
+        message = f"no Redis at {REDIS_URL} ({error}); start one with `redis-server`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield REDIS_URL
+    finally:
+        async for key in client.scan_iter("keygate:rl:*"):
+            await client.delete(key)
+        await client.aclose()
+
+
+async def test_two_redis_limiters_share_one_count(redis_url: str) -> None:
+    clock = Clock()
+    first = redis_limiter(redis_url, clock)
+    second = redis_limiter(redis_url, clock)  # as another worker or instance would
+    key_id = secrets.randbelow(1 << 30)
+    try:
+        results = []
+        for index in range(12):
+            limiter = first if index % 2 else second
+            results.append((await limiter.check(key_id, TEN_PER_SECOND)).allowed)
+        assert results == [True] * 10 + [False] * 2
+        clock.now += 0.1
+        assert (await first.check(key_id, TEN_PER_SECOND)).allowed
+    finally:
+        await first.close()
+        await second.close()
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_an_unreachable_redis_follows_the_failure_policy_and_logs_once(
+    fail_open: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="keygate.ratelimit")
+    clock = Clock()
+    dead = redis.asyncio.Redis.from_url(
+        "redis://127.0.0.1:1/0", socket_timeout=0.05, socket_connect_timeout=0.05
+    )
+    limiter = RedisLimiter(dead, clock, fail_open=fail_open)
+    try:
+        decisions = [await limiter.check(7, TEN_PER_SECOND) for _ in range(5)]
+    finally:
+        await limiter.close()
+    assert all(decision.allowed is fail_open for decision in decisions)
+    assert limiter.failures == 5
+    warnings = [r for r in caplog.records if r.name == "keygate.ratelimit"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
