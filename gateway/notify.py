@@ -1,0 +1,144 @@
+"""Webhook notifications: signed JSON events delivered in the background with retries.
+
+Each event is POSTed to every configured URL with `Keygate-Signature: t=<unix>,v1=<hex>`,
+where v1 is HMAC-SHA256 over `"<t>.<body>"` with the webhook's secret (the scheme Stripe
+uses), so a receiver can check both origin and freshness. Delivery never blocks the caller:
+events wait in a bounded queue (the oldest is dropped, and counted, when it is full) and a
+background task sends them, retrying with exponential back-off. Events never carry a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from gateway.clock import iso
+
+log = logging.getLogger("keygate.notify")
+
+SIGNATURE_HEADER = "Keygate-Signature"
+QUEUE_LIMIT = 10_000  # events waiting for delivery; beyond it the oldest is dropped
+DELIVERY_TIMEOUT = 5.0  # seconds one POST may take
+ATTEMPTS = 6  # deliveries tried per event and URL before it is given up
+BACKOFF_BASE = 0.5  # seconds before the first retry; doubles each time
+BACKOFF_MAX = 30.0  # seconds; the longest wait between two tries
+SIGNATURE_TOLERANCE = 300.0  # seconds a receiver should accept a signature's timestamp
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """Where events go and the secret they are signed with."""
+
+    url: str
+    secret: bytes
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    """Return the signature header value for `body` sent at `timestamp`."""
+    mac = hmac.new(secret, b"%d." % timestamp + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def verify(
+    secret: bytes, header: str, body: bytes, now: float, tolerance: float = SIGNATURE_TOLERANCE
+) -> bool:
+    """Return True when `header` signs `body` with `secret` within `tolerance` seconds of now."""
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    stamp = fields.get("t", "")
+    if not stamp.isdigit() or abs(now - int(stamp)) > tolerance:
+        return False
+    expected = sign(secret, int(stamp), body).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, fields.get("v1", ""))
+
+
+def event(kind: str, data: Mapping[str, Any], at: float) -> dict[str, Any]:
+    """Return an event: a unique id, its type (e.g. `key.revoked`), time and data."""
+    return {"id": secrets.token_hex(12), "type": kind, "created_at": iso(at), "data": dict(data)}
+
+
+class Notifier:
+    """Queues events and delivers them to every webhook in the background."""
+
+    def __init__(self, webhooks: tuple[Webhook, ...]) -> None:
+        self._webhooks = webhooks
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_LIMIT)
+        self._task: asyncio.Task[None] | None = None
+        self.delivered = 0
+        self.failed = 0  # events given up on one URL after every attempt
+        self.dropped = 0  # events dropped because the queue was full
+
+    def publish(self, item: dict[str, Any]) -> None:
+        """Queue an event for delivery; never waits (drops the oldest when full)."""
+        if not self._webhooks:
+            return
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(item)
+
+    async def start(self) -> None:
+        """Start delivering in the background."""
+        if self._webhooks and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="keygate-notify")
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the queue to empty (tests, shutdown)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout)
+
+    async def close(self) -> None:
+        """Stop delivering (events still queued are dropped)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=DELIVERY_TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                item = await self._queue.get()
+                try:
+                    body = json.dumps(item, separators=(",", ":")).encode()
+                    await asyncio.gather(
+                        *(self._deliver(session, hook, body) for hook in self._webhooks)
+                    )
+                finally:
+                    self._queue.task_done()
+
+    async def _deliver(self, session: aiohttp.ClientSession, hook: Webhook, body: bytes) -> None:
+        """POST one event to one webhook, retrying with back-off; log the outcome once."""
+        delay = BACKOFF_BASE
+        for attempt in range(1, ATTEMPTS + 1):
+            headers = {
+                "Content-Type": "application/json",
+                SIGNATURE_HEADER: sign(hook.secret, int(time.time()), body),
+            }
+            try:
+                async with session.post(hook.url, data=body, headers=headers) as response:
+                    await response.read()
+                    if 200 <= response.status < 300:
+                        self.delivered += 1
+                        return
+                    problem = f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as error:
+                problem = type(error).__name__
+            if attempt == ATTEMPTS:
+                break
+            log.info("webhook %s: %s; retry %d in %.1fs", hook.url, problem, attempt, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+        self.failed += 1
+        log.warning("webhook %s: giving up an event after %d attempts", hook.url, ATTEMPTS)
