@@ -15,9 +15,11 @@ from aiohttp import web
 from gateway.access_log import ProxyAccessLogger, access_logger
 from gateway.admin.app import create_admin_app
 from gateway.admin.middlewares import SECURITY_HEADERS
+from gateway.clock import now
 from gateway.feed import FeedFollower
 from gateway.policy import load_policy
 from gateway.proxy import Proxy
+from gateway.ratelimit import LocalLimiter, redis_limiter
 from gateway.runtime import Runtime
 from gateway.settings import ClientLimits, Settings
 from gateway.store.factory import store_from_url
@@ -74,10 +76,20 @@ async def open_runtime(settings: Settings) -> Runtime:
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    settings: Settings, *, reuse_port: bool = False, serve_admin: bool = True
+    settings: Settings, *, reuse_port: bool = False, serve_admin: bool = True, processes: int = 1
 ) -> AsyncIterator[RunningGateway]:
-    """Start store, feed follower, usage flusher, proxy and admin listeners; stop them on exit."""
+    """Start store, feed follower, usage flusher, proxy and admin listeners; stop them on exit.
+
+    `processes` is how many processes share the proxy port: without Redis each enforces
+    that share of every rate limit.
+    """
     runtime = await open_runtime(settings)
+    if settings.rate_limits.redis_url is not None:
+        runtime.limiter = redis_limiter(
+            settings.rate_limits.redis_url, now, fail_open=settings.rate_limits.fail_open
+        )
+    else:
+        runtime.limiter = LocalLimiter(now, processes)
     # The loaded table is long-lived: move it out of the collector's generations so full
     # collections don't walk a million cached keys (a pause per collection otherwise).
     gc.freeze()
@@ -145,4 +157,5 @@ async def running_gateway(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await runtime.limiter.close()
         await runtime.store.close()

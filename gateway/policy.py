@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.problems import ProblemsError, read_yaml
+from gateway.ratelimit import PERIOD_SECONDS, RateLimit
 from gateway.skeleton import needs_skeleton, path_skeleton
 
 ALL_METHODS = "*"
@@ -18,7 +19,8 @@ KNOWN_METHODS = frozenset(
 )
 ONE_SEGMENT = "*"
 ANY_SEGMENTS = "**"
-_ROLE_FIELDS = frozenset({"description", "allow", "include"})
+_ROLE_FIELDS = frozenset({"description", "allow", "include", "rate_limit"})
+_RATE_LIMIT_FIELDS = frozenset({"requests", "per", "burst"})
 _TOP_FIELDS = frozenset({"roles", "protected"})
 # keygate's own admin API paths: never reachable with a key, whatever the policy file says.
 BUILTIN_PROTECTED = ("/api/v1/keys/**", "/api/v1/audit/**", "/api/v1/policy/**")
@@ -59,6 +61,7 @@ class Role:
     description: str
     rules: tuple[Rule, ...]
     includes: tuple[str, ...]
+    rate_limit: RateLimit | None = None  # the default limit of keys holding this role
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +232,9 @@ class Policy:
     _matchers: Callable[[frozenset[str]], CompiledMatcher] = field(
         init=False, repr=False, compare=False
     )
+    _limits: Callable[[frozenset[str]], RateLimit | None] = field(
+        init=False, repr=False, compare=False
+    )
     _protected_folded: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
     _protected_regex: re.Pattern[str] | None = field(default=None, repr=False)
     _protected_segments: tuple[tuple[str, ...], ...] = field(default=(), repr=False)
@@ -241,6 +247,7 @@ class Policy:
         )
         self._protected_regex, self._protected_segments = _compile_protected(self._protected_folded)
         self._matchers = functools.lru_cache(maxsize=MATCHER_CACHE_LIMIT)(self._compile_matcher)
+        self._limits = functools.lru_cache(maxsize=MATCHER_CACHE_LIMIT)(self._rate_limit_of)
 
     def _expand(self, name: str, trail: tuple[str, ...]) -> frozenset[str]:
         names = {name}
@@ -267,6 +274,24 @@ class Policy:
 
     def _compile_matcher(self, roles: frozenset[str]) -> CompiledMatcher:
         return CompiledMatcher(self.rules_for(roles))
+
+    def rate_limit_for(self, roles: frozenset[str]) -> RateLimit | None:
+        """Return the default rate limit of a key holding `roles` (memoised per role set).
+
+        The most generous limit among the roles (and those they include) that set one:
+        a role without a limit does not lift the others'. None when no role sets one.
+        """
+        return self._limits(roles)
+
+    def _rate_limit_of(self, roles: frozenset[str]) -> RateLimit | None:
+        limits = [
+            limit
+            for name in self.effective_roles(roles)
+            if (limit := self.roles[name].rate_limit) is not None
+        ]
+        if not limits:
+            return None
+        return max(limits, key=lambda limit: (1 / limit.interval, limit.burst))
 
     def is_protected_path(self, path: str) -> bool:
         """Return True for key-management paths, given the decoded path (hot path).
@@ -416,7 +441,35 @@ def _parse_role(name: Any, body: Any, where: str, problems: list[str]) -> Role |
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
         problems.append(f"{where}: role {name!r}: include must be a list of role names")
         includes = []
-    return Role(name, description, tuple(r for r in rules if r is not None), tuple(includes))
+    limit = None
+    if body.get("rate_limit") is not None:
+        limit = parse_rate_limit(
+            body["rate_limit"], f"{where}: role {name!r}: rate_limit", problems
+        )
+    return Role(name, description, tuple(r for r in rules if r is not None), tuple(includes), limit)
+
+
+def parse_rate_limit(data: Any, location: str, problems: list[str]) -> RateLimit | None:
+    """Parse `{requests, per: second|minute|hour, burst}`, appending located problems."""
+    if not isinstance(data, Mapping):
+        problems.append(f"{location}: must be a mapping with requests, per and burst")
+        return None
+    for unknown in sorted(set(map(str, data)) - _RATE_LIMIT_FIELDS):
+        problems.append(f"{location}: unknown key {unknown!r}")
+    requests = data.get("requests")
+    per = data.get("per", "second")
+    burst = data.get("burst", requests)
+    valid = True
+    for field_name, value in (("requests", requests), ("burst", burst)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**9:
+            problems.append(f"{location}: {field_name} must be an integer from 1 to 10^9")
+            valid = False
+    if per not in PERIOD_SECONDS:
+        problems.append(f"{location}: per must be second, minute or hour")
+        valid = False
+    if not valid or not isinstance(requests, int) or not isinstance(burst, int):
+        return None
+    return RateLimit(requests, per, burst)
 
 
 def _cycle_problems(roles: Mapping[str, Role], where: str) -> list[str]:

@@ -26,6 +26,8 @@ from gateway.error_responses import (
 )
 from gateway.hygiene import HeaderHygiene, query_method_overrides, response_headers
 from gateway.keys import display_prefix, looks_like_key
+from gateway.ratelimit import LocalLimiter
+from gateway.ratelimit import headers as rate_limit_headers
 from gateway.runtime import Runtime
 from gateway.state import KEY_NAME, RELAY_INCOMPLETE
 from gateway.target import TargetError, decoded_path
@@ -163,6 +165,18 @@ class Proxy:
                 return self._refuse(refusals.BAD_OVERRIDE)
             if auth.authorize(runtime.policy, record, method, path) is not None:
                 return self._refuse(refusals.OVERRIDE_FORBIDDEN)
+        limit = runtime.policy.rate_limit_for(record.roles)
+        if limit is not None:
+            limiter = runtime.limiter
+            decision = (
+                limiter.check_now(record.id, limit)
+                if isinstance(limiter, LocalLimiter)
+                else await limiter.check(record.id, limit)
+            )
+            if not decision.allowed:
+                response = self._refuse(refusals.RATE_LIMITED)
+                response.headers.extend(rate_limit_headers(limit, decision))
+                return response
         runtime.usage.record(record.id, moment)
         return await self._forward(request, headers)
 

@@ -36,3 +36,4 @@ OVERRIDE_FORBIDDEN = Refusal(
 BAD_OVERRIDE = Refusal(
     400, "bad_method_override", "a method-override header or _method parameter must name one method"
 )
+RATE_LIMITED = Refusal(429, "rate_limited", "the API key's rate limit is used up; retry later")

@@ -121,7 +121,12 @@ def install_uvloop() -> bool:
 
 
 async def serve_until_stopped(
-    settings: Settings, *, reuse_port: bool, serve_admin: bool, ready_line: bool = True
+    settings: Settings,
+    *,
+    reuse_port: bool,
+    serve_admin: bool,
+    ready_line: bool = True,
+    processes: int = 1,
 ) -> None:
     """Run one gateway process until SIGTERM or SIGINT, then drain and stop."""
     stop = asyncio.Event()
@@ -132,7 +137,9 @@ async def serve_until_stopped(
     watcher: asyncio.Task[None] | None = None
     if supervisor.isdigit():
         watcher = asyncio.create_task(_watch_supervisor(int(supervisor), stop))
-    async with running_gateway(settings, reuse_port=reuse_port, serve_admin=serve_admin) as gw:
+    async with running_gateway(
+        settings, reuse_port=reuse_port, serve_admin=serve_admin, processes=processes
+    ) as gw:
         _report_ready()
         if ready_line:
             admin = f", admin on {settings.admin.host}:{gw.admin_port}" if serve_admin else ""
@@ -166,6 +173,7 @@ def run_server(settings: Settings, workers_value: str, worker_index: int | None 
                 settings,
                 reuse_port=worker_index is not None,
                 serve_admin=worker_index in (None, 0),
+                processes=workers,
             )
         )
         return 0
@@ -195,7 +203,7 @@ class Supervisor:
     def _spawn(self, index: int) -> None:
         command = [
             sys.executable, "-m", "gateway", "serve", "--config", str(self._config),
-            "--worker-index", str(index),
+            "--worker-index", str(index), "--workers", str(len(self._workers)),
         ]  # fmt: skip
         read_end, write_end = os.pipe()
         env = {

@@ -100,6 +100,14 @@ class ClientLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimits:
+    """Where per-key rate-limit counts live: this process, or Redis shared by the fleet."""
+
+    redis_url: str | None
+    fail_open: bool  # admit requests while Redis cannot be reached
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The validated gateway configuration."""
 
@@ -108,6 +116,7 @@ class Settings:
     admin: Listener
     upstream: Upstream
     client: ClientLimits
+    rate_limits: RateLimits
     store_url: str
     policy_path: Path
     acting_user_header: str
@@ -208,6 +217,7 @@ _TOP_LEVEL = {
     "shutdown",
     "supervisor",
     "client",
+    "rate_limits",
     "log",
 }
 
@@ -270,6 +280,16 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
     usage = reader.section(data, "usage", {"flush_interval"})
     shutdown = reader.section(data, "shutdown", {"grace_period"})
     supervisor = reader.section(data, "supervisor", {"max_start_failures"})
+    limits_data = reader.section(data, "rate_limits", {"redis_url", "fail_open"})
+    redis_url = limits_data.get("redis_url")
+    if redis_url is not None and (
+        not isinstance(redis_url, str) or not redis_url.startswith(("redis://", "rediss://"))
+    ):
+        reader.problem("rate_limits.redis_url", "must be a redis:// or rediss:// URL")
+        redis_url = None
+    rate_limits = RateLimits(
+        redis_url=redis_url, fail_open=reader.boolean(limits_data, "rate_limits", "fail_open", True)
+    )
     client_data = reader.section(
         data, "client", {"head_timeout", "keepalive_timeout", "max_connections"}
     )
@@ -298,6 +318,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         admin=admin,
         upstream=upstream,
         client=client,
+        rate_limits=rate_limits,
         store_url=store_url,
         policy_path=policy_path,
         acting_user_header=acting,

@@ -1,0 +1,174 @@
+"""Per-key rate limits through the proxy: 429 with headers, the upstream sees nothing, and a
+limit held across two workers through Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio
+from conftest import (
+    REST,
+    create_key,
+    free_port,
+    http_request,
+    policy_data,
+    raw_request,
+    reaped,
+    start_serve,
+    wait_for_port,
+    write_config,
+)
+
+from gateway.app import RunningGateway, running_gateway
+from gateway.policy import PolicyError, policy_from_data
+from gateway.ratelimit import RateLimit
+from gateway.settings import load_settings
+
+REDIS_URL = os.environ.get("KEYGATE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+LIMITED_ROLE = "limited-reader"
+
+
+class CountingUpstream(asyncio.Protocol):
+    """An upstream that answers 200 to every request and counts them."""
+
+    seen = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for _ in range(data.count(b"\r\n\r\n")):
+            CountingUpstream.seen += 1
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # type: ignore[attr-defined]
+
+
+def limited_policy(requests: int, per: str = "minute") -> dict[str, object]:
+    policy = policy_data()
+    policy["roles"][LIMITED_ROLE] = {
+        "allow": [f"GET {REST}/**"],
+        "rate_limit": {"requests": requests, "per": per, "burst": requests},
+    }
+    return policy
+
+
+def test_policy_rate_limits_parse_and_the_most_generous_role_wins() -> None:
+    policy = policy_from_data(
+        {
+            "roles": {
+                "slow": {"rate_limit": {"requests": 10, "per": "minute"}},
+                "fast": {"rate_limit": {"requests": 5, "per": "second", "burst": 2}},
+                "plain": {"allow": ["GET /x"]},
+                "inherits": {"include": ["slow"]},
+            }
+        },
+        "t",
+    )
+    assert policy.rate_limit_for(frozenset({"slow"})) == RateLimit(10, "minute", 10)
+    assert policy.rate_limit_for(frozenset({"slow", "fast"})) == RateLimit(5, "second", 2)
+    assert policy.rate_limit_for(frozenset({"slow", "plain"})) == RateLimit(10, "minute", 10)
+    assert policy.rate_limit_for(frozenset({"inherits"})) == RateLimit(10, "minute", 10)
+    assert policy.rate_limit_for(frozenset({"plain"})) is None
+
+
+def test_bad_rate_limits_are_reported_with_their_location() -> None:
+    with pytest.raises(PolicyError) as refused:
+        policy_from_data(
+            {"roles": {"r": {"rate_limit": {"requests": 0, "per": "week", "burst": 1, "x": 1}}}},
+            "p.yaml",
+        )
+    assert refused.value.problems == [
+        "p.yaml: role 'r': rate_limit: unknown key 'x'",
+        "p.yaml: role 'r': rate_limit: requests must be an integer from 1 to 10^9",
+        "p.yaml: role 'r': rate_limit: per must be second, minute or hour",
+    ]
+
+
+@pytest.fixture
+async def limited_gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
+    loop = asyncio.get_running_loop()
+    upstream = await loop.create_server(CountingUpstream, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}"
+    config = write_config(tmp_path / "limited", url, policy=limited_policy(3))
+    try:
+        async with running_gateway(load_settings(config)) as running:
+            yield running
+    finally:
+        upstream.close()
+
+
+async def test_over_the_limit_answers_429_and_the_upstream_sees_nothing(
+    limited_gateway: RunningGateway, tmp_path: Path
+) -> None:
+    secret = await create_key(limited_gateway.runtime.settings.path, "bursty", [LIMITED_ROLE])
+    await limited_gateway.runtime.apply_own_writes()
+    CountingUpstream.seen = 0
+    statuses = []
+    last = None
+    for _ in range(5):
+        last = await raw_request(
+            limited_gateway.proxy_port,
+            http_request("GET", f"{REST}/sessions", [("X-API-Key", secret)]),
+        )
+        statuses.append(last.status)
+    assert statuses == [200, 200, 200, 429, 429]
+    assert CountingUpstream.seen == 3
+    assert last is not None
+    assert last.json()["error"] == "rate_limited"
+    assert last.header_values("RateLimit-Limit") == ["3;w=60"]
+    assert last.header_values("RateLimit-Remaining") == ["0"]
+    assert int(last.header_values("Retry-After")[0]) >= 1
+
+
+@pytest.mark.slow
+async def test_two_workers_hold_one_limit_through_redis(tmp_path: Path) -> None:
+    client = redis.asyncio.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        await client.ping()
+    except (redis.RedisError, OSError) as error:
+        message = f"no Redis at {REDIS_URL} ({error}); start one with `redis-server`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    loop = asyncio.get_running_loop()
+    upstream = await loop.create_server(CountingUpstream, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}"
+    port = free_port()
+    config = write_config(
+        tmp_path / "fleet",
+        url,
+        listen_port=port,
+        admin_port=free_port(),
+        policy=limited_policy(10),
+        extra={"rate_limits": {"redis_url": REDIS_URL}},
+    )
+    secret = await create_key(config, "shared", [LIMITED_ROLE])
+    serve = start_serve(config, port, tmp_path / "fleet.log", "--workers", "2")
+    CountingUpstream.seen = 0
+    try:
+        with reaped(serve):
+            await wait_for_port(port, process=serve.process)
+            await asyncio.sleep(1.0)  # both workers listening
+            statuses = [
+                (
+                    await raw_request(
+                        port, http_request("GET", f"{REST}/sessions", [("X-API-Key", secret)])
+                    )
+                ).status
+                for _ in range(30)
+            ]
+            log = serve.log_text()
+            pids = {line.split()[2] for line in log.splitlines() if "keygate.access" in line}
+            assert serve.stop() == 0, log
+    finally:
+        upstream.close()
+        async for key in client.scan_iter("keygate:rl:*"):
+            await client.delete(key)
+        await client.aclose()
+    assert statuses.count(200) == 10, statuses
+    assert statuses.count(429) == 20
+    assert CountingUpstream.seen == 10
+    assert len(pids) == 2, "both workers answered (the limit was shared, not per worker)"
