@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Iterable
 
 from gateway.credentials import fold_header_name
+from gateway.verify import SIGNATURE_HEADER, header_value
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1) plus those never forwarded as sent.
 HOP_BY_HOP = frozenset(
@@ -206,12 +208,16 @@ class HeaderHygiene:
         acting_user_header: str,
         strip_headers: Iterable[str],
         static_headers: tuple[tuple[str, str], ...],
+        signing_keys: tuple[tuple[str, bytes], ...] = (),
     ) -> None:
         self._acting_header = acting_user_header
+        # The first key signs the acting user (gateway.verify says how backends check it).
+        self._signing_key = signing_keys[0] if signing_keys else None
         self._static_headers = list(static_headers)  # names unique (settings checks)
         dropped = (
             *HOP_BY_HOP,
             acting_user_header,
+            SIGNATURE_HEADER,
             *strip_headers,
             *FORWARDING_HEADERS,
             *TRUSTED_IDENTITY_HEADERS,
@@ -241,6 +247,8 @@ class HeaderHygiene:
         self,
         headers: Iterable[tuple[str, str]],
         *,
+        method: str,
+        target: str,
         connection: str | None,
         host: str | None,
         acting_user: str | None,
@@ -271,6 +279,10 @@ class HeaderHygiene:
             out.append((name, value))
         if acting_user is not None:
             out.append((self._acting_header, acting_user))
+            if self._signing_key is not None:
+                key_id, secret = self._signing_key
+                signed = header_value(key_id, secret, int(time.time()), method, target, acting_user)
+                out.append((SIGNATURE_HEADER, signed))
         if peer:
             out.append(("X-Forwarded-For", peer))
         out.append(("X-Forwarded-Proto", scheme))

@@ -73,7 +73,10 @@ class Proxy:
         self._idle = asyncio.Event()
         self._deny_anonymous = settings.anonymous == "deny"
         self._hygiene = HeaderHygiene(
-            settings.acting_user_header, settings.strip_headers, settings.upstream.headers
+            settings.acting_user_header,
+            settings.strip_headers,
+            settings.upstream.headers,
+            settings.signing_keys,
         )
 
     def _refuse(self, refusal: refusals.Refusal) -> web.Response:
@@ -187,6 +190,8 @@ class Proxy:
         client_headers = request.headers
         return self._hygiene.upstream_headers(
             client_headers.items(),
+            method=request.method,
+            target=request.raw_path,
             connection=client_headers.get(hdrs.CONNECTION),
             host=client_headers.get(hdrs.HOST),
             acting_user=acting_user,

@@ -35,6 +35,7 @@ DEFAULT_GRACE_PERIOD = 30.0  # seconds in-flight requests get on shutdown
 DEFAULT_HEAD_TIMEOUT = 10.0  # seconds a client has to send a whole request head
 DEFAULT_KEEPALIVE_TIMEOUT = 15.0  # seconds an idle keep-alive client connection stays open
 DEFAULT_MAX_CONNECTIONS = 4096  # open client connections per worker on the proxy listener
+MIN_SIGNING_KEY_BYTES = 32  # bytes of an identity signing secret (HMAC-SHA256 key)
 DEFAULT_MAX_START_FAILURES = 5  # workers in a row dying before serving end the supervisor
 DEFAULT_POOL_SIZE = 256  # keep-alive connections to the upstream per process
 DEFAULT_POOL_TIMEOUT = 10.0  # seconds a request waits for a free upstream connection
@@ -121,6 +122,8 @@ class Settings:
     policy_path: Path
     acting_user_header: str
     strip_headers: tuple[str, ...]
+    # (key id, secret) pairs for X-Acting-User-Signature; the first signs, all are accepted.
+    signing_keys: tuple[tuple[str, bytes], ...]
     anonymous: Literal["passthrough", "deny"]
     poll_interval: float
     flush_interval: float
@@ -260,7 +263,10 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         policy_value = "policy.yaml"
     policy_path = (path.parent / policy_value).resolve()
 
-    identity = reader.section(data, "identity", {"acting_user_header", "strip_headers"})
+    identity = reader.section(
+        data, "identity", {"acting_user_header", "strip_headers", "signing_keys"}
+    )
+    signing_keys = _signing_keys(reader, identity.get("signing_keys"), path.parent, env)
     acting = reader.string(identity, "identity", "acting_user_header", DEFAULT_ACTING_USER_HEADER)
     if not is_header_name(acting):
         reader.problem("identity.acting_user_header", f"{acting!r} is not a valid header name")
@@ -323,6 +329,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         policy_path=policy_path,
         acting_user_header=acting,
         strip_headers=tuple(strip),
+        signing_keys=signing_keys,
         anonymous=anonymous,
         poll_interval=reader.number(
             feed, "feed", "poll_interval", DEFAULT_POLL_INTERVAL, minimum=0.01
@@ -483,6 +490,49 @@ def _tls(reader: _Reader, section: Mapping[str, Any], base: Path, *, https: bool
         key_file=files["key_file"],
         server_name=server_name or None,
     )
+
+
+def _signing_keys(
+    reader: _Reader, data: Any, base_dir: Path, env: Mapping[str, str]
+) -> tuple[tuple[str, bytes], ...]:
+    """Read `identity.signing_keys`: a list of {id, env: VAR} or {id, file: PATH} secrets."""
+    if data is None:
+        return ()
+    if not isinstance(data, list) or not data:
+        reader.problem("identity.signing_keys", "must be a non-empty list of {id, env|file}")
+        return ()
+    keys: list[tuple[str, bytes]] = []
+    for index, spec in enumerate(data):
+        location = f"identity.signing_keys[{index}]"
+        if not isinstance(spec, Mapping) or set(spec) not in ({"id", "env"}, {"id", "file"}):
+            reader.problem(location, "must be {id: NAME, env: VARIABLE} or {id: NAME, file: PATH}")
+            continue
+        key_id = spec["id"]
+        if not isinstance(key_id, str) or not key_id or not _HEADER_TOKEN.issuperset(key_id):
+            reader.problem(f"{location}.id", "must be a short name of letters, digits, - or _")
+            continue
+        if any(key_id == seen for seen, _ in keys):
+            reader.problem(f"{location}.id", f"{key_id!r} is used twice")
+            continue
+        secret: bytes | None
+        if "env" in spec:
+            value = env.get(str(spec["env"]))
+            secret = None if value is None else value.encode()
+            if secret is None:
+                reader.problem(location, f"environment variable {spec['env']!r} is not set")
+                continue
+        else:
+            secret_path = base_dir / str(spec["file"])
+            try:
+                secret = secret_path.read_bytes().rstrip(b"\r\n")
+            except OSError as error:
+                reader.problem(location, f"cannot read {secret_path}: {error.strerror}")
+                continue
+        if len(secret) < MIN_SIGNING_KEY_BYTES:
+            reader.problem(location, f"the secret must be at least {MIN_SIGNING_KEY_BYTES} bytes")
+            continue
+        keys.append((key_id, secret))
+    return tuple(keys)
 
 
 def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:

@@ -28,6 +28,8 @@ PURE = (
     "gateway.upstream.errors",
     "gateway.upstream.framing",
     "gateway.usage",
+    "gateway.verify",
+    "gateway.ratelimit",
 )
 
 
