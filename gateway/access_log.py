@@ -8,7 +8,7 @@ import re
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from gateway.state import KEY_NAME, RELAY_INCOMPLETE
+from gateway.state import KEY_NAME, RELAY_INCOMPLETE, REQUEST_ID, UPSTREAM_MS, UPSTREAM_STATUS
 
 access_logger = logging.getLogger("keygate.access")
 # A key anywhere in the target (path or query, `_` raw or percent-encoded): kept to its
@@ -24,7 +24,7 @@ def redact_keys(target: str) -> str:
 
 
 class ProxyAccessLogger(AbstractAccessLogger):
-    """One line per proxied request: peer, request line, status, size, time, key name.
+    """One line per proxied request: peer, request line, status, size, time, request id, key.
 
     The size is the body bytes written; an answer cut short (the upstream or the client
     failed mid-body) ends its line with ` incomplete`, never passing for a whole one.
@@ -33,13 +33,42 @@ class ProxyAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Write the access line (never a credential: only the key's name)."""
         self.logger.info(
-            '%s "%s %s" %s %s %.1fms key=%s%s',
+            '%s "%s %s" %s %s %.1fms rid=%s key=%s%s',
             request.remote,
             request.method,
             redact_keys(request.raw_path),
             response.status,
             response.body_length,
             time * 1000,
+            request.get(REQUEST_ID, "-"),
             request.get(KEY_NAME, "-"),
             " incomplete" if request.get(RELAY_INCOMPLETE) else "",
+        )
+
+
+class JsonProxyAccessLogger(AbstractAccessLogger):
+    """The access record with every field apart, for `log.format: json` (gateway.logs)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Write the access record (never a credential: only the key's name)."""
+        path = redact_keys(request.raw_path)
+        status = response.status
+        self.logger.info(
+            "%s %s %s",
+            request.method,
+            path,
+            status,
+            extra={
+                "request_id": request.get(REQUEST_ID),
+                "method": request.method,
+                "path": path,
+                "status": status,
+                "bytes": response.body_length,
+                "duration_ms": round(time * 1000, 2),
+                "key": request.get(KEY_NAME),
+                "upstream_status": request.get(UPSTREAM_STATUS),
+                "upstream_ms": request.get(UPSTREAM_MS),
+                "incomplete": True if request.get(RELAY_INCOMPLETE) else None,
+                "remote": request.remote,
+            },
         )

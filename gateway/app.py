@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from gateway.access_log import ProxyAccessLogger, access_logger
+from gateway.access_log import JsonProxyAccessLogger, ProxyAccessLogger, access_logger
 from gateway.admin.app import create_admin_app
 from gateway.admin.middlewares import SECURITY_HEADERS
 from gateway.clock import now
@@ -33,12 +33,14 @@ MAX_LINE_SIZE = 8190
 CUT_TIMEOUT = 0.5
 
 
-def create_proxy_server(proxy: Proxy, access_log_enabled: bool, client: ClientLimits) -> web.Server:
+def create_proxy_server(
+    proxy: Proxy, access_log_enabled: bool, client: ClientLimits, *, json_logs: bool = False
+) -> web.Server:
     """Return the low-level aiohttp server for the proxy listener (no router on the hot path)."""
 
     return JsonErrorServer(
         proxy,
-        access_log_class=ProxyAccessLogger,
+        access_log_class=JsonProxyAccessLogger if json_logs else ProxyAccessLogger,
         access_log=access_logger if access_log_enabled else None,
         max_line_size=MAX_LINE_SIZE,
         auto_decompress=False,
@@ -105,7 +107,10 @@ async def running_gateway(
     proxy = Proxy(runtime, upstream)
     proxy_runner = web.ServerRunner(
         create_proxy_server(
-            proxy, settings.access_log and settings.log_level in ("debug", "info"), settings.client
+            proxy,
+            settings.access_log and settings.log_level in ("debug", "info"),
+            settings.client,
+            json_logs=settings.log_format == "json",
         ),
         # The grace period is spent in Proxy.drain, with connections fully open (aiohttp's
         # own shutdown stops reading request bodies at once); what remains is cut at once.

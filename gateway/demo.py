@@ -14,9 +14,9 @@ from gateway import key_rules
 from gateway.app import running_gateway
 from gateway.clock import now
 from gateway.demo_backend import start_demo_backend
+from gateway.logs import configure_logging
 from gateway.passwords import hash_password
 from gateway.policy import load_policy
-from gateway.server import configure_logging
 from gateway.settings import load_settings
 from gateway.store.factory import store_from_url
 

@@ -10,7 +10,9 @@ treated as that header.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
+import secrets
 import time
 from collections.abc import Iterable
 
@@ -169,6 +171,22 @@ URL_REWRITE_PREFIXES = ("xoriginal", "xrewrite", "xenvoyoriginal")
 METHOD_OVERRIDE_HEADERS = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
 # The query parameter some frameworks read as a method override (Rails, Laravel, Express).
 METHOD_OVERRIDE_QUERY = "_method"
+# The request id header: the client's when well formed, else one keygate makes; sent upstream
+# and returned to the client, so one id follows a request through every log.
+REQUEST_ID_HEADER = "X-Request-Id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+# Made ids: this process's random prefix and a counter (unique, and no syscall per request).
+_ID_PREFIX = secrets.token_hex(6)
+_id_counter = itertools.count(1)
+
+
+def request_id(offered: str | None) -> str:
+    """Return the client's request id when it is well formed, else a new unique one."""
+    if offered is not None and _REQUEST_ID.fullmatch(offered):
+        return offered
+    return f"{_ID_PREFIX}{next(_id_counter):010x}"
+
+
 # Header names classified and remembered (least recently used out): bounded against variety.
 FOLDED_NAMES_LIMIT = 4096
 
@@ -218,6 +236,7 @@ class HeaderHygiene:
             *HOP_BY_HOP,
             acting_user_header,
             SIGNATURE_HEADER,
+            REQUEST_ID_HEADER,
             *strip_headers,
             *FORWARDING_HEADERS,
             *TRUSTED_IDENTITY_HEADERS,
@@ -249,6 +268,7 @@ class HeaderHygiene:
         *,
         method: str,
         target: str,
+        request_id: str,
         connection: str | None,
         host: str | None,
         acting_user: str | None,
@@ -283,6 +303,7 @@ class HeaderHygiene:
                 key_id, secret = self._signing_key
                 signed = header_value(key_id, secret, int(time.time()), method, target, acting_user)
                 out.append((SIGNATURE_HEADER, signed))
+        out.append((REQUEST_ID_HEADER, request_id))
         if peer:
             out.append(("X-Forwarded-For", peer))
         out.append(("X-Forwarded-Proto", scheme))

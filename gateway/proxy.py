@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -24,12 +25,18 @@ from gateway.error_responses import (
     error_response,
     refusal_response,
 )
-from gateway.hygiene import HeaderHygiene, query_method_overrides, response_headers
+from gateway.hygiene import (
+    REQUEST_ID_HEADER,
+    HeaderHygiene,
+    query_method_overrides,
+    request_id,
+    response_headers,
+)
 from gateway.keys import display_prefix, looks_like_key
 from gateway.ratelimit import LocalLimiter
 from gateway.ratelimit import headers as rate_limit_headers
 from gateway.runtime import Runtime
-from gateway.state import KEY_NAME, RELAY_INCOMPLETE
+from gateway.state import KEY_NAME, RELAY_INCOMPLETE, REQUEST_ID, UPSTREAM_MS, UPSTREAM_STATUS
 from gateway.target import TargetError, decoded_path
 from gateway.upstream import (
     ClientBodyTimeout,
@@ -98,6 +105,8 @@ class Proxy:
             protocol.head_received()
         try:
             response = await self.handle(request)
+            if not response.prepared:  # relayed answers got it before their head went out
+                response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
             if self._draining:
                 response.force_close()  # shutting down: this connection takes no more requests
             return response
@@ -131,11 +140,12 @@ class Proxy:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Run the request flow for one request (hygiene, credential, key, policy, forward)."""
+        client = request.headers
+        request[REQUEST_ID] = request_id(client.get(REQUEST_ID_HEADER))
         try:
             path = decoded_path(request.raw_path)
         except TargetError as error:
             return self._error(400, E_BAD_TARGET, str(error))
-        client = request.headers
         credential = extract_credential(
             client.getall(API_KEY_HEADER, ()), client.getall(AUTHORIZATION, ())
         )
@@ -192,6 +202,7 @@ class Proxy:
             client_headers.items(),
             method=request.method,
             target=request.raw_path,
+            request_id=request[REQUEST_ID],
             connection=client_headers.get(hdrs.CONNECTION),
             host=client_headers.get(hdrs.HOST),
             acting_user=acting_user,
@@ -216,6 +227,7 @@ class Proxy:
         body = request.content if request.body_exists else None
         # A body without a Content-Length came chunked: it goes upstream chunked as well.
         chunked = body is not None and hdrs.CONTENT_LENGTH not in client_headers
+        sent = time.monotonic()
         try:
             upstream = await self._client.request(
                 request.method, request.raw_path, headers, body, chunked=chunked
@@ -230,6 +242,8 @@ class Proxy:
                 if request.transport is not None:
                     request.transport.close()
             return answer
+        request[UPSTREAM_MS] = round((time.monotonic() - sent) * 1000, 2)
+        request[UPSTREAM_STATUS] = upstream.status
         try:
             return await self._relay(request, upstream)
         finally:
@@ -276,7 +290,9 @@ class Proxy:
         response = kind(status=upstream.status, reason=upstream.reason)
         if upstream.transfer_codings:
             response.transfer_codings = upstream.transfer_codings
-        response.headers.extend(response_headers(upstream.headers, upstream.connection))
+        out = response.headers
+        out.extend(response_headers(upstream.headers, upstream.connection))
+        out[REQUEST_ID_HEADER] = request[REQUEST_ID]
         self._runtime.metrics.forwarded(upstream.status)
         try:
             if whole:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from gateway.app import running_gateway
+from gateway.logs import configure_logging
 from gateway.settings import Settings
 
 log = logging.getLogger("keygate.server")
@@ -92,15 +93,6 @@ def _report_ready() -> None:
         os.close(int(fd))
 
 
-def configure_logging(level: str) -> None:
-    """Send log lines to stderr with a timestamp and the process id."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def resolve_workers(value: str) -> int:
     """Parse `--workers`: a positive integer or `auto` (the CPU count)."""
     if value == "auto":
@@ -160,7 +152,7 @@ async def serve_until_stopped(
 
 def run_server(settings: Settings, workers_value: str, worker_index: int | None = None) -> int:
     """Run `keygate serve`: in this process for one worker, else as a supervisor."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     workers = resolve_workers(workers_value)
     if worker_index is not None or workers == 1:
         if worker_index is not None:

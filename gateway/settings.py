@@ -131,6 +131,7 @@ class Settings:
     max_start_failures: int
     log_level: str
     access_log: bool
+    log_format: Literal["text", "json"] = "text"
 
     @property
     def base_dir(self) -> Path:
@@ -312,7 +313,11 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
             )
         ),
     )
-    log = reader.section(data, "log", {"level", "access_log"})
+    log = reader.section(data, "log", {"level", "access_log", "format"})
+    log_format = log.get("format", "text")
+    if log_format not in ("text", "json"):
+        reader.problem("log.format", "must be text or json")
+        log_format = "text"
     level = reader.string(log, "log", "level", "info").lower()
     if level not in ("debug", "info", "warning", "error"):
         reader.problem("log.level", "must be debug, info, warning or error")
@@ -351,6 +356,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         ),
         log_level=level,
         access_log=reader.boolean(log, "log", "access_log", True),
+        log_format=log_format,
     )
     if reader.problems:
         raise ConfigError(reader.problems)

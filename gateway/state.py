@@ -15,3 +15,8 @@ ADMIN = web.RequestKey("admin", AdminAccount)
 KEY_NAME = web.RequestKey("key_name", str)
 # Set when a relayed answer was cut short (the upstream or the client failed mid-body).
 RELAY_INCOMPLETE = web.RequestKey("relay_incomplete", bool)
+# The request id (the client's X-Request-Id when well formed, else made), logged and relayed.
+REQUEST_ID = web.RequestKey("request_id", str)
+# The upstream's answer: its status and the milliseconds until its head arrived.
+UPSTREAM_STATUS = web.RequestKey("upstream_status", int)
+UPSTREAM_MS = web.RequestKey("upstream_ms", float)
