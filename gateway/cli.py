@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import inspect
 import sqlite3
 import sys
@@ -80,6 +81,9 @@ async def demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Build the argparse tree for every command."""
     parser = argparse.ArgumentParser(prog="keygate", description=__doc__)
+    parser.add_argument(
+        "--version", action="version", version=f"keygate {importlib.metadata.version('keygate')}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_parser = commands.add_parser("serve", help="run the gateway")

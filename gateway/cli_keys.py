@@ -75,15 +75,25 @@ async def keys_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([key_rules.key_json(row, now) for row in rows], indent=2))
         return 0
-    print(f"{'ID':>6}  {'NAME':<24} {'STATUS':<8} {'PREFIX':<11} {'USES':>6}  ROLES")
+    print(
+        f"{'ID':>6}  {'NAME':<24} {'STATUS':<8} {'PREFIX':<11} {'USES':>6}  "
+        f"{'LAST USED':<17} {'EXPIRES':<17} ROLES"
+    )
     for row in rows:
         status = key_rules.status_of(row, now)
         roles = ",".join(row.roles)
         print(
-            f"{row.id:>6}  {row.name:<24} {status:<8} {row.prefix:<11} {row.use_count:>6}  {roles}"
+            f"{row.id:>6}  {row.name:<24} {status:<8} {row.prefix:<11} {row.use_count:>6}  "
+            f"{_minute(row.last_used_at):<17} {_minute(row.expires_at):<17} {roles}"
         )
     print(f"{len(rows)} key(s)")
     return 0
+
+
+def _minute(stamp: float | None) -> str:
+    """A time to the minute for the key table (`-` when unset)."""
+    shown = clock.iso(stamp)
+    return "-" if shown is None else shown[:16].replace("T", " ")
 
 
 async def keys_show(args: argparse.Namespace) -> int:

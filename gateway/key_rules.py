@@ -10,7 +10,7 @@ from typing import Any
 
 from gateway import keys
 from gateway.clock import iso
-from gateway.policy import Policy
+from gateway.policy import Policy, nearest_hint
 from gateway.store.base import AuditEvent, KeyRow, KeyStore, NewKey
 
 NAME_MAX_LENGTH = 64
@@ -82,7 +82,10 @@ def validate_roles(value: Any, policy: Policy) -> tuple[str, ...]:
         raise InputError("roles must be strings", "roles")
     unknown = sorted({role for role in value if role not in policy.roles})
     if unknown:
-        raise InputError(f"unknown role(s): {', '.join(unknown)}", "roles", code=E_UNKNOWN_ROLE)
+        hints = "".join(nearest_hint(role, policy.roles) for role in unknown[:1])
+        raise InputError(
+            f"unknown role(s): {', '.join(unknown)}{hints}", "roles", code=E_UNKNOWN_ROLE
+        )
     return tuple(sorted(set(value)))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -408,7 +409,10 @@ def policy_from_data(data: Any, where: str) -> Policy:
     for role in roles.values():
         for included in role.includes:
             if included not in roles_data:
-                problems.append(f"{where}: role {role.name!r} includes unknown role {included!r}")
+                problems.append(
+                    f"{where}: role {role.name!r} includes unknown role {included!r}"
+                    + nearest_hint(included, roles_data)
+                )
     problems.extend(_cycle_problems(roles, where))
     protected = _parse_protected(data.get("protected", []), where, problems)
     if problems:
@@ -472,20 +476,29 @@ def parse_rate_limit(data: Any, location: str, problems: list[str]) -> RateLimit
     return RateLimit(requests, per, burst)
 
 
+def nearest_hint(name: str, known: Iterable[Any]) -> str:
+    """Return ` (did you mean 'x'?)` for the closest known name, or "" when none is close."""
+    close = difflib.get_close_matches(name, [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _cycle_problems(roles: Mapping[str, Role], where: str) -> list[str]:
     """Report include cycles (a role that includes itself, directly or not)."""
     problems = []
     for start in roles:
-        stack, seen = list(roles[start].includes), set()
+        # Depth-first with the path kept, so the cycle can be named role by role.
+        stack: list[tuple[str, tuple[str, ...]]] = [(i, (start,)) for i in roles[start].includes]
+        seen: set[str] = set()
         while stack:
-            current = stack.pop()
+            current, trail = stack.pop()
             if current == start:
-                problems.append(f"{where}: role {start!r} includes itself (include cycle)")
+                cycle = " -> ".join(f"{name!r}" for name in (*trail, start))
+                problems.append(f"{where}: role {start!r} includes itself: {cycle}")
                 break
             if current in seen or current not in roles:
                 continue
             seen.add(current)
-            stack.extend(roles[current].includes)
+            stack.extend((i, (*trail, current)) for i in roles[current].includes)
     return problems
 
 

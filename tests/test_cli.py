@@ -540,3 +540,20 @@ def test_identify_reads_the_secret_from_stdin(config: Path) -> None:
     bad = identify("kg_not-a-key\n")
     fails(bad, "not a well-formed")
     assert "kg_not-a-key" not in bad.stderr
+
+
+def test_list_shows_expiry_and_last_use(config: Path) -> None:
+    asyncio.run(create_key(config, "expiring", ["1int-user"], expires_at="2031-02-03T04:05:00Z"))
+    seed(config, "unused")
+    lines = ok(config, "list").splitlines()
+    assert "LAST USED" in lines[0] and "EXPIRES" in lines[0]
+    expiring = next(line for line in lines if " expiring " in line)
+    assert "2031-02-03 04:05" in expiring
+    unused = next(line for line in lines if " unused " in line)
+    assert unused.split()[5:7] == ["-", "-"]  # never used, never expires
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip().startswith("keygate 0.")

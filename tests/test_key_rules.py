@@ -342,3 +342,8 @@ def test_a_grant_refusal_is_not_a_file_permission_error() -> None:
     with pytest.raises(GrantError) as refused:
         check_grants(["x"], frozenset())
     assert not isinstance(refused.value, OSError)
+
+
+def test_an_unknown_role_suggests_the_nearest_defined_one(policy: Policy) -> None:
+    with pytest.raises(InputError, match=r"unknown role\(s\): 1int-sesions-read \(did you mean "):
+        validate_roles(["1int-sesions-read"], policy)
