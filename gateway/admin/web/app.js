@@ -98,8 +98,10 @@ async function showApp(session) {
   state.roles = roles.roles;
   state.keys.cursors = [null];
   state.keys.page = 0;
+  // Read the sequence before the list: any change after this point triggers a refresh.
+  const { seq } = await api("GET", "/api/v1/changes");
   await Promise.all([loadKeys(), loadAudit()]);
-  startPolling();
+  startPolling(seq);
 }
 
 function handleFailure(error) {
@@ -150,8 +152,9 @@ async function signOut() {
 
 // ------------------------------------------------------------------------ live updates
 
-function startPolling() {
+function startPolling(seq) {
   stopPolling();
+  state.seq = seq;
   state.polls = 0;
   state.pollTimer = window.setInterval(poll, POLL_MS);
 }

@@ -144,8 +144,22 @@ export function closeMenu({ focusButton = true } = {}) {
   state.menu.remove();
   state.button.setAttribute("aria-expanded", "false");
   document.removeEventListener("pointerdown", state.outside, true);
+  window.removeEventListener("scroll", state.place, true);
+  window.removeEventListener("resize", state.place);
   if (focusButton && state.button.isConnected) state.button.focus();
   document.dispatchEvent(new CustomEvent("keygate:overlay-closed"));
+}
+
+// Fixed to the viewport under its button (above it near the bottom), so no scrolling
+// container clips it. CSSOM properties, not a style attribute: the CSP allows these.
+function placeMenu(menu, button) {
+  const rect = button.getBoundingClientRect();
+  const gap = 4;
+  menu.style.right = `${Math.max(gap, document.documentElement.clientWidth - rect.right)}px`;
+  const height = menu.offsetHeight;
+  const below = rect.bottom + gap;
+  const above = rect.top - gap - height;
+  menu.style.top = `${below + height > window.innerHeight && above > 0 ? above : below}px`;
 }
 
 // Open a menu of `items` ({label, action, disabled}) under `button`; arrows move, Escape closes.
@@ -156,7 +170,7 @@ export function openMenu(button, label, items) {
       type: "button",
       role: "menuitem",
       tabindex: "-1",
-      class: item.danger ? "menuitem danger" : "menuitem",
+      class: item.danger ? "menuitem destructive" : "menuitem",
       "aria-disabled": item.disabled ? "true" : null,
       text: item.label,
     }),
@@ -194,10 +208,14 @@ export function openMenu(button, label, items) {
       closeMenu({ focusButton: false });
     }
   };
-  openMenuState = { menu, button, outside };
+  const place = () => placeMenu(menu, button);
+  openMenuState = { menu, button, outside, place };
   button.setAttribute("aria-expanded", "true");
   button.after(menu);
+  place();
   document.addEventListener("pointerdown", outside, true);
+  window.addEventListener("scroll", place, true);
+  window.addEventListener("resize", place);
   const firstEnabled = entries.find((entry) => !entry.hasAttribute("aria-disabled")) || entries[0];
   firstEnabled.focus();
 }
