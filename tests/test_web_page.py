@@ -73,15 +73,32 @@ def find_chromium() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """The Chromium to drive; missing: skip with how to install it, or fail under CI=true."""
+def chromium_or_skip() -> str:
+    """Return the Chromium to drive; missing: skip saying how to install it, fail under CI=true."""
     found = find_chromium()
     if found is None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true and {INSTALL_HINT}", pytrace=False)
         pytest.skip(INSTALL_HINT)
     return found
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The system Chromium (see chromium_or_skip)."""
+    return chromium_or_skip()
+
+
+def test_a_missing_browser_skips_with_advice_or_fails_under_ci(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(f"{__name__}.find_chromium", lambda: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium"):
+        chromium_or_skip()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"CI=true and .*apt-get install chromium"):
+        chromium_or_skip()
 
 
 @pytest.fixture(scope="module")
