@@ -93,6 +93,16 @@ def admin_lines(password: str, admin_port: int) -> str:
     )
 
 
+def page_lines(password: str, admin_port: int) -> str:
+    """Return where the API Keys page is and how to sign in to it."""
+    return "\n".join(
+        [
+            f"# API Keys page: open http://127.0.0.1:{admin_port}/ in a browser and sign in",
+            f"#   Name: {DEMO_ADMIN_NAME}   Password: {password}",
+        ]
+    )
+
+
 def curl_lines(secret: str, port: int) -> str:
     """Return ready-to-paste curl commands: allowed, denied and protected calls."""
     base = f"http://127.0.0.1:{port}/1Integrate/rest"
@@ -135,6 +145,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                 f"shown once:\n\n    {secret}\n\n"
                 f"{curl_lines(secret, gateway.proxy_port)}\n\n"
                 f"{admin_lines(password, gateway.admin_port or args.admin_port)}\n\n"
+                f"{page_lines(password, gateway.admin_port or args.admin_port)}\n\n"
                 f"Manage keys: keygate keys list --config {config}\n"
                 "Press Ctrl-C to stop.\n",
                 flush=True,

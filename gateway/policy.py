@@ -24,7 +24,13 @@ _ROLE_FIELDS = frozenset({"description", "allow", "include", "rate_limit"})
 _RATE_LIMIT_FIELDS = frozenset({"requests", "per", "burst"})
 _TOP_FIELDS = frozenset({"roles", "protected"})
 # keygate's own admin API paths: never reachable with a key, whatever the policy file says.
-BUILTIN_PROTECTED = ("/api/v1/keys/**", "/api/v1/audit/**", "/api/v1/policy/**")
+BUILTIN_PROTECTED = (
+    "/api/v1/keys/**",
+    "/api/v1/audit/**",
+    "/api/v1/policy/**",
+    "/api/v1/session/**",
+    "/api/v1/changes/**",
+)
 # A cap on distinct role sets whose compiled matcher is memoised (one entry per set).
 MATCHER_CACHE_LIMIT = 4096
 

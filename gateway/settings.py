@@ -44,6 +44,9 @@ DEFAULT_CLIENT_BODY_TIMEOUT = 30.0  # seconds a client's request body may send n
 DEFAULT_READ_TIMEOUT = 60.0  # seconds the upstream may stall mid-body, either direction (504)
 DEFAULT_MAX_LINE_SIZE = 8190  # bytes in the upstream's status line or one header line
 DEFAULT_MAX_HEADERS = 128  # header fields in one upstream response head
+DEFAULT_SESSION_IDLE_TIMEOUT = 1800.0  # seconds a web session may go unused (30 min)
+DEFAULT_SESSION_ABSOLUTE_TIMEOUT = 43_200.0  # seconds a web session lasts at most (12 h)
+MIN_SESSION_TIMEOUT = 1.0  # seconds; the shortest idle or absolute session timeout
 _HEADER_TOKEN = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
@@ -109,6 +112,14 @@ class RateLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """How long a signed-in session of the admin web page lasts (seconds)."""
+
+    idle_timeout: float = DEFAULT_SESSION_IDLE_TIMEOUT
+    absolute_timeout: float = DEFAULT_SESSION_ABSOLUTE_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The validated gateway configuration."""
 
@@ -132,6 +143,7 @@ class Settings:
     log_level: str
     access_log: bool
     log_format: Literal["text", "json"] = "text"
+    sessions: SessionSettings = SessionSettings()
 
     @property
     def base_dir(self) -> Path:
@@ -222,6 +234,7 @@ _TOP_LEVEL = {
     "supervisor",
     "client",
     "rate_limits",
+    "sessions",
     "log",
 }
 
@@ -313,6 +326,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
             )
         ),
     )
+    sessions = _sessions(reader, data)
     log = reader.section(data, "log", {"level", "access_log", "format"})
     log_format = log.get("format", "text")
     if log_format not in ("text", "json"):
@@ -357,10 +371,35 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         log_level=level,
         access_log=reader.boolean(log, "log", "access_log", True),
         log_format=log_format,
+        sessions=sessions,
     )
     if reader.problems:
         raise ConfigError(reader.problems)
     return settings
+
+
+def _sessions(reader: _Reader, data: Mapping[str, Any]) -> SessionSettings:
+    """Validate `sessions`: idle and absolute timeouts, the idle one no longer than the other."""
+    section = reader.section(data, "sessions", {"idle_timeout", "absolute_timeout"})
+    idle = reader.number(
+        section,
+        "sessions",
+        "idle_timeout",
+        DEFAULT_SESSION_IDLE_TIMEOUT,
+        minimum=MIN_SESSION_TIMEOUT,
+    )
+    absolute = reader.number(
+        section,
+        "sessions",
+        "absolute_timeout",
+        DEFAULT_SESSION_ABSOLUTE_TIMEOUT,
+        minimum=MIN_SESSION_TIMEOUT,
+    )
+    if idle > absolute:
+        reader.problem(
+            "sessions.idle_timeout", f"must not exceed sessions.absolute_timeout ({absolute:g})"
+        )
+    return SessionSettings(idle_timeout=idle, absolute_timeout=absolute)
 
 
 _UPSTREAM_KEYS = {

@@ -326,7 +326,8 @@ async def test_expired_keys_show_as_expired(client: Client, runtime: Runtime) ->
         ({"cursor": encode_cursor("a", 5)}, "cursor"),  # an audit cursor
         ({"cursor": base64.urlsafe_b64encode(b"k:-4").decode().rstrip("=")}, "cursor"),
         ({"status": "deleted"}, "status"),
-        ({"sort": "name"}, "sort"),
+        ({"sort": "size"}, "sort"),
+        ({"sort": "name", "cursor": encode_cursor("k", 5)}, "cursor"),  # an id-order cursor
         ({"q": "x" * 1001}, "q"),
     ],
 )
@@ -598,7 +599,9 @@ async def test_oversized_bodies_are_413(client: Client, runtime: Runtime) -> Non
 async def test_unknown_routes_and_methods_are_json(client: Client) -> None:
     resp = await client.get("/api/v1/nope", headers=ROOT)
     await expect_error(resp, 404, "not_found")
-    resp = await client.get("/", headers=ROOT)
+    resp = await client.get("/ui", headers=ROOT)
+    await expect_error(resp, 404, "not_found")
+    resp = await client.get("/static/no-such-file.js")
     await expect_error(resp, 404, "not_found")
     resp = await client.put(KEYS, json={}, headers=ROOT)
     await expect_error(resp, 405, "method_not_allowed")
@@ -1003,7 +1006,8 @@ async def test_audit_lists_filters_and_pages(client: Client) -> None:
         ({"cursor": encode_cursor("k", 3)}, "cursor"),
         ({"cursor": "!!!"}, "cursor"),
         ({"actor": "a\x00b"}, "actor"),
-        ({"key_name": "x"}, "key_name"),
+        ({"key_name": "a\x01b"}, "key_name"),
+        ({"key_id": "1", "kind": "x"}, "kind"),
     ],
 )
 async def test_bad_audit_parameters_are_400(
@@ -1058,8 +1062,11 @@ async def test_openapi_describes_exactly_the_routes(client: Client) -> None:
     for path, item in document["paths"].items():
         for method, operation in item.items():
             assert operation["operationId"] and operation["responses"], (path, method)
-            if path in ("/healthz", "/readyz", "/metrics"):
+            if path in ("/healthz", "/readyz", "/metrics", "/", "/static/{name}"):
                 assert operation["security"] == []
+            elif operation.get("security") == []:  # sign-in: answers bad credentials itself
+                assert (path, method) == ("/api/v1/session", "post")
+                assert "401" in operation["responses"] and "429" in operation["responses"]
             else:
                 assert "401" in operation["responses"] and "403" in operation["responses"]
 
@@ -1074,8 +1081,8 @@ async def test_openapi_needs_admin_credentials(client: Client) -> None:
 async def test_every_api_route_requires_credentials(client: Client) -> None:
     document = openapi_document()
     for path, item in document["paths"].items():
-        for method in item:
-            if path in ("/healthz", "/readyz", "/metrics"):
+        for method, operation in item.items():
+            if operation.get("security") == []:  # probes, the page, its assets, sign-in
                 continue
             url = path.replace("{id}", "1")
             resp = await client.request(method.upper(), url, json={})

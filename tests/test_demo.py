@@ -56,6 +56,10 @@ async def test_demo_prints_a_key_and_its_example_calls_behave(tmp_path: Path) ->
         assert f"gateway on 127.0.0.1:{port}" in printed
         assert f"backend on 127.0.0.1:{backend_port}" in printed
         assert f"admin on 127.0.0.1:{admin_port}" in printed
+        assert f"API Keys page: open http://127.0.0.1:{admin_port}/ in a browser" in printed
+        password = ADMIN_PATTERN.search(printed)
+        assert password is not None
+        assert f"Name: {DEMO_ADMIN_NAME}   Password: {password[1]}" in printed
         assert f'-H "X-API-Key: {key}" http://127.0.0.1:{port}/1Integrate/rest/sessions/' in printed
         await wait_for_port(admin_port)
 

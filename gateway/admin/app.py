@@ -5,7 +5,15 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.admin import audit_handlers, health, key_handlers, openapi, policy_handlers
+from gateway.admin import (
+    audit_handlers,
+    health,
+    key_handlers,
+    openapi,
+    page,
+    policy_handlers,
+    session_handlers,
+)
 from gateway.admin.basic_auth import Authenticator
 from gateway.admin.errors import error_middleware
 from gateway.admin.middlewares import (
@@ -15,25 +23,34 @@ from gateway.admin.middlewares import (
     csrf_middleware,
 )
 from gateway.admin.parsing import MAX_BODY_BYTES
+from gateway.admin.sessions import SessionManager
 from gateway.admin.throttle import LoginThrottle
 from gateway.runtime import Runtime
-from gateway.state import AUTHENTICATOR, RUNTIME
+from gateway.state import AUTHENTICATOR, RUNTIME, SESSIONS
 
 KEYS = "/api/v1/keys"
 KEY = "/api/v1/keys/{id}"
+SESSION = "/api/v1/session"
 
 # (method, path, handler, route name); the OpenAPI document lists exactly these.
 ROUTES: tuple[tuple[str, str, Handler, str | None], ...] = (
     ("GET", "/healthz", health.healthz, "healthz"),
     ("GET", "/readyz", health.readyz, "readyz"),
     ("GET", "/metrics", health.metrics, "metrics"),
+    ("GET", "/", page.page, "page"),
+    ("GET", r"/static/{name:[A-Za-z0-9_.-]+}", page.static, "static"),
     ("GET", "/api/v1/openapi.json", openapi.openapi, None),
+    ("POST", SESSION, session_handlers.sign_in, "sign_in"),
+    ("GET", SESSION, session_handlers.who_am_i, None),
+    ("DELETE", SESSION, session_handlers.sign_out, None),
+    ("GET", "/api/v1/changes", key_handlers.changes, None),
     ("POST", KEYS, key_handlers.create_key, None),
     ("GET", KEYS, key_handlers.list_keys, None),
     ("POST", f"{KEYS}/revoke-all", key_handlers.revoke_all, None),
     ("POST", f"{KEYS}/reinstate-all", key_handlers.reinstate_all, None),
     ("POST", f"{KEYS}/delete-revoked", key_handlers.delete_revoked, None),
     ("POST", f"{KEYS}/identify", key_handlers.identify_key, None),
+    ("GET", f"{KEYS}/batch-counts", key_handlers.batch_counts, None),
     ("GET", KEY, key_handlers.get_key, None),
     ("PATCH", KEY, key_handlers.update_key, None),
     ("DELETE", KEY, key_handlers.delete_key, None),
@@ -50,11 +67,13 @@ def create_admin_app(
     *,
     throttle: LoginThrottle | None = None,
     authenticator: Authenticator | None = None,
+    sessions: SessionManager | None = None,
 ) -> web.Application:
     """Build the admin listener's app on a runtime whose store is already open.
 
     The caller owns the runtime (store, table, policy); this app owns the password-hashing
-    pool. `throttle`/`authenticator` let tests and deployments tune login throttling.
+    pool. `throttle`/`authenticator` let tests and deployments tune login throttling,
+    `sessions` the web sessions' clock.
     """
     app = web.Application(
         middlewares=[error_middleware, api_key_middleware, csrf_middleware, auth_middleware],
@@ -64,6 +83,11 @@ def create_admin_app(
     app.on_response_prepare.append(add_security_headers)
     auth = authenticator if authenticator is not None else Authenticator(runtime.store, throttle)
     app[AUTHENTICATOR] = auth
+    app[SESSIONS] = (
+        sessions
+        if sessions is not None
+        else SessionManager(runtime.store, runtime.settings.sessions)
+    )
     app.cleanup_ctx.append(auth.context)
     for method, path, handler, name in ROUTES:
         app.router.add_route(method, path, handler, name=name)

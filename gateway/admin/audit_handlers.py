@@ -17,21 +17,27 @@ from gateway.admin.parsing import (
 )
 from gateway.state import RUNTIME
 
-AUDIT_PARAMS = frozenset({"key_id", "actor", "since", "limit", "cursor"})
+AUDIT_PARAMS = frozenset({"key_id", "key_name", "actor", "since", "limit", "cursor"})
 AUDIT_CURSOR = "a"
 
 
 async def list_audit(request: web.Request) -> web.Response:
-    """GET /api/v1/audit: audit events newest first, by key id, actor and time."""
+    """GET /api/v1/audit: audit events newest first, by key id or name, actor and time."""
     store = request.app[RUNTIME].store
     params = query_params(request, AUDIT_PARAMS)
     key_id = parse_int_param(params, "key_id")
+    key_name = parse_text(params, "key_name")
     actor = parse_text(params, "actor")
     since = parse_since(params, "since")
     limit = parse_limit(params)
     before = decode_cursor(params, AUDIT_CURSOR)
     events = await store.list_audit(
-        key_id=key_id, actor=actor, since=since, limit=limit + 1, before_id=before
+        key_id=key_id,
+        key_name=key_name,
+        actor=actor,
+        since=since,
+        limit=limit + 1,
+        before_id=before,
     )
     page = events[:limit]
     next_cursor = encode_cursor(AUDIT_CURSOR, page[-1].id) if len(events) > limit else None

@@ -161,8 +161,15 @@ class Authenticator:
         values = request.headers.getall("Authorization", [])
         if not values:
             raise unauthorized(M_MISSING)
-        address = request.remote or "?"
-        parsed = parse_basic(values)
+        return await self.check(request.remote or "?", parse_basic(values))
+
+    async def check(self, address: str, parsed: tuple[str, str] | None) -> AdminAccount:
+        """Return the admin account of (name, password) tried from `address`, or raise ApiError.
+
+        The one path every login takes, HTTP Basic and the web page's sign-in form alike, so
+        both share the throttle, the hold-back and the audit of failures. `parsed` is None
+        for credentials that could not be read (counted as a failure).
+        """
         typed = parsed[0] if parsed is not None and is_admin_name(parsed[0]) else None
         memo = self._memo(*parsed) if parsed is not None else None
         running = self._checking.get(memo) if memo is not None else None

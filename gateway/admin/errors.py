@@ -26,6 +26,7 @@ E_UNAUTHORIZED = "unauthorized"
 E_TOO_MANY_ATTEMPTS = "too_many_attempts"
 E_GRANT_FORBIDDEN = "grant_forbidden"
 E_CSRF = "csrf"
+E_SESSION_ENDED = "session_ended"
 E_KEY_EXPIRED = "key_expired"
 E_NAME_CONFLICT = "name_conflict"
 E_NOT_FOUND = "not_found"
@@ -53,6 +54,7 @@ M_CSRF_CONTENT_TYPE = (
     "state-changing requests must be sent with Content-Type: application/json (body or not)"
 )
 M_CSRF_ORIGIN = "cross-site request refused: Origin / Sec-Fetch-Site is not this listener's own"
+M_CSRF_TOKEN = "state-changing requests of a signed-in session need its X-CSRF-Token header"
 
 # Status codes of aiohttp's own HTTP errors mapped to our error codes.
 _CODES_BY_STATUS = {

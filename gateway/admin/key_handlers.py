@@ -12,7 +12,9 @@ from gateway.admin.errors import NO_STORE, bad_request, not_found
 from gateway.admin.middlewares import current_admin
 from gateway.admin.parsing import (
     decode_cursor,
+    decode_sort_cursor,
     encode_cursor,
+    encode_sort_cursor,
     parse_id,
     parse_limit,
     parse_text,
@@ -22,16 +24,17 @@ from gateway.admin.parsing import (
 from gateway.policy import Policy
 from gateway.runtime import Runtime
 from gateway.state import RUNTIME
-from gateway.store.base import BatchResult, KeyChanges
+from gateway.store.base import KEY_SORTS, BatchResult, KeyChanges, KeyRow, SortPosition
 
 KEY_FIELDS = frozenset({"name", "description", "roles", "expires_at"})
 IDENTIFY_FIELDS = frozenset({"secret"})
-LIST_PARAMS = frozenset({"status", "q", "limit", "cursor"})
+LIST_PARAMS = frozenset({"status", "q", "limit", "cursor", "sort"})
 STATUSES: tuple[Literal["active", "revoked", "expired"], ...] = ("active", "revoked", "expired")
 KEY_CURSOR = "k"
 
 M_NOTHING_TO_CHANGE = "nothing to change: give name, description, roles or expires_at"
 M_STATUS = "status must be one of: active, revoked, expired"
+M_SORT = f"sort must be one of: {', '.join(KEY_SORTS)}"
 M_SECRET = "secret must be a whole keygate API key (kg_..., with its checksum)"
 M_NO_KEY_FOR_SECRET = "no key has that secret (deleted, or never a keygate key)"
 
@@ -71,16 +74,39 @@ async def list_keys(request: web.Request) -> web.Response:
         raise bad_request(M_STATUS, field="status")
     query = parse_text(params, "q")
     limit = parse_limit(params)
-    after = decode_cursor(params, KEY_CURSOR) or 0
+    sort = next((s for s in KEY_SORTS if s == (params.get("sort") or "id")), None)
+    if sort is None:
+        raise bad_request(M_SORT, field="sort")
     now = clock.now()
-    rows = await runtime.store.list_keys(
-        status=status, query=query, limit=limit + 1, after_id=after, now=now
-    )
+    if sort == "id":
+        after_id = decode_cursor(params, KEY_CURSOR) or 0
+        rows = await runtime.store.list_keys(
+            status=status, query=query, limit=limit + 1, after_id=after_id, now=now
+        )
+    else:
+        after: SortPosition | None = decode_sort_cursor(params, sort, sort.endswith("name"))
+        rows = await runtime.store.list_keys(
+            status=status, query=query, limit=limit + 1, now=now, sort=sort, after=after
+        )
     page = rows[:limit]
-    next_cursor = encode_cursor(KEY_CURSOR, page[-1].id) if len(rows) > limit else None
+    next_cursor = _next_cursor(sort, page[-1]) if len(rows) > limit else None
     return _json(
         {"items": [key_rules.key_json(row, now) for row in page], "next_cursor": next_cursor}
     )
+
+
+def _next_cursor(sort: str, last: KeyRow) -> str:
+    """Return the cursor of the page after `last` in a listing sorted by `sort`."""
+    if sort == "id":
+        return encode_cursor(KEY_CURSOR, last.id)
+    value: str | float
+    if sort.endswith("name"):
+        value = last.name
+    elif sort.endswith("created_at"):
+        value = last.created_at
+    else:
+        value = -1 if last.last_used_at is None else last.last_used_at
+    return encode_sort_cursor(sort, value, last.id)
 
 
 async def get_key(request: web.Request) -> web.Response:
@@ -154,8 +180,24 @@ async def delete_key(request: web.Request) -> web.Response:
     return web.Response(status=204, headers={"Cache-Control": NO_STORE})
 
 
+def _count_json(result: BatchResult) -> dict[str, int]:
+    return {"count": result.changed, "skipped": result.skipped}
+
+
 def _batch_json(result: BatchResult) -> web.Response:
-    return _json({"count": result.changed, "skipped": result.skipped})
+    return _json(_count_json(result))
+
+
+async def batch_counts(request: web.Request) -> web.Response:
+    """GET /api/v1/keys/batch-counts: how many keys each batch action would touch for the caller."""
+    runtime = _runtime(request)
+    counts = await runtime.store.batch_counts(grant_set(current_admin(request)))
+    return _json({action: _count_json(result) for action, result in counts.items()})
+
+
+async def changes(request: web.Request) -> web.Response:
+    """GET /api/v1/changes: the change-feed sequence; it moves whenever any key changes."""
+    return _json({"seq": await _runtime(request).store.current_seq()})
 
 
 async def revoke_all(request: web.Request) -> web.Response:

@@ -1,4 +1,8 @@
-"""Admin listener middlewares: refuse API keys, then cross-site writes, then require credentials."""
+"""Admin listener middlewares: refuse API keys, then cross-site writes, then require credentials.
+
+Credentials are HTTP Basic (scripts) or the web page's session cookie; a cookie-authenticated
+write also needs the session's CSRF token.
+"""
 
 from __future__ import annotations
 
@@ -15,19 +19,26 @@ from gateway.admin.errors import (
     ApiError,
 )
 from gateway.admin.parsing import is_json_content_type
+from gateway.admin.sessions import BACKGROUND_HEADER
 from gateway.credentials import carries_api_key
-from gateway.state import ADMIN, AUTHENTICATOR
+from gateway.state import ADMIN, AUTHENTICATOR, SESSION_TOKEN, SESSIONS
 from gateway.store.base import AdminAccount
 
-PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics"})  # route names served without Basic auth
+# Route names served without credentials: probes, the page and its assets, and sign-in.
+PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics", "page", "static", "sign_in"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # every other method changes state
 SAME_ORIGIN_SITES = frozenset({"same-origin", "none"})  # Sec-Fetch-Site values let through
 SERVER = "keygate"  # the Server header: no framework or version
 # Headers on every answer of the admin listener, parser refusals included.
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Content-Security-Policy": API_CSP,
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
     "Server": SERVER,
 }
 
@@ -83,16 +94,46 @@ async def csrf_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """on_response_prepare: set the security headers and our Server on every answer."""
+    """on_response_prepare: set the security headers and our Server on every answer.
+
+    The page sets its own (still strict) Content-Security-Policy; every other answer gets
+    the API's. A 401 to a script's fetch carries no Basic challenge, so the browser never
+    pops up its own login box over the page's sign-in form.
+    """
+    csp = response.headers.get("Content-Security-Policy")
     response.headers.update(SECURITY_HEADERS)
+    if csp is not None:
+        response.headers["Content-Security-Policy"] = csp
+    if response.status == 401 and request.headers.get("Sec-Fetch-Mode", "navigate") != "navigate":
+        response.headers.popall("WWW-Authenticate", None)
+
+
+async def authenticate(request: web.Request) -> AdminAccount:
+    """Return the admin of a request: HTTP Basic when given, else the session cookie.
+
+    Basic keeps working exactly as before for scripts; a request with neither gets Basic's
+    401. A cookie-authenticated state change must also carry the session's CSRF token.
+    """
+    if request.headers.getall(hdrs.AUTHORIZATION, []):
+        return await request.app[AUTHENTICATOR].authenticate(request)
+    sessions = request.app[SESSIONS]
+    token = sessions.token_of(request)
+    if token is None:
+        return await request.app[AUTHENTICATOR].authenticate(request)
+    background = BACKGROUND_HEADER in request.headers
+    account = await sessions.resolve(token, secure=request.secure, activity=not background)
+    if request.method not in SAFE_METHODS:
+        sessions.check_csrf(request, token)
+    request[SESSION_TOKEN] = token
+    return account
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Require admin Basic credentials on every matched route except the public ones."""
+    """Require admin credentials on every matched route except the public ones."""
     match = request.match_info
     if match.http_exception is None and match.route.name not in PUBLIC_ROUTES:
-        request[ADMIN] = await request.app[AUTHENTICATOR].authenticate(request)
+        request[ADMIN] = await authenticate(request)
     return await handler(request)
 
 

@@ -10,7 +10,10 @@ from aiohttp import web
 
 from gateway.admin import errors
 from gateway.admin.parsing import DEFAULT_LIMIT, MAX_BODY_BYTES, MAX_LIMIT
+from gateway.admin.sessions import COOKIE as SESSION_COOKIE
+from gateway.admin.sessions import CSRF_HEADER, SECURE_COOKIE
 from gateway.key_rules import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, ROLES_MAX
+from gateway.store.base import KEY_SORTS
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1"
@@ -277,6 +280,57 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
     "AuditPage": _page("AuditEvent"),
+    "SignIn": {
+        "type": "object",
+        "required": ["name", "password"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "password": {"type": "string", "minLength": 1},
+        },
+    },
+    "Session": {
+        "type": "object",
+        "required": [
+            "admin",
+            "grants",
+            "grant_all",
+            "auth",
+            "csrf_token",
+            "idle_timeout",
+            "absolute_timeout",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "admin": {"type": "string"},
+            "grants": {"type": "array", "items": {"type": "string"}},
+            "grant_all": {"type": "boolean"},
+            "auth": {"type": "string", "enum": ["session", "basic"]},
+            "csrf_token": {
+                "type": ["string", "null"],
+                "description": f"send as {CSRF_HEADER} on every state-changing request "
+                "of this session (null with HTTP Basic)",
+            },
+            "idle_timeout": {"type": "number", "description": "seconds"},
+            "absolute_timeout": {"type": "number", "description": "seconds"},
+        },
+    },
+    "Changes": {
+        "type": "object",
+        "required": ["seq"],
+        "additionalProperties": False,
+        "properties": {"seq": {"type": "integer", "minimum": 0}},
+    },
+    "BatchCounts": {
+        "type": "object",
+        "required": ["revoke_all", "reinstate_all", "delete_revoked"],
+        "additionalProperties": False,
+        "properties": {
+            "revoke_all": _ref("Count"),
+            "reinstate_all": _ref("Count"),
+            "delete_revoked": _ref("Count"),
+        },
+    },
     "Health": {
         "type": "object",
         "required": ["status"],
@@ -309,12 +363,12 @@ def _ok(description: str, schema: str, status: str = "200") -> dict[str, Schema]
 def _errors(*statuses: int) -> dict[str, Schema]:
     descriptions = {
         400: "invalid request (malformed JSON, unknown field, bad value or parameter)",
-        401: "missing or wrong admin credentials",
+        401: "missing or wrong admin credentials, or the web session ended (session_ended)",
         403: (
             "an API key was presented (api_key_forbidden), a cross-site or non-JSON write "
             "(csrf), or a key or role outside the caller's grant set (grant_forbidden)"
         ),
-        404: "no such key",
+        404: "no such key (or page file)",
         409: "name already in use, or reinstating an expired key (key_expired)",
         413: f"body larger than {MAX_BODY_BYTES} bytes",
         415: "body is not JSON",
@@ -449,8 +503,15 @@ def _paths() -> dict[str, Schema]:
                     {
                         "name": "q",
                         "in": "query",
-                        "description": "substring of name or description",
+                        "description": "substring of name, description or display prefix",
                         "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "sort",
+                        "in": "query",
+                        "description": "order (keyset-paged); '-' is descending, never-used "
+                        "keys sort as the oldest use",
+                        "schema": {"type": "string", "enum": list(KEY_SORTS), "default": "id"},
                     },
                     _LIMIT,
                     _CURSOR,
@@ -514,6 +575,65 @@ def _paths() -> dict[str, Schema]:
             body="Identify",
         )
     }
+    paths["/api/v1/keys/batch-counts"] = {
+        "get": _operation(
+            "batchCounts",
+            "How many keys each batch action would touch (and skip) for the caller now",
+            {**_ok("counts by action", "BatchCounts"), **_errors(*_AUTH_ERRORS)},
+        )
+    }
+    paths["/api/v1/changes"] = {
+        "get": _operation(
+            "changes",
+            "The change-feed sequence: it moves whenever any key changes (cheap to poll)",
+            {**_ok("the sequence", "Changes"), **_errors(*_AUTH_ERRORS)},
+        )
+    }
+    paths["/api/v1/session"] = {
+        "post": _operation(
+            "signIn",
+            "Sign in to the web page: start a session (cookie) with an admin's name and "
+            "password; throttled and audited like HTTP Basic",
+            {**_ok("signed in", "Session"), **_errors(*_BODY_ERRORS, 401, 403, 429)},
+            tags=("session",),
+            body="SignIn",
+            public=True,
+        ),
+        "get": _operation(
+            "whoAmI",
+            "The signed-in admin, their grants and the session's CSRF token",
+            {**_ok("who is signed in", "Session"), **_errors(*_AUTH_ERRORS)},
+            tags=("session",),
+        ),
+        "delete": _operation(
+            "signOut",
+            "Sign out: end the session on the server and clear its cookie",
+            {"204": {"description": "signed out"}, **_errors(*_AUTH_ERRORS)},
+            tags=("session",),
+        ),
+    }
+    html = {"text/html": {"schema": {"type": "string"}}}
+    paths["/"] = {
+        "get": _operation(
+            "page",
+            "The API Keys web page (sign-in form when signed out)",
+            {"200": {"description": "the page", "content": html}},
+            tags=("page",),
+            public=True,
+        )
+    }
+    paths["/static/{name}"] = {
+        "get": _operation(
+            "pageAsset",
+            "A script, stylesheet or icon of the page",
+            {"200": {"description": "the file"}, **_errors(404)},
+            tags=("page",),
+            parameters=[
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            public=True,
+        )
+    }
     paths["/api/v1/roles"] = {
         "get": _operation(
             "listRoles",
@@ -542,6 +662,7 @@ def _paths() -> dict[str, Schema]:
             tags=("audit",),
             parameters=[
                 {"name": "key_id", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                {"name": "key_name", "in": "query", "schema": {"type": "string"}},
                 {"name": "actor", "in": "query", "schema": {"type": "string"}},
                 {
                     "name": "since",
@@ -565,8 +686,10 @@ def _document() -> Schema:
             "title": TITLE,
             "version": API_VERSION,
             "description": (
-                "Manage keygate API keys. Authenticate with HTTP Basic as an admin account; "
-                "any request carrying an API key is refused with 403 api_key_forbidden. "
+                "Manage keygate API keys. Authenticate with HTTP Basic as an admin account, "
+                "or with the web page's session cookie (POST /api/v1/session); cookie-"
+                f"authenticated writes also need the session's {CSRF_HEADER} header. "
+                "Any request carrying an API key is refused with 403 api_key_forbidden. "
                 "State-changing requests (every method but GET/HEAD/OPTIONS) must carry "
                 "Content-Type: application/json, body or not, and come from no other origin "
                 "(403 csrf). Every error is JSON {error, message, field?}."
@@ -574,9 +697,17 @@ def _document() -> Schema:
         },
         "components": {
             "schemas": SCHEMAS,
-            "securitySchemes": {"adminBasic": {"type": "http", "scheme": "basic"}},
+            "securitySchemes": {
+                "adminBasic": {"type": "http", "scheme": "basic"},
+                "adminSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": SESSION_COOKIE,
+                    "description": f"{SECURE_COOKIE} when served over TLS",
+                },
+            },
         },
-        "security": [{"adminBasic": []}],
+        "security": [{"adminBasic": []}, {"adminSession": []}],
         "paths": _paths(),
     }
 

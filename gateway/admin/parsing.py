@@ -29,6 +29,7 @@ MAX_ID = 2**63 - 1  # ids are SQLite / PostgreSQL bigints
 MAX_QUERY_LENGTH = 1000  # characters of a search or filter parameter
 _ID = re.compile(r"[0-9]{1,19}")
 _CURSOR = re.compile(r"[A-Za-z0-9_-]{1,40}")
+_SORT_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,400}")  # holds the last name: up to ~300 bytes
 _NAME_SHOWN = 40  # characters of an unknown field name repeated in a message
 
 M_CONTENT_TYPE = "request body must be JSON (Content-Type: application/json)"
@@ -222,3 +223,39 @@ def decode_cursor(params: dict[str, str], kind: str) -> int | None:
     if not 1 <= position <= MAX_ID or encode_cursor(kind, position) != text:
         raise bad_request(M_CURSOR, field="cursor")
     return position
+
+
+def encode_sort_cursor(sort: str, value: str | float, position: int) -> str:
+    """Return an opaque cursor for a sorted key listing: the order, last sort value and id."""
+    raw = json.dumps([sort, value, position], separators=(",", ":")).encode("ascii")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_sort_cursor(
+    params: dict[str, str], sort: str, text_value: bool
+) -> tuple[Any, int] | None:
+    """Return (value, id) from a cursor made by encode_sort_cursor for `sort`; 400 if not one.
+
+    `text_value` says whether the order's value is a name (else a time in unix seconds).
+    """
+    text = params.get("cursor")
+    if text is None:
+        return None
+    if not _SORT_CURSOR.fullmatch(text):
+        raise bad_request(M_CURSOR, field="cursor")
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
+        data = json.loads(raw, parse_constant=_constant)
+    except (binascii.Error, ValueError, RecursionError) as error:
+        raise bad_request(M_CURSOR, field="cursor") from error
+    if not isinstance(data, list) or len(data) != 3 or data[0] != sort:
+        raise bad_request(M_CURSOR, field="cursor")
+    value, position = data[1], data[2]
+    if text_value:
+        valid_value = isinstance(value, str) and len(value) <= MAX_QUERY_LENGTH
+    else:
+        valid_value = isinstance(value, int | float) and not isinstance(value, bool)
+    valid_position = isinstance(position, int) and not isinstance(position, bool)
+    if not valid_value or not valid_position or not 1 <= position <= MAX_ID:
+        raise bad_request(M_CURSOR, field="cursor")
+    return value, position

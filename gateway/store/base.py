@@ -10,6 +10,21 @@ KeyStatus = Literal["active", "revoked"]
 # The lean row a process loads into its key table: digest, id, name, roles, status, expires_at.
 AuthRow = tuple[bytes, int, str, tuple[str, ...], str, float | None]
 ChangeOp = Literal["upsert", "delete"]
+# Orders of the key list: by id (the default), or by name, creation or last use, "-" descending.
+KeySort = Literal[
+    "id", "name", "-name", "created_at", "-created_at", "last_used_at", "-last_used_at"
+]
+KEY_SORTS: tuple[KeySort, ...] = (
+    "id",
+    "name",
+    "-name",
+    "created_at",
+    "-created_at",
+    "last_used_at",
+    "-last_used_at",
+)
+# Where a sorted page ends: the last row's sort value (name, or a time; -1 for never used) and id.
+SortPosition = tuple[str | float, int]
 
 
 class StoreError(Exception):
@@ -145,6 +160,21 @@ class AuditEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminSession:
+    """A signed-in web session: the SHA-256 of its token (never the token), admin and times.
+
+    `stamp` is a digest of the admin's password hash and grants when the session began; a
+    session whose stamp no longer matches the account has ended.
+    """
+
+    token_hash: bytes
+    admin: str
+    stamp: str
+    created_at: float
+    last_seen: float
+
+
+@dataclass(frozen=True, slots=True)
 class AdminAccount:
     """An administrator of the admin API: password hash and the roles they may grant."""
 
@@ -205,8 +235,16 @@ class KeyStore(Protocol):
         limit: int = 100,
         after_id: int = 0,
         now: float | None = None,
+        sort: KeySort = "id",
+        after: SortPosition | None = None,
     ) -> list[KeyRow]:
-        """List keys by id (> after_id), filtered by status and name/description substring."""
+        """List keys in `sort` order after a position, filtered by status and text.
+
+        Sorted by id, the page starts after `after_id`; in any other order, after `after`.
+        """
+
+    async def batch_counts(self, grants: Grants = None) -> dict[str, BatchResult]:
+        """Return what revoke_all, reinstate_all and delete_revoked would do now, by action."""
 
     async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
         """Return the key whose secret has this SHA-256 digest, or None."""
@@ -316,3 +354,18 @@ class KeyStore(Protocol):
 
     async def remove_admin(self, name: str, actor: str) -> None:
         """Delete an admin account; raise NotFoundError."""
+
+    # --- web sessions (password, grant changes and removal end an admin's sessions) ---
+    async def create_session(
+        self, session: AdminSession, *, idle_before: float, started_before: float
+    ) -> None:
+        """Store a new session; forget sessions idle since or started before the cut-offs."""
+
+    async def get_session(self, token_hash: bytes) -> AdminSession | None:
+        """Return the session with this token hash, or None."""
+
+    async def touch_session(self, token_hash: bytes, at: float) -> None:
+        """Record activity on a session (its idle timeout starts again)."""
+
+    async def delete_session(self, token_hash: bytes) -> bool:
+        """End one session; return False when there was none."""

@@ -21,6 +21,7 @@ import aiosqlite
 from gateway.clock import iso
 from gateway.store.base import (
     AdminAccount,
+    AdminSession,
     AuditEvent,
     AuthRow,
     BatchResult,
@@ -29,12 +30,14 @@ from gateway.store.base import (
     KeyChanges,
     KeyExpiredError,
     KeyRow,
+    KeySort,
     KeyStatus,
     LoginFailures,
     NameConflictError,
     NewKey,
     NotFoundError,
     OutsideGrantsError,
+    SortPosition,
     StoreMissingError,
     StoreUnavailableError,
 )
@@ -124,6 +127,19 @@ _INSERT_AUDIT = (
     "INSERT INTO audit (at, actor, action, key_id, key_name, details) VALUES (?, ?, ?, ?, ?, ?)"
 )
 _CURRENT_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM key_changes"
+# Sort orders of the key list: the indexed expression (migration 5) and its direction.
+_SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
+    "name": ("name COLLATE NOCASE", False),
+    "-name": ("name COLLATE NOCASE", True),
+    "created_at": ("created_at", False),
+    "-created_at": ("created_at", True),
+    "last_used_at": ("IFNULL(last_used_at, -1)", False),
+    "-last_used_at": ("IFNULL(last_used_at, -1)", True),
+}
+# Which keys each batch action touches (before the grant scope is applied).
+_REVOKE_ALL_WHERE = "status = 'active'"
+_REVOKED_WHERE = "status = 'revoked'"
+_SESSION_COLUMNS = "token_hash, admin, stamp, created_at, last_seen"
 
 
 @contextlib.contextmanager
@@ -566,18 +582,36 @@ class SqliteKeyStore:
         limit: int = 100,
         after_id: int = 0,
         now: float | None = None,
+        sort: KeySort = "id",
+        after: SortPosition | None = None,
     ) -> list[KeyRow]:
-        """List keys ordered by id (> after_id), filtered by status and a text query.
+        """List keys in `sort` order after a position, filtered by status and a text query.
 
         "active" excludes expired keys, "expired" is active with expires_at <= now, and the
         query matches name, description or display prefix case-insensitively (ASCII) with
-        no wildcards.
+        no wildcards. Every order is an index walk from the position (keyset paging), so a
+        page costs the same on the first page and the thousandth.
         """
         if limit < 0:
             raise ValueError("limit must not be negative")
         moment = time.time() if now is None else now
-        where = ["id > ?"]
-        params: list[Any] = [after_id]
+        where: list[str] = []
+        params: list[Any] = []
+        if sort == "id":
+            where.append("id > ?")
+            params.append(after_id)
+            order = "id"
+        else:
+            expression, descending = _SORT_EXPRESSIONS[sort]
+            direction, beyond = ("DESC", "<") if descending else ("ASC", ">")
+            if after is not None:
+                # "expr >= v AND (expr > v OR id > i)": the first term lets SQLite seek the index.
+                value, last_id = after
+                where.append(
+                    f"{expression} {beyond}= ? AND ({expression} {beyond} ? OR id {beyond} ?)"
+                )
+                params += [value, value, last_id]
+            order = f"{expression} {direction}, id {direction}"
         if status == "active":
             where.append("status = 'active' AND (expires_at IS NULL OR expires_at > ?)")
             params.append(moment)
@@ -596,11 +630,28 @@ class SqliteKeyStore:
             pattern = _like_pattern(query)
             params += [pattern, pattern, pattern]
         params.append(limit)
+        condition = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._fetch(
-            f"SELECT {_KEY_COLUMNS} FROM keys WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
-            params,
+            f"SELECT {_KEY_COLUMNS} FROM keys {condition} ORDER BY {order} LIMIT ?", params
         )
         return self._build_rows(rows)
+
+    async def batch_counts(self, grants: Grants = None) -> dict[str, BatchResult]:
+        """Return what revoke_all, reinstate_all and delete_revoked would do now, by action."""
+        scope, scope_params = _within_grants(grants)
+        rows = await self._fetch(
+            f"SELECT status, COUNT(*), COALESCE(SUM({scope}), 0) FROM keys GROUP BY status",
+            scope_params,
+        )
+        found = {str(row[0]): (int(row[1]), int(row[2])) for row in rows}
+        active_total, active_inside = found.get("active", (0, 0))
+        revoked_total, revoked_inside = found.get("revoked", (0, 0))
+        revoked = BatchResult(revoked_inside, revoked_total - revoked_inside)
+        return {
+            "revoke_all": BatchResult(active_inside, active_total - active_inside),
+            "reinstate_all": revoked,
+            "delete_revoked": revoked,
+        }
 
     async def update_key(
         self, key_id: int, changes: KeyChanges, actor: str, grants: Grants = None
@@ -750,7 +801,7 @@ class SqliteKeyStore:
             actor,
             ACTION_REVOKE_ALL,
             "upsert",
-            "status = 'active'",
+            _REVOKE_ALL_WHERE,
             "UPDATE keys SET status = 'revoked', revoked_at = ?, updated_at = ?",
             (now, now),
             grants,
@@ -762,7 +813,7 @@ class SqliteKeyStore:
             actor,
             ACTION_REINSTATE_ALL,
             "upsert",
-            "status = 'revoked'",
+            _REVOKED_WHERE,
             "UPDATE keys SET status = 'active', revoked_at = NULL, updated_at = ?",
             (time.time(),),
             grants,
@@ -774,7 +825,7 @@ class SqliteKeyStore:
             actor,
             ACTION_DELETE_REVOKED,
             "delete",
-            "status = 'revoked'",
+            _REVOKED_WHERE,
             "DELETE FROM keys",
             (),
             grants,
@@ -993,6 +1044,7 @@ class SqliteKeyStore:
             )
             if cursor.rowcount == 0:
                 raise NotFoundError(f"no admin named {name!r}")
+            await db.execute("DELETE FROM admin_sessions WHERE admin = ?", (name,))
             await self._audit_in(db, now, actor, ACTION_ADMIN_PASSWD, details={"admin": name})
 
     async def set_admin_grants(
@@ -1013,6 +1065,7 @@ class SqliteKeyStore:
                 "UPDATE admins SET grants = ?, grant_all = ?, updated_at = ? WHERE name = ?",
                 (_roles_json(grants), int(grant_all), now, name),
             )
+            await db.execute("DELETE FROM admin_sessions WHERE admin = ?", (name,))
             await self._audit_in(
                 db,
                 now,
@@ -1035,7 +1088,55 @@ class SqliteKeyStore:
             cursor = await db.execute("DELETE FROM admins WHERE name = ?", (name,))
             if cursor.rowcount == 0:
                 raise NotFoundError(f"no admin named {name!r}")
+            await db.execute("DELETE FROM admin_sessions WHERE admin = ?", (name,))
             await self._audit_in(db, now, actor, ACTION_ADMIN_REMOVE, details={"admin": name})
+
+    # --- web sessions ------------------------------------------------------------
+    async def create_session(
+        self, session: AdminSession, *, idle_before: float, started_before: float
+    ) -> None:
+        """Store a new session; forget sessions idle since or started before the cut-offs."""
+        async with self._transaction() as db:
+            await db.execute(
+                "DELETE FROM admin_sessions WHERE last_seen < ? OR created_at < ?",
+                (idle_before, started_before),
+            )
+            await db.execute(
+                f"INSERT INTO admin_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                (
+                    session.token_hash,
+                    session.admin,
+                    session.stamp,
+                    session.created_at,
+                    session.last_seen,
+                ),
+            )
+
+    async def get_session(self, token_hash: bytes) -> AdminSession | None:
+        """Return the session with this token hash, or None."""
+        rows = await self._fetch(
+            f"SELECT {_SESSION_COLUMNS} FROM admin_sessions WHERE token_hash = ?", (token_hash,)
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return AdminSession(bytes(row[0]), str(row[1]), str(row[2]), float(row[3]), float(row[4]))
+
+    async def touch_session(self, token_hash: bytes, at: float) -> None:
+        """Record activity on a session (its idle timeout starts again)."""
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE admin_sessions SET last_seen = max(last_seen, ?) WHERE token_hash = ?",
+                (at, token_hash),
+            )
+
+    async def delete_session(self, token_hash: bytes) -> bool:
+        """End one session; return False when there was none."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM admin_sessions WHERE token_hash = ?", (token_hash,)
+            )
+            return cursor.rowcount > 0
 
 
 def _jsonable(field: str, value: Any) -> Any:

@@ -110,6 +110,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        5,
+        "admin web-page sessions (token hashes); key-list sort indexes",
+        (
+            # Only the SHA-256 of a session token is stored; `stamp` is a digest of the
+            # admin's password hash and grants when the session began (a change ends it).
+            """
+            CREATE TABLE admin_sessions (
+                token_hash BLOB PRIMARY KEY,
+                admin      TEXT NOT NULL,
+                stamp      TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                last_seen  REAL NOT NULL
+            )
+            """,
+            "CREATE INDEX admin_sessions_admin ON admin_sessions (admin)",
+            "CREATE INDEX admin_sessions_last_seen ON admin_sessions (last_seen)",
+            # Keyset paging of the key list by name, creation and last use (page's sorts).
+            "CREATE INDEX keys_name_nocase ON keys (name COLLATE NOCASE, id)",
+            "CREATE INDEX keys_created ON keys (created_at, id)",
+            "CREATE INDEX keys_last_used ON keys (IFNULL(last_used_at, -1), id)",
+        ),
+    ),
 )
 
 check_sequence(MIGRATIONS)

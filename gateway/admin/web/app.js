@@ -1,0 +1,788 @@
+// The API Keys page: sign-in, the key list, create/edit/revoke/delete, batches, audit, explain.
+
+import { api, ApiError, query, setCsrfToken } from "./api.js";
+import {
+  anyDialogOpen,
+  closeDialog,
+  closeMenu,
+  el,
+  icon,
+  installDialogKeys,
+  menuButton,
+  menuOpen,
+  openDialog,
+} from "./ui.js";
+
+const PAGE_SIZE = 50;
+const AUDIT_PAGE_SIZE = 25;
+const POLL_MS = 500; // how often the change sequence is read: changes show within a second
+const USAGE_REFRESH_POLLS = 30; // polls between quiet refreshes for last-used / use counts
+const SEARCH_DELAY_MS = 250;
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  session: null,
+  roles: [],
+  keys: { items: [], cursors: [null], page: 0, next: null },
+  audit: { next: null },
+  seq: null,
+  pollTimer: null,
+  polls: 0,
+  pending: false,
+};
+
+// ------------------------------------------------------------------------ formatting
+
+const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+
+function when(iso, empty = "Never") {
+  if (!iso) return el("span", { class: "muted", text: empty });
+  return el("time", { datetime: iso, title: iso, text: dateFormat.format(new Date(iso)) });
+}
+
+function toLocalInput(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}`;
+}
+
+function fromLocalInput(value) {
+  if (!value) return null;
+  const date = new Date(value);
+  return Number.isNaN(date.getTime()) ? value : date.toISOString();
+}
+
+function say(message, kind = "info") {
+  const node = $("status-message");
+  node.textContent = message;
+  node.dataset.kind = kind;
+}
+
+function plural(count, word) {
+  return `${count} ${word}${count === 1 ? "" : "s"}`;
+}
+
+// ------------------------------------------------------------------------ session
+
+function showSignIn(message = "") {
+  stopPolling();
+  state.session = null;
+  setCsrfToken(null);
+  closeMenu({ focusButton: false });
+  for (const dialog of document.querySelectorAll("dialog[open]")) closeDialog(dialog);
+  clearSecret();
+  $("loading").hidden = true;
+  $("app-view").hidden = true;
+  $("who").hidden = true;
+  $("sign-out").hidden = true;
+  $("signin-view").hidden = false;
+  const error = $("signin-error");
+  error.textContent = message;
+  error.hidden = !message;
+  $("signin-password").value = "";
+  $("signin-name").focus();
+}
+
+async function showApp(session) {
+  state.session = session;
+  setCsrfToken(session.csrf_token);
+  $("loading").hidden = true;
+  $("signin-view").hidden = true;
+  $("app-view").hidden = false;
+  $("who").hidden = false;
+  $("who-name").textContent = session.admin;
+  $("sign-out").hidden = session.auth !== "session";
+  const roles = await api("GET", "/api/v1/roles");
+  state.roles = roles.roles;
+  state.keys.cursors = [null];
+  state.keys.page = 0;
+  // Read the sequence before the list: any change after this point triggers a refresh.
+  const { seq } = await api("GET", "/api/v1/changes");
+  await Promise.all([loadKeys(), loadAudit()]);
+  startPolling(seq);
+}
+
+function handleFailure(error) {
+  if (error instanceof ApiError && error.status === 401) {
+    showSignIn("Your session has ended. Sign in again.");
+    return true;
+  }
+  say(error.message || String(error), "error");
+  return false;
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const error = $("signin-error");
+  error.hidden = true;
+  const name = $("signin-name").value;
+  const password = $("signin-password").value;
+  try {
+    const session = await api("POST", "/api/v1/session", { name, password });
+    $("signin-password").value = "";
+    await showApp(session);
+    $("search").focus();
+  } catch (failure) {
+    $("signin-password").value = "";
+    let message = failure.message;
+    if (failure.status === 401) message = "Wrong name or password.";
+    else if (failure.status === 429) {
+      const wait = failure.body.retry_after;
+      message = `Too many failed sign-ins. Try again in ${plural(wait || 1, "second")}.`;
+    }
+    error.textContent = message;
+    error.hidden = false;
+    (failure.field === "name" || !name ? $("signin-name") : $("signin-password")).focus();
+  }
+}
+
+async function signOut() {
+  try {
+    await api("DELETE", "/api/v1/session");
+  } catch (failure) {
+    if (!(failure instanceof ApiError && failure.status === 401)) {
+      say(failure.message, "error");
+      return;
+    }
+  }
+  showSignIn("You have signed out.");
+}
+
+// ------------------------------------------------------------------------ live updates
+
+function startPolling(seq) {
+  stopPolling();
+  state.seq = seq;
+  state.polls = 0;
+  state.pollTimer = window.setInterval(poll, POLL_MS);
+}
+
+function stopPolling() {
+  if (state.pollTimer !== null) window.clearInterval(state.pollTimer);
+  state.pollTimer = null;
+  state.seq = null;
+}
+
+let polling = false;
+
+async function poll() {
+  if (polling || !state.session) return;
+  polling = true;
+  try {
+    const { seq } = await api("GET", "/api/v1/changes", undefined, { background: true });
+    state.polls += 1;
+    const changed = state.seq !== null && seq !== state.seq;
+    state.seq = seq;
+    if (changed || state.polls % USAGE_REFRESH_POLLS === 0) refreshSoon(changed);
+  } catch (failure) {
+    if (failure instanceof ApiError && failure.status === 401) showSignIn("Your session has ended. Sign in again.");
+  } finally {
+    polling = false;
+  }
+}
+
+// Re-read the list (and the audit log after a change) unless a dialog or menu is open.
+function refreshSoon(withAudit = true) {
+  if (anyDialogOpen() || menuOpen()) {
+    state.pending = true;
+    return;
+  }
+  state.pending = false;
+  loadKeys({ quiet: true }).catch(handleFailure);
+  if (withAudit) loadAudit({ quiet: true }).catch(handleFailure);
+}
+
+document.addEventListener("keygate:overlay-closed", () => {
+  if (state.pending) window.setTimeout(() => refreshSoon(true), 0);
+});
+
+// ------------------------------------------------------------------------ key list
+
+function listParams() {
+  return {
+    q: $("search").value.trim(),
+    status: $("status-filter").value,
+    sort: $("sort").value,
+    limit: PAGE_SIZE,
+    cursor: state.keys.cursors[state.keys.page],
+  };
+}
+
+let listRequest = 0;
+
+async function loadKeys({ quiet = false } = {}) {
+  const ticket = ++listRequest;
+  const page = await api("GET", query("/api/v1/keys", listParams()), undefined, { background: quiet });
+  if (ticket !== listRequest) return; // a newer request (typing, paging) wins
+  if (page.items.length === 0 && state.keys.page > 0) {
+    state.keys.page -= 1; // the page emptied under us (deletes elsewhere): step back
+    return loadKeys({ quiet });
+  }
+  state.keys.items = page.items;
+  state.keys.next = page.next_cursor;
+  renderKeys();
+}
+
+function restartList() {
+  state.keys.cursors = [null];
+  state.keys.page = 0;
+  loadKeys().catch(handleFailure);
+}
+
+function statusCell(key) {
+  if (key.status === "revoked") {
+    return el("span", { class: "status status-revoked" }, icon("blocked", "Revoked"), el("span", { "aria-hidden": "true", text: "Revoked" }));
+  }
+  if (key.status === "expired") {
+    return el("span", { class: "status status-expired" }, icon("clock", "Expired"), el("span", { "aria-hidden": "true", text: "Expired" }));
+  }
+  return el("span", { class: "status status-active" }, icon("dot"), "Active");
+}
+
+function canManage(key) {
+  const session = state.session;
+  return session.grant_all || key.roles.every((role) => session.grants.includes(role));
+}
+
+function keyMenuItems(key) {
+  return [
+    { label: "Edit", action: () => openKeyDialog(key) },
+    { label: "Revoke", disabled: key.status === "revoked", action: () => revokeKey(key) },
+    { label: "Reinstate", disabled: key.status !== "revoked", action: () => reinstateKey(key) },
+    { label: "Delete", danger: true, action: () => deleteKey(key) },
+    { label: "Check access…", action: () => focusExplain(key) },
+    { label: "Audit history", action: () => focusAudit(key) },
+  ];
+}
+
+function keyRow(key) {
+  const settings = el(
+    "button",
+    {
+      type: "button",
+      class: "icon-button settings",
+      "aria-label": `Settings for ${key.name}`,
+      title: canManage(key) ? "Settings" : "Settings (some roles are outside your grants)",
+      "aria-haspopup": "menu",
+      "aria-expanded": "false",
+      "data-focus-key": `settings:${key.id}`,
+    },
+    icon("gear"),
+  );
+  menuButton(settings, `Settings for ${key.name}`, () => keyMenuItems(key));
+  const roles = el("ul", { class: "chips" }, key.roles.map((role) => el("li", { text: role })));
+  return el(
+    "tr",
+    { class: `key-row key-${key.status}`, "data-key-id": key.id },
+    el("th", { scope: "row", class: "key-name", text: key.name }),
+    el("td", { "data-label": "Description", class: "description", text: key.description || "" }),
+    el("td", { "data-label": "Roles" }, roles),
+    el("td", { "data-label": "Status" }, statusCell(key)),
+    el("td", { "data-label": "Prefix" }, el("code", { text: `${key.prefix}…` })),
+    el("td", { "data-label": "Created" }, when(key.created_at), el("span", { class: "by", text: ` by ${key.created_by}` })),
+    el("td", { "data-label": "Last used" }, when(key.last_used_at)),
+    el("td", { "data-label": "Uses", class: "num", text: String(key.use_count) }),
+    el("td", { "data-label": "Expires" }, when(key.expires_at)),
+    el("td", { class: "row-actions" }, el("div", { class: "menu-anchor" }, settings)),
+  );
+}
+
+function renderKeys() {
+  const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.focusKey : null;
+  const body = $("keys-body");
+  body.replaceChildren(...state.keys.items.map(keyRow));
+  $("keys-empty").hidden = state.keys.items.length > 0;
+  $("prev-page").disabled = state.keys.page === 0;
+  $("next-page").disabled = !state.keys.next;
+  $("page-label").textContent = `Page ${state.keys.page + 1}`;
+  $("key-names").replaceChildren(...state.keys.items.map((key) => el("option", { value: key.name })));
+  if (focused) {
+    const again = body.querySelector(`[data-focus-key="${CSS.escape(focused)}"]`);
+    if (again) again.focus();
+  }
+}
+
+// ------------------------------------------------------------------------ create and edit
+
+const FIELDS = { name: "key-name", description: "key-description", roles: "key-roles", expires_at: "key-expires" };
+let editing = null; // the key being edited, or null when creating
+
+function clearFieldErrors() {
+  for (const id of Object.values(FIELDS)) {
+    const error = $(`${id}-error`);
+    error.hidden = true;
+    error.textContent = "";
+    const input = $(id);
+    if (input) input.removeAttribute("aria-invalid");
+  }
+  $("key-form-error").hidden = true;
+}
+
+function showFieldError(failure) {
+  const id = FIELDS[failure.field];
+  if (!id) {
+    $("key-form-error").textContent = failure.message;
+    $("key-form-error").hidden = false;
+    $("key-form-error").scrollIntoView({ block: "nearest" });
+    return;
+  }
+  const error = $(`${id}-error`);
+  error.textContent = failure.message;
+  error.hidden = false;
+  const input = $(id) || $("key-roles-list").querySelector("input:not([disabled])");
+  if (input) {
+    if ($(id)) input.setAttribute("aria-invalid", "true");
+    input.focus();
+  }
+}
+
+function renderRoleChoices(selected) {
+  const list = $("key-roles-list");
+  const session = state.session;
+  list.replaceChildren(
+    ...state.roles.map((role, index) => {
+      const grantable = session.grant_all || session.grants.includes(role.name);
+      const id = `role-${index}`;
+      const note = grantable ? role.description || "" : `${role.description || ""} (you may not grant this role)`;
+      return el(
+        "div",
+        { class: grantable ? "role-choice" : "role-choice not-grantable" },
+        el("input", {
+          type: "checkbox",
+          id,
+          value: role.name,
+          checked: selected.includes(role.name),
+          disabled: !grantable,
+          "aria-describedby": `${id}-description`,
+        }),
+        el("label", { for: id, class: "role-name", text: role.name }),
+        el("p", { id: `${id}-description`, class: "role-description", text: note.trim() }),
+      );
+    }),
+  );
+}
+
+function chosenRoles() {
+  return [...$("key-roles-list").querySelectorAll("input[type=checkbox]:checked")].map((box) => box.value);
+}
+
+function openKeyDialog(key = null, returnFocus = null) {
+  editing = key;
+  clearFieldErrors();
+  $("key-dialog-title").textContent = key ? `Edit API key ${key.name}` : "Create API key";
+  $("key-submit").textContent = key ? "Save" : "Create";
+  $("key-name").value = key ? key.name : "";
+  $("key-description").value = key ? key.description : "";
+  $("key-expires").value = key ? toLocalInput(key.expires_at) : "";
+  renderRoleChoices(key ? key.roles : []);
+  const back = returnFocus || (key ? rowSettingsButton(key) : $("create-button"));
+  openDialog($("key-dialog"), { initialFocus: $("key-name"), returnFocus: back });
+}
+
+function rowSettingsButton(key) {
+  return document.querySelector(`[data-focus-key="settings:${key.id}"]`) || $("create-button");
+}
+
+function sameRoles(a, b) {
+  return a.length === b.length && [...a].sort().every((role, i) => role === [...b].sort()[i]);
+}
+
+async function submitKey(event) {
+  event.preventDefault();
+  clearFieldErrors();
+  const name = $("key-name").value;
+  const description = $("key-description").value;
+  const roles = chosenRoles();
+  const expires = fromLocalInput($("key-expires").value);
+  try {
+    if (editing === null) {
+      const body = { name, description, roles };
+      if (expires) body.expires_at = expires;
+      const created = await api("POST", "/api/v1/keys", body);
+      closeDialog($("key-dialog"));
+      say(`Created “${created.key.name}”.`);
+      showSecret(created.secret, created.key.name);
+      loadKeys({ quiet: true }).catch(handleFailure);
+    } else {
+      const key = editing;
+      const changes = {};
+      if (name !== key.name) changes.name = name;
+      if (description !== key.description) changes.description = description;
+      if (!sameRoles(roles, key.roles)) changes.roles = roles;
+      if (toLocalInput(key.expires_at) !== $("key-expires").value) changes.expires_at = expires;
+      if (Object.keys(changes).length > 0) {
+        const saved = await api("PATCH", `/api/v1/keys/${key.id}`, changes);
+        say(`Saved “${saved.name}”.`);
+      }
+      closeDialog($("key-dialog"));
+      await loadKeys({ quiet: true });
+    }
+  } catch (failure) {
+    if (failure instanceof ApiError && failure.status === 401) handleFailure(failure);
+    else showFieldError(failure);
+  }
+}
+
+// ------------------------------------------------------------------------ the secret, once
+
+let secretCopied = false;
+
+function clearSecret() {
+  $("secret-value").value = "";
+  $("secret-copied").textContent = "";
+  secretCopied = false;
+}
+
+function showSecret(secret, name) {
+  secretCopied = false;
+  $("secret-title").textContent = `API key “${name}” created`;
+  $("secret-value").value = secret;
+  $("secret-copied").textContent = "";
+  openDialog($("secret-dialog"), {
+    initialFocus: $("secret-copy"),
+    returnFocus: $("create-button"),
+    onRequestClose: requestSecretClose,
+  });
+  $("secret-value").select();
+}
+
+async function copySecret() {
+  const field = $("secret-value");
+  try {
+    await navigator.clipboard.writeText(field.value);
+  } catch {
+    field.select();
+    if (!document.execCommand("copy")) {
+      $("secret-copied").textContent = "Could not copy: select the key and copy it yourself.";
+      return;
+    }
+  }
+  secretCopied = true;
+  $("secret-copied").textContent = "Copied to the clipboard.";
+}
+
+async function requestSecretClose() {
+  if (!secretCopied) {
+    const sure = await confirmAction({
+      title: "Close without copying?",
+      message: "You have not copied this API key. It will not be shown again; if you close now, you will have to create a new key.",
+      confirm: "Close anyway",
+      returnFocus: $("secret-done"),
+    });
+    if (!sure) return;
+  }
+  clearSecret();
+  closeDialog($("secret-dialog"));
+}
+
+// ------------------------------------------------------------------------ confirmations
+
+let confirmResolve = null;
+
+// Ask in a dialog that names what will happen; resolves true on Confirm, false otherwise.
+function confirmAction({ title, message, returnFocus = null }) {
+  $("confirm-title").textContent = title;
+  $("confirm-message").textContent = message;
+  return new Promise((resolve) => {
+    confirmResolve = resolve;
+    openDialog($("confirm-dialog"), {
+      initialFocus: $("confirm-cancel"),
+      returnFocus,
+      onRequestClose: () => settleConfirm(false),
+    });
+  });
+}
+
+function settleConfirm(answer) {
+  const resolve = confirmResolve;
+  confirmResolve = null;
+  closeDialog($("confirm-dialog"));
+  if (resolve) resolve(answer);
+}
+
+async function keyAction(key, { title, message, run, done }) {
+  const sure = await confirmAction({ title, message, returnFocus: rowSettingsButton(key) });
+  if (!sure) return;
+  try {
+    await run();
+    say(done);
+    await loadKeys({ quiet: true });
+  } catch (failure) {
+    handleFailure(failure);
+  }
+}
+
+function revokeKey(key) {
+  return keyAction(key, {
+    title: `Revoke “${key.name}”?`,
+    message: `Revoke the API key “${key.name}”? Requests with it are refused at once. You can reinstate it later.`,
+    run: () => api("POST", `/api/v1/keys/${key.id}/revoke`),
+    done: `Revoked “${key.name}”.`,
+  });
+}
+
+function reinstateKey(key) {
+  return keyAction(key, {
+    title: `Reinstate “${key.name}”?`,
+    message: `Reinstate the API key “${key.name}”? It works again at once.`,
+    run: () => api("POST", `/api/v1/keys/${key.id}/reinstate`),
+    done: `Reinstated “${key.name}”.`,
+  });
+}
+
+function deleteKey(key) {
+  return keyAction(key, {
+    title: `Delete “${key.name}”?`,
+    message: `Delete the API key “${key.name}” for good? This cannot be undone; software using it is refused at once.`,
+    run: () => api("DELETE", `/api/v1/keys/${key.id}`),
+    done: `Deleted “${key.name}”.`,
+  });
+}
+
+// ------------------------------------------------------------------------ batch actions
+
+const BATCHES = [
+  {
+    label: "Revoke all API keys",
+    action: "revoke_all",
+    path: "/api/v1/keys/revoke-all",
+    none: "There are no API keys to revoke.",
+    ask: (n) => [`Revoke all ${plural(n, "API key")}?`, `This revokes ${plural(n, "API key")} at once; requests with them are refused. You can reinstate them later.`],
+    done: (n) => `Revoked ${plural(n, "API key")}.`,
+  },
+  {
+    label: "Reinstate all API keys",
+    action: "reinstate_all",
+    path: "/api/v1/keys/reinstate-all",
+    none: "There are no revoked API keys to reinstate.",
+    ask: (n) => [`Reinstate all ${plural(n, "API key")}?`, `This reinstates ${plural(n, "revoked API key")} at once; they work again immediately.`],
+    done: (n) => `Reinstated ${plural(n, "API key")}.`,
+  },
+  {
+    label: "Delete all revoked API keys",
+    action: "delete_revoked",
+    path: "/api/v1/keys/delete-revoked",
+    none: "There are no revoked API keys to delete.",
+    ask: (n) => [`Delete ${plural(n, "revoked API key")}?`, `This deletes ${plural(n, "revoked API key")} for good. This cannot be undone.`],
+    done: (n) => `Deleted ${plural(n, "revoked API key")}.`,
+  },
+];
+
+function skippedNote(skipped) {
+  return skipped ? ` ${plural(skipped, "key")} outside your grants will be left alone.` : "";
+}
+
+async function runBatch(batch) {
+  try {
+    const counts = await api("GET", "/api/v1/keys/batch-counts");
+    const { count, skipped } = counts[batch.action];
+    if (count === 0) {
+      say(batch.none + skippedNote(skipped));
+      $("batch-button").focus();
+      return;
+    }
+    const [title, message] = batch.ask(count);
+    const sure = await confirmAction({ title, message: message + skippedNote(skipped), returnFocus: $("batch-button") });
+    if (!sure) return;
+    const result = await api("POST", batch.path);
+    const left = result.skipped ? ` ${plural(result.skipped, "key")} outside your grants left alone.` : "";
+    say(batch.done(result.count) + left);
+    await loadKeys({ quiet: true });
+  } catch (failure) {
+    handleFailure(failure);
+  }
+}
+
+// ------------------------------------------------------------------------ audit
+
+const ACTIONS = {
+  create: "Created",
+  edit: "Edited",
+  revoke: "Revoked",
+  reinstate: "Reinstated",
+  delete: "Deleted",
+  revoke_all: "Revoked all",
+  reinstate_all: "Reinstated all",
+  delete_revoked: "Deleted all revoked",
+  admin_add: "Admin added",
+  admin_passwd: "Admin password changed",
+  admin_grants: "Admin grants changed",
+  admin_remove: "Admin removed",
+  admin_sign_in: "Signed in",
+  admin_sign_out: "Signed out",
+  admin_login_failed: "Failed sign-in",
+  admin_login_throttled: "Throttled sign-in",
+};
+
+function detailsText(event) {
+  const details = event.details || {};
+  if (details.before && details.after) {
+    return Object.keys(details.after)
+      .map((field) => `${field}: ${JSON.stringify(details.before[field])} → ${JSON.stringify(details.after[field])}`)
+      .join("; ");
+  }
+  if ("count" in details) return `${plural(details.count, "key")}${details.skipped ? `, ${details.skipped} skipped` : ""}`;
+  return Object.entries(details)
+    .map(([name, value]) => `${name}: ${Array.isArray(value) ? value.join(", ") : value}`)
+    .join("; ");
+}
+
+function auditRow(event) {
+  return el(
+    "tr",
+    {},
+    el("td", { "data-label": "When" }, when(event.at)),
+    el("td", { "data-label": "Actor", text: event.actor }),
+    el("td", { "data-label": "Action", text: ACTIONS[event.action] || event.action }),
+    el("td", { "data-label": "Key", text: event.key_name || "" }),
+    el("td", { "data-label": "Details", class: "details", text: detailsText(event) }),
+  );
+}
+
+let auditRequest = 0;
+
+async function loadAudit({ more = false, quiet = false } = {}) {
+  const ticket = ++auditRequest;
+  const params = {
+    key_name: $("audit-key").value.trim(),
+    actor: $("audit-actor").value.trim(),
+    limit: AUDIT_PAGE_SIZE,
+    cursor: more ? state.audit.next : null,
+  };
+  const page = await api("GET", query("/api/v1/audit", params), undefined, { background: quiet });
+  if (ticket !== auditRequest) return;
+  const rows = page.items.map(auditRow);
+  if (more) $("audit-body").append(...rows);
+  else $("audit-body").replaceChildren(...rows);
+  state.audit.next = page.next_cursor;
+  $("audit-more").hidden = !page.next_cursor;
+  $("audit-empty").hidden = $("audit-body").children.length > 0;
+}
+
+function focusAudit(key) {
+  $("audit-key").value = key.name;
+  $("audit-actor").value = "";
+  loadAudit().catch(handleFailure);
+  $("audit-title").scrollIntoView({ block: "start" });
+  $("audit-key").focus();
+}
+
+// ------------------------------------------------------------------------ explain
+
+function focusExplain(key) {
+  $("explain-key").value = key.name;
+  $("explain-title").scrollIntoView({ block: "start" });
+  $("explain-path").focus();
+}
+
+async function findKeyByName(name) {
+  const page = await api("GET", query("/api/v1/keys", { q: name, limit: 1000 }));
+  return page.items.find((key) => key.name === name) || null;
+}
+
+const REASONS = {
+  allowed: "allowed",
+  no_rule: "no rule of the key's roles allows it (deny by default)",
+  protected: "the path is protected (key management): refused for every key",
+  key_revoked: "the key is revoked",
+  key_expired: "the key has expired",
+};
+
+async function explain(event) {
+  event.preventDefault();
+  const result = $("explain-result");
+  const name = $("explain-key").value.trim();
+  result.replaceChildren();
+  try {
+    const key = name ? await findKeyByName(name) : null;
+    if (!key) {
+      result.replaceChildren(el("p", { class: "form-error", text: name ? `No key is named “${name}”.` : "Give a key name." }));
+      return;
+    }
+    const answer = await api("POST", "/api/v1/policy/explain", {
+      method: $("explain-method").value,
+      path: $("explain-path").value,
+      key_id: key.id,
+    });
+    const verdict = answer.allowed ? "Allowed" : "Denied";
+    const lines = [
+      el("p", { class: answer.allowed ? "verdict allowed" : "verdict denied" }, icon(answer.allowed ? "check" : "cross"), `${verdict}: ${answer.method} ${answer.path}`),
+      el("p", { text: answer.allowed ? "Deciding rule:" : `Why: ${REASONS[answer.reason] || answer.reason}.` }),
+    ];
+    if (answer.rule) {
+      lines.push(el("p", {}, el("code", { text: answer.rule.rule }), ` (role ${answer.rule.role}, rule ${answer.rule.index + 1})`));
+    }
+    lines.push(el("p", { class: "muted", text: `Key “${key.name}”, roles: ${answer.roles.join(", ")}` }));
+    result.replaceChildren(...lines);
+  } catch (failure) {
+    if (failure instanceof ApiError && failure.status === 401) handleFailure(failure);
+    else result.replaceChildren(el("p", { class: "form-error", text: failure.message }));
+  }
+}
+
+// ------------------------------------------------------------------------ wiring
+
+function debounce(fn, ms) {
+  let timer = null;
+  return (...args) => {
+    window.clearTimeout(timer);
+    timer = window.setTimeout(() => fn(...args), ms);
+  };
+}
+
+function wire() {
+  installDialogKeys();
+  $("create-button").append(icon("plus"));
+  $("batch-button").append(icon("batch"));
+  $("signin-form").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", signOut);
+  $("create-button").addEventListener("click", () => openKeyDialog());
+  menuButton($("batch-button"), "Batch actions", () => BATCHES.map((batch) => ({ label: batch.label, danger: batch.action !== "reinstate_all", action: () => runBatch(batch) })));
+  $("filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    restartList();
+  });
+  $("search").addEventListener("input", debounce(restartList, SEARCH_DELAY_MS));
+  $("status-filter").addEventListener("change", restartList);
+  $("sort").addEventListener("change", restartList);
+  $("prev-page").addEventListener("click", () => {
+    if (state.keys.page === 0) return;
+    state.keys.page -= 1;
+    loadKeys().catch(handleFailure);
+  });
+  $("next-page").addEventListener("click", () => {
+    if (!state.keys.next) return;
+    state.keys.cursors[state.keys.page + 1] = state.keys.next;
+    state.keys.cursors.length = state.keys.page + 2;
+    state.keys.page += 1;
+    loadKeys().catch(handleFailure);
+  });
+  $("key-form").addEventListener("submit", submitKey);
+  $("key-cancel").addEventListener("click", () => closeDialog($("key-dialog")));
+  $("secret-copy").addEventListener("click", copySecret);
+  $("secret-done").addEventListener("click", requestSecretClose);
+  $("confirm-ok").addEventListener("click", () => settleConfirm(true));
+  $("confirm-cancel").addEventListener("click", () => settleConfirm(false));
+  $("audit-filters").addEventListener("submit", (event) => {
+    event.preventDefault();
+    loadAudit().catch(handleFailure);
+  });
+  $("audit-more").addEventListener("click", () => loadAudit({ more: true }).catch(handleFailure));
+  $("explain-form").addEventListener("submit", explain);
+}
+
+async function start() {
+  wire();
+  try {
+    await showApp(await api("GET", "/api/v1/session"));
+  } catch (failure) {
+    if (failure instanceof ApiError && failure.status === 401) showSignIn();
+    else {
+      $("loading").textContent = `Could not reach keygate: ${failure.message}`;
+    }
+  }
+}
+
+start();
