@@ -21,7 +21,7 @@ from gateway.store.base import (
     StoreMissingError,
     StoreUnavailableError,
 )
-from gateway.store.factory import store_from_url
+from gateway.store.factory import store_for
 from gateway.store.migrations.sqlite import SchemaTooNewError
 
 Handler = Callable[[argparse.Namespace], Awaitable[int] | int]
@@ -42,7 +42,7 @@ async def policy_check(args: argparse.Namespace) -> int:
 async def init(args: argparse.Namespace) -> int:
     """Create the configured database (and its directory) unless it exists; migrate it."""
     settings = load_config(args)
-    store = store_from_url(settings.store_url, settings.base_dir)
+    store = store_for(settings)
     try:
         await store.open(create=False)
         existed = True
