@@ -104,6 +104,7 @@ _FAULTS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.ReadOnlySQLTransactionError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
 )
 _LOCK_FEED = "SELECT seq FROM feed_state WHERE id = 1 FOR UPDATE"
 _CURRENT_SEQ = "SELECT seq FROM feed_state WHERE id = 1"
@@ -352,10 +353,19 @@ class PostgresKeyStore:
         """Lend a pooled connection; connection faults become StoreUnavailableError."""
         pool = self._open_pool()
         try:
-            async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-                yield conn
+            conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
         except _FAULTS as error:
             raise StoreUnavailableError(self.location, _cause_of(error)) from error
+        try:
+            yield conn
+        except _FAULTS as error:
+            # A terminated backend can leave its idle siblings half-broken too: replace
+            # them all, so one failed call is the whole cost of an outage that has passed.
+            conn.terminate()
+            await pool.expire_connections()
+            raise StoreUnavailableError(self.location, _cause_of(error)) from error
+        finally:
+            await pool.release(conn)
 
     @contextlib.asynccontextmanager
     async def _write(self, *, feed: bool = True) -> AsyncIterator[asyncpg.Connection]:
