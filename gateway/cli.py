@@ -1,4 +1,4 @@
-"""Command line: serve, demo, init, keys, admins, audit and policy commands."""
+"""Command line: serve, demo, init, keys, admins, audit, policy and store commands."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from gateway import cli_admin, cli_keys, key_rules
+from gateway import cli_admin, cli_keys, cli_store, key_rules
 from gateway.cli_common import CliError, add_config_option, load_config
 from gateway.policy import Policy, PolicyError, load_policy
 from gateway.settings import ConfigError
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=policy_check)
 
     cli_admin.register(commands)
+    cli_store.register(commands)
     return parser
 
 
