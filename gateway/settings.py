@@ -349,7 +349,11 @@ def _store(
 ) -> tuple[str, str | None, str | None]:
     """Validate the store section: its URL, and for PostgreSQL the password and schema."""
     section = reader.section(data, "store", {"url", "password", "schema"})
-    url = reader.string(section, "store", "url", "") if "url" in section else ""
+    if isinstance(section.get("url"), Mapping):
+        # A URL that carries a password comes from a secret: {env: VAR} or {file: path}.
+        url = _secret(reader, section["url"], env, base, "store.url") or ""
+    else:
+        url = reader.string(section, "store", "url", "") if "url" in section else ""
     postgres = url.split("://", 1)[0].lower() in POSTGRES_SCHEMES and "://" in url
     if "url" not in section:
         reader.problem("store.url", "is required (e.g. sqlite:///keygate.db)")
