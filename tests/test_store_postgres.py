@@ -281,12 +281,12 @@ async def test_terminated_connections_keep_the_proxy_serving_and_recover(
 ) -> None:
     direct, (steady, doomed) = await seeded(pg, tmp_path / "seed", "steady", "doomed")
     try:
+        row = await direct.get_key_by_name("doomed")
+        assert row is not None
         async with instance(tmp_path / "a", backend, pg.location, pg.schema or "") as a:
             for _ in range(3):
                 assert await terminate_keygate_connections(pg.location) >= 1
                 assert await a.keyed(steady) == (200, "")
-            row = await direct.get_key_by_name("doomed")
-            assert row is not None
 
             async def revoke() -> int:
                 status, _ = await a.admin("POST", f"{KEYS}/{row.id}/revoke")

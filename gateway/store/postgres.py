@@ -361,11 +361,13 @@ class PostgresKeyStore:
         except _FAULTS as error:
             # A terminated backend can leave its idle siblings half-broken too: replace
             # them all, so one failed call is the whole cost of an outage that has passed.
-            conn.terminate()
+            with contextlib.suppress(asyncpg.InterfaceError):  # already released when lost
+                conn.terminate()
             await pool.expire_connections()
             raise StoreUnavailableError(self.location, _cause_of(error)) from error
         finally:
-            await pool.release(conn)
+            with contextlib.suppress(asyncpg.InterfaceError):
+                await pool.release(conn)
 
     @contextlib.asynccontextmanager
     async def _write(self, *, feed: bool = True) -> AsyncIterator[asyncpg.Connection]:
