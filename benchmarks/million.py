@@ -60,11 +60,11 @@ async def time_creates(config: Path) -> list[float]:
     from gateway import key_rules
     from gateway.policy import load_policy
     from gateway.settings import load_settings
-    from gateway.store.factory import store_from_url
+    from gateway.store.factory import store_for
 
     settings = load_settings(config)
     policy = load_policy(settings.policy_path)
-    store = store_from_url(settings.store_url, settings.base_dir)
+    store = store_for(settings)
     await store.open()
     timings = []
     try:

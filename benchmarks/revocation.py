@@ -23,7 +23,7 @@ from gateway import key_rules
 from gateway.policy import load_policy
 from gateway.settings import load_settings
 from gateway.store.base import KeyStore
-from gateway.store.factory import store_from_url
+from gateway.store.factory import store_for
 
 PROBE_INTERVAL = 0.002  # seconds between probe rounds
 PROBE_DEADLINE = 5.0  # seconds before a revocation counts as never seen
@@ -132,7 +132,7 @@ async def run(args: argparse.Namespace, directory: Path) -> None:
     )  # fmt: skip
     settings = load_settings(config)
     policy = load_policy(settings.policy_path)
-    store = store_from_url(settings.store_url, settings.base_dir)
+    store = store_for(settings)
     await store.open()
     try:
         secrets = []

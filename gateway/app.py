@@ -16,13 +16,14 @@ from gateway.access_log import JsonProxyAccessLogger, ProxyAccessLogger, access_
 from gateway.admin.app import create_admin_app
 from gateway.admin.middlewares import SECURITY_HEADERS
 from gateway.clock import now
-from gateway.feed import FeedFollower
+from gateway.feed import FeedFollower, prune_periodically
 from gateway.policy import load_policy
 from gateway.proxy import Proxy
 from gateway.ratelimit import LocalLimiter, redis_limiter
 from gateway.runtime import Runtime
 from gateway.settings import ClientLimits, Settings
-from gateway.store.factory import store_from_url
+from gateway.store.base import FeedNotifier
+from gateway.store.factory import store_for
 from gateway.upstream import create_upstream_client
 from gateway.web_internals import ConnectionLimits, JsonErrorAppRunner, JsonErrorServer
 
@@ -65,7 +66,7 @@ class RunningGateway:
 async def open_runtime(settings: Settings) -> Runtime:
     """Open the store, load the policy and the whole key table."""
     policy = load_policy(settings.policy_path)
-    store = store_from_url(settings.store_url, settings.base_dir)
+    store = store_for(settings)
     await store.open()
     runtime = Runtime(settings=settings, store=store, policy=policy)
     try:
@@ -95,10 +96,21 @@ async def running_gateway(
     # The loaded table is long-lived: move it out of the collector's generations so full
     # collections don't walk a million cached keys (a pause per collection otherwise).
     gc.freeze()
-    follower = FeedFollower(runtime.store, runtime.table, settings.poll_interval)
+    store = runtime.store
+    notifier = store if isinstance(store, FeedNotifier) else None
+    follower = FeedFollower(store, runtime.table, settings.poll_interval, notifier)
     runtime.follower = follower
     tasks = [
         asyncio.create_task(follower.run(), name="keygate-feed"),
+        asyncio.create_task(
+            prune_periodically(
+                store,
+                settings.feed_keep_entries,
+                settings.feed_keep_seconds,
+                settings.feed_prune_interval,
+            ),
+            name="keygate-feed-prune",
+        ),
         asyncio.create_task(
             runtime.usage.run(runtime.store, settings.flush_interval), name="keygate-usage"
         ),

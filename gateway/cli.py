@@ -1,4 +1,4 @@
-"""Command line: serve, demo, init, keys, admins, audit and policy commands."""
+"""Command line: serve, demo, init, keys, admins, audit, policy and store commands."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from gateway import cli_admin, cli_keys, key_rules
+from gateway import cli_admin, cli_keys, cli_store, key_rules
 from gateway.cli_common import CliError, add_config_option, load_config
 from gateway.policy import Policy, PolicyError, load_policy
 from gateway.settings import ConfigError
@@ -22,7 +22,7 @@ from gateway.store.base import (
     StoreMissingError,
     StoreUnavailableError,
 )
-from gateway.store.factory import store_from_url
+from gateway.store.factory import store_for
 from gateway.store.migrations.sqlite import SchemaTooNewError
 
 Handler = Callable[[argparse.Namespace], Awaitable[int] | int]
@@ -43,7 +43,7 @@ async def policy_check(args: argparse.Namespace) -> int:
 async def init(args: argparse.Namespace) -> int:
     """Create the configured database (and its directory) unless it exists; migrate it."""
     settings = load_config(args)
-    store = store_from_url(settings.store_url, settings.base_dir)
+    store = store_for(settings)
     try:
         await store.open(create=False)
         existed = True
@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=policy_check)
 
     cli_admin.register(commands)
+    cli_store.register(commands)
     return parser
 
 

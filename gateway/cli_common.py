@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from gateway.settings import Settings, config_path_from, load_settings
 from gateway.store.base import KeyStore, StoreMissingError
-from gateway.store.factory import store_from_url
+from gateway.store.factory import store_for
 
 
 class CliError(Exception):
@@ -43,7 +43,7 @@ async def open_store(settings: Settings) -> AsyncIterator[KeyStore]:
 
     Never creates it: only `keygate init`, `serve` and `demo` do.
     """
-    store = store_from_url(settings.store_url, settings.base_dir)
+    store = store_for(settings)
     try:
         await store.open(create=False)
     except StoreMissingError as error:

@@ -18,7 +18,7 @@ from gateway.logs import configure_logging
 from gateway.passwords import hash_password
 from gateway.policy import load_policy
 from gateway.settings import load_settings
-from gateway.store.factory import store_from_url
+from gateway.store.factory import store_for
 
 DEMO_KEY_NAME = "demo-integration"
 DEMO_ADMIN_NAME = "demo-admin"
@@ -56,7 +56,7 @@ async def fresh_demo_credentials(config: Path) -> tuple[str, str]:
     """
     settings = load_settings(config)
     policy = load_policy(settings.policy_path)
-    store = store_from_url(settings.store_url, settings.base_dir)
+    store = store_for(settings)
     await store.open()
     try:
         old = await store.get_key_by_name(DEMO_KEY_NAME)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from gateway.keytable import KeyTable
-from gateway.store.base import KeyStore, StoreUnavailableError
+from gateway.store.base import FeedNotifier, FeedPrunedError, KeyStore, StoreUnavailableError
 
 log = logging.getLogger("keygate.feed")
 
@@ -29,7 +30,8 @@ async def catch_up(store: KeyStore, table: KeyTable) -> int:
     """Apply every change-feed entry newer than the table's sequence; return the count.
 
     When the store reopened a replaced database file, its feed is unrelated to the
-    table's sequence: the whole table is reloaded instead (and 0 returned).
+    table's sequence, and when entries the table has not seen were pruned it cannot catch
+    up by sequence: either way the whole table is reloaded instead (and 0 returned).
     """
     if table.generation != store.generation:
         await load_table(store, table)
@@ -37,19 +39,56 @@ async def catch_up(store: KeyStore, table: KeyTable) -> int:
         return 0
     total = 0
     while True:
-        changes = await store.changes_since(table.seq, FEED_BATCH)
+        try:
+            changes = await store.changes_since(table.seq, FEED_BATCH)
+        except FeedPrunedError as error:
+            await load_table(store, table)
+            log.warning("key table reloaded: %s (%d keys)", error, len(table))
+            return 0
         total += table.apply(changes)
         if len(changes) < FEED_BATCH:
             return total
 
 
-class FeedFollower:
-    """Keeps a KeyTable in step with the store's change feed by polling (or being woken)."""
+async def prune_periodically(
+    store: KeyStore, keep_entries: int, keep_seconds: float, interval: float
+) -> None:
+    """Prune the change feed every `interval` seconds until cancelled; failures are retried.
 
-    def __init__(self, store: KeyStore, table: KeyTable, poll_interval: float) -> None:
+    Keeps the newest `keep_entries` entries and every entry younger than `keep_seconds`;
+    a follower that falls behind what was pruned reloads the whole table (catch_up).
+    """
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            pruned = await store.prune_feed(keep_entries, time.time() - keep_seconds)
+        except StoreUnavailableError:
+            continue  # the follower and the admin API report the outage
+        except Exception:
+            log.exception("change-feed prune failed; retrying later")
+            continue
+        if pruned:
+            log.info("change feed pruned: %d old entries removed", pruned)
+
+
+class FeedFollower:
+    """Keeps a KeyTable in step with the store's change feed by polling (or being woken).
+
+    With a notifier (PostgreSQL's LISTEN), every committed write wakes the follower at
+    once; polling stays as the safety net for a lost notification or connection.
+    """
+
+    def __init__(
+        self,
+        store: KeyStore,
+        table: KeyTable,
+        poll_interval: float,
+        notifier: FeedNotifier | None = None,
+    ) -> None:
         self._store = store
         self._table = table
         self._poll_interval = poll_interval  # seconds between polls without a wake-up
+        self._notifier = notifier
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -61,6 +100,21 @@ class FeedFollower:
 
         The table keeps serving what it holds while the store fails.
         """
+        listening: asyncio.Task[None] | None = None
+        if self._notifier is not None:
+            listening = asyncio.create_task(
+                self._notifier.listen(self.wake), name="keygate-feed-listen"
+            )
+        try:
+            await self._follow()
+        finally:
+            if listening is not None:
+                listening.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listening
+
+    async def _follow(self) -> None:
+        """Catch up, then wait for a wake-up or the poll interval; forever."""
         failing = False
         while True:
             try:
@@ -77,6 +131,7 @@ class FeedFollower:
                 if failing:
                     log.info("change feed recovered: the store answers again")
                 failing = False
+            # Cleared before the next catch-up, so a wake-up arriving now is never lost.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
             self._wake.clear()

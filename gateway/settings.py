@@ -10,6 +10,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from gateway.problems import ProblemsError, read_yaml
+from gateway.store.urls import POSTGRES_SCHEMES, postgres_url_problem
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 CONFIG_ENV_VAR = "KEYGATE_CONFIG"
@@ -30,6 +31,9 @@ DEFAULT_STRIP_HEADERS = (
     "X-Authenticated-User",
 )
 DEFAULT_POLL_INTERVAL = 0.1  # seconds between change-feed polls
+DEFAULT_FEED_KEEP_ENTRIES = 10_000  # newest change-feed entries never pruned
+DEFAULT_FEED_KEEP_SECONDS = 3600.0  # seconds a change-feed entry is kept at least
+DEFAULT_FEED_PRUNE_INTERVAL = 60.0  # seconds between prunes of the change feed
 DEFAULT_FLUSH_INTERVAL = 2.0  # seconds between usage flushes
 DEFAULT_GRACE_PERIOD = 30.0  # seconds in-flight requests get on shutdown
 DEFAULT_HEAD_TIMEOUT = 10.0  # seconds a client has to send a whole request head
@@ -138,12 +142,17 @@ class Settings:
     anonymous: Literal["passthrough", "deny"]
     poll_interval: float
     flush_interval: float
+    feed_keep_entries: int
+    feed_keep_seconds: float
+    feed_prune_interval: float
     grace_period: float
     max_start_failures: int
     log_level: str
     access_log: bool
     log_format: Literal["text", "json"] = "text"
     sessions: SessionSettings = SessionSettings()
+    store_password: str | None = None  # PostgreSQL only, resolved from env or file
+    store_schema: str | None = None  # PostgreSQL only: the schema holding keygate's tables
 
     @property
     def base_dir(self) -> Path:
@@ -262,14 +271,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
     )
     upstream = _upstream(reader, data, env, path.parent)
 
-    store_data = reader.section(data, "store", {"url"})
-    store_url = reader.string(store_data, "store", "url", "") if "url" in store_data else ""
-    if store_url.lower().startswith(("postgresql://", "postgres://")):
-        reader.problem("store.url", "PostgreSQL is not supported yet; use sqlite:///path")
-    elif store_url and not store_url.startswith("sqlite:///"):
-        reader.problem("store.url", "must start with sqlite:/// (e.g. sqlite:///keygate.db)")
-    if "url" not in store_data:
-        reader.problem("store.url", "is required (e.g. sqlite:///keygate.db)")
+    store_url, store_password, store_schema = _store(reader, data, env, path.parent)
 
     policy_value = data.get("policy", "policy.yaml")
     if not isinstance(policy_value, str) or not policy_value:
@@ -296,7 +298,9 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         reader.problem("anonymous", "must be 'passthrough' or 'deny'")
         anonymous = "passthrough"
 
-    feed = reader.section(data, "feed", {"poll_interval"})
+    feed = reader.section(
+        data, "feed", {"poll_interval", "keep_entries", "keep_seconds", "prune_interval"}
+    )
     usage = reader.section(data, "usage", {"flush_interval"})
     shutdown = reader.section(data, "shutdown", {"grace_period"})
     supervisor = reader.section(data, "supervisor", {"max_start_failures"})
@@ -353,6 +357,15 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         poll_interval=reader.number(
             feed, "feed", "poll_interval", DEFAULT_POLL_INTERVAL, minimum=0.01
         ),
+        feed_keep_entries=int(
+            reader.number(feed, "feed", "keep_entries", DEFAULT_FEED_KEEP_ENTRIES, minimum=1)
+        ),
+        feed_keep_seconds=reader.number(
+            feed, "feed", "keep_seconds", DEFAULT_FEED_KEEP_SECONDS, minimum=1
+        ),
+        feed_prune_interval=reader.number(
+            feed, "feed", "prune_interval", DEFAULT_FEED_PRUNE_INTERVAL, minimum=0.1
+        ),
         flush_interval=reader.number(
             usage, "usage", "flush_interval", DEFAULT_FLUSH_INTERVAL, minimum=0.05
         ),
@@ -372,6 +385,8 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         access_log=reader.boolean(log, "log", "access_log", True),
         log_format=log_format,
         sessions=sessions,
+        store_password=store_password,
+        store_schema=store_schema,
     )
     if reader.problems:
         raise ConfigError(reader.problems)
@@ -400,6 +415,66 @@ def _sessions(reader: _Reader, data: Mapping[str, Any]) -> SessionSettings:
             "sessions.idle_timeout", f"must not exceed sessions.absolute_timeout ({absolute:g})"
         )
     return SessionSettings(idle_timeout=idle, absolute_timeout=absolute)
+
+
+def _store(
+    reader: _Reader, data: Mapping[str, Any], env: Mapping[str, str], base: Path
+) -> tuple[str, str | None, str | None]:
+    """Validate the store section: its URL, and for PostgreSQL the password and schema."""
+    section = reader.section(data, "store", {"url", "password", "schema"})
+    if isinstance(section.get("url"), Mapping):
+        # A URL that carries a password comes from a secret: {env: VAR} or {file: path}.
+        url = _secret(reader, section["url"], env, base, "store.url") or ""
+    else:
+        url = reader.string(section, "store", "url", "") if "url" in section else ""
+    postgres = url.split("://", 1)[0].lower() in POSTGRES_SCHEMES and "://" in url
+    if "url" not in section:
+        reader.problem("store.url", "is required (e.g. sqlite:///keygate.db)")
+    elif postgres:
+        problem = postgres_url_problem(url)
+        if problem is not None:
+            reader.problem("store.url", problem)
+    elif url and not url.startswith("sqlite:///"):
+        reader.problem(
+            "store.url",
+            "must start with sqlite:/// or postgresql:// (e.g. sqlite:///keygate.db)",
+        )
+    password: str | None = None
+    schema: str | None = None
+    if not postgres:
+        for key in ("password", "schema"):
+            if key in section:
+                reader.problem(f"store.{key}", "is for a postgresql:// store only")
+        return url, None, None
+    if "password" in section:
+        password = _secret(reader, section["password"], env, base, "store.password")
+    if "schema" in section:
+        schema = reader.string(section, "store", "schema", "")
+        if schema and not (schema.isidentifier() and schema.isascii() and len(schema) <= 63):
+            reader.problem("store.schema", "must be a plain identifier (letters, digits, _)")
+        schema = schema or None
+    return url, password, schema
+
+
+def _secret(
+    reader: _Reader, spec: Any, env: Mapping[str, str], base: Path, location: str
+) -> str | None:
+    """Resolve `{env: VARIABLE}` or `{file: path}` (relative to the config) to its text."""
+    if not isinstance(spec, Mapping) or len(spec) != 1 or not {"env", "file"} & set(spec):
+        reader.problem(location, "must be {env: VARIABLE} or {file: path}")
+        return None
+    if "env" in spec:
+        value = env.get(str(spec["env"]))
+        if value is None:
+            reader.problem(location, f"environment variable {spec['env']!r} is not set")
+        return value
+    file = base / str(spec["file"])
+    try:
+        # One trailing newline is how secret files are usually written; it is not the secret.
+        return file.read_text(encoding="utf-8").removesuffix("\n")
+    except (OSError, UnicodeDecodeError) as error:
+        reader.problem(location, f"cannot read {str(file)!r}: {error.__class__.__name__}")
+        return None
 
 
 _UPSTREAM_KEYS = {

@@ -34,7 +34,7 @@ from gateway.keytable import KeyTable
 from gateway.policy import load_policy
 from gateway.settings import load_settings
 from gateway.store.base import AuthRow, KeyRow, KeyStore
-from gateway.store.factory import store_from_url
+from gateway.store.factory import store_for
 
 PYTHON = sys.executable
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -136,7 +136,7 @@ def init_store(config: Path) -> Path:
 
     async def create() -> None:
         settings = load_settings(config)
-        store = store_from_url(settings.store_url, settings.base_dir)
+        store = store_for(settings)
         await store.open(create=True)
         await store.close()
 
@@ -168,7 +168,7 @@ async def create_key(
     """
     settings = load_settings(config)
     policy = load_policy(settings.policy_path)
-    store = store_from_url(settings.store_url, settings.base_dir)
+    store = store_for(settings)
     await store.open()
     try:
         request = {"name": name, "roles": list(roles), "expires_at": expires_at}
@@ -494,3 +494,211 @@ async def load_table_from(store: KeyStore, table: KeyTable) -> None:
     """Fill `table` from the store the way a starting gateway does."""
     loader = table.loader()
     loader.finish(await store.load_auth(loader.add))
+
+
+# --------------------------------------------------------------------------- store backends
+
+# The PostgreSQL server the tests use; each run makes its own database there and drops it.
+POSTGRES_ENV_VAR = "KEYGATE_TEST_POSTGRES"
+DEFAULT_TEST_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+# Seconds to wait for the test server before calling it unreachable.
+POSTGRES_PROBE_TIMEOUT = 3.0
+
+
+def postgres_server_url() -> str:
+    """The test server's URL: $KEYGATE_TEST_POSTGRES, else the local default."""
+    return os.environ.get(POSTGRES_ENV_VAR) or DEFAULT_TEST_POSTGRES
+
+
+def with_database(url: str, database: str) -> str:
+    """Return `url` naming another database on the same server."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, ""))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the test server for this run (dropped afterwards).
+
+    An unreachable server skips PostgreSQL tests with a clear message, or fails them under
+    CI=true: CI must never pass by skipping them.
+    """
+    import uuid
+
+    import asyncpg
+
+    server = postgres_server_url()
+    database = f"keygate_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(statement: str) -> None:
+        conn = await asyncpg.connect(server, timeout=POSTGRES_PROBE_TIMEOUT)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{database}"'))
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as error:
+        message = f"PostgreSQL test server {server} unreachable ({error}); set {POSTGRES_ENV_VAR}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield with_database(server, database)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+_schema_counter = iter(range(1, 1_000_000))
+
+
+def fresh_schema() -> str:
+    """A schema name no test of this run has used."""
+    return f"t{os.getpid()}_{next(_schema_counter)}"
+
+
+@dataclass
+class StoreBackend:
+    """One store backend under test: how to make stores on one fresh database, and raw SQL."""
+
+    name: str
+    location: str  # the SQLite file, or the PostgreSQL URL
+    schema: str | None = None  # PostgreSQL: the schema this test's store lives in
+
+    def make(self) -> KeyStore:
+        """Return a new, unopened store on this test's database (another "process")."""
+        if self.name == "sqlite":
+            from gateway.store.sqlite import SqliteKeyStore
+
+            return SqliteKeyStore(self.location)
+        from gateway.store.postgres import PostgresKeyStore
+
+        return PostgresKeyStore(self.location, schema=self.schema)
+
+    @property
+    def refused(self) -> type[Exception]:
+        """The error a refusal trigger (see `refuse`) makes the store raise."""
+        if self.name == "sqlite":
+            import sqlite3
+
+            return sqlite3.IntegrityError
+        import asyncpg
+
+        return asyncpg.RaiseError  # type: ignore[no-any-return]
+
+    async def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Run SQL behind the store's back ($1-style parameters) and return every row."""
+        if self.name == "sqlite":
+            import re
+            import sqlite3
+
+            connection = sqlite3.connect(self.location, isolation_level=None)
+            try:
+                return connection.execute(re.sub(r"\$\d+", "?", sql), params).fetchall()
+            finally:
+                connection.close()
+        import asyncpg
+
+        conn = await asyncpg.connect(self.location, server_settings={"search_path": self.schema})
+        try:
+            return [tuple(row) for row in await conn.fetch(sql, *params)]
+        finally:
+            await conn.close()
+
+    async def insert_bulk_keys(self, rows: Sequence[tuple[str, str, bytes]]) -> None:
+        """Insert (name, roles JSON, digest) keys directly, without feed entries or audit."""
+        if self.name == "sqlite":
+            import sqlite3
+
+            connection = sqlite3.connect(self.location, isolation_level=None)
+            try:
+                connection.execute("BEGIN")
+                connection.executemany(
+                    "INSERT INTO keys (name, roles, status, digest, prefix, created_at,"
+                    " created_by, updated_at) VALUES (?, ?, 'active', ?, 'kg_x', 1.0,"
+                    " 'cli:root', 1.0)",
+                    rows,
+                )
+                connection.execute("COMMIT")
+            finally:
+                connection.close()
+            return
+        import asyncpg
+
+        conn = await asyncpg.connect(self.location, server_settings={"search_path": self.schema})
+        try:
+            await conn.copy_records_to_table(
+                "keys",
+                columns=[
+                    *("name", "roles", "status", "digest", "prefix"),
+                    *("created_at", "created_by", "updated_at"),
+                ],
+                records=[
+                    (name, roles, "active", digest, "kg_x", 1.0, "cli:root", 1.0)
+                    for name, roles, digest in rows
+                ],
+                schema_name=self.schema,
+            )
+        finally:
+            await conn.close()
+
+    async def refuse(self, name: str, event: str, table: str, when: str, message: str) -> None:
+        """Add a trigger that makes `event` (INSERT/UPDATE/DELETE) on `table` fail when
+        `when` (SQL on OLD/NEW) holds, with `message`."""
+        if self.name == "sqlite":
+            await self.rows(
+                f"CREATE TRIGGER {name} BEFORE {event} ON {table} WHEN {when}"
+                f" BEGIN SELECT RAISE(ABORT, '{message}'); END"
+            )
+            return
+        await self.rows(
+            f"CREATE FUNCTION {name}_fn() RETURNS trigger LANGUAGE plpgsql"
+            f" AS $$ BEGIN RAISE EXCEPTION '{message}'; END $$"
+        )
+        await self.rows(
+            f"CREATE TRIGGER {name} BEFORE {event} ON {table} FOR EACH ROW WHEN ({when})"
+            f" EXECUTE FUNCTION {name}_fn()"
+        )
+
+    async def allow(self, name: str, table: str) -> None:
+        """Remove a trigger added by `refuse`."""
+        if self.name == "sqlite":
+            await self.rows(f"DROP TRIGGER {name}")
+        else:
+            await self.rows(f"DROP TRIGGER {name} ON {table}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
+    """Each store backend in turn, on a fresh database (a file, or a PostgreSQL schema)."""
+    if request.param == "sqlite":
+        return StoreBackend("sqlite", str(tmp_path / "data" / "keygate.db"))
+    url = request.getfixturevalue("postgres_url")
+    return StoreBackend("postgres", url, fresh_schema())
+
+
+@pytest.fixture
+async def backend_store(store_backend: StoreBackend) -> AsyncIterator[KeyStore]:
+    """An open store of the backend under test."""
+    opened = store_backend.make()
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def backend_other(
+    store_backend: StoreBackend, backend_store: KeyStore
+) -> AsyncIterator[KeyStore]:
+    """A second store on the same database, standing in for another process or instance."""
+    opened = store_backend.make()
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()

@@ -17,7 +17,7 @@ from conftest import NEUTRAL_CWD, PYTHON, cli_env, create_key, init_store, run_c
 
 from gateway import keys
 from gateway.settings import load_settings
-from gateway.store.factory import store_from_url
+from gateway.store.factory import store_for
 
 # Starts real processes (CLI, server, demo): deselect with -m "not slow" for a fast loop.
 pytestmark = pytest.mark.slow
@@ -119,7 +119,7 @@ def stored_digest(config: Path, name: str) -> bytes:
 
     async def read() -> bytes:
         settings = load_settings(config)
-        store = store_from_url(settings.store_url, settings.base_dir)
+        store = store_for(settings)
         await store.open()
         try:
             row = await store.get_key_by_name(name)

@@ -22,7 +22,7 @@ from gateway.demo import (
 )
 from gateway.passwords import verify_password
 from gateway.settings import load_settings
-from gateway.store.factory import store_from_url
+from gateway.store.factory import store_for
 
 # Starts real processes (CLI, server, demo): deselect with -m "not slow" for a fast loop.
 pytestmark = pytest.mark.slow
@@ -119,7 +119,7 @@ async def test_each_demo_run_replaces_the_demo_key_and_admin_password(tmp_path: 
     assert first != second
     assert first_password != second_password
     settings = load_settings(config)
-    store = store_from_url(settings.store_url, settings.base_dir)
+    store = store_for(settings)
     await store.open()
     try:
         rows = await store.list_keys()
@@ -127,7 +127,7 @@ async def test_each_demo_run_replaces_the_demo_key_and_admin_password(tmp_path: 
         await store.close()
     assert [(row.name, row.roles) for row in rows] == [(DEMO_KEY_NAME, tuple(DEMO_ROLES))]
     assert rows[0].digest == keys.digest(second)
-    store = store_from_url(settings.store_url, settings.base_dir)
+    store = store_for(settings)
     await store.open()
     try:
         admin = await store.get_admin(DEMO_ADMIN_NAME)

@@ -215,16 +215,84 @@ def test_missing_required_settings_are_each_reported_once() -> None:
 )
 def test_bad_store_urls(url: str) -> None:
     assert problems_of(with_(store={"url": url})) == [
-        f"{WHERE}: store.url: must start with sqlite:/// (e.g. sqlite:///keygate.db)"
+        f"{WHERE}: store.url: must start with sqlite:/// or postgresql:// "
+        "(e.g. sqlite:///keygate.db)"
     ]
 
 
-@pytest.mark.parametrize("url", ["postgresql://u@h/db", "postgres://h/db", "POSTGRESQL://h/db"])
-def test_postgres_store_urls_are_refused_at_load_not_at_start(url: str) -> None:
-    # The store factory cannot open them yet: the config check must say so, not accept them.
-    assert problems_of(with_(store={"url": url})) == [
-        f"{WHERE}: store.url: PostgreSQL is not supported yet; use sqlite:///path"
-    ]
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://keygate@db/keygate",
+        "postgres://db:5433/keygate?sslmode=verify-full",
+        "POSTGRESQL://u:p@[::1]/k?application_name=edge",
+    ],
+)
+def test_postgres_store_urls_are_accepted(url: str) -> None:
+    settings = build(with_(store={"url": url}))
+    assert (settings.store_url, settings.store_password, settings.store_schema) == (url, None, None)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("postgresql://db/", "must name one database (postgresql://user@host:5432/database)"),
+        ("postgresql:///keygate", "names no server (postgresql://user@host:5432/database)"),
+        ("postgresql://db:99999/k", "is not a valid URL: Port out of range 0-65535"),
+        (
+            "postgresql://db/k?sslmode=maybe",
+            "sslmode must be one of disable, allow, prefer, require, verify-ca, verify-full",
+        ),
+        (
+            "postgresql://db/k?search_path=x",
+            "parameter 'search_path' is not supported (only sslmode, application_name)",
+        ),
+    ],
+)
+def test_bad_postgres_store_urls(url: str, problem: str) -> None:
+    assert problems_of(with_(store={"url": url})) == [f"{WHERE}: store.url: {problem}"]
+
+
+def test_postgres_password_from_the_environment_or_a_file(tmp_path: Path) -> None:
+    url = "postgresql://keygate@db/keygate"
+    from_env = settings_from_data(
+        with_(store={"url": url, "password": {"env": "DB_PW"}, "schema": "fleet"}),
+        tmp_path / "gateway.yaml",
+        {"DB_PW": "s3cret"},
+    )
+    assert (from_env.store_password, from_env.store_schema) == ("s3cret", "fleet")
+    (tmp_path / "db-password").write_text("from-file\n", encoding="utf-8")
+    from_file = settings_from_data(
+        with_(store={"url": url, "password": {"file": "db-password"}}),
+        tmp_path / "gateway.yaml",
+        {},
+    )
+    assert from_file.store_password == "from-file"
+
+
+@pytest.mark.parametrize(
+    ("store", "problem"),
+    [
+        (
+            {"url": "postgresql://db/k", "password": {"env": "NOPE"}},
+            "store.password: environment variable 'NOPE' is not set",
+        ),
+        (
+            {"url": "postgresql://db/k", "password": "inline"},
+            "store.password: must be {env: VARIABLE} or {file: path}",
+        ),
+        (
+            {"url": "postgresql://db/k", "schema": "no-dashes"},
+            "store.schema: must be a plain identifier (letters, digits, _)",
+        ),
+        (
+            {"url": "sqlite:///k.db", "password": {"env": "X"}},
+            "store.password: is for a postgresql:// store only",
+        ),
+    ],
+)
+def test_bad_postgres_store_settings(store: dict[str, object], problem: str) -> None:
+    assert problems_of(with_(store=store)) == [f"{WHERE}: {problem}"]
 
 
 @pytest.mark.parametrize("url", ["sqlite:///keygate.db", "sqlite:////var/lib/k.db"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 KeyStatus = Literal["active", "revoked"]
 # The lean row a process loads into its key table: digest, id, name, roles, status, expires_at.
@@ -65,12 +65,25 @@ class StoreUnavailableError(Exception):
         super().__init__(f"store {location}: {cause}")
 
 
+class StoreNotEmptyError(StoreError):
+    """The target of a copy already holds data and overwriting was not asked for."""
+
+
 class StoreMissingError(Exception):
     """The database does not exist and the caller did not ask for it to be created."""
 
     def __init__(self, location: str) -> None:
         self.location = location
         super().__init__(f"no database at {location}")
+
+
+class FeedPrunedError(Exception):
+    """Change-feed entries after the caller's sequence were pruned: reload the whole table."""
+
+    def __init__(self, seq: int, pruned_through: int) -> None:
+        self.seq = seq
+        self.pruned_through = pruned_through
+        super().__init__(f"change feed pruned through {pruned_through}, past sequence {seq}")
 
 
 # Roles an administrator may act on: None for every role (grant-all admins and the CLI).
@@ -186,6 +199,26 @@ class AdminAccount:
     updated_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class StoreContents:
+    """Everything `keygate store copy` moves: keys (with usage), admins and the audit log."""
+
+    keys: list[KeyRow]
+    admins: list[AdminAccount]
+    audit: list[AuditEvent]
+
+
+@runtime_checkable
+class FeedNotifier(Protocol):
+    """A store that can wake change-feed followers the moment a write commits."""
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """Call `wake` on every committed change (and after every reconnect) until cancelled.
+
+        Connection losses are retried with back-off; the caller keeps polling meanwhile.
+        """
+
+
 class KeyStore(Protocol):
     """Persistent key storage with a change feed, audit log and admin accounts.
 
@@ -279,7 +312,14 @@ class KeyStore(Protocol):
         """
 
     async def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
-        """Return change-feed entries with sequence > seq, oldest first."""
+        """Return change-feed entries with sequence > seq, oldest first.
+
+        Raise FeedPrunedError when entries after `seq` were pruned: the caller reloads.
+        """
+
+    async def prune_feed(self, keep_entries: int, keep_before: float) -> int:
+        """Delete the oldest feed entries, keeping the newest `keep_entries` and every entry
+        written at or after `keep_before`; return how many were deleted."""
 
     async def current_seq(self) -> int:
         """Return the latest change-feed sequence number (0 when empty)."""
@@ -331,6 +371,17 @@ class KeyStore(Protocol):
 
     async def trusted_login(self, account: str, address: str, since: float) -> bool:
         """Return True when `account` logged in from `address` at or after `since`."""
+
+    # --- moving between stores -----------------------------------------------
+    async def export_contents(self) -> StoreContents:
+        """Return every key, admin account and audit event (one consistent read)."""
+
+    async def import_contents(self, contents: StoreContents, *, replace: bool) -> None:
+        """Write `contents` with their ids in one transaction (feed entries for every key).
+
+        Without `replace` a store holding any key, admin or audit event raises StoreNotEmptyError;
+        with it, what was there is deleted first.
+        """
 
     # --- admin accounts -----------------------------------------------------
     async def add_admin(

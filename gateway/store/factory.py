@@ -4,43 +4,37 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gateway.settings import Settings
 from gateway.store.base import KeyStore
+from gateway.store.urls import (
+    ERROR_NO_ASYNCPG,
+    POSTGRES_SCHEMES,
+    SQLITE_PREFIX,
+    postgres_url_problem,
+    sqlite_path,
+)
 
-SQLITE_PREFIX = "sqlite:///"
-POSTGRES_SCHEMES = ("postgresql", "postgres")
-
-ERROR_POSTGRES_UNAVAILABLE = "PostgreSQL store is not available yet"
-
-
-def sqlite_path(url: str, base_dir: Path) -> Path:
-    """Return the database file of a sqlite:/// URL; relative paths are under base_dir.
-
-    `sqlite:///data/keygate.db` is base_dir/data/keygate.db; `sqlite:////var/lib/k.db`
-    (four slashes) is the absolute /var/lib/k.db.
-    """
-    if not url.lower().startswith(SQLITE_PREFIX):
-        raise ValueError(
-            f"SQLite store URL {url!r} must be sqlite:/// followed by a file path "
-            "(e.g. sqlite:///keygate.db, or sqlite:////var/lib/keygate/keygate.db)"
-        )
-    raw = url[len(SQLITE_PREFIX) :]
-    if not raw:
-        raise ValueError(f"SQLite store URL {url!r} names no database file")
-    if raw == ":memory:" or raw.startswith("file:"):
-        raise ValueError(
-            f"SQLite store URL {url!r}: only a database file path is supported "
-            "(the key table is shared between processes through the file)"
-        )
-    path = Path(raw)
-    return path if path.is_absolute() else base_dir / path
+__all__ = ["ERROR_NO_ASYNCPG", "SQLITE_PREFIX", "sqlite_path", "store_for", "store_from_url"]
 
 
-def store_from_url(url: str, base_dir: Path) -> KeyStore:
+def store_for(settings: Settings) -> KeyStore:
+    """Return the unopened store the settings name (URL, password, schema)."""
+    return store_from_url(
+        settings.store_url,
+        settings.base_dir,
+        password=settings.store_password,
+        schema=settings.store_schema,
+    )
+
+
+def store_from_url(
+    url: str, base_dir: Path, *, password: str | None = None, schema: str | None = None
+) -> KeyStore:
     """Return an unopened KeyStore for `url`; raise ValueError for anything unsupported.
 
-    `base_dir` is the config file's directory, against which relative SQLite paths resolve.
-    Store modules are imported here, lazily, so one backend's driver is not needed by
-    the other.
+    `base_dir` is the config file's directory, against which relative SQLite paths resolve;
+    `password` and `schema` apply to PostgreSQL only. Store modules are imported here,
+    lazily, so one backend's driver is not needed by the other.
     """
     scheme, sep, _ = url.partition("://")
     scheme = scheme.lower()
@@ -51,7 +45,16 @@ def store_from_url(url: str, base_dir: Path) -> KeyStore:
 
         return SqliteKeyStore(sqlite_path(url, base_dir))
     if scheme in POSTGRES_SCHEMES:
-        raise ValueError(ERROR_POSTGRES_UNAVAILABLE)
+        problem = postgres_url_problem(url)
+        if problem is not None:
+            raise ValueError(f"PostgreSQL store URL {problem}")
+        try:
+            from gateway.store.postgres import PostgresKeyStore
+        except ModuleNotFoundError as error:
+            if error.name != "asyncpg":
+                raise
+            raise ValueError(ERROR_NO_ASYNCPG) from None
+        return PostgresKeyStore(url, password=password, schema=schema)
     raise ValueError(
         f"store URL scheme {scheme!r} is not supported; use sqlite:///path or postgresql://..."
     )

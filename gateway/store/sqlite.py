@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
-import gc
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +24,7 @@ from gateway.store.base import (
     AuthRow,
     BatchResult,
     Change,
+    FeedPrunedError,
     Grants,
     KeyChanges,
     KeyExpiredError,
@@ -36,10 +35,38 @@ from gateway.store.base import (
     NameConflictError,
     NewKey,
     NotFoundError,
-    OutsideGrantsError,
     SortPosition,
+    StoreContents,
     StoreMissingError,
+    StoreNotEmptyError,
     StoreUnavailableError,
+)
+from gateway.store.common import (
+    ACTION_ADMIN_ADD,
+    ACTION_ADMIN_GRANTS,
+    ACTION_ADMIN_PASSWD,
+    ACTION_ADMIN_REMOVE,
+    ACTION_CREATE,
+    ACTION_DELETE,
+    ACTION_DELETE_REVOKED,
+    ACTION_EDIT,
+    ACTION_REINSTATE,
+    ACTION_REINSTATE_ALL,
+    ACTION_REVOKE,
+    ACTION_REVOKE_ALL,
+    ADMIN_COLUMNS,
+    AUDIT_COLUMNS,
+    KEY_COLUMNS,
+    KEY_COLUMNS_K,
+    LOAD_CHUNK,
+    ROLES_INDEX,
+    check_grants,
+    details_json,
+    gc_paused,
+    jsonable,
+    like_pattern,
+    roles_json,
+    roles_of,
 )
 from gateway.store.migrations.sqlite import SchemaTooNewError, apply_migrations
 
@@ -50,10 +77,6 @@ logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 # Milliseconds a statement waits for another process's write lock before failing.
 BUSY_TIMEOUT_MS = 5000
-# Rows per round trip to the SQLite thread when loading every key.
-LOAD_CHUNK = 20_000
-# Distinct roles JSON strings remembered for interning before the memo starts over.
-ROLES_MEMO_MAX = 10_000
 # Mode of a database file this store creates; SQLite gives its -wal and -shm files the same.
 DB_FILE_MODE = 0o600
 
@@ -78,20 +101,6 @@ _COMPANION_SUFFIXES = ("-wal", "-shm")
 # Low byte of an extended SQLite result code: its primary code.
 _PRIMARY_CODE_MASK = 0xFF
 
-# Audit actions written by this store (the admin API records others via append_audit).
-ACTION_CREATE = "create"
-ACTION_EDIT = "edit"
-ACTION_REVOKE = "revoke"
-ACTION_REINSTATE = "reinstate"
-ACTION_DELETE = "delete"
-ACTION_REVOKE_ALL = "revoke_all"
-ACTION_REINSTATE_ALL = "reinstate_all"
-ACTION_DELETE_REVOKED = "delete_revoked"
-ACTION_ADMIN_ADD = "admin_add"
-ACTION_ADMIN_PASSWD = "admin_passwd"
-ACTION_ADMIN_GRANTS = "admin_grants"
-ACTION_ADMIN_REMOVE = "admin_remove"
-
 _PRAGMAS = (
     f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
     "PRAGMA journal_mode=WAL",
@@ -99,34 +108,16 @@ _PRAGMAS = (
     "PRAGMA foreign_keys=ON",
 )
 
-# KeyRow's fields in declaration order; every key SELECT returns exactly these columns.
-_KEY_FIELDS = (
-    "id",
-    "name",
-    "description",
-    "roles",
-    "status",
-    "digest",
-    "prefix",
-    "created_at",
-    "created_by",
-    "updated_at",
-    "revoked_at",
-    "expires_at",
-    "last_used_at",
-    "use_count",
-)
-_KEY_COLUMNS = ", ".join(_KEY_FIELDS)
-_KEY_COLUMNS_K = ", ".join(f"k.{name}" for name in _KEY_FIELDS)
-_ROLES_INDEX = _KEY_FIELDS.index("roles")
-_ADMIN_COLUMNS = "name, password_hash, grants, grant_all, created_at, updated_at"
-_AUDIT_COLUMNS = "id, at, actor, action, key_id, key_name, details"
-
-_INSERT_CHANGE = "INSERT INTO key_changes (key_id, digest, op) VALUES (?, ?, ?)"
+_INSERT_CHANGE = "INSERT INTO key_changes (key_id, digest, op, at) VALUES (?, ?, ?, ?)"
 _INSERT_AUDIT = (
     "INSERT INTO audit (at, actor, action, key_id, key_name, details) VALUES (?, ?, ?, ?, ?, ?)"
 )
-_CURRENT_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM key_changes"
+# The feed's latest sequence, even when pruning removed every entry.
+_CURRENT_SEQ = (
+    "SELECT MAX(COALESCE((SELECT MAX(seq) FROM key_changes), 0),"
+    " (SELECT pruned_through FROM feed_state WHERE id = 1))"
+)
+_PRUNED_THROUGH = "SELECT pruned_through FROM feed_state WHERE id = 1"
 # Sort orders of the key list: the indexed expression (migration 5) and its direction.
 _SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
     "name": ("name COLLATE NOCASE", False),
@@ -140,18 +131,6 @@ _SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
 _REVOKE_ALL_WHERE = "status = 'active'"
 _REVOKED_WHERE = "status = 'revoked'"
 _SESSION_COLUMNS = "token_hash, admin, stamp, created_at, last_seen"
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector for the block (restored only if it was on)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 async def _retry_when_locked(db: aiosqlite.Connection, sql: str) -> list[Any]:
@@ -173,39 +152,9 @@ async def _retry_when_locked(db: aiosqlite.Connection, sql: str) -> list[Any]:
         delay = min(delay * 2, 0.1)
 
 
-def _roles_json(roles: Iterable[str]) -> str:
-    """Encode a role tuple as the compact JSON array stored in the roles column."""
-    return json.dumps(list(roles), separators=(",", ":"))
-
-
-def _details_json(details: dict[str, Any] | None) -> str:
-    """Encode audit details as compact JSON."""
-    return json.dumps(details or {}, separators=(",", ":"), sort_keys=True)
-
-
-def _like_pattern(query: str) -> str:
-    """Return a LIKE pattern (escape character backslash) matching `query` as a substring."""
-    escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 def _is_unique_violation(exc: sqlite3.IntegrityError, column: str) -> bool:
     """Return True when `exc` is a UNIQUE/PRIMARY KEY failure on exactly `table.column`."""
     return str(exc) == f"UNIQUE constraint failed: {column}"
-
-
-def _outside(row: KeyRow, grants: Grants) -> tuple[str, ...]:
-    """Return the key's roles outside `grants` (none when grants is None: every role)."""
-    if grants is None:
-        return ()
-    return tuple(sorted(set(row.roles) - grants))
-
-
-def _check_grants(row: KeyRow, grants: Grants) -> None:
-    """Raise OutsideGrantsError unless every role of the key lies within `grants`."""
-    outside = _outside(row, grants)
-    if outside:
-        raise OutsideGrantsError(row.name, outside)
 
 
 def _within_grants(grants: Grants) -> tuple[str, list[str]]:
@@ -239,12 +188,6 @@ def _identity(path: Path) -> tuple[int, int]:
     """Return the (device, inode) of the file at `path`; raise OSError when it is gone."""
     status = os.stat(path)
     return status.st_dev, status.st_ino
-
-
-@functools.lru_cache(maxsize=ROLES_MEMO_MAX)
-def _roles_of(text: str) -> tuple[str, ...]:
-    """Return the role tuple of a roles JSON column; one shared tuple per distinct text."""
-    return tuple(str(role) for role in json.loads(text))
 
 
 class SqliteKeyStore:
@@ -470,18 +413,18 @@ class SqliteKeyStore:
 
     # --- row building ----------------------------------------------------------
     def _build_rows(self, rows: Iterable[Sequence[Any]]) -> list[KeyRow]:
-        """Turn SELECT rows (columns _KEY_FIELDS) into KeyRows with shared role tuples."""
+        """Turn SELECT rows (columns KEY_FIELDS) into KeyRows with shared role tuples."""
         out: list[KeyRow] = []
         for row in rows:
             values = list(row)
-            values[_ROLES_INDEX] = _roles_of(values[_ROLES_INDEX])
+            values[ROLES_INDEX] = roles_of(values[ROLES_INDEX])
             out.append(KeyRow(*values))
         return out
 
     async def _key_in(self, db: aiosqlite.Connection, key_id: int) -> KeyRow:
         """Read one key inside the current transaction; raise NotFoundError."""
         rows = list(
-            await db.execute_fetchall(f"SELECT {_KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,))
+            await db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,))
         )
         if not rows:
             raise NotFoundError(f"no key with id {key_id}")
@@ -499,14 +442,14 @@ class SqliteKeyStore:
     ) -> None:
         """Append one audit row inside the current transaction."""
         await db.execute(
-            _INSERT_AUDIT, (at, actor, action, key_id, key_name, _details_json(details))
+            _INSERT_AUDIT, (at, actor, action, key_id, key_name, details_json(details))
         )
 
     # --- keys ------------------------------------------------------------------
     async def create_key(self, new: NewKey, actor: str) -> KeyRow:
         """Insert a key; raise NameConflictError if the name is taken."""
         now = time.time()
-        roles_text = _roles_json(new.roles)
+        roles_text = roles_json(new.roles)
         async with self._transaction() as db:
             try:
                 cursor = await db.execute(
@@ -532,7 +475,7 @@ class SqliteKeyStore:
             key_id = cursor.lastrowid
             if key_id is None:  # pragma: no cover - SQLite always reports it after INSERT
                 raise RuntimeError("SQLite returned no row id for the new key")
-            await db.execute(_INSERT_CHANGE, (key_id, new.digest, "upsert"))
+            await db.execute(_INSERT_CHANGE, (key_id, new.digest, "upsert", now))
             await self._audit_in(
                 db,
                 now,
@@ -546,7 +489,7 @@ class SqliteKeyStore:
             id=key_id,
             name=new.name,
             description=new.description,
-            roles=_roles_of(roles_text),
+            roles=roles_of(roles_text),
             status="active",
             digest=new.digest,
             prefix=new.prefix,
@@ -561,17 +504,17 @@ class SqliteKeyStore:
 
     async def get_key(self, key_id: int) -> KeyRow | None:
         """Return a key by id, or None."""
-        rows = await self._fetch(f"SELECT {_KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,))
+        rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,))
         return self._build_rows(rows)[0] if rows else None
 
     async def get_key_by_name(self, name: str) -> KeyRow | None:
         """Return a key by exact name, or None."""
-        rows = await self._fetch(f"SELECT {_KEY_COLUMNS} FROM keys WHERE name = ?", (name,))
+        rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE name = ?", (name,))
         return self._build_rows(rows)[0] if rows else None
 
     async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
         """Return the key whose secret has this SHA-256 digest, or None."""
-        rows = await self._fetch(f"SELECT {_KEY_COLUMNS} FROM keys WHERE digest = ?", (digest,))
+        rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE digest = ?", (digest,))
         return self._build_rows(rows)[0] if rows else None
 
     async def list_keys(
@@ -627,12 +570,12 @@ class SqliteKeyStore:
                 r"(name LIKE ? ESCAPE '\' OR description LIKE ? ESCAPE '\'"
                 r" OR prefix LIKE ? ESCAPE '\')"
             )
-            pattern = _like_pattern(query)
+            pattern = like_pattern(query)
             params += [pattern, pattern, pattern]
         params.append(limit)
         condition = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._fetch(
-            f"SELECT {_KEY_COLUMNS} FROM keys {condition} ORDER BY {order} LIMIT ?", params
+            f"SELECT {KEY_COLUMNS} FROM keys {condition} ORDER BY {order} LIMIT ?", params
         )
         return self._build_rows(rows)
 
@@ -666,7 +609,7 @@ class SqliteKeyStore:
         now = time.time()
         async with self._transaction() as db:
             current = await self._key_in(db, key_id)
-            _check_grants(current, grants)
+            check_grants(current, grants)
             wanted: dict[str, Any] = {}
             if changes.name is not None:
                 wanted["name"] = changes.name
@@ -684,7 +627,7 @@ class SqliteKeyStore:
             if not edits:
                 return current
             columns = {
-                field: _roles_json(value) if field == "roles" else value
+                field: roles_json(value) if field == "roles" else value
                 for field, value in edits.items()
             }
             assignments = ", ".join(f"{field} = ?" for field in columns)
@@ -699,9 +642,9 @@ class SqliteKeyStore:
                         f"a key named {edits['name']!r} already exists"
                     ) from None
                 raise
-            await db.execute(_INSERT_CHANGE, (key_id, current.digest, "upsert"))
-            before = {field: _jsonable(field, getattr(current, field)) for field in edits}
-            after = {field: _jsonable(field, value) for field, value in edits.items()}
+            await db.execute(_INSERT_CHANGE, (key_id, current.digest, "upsert", now))
+            before = {field: jsonable(field, getattr(current, field)) for field in edits}
+            after = {field: jsonable(field, value) for field, value in edits.items()}
             await self._audit_in(
                 db,
                 now,
@@ -712,7 +655,7 @@ class SqliteKeyStore:
                 {"before": before, "after": after},
             )
         if "roles" in columns:
-            edits["roles"] = _roles_of(columns["roles"])
+            edits["roles"] = roles_of(columns["roles"])
         return dataclasses.replace(current, **edits, updated_at=now)
 
     async def set_revoked(
@@ -728,7 +671,7 @@ class SqliteKeyStore:
         revoked_at = now if revoked else None
         async with self._transaction() as db:
             current = await self._key_in(db, key_id)
-            _check_grants(current, grants)
+            check_grants(current, grants)
             if not revoked and current.expires_at is not None and current.expires_at <= now:
                 raise KeyExpiredError(
                     f"key {current.name!r} expired at {iso(current.expires_at)}; "
@@ -740,7 +683,7 @@ class SqliteKeyStore:
                 "UPDATE keys SET status = ?, revoked_at = ?, updated_at = ? WHERE id = ?",
                 (status, revoked_at, now, key_id),
             )
-            await db.execute(_INSERT_CHANGE, (key_id, current.digest, "upsert"))
+            await db.execute(_INSERT_CHANGE, (key_id, current.digest, "upsert", now))
             action = ACTION_REVOKE if revoked else ACTION_REINSTATE
             await self._audit_in(db, now, actor, action, key_id, current.name)
         return dataclasses.replace(current, status=status, revoked_at=revoked_at, updated_at=now)
@@ -750,9 +693,9 @@ class SqliteKeyStore:
         now = time.time()
         async with self._transaction() as db:
             current = await self._key_in(db, key_id)
-            _check_grants(current, grants)
+            check_grants(current, grants)
             await db.execute("DELETE FROM keys WHERE id = ?", (key_id,))
-            await db.execute(_INSERT_CHANGE, (key_id, current.digest, "delete"))
+            await db.execute(_INSERT_CHANGE, (key_id, current.digest, "delete", now))
             await self._audit_in(
                 db, now, actor, ACTION_DELETE, key_id, current.name, {"status": current.status}
             )
@@ -784,9 +727,9 @@ class SqliteKeyStore:
             )
             key_ids = [int(row[0]) for row in id_rows]
             await db.execute(
-                "INSERT INTO key_changes (key_id, digest, op)"
-                f" SELECT id, digest, ? FROM keys WHERE {chosen} ORDER BY id",
-                (op, *scope_params),
+                "INSERT INTO key_changes (key_id, digest, op, at)"
+                f" SELECT id, digest, ?, ? FROM keys WHERE {chosen} ORDER BY id",
+                (op, now, *scope_params),
             )
             await db.execute(f"{write} WHERE {chosen}", (*values, *scope_params))
             result = BatchResult(len(key_ids), int(total_rows[0][0]) - len(key_ids))
@@ -840,7 +783,7 @@ class SqliteKeyStore:
         triggered by a million new objects would cost more than the load). `sink` runs on
         the event loop.
         """
-        with _gc_paused():
+        with gc_paused():
             async with self._transaction("BEGIN") as db:
                 seq_rows = list(await db.execute_fetchall(_CURRENT_SEQ))
                 async with db.execute(
@@ -849,7 +792,7 @@ class SqliteKeyStore:
                     while chunk := await cursor.fetchmany(LOAD_CHUNK):
                         sink(
                             [
-                                (digest, key_id, name, _roles_of(roles), status, expires_at)
+                                (digest, key_id, name, roles_of(roles), status, expires_at)
                                 for digest, key_id, name, roles, status, expires_at in chunk
                             ]
                         )
@@ -859,15 +802,21 @@ class SqliteKeyStore:
         """Return change-feed entries with sequence > seq, oldest first.
 
         Each entry carries the key's current row, or None when the key no longer exists.
+        Raise FeedPrunedError when entries after `seq` were pruned (the caller reloads).
         """
         if limit < 0:
             raise ValueError("limit must not be negative")
         rows = await self._fetch(
-            f"SELECT c.seq, c.digest, {_KEY_COLUMNS_K} FROM key_changes c"
+            f"SELECT c.seq, c.digest, {KEY_COLUMNS_K} FROM key_changes c"
             " LEFT JOIN keys k ON k.digest = c.digest"
             " WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
             (seq, limit),
         )
+        # Read after the entries: a prune in between is seen here (a needless reload at
+        # worst), and one before them was already visible to the read above.
+        pruned_through = int((await self._fetch(_PRUNED_THROUGH))[0][0])
+        if seq < pruned_through:
+            raise FeedPrunedError(seq, pruned_through)
         present = self._build_rows(row[2:] for row in rows if row[2] is not None)
         changes: list[Change] = []
         position = 0
@@ -883,6 +832,29 @@ class SqliteKeyStore:
         """Return the latest change-feed sequence number (0 when empty)."""
         rows = await self._fetch(_CURRENT_SEQ)
         return int(rows[0][0])
+
+    async def prune_feed(self, keep_entries: int, keep_before: float) -> int:
+        """Delete the oldest feed entries, keeping the newest `keep_entries` and any at or
+        after `keep_before`; return how many were deleted.
+
+        Only a prefix of the feed is ever removed, and its last sequence is remembered so a
+        follower behind it learns to reload (FeedPrunedError) instead of missing changes.
+        """
+        async with self._transaction() as db:
+            (latest,), (young,), (pruned_through,) = [
+                tuple(next(iter(await db.execute_fetchall(sql, params))))
+                for sql, params in (
+                    (_CURRENT_SEQ, ()),
+                    ("SELECT MIN(seq) FROM key_changes WHERE at >= ?", (keep_before,)),
+                    (_PRUNED_THROUGH, ()),
+                )
+            ]
+            cutoff = min(int(latest) - keep_entries, latest if young is None else young - 1)
+            if cutoff <= pruned_through:
+                return 0
+            cursor = await db.execute("DELETE FROM key_changes WHERE seq <= ?", (cutoff,))
+            await db.execute("UPDATE feed_state SET pruned_through = ? WHERE id = 1", (cutoff,))
+            return int(cursor.rowcount)
 
     # --- usage -----------------------------------------------------------------
     async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:
@@ -941,20 +913,9 @@ class SqliteKeyStore:
         condition = f"WHERE {' AND '.join(where)}" if where else ""
         params.append(limit)
         rows = await self._fetch(
-            f"SELECT {_AUDIT_COLUMNS} FROM audit {condition} ORDER BY id DESC LIMIT ?", params
+            f"SELECT {AUDIT_COLUMNS} FROM audit {condition} ORDER BY id DESC LIMIT ?", params
         )
-        return [
-            AuditEvent(
-                id=row[0],
-                at=row[1],
-                actor=row[2],
-                action=row[3],
-                key_id=row[4],
-                key_name=row[5],
-                details=json.loads(row[6]),
-            )
-            for row in rows
-        ]
+        return [_audit(row) for row in rows]
 
     # --- failed-login throttle -------------------------------------------------
     async def record_login_failure(
@@ -999,6 +960,86 @@ class SqliteKeyStore:
         )
         return bool(rows)
 
+    # --- moving between stores -------------------------------------------------
+    async def export_contents(self) -> StoreContents:
+        """Return every key, admin account and audit event (one read transaction)."""
+        async with self._transaction("BEGIN") as db:
+            keys = self._build_rows(
+                await db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY id")
+            )
+            admins = [
+                _admin(row)
+                for row in await db.execute_fetchall(
+                    f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name"
+                )
+            ]
+            audit = [
+                _audit(row)
+                for row in await db.execute_fetchall(
+                    f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"
+                )
+            ]
+        return StoreContents(keys, admins, audit)
+
+    async def import_contents(self, contents: StoreContents, *, replace: bool) -> None:
+        """Write `contents` with their ids in one transaction, a feed entry per key.
+
+        Raise StoreNotEmptyError when the store holds data, unless `replace` (then it is
+        deleted first, each removed key announced on the feed).
+        """
+        now = time.time()
+        async with self._transaction() as db:
+            counts = list(
+                await db.execute_fetchall(
+                    "SELECT (SELECT COUNT(*) FROM keys) + (SELECT COUNT(*) FROM admins)"
+                    " + (SELECT COUNT(*) FROM audit)"
+                )
+            )
+            if int(counts[0][0]) and not replace:
+                raise StoreNotEmptyError(f"{self.path} already holds keys, admins or audit events")
+            await db.execute(
+                "INSERT INTO key_changes (key_id, digest, op, at)"
+                " SELECT id, digest, 'delete', ? FROM keys ORDER BY id",
+                (now,),
+            )
+            for table in ("keys", "admins", "audit"):
+                await db.execute(f"DELETE FROM {table}")
+            await db.executemany(
+                f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                [
+                    (
+                        *dataclasses.astuple(row)[:ROLES_INDEX],
+                        roles_json(row.roles),
+                        *dataclasses.astuple(row)[ROLES_INDEX + 1 :],
+                    )
+                    for row in contents.keys
+                ],
+            )
+            await db.executemany(
+                _INSERT_CHANGE, [(row.id, row.digest, "upsert", now) for row in contents.keys]
+            )
+            await db.executemany(
+                f"INSERT INTO admins ({ADMIN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        a.name,
+                        a.password_hash,
+                        roles_json(a.grants),
+                        int(a.grant_all),
+                        a.created_at,
+                        a.updated_at,
+                    )
+                    for a in contents.admins
+                ],
+            )
+            await db.executemany(
+                f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (e.id, e.at, e.actor, e.action, e.key_id, e.key_name, details_json(e.details))
+                    for e in contents.audit
+                ],
+            )
+
     # --- admin accounts --------------------------------------------------------
     async def add_admin(
         self, name: str, password_hash: str, grants: tuple[str, ...], grant_all: bool, actor: str
@@ -1008,8 +1049,8 @@ class SqliteKeyStore:
         async with self._transaction() as db:
             try:
                 await db.execute(
-                    f"INSERT INTO admins ({_ADMIN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, password_hash, _roles_json(grants), int(grant_all), now, now),
+                    f"INSERT INTO admins ({ADMIN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, password_hash, roles_json(grants), int(grant_all), now, now),
                 )
             except sqlite3.IntegrityError as exc:
                 if _is_unique_violation(exc, "admins.name"):
@@ -1026,12 +1067,12 @@ class SqliteKeyStore:
 
     async def get_admin(self, name: str) -> AdminAccount | None:
         """Return an admin account by name, or None."""
-        rows = await self._fetch(f"SELECT {_ADMIN_COLUMNS} FROM admins WHERE name = ?", (name,))
+        rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admins WHERE name = ?", (name,))
         return _admin(rows[0]) if rows else None
 
     async def list_admins(self) -> list[AdminAccount]:
         """Return every admin account ordered by name."""
-        rows = await self._fetch(f"SELECT {_ADMIN_COLUMNS} FROM admins ORDER BY name")
+        rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name")
         return [_admin(row) for row in rows]
 
     async def set_admin_password(self, name: str, password_hash: str, actor: str) -> None:
@@ -1055,7 +1096,7 @@ class SqliteKeyStore:
         async with self._transaction() as db:
             rows = list(
                 await db.execute_fetchall(
-                    f"SELECT {_ADMIN_COLUMNS} FROM admins WHERE name = ?", (name,)
+                    f"SELECT {ADMIN_COLUMNS} FROM admins WHERE name = ?", (name,)
                 )
             )
             if not rows:
@@ -1063,7 +1104,7 @@ class SqliteKeyStore:
             current = _admin(rows[0])
             await db.execute(
                 "UPDATE admins SET grants = ?, grant_all = ?, updated_at = ? WHERE name = ?",
-                (_roles_json(grants), int(grant_all), now, name),
+                (roles_json(grants), int(grant_all), now, name),
             )
             await db.execute("DELETE FROM admin_sessions WHERE admin = ?", (name,))
             await self._audit_in(
@@ -1139,15 +1180,21 @@ class SqliteKeyStore:
             return cursor.rowcount > 0
 
 
-def _jsonable(field: str, value: Any) -> Any:
-    """Return a key field as audit JSON wants it (tuples become lists, times ISO-8601)."""
-    if field.endswith("_at"):
-        return iso(value)
-    return list(value) if isinstance(value, tuple) else value
+def _audit(row: Sequence[Any]) -> AuditEvent:
+    """Build an AuditEvent from a row of AUDIT_COLUMNS."""
+    return AuditEvent(
+        id=row[0],
+        at=row[1],
+        actor=row[2],
+        action=row[3],
+        key_id=row[4],
+        key_name=row[5],
+        details=json.loads(row[6]),
+    )
 
 
 def _admin(row: Sequence[Any]) -> AdminAccount:
-    """Build an AdminAccount from a row of _ADMIN_COLUMNS."""
+    """Build an AdminAccount from a row of ADMIN_COLUMNS."""
     return AdminAccount(
         name=row[0],
         password_hash=row[1],

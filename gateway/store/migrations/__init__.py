@@ -1,4 +1,4 @@
-"""Numbered schema migrations, one module per store backend (SQLite now, PostgreSQL later)."""
+"""Numbered schema migrations, one module per store backend (SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,18 @@ class Migration:
     version: int
     description: str
     statements: tuple[str, ...]
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was migrated by a newer keygate than this one."""
+
+
+def too_new(current: int, latest: int) -> SchemaTooNewError:
+    """Return the error for a database at schema `current` when this code knows `latest`."""
+    return SchemaTooNewError(
+        f"database schema version {current} is newer than this keygate supports "
+        f"({latest}); upgrade keygate"
+    )
 
 
 def check_sequence(migrations: tuple[Migration, ...]) -> None:

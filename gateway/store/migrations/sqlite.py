@@ -8,7 +8,15 @@ import time
 
 import aiosqlite
 
-from gateway.store.migrations import Migration, check_sequence
+from gateway.store.migrations import Migration, SchemaTooNewError, check_sequence, too_new
+
+__all__ = [
+    "LATEST_VERSION",
+    "MIGRATIONS",
+    "SchemaTooNewError",
+    "apply_migrations",
+    "schema_version",
+]
 
 # Statements are run one by one (never executescript, which commits implicitly), so a
 # migration and its schema_version row commit together or not at all.
@@ -133,6 +141,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX keys_last_used ON keys (IFNULL(last_used_at, -1), id)",
         ),
     ),
+    Migration(
+        6,
+        "change-feed entry times and the pruning watermark (the feed no longer grows forever)",
+        (
+            "ALTER TABLE key_changes ADD COLUMN at REAL",
+            """
+            CREATE TABLE feed_state (
+                id             INTEGER PRIMARY KEY CHECK (id = 1),
+                pruned_through INTEGER NOT NULL
+            )
+            """,
+            "INSERT INTO feed_state (id, pruned_through) VALUES (1, 0)",
+        ),
+    ),
 )
 
 check_sequence(MIGRATIONS)
@@ -160,10 +182,6 @@ async def _in_transaction(db: aiosqlite.Connection, statements: tuple[str, ...])
         with contextlib.suppress(sqlite3.Error):
             await db.execute("ROLLBACK")
         raise
-
-
-class SchemaTooNewError(RuntimeError):
-    """The database was migrated by a newer keygate than this one."""
 
 
 async def schema_version(db: aiosqlite.Connection) -> int:
@@ -206,8 +224,5 @@ async def apply_migrations(
             raise
     current = await schema_version(db)
     if current > latest:
-        raise SchemaTooNewError(
-            f"database schema version {current} is newer than this keygate supports "
-            f"({latest}); upgrade keygate"
-        )
+        raise too_new(current, latest)
     return applied

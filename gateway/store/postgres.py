@@ -1,0 +1,1265 @@
+"""PostgreSQL key store: the KeyStore contract on a server several instances share (asyncpg)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import string
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from gateway.clock import iso
+from gateway.store.base import (
+    AdminAccount,
+    AdminSession,
+    AuditEvent,
+    AuthRow,
+    BatchResult,
+    Change,
+    FeedPrunedError,
+    Grants,
+    KeyChanges,
+    KeyExpiredError,
+    KeyRow,
+    KeySort,
+    KeyStatus,
+    LoginFailures,
+    NameConflictError,
+    NewKey,
+    NotFoundError,
+    SortPosition,
+    StoreContents,
+    StoreMissingError,
+    StoreNotEmptyError,
+    StoreUnavailableError,
+)
+from gateway.store.common import (
+    ACTION_ADMIN_ADD,
+    ACTION_ADMIN_GRANTS,
+    ACTION_ADMIN_PASSWD,
+    ACTION_ADMIN_REMOVE,
+    ACTION_CREATE,
+    ACTION_DELETE,
+    ACTION_DELETE_REVOKED,
+    ACTION_EDIT,
+    ACTION_REINSTATE,
+    ACTION_REINSTATE_ALL,
+    ACTION_REVOKE,
+    ACTION_REVOKE_ALL,
+    ADMIN_COLUMNS,
+    AUDIT_COLUMNS,
+    KEY_COLUMNS,
+    KEY_COLUMNS_K,
+    LOAD_CHUNK,
+    ROLES_INDEX,
+    check_grants,
+    details_json,
+    gc_paused,
+    jsonable,
+    like_pattern,
+    roles_json,
+    roles_of,
+)
+from gateway.store.migrations.postgres import (
+    ASCII_FOLD,
+    NAME_FOLD,
+    SchemaTooNewError,
+    apply_migrations,
+)
+
+log = logging.getLogger("keygate.store.postgres")
+
+# Connections per process to the server (the admin API, the feed poll, the usage flush).
+POOL_SIZE = 4
+# Seconds to open one connection; past it the server counts as unreachable.
+CONNECT_TIMEOUT = 3.0
+# Seconds one statement may run before the store counts as unavailable.
+COMMAND_TIMEOUT = 10.0
+# Seconds to wait for a free pooled connection.
+ACQUIRE_TIMEOUT = 10.0
+# Seconds between liveness checks of the LISTEN connection (a silent peer shows).
+LISTEN_CHECK_INTERVAL = 2.0
+# Seconds of back-off before the first and at most between LISTEN reconnects.
+LISTEN_RETRY_MIN = 0.1
+LISTEN_RETRY_MAX = 5.0
+# Channel the stores NOTIFY on when a key write commits (suffixed with a non-default schema).
+FEED_CHANNEL = "keygate_feed"
+# Database every server has, for creating the configured one (`keygate init`).
+MAINTENANCE_DATABASE = "postgres"
+
+CAUSE_UNREACHABLE = "the PostgreSQL server cannot be reached"
+CAUSE_LOST = "the connection to PostgreSQL was lost"
+CAUSE_SHUTDOWN = "PostgreSQL is shutting down or refusing connections"
+CAUSE_RESOURCES = "PostgreSQL is out of resources"
+CAUSE_READ_ONLY = "read-only"
+CAUSE_TIMEOUT = "PostgreSQL did not answer in time"
+
+# Errors that mean the server cannot serve now; a constraint or a bug is not among them.
+_FAULTS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+_LOCK_FEED = "SELECT seq FROM feed_state WHERE id = 1 FOR UPDATE"
+_CURRENT_SEQ = "SELECT seq FROM feed_state WHERE id = 1"
+_PRUNED_THROUGH = "SELECT pruned_through FROM feed_state WHERE id = 1"
+_INSERT_AUDIT = (
+    "INSERT INTO audit (at, actor, action, key_id, key_name, details)"
+    " VALUES ($1, $2, $3, $4, $5, $6)"
+)
+# Only ASCII letters fold in a text query, as in SQLite's LIKE.
+_UPPER, _LOWER = string.ascii_uppercase, string.ascii_lowercase
+_ASCII_LOWER = str.maketrans(_UPPER, _LOWER)
+_FOLD = "translate({}, '" + _UPPER + "', '" + _LOWER + "')"
+
+
+def redact(url: str) -> str:
+    """Return the URL without its password (and without query parameters), for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _cause_of(error: BaseException) -> str:
+    """Return the operator's words for a fault (the driver's message in brackets)."""
+    if isinstance(error, asyncpg.exceptions.ReadOnlySQLTransactionError):
+        cause = CAUSE_READ_ONLY
+    elif isinstance(error, asyncpg.exceptions.InsufficientResourcesError):
+        cause = CAUSE_RESOURCES
+    elif isinstance(error, asyncpg.exceptions.OperatorInterventionError):
+        cause = CAUSE_SHUTDOWN
+    elif isinstance(error, TimeoutError):
+        cause = CAUSE_TIMEOUT
+    elif isinstance(error, ConnectionRefusedError | OSError) and not isinstance(
+        error, ConnectionResetError
+    ):
+        cause = CAUSE_UNREACHABLE
+    else:
+        cause = CAUSE_LOST
+    detail = str(error) or type(error).__name__
+    return f"{cause} ({detail})"
+
+
+class _Params:
+    """Numbers query parameters $1, $2, ... as a statement is assembled."""
+
+    def __init__(self, *initial: Any) -> None:
+        self.values: list[Any] = list(initial)
+
+    def add(self, value: Any) -> str:
+        """Append a value and return its placeholder."""
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+_SESSION_COLUMNS = "token_hash, admin, stamp, created_at, last_seen"
+# Sort orders of the key list: the indexed expression (migration 3) and its direction.
+_SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
+    "name": (NAME_FOLD, False),
+    "-name": (NAME_FOLD, True),
+    "created_at": ("created_at", False),
+    "-created_at": ("created_at", True),
+    "last_used_at": ("COALESCE(last_used_at, -1)", False),
+    "-last_used_at": ("COALESCE(last_used_at, -1)", True),
+}
+
+
+def _within_grants(grants: Grants, params: _Params) -> str:
+    """Return an SQL condition true for keys whose roles all lie within `grants`."""
+    if grants is None:
+        return "TRUE"
+    inside = f"WHERE role <> ALL({params.add(sorted(grants))}::text[])" if grants else ""
+    return f"NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(keys.roles::jsonb) role {inside})"
+
+
+def _key_row(row: Sequence[Any]) -> KeyRow:
+    """Build a KeyRow from a row of KEY_COLUMNS (role tuples shared)."""
+    values = list(row)
+    values[ROLES_INDEX] = roles_of(values[ROLES_INDEX])
+    return KeyRow(*values)
+
+
+def _admin(row: Sequence[Any]) -> AdminAccount:
+    """Build an AdminAccount from a row of ADMIN_COLUMNS."""
+    return AdminAccount(
+        name=row[0],
+        password_hash=row[1],
+        grants=tuple(json.loads(row[2])),
+        grant_all=bool(row[3]),
+        created_at=row[4],
+        updated_at=row[5],
+    )
+
+
+def _audit(row: Sequence[Any]) -> AuditEvent:
+    """Build an AuditEvent from a row of AUDIT_COLUMNS."""
+    return AuditEvent(
+        id=row[0],
+        at=row[1],
+        actor=row[2],
+        action=row[3],
+        key_id=row[4],
+        key_name=row[5],
+        details=json.loads(row[6]),
+    )
+
+
+class PostgresKeyStore:
+    """KeyStore on a PostgreSQL database (optionally one schema of it), shared by a fleet.
+
+    Every key write is one transaction that first locks the feed counter row, so key writes
+    are serialised as SQLite's BEGIN IMMEDIATE serialises them, feed sequences commit in
+    order without gaps, and a NOTIFY announces the commit to every instance's listener.
+    Connection faults (server gone, connection terminated, timeouts) raise
+    StoreUnavailableError; the pool opens fresh connections once the server answers again.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        password: str | None = None,
+        schema: str | None = None,
+        pool_size: int = POOL_SIZE,
+    ) -> None:
+        """Remember where the database is; nothing is opened until open()."""
+        self._url = url
+        self._password = password
+        self.schema = schema
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._open_lock = asyncio.Lock()
+        self.channel = FEED_CHANNEL if schema is None else f"{FEED_CHANNEL}_{schema}"
+
+    def __repr__(self) -> str:
+        return f"PostgresKeyStore({self.location!r})"
+
+    @property
+    def location(self) -> str:
+        """The server and database (never the password), and the schema if one is set."""
+        where = redact(self._url)
+        return where if self.schema is None else f"{where} (schema {self.schema})"
+
+    @property
+    def generation(self) -> int:
+        """Always 0: a server's database is never swapped underneath an open store."""
+        return 0
+
+    def _server_settings(self) -> dict[str, str]:
+        """Session settings of every connection: the schema, and a name in pg_stat_activity."""
+        settings = {"application_name": "keygate"}
+        if self.schema is not None:
+            settings["search_path"] = self.schema
+        return settings
+
+    async def _connect(self, database: str | None = None) -> asyncpg.Connection:
+        """Open one plain connection (for migrations, LISTEN and creating the database)."""
+        extra: dict[str, Any] = {} if database is None else {"database": database}
+        return await asyncpg.connect(
+            self._url,
+            password=self._password,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=COMMAND_TIMEOUT,
+            server_settings=self._server_settings(),
+            **extra,
+        )
+
+    # --- connection ------------------------------------------------------------
+    async def open(self, *, create: bool = True) -> None:
+        """Connect, apply migrations and open the pool; with `create`, make what is missing.
+
+        Without `create` a missing database or schema raises StoreMissingError; an
+        unreachable server raises StoreUnavailableError.
+        """
+        async with self._open_lock:
+            if self._pool is not None:
+                return
+            try:
+                conn = await self._first_connection(create)
+                try:
+                    await self._prepare_schema(conn, create)
+                    applied = await apply_migrations(conn)
+                finally:
+                    await conn.close()
+                if applied:
+                    log.info("PostgreSQL %s: applied schema migrations %s", self.location, applied)
+                self._pool = await asyncpg.create_pool(
+                    self._url,
+                    password=self._password,
+                    min_size=1,
+                    max_size=self._pool_size,
+                    timeout=CONNECT_TIMEOUT,
+                    command_timeout=COMMAND_TIMEOUT,
+                    server_settings=self._server_settings(),
+                )
+            except SchemaTooNewError as error:
+                raise SchemaTooNewError(f"store {self.location}: {error}") from None
+            except _FAULTS as error:
+                raise StoreUnavailableError(self.location, _cause_of(error)) from error
+
+    async def _first_connection(self, create: bool) -> asyncpg.Connection:
+        """Connect to the database, creating it first when missing and `create` is set."""
+        try:
+            return await self._connect()
+        except asyncpg.exceptions.InvalidCatalogNameError:
+            if not create:
+                raise StoreMissingError(self.location) from None
+        database = urlsplit(self._url).path.lstrip("/")
+        maintenance = await self._connect(MAINTENANCE_DATABASE)
+        try:
+            # CREATE DATABASE takes no parameters: the name is quoted as an identifier.
+            quoted = '"' + database.replace('"', '""') + '"'
+            with contextlib.suppress(asyncpg.exceptions.DuplicateDatabaseError):
+                await maintenance.execute(f"CREATE DATABASE {quoted}")
+        finally:
+            await maintenance.close()
+        log.info("PostgreSQL: created database %s", self.location)
+        return await self._connect()
+
+    async def _prepare_schema(self, conn: asyncpg.Connection, create: bool) -> None:
+        """Make sure the configured schema exists (created only with `create`)."""
+        if self.schema is None:
+            return
+        exists = await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema)
+        if exists:
+            return
+        if not create:
+            raise StoreMissingError(self.location)
+        quoted = '"' + self.schema.replace('"', '""') + '"'
+        # IF NOT EXISTS alone still races another instance creating it at the same moment.
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('keygate-schema:' || $1))", self.schema
+            )
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+
+    async def close(self) -> None:
+        """Wait for running statements, then close the pool (idempotent)."""
+        async with self._open_lock:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                try:
+                    await asyncio.wait_for(pool.close(), COMMAND_TIMEOUT)
+                except _FAULTS:
+                    pool.terminate()
+
+    def _open_pool(self) -> asyncpg.Pool:
+        """Return the pool; raise RuntimeError when the store is not open."""
+        if self._pool is None:
+            raise RuntimeError(f"{self!r} is not open")
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """Lend a pooled connection; connection faults become StoreUnavailableError."""
+        pool = self._open_pool()
+        try:
+            conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
+        except _FAULTS as error:
+            raise StoreUnavailableError(self.location, _cause_of(error)) from error
+        try:
+            yield conn
+        except _FAULTS as error:
+            # A terminated backend can leave its idle siblings half-broken too: replace
+            # them all, so one failed call is the whole cost of an outage that has passed.
+            with contextlib.suppress(asyncpg.InterfaceError):  # already released when lost
+                conn.terminate()
+            await pool.expire_connections()
+            raise StoreUnavailableError(self.location, _cause_of(error)) from error
+        finally:
+            with contextlib.suppress(asyncpg.InterfaceError):
+                await pool.release(conn)
+
+    @contextlib.asynccontextmanager
+    async def _write(self, *, feed: bool = True) -> AsyncIterator[asyncpg.Connection]:
+        """Run the body in one transaction; a key write first takes the feed counter's lock."""
+        async with self._connection() as conn, conn.transaction():
+            if feed:
+                await conn.execute(_LOCK_FEED)
+            yield conn
+
+    async def _fetch(self, sql: str, *params: Any) -> list[asyncpg.Record]:
+        """Run one read statement and return every row."""
+        async with self._connection() as conn:
+            return list(await conn.fetch(sql, *params))
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailableError unless the store reads and takes a one-row write."""
+        async with self._write(feed=False) as conn:
+            await conn.execute(
+                "INSERT INTO store_health (id, at) VALUES (1, $1)"
+                " ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                time.time(),
+            )
+
+    # --- helpers inside a write ------------------------------------------------
+    async def _append_changes(
+        self, conn: asyncpg.Connection, entries: Sequence[tuple[int, bytes]], op: str, at: float
+    ) -> None:
+        """Append feed entries (key id, digest) with the next sequences, and NOTIFY them."""
+        if not entries:
+            return
+        last = int(
+            await conn.fetchval(
+                "UPDATE feed_state SET seq = seq + $1 WHERE id = 1 RETURNING seq", len(entries)
+            )
+        )
+        first = last - len(entries) + 1
+        await conn.execute(
+            "INSERT INTO key_changes (seq, key_id, digest, op, at)"
+            " SELECT $1 + ordinality - 1, key_id, digest, $4, $5"
+            " FROM unnest($2::bigint[], $3::bytea[]) WITH ORDINALITY AS e(key_id, digest)",
+            first,
+            [key_id for key_id, _ in entries],
+            [digest for _, digest in entries],
+            op,
+            at,
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", self.channel, str(last))
+
+    async def _audit_in(
+        self,
+        conn: asyncpg.Connection,
+        at: float,
+        actor: str,
+        action: str,
+        key_id: int | None = None,
+        key_name: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Append one audit row inside the current transaction."""
+        await conn.execute(
+            _INSERT_AUDIT, at, actor, action, key_id, key_name, details_json(details)
+        )
+
+    async def _key_in(self, conn: asyncpg.Connection, key_id: int) -> KeyRow:
+        """Read one key inside the current transaction; raise NotFoundError."""
+        row = await conn.fetchrow(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1", key_id)
+        if row is None:
+            raise NotFoundError(f"no key with id {key_id}")
+        return _key_row(row)
+
+    # --- keys ------------------------------------------------------------------
+    async def create_key(self, new: NewKey, actor: str) -> KeyRow:
+        """Insert a key; raise NameConflictError if the name is taken."""
+        now = time.time()
+        roles_text = roles_json(new.roles)
+        async with self._write() as conn:
+            try:
+                key_id = int(
+                    await conn.fetchval(
+                        "INSERT INTO keys (name, description, roles, status, digest, prefix,"
+                        " created_at, created_by, updated_at, expires_at)"
+                        " VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8, $9) RETURNING id",
+                        new.name,
+                        new.description,
+                        roles_text,
+                        new.digest,
+                        new.prefix,
+                        now,
+                        actor,
+                        now,
+                        new.expires_at,
+                    )
+                )
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name == "keys_name_key":
+                    raise NameConflictError(f"a key named {new.name!r} already exists") from None
+                raise
+            await self._append_changes(conn, [(key_id, new.digest)], "upsert", now)
+            await self._audit_in(
+                conn,
+                now,
+                actor,
+                ACTION_CREATE,
+                key_id,
+                new.name,
+                {"roles": list(new.roles), "expires_at": iso(new.expires_at)},
+            )
+        return KeyRow(
+            id=key_id,
+            name=new.name,
+            description=new.description,
+            roles=roles_of(roles_text),
+            status="active",
+            digest=new.digest,
+            prefix=new.prefix,
+            created_at=now,
+            created_by=actor,
+            updated_at=now,
+            revoked_at=None,
+            expires_at=new.expires_at,
+            last_used_at=None,
+            use_count=0,
+        )
+
+    async def _one_key(self, column: str, value: Any) -> KeyRow | None:
+        """Return the key whose `column` equals `value`, or None."""
+        rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE {column} = $1", value)
+        return _key_row(rows[0]) if rows else None
+
+    async def get_key(self, key_id: int) -> KeyRow | None:
+        """Return a key by id, or None."""
+        return await self._one_key("id", key_id)
+
+    async def get_key_by_name(self, name: str) -> KeyRow | None:
+        """Return a key by exact name, or None."""
+        return await self._one_key("name", name)
+
+    async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
+        """Return the key whose secret has this SHA-256 digest, or None."""
+        return await self._one_key("digest", digest)
+
+    async def list_keys(
+        self,
+        *,
+        status: Literal["active", "revoked", "expired"] | None = None,
+        query: str | None = None,
+        limit: int = 100,
+        after_id: int = 0,
+        now: float | None = None,
+        sort: KeySort = "id",
+        after: SortPosition | None = None,
+    ) -> list[KeyRow]:
+        """List keys in `sort` order after a position, filtered by status and a text query.
+
+        The same filters and orders as the SQLite store: "active" excludes expired keys, the
+        query matches name, description or prefix with ASCII case folding and no wildcards;
+        every order walks an index from the position (keyset paging).
+        """
+        if limit < 0:
+            raise ValueError("limit must not be negative")
+        moment = time.time() if now is None else now
+        params = _Params()
+        where: list[str] = []
+        if sort == "id":
+            where.append(f"id > {params.add(after_id)}")
+            order = "id"
+        else:
+            expression, descending = _SORT_EXPRESSIONS[sort]
+            direction, beyond = ("DESC", "<") if descending else ("ASC", ">")
+            if after is not None:
+                value, last_id = after
+                mark, id_mark = params.add(value), params.add(last_id)
+                if sort.endswith("name"):  # the cursor holds the name as stored: fold it too
+                    mark = ASCII_FOLD.format(f"{mark}::text")
+                where.append(f"({expression}, id) {beyond} ({mark}, {id_mark})")
+            order = f"{expression} {direction}, id {direction}"
+        if status == "active":
+            mark = params.add(moment)
+            where.append(f"status = 'active' AND (expires_at IS NULL OR expires_at > {mark})")
+        elif status == "revoked":
+            where.append("status = 'revoked'")
+        elif status == "expired":
+            where.append(f"status = 'active' AND expires_at <= {params.add(moment)}")
+        elif status is not None:
+            raise ValueError(f"unknown status filter {status!r}")
+        if query:
+            mark = params.add(like_pattern(query).translate(_ASCII_LOWER))
+            where.append(
+                "("
+                + " OR ".join(
+                    f"{_FOLD.format(column)} LIKE {mark} ESCAPE '\\'"
+                    for column in ("name", "description", "prefix")
+                )
+                + ")"
+            )
+        limit_mark = params.add(limit)
+        condition = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._fetch(
+            f"SELECT {KEY_COLUMNS} FROM keys {condition} ORDER BY {order} LIMIT {limit_mark}",
+            *params.values,
+        )
+        return [_key_row(row) for row in rows]
+
+    async def batch_counts(self, grants: Grants = None) -> dict[str, BatchResult]:
+        """Return what revoke_all, reinstate_all and delete_revoked would do now, by action."""
+        params = _Params()
+        scope = _within_grants(grants, params)
+        rows = await self._fetch(
+            f"SELECT status, COUNT(*), COUNT(*) FILTER (WHERE {scope}) FROM keys GROUP BY status",
+            *params.values,
+        )
+        found = {str(row[0]): (int(row[1]), int(row[2])) for row in rows}
+        active_total, active_inside = found.get("active", (0, 0))
+        revoked_total, revoked_inside = found.get("revoked", (0, 0))
+        revoked = BatchResult(revoked_inside, revoked_total - revoked_inside)
+        return {
+            "revoke_all": BatchResult(active_inside, active_total - active_inside),
+            "reinstate_all": revoked,
+            "delete_revoked": revoked,
+        }
+
+    async def update_key(
+        self, key_id: int, changes: KeyChanges, actor: str, grants: Grants = None
+    ) -> KeyRow:
+        """Apply a partial edit; raise NotFoundError, NameConflictError or OutsideGrantsError.
+
+        An edit that changes nothing writes nothing (no feed entry, no audit event).
+        """
+        if changes.clear_expiry and changes.expires_at is not None:
+            raise ValueError("give expires_at or clear_expiry, not both")
+        now = time.time()
+        async with self._write() as conn:
+            current = await self._key_in(conn, key_id)
+            check_grants(current, grants)
+            wanted: dict[str, Any] = {}
+            if changes.name is not None:
+                wanted["name"] = changes.name
+            if changes.description is not None:
+                wanted["description"] = changes.description
+            if changes.roles is not None:
+                wanted["roles"] = tuple(changes.roles)
+            if changes.clear_expiry:
+                wanted["expires_at"] = None
+            elif changes.expires_at is not None:
+                wanted["expires_at"] = changes.expires_at
+            edits = {
+                field: value for field, value in wanted.items() if getattr(current, field) != value
+            }
+            if not edits:
+                return current
+            columns = {
+                field: roles_json(value) if field == "roles" else value
+                for field, value in edits.items()
+            }
+            params = _Params()
+            assignments = ", ".join(f"{field} = {params.add(v)}" for field, v in columns.items())
+            try:
+                await conn.execute(
+                    f"UPDATE keys SET {assignments}, updated_at = {params.add(now)}"
+                    f" WHERE id = {params.add(key_id)}",
+                    *params.values,
+                )
+            except asyncpg.UniqueViolationError as exc:
+                if exc.constraint_name == "keys_name_key":
+                    raise NameConflictError(
+                        f"a key named {edits['name']!r} already exists"
+                    ) from None
+                raise
+            await self._append_changes(conn, [(key_id, current.digest)], "upsert", now)
+            before = {field: jsonable(field, getattr(current, field)) for field in edits}
+            after = {field: jsonable(field, value) for field, value in edits.items()}
+            await self._audit_in(
+                conn,
+                now,
+                actor,
+                ACTION_EDIT,
+                key_id,
+                edits.get("name", current.name),
+                {"before": before, "after": after},
+            )
+        if "roles" in columns:
+            edits["roles"] = roles_of(columns["roles"])
+        return dataclasses.replace(current, **edits, updated_at=now)
+
+    async def set_revoked(
+        self, key_id: int, revoked: bool, actor: str, grants: Grants = None
+    ) -> KeyRow:
+        """Revoke or reinstate one key; raise NotFoundError, OutsideGrantsError, KeyExpiredError."""
+        now = time.time()
+        status: KeyStatus = "revoked" if revoked else "active"
+        revoked_at = now if revoked else None
+        async with self._write() as conn:
+            current = await self._key_in(conn, key_id)
+            check_grants(current, grants)
+            if not revoked and current.expires_at is not None and current.expires_at <= now:
+                raise KeyExpiredError(
+                    f"key {current.name!r} expired at {iso(current.expires_at)}; "
+                    "give it a new expires_at before reinstating it"
+                )
+            if current.status == status:
+                return current
+            await conn.execute(
+                "UPDATE keys SET status = $1, revoked_at = $2, updated_at = $3 WHERE id = $4",
+                status,
+                revoked_at,
+                now,
+                key_id,
+            )
+            await self._append_changes(conn, [(key_id, current.digest)], "upsert", now)
+            action = ACTION_REVOKE if revoked else ACTION_REINSTATE
+            await self._audit_in(conn, now, actor, action, key_id, current.name)
+        return dataclasses.replace(current, status=status, revoked_at=revoked_at, updated_at=now)
+
+    async def delete_key(self, key_id: int, actor: str, grants: Grants = None) -> KeyRow:
+        """Delete one key for good and return it; raise NotFoundError, OutsideGrantsError."""
+        now = time.time()
+        async with self._write() as conn:
+            current = await self._key_in(conn, key_id)
+            check_grants(current, grants)
+            await conn.execute("DELETE FROM keys WHERE id = $1", key_id)
+            await self._append_changes(conn, [(key_id, current.digest)], "delete", now)
+            await self._audit_in(
+                conn, now, actor, ACTION_DELETE, key_id, current.name, {"status": current.status}
+            )
+        return current
+
+    async def _batch(
+        self,
+        actor: str,
+        action: str,
+        op: str,
+        status: KeyStatus,
+        write: str,
+        values: tuple[object, ...],
+        grants: Grants,
+    ) -> BatchResult:
+        """Change every key with `status` within `grants` in one transaction.
+
+        `write` is the statement for the chosen keys: $1 is their id array, `values` follow.
+        Feed entries, the write and one audit event (count, skipped, ids) commit together.
+        """
+        now = time.time()
+        async with self._write() as conn:
+            total = int(await conn.fetchval("SELECT COUNT(*) FROM keys WHERE status = $1", status))
+            params = _Params(status)
+            chosen = await conn.fetch(
+                "SELECT id, digest FROM keys WHERE status = $1"
+                f" AND {_within_grants(grants, params)} ORDER BY id",
+                *params.values,
+            )
+            key_ids = [int(row[0]) for row in chosen]
+            await self._append_changes(
+                conn, [(int(row[0]), bytes(row[1])) for row in chosen], op, now
+            )
+            if key_ids:
+                await conn.execute(write, key_ids, *values)
+            result = BatchResult(len(key_ids), total - len(key_ids))
+            details = {"count": result.changed, "skipped": result.skipped, "key_ids": key_ids}
+            await self._audit_in(conn, now, actor, action, details=details)
+        return result
+
+    async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
+        """Revoke every active key within `grants` in one transaction."""
+        now = time.time()
+        return await self._batch(
+            actor,
+            ACTION_REVOKE_ALL,
+            "upsert",
+            "active",
+            "UPDATE keys SET status = 'revoked', revoked_at = $2, updated_at = $3"
+            " WHERE id = ANY($1::bigint[])",
+            (now, now),
+            grants,
+        )
+
+    async def reinstate_all(self, actor: str, grants: Grants = None) -> BatchResult:
+        """Reinstate every revoked key within `grants` in one transaction."""
+        return await self._batch(
+            actor,
+            ACTION_REINSTATE_ALL,
+            "upsert",
+            "revoked",
+            "UPDATE keys SET status = 'active', revoked_at = NULL, updated_at = $2"
+            " WHERE id = ANY($1::bigint[])",
+            (time.time(),),
+            grants,
+        )
+
+    async def delete_revoked(self, actor: str, grants: Grants = None) -> BatchResult:
+        """Delete every revoked key within `grants` in one transaction."""
+        return await self._batch(
+            actor,
+            ACTION_DELETE_REVOKED,
+            "delete",
+            "revoked",
+            "DELETE FROM keys WHERE id = ANY($1::bigint[])",
+            (),
+            grants,
+        )
+
+    # --- change feed and cache loading ----------------------------------------
+    async def load_auth(self, sink: Callable[[list[AuthRow]], None]) -> int:
+        """Feed every key's auth row to `sink` in chunks; return the feed sequence they reflect.
+
+        One REPEATABLE READ snapshot holds both the rows and the sequence; a server-side
+        cursor brings LOAD_CHUNK rows per round trip, role tuples interned, the cyclic
+        collector paused.
+        """
+        with gc_paused():
+            async with (
+                self._connection() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                seq = int(await conn.fetchval(_CURRENT_SEQ))
+                cursor = await conn.cursor(
+                    "SELECT digest, id, name, roles, status, expires_at FROM keys ORDER BY id"
+                )
+                while chunk := await cursor.fetch(LOAD_CHUNK):
+                    sink(
+                        [
+                            (digest, key_id, name, roles_of(roles), status, expires_at)
+                            for digest, key_id, name, roles, status, expires_at in chunk
+                        ]
+                    )
+        return seq
+
+    async def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
+        """Return change-feed entries with sequence > seq, oldest first.
+
+        Each entry carries the key's current row, or None once it is gone. Raise
+        FeedPrunedError when entries after `seq` were pruned (the caller reloads).
+        """
+        if limit < 0:
+            raise ValueError("limit must not be negative")
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT c.seq, c.digest, {KEY_COLUMNS_K} FROM key_changes c"
+                " LEFT JOIN keys k ON k.digest = c.digest"
+                " WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
+                seq,
+                limit,
+            )
+            # Read after the entries: a prune in between costs a needless reload at worst.
+            pruned_through = int(await conn.fetchval(_PRUNED_THROUGH))
+        if seq < pruned_through:
+            raise FeedPrunedError(seq, pruned_through)
+        return [
+            Change(row[0], bytes(row[1]), None if row[2] is None else _key_row(row[2:]))
+            for row in rows
+        ]
+
+    async def current_seq(self) -> int:
+        """Return the latest change-feed sequence number (0 when empty)."""
+        async with self._connection() as conn:
+            return int(await conn.fetchval(_CURRENT_SEQ))
+
+    async def prune_feed(self, keep_entries: int, keep_before: float) -> int:
+        """Delete the oldest feed entries, keeping the newest `keep_entries` and any at or
+        after `keep_before`; return how many were deleted (a prefix of the feed)."""
+        async with self._write() as conn:
+            latest, pruned_through = await conn.fetchrow(
+                "SELECT seq, pruned_through FROM feed_state WHERE id = 1"
+            )
+            young = await conn.fetchval(
+                "SELECT MIN(seq) FROM key_changes WHERE at >= $1", keep_before
+            )
+            cutoff = min(latest - keep_entries, latest if young is None else young - 1)
+            if cutoff <= pruned_through:
+                return 0
+            deleted = await conn.fetchval(
+                "WITH gone AS (DELETE FROM key_changes WHERE seq <= $1 RETURNING 1)"
+                " SELECT COUNT(*) FROM gone",
+                cutoff,
+            )
+            await conn.execute("UPDATE feed_state SET pruned_through = $1 WHERE id = 1", cutoff)
+            return int(deleted)
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """Call `wake` on every NOTIFY of a committed key write until cancelled.
+
+        A dedicated connection LISTENs; when it is lost (server restarted, connection
+        terminated, network cut) it is reopened with back-off, and `wake` is called on every
+        (re)connect so the follower catches up what it missed meanwhile.
+        """
+        delay = LISTEN_RETRY_MIN
+        failing = False
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await self._connect()
+                lost = asyncio.Event()
+                conn.add_termination_listener(functools.partial(_set_when_closed, lost))
+                await conn.add_listener(self.channel, lambda *_args: wake())
+                delay = LISTEN_RETRY_MIN
+                if failing:
+                    log.info("change-feed notifications resumed (%s)", self.location)
+                failing = False
+                wake()
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), LISTEN_CHECK_INTERVAL)
+                    if not lost.is_set():
+                        await conn.fetchval("SELECT 1", timeout=LISTEN_CHECK_INTERVAL)
+                raise ConnectionResetError("LISTEN connection closed")
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if not failing:
+                    log.warning(
+                        "change-feed notifications lost (%s); polling meanwhile, reconnecting",
+                        _cause_of(error) if isinstance(error, _FAULTS) else error,
+                    )
+                failing = True
+            finally:
+                if conn is not None:
+                    conn.terminate()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, LISTEN_RETRY_MAX)
+
+    # --- usage -----------------------------------------------------------------
+    async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:
+        """Add use counts and raise last_used_at for many keys in one transaction.
+
+        Rows are updated in id order, so two instances flushing at once never deadlock.
+        """
+        if not usage:
+            return
+        params = [(uses, last_used, key_id) for key_id, (last_used, uses) in sorted(usage.items())]
+        async with self._write(feed=False) as conn:
+            await conn.executemany(
+                "UPDATE keys SET use_count = use_count + $1,"
+                " last_used_at = GREATEST(COALESCE(last_used_at, $2), $2) WHERE id = $3",
+                params,
+            )
+
+    # --- audit -----------------------------------------------------------------
+    async def append_audit(
+        self,
+        actor: str,
+        action: str,
+        key_id: int | None = None,
+        key_name: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record one audit event (for actions not already audited by a key write)."""
+        async with self._write(feed=False) as conn:
+            await self._audit_in(conn, time.time(), actor, action, key_id, key_name, details)
+
+    async def list_audit(
+        self,
+        *,
+        key_id: int | None = None,
+        key_name: str | None = None,
+        actor: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[AuditEvent]:
+        """List audit events newest first (id < before_id), filtered; since is inclusive."""
+        if limit < 0:
+            raise ValueError("limit must not be negative")
+        params = _Params()
+        where = [
+            f"{clause} {params.add(value)}"
+            for clause, value in (
+                ("key_id =", key_id),
+                ("key_name =", key_name),
+                ("actor =", actor),
+                ("at >=", since),
+                ("id <", before_id),
+            )
+            if value is not None
+        ]
+        condition = f"WHERE {' AND '.join(where)}" if where else ""
+        limit_mark = params.add(limit)
+        rows = await self._fetch(
+            f"SELECT {AUDIT_COLUMNS} FROM audit {condition} ORDER BY id DESC LIMIT {limit_mark}",
+            *params.values,
+        )
+        return [_audit(row) for row in rows]
+
+    # --- failed-login throttle -------------------------------------------------
+    async def record_login_failure(
+        self, subjects: tuple[str, ...], at: float, forget_before: float
+    ) -> None:
+        """Count one failed login against each subject; forget failures older than forget_before."""
+        async with self._write(feed=False) as conn:
+            await conn.execute("DELETE FROM login_failures WHERE at < $1", forget_before)
+            await conn.execute(
+                "INSERT INTO login_failures (subject, at) SELECT s, $2 FROM unnest($1::text[]) s",
+                list(subjects),
+                at,
+            )
+
+    async def login_failures(
+        self, subjects: tuple[str, ...], since: float
+    ) -> dict[str, LoginFailures]:
+        """Return the failures since `since` of each subject that has any."""
+        if not subjects:
+            return {}
+        rows = await self._fetch(
+            "SELECT subject, COUNT(*), MAX(at) FROM login_failures"
+            " WHERE subject = ANY($1::text[]) AND at >= $2 GROUP BY subject",
+            list(subjects),
+            since,
+        )
+        return {str(row[0]): LoginFailures(int(row[1]), float(row[2])) for row in rows}
+
+    async def record_login_success(self, account: str, address: str, at: float) -> None:
+        """Note that `account` logged in from `address` at `at` (its lockout spares it)."""
+        async with self._write(feed=False) as conn:
+            await conn.execute(
+                "INSERT INTO trusted_logins (account, address, at) VALUES ($1, $2, $3)"
+                " ON CONFLICT (account, address) DO UPDATE SET at = excluded.at",
+                account,
+                address,
+                at,
+            )
+
+    async def trusted_login(self, account: str, address: str, since: float) -> bool:
+        """Return True when `account` logged in from `address` at or after `since`."""
+        rows = await self._fetch(
+            "SELECT 1 FROM trusted_logins WHERE account = $1 AND address = $2 AND at >= $3",
+            account,
+            address,
+            since,
+        )
+        return bool(rows)
+
+    # --- moving between stores -------------------------------------------------
+    async def export_contents(self) -> StoreContents:
+        """Return every key, admin account and audit event (one REPEATABLE READ snapshot)."""
+        async with (
+            self._connection() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            keys = [
+                _key_row(row)
+                for row in await conn.fetch(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY id")
+            ]
+            admins = [
+                _admin(row)
+                for row in await conn.fetch(f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name")
+            ]
+            audit = [
+                _audit(row)
+                for row in await conn.fetch(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id")
+            ]
+        return StoreContents(keys, admins, audit)
+
+    async def import_contents(self, contents: StoreContents, *, replace: bool) -> None:
+        """Write `contents` with their ids in one transaction, a feed entry per key.
+
+        Raise StoreNotEmptyError when the store holds data, unless `replace`. Identity
+        counters move past every copied id (and every key id the audit names), so ids are
+        never reused.
+        """
+        now = time.time()
+        async with self._write() as conn:
+            held = await conn.fetchval(
+                "SELECT (SELECT COUNT(*) FROM keys) + (SELECT COUNT(*) FROM admins)"
+                " + (SELECT COUNT(*) FROM audit)"
+            )
+            if held and not replace:
+                raise StoreNotEmptyError(f"{self.location} already holds keys, admins or audit")
+            gone = await conn.fetch("SELECT id, digest FROM keys ORDER BY id")
+            await self._append_changes(
+                conn, [(int(row[0]), bytes(row[1])) for row in gone], "delete", now
+            )
+            await conn.execute("DELETE FROM keys")
+            await conn.execute("DELETE FROM admins")
+            await conn.execute("DELETE FROM audit")
+            await conn.copy_records_to_table(
+                "keys",
+                columns=KEY_COLUMNS.split(", "),
+                records=[_key_record(row) for row in contents.keys],
+                schema_name=self.schema,
+            )
+            await self._append_changes(
+                conn, [(row.id, row.digest) for row in contents.keys], "upsert", now
+            )
+            await conn.copy_records_to_table(
+                "admins",
+                columns=ADMIN_COLUMNS.split(", "),
+                records=[_admin_record(a) for a in contents.admins],
+                schema_name=self.schema,
+            )
+            await conn.copy_records_to_table(
+                "audit",
+                columns=AUDIT_COLUMNS.split(", "),
+                records=[
+                    (e.id, e.at, e.actor, e.action, e.key_id, e.key_name, details_json(e.details))
+                    for e in contents.audit
+                ],
+                schema_name=self.schema,
+            )
+            await conn.execute(
+                "SELECT setval(pg_get_serial_sequence('keys', 'id'),"
+                " GREATEST((SELECT MAX(id) FROM keys), (SELECT MAX(key_id) FROM audit), 0) + 1,"
+                " false)"
+            )
+            await conn.execute(
+                "SELECT setval(pg_get_serial_sequence('audit', 'id'),"
+                " COALESCE((SELECT MAX(id) FROM audit), 0) + 1, false)"
+            )
+
+    # --- admin accounts --------------------------------------------------------
+    async def add_admin(
+        self, name: str, password_hash: str, grants: tuple[str, ...], grant_all: bool, actor: str
+    ) -> AdminAccount:
+        """Create an admin account; raise NameConflictError."""
+        now = time.time()
+        async with self._write(feed=False) as conn:
+            try:
+                await conn.execute(
+                    f"INSERT INTO admins ({ADMIN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",
+                    name,
+                    password_hash,
+                    roles_json(grants),
+                    grant_all,
+                    now,
+                    now,
+                )
+            except asyncpg.UniqueViolationError:
+                raise NameConflictError(f"an admin named {name!r} already exists") from None
+            await self._audit_in(
+                conn,
+                now,
+                actor,
+                ACTION_ADMIN_ADD,
+                details={"admin": name, "grants": list(grants), "grant_all": grant_all},
+            )
+        return AdminAccount(name, password_hash, tuple(grants), grant_all, now, now)
+
+    async def get_admin(self, name: str) -> AdminAccount | None:
+        """Return an admin account by name, or None."""
+        rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admins WHERE name = $1", name)
+        return _admin(rows[0]) if rows else None
+
+    async def list_admins(self) -> list[AdminAccount]:
+        """Return every admin account ordered by name."""
+        rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name")
+        return [_admin(row) for row in rows]
+
+    async def set_admin_password(self, name: str, password_hash: str, actor: str) -> None:
+        """Replace an admin's password hash; raise NotFoundError."""
+        now = time.time()
+        async with self._write(feed=False) as conn:
+            found = await conn.fetchval(
+                "UPDATE admins SET password_hash = $1, updated_at = $2 WHERE name = $3 RETURNING 1",
+                password_hash,
+                now,
+                name,
+            )
+            if found is None:
+                raise NotFoundError(f"no admin named {name!r}")
+            await conn.execute("DELETE FROM admin_sessions WHERE admin = $1", name)
+            await self._audit_in(conn, now, actor, ACTION_ADMIN_PASSWD, details={"admin": name})
+
+    async def set_admin_grants(
+        self, name: str, grants: tuple[str, ...], grant_all: bool, actor: str
+    ) -> AdminAccount:
+        """Replace an admin's grant set; raise NotFoundError."""
+        now = time.time()
+        async with self._write(feed=False) as conn:
+            row = await conn.fetchrow(
+                f"SELECT {ADMIN_COLUMNS} FROM admins WHERE name = $1 FOR UPDATE", name
+            )
+            if row is None:
+                raise NotFoundError(f"no admin named {name!r}")
+            current = _admin(row)
+            await conn.execute(
+                "UPDATE admins SET grants = $1, grant_all = $2, updated_at = $3 WHERE name = $4",
+                roles_json(grants),
+                grant_all,
+                now,
+                name,
+            )
+            await conn.execute("DELETE FROM admin_sessions WHERE admin = $1", name)
+            await self._audit_in(
+                conn,
+                now,
+                actor,
+                ACTION_ADMIN_GRANTS,
+                details={
+                    "admin": name,
+                    "before": {"grants": list(current.grants), "grant_all": current.grant_all},
+                    "after": {"grants": list(grants), "grant_all": grant_all},
+                },
+            )
+        return dataclasses.replace(
+            current, grants=tuple(grants), grant_all=grant_all, updated_at=now
+        )
+
+    async def remove_admin(self, name: str, actor: str) -> None:
+        """Delete an admin account; raise NotFoundError."""
+        now = time.time()
+        async with self._write(feed=False) as conn:
+            found = await conn.fetchval("DELETE FROM admins WHERE name = $1 RETURNING 1", name)
+            if found is None:
+                raise NotFoundError(f"no admin named {name!r}")
+            await conn.execute("DELETE FROM admin_sessions WHERE admin = $1", name)
+            await self._audit_in(conn, now, actor, ACTION_ADMIN_REMOVE, details={"admin": name})
+
+    # --- web sessions ------------------------------------------------------------
+    async def create_session(
+        self, session: AdminSession, *, idle_before: float, started_before: float
+    ) -> None:
+        """Store a new session; forget sessions idle since or started before the cut-offs."""
+        async with self._write(feed=False) as conn:
+            await conn.execute(
+                "DELETE FROM admin_sessions WHERE last_seen < $1 OR created_at < $2",
+                idle_before,
+                started_before,
+            )
+            await conn.execute(
+                f"INSERT INTO admin_sessions ({_SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5)",
+                session.token_hash,
+                session.admin,
+                session.stamp,
+                session.created_at,
+                session.last_seen,
+            )
+
+    async def get_session(self, token_hash: bytes) -> AdminSession | None:
+        """Return the session with this token hash, or None."""
+        rows = await self._fetch(
+            f"SELECT {_SESSION_COLUMNS} FROM admin_sessions WHERE token_hash = $1", token_hash
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return AdminSession(bytes(row[0]), str(row[1]), str(row[2]), float(row[3]), float(row[4]))
+
+    async def touch_session(self, token_hash: bytes, at: float) -> None:
+        """Record activity on a session (its idle timeout starts again)."""
+        async with self._write(feed=False) as conn:
+            await conn.execute(
+                "UPDATE admin_sessions SET last_seen = GREATEST(last_seen, $1)"
+                " WHERE token_hash = $2",
+                at,
+                token_hash,
+            )
+
+    async def delete_session(self, token_hash: bytes) -> bool:
+        """End one session; return False when there was none."""
+        async with self._write(feed=False) as conn:
+            found = await conn.fetchval(
+                "DELETE FROM admin_sessions WHERE token_hash = $1 RETURNING 1", token_hash
+            )
+            return found is not None
+
+
+def _set_when_closed(event: asyncio.Event, _conn: object) -> None:
+    """Set `event` (an asyncpg termination listener: the connection closed)."""
+    event.set()
+
+
+def _admin_record(account: AdminAccount) -> tuple[Any, ...]:
+    """Return an admin account as a tuple of ADMIN_COLUMNS values."""
+    return (
+        account.name,
+        account.password_hash,
+        roles_json(account.grants),
+        account.grant_all,
+        account.created_at,
+        account.updated_at,
+    )
+
+
+def _key_record(row: KeyRow) -> tuple[Any, ...]:
+    """Return a KeyRow as a tuple of KEY_COLUMNS values (roles as their JSON text)."""
+    values: list[Any] = list(dataclasses.astuple(row))
+    values[ROLES_INDEX] = roles_json(row.roles)
+    return tuple(values)

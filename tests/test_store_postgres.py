@@ -1,0 +1,336 @@
+"""PostgreSQL specifics on a real server: migrations, NOTIFY, and faults (connections
+terminated with pg_terminate_backend, the server cut off through a TCP relay).
+
+The store contract itself (the same tests for both backends) is tests/test_store_contract.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import pytest
+from conftest import (
+    ALL_ROLE,
+    REST,
+    Backend,
+    StoreBackend,
+    create_key,
+    fresh_schema,
+    with_database,
+    write_config,
+)
+from tcp_relay import TcpRelay
+
+from gateway.app import RunningGateway, running_gateway
+from gateway.passwords import hash_password
+from gateway.settings import load_settings
+from gateway.store.base import KeyStore, NewKey, StoreMissingError, StoreUnavailableError
+from gateway.store.migrations.postgres import LATEST_VERSION, SchemaTooNewError
+from gateway.store.postgres import PostgresKeyStore
+
+ADMIN = "root"
+ADMIN_PASSWORD = "root-password"
+AUTH = {"Authorization": aiohttp.encode_basic_auth(ADMIN, ADMIN_PASSWORD)}
+KEYS = "/api/v1/keys"
+ECHO = f"{REST}/_echo/pg"
+READY = (200, {"status": "ready", "checks": {"store": True, "policy": True}})
+# Seconds a fault or a recovery gets to show.
+SETTLE_TIMEOUT = 10.0
+# Seconds within which a NOTIFY must reach a gateway whose poll interval is far longer.
+NOTIFY_BOUND = 0.5
+
+
+@pytest.fixture
+def pg(postgres_url: str) -> StoreBackend:
+    """A fresh schema in this run's PostgreSQL database."""
+    return StoreBackend("postgres", postgres_url, fresh_schema())
+
+
+def new_key(name: str) -> NewKey:
+    """A NewKey with a digest unique to its name."""
+    digest = name.encode().ljust(32, b"\0")[:32]
+    return NewKey(name=name, description="", roles=("reader",), digest=digest, prefix="kg_test00")
+
+
+async def terminate_keygate_connections(url: str) -> int:
+    """pg_terminate_backend every keygate connection to the test database; return how many."""
+    conn = await asyncpg.connect(url)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = 'keygate'"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+# --------------------------------------------------------------------------- store level
+
+
+async def test_open_refuses_a_schema_newer_than_this_code(pg: StoreBackend) -> None:
+    first = pg.make()
+    await first.open()
+    await first.close()
+    await pg.rows(
+        "INSERT INTO schema_version VALUES ($1, 'from the future', 0)", LATEST_VERSION + 1
+    )
+    second = pg.make()
+    with pytest.raises(SchemaTooNewError, match="newer"):
+        await second.open()
+    with pytest.raises(RuntimeError, match="not open"):
+        await second.ping()
+
+
+async def test_without_create_a_missing_database_or_schema_is_refused(
+    postgres_url: str, pg: StoreBackend
+) -> None:
+    missing_db = PostgresKeyStore(with_database(postgres_url, "keygate_nowhere_4711"))
+    with pytest.raises(StoreMissingError):
+        await missing_db.open(create=False)
+    missing_schema = pg.make()
+    with pytest.raises(StoreMissingError):
+        await missing_schema.open(create=False)
+    assert await pg.rows("SELECT 1 FROM pg_namespace WHERE nspname = $1", pg.schema) == []
+
+
+async def test_create_makes_the_database(postgres_url: str) -> None:
+    name = f"{urlsplit(postgres_url).path.lstrip('/')}_made"
+    store = PostgresKeyStore(with_database(postgres_url, name))
+    await store.open(create=True)
+    try:
+        assert (await store.create_key(new_key("made"), "t")).name == "made"
+    finally:
+        await store.close()
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+async def test_an_unreachable_server_is_unavailable_at_open_and_named(pg: StoreBackend) -> None:
+    parts = urlsplit(pg.location)
+    dead = urlunsplit((parts.scheme, "postgres@127.0.0.1:1", parts.path, "", ""))
+    store = PostgresKeyStore(dead, password="never-shown")
+    with pytest.raises(StoreUnavailableError) as caught:
+        await store.open()
+    assert "cannot be reached" in str(caught.value)
+    assert "127.0.0.1:1" in str(caught.value)
+    assert "never-shown" not in str(caught.value)
+
+
+async def test_notify_wakes_a_listener_at_once_and_after_its_connection_is_killed(
+    pg: StoreBackend,
+) -> None:
+    writer, listener = pg.make(), pg.make()
+    await writer.open()
+    await listener.open()
+    assert isinstance(listener, PostgresKeyStore)
+    woken = asyncio.Event()
+    listening = asyncio.create_task(listener.listen(woken.set))
+    try:
+        await asyncio.wait_for(woken.wait(), 5)  # woken once on connecting
+        woken.clear()
+        await writer.create_key(new_key("notified"), "t")
+        await asyncio.wait_for(woken.wait(), NOTIFY_BOUND)
+        woken.clear()
+        assert await terminate_keygate_connections(pg.location) >= 1
+        await asyncio.wait_for(woken.wait(), 5)  # reconnected (and woken to catch up)
+        woken.clear()
+        await writer.create_key(new_key("notified-again"), "t")
+        await asyncio.wait_for(woken.wait(), NOTIFY_BOUND)
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+        await writer.close()
+        await listener.close()
+
+
+async def test_terminated_connections_fail_one_call_at_most_then_recover(
+    pg: StoreBackend,
+) -> None:
+    store = pg.make()
+    await store.open()
+    try:
+        await store.create_key(new_key("before"), "t")
+        await terminate_keygate_connections(pg.location)
+        outcomes: list[str] = []
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                await store.create_key(new_key(f"after-{len(outcomes)}"), "t")
+            except StoreUnavailableError as error:
+                outcomes.append(error.cause)
+                continue
+            break
+        assert len(outcomes) <= 1, outcomes
+        names = [row.name for row in await store.list_keys()]
+        assert names[0] == "before" and len(names) == 2
+        await store.ping()
+    finally:
+        await store.close()
+
+
+# --------------------------------------------------------------------------- running gateways
+
+
+@dataclass
+class Instance:
+    """An in-process gateway on PostgreSQL, and a session to talk to it."""
+
+    gateway: RunningGateway
+    session: aiohttp.ClientSession
+
+    async def keyed(self, secret: str) -> tuple[int, str]:
+        """Status and error code of one keyed request through the proxy."""
+        url = f"http://127.0.0.1:{self.gateway.proxy_port}{ECHO}"
+        async with self.session.get(url, headers={"X-API-Key": secret}) as response:
+            body: dict[str, Any] = await response.json() if response.status >= 400 else {}
+            return response.status, str(body.get("error", ""))
+
+    async def admin(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """Call the admin API as the test admin; return (status, JSON)."""
+        url = f"http://127.0.0.1:{self.gateway.admin_port}{path}"
+        headers = {**AUTH, "Content-Type": "application/json"}
+        async with self.session.request(method, url, json=body or {}, headers=headers) as response:
+            return response.status, await response.json()
+
+    async def ready(self) -> tuple[int, Any]:
+        """GET /readyz."""
+        url = f"http://127.0.0.1:{self.gateway.admin_port}/readyz"
+        async with self.session.get(url) as response:
+            return response.status, await response.json()
+
+
+async def eventually(probe: Any, expected: Any, timeout: float = SETTLE_TIMEOUT) -> float:
+    """Wait until `await probe()` returns `expected`; return the seconds it took."""
+    started = time.monotonic()
+    while (value := await probe()) != expected:
+        assert time.monotonic() - started < timeout, (value, expected)
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def via(url: str, port: int) -> str:
+    """The same database URL, reached through 127.0.0.1:`port`."""
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit((parts.scheme, f"{user}127.0.0.1:{port}", parts.path, parts.query, ""))
+
+
+@contextlib.asynccontextmanager
+async def instance(
+    directory: Path, backend: Backend, url: str, schema: str, poll_interval: float = 0.05
+) -> AsyncIterator[Instance]:
+    """Start a gateway in this process on `url` (schema `schema`)."""
+    config = write_config(
+        directory,
+        backend.url,
+        extra={
+            "store": {"url": url, "schema": schema},
+            "feed": {"poll_interval": poll_interval},
+        },
+    )
+    async with running_gateway(load_settings(config)) as gateway, aiohttp.ClientSession() as s:
+        yield Instance(gateway, s)
+
+
+async def seeded(pg: StoreBackend, directory: Path, *names: str) -> tuple[KeyStore, list[str]]:
+    """Open a direct store (another instance), add the test admin and keys; return secrets."""
+    store = pg.make()
+    await store.open()
+    await store.add_admin(ADMIN, hash_password(ADMIN_PASSWORD, n=2**4), (), True, "test")
+    config = write_config(
+        directory, "http://127.0.0.1:9", extra={"store": {"url": pg.location, "schema": pg.schema}}
+    )
+    secrets = [await create_key(config, name, [ALL_ROLE]) for name in names]
+    return store, secrets
+
+
+async def test_notify_reaches_an_instance_long_before_its_next_poll(
+    tmp_path: Path, backend: Backend, pg: StoreBackend
+) -> None:
+    direct, (secret,) = await seeded(pg, tmp_path / "seed", "notified")
+    try:
+        async with instance(tmp_path / "a", backend, pg.location, pg.schema or "", 30.0) as a:
+            assert await a.keyed(secret) == (200, "")
+            row = await direct.get_key_by_name("notified")
+            assert row is not None
+            started = time.monotonic()
+            await direct.set_revoked(row.id, True, "elsewhere")
+            await eventually(lambda: a.keyed(secret), (401, "key_revoked"), NOTIFY_BOUND)
+            assert time.monotonic() - started < NOTIFY_BOUND
+    finally:
+        await direct.close()
+
+
+async def test_terminated_connections_keep_the_proxy_serving_and_recover(
+    tmp_path: Path, backend: Backend, pg: StoreBackend
+) -> None:
+    direct, (steady, doomed) = await seeded(pg, tmp_path / "seed", "steady", "doomed")
+    try:
+        row = await direct.get_key_by_name("doomed")
+        assert row is not None
+        async with instance(tmp_path / "a", backend, pg.location, pg.schema or "") as a:
+            for _ in range(3):
+                assert await terminate_keygate_connections(pg.location) >= 1
+                assert await a.keyed(steady) == (200, "")
+
+            async def revoke() -> int:
+                status, _ = await a.admin("POST", f"{KEYS}/{row.id}/revoke")
+                return status
+
+            await eventually(revoke, 200)
+            assert await a.keyed(doomed) == (401, "key_revoked")
+            await eventually(a.ready, READY)
+    finally:
+        await direct.close()
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["catch-up", "pruned-reload"])
+async def test_an_instance_cut_off_keeps_serving_answers_503_and_refuses_on_return(
+    tmp_path: Path, backend: Backend, pg: StoreBackend, pruned: bool
+) -> None:
+    relay = TcpRelay(urlsplit(pg.location).hostname or "", urlsplit(pg.location).port or 5432)
+    await relay.start()
+    direct, (steady, doomed) = await seeded(pg, tmp_path / "seed", "steady", "doomed")
+    try:
+        url = via(pg.location, relay.port)
+        async with instance(tmp_path / "a", backend, url, pg.schema or "") as a:
+            assert await a.keyed(doomed) == (200, "")
+            relay.cut()
+            status, body = await a.admin("POST", KEYS, {"name": "refused", "roles": [ALL_ROLE]})
+            assert (status, body["error"]) == (503, "store_unavailable"), body
+            status, body = await a.ready()
+            assert status == 503 and body["checks"]["store"] is False, body
+            # Another instance revokes a key while this one cannot hear about it.
+            row = await direct.get_key_by_name("doomed")
+            assert row is not None
+            await direct.set_revoked(row.id, True, "elsewhere")
+            if pruned:
+                for i in range(5):
+                    await direct.create_key(new_key(f"filler-{i}"), "elsewhere")
+                assert await direct.prune_feed(0, time.time() + 60) > 0
+            await asyncio.sleep(0.3)  # several failed polls
+            assert await a.keyed(steady) == (200, "")  # serving from memory meanwhile
+            relay.restore()
+            await eventually(lambda: a.keyed(doomed), (401, "key_revoked"))
+            assert await a.keyed(steady) == (200, "")
+            await eventually(a.ready, READY)
+            status, body = await a.admin("POST", KEYS, {"name": "after", "roles": [ALL_ROLE]})
+            assert status == 201, body
+    finally:
+        await direct.close()
+        await relay.close()
