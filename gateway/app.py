@@ -17,7 +17,7 @@ from gateway.admin.app import create_admin_app
 from gateway.admin.middlewares import SECURITY_HEADERS
 from gateway.clock import now
 from gateway.feed import FeedFollower, prune_periodically
-from gateway.policy import load_policy
+from gateway.policy_reload import PolicyHolder, load_policy_file
 from gateway.proxy import Proxy
 from gateway.ratelimit import LocalLimiter, redis_limiter
 from gateway.runtime import Runtime
@@ -65,10 +65,15 @@ class RunningGateway:
 
 async def open_runtime(settings: Settings) -> Runtime:
     """Open the store, load the policy and the whole key table."""
-    policy = load_policy(settings.policy_path)
+    loaded = load_policy_file(settings.policy_path)
     store = store_for(settings)
     await store.open()
-    runtime = Runtime(settings=settings, store=store, policy=policy)
+    runtime = Runtime(
+        settings=settings,
+        store=store,
+        policy=loaded.policy,
+        policy_source=PolicyHolder(settings.policy_path, loaded),
+    )
     try:
         await runtime.load_table()
     except BaseException:
@@ -102,6 +107,11 @@ async def running_gateway(
     runtime.follower = follower
     tasks = [
         asyncio.create_task(follower.run(), name="keygate-feed"),
+        *(
+            [asyncio.create_task(runtime.policy_source.watch(runtime.reload_policy))]
+            if settings.policy_watch and runtime.policy_source is not None
+            else []
+        ),
         asyncio.create_task(
             prune_periodically(
                 store,

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import importlib.metadata
 import inspect
+import os
+import signal
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,6 +40,34 @@ async def policy_check(args: argparse.Namespace) -> int:
         f"{len(policy.protected)} protected paths)"
     )
     return 0
+
+
+def policy_reload(args: argparse.Namespace) -> int:
+    """Check the config's policy file, then ask the running `keygate serve` to reload it."""
+    settings = load_config(args)
+    load_policy(settings.policy_path)  # a broken file: every problem listed, nothing signalled
+    if settings.pid_file is None:
+        raise CliError("no pid_file configured: send SIGHUP to keygate serve yourself")
+    try:
+        text = settings.pid_file.read_text(encoding="ascii").strip()
+    except OSError:
+        raise CliError(
+            f"no running keygate serve for this config (no pid file {settings.pid_file})"
+        ) from None
+    if not text.isdigit() or not _is_keygate(int(text)):
+        raise CliError(f"the pid file {settings.pid_file} names no running keygate serve")
+    os.kill(int(text), signal.SIGHUP)
+    print(f"sent SIGHUP to keygate serve (pid {text}): it reloads {settings.policy_path}")
+    return 0
+
+
+def _is_keygate(pid: int) -> bool:
+    """Return True when `pid` is a running `keygate serve` (checked on Linux's /proc)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"serve" in command and any(b"gateway" in part or b"keygate" in part for part in command)
 
 
 async def init(args: argparse.Namespace) -> int:
@@ -118,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?", help="policy file (default: the config's)")
     add_config_option(check)
     check.set_defaults(func=policy_check)
+    reload = policy_commands.add_parser(
+        "reload", help="check the policy, then have the running keygate serve reload it"
+    )
+    add_config_option(reload)
+    reload.set_defaults(func=policy_reload)
 
     cli_admin.register(commands)
     cli_store.register(commands)

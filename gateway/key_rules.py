@@ -118,9 +118,13 @@ def status_of(row: KeyRow, now: float) -> str:
     return "active"
 
 
-def key_json(row: KeyRow, now: float) -> dict[str, Any]:
-    """Return the key JSON of the admin API for a stored key (never the secret or its digest)."""
-    return {
+def key_json(row: KeyRow, now: float, policy: Policy | None = None) -> dict[str, Any]:
+    """Return the key JSON of the admin API for a stored key (never the secret or its digest).
+
+    With the policy in force, `unknown_roles` lists the key's roles it no longer defines:
+    they grant nothing.
+    """
+    shown = {
         "id": row.id,
         "name": row.name,
         "description": row.description,
@@ -135,6 +139,9 @@ def key_json(row: KeyRow, now: float) -> dict[str, Any]:
         "last_used_at": iso(row.last_used_at),
         "use_count": row.use_count,
     }
+    if policy is not None:
+        shown["unknown_roles"] = [role for role in row.roles if role not in policy.roles]
+    return shown
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -34,9 +34,12 @@ class ProxyMetrics:
 class _ProcessCollector(Collector):
     """Builds metric families from one process's counters and key table at each scrape."""
 
-    def __init__(self, metrics: ProxyMetrics, table: KeyTable) -> None:
+    def __init__(
+        self, metrics: ProxyMetrics, table: KeyTable, policy_reloads: Mapping[str, int]
+    ) -> None:
         self._metrics = metrics
         self._table = table
+        self._policy_reloads = policy_reloads
 
     def collect(self) -> Iterator[Metric]:
         """Yield requests by outcome, upstream statuses, key count and feed sequence."""
@@ -65,10 +68,20 @@ class _ProcessCollector(Collector):
             "Change-feed sequence this process's table reflects",
             value=self._table.seq,
         )
+        reloads = CounterMetricFamily(
+            "keygate_policy_reloads",
+            "Policy reloads by result: ok, failed (the old policy stayed), unchanged",
+            labels=["result"],
+        )
+        for result, count in sorted(self._policy_reloads.items()):
+            reloads.add_metric([result], count)
+        yield reloads
 
 
-def render(metrics: ProxyMetrics, table: KeyTable) -> bytes:
+def render(
+    metrics: ProxyMetrics, table: KeyTable, policy_reloads: Mapping[str, int] | None = None
+) -> bytes:
     """Return this process's metrics in the Prometheus text exposition format."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ProcessCollector(metrics, table))
+    registry.register(_ProcessCollector(metrics, table, policy_reloads or {}))
     return generate_latest(registry)

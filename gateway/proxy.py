@@ -163,7 +163,8 @@ class Proxy:
             request[KEY_NAME] = _unknown_key_label(credential.key)
             return self._refuse(record)
         request[KEY_NAME] = record.name
-        refusal = auth.authorize(runtime.policy, record, request.method, path)
+        policy = runtime.policy  # one policy for the whole request, even across a reload
+        refusal = auth.authorize(policy, record, request.method, path)
         if refusal is not None:
             return self._refuse(refusal)
         headers, overrides = self._upstream_headers(
@@ -176,9 +177,9 @@ class Proxy:
             method = override.strip().upper()
             if not method.isascii() or not method.isalpha():
                 return self._refuse(refusals.BAD_OVERRIDE)
-            if auth.authorize(runtime.policy, record, method, path) is not None:
+            if auth.authorize(policy, record, method, path) is not None:
                 return self._refuse(refusals.OVERRIDE_FORBIDDEN)
-        limit = runtime.policy.rate_limit_for(record.roles)
+        limit = policy.rate_limit_for(record.roles)
         if limit is not None:
             limiter = runtime.limiter
             decision = (

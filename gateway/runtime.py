@@ -9,6 +9,7 @@ from gateway.feed import FeedFollower, catch_up, load_table
 from gateway.keytable import KeyTable
 from gateway.metrics import ProxyMetrics
 from gateway.policy import Policy
+from gateway.policy_reload import PolicyHolder
 from gateway.ratelimit import Limiter, LocalLimiter
 from gateway.settings import Settings
 from gateway.store.base import KeyStore
@@ -28,6 +29,21 @@ class Runtime:
     follower: FeedFollower | None = None
     # Per-key rate limits: counted here, or in Redis (set by the app when configured).
     limiter: Limiter = field(default_factory=lambda: LocalLimiter(now))
+    # Where the policy came from and how its reloads went (None: not loaded from a file).
+    policy_source: PolicyHolder | None = None
+
+    def reload_policy(self, reason: str) -> bool:
+        """Reload the policy file; a good one is in force at once, a broken one changes nothing.
+
+        One reference assignment: a request in flight keeps the policy object it started with.
+        """
+        holder = self.policy_source
+        if holder is None:
+            return False
+        if not holder.reload(reason):
+            return False
+        self.policy = holder.policy
+        return True
 
     async def load_table(self) -> None:
         """Load every key from the store into the in-memory table."""

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.app import running_gateway
@@ -132,6 +133,8 @@ async def serve_until_stopped(
     async with running_gateway(
         settings, reuse_port=reuse_port, serve_admin=serve_admin, processes=processes
     ) as gw:
+        runtime = gw.runtime
+        loop.add_signal_handler(signal.SIGHUP, runtime.reload_policy, "SIGHUP")
         _report_ready()
         if ready_line:
             admin = f", admin on {settings.admin.host}:{gw.admin_port}" if serve_admin else ""
@@ -154,25 +157,50 @@ def run_server(settings: Settings, workers_value: str, worker_index: int | None 
     """Run `keygate serve`: in this process for one worker, else as a supervisor."""
     configure_logging(settings.log_level, settings.log_format)
     workers = resolve_workers(workers_value)
+    # Until the gateway installs its own handler, a SIGHUP must not end the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if worker_index is not None or workers == 1:
         if worker_index is not None:
             _die_with_parent()
         uses_uvloop = install_uvloop()
         if worker_index in (None, 0):
             log.info("event loop: %s", "uvloop" if uses_uvloop else "asyncio")
-        asyncio.run(
-            serve_until_stopped(
-                settings,
-                reuse_port=worker_index is not None,
-                serve_admin=worker_index in (None, 0),
-                processes=workers,
+        with pid_file(settings.pid_file if worker_index is None else None):
+            asyncio.run(
+                serve_until_stopped(
+                    settings,
+                    reuse_port=worker_index is not None,
+                    serve_admin=worker_index in (None, 0),
+                    processes=workers,
+                )
             )
-        )
         return 0
     ensure_ports_free(settings)
-    return Supervisor(
-        settings.path, workers, settings.grace_period, settings.max_start_failures
-    ).run()
+    with pid_file(settings.pid_file):
+        return Supervisor(
+            settings.path, workers, settings.grace_period, settings.max_start_failures
+        ).run()
+
+
+@contextlib.contextmanager
+def pid_file(path: Path | None) -> Iterator[None]:
+    """Write this process's pid to `path` while the block runs (for `keygate policy reload`)."""
+    if path is None:
+        yield
+        return
+    mine = f"{os.getpid()}\n"
+    try:
+        path.write_text(mine, encoding="ascii")
+    except OSError as error:
+        log.warning("cannot write the pid file %s: %s", path, error.strerror)
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if path.read_text(encoding="ascii") == mine:  # never remove another server's
+                path.unlink()
 
 
 class Supervisor:
@@ -234,10 +262,18 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._stopping = True
 
+    def _on_hangup(self, signum: int, _frame: object) -> None:
+        """Pass SIGHUP (reload the policy) on to every live worker."""
+        for process in self._workers:
+            if process is not None and process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGHUP)
+
     def run(self) -> int:
         """Supervise until SIGTERM/SIGINT; return 0 after a clean drain."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hangup)
         log.info("supervisor %d starting %d workers", os.getpid(), len(self._workers))
         for index in range(len(self._workers)):
             self._spawn(index)

@@ -39,6 +39,7 @@ DEFAULT_GRACE_PERIOD = 30.0  # seconds in-flight requests get on shutdown
 DEFAULT_HEAD_TIMEOUT = 10.0  # seconds a client has to send a whole request head
 DEFAULT_KEEPALIVE_TIMEOUT = 15.0  # seconds an idle keep-alive client connection stays open
 DEFAULT_MAX_CONNECTIONS = 4096  # open client connections per worker on the proxy listener
+DEFAULT_PID_FILE = "keygate.pid"  # beside the config file unless pid_file says otherwise
 MIN_SIGNING_KEY_BYTES = 32  # bytes of an identity signing secret (HMAC-SHA256 key)
 DEFAULT_MAX_START_FAILURES = 5  # workers in a row dying before serving end the supervisor
 DEFAULT_POOL_SIZE = 256  # keep-alive connections to the upstream per process
@@ -150,6 +151,8 @@ class Settings:
     log_level: str
     access_log: bool
     log_format: Literal["text", "json"] = "text"
+    pid_file: Path | None = None  # where `keygate serve` writes its pid (for `policy reload`)
+    policy_watch: bool = False  # reload the policy when its file changes
     sessions: SessionSettings = SessionSettings()
     store_password: str | None = None  # PostgreSQL only, resolved from env or file
     store_schema: str | None = None  # PostgreSQL only: the schema holding keygate's tables
@@ -244,6 +247,8 @@ _TOP_LEVEL = {
     "client",
     "rate_limits",
     "sessions",
+    "pid_file",
+    "policy_watch",
     "log",
 }
 
@@ -277,7 +282,9 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
     if not isinstance(policy_value, str) or not policy_value:
         reader.problem("policy", "must be a path to the policy YAML file")
         policy_value = "policy.yaml"
-    policy_path = (path.parent / policy_value).resolve()
+    # Absolute but not resolved: a symlink swapped to a new file (a Kubernetes ConfigMap) is
+    # followed on reload.
+    policy_path = Path(os.path.abspath(path.parent / policy_value))
 
     identity = reader.section(
         data, "identity", {"acting_user_header", "strip_headers", "signing_keys"}
@@ -384,6 +391,8 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         log_level=level,
         access_log=reader.boolean(log, "log", "access_log", True),
         log_format=log_format,
+        pid_file=_pid_file(reader, data, path.parent),
+        policy_watch=_flag(reader, data, "policy_watch"),
         sessions=sessions,
         store_password=store_password,
         store_schema=store_schema,
@@ -610,6 +619,24 @@ def _tls(reader: _Reader, section: Mapping[str, Any], base: Path, *, https: bool
         key_file=files["key_file"],
         server_name=server_name or None,
     )
+
+
+def _pid_file(reader: _Reader, data: Mapping[str, Any], base_dir: Path) -> Path:
+    """The pid file path (default keygate.pid beside the config), relative to the config."""
+    value = data.get("pid_file", DEFAULT_PID_FILE)
+    if not isinstance(value, str) or not value:
+        reader.problem("pid_file", "must be a file path")
+        value = DEFAULT_PID_FILE
+    return Path(os.path.abspath(base_dir / value))
+
+
+def _flag(reader: _Reader, data: Mapping[str, Any], key: str) -> bool:
+    """A top-level true/false setting (default false)."""
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        reader.problem(key, "must be true or false")
+        return False
+    return value
 
 
 def _signing_keys(

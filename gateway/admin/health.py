@@ -54,5 +54,6 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """GET /metrics: this process's counters in Prometheus text format (no auth)."""
     runtime = request.app[RUNTIME]
-    body = render(runtime.metrics, runtime.table)
+    holder = runtime.policy_source
+    body = render(runtime.metrics, runtime.table, holder.reloads if holder is not None else None)
     return web.Response(body=body, content_type="text/plain", charset="utf-8")

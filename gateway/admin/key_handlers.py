@@ -61,7 +61,9 @@ async def create_key(request: web.Request) -> web.Response:
     key_rules.check_grants(new.roles, grant_set(admin))
     row = await runtime.store.create_key(new, admin.name)
     await runtime.apply_own_writes()
-    return _json({"key": key_rules.key_json(row, now), "secret": secret}, status=201)
+    return _json(
+        {"key": key_rules.key_json(row, now, runtime.policy), "secret": secret}, status=201
+    )
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -91,7 +93,10 @@ async def list_keys(request: web.Request) -> web.Response:
     page = rows[:limit]
     next_cursor = _next_cursor(sort, page[-1]) if len(rows) > limit else None
     return _json(
-        {"items": [key_rules.key_json(row, now) for row in page], "next_cursor": next_cursor}
+        {
+            "items": [key_rules.key_json(row, now, runtime.policy) for row in page],
+            "next_cursor": next_cursor,
+        }
     )
 
 
@@ -114,7 +119,7 @@ async def get_key(request: web.Request) -> web.Response:
     row = await _runtime(request).store.get_key(_key_id(request))
     if row is None:
         raise not_found()
-    return _json(key_rules.key_json(row, clock.now()))
+    return _json(key_rules.key_json(row, clock.now(), _runtime(request).policy))
 
 
 def key_changes(data: dict[str, Any], policy: Policy, now: float) -> KeyChanges:
@@ -150,7 +155,7 @@ async def update_key(request: web.Request) -> web.Response:
         key_rules.check_grants(changes.roles, grants)
     row = await runtime.store.update_key(key_id, changes, admin.name, grants)
     await runtime.apply_own_writes()
-    return _json(key_rules.key_json(row, now))
+    return _json(key_rules.key_json(row, now, runtime.policy))
 
 
 async def _set_revoked(request: web.Request, revoked: bool) -> web.Response:
@@ -158,7 +163,7 @@ async def _set_revoked(request: web.Request, revoked: bool) -> web.Response:
     admin = current_admin(request)
     row = await runtime.store.set_revoked(_key_id(request), revoked, admin.name, grant_set(admin))
     await runtime.apply_own_writes()
-    return _json(key_rules.key_json(row, clock.now()))
+    return _json(key_rules.key_json(row, clock.now(), _runtime(request).policy))
 
 
 async def revoke_key(request: web.Request) -> web.Response:
@@ -197,7 +202,10 @@ async def batch_counts(request: web.Request) -> web.Response:
 
 async def changes(request: web.Request) -> web.Response:
     """GET /api/v1/changes: the change-feed sequence; it moves whenever any key changes."""
-    return _json({"seq": await _runtime(request).store.current_seq()})
+    runtime = _runtime(request)
+    holder = runtime.policy_source
+    policy = holder.loaded.sha256 if holder is not None else ""
+    return _json({"seq": await runtime.store.current_seq(), "policy": policy})
 
 
 async def revoke_all(request: web.Request) -> web.Response:
@@ -236,4 +244,4 @@ async def identify_key(request: web.Request) -> web.Response:
     row = await _runtime(request).store.get_key_by_digest(keys.digest(secret))
     if row is None:
         raise not_found(M_NO_KEY_FOR_SECRET)
-    return _json(key_rules.key_json(row, clock.now()))
+    return _json(key_rules.key_json(row, clock.now(), _runtime(request).policy))

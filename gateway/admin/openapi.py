@@ -98,6 +98,12 @@ SCHEMAS: dict[str, Schema] = {
             "expires_at": _nullable(_TIME),
             "last_used_at": _nullable(_TIME),
             "use_count": {"type": "integer", "minimum": 0},
+            "unknown_roles": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "the key's roles the policy in force no longer defines (they "
+                "grant nothing)",
+            },
         },
     },
     "KeyCreate": {
@@ -317,9 +323,29 @@ SCHEMAS: dict[str, Schema] = {
     },
     "Changes": {
         "type": "object",
-        "required": ["seq"],
+        "required": ["seq", "policy"],
         "additionalProperties": False,
-        "properties": {"seq": {"type": "integer", "minimum": 0}},
+        "properties": {
+            "seq": {"type": "integer", "minimum": 0},
+            "policy": {"type": "string", "description": "SHA-256 of the policy in force"},
+        },
+    },
+    "PolicyInfo": {
+        "type": "object",
+        "required": ["source", "sha256", "loaded_at", "roles", "protected", "reloads"],
+        "additionalProperties": False,
+        "properties": {
+            "source": {"type": "string"},
+            "sha256": {"type": "string"},
+            "loaded_at": {"type": ["string", "null"], "format": "date-time"},
+            "roles": {"type": "integer", "minimum": 0},
+            "protected": {"type": "integer", "minimum": 0},
+            "reloads": {
+                "type": "object",
+                "additionalProperties": {"type": "integer", "minimum": 0},
+            },
+            "last_problems": {"type": "array", "items": {"type": "string"}},
+        },
     },
     "BatchCounts": {
         "type": "object",
@@ -639,6 +665,14 @@ def _paths() -> dict[str, Schema]:
             "listRoles",
             "Roles of the policy with descriptions and effective rules",
             {**_ok("roles", "Roles"), **_errors(*_AUTH_ERRORS)},
+            tags=("policy",),
+        )
+    }
+    paths["/api/v1/policy"] = {
+        "get": _operation(
+            "getPolicy",
+            "The policy in force: its source file, SHA-256, load time and reload counts",
+            {**_ok("the loaded policy", "PolicyInfo"), **_errors(*_AUTH_ERRORS)},
             tags=("policy",),
         )
     }

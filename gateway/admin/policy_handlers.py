@@ -114,3 +114,28 @@ async def explain(request: web.Request) -> web.Response:
         key=key,
     )
     return web.json_response(body, headers={"Cache-Control": NO_STORE})
+
+
+async def policy_info(request: web.Request) -> web.Response:
+    """GET /api/v1/policy: the policy in force, where it came from and how reloads went."""
+    runtime = request.app[RUNTIME]
+    policy = runtime.policy
+    body: dict[str, Any] = {
+        "source": str(runtime.settings.policy_path),
+        "sha256": "",
+        "loaded_at": None,
+        "roles": len(policy.roles),
+        "protected": len(policy.protected),
+        "reloads": {},
+    }
+    holder = runtime.policy_source
+    if holder is not None:
+        body.update(
+            source=holder.loaded.source,
+            sha256=holder.loaded.sha256,
+            loaded_at=clock.iso(holder.loaded.loaded_at),
+            reloads=dict(holder.reloads),
+        )
+        if holder.last_problems:
+            body["last_problems"] = list(holder.last_problems)
+    return web.json_response(body, headers={"Cache-Control": NO_STORE})

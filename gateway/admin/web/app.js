@@ -24,6 +24,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   session: null,
   roles: [],
+  policy: null, // SHA-256 of the policy in force, as last seen
   keys: { items: [], cursors: [null], page: 0, next: null },
   audit: { next: null },
   seq: null,
@@ -99,7 +100,8 @@ async function showApp(session) {
   state.keys.cursors = [null];
   state.keys.page = 0;
   // Read the sequence before the list: any change after this point triggers a refresh.
-  const { seq } = await api("GET", "/api/v1/changes");
+  const { seq, policy } = await api("GET", "/api/v1/changes");
+  state.policy = policy;
   await Promise.all([loadKeys(), loadAudit()]);
   startPolling(seq);
 }
@@ -171,10 +173,16 @@ async function poll() {
   if (polling || !state.session) return;
   polling = true;
   try {
-    const { seq } = await api("GET", "/api/v1/changes", undefined, { background: true });
+    const { seq, policy } = await api("GET", "/api/v1/changes", undefined, { background: true });
     state.polls += 1;
-    const changed = state.seq !== null && seq !== state.seq;
+    let changed = state.seq !== null && seq !== state.seq;
     state.seq = seq;
+    if (state.policy !== null && policy !== state.policy) {
+      // The policy was reloaded: its roles (and which keys hold unknown ones) may differ.
+      state.roles = (await api("GET", "/api/v1/roles", undefined, { background: true })).roles;
+      changed = true;
+    }
+    state.policy = policy;
     if (changed || state.polls % USAGE_REFRESH_POLLS === 0) refreshSoon(changed);
   } catch (failure) {
     if (failure instanceof ApiError && failure.status === 401) showSignIn("Your session has ended. Sign in again.");
@@ -272,7 +280,16 @@ function keyRow(key) {
     icon("gear"),
   );
   menuButton(settings, `Settings for ${key.name}`, () => keyMenuItems(key));
-  const roles = el("ul", { class: "chips" }, key.roles.map((role) => el("li", { text: role })));
+  const unknown = new Set(key.unknown_roles || []);
+  const roles = el(
+    "ul",
+    { class: "chips" },
+    key.roles.map((role) =>
+      unknown.has(role)
+        ? el("li", { class: "unknown", title: "Not in the policy: grants nothing", text: `${role} (unknown)` })
+        : el("li", { text: role }),
+    ),
+  );
   return el(
     "tr",
     { class: `key-row key-${key.status}`, "data-key-id": key.id },
