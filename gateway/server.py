@@ -29,6 +29,8 @@ MAX_RESTART_DELAY = 10.0
 # Extra seconds past the grace period before the supervisor kills a worker that won't stop.
 KILL_MARGIN = 5.0
 SUPERVISOR_POLL = 0.2  # seconds between supervisor checks on its workers
+# Exit statuses of a worker killed from outside rather than failing by itself.
+_EXTERNAL_SIGNALS = frozenset({-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT})
 PARENT_POLL = 0.5  # seconds between a worker's checks that its supervisor is alive
 # Environment a worker gets from its supervisor: the supervisor's pid, and the descriptor
 # on which the worker reports that it is serving.
@@ -284,7 +286,10 @@ class Supervisor:
                 if process is None or process.poll() is None or self._stopping:
                     continue
                 self._check_ready()
-                if not self._ready[index]:
+                # Killed from outside (an operator's kill -9, the OOM killer) is not a
+                # failure to start; exiting on its own before serving is.
+                killed = process.returncode in _EXTERNAL_SIGNALS
+                if not self._ready[index] and not killed:
                     self._start_failures += 1
                     if self._start_failures >= self._max_start_failures:
                         log.error(
@@ -329,7 +334,8 @@ class Supervisor:
                 log.error("worker pid %d did not stop in time; killing it", process.pid)
                 process.kill()
                 code = process.wait()
-            status = status or (0 if code == 0 else 1)
+            # SIGTERM is what was asked for: a worker still starting has no handler yet.
+            status = status or (0 if code in (0, -signal.SIGTERM) else 1)
         for index in range(len(self._workers)):
             self._close_ready_pipe(index)
         log.info("supervisor stopped")
