@@ -1210,3 +1210,20 @@ async def test_metrics_count_proxy_outcomes_and_keys_without_credentials(
     # an API key is still refused here, like everywhere on the admin listener
     resp = await client.get("/metrics", headers={"X-API-Key": "kg_x"})
     assert resp.status == 403
+
+
+async def test_a_key_can_be_addressed_by_name(client: Client) -> None:
+    made = await create(client, "etl nightly")
+    by_name = f"{KEYS}/etl%20nightly"
+    shown = await expect(await client.get(by_name, headers=ROOT), 200)
+    assert shown["id"] == made["key"]["id"]
+    edited = await expect(
+        await client.patch(by_name, json={"description": "by name"}, headers=ROOT), 200
+    )
+    assert edited["description"] == "by name"
+    revoked = await expect(await client.post(f"{by_name}/revoke", headers=WRITE), 200)
+    assert revoked["status"] == "revoked"
+    await expect(await client.post(f"{by_name}/reinstate", headers=WRITE), 200)
+    resp = await client.delete(by_name, headers=WRITE)
+    assert resp.status == 204
+    await expect_error(await client.get(by_name, headers=ROOT), 404, "not_found")

@@ -43,8 +43,15 @@ def _runtime(request: web.Request) -> Runtime:
     return request.app[RUNTIME]
 
 
-def _key_id(request: web.Request) -> int:
-    return parse_id(request.match_info["id"])
+async def _key_id(request: web.Request) -> int:
+    """The key a path names: by id, or by name as the CLI accepts (names are never all digits)."""
+    ref = request.match_info["id"]
+    if ref.isascii() and ref.isdigit():
+        return parse_id(ref)
+    row = await _runtime(request).store.get_key_by_name(ref)
+    if row is None:
+        raise not_found()
+    return row.id
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -116,7 +123,7 @@ def _next_cursor(sort: str, last: KeyRow) -> str:
 
 async def get_key(request: web.Request) -> web.Response:
     """GET /api/v1/keys/{id}: one key."""
-    row = await _runtime(request).store.get_key(_key_id(request))
+    row = await _runtime(request).store.get_key(await _key_id(request))
     if row is None:
         raise not_found()
     return _json(key_rules.key_json(row, clock.now(), _runtime(request).policy))
@@ -144,7 +151,7 @@ async def update_key(request: web.Request) -> web.Response:
     """PATCH /api/v1/keys/{id}: edit name, description, roles or expiry."""
     runtime = _runtime(request)
     admin = current_admin(request)
-    key_id = _key_id(request)
+    key_id = await _key_id(request)
     if await runtime.store.get_key(key_id) is None:
         raise not_found()
     data = await read_json_object(request, KEY_FIELDS)
@@ -161,7 +168,8 @@ async def update_key(request: web.Request) -> web.Response:
 async def _set_revoked(request: web.Request, revoked: bool) -> web.Response:
     runtime = _runtime(request)
     admin = current_admin(request)
-    row = await runtime.store.set_revoked(_key_id(request), revoked, admin.name, grant_set(admin))
+    key_id = await _key_id(request)
+    row = await runtime.store.set_revoked(key_id, revoked, admin.name, grant_set(admin))
     await runtime.apply_own_writes()
     return _json(key_rules.key_json(row, clock.now(), _runtime(request).policy))
 
@@ -180,7 +188,7 @@ async def delete_key(request: web.Request) -> web.Response:
     """DELETE /api/v1/keys/{id}: delete a key for good."""
     runtime = _runtime(request)
     admin = current_admin(request)
-    await runtime.store.delete_key(_key_id(request), admin.name, grant_set(admin))
+    await runtime.store.delete_key(await _key_id(request), admin.name, grant_set(admin))
     await runtime.apply_own_writes()
     return web.Response(status=204, headers={"Cache-Control": NO_STORE})
 

@@ -417,7 +417,13 @@ _ID_PARAMETER: Schema = {
     "name": "id",
     "in": "path",
     "required": True,
-    "schema": {"type": "integer", "minimum": 1},
+    "description": "the key's id, or its name (names are never all digits)",
+    "schema": {
+        "oneOf": [
+            {"type": "integer", "minimum": 1},
+            {"type": "string", "minLength": 1, "maxLength": NAME_MAX_LENGTH},
+        ]
+    },
 }
 _LIMIT: Schema = {
     "name": "limit",
