@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.problems import ProblemsError, read_yaml
+import yaml
+
+from gateway.problems import ProblemsError
 from gateway.ratelimit import PERIOD_SECONDS, RateLimit
 from gateway.skeleton import needs_skeleton, path_skeleton
 
@@ -527,4 +529,64 @@ def _parse_protected(data: Any, where: str, problems: list[str]) -> tuple[tuple[
 
 def load_policy(path: Path) -> Policy:
     """Read and validate a policy YAML file; raise PolicyError listing every problem."""
-    return policy_from_data(read_yaml(path, PolicyError), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as cause:
+        raise PolicyError([f"{path}: cannot read: {cause.strerror or cause}"]) from cause
+    except UnicodeDecodeError as cause:
+        raise PolicyError([f"{path}: cannot read: not UTF-8 text ({cause.reason})"]) from cause
+    return policy_from_text(text, str(path))
+
+
+def policy_from_text(text: str, where: str) -> Policy:
+    """Parse and validate policy YAML; every problem names its role, rule and line."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as cause:
+        raise PolicyError([f"{where}: invalid YAML: {cause}"]) from cause
+    try:
+        return policy_from_data(data, where)
+    except PolicyError as error:
+        raise PolicyError(with_lines(error.problems, text)) from None
+
+
+_ROLE_PROBLEM = re.compile(r"role '((?:[^'\\]|\\.)*)'(?:, allow\[(\d+)\])?")
+
+
+def with_lines(problems: Iterable[str], text: str) -> list[str]:
+    """Add `(line N)` to problems about a role or one of its rules, from the YAML source."""
+    lines = _role_lines(text)
+    located = []
+    for problem in problems:
+        match = _ROLE_PROBLEM.search(problem)
+        line = None
+        if match is not None:
+            role, index = match.group(1), match.group(2)
+            line = lines.get((role, int(index)) if index is not None else (role, None))
+            line = line or lines.get((role, None))
+        located.append(f"{problem} (line {line})" if line else problem)
+    return located
+
+
+def _role_lines(text: str) -> dict[tuple[str, int | None], int]:
+    """Line numbers (1-based) of each role and each of its allow rules in policy YAML."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    found: dict[tuple[str, int | None], int] = {}
+    if not isinstance(root, yaml.MappingNode):
+        return found
+    for key, value in root.value:
+        if key.value != "roles" or not isinstance(value, yaml.MappingNode):
+            continue
+        for role_key, role_body in value.value:
+            name = str(role_key.value)
+            found[(name, None)] = role_key.start_mark.line + 1
+            if not isinstance(role_body, yaml.MappingNode):
+                continue
+            for field_key, field_value in role_body.value:
+                if field_key.value == "allow" and isinstance(field_value, yaml.SequenceNode):
+                    for index, item in enumerate(field_value.value):
+                        found[(name, index)] = item.start_mark.line + 1
+    return found

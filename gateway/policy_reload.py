@@ -16,10 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from gateway.clock import now
-from gateway.policy import Policy, PolicyError, policy_from_data
+from gateway.policy import Policy, PolicyError, policy_from_text
 
 log = logging.getLogger("keygate.policy")
 
@@ -43,12 +41,10 @@ def load_policy_file(path: Path) -> LoadedPolicy:
     except OSError as cause:
         raise PolicyError([f"{path}: cannot read: {cause.strerror or cause}"]) from cause
     try:
-        data = yaml.safe_load(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as cause:
         raise PolicyError([f"{path}: cannot read: not UTF-8 text ({cause.reason})"]) from cause
-    except yaml.YAMLError as cause:
-        raise PolicyError([f"{path}: invalid YAML: {cause}"]) from cause
-    policy = policy_from_data(data, str(path))
+    policy = policy_from_text(text, str(path))
     return LoadedPolicy(policy, str(path), hashlib.sha256(raw).hexdigest(), now())
 
 

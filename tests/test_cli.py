@@ -557,3 +557,20 @@ def test_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
     assert result.stdout.strip().startswith("keygate 0.")
+
+
+def test_policy_check_names_the_file_as_given_with_line_numbers(tmp_path: Path) -> None:
+    real = tmp_path / "real-policy.yaml"
+    real.write_text(
+        "roles:\n  good:\n    allow:\n      - GET /a\n      - FETCH /b\n"
+        "  other:\n    include: [gooood]\n",
+        encoding="utf-8",
+    )
+    link = tmp_path / "policy.yaml"
+    link.symlink_to(real)
+    result = run_cli("policy", "check", str(link))
+    assert result.returncode == 2
+    assert "real-policy.yaml" not in result.stderr
+    assert f"{link}: role 'good', allow[1]: unknown method 'FETCH'" in result.stderr
+    assert "(line 5)" in result.stderr
+    assert "unknown role 'gooood' (did you mean 'good'?) (line 6)" in result.stderr
