@@ -8,6 +8,8 @@ import re
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from gateway import access_writer
+from gateway.logs import json_access_line
 from gateway.state import KEY_NAME, RELAY_INCOMPLETE, REQUEST_ID, UPSTREAM_MS, UPSTREAM_STATUS
 
 access_logger = logging.getLogger("keygate.access")
@@ -32,18 +34,17 @@ class ProxyAccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Write the access line (never a credential: only the key's name)."""
-        self.logger.info(
-            '%s "%s %s" %s %s %.1fms rid=%s key=%s%s',
-            request.remote,
-            request.method,
-            redact_keys(request.raw_path),
-            response.status,
-            response.body_length,
-            time * 1000,
-            request.get(REQUEST_ID, "-"),
-            request.get(KEY_NAME, "-"),
-            " incomplete" if request.get(RELAY_INCOMPLETE) else "",
+        incomplete = " incomplete" if request.get(RELAY_INCOMPLETE) else ""
+        message = (
+            f'{request.remote} "{request.method} {redact_keys(request.raw_path)}" '
+            f"{response.status} {response.body_length} {time * 1000:.1f}ms "
+            f"rid={request.get(REQUEST_ID, '-')} key={request.get(KEY_NAME, '-')}{incomplete}"
         )
+        writer = access_writer.active
+        if writer is not None:
+            writer.text(message)
+        else:
+            self.logger.info("%s", message)
 
 
 class JsonProxyAccessLogger(AbstractAccessLogger):
@@ -53,22 +54,21 @@ class JsonProxyAccessLogger(AbstractAccessLogger):
         """Write the access record (never a credential: only the key's name)."""
         path = redact_keys(request.raw_path)
         status = response.status
-        self.logger.info(
-            "%s %s %s",
-            request.method,
-            path,
-            status,
-            extra={
-                "request_id": request.get(REQUEST_ID),
-                "method": request.method,
-                "path": path,
-                "status": status,
-                "bytes": response.body_length,
-                "duration_ms": round(time * 1000, 2),
-                "key": request.get(KEY_NAME),
-                "upstream_status": request.get(UPSTREAM_STATUS),
-                "upstream_ms": request.get(UPSTREAM_MS),
-                "incomplete": True if request.get(RELAY_INCOMPLETE) else None,
-                "remote": request.remote,
-            },
-        )
+        fields = {
+            "request_id": request.get(REQUEST_ID),
+            "method": request.method,
+            "path": path,
+            "status": status,
+            "bytes": response.body_length,
+            "duration_ms": round(time * 1000, 2),
+            "key": request.get(KEY_NAME),
+            "upstream_status": request.get(UPSTREAM_STATUS),
+            "upstream_ms": request.get(UPSTREAM_MS),
+            "incomplete": True if request.get(RELAY_INCOMPLETE) else None,
+            "remote": request.remote,
+        }
+        writer = access_writer.active
+        if writer is not None:
+            writer.raw(json_access_line(f"{request.method} {path} {status}", fields))
+        else:
+            self.logger.info("%s %s %s", request.method, path, status, extra=fields)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -44,6 +45,21 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, separators=(",", ":"), ensure_ascii=False)
+
+
+def json_access_line(message: str, fields: dict[str, object]) -> str:
+    """One access record as the JSON line JsonFormatter would write (for the buffered writer)."""
+    now = time.time()
+    line: dict[str, object] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        + f".{int(now % 1 * 1000):03d}Z",
+        "level": "info",
+        "logger": "keygate.access",
+        "worker": os.getpid(),
+        "message": message,
+    }
+    line.update((name, value) for name, value in fields.items() if value is not None)
+    return json.dumps(line, separators=(",", ":"), ensure_ascii=False)
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:

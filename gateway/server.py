@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from gateway import access_writer
 from gateway.app import running_gateway
 from gateway.logs import configure_logging
 from gateway.settings import Settings
@@ -152,12 +153,15 @@ async def serve_until_stopped(
         log.info("stopping: draining in-flight requests (grace %.0fs)", settings.grace_period)
     if watcher is not None:
         watcher.cancel()
+    access_writer.flush()  # no access line is lost at shutdown
     log.info("stopped")
 
 
 def run_server(settings: Settings, workers_value: str, worker_index: int | None = None) -> int:
     """Run `keygate serve`: in this process for one worker, else as a supervisor."""
     configure_logging(settings.log_level, settings.log_format)
+    if settings.access_log and settings.log_level in ("debug", "info"):
+        access_writer.install()  # access lines batched off the request path
     workers = resolve_workers(workers_value)
     # Until the gateway installs its own handler, a SIGHUP must not end the process.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
