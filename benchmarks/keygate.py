@@ -123,7 +123,11 @@ def create_key(
     python: str = sys.executable,
     cwd: Path = REPO_ROOT,
 ) -> str:
-    """Create one key with `keys create --json` and return its secret."""
+    """Create one key with `keys create --json` and return its secret (the store is created
+    first with `keygate init`: CLI commands never create a database themselves)."""
+    initialised = gateway_cli(["init", "--config", str(config_path)], python=python, cwd=cwd)
+    if initialised.returncode != 0:
+        raise BenchError(f"`keygate init` exited {initialised.returncode}: {initialised.stderr}")
     args = [
         "keys",
         "create",
