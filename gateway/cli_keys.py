@@ -1,4 +1,4 @@
-"""Command line for API keys: `keygate keys create|list|show|edit|revoke|...|identify`."""
+"""Command line for API keys: `keygate keys create|list|show|edit|roll|revoke|...|identify`."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def print_key(row: KeyRow, as_json: bool, extra: dict[str, Any] | None = None) -
         return
     for field, value in data.items():
         shown = ", ".join(value) if isinstance(value, list) else ("" if value is None else value)
-        print(f"{field:>13}: {shown}")
+        print(f"{field:>19}: {shown}")
 
 
 async def keys_create(args: argparse.Namespace) -> int:
@@ -129,6 +129,24 @@ async def keys_edit(args: argparse.Namespace) -> int:
         row = await resolve_key(store, args.key)
         row = await store.update_key(row.id, changes, cli_actor())
     print_key(row, args.json)
+    return 0
+
+
+async def keys_roll(args: argparse.Namespace) -> int:
+    """Give a key a new secret (printed once); the old one keeps working for the overlap."""
+    overlap = key_rules.validate_overlap(args.overlap)
+    settings = load_config(args)
+    async with open_store(settings) as store:
+        row = await resolve_key(store, args.key)
+        rolled = await key_rules.roll_key(store, row.id, overlap, cli_actor())
+    if args.json:
+        print_key(rolled.row, True, {"secret": rolled.secret})
+    else:
+        print_key(rolled.row, False)
+        print()
+        print(f"secret: {rolled.secret}")
+        print("Store this secret now: it is shown once and can never be read again.")
+        print(f"The old secret keeps working until {clock.iso(rolled.row.previous_expires_at)}.")
     return 0
 
 
@@ -227,6 +245,19 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         one = keys_commands.add_parser(name, help=text)
         one.add_argument("key", metavar="ID|NAME")
         one.set_defaults(func=func)
+
+    roll = keys_commands.add_parser(
+        "roll", help="give a key a new secret (printed once); the old one works for the overlap"
+    )
+    roll.add_argument("key", metavar="ID|NAME")
+    roll.add_argument(
+        "--overlap",
+        type=int,
+        metavar="SECONDS",
+        help=f"how long the old secret keeps working (default {key_rules.ROLL_OVERLAP_DEFAULT},"
+        f" at most {key_rules.ROLL_OVERLAP_MAX})",
+    )
+    roll.set_defaults(func=keys_roll)
 
     identify = keys_commands.add_parser(
         "identify", help="which key a leaked secret belongs to (secret on standard input)"

@@ -17,6 +17,11 @@ NAME_MAX_LENGTH = 64
 DESCRIPTION_MAX_LENGTH = 1000
 ROLES_MAX = 64
 
+# Seconds a rolled key's old secret keeps working unless told otherwise (a day: a deploy
+# window), and at most (30 days: longer is a second key, not an overlap).
+ROLL_OVERLAP_DEFAULT = 86_400
+ROLL_OVERLAP_MAX = 30 * 86_400
+
 E_INVALID = "invalid_request"
 E_UNKNOWN_ROLE = "unknown_role"
 
@@ -134,6 +139,8 @@ def key_json(row: KeyRow, now: float) -> dict[str, Any]:
         "expires_at": iso(row.expires_at),
         "last_used_at": iso(row.last_used_at),
         "use_count": row.use_count,
+        "rolled_at": iso(row.rolled_at),
+        "previous_expires_at": iso(row.previous_expires_at),
     }
 
 
@@ -179,6 +186,30 @@ async def create_key(
     """Validate, mint and store a key; the secret is returned once and never stored."""
     new, secret = new_key_request(data, policy, now)
     row = await store.create_key(new, actor)
+    return CreatedKey(row, secret)
+
+
+def validate_overlap(value: Any) -> int:
+    """Return a roll's overlap: whole seconds from 0 to ROLL_OVERLAP_MAX (None: the default)."""
+    if value is None:
+        return ROLL_OVERLAP_DEFAULT
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError("overlap_seconds must be a whole number of seconds", "overlap_seconds")
+    if not 0 <= value <= ROLL_OVERLAP_MAX:
+        raise InputError(
+            f"overlap_seconds must be 0-{ROLL_OVERLAP_MAX} (30 days)", "overlap_seconds"
+        )
+    return value
+
+
+async def roll_key(
+    store: KeyStore, key_id: int, overlap: int, actor: str, grants: frozenset[str] | None = None
+) -> CreatedKey:
+    """Give a key a new secret (returned once, never stored); the old one works `overlap` s."""
+    secret = keys.generate_key()
+    row = await store.roll_key(
+        key_id, keys.digest(secret), keys.display_prefix(secret), overlap, actor, grants
+    )
     return CreatedKey(row, secret)
 
 

@@ -1,4 +1,4 @@
-"""Admin API key handlers: create, list, show, edit, revoke, reinstate, delete and batches."""
+"""Admin API key handlers: create, list, show, edit, roll, revoke, reinstate, delete, batches."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from gateway.store.base import KEY_SORTS, BatchResult, KeyChanges, KeyRow, SortP
 
 KEY_FIELDS = frozenset({"name", "description", "roles", "expires_at"})
 IDENTIFY_FIELDS = frozenset({"secret"})
+ROLL_FIELDS = frozenset({"overlap_seconds"})
 LIST_PARAMS = frozenset({"status", "q", "limit", "cursor", "sort"})
 STATUSES: tuple[Literal["active", "revoked", "expired"], ...] = ("active", "revoked", "expired")
 KEY_CURSOR = "k"
@@ -169,6 +170,18 @@ async def revoke_key(request: web.Request) -> web.Response:
 async def reinstate_key(request: web.Request) -> web.Response:
     """POST /api/v1/keys/{id}/reinstate: reinstate a revoked key."""
     return await _set_revoked(request, False)
+
+
+async def roll_key(request: web.Request) -> web.Response:
+    """POST /api/v1/keys/{id}/roll: a new secret, shown once; the old one works for the overlap."""
+    runtime = _runtime(request)
+    admin = current_admin(request)
+    key_id = _key_id(request)
+    data = await read_json_object(request, ROLL_FIELDS) if request.body_exists else {}
+    overlap = key_rules.validate_overlap(data.get("overlap_seconds"))
+    rolled = await key_rules.roll_key(runtime.store, key_id, overlap, admin.name, grant_set(admin))
+    await runtime.apply_own_writes()
+    return _json({"key": key_rules.key_json(rolled.row, clock.now()), "secret": rolled.secret})
 
 
 async def delete_key(request: web.Request) -> web.Response:

@@ -12,7 +12,13 @@ from gateway.admin import errors
 from gateway.admin.parsing import DEFAULT_LIMIT, MAX_BODY_BYTES, MAX_LIMIT
 from gateway.admin.sessions import COOKIE as SESSION_COOKIE
 from gateway.admin.sessions import CSRF_HEADER, SECURE_COOKIE
-from gateway.key_rules import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, ROLES_MAX
+from gateway.key_rules import (
+    DESCRIPTION_MAX_LENGTH,
+    NAME_MAX_LENGTH,
+    ROLES_MAX,
+    ROLL_OVERLAP_DEFAULT,
+    ROLL_OVERLAP_MAX,
+)
 from gateway.store.base import KEY_SORTS
 
 OPENAPI_VERSION = "3.1.0"
@@ -82,6 +88,8 @@ SCHEMAS: dict[str, Schema] = {
             "expires_at",
             "last_used_at",
             "use_count",
+            "rolled_at",
+            "previous_expires_at",
         ],
         "additionalProperties": False,
         "properties": {
@@ -98,6 +106,27 @@ SCHEMAS: dict[str, Schema] = {
             "expires_at": _nullable(_TIME),
             "last_used_at": _nullable(_TIME),
             "use_count": {"type": "integer", "minimum": 0},
+            "rolled_at": _nullable({**_TIME, "description": "when the secret was last rolled"}),
+            "previous_expires_at": _nullable(
+                {
+                    **_TIME,
+                    "description": "when the secret replaced by the last roll stops working "
+                    "(then it answers 401 key_rolled)",
+                }
+            ),
+        },
+    },
+    "KeyRoll": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "overlap_seconds": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": ROLL_OVERLAP_MAX,
+                "default": ROLL_OVERLAP_DEFAULT,
+                "description": "how long the current secret keeps working beside the new one",
+            }
         },
     },
     "KeyCreate": {
@@ -549,6 +578,21 @@ def _paths() -> dict[str, Schema]:
                 {**_ok("the revoked key", "Key"), **_errors(*_AUTH_ERRORS, 404)},
                 parameters=[_ID_PARAMETER],
             )
+        },
+        "/api/v1/keys/{id}/roll": {
+            "post": {
+                **_operation(
+                    "rollKey",
+                    "Give a key a new secret, shown once; the old secret keeps working for "
+                    "the overlap, then answers 401 key_rolled (a second roll replaces the first)",
+                    {
+                        **_ok("the key and its new secret", "KeyCreated"),
+                        **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 404),
+                    },
+                    parameters=[_ID_PARAMETER],
+                ),
+                "requestBody": {"required": False, "content": _json_content(_ref("KeyRoll"))},
+            }
         },
         "/api/v1/keys/{id}/reinstate": {
             "post": _operation(

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 KeyStatus = Literal["active", "revoked"]
-# The lean row a process loads into its key table: digest, id, name, roles, status, expires_at.
-AuthRow = tuple[bytes, int, str, tuple[str, ...], str, float | None]
+# The lean row a process loads into its key table: digest, id, name, roles, status,
+# expires_at, and a rolled key's previous digest and the end of its overlap.
+AuthRow = tuple[bytes, int, str, tuple[str, ...], str, float | None, bytes | None, float | None]
 ChangeOp = Literal["upsert", "delete"]
 # Orders of the key list: by id (the default), or by name, creation or last use, "-" descending.
 KeySort = Literal[
@@ -122,6 +123,10 @@ class KeyRow:
     expires_at: float | None
     last_used_at: float | None
     use_count: int
+    # After a roll: the replaced secret's digest, when it stops working, when the roll was.
+    previous_digest: bytes | None = None
+    previous_expires_at: float | None = None
+    rolled_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +299,20 @@ class KeyStore(Protocol):
 
     async def delete_key(self, key_id: int, actor: str, grants: Grants = None) -> KeyRow:
         """Delete one key for good and return it; raise NotFoundError, OutsideGrantsError."""
+
+    async def roll_key(
+        self,
+        key_id: int,
+        digest: bytes,
+        prefix: str,
+        overlap: float,
+        actor: str,
+        grants: Grants = None,
+    ) -> KeyRow:
+        """Give a key a new secret; the current one keeps working for `overlap` seconds.
+
+        A previous roll's old secret is forgotten. Raise NotFoundError, OutsideGrantsError.
+        """
 
     async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
         """Revoke every active key within `grants` in one transaction."""

@@ -6,11 +6,11 @@ import contextlib
 import functools
 import gc
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from gateway.clock import iso
-from gateway.store.base import Grants, KeyRow, OutsideGrantsError
+from gateway.store.base import AuthRow, Grants, KeyRow, OutsideGrantsError
 
 # Distinct roles JSON strings remembered for interning before the memo starts over.
 ROLES_MEMO_MAX = 10_000
@@ -26,6 +26,7 @@ ACTION_DELETE = "delete"
 ACTION_REVOKE_ALL = "revoke_all"
 ACTION_REINSTATE_ALL = "reinstate_all"
 ACTION_DELETE_REVOKED = "delete_revoked"
+ACTION_ROLL = "roll"
 ACTION_ADMIN_ADD = "admin_add"
 ACTION_ADMIN_PASSWD = "admin_passwd"
 ACTION_ADMIN_GRANTS = "admin_grants"
@@ -47,10 +48,15 @@ KEY_FIELDS = (
     "expires_at",
     "last_used_at",
     "use_count",
+    "previous_digest",
+    "previous_expires_at",
+    "rolled_at",
 )
 KEY_COLUMNS = ", ".join(KEY_FIELDS)
 KEY_COLUMNS_K = ", ".join(f"k.{name}" for name in KEY_FIELDS)
 ROLES_INDEX = KEY_FIELDS.index("roles")
+# The columns of the lean auth rows (AuthRow) the key table loads.
+AUTH_COLUMNS = "digest, id, name, roles, status, expires_at, previous_digest, previous_expires_at"
 ADMIN_COLUMNS = "name, password_hash, grants, grant_all, created_at, updated_at"
 AUDIT_COLUMNS = "id, at, actor, action, key_id, key_name, details"
 
@@ -65,6 +71,21 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def key_values(row: KeyRow) -> tuple[Any, ...]:
+    """Return a KeyRow as the values of KEY_COLUMNS, as stored (roles as JSON text)."""
+    values = [getattr(row, name) for name in KEY_FIELDS]
+    values[ROLES_INDEX] = roles_json(row.roles)
+    return tuple(values)
+
+
+def auth_rows(rows: Iterable[Sequence[Any]]) -> list[AuthRow]:
+    """Turn rows of AUTH_COLUMNS into AuthRows (role tuples shared)."""
+    return [
+        (digest, key_id, name, roles_of(roles), status, expires_at, previous, previous_until)
+        for digest, key_id, name, roles, status, expires_at, previous, previous_until in rows
+    ]
 
 
 def roles_json(roles: Iterable[str]) -> str:

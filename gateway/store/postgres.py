@@ -54,16 +54,20 @@ from gateway.store.common import (
     ACTION_REINSTATE_ALL,
     ACTION_REVOKE,
     ACTION_REVOKE_ALL,
+    ACTION_ROLL,
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
+    AUTH_COLUMNS,
     KEY_COLUMNS,
     KEY_COLUMNS_K,
     LOAD_CHUNK,
     ROLES_INDEX,
+    auth_rows,
     check_grants,
     details_json,
     gc_paused,
     jsonable,
+    key_values,
     like_pattern,
     roles_json,
     roles_of,
@@ -708,11 +712,62 @@ class PostgresKeyStore:
             current = await self._key_in(conn, key_id)
             check_grants(current, grants)
             await conn.execute("DELETE FROM keys WHERE id = $1", key_id)
-            await self._append_changes(conn, [(key_id, current.digest)], "delete", now)
+            await self._append_changes(conn, _digests_of(current), "delete", now)
             await self._audit_in(
                 conn, now, actor, ACTION_DELETE, key_id, current.name, {"status": current.status}
             )
         return current
+
+    async def roll_key(
+        self,
+        key_id: int,
+        digest: bytes,
+        prefix: str,
+        overlap: float,
+        actor: str,
+        grants: Grants = None,
+    ) -> KeyRow:
+        """Give a key a new secret; the current one keeps working for `overlap` seconds.
+
+        The feed forgets a previous roll's old secret (a delete entry for its digest) and
+        announces the key under its new digest; followers map both until the overlap ends.
+        """
+        now = time.time()
+        until = now + overlap
+        async with self._write() as conn:
+            current = await self._key_in(conn, key_id)
+            check_grants(current, grants)
+            await conn.execute(
+                "UPDATE keys SET digest = $1, prefix = $2, previous_digest = $3,"
+                " previous_expires_at = $4, rolled_at = $5, updated_at = $5 WHERE id = $6",
+                digest,
+                prefix,
+                current.digest,
+                until,
+                now,
+                key_id,
+            )
+            if current.previous_digest is not None:
+                await self._append_changes(conn, [(key_id, current.previous_digest)], "delete", now)
+            await self._append_changes(conn, [(key_id, digest)], "upsert", now)
+            await self._audit_in(
+                conn,
+                now,
+                actor,
+                ACTION_ROLL,
+                key_id,
+                current.name,
+                {"overlap_seconds": overlap, "previous_expires_at": iso(until), "prefix": prefix},
+            )
+        return dataclasses.replace(
+            current,
+            digest=digest,
+            prefix=prefix,
+            previous_digest=current.digest,
+            previous_expires_at=until,
+            rolled_at=now,
+            updated_at=now,
+        )
 
     async def _batch(
         self,
@@ -734,14 +789,15 @@ class PostgresKeyStore:
             total = int(await conn.fetchval("SELECT COUNT(*) FROM keys WHERE status = $1", status))
             params = _Params(status)
             chosen = await conn.fetch(
-                "SELECT id, digest FROM keys WHERE status = $1"
+                "SELECT id, digest, previous_digest FROM keys WHERE status = $1"
                 f" AND {_within_grants(grants, params)} ORDER BY id",
                 *params.values,
             )
             key_ids = [int(row[0]) for row in chosen]
-            await self._append_changes(
-                conn, [(int(row[0]), bytes(row[1])) for row in chosen], op, now
-            )
+            entries = [(int(row[0]), bytes(row[1])) for row in chosen]
+            if op == "delete":
+                entries += [(int(row[0]), bytes(row[2])) for row in chosen if row[2] is not None]
+            await self._append_changes(conn, entries, op, now)
             if key_ids:
                 await conn.execute(write, key_ids, *values)
             result = BatchResult(len(key_ids), total - len(key_ids))
@@ -802,16 +858,9 @@ class PostgresKeyStore:
                 conn.transaction(isolation="repeatable_read", readonly=True),
             ):
                 seq = int(await conn.fetchval(_CURRENT_SEQ))
-                cursor = await conn.cursor(
-                    "SELECT digest, id, name, roles, status, expires_at FROM keys ORDER BY id"
-                )
+                cursor = await conn.cursor(f"SELECT {AUTH_COLUMNS} FROM keys ORDER BY id")
                 while chunk := await cursor.fetch(LOAD_CHUNK):
-                    sink(
-                        [
-                            (digest, key_id, name, roles_of(roles), status, expires_at)
-                            for digest, key_id, name, roles, status, expires_at in chunk
-                        ]
-                    )
+                    sink(auth_rows(chunk))
         return seq
 
     async def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
@@ -825,7 +874,8 @@ class PostgresKeyStore:
         async with self._connection() as conn:
             rows = await conn.fetch(
                 f"SELECT c.seq, c.digest, {KEY_COLUMNS_K} FROM key_changes c"
-                " LEFT JOIN keys k ON k.digest = c.digest"
+                # By id: a rolled key's entries name its old digest, yet carry its current row.
+                " LEFT JOIN keys k ON k.id = c.key_id AND c.op = 'upsert'"
                 " WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
                 seq,
                 limit,
@@ -1053,7 +1103,10 @@ class PostgresKeyStore:
             )
             if held and not replace:
                 raise StoreNotEmptyError(f"{self.location} already holds keys, admins or audit")
-            gone = await conn.fetch("SELECT id, digest FROM keys ORDER BY id")
+            gone = await conn.fetch(
+                "SELECT id, digest FROM keys UNION ALL SELECT id, previous_digest FROM keys"
+                " WHERE previous_digest IS NOT NULL"
+            )
             await self._append_changes(
                 conn, [(int(row[0]), bytes(row[1])) for row in gone], "delete", now
             )
@@ -1260,6 +1313,12 @@ def _admin_record(account: AdminAccount) -> tuple[Any, ...]:
 
 def _key_record(row: KeyRow) -> tuple[Any, ...]:
     """Return a KeyRow as a tuple of KEY_COLUMNS values (roles as their JSON text)."""
-    values: list[Any] = list(dataclasses.astuple(row))
-    values[ROLES_INDEX] = roles_json(row.roles)
-    return tuple(values)
+    return key_values(row)
+
+
+def _digests_of(row: KeyRow) -> list[tuple[int, bytes]]:
+    """Return the feed entries (id, digest) of every secret a key answers to."""
+    entries = [(row.id, row.digest)]
+    if row.previous_digest is not None:
+        entries.append((row.id, row.previous_digest))
+    return entries

@@ -54,16 +54,21 @@ from gateway.store.common import (
     ACTION_REINSTATE_ALL,
     ACTION_REVOKE,
     ACTION_REVOKE_ALL,
+    ACTION_ROLL,
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
+    AUTH_COLUMNS,
     KEY_COLUMNS,
     KEY_COLUMNS_K,
+    KEY_FIELDS,
     LOAD_CHUNK,
     ROLES_INDEX,
+    auth_rows,
     check_grants,
     details_json,
     gc_paused,
     jsonable,
+    key_values,
     like_pattern,
     roles_json,
     roles_of,
@@ -696,10 +701,58 @@ class SqliteKeyStore:
             check_grants(current, grants)
             await db.execute("DELETE FROM keys WHERE id = ?", (key_id,))
             await db.execute(_INSERT_CHANGE, (key_id, current.digest, "delete", now))
+            if current.previous_digest is not None:
+                await db.execute(_INSERT_CHANGE, (key_id, current.previous_digest, "delete", now))
             await self._audit_in(
                 db, now, actor, ACTION_DELETE, key_id, current.name, {"status": current.status}
             )
         return current
+
+    async def roll_key(
+        self,
+        key_id: int,
+        digest: bytes,
+        prefix: str,
+        overlap: float,
+        actor: str,
+        grants: Grants = None,
+    ) -> KeyRow:
+        """Give a key a new secret; the current one keeps working for `overlap` seconds.
+
+        The feed forgets a previous roll's old secret (a delete entry for its digest) and
+        announces the key under its new digest; followers map both until the overlap ends.
+        """
+        now = time.time()
+        until = now + overlap
+        async with self._transaction() as db:
+            current = await self._key_in(db, key_id)
+            check_grants(current, grants)
+            await db.execute(
+                "UPDATE keys SET digest = ?, prefix = ?, previous_digest = ?,"
+                " previous_expires_at = ?, rolled_at = ?, updated_at = ? WHERE id = ?",
+                (digest, prefix, current.digest, until, now, now, key_id),
+            )
+            if current.previous_digest is not None:
+                await db.execute(_INSERT_CHANGE, (key_id, current.previous_digest, "delete", now))
+            await db.execute(_INSERT_CHANGE, (key_id, digest, "upsert", now))
+            await self._audit_in(
+                db,
+                now,
+                actor,
+                ACTION_ROLL,
+                key_id,
+                current.name,
+                {"overlap_seconds": overlap, "previous_expires_at": iso(until), "prefix": prefix},
+            )
+        return dataclasses.replace(
+            current,
+            digest=digest,
+            prefix=prefix,
+            previous_digest=current.digest,
+            previous_expires_at=until,
+            rolled_at=now,
+            updated_at=now,
+        )
 
     async def _batch(
         self,
@@ -731,6 +784,13 @@ class SqliteKeyStore:
                 f" SELECT id, digest, ?, ? FROM keys WHERE {chosen} ORDER BY id",
                 (op, now, *scope_params),
             )
+            if op == "delete":
+                await db.execute(
+                    "INSERT INTO key_changes (key_id, digest, op, at)"
+                    " SELECT id, previous_digest, 'delete', ? FROM keys"
+                    f" WHERE {chosen} AND previous_digest IS NOT NULL ORDER BY id",
+                    (now, *scope_params),
+                )
             await db.execute(f"{write} WHERE {chosen}", (*values, *scope_params))
             result = BatchResult(len(key_ids), int(total_rows[0][0]) - len(key_ids))
             details = {"count": result.changed, "skipped": result.skipped, "key_ids": key_ids}
@@ -786,16 +846,9 @@ class SqliteKeyStore:
         with gc_paused():
             async with self._transaction("BEGIN") as db:
                 seq_rows = list(await db.execute_fetchall(_CURRENT_SEQ))
-                async with db.execute(
-                    "SELECT digest, id, name, roles, status, expires_at FROM keys ORDER BY id"
-                ) as cursor:
+                async with db.execute(f"SELECT {AUTH_COLUMNS} FROM keys ORDER BY id") as cursor:
                     while chunk := await cursor.fetchmany(LOAD_CHUNK):
-                        sink(
-                            [
-                                (digest, key_id, name, roles_of(roles), status, expires_at)
-                                for digest, key_id, name, roles, status, expires_at in chunk
-                            ]
-                        )
+                        sink(auth_rows(chunk))
         return int(seq_rows[0][0])
 
     async def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
@@ -808,7 +861,8 @@ class SqliteKeyStore:
             raise ValueError("limit must not be negative")
         rows = await self._fetch(
             f"SELECT c.seq, c.digest, {KEY_COLUMNS_K} FROM key_changes c"
-            " LEFT JOIN keys k ON k.digest = c.digest"
+            # By id: a rolled key's entries name its old digest, yet carry its current row.
+            " LEFT JOIN keys k ON k.id = c.key_id AND c.op = 'upsert'"
             " WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
             (seq, limit),
         )
@@ -999,21 +1053,16 @@ class SqliteKeyStore:
                 raise StoreNotEmptyError(f"{self.path} already holds keys, admins or audit events")
             await db.execute(
                 "INSERT INTO key_changes (key_id, digest, op, at)"
-                " SELECT id, digest, 'delete', ? FROM keys ORDER BY id",
-                (now,),
+                " SELECT id, digest, 'delete', ? FROM keys"
+                " UNION ALL SELECT id, previous_digest, 'delete', ? FROM keys"
+                " WHERE previous_digest IS NOT NULL",
+                (now, now),
             )
             for table in ("keys", "admins", "audit"):
                 await db.execute(f"DELETE FROM {table}")
             await db.executemany(
-                f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ({', '.join('?' * 14)})",
-                [
-                    (
-                        *dataclasses.astuple(row)[:ROLES_INDEX],
-                        roles_json(row.roles),
-                        *dataclasses.astuple(row)[ROLES_INDEX + 1 :],
-                    )
-                    for row in contents.keys
-                ],
+                f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ({', '.join('?' * len(KEY_FIELDS))})",
+                [key_values(row) for row in contents.keys],
             )
             await db.executemany(
                 _INSERT_CHANGE, [(row.id, row.digest, "upsert", now) for row in contents.keys]

@@ -137,6 +137,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX keys_last_used ON keys (COALESCE(last_used_at, -1), id)",
         ),
     ),
+    Migration(
+        4,
+        "key rolls: the replaced secret's digest, the end of its overlap, when it was rolled",
+        (
+            "ALTER TABLE keys ADD COLUMN previous_digest BYTEA",
+            "ALTER TABLE keys ADD COLUMN previous_expires_at DOUBLE PRECISION",
+            "ALTER TABLE keys ADD COLUMN rolled_at DOUBLE PRECISION",
+        ),
+    ),
 )
 
 check_sequence(MIGRATIONS)

@@ -155,6 +155,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO feed_state (id, pruned_through) VALUES (1, 0)",
         ),
     ),
+    Migration(
+        7,
+        "key rolls: the replaced secret's digest, the end of its overlap, when it was rolled",
+        (
+            "ALTER TABLE keys ADD COLUMN previous_digest BLOB",
+            "ALTER TABLE keys ADD COLUMN previous_expires_at REAL",
+            "ALTER TABLE keys ADD COLUMN rolled_at REAL",
+        ),
+    ),
 )
 
 check_sequence(MIGRATIONS)
