@@ -1210,3 +1210,69 @@ async def test_metrics_count_proxy_outcomes_and_keys_without_credentials(
     # an API key is still refused here, like everywhere on the admin listener
     resp = await client.get("/metrics", headers={"X-API-Key": "kg_x"})
     assert resp.status == 403
+
+
+# ------------------------------------------------------------------ roll
+
+
+async def test_roll_issues_a_new_secret_and_the_old_one_works_for_the_overlap(
+    client: Client, runtime: Runtime
+) -> None:
+    created = await create(client, "rolled")
+    key_id, old = created["key"]["id"], created["secret"]
+    assert created["key"]["rolled_at"] is None
+    assert created["key"]["previous_expires_at"] is None
+
+    resp = await client.post(f"{KEYS}/{key_id}/roll", json={"overlap_seconds": 600}, headers=ROOT)
+    body = await expect(resp, 200)
+    assert_documented("/api/v1/keys/{id}/roll", "post", 200, body)
+    new = body["secret"]
+    assert keys.is_well_formed(new) and new != old
+    key = body["key"]
+    assert (key["id"], key["name"], key["roles"]) == (key_id, "rolled", ["reader"])
+    assert key["prefix"] == keys.display_prefix(new)
+    assert key["rolled_at"] is not None
+    moved = datetime.fromisoformat(key["previous_expires_at"].replace("Z", "+00:00"))
+    rolled = datetime.fromisoformat(key["rolled_at"].replace("Z", "+00:00"))
+    assert (moved - rolled).total_seconds() == pytest.approx(600, abs=1)
+    # Both secrets reach the proxy's table before the call returns.
+    assert lookup(runtime, old).id == lookup(runtime, new).id == key_id
+    shown = await expect(await client.get(f"{KEYS}/{key_id}", headers=ROOT), 200)
+    assert shown == key
+
+    # Without a body: the default overlap (a day); the first old secret is forgotten.
+    again = await expect(await client.post(f"{KEYS}/{key_id}/roll", headers=WRITE), 200)
+    assert lookup(runtime, old) is None
+    assert lookup(runtime, new).id == lookup(runtime, again["secret"]).id == key_id
+    moved = datetime.fromisoformat(again["key"]["previous_expires_at"].replace("Z", "+00:00"))
+    rolled = datetime.fromisoformat(again["key"]["rolled_at"].replace("Z", "+00:00"))
+    assert (moved - rolled).total_seconds() == pytest.approx(86_400, abs=1)
+
+    audit = await expect(
+        await client.get("/api/v1/audit", params={"key_id": str(key_id)}, headers=ROOT), 200
+    )
+    assert [e["action"] for e in audit["items"]] == ["roll", "roll", "create"]
+    dumped = json.dumps(audit)
+    for secret in (old, new, again["secret"]):
+        assert secret not in dumped and keys.digest(secret).hex() not in dumped
+
+
+@pytest.mark.parametrize("overlap", [-1, 30 * 86_400 + 1, 1.5, "60", True])
+async def test_roll_refuses_a_bad_overlap(client: Client, overlap: object) -> None:
+    created = await create(client, "bad-overlap")
+    resp = await client.post(
+        f"{KEYS}/{created['key']['id']}/roll", json={"overlap_seconds": overlap}, headers=ROOT
+    )
+    await expect_error(resp, 400, "invalid_request", "overlap_seconds")
+
+
+async def test_roll_is_scoped_by_grants_and_unknown_ids(client: Client) -> None:
+    created = await create(client, "operator-key", ["operator"])
+    resp = await client.post(f"{KEYS}/{created['key']['id']}/roll", json={}, headers={**LIMITED})
+    await expect_error(resp, 403, "grant_forbidden")
+    await expect_error(
+        await client.post(f"{KEYS}/999/roll", json={}, headers=ROOT), 404, "not_found"
+    )
+    mine = await create(client, "reader-key", ["reader"], auth=LIMITED)
+    resp = await client.post(f"{KEYS}/{mine['key']['id']}/roll", json={}, headers=LIMITED)
+    await expect(resp, 200)

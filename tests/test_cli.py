@@ -557,3 +557,23 @@ def test_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
     assert result.stdout.strip().startswith("keygate 0.")
+
+
+def test_roll_prints_the_new_secret_once_and_keeps_the_old_for_the_overlap(config: Path) -> None:
+    made = ok_json(config, "create", "--name", "rolled", "--role", "1int-user")
+    out = ok(config, "roll", "rolled", "--overlap", "120")
+    secret = created_secret(out)
+    assert secret != made["secret"] and keys.is_well_formed(secret)
+    assert "shown once" in out and "old secret keeps working until" in out
+    shown = ok_json(config, "show", str(made["id"]))
+    assert shown["prefix"] == keys.display_prefix(secret)
+    assert shown["rolled_at"] is not None and shown["previous_expires_at"] is not None
+    assert secret not in ok(config, "show", "rolled") and secret not in ok(config, "list")
+    default = ok_json(config, "roll", "rolled")
+    assert default["secret"] != secret
+    fails(fails_keys(config, "roll", "rolled", "--overlap", "2592001"), "overlap_seconds")
+    fails(fails_keys(config, "roll", "nobody"), "nobody")
+    events = json.loads(
+        out_of(run_cli("audit", "--key", "rolled", "--json", "--config", str(config)))
+    )
+    assert [event["action"] for event in events] == ["roll", "roll", "create"]

@@ -46,6 +46,8 @@ KEY_JSON_FIELDS = {
     "expires_at",
     "last_used_at",
     "use_count",
+    "rolled_at",
+    "previous_expires_at",
 }
 
 

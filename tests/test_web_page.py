@@ -663,6 +663,56 @@ def test_revoke_reinstate_delete_each_confirmed_naming_the_key(
     assert {event["actor"] for event in actions[:3]} == {"root"}
 
 
+def test_roll_confirmed_shows_the_new_secret_once_and_both_secrets_work(
+    browser: Browser, site: Site
+) -> None:
+    made = json.loads(
+        cli(
+            site.config,
+            "keys",
+            "create",
+            "--name",
+            "roll-me",
+            "--role",
+            "1int-sessions-read",
+            "--json",
+        )
+    )
+    old = made["secret"]
+    with signed_in(browser, site) as page:
+        search(page, "roll-me")
+        open_settings(page, "roll-me").get_by_role("menuitem", name="Roll…").click()
+        ask = confirm_dialog(page)
+        page_expect(ask).to_contain_text("roll-me")
+        page_expect(ask).to_contain_text("24 hours")
+        ask.get_by_role("button", name="Cancel").click()
+        assert proxy_status(site, old) == 502
+        shown_before = json.loads(cli(site.config, "keys", "show", "roll-me", "--json"))
+        assert shown_before["rolled_at"] is None
+
+        open_settings(page, "roll-me").get_by_role("menuitem", name="Roll…").click()
+        confirm_dialog(page).get_by_role("button", name="Confirm").click()
+        shown = page.get_by_role("dialog", name=re.compile("New secret for “roll-me”"))
+        page_expect(shown).to_be_visible()
+        page_expect(shown).to_contain_text("It will not be shown again")
+        field = shown.get_by_role("textbox", name="API key", exact=True)
+        secret = field.input_value()
+        assert re.fullmatch(r"kg_[0-9A-Za-z]{36}", secret) and secret != old
+        screenshot(page, f"roll-secret-{WIDE}.png")
+        shown.get_by_role("button", name="Copy").click()
+        shown.get_by_role("button", name="Done").click()
+        page_expect(shown).to_be_hidden()
+        page_expect(page.get_by_role("button", name="Settings for roll-me")).to_be_focused()
+        assert secret not in page.content()
+        page_expect(row(page, "roll-me").locator("code")).to_have_text(f"{secret[:10]}…")
+    assert proxy_status(site, secret) == 502  # accepted (the upstream is down)
+    assert proxy_status(site, old) == 502  # the old secret still works during the overlap
+    rolled = json.loads(cli(site.config, "keys", "show", "roll-me", "--json"))
+    assert rolled["rolled_at"] is not None and rolled["previous_expires_at"] is not None
+    actions = json.loads(cli(site.config, "audit", "--key", "roll-me", "--json"))
+    assert [event["action"] for event in actions][:2] == ["roll", "create"]
+
+
 # --------------------------------------------------------------------------- 6: batch actions
 
 

@@ -249,6 +249,7 @@ function canManage(key) {
 function keyMenuItems(key) {
   return [
     { label: "Edit", action: () => openKeyDialog(key) },
+    { label: "Roll…", action: () => rollKey(key) },
     { label: "Revoke", disabled: key.status === "revoked", action: () => revokeKey(key) },
     { label: "Reinstate", disabled: key.status !== "revoked", action: () => reinstateKey(key) },
     { label: "Delete", danger: true, action: () => deleteKey(key) },
@@ -435,14 +436,14 @@ function clearSecret() {
   secretCopied = false;
 }
 
-function showSecret(secret, name) {
+function showSecret(secret, name, { title = `API key “${name}” created`, returnFocus = $("create-button") } = {}) {
   secretCopied = false;
-  $("secret-title").textContent = `API key “${name}” created`;
+  $("secret-title").textContent = title;
   $("secret-value").value = secret;
   $("secret-copied").textContent = "";
   openDialog($("secret-dialog"), {
     initialFocus: $("secret-copy"),
-    returnFocus: $("create-button"),
+    returnFocus,
     onRequestClose: requestSecretClose,
   });
   $("secret-value").select();
@@ -532,6 +533,26 @@ function reinstateKey(key) {
   });
 }
 
+// A new secret for the same key; the old one keeps working for the server's default overlap.
+async function rollKey(key) {
+  const sure = await confirmAction({
+    title: `Roll “${key.name}”?`,
+    message: `Give the API key “${key.name}” a new secret? The current secret keeps working for 24 hours, then it is refused; deploy the new one before then.`,
+    returnFocus: rowSettingsButton(key),
+  });
+  if (!sure) return;
+  try {
+    const rolled = await api("POST", `/api/v1/keys/${key.id}/roll`, {});
+    say(`Rolled “${rolled.key.name}”.`);
+    // Re-read first: the row is re-rendered, and focus returns to its new settings button.
+    // A failed re-read must never cost the secret: the next poll reports it.
+    await loadKeys({ quiet: true }).catch(() => {});
+    showSecret(rolled.secret, rolled.key.name, { title: `New secret for “${rolled.key.name}”`, returnFocus: rowSettingsButton(key) });
+  } catch (failure) {
+    handleFailure(failure);
+  }
+}
+
 function deleteKey(key) {
   return keyAction(key, {
     title: `Delete “${key.name}”?`,
@@ -603,6 +624,7 @@ const ACTIONS = {
   revoke: "Revoked",
   reinstate: "Reinstated",
   delete: "Deleted",
+  roll: "Rolled",
   revoke_all: "Revoked all",
   reinstate_all: "Reinstated all",
   delete_revoked: "Deleted all revoked",
