@@ -14,6 +14,7 @@ from gateway.policy import load_policy
 from gateway.store.base import BatchResult, KeyChanges, KeyRow, KeyStore
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
+DAY = 86_400  # seconds
 
 
 async def resolve_key(store: KeyStore, ref: str) -> KeyRow:
@@ -62,11 +63,14 @@ async def keys_create(args: argparse.Namespace) -> int:
 async def keys_list(args: argparse.Namespace) -> int:
     """List keys, optionally filtered by status."""
     settings = load_config(args)
+    within = settings.expiry.warn_days * DAY
     async with open_store(settings) as store:
         rows: list[KeyRow] = []
         after = 0
         while True:
-            page = await store.list_keys(status=args.status, limit=1000, after_id=after)
+            page = await store.list_keys(
+                status=args.status, limit=1000, after_id=after, expiring_within=within
+            )
             rows.extend(page)
             if len(page) < 1000:
                 break
@@ -77,14 +81,18 @@ async def keys_list(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{'ID':>6}  {'NAME':<24} {'STATUS':<8} {'PREFIX':<11} {'USES':>6}  "
-        f"{'LAST USED':<17} {'EXPIRES':<17} ROLES"
+        f"{'LAST USED':<17} {'EXPIRES':<27} ROLES"
     )
     for row in rows:
         status = key_rules.status_of(row, now)
         roles = ",".join(row.roles)
+        expires = _minute(row.expires_at)
+        days = key_rules.days_left(row, now, within)
+        if days is not None:
+            expires += f" (in {days} d)"
         print(
             f"{row.id:>6}  {row.name:<24} {status:<8} {row.prefix:<11} {row.use_count:>6}  "
-            f"{_minute(row.last_used_at):<17} {_minute(row.expires_at):<17} {roles}"
+            f"{_minute(row.last_used_at):<17} {expires:<27} {roles}"
         )
     print(f"{len(rows)} key(s)")
     return 0
@@ -222,7 +230,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     create.set_defaults(func=keys_create)
 
     listing = keys_commands.add_parser("list", help="list keys")
-    listing.add_argument("--status", choices=("active", "revoked", "expired"))
+    listing.add_argument(
+        "--status",
+        choices=("active", "revoked", "expired", "expiring"),
+        help="expiring: active keys expiring within expiry.warn_days",
+    )
     listing.set_defaults(func=keys_list)
 
     show = keys_commands.add_parser("show", help="show one key")

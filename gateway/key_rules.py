@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -121,6 +122,16 @@ def status_of(row: KeyRow, now: float) -> str:
     if row.expires_at is not None and row.expires_at <= now:
         return "expired"
     return "active"
+
+
+def days_left(row: KeyRow, now: float, within: float) -> int | None:
+    """Return whole days (rounded up) until an active key expiring within `within` s expires."""
+    if row.status != "active" or row.expires_at is None:
+        return None
+    left = row.expires_at - now
+    if not 0 < left <= within:
+        return None
+    return math.ceil(left / 86_400)
 
 
 def key_json(row: KeyRow, now: float) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 
@@ -24,17 +24,25 @@ from gateway.admin.parsing import (
 from gateway.policy import Policy
 from gateway.runtime import Runtime
 from gateway.state import RUNTIME
-from gateway.store.base import KEY_SORTS, BatchResult, KeyChanges, KeyRow, SortPosition
+from gateway.store.base import (
+    KEY_SORTS,
+    BatchResult,
+    KeyChanges,
+    KeyFilter,
+    KeyRow,
+    SortPosition,
+)
 
 KEY_FIELDS = frozenset({"name", "description", "roles", "expires_at"})
 IDENTIFY_FIELDS = frozenset({"secret"})
 ROLL_FIELDS = frozenset({"overlap_seconds"})
 LIST_PARAMS = frozenset({"status", "q", "limit", "cursor", "sort"})
-STATUSES: tuple[Literal["active", "revoked", "expired"], ...] = ("active", "revoked", "expired")
+STATUSES: tuple[KeyFilter, ...] = ("active", "revoked", "expired", "expiring")
 KEY_CURSOR = "k"
+DAY = 86_400  # seconds
 
 M_NOTHING_TO_CHANGE = "nothing to change: give name, description, roles or expires_at"
-M_STATUS = "status must be one of: active, revoked, expired"
+M_STATUS = "status must be one of: active, revoked, expired, expiring"
 M_SORT = f"sort must be one of: {', '.join(KEY_SORTS)}"
 M_SECRET = "secret must be a whole keygate API key (kg_..., with its checksum)"
 M_NO_KEY_FOR_SECRET = "no key has that secret (deleted, or never a keygate key)"
@@ -79,15 +87,27 @@ async def list_keys(request: web.Request) -> web.Response:
     if sort is None:
         raise bad_request(M_SORT, field="sort")
     now = clock.now()
+    within = runtime.settings.expiry.warn_days * DAY
     if sort == "id":
         after_id = decode_cursor(params, KEY_CURSOR) or 0
         rows = await runtime.store.list_keys(
-            status=status, query=query, limit=limit + 1, after_id=after_id, now=now
+            status=status,
+            query=query,
+            limit=limit + 1,
+            after_id=after_id,
+            now=now,
+            expiring_within=within,
         )
     else:
         after: SortPosition | None = decode_sort_cursor(params, sort, sort.endswith("name"))
         rows = await runtime.store.list_keys(
-            status=status, query=query, limit=limit + 1, now=now, sort=sort, after=after
+            status=status,
+            query=query,
+            limit=limit + 1,
+            now=now,
+            sort=sort,
+            after=after,
+            expiring_within=within,
         )
     page = rows[:limit]
     next_cursor = _next_cursor(sort, page[-1]) if len(rows) > limit else None

@@ -328,6 +328,7 @@ SCHEMAS: dict[str, Schema] = {
             "csrf_token",
             "idle_timeout",
             "absolute_timeout",
+            "expiry_warn_days",
         ],
         "additionalProperties": False,
         "properties": {
@@ -342,6 +343,10 @@ SCHEMAS: dict[str, Schema] = {
             },
             "idle_timeout": {"type": "number", "description": "seconds"},
             "absolute_timeout": {"type": "number", "description": "seconds"},
+            "expiry_warn_days": {
+                "type": "integer",
+                "description": "keys expiring within this many days count as expiring",
+            },
         },
     },
     "Changes": {
@@ -528,7 +533,15 @@ def _paths() -> dict[str, Schema]:
                 "List keys by id",
                 {**_ok("a page of keys", "KeyPage"), **_errors(400, *_AUTH_ERRORS)},
                 parameters=[
-                    {"name": "status", "in": "query", "schema": _ref("KeyStatus")},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "description": "expiring: active keys expiring within expiry.warn_days",
+                        "schema": {
+                            "type": "string",
+                            "enum": ["active", "revoked", "expired", "expiring"],
+                        },
+                    },
                     {
                         "name": "q",
                         "in": "query",

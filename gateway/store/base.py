@@ -11,6 +11,10 @@ KeyStatus = Literal["active", "revoked"]
 # expires_at, and a rolled key's previous digest and the end of its overlap.
 AuthRow = tuple[bytes, int, str, tuple[str, ...], str, float | None, bytes | None, float | None]
 ChangeOp = Literal["upsert", "delete"]
+# Filters of the key list: "expiring" is active and expiring within a window from now.
+KeyFilter = Literal["active", "revoked", "expired", "expiring"]
+# Seconds ahead a key counts as expiring when the caller gives no window (14 days).
+EXPIRING_WITHIN = 14 * 86_400
 # Orders of the key list: by id (the default), or by name, creation or last use, "-" descending.
 KeySort = Literal[
     "id", "name", "-name", "created_at", "-created_at", "last_used_at", "-last_used_at"
@@ -268,17 +272,19 @@ class KeyStore(Protocol):
     async def list_keys(
         self,
         *,
-        status: Literal["active", "revoked", "expired"] | None = None,
+        status: KeyFilter | None = None,
         query: str | None = None,
         limit: int = 100,
         after_id: int = 0,
         now: float | None = None,
         sort: KeySort = "id",
         after: SortPosition | None = None,
+        expiring_within: float = EXPIRING_WITHIN,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and text.
 
         Sorted by id, the page starts after `after_id`; in any other order, after `after`.
+        "expiring" keys are active and expire within `expiring_within` seconds of now.
         """
 
     async def batch_counts(self, grants: Grants = None) -> dict[str, BatchResult]:
@@ -350,6 +356,24 @@ class KeyStore(Protocol):
         `usage` maps key id -> (last_used_at, uses since the previous flush).
         Writes no change-feed entry (usage is not auth-relevant).
         """
+
+    # --- notifications (the audit log is their outbox) -------------------------
+    async def count_expiring(self, now: float, within: float) -> int:
+        """Return how many active keys expire after `now` and within `within` seconds."""
+
+    async def audit_after(self, after_id: int, limit: int = 500) -> list[AuditEvent]:
+        """Return audit events with id > after_id, oldest first."""
+
+    async def notify_cursor(self) -> int | None:
+        """Return the audit id events were delivered through, or None before the first."""
+
+    async def advance_notify_cursor(self, expected: int | None, new: int) -> bool:
+        """Move the delivery cursor from `expected` to `new`; False if another process did."""
+
+    async def claim_expiry_notices(
+        self, key_id: int, days: tuple[int, ...], expires_at: float, at: float
+    ) -> tuple[int, ...]:
+        """Record notices (key, days before expiry, expiry); return the days not sent before."""
 
     # --- audit ---------------------------------------------------------------
     async def append_audit(

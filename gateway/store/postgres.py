@@ -11,13 +11,14 @@ import logging
 import string
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from gateway.clock import iso
 from gateway.store.base import (
+    EXPIRING_WITHIN,
     AdminAccount,
     AdminSession,
     AuditEvent,
@@ -28,6 +29,7 @@ from gateway.store.base import (
     Grants,
     KeyChanges,
     KeyExpiredError,
+    KeyFilter,
     KeyRow,
     KeySort,
     KeyStatus,
@@ -536,13 +538,14 @@ class PostgresKeyStore:
     async def list_keys(
         self,
         *,
-        status: Literal["active", "revoked", "expired"] | None = None,
+        status: KeyFilter | None = None,
         query: str | None = None,
         limit: int = 100,
         after_id: int = 0,
         now: float | None = None,
         sort: KeySort = "id",
         after: SortPosition | None = None,
+        expiring_within: float = EXPIRING_WITHIN,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and a text query.
 
@@ -575,6 +578,9 @@ class PostgresKeyStore:
             where.append("status = 'revoked'")
         elif status == "expired":
             where.append(f"status = 'active' AND expires_at <= {params.add(moment)}")
+        elif status == "expiring":
+            start, end = params.add(moment), params.add(moment + expiring_within)
+            where.append(f"status = 'active' AND expires_at > {start} AND expires_at <= {end}")
         elif status is not None:
             raise ValueError(f"unknown status filter {status!r}")
         if query:
@@ -956,6 +962,67 @@ class PostgresKeyStore:
                     conn.terminate()
             await asyncio.sleep(delay)
             delay = min(delay * 2, LISTEN_RETRY_MAX)
+
+    # --- notifications ---------------------------------------------------------
+    async def count_expiring(self, now: float, within: float) -> int:
+        """Return how many active keys expire after `now` and within `within` seconds."""
+        rows = await self._fetch(
+            "SELECT COUNT(*) FROM keys WHERE status = 'active'"
+            " AND expires_at > $1 AND expires_at <= $2",
+            now,
+            now + within,
+        )
+        return int(rows[0][0])
+
+    async def audit_after(self, after_id: int, limit: int = 500) -> list[AuditEvent]:
+        """Return audit events with id > after_id, oldest first."""
+        rows = await self._fetch(
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE id > $1 ORDER BY id LIMIT $2",
+            after_id,
+            limit,
+        )
+        return [_audit(row) for row in rows]
+
+    async def notify_cursor(self) -> int | None:
+        """Return the audit id events were delivered through, or None before the first."""
+        rows = await self._fetch("SELECT audit_id FROM notify_state WHERE id = 1")
+        return int(rows[0][0]) if rows else None
+
+    async def advance_notify_cursor(self, expected: int | None, new: int) -> bool:
+        """Move the delivery cursor from `expected` to `new`; False if another process did."""
+        async with self._write(feed=False) as conn:
+            if expected is None:
+                done = await conn.execute(
+                    "INSERT INTO notify_state (id, audit_id) VALUES (1, $1)"
+                    " ON CONFLICT (id) DO NOTHING",
+                    new,
+                )
+            else:
+                done = await conn.execute(
+                    "UPDATE notify_state SET audit_id = $1 WHERE id = 1 AND audit_id = $2",
+                    new,
+                    expected,
+                )
+        return str(done).endswith(" 1")
+
+    async def claim_expiry_notices(
+        self, key_id: int, days: tuple[int, ...], expires_at: float, at: float
+    ) -> tuple[int, ...]:
+        """Record notices (key, days before expiry, expiry); return the days not sent before."""
+        if not days:
+            return ()
+        async with self._write(feed=False) as conn:
+            rows = await conn.fetch(
+                "INSERT INTO expiry_notices (key_id, days, expires_at, sent_at)"
+                " SELECT $1, d, $3, $4 FROM unnest($2::int[]) AS d"
+                " ON CONFLICT DO NOTHING RETURNING days",
+                key_id,
+                list(days),
+                expires_at,
+                at,
+            )
+        claimed = {int(row[0]) for row in rows}
+        return tuple(d for d in days if d in claimed)
 
     # --- usage -----------------------------------------------------------------
     async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:

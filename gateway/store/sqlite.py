@@ -12,12 +12,13 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import aiosqlite
 
 from gateway.clock import iso
 from gateway.store.base import (
+    EXPIRING_WITHIN,
     AdminAccount,
     AdminSession,
     AuditEvent,
@@ -28,6 +29,7 @@ from gateway.store.base import (
     Grants,
     KeyChanges,
     KeyExpiredError,
+    KeyFilter,
     KeyRow,
     KeySort,
     KeyStatus,
@@ -525,13 +527,14 @@ class SqliteKeyStore:
     async def list_keys(
         self,
         *,
-        status: Literal["active", "revoked", "expired"] | None = None,
+        status: KeyFilter | None = None,
         query: str | None = None,
         limit: int = 100,
         after_id: int = 0,
         now: float | None = None,
         sort: KeySort = "id",
         after: SortPosition | None = None,
+        expiring_within: float = EXPIRING_WITHIN,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and a text query.
 
@@ -568,6 +571,9 @@ class SqliteKeyStore:
         elif status == "expired":
             where.append("status = 'active' AND expires_at <= ?")
             params.append(moment)
+        elif status == "expiring":
+            where.append("status = 'active' AND expires_at > ? AND expires_at <= ?")
+            params += [moment, moment + expiring_within]
         elif status is not None:
             raise ValueError(f"unknown status filter {status!r}")
         if query:
@@ -909,6 +915,61 @@ class SqliteKeyStore:
             cursor = await db.execute("DELETE FROM key_changes WHERE seq <= ?", (cutoff,))
             await db.execute("UPDATE feed_state SET pruned_through = ? WHERE id = 1", (cutoff,))
             return int(cursor.rowcount)
+
+    # --- notifications ---------------------------------------------------------
+    async def count_expiring(self, now: float, within: float) -> int:
+        """Return how many active keys expire after `now` and within `within` seconds."""
+        rows = await self._fetch(
+            "SELECT COUNT(*) FROM keys WHERE status = 'active'"
+            " AND expires_at > ? AND expires_at <= ?",
+            (now, now + within),
+        )
+        return int(rows[0][0])
+
+    async def audit_after(self, after_id: int, limit: int = 500) -> list[AuditEvent]:
+        """Return audit events with id > after_id, oldest first."""
+        rows = await self._fetch(
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        return [_audit(row) for row in rows]
+
+    async def notify_cursor(self) -> int | None:
+        """Return the audit id events were delivered through, or None before the first."""
+        rows = await self._fetch("SELECT audit_id FROM notify_state WHERE id = 1")
+        return int(rows[0][0]) if rows else None
+
+    async def advance_notify_cursor(self, expected: int | None, new: int) -> bool:
+        """Move the delivery cursor from `expected` to `new`; False if another process did."""
+        async with self._transaction() as db:
+            if expected is None:
+                cursor = await db.execute(
+                    "INSERT INTO notify_state (id, audit_id) VALUES (1, ?)"
+                    " ON CONFLICT (id) DO NOTHING",
+                    (new,),
+                )
+            else:
+                cursor = await db.execute(
+                    "UPDATE notify_state SET audit_id = ? WHERE id = 1 AND audit_id = ?",
+                    (new, expected),
+                )
+            return cursor.rowcount == 1
+
+    async def claim_expiry_notices(
+        self, key_id: int, days: tuple[int, ...], expires_at: float, at: float
+    ) -> tuple[int, ...]:
+        """Record notices (key, days before expiry, expiry); return the days not sent before."""
+        claimed: list[int] = []
+        async with self._transaction() as db:
+            for day in days:
+                cursor = await db.execute(
+                    "INSERT INTO expiry_notices (key_id, days, expires_at, sent_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (key_id, day, expires_at, at),
+                )
+                if cursor.rowcount == 1:
+                    claimed.append(day)
+        return tuple(claimed)
 
     # --- usage -----------------------------------------------------------------
     async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:

@@ -241,6 +241,18 @@ function statusCell(key) {
   return el("span", { class: "status status-active" }, icon("dot"), "Active");
 }
 
+const DAY_MS = 86_400_000;
+
+// "expires in N days" for an active key within the server's expiry.warn_days, else nothing.
+function expiresSoon(key) {
+  if (key.status !== "active" || !key.expires_at) return null;
+  const left = new Date(key.expires_at).getTime() - Date.now();
+  const warn = (state.session && state.session.expiry_warn_days) || 14;
+  if (left <= 0 || left > warn * DAY_MS) return null;
+  const days = Math.ceil(left / DAY_MS);
+  return el("span", { class: "expires-soon", text: ` expires in ${days} ${days === 1 ? "day" : "days"}` });
+}
+
 function canManage(key) {
   const session = state.session;
   return session.grant_all || key.roles.every((role) => session.grants.includes(role));
@@ -285,7 +297,7 @@ function keyRow(key) {
     el("td", { "data-label": "Created" }, when(key.created_at), el("span", { class: "by", text: ` by ${key.created_by}` })),
     el("td", { "data-label": "Last used" }, when(key.last_used_at)),
     el("td", { "data-label": "Uses", class: "num", text: String(key.use_count) }),
-    el("td", { "data-label": "Expires" }, when(key.expires_at)),
+    el("td", { "data-label": "Expires" }, when(key.expires_at), expiresSoon(key)),
     el("td", { class: "row-actions" }, el("div", { class: "menu-anchor" }, settings)),
   );
 }

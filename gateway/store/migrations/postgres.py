@@ -146,6 +146,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE keys ADD COLUMN rolled_at DOUBLE PRECISION",
         ),
     ),
+    Migration(
+        5,
+        "webhook delivery: the audit id delivered through, expiry notices sent; expiry index",
+        (
+            """
+            CREATE TABLE notify_state (
+                id       INTEGER PRIMARY KEY CHECK (id = 1),
+                audit_id BIGINT  NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE expiry_notices (
+                key_id     BIGINT  NOT NULL,
+                days       INTEGER NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                sent_at    DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (key_id, days, expires_at)
+            )
+            """,
+            "CREATE INDEX keys_expires ON keys (expires_at)",
+        ),
+    ),
 )
 
 check_sequence(MIGRATIONS)

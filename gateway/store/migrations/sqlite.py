@@ -164,6 +164,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE keys ADD COLUMN rolled_at REAL",
         ),
     ),
+    Migration(
+        8,
+        "webhook delivery: the audit id delivered through, expiry notices sent; expiry index",
+        (
+            """
+            CREATE TABLE notify_state (
+                id       INTEGER PRIMARY KEY CHECK (id = 1),
+                audit_id INTEGER NOT NULL
+            )
+            """,
+            # One row per key, threshold (days before expiry) and expiry: a new expires_at
+            # gets its notices again, a restart never resends one.
+            """
+            CREATE TABLE expiry_notices (
+                key_id     INTEGER NOT NULL,
+                days       INTEGER NOT NULL,
+                expires_at REAL    NOT NULL,
+                sent_at    REAL    NOT NULL,
+                PRIMARY KEY (key_id, days, expires_at)
+            )
+            """,
+            "CREATE INDEX keys_expires ON keys (expires_at)",
+        ),
+    ),
 )
 
 check_sequence(MIGRATIONS)
