@@ -1173,3 +1173,50 @@ async def test_export_and_import_keep_a_roll(store: KeyStore, other: KeyStore) -
     await other.import_contents(StoreContents([], [], []), replace=True)
     deleted = {c.digest for c in await other.changes_since(0) if c.row is None}
     assert {row.digest, digest_of("m-1")} <= deleted
+
+
+async def test_expiring_keys_are_listed_and_counted_within_a_window(store: KeyStore) -> None:
+    now = time.time()
+    soon = await store.create_key(new_key("soon", expires_at=now + 3 * 86_400), ACTOR)
+    await store.create_key(new_key("later", expires_at=now + 30 * 86_400), ACTOR)
+    await store.create_key(new_key("never"), ACTOR)
+    revoked = await store.create_key(new_key("revoked-soon", expires_at=now + 86_400), ACTOR)
+    await store.set_revoked(revoked.id, True, ACTOR)
+    await store.create_key(new_key("gone", expires_at=now + 0.001), ACTOR)
+    await asyncio.sleep(0.01)
+    now = time.time()
+    week = 7 * 86_400
+    listed = await store.list_keys(status="expiring", now=now, expiring_within=week)
+    assert [row.name for row in listed] == ["soon"]
+    assert await store.count_expiring(now, week) == 1
+    assert await store.count_expiring(now, 60 * 86_400) == 2
+    default = await store.list_keys(status="expiring", now=now)  # 14 days
+    assert [row.id for row in default] == [soon.id]
+
+
+async def test_audit_after_and_the_delivery_cursor(store: KeyStore, other: KeyStore) -> None:
+    for name in ("o1", "o2", "o3"):
+        await store.create_key(new_key(name), ACTOR)
+    events = await store.audit_after(0)
+    assert [e.key_name for e in events] == ["o1", "o2", "o3"]
+    assert [e.key_name for e in await store.audit_after(events[0].id, limit=1)] == ["o2"]
+    assert await store.notify_cursor() is None
+    assert await store.advance_notify_cursor(None, events[0].id)
+    assert not await other.advance_notify_cursor(None, 0)  # the first claim wins
+    assert await other.notify_cursor() == events[0].id
+    assert await other.advance_notify_cursor(events[0].id, events[2].id)
+    assert not await store.advance_notify_cursor(events[0].id, events[1].id)  # stale
+    assert await store.notify_cursor() == events[2].id
+
+
+async def test_expiry_notices_are_claimed_once_per_key_threshold_and_expiry(
+    store: KeyStore, other: KeyStore
+) -> None:
+    row = await store.create_key(new_key("noticed", expires_at=time.time() + 86_400), ACTOR)
+    assert row.expires_at is not None
+    assert await store.claim_expiry_notices(row.id, (14, 7), row.expires_at, 1.0) == (14, 7)
+    assert await other.claim_expiry_notices(row.id, (14, 7, 1), row.expires_at, 2.0) == (1,)
+    assert await store.claim_expiry_notices(row.id, (14, 7, 1), row.expires_at, 3.0) == ()
+    assert await store.claim_expiry_notices(row.id, (), row.expires_at, 3.0) == ()
+    # A new expiry is a new series of notices.
+    assert await store.claim_expiry_notices(row.id, (14,), row.expires_at + 60, 4.0) == (14,)

@@ -713,6 +713,21 @@ def test_roll_confirmed_shows_the_new_secret_once_and_both_secrets_work(
     assert [event["action"] for event in actions][:2] == ["roll", "create"]
 
 
+def test_expiring_filter_and_expires_in_days(browser: Browser, site: Site) -> None:
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3 * 86_400 - 60))
+    cli(site.config, "keys", "create", "--name", "soon-gone", "--role", "1int-sessions-read",
+        "--expires", soon)  # fmt: skip
+    with signed_in(browser, site) as page:
+        page.get_by_label("Status", exact=True).select_option("expiring")
+        body = page.locator("#keys-body")
+        page_expect(body.locator("tr")).to_have_count(1)
+        expiring = row(page, "soon-gone")
+        page_expect(expiring.locator("td[data-label='Expires']")).to_contain_text(
+            "expires in 3 days"
+        )
+        screenshot(page, f"expiring-{WIDE}.png")
+
+
 # --------------------------------------------------------------------------- 6: batch actions
 
 
@@ -897,6 +912,8 @@ def test_keyboard_only_dialogs_trap_focus_and_close_on_escape(browser: Browser, 
         menu = page.get_by_role("menu", name="Settings for keyboard-key")
         page_expect(menu.get_by_role("menuitem", name="Edit")).to_be_focused()
         page.keyboard.press("ArrowDown")
+        page_expect(menu.get_by_role("menuitem", name="Roll…")).to_be_focused()
+        page.keyboard.press("ArrowDown")
         page_expect(menu.get_by_role("menuitem", name="Revoke")).to_be_focused()
         page.keyboard.press("Escape")
         page_expect(menu).to_be_hidden()
@@ -920,6 +937,7 @@ def test_keyboard_only_dialogs_trap_focus_and_close_on_escape(browser: Browser, 
         page_expect(row(page, "keyboard-key")).to_be_visible()
 
         page.keyboard.press("Enter")
+        page.keyboard.press("ArrowDown")
         page.keyboard.press("ArrowDown")
         page.keyboard.press("Enter")  # Revoke
         page.keyboard.press("Tab")
