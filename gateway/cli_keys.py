@@ -34,6 +34,8 @@ def print_key(row: KeyRow, as_json: bool, extra: dict[str, Any] | None = None) -
         print(json.dumps(data, indent=2))
         return
     for field, value in data.items():
+        if isinstance(value, dict):  # a rate limit, as --rate-limit takes it
+            value = f"{value['requests']}/{value['per']},burst={value['burst']}"
         shown = ", ".join(value) if isinstance(value, list) else ("" if value is None else value)
         print(f"{field:>19}: {shown}")
 
@@ -47,6 +49,9 @@ async def keys_create(args: argparse.Namespace) -> int:
         "description": args.description,
         "roles": args.role,
         "expires_at": args.expires,
+        "rate_limit": None
+        if args.rate_limit is None
+        else key_rules.rate_limit_json(key_rules.parse_rate_limit_text(args.rate_limit)),
     }
     async with open_store(settings) as store:
         created = await key_rules.create_key(store, request, policy, cli_actor(), clock.now())
@@ -130,9 +135,17 @@ async def keys_edit(args: argparse.Namespace) -> int:
             else key_rules.parse_timestamp(args.expires, "expires", now)
         ),
         clear_expiry=args.expires == "never",
+        rate_limit=(
+            None
+            if args.rate_limit in (None, "none")
+            else key_rules.parse_rate_limit_text(args.rate_limit)
+        ),
+        clear_rate_limit=args.rate_limit == "none",
     )
     if changes == KeyChanges():
-        raise CliError("nothing to change: give --name, --description, --role or --expires")
+        raise CliError(
+            "nothing to change: give --name, --description, --role, --expires or --rate-limit"
+        )
     async with open_store(settings) as store:
         row = await resolve_key(store, args.key)
         row = await store.update_key(row.id, changes, cli_actor())
@@ -227,6 +240,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     create.add_argument("--description", default="")
     create.add_argument("--role", action="append", required=True, help="repeat for more roles")
     create.add_argument("--expires", help="ISO-8601 time with zone, e.g. 2027-01-01T00:00:00Z")
+    create.add_argument(
+        "--rate-limit",
+        metavar="N/PER[,burst=B]",
+        help="the key's own limit over its roles' default, e.g. 100/minute,burst=20",
+    )
     create.set_defaults(func=keys_create)
 
     listing = keys_commands.add_parser("list", help="list keys")
@@ -247,6 +265,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     edit.add_argument("--description")
     edit.add_argument("--role", action="append", help="replaces all roles; repeat for more")
     edit.add_argument("--expires", help="ISO-8601 time with zone, or 'never'")
+    edit.add_argument(
+        "--rate-limit",
+        metavar="N/PER[,burst=B]",
+        help="the key's own limit (e.g. 100/minute,burst=20), or 'none' for its roles' default",
+    )
     edit.set_defaults(func=keys_edit)
 
     for name, func, text in (

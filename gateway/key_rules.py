@@ -11,7 +11,8 @@ from typing import Any
 
 from gateway import keys
 from gateway.clock import iso
-from gateway.policy import Policy, nearest_hint
+from gateway.policy import Policy, nearest_hint, parse_rate_limit
+from gateway.ratelimit import PERIOD_SECONDS, RateLimit
 from gateway.store.base import AuditEvent, KeyRow, KeyStore, NewKey
 
 NAME_MAX_LENGTH = 64
@@ -152,7 +153,47 @@ def key_json(row: KeyRow, now: float) -> dict[str, Any]:
         "use_count": row.use_count,
         "rolled_at": iso(row.rolled_at),
         "previous_expires_at": iso(row.previous_expires_at),
+        "rate_limit": rate_limit_json(row.rate_limit),
     }
+
+
+def rate_limit_json(limit: RateLimit | None) -> dict[str, Any] | None:
+    """Return a key's own rate limit as the admin API shows it, or None."""
+    if limit is None:
+        return None
+    return {"requests": limit.requests, "per": limit.per, "burst": limit.burst}
+
+
+def validate_rate_limit(value: Any) -> RateLimit:
+    """Return a key's rate limit from `{requests, per: second|minute|hour, burst}`."""
+    problems: list[str] = []
+    limit = parse_rate_limit(value, "rate_limit", problems)
+    if limit is None or problems:
+        raise InputError("; ".join(problems) or "rate_limit is not valid", "rate_limit")
+    return limit
+
+
+def parse_rate_limit_text(text: str) -> RateLimit:
+    """Parse the CLI's `REQUESTS/PER[,burst=N]` (e.g. `100/minute,burst=20`)."""
+    head, _, rest = text.partition(",")
+    requests, slash, per = head.strip().partition("/")
+    data: dict[str, Any] = {"requests": _int_or_text(requests), "per": per.strip()}
+    if not slash or per.strip() not in PERIOD_SECONDS:
+        raise InputError(
+            f"rate limit {text!r}: write REQUESTS/second|minute|hour[,burst=N]", "rate_limit"
+        )
+    if rest:
+        name, equals, value = rest.partition("=")
+        if name.strip() != "burst" or not equals:
+            raise InputError(f"rate limit {text!r}: only burst=N may follow", "rate_limit")
+        data["burst"] = _int_or_text(value)
+    return validate_rate_limit(data)
+
+
+def _int_or_text(text: str) -> int | str:
+    """Return `text` as an int when it is one (validation reports it otherwise)."""
+    stripped = text.strip()
+    return int(stripped) if stripped.isdigit() else stripped
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +220,8 @@ def new_key_request(data: Mapping[str, Any], policy: Policy, now: float) -> tupl
     roles = validate_roles(data.get("roles"), policy)
     expires = data.get("expires_at")
     expires_at = None if expires is None else parse_timestamp(expires, "expires_at", now)
+    limit = data.get("rate_limit")
+    rate_limit = None if limit is None else validate_rate_limit(limit)
     secret = keys.generate_key()
     new = NewKey(
         name=name,
@@ -187,6 +230,7 @@ def new_key_request(data: Mapping[str, Any], policy: Policy, now: float) -> tupl
         digest=keys.digest(secret),
         prefix=keys.display_prefix(secret),
         expires_at=expires_at,
+        rate_limit=rate_limit,
     )
     return new, secret
 

@@ -178,7 +178,7 @@ class Proxy:
                 return self._refuse(refusals.BAD_OVERRIDE)
             if auth.authorize(runtime.policy, record, method, path) is not None:
                 return self._refuse(refusals.OVERRIDE_FORBIDDEN)
-        limit = runtime.policy.rate_limit_for(record.roles)
+        limit = record.rate_limit or runtime.policy.rate_limit_for(record.roles)
         if limit is not None:
             limiter = runtime.limiter
             decision = (

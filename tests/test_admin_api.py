@@ -1276,3 +1276,59 @@ async def test_roll_is_scoped_by_grants_and_unknown_ids(client: Client) -> None:
     mine = await create(client, "reader-key", ["reader"], auth=LIMITED)
     resp = await client.post(f"{KEYS}/{mine['key']['id']}/roll", json={}, headers=LIMITED)
     await expect(resp, 200)
+
+
+# ------------------------------------------------------------------ per-key rate limit
+
+
+async def test_a_keys_own_rate_limit_is_set_shown_edited_and_cleared(
+    client: Client, runtime: Runtime
+) -> None:
+    resp = await client.post(
+        KEYS,
+        json={
+            "name": "limited",
+            "roles": ["reader"],
+            "rate_limit": {"requests": 100, "per": "minute"},
+        },
+        headers=ROOT,
+    )
+    body = await expect(resp, 201)
+    assert_documented("/api/v1/keys", "post", 201, body)
+    assert body["key"]["rate_limit"] == {"requests": 100, "per": "minute", "burst": 100}
+    key_id, secret = body["key"]["id"], body["secret"]
+    record = lookup(runtime, secret)
+    assert (record.rate_limit.requests, record.rate_limit.per) == (100, "minute")
+
+    limit = {"requests": 5, "per": "second", "burst": 2}
+    edited = await expect(
+        await client.patch(f"{KEYS}/{key_id}", json={"rate_limit": limit}, headers=ROOT), 200
+    )
+    assert_documented("/api/v1/keys/{id}", "patch", 200, edited)
+    assert edited["rate_limit"] == limit
+    assert lookup(runtime, secret).rate_limit.burst == 2
+    cleared = await expect(
+        await client.patch(f"{KEYS}/{key_id}", json={"rate_limit": None}, headers=ROOT), 200
+    )
+    assert cleared["rate_limit"] is None and lookup(runtime, secret).rate_limit is None
+    plain = await create(client, "plain")
+    assert plain["key"]["rate_limit"] is None
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [
+        {"requests": 0, "per": "minute"},
+        {"requests": 10, "per": "week"},
+        {"requests": 10, "per": "minute", "burst": 0},
+        {"requests": 10, "per": "minute", "extra": 1},
+        {"requests": "10", "per": "minute"},
+        [10, "minute"],
+        "10/minute",
+    ],
+)
+async def test_bad_rate_limits_are_400_naming_the_field(client: Client, limit: object) -> None:
+    resp = await client.post(
+        KEYS, json={"name": "bad-limit", "roles": ["reader"], "rate_limit": limit}, headers=ROOT
+    )
+    await expect_error(resp, 400, "invalid_request", "rate_limit")

@@ -577,3 +577,23 @@ def test_roll_prints_the_new_secret_once_and_keeps_the_old_for_the_overlap(confi
         out_of(run_cli("audit", "--key", "rolled", "--json", "--config", str(config)))
     )
     assert [event["action"] for event in events] == ["roll", "roll", "create"]
+
+
+def test_rate_limit_on_create_and_edit(config: Path) -> None:
+    made = ok_json(
+        config,
+        "create",
+        "--name",
+        "rl",
+        "--role",
+        "1int-user",
+        "--rate-limit",
+        "100/minute,burst=20",
+    )
+    assert made["rate_limit"] == {"requests": 100, "per": "minute", "burst": 20}
+    assert "100/minute,burst=20" in ok(config, "show", "rl")
+    edited = ok_json(config, "edit", "rl", "--rate-limit", "5/second")
+    assert edited["rate_limit"] == {"requests": 5, "per": "second", "burst": 5}
+    assert ok_json(config, "edit", "rl", "--rate-limit", "none")["rate_limit"] is None
+    for bad in ("100", "100/week", "0/minute", "10/minute,bust=2", "10/minute,burst=0"):
+        fails(fails_keys(config, "edit", "rl", "--rate-limit", bad), "rate")

@@ -19,6 +19,7 @@ import pytest
 from conftest import StoreBackend, load_auth_rows
 
 from gateway.keytable import KeyTable
+from gateway.ratelimit import RateLimit
 from gateway.store.base import (
     AdminAccount,
     AdminSession,
@@ -551,7 +552,7 @@ async def test_load_auth_returns_every_row_and_its_sequence(store: KeyStore) -> 
     made[2] = await store.set_revoked(made[2].id, True, ACTOR)
     rows, seq = await load_auth_rows(store)
     assert rows == [
-        (r.digest, r.id, r.name, r.roles, r.status, r.expires_at, None, None) for r in made
+        (r.digest, r.id, r.name, r.roles, r.status, r.expires_at, None, None, None) for r in made
     ]
     assert seq == await store.current_seq() == 7
     # Rows with the same roles share one tuple object.
@@ -584,9 +585,9 @@ async def test_load_auth_feeds_lean_rows_and_the_sequence(store: KeyStore) -> No
     assert seq == await store.current_seq() == 4
     assert chunks == [
         [
-            (a.digest, a.id, "lean-a", ("r1", "r2"), "active", 9.0, None, None),
-            (b.digest, b.id, "lean-b", ("r1", "r2"), "revoked", None, None, None),
-            (c.digest, c.id, "lean-c", (), "active", None, None, None),
+            (a.digest, a.id, "lean-a", ("r1", "r2"), "active", 9.0, None, None, None),
+            (b.digest, b.id, "lean-b", ("r1", "r2"), "revoked", None, None, None, None),
+            (c.digest, c.id, "lean-c", (), "active", None, None, None, None),
         ]
     ]
     assert chunks[0][0][3] is chunks[0][1][3]
@@ -1084,6 +1085,7 @@ async def test_roll_gives_the_same_key_a_new_digest_and_remembers_the_old(
             None,
             digest_of("new-1"),
             again.previous_expires_at,
+            None,
         )
     ]
 
@@ -1220,3 +1222,39 @@ async def test_expiry_notices_are_claimed_once_per_key_threshold_and_expiry(
     assert await store.claim_expiry_notices(row.id, (), row.expires_at, 3.0) == ()
     # A new expiry is a new series of notices.
     assert await store.claim_expiry_notices(row.id, (14,), row.expires_at + 60, 4.0) == (14,)
+
+
+async def test_a_keys_own_rate_limit_is_stored_edited_followed_and_copied(
+    store: KeyStore, other: KeyStore
+) -> None:
+    limit = RateLimit(100, "minute", 20)
+    made = await store.create_key(dataclasses.replace(new_key("limited"), rate_limit=limit), ACTOR)
+    plain = await store.create_key(new_key("plain"), ACTOR)
+    assert made.rate_limit == limit and plain.rate_limit is None
+    assert await other.get_key(made.id) == made
+    rows, _ = await load_auth_rows(other)
+    assert [row[8] for row in rows] == [limit, None]
+    create_event = (await store.list_audit(key_id=made.id))[0]
+    assert create_event.details["rate_limit"] == {"requests": 100, "per": "minute", "burst": 20}
+
+    stricter = RateLimit(5, "second", 5)
+    edited = await store.update_key(plain.id, KeyChanges(rate_limit=stricter), ACTOR)
+    assert edited.rate_limit == stricter
+    unchanged = await store.update_key(plain.id, KeyChanges(rate_limit=stricter), ACTOR)
+    assert unchanged == edited  # equal: not a change
+    event = (await store.list_audit(key_id=plain.id, limit=1))[0]
+    assert event.details == {
+        "before": {"rate_limit": None},
+        "after": {"rate_limit": {"requests": 5, "per": "second", "burst": 5}},
+    }
+    changes = await other.changes_since(await other.current_seq() - 1)
+    assert changes[-1].row is not None and changes[-1].row.rate_limit == stricter
+    cleared = await store.update_key(made.id, KeyChanges(clear_rate_limit=True), ACTOR)
+    assert cleared.rate_limit is None
+    with pytest.raises(ValueError):
+        await store.update_key(
+            made.id, KeyChanges(rate_limit=stricter, clear_rate_limit=True), ACTOR
+        )
+
+    await other.import_contents(await store.export_contents(), replace=True)
+    assert await other.get_key(plain.id) == edited

@@ -728,6 +728,43 @@ def test_expiring_filter_and_expires_in_days(browser: Browser, site: Site) -> No
         screenshot(page, f"expiring-{WIDE}.png")
 
 
+def test_a_keys_own_rate_limit_is_set_and_cleared_in_the_dialogs(
+    browser: Browser, site: Site
+) -> None:
+    with signed_in(browser, site) as page:
+        page.get_by_role("button", name="Create API key").click()
+        dialog = page.get_by_role("dialog", name="Create API key")
+        dialog.get_by_label("Name", exact=True).fill("rate-limited")
+        dialog.get_by_role("checkbox", name="1int-sessions-read", exact=True).check()
+        field = dialog.get_by_label("Rate limit", exact=True)
+        field.fill("lots")
+        dialog.get_by_role("button", name="Create", exact=True).click()
+        page_expect(dialog.locator("#key-rate-limit-error")).to_contain_text("100/minute")
+        page_expect(field).to_be_focused()
+        field.fill("0/minute")
+        dialog.get_by_role("button", name="Create", exact=True).click()
+        page_expect(dialog.locator("#key-rate-limit-error")).to_contain_text("requests must be")
+        field.fill("100/minute,burst=20")
+        dialog.get_by_role("button", name="Create", exact=True).click()
+        shown = page.get_by_role("dialog", name=re.compile("rate-limited"))
+        shown.get_by_role("button", name="Copy").click()
+        shown.get_by_role("button", name="Done").click()
+        made = json.loads(cli(site.config, "keys", "show", "rate-limited", "--json"))
+        assert made["rate_limit"] == {"requests": 100, "per": "minute", "burst": 20}
+
+        search(page, "rate-limited")
+        open_settings(page, "rate-limited").get_by_role("menuitem", name="Edit").click()
+        edit = page.get_by_role("dialog", name=re.compile("Edit API key"))
+        page_expect(edit.get_by_label("Rate limit", exact=True)).to_have_value(
+            "100/minute,burst=20"
+        )
+        edit.get_by_label("Rate limit", exact=True).fill("")
+        edit.get_by_role("button", name="Save").click()
+        page_expect(edit).to_be_hidden()
+    cleared = json.loads(cli(site.config, "keys", "show", "rate-limited", "--json"))
+    assert cleared["rate_limit"] is None
+
+
 # --------------------------------------------------------------------------- 6: batch actions
 
 

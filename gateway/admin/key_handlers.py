@@ -33,7 +33,7 @@ from gateway.store.base import (
     SortPosition,
 )
 
-KEY_FIELDS = frozenset({"name", "description", "roles", "expires_at"})
+KEY_FIELDS = frozenset({"name", "description", "roles", "expires_at", "rate_limit"})
 IDENTIFY_FIELDS = frozenset({"secret"})
 ROLL_FIELDS = frozenset({"overlap_seconds"})
 LIST_PARAMS = frozenset({"status", "q", "limit", "cursor", "sort"})
@@ -41,7 +41,7 @@ STATUSES: tuple[KeyFilter, ...] = ("active", "revoked", "expired", "expiring")
 KEY_CURSOR = "k"
 DAY = 86_400  # seconds
 
-M_NOTHING_TO_CHANGE = "nothing to change: give name, description, roles or expires_at"
+M_NOTHING_TO_CHANGE = "nothing to change: give name, description, roles, expires_at or rate_limit"
 M_STATUS = "status must be one of: active, revoked, expired, expiring"
 M_SORT = f"sort must be one of: {', '.join(KEY_SORTS)}"
 M_SECRET = "secret must be a whole keygate API key (kg_..., with its checksum)"
@@ -139,10 +139,11 @@ async def get_key(request: web.Request) -> web.Response:
 
 
 def key_changes(data: dict[str, Any], policy: Policy, now: float) -> KeyChanges:
-    """Validate a PATCH body into a partial edit (`expires_at: null` clears the expiry)."""
+    """Validate a PATCH body into a partial edit (null expires_at or rate_limit clears it)."""
     if not data:
         raise bad_request(M_NOTHING_TO_CHANGE)
     expires = data.get("expires_at")
+    limit = data.get("rate_limit")
     return KeyChanges(
         name=key_rules.validate_name(data["name"]) if "name" in data else None,
         description=(
@@ -153,6 +154,8 @@ def key_changes(data: dict[str, Any], policy: Policy, now: float) -> KeyChanges:
             None if expires is None else key_rules.parse_timestamp(expires, "expires_at", now)
         ),
         clear_expiry="expires_at" in data and expires is None,
+        rate_limit=None if limit is None else key_rules.validate_rate_limit(limit),
+        clear_rate_limit="rate_limit" in data and limit is None,
     )
 
 

@@ -90,6 +90,7 @@ SCHEMAS: dict[str, Schema] = {
             "use_count",
             "rolled_at",
             "previous_expires_at",
+            "rate_limit",
         ],
         "additionalProperties": False,
         "properties": {
@@ -112,6 +113,12 @@ SCHEMAS: dict[str, Schema] = {
                     **_TIME,
                     "description": "when the secret replaced by the last roll stops working "
                     "(then it answers 401 key_rolled)",
+                }
+            ),
+            "rate_limit": _nullable(
+                {
+                    **_ref("RateLimit"),
+                    "description": "the key's own limit (over its roles' default), or null",
                 }
             ),
         },
@@ -150,6 +157,7 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "roles defined in the policy and in the caller's grant set",
             },
             "expires_at": _nullable({**_TIME, "description": "in the future, with a time zone"}),
+            "rate_limit": _nullable(_ref("RateLimit")),
         },
     },
     "KeyPatch": {
@@ -166,6 +174,25 @@ SCHEMAS: dict[str, Schema] = {
                 "items": {"type": "string"},
             },
             "expires_at": _nullable({**_TIME, "description": "null removes the expiry"}),
+            "rate_limit": _nullable(
+                {**_ref("RateLimit"), "description": "null: the roles' default applies again"}
+            ),
+        },
+    },
+    "RateLimit": {
+        "type": "object",
+        "required": ["requests", "per"],
+        "additionalProperties": False,
+        "description": "the key's own limit; it takes precedence over its roles' default",
+        "properties": {
+            "requests": {"type": "integer", "minimum": 1, "maximum": 10**9},
+            "per": {"type": "string", "enum": ["second", "minute", "hour"]},
+            "burst": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 10**9,
+                "description": "requests admitted at once (default: requests)",
+            },
         },
     },
     "KeyCreated": {

@@ -6,10 +6,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
+from gateway.ratelimit import RateLimit
+
 KeyStatus = Literal["active", "revoked"]
 # The lean row a process loads into its key table: digest, id, name, roles, status,
-# expires_at, and a rolled key's previous digest and the end of its overlap.
-AuthRow = tuple[bytes, int, str, tuple[str, ...], str, float | None, bytes | None, float | None]
+# expires_at, a rolled key's previous digest and the end of its overlap, its own rate limit.
+AuthRow = tuple[
+    bytes,
+    int,
+    str,
+    tuple[str, ...],
+    str,
+    float | None,
+    bytes | None,
+    float | None,
+    RateLimit | None,
+]
 ChangeOp = Literal["upsert", "delete"]
 # Filters of the key list: "expiring" is active and expiring within a window from now.
 KeyFilter = Literal["active", "revoked", "expired", "expiring"]
@@ -131,6 +143,8 @@ class KeyRow:
     previous_digest: bytes | None = None
     previous_expires_at: float | None = None
     rolled_at: float | None = None
+    # The key's own rate limit, over its roles' default; None: the roles' (if any).
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,13 +157,15 @@ class NewKey:
     digest: bytes
     prefix: str
     expires_at: float | None = None
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class KeyChanges:
     """A partial edit of a key; fields left as None are not changed.
 
-    `expires_at` uses `clear_expiry=True` to remove an expiry (None means unchanged).
+    `expires_at` uses `clear_expiry=True` to remove an expiry (None means unchanged), and
+    `rate_limit` `clear_rate_limit=True` to fall back to the roles' default.
     """
 
     name: str | None = None
@@ -157,6 +173,8 @@ class KeyChanges:
     roles: tuple[str, ...] | None = None
     expires_at: float | None = None
     clear_expiry: bool = False
+    rate_limit: RateLimit | None = None
+    clear_rate_limit: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,16 +63,20 @@ from gateway.store.common import (
     KEY_COLUMNS,
     KEY_COLUMNS_K,
     LOAD_CHUNK,
-    ROLES_INDEX,
     auth_rows,
     check_grants,
+    column_values,
+    create_details,
     details_json,
     gc_paused,
     jsonable,
+    key_row,
     key_values,
     like_pattern,
+    rate_limit_json,
     roles_json,
     roles_of,
+    wanted_edits,
 )
 from gateway.store.migrations.postgres import (
     ASCII_FOLD,
@@ -199,9 +203,7 @@ def _within_grants(grants: Grants, params: _Params) -> str:
 
 def _key_row(row: Sequence[Any]) -> KeyRow:
     """Build a KeyRow from a row of KEY_COLUMNS (role tuples shared)."""
-    values = list(row)
-    values[ROLES_INDEX] = roles_of(values[ROLES_INDEX])
-    return KeyRow(*values)
+    return key_row(row)
 
 
 def _admin(row: Sequence[Any]) -> AdminAccount:
@@ -474,8 +476,8 @@ class PostgresKeyStore:
                 key_id = int(
                     await conn.fetchval(
                         "INSERT INTO keys (name, description, roles, status, digest, prefix,"
-                        " created_at, created_by, updated_at, expires_at)"
-                        " VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8, $9) RETURNING id",
+                        " created_at, created_by, updated_at, expires_at, rate_limit)"
+                        " VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8, $9, $10) RETURNING id",
                         new.name,
                         new.description,
                         roles_text,
@@ -485,6 +487,7 @@ class PostgresKeyStore:
                         actor,
                         now,
                         new.expires_at,
+                        rate_limit_json(new.rate_limit),
                     )
                 )
             except asyncpg.UniqueViolationError as exc:
@@ -499,7 +502,7 @@ class PostgresKeyStore:
                 ACTION_CREATE,
                 key_id,
                 new.name,
-                {"roles": list(new.roles), "expires_at": iso(new.expires_at)},
+                create_details(new),
             )
         return KeyRow(
             id=key_id,
@@ -516,6 +519,7 @@ class PostgresKeyStore:
             expires_at=new.expires_at,
             last_used_at=None,
             use_count=0,
+            rate_limit=new.rate_limit,
         )
 
     async def _one_key(self, column: str, value: Any) -> KeyRow | None:
@@ -626,32 +630,14 @@ class PostgresKeyStore:
 
         An edit that changes nothing writes nothing (no feed entry, no audit event).
         """
-        if changes.clear_expiry and changes.expires_at is not None:
-            raise ValueError("give expires_at or clear_expiry, not both")
         now = time.time()
         async with self._write() as conn:
             current = await self._key_in(conn, key_id)
             check_grants(current, grants)
-            wanted: dict[str, Any] = {}
-            if changes.name is not None:
-                wanted["name"] = changes.name
-            if changes.description is not None:
-                wanted["description"] = changes.description
-            if changes.roles is not None:
-                wanted["roles"] = tuple(changes.roles)
-            if changes.clear_expiry:
-                wanted["expires_at"] = None
-            elif changes.expires_at is not None:
-                wanted["expires_at"] = changes.expires_at
-            edits = {
-                field: value for field, value in wanted.items() if getattr(current, field) != value
-            }
+            edits = wanted_edits(current, changes)
             if not edits:
                 return current
-            columns = {
-                field: roles_json(value) if field == "roles" else value
-                for field, value in edits.items()
-            }
+            columns = column_values(edits)
             params = _Params()
             assignments = ", ".join(f"{field} = {params.add(v)}" for field, v in columns.items())
             try:

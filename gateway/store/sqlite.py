@@ -64,16 +64,20 @@ from gateway.store.common import (
     KEY_COLUMNS_K,
     KEY_FIELDS,
     LOAD_CHUNK,
-    ROLES_INDEX,
     auth_rows,
     check_grants,
+    column_values,
+    create_details,
     details_json,
     gc_paused,
     jsonable,
+    key_row,
     key_values,
     like_pattern,
+    rate_limit_json,
     roles_json,
     roles_of,
+    wanted_edits,
 )
 from gateway.store.migrations.sqlite import SchemaTooNewError, apply_migrations
 
@@ -421,12 +425,7 @@ class SqliteKeyStore:
     # --- row building ----------------------------------------------------------
     def _build_rows(self, rows: Iterable[Sequence[Any]]) -> list[KeyRow]:
         """Turn SELECT rows (columns KEY_FIELDS) into KeyRows with shared role tuples."""
-        out: list[KeyRow] = []
-        for row in rows:
-            values = list(row)
-            values[ROLES_INDEX] = roles_of(values[ROLES_INDEX])
-            out.append(KeyRow(*values))
-        return out
+        return [key_row(row) for row in rows]
 
     async def _key_in(self, db: aiosqlite.Connection, key_id: int) -> KeyRow:
         """Read one key inside the current transaction; raise NotFoundError."""
@@ -461,8 +460,8 @@ class SqliteKeyStore:
             try:
                 cursor = await db.execute(
                     "INSERT INTO keys (name, description, roles, status, digest, prefix,"
-                    " created_at, created_by, updated_at, expires_at)"
-                    " VALUES (?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)",
+                    " created_at, created_by, updated_at, expires_at, rate_limit)"
+                    " VALUES (?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
                     (
                         new.name,
                         new.description,
@@ -473,6 +472,7 @@ class SqliteKeyStore:
                         actor,
                         now,
                         new.expires_at,
+                        rate_limit_json(new.rate_limit),
                     ),
                 )
             except sqlite3.IntegrityError as exc:
@@ -490,7 +490,7 @@ class SqliteKeyStore:
                 ACTION_CREATE,
                 key_id,
                 new.name,
-                {"roles": list(new.roles), "expires_at": iso(new.expires_at)},
+                create_details(new),
             )
         return KeyRow(
             id=key_id,
@@ -507,6 +507,7 @@ class SqliteKeyStore:
             expires_at=new.expires_at,
             last_used_at=None,
             use_count=0,
+            rate_limit=new.rate_limit,
         )
 
     async def get_key(self, key_id: int) -> KeyRow | None:
@@ -615,32 +616,14 @@ class SqliteKeyStore:
         Fields equal to their current value are not changes; an edit that changes nothing
         writes nothing (no updated_at, change-feed entry or audit event).
         """
-        if changes.clear_expiry and changes.expires_at is not None:
-            raise ValueError("give expires_at or clear_expiry, not both")
         now = time.time()
         async with self._transaction() as db:
             current = await self._key_in(db, key_id)
             check_grants(current, grants)
-            wanted: dict[str, Any] = {}
-            if changes.name is not None:
-                wanted["name"] = changes.name
-            if changes.description is not None:
-                wanted["description"] = changes.description
-            if changes.roles is not None:
-                wanted["roles"] = tuple(changes.roles)
-            if changes.clear_expiry:
-                wanted["expires_at"] = None
-            elif changes.expires_at is not None:
-                wanted["expires_at"] = changes.expires_at
-            edits = {
-                field: value for field, value in wanted.items() if getattr(current, field) != value
-            }
+            edits = wanted_edits(current, changes)
             if not edits:
                 return current
-            columns = {
-                field: roles_json(value) if field == "roles" else value
-                for field, value in edits.items()
-            }
+            columns = column_values(edits)
             assignments = ", ".join(f"{field} = ?" for field in columns)
             try:
                 await db.execute(

@@ -319,7 +319,26 @@ function renderKeys() {
 
 // ------------------------------------------------------------------------ create and edit
 
-const FIELDS = { name: "key-name", description: "key-description", roles: "key-roles", expires_at: "key-expires" };
+const FIELDS = { name: "key-name", description: "key-description", roles: "key-roles", expires_at: "key-expires", rate_limit: "key-rate-limit" };
+const RATE_LIMIT = /^\s*(\d+)\s*\/\s*(second|minute|hour)\s*(?:,\s*burst\s*=\s*(\d+)\s*)?$/;
+
+// "100/minute,burst=20" (the CLI's form) for a key's own rate limit; "" for none.
+function rateLimitText(limit) {
+  return limit ? `${limit.requests}/${limit.per},burst=${limit.burst}` : "";
+}
+
+// The rate limit typed in the dialog as the API takes it (null when empty).
+function typedRateLimit() {
+  const text = $("key-rate-limit").value.trim();
+  if (!text) return null;
+  const match = RATE_LIMIT.exec(text);
+  if (!match) {
+    throw { field: "rate_limit", message: "write requests/second, /minute or /hour, optionally ,burst=N (e.g. 100/minute,burst=20)" };
+  }
+  const limit = { requests: Number(match[1]), per: match[2] };
+  if (match[3] !== undefined) limit.burst = Number(match[3]);
+  return limit;
+}
 let editing = null; // the key being edited, or null when creating
 
 function clearFieldErrors() {
@@ -389,6 +408,7 @@ function openKeyDialog(key = null, returnFocus = null) {
   $("key-name").value = key ? key.name : "";
   $("key-description").value = key ? key.description : "";
   $("key-expires").value = key ? toLocalInput(key.expires_at) : "";
+  $("key-rate-limit").value = key ? rateLimitText(key.rate_limit) : "";
   renderRoleChoices(key ? key.roles : []);
   const back = returnFocus || (key ? rowSettingsButton(key) : $("create-button"));
   openDialog($("key-dialog"), { initialFocus: $("key-name"), returnFocus: back });
@@ -410,9 +430,11 @@ async function submitKey(event) {
   const roles = chosenRoles();
   const expires = fromLocalInput($("key-expires").value);
   try {
+    const rateLimit = typedRateLimit();
     if (editing === null) {
       const body = { name, description, roles };
       if (expires) body.expires_at = expires;
+      if (rateLimit) body.rate_limit = rateLimit;
       const created = await api("POST", "/api/v1/keys", body);
       closeDialog($("key-dialog"));
       say(`Created “${created.key.name}”.`);
@@ -425,6 +447,7 @@ async function submitKey(event) {
       if (description !== key.description) changes.description = description;
       if (!sameRoles(roles, key.roles)) changes.roles = roles;
       if (toLocalInput(key.expires_at) !== $("key-expires").value) changes.expires_at = expires;
+      if (rateLimitText(key.rate_limit) !== $("key-rate-limit").value.trim()) changes.rate_limit = rateLimit;
       if (Object.keys(changes).length > 0) {
         const saved = await api("PATCH", `/api/v1/keys/${key.id}`, changes);
         say(`Saved “${saved.name}”.`);

@@ -168,6 +168,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX keys_expires ON keys (expires_at)",
         ),
     ),
+    Migration(
+        6,
+        "a key's own rate limit (JSON {requests, per, burst}), over its roles' default",
+        ("ALTER TABLE keys ADD COLUMN rate_limit TEXT",),
+    ),
 )
 
 check_sequence(MIGRATIONS)
