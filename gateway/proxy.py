@@ -182,11 +182,11 @@ class Proxy:
         if limit is not None:
             limiter = runtime.limiter
             decision = (
-                limiter.check_now(record.id, limit)
+                limiter.admit_now(record.id, limit)
                 if isinstance(limiter, LocalLimiter)
                 else await limiter.check(record.id, limit)
             )
-            if not decision.allowed:
+            if decision is not None and not decision.allowed:
                 response = self._refuse(refusals.RATE_LIMITED)
                 response.headers.extend(rate_limit_headers(limit, decision))
                 return response
