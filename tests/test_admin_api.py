@@ -1239,6 +1239,9 @@ async def test_roll_issues_a_new_secret_and_the_old_one_works_for_the_overlap(
     assert lookup(runtime, old).id == lookup(runtime, new).id == key_id
     shown = await expect(await client.get(f"{KEYS}/{key_id}", headers=ROOT), 200)
     assert shown == key
+    # A leaked old secret is still identified (it works until the overlap ends).
+    found = await client.post(f"{KEYS}/identify", json={"secret": old}, headers=ROOT)
+    assert (await expect(found, 200))["id"] == key_id
 
     # Without a body: the default overlap (a day); the first old secret is forgotten.
     again = await expect(await client.post(f"{KEYS}/{key_id}/roll", headers=WRITE), 200)

@@ -36,6 +36,9 @@ KEY_FIELDS = {
     "expires_at",
     "last_used_at",
     "use_count",
+    "rolled_at",
+    "previous_expires_at",
+    "rate_limit",
 }
 
 

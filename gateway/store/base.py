@@ -309,7 +309,7 @@ class KeyStore(Protocol):
         """Return what revoke_all, reinstate_all and delete_revoked would do now, by action."""
 
     async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
-        """Return the key whose secret has this SHA-256 digest, or None."""
+        """Return the key whose secret (or whose secret before its last roll) has this digest."""
 
     async def update_key(
         self, key_id: int, changes: KeyChanges, actor: str, grants: Grants = None

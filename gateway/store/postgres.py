@@ -536,8 +536,11 @@ class PostgresKeyStore:
         return await self._one_key("name", name)
 
     async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
-        """Return the key whose secret has this SHA-256 digest, or None."""
-        return await self._one_key("digest", digest)
+        """Return the key whose secret (or whose secret before its last roll) has this digest."""
+        rows = await self._fetch(
+            f"SELECT {KEY_COLUMNS} FROM keys WHERE digest = $1 OR previous_digest = $1", digest
+        )
+        return _key_row(rows[0]) if rows else None
 
     async def list_keys(
         self,

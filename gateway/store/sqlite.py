@@ -521,8 +521,10 @@ class SqliteKeyStore:
         return self._build_rows(rows)[0] if rows else None
 
     async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
-        """Return the key whose secret has this SHA-256 digest, or None."""
-        rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE digest = ?", (digest,))
+        """Return the key whose secret (or whose secret before its last roll) has this digest."""
+        rows = await self._fetch(
+            f"SELECT {KEY_COLUMNS} FROM keys WHERE digest = ?1 OR previous_digest = ?1", (digest,)
+        )
         return self._build_rows(rows)[0] if rows else None
 
     async def list_keys(

@@ -142,6 +142,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         "key rolls: the replaced secret's digest, the end of its overlap, when it was rolled",
         (
             "ALTER TABLE keys ADD COLUMN previous_digest BYTEA",
+            # `keys identify` finds a leaked secret a roll replaced, too.
+            "CREATE INDEX keys_previous_digest ON keys (previous_digest)",
             "ALTER TABLE keys ADD COLUMN previous_expires_at DOUBLE PRECISION",
             "ALTER TABLE keys ADD COLUMN rolled_at DOUBLE PRECISION",
         ),

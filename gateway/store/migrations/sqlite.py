@@ -160,6 +160,8 @@ MIGRATIONS: tuple[Migration, ...] = (
         "key rolls: the replaced secret's digest, the end of its overlap, when it was rolled",
         (
             "ALTER TABLE keys ADD COLUMN previous_digest BLOB",
+            # `keys identify` finds a leaked secret a roll replaced, too.
+            "CREATE INDEX keys_previous_digest ON keys (previous_digest)",
             "ALTER TABLE keys ADD COLUMN previous_expires_at REAL",
             "ALTER TABLE keys ADD COLUMN rolled_at REAL",
         ),
