@@ -1335,3 +1335,18 @@ async def test_bad_rate_limits_are_400_naming_the_field(client: Client, limit: o
         KEYS, json={"name": "bad-limit", "roles": ["reader"], "rate_limit": limit}, headers=ROOT
     )
     await expect_error(resp, 400, "invalid_request", "rate_limit")
+
+
+async def test_status_expiring_lists_keys_within_the_warning_window(
+    client: Client, runtime: Runtime
+) -> None:
+    soon = {"name": "soon", "roles": ["reader"], "expires_at": future(3)}
+    later = {"name": "later", "roles": ["reader"], "expires_at": future(30)}
+    for body in (soon, later):
+        await expect(await client.post(KEYS, json=body, headers=ROOT), 201)
+    await create(client, "never")
+    listed = await expect(await client.get(KEYS, params={"status": "expiring"}, headers=ROOT), 200)
+    assert_documented("/api/v1/keys", "get", 200, listed)
+    assert [item["name"] for item in listed["items"]] == ["soon"]  # warn_days: 14 by default
+    session = await expect(await client.get("/api/v1/session", headers=ROOT), 200)
+    assert session["expiry_warn_days"] == 14

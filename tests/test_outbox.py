@@ -271,3 +271,22 @@ async def test_keys_list_shows_expiring_keys(tmp_path: Path, backend: Backend) -
     assert "in-a-month" not in out and "forever" not in out
     code, out, err = await arun_cli("keys", "list", "--config", str(config))
     assert "(in 4 d)" in out and out.count(" d)") == 1
+
+
+@pytest.mark.slow
+async def test_a_key_created_with_the_cli_reaches_the_webhook(
+    tmp_path: Path, backend: Backend, receiver: tuple[Receiver, str]
+) -> None:
+    hook, url = receiver
+    config = hook_config(tmp_path / "cfg", backend, url)
+    async with running_gateway(load_settings(config)):
+        await asyncio.sleep(0.3)
+        code, out, err = await arun_cli(
+            "keys", "create", "--name", "from-cli", "--role", ALL_ROLE, "--json",
+            "--config", str(config),
+        )  # fmt: skip
+        assert code == 0, err
+        await hook.wait_for(lambda: len(hook.of_type("key.created")) == 1)
+    created = hook.of_type("key.created")[0]["data"]
+    assert created["key_name"] == "from-cli" and created["actor"].startswith("cli:")
+    assert json.loads(out)["secret"].encode() not in b"".join(hook.bodies)
