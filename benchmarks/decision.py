@@ -50,7 +50,16 @@ def build_table(count: int, probe_keys: list[str]) -> KeyTable:
                 digest = keys.digest(probe_keys[index])
             else:
                 digest = hashlib.sha256(os.urandom(16)).digest()
-            yield digest, index + 1, f"key-{index:07d}", role_sets[index % 20], "active", None
+            yield (
+                digest,
+                index + 1,
+                f"key-{index:07d}",
+                role_sets[index % 20],
+                "active",
+                None,
+                None,
+                None,
+            )
 
     loader = table.loader()
     loader.add(rows())

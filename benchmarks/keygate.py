@@ -43,12 +43,23 @@ def write_policy(directory: Path) -> Path:
 
 
 def write_config(
-    directory: Path, filename: str, *, listen_port: int, admin_port: int, upstream_port: int
+    directory: Path,
+    filename: str,
+    *,
+    listen_port: int,
+    admin_port: int,
+    upstream_port: int,
+    redis_url: str | None = None,
 ) -> Path:
-    """Write a keygate config whose store (keygate.db) and policy sit next to it."""
+    """Write a keygate config whose store (keygate.db) and policy sit next to it.
+
+    With `redis_url`, rate limits are counted in that Redis (shared by the workers).
+    """
     path = directory / filename
+    limits = "" if redis_url is None else f'rate_limits: {{redis_url: "{redis_url}"}}\n'
     path.write_text(
-        f"""\
+        limits
+        + f"""\
 listen: {{host: {LOOPBACK}, port: {listen_port}}}
 admin: {{host: {LOOPBACK}, port: {admin_port}}}
 upstream: {{url: "http://{LOOPBACK}:{upstream_port}", timeout: {UPSTREAM_TIMEOUT_S}}}
@@ -115,6 +126,20 @@ def _parse_json_object(text: str) -> dict[str, object]:
     return value
 
 
+def init_store(config_path: Path, *, python: str = sys.executable, cwd: Path = REPO_ROOT) -> None:
+    """Create the config's database with `keygate init` (other commands never create it)."""
+    args = ["init", "--config", str(config_path)]
+    try:
+        done = gateway_cli(args, python=python, cwd=cwd)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"`python -m gateway {' '.join(args)}` timed out") from exc
+    if done.returncode != 0:
+        raise BenchError(
+            f"`python -m gateway {' '.join(args)}` exited {done.returncode}:\n"
+            f"{_tail(done.stderr or done.stdout)}"
+        )
+
+
 def create_key(
     config_path: Path,
     name: str,
@@ -122,12 +147,9 @@ def create_key(
     *,
     python: str = sys.executable,
     cwd: Path = REPO_ROOT,
+    rate_limit: str | None = None,
 ) -> str:
-    """Create one key with `keys create --json` and return its secret (the store is created
-    first with `keygate init`: CLI commands never create a database themselves)."""
-    initialised = gateway_cli(["init", "--config", str(config_path)], python=python, cwd=cwd)
-    if initialised.returncode != 0:
-        raise BenchError(f"`keygate init` exited {initialised.returncode}: {initialised.stderr}")
+    """Create one key with `keys create --json` (its own rate limit, if given); its secret."""
     args = [
         "keys",
         "create",
@@ -138,6 +160,7 @@ def create_key(
         "--role",
         role,
         "--json",
+        *(() if rate_limit is None else ("--rate-limit", rate_limit)),
     ]
     try:
         done = gateway_cli(args, python=python, cwd=cwd)

@@ -62,8 +62,22 @@ SKIP_REASON_LINES = 8  # lines of a skip reason's detail (e.g. a log tail) in th
 BUSY_WARNING_FRACTION = 0.10  # warn when other work keeps more than this share of CPUs busy
 OTHER_LOAD_NOTE_FRACTION = 0.05  # note runs where other processes took more of all CPUs
 
-CONTENDERS = ("upstream", "nginx", "bare", "keygate-w1", "keygate-w2", "keygate-anon")
-KEYGATE_CONTENDERS = ("keygate-w1", "keygate-w2", "keygate-anon")
+CONTENDERS = (
+    "upstream",
+    "nginx",
+    "bare",
+    "keygate-w1",
+    "keygate-w2",
+    "keygate-anon",
+    "keygate-rl",
+    "keygate-rl-redis",
+)
+KEYGATE_CONTENDERS = ("keygate-w1", "keygate-w2", "keygate-anon", "keygate-rl", "keygate-rl-redis")
+# The limited bench key's own rate limit: far beyond what one machine sends, so it never
+# refuses, and every keyed request pays for the limiter's decision.
+NEVER_TRIGGERS = "1000000000/second,burst=1000000000"
+LIMITED_KEY_NAME = "bench-limited"
+REDIS_URL = os.environ.get("KEYGATE_BENCH_REDIS", "redis://127.0.0.1:6379/14")
 LABELS = {
     "upstream": "upstream direct",
     "nginx": "nginx peer",
@@ -71,6 +85,8 @@ LABELS = {
     "keygate-w1": "keygate w1",
     "keygate-w2": "keygate w2",
     "keygate-anon": "keygate anon",
+    "keygate-rl": "keygate w2 limit local",
+    "keygate-rl-redis": "keygate w2 limit redis",
 }
 ALIASES: dict[str, tuple[str, ...]] = {
     "upstream": ("upstream",),
@@ -86,6 +102,10 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "w2": ("keygate-w2",),
     "keygate-anon": ("keygate-anon",),
     "anon": ("keygate-anon",),
+    "keygate-rl": ("keygate-rl",),
+    "rl": ("keygate-rl",),
+    "keygate-rl-redis": ("keygate-rl-redis",),
+    "rl-redis": ("keygate-rl-redis",),
 }
 PATHS = {"small": SMALL_PATH, "1MiB": BIG_PATH}
 # (label, numerator, denominator): requests/s ratios printed per path.
@@ -95,11 +115,13 @@ RATIOS = (
     ("keygate w1 / aiohttp bare", "keygate-w1", "bare"),
     ("keygate w2 / aiohttp bare", "keygate-w2", "bare"),
     ("keygate keyed / anon (w2)", "keygate-w2", "keygate-anon"),
+    ("keygate local limit / no limit (w2)", "keygate-rl", "keygate-w2"),
+    ("keygate redis limit / no limit (w2)", "keygate-rl-redis", "keygate-w2"),
     ("nginx peer / upstream direct", "nginx", "upstream"),
     ("aiohttp bare / upstream direct", "bare", "upstream"),
 )
 # Rough seconds to start and self-check one contender, for the up-front time estimate.
-STARTUP_ESTIMATE_S = {"keygate-w1": 4.0, "keygate-w2": 4.0, "keygate-anon": 4.0}
+STARTUP_ESTIMATE_S = dict.fromkeys(KEYGATE_CONTENDERS, 4.0)
 DEFAULT_STARTUP_ESTIMATE_S = 1.5
 
 
@@ -124,7 +146,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         default=",".join(CONTENDERS),
         help="comma list of contenders: upstream, nginx, bare, keygate (= keygate-w1, "
-        "keygate-w2, keygate-anon) or any of those three",
+        "keygate-w2, keygate-anon, keygate-rl, keygate-rl-redis) or any of those; rl and "
+        "rl-redis are w2 with a key whose own rate limit never triggers, counted locally or "
+        "in Redis ($KEYGATE_BENCH_REDIS, default redis://127.0.0.1:6379/14)",
     )
     parser.add_argument(
         "--nginx-workers", type=int, default=1, help="worker_processes of the nginx peer"
@@ -180,6 +204,20 @@ class Tools:
 
     nginx: str
     wrk: str
+
+
+def redis_problem(url: str) -> str | None:
+    """Return why the Redis at `url` cannot be used for the redis contender, or None."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as error:
+        return f"no Redis at {url} ({error}); start one or set $KEYGATE_BENCH_REDIS"
+    finally:
+        client.close()
+    return None
 
 
 def _find_tools() -> tuple[str | None, str | None]:
@@ -289,14 +327,16 @@ def check_passthrough(port: int, headers: dict[str, str]) -> int:
     return 2
 
 
-def check_key_enforcement(port: int, key: str, *, anonymous_passes: bool) -> int:
+def check_key_enforcement(
+    port: int, key: str, *, anonymous_passes: bool, key_name: str = BENCH_KEY_NAME
+) -> int:
     """Check acting user, 403 on key management, 401 on a bad key, and the no-key answer."""
     spoof = {"X-Acting-User": SPOOFED_USER}
     _expect(
         http_get(port, WHOAMI_PATH, {KEY_HEADER: key, **spoof}),
         200,
         "keyed request reaches upstream with X-Acting-User = key name (client value replaced)",
-        BENCH_KEY_NAME.encode(),
+        key_name.encode(),
     )
     _expect(http_get(port, APIKEYS_PATH, {KEY_HEADER: key}), 403, "key on apikeys path")
     _expect(http_get(port, WHOAMI_PATH, {KEY_HEADER: INVALID_KEY}), 401, "invalid key")
@@ -366,6 +406,7 @@ class Harness:
     nginx_table: dict[str, str] = field(default_factory=dict)
     keygate_dir: Path | None = None
     keygate_key: str = ""
+    limited_key: str = ""  # the bench key with its own (never-triggering) rate limit
     skipped: dict[str, str] = field(default_factory=dict)
     round_index: int = 0
     runs: dict[tuple[str, str], list[Run]] = field(default_factory=dict)
@@ -394,7 +435,11 @@ class Harness:
             upstream_port=self.upstream_port,
         )
         try:
+            keygate.init_store(config, python=self.args.python)
             self.keygate_key = keygate.create_key(config, BENCH_KEY_NAME, python=self.args.python)
+            self.limited_key = keygate.create_key(
+                config, LIMITED_KEY_NAME, python=self.args.python, rate_limit=NEVER_TRIGGERS
+            )
             print(f"  keygate: created key {BENCH_KEY_NAME!r}; seeding {self.args.keys - 1} more")
             keygate.seed_keys(
                 config, self.args.keys - 1, python=self.args.python, budget_s=self.args.seed_budget
@@ -403,6 +448,11 @@ class Harness:
             self._skip_keygate(f"keygate key setup failed: {exc}")
             return
         self.keygate_dir = directory
+        if "keygate-rl-redis" in self.args.contenders:
+            problem = redis_problem(REDIS_URL)
+            if problem:
+                print(f"  SKIP keygate-rl-redis: {problem}", flush=True)
+                self.skipped["keygate-rl-redis"] = problem
 
     def _skip_keygate(self, reason: str) -> None:
         """Mark every selected keygate contender as skipped and say why."""
@@ -426,6 +476,8 @@ class Harness:
             "keygate-w1": lambda: self._keygate(1, keyed=True),
             "keygate-w2": lambda: self._keygate(2, keyed=True),
             "keygate-anon": lambda: self._keygate(2, keyed=False),
+            "keygate-rl": lambda: self._keygate(2, keyed=True, limit="local"),
+            "keygate-rl-redis": lambda: self._keygate(2, keyed=True, limit="redis"),
         }
         return starters[contender]()
 
@@ -476,30 +528,41 @@ class Harness:
             process.stop()
 
     @contextlib.contextmanager
-    def _keygate(self, workers: int, *, keyed: bool) -> Iterator[Target]:
-        """Run `gateway serve --workers N` on fresh ports for the duration of the block."""
+    def _keygate(self, workers: int, *, keyed: bool, limit: str | None = None) -> Iterator[Target]:
+        """Run `gateway serve --workers N` on fresh ports for the duration of the block.
+
+        With `limit` ("local" or "redis") the key sent is the one with its own rate limit.
+        """
         assert self.keygate_dir is not None
+        key = self.keygate_key if limit is None else self.limited_key
         listen_port, admin_port = free_ports(2)
         config = keygate.write_config(
             self.keygate_dir,
-            f"serve-w{workers}.yaml",
+            f"serve-w{workers}-{limit or 'nolimit'}.yaml",
             listen_port=listen_port,
             admin_port=admin_port,
             upstream_port=self.upstream_port,
+            redis_url=REDIS_URL if limit == "redis" else None,
         )
+        label = "keyed" if keyed else "anon"
         process = keygate.start_keygate(
             config,
             workers,
             listen_port=listen_port,
-            key=self.keygate_key,
-            log_path=self._log_path(f"keygate-w{workers}-{'keyed' if keyed else 'anon'}"),
+            key=key,
+            log_path=self._log_path(f"keygate-w{workers}-{label}-{limit or 'nolimit'}"),
             startup_timeout_s=self.args.startup_timeout,
             python=self.args.python,
         )
         try:
-            headers = {KEY_HEADER: self.keygate_key} if keyed else {}
+            headers = {KEY_HEADER: key} if keyed else {}
             checks = check_passthrough(listen_port, headers)
-            checks += check_key_enforcement(listen_port, self.keygate_key, anonymous_passes=True)
+            checks += check_key_enforcement(
+                listen_port,
+                key,
+                anonymous_passes=True,
+                key_name=BENCH_KEY_NAME if limit is None else LIMITED_KEY_NAME,
+            )
             print(f"self-check ok ({checks})", end="", flush=True)
             yield Target(listen_port, headers, (process.pgid,))
         finally:

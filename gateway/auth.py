@@ -12,6 +12,7 @@ from gateway.refusals import (
     KEY_EXPIRED,
     KEY_MALFORMED,
     KEY_REVOKED,
+    KEY_ROLLED,
     KEY_UNKNOWN,
     PROTECTED,
     Refusal,
@@ -52,6 +53,9 @@ def authenticate(table: KeyTable, key: str, now: float) -> CachedKey | Refusal:
     if record.revoked:
         return KEY_REVOKED
     if record.expires_at is not None and record.expires_at <= now:
+        # Only a rolled key's old secret has rolled_until; the check costs nothing otherwise.
+        if record.rolled_until is not None and record.rolled_until <= now:
+            return KEY_ROLLED
         return KEY_EXPIRED
     return record
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from gateway import cli_admin, cli_keys, cli_store, key_rules
+from gateway import cli_admin, cli_keys, cli_notify, cli_store, key_rules
 from gateway.cli_common import CliError, add_config_option, load_config
 from gateway.policy import Policy, PolicyError, load_policy
 from gateway.settings import ConfigError
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     init_parser.set_defaults(func=init)
 
     cli_keys.register(commands)
+    cli_notify.register(commands)
 
     policy_parser = commands.add_parser("policy", help="policy tools")
     policy_commands = policy_parser.add_subparsers(dest="policy_command", required=True)

@@ -1,4 +1,4 @@
-"""Command line for API keys: `keygate keys create|list|show|edit|revoke|...|identify`."""
+"""Command line for API keys: `keygate keys create|list|show|edit|roll|revoke|...|identify`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from gateway.policy import load_policy
 from gateway.store.base import BatchResult, KeyChanges, KeyRow, KeyStore
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
+DAY = 86_400  # seconds
 
 
 async def resolve_key(store: KeyStore, ref: str) -> KeyRow:
@@ -33,8 +34,10 @@ def print_key(row: KeyRow, as_json: bool, extra: dict[str, Any] | None = None) -
         print(json.dumps(data, indent=2))
         return
     for field, value in data.items():
+        if isinstance(value, dict):  # a rate limit, as --rate-limit takes it
+            value = f"{value['requests']}/{value['per']},burst={value['burst']}"
         shown = ", ".join(value) if isinstance(value, list) else ("" if value is None else value)
-        print(f"{field:>13}: {shown}")
+        print(f"{field:>19}: {shown}")
 
 
 async def keys_create(args: argparse.Namespace) -> int:
@@ -46,6 +49,9 @@ async def keys_create(args: argparse.Namespace) -> int:
         "description": args.description,
         "roles": args.role,
         "expires_at": args.expires,
+        "rate_limit": None
+        if args.rate_limit is None
+        else key_rules.rate_limit_json(key_rules.parse_rate_limit_text(args.rate_limit)),
     }
     async with open_store(settings) as store:
         created = await key_rules.create_key(store, request, policy, cli_actor(), clock.now())
@@ -62,11 +68,14 @@ async def keys_create(args: argparse.Namespace) -> int:
 async def keys_list(args: argparse.Namespace) -> int:
     """List keys, optionally filtered by status."""
     settings = load_config(args)
+    within = settings.expiry.warn_days * DAY
     async with open_store(settings) as store:
         rows: list[KeyRow] = []
         after = 0
         while True:
-            page = await store.list_keys(status=args.status, limit=1000, after_id=after)
+            page = await store.list_keys(
+                status=args.status, limit=1000, after_id=after, expiring_within=within
+            )
             rows.extend(page)
             if len(page) < 1000:
                 break
@@ -77,14 +86,18 @@ async def keys_list(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{'ID':>6}  {'NAME':<24} {'STATUS':<8} {'PREFIX':<11} {'USES':>6}  "
-        f"{'LAST USED':<17} {'EXPIRES':<17} ROLES"
+        f"{'LAST USED':<17} {'EXPIRES':<27} ROLES"
     )
     for row in rows:
         status = key_rules.status_of(row, now)
         roles = ",".join(row.roles)
+        expires = _minute(row.expires_at)
+        days = key_rules.days_left(row, now, within)
+        if days is not None:
+            expires += f" (in {days} d)"
         print(
             f"{row.id:>6}  {row.name:<24} {status:<8} {row.prefix:<11} {row.use_count:>6}  "
-            f"{_minute(row.last_used_at):<17} {_minute(row.expires_at):<17} {roles}"
+            f"{_minute(row.last_used_at):<17} {expires:<27} {roles}"
         )
     print(f"{len(rows)} key(s)")
     return 0
@@ -122,13 +135,39 @@ async def keys_edit(args: argparse.Namespace) -> int:
             else key_rules.parse_timestamp(args.expires, "expires", now)
         ),
         clear_expiry=args.expires == "never",
+        rate_limit=(
+            None
+            if args.rate_limit in (None, "none")
+            else key_rules.parse_rate_limit_text(args.rate_limit)
+        ),
+        clear_rate_limit=args.rate_limit == "none",
     )
     if changes == KeyChanges():
-        raise CliError("nothing to change: give --name, --description, --role or --expires")
+        raise CliError(
+            "nothing to change: give --name, --description, --role, --expires or --rate-limit"
+        )
     async with open_store(settings) as store:
         row = await resolve_key(store, args.key)
         row = await store.update_key(row.id, changes, cli_actor())
     print_key(row, args.json)
+    return 0
+
+
+async def keys_roll(args: argparse.Namespace) -> int:
+    """Give a key a new secret (printed once); the old one keeps working for the overlap."""
+    overlap = key_rules.validate_overlap(args.overlap)
+    settings = load_config(args)
+    async with open_store(settings) as store:
+        row = await resolve_key(store, args.key)
+        rolled = await key_rules.roll_key(store, row.id, overlap, cli_actor())
+    if args.json:
+        print_key(rolled.row, True, {"secret": rolled.secret})
+    else:
+        print_key(rolled.row, False)
+        print()
+        print(f"secret: {rolled.secret}")
+        print("Store this secret now: it is shown once and can never be read again.")
+        print(f"The old secret keeps working until {clock.iso(rolled.row.previous_expires_at)}.")
     return 0
 
 
@@ -201,10 +240,19 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     create.add_argument("--description", default="")
     create.add_argument("--role", action="append", required=True, help="repeat for more roles")
     create.add_argument("--expires", help="ISO-8601 time with zone, e.g. 2027-01-01T00:00:00Z")
+    create.add_argument(
+        "--rate-limit",
+        metavar="N/PER[,burst=B]",
+        help="the key's own limit over its roles' default, e.g. 100/minute,burst=20",
+    )
     create.set_defaults(func=keys_create)
 
     listing = keys_commands.add_parser("list", help="list keys")
-    listing.add_argument("--status", choices=("active", "revoked", "expired"))
+    listing.add_argument(
+        "--status",
+        choices=("active", "revoked", "expired", "expiring"),
+        help="expiring: active keys expiring within expiry.warn_days",
+    )
     listing.set_defaults(func=keys_list)
 
     show = keys_commands.add_parser("show", help="show one key")
@@ -217,6 +265,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     edit.add_argument("--description")
     edit.add_argument("--role", action="append", help="replaces all roles; repeat for more")
     edit.add_argument("--expires", help="ISO-8601 time with zone, or 'never'")
+    edit.add_argument(
+        "--rate-limit",
+        metavar="N/PER[,burst=B]",
+        help="the key's own limit (e.g. 100/minute,burst=20), or 'none' for its roles' default",
+    )
     edit.set_defaults(func=keys_edit)
 
     for name, func, text in (
@@ -227,6 +280,19 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         one = keys_commands.add_parser(name, help=text)
         one.add_argument("key", metavar="ID|NAME")
         one.set_defaults(func=func)
+
+    roll = keys_commands.add_parser(
+        "roll", help="give a key a new secret (printed once); the old one works for the overlap"
+    )
+    roll.add_argument("key", metavar="ID|NAME")
+    roll.add_argument(
+        "--overlap",
+        type=int,
+        metavar="SECONDS",
+        help=f"how long the old secret keeps working (default {key_rules.ROLL_OVERLAP_DEFAULT},"
+        f" at most {key_rules.ROLL_OVERLAP_MAX})",
+    )
+    roll.set_defaults(func=keys_roll)
 
     identify = keys_commands.add_parser(
         "identify", help="which key a leaked secret belongs to (secret on standard input)"

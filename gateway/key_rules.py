@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -10,12 +11,18 @@ from typing import Any
 
 from gateway import keys
 from gateway.clock import iso
-from gateway.policy import Policy, nearest_hint
+from gateway.policy import Policy, nearest_hint, parse_rate_limit
+from gateway.ratelimit import PERIOD_SECONDS, RateLimit
 from gateway.store.base import AuditEvent, KeyRow, KeyStore, NewKey
 
 NAME_MAX_LENGTH = 64
 DESCRIPTION_MAX_LENGTH = 1000
 ROLES_MAX = 64
+
+# Seconds a rolled key's old secret keeps working unless told otherwise (a day: a deploy
+# window), and at most (30 days: longer is a second key, not an overlap).
+ROLL_OVERLAP_DEFAULT = 86_400
+ROLL_OVERLAP_MAX = 30 * 86_400
 
 E_INVALID = "invalid_request"
 E_UNKNOWN_ROLE = "unknown_role"
@@ -118,6 +125,16 @@ def status_of(row: KeyRow, now: float) -> str:
     return "active"
 
 
+def days_left(row: KeyRow, now: float, within: float) -> int | None:
+    """Return whole days (rounded up) until an active key expiring within `within` s expires."""
+    if row.status != "active" or row.expires_at is None:
+        return None
+    left = row.expires_at - now
+    if not 0 < left <= within:
+        return None
+    return math.ceil(left / 86_400)
+
+
 def key_json(row: KeyRow, now: float, policy: Policy | None = None) -> dict[str, Any]:
     """Return the key JSON of the admin API for a stored key (never the secret or its digest).
 
@@ -138,10 +155,52 @@ def key_json(row: KeyRow, now: float, policy: Policy | None = None) -> dict[str,
         "expires_at": iso(row.expires_at),
         "last_used_at": iso(row.last_used_at),
         "use_count": row.use_count,
+        "rolled_at": iso(row.rolled_at),
+        "previous_expires_at": iso(row.previous_expires_at),
+        "rate_limit": rate_limit_json(row.rate_limit),
     }
     if policy is not None:
         shown["unknown_roles"] = [role for role in row.roles if role not in policy.roles]
     return shown
+
+
+def rate_limit_json(limit: RateLimit | None) -> dict[str, Any] | None:
+    """Return a key's own rate limit as the admin API shows it, or None."""
+    if limit is None:
+        return None
+    return {"requests": limit.requests, "per": limit.per, "burst": limit.burst}
+
+
+def validate_rate_limit(value: Any) -> RateLimit:
+    """Return a key's rate limit from `{requests, per: second|minute|hour, burst}`."""
+    problems: list[str] = []
+    limit = parse_rate_limit(value, "rate_limit", problems)
+    if limit is None or problems:
+        raise InputError("; ".join(problems) or "rate_limit is not valid", "rate_limit")
+    return limit
+
+
+def parse_rate_limit_text(text: str) -> RateLimit:
+    """Parse the CLI's `REQUESTS/PER[,burst=N]` (e.g. `100/minute,burst=20`)."""
+    head, _, rest = text.partition(",")
+    requests, slash, per = head.strip().partition("/")
+    data: dict[str, Any] = {"requests": _int_or_text(requests), "per": per.strip()}
+    if not slash or per.strip() not in PERIOD_SECONDS:
+        raise InputError(
+            f"rate limit {text!r}: write REQUESTS/second|minute|hour[,burst=N]", "rate_limit"
+        )
+    if rest:
+        name, equals, value = rest.partition("=")
+        if name.strip() != "burst" or not equals:
+            raise InputError(f"rate limit {text!r}: only burst=N may follow", "rate_limit")
+        data["burst"] = _int_or_text(value)
+    return validate_rate_limit(data)
+
+
+def _int_or_text(text: str) -> int | str:
+    """Return `text` as an int when it is one (validation reports it otherwise)."""
+    stripped = text.strip()
+    return int(stripped) if stripped.isdigit() else stripped
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +227,8 @@ def new_key_request(data: Mapping[str, Any], policy: Policy, now: float) -> tupl
     roles = validate_roles(data.get("roles"), policy)
     expires = data.get("expires_at")
     expires_at = None if expires is None else parse_timestamp(expires, "expires_at", now)
+    limit = data.get("rate_limit")
+    rate_limit = None if limit is None else validate_rate_limit(limit)
     secret = keys.generate_key()
     new = NewKey(
         name=name,
@@ -176,6 +237,7 @@ def new_key_request(data: Mapping[str, Any], policy: Policy, now: float) -> tupl
         digest=keys.digest(secret),
         prefix=keys.display_prefix(secret),
         expires_at=expires_at,
+        rate_limit=rate_limit,
     )
     return new, secret
 
@@ -186,6 +248,30 @@ async def create_key(
     """Validate, mint and store a key; the secret is returned once and never stored."""
     new, secret = new_key_request(data, policy, now)
     row = await store.create_key(new, actor)
+    return CreatedKey(row, secret)
+
+
+def validate_overlap(value: Any) -> int:
+    """Return a roll's overlap: whole seconds from 0 to ROLL_OVERLAP_MAX (None: the default)."""
+    if value is None:
+        return ROLL_OVERLAP_DEFAULT
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError("overlap_seconds must be a whole number of seconds", "overlap_seconds")
+    if not 0 <= value <= ROLL_OVERLAP_MAX:
+        raise InputError(
+            f"overlap_seconds must be 0-{ROLL_OVERLAP_MAX} (30 days)", "overlap_seconds"
+        )
+    return value
+
+
+async def roll_key(
+    store: KeyStore, key_id: int, overlap: int, actor: str, grants: frozenset[str] | None = None
+) -> CreatedKey:
+    """Give a key a new secret (returned once, never stored); the old one works `overlap` s."""
+    secret = keys.generate_key()
+    row = await store.roll_key(
+        key_id, keys.digest(secret), keys.display_prefix(secret), overlap, actor, grants
+    )
     return CreatedKey(row, secret)
 
 

@@ -20,6 +20,8 @@ class ProxyMetrics:
     def __init__(self) -> None:
         self.outcomes: Counter[str] = Counter()  # "forwarded" or a refusal/error code
         self.upstream_status: Counter[int] = Counter()  # by status class: 2, 3, 4, 5
+        # Active keys expiring within expiry.warn_days, as the outbox last counted (worker 0).
+        self.keys_expiring: int | None = None
 
     def refused(self, code: str) -> None:
         """Count one request answered by keygate itself with error `code`."""
@@ -63,6 +65,12 @@ class _ProcessCollector(Collector):
         yield GaugeMetricFamily(
             "keygate_keys", "Keys in this process's in-memory table", value=len(self._table)
         )
+        if metrics.keys_expiring is not None:
+            yield GaugeMetricFamily(
+                "keygate_keys_expiring",
+                "Active keys expiring within expiry.warn_days (counted every check_interval)",
+                value=metrics.keys_expiring,
+            )
         yield GaugeMetricFamily(
             "keygate_feed_sequence",
             "Change-feed sequence this process's table reflects",

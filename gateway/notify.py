@@ -67,6 +67,27 @@ def event(kind: str, data: Mapping[str, Any], at: float) -> dict[str, Any]:
     return {"id": secrets.token_hex(12), "type": kind, "created_at": iso(at), "data": dict(data)}
 
 
+async def deliver_once(session: aiohttp.ClientSession, hook: Webhook, body: bytes) -> str | None:
+    """POST one signed event to one webhook once; return None on 2xx, else what went wrong."""
+    headers = {
+        "Content-Type": "application/json",
+        SIGNATURE_HEADER: sign(hook.secret, int(time.time()), body),
+    }
+    try:
+        async with session.post(hook.url, data=body, headers=headers) as response:
+            await response.read()
+            if 200 <= response.status < 300:
+                return None
+            return f"HTTP {response.status}"
+    except (aiohttp.ClientError, TimeoutError, OSError) as error:
+        return type(error).__name__
+
+
+def encode(item: Mapping[str, Any]) -> bytes:
+    """Return an event's JSON body as it is sent and signed."""
+    return json.dumps(item, separators=(",", ":")).encode()
+
+
 class Notifier:
     """Queues events and delivers them to every webhook in the background."""
 
@@ -111,7 +132,7 @@ class Notifier:
             while True:
                 item = await self._queue.get()
                 try:
-                    body = json.dumps(item, separators=(",", ":")).encode()
+                    body = encode(item)
                     await asyncio.gather(
                         *(self._deliver(session, hook, body) for hook in self._webhooks)
                     )
@@ -122,19 +143,10 @@ class Notifier:
         """POST one event to one webhook, retrying with back-off; log the outcome once."""
         delay = BACKOFF_BASE
         for attempt in range(1, ATTEMPTS + 1):
-            headers = {
-                "Content-Type": "application/json",
-                SIGNATURE_HEADER: sign(hook.secret, int(time.time()), body),
-            }
-            try:
-                async with session.post(hook.url, data=body, headers=headers) as response:
-                    await response.read()
-                    if 200 <= response.status < 300:
-                        self.delivered += 1
-                        return
-                    problem = f"HTTP {response.status}"
-            except (aiohttp.ClientError, TimeoutError, OSError) as error:
-                problem = type(error).__name__
+            problem = await deliver_once(session, hook, body)
+            if problem is None:
+                self.delivered += 1
+                return
             if attempt == ATTEMPTS:
                 break
             log.info("webhook %s: %s; retry %d in %.1fs", hook.url, problem, attempt, delay)

@@ -179,15 +179,15 @@ class Proxy:
                 return self._refuse(refusals.BAD_OVERRIDE)
             if auth.authorize(policy, record, method, path) is not None:
                 return self._refuse(refusals.OVERRIDE_FORBIDDEN)
-        limit = policy.rate_limit_for(record.roles)
+        limit = record.rate_limit or policy.rate_limit_for(record.roles)
         if limit is not None:
             limiter = runtime.limiter
             decision = (
-                limiter.check_now(record.id, limit)
+                limiter.admit_now(record.id, limit)
                 if isinstance(limiter, LocalLimiter)
                 else await limiter.check(record.id, limit)
             )
-            if not decision.allowed:
+            if decision is not None and not decision.allowed:
                 response = self._refuse(refusals.RATE_LIMITED)
                 response.headers.extend(rate_limit_headers(limit, decision))
                 return response

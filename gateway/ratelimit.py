@@ -120,6 +120,47 @@ class LocalLimiter:
         self._clock = clock
         self._processes = processes
         self._tat: dict[int, float] = {}
+        # id(limit) -> (limit, its share, interval, burst window), so the hot path neither
+        # builds the share nor hashes the limit; the limit is held so its id stays its own.
+        self._shares: dict[int, tuple[RateLimit, RateLimit, float, float]] = {}
+
+    def admit_now(self, key_id: int, limit: RateLimit) -> Decision | None:
+        """Count one request and return None when admitted, else the refusal's Decision.
+
+        The hot path: an admitted request builds no object (the same arithmetic as decide()).
+        """
+        known = self._shares.get(id(limit))
+        if known is None or known[0] is not limit:
+            known = self._remember(limit)
+        _, shared, interval, window = known
+        now = self._clock()
+        tats = self._tat
+        tat = tats.get(key_id, now)
+        if tat < now:
+            tat = now
+        if tat - now > window:
+            return decide(shared, tat, now)[0]
+        if key_id not in tats and len(tats) >= LOCAL_STATE_LIMIT:
+            self._forget_stale(now)
+        tats[key_id] = tat + interval
+        return None
+
+    def _remember(self, limit: RateLimit) -> tuple[RateLimit, RateLimit, float, float]:
+        """Compute and keep this process's share of a limit (bounded like the TAT table)."""
+        if len(self._shares) >= LOCAL_STATE_LIMIT:
+            self._shares.clear()
+        shared = share(limit, self._processes)
+        known = (limit, shared, shared.interval, shared.interval * (shared.burst - 1))
+        self._shares[id(limit)] = known
+        return known
+
+    def _forget_stale(self, now: float) -> None:
+        """Make room in a full TAT table: drop refilled buckets, else the oldest one."""
+        tats = self._tat
+        for stale in [k for k, t in tats.items() if t <= now]:
+            del tats[stale]
+        if len(tats) >= LOCAL_STATE_LIMIT:
+            del tats[next(iter(tats))]
 
     def check_now(self, key_id: int, limit: RateLimit) -> Decision:
         """The synchronous decision (hot path: a dict lookup and a little arithmetic)."""

@@ -25,6 +25,9 @@ KEY_MALFORMED = Refusal(401, "key_malformed", "the API key is malformed", True)
 KEY_UNKNOWN = Refusal(401, "key_unknown", "the API key is not known", True)
 KEY_REVOKED = Refusal(401, "key_revoked", "the API key has been revoked", True)
 KEY_EXPIRED = Refusal(401, "key_expired", "the API key has expired", True)
+KEY_ROLLED = Refusal(
+    401, "key_rolled", "the API key was replaced by a new secret and its overlap has ended", True
+)
 PROTECTED = Refusal(403, "forbidden_protected", "API keys may not call key-management paths")
 FORBIDDEN = Refusal(403, "forbidden", "the API key's roles do not allow this method and path")
 OVERRIDE_FORBIDDEN = Refusal(

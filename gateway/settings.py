@@ -52,6 +52,11 @@ DEFAULT_MAX_HEADERS = 128  # header fields in one upstream response head
 DEFAULT_SESSION_IDLE_TIMEOUT = 1800.0  # seconds a web session may go unused (30 min)
 DEFAULT_SESSION_ABSOLUTE_TIMEOUT = 43_200.0  # seconds a web session lasts at most (12 h)
 MIN_SESSION_TIMEOUT = 1.0  # seconds; the shortest idle or absolute session timeout
+DEFAULT_WARN_DAYS = 14  # days before expiry a key counts as expiring (list, page, gauge)
+DEFAULT_NOTIFY_DAYS = (14, 7, 1)  # days before expiry a "key expiring" event is sent, once each
+MAX_EXPIRY_DAYS = 3650  # days; the furthest ahead a warning or notice can look
+DEFAULT_NOTIFY_POLL = 1.0  # seconds between reads of the audit log for events to send
+DEFAULT_EXPIRY_CHECK = 60.0  # seconds between checks for keys nearing expiry
 _HEADER_TOKEN = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
@@ -125,6 +130,31 @@ class SessionSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ExpirySettings:
+    """When keys count as expiring, and the days before expiry a notice is sent."""
+
+    warn_days: int = DEFAULT_WARN_DAYS
+    notify_days: tuple[int, ...] = DEFAULT_NOTIFY_DAYS
+    check_interval: float = DEFAULT_EXPIRY_CHECK
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """One webhook: where events are POSTed and the secret they are signed with."""
+
+    url: str
+    secret: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySettings:
+    """Webhooks that receive signed key events, and how often the audit log is read."""
+
+    webhooks: tuple[WebhookSettings, ...] = ()
+    poll_interval: float = DEFAULT_NOTIFY_POLL
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The validated gateway configuration."""
 
@@ -156,6 +186,8 @@ class Settings:
     sessions: SessionSettings = SessionSettings()
     store_password: str | None = None  # PostgreSQL only, resolved from env or file
     store_schema: str | None = None  # PostgreSQL only: the schema holding keygate's tables
+    expiry: ExpirySettings = ExpirySettings()
+    notify: NotifySettings = NotifySettings()
 
     @property
     def base_dir(self) -> Path:
@@ -250,6 +282,8 @@ _TOP_LEVEL = {
     "pid_file",
     "policy_watch",
     "log",
+    "expiry",
+    "notify",
 }
 
 
@@ -396,10 +430,74 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         sessions=sessions,
         store_password=store_password,
         store_schema=store_schema,
+        expiry=_expiry(reader, data),
+        notify=_notify(reader, data, env, path.parent),
     )
     if reader.problems:
         raise ConfigError(reader.problems)
     return settings
+
+
+def _days(reader: _Reader, value: Any, location: str) -> int | None:
+    """Return a whole number of days from 1 to MAX_EXPIRY_DAYS, or None (a problem noted)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_EXPIRY_DAYS:
+        reader.problem(location, f"must be a whole number of days, 1-{MAX_EXPIRY_DAYS}")
+        return None
+    return value
+
+
+def _expiry(reader: _Reader, data: Mapping[str, Any]) -> ExpirySettings:
+    """Read `expiry`: warn_days, notify_days (a list) and check_interval."""
+    section = reader.section(data, "expiry", {"warn_days", "notify_days", "check_interval"})
+    warn = _days(reader, section.get("warn_days", DEFAULT_WARN_DAYS), "expiry.warn_days")
+    listed = section.get("notify_days", list(DEFAULT_NOTIFY_DAYS))
+    notify: list[int] = []
+    if not isinstance(listed, list):
+        reader.problem("expiry.notify_days", "must be a list of days (may be empty)")
+    else:
+        for index, value in enumerate(listed):
+            days = _days(reader, value, f"expiry.notify_days[{index}]")
+            if days is not None and days not in notify:
+                notify.append(days)
+    return ExpirySettings(
+        warn_days=DEFAULT_WARN_DAYS if warn is None else warn,
+        notify_days=tuple(sorted(notify, reverse=True)),
+        check_interval=reader.number(
+            section, "expiry", "check_interval", DEFAULT_EXPIRY_CHECK, minimum=0.05
+        ),
+    )
+
+
+def _notify(
+    reader: _Reader, data: Mapping[str, Any], env: Mapping[str, str], base: Path
+) -> NotifySettings:
+    """Read `notify`: webhooks ({url, secret: {env|file}}) and the audit poll interval."""
+    section = reader.section(data, "notify", {"webhooks", "poll_interval"})
+    listed = section.get("webhooks", [])
+    hooks: list[WebhookSettings] = []
+    if not isinstance(listed, list):
+        reader.problem("notify.webhooks", "must be a list of {url, secret: {env|file}}")
+        listed = []
+    for index, spec in enumerate(listed):
+        location = f"notify.webhooks[{index}]"
+        if not isinstance(spec, Mapping) or set(map(str, spec)) != {"url", "secret"}:
+            reader.problem(location, "must be {url: http(s)://..., secret: {env|file}}")
+            continue
+        url = spec["url"]
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            reader.problem(f"{location}.url", "must be an http:// or https:// URL")
+            continue
+        secret = _secret(reader, spec["secret"], env, base, f"{location}.secret")
+        if secret is not None and not secret:
+            reader.problem(f"{location}.secret", "must not be empty")
+        elif secret is not None:
+            hooks.append(WebhookSettings(url, secret.encode()))
+    return NotifySettings(
+        webhooks=tuple(hooks),
+        poll_interval=reader.number(
+            section, "notify", "poll_interval", DEFAULT_NOTIFY_POLL, minimum=0.05
+        ),
+    )
 
 
 def _sessions(reader: _Reader, data: Mapping[str, Any]) -> SessionSettings:

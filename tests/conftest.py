@@ -479,7 +479,10 @@ def children_of(pid: int) -> set[int]:
 def fill_table(table: KeyTable, rows: Iterable[KeyRow], seq: int) -> None:
     """Replace a key table's contents with `rows` at feed sequence `seq`, as a cold load does."""
     loader = table.loader()
-    loader.add((r.digest, r.id, r.name, r.roles, r.status, r.expires_at) for r in rows)
+    loader.add(
+        (r.digest, r.id, r.name, r.roles, r.status, r.expires_at, None, None, r.rate_limit)
+        for r in rows
+    )
     loader.finish(seq)
 
 

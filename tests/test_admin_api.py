@@ -1227,3 +1227,143 @@ async def test_a_key_can_be_addressed_by_name(client: Client) -> None:
     resp = await client.delete(by_name, headers=WRITE)
     assert resp.status == 204
     await expect_error(await client.get(by_name, headers=ROOT), 404, "not_found")
+
+
+# ------------------------------------------------------------------ roll
+
+
+async def test_roll_issues_a_new_secret_and_the_old_one_works_for_the_overlap(
+    client: Client, runtime: Runtime
+) -> None:
+    created = await create(client, "rolled")
+    key_id, old = created["key"]["id"], created["secret"]
+    assert created["key"]["rolled_at"] is None
+    assert created["key"]["previous_expires_at"] is None
+
+    resp = await client.post(f"{KEYS}/{key_id}/roll", json={"overlap_seconds": 600}, headers=ROOT)
+    body = await expect(resp, 200)
+    assert_documented("/api/v1/keys/{id}/roll", "post", 200, body)
+    new = body["secret"]
+    assert keys.is_well_formed(new) and new != old
+    key = body["key"]
+    assert (key["id"], key["name"], key["roles"]) == (key_id, "rolled", ["reader"])
+    assert key["prefix"] == keys.display_prefix(new)
+    assert key["rolled_at"] is not None
+    moved = datetime.fromisoformat(key["previous_expires_at"].replace("Z", "+00:00"))
+    rolled = datetime.fromisoformat(key["rolled_at"].replace("Z", "+00:00"))
+    assert (moved - rolled).total_seconds() == pytest.approx(600, abs=1)
+    # Both secrets reach the proxy's table before the call returns.
+    assert lookup(runtime, old).id == lookup(runtime, new).id == key_id
+    shown = await expect(await client.get(f"{KEYS}/{key_id}", headers=ROOT), 200)
+    assert shown == key
+    # A leaked old secret is still identified (it works until the overlap ends).
+    found = await client.post(f"{KEYS}/identify", json={"secret": old}, headers=ROOT)
+    assert (await expect(found, 200))["id"] == key_id
+
+    # Without a body: the default overlap (a day); the first old secret is forgotten.
+    again = await expect(await client.post(f"{KEYS}/{key_id}/roll", headers=WRITE), 200)
+    assert lookup(runtime, old) is None
+    assert lookup(runtime, new).id == lookup(runtime, again["secret"]).id == key_id
+    moved = datetime.fromisoformat(again["key"]["previous_expires_at"].replace("Z", "+00:00"))
+    rolled = datetime.fromisoformat(again["key"]["rolled_at"].replace("Z", "+00:00"))
+    assert (moved - rolled).total_seconds() == pytest.approx(86_400, abs=1)
+
+    audit = await expect(
+        await client.get("/api/v1/audit", params={"key_id": str(key_id)}, headers=ROOT), 200
+    )
+    assert [e["action"] for e in audit["items"]] == ["roll", "roll", "create"]
+    dumped = json.dumps(audit)
+    for secret in (old, new, again["secret"]):
+        assert secret not in dumped and keys.digest(secret).hex() not in dumped
+
+
+@pytest.mark.parametrize("overlap", [-1, 30 * 86_400 + 1, 1.5, "60", True])
+async def test_roll_refuses_a_bad_overlap(client: Client, overlap: object) -> None:
+    created = await create(client, "bad-overlap")
+    resp = await client.post(
+        f"{KEYS}/{created['key']['id']}/roll", json={"overlap_seconds": overlap}, headers=ROOT
+    )
+    await expect_error(resp, 400, "invalid_request", "overlap_seconds")
+
+
+async def test_roll_is_scoped_by_grants_and_unknown_ids(client: Client) -> None:
+    created = await create(client, "operator-key", ["operator"])
+    resp = await client.post(f"{KEYS}/{created['key']['id']}/roll", json={}, headers={**LIMITED})
+    await expect_error(resp, 403, "grant_forbidden")
+    await expect_error(
+        await client.post(f"{KEYS}/999/roll", json={}, headers=ROOT), 404, "not_found"
+    )
+    mine = await create(client, "reader-key", ["reader"], auth=LIMITED)
+    resp = await client.post(f"{KEYS}/{mine['key']['id']}/roll", json={}, headers=LIMITED)
+    await expect(resp, 200)
+
+
+# ------------------------------------------------------------------ per-key rate limit
+
+
+async def test_a_keys_own_rate_limit_is_set_shown_edited_and_cleared(
+    client: Client, runtime: Runtime
+) -> None:
+    resp = await client.post(
+        KEYS,
+        json={
+            "name": "limited",
+            "roles": ["reader"],
+            "rate_limit": {"requests": 100, "per": "minute"},
+        },
+        headers=ROOT,
+    )
+    body = await expect(resp, 201)
+    assert_documented("/api/v1/keys", "post", 201, body)
+    assert body["key"]["rate_limit"] == {"requests": 100, "per": "minute", "burst": 100}
+    key_id, secret = body["key"]["id"], body["secret"]
+    record = lookup(runtime, secret)
+    assert (record.rate_limit.requests, record.rate_limit.per) == (100, "minute")
+
+    limit = {"requests": 5, "per": "second", "burst": 2}
+    edited = await expect(
+        await client.patch(f"{KEYS}/{key_id}", json={"rate_limit": limit}, headers=ROOT), 200
+    )
+    assert_documented("/api/v1/keys/{id}", "patch", 200, edited)
+    assert edited["rate_limit"] == limit
+    assert lookup(runtime, secret).rate_limit.burst == 2
+    cleared = await expect(
+        await client.patch(f"{KEYS}/{key_id}", json={"rate_limit": None}, headers=ROOT), 200
+    )
+    assert cleared["rate_limit"] is None and lookup(runtime, secret).rate_limit is None
+    plain = await create(client, "plain")
+    assert plain["key"]["rate_limit"] is None
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [
+        {"requests": 0, "per": "minute"},
+        {"requests": 10, "per": "week"},
+        {"requests": 10, "per": "minute", "burst": 0},
+        {"requests": 10, "per": "minute", "extra": 1},
+        {"requests": "10", "per": "minute"},
+        [10, "minute"],
+        "10/minute",
+    ],
+)
+async def test_bad_rate_limits_are_400_naming_the_field(client: Client, limit: object) -> None:
+    resp = await client.post(
+        KEYS, json={"name": "bad-limit", "roles": ["reader"], "rate_limit": limit}, headers=ROOT
+    )
+    await expect_error(resp, 400, "invalid_request", "rate_limit")
+
+
+async def test_status_expiring_lists_keys_within_the_warning_window(
+    client: Client, runtime: Runtime
+) -> None:
+    soon = {"name": "soon", "roles": ["reader"], "expires_at": future(3)}
+    later = {"name": "later", "roles": ["reader"], "expires_at": future(30)}
+    for body in (soon, later):
+        await expect(await client.post(KEYS, json=body, headers=ROOT), 201)
+    await create(client, "never")
+    listed = await expect(await client.get(KEYS, params={"status": "expiring"}, headers=ROOT), 200)
+    assert_documented("/api/v1/keys", "get", 200, listed)
+    assert [item["name"] for item in listed["items"]] == ["soon"]  # warn_days: 14 by default
+    session = await expect(await client.get("/api/v1/session", headers=ROOT), 200)
+    assert session["expiry_warn_days"] == 14

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from gateway.refusals import (
     KEY_MALFORMED,
     KEY_MISSING,
     KEY_REVOKED,
+    KEY_ROLLED,
     KEY_UNKNOWN,
     PROTECTED,
     Refusal,
@@ -274,3 +276,55 @@ def test_recent_digest_cache_holds_only_well_formed_keys_and_stays_bounded() -> 
     for _ in range(auth_module.RECENT_DIGESTS_LIMIT + 10):
         authenticate(table, keys.generate_key(), NOW)
     assert auth_module.digest_of.cache_info().currsize <= auth_module.RECENT_DIGESTS_LIMIT
+
+
+# --------------------------------------------------------------------- rolled keys
+
+
+def rolled_table(
+    old: str, new: str, until: float, *, expires_at: float | None = None, revoked: bool = False
+) -> KeyTable:
+    """A table holding one key rolled from `old` to `new`, the old secret working until `until`."""
+    table = KeyTable()
+    base = row(new, 9, name="rolled", status="revoked" if revoked else "active")
+    table.put(
+        dataclasses.replace(
+            base,
+            expires_at=expires_at,
+            previous_digest=keys.digest(old),
+            previous_expires_at=until,
+            rolled_at=NOW - 10,
+        )
+    )
+    return table
+
+
+def test_both_secrets_of_a_rolled_key_work_during_the_overlap() -> None:
+    old, new = keys.generate_key(), keys.generate_key()
+    table = rolled_table(old, new, NOW + 60)
+    for secret in (old, new):
+        record = authenticate(table, secret, NOW)
+        assert isinstance(record, CachedKey)
+        assert (record.id, record.name) == (9, "rolled")
+
+
+def test_the_old_secret_answers_key_rolled_once_the_overlap_ends() -> None:
+    old, new = keys.generate_key(), keys.generate_key()
+    table = rolled_table(old, new, NOW)
+    assert authenticate(table, old, NOW) == KEY_ROLLED
+    assert authenticate(table, old, NOW + 86_400) == KEY_ROLLED
+    assert isinstance(authenticate(table, new, NOW + 86_400), CachedKey)
+
+
+def test_a_rolled_key_that_expires_first_is_expired_on_both_secrets() -> None:
+    old, new = keys.generate_key(), keys.generate_key()
+    table = rolled_table(old, new, NOW + 60, expires_at=NOW + 30)
+    assert authenticate(table, old, NOW + 40) == KEY_EXPIRED
+    assert authenticate(table, new, NOW + 40) == KEY_EXPIRED
+
+
+def test_revoking_a_rolled_key_revokes_both_secrets() -> None:
+    old, new = keys.generate_key(), keys.generate_key()
+    table = rolled_table(old, new, NOW + 60, revoked=True)
+    assert authenticate(table, old, NOW) == KEY_REVOKED
+    assert authenticate(table, new, NOW) == KEY_REVOKED

@@ -36,6 +36,9 @@ KEY_FIELDS = {
     "expires_at",
     "last_used_at",
     "use_count",
+    "rolled_at",
+    "previous_expires_at",
+    "rate_limit",
 }
 
 
@@ -574,3 +577,43 @@ def test_policy_check_names_the_file_as_given_with_line_numbers(tmp_path: Path) 
     assert f"{link}: role 'good', allow[1]: unknown method 'FETCH'" in result.stderr
     assert "(line 5)" in result.stderr
     assert "unknown role 'gooood' (did you mean 'good'?) (line 6)" in result.stderr
+
+
+def test_roll_prints_the_new_secret_once_and_keeps_the_old_for_the_overlap(config: Path) -> None:
+    made = ok_json(config, "create", "--name", "rolled", "--role", "1int-user")
+    out = ok(config, "roll", "rolled", "--overlap", "120")
+    secret = created_secret(out)
+    assert secret != made["secret"] and keys.is_well_formed(secret)
+    assert "shown once" in out and "old secret keeps working until" in out
+    shown = ok_json(config, "show", str(made["id"]))
+    assert shown["prefix"] == keys.display_prefix(secret)
+    assert shown["rolled_at"] is not None and shown["previous_expires_at"] is not None
+    assert secret not in ok(config, "show", "rolled") and secret not in ok(config, "list")
+    default = ok_json(config, "roll", "rolled")
+    assert default["secret"] != secret
+    fails(fails_keys(config, "roll", "rolled", "--overlap", "2592001"), "overlap_seconds")
+    fails(fails_keys(config, "roll", "nobody"), "nobody")
+    events = json.loads(
+        out_of(run_cli("audit", "--key", "rolled", "--json", "--config", str(config)))
+    )
+    assert [event["action"] for event in events] == ["roll", "roll", "create"]
+
+
+def test_rate_limit_on_create_and_edit(config: Path) -> None:
+    made = ok_json(
+        config,
+        "create",
+        "--name",
+        "rl",
+        "--role",
+        "1int-user",
+        "--rate-limit",
+        "100/minute,burst=20",
+    )
+    assert made["rate_limit"] == {"requests": 100, "per": "minute", "burst": 20}
+    assert "100/minute,burst=20" in ok(config, "show", "rl")
+    edited = ok_json(config, "edit", "rl", "--rate-limit", "5/second")
+    assert edited["rate_limit"] == {"requests": 5, "per": "second", "burst": 5}
+    assert ok_json(config, "edit", "rl", "--rate-limit", "none")["rate_limit"] is None
+    for bad in ("100", "100/week", "0/minute", "10/minute,bust=2", "10/minute,burst=0"):
+        fails(fails_keys(config, "edit", "rl", "--rate-limit", bad), "rate")

@@ -46,6 +46,9 @@ KEY_JSON_FIELDS = {
     "expires_at",
     "last_used_at",
     "use_count",
+    "rolled_at",
+    "previous_expires_at",
+    "rate_limit",
 }
 
 
@@ -282,6 +285,7 @@ def test_new_key_request_mints_a_key_and_keeps_only_its_hash(policy: Policy) -> 
         "digest",
         "prefix",
         "expires_at",
+        "rate_limit",
     }
     again, other = key_rules.new_key_request(data, policy, NOW)
     assert other != secret

@@ -135,8 +135,8 @@ def test_loader_swaps_in_a_whole_table_only_when_finished() -> None:
     table = KeyTable()
     fill_table(table, [row(1)], 4)
     loader = table.loader()
-    loader.add([(digest_of(2), 2, "two", ("a", "b"), "active", None)])
-    loader.add([(digest_of(3), 3, "three", ("a", "b"), "revoked", 9.0)])
+    loader.add([(digest_of(2), 2, "two", ("a", "b"), "active", None, None, None, None)])
+    loader.add([(digest_of(3), 3, "three", ("a", "b"), "revoked", 9.0, None, None, None)])
     assert table.lookup(digest_of(2)) is None  # still the old table
     assert (len(table), table.seq) == (1, 4)
     loader.finish(11)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,10 +24,12 @@ from conftest import (
     write_config,
 )
 
+from gateway import key_rules, keys
 from gateway.app import RunningGateway, running_gateway
 from gateway.policy import PolicyError, policy_from_data
 from gateway.ratelimit import RateLimit
 from gateway.settings import load_settings
+from gateway.store.base import KeyChanges
 
 REDIS_URL = os.environ.get("KEYGATE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 LIMITED_ROLE = "limited-reader"
@@ -160,9 +163,10 @@ async def test_two_workers_hold_one_limit_through_redis(tmp_path: Path) -> None:
                 ).status
                 for _ in range(30)
             ]
+            assert serve.stop() == 0, serve.log_text()
+            # Read after the stop: access lines are written in batches (and at shutdown).
             log = serve.log_text()
             pids = {line.split()[2] for line in log.splitlines() if "keygate.access" in line}
-            assert serve.stop() == 0, log
     finally:
         upstream.close()
         async for key in client.scan_iter("keygate:rl:*"):
@@ -172,3 +176,62 @@ async def test_two_workers_hold_one_limit_through_redis(tmp_path: Path) -> None:
     assert statuses.count(429) == 20
     assert CountingUpstream.seen == 10
     assert len(pids) == 2, "both workers answered (the limit was shared, not per worker)"
+
+
+async def keyed_statuses(gateway: RunningGateway, secret: str, count: int) -> list[int]:
+    """Statuses of `count` sequential keyed requests through the proxy."""
+    statuses = []
+    for _ in range(count):
+        response = await raw_request(
+            gateway.proxy_port, http_request("GET", f"{REST}/sessions", [("X-API-Key", secret)])
+        )
+        statuses.append(response.status)
+    return statuses
+
+
+async def test_a_keys_own_rate_limit_takes_precedence_over_its_roles(
+    limited_gateway: RunningGateway,
+) -> None:
+    runtime = limited_gateway.runtime
+    generous = await key_rules.create_key(
+        runtime.store,
+        {
+            "name": "generous",
+            "roles": [LIMITED_ROLE],
+            "rate_limit": {"requests": 6, "per": "minute"},
+        },
+        runtime.policy,
+        "test",
+        time.time(),
+    )
+    strict = await key_rules.create_key(
+        runtime.store,
+        {"name": "strict", "roles": [LIMITED_ROLE], "rate_limit": {"requests": 1, "per": "hour"}},
+        runtime.policy,
+        "test",
+        time.time(),
+    )
+    await runtime.apply_own_writes()
+    assert await keyed_statuses(limited_gateway, generous.secret, 8) == [200] * 6 + [429] * 2
+    refused = await raw_request(
+        limited_gateway.proxy_port,
+        http_request("GET", f"{REST}/sessions", [("X-API-Key", generous.secret)]),
+    )
+    assert refused.header_values("RateLimit-Limit") == ["6;w=60"]
+    assert await keyed_statuses(limited_gateway, strict.secret, 2) == [200, 429]
+
+    # Cleared (PATCH rate_limit: null), the role's default (3 per minute) applies again.
+    cleared = await runtime.store.update_key(
+        strict.row.id, KeyChanges(clear_rate_limit=True), "test"
+    )
+    assert cleared.rate_limit is None
+    await runtime.apply_own_writes()
+    record = runtime.table.lookup(keys.digest(strict.secret))
+    assert record is not None and record.rate_limit is None
+    # The role's limit decides now (its bucket's state carries over: still used up).
+    again = await raw_request(
+        limited_gateway.proxy_port,
+        http_request("GET", f"{REST}/sessions", [("X-API-Key", strict.secret)]),
+    )
+    assert again.status == 429
+    assert again.header_values("RateLimit-Limit") == ["3;w=60"]

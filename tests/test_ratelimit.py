@@ -157,3 +157,30 @@ async def test_an_unreachable_redis_follows_the_failure_policy_and_logs_once(
     assert limiter.failures == 5
     warnings = [r for r in caplog.records if r.name == "keygate.ratelimit"]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_the_proxys_fast_admission_decides_exactly_as_check_now(processes: int) -> None:
+    fast_clock, slow_clock = Clock(), Clock()
+    fast, slow = LocalLimiter(fast_clock, processes), LocalLimiter(slow_clock, processes)
+    limits = [RateLimit(5, "second", 3), RateLimit(2, "minute", 2)]
+    steps = [0.0, 0.01, 0.05, 0.2, 0.0, 0.0, 0.7, 0.3, 0.0, 30.0, 0.01, 0.0] * 3
+    for index, step in enumerate(steps):
+        fast_clock.now += step
+        slow_clock.now += step
+        limit = limits[index % 2]
+        key = index % 3
+        expected = slow.check_now(key, limit)
+        got = fast.admit_now(key, limit)
+        if expected.allowed:
+            assert got is None
+        else:
+            assert got == expected
+
+
+def test_fast_admission_keeps_a_limit_per_object_even_when_ids_are_reused() -> None:
+    limiter = LocalLimiter(Clock(), 2)
+    assert limiter.admit_now(1, RateLimit(1, "hour", 1)) is None  # share: 1 per hour
+    refused = limiter.admit_now(1, RateLimit(1, "hour", 1))  # a new, equal object
+    assert refused is not None and not refused.allowed
+    assert limiter.admit_now(2, RateLimit(10, "second", 10)) is None

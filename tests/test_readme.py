@@ -183,6 +183,7 @@ async def test_readme_admin_block_runs_as_written(
         ("GET", "/api/v1/keys"),
         ("GET", "/api/v1/keys/{id}"),
         ("PATCH", "/api/v1/keys/{id}"),
+        ("POST", "/api/v1/keys/{id}/roll"),
         ("POST", "/api/v1/keys/{id}/revoke"),
         ("POST", "/api/v1/keys/{id}/reinstate"),
         ("DELETE", "/api/v1/keys/{id}"),
@@ -195,7 +196,7 @@ async def test_readme_admin_block_runs_as_written(
         ("GET", "/healthz"),
         ("GET", "/readyz"),
     ]
-    (create, listing, show, edit, revoke, reinstate, delete, revoke_all, reinstate_all,
+    (create, listing, show, edit, roll, revoke, reinstate, delete, revoke_all, reinstate_all,
      delete_revoked, roles, explain, audit, healthz, readyz) = calls  # fmt: skip
 
     assert "added admin alice" in result.stdout and "added admin ops" in result.stdout
@@ -210,6 +211,8 @@ async def test_readme_admin_block_runs_as_written(
     assert show.status == 200 and show.json()["id"] == key_id
     assert edit.status == 200
     assert edit.json()["description"] == "nightly ETL" and edit.json()["expires_at"] is None
+    assert roll.status == 200 and KEY_PATTERN.match(roll.json()["secret"])
+    assert roll.json()["key"]["id"] == key_id and roll.json()["key"]["rolled_at"] is not None
     assert revoke.status == 200 and revoke.json()["status"] == "revoked"
     assert reinstate.status == 200 and reinstate.json()["status"] == "active"
     assert delete.status == 204 and delete.body == ""
@@ -224,7 +227,8 @@ async def test_readme_admin_block_runs_as_written(
     assert explain.json()["allowed"] is False and explain.json()["roles"] == ["1int-user"]
     events = [(event["action"], event["actor"], event["key_id"]) for event in audit.json()["items"]]
     assert events == [
-        (action, "alice", key_id) for action in ("delete", "reinstate", "revoke", "edit", "create")
+        (action, "alice", key_id)
+        for action in ("delete", "reinstate", "revoke", "roll", "edit", "create")
     ]
     assert (healthz.status, healthz.json()) == (200, {"status": "ok"})
     assert readyz.status == 200 and readyz.json()["status"] == "ready"

@@ -520,3 +520,58 @@ def test_upstream_tls_files_resolve_against_the_config_and_must_exist(tmp_path: 
         "upstream.tls.ca_file",
         "upstream.tls.key_file",
     ]
+
+
+def test_expiry_and_webhooks_default_to_warnings_only() -> None:
+    settings = build(MINIMAL)
+    assert (settings.expiry.warn_days, settings.expiry.notify_days) == (14, (14, 7, 1))
+    assert settings.notify.webhooks == ()
+
+
+def test_webhooks_read_their_secrets_from_env_or_file(tmp_path: Path) -> None:
+    (tmp_path / "hook.secret").write_text("from-file\n")
+    settings = settings_from_data(
+        with_(
+            expiry={"warn_days": 30, "notify_days": [1, 30, 7, 7]},
+            notify={
+                "webhooks": [
+                    {"url": "https://hooks.example/a", "secret": {"env": "HOOK"}},
+                    {"url": "http://127.0.0.1:9/b", "secret": {"file": "hook.secret"}},
+                ],
+                "poll_interval": 0.5,
+            },
+        ),
+        tmp_path / "gateway.yaml",
+        {"HOOK": "from-env"},
+    )
+    assert settings.expiry.warn_days == 30
+    assert settings.expiry.notify_days == (30, 7, 1)
+    assert [(h.url, h.secret) for h in settings.notify.webhooks] == [
+        ("https://hooks.example/a", b"from-env"),
+        ("http://127.0.0.1:9/b", b"from-file"),
+    ]
+    assert settings.notify.poll_interval == 0.5
+
+
+def test_bad_expiry_and_webhooks_are_each_reported() -> None:
+    problems = problems_of(
+        with_(
+            expiry={"warn_days": 0, "notify_days": [7, "x"], "later": 1},
+            notify={
+                "webhooks": [
+                    {"url": "ftp://x", "secret": {"env": "HOOK"}},
+                    {"url": "http://x/", "secret": {"env": "UNSET"}},
+                    {"url": "http://x/"},
+                ]
+            },
+        ),
+        {"HOOK": "x"},
+    )
+    assert problems == [
+        f"{WHERE}: expiry.later: unknown setting",
+        f"{WHERE}: expiry.warn_days: must be a whole number of days, 1-3650",
+        f"{WHERE}: expiry.notify_days[1]: must be a whole number of days, 1-3650",
+        f"{WHERE}: notify.webhooks[0].url: must be an http:// or https:// URL",
+        f"{WHERE}: notify.webhooks[1].secret: environment variable 'UNSET' is not set",
+        f"{WHERE}: notify.webhooks[2]: must be {{url: http(s)://..., secret: {{env|file}}}}",
+    ]

@@ -18,11 +18,14 @@ import time
 import pytest
 from conftest import StoreBackend, load_auth_rows
 
+from gateway.keytable import KeyTable
+from gateway.ratelimit import RateLimit
 from gateway.store.base import (
     AdminAccount,
     AdminSession,
     AuthRow,
     BatchResult,
+    Change,
     FeedPrunedError,
     KeyChanges,
     KeyRow,
@@ -32,6 +35,7 @@ from gateway.store.base import (
     NameConflictError,
     NewKey,
     NotFoundError,
+    OutsideGrantsError,
     SortPosition,
     StoreContents,
     StoreNotEmptyError,
@@ -547,7 +551,9 @@ async def test_load_auth_returns_every_row_and_its_sequence(store: KeyStore) -> 
     ]
     made[2] = await store.set_revoked(made[2].id, True, ACTOR)
     rows, seq = await load_auth_rows(store)
-    assert rows == [(r.digest, r.id, r.name, r.roles, r.status, r.expires_at) for r in made]
+    assert rows == [
+        (r.digest, r.id, r.name, r.roles, r.status, r.expires_at, None, None, None) for r in made
+    ]
     assert seq == await store.current_seq() == 7
     # Rows with the same roles share one tuple object.
     assert rows[1][3] is rows[3][3] is rows[5][3]
@@ -579,9 +585,9 @@ async def test_load_auth_feeds_lean_rows_and_the_sequence(store: KeyStore) -> No
     assert seq == await store.current_seq() == 4
     assert chunks == [
         [
-            (a.digest, a.id, "lean-a", ("r1", "r2"), "active", 9.0),
-            (b.digest, b.id, "lean-b", ("r1", "r2"), "revoked", None),
-            (c.digest, c.id, "lean-c", (), "active", None),
+            (a.digest, a.id, "lean-a", ("r1", "r2"), "active", 9.0, None, None, None),
+            (b.digest, b.id, "lean-b", ("r1", "r2"), "revoked", None, None, None, None),
+            (c.digest, c.id, "lean-c", (), "active", None, None, None, None),
         ]
     ]
     assert chunks[0][0][3] is chunks[0][1][3]
@@ -1028,3 +1034,227 @@ async def test_batch_counts_say_what_the_batches_would_do(store: KeyStore) -> No
     everything = await store.batch_counts(None)
     assert everything["revoke_all"] == BatchResult(2, 0)
     assert kept.status == "active"
+
+
+def digest_of(text: str) -> bytes:
+    """The SHA-256 of a stand-in secret."""
+    return hashlib.sha256(text.encode()).digest()
+
+
+async def test_roll_gives_the_same_key_a_new_digest_and_remembers_the_old(
+    store: KeyStore,
+) -> None:
+    row = await store.create_key(new_key("rolling", ("r",)), ACTOR)
+    await store.record_usage({row.id: (time.time(), 2)})
+    before = time.time()
+    rolled = await store.roll_key(row.id, digest_of("new-1"), "kg_new1xxx", 3600, "bob")
+    assert (rolled.id, rolled.name, rolled.roles, rolled.use_count) == (
+        row.id,
+        "rolling",
+        ("r",),
+        2,
+    )
+    assert rolled.digest == digest_of("new-1")
+    assert rolled.prefix == "kg_new1xxx"
+    assert rolled.previous_digest == row.digest
+    assert rolled.rolled_at is not None
+    assert before <= rolled.rolled_at == rolled.updated_at <= time.time()
+    assert rolled.previous_expires_at == pytest.approx(rolled.rolled_at + 3600)
+    assert await store.get_key(row.id) == rolled
+    assert await store.get_key_by_digest(digest_of("new-1")) == rolled
+    assert await store.get_key_by_digest(row.digest) == rolled  # identify finds the old one
+
+    event = (await store.list_audit(key_id=row.id, limit=1))[0]
+    assert (event.action, event.actor, event.key_name) == ("roll", "bob", "rolling")
+    assert event.details["overlap_seconds"] == 3600
+    assert "new-1" not in json.dumps(event.details)
+    assert digest_of("new-1").hex() not in json.dumps(event.details)
+
+    # A second roll replaces the first: the first old secret is forgotten.
+    again = await store.roll_key(row.id, digest_of("new-2"), "kg_new2xxx", 0, "bob")
+    assert again.previous_digest == digest_of("new-1")
+    assert again.previous_expires_at == again.rolled_at
+    rows, _ = await load_auth_rows(store)
+    assert rows == [
+        (
+            digest_of("new-2"),
+            row.id,
+            "rolling",
+            ("r",),
+            "active",
+            None,
+            digest_of("new-1"),
+            again.previous_expires_at,
+            None,
+        )
+    ]
+
+
+async def test_roll_is_scoped_by_grants_and_unknown_keys(store: KeyStore) -> None:
+    row = await store.create_key(new_key("scoped", ("admin",)), ACTOR)
+    with pytest.raises(OutsideGrantsError):
+        await store.roll_key(row.id, digest_of("x"), "kg_x", 60, "bob", frozenset({"reader"}))
+    assert await store.get_key(row.id) == row
+    with pytest.raises(NotFoundError):
+        await store.roll_key(row.id + 100, digest_of("y"), "kg_y", 60, "bob")
+    rolled = await store.roll_key(row.id, digest_of("z"), "kg_z", 60, "bob", frozenset({"admin"}))
+    assert rolled.previous_digest == row.digest
+
+
+async def test_a_follower_maps_both_secrets_and_drops_them_with_the_key(
+    store: KeyStore, other: KeyStore
+) -> None:
+    table = KeyTable()
+    loader = table.loader()
+    loader.finish(await other.load_auth(loader.add))
+    row = await store.create_key(new_key("followed"), ACTOR)
+    keep = await store.create_key(new_key("kept"), ACTOR)
+
+    def apply_from(changes: list[Change]) -> None:
+        table.apply(changes)
+
+    apply_from(await other.changes_since(table.seq))
+    rolled = await store.roll_key(row.id, digest_of("f-1"), "kg_f1", 600, ACTOR)
+    apply_from(await other.changes_since(table.seq))
+    old, new = table.lookup(row.digest), table.lookup(digest_of("f-1"))
+    assert old is not None and new is not None
+    assert (old.id, new.id) == (row.id, row.id)
+    assert new.expires_at is None and new.rolled_until is None
+    assert old.expires_at == old.rolled_until == rolled.previous_expires_at
+
+    # A second roll forgets the first old secret, everywhere.
+    await store.roll_key(row.id, digest_of("f-2"), "kg_f2", 600, ACTOR)
+    apply_from(await other.changes_since(table.seq))
+    assert table.lookup(row.digest) is None
+    assert table.lookup(digest_of("f-1")) is not None
+    assert table.lookup(digest_of("f-2")) is not None
+
+    # Revoking affects both secrets; a fresh load agrees with the follower.
+    await store.set_revoked(row.id, True, ACTOR)
+    apply_from(await other.changes_since(table.seq))
+    for digest in (digest_of("f-1"), digest_of("f-2")):
+        record = table.lookup(digest)
+        assert record is not None and record.revoked
+    fresh = KeyTable()
+    loader = fresh.loader()
+    loader.finish(await other.load_auth(loader.add))
+    for digest in (digest_of("f-1"), digest_of("f-2"), keep.digest):
+        a, b = table.lookup(digest), fresh.lookup(digest)
+        assert a is not None and b is not None
+        assert (a.id, a.revoked, a.expires_at, a.rolled_until) == (
+            b.id,
+            b.revoked,
+            b.expires_at,
+            b.rolled_until,
+        )
+
+    # Deleting (here as a batch of revoked keys) drops both secrets.
+    assert await store.delete_revoked(ACTOR) == (1, 0)
+    apply_from(await other.changes_since(table.seq))
+    assert table.lookup(digest_of("f-1")) is None
+    assert table.lookup(digest_of("f-2")) is None
+    assert len(table) == 1
+
+
+async def test_deleting_a_rolled_key_announces_both_digests(store: KeyStore) -> None:
+    row = await store.create_key(new_key("gone"), ACTOR)
+    await store.roll_key(row.id, digest_of("g-1"), "kg_g1", 600, ACTOR)
+    seq = await store.current_seq()
+    await store.delete_key(row.id, ACTOR)
+    changes = await store.changes_since(seq)
+    assert sorted(c.digest for c in changes) == sorted([row.digest, digest_of("g-1")])
+    assert all(c.row is None for c in changes)
+
+
+async def test_export_and_import_keep_a_roll(store: KeyStore, other: KeyStore) -> None:
+    row = await store.create_key(new_key("moved"), ACTOR)
+    rolled = await store.roll_key(row.id, digest_of("m-1"), "kg_m1", 600, ACTOR)
+    contents = await store.export_contents()
+    await other.import_contents(contents, replace=True)
+    assert await other.get_key(row.id) == rolled
+    await other.import_contents(StoreContents([], [], []), replace=True)
+    deleted = {c.digest for c in await other.changes_since(0) if c.row is None}
+    assert {row.digest, digest_of("m-1")} <= deleted
+
+
+async def test_expiring_keys_are_listed_and_counted_within_a_window(store: KeyStore) -> None:
+    now = time.time()
+    soon = await store.create_key(new_key("soon", expires_at=now + 3 * 86_400), ACTOR)
+    await store.create_key(new_key("later", expires_at=now + 30 * 86_400), ACTOR)
+    await store.create_key(new_key("never"), ACTOR)
+    revoked = await store.create_key(new_key("revoked-soon", expires_at=now + 86_400), ACTOR)
+    await store.set_revoked(revoked.id, True, ACTOR)
+    await store.create_key(new_key("gone", expires_at=now + 0.001), ACTOR)
+    await asyncio.sleep(0.01)
+    now = time.time()
+    week = 7 * 86_400
+    listed = await store.list_keys(status="expiring", now=now, expiring_within=week)
+    assert [row.name for row in listed] == ["soon"]
+    assert await store.count_expiring(now, week) == 1
+    assert await store.count_expiring(now, 60 * 86_400) == 2
+    default = await store.list_keys(status="expiring", now=now)  # 14 days
+    assert [row.id for row in default] == [soon.id]
+
+
+async def test_audit_after_and_the_delivery_cursor(store: KeyStore, other: KeyStore) -> None:
+    for name in ("o1", "o2", "o3"):
+        await store.create_key(new_key(name), ACTOR)
+    events = await store.audit_after(0)
+    assert [e.key_name for e in events] == ["o1", "o2", "o3"]
+    assert [e.key_name for e in await store.audit_after(events[0].id, limit=1)] == ["o2"]
+    assert await store.notify_cursor() is None
+    assert await store.advance_notify_cursor(None, events[0].id)
+    assert not await other.advance_notify_cursor(None, 0)  # the first claim wins
+    assert await other.notify_cursor() == events[0].id
+    assert await other.advance_notify_cursor(events[0].id, events[2].id)
+    assert not await store.advance_notify_cursor(events[0].id, events[1].id)  # stale
+    assert await store.notify_cursor() == events[2].id
+
+
+async def test_expiry_notices_are_claimed_once_per_key_threshold_and_expiry(
+    store: KeyStore, other: KeyStore
+) -> None:
+    row = await store.create_key(new_key("noticed", expires_at=time.time() + 86_400), ACTOR)
+    assert row.expires_at is not None
+    assert await store.claim_expiry_notices(row.id, (14, 7), row.expires_at, 1.0) == (14, 7)
+    assert await other.claim_expiry_notices(row.id, (14, 7, 1), row.expires_at, 2.0) == (1,)
+    assert await store.claim_expiry_notices(row.id, (14, 7, 1), row.expires_at, 3.0) == ()
+    assert await store.claim_expiry_notices(row.id, (), row.expires_at, 3.0) == ()
+    # A new expiry is a new series of notices.
+    assert await store.claim_expiry_notices(row.id, (14,), row.expires_at + 60, 4.0) == (14,)
+
+
+async def test_a_keys_own_rate_limit_is_stored_edited_followed_and_copied(
+    store: KeyStore, other: KeyStore
+) -> None:
+    limit = RateLimit(100, "minute", 20)
+    made = await store.create_key(dataclasses.replace(new_key("limited"), rate_limit=limit), ACTOR)
+    plain = await store.create_key(new_key("plain"), ACTOR)
+    assert made.rate_limit == limit and plain.rate_limit is None
+    assert await other.get_key(made.id) == made
+    rows, _ = await load_auth_rows(other)
+    assert [row[8] for row in rows] == [limit, None]
+    create_event = (await store.list_audit(key_id=made.id))[0]
+    assert create_event.details["rate_limit"] == {"requests": 100, "per": "minute", "burst": 20}
+
+    stricter = RateLimit(5, "second", 5)
+    edited = await store.update_key(plain.id, KeyChanges(rate_limit=stricter), ACTOR)
+    assert edited.rate_limit == stricter
+    unchanged = await store.update_key(plain.id, KeyChanges(rate_limit=stricter), ACTOR)
+    assert unchanged == edited  # equal: not a change
+    event = (await store.list_audit(key_id=plain.id, limit=1))[0]
+    assert event.details == {
+        "before": {"rate_limit": None},
+        "after": {"rate_limit": {"requests": 5, "per": "second", "burst": 5}},
+    }
+    changes = await other.changes_since(await other.current_seq() - 1)
+    assert changes[-1].row is not None and changes[-1].row.rate_limit == stricter
+    cleared = await store.update_key(made.id, KeyChanges(clear_rate_limit=True), ACTOR)
+    assert cleared.rate_limit is None
+    with pytest.raises(ValueError):
+        await store.update_key(
+            made.id, KeyChanges(rate_limit=stricter, clear_rate_limit=True), ACTOR
+        )
+
+    await other.import_contents(await store.export_contents(), replace=True)
+    assert await other.get_key(plain.id) == edited

@@ -89,11 +89,11 @@ def fill_up(directory: Path) -> Path:
     """Write a filler file until the file system has no byte left; return the filler."""
     filler = directory / "filler"
     chunk = b"\0" * FILL_STEP
-    with filler.open("wb") as out:
+    # Unbuffered: a buffered file would retry what did not fit on close, and fail there.
+    with filler.open("wb", buffering=0) as out:
         try:
             while True:
                 out.write(chunk)
-                out.flush()
         except OSError:
             pass
         # Whatever the last buffered write left over, byte by byte.

@@ -633,7 +633,8 @@ def test_revoke_reinstate_delete_each_confirmed_naming_the_key(
         screenshot(page, f"confirm-{WIDE}.png")
         confirm_dialog(page).get_by_role("button", name="Confirm").click()
         page_expect(key.get_by_role("img", name="Revoked")).to_be_visible()
-        assert background_of(key) == REVOKED_GREY
+        # Retried: the list is re-read (and its rows replaced) after the change.
+        page_expect(key).to_have_css("background-color", REVOKED_GREY)
         page_expect(page.get_by_role("status").first).to_have_text("Revoked “lifecycle-key”.")
 
         menu = open_settings(page, "lifecycle-key")
@@ -661,6 +662,108 @@ def test_revoke_reinstate_delete_each_confirmed_naming_the_key(
     actions = json.loads(cli(site.config, "audit", "--key", "lifecycle-key", "--json"))
     assert [event["action"] for event in actions][:3] == ["delete", "reinstate", "revoke"]
     assert {event["actor"] for event in actions[:3]} == {"root"}
+
+
+def test_roll_confirmed_shows_the_new_secret_once_and_both_secrets_work(
+    browser: Browser, site: Site
+) -> None:
+    made = json.loads(
+        cli(
+            site.config,
+            "keys",
+            "create",
+            "--name",
+            "roll-me",
+            "--role",
+            "1int-sessions-read",
+            "--json",
+        )
+    )
+    old = made["secret"]
+    with signed_in(browser, site) as page:
+        search(page, "roll-me")
+        open_settings(page, "roll-me").get_by_role("menuitem", name="Roll…").click()
+        ask = confirm_dialog(page)
+        page_expect(ask).to_contain_text("roll-me")
+        page_expect(ask).to_contain_text("24 hours")
+        ask.get_by_role("button", name="Cancel").click()
+        assert proxy_status(site, old) == 502
+        shown_before = json.loads(cli(site.config, "keys", "show", "roll-me", "--json"))
+        assert shown_before["rolled_at"] is None
+
+        open_settings(page, "roll-me").get_by_role("menuitem", name="Roll…").click()
+        confirm_dialog(page).get_by_role("button", name="Confirm").click()
+        shown = page.get_by_role("dialog", name=re.compile("New secret for “roll-me”"))
+        page_expect(shown).to_be_visible()
+        page_expect(shown).to_contain_text("It will not be shown again")
+        field = shown.get_by_role("textbox", name="API key", exact=True)
+        secret = field.input_value()
+        assert re.fullmatch(r"kg_[0-9A-Za-z]{36}", secret) and secret != old
+        screenshot(page, f"roll-secret-{WIDE}.png")
+        shown.get_by_role("button", name="Copy").click()
+        shown.get_by_role("button", name="Done").click()
+        page_expect(shown).to_be_hidden()
+        page_expect(page.get_by_role("button", name="Settings for roll-me")).to_be_focused()
+        assert secret not in page.content()
+        page_expect(row(page, "roll-me").locator("code")).to_have_text(f"{secret[:10]}…")
+    assert proxy_status(site, secret) == 502  # accepted (the upstream is down)
+    assert proxy_status(site, old) == 502  # the old secret still works during the overlap
+    rolled = json.loads(cli(site.config, "keys", "show", "roll-me", "--json"))
+    assert rolled["rolled_at"] is not None and rolled["previous_expires_at"] is not None
+    actions = json.loads(cli(site.config, "audit", "--key", "roll-me", "--json"))
+    assert [event["action"] for event in actions][:2] == ["roll", "create"]
+
+
+def test_expiring_filter_and_expires_in_days(browser: Browser, site: Site) -> None:
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3 * 86_400 - 60))
+    cli(site.config, "keys", "create", "--name", "soon-gone", "--role", "1int-sessions-read",
+        "--expires", soon)  # fmt: skip
+    with signed_in(browser, site) as page:
+        page.get_by_label("Status", exact=True).select_option("expiring")
+        body = page.locator("#keys-body")
+        page_expect(body.locator("tr")).to_have_count(1)
+        expiring = row(page, "soon-gone")
+        page_expect(expiring.locator("td[data-label='Expires']")).to_contain_text(
+            "expires in 3 days"
+        )
+        screenshot(page, f"expiring-{WIDE}.png")
+
+
+def test_a_keys_own_rate_limit_is_set_and_cleared_in_the_dialogs(
+    browser: Browser, site: Site
+) -> None:
+    with signed_in(browser, site) as page:
+        page.get_by_role("button", name="Create API key").click()
+        dialog = page.get_by_role("dialog", name="Create API key")
+        dialog.get_by_label("Name", exact=True).fill("rate-limited")
+        dialog.get_by_role("checkbox", name="1int-sessions-read", exact=True).check()
+        field = dialog.get_by_label("Rate limit", exact=True)
+        field.fill("lots")
+        dialog.get_by_role("button", name="Create", exact=True).click()
+        page_expect(dialog.locator("#key-rate-limit-error")).to_contain_text("100/minute")
+        page_expect(field).to_be_focused()
+        field.fill("0/minute")
+        dialog.get_by_role("button", name="Create", exact=True).click()
+        page_expect(dialog.locator("#key-rate-limit-error")).to_contain_text("requests must be")
+        field.fill("100/minute,burst=20")
+        dialog.get_by_role("button", name="Create", exact=True).click()
+        shown = page.get_by_role("dialog", name=re.compile("rate-limited"))
+        shown.get_by_role("button", name="Copy").click()
+        shown.get_by_role("button", name="Done").click()
+        made = json.loads(cli(site.config, "keys", "show", "rate-limited", "--json"))
+        assert made["rate_limit"] == {"requests": 100, "per": "minute", "burst": 20}
+
+        search(page, "rate-limited")
+        open_settings(page, "rate-limited").get_by_role("menuitem", name="Edit").click()
+        edit = page.get_by_role("dialog", name=re.compile("Edit API key"))
+        page_expect(edit.get_by_label("Rate limit", exact=True)).to_have_value(
+            "100/minute,burst=20"
+        )
+        edit.get_by_label("Rate limit", exact=True).fill("")
+        edit.get_by_role("button", name="Save").click()
+        page_expect(edit).to_be_hidden()
+    cleared = json.loads(cli(site.config, "keys", "show", "rate-limited", "--json"))
+    assert cleared["rate_limit"] is None
 
 
 # --------------------------------------------------------------------------- 6: batch actions
@@ -847,6 +950,8 @@ def test_keyboard_only_dialogs_trap_focus_and_close_on_escape(browser: Browser, 
         menu = page.get_by_role("menu", name="Settings for keyboard-key")
         page_expect(menu.get_by_role("menuitem", name="Edit")).to_be_focused()
         page.keyboard.press("ArrowDown")
+        page_expect(menu.get_by_role("menuitem", name="Roll…")).to_be_focused()
+        page.keyboard.press("ArrowDown")
         page_expect(menu.get_by_role("menuitem", name="Revoke")).to_be_focused()
         page.keyboard.press("Escape")
         page_expect(menu).to_be_hidden()
@@ -870,6 +975,7 @@ def test_keyboard_only_dialogs_trap_focus_and_close_on_escape(browser: Browser, 
         page_expect(row(page, "keyboard-key")).to_be_visible()
 
         page.keyboard.press("Enter")
+        page.keyboard.press("ArrowDown")
         page.keyboard.press("ArrowDown")
         page.keyboard.press("Enter")  # Revoke
         page.keyboard.press("Tab")

@@ -56,6 +56,7 @@ ROUTES: tuple[tuple[str, str, Handler, str | None], ...] = (
     ("DELETE", KEY, key_handlers.delete_key, None),
     ("POST", f"{KEY}/revoke", key_handlers.revoke_key, None),
     ("POST", f"{KEY}/reinstate", key_handlers.reinstate_key, None),
+    ("POST", f"{KEY}/roll", key_handlers.roll_key, None),
     ("GET", "/api/v1/roles", policy_handlers.list_roles, None),
     ("GET", "/api/v1/policy", policy_handlers.policy_info, None),
     ("POST", "/api/v1/policy/explain", policy_handlers.explain, None),

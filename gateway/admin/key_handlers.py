@@ -1,8 +1,8 @@
-"""Admin API key handlers: create, list, show, edit, revoke, reinstate, delete and batches."""
+"""Admin API key handlers: create, list, show, edit, roll, revoke, reinstate, delete, batches."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 
@@ -24,16 +24,25 @@ from gateway.admin.parsing import (
 from gateway.policy import Policy
 from gateway.runtime import Runtime
 from gateway.state import RUNTIME
-from gateway.store.base import KEY_SORTS, BatchResult, KeyChanges, KeyRow, SortPosition
+from gateway.store.base import (
+    KEY_SORTS,
+    BatchResult,
+    KeyChanges,
+    KeyFilter,
+    KeyRow,
+    SortPosition,
+)
 
-KEY_FIELDS = frozenset({"name", "description", "roles", "expires_at"})
+KEY_FIELDS = frozenset({"name", "description", "roles", "expires_at", "rate_limit"})
 IDENTIFY_FIELDS = frozenset({"secret"})
+ROLL_FIELDS = frozenset({"overlap_seconds"})
 LIST_PARAMS = frozenset({"status", "q", "limit", "cursor", "sort"})
-STATUSES: tuple[Literal["active", "revoked", "expired"], ...] = ("active", "revoked", "expired")
+STATUSES: tuple[KeyFilter, ...] = ("active", "revoked", "expired", "expiring")
 KEY_CURSOR = "k"
+DAY = 86_400  # seconds
 
-M_NOTHING_TO_CHANGE = "nothing to change: give name, description, roles or expires_at"
-M_STATUS = "status must be one of: active, revoked, expired"
+M_NOTHING_TO_CHANGE = "nothing to change: give name, description, roles, expires_at or rate_limit"
+M_STATUS = "status must be one of: active, revoked, expired, expiring"
 M_SORT = f"sort must be one of: {', '.join(KEY_SORTS)}"
 M_SECRET = "secret must be a whole keygate API key (kg_..., with its checksum)"
 M_NO_KEY_FOR_SECRET = "no key has that secret (deleted, or never a keygate key)"
@@ -87,15 +96,27 @@ async def list_keys(request: web.Request) -> web.Response:
     if sort is None:
         raise bad_request(M_SORT, field="sort")
     now = clock.now()
+    within = runtime.settings.expiry.warn_days * DAY
     if sort == "id":
         after_id = decode_cursor(params, KEY_CURSOR) or 0
         rows = await runtime.store.list_keys(
-            status=status, query=query, limit=limit + 1, after_id=after_id, now=now
+            status=status,
+            query=query,
+            limit=limit + 1,
+            after_id=after_id,
+            now=now,
+            expiring_within=within,
         )
     else:
         after: SortPosition | None = decode_sort_cursor(params, sort, sort.endswith("name"))
         rows = await runtime.store.list_keys(
-            status=status, query=query, limit=limit + 1, now=now, sort=sort, after=after
+            status=status,
+            query=query,
+            limit=limit + 1,
+            now=now,
+            sort=sort,
+            after=after,
+            expiring_within=within,
         )
     page = rows[:limit]
     next_cursor = _next_cursor(sort, page[-1]) if len(rows) > limit else None
@@ -130,10 +151,11 @@ async def get_key(request: web.Request) -> web.Response:
 
 
 def key_changes(data: dict[str, Any], policy: Policy, now: float) -> KeyChanges:
-    """Validate a PATCH body into a partial edit (`expires_at: null` clears the expiry)."""
+    """Validate a PATCH body into a partial edit (null expires_at or rate_limit clears it)."""
     if not data:
         raise bad_request(M_NOTHING_TO_CHANGE)
     expires = data.get("expires_at")
+    limit = data.get("rate_limit")
     return KeyChanges(
         name=key_rules.validate_name(data["name"]) if "name" in data else None,
         description=(
@@ -144,6 +166,8 @@ def key_changes(data: dict[str, Any], policy: Policy, now: float) -> KeyChanges:
             None if expires is None else key_rules.parse_timestamp(expires, "expires_at", now)
         ),
         clear_expiry="expires_at" in data and expires is None,
+        rate_limit=None if limit is None else key_rules.validate_rate_limit(limit),
+        clear_rate_limit="rate_limit" in data and limit is None,
     )
 
 
@@ -182,6 +206,19 @@ async def revoke_key(request: web.Request) -> web.Response:
 async def reinstate_key(request: web.Request) -> web.Response:
     """POST /api/v1/keys/{id}/reinstate: reinstate a revoked key."""
     return await _set_revoked(request, False)
+
+
+async def roll_key(request: web.Request) -> web.Response:
+    """POST /api/v1/keys/{id}/roll: a new secret, shown once; the old one works for the overlap."""
+    runtime = _runtime(request)
+    admin = current_admin(request)
+    key_id = await _key_id(request)
+    data = await read_json_object(request, ROLL_FIELDS) if request.body_exists else {}
+    overlap = key_rules.validate_overlap(data.get("overlap_seconds"))
+    rolled = await key_rules.roll_key(runtime.store, key_id, overlap, admin.name, grant_set(admin))
+    await runtime.apply_own_writes()
+    shown = key_rules.key_json(rolled.row, clock.now(), runtime.policy)
+    return _json({"key": shown, "secret": rolled.secret})
 
 
 async def delete_key(request: web.Request) -> web.Response:

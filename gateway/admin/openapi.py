@@ -12,7 +12,13 @@ from gateway.admin import errors
 from gateway.admin.parsing import DEFAULT_LIMIT, MAX_BODY_BYTES, MAX_LIMIT
 from gateway.admin.sessions import COOKIE as SESSION_COOKIE
 from gateway.admin.sessions import CSRF_HEADER, SECURE_COOKIE
-from gateway.key_rules import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, ROLES_MAX
+from gateway.key_rules import (
+    DESCRIPTION_MAX_LENGTH,
+    NAME_MAX_LENGTH,
+    ROLES_MAX,
+    ROLL_OVERLAP_DEFAULT,
+    ROLL_OVERLAP_MAX,
+)
 from gateway.store.base import KEY_SORTS
 
 OPENAPI_VERSION = "3.1.0"
@@ -82,6 +88,9 @@ SCHEMAS: dict[str, Schema] = {
             "expires_at",
             "last_used_at",
             "use_count",
+            "rolled_at",
+            "previous_expires_at",
+            "rate_limit",
         ],
         "additionalProperties": False,
         "properties": {
@@ -104,6 +113,33 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "the key's roles the policy in force no longer defines (they "
                 "grant nothing)",
             },
+            "rolled_at": _nullable({**_TIME, "description": "when the secret was last rolled"}),
+            "previous_expires_at": _nullable(
+                {
+                    **_TIME,
+                    "description": "when the secret replaced by the last roll stops working "
+                    "(then it answers 401 key_rolled)",
+                }
+            ),
+            "rate_limit": _nullable(
+                {
+                    **_ref("RateLimit"),
+                    "description": "the key's own limit (over its roles' default), or null",
+                }
+            ),
+        },
+    },
+    "KeyRoll": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "overlap_seconds": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": ROLL_OVERLAP_MAX,
+                "default": ROLL_OVERLAP_DEFAULT,
+                "description": "how long the current secret keeps working beside the new one",
+            }
         },
     },
     "KeyCreate": {
@@ -127,6 +163,7 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "roles defined in the policy and in the caller's grant set",
             },
             "expires_at": _nullable({**_TIME, "description": "in the future, with a time zone"}),
+            "rate_limit": _nullable(_ref("RateLimit")),
         },
     },
     "KeyPatch": {
@@ -143,6 +180,25 @@ SCHEMAS: dict[str, Schema] = {
                 "items": {"type": "string"},
             },
             "expires_at": _nullable({**_TIME, "description": "null removes the expiry"}),
+            "rate_limit": _nullable(
+                {**_ref("RateLimit"), "description": "null: the roles' default applies again"}
+            ),
+        },
+    },
+    "RateLimit": {
+        "type": "object",
+        "required": ["requests", "per"],
+        "additionalProperties": False,
+        "description": "the key's own limit; it takes precedence over its roles' default",
+        "properties": {
+            "requests": {"type": "integer", "minimum": 1, "maximum": 10**9},
+            "per": {"type": "string", "enum": ["second", "minute", "hour"]},
+            "burst": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 10**9,
+                "description": "requests admitted at once (default: requests)",
+            },
         },
     },
     "KeyCreated": {
@@ -305,6 +361,7 @@ SCHEMAS: dict[str, Schema] = {
             "csrf_token",
             "idle_timeout",
             "absolute_timeout",
+            "expiry_warn_days",
         ],
         "additionalProperties": False,
         "properties": {
@@ -319,6 +376,10 @@ SCHEMAS: dict[str, Schema] = {
             },
             "idle_timeout": {"type": "number", "description": "seconds"},
             "absolute_timeout": {"type": "number", "description": "seconds"},
+            "expiry_warn_days": {
+                "type": "integer",
+                "description": "keys expiring within this many days count as expiring",
+            },
         },
     },
     "Changes": {
@@ -531,7 +592,15 @@ def _paths() -> dict[str, Schema]:
                 "List keys by id",
                 {**_ok("a page of keys", "KeyPage"), **_errors(400, *_AUTH_ERRORS)},
                 parameters=[
-                    {"name": "status", "in": "query", "schema": _ref("KeyStatus")},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "description": "expiring: active keys expiring within expiry.warn_days",
+                        "schema": {
+                            "type": "string",
+                            "enum": ["active", "revoked", "expired", "expiring"],
+                        },
+                    },
                     {
                         "name": "q",
                         "in": "query",
@@ -581,6 +650,21 @@ def _paths() -> dict[str, Schema]:
                 {**_ok("the revoked key", "Key"), **_errors(*_AUTH_ERRORS, 404)},
                 parameters=[_ID_PARAMETER],
             )
+        },
+        "/api/v1/keys/{id}/roll": {
+            "post": {
+                **_operation(
+                    "rollKey",
+                    "Give a key a new secret, shown once; the old secret keeps working for "
+                    "the overlap, then answers 401 key_rolled (a second roll replaces the first)",
+                    {
+                        **_ok("the key and its new secret", "KeyCreated"),
+                        **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 404),
+                    },
+                    parameters=[_ID_PARAMETER],
+                ),
+                "requestBody": {"required": False, "content": _json_content(_ref("KeyRoll"))},
+            }
         },
         "/api/v1/keys/{id}/reinstate": {
             "post": _operation(

@@ -11,7 +11,7 @@ from gateway.admin.errors import NO_STORE, ApiError, bad_request
 from gateway.admin.middlewares import current_admin
 from gateway.admin.parsing import read_json_object
 from gateway.admin.sessions import csrf_token
-from gateway.state import AUTHENTICATOR, SESSION_TOKEN, SESSIONS
+from gateway.state import AUTHENTICATOR, RUNTIME, SESSION_TOKEN, SESSIONS
 from gateway.store.base import AdminAccount
 
 log = logging.getLogger("keygate.admin.session")
@@ -36,6 +36,7 @@ def session_json(request: web.Request, account: AdminAccount, token: str | None)
         "csrf_token": None if token is None else csrf_token(token),
         "idle_timeout": settings.idle_timeout,
         "absolute_timeout": settings.absolute_timeout,
+        "expiry_warn_days": request.app[RUNTIME].settings.expiry.warn_days,
     }
 
 

@@ -6,10 +6,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
+from gateway.ratelimit import RateLimit
+
 KeyStatus = Literal["active", "revoked"]
-# The lean row a process loads into its key table: digest, id, name, roles, status, expires_at.
-AuthRow = tuple[bytes, int, str, tuple[str, ...], str, float | None]
+# The lean row a process loads into its key table: digest, id, name, roles, status,
+# expires_at, a rolled key's previous digest and the end of its overlap, its own rate limit.
+AuthRow = tuple[
+    bytes,
+    int,
+    str,
+    tuple[str, ...],
+    str,
+    float | None,
+    bytes | None,
+    float | None,
+    RateLimit | None,
+]
 ChangeOp = Literal["upsert", "delete"]
+# Filters of the key list: "expiring" is active and expiring within a window from now.
+KeyFilter = Literal["active", "revoked", "expired", "expiring"]
+# Seconds ahead a key counts as expiring when the caller gives no window (14 days).
+EXPIRING_WITHIN = 14 * 86_400
 # Orders of the key list: by id (the default), or by name, creation or last use, "-" descending.
 KeySort = Literal[
     "id", "name", "-name", "created_at", "-created_at", "last_used_at", "-last_used_at"
@@ -122,6 +139,12 @@ class KeyRow:
     expires_at: float | None
     last_used_at: float | None
     use_count: int
+    # After a roll: the replaced secret's digest, when it stops working, when the roll was.
+    previous_digest: bytes | None = None
+    previous_expires_at: float | None = None
+    rolled_at: float | None = None
+    # The key's own rate limit, over its roles' default; None: the roles' (if any).
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +157,15 @@ class NewKey:
     digest: bytes
     prefix: str
     expires_at: float | None = None
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class KeyChanges:
     """A partial edit of a key; fields left as None are not changed.
 
-    `expires_at` uses `clear_expiry=True` to remove an expiry (None means unchanged).
+    `expires_at` uses `clear_expiry=True` to remove an expiry (None means unchanged), and
+    `rate_limit` `clear_rate_limit=True` to fall back to the roles' default.
     """
 
     name: str | None = None
@@ -148,6 +173,8 @@ class KeyChanges:
     roles: tuple[str, ...] | None = None
     expires_at: float | None = None
     clear_expiry: bool = False
+    rate_limit: RateLimit | None = None
+    clear_rate_limit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,24 +290,26 @@ class KeyStore(Protocol):
     async def list_keys(
         self,
         *,
-        status: Literal["active", "revoked", "expired"] | None = None,
+        status: KeyFilter | None = None,
         query: str | None = None,
         limit: int = 100,
         after_id: int = 0,
         now: float | None = None,
         sort: KeySort = "id",
         after: SortPosition | None = None,
+        expiring_within: float = EXPIRING_WITHIN,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and text.
 
         Sorted by id, the page starts after `after_id`; in any other order, after `after`.
+        "expiring" keys are active and expire within `expiring_within` seconds of now.
         """
 
     async def batch_counts(self, grants: Grants = None) -> dict[str, BatchResult]:
         """Return what revoke_all, reinstate_all and delete_revoked would do now, by action."""
 
     async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
-        """Return the key whose secret has this SHA-256 digest, or None."""
+        """Return the key whose secret (or whose secret before its last roll) has this digest."""
 
     async def update_key(
         self, key_id: int, changes: KeyChanges, actor: str, grants: Grants = None
@@ -294,6 +323,20 @@ class KeyStore(Protocol):
 
     async def delete_key(self, key_id: int, actor: str, grants: Grants = None) -> KeyRow:
         """Delete one key for good and return it; raise NotFoundError, OutsideGrantsError."""
+
+    async def roll_key(
+        self,
+        key_id: int,
+        digest: bytes,
+        prefix: str,
+        overlap: float,
+        actor: str,
+        grants: Grants = None,
+    ) -> KeyRow:
+        """Give a key a new secret; the current one keeps working for `overlap` seconds.
+
+        A previous roll's old secret is forgotten. Raise NotFoundError, OutsideGrantsError.
+        """
 
     async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
         """Revoke every active key within `grants` in one transaction."""
@@ -331,6 +374,24 @@ class KeyStore(Protocol):
         `usage` maps key id -> (last_used_at, uses since the previous flush).
         Writes no change-feed entry (usage is not auth-relevant).
         """
+
+    # --- notifications (the audit log is their outbox) -------------------------
+    async def count_expiring(self, now: float, within: float) -> int:
+        """Return how many active keys expire after `now` and within `within` seconds."""
+
+    async def audit_after(self, after_id: int, limit: int = 500) -> list[AuditEvent]:
+        """Return audit events with id > after_id, oldest first."""
+
+    async def notify_cursor(self) -> int | None:
+        """Return the audit id events were delivered through, or None before the first."""
+
+    async def advance_notify_cursor(self, expected: int | None, new: int) -> bool:
+        """Move the delivery cursor from `expected` to `new`; False if another process did."""
+
+    async def claim_expiry_notices(
+        self, key_id: int, days: tuple[int, ...], expires_at: float, at: float
+    ) -> tuple[int, ...]:
+        """Record notices (key, days before expiry, expiry); return the days not sent before."""
 
     # --- audit ---------------------------------------------------------------
     async def append_audit(

@@ -6,11 +6,12 @@ import contextlib
 import functools
 import gc
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from gateway.clock import iso
-from gateway.store.base import Grants, KeyRow, OutsideGrantsError
+from gateway.ratelimit import RateLimit
+from gateway.store.base import AuthRow, Grants, KeyChanges, KeyRow, NewKey, OutsideGrantsError
 
 # Distinct roles JSON strings remembered for interning before the memo starts over.
 ROLES_MEMO_MAX = 10_000
@@ -26,6 +27,7 @@ ACTION_DELETE = "delete"
 ACTION_REVOKE_ALL = "revoke_all"
 ACTION_REINSTATE_ALL = "reinstate_all"
 ACTION_DELETE_REVOKED = "delete_revoked"
+ACTION_ROLL = "roll"
 ACTION_ADMIN_ADD = "admin_add"
 ACTION_ADMIN_PASSWD = "admin_passwd"
 ACTION_ADMIN_GRANTS = "admin_grants"
@@ -47,10 +49,19 @@ KEY_FIELDS = (
     "expires_at",
     "last_used_at",
     "use_count",
+    "previous_digest",
+    "previous_expires_at",
+    "rolled_at",
+    "rate_limit",
 )
 KEY_COLUMNS = ", ".join(KEY_FIELDS)
 KEY_COLUMNS_K = ", ".join(f"k.{name}" for name in KEY_FIELDS)
 ROLES_INDEX = KEY_FIELDS.index("roles")
+RATE_LIMIT_INDEX = KEY_FIELDS.index("rate_limit")
+# The columns of the lean auth rows (AuthRow) the key table loads.
+AUTH_COLUMNS = (
+    "digest, id, name, roles, status, expires_at, previous_digest, previous_expires_at, rate_limit"
+)
 ADMIN_COLUMNS = "name, password_hash, grants, grant_all, created_at, updated_at"
 AUDIT_COLUMNS = "id, at, actor, action, key_id, key_name, details"
 
@@ -65,6 +76,101 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def key_values(row: KeyRow) -> tuple[Any, ...]:
+    """Return a KeyRow as the values of KEY_COLUMNS, as stored (roles as JSON text)."""
+    values = [getattr(row, name) for name in KEY_FIELDS]
+    values[ROLES_INDEX] = roles_json(row.roles)
+    values[RATE_LIMIT_INDEX] = rate_limit_json(row.rate_limit)
+    return tuple(values)
+
+
+def key_row(values: Sequence[Any]) -> KeyRow:
+    """Build a KeyRow from the values of KEY_COLUMNS (roles and rate limit decoded)."""
+    fields = list(values)
+    fields[ROLES_INDEX] = roles_of(fields[ROLES_INDEX])
+    fields[RATE_LIMIT_INDEX] = rate_limit_of(fields[RATE_LIMIT_INDEX])
+    return KeyRow(*fields)
+
+
+def create_details(new: NewKey) -> dict[str, Any]:
+    """Return the audit details of a key's creation (roles, expiry, its own rate limit)."""
+    details: dict[str, Any] = {"roles": list(new.roles), "expires_at": iso(new.expires_at)}
+    if new.rate_limit is not None:
+        details["rate_limit"] = jsonable("rate_limit", new.rate_limit)
+    return details
+
+
+def wanted_edits(current: KeyRow, changes: KeyChanges) -> dict[str, Any]:
+    """Return the fields a partial edit changes (equal values are not changes)."""
+    if changes.clear_expiry and changes.expires_at is not None:
+        raise ValueError("give expires_at or clear_expiry, not both")
+    if changes.clear_rate_limit and changes.rate_limit is not None:
+        raise ValueError("give rate_limit or clear_rate_limit, not both")
+    wanted: dict[str, Any] = {}
+    if changes.name is not None:
+        wanted["name"] = changes.name
+    if changes.description is not None:
+        wanted["description"] = changes.description
+    if changes.roles is not None:
+        wanted["roles"] = tuple(changes.roles)
+    if changes.clear_expiry:
+        wanted["expires_at"] = None
+    elif changes.expires_at is not None:
+        wanted["expires_at"] = changes.expires_at
+    if changes.clear_rate_limit:
+        wanted["rate_limit"] = None
+    elif changes.rate_limit is not None:
+        wanted["rate_limit"] = changes.rate_limit
+    return {field: value for field, value in wanted.items() if getattr(current, field) != value}
+
+
+def column_values(edits: dict[str, Any]) -> dict[str, Any]:
+    """Return edited fields as stored (roles and rate limit as JSON text)."""
+    columns = dict(edits)
+    if "roles" in columns:
+        columns["roles"] = roles_json(columns["roles"])
+    if "rate_limit" in columns:
+        columns["rate_limit"] = rate_limit_json(columns["rate_limit"])
+    return columns
+
+
+def rate_limit_json(limit: RateLimit | None) -> str | None:
+    """Encode a key's rate limit as its JSON column (None stays NULL)."""
+    if limit is None:
+        return None
+    return json.dumps(
+        {"requests": limit.requests, "per": limit.per, "burst": limit.burst},
+        separators=(",", ":"),
+    )
+
+
+@functools.lru_cache(maxsize=ROLES_MEMO_MAX)
+def rate_limit_of(text: str | None) -> RateLimit | None:
+    """Decode a rate-limit column; one shared RateLimit per distinct text."""
+    if text is None:
+        return None
+    data = json.loads(text)
+    return RateLimit(int(data["requests"]), data["per"], int(data["burst"]))
+
+
+def auth_rows(rows: Iterable[Sequence[Any]]) -> list[AuthRow]:
+    """Turn rows of AUTH_COLUMNS into AuthRows (role tuples shared)."""
+    return [
+        (
+            digest,
+            key_id,
+            name,
+            roles_of(roles),
+            status,
+            expires_at,
+            previous,
+            until,
+            None if limit is None else rate_limit_of(limit),
+        )
+        for digest, key_id, name, roles, status, expires_at, previous, until, limit in rows
+    ]
 
 
 def roles_json(roles: Iterable[str]) -> str:
@@ -107,4 +213,6 @@ def jsonable(field: str, value: Any) -> Any:
     """Return a key field as audit JSON wants it (tuples become lists, times ISO-8601)."""
     if field.endswith("_at"):
         return iso(value)
+    if isinstance(value, RateLimit):
+        return {"requests": value.requests, "per": value.per, "burst": value.burst}
     return list(value) if isinstance(value, tuple) else value

@@ -11,13 +11,14 @@ import logging
 import string
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from gateway.clock import iso
 from gateway.store.base import (
+    EXPIRING_WITHIN,
     AdminAccount,
     AdminSession,
     AuditEvent,
@@ -28,6 +29,7 @@ from gateway.store.base import (
     Grants,
     KeyChanges,
     KeyExpiredError,
+    KeyFilter,
     KeyRow,
     KeySort,
     KeyStatus,
@@ -54,19 +56,27 @@ from gateway.store.common import (
     ACTION_REINSTATE_ALL,
     ACTION_REVOKE,
     ACTION_REVOKE_ALL,
+    ACTION_ROLL,
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
+    AUTH_COLUMNS,
     KEY_COLUMNS,
     KEY_COLUMNS_K,
     LOAD_CHUNK,
-    ROLES_INDEX,
+    auth_rows,
     check_grants,
+    column_values,
+    create_details,
     details_json,
     gc_paused,
     jsonable,
+    key_row,
+    key_values,
     like_pattern,
+    rate_limit_json,
     roles_json,
     roles_of,
+    wanted_edits,
 )
 from gateway.store.migrations.postgres import (
     ASCII_FOLD,
@@ -193,9 +203,7 @@ def _within_grants(grants: Grants, params: _Params) -> str:
 
 def _key_row(row: Sequence[Any]) -> KeyRow:
     """Build a KeyRow from a row of KEY_COLUMNS (role tuples shared)."""
-    values = list(row)
-    values[ROLES_INDEX] = roles_of(values[ROLES_INDEX])
-    return KeyRow(*values)
+    return key_row(row)
 
 
 def _admin(row: Sequence[Any]) -> AdminAccount:
@@ -468,8 +476,8 @@ class PostgresKeyStore:
                 key_id = int(
                     await conn.fetchval(
                         "INSERT INTO keys (name, description, roles, status, digest, prefix,"
-                        " created_at, created_by, updated_at, expires_at)"
-                        " VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8, $9) RETURNING id",
+                        " created_at, created_by, updated_at, expires_at, rate_limit)"
+                        " VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8, $9, $10) RETURNING id",
                         new.name,
                         new.description,
                         roles_text,
@@ -479,6 +487,7 @@ class PostgresKeyStore:
                         actor,
                         now,
                         new.expires_at,
+                        rate_limit_json(new.rate_limit),
                     )
                 )
             except asyncpg.UniqueViolationError as exc:
@@ -493,7 +502,7 @@ class PostgresKeyStore:
                 ACTION_CREATE,
                 key_id,
                 new.name,
-                {"roles": list(new.roles), "expires_at": iso(new.expires_at)},
+                create_details(new),
             )
         return KeyRow(
             id=key_id,
@@ -510,6 +519,7 @@ class PostgresKeyStore:
             expires_at=new.expires_at,
             last_used_at=None,
             use_count=0,
+            rate_limit=new.rate_limit,
         )
 
     async def _one_key(self, column: str, value: Any) -> KeyRow | None:
@@ -526,19 +536,23 @@ class PostgresKeyStore:
         return await self._one_key("name", name)
 
     async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
-        """Return the key whose secret has this SHA-256 digest, or None."""
-        return await self._one_key("digest", digest)
+        """Return the key whose secret (or whose secret before its last roll) has this digest."""
+        rows = await self._fetch(
+            f"SELECT {KEY_COLUMNS} FROM keys WHERE digest = $1 OR previous_digest = $1", digest
+        )
+        return _key_row(rows[0]) if rows else None
 
     async def list_keys(
         self,
         *,
-        status: Literal["active", "revoked", "expired"] | None = None,
+        status: KeyFilter | None = None,
         query: str | None = None,
         limit: int = 100,
         after_id: int = 0,
         now: float | None = None,
         sort: KeySort = "id",
         after: SortPosition | None = None,
+        expiring_within: float = EXPIRING_WITHIN,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and a text query.
 
@@ -571,6 +585,9 @@ class PostgresKeyStore:
             where.append("status = 'revoked'")
         elif status == "expired":
             where.append(f"status = 'active' AND expires_at <= {params.add(moment)}")
+        elif status == "expiring":
+            start, end = params.add(moment), params.add(moment + expiring_within)
+            where.append(f"status = 'active' AND expires_at > {start} AND expires_at <= {end}")
         elif status is not None:
             raise ValueError(f"unknown status filter {status!r}")
         if query:
@@ -616,32 +633,14 @@ class PostgresKeyStore:
 
         An edit that changes nothing writes nothing (no feed entry, no audit event).
         """
-        if changes.clear_expiry and changes.expires_at is not None:
-            raise ValueError("give expires_at or clear_expiry, not both")
         now = time.time()
         async with self._write() as conn:
             current = await self._key_in(conn, key_id)
             check_grants(current, grants)
-            wanted: dict[str, Any] = {}
-            if changes.name is not None:
-                wanted["name"] = changes.name
-            if changes.description is not None:
-                wanted["description"] = changes.description
-            if changes.roles is not None:
-                wanted["roles"] = tuple(changes.roles)
-            if changes.clear_expiry:
-                wanted["expires_at"] = None
-            elif changes.expires_at is not None:
-                wanted["expires_at"] = changes.expires_at
-            edits = {
-                field: value for field, value in wanted.items() if getattr(current, field) != value
-            }
+            edits = wanted_edits(current, changes)
             if not edits:
                 return current
-            columns = {
-                field: roles_json(value) if field == "roles" else value
-                for field, value in edits.items()
-            }
+            columns = column_values(edits)
             params = _Params()
             assignments = ", ".join(f"{field} = {params.add(v)}" for field, v in columns.items())
             try:
@@ -708,11 +707,62 @@ class PostgresKeyStore:
             current = await self._key_in(conn, key_id)
             check_grants(current, grants)
             await conn.execute("DELETE FROM keys WHERE id = $1", key_id)
-            await self._append_changes(conn, [(key_id, current.digest)], "delete", now)
+            await self._append_changes(conn, _digests_of(current), "delete", now)
             await self._audit_in(
                 conn, now, actor, ACTION_DELETE, key_id, current.name, {"status": current.status}
             )
         return current
+
+    async def roll_key(
+        self,
+        key_id: int,
+        digest: bytes,
+        prefix: str,
+        overlap: float,
+        actor: str,
+        grants: Grants = None,
+    ) -> KeyRow:
+        """Give a key a new secret; the current one keeps working for `overlap` seconds.
+
+        The feed forgets a previous roll's old secret (a delete entry for its digest) and
+        announces the key under its new digest; followers map both until the overlap ends.
+        """
+        now = time.time()
+        until = now + overlap
+        async with self._write() as conn:
+            current = await self._key_in(conn, key_id)
+            check_grants(current, grants)
+            await conn.execute(
+                "UPDATE keys SET digest = $1, prefix = $2, previous_digest = $3,"
+                " previous_expires_at = $4, rolled_at = $5, updated_at = $5 WHERE id = $6",
+                digest,
+                prefix,
+                current.digest,
+                until,
+                now,
+                key_id,
+            )
+            if current.previous_digest is not None:
+                await self._append_changes(conn, [(key_id, current.previous_digest)], "delete", now)
+            await self._append_changes(conn, [(key_id, digest)], "upsert", now)
+            await self._audit_in(
+                conn,
+                now,
+                actor,
+                ACTION_ROLL,
+                key_id,
+                current.name,
+                {"overlap_seconds": overlap, "previous_expires_at": iso(until), "prefix": prefix},
+            )
+        return dataclasses.replace(
+            current,
+            digest=digest,
+            prefix=prefix,
+            previous_digest=current.digest,
+            previous_expires_at=until,
+            rolled_at=now,
+            updated_at=now,
+        )
 
     async def _batch(
         self,
@@ -734,14 +784,15 @@ class PostgresKeyStore:
             total = int(await conn.fetchval("SELECT COUNT(*) FROM keys WHERE status = $1", status))
             params = _Params(status)
             chosen = await conn.fetch(
-                "SELECT id, digest FROM keys WHERE status = $1"
+                "SELECT id, digest, previous_digest FROM keys WHERE status = $1"
                 f" AND {_within_grants(grants, params)} ORDER BY id",
                 *params.values,
             )
             key_ids = [int(row[0]) for row in chosen]
-            await self._append_changes(
-                conn, [(int(row[0]), bytes(row[1])) for row in chosen], op, now
-            )
+            entries = [(int(row[0]), bytes(row[1])) for row in chosen]
+            if op == "delete":
+                entries += [(int(row[0]), bytes(row[2])) for row in chosen if row[2] is not None]
+            await self._append_changes(conn, entries, op, now)
             if key_ids:
                 await conn.execute(write, key_ids, *values)
             result = BatchResult(len(key_ids), total - len(key_ids))
@@ -802,16 +853,9 @@ class PostgresKeyStore:
                 conn.transaction(isolation="repeatable_read", readonly=True),
             ):
                 seq = int(await conn.fetchval(_CURRENT_SEQ))
-                cursor = await conn.cursor(
-                    "SELECT digest, id, name, roles, status, expires_at FROM keys ORDER BY id"
-                )
+                cursor = await conn.cursor(f"SELECT {AUTH_COLUMNS} FROM keys ORDER BY id")
                 while chunk := await cursor.fetch(LOAD_CHUNK):
-                    sink(
-                        [
-                            (digest, key_id, name, roles_of(roles), status, expires_at)
-                            for digest, key_id, name, roles, status, expires_at in chunk
-                        ]
-                    )
+                    sink(auth_rows(chunk))
         return seq
 
     async def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
@@ -825,7 +869,8 @@ class PostgresKeyStore:
         async with self._connection() as conn:
             rows = await conn.fetch(
                 f"SELECT c.seq, c.digest, {KEY_COLUMNS_K} FROM key_changes c"
-                " LEFT JOIN keys k ON k.digest = c.digest"
+                # By id: a rolled key's entries name its old digest, yet carry its current row.
+                " LEFT JOIN keys k ON k.id = c.key_id AND c.op = 'upsert'"
                 " WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
                 seq,
                 limit,
@@ -906,6 +951,67 @@ class PostgresKeyStore:
                     conn.terminate()
             await asyncio.sleep(delay)
             delay = min(delay * 2, LISTEN_RETRY_MAX)
+
+    # --- notifications ---------------------------------------------------------
+    async def count_expiring(self, now: float, within: float) -> int:
+        """Return how many active keys expire after `now` and within `within` seconds."""
+        rows = await self._fetch(
+            "SELECT COUNT(*) FROM keys WHERE status = 'active'"
+            " AND expires_at > $1 AND expires_at <= $2",
+            now,
+            now + within,
+        )
+        return int(rows[0][0])
+
+    async def audit_after(self, after_id: int, limit: int = 500) -> list[AuditEvent]:
+        """Return audit events with id > after_id, oldest first."""
+        rows = await self._fetch(
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE id > $1 ORDER BY id LIMIT $2",
+            after_id,
+            limit,
+        )
+        return [_audit(row) for row in rows]
+
+    async def notify_cursor(self) -> int | None:
+        """Return the audit id events were delivered through, or None before the first."""
+        rows = await self._fetch("SELECT audit_id FROM notify_state WHERE id = 1")
+        return int(rows[0][0]) if rows else None
+
+    async def advance_notify_cursor(self, expected: int | None, new: int) -> bool:
+        """Move the delivery cursor from `expected` to `new`; False if another process did."""
+        async with self._write(feed=False) as conn:
+            if expected is None:
+                done = await conn.execute(
+                    "INSERT INTO notify_state (id, audit_id) VALUES (1, $1)"
+                    " ON CONFLICT (id) DO NOTHING",
+                    new,
+                )
+            else:
+                done = await conn.execute(
+                    "UPDATE notify_state SET audit_id = $1 WHERE id = 1 AND audit_id = $2",
+                    new,
+                    expected,
+                )
+        return str(done).endswith(" 1")
+
+    async def claim_expiry_notices(
+        self, key_id: int, days: tuple[int, ...], expires_at: float, at: float
+    ) -> tuple[int, ...]:
+        """Record notices (key, days before expiry, expiry); return the days not sent before."""
+        if not days:
+            return ()
+        async with self._write(feed=False) as conn:
+            rows = await conn.fetch(
+                "INSERT INTO expiry_notices (key_id, days, expires_at, sent_at)"
+                " SELECT $1, d, $3, $4 FROM unnest($2::int[]) AS d"
+                " ON CONFLICT DO NOTHING RETURNING days",
+                key_id,
+                list(days),
+                expires_at,
+                at,
+            )
+        claimed = {int(row[0]) for row in rows}
+        return tuple(d for d in days if d in claimed)
 
     # --- usage -----------------------------------------------------------------
     async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:
@@ -1053,7 +1159,10 @@ class PostgresKeyStore:
             )
             if held and not replace:
                 raise StoreNotEmptyError(f"{self.location} already holds keys, admins or audit")
-            gone = await conn.fetch("SELECT id, digest FROM keys ORDER BY id")
+            gone = await conn.fetch(
+                "SELECT id, digest FROM keys UNION ALL SELECT id, previous_digest FROM keys"
+                " WHERE previous_digest IS NOT NULL"
+            )
             await self._append_changes(
                 conn, [(int(row[0]), bytes(row[1])) for row in gone], "delete", now
             )
@@ -1260,6 +1369,12 @@ def _admin_record(account: AdminAccount) -> tuple[Any, ...]:
 
 def _key_record(row: KeyRow) -> tuple[Any, ...]:
     """Return a KeyRow as a tuple of KEY_COLUMNS values (roles as their JSON text)."""
-    values: list[Any] = list(dataclasses.astuple(row))
-    values[ROLES_INDEX] = roles_json(row.roles)
-    return tuple(values)
+    return key_values(row)
+
+
+def _digests_of(row: KeyRow) -> list[tuple[int, bytes]]:
+    """Return the feed entries (id, digest) of every secret a key answers to."""
+    entries = [(row.id, row.digest)]
+    if row.previous_digest is not None:
+        entries.append((row.id, row.previous_digest))
+    return entries

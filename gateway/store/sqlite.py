@@ -12,12 +12,13 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import aiosqlite
 
 from gateway.clock import iso
 from gateway.store.base import (
+    EXPIRING_WITHIN,
     AdminAccount,
     AdminSession,
     AuditEvent,
@@ -28,6 +29,7 @@ from gateway.store.base import (
     Grants,
     KeyChanges,
     KeyExpiredError,
+    KeyFilter,
     KeyRow,
     KeySort,
     KeyStatus,
@@ -54,19 +56,28 @@ from gateway.store.common import (
     ACTION_REINSTATE_ALL,
     ACTION_REVOKE,
     ACTION_REVOKE_ALL,
+    ACTION_ROLL,
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
+    AUTH_COLUMNS,
     KEY_COLUMNS,
     KEY_COLUMNS_K,
+    KEY_FIELDS,
     LOAD_CHUNK,
-    ROLES_INDEX,
+    auth_rows,
     check_grants,
+    column_values,
+    create_details,
     details_json,
     gc_paused,
     jsonable,
+    key_row,
+    key_values,
     like_pattern,
+    rate_limit_json,
     roles_json,
     roles_of,
+    wanted_edits,
 )
 from gateway.store.migrations.sqlite import SchemaTooNewError, apply_migrations
 
@@ -414,12 +425,7 @@ class SqliteKeyStore:
     # --- row building ----------------------------------------------------------
     def _build_rows(self, rows: Iterable[Sequence[Any]]) -> list[KeyRow]:
         """Turn SELECT rows (columns KEY_FIELDS) into KeyRows with shared role tuples."""
-        out: list[KeyRow] = []
-        for row in rows:
-            values = list(row)
-            values[ROLES_INDEX] = roles_of(values[ROLES_INDEX])
-            out.append(KeyRow(*values))
-        return out
+        return [key_row(row) for row in rows]
 
     async def _key_in(self, db: aiosqlite.Connection, key_id: int) -> KeyRow:
         """Read one key inside the current transaction; raise NotFoundError."""
@@ -454,8 +460,8 @@ class SqliteKeyStore:
             try:
                 cursor = await db.execute(
                     "INSERT INTO keys (name, description, roles, status, digest, prefix,"
-                    " created_at, created_by, updated_at, expires_at)"
-                    " VALUES (?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)",
+                    " created_at, created_by, updated_at, expires_at, rate_limit)"
+                    " VALUES (?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
                     (
                         new.name,
                         new.description,
@@ -466,6 +472,7 @@ class SqliteKeyStore:
                         actor,
                         now,
                         new.expires_at,
+                        rate_limit_json(new.rate_limit),
                     ),
                 )
             except sqlite3.IntegrityError as exc:
@@ -483,7 +490,7 @@ class SqliteKeyStore:
                 ACTION_CREATE,
                 key_id,
                 new.name,
-                {"roles": list(new.roles), "expires_at": iso(new.expires_at)},
+                create_details(new),
             )
         return KeyRow(
             id=key_id,
@@ -500,6 +507,7 @@ class SqliteKeyStore:
             expires_at=new.expires_at,
             last_used_at=None,
             use_count=0,
+            rate_limit=new.rate_limit,
         )
 
     async def get_key(self, key_id: int) -> KeyRow | None:
@@ -513,20 +521,23 @@ class SqliteKeyStore:
         return self._build_rows(rows)[0] if rows else None
 
     async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
-        """Return the key whose secret has this SHA-256 digest, or None."""
-        rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE digest = ?", (digest,))
+        """Return the key whose secret (or whose secret before its last roll) has this digest."""
+        rows = await self._fetch(
+            f"SELECT {KEY_COLUMNS} FROM keys WHERE digest = ?1 OR previous_digest = ?1", (digest,)
+        )
         return self._build_rows(rows)[0] if rows else None
 
     async def list_keys(
         self,
         *,
-        status: Literal["active", "revoked", "expired"] | None = None,
+        status: KeyFilter | None = None,
         query: str | None = None,
         limit: int = 100,
         after_id: int = 0,
         now: float | None = None,
         sort: KeySort = "id",
         after: SortPosition | None = None,
+        expiring_within: float = EXPIRING_WITHIN,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and a text query.
 
@@ -563,6 +574,9 @@ class SqliteKeyStore:
         elif status == "expired":
             where.append("status = 'active' AND expires_at <= ?")
             params.append(moment)
+        elif status == "expiring":
+            where.append("status = 'active' AND expires_at > ? AND expires_at <= ?")
+            params += [moment, moment + expiring_within]
         elif status is not None:
             raise ValueError(f"unknown status filter {status!r}")
         if query:
@@ -604,32 +618,14 @@ class SqliteKeyStore:
         Fields equal to their current value are not changes; an edit that changes nothing
         writes nothing (no updated_at, change-feed entry or audit event).
         """
-        if changes.clear_expiry and changes.expires_at is not None:
-            raise ValueError("give expires_at or clear_expiry, not both")
         now = time.time()
         async with self._transaction() as db:
             current = await self._key_in(db, key_id)
             check_grants(current, grants)
-            wanted: dict[str, Any] = {}
-            if changes.name is not None:
-                wanted["name"] = changes.name
-            if changes.description is not None:
-                wanted["description"] = changes.description
-            if changes.roles is not None:
-                wanted["roles"] = tuple(changes.roles)
-            if changes.clear_expiry:
-                wanted["expires_at"] = None
-            elif changes.expires_at is not None:
-                wanted["expires_at"] = changes.expires_at
-            edits = {
-                field: value for field, value in wanted.items() if getattr(current, field) != value
-            }
+            edits = wanted_edits(current, changes)
             if not edits:
                 return current
-            columns = {
-                field: roles_json(value) if field == "roles" else value
-                for field, value in edits.items()
-            }
+            columns = column_values(edits)
             assignments = ", ".join(f"{field} = ?" for field in columns)
             try:
                 await db.execute(
@@ -696,10 +692,58 @@ class SqliteKeyStore:
             check_grants(current, grants)
             await db.execute("DELETE FROM keys WHERE id = ?", (key_id,))
             await db.execute(_INSERT_CHANGE, (key_id, current.digest, "delete", now))
+            if current.previous_digest is not None:
+                await db.execute(_INSERT_CHANGE, (key_id, current.previous_digest, "delete", now))
             await self._audit_in(
                 db, now, actor, ACTION_DELETE, key_id, current.name, {"status": current.status}
             )
         return current
+
+    async def roll_key(
+        self,
+        key_id: int,
+        digest: bytes,
+        prefix: str,
+        overlap: float,
+        actor: str,
+        grants: Grants = None,
+    ) -> KeyRow:
+        """Give a key a new secret; the current one keeps working for `overlap` seconds.
+
+        The feed forgets a previous roll's old secret (a delete entry for its digest) and
+        announces the key under its new digest; followers map both until the overlap ends.
+        """
+        now = time.time()
+        until = now + overlap
+        async with self._transaction() as db:
+            current = await self._key_in(db, key_id)
+            check_grants(current, grants)
+            await db.execute(
+                "UPDATE keys SET digest = ?, prefix = ?, previous_digest = ?,"
+                " previous_expires_at = ?, rolled_at = ?, updated_at = ? WHERE id = ?",
+                (digest, prefix, current.digest, until, now, now, key_id),
+            )
+            if current.previous_digest is not None:
+                await db.execute(_INSERT_CHANGE, (key_id, current.previous_digest, "delete", now))
+            await db.execute(_INSERT_CHANGE, (key_id, digest, "upsert", now))
+            await self._audit_in(
+                db,
+                now,
+                actor,
+                ACTION_ROLL,
+                key_id,
+                current.name,
+                {"overlap_seconds": overlap, "previous_expires_at": iso(until), "prefix": prefix},
+            )
+        return dataclasses.replace(
+            current,
+            digest=digest,
+            prefix=prefix,
+            previous_digest=current.digest,
+            previous_expires_at=until,
+            rolled_at=now,
+            updated_at=now,
+        )
 
     async def _batch(
         self,
@@ -731,6 +775,13 @@ class SqliteKeyStore:
                 f" SELECT id, digest, ?, ? FROM keys WHERE {chosen} ORDER BY id",
                 (op, now, *scope_params),
             )
+            if op == "delete":
+                await db.execute(
+                    "INSERT INTO key_changes (key_id, digest, op, at)"
+                    " SELECT id, previous_digest, 'delete', ? FROM keys"
+                    f" WHERE {chosen} AND previous_digest IS NOT NULL ORDER BY id",
+                    (now, *scope_params),
+                )
             await db.execute(f"{write} WHERE {chosen}", (*values, *scope_params))
             result = BatchResult(len(key_ids), int(total_rows[0][0]) - len(key_ids))
             details = {"count": result.changed, "skipped": result.skipped, "key_ids": key_ids}
@@ -786,16 +837,9 @@ class SqliteKeyStore:
         with gc_paused():
             async with self._transaction("BEGIN") as db:
                 seq_rows = list(await db.execute_fetchall(_CURRENT_SEQ))
-                async with db.execute(
-                    "SELECT digest, id, name, roles, status, expires_at FROM keys ORDER BY id"
-                ) as cursor:
+                async with db.execute(f"SELECT {AUTH_COLUMNS} FROM keys ORDER BY id") as cursor:
                     while chunk := await cursor.fetchmany(LOAD_CHUNK):
-                        sink(
-                            [
-                                (digest, key_id, name, roles_of(roles), status, expires_at)
-                                for digest, key_id, name, roles, status, expires_at in chunk
-                            ]
-                        )
+                        sink(auth_rows(chunk))
         return int(seq_rows[0][0])
 
     async def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
@@ -808,7 +852,8 @@ class SqliteKeyStore:
             raise ValueError("limit must not be negative")
         rows = await self._fetch(
             f"SELECT c.seq, c.digest, {KEY_COLUMNS_K} FROM key_changes c"
-            " LEFT JOIN keys k ON k.digest = c.digest"
+            # By id: a rolled key's entries name its old digest, yet carry its current row.
+            " LEFT JOIN keys k ON k.id = c.key_id AND c.op = 'upsert'"
             " WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
             (seq, limit),
         )
@@ -855,6 +900,61 @@ class SqliteKeyStore:
             cursor = await db.execute("DELETE FROM key_changes WHERE seq <= ?", (cutoff,))
             await db.execute("UPDATE feed_state SET pruned_through = ? WHERE id = 1", (cutoff,))
             return int(cursor.rowcount)
+
+    # --- notifications ---------------------------------------------------------
+    async def count_expiring(self, now: float, within: float) -> int:
+        """Return how many active keys expire after `now` and within `within` seconds."""
+        rows = await self._fetch(
+            "SELECT COUNT(*) FROM keys WHERE status = 'active'"
+            " AND expires_at > ? AND expires_at <= ?",
+            (now, now + within),
+        )
+        return int(rows[0][0])
+
+    async def audit_after(self, after_id: int, limit: int = 500) -> list[AuditEvent]:
+        """Return audit events with id > after_id, oldest first."""
+        rows = await self._fetch(
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        return [_audit(row) for row in rows]
+
+    async def notify_cursor(self) -> int | None:
+        """Return the audit id events were delivered through, or None before the first."""
+        rows = await self._fetch("SELECT audit_id FROM notify_state WHERE id = 1")
+        return int(rows[0][0]) if rows else None
+
+    async def advance_notify_cursor(self, expected: int | None, new: int) -> bool:
+        """Move the delivery cursor from `expected` to `new`; False if another process did."""
+        async with self._transaction() as db:
+            if expected is None:
+                cursor = await db.execute(
+                    "INSERT INTO notify_state (id, audit_id) VALUES (1, ?)"
+                    " ON CONFLICT (id) DO NOTHING",
+                    (new,),
+                )
+            else:
+                cursor = await db.execute(
+                    "UPDATE notify_state SET audit_id = ? WHERE id = 1 AND audit_id = ?",
+                    (new, expected),
+                )
+            return cursor.rowcount == 1
+
+    async def claim_expiry_notices(
+        self, key_id: int, days: tuple[int, ...], expires_at: float, at: float
+    ) -> tuple[int, ...]:
+        """Record notices (key, days before expiry, expiry); return the days not sent before."""
+        claimed: list[int] = []
+        async with self._transaction() as db:
+            for day in days:
+                cursor = await db.execute(
+                    "INSERT INTO expiry_notices (key_id, days, expires_at, sent_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (key_id, day, expires_at, at),
+                )
+                if cursor.rowcount == 1:
+                    claimed.append(day)
+        return tuple(claimed)
 
     # --- usage -----------------------------------------------------------------
     async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:
@@ -999,21 +1099,16 @@ class SqliteKeyStore:
                 raise StoreNotEmptyError(f"{self.path} already holds keys, admins or audit events")
             await db.execute(
                 "INSERT INTO key_changes (key_id, digest, op, at)"
-                " SELECT id, digest, 'delete', ? FROM keys ORDER BY id",
-                (now,),
+                " SELECT id, digest, 'delete', ? FROM keys"
+                " UNION ALL SELECT id, previous_digest, 'delete', ? FROM keys"
+                " WHERE previous_digest IS NOT NULL",
+                (now, now),
             )
             for table in ("keys", "admins", "audit"):
                 await db.execute(f"DELETE FROM {table}")
             await db.executemany(
-                f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ({', '.join('?' * 14)})",
-                [
-                    (
-                        *dataclasses.astuple(row)[:ROLES_INDEX],
-                        roles_json(row.roles),
-                        *dataclasses.astuple(row)[ROLES_INDEX + 1 :],
-                    )
-                    for row in contents.keys
-                ],
+                f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ({', '.join('?' * len(KEY_FIELDS))})",
+                [key_values(row) for row in contents.keys],
             )
             await db.executemany(
                 _INSERT_CHANGE, [(row.id, row.digest, "upsert", now) for row in contents.keys]

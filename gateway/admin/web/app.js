@@ -249,6 +249,18 @@ function statusCell(key) {
   return el("span", { class: "status status-active" }, icon("dot"), "Active");
 }
 
+const DAY_MS = 86_400_000;
+
+// "expires in N days" for an active key within the server's expiry.warn_days, else nothing.
+function expiresSoon(key) {
+  if (key.status !== "active" || !key.expires_at) return null;
+  const left = new Date(key.expires_at).getTime() - Date.now();
+  const warn = (state.session && state.session.expiry_warn_days) || 14;
+  if (left <= 0 || left > warn * DAY_MS) return null;
+  const days = Math.ceil(left / DAY_MS);
+  return el("span", { class: "expires-soon", text: ` expires in ${days} ${days === 1 ? "day" : "days"}` });
+}
+
 function canManage(key) {
   const session = state.session;
   return session.grant_all || key.roles.every((role) => session.grants.includes(role));
@@ -257,6 +269,7 @@ function canManage(key) {
 function keyMenuItems(key) {
   return [
     { label: "Edit", action: () => openKeyDialog(key) },
+    { label: "Roll…", action: () => rollKey(key) },
     { label: "Revoke", disabled: key.status === "revoked", action: () => revokeKey(key) },
     { label: "Reinstate", disabled: key.status !== "revoked", action: () => reinstateKey(key) },
     { label: "Delete", danger: true, action: () => deleteKey(key) },
@@ -301,7 +314,7 @@ function keyRow(key) {
     el("td", { "data-label": "Created" }, when(key.created_at), el("span", { class: "by", text: ` by ${key.created_by}` })),
     el("td", { "data-label": "Last used" }, when(key.last_used_at)),
     el("td", { "data-label": "Uses", class: "num", text: String(key.use_count) }),
-    el("td", { "data-label": "Expires" }, when(key.expires_at)),
+    el("td", { "data-label": "Expires" }, when(key.expires_at), expiresSoon(key)),
     el("td", { class: "row-actions" }, el("div", { class: "menu-anchor" }, settings)),
   );
 }
@@ -323,7 +336,26 @@ function renderKeys() {
 
 // ------------------------------------------------------------------------ create and edit
 
-const FIELDS = { name: "key-name", description: "key-description", roles: "key-roles", expires_at: "key-expires" };
+const FIELDS = { name: "key-name", description: "key-description", roles: "key-roles", expires_at: "key-expires", rate_limit: "key-rate-limit" };
+const RATE_LIMIT = /^\s*(\d+)\s*\/\s*(second|minute|hour)\s*(?:,\s*burst\s*=\s*(\d+)\s*)?$/;
+
+// "100/minute,burst=20" (the CLI's form) for a key's own rate limit; "" for none.
+function rateLimitText(limit) {
+  return limit ? `${limit.requests}/${limit.per},burst=${limit.burst}` : "";
+}
+
+// The rate limit typed in the dialog as the API takes it (null when empty).
+function typedRateLimit() {
+  const text = $("key-rate-limit").value.trim();
+  if (!text) return null;
+  const match = RATE_LIMIT.exec(text);
+  if (!match) {
+    throw { field: "rate_limit", message: "write requests/second, /minute or /hour, optionally ,burst=N (e.g. 100/minute,burst=20)" };
+  }
+  const limit = { requests: Number(match[1]), per: match[2] };
+  if (match[3] !== undefined) limit.burst = Number(match[3]);
+  return limit;
+}
 let editing = null; // the key being edited, or null when creating
 
 function clearFieldErrors() {
@@ -393,6 +425,7 @@ function openKeyDialog(key = null, returnFocus = null) {
   $("key-name").value = key ? key.name : "";
   $("key-description").value = key ? key.description : "";
   $("key-expires").value = key ? toLocalInput(key.expires_at) : "";
+  $("key-rate-limit").value = key ? rateLimitText(key.rate_limit) : "";
   renderRoleChoices(key ? key.roles : []);
   const back = returnFocus || (key ? rowSettingsButton(key) : $("create-button"));
   openDialog($("key-dialog"), { initialFocus: $("key-name"), returnFocus: back });
@@ -414,9 +447,11 @@ async function submitKey(event) {
   const roles = chosenRoles();
   const expires = fromLocalInput($("key-expires").value);
   try {
+    const rateLimit = typedRateLimit();
     if (editing === null) {
       const body = { name, description, roles };
       if (expires) body.expires_at = expires;
+      if (rateLimit) body.rate_limit = rateLimit;
       const created = await api("POST", "/api/v1/keys", body);
       closeDialog($("key-dialog"));
       say(`Created “${created.key.name}”.`);
@@ -429,6 +464,7 @@ async function submitKey(event) {
       if (description !== key.description) changes.description = description;
       if (!sameRoles(roles, key.roles)) changes.roles = roles;
       if (toLocalInput(key.expires_at) !== $("key-expires").value) changes.expires_at = expires;
+      if (rateLimitText(key.rate_limit) !== $("key-rate-limit").value.trim()) changes.rate_limit = rateLimit;
       if (Object.keys(changes).length > 0) {
         const saved = await api("PATCH", `/api/v1/keys/${key.id}`, changes);
         say(`Saved “${saved.name}”.`);
@@ -452,14 +488,14 @@ function clearSecret() {
   secretCopied = false;
 }
 
-function showSecret(secret, name) {
+function showSecret(secret, name, { title = `API key “${name}” created`, returnFocus = $("create-button") } = {}) {
   secretCopied = false;
-  $("secret-title").textContent = `API key “${name}” created`;
+  $("secret-title").textContent = title;
   $("secret-value").value = secret;
   $("secret-copied").textContent = "";
   openDialog($("secret-dialog"), {
     initialFocus: $("secret-copy"),
-    returnFocus: $("create-button"),
+    returnFocus,
     onRequestClose: requestSecretClose,
   });
   $("secret-value").select();
@@ -549,6 +585,26 @@ function reinstateKey(key) {
   });
 }
 
+// A new secret for the same key; the old one keeps working for the server's default overlap.
+async function rollKey(key) {
+  const sure = await confirmAction({
+    title: `Roll “${key.name}”?`,
+    message: `Give the API key “${key.name}” a new secret? The current secret keeps working for 24 hours, then it is refused; deploy the new one before then.`,
+    returnFocus: rowSettingsButton(key),
+  });
+  if (!sure) return;
+  try {
+    const rolled = await api("POST", `/api/v1/keys/${key.id}/roll`, {});
+    say(`Rolled “${rolled.key.name}”.`);
+    // Re-read first: the row is re-rendered, and focus returns to its new settings button.
+    // A failed re-read must never cost the secret: the next poll reports it.
+    await loadKeys({ quiet: true }).catch(() => {});
+    showSecret(rolled.secret, rolled.key.name, { title: `New secret for “${rolled.key.name}”`, returnFocus: rowSettingsButton(key) });
+  } catch (failure) {
+    handleFailure(failure);
+  }
+}
+
 function deleteKey(key) {
   return keyAction(key, {
     title: `Delete “${key.name}”?`,
@@ -620,6 +676,7 @@ const ACTIONS = {
   revoke: "Revoked",
   reinstate: "Reinstated",
   delete: "Deleted",
+  roll: "Rolled",
   revoke_all: "Revoked all",
   reinstate_all: "Reinstated all",
   delete_revoked: "Deleted all revoked",

@@ -137,6 +137,44 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX keys_last_used ON keys (COALESCE(last_used_at, -1), id)",
         ),
     ),
+    Migration(
+        4,
+        "key rolls: the replaced secret's digest, the end of its overlap, when it was rolled",
+        (
+            "ALTER TABLE keys ADD COLUMN previous_digest BYTEA",
+            # `keys identify` finds a leaked secret a roll replaced, too.
+            "CREATE INDEX keys_previous_digest ON keys (previous_digest)",
+            "ALTER TABLE keys ADD COLUMN previous_expires_at DOUBLE PRECISION",
+            "ALTER TABLE keys ADD COLUMN rolled_at DOUBLE PRECISION",
+        ),
+    ),
+    Migration(
+        5,
+        "webhook delivery: the audit id delivered through, expiry notices sent; expiry index",
+        (
+            """
+            CREATE TABLE notify_state (
+                id       INTEGER PRIMARY KEY CHECK (id = 1),
+                audit_id BIGINT  NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE expiry_notices (
+                key_id     BIGINT  NOT NULL,
+                days       INTEGER NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                sent_at    DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (key_id, days, expires_at)
+            )
+            """,
+            "CREATE INDEX keys_expires ON keys (expires_at)",
+        ),
+    ),
+    Migration(
+        6,
+        "a key's own rate limit (JSON {requests, per, burst}), over its roles' default",
+        ("ALTER TABLE keys ADD COLUMN rate_limit TEXT",),
+    ),
 )
 
 check_sequence(MIGRATIONS)

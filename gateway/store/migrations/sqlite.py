@@ -155,6 +155,46 @@ MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO feed_state (id, pruned_through) VALUES (1, 0)",
         ),
     ),
+    Migration(
+        7,
+        "key rolls: the replaced secret's digest, the end of its overlap, when it was rolled",
+        (
+            "ALTER TABLE keys ADD COLUMN previous_digest BLOB",
+            # `keys identify` finds a leaked secret a roll replaced, too.
+            "CREATE INDEX keys_previous_digest ON keys (previous_digest)",
+            "ALTER TABLE keys ADD COLUMN previous_expires_at REAL",
+            "ALTER TABLE keys ADD COLUMN rolled_at REAL",
+        ),
+    ),
+    Migration(
+        8,
+        "webhook delivery: the audit id delivered through, expiry notices sent; expiry index",
+        (
+            """
+            CREATE TABLE notify_state (
+                id       INTEGER PRIMARY KEY CHECK (id = 1),
+                audit_id INTEGER NOT NULL
+            )
+            """,
+            # One row per key, threshold (days before expiry) and expiry: a new expires_at
+            # gets its notices again, a restart never resends one.
+            """
+            CREATE TABLE expiry_notices (
+                key_id     INTEGER NOT NULL,
+                days       INTEGER NOT NULL,
+                expires_at REAL    NOT NULL,
+                sent_at    REAL    NOT NULL,
+                PRIMARY KEY (key_id, days, expires_at)
+            )
+            """,
+            "CREATE INDEX keys_expires ON keys (expires_at)",
+        ),
+    ),
+    Migration(
+        9,
+        "a key's own rate limit (JSON {requests, per, burst}), over its roles' default",
+        ("ALTER TABLE keys ADD COLUMN rate_limit TEXT",),
+    ),
 )
 
 check_sequence(MIGRATIONS)
