@@ -15,6 +15,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterable
+from urllib.parse import unquote_plus
 
 from gateway.credentials import fold_header_name
 from gateway.verify import SIGNATURE_HEADER, header_value
@@ -314,12 +315,20 @@ class HeaderHygiene:
 
 
 def query_method_overrides(raw_target: str) -> list[str]:
-    """Return the values of `_method` parameters in a raw target's query (usually none)."""
-    _, _, query = raw_target.partition("?")
+    """Return the values of `_method` parameters in a raw target's query (usually none).
+
+    Names are compared as frameworks read them: percent-decoded (`%5F%6Dethod` is `_method`)
+    and case-insensitively.
+    """
+    _, mark, query = raw_target.partition("?")
+    if not mark:
+        return []
     found = []
     for pair in query.split("&"):
         name, _, value = pair.partition("=")
-        if name.lower() in ("_method", "%5fmethod"):
+        if "%" in name or "+" in name:
+            name = unquote_plus(name)
+        if name.lower() == METHOD_OVERRIDE_QUERY:
             found.append(value)
     return found
 

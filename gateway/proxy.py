@@ -170,8 +170,7 @@ class Proxy:
         headers, overrides = self._upstream_headers(
             request, record.name, credential.in_authorization
         )
-        if "method" in request.raw_path.lower():
-            overrides += query_method_overrides(request.raw_path)
+        overrides += query_method_overrides(request.raw_path)
         for override in overrides:
             # Jersey, Spring and ASP.NET run the request as the named method: decide that too.
             method = override.strip().upper()
