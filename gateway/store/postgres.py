@@ -80,6 +80,7 @@ from gateway.store.common import (
 )
 from gateway.store.migrations.postgres import (
     ASCII_FOLD,
+    ASCII_LOWER,
     NAME_FOLD,
     SchemaTooNewError,
     apply_migrations,
@@ -134,7 +135,6 @@ _INSERT_AUDIT = (
 # Only ASCII letters fold in a text query, as in SQLite's LIKE.
 _UPPER, _LOWER = string.ascii_uppercase, string.ascii_lowercase
 _ASCII_LOWER = str.maketrans(_UPPER, _LOWER)
-_FOLD = "translate({}, '" + _UPPER + "', '" + _LOWER + "')"
 
 
 def redact(url: str) -> str:
@@ -595,7 +595,7 @@ class PostgresKeyStore:
             where.append(
                 "("
                 + " OR ".join(
-                    f"{_FOLD.format(column)} LIKE {mark} ESCAPE '\\'"
+                    f"{ASCII_LOWER.format(column)} LIKE {mark} ESCAPE '\\'"
                     for column in ("name", "description", "prefix")
                 )
                 + ")"

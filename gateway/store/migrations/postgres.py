@@ -13,9 +13,10 @@ __all__ = ["LATEST_VERSION", "MIGRATIONS", "SchemaTooNewError", "apply_migration
 # Names are compared and ordered byte-wise (COLLATE "C"), as SQLite's BINARY collation does,
 # and times are unix seconds in double precision, as SQLite's REAL: both stores agree exactly.
 # A text folded as SQLite's NOCASE does (ASCII letters only) and compared byte-wise.
-ASCII_FOLD = (
-    "translate({}, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') COLLATE \"C\""
-)
+# A text with ASCII letters folded to lower case, as SQLite's NOCASE and LIKE fold them.
+ASCII_LOWER = "translate({}, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"
+# The same, compared byte-wise (the name sort's order).
+ASCII_FOLD = ASCII_LOWER + ' COLLATE "C"'
 NAME_FOLD = ASCII_FOLD.format("name")  # the name sort's indexed expression
 
 MIGRATIONS: tuple[Migration, ...] = (
