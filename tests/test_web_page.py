@@ -37,6 +37,7 @@ from conftest import (
     write_config,
 )
 from playwright.sync_api import Browser, BrowserContext, Locator, Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect as page_expect
 
 # Starts real processes and a browser: deselect with -m "not slow" for a fast loop.
@@ -283,11 +284,29 @@ def search(page: Page, text: str) -> None:
 
 
 def open_settings(page: Page, name: str) -> Locator:
-    """Open a key's settings menu; return the menu."""
-    page.get_by_role("button", name=f"Settings for {name}", exact=True).click()
+    """Open a key's settings menu; return the menu.
+
+    A live refresh may re-render the row between finding the button and clicking it (the
+    click then lands on a detached node), so the click is tried again, at most three times.
+    """
+    button = page.get_by_role("button", name=f"Settings for {name}", exact=True)
     menu = page.get_by_role("menu", name=f"Settings for {name}")
+    for _ in range(2):
+        button.click()
+        if menu.is_visible() or _visible_soon(menu):
+            return menu
+    button.click()
     page_expect(menu).to_be_visible()
     return menu
+
+
+def _visible_soon(locator: Locator, timeout: float = 2.0) -> bool:
+    """Return whether `locator` becomes visible within `timeout` seconds."""
+    try:
+        locator.wait_for(state="visible", timeout=timeout * 1000)
+    except PlaywrightTimeout:
+        return False
+    return True
 
 
 def confirm_dialog(page: Page) -> Locator:
