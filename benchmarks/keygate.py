@@ -50,12 +50,16 @@ def write_config(
     admin_port: int,
     upstream_port: int,
     redis_url: str | None = None,
+    access_log: bool = False,
 ) -> Path:
     """Write a keygate config whose store (keygate.db) and policy sit next to it.
 
-    With `redis_url`, rate limits are counted in that Redis (shared by the workers).
+    With `redis_url`, rate limits are counted in that Redis (shared by the workers); with
+    `access_log`, keygate writes its access line (text, its default) to its output.
     """
     path = directory / filename
+    # Access lines are written at level info; warning keeps the run's output to problems.
+    level = "info" if access_log else "warning"
     limits = "" if redis_url is None else f'rate_limits: {{redis_url: "{redis_url}"}}\n'
     path.write_text(
         limits
@@ -66,7 +70,7 @@ upstream: {{url: "http://{LOOPBACK}:{upstream_port}", timeout: {UPSTREAM_TIMEOUT
 store: {{url: "sqlite:///keygate.db"}}
 policy: policy.yaml
 anonymous: passthrough
-log: {{level: warning, access_log: false}}
+log: {{level: {level}, access_log: {str(access_log).lower()}}}
 """,
         encoding="utf-8",
     )

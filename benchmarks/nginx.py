@@ -34,6 +34,16 @@ KEEPALIVE_TIMEOUT_S = 75  # seconds an idle keep-alive connection is kept
 UPSTREAM_KEEPALIVE = 64  # idle upstream connections cached per peer worker
 WORKER_CONNECTIONS = 4096  # per nginx worker
 
+# The peer's access line when logging is on: what keygate's line holds (peer, request line,
+# status, bytes, time, request id, key name), buffered as an operator would configure it.
+ACCESS_LOG_FORMAT = (
+    '\'$remote_addr "$request" $status $body_bytes_sent $request_time '
+    "rid=$request_id key=$kg_user'"
+)
+ACCESS_LOG_BUFFER = "64k"  # bytes nginx gathers before writing the access log
+ACCESS_LOG_FLUSH = "1s"  # longest a buffered line waits
+ACCESS_LOG_NAME = "access.log"
+
 JSON_401 = '{"error":"key_unknown","message":"missing or unknown API key"}'
 JSON_403 = '{"error":"forbidden","message":"API-key management is not available to keys"}'
 
@@ -141,12 +151,26 @@ def upstream_conf(prefix: Path, port: int) -> str:
     )
 
 
-def peer_conf(prefix: Path, port: int, upstream_port: int, workers: int) -> str:
-    """Return the peer's nginx.conf: keygate's job (key map, 401, 403, acting user) in nginx."""
+def peer_conf(
+    prefix: Path, port: int, upstream_port: int, workers: int, *, access_log: bool = False
+) -> str:
+    """Return the peer's nginx.conf: keygate's job (key map, 401, 403, acting user) in nginx.
+
+    With `access_log`, every request is logged to prefix/access.log through a buffer.
+    """
+    # log_format belongs to http; access_log to the server (overriding http's "off").
+    log_format = f"    log_format kg {ACCESS_LOG_FORMAT};\n" if access_log else ""
+    server_log = (
+        f"        access_log {prefix}/{ACCESS_LOG_NAME} kg buffer={ACCESS_LOG_BUFFER} "
+        f"flush={ACCESS_LOG_FLUSH};\n"
+        if access_log
+        else ""
+    )
     return (
         _main_block(prefix, workers)
         + "http {\n"
         + _http_common(prefix)
+        + log_format
         + f"""\
     # ~40-byte keys, 10k+ entries: bigger hash than the defaults allow.
     map_hash_bucket_size 128;
@@ -163,7 +187,7 @@ def peer_conf(prefix: Path, port: int, upstream_port: int, workers: int) -> str:
     }}
     server {{
         listen {LOOPBACK}:{port} backlog=4096;
-        # Unknown or missing key: 401 before any location (keygate: authenticate first).
+{server_log}        # Unknown or missing key: 401 before any location (keygate: authenticate first).
         if ($kg_user = "") {{ return 401 '{JSON_401}'; }}
         location ^~ /1Integrate/rest/apikeys/ {{ return 403 '{JSON_403}'; }}
         location / {{
@@ -228,12 +252,14 @@ def start_peer(
     upstream_port: int,
     table: Mapping[str, str],
     workers: int,
+    *,
+    access_log: bool = False,
 ) -> ManagedProcess:
-    """Start the nginx peer under root/peer with the key map `table`."""
-    prefix = _prefix_dir(root, "peer")
+    """Start the nginx peer under root/peer (root/peer-log with its access log) on `table`."""
+    prefix = _prefix_dir(root, "peer-log" if access_log else "peer")
     keys_map = prefix / "keys.map"
     if not keys_map.exists():
         write_keys_map(keys_map, table)
         keys_map.chmod(0o644)
-    conf = peer_conf(prefix, port, upstream_port, workers)
+    conf = peer_conf(prefix, port, upstream_port, workers, access_log=access_log)
     return _start(binary, prefix, conf, "nginx peer", port)

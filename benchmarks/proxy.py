@@ -65,14 +65,24 @@ OTHER_LOAD_NOTE_FRACTION = 0.05  # note runs where other processes took more of 
 CONTENDERS = (
     "upstream",
     "nginx",
+    "nginx-log",
     "bare",
     "keygate-w1",
     "keygate-w2",
+    "keygate-w2-log",
     "keygate-anon",
     "keygate-rl",
     "keygate-rl-redis",
 )
-KEYGATE_CONTENDERS = ("keygate-w1", "keygate-w2", "keygate-anon", "keygate-rl", "keygate-rl-redis")
+KEYGATE_CONTENDERS = (
+    "keygate-w1",
+    "keygate-w2",
+    "keygate-w2-log",
+    "keygate-anon",
+    "keygate-rl",
+    "keygate-rl-redis",
+)
+ACCESS_LOG_WAIT_S = 5.0  # seconds a contender's buffered access log may take to show a line
 # The limited bench key's own rate limit: far beyond what one machine sends, so it never
 # refuses, and every keyed request pays for the limiter's decision.
 NEVER_TRIGGERS = "1000000000/second,burst=1000000000"
@@ -81,9 +91,11 @@ REDIS_URL = os.environ.get("KEYGATE_BENCH_REDIS", "redis://127.0.0.1:6379/14")
 LABELS = {
     "upstream": "upstream direct",
     "nginx": "nginx peer",
+    "nginx-log": "nginx peer +log",
     "bare": "aiohttp bare",
     "keygate-w1": "keygate w1",
     "keygate-w2": "keygate w2",
+    "keygate-w2-log": "keygate w2 +log",
     "keygate-anon": "keygate anon",
     "keygate-rl": "keygate w2 limit local",
     "keygate-rl-redis": "keygate w2 limit redis",
@@ -93,6 +105,10 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "direct": ("upstream",),
     "nginx": ("nginx",),
     "peer": ("nginx",),
+    "nginx-log": ("nginx-log",),
+    "keygate-w2-log": ("keygate-w2-log",),
+    "w2-log": ("keygate-w2-log",),
+    "log": ("nginx-log", "keygate-w2-log"),
     "bare": ("bare",),
     "aiohttp": ("bare",),
     "keygate": KEYGATE_CONTENDERS,
@@ -112,6 +128,9 @@ PATHS = {"small": SMALL_PATH, "1MiB": BIG_PATH}
 RATIOS = (
     ("keygate w1 / nginx peer", "keygate-w1", "nginx"),
     ("keygate w2 / nginx peer", "keygate-w2", "nginx"),
+    ("keygate w2 / nginx peer, logs on", "keygate-w2-log", "nginx-log"),
+    ("keygate w2 log on / off", "keygate-w2-log", "keygate-w2"),
+    ("nginx peer log on / off", "nginx-log", "nginx"),
     ("keygate w1 / aiohttp bare", "keygate-w1", "bare"),
     ("keygate w2 / aiohttp bare", "keygate-w2", "bare"),
     ("keygate keyed / anon (w2)", "keygate-w2", "keygate-anon"),
@@ -145,8 +164,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=",".join(CONTENDERS),
-        help="comma list of contenders: upstream, nginx, bare, keygate (= keygate-w1, "
-        "keygate-w2, keygate-anon, keygate-rl, keygate-rl-redis) or any of those; rl and "
+        help="comma list of contenders: upstream, nginx, nginx-log, bare, keygate (= "
+        "keygate-w1, keygate-w2, keygate-w2-log, keygate-anon, keygate-rl, keygate-rl-redis), "
+        "log (= nginx-log, keygate-w2-log) or any of those; the -log ones write an access log "
+        "(nginx buffered, keygate its default text lines), the others none; rl and "
         "rl-redis are w2 with a key whose own rate limit never triggers, counted locally or "
         "in Redis ($KEYGATE_BENCH_REDIS, default redis://127.0.0.1:6379/14)",
     )
@@ -352,6 +373,17 @@ def check_key_enforcement(
     return 4
 
 
+def check_access_log(path: Path, marker: str) -> int:
+    """Check a contender's access log shows a keyed line within ACCESS_LOG_WAIT_S."""
+    deadline = time.monotonic() + ACCESS_LOG_WAIT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if marker in path.read_text(errors="replace"):
+                return 1
+        time.sleep(0.05)
+    raise BenchError(f"self-check failed: no access line with {marker!r} in {path}")
+
+
 # --- Results ----------------------------------------------------------------------------------
 
 
@@ -472,9 +504,11 @@ class Harness:
         starters: dict[str, Callable[[], contextlib.AbstractContextManager[Target]]] = {
             "upstream": self._upstream_direct,
             "nginx": self._nginx_peer,
+            "nginx-log": lambda: self._nginx_peer(access_log=True),
             "bare": self._aiohttp_bare,
             "keygate-w1": lambda: self._keygate(1, keyed=True),
             "keygate-w2": lambda: self._keygate(2, keyed=True),
+            "keygate-w2-log": lambda: self._keygate(2, keyed=True, access_log=True),
             "keygate-anon": lambda: self._keygate(2, keyed=False),
             "keygate-rl": lambda: self._keygate(2, keyed=True, limit="local"),
             "keygate-rl-redis": lambda: self._keygate(2, keyed=True, limit="redis"),
@@ -489,8 +523,8 @@ class Harness:
         yield Target(self.upstream_port, {}, ())
 
     @contextlib.contextmanager
-    def _nginx_peer(self) -> Iterator[Target]:
-        """Run the nginx peer on a fresh port for the duration of the block."""
+    def _nginx_peer(self, *, access_log: bool = False) -> Iterator[Target]:
+        """Run the nginx peer (with its buffered access log, if asked) for the block."""
         port = free_port()
         process = nginx.start_peer(
             self.tools.nginx,
@@ -499,11 +533,15 @@ class Harness:
             self.upstream_port,
             self.nginx_table,
             self.args.nginx_workers,
+            access_log=access_log,
         )
         try:
             headers = {KEY_HEADER: self.nginx_key}
             checks = check_passthrough(port, headers)
             checks += check_key_enforcement(port, self.nginx_key, anonymous_passes=False)
+            if access_log:
+                log = self.root / "peer-log" / nginx.ACCESS_LOG_NAME
+                checks += check_access_log(log, f"key={BENCH_KEY_NAME}")
             print(f"self-check ok ({checks})", end="", flush=True)
             yield Target(port, headers, (process.pgid,))
         finally:
@@ -528,10 +566,13 @@ class Harness:
             process.stop()
 
     @contextlib.contextmanager
-    def _keygate(self, workers: int, *, keyed: bool, limit: str | None = None) -> Iterator[Target]:
+    def _keygate(
+        self, workers: int, *, keyed: bool, limit: str | None = None, access_log: bool = False
+    ) -> Iterator[Target]:
         """Run `gateway serve --workers N` on fresh ports for the duration of the block.
 
-        With `limit` ("local" or "redis") the key sent is the one with its own rate limit.
+        With `limit` ("local" or "redis") the key sent is the one with its own rate limit;
+        with `access_log`, keygate logs every request (to its output file).
         """
         assert self.keygate_dir is not None
         key = self.keygate_key if limit is None else self.limited_key
@@ -543,8 +584,9 @@ class Harness:
             admin_port=admin_port,
             upstream_port=self.upstream_port,
             redis_url=REDIS_URL if limit == "redis" else None,
+            access_log=access_log,
         )
-        label = "keyed" if keyed else "anon"
+        label = ("keyed" if keyed else "anon") + ("-log" if access_log else "")
         process = keygate.start_keygate(
             config,
             workers,
@@ -563,6 +605,8 @@ class Harness:
                 anonymous_passes=True,
                 key_name=BENCH_KEY_NAME if limit is None else LIMITED_KEY_NAME,
             )
+            if access_log:
+                checks += check_access_log(process.log_path, f"key={BENCH_KEY_NAME}")
             print(f"self-check ok ({checks})", end="", flush=True)
             yield Target(listen_port, headers, (process.pgid,))
         finally:
@@ -827,7 +871,7 @@ def run(argv: list[str] | None = None) -> int:
         upstream = nginx.start_upstream(tools.nginx, root, harness.upstream_port)
         harness.upstream_pgid = upstream.pgid
         try:
-            if "nginx" in args.contenders:
+            if "nginx" in args.contenders or "nginx-log" in args.contenders:
                 harness.prepare_nginx_peer()
             if any(c in args.contenders for c in KEYGATE_CONTENDERS):
                 harness.prepare_keygate()
