@@ -4,10 +4,11 @@
 
 One upstream nginx, one `keygate serve --workers 1` (10,000 keys, access log on by default,
 as operators run it), wrk -c32 on the keyed path while `py-spy record` samples the worker
-(250 Hz by default, native frames off, idle time not counted). The report is py-spy's `top` view of the whole run: each
-function's share of samples as self time (the function itself running) and as total time
-(it or what it called), plus the request rate wrk saw. Needs py-spy (pip install py-spy),
-nginx and wrk; py-spy needs ptrace rights (root, or kernel.yama.ptrace_scope 0).
+(250 Hz by default, native frames off, idle time not counted). The report is py-spy's `top`
+view of the whole run: each function's share of samples as self time (the function itself
+running) and as total time (it or what it called), plus the request rate wrk saw. Needs
+py-spy (a dev dependency), nginx and wrk; py-spy needs ptrace rights (root, or
+kernel.yama.ptrace_scope 0).
 """
 
 from __future__ import annotations
