@@ -31,6 +31,7 @@ SAMPLE_RATE_HZ = 250  # default py-spy samples per second
 PYSPY_OVERRUN_S = 30.0  # seconds py-spy may take beyond the run to write its output
 WARMUP_S = 1.0  # seconds of wrk before sampling starts
 PATHS = {"small": SMALL_PATH, "1MiB": BIG_PATH}
+THREAD_FRAMES = ("thread (", "process ")  # py-spy's pseudo-frames with --threads/--subprocesses
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -71,7 +72,7 @@ def top_table(collapsed: str) -> tuple[int, list[tuple[str, int, int]]]:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [frame_name(f) for f in stack.split(";")[1:]]  # [0] is the thread
+        frames = [frame_name(f) for f in stack.split(";") if not f.startswith(THREAD_FRAMES)]
         if not frames:
             continue
         samples += count

@@ -10,11 +10,14 @@ from aiohttp.abc import AbstractAccessLogger
 
 from gateway import access_writer
 from gateway.logs import json_access_line
-from gateway.state import KEY_NAME, RELAY_INCOMPLETE, REQUEST_ID, UPSTREAM_MS, UPSTREAM_STATUS
+from gateway.request_notes import RequestNotes
+from gateway.state import NOTES
 
 access_logger = logging.getLogger("keygate.access")
 # A key anywhere in the target (path or query, `_` raw or percent-encoded): kept to its
 # display prefix (`kg_` + 7 characters), the rest replaced.
+# For requests the proxy never saw (refused by the HTTP parser): nothing noted.
+_NOTHING_NOTED = RequestNotes("-")
 _KEY_IN_TARGET = re.compile(r"(kg(?:_|%5[fF])[0-9A-Za-z]{7})[0-9A-Za-z]+")
 
 
@@ -34,15 +37,17 @@ class ProxyAccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Write the access line (never a credential: only the key's name)."""
-        incomplete = " incomplete" if request.get(RELAY_INCOMPLETE) else ""
+        notes = request.get(NOTES, _NOTHING_NOTED)
+        incomplete = " incomplete" if notes.incomplete else ""
         message = (
             f'{request.remote} "{request.method} {redact_keys(request.raw_path)}" '
             f"{response.status} {response.body_length} {time * 1000:.1f}ms "
-            f"rid={request.get(REQUEST_ID, '-')} key={request.get(KEY_NAME, '-')}{incomplete}"
+            f"rid={notes.request_id} key={notes.key_name or '-'}{incomplete}"
         )
         writer = access_writer.active
         if writer is not None:
-            writer.text(message)
+            # One string per line, its time prefix made once per millisecond by the writer.
+            writer.add(f"{writer.text_prefix()}{message}\n")
         else:
             self.logger.info("%s", message)
 
@@ -52,23 +57,31 @@ class JsonProxyAccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Write the access record (never a credential: only the key's name)."""
+        notes = request.get(NOTES)
         path = redact_keys(request.raw_path)
         status = response.status
-        fields = {
-            "request_id": request.get(REQUEST_ID),
-            "method": request.method,
+        method = request.method
+        message = f"{method} {path} {status}"
+        request_id = None if notes is None else notes.request_id
+        duration_ms = round(time * 1000, 2)
+        writer = access_writer.active
+        if writer is not None:
+            fields = (request_id, method, path, status, response.body_length, duration_ms)
+            line = json_access_line(writer.json_head(), message, fields, notes, request.remote)
+            writer.add(line + "\n")
+            return
+        extra = {
+            "request_id": request_id,
+            "method": method,
             "path": path,
             "status": status,
             "bytes": response.body_length,
-            "duration_ms": round(time * 1000, 2),
-            "key": request.get(KEY_NAME),
-            "upstream_status": request.get(UPSTREAM_STATUS),
-            "upstream_ms": request.get(UPSTREAM_MS),
-            "incomplete": True if request.get(RELAY_INCOMPLETE) else None,
+            "duration_ms": duration_ms,
             "remote": request.remote,
         }
-        writer = access_writer.active
-        if writer is not None:
-            writer.raw(json_access_line(f"{request.method} {path} {status}", fields))
-        else:
-            self.logger.info("%s %s %s", request.method, path, status, extra=fields)
+        if notes is not None:
+            extra["key"] = notes.key_name
+            extra["upstream_status"] = notes.upstream_status
+            extra["upstream_ms"] = notes.upstream_ms
+            extra["incomplete"] = True if notes.incomplete else None
+        self.logger.info("%s", message, extra=extra)

@@ -2,9 +2,9 @@
 
 Logging one line per request through the logging module costs a LogRecord, a formatter and
 a write system call each; on a busy proxy that is a tenth of a request's CPU. `keygate serve`
-instead hands each access line to this writer, which stamps it (the timestamp text is made
-once per second), keeps it in memory and writes the batch in one call every FLUSH_INTERVAL
-or when FLUSH_LINES are waiting, and at shutdown, so no line is lost.
+instead hands each access line to this writer, which stamps it (the time text is made once
+per millisecond, not per line), keeps it in memory and writes the batch in one call every
+FLUSH_INTERVAL or when FLUSH_LINES are waiting, and at shutdown, so no line is lost.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import os
 import sys
 import time
 from typing import TextIO
+
+from gateway.logs import json_head
 
 FLUSH_INTERVAL = 0.2  # seconds a line may wait before it is written
 FLUSH_LINES = 512  # lines that make a batch be written at once
@@ -26,24 +28,43 @@ class AccessWriter:
         self._stream = stream if stream is not None else sys.stderr
         self._lines: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._second = -1
-        self._stamp = ""
-        self._prefix = f" {os.getpid()} INFO keygate.access: "
+        self._pid = os.getpid()
+        # The time texts of the current millisecond: made once per millisecond, not per line.
+        self._ms = -1
+        self._text_prefix = ""
+        self._json_head = ""
+
+    def _tick(self) -> None:
+        """Remake the time texts if the millisecond changed."""
+        now_ms = int(time.time() * 1000)
+        if now_ms != self._ms:
+            self._ms = now_ms
+            second, ms = divmod(now_ms, 1000)
+            local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._text_prefix = f"{local},{ms:03d} {self._pid} INFO keygate.access: "
+            utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._json_head = json_head(f"{utc}.{ms:03d}Z", self._pid)
+
+    def text_prefix(self) -> str:
+        """Return the start of a text access line now: the other log lines' layout."""
+        self._tick()
+        return self._text_prefix
+
+    def json_head(self) -> str:
+        """Return the opening of a JSON access record now (time in UTC, to the millisecond)."""
+        self._tick()
+        return self._json_head
 
     def text(self, message: str) -> None:
         """Queue a text access line (the same layout as the other log lines)."""
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        self._add(f"{self._stamp},{int((now - second) * 1000):03d}{self._prefix}{message}\n")
+        self.add(f"{self.text_prefix()}{message}\n")
 
     def raw(self, line: str) -> None:
         """Queue a line that is already complete (a JSON access record)."""
-        self._add(line + "\n")
+        self.add(line + "\n")
 
-    def _add(self, line: str) -> None:
+    def add(self, line: str) -> None:
+        """Queue a whole line, its newline included."""
         lines = self._lines
         lines.append(line)
         if len(lines) >= FLUSH_LINES:

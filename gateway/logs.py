@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
+
+from gateway.request_notes import RequestNotes
 
 # Record attributes the access log sets (logger.info(..., extra=...)), copied into JSON lines.
 ACCESS_FIELDS = (
@@ -23,6 +24,10 @@ ACCESS_FIELDS = (
     "remote",
 )
 TEXT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+# One encoder for every line: json.dumps with options builds a new encoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# A string as JSON, quoted, non-ASCII kept (the encoder's own escaping, in C).
+_quote = json.encoder.encode_basestring
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,22 +49,47 @@ class JsonFormatter(logging.Formatter):
                 line[name] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, separators=(",", ":"), ensure_ascii=False)
+        return _ENCODER.encode(line)
 
 
-def json_access_line(message: str, fields: dict[str, object]) -> str:
-    """One access record as the JSON line JsonFormatter would write (for the buffered writer)."""
-    now = time.time()
-    line: dict[str, object] = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-        + f".{int(now % 1 * 1000):03d}Z",
-        "level": "info",
-        "logger": "keygate.access",
-        "worker": os.getpid(),
-        "message": message,
-    }
-    line.update((name, value) for name, value in fields.items() if value is not None)
-    return json.dumps(line, separators=(",", ":"), ensure_ascii=False)
+def json_access_line(
+    head: str,
+    message: str,
+    fields: tuple[str | None, str, str, int, int, float],
+    notes: RequestNotes | None,
+    remote: str | None,
+) -> str:
+    """One access record, byte for byte the JSON line JsonFormatter writes for the same record.
+
+    `head` is the record's opening through `"worker":PID,` (AccessWriter.json_head, made once
+    per millisecond); `fields` are request_id, method, path, status, bytes and duration_ms.
+    Written out field by field: a dict and a JSON encoder cost four times a text line.
+    """
+    request_id, method, path, status, size, duration_ms = fields
+    line = f'{head}"message":{_quote(message)}'
+    if request_id is not None:
+        line += f',"request_id":{_quote(request_id)}'
+    line += (
+        f',"method":{_quote(method)},"path":{_quote(path)},"status":{status:d},'
+        f'"bytes":{size:d},"duration_ms":{duration_ms!r}'
+    )
+    if notes is not None:
+        if notes.key_name is not None:
+            line += f',"key":{_quote(notes.key_name)}'
+        if notes.upstream_status is not None:
+            line += f',"upstream_status":{notes.upstream_status:d}'
+        if notes.upstream_ms is not None:
+            line += f',"upstream_ms":{notes.upstream_ms!r}'
+        if notes.incomplete:
+            line += ',"incomplete":true'
+    if remote is not None:
+        line += f',"remote":{_quote(remote)}'
+    return line + "}"
+
+
+def json_head(when: str, worker: int) -> str:
+    """Return an access record's opening: time, level, logger and worker, ready for the rest."""
+    return f'{{"time":"{when}","level":"info","logger":"keygate.access","worker":{worker:d},'
 
 
 def configure_logging(level: str, log_format: str = "text") -> None:

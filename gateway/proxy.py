@@ -35,8 +35,9 @@ from gateway.hygiene import (
 from gateway.keys import display_prefix, looks_like_key
 from gateway.ratelimit import LocalLimiter
 from gateway.ratelimit import headers as rate_limit_headers
+from gateway.request_notes import RequestNotes
 from gateway.runtime import Runtime
-from gateway.state import KEY_NAME, RELAY_INCOMPLETE, REQUEST_ID, UPSTREAM_MS, UPSTREAM_STATUS
+from gateway.state import NOTES
 from gateway.target import TargetError, decoded_path
 from gateway.upstream import (
     ClientBodyTimeout,
@@ -103,10 +104,12 @@ class Proxy:
         protocol = request.protocol
         if isinstance(protocol, JsonErrorRequestHandler):
             protocol.head_received()
+        notes = RequestNotes(request_id(request.headers.get(REQUEST_ID_HEADER)))
+        request[NOTES] = notes
         try:
-            response = await self.handle(request)
+            response = await self.handle(request, notes)
             if not response.prepared:  # relayed answers got it before their head went out
-                response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+                response.headers[REQUEST_ID_HEADER] = notes.request_id
             if self._draining:
                 response.force_close()  # shutting down: this connection takes no more requests
             return response
@@ -138,10 +141,9 @@ class Proxy:
             )
         return len(self._in_flight)
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest, notes: RequestNotes) -> web.StreamResponse:
         """Run the request flow for one request (hygiene, credential, key, policy, forward)."""
         client = request.headers
-        request[REQUEST_ID] = request_id(client.get(REQUEST_ID_HEADER))
         try:
             path = decoded_path(request.raw_path)
         except TargetError as error:
@@ -155,20 +157,20 @@ class Proxy:
         if credential is None:
             if self._deny_anonymous:
                 return self._refuse(refusals.KEY_MISSING)
-            headers, _ = self._upstream_headers(request, None, False)
-            return await self._forward(request, headers)
+            headers, _ = self._upstream_headers(request, notes, None, False)
+            return await self._forward(request, notes, headers)
         moment = now()
         record = auth.authenticate(runtime.table, credential.key, moment)
         if isinstance(record, refusals.Refusal):
-            request[KEY_NAME] = _unknown_key_label(credential.key)
+            notes.key_name = _unknown_key_label(credential.key)
             return self._refuse(record)
-        request[KEY_NAME] = record.name
+        notes.key_name = record.name
         policy = runtime.policy  # one policy for the whole request, even across a reload
         refusal = auth.authorize(policy, record, request.method, path)
         if refusal is not None:
             return self._refuse(refusal)
         headers, overrides = self._upstream_headers(
-            request, record.name, credential.in_authorization
+            request, notes, record.name, credential.in_authorization
         )
         overrides += query_method_overrides(request.raw_path)
         for override in overrides:
@@ -191,10 +193,14 @@ class Proxy:
                 response.headers.extend(rate_limit_headers(limit, decision))
                 return response
         runtime.usage.record(record.id, moment)
-        return await self._forward(request, headers)
+        return await self._forward(request, notes, headers)
 
     def _upstream_headers(
-        self, request: web.BaseRequest, acting_user: str | None, drop_authorization: bool
+        self,
+        request: web.BaseRequest,
+        notes: RequestNotes,
+        acting_user: str | None,
+        drop_authorization: bool,
     ) -> tuple[list[tuple[str, str]], list[str]]:
         """Return the headers to send upstream and any method-override values among them."""
         client_headers = request.headers
@@ -202,7 +208,7 @@ class Proxy:
             client_headers.items(),
             method=request.method,
             target=request.raw_path,
-            request_id=request[REQUEST_ID],
+            request_id=notes.request_id,
             connection=client_headers.get(hdrs.CONNECTION),
             host=client_headers.get(hdrs.HOST),
             acting_user=acting_user,
@@ -212,7 +218,7 @@ class Proxy:
         )
 
     async def _forward(
-        self, request: web.BaseRequest, headers: list[tuple[str, str]]
+        self, request: web.BaseRequest, notes: RequestNotes, headers: list[tuple[str, str]]
     ) -> web.StreamResponse:
         """Send the request upstream byte-exact and stream the answer back."""
         client_headers = request.headers
@@ -242,10 +248,10 @@ class Proxy:
                 if request.transport is not None:
                     request.transport.close()
             return answer
-        request[UPSTREAM_MS] = round((time.monotonic() - sent) * 1000, 2)
-        request[UPSTREAM_STATUS] = upstream.status
+        notes.upstream_ms = round((time.monotonic() - sent) * 1000, 2)
+        notes.upstream_status = upstream.status
         try:
-            return await self._relay(request, upstream)
+            return await self._relay(request, notes, upstream)
         finally:
             upstream.release()
 
@@ -270,7 +276,7 @@ class Proxy:
         return self._error(502, E_UPSTREAM_DOWN, "the upstream could not be reached")
 
     async def _relay(
-        self, request: web.BaseRequest, upstream: UpstreamResponse
+        self, request: web.BaseRequest, notes: RequestNotes, upstream: UpstreamResponse
     ) -> web.StreamResponse:
         """Copy status, headers (minus hop-by-hop) and body from the upstream response."""
         if upstream.transfer_codings and request.version < aiohttp.HttpVersion11:
@@ -292,7 +298,7 @@ class Proxy:
             response.transfer_codings = upstream.transfer_codings
         out = response.headers
         out.extend(response_headers(upstream.headers, upstream.connection))
-        out[REQUEST_ID_HEADER] = request[REQUEST_ID]
+        out[REQUEST_ID_HEADER] = notes.request_id
         self._runtime.metrics.forwarded(upstream.status)
         try:
             if whole:
@@ -311,7 +317,7 @@ class Proxy:
                 return self._error(502, E_UPSTREAM_DOWN, "the upstream failed mid-answer")
             # Headers already went out: the only honest signal left is to cut the connection.
             log.warning("upstream failed mid-body: %s: %s", error.__class__.__name__, error)
-            request[RELAY_INCOMPLETE] = True
+            notes.incomplete = True
             transport = request.transport
             if transport is not None:
                 transport.close()
@@ -319,5 +325,5 @@ class Proxy:
             # The client left mid-answer: not the upstream's fault. The upstream response is
             # incomplete, so releasing it closes that connection instead of pooling it.
             log.debug("client went away mid-body: %s", error.__class__.__name__)
-            request[RELAY_INCOMPLETE] = True
+            notes.incomplete = True
         return response

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.admin.basic_auth import Authenticator
 from gateway.admin.sessions import SessionManager
+from gateway.request_notes import RequestNotes
 from gateway.runtime import Runtime
 from gateway.store.base import AdminAccount
 
@@ -15,12 +16,5 @@ SESSIONS = web.AppKey("admin_sessions", SessionManager)
 ADMIN = web.RequestKey("admin", AdminAccount)
 # The web session token a request was authenticated by (absent for HTTP Basic).
 SESSION_TOKEN = web.RequestKey("session_token", str)
-# The name of the key a proxied request was made with (for the access log).
-KEY_NAME = web.RequestKey("key_name", str)
-# Set when a relayed answer was cut short (the upstream or the client failed mid-body).
-RELAY_INCOMPLETE = web.RequestKey("relay_incomplete", bool)
-# The request id (the client's X-Request-Id when well formed, else made), logged and relayed.
-REQUEST_ID = web.RequestKey("request_id", str)
-# The upstream's answer: its status and the milliseconds until its head arrived.
-UPSTREAM_STATUS = web.RequestKey("upstream_status", int)
-UPSTREAM_MS = web.RequestKey("upstream_ms", float)
+# What the proxy notes about a request (id, key name, upstream answer) for the access log.
+NOTES = web.RequestKey("notes", RequestNotes)

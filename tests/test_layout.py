@@ -22,6 +22,7 @@ PURE = (
     "gateway.keytable",
     "gateway.policy",
     "gateway.refusals",
+    "gateway.request_notes",
     "gateway.settings",
     "gateway.skeleton",
     "gateway.target",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -20,9 +22,14 @@ from conftest import (
     wait_for_port,
     write_config,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
+from gateway.access_writer import AccessWriter
 from gateway.app import RunningGateway
 from gateway.hygiene import REQUEST_ID_HEADER
+from gateway.logs import TEXT_FORMAT, JsonFormatter, json_access_line, json_head
+from gateway.request_notes import RequestNotes
 
 ECHO = f"{REST}/_echo/rid"
 
@@ -92,3 +99,72 @@ async def test_json_logs_are_one_object_per_line_with_the_request_fields(
     assert line["upstream_ms"] >= 0 and line["duration_ms"] >= line["upstream_ms"] * 0.5
     assert secret not in json.dumps(records)
     assert line["path"].endswith("?k=" + secret[:10] + "...")
+
+
+maybe_text = st.none() | st.text()
+maybe_ms = st.none() | st.floats(min_value=0, max_value=1e7, allow_nan=False)
+
+
+@given(
+    request_id=maybe_text,
+    method=st.text(min_size=1),
+    path=st.text(),
+    status=st.integers(100, 599),
+    size=st.integers(0, 2**50),
+    duration_ms=st.floats(min_value=0, max_value=1e7, allow_nan=False),
+    noted=st.booleans(),
+    key=maybe_text,
+    upstream_status=st.none() | st.integers(100, 599),
+    upstream_ms=maybe_ms,
+    incomplete=st.booleans(),
+    remote=maybe_text,
+)
+def test_the_buffered_json_line_is_what_the_json_formatter_writes(
+    request_id: str | None,
+    method: str,
+    path: str,
+    status: int,
+    size: int,
+    duration_ms: float,
+    noted: bool,
+    key: str | None,
+    upstream_status: int | None,
+    upstream_ms: float | None,
+    incomplete: bool,
+    remote: str | None,
+) -> None:
+    # The writer's line is built field by field for speed; the logging path's formatter is
+    # the reference: same fields, same order, same escaping, byte for byte.
+    notes = None
+    if noted:
+        notes = RequestNotes(request_id or "")
+        notes.key_name, notes.upstream_status = key, upstream_status
+        notes.upstream_ms, notes.incomplete = upstream_ms, incomplete
+    message = f"{method} {path} {status}"
+    extra: dict[str, object] = {
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        "status": status,
+        "bytes": size,
+        "duration_ms": duration_ms,
+        "remote": remote,
+    }
+    if notes is not None:
+        extra.update(key=key, upstream_status=upstream_status, upstream_ms=upstream_ms)
+        extra["incomplete"] = True if incomplete else None
+    record = logging.makeLogRecord(
+        {"name": "keygate.access", "levelname": "INFO", "msg": "%s", "args": (message,),
+         "created": 1_700_000_000.123, "msecs": 123.0, "process": 4242, **extra}
+    )  # fmt: skip
+    fields = (request_id, method, path, status, size, duration_ms)
+    head = json_head("2023-11-14T22:13:20.123Z", 4242)
+    assert json_access_line(head, message, fields, notes, remote) == JsonFormatter().format(record)
+
+
+def test_the_buffered_text_line_starts_like_every_other_log_line() -> None:
+    record = logging.makeLogRecord({"name": "keygate.access", "levelname": "INFO", "msg": "x"})
+    reference = logging.Formatter(TEXT_FORMAT).format(record)
+    shape = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \d+ INFO keygate\.access: "
+    assert re.fullmatch(shape + "x", reference)
+    assert re.fullmatch(shape, AccessWriter().text_prefix())
