@@ -4,7 +4,8 @@
 
 One upstream nginx, one `keygate serve --workers 1` (10,000 keys, access log on by default,
 as operators run it), wrk -c32 on the keyed path while `py-spy record` samples the worker
-(250 Hz by default, native frames off, idle time not counted). The report is py-spy's `top`
+(250 Hz by default, idle time not counted; each sample pauses the worker, as nonblocking
+samples tear stacks and credit one function's time to another). The report is py-spy's `top`
 view of the whole run: each function's share of samples as self time (the function itself
 running) and as total time (it or what it called), plus the request rate wrk saw. Needs
 py-spy (a dev dependency), nginx and wrk; py-spy needs ptrace rights (root, or
@@ -130,8 +131,7 @@ def _profile(args: argparse.Namespace, root: Path, upstream_port: int, pyspy: st
                 timeout_s=10.0, headers=headers)  # fmt: skip
         sampler = subprocess.Popen(
             [pyspy, "record", "--pid", str(process.popen.pid), "--rate", str(args.rate),
-             "--duration", str(int(args.seconds)), "--format", "raw", "--output", str(raw),
-             "--nonblocking"],
+             "--duration", str(int(args.seconds)), "--format", "raw", "--output", str(raw)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )  # fmt: skip
         result, _ = run_wrk(wrk, url, duration_s=args.seconds, connections=args.connections,

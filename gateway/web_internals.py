@@ -4,7 +4,8 @@ tests/test_web_internals.py fails when an aiohttp release changes any of them:
 - `StreamResponse._prepare_headers` (no invented Content-Type on relayed answers);
 - `StreamResponse._send_headers_immediately` (head and small body in one write);
 - `StreamResponse._write_headers` and `_req` (non-ASCII upstream heads written byte for byte);
-- `RequestHandler` and its `handle_error` (parser refusals answered as JSON);
+- `RequestHandler` and its `handle_error` (parser refusals answered as JSON), its `_loop`
+  (read per request by the head timer);
 - `AppRunner._make_server` and the built `Server`'s `request_handler`, `request_factory`,
   `handler_cancellation` and `_kwargs` (an application's connections get that handler too).
 """
@@ -147,7 +148,7 @@ class JsonErrorRequestHandler(RequestHandler):
         limits = self.limits
         if limits is None or limits.head_timeout is None or self.transport is None:
             return  # no bound, or the connection is gone (its handler ran to the end)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._head_deadline = loop.time() + limits.head_timeout
         self._awaiting_head = True
         if self._head_timer is None:

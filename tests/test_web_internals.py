@@ -46,6 +46,14 @@ def test_request_handler_hooks_exist() -> None:
         assert name in init, name
 
 
+async def test_a_request_handler_keeps_its_loop() -> None:
+    # JsonErrorRequestHandler.await_head reads it once per request (get_running_loop costs
+    # several times more).
+    loop = asyncio.get_running_loop()
+    handler = RequestHandler(web.Server(lambda request: web.Response()), loop=loop)
+    assert handler._loop is loop
+
+
 @pytest.fixture
 async def relay_server() -> AsyncIterator[int]:
     """A low-level server answering /stream, /whole (no Content-Type) and raising on /boom."""
