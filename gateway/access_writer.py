@@ -29,30 +29,39 @@ class AccessWriter:
         self._lines: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
         self._pid = os.getpid()
-        # The time texts of the current millisecond: made once per millisecond, not per line.
-        self._ms = -1
-        self._text_prefix = ""
-        self._json_head = ""
+        # Time texts: the date and time made once per second, the line starts once per
+        # millisecond (a busy proxy logs many lines in each), each only for the format in use.
+        self._second = -1
+        self._local = self._utc = ""
+        self._text_ms = self._json_ms = -1
+        self._text_prefix = self._json_head = ""
 
-    def _tick(self) -> None:
-        """Remake the time texts if the millisecond changed."""
-        now_ms = int(time.time() * 1000)
-        if now_ms != self._ms:
-            self._ms = now_ms
-            second, ms = divmod(now_ms, 1000)
-            local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-            self._text_prefix = f"{local},{ms:03d} {self._pid} INFO keygate.access: "
-            utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._json_head = json_head(f"{utc}.{ms:03d}Z", self._pid)
+    def _seconds(self, second: int) -> None:
+        """Remake the date and time texts for a new second."""
+        self._second = second
+        self._local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        self._utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
     def text_prefix(self) -> str:
         """Return the start of a text access line now: the other log lines' layout."""
-        self._tick()
+        now_ms = int(time.time() * 1000)
+        if now_ms != self._text_ms:
+            self._text_ms = now_ms
+            second, ms = divmod(now_ms, 1000)
+            if second != self._second:
+                self._seconds(second)
+            self._text_prefix = f"{self._local},{ms:03d} {self._pid} INFO keygate.access: "
         return self._text_prefix
 
     def json_head(self) -> str:
         """Return the opening of a JSON access record now (time in UTC, to the millisecond)."""
-        self._tick()
+        now_ms = int(time.time() * 1000)
+        if now_ms != self._json_ms:
+            self._json_ms = now_ms
+            second, ms = divmod(now_ms, 1000)
+            if second != self._second:
+                self._seconds(second)
+            self._json_head = json_head(f"{self._utc}.{ms:03d}Z", self._pid)
         return self._json_head
 
     def text(self, message: str) -> None:
