@@ -59,6 +59,7 @@ def build_table(count: int, probe_keys: list[str]) -> KeyTable:
                 None,
                 None,
                 None,
+                None,
             )
 
     loader = table.loader()
