@@ -59,6 +59,7 @@ def build_table(count: int, probe_keys: list[str]) -> KeyTable:
                 None,
                 None,
                 None,
+                None,
             )
 
     loader = table.loader()
@@ -121,7 +122,7 @@ def main() -> None:
     cold_cases = [([probe], "GET", paths[index % len(paths)]) for index, probe in enumerate(probes)]
     cold: list[float] = []
     for _ in range(args.batches // 4):
-        auth.digest_of.cache_clear()
+        auth.probe_of.cache_clear()
         begin = time.perf_counter_ns()
         for api_key, method, path in cold_cases:
             decide(table, policy, api_key, method, path, now)

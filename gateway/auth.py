@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 
-from gateway import keys
-from gateway.keytable import CachedKey, KeyTable
+from gateway import keys, keytable
+from gateway.keytable import CachedKey, KeyTable, Probe
 from gateway.policy import Policy
 from gateway.refusals import (
     FORBIDDEN,
@@ -18,13 +18,13 @@ from gateway.refusals import (
     Refusal,
 )
 
-# Well-formed keys seen lately -> their digest, so a client's steady key skips the checksum
-# and SHA-256 (the biggest part of a keyed request's extra cost; benchmarks.decision shows
-# it). Only the digest is cached, never a decision: the table is still consulted on every
-# request. The plaintext keys live only in this process's memory, like the request headers
-# they came from; bounded (least recently used out), so hostile key variety only costs the
-# uncached path. Malformed keys raise, and lru_cache keeps no exceptions, so garbage never
-# takes a place in the cache.
+# Well-formed keys seen lately -> their table probe (the digest, split as the table looks it
+# up), so a client's steady key skips the checksum and SHA-256 (the biggest part of a keyed
+# request's extra cost; benchmarks.decision shows it). Only the probe is cached, never a
+# decision: the table is still consulted on every request. The plaintext keys live only in
+# this process's memory, like the request headers they came from; bounded (least recently
+# used out), so hostile key variety only costs the uncached path. Malformed keys raise, and
+# lru_cache keeps no exceptions, so garbage never takes a place in the cache.
 RECENT_DIGESTS_LIMIT = 4096
 
 
@@ -33,21 +33,21 @@ class MalformedKeyError(ValueError):
 
 
 @functools.lru_cache(maxsize=RECENT_DIGESTS_LIMIT)
-def digest_of(key: str) -> bytes:
-    """Return a well-formed key's digest (cached), or raise MalformedKeyError."""
+def probe_of(key: str) -> Probe:
+    """Return a well-formed key's table probe (cached), or raise MalformedKeyError."""
     digest = keys.digest_if_well_formed(key)
     if digest is None:
         raise MalformedKeyError
-    return digest
+    return keytable.probe(digest)
 
 
 def authenticate(table: KeyTable, key: str, now: float) -> CachedKey | Refusal:
     """Check shape and checksum, then look the digest up; refuse unknown, revoked, expired."""
     try:
-        digest = digest_of(key)
+        probe = probe_of(key)
     except MalformedKeyError:
         return KEY_MALFORMED
-    record = table.lookup(digest)  # every request: revocation is never cached
+    record = table.find(probe)  # every request: revocation is never cached
     if record is None:
         return KEY_UNKNOWN
     if record.revoked:

@@ -13,7 +13,7 @@ from gateway import auth as auth_module
 from gateway import keys
 from gateway.auth import authenticate, authorize
 from gateway.credentials import Credential, extract_credential
-from gateway.keytable import CachedKey, KeyTable
+from gateway.keytable import CachedKey, KeyTable, Probe
 from gateway.policy import Policy, load_policy, policy_from_data
 from gateway.refusals import (
     CREDENTIAL_CONFLICT,
@@ -45,9 +45,9 @@ class CountingTable(KeyTable):
         super().__init__()
         self.lookups = 0
 
-    def lookup(self, digest: bytes) -> CachedKey | None:
+    def find(self, probe: Probe) -> CachedKey | None:
         self.lookups += 1
-        return super().lookup(digest)
+        return super().find(probe)
 
 
 def row(
@@ -270,12 +270,12 @@ def test_recent_digest_cache_never_caches_the_decision() -> None:
 def test_recent_digest_cache_holds_only_well_formed_keys_and_stays_bounded() -> None:
     table = KeyTable()
     bad = KEY[:-1] + ("A" if KEY[-1] != "A" else "B")
-    auth_module.digest_of.cache_clear()
+    auth_module.probe_of.cache_clear()
     assert authenticate(table, bad, NOW) is KEY_MALFORMED
-    assert auth_module.digest_of.cache_info().currsize == 0
+    assert auth_module.probe_of.cache_info().currsize == 0
     for _ in range(auth_module.RECENT_DIGESTS_LIMIT + 10):
         authenticate(table, keys.generate_key(), NOW)
-    assert auth_module.digest_of.cache_info().currsize <= auth_module.RECENT_DIGESTS_LIMIT
+    assert auth_module.probe_of.cache_info().currsize <= auth_module.RECENT_DIGESTS_LIMIT
 
 
 # --------------------------------------------------------------------- rolled keys
