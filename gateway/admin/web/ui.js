@@ -86,7 +86,12 @@ export function closeDialog(dialog) {
   if (index < 0) return;
   const [entry] = openDialogs.splice(index, 1);
   dialog.close();
-  const target = entry.returnFocus;
+  let target = entry.returnFocus;
+  if (target && !target.isConnected && target.dataset && target.dataset.focusKey) {
+    // A live refresh re-rendered the list while the dialog was open: the same control's new
+    // element carries the same focus key.
+    target = document.querySelector(`[data-focus-key="${CSS.escape(target.dataset.focusKey)}"]`);
+  }
   if (target && target.isConnected && typeof target.focus === "function") target.focus();
   document.dispatchEvent(new CustomEvent("keygate:overlay-closed"));
 }
