@@ -691,6 +691,48 @@ async def test_head_timeout() -> None:
         assert time.monotonic() - started < 1.5
 
 
+async def test_a_shorter_read_timeout_after_a_longer_head_wait_still_holds() -> None:
+    async def handle(ex: Exchange) -> None:
+        await ex.read_request()
+        await asyncio.sleep(0.1)  # the client waits for the head (bounded by 5 s)
+        await ex.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+        await asyncio.sleep(3)
+
+    async with upstream(handle) as up, client_for(up.url, timeout=5, read_timeout=0.2) as client:
+        response = await client.request("GET", "/", [])
+        try:
+            assert await response.read_chunk() == b"abc"
+            started = time.monotonic()
+            with pytest.raises(UpstreamTimeout):
+                await response.read_chunk()
+            assert time.monotonic() - started < 1.0  # the 0.2 s bound, not the head's 5 s
+        finally:
+            response.release()
+
+
+async def test_timeouts_hold_for_each_exchange_on_a_kept_connection() -> None:
+    # Each exchange's wait has its own deadline: an earlier exchange's never cuts a later
+    # one short, and a later one that stalls still times out.
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    delays = [0.0, 0.45, 0.45, 3.0]
+
+    async def handle(ex: Exchange) -> None:
+        for delay in delays:
+            await ex.read_request()
+            await asyncio.sleep(delay)
+            await ex.send(answer)
+
+    async with upstream(handle) as up, client_for(up.url, pool_size=1, timeout=0.6) as client:
+        for _ in range(3):  # each head comes 0.45 s after its request: inside 0.6 s
+            response, body = await fetch(client)
+            assert (response.status, body) == (200, b"ok")
+        assert client.connections_opened == 1
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeout):
+            await fetch(client)
+        assert 0.5 < time.monotonic() - started < 1.5
+
+
 async def test_mid_body_close_is_an_error_after_the_bytes_that_came() -> None:
     truncated = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10
 

@@ -45,6 +45,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.reading_paused = False
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        # The waiting exchange's deadline, checked by one timer per connection (see `watch`).
+        self._watched: UpstreamResponse | None = None
+        self._watch_deadline = 0.0
+        self._watch_timer: asyncio.TimerHandle | None = None
 
     # ---------------------------------------------------------------- transport events
 
@@ -71,6 +75,7 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is not None:
             exchange.connection_lost(exc)
         _wake(self._drain_waiter)
+        self._stop_watching()
         if not self.lost.done():
             self.lost.set_result(None)
         self._on_lost(self)
@@ -115,6 +120,44 @@ class UpstreamConnection(asyncio.Protocol):
         if self.closed:
             raise UpstreamClosed("the upstream connection closed while sending")
 
+    def watch(self, response: UpstreamResponse, deadline: float) -> None:
+        """Expire `response`'s wait at loop time `deadline`, unless `unwatch` comes first.
+
+        One timer per connection, re-armed only when it fires before the deadline in force:
+        a wait that ends in time (nearly every one) costs two field writes, not a timer made
+        and cancelled (0.6 us a request).
+        """
+        self._watched = response
+        self._watch_deadline = deadline
+        timer = self._watch_timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._watch_timer = self.loop.call_at(deadline, self._check_watch)
+
+    def unwatch(self, response: UpstreamResponse) -> None:
+        """`response`'s wait ended in time."""
+        if self._watched is response:
+            self._watched = None
+
+    def _check_watch(self) -> None:
+        self._watch_timer = None
+        response = self._watched
+        if response is None:
+            return  # nothing waits: the next `watch` arms a timer again
+        if self.loop.time() < self._watch_deadline:
+            self._watch_timer = self.loop.call_at(self._watch_deadline, self._check_watch)
+            return
+        self._watched = None
+        response.expire()
+
+    def _stop_watching(self) -> None:
+        """Cancel the timer (it refers to this connection) and forget the waiting exchange."""
+        self._watched = None
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+            self._watch_timer = None
+
     def pause_reading(self) -> None:
         """Stop reading from the upstream until the body buffer is consumed."""
         if not self.reading_paused and self.transport is not None and not self.closed:
@@ -136,6 +179,7 @@ class UpstreamConnection(asyncio.Protocol):
         and its transport referring to each other until a full collection.
         """
         self.abort()
+        self._stop_watching()
         self.transport = None
         if not self.lost.done():
             self.lost.set_result(None)
@@ -443,19 +487,25 @@ class UpstreamResponse:
 
     async def _wait(self, timeout: float | None) -> None:
         """Wait for the next parser or connection event; a timeout becomes a sticky error."""
-        waiter = self._loop.create_future()
+        conn = self._conn
+        if conn is None:
+            raise UpstreamClosed("the exchange was released")  # nothing can arrive any more
+        loop = self._loop
+        waiter = loop.create_future()
         self._waiter = waiter
-        timer = None if timeout is None else self._loop.call_later(timeout, self._expire, waiter)
+        if timeout is not None:
+            conn.watch(self, loop.time() + timeout)
         try:
             await waiter
         finally:
-            if timer is not None:
-                timer.cancel()
+            if timeout is not None:
+                conn.unwatch(self)
             if self._waiter is waiter:
                 self._waiter = None
 
-    def _expire(self, waiter: asyncio.Future[None]) -> None:
-        if self._waiter is waiter:
+    def expire(self) -> None:
+        """The wait in progress ran out of time (the connection's timer says so)."""
+        if self._waiter is not None:
             self._fail(UpstreamTimeout(f"the upstream did not send {self._waiting_for} in time"))
 
     def send_failed(self, error: UpstreamError) -> None:
