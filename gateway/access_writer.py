@@ -66,7 +66,14 @@ class AccessWriter:
 
     def text(self, message: str) -> None:
         """Queue a text access line (the same layout as the other log lines)."""
-        self.add(f"{self.text_prefix()}{message}\n")
+        # text_prefix and add, inlined: this runs once per proxied request.
+        now_ms = int(time.time() * 1000)
+        if now_ms != self._text_ms:
+            self.text_prefix()
+        lines = self._lines
+        lines.append(f"{self._text_prefix}{message}\n")
+        if len(lines) >= FLUSH_LINES or self._timer is None:
+            self._schedule()
 
     def raw(self, line: str) -> None:
         """Queue a line that is already complete (a JSON access record)."""
@@ -76,7 +83,12 @@ class AccessWriter:
         """Queue a whole line, its newline included."""
         lines = self._lines
         lines.append(line)
-        if len(lines) >= FLUSH_LINES:
+        if len(lines) >= FLUSH_LINES or self._timer is None:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        """Write a full batch now; otherwise make sure a flush is due within FLUSH_INTERVAL."""
+        if len(self._lines) >= FLUSH_LINES:
             self.flush()
         elif self._timer is None:
             try:
