@@ -36,6 +36,8 @@ HOP_BY_HOP = frozenset(
 )
 # Framing headers a client may not drop by naming them in `Connection`.
 FRAMING = frozenset({"content-length", "transfer-encoding", "host"})
+_NOTHING: frozenset[str] = frozenset()
+_AUTHORIZATION = frozenset({"authorization"})
 # Forwarding metadata keygate sets itself; client-sent copies are identity spoofing.
 FORWARDING_HEADERS = ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
 # Identity headers that common gateways, proxies and frameworks trust to name the user (or
@@ -214,9 +216,21 @@ _EXACT_ONLY = {
 _OVERRIDE_SQUASHED = frozenset(squash(name) for name in METHOD_OVERRIDE_HEADERS)
 
 
-def connection_named(connection: str) -> set[str]:
+# Connection values parsed and remembered (least recently used out): nearly every request and
+# response carries one of a handful ("keep-alive", "close"); bounded against variety.
+CONNECTION_VALUES_LIMIT = 256
+
+
+@functools.lru_cache(maxsize=CONNECTION_VALUES_LIMIT)
+def connection_named(connection: str) -> frozenset[str]:
     """Return the folded header names a `Connection` value names, minus framing headers."""
-    return {fold_header_name(token.strip()) for token in connection.split(",")} - FRAMING
+    return frozenset(fold_header_name(token.strip()) for token in connection.split(",")) - FRAMING
+
+
+@functools.lru_cache(maxsize=CONNECTION_VALUES_LIMIT)
+def _response_drop(connection: str) -> frozenset[str]:
+    """The response header names not to relay when the upstream sent this `Connection`."""
+    return HOP_BY_HOP | connection_named(connection)
 
 
 class HeaderHygiene:
@@ -283,11 +297,9 @@ class HeaderHygiene:
         configured service headers; everything set here is dropped first, so no name repeats.
         Returns the headers and the values of any method-override headers among them.
         """
-        extra_drop: set[str] = set()
-        if connection:
-            extra_drop = connection_named(connection)
+        extra_drop = connection_named(connection) if connection else _NOTHING
         if drop_authorization:
-            extra_drop.add("authorization")
+            extra_drop = extra_drop | _AUTHORIZATION
         classify = self.classify
         out: list[tuple[str, str]] = []
         overrides: list[str] = []
@@ -337,5 +349,5 @@ def response_headers(
     headers: Iterable[tuple[str, str]], connection: str | None
 ) -> list[tuple[str, str]]:
     """Return the upstream's response headers minus hop-by-hop and `Connection`-named ones."""
-    drop = HOP_BY_HOP | connection_named(connection) if connection else HOP_BY_HOP
+    drop = _response_drop(connection) if connection else HOP_BY_HOP
     return [(name, value) for name, value in headers if name.lower() not in drop]
