@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.nginx import SMALL_PATH
+from benchmarks.nginx import BENCH_KEY_NAME, SMALL_PATH
 from benchmarks.procs import (
     LOOPBACK,
     BenchError,
@@ -197,6 +197,34 @@ def seed_keys(config_path: Path, count: int, **_ignored: object) -> None:
 
     seconds = seed_store(config_path.parent / "keygate.db", count, ("bench",))
     print(f"    seeded {count} keys in {seconds:.1f} s", flush=True)
+
+
+def prepare_gateway(
+    directory: Path,
+    *,
+    listen_port: int,
+    admin_port: int,
+    upstream_port: int,
+    keys: int,
+    access_log: bool,
+) -> tuple[Path, str]:
+    """Write policy and config, create the store, the bench key and `keys - 1` filler keys.
+
+    Returns the config's path and the bench key's secret.
+    """
+    write_policy(directory)
+    config = write_config(
+        directory,
+        "gateway.yaml",
+        listen_port=listen_port,
+        admin_port=admin_port,
+        upstream_port=upstream_port,
+        access_log=access_log,
+    )
+    init_store(config)
+    key = create_key(config, BENCH_KEY_NAME)
+    seed_keys(config, keys - 1)
+    return config, key
 
 
 # ----------------------------------------------------------------------------------------------

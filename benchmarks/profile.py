@@ -25,7 +25,6 @@ from pathlib import Path
 from benchmarks import keygate, nginx
 from benchmarks.nginx import BIG_PATH, SMALL_PATH
 from benchmarks.procs import LOOPBACK, free_port, free_ports
-from benchmarks.seed import seed_store
 from benchmarks.wrk import find_wrk, run_wrk
 
 SAMPLE_RATE_HZ = 250  # default py-spy samples per second
@@ -106,19 +105,15 @@ def _profile(args: argparse.Namespace, root: Path, upstream_port: int, pyspy: st
     """Start keygate, load it with wrk, sample it with py-spy, print the table."""
     directory = root / "keygate"
     directory.mkdir()
-    keygate.write_policy(directory)
     listen_port, admin_port = free_ports(2)
-    config = keygate.write_config(
+    config, key = keygate.prepare_gateway(
         directory,
-        "gateway.yaml",
         listen_port=listen_port,
         admin_port=admin_port,
         upstream_port=upstream_port,
+        keys=args.keys,
         access_log=args.access_log == "on",
     )
-    keygate.init_store(config)
-    key = keygate.create_key(config, nginx.BENCH_KEY_NAME)
-    seed_store(directory / "keygate.db", args.keys - 1, (keygate.BENCH_ROLE,))
     process = keygate.start_keygate(
         config, 1, listen_port=listen_port, key=key, log_path=root / "keygate.log",
         startup_timeout_s=60.0,

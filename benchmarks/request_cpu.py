@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import cast
 
 from benchmarks import keygate
-from benchmarks.nginx import BENCH_KEY_NAME, SMALL_BODY, SMALL_PATH
+from benchmarks.nginx import SMALL_BODY, SMALL_PATH
 from benchmarks.procs import free_port
-from benchmarks.seed import seed_store
 
 CONNECTIONS = 32  # client connections, as wrk -c32 in benchmarks.proxy
 _ANSWER = (
@@ -86,19 +85,14 @@ def request_bytes(host_port: int, key: str | None) -> bytes:
 
 def prepare(args: argparse.Namespace, directory: Path, upstream_port: int) -> tuple[Path, str]:
     """Write config and policy, create the bench key and seed the rest; the config and key."""
-    keygate.write_policy(directory)
-    config = keygate.write_config(
+    return keygate.prepare_gateway(
         directory,
-        "gateway.yaml",
         listen_port=0,
         admin_port=0,
         upstream_port=upstream_port,
+        keys=args.keys,
         access_log=args.access_log == "on",
     )
-    keygate.init_store(config)
-    key = keygate.create_key(config, BENCH_KEY_NAME)
-    seed_store(directory / "keygate.db", args.keys - 1, (keygate.BENCH_ROLE,))
-    return config, key
 
 
 async def measure(args: argparse.Namespace, config: Path, key: str, upstream_port: int) -> None:
