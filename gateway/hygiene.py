@@ -196,6 +196,7 @@ FOLDED_NAMES_LIMIT = 4096
 KEEP = 0  # forward as sent
 DROP = 1  # never forward
 OVERRIDE = 2  # a method-override header: forwarded only when the policy allows its method
+SESSION = 3  # the backend's own session (cookies): an anonymous caller's, never a key caller's
 
 _NOT_LETTER_OR_DIGIT = re.compile(r"[^0-9a-z]+")
 
@@ -214,6 +215,9 @@ _EXACT_ONLY = {
     squash(name): name.lower() for name in ("Content-Length", "Content-Type", "Authorization")
 }
 _OVERRIDE_SQUASHED = frozenset(squash(name) for name in METHOD_OVERRIDE_HEADERS)
+# A backend session cookie is a second identity beside a key (the backend could act as its
+# user); look-alikes (`Cookie_`, `Cookie2`) included.
+_SESSION_PREFIX = "cookie"
 
 
 # Connection values parsed and remembered (least recently used out): nearly every request and
@@ -266,7 +270,7 @@ class HeaderHygiene:
         self.classify = functools.lru_cache(maxsize=FOLDED_NAMES_LIMIT)(self._classify)
 
     def _classify(self, name: str) -> int:
-        """Return KEEP, DROP or OVERRIDE for a client header name."""
+        """Return KEEP, DROP, OVERRIDE or SESSION for a client header name."""
         squashed = squash(name)
         if squashed in self._dropped_squashed or squashed.startswith(self._dropped_prefixes):
             return DROP
@@ -275,6 +279,8 @@ class HeaderHygiene:
             return KEEP if name.lower() == exact else DROP
         if squashed in _OVERRIDE_SQUASHED:
             return OVERRIDE
+        if squashed.startswith(_SESSION_PREFIX):
+            return SESSION
         return KEEP
 
     def upstream_headers(
@@ -291,7 +297,8 @@ class HeaderHygiene:
         peer: str | None,
         scheme: str,
     ) -> tuple[list[tuple[str, str]], list[str]]:
-        """Copy the client's headers minus hop-by-hop, credential, identity and rewrite headers.
+        """Copy the client's headers minus hop-by-hop, credential, identity and rewrite headers
+        (and, for a key caller, the backend session cookies).
 
         Then set the acting user (for a key caller), X-Forwarded-For/-Proto/-Host and the
         configured service headers; everything set here is dropped first, so no name repeats.
@@ -303,9 +310,11 @@ class HeaderHygiene:
         classify = self.classify
         out: list[tuple[str, str]] = []
         overrides: list[str] = []
+        # A key caller's identity is the key: its backend session (cookies) stays behind.
+        dropped_session = SESSION if acting_user is not None else DROP
         for name, value in headers:
             kind = classify(name)
-            if kind == DROP or (extra_drop and folded(name) in extra_drop):
+            if kind in (DROP, dropped_session) or (extra_drop and folded(name) in extra_drop):
                 continue
             if kind == OVERRIDE:
                 overrides.append(value)

@@ -76,6 +76,32 @@ async def test_anonymous_requests_carry_no_acting_user(
     assert SPOOF not in json.dumps(received)
 
 
+SESSION_COOKIES = [
+    [("Cookie", "JSESSIONID=admin-session")],
+    [("cookie", "JSESSIONID=admin-session"), ("Cookie", "theme=dark")],
+    [("COOKIE", "JSESSIONID=admin-session")],
+    [("Cookie_", "JSESSIONID=admin-session")],
+    [("Cookie2", "$Version=1; JSESSIONID=admin-session")],
+]
+
+
+@pytest.mark.parametrize("cookies", SESSION_COOKIES)
+async def test_a_key_caller_never_brings_a_backend_session_along(
+    gateway: RunningGateway, key: str, cookies: list[tuple[str, str]]
+) -> None:
+    # A backend session cookie is a second identity: the backend could act as its user
+    # instead of the key's name. The key is the identity; the cookie stays behind.
+    received = await echoed(gateway, [*cookies, ("X-API-Key", key)])
+    assert values(received, "X-Acting-User") == ["integration-bot"]
+    assert "admin-session" not in json.dumps(received)
+    assert not [n for n, _ in received if n.lower().replace("_", "-").startswith("cookie")]
+
+
+async def test_an_anonymous_caller_keeps_its_own_backend_session(gateway: RunningGateway) -> None:
+    received = await echoed(gateway, [("Cookie", "JSESSIONID=own-session")])
+    assert values(received, "Cookie") == ["JSESSIONID=own-session"]
+
+
 async def test_acting_user_named_in_connection_is_still_set_once(
     gateway: RunningGateway, key: str
 ) -> None:
