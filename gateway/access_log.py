@@ -69,8 +69,7 @@ class JsonProxyAccessLogger(AbstractAccessLogger):
         writer = access_writer.active
         if writer is not None:
             fields = (request_id, method, path, status, response.body_length, duration_ms)
-            line = json_access_line(writer.json_head(), message, fields, notes, request.remote)
-            writer.add(line + "\n")
+            writer.raw(json_access_line(writer.json_head(), message, fields, notes, request.remote))
             return
         extra = {
             "request_id": request_id,

@@ -30,50 +30,39 @@ class AccessWriter:
         self._timer: asyncio.TimerHandle | None = None
         self._pid = os.getpid()
         # Time texts: the date and time made once per second, the line starts once per
-        # millisecond (a busy proxy logs many lines in each), each only for the format in use.
-        self._second = -1
+        # millisecond (a busy proxy logs many lines in each).
+        self._second = self._ms = -1
         self._local = self._utc = ""
-        self._text_ms = self._json_ms = -1
         self._text_prefix = self._json_head = ""
 
-    def _seconds(self, second: int) -> None:
-        """Remake the date and time texts for a new second."""
-        self._second = second
-        self._local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        self._utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    def _tick(self) -> None:
+        """Remake the time texts when the millisecond (and the date text when the second) moved."""
+        now_ms = int(time.time() * 1000)
+        if now_ms == self._ms:
+            return
+        self._ms = now_ms
+        second, ms = divmod(now_ms, 1000)
+        if second != self._second:
+            self._second = second
+            self._local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        self._text_prefix = f"{self._local},{ms:03d} {self._pid} INFO keygate.access: "
+        self._json_head = json_head(f"{self._utc}.{ms:03d}Z", self._pid)
 
     def text_prefix(self) -> str:
         """Return the start of a text access line now: the other log lines' layout."""
-        now_ms = int(time.time() * 1000)
-        if now_ms != self._text_ms:
-            self._text_ms = now_ms
-            second, ms = divmod(now_ms, 1000)
-            if second != self._second:
-                self._seconds(second)
-            self._text_prefix = f"{self._local},{ms:03d} {self._pid} INFO keygate.access: "
+        self._tick()
         return self._text_prefix
 
     def json_head(self) -> str:
         """Return the opening of a JSON access record now (time in UTC, to the millisecond)."""
-        now_ms = int(time.time() * 1000)
-        if now_ms != self._json_ms:
-            self._json_ms = now_ms
-            second, ms = divmod(now_ms, 1000)
-            if second != self._second:
-                self._seconds(second)
-            self._json_head = json_head(f"{self._utc}.{ms:03d}Z", self._pid)
+        self._tick()
         return self._json_head
 
     def text(self, message: str) -> None:
         """Queue a text access line (the same layout as the other log lines)."""
-        # text_prefix and add, inlined: this runs once per proxied request.
-        now_ms = int(time.time() * 1000)
-        if now_ms != self._text_ms:
-            self.text_prefix()
-        lines = self._lines
-        lines.append(f"{self._text_prefix}{message}\n")
-        if len(lines) >= FLUSH_LINES or self._timer is None:
-            self._schedule()
+        self._tick()
+        self.add(f"{self._text_prefix}{message}\n")
 
     def raw(self, line: str) -> None:
         """Queue a line that is already complete (a JSON access record)."""
