@@ -203,14 +203,6 @@ class PackedRecords:
             digest, key_id, name, self.roles_at(roles), self.limit_at(limit), revoked, expires_at
         )
 
-    def find(self, probe: Probe) -> CachedKey | None:
-        """Return the record for a probe, or None."""
-        prefix, rest, digest = probe
-        record = self.packed.get(prefix)
-        if record is not None and record.startswith(rest):
-            return self.decode(record)
-        return self.find_spilled(digest)
-
     def find_spilled(self, digest: bytes) -> CachedKey | None:
         """Return the record of a digest outside the prefix dict (overflow, rolled), or None."""
         record = self.overflow.get(digest)
@@ -228,6 +220,21 @@ class PackedRecords:
             self.packed[prefix] = record
         else:
             self.overflow[digest] = record
+
+    def store_previous(
+        self,
+        digest: bytes,
+        key: tuple[int, str, tuple[str, ...], bool, float | None, RateLimit | None],
+        until: float | None,
+    ) -> None:
+        """Keep a rolled key's old secret under its digest: it expires when the overlap ends.
+
+        `key` is the current key's (id, name, roles, revoked, expires_at, rate_limit).
+        """
+        key_id, name, roles, revoked, expires_at, limit = key
+        roles_set = self.role_sets[self.roles_at(roles)]
+        current = CachedKey(key_id, name, roles_set, revoked, expires_at, None, limit)
+        self.store_rolled(digest, previous_record(current, until))
 
     def store_rolled(self, digest: bytes, record: CachedKey) -> None:
         """Put a rolled key's old-secret record under its digest, replacing what it had."""
@@ -267,11 +274,10 @@ class KeyTable:
 
     def lookup(self, digest: bytes) -> CachedKey | None:
         """Return the cached key for a digest, or None."""
-        return self._records.find(probe(digest))
+        return self.find(probe(digest))
 
     def find(self, probe: Probe) -> CachedKey | None:
         """Return the cached key for a probe (see `probe`), or None: the hot path's lookup."""
-        # PackedRecords.find inlined: one Python call less on every keyed request.
         records = self._records
         prefix, rest, digest = probe
         record = records.packed.get(prefix)
@@ -299,12 +305,10 @@ class KeyTable:
             ),
         )
         if row.previous_digest is not None:
-            roles = records.role_sets[records.roles_at(row.roles)]
-            current = CachedKey(
-                row.id, row.name, roles, revoked, row.expires_at, None, row.rate_limit
-            )
-            records.store_rolled(
-                row.previous_digest, previous_record(current, row.previous_expires_at)
+            records.store_previous(
+                row.previous_digest,
+                (row.id, row.name, row.roles, revoked, row.expires_at, row.rate_limit),
+                row.previous_expires_at,
             )
 
     def drop(self, digest: bytes) -> None:
@@ -354,16 +358,8 @@ class TableLoader:
             if held is not record or rolled:
                 records.store(digest, record)  # a shared prefix or a rolled digest: rare
             if previous is not None:
-                current = CachedKey(
-                    key_id,
-                    name,
-                    records.role_sets[roles_at(roles)],
-                    status == "revoked",
-                    expires_at,
-                    None,
-                    limit,
-                )
-                records.store_rolled(previous, previous_record(current, until))
+                key = (key_id, name, roles, status == "revoked", expires_at, limit)
+                records.store_previous(previous, key, until)
 
     def finish(self, seq: int) -> None:
         """Replace the table's contents with what was loaded, at feed sequence `seq`."""
