@@ -431,7 +431,9 @@ class UpstreamResponse:
             if not self._head_done:
                 room = self._head_room
                 if len(data) > room:
-                    # Parse what fits: the head may end inside it, the rest being body.
+                    # Parse what fits: the head may end inside it, the rest being body. The
+                    # room is used up first, so `on_headers_complete` checks every line.
+                    self._head_room = 0
                     parser.feed_data(data[:room])
                     if not self._head_done:
                         raise _HeadTooLarge("the response head")
