@@ -1208,3 +1208,20 @@ async def test_an_over_long_header_line_is_refused_when_its_body_fills_the_packe
                 await fetch(client)
     assert type(caught.value).__name__ == "UpstreamLimitError"
 
+
+async def test_a_flood_of_trailer_fields_is_refused_while_it_arrives() -> None:
+    sent = 0
+
+    async def handle(ex: Exchange) -> None:
+        nonlocal sent
+        await ex.read_request()
+        await ex.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n")
+        for _ in range(64):
+            await ex.send(b"X-T: a\r\n" * (MIB // 8))
+            sent += MIB
+
+    async with upstream(handle) as up, client_for(up.url) as client:
+        with pytest.raises(UpstreamError) as caught:
+            await fetch(client)
+    assert type(caught.value).__name__ == "UpstreamLimitError"
+    assert sent < 64 * MIB

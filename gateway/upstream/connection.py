@@ -441,8 +441,10 @@ class UpstreamResponse:
                 else:
                     self._head_room = room - len(data)
             parser.feed_data(data)
-            if not self._head_done and len(self._raw_headers) > self._max_headers:
-                raise _HeadTooLarge("the number of header fields")  # a flood: stop now
+            # Before the head is done these are its fields, after it a chunked body's trailers
+            # (the list starts afresh at the head's end): a flood of either stops here.
+            if len(self._raw_headers) > self._max_headers:
+                raise _HeadTooLarge("the number of header fields")
         except _HeadTooLarge as error:
             self._fail_limit(str(error))
         except httptools.HttpParserCallbackError as error:
