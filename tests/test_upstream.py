@@ -25,6 +25,7 @@ from gateway.settings import Upstream as UpstreamSettings
 from gateway.settings import UpstreamTLS
 from gateway.upstream import (
     READ_HIGH_WATER,
+    RequestBodyError,
     UpstreamClient,
     UpstreamClosed,
     UpstreamError,
@@ -1225,3 +1226,20 @@ async def test_a_flood_of_trailer_fields_is_refused_while_it_arrives() -> None:
             await fetch(client)
     assert type(caught.value).__name__ == "UpstreamLimitError"
     assert sent < 64 * MIB
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_body_longer_than_its_content_length_never_reaches_the_upstream(
+    streamed: bool,
+) -> None:
+    # The bytes past the declared length would be read upstream as a second request.
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    heads: list[bytes] = []
+    body = Source(1, b"hello" + smuggled) if streamed else Buffered(b"hello" + smuggled)
+    async with upstream(echo_digest(heads)) as up, client_for(up.url) as client:
+        with pytest.raises(RequestBodyError):
+            async with asyncio.timeout(TEST_TIMEOUT):
+                response = await client.request("POST", "/", [("Content-Length", "5")], body)
+                response.release()
+        await asyncio.sleep(0.2)
+    assert not any(b"/smuggled" in head for head in heads)
