@@ -556,11 +556,6 @@ class UpstreamResponse:
 
     # ---------------------------------------------------------------- public API
 
-    @property
-    def complete(self) -> bool:
-        """Whether the whole response has been received."""
-        return self._complete
-
     async def read_chunk(self) -> bytes:
         """Return the next body bytes (all that is buffered); b"" once the body is complete."""
         self._waiting_for = "the rest of the body"
