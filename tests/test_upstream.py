@@ -1203,10 +1203,12 @@ async def test_an_over_long_header_line_is_refused_when_its_body_fills_the_packe
         b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 200 + b"\r\nContent-Length: 1000\r\n\r\n"
     ) + b"b" * 1000
 
-    async with upstream(keep_answering(answer)) as up:
-        async with client_for(up.url, max_line_size=100, max_headers=2) as client:
-            with pytest.raises(UpstreamError) as caught:
-                await fetch(client)
+    async with (
+        upstream(keep_answering(answer)) as up,
+        client_for(up.url, max_line_size=100, max_headers=2) as client,
+    ):
+        with pytest.raises(UpstreamError) as caught:
+            await fetch(client)
     assert type(caught.value).__name__ == "UpstreamLimitError"
 
 
