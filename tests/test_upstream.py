@@ -25,6 +25,7 @@ from gateway.settings import Upstream as UpstreamSettings
 from gateway.settings import UpstreamTLS
 from gateway.upstream import (
     READ_HIGH_WATER,
+    RequestBodyError,
     UpstreamClient,
     UpstreamClosed,
     UpstreamError,
@@ -1194,3 +1195,53 @@ async def test_https_upstream_with_a_client_certificate(tmp_path: Path) -> None:
                 await fetch(anonymous)
         finally:
             await anonymous.close()
+
+
+async def test_an_over_long_header_line_is_refused_when_its_body_fills_the_packet() -> None:
+    # The whole answer in one write: the head fits the head budget, the packet does not.
+    answer = (
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 200 + b"\r\nContent-Length: 1000\r\n\r\n"
+    ) + b"b" * 1000
+
+    async with (
+        upstream(keep_answering(answer)) as up,
+        client_for(up.url, max_line_size=100, max_headers=2) as client,
+    ):
+        with pytest.raises(UpstreamError) as caught:
+            await fetch(client)
+    assert type(caught.value).__name__ == "UpstreamLimitError"
+
+
+async def test_a_flood_of_trailer_fields_is_refused_while_it_arrives() -> None:
+    sent = 0
+
+    async def handle(ex: Exchange) -> None:
+        nonlocal sent
+        await ex.read_request()
+        await ex.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n")
+        for _ in range(64):
+            await ex.send(b"X-T: a\r\n" * (MIB // 8))
+            sent += MIB
+
+    async with upstream(handle) as up, client_for(up.url) as client:
+        with pytest.raises(UpstreamError) as caught:
+            await fetch(client)
+    assert type(caught.value).__name__ == "UpstreamLimitError"
+    assert sent < 64 * MIB
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_body_longer_than_its_content_length_never_reaches_the_upstream(
+    streamed: bool,
+) -> None:
+    # The bytes past the declared length would be read upstream as a second request.
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    heads: list[bytes] = []
+    body = Source(1, b"hello" + smuggled) if streamed else Buffered(b"hello" + smuggled)
+    async with upstream(echo_digest(heads)) as up, client_for(up.url) as client:
+        with pytest.raises(RequestBodyError):
+            async with asyncio.timeout(TEST_TIMEOUT):
+                response = await client.request("POST", "/", [("Content-Length", "5")], body)
+                response.release()
+        await asyncio.sleep(0.2)
+    assert not any(b"/smuggled" in head for head in heads)

@@ -122,6 +122,9 @@ class UpstreamClient:
                 raise RequestBodyError(f"reading the request body failed: {error!r}") from error
             if chunked:
                 head += framing.chunk(data) + LAST_CHUNK if data else LAST_CHUNK
+            elif len(data) != length:
+                # Bytes past the declared length would reach the upstream as another request.
+                raise RequestBodyError(f"the request body is {len(data)} bytes, not {length}")
             else:
                 head += data
             body = None
@@ -212,6 +215,8 @@ class UpstreamClient:
                 conn.write(framing.chunk(data))
             else:
                 left -= len(data)
+                if left < 0:  # never write past the declared length: that is another request
+                    raise RequestBodyError(f"the request body is {-left} bytes too long")
                 conn.write(data)
             await conn.drain(drain_timeout)
         if left is None:

@@ -431,7 +431,9 @@ class UpstreamResponse:
             if not self._head_done:
                 room = self._head_room
                 if len(data) > room:
-                    # Parse what fits: the head may end inside it, the rest being body.
+                    # Parse what fits: the head may end inside it, the rest being body. The
+                    # room is used up first, so `on_headers_complete` checks every line.
+                    self._head_room = 0
                     parser.feed_data(data[:room])
                     if not self._head_done:
                         raise _HeadTooLarge("the response head")
@@ -439,8 +441,10 @@ class UpstreamResponse:
                 else:
                     self._head_room = room - len(data)
             parser.feed_data(data)
-            if not self._head_done and len(self._raw_headers) > self._max_headers:
-                raise _HeadTooLarge("the number of header fields")  # a flood: stop now
+            # Before the head is done these are its fields, after it a chunked body's trailers
+            # (the list starts afresh at the head's end): a flood of either stops here.
+            if len(self._raw_headers) > self._max_headers:
+                raise _HeadTooLarge("the number of header fields")
         except _HeadTooLarge as error:
             self._fail_limit(str(error))
         except httptools.HttpParserCallbackError as error:
@@ -551,11 +555,6 @@ class UpstreamResponse:
             await self._wait(deadline - now)
 
     # ---------------------------------------------------------------- public API
-
-    @property
-    def complete(self) -> bool:
-        """Whether the whole response has been received."""
-        return self._complete
 
     async def read_chunk(self) -> bytes:
         """Return the next body bytes (all that is buffered); b"" once the body is complete."""
