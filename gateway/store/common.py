@@ -11,7 +11,17 @@ from typing import Any
 
 from gateway.clock import iso
 from gateway.ratelimit import RateLimit
-from gateway.store.base import AuthRow, Grants, KeyChanges, KeyRow, NewKey, OutsideGrantsError
+from gateway.store.base import (
+    AdminAccount,
+    AdminSession,
+    AuditEvent,
+    AuthRow,
+    Grants,
+    KeyChanges,
+    KeyRow,
+    NewKey,
+    OutsideGrantsError,
+)
 
 # Distinct roles JSON strings remembered for interning before the memo starts over.
 ROLES_MEMO_MAX = 10_000
@@ -64,6 +74,7 @@ AUTH_COLUMNS = (
 )
 ADMIN_COLUMNS = "name, password_hash, grants, grant_all, created_at, updated_at"
 AUDIT_COLUMNS = "id, at, actor, action, key_id, key_name, details"
+SESSION_COLUMNS = "token_hash, admin, stamp, created_at, last_seen"
 
 
 @contextlib.contextmanager
@@ -92,6 +103,61 @@ def key_row(values: Sequence[Any]) -> KeyRow:
     fields[ROLES_INDEX] = roles_of(fields[ROLES_INDEX])
     fields[RATE_LIMIT_INDEX] = rate_limit_of(fields[RATE_LIMIT_INDEX])
     return KeyRow(*fields)
+
+
+def admin_account(row: Sequence[Any]) -> AdminAccount:
+    """Build an AdminAccount from a row of ADMIN_COLUMNS."""
+    return AdminAccount(
+        name=row[0],
+        password_hash=row[1],
+        grants=tuple(json.loads(row[2])),
+        grant_all=bool(row[3]),
+        created_at=row[4],
+        updated_at=row[5],
+    )
+
+
+def admin_values(account: AdminAccount) -> tuple[Any, ...]:
+    """Return an admin account as the values of ADMIN_COLUMNS, as stored (grants as JSON)."""
+    return (
+        account.name,
+        account.password_hash,
+        roles_json(account.grants),
+        account.grant_all,
+        account.created_at,
+        account.updated_at,
+    )
+
+
+def audit_event(row: Sequence[Any]) -> AuditEvent:
+    """Build an AuditEvent from a row of AUDIT_COLUMNS."""
+    return AuditEvent(
+        id=row[0],
+        at=row[1],
+        actor=row[2],
+        action=row[3],
+        key_id=row[4],
+        key_name=row[5],
+        details=json.loads(row[6]),
+    )
+
+
+def audit_values(event: AuditEvent) -> tuple[Any, ...]:
+    """Return an audit event as the values of AUDIT_COLUMNS, as stored (details as JSON)."""
+    return (
+        event.id,
+        event.at,
+        event.actor,
+        event.action,
+        event.key_id,
+        event.key_name,
+        details_json(event.details),
+    )
+
+
+def session_of(row: Sequence[Any]) -> AdminSession:
+    """Build an AdminSession from a row of SESSION_COLUMNS."""
+    return AdminSession(bytes(row[0]), str(row[1]), str(row[2]), float(row[3]), float(row[4]))
 
 
 def create_details(new: NewKey) -> dict[str, Any]:

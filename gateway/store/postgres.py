@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import string
 import time
@@ -63,6 +62,11 @@ from gateway.store.common import (
     KEY_COLUMNS,
     KEY_COLUMNS_K,
     LOAD_CHUNK,
+    SESSION_COLUMNS,
+    admin_account,
+    admin_values,
+    audit_event,
+    audit_values,
     auth_rows,
     check_grants,
     column_values,
@@ -76,6 +80,7 @@ from gateway.store.common import (
     rate_limit_json,
     roles_json,
     roles_of,
+    session_of,
     wanted_edits,
 )
 from gateway.store.migrations.postgres import (
@@ -181,7 +186,6 @@ class _Params:
         return f"${len(self.values)}"
 
 
-_SESSION_COLUMNS = "token_hash, admin, stamp, created_at, last_seen"
 # Sort orders of the key list: the indexed expression (migration 3) and its direction.
 _SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
     "name": (NAME_FOLD, False),
@@ -204,31 +208,6 @@ def _within_grants(grants: Grants, params: _Params) -> str:
 def _key_row(row: Sequence[Any]) -> KeyRow:
     """Build a KeyRow from a row of KEY_COLUMNS (role tuples shared)."""
     return key_row(row)
-
-
-def _admin(row: Sequence[Any]) -> AdminAccount:
-    """Build an AdminAccount from a row of ADMIN_COLUMNS."""
-    return AdminAccount(
-        name=row[0],
-        password_hash=row[1],
-        grants=tuple(json.loads(row[2])),
-        grant_all=bool(row[3]),
-        created_at=row[4],
-        updated_at=row[5],
-    )
-
-
-def _audit(row: Sequence[Any]) -> AuditEvent:
-    """Build an AuditEvent from a row of AUDIT_COLUMNS."""
-    return AuditEvent(
-        id=row[0],
-        at=row[1],
-        actor=row[2],
-        action=row[3],
-        key_id=row[4],
-        key_name=row[5],
-        details=json.loads(row[6]),
-    )
 
 
 class PostgresKeyStore:
@@ -970,7 +949,7 @@ class PostgresKeyStore:
             after_id,
             limit,
         )
-        return [_audit(row) for row in rows]
+        return [audit_event(row) for row in rows]
 
     async def notify_cursor(self) -> int | None:
         """Return the audit id events were delivered through, or None before the first."""
@@ -1073,7 +1052,7 @@ class PostgresKeyStore:
             f"SELECT {AUDIT_COLUMNS} FROM audit {condition} ORDER BY id DESC LIMIT {limit_mark}",
             *params.values,
         )
-        return [_audit(row) for row in rows]
+        return [audit_event(row) for row in rows]
 
     # --- failed-login throttle -------------------------------------------------
     async def record_login_failure(
@@ -1135,11 +1114,11 @@ class PostgresKeyStore:
                 for row in await conn.fetch(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY id")
             ]
             admins = [
-                _admin(row)
+                admin_account(row)
                 for row in await conn.fetch(f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name")
             ]
             audit = [
-                _audit(row)
+                audit_event(row)
                 for row in await conn.fetch(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id")
             ]
         return StoreContents(keys, admins, audit)
@@ -1181,16 +1160,13 @@ class PostgresKeyStore:
             await conn.copy_records_to_table(
                 "admins",
                 columns=ADMIN_COLUMNS.split(", "),
-                records=[_admin_record(a) for a in contents.admins],
+                records=[admin_values(account) for account in contents.admins],
                 schema_name=self.schema,
             )
             await conn.copy_records_to_table(
                 "audit",
                 columns=AUDIT_COLUMNS.split(", "),
-                records=[
-                    (e.id, e.at, e.actor, e.action, e.key_id, e.key_name, details_json(e.details))
-                    for e in contents.audit
-                ],
+                records=[audit_values(event) for event in contents.audit],
                 schema_name=self.schema,
             )
             await conn.execute(
@@ -1234,12 +1210,12 @@ class PostgresKeyStore:
     async def get_admin(self, name: str) -> AdminAccount | None:
         """Return an admin account by name, or None."""
         rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admins WHERE name = $1", name)
-        return _admin(rows[0]) if rows else None
+        return admin_account(rows[0]) if rows else None
 
     async def list_admins(self) -> list[AdminAccount]:
         """Return every admin account ordered by name."""
         rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name")
-        return [_admin(row) for row in rows]
+        return [admin_account(row) for row in rows]
 
     async def set_admin_password(self, name: str, password_hash: str, actor: str) -> None:
         """Replace an admin's password hash; raise NotFoundError."""
@@ -1267,7 +1243,7 @@ class PostgresKeyStore:
             )
             if row is None:
                 raise NotFoundError(f"no admin named {name!r}")
-            current = _admin(row)
+            current = admin_account(row)
             await conn.execute(
                 "UPDATE admins SET grants = $1, grant_all = $2, updated_at = $3 WHERE name = $4",
                 roles_json(grants),
@@ -1313,7 +1289,7 @@ class PostgresKeyStore:
                 started_before,
             )
             await conn.execute(
-                f"INSERT INTO admin_sessions ({_SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5)",
+                f"INSERT INTO admin_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5)",
                 session.token_hash,
                 session.admin,
                 session.stamp,
@@ -1324,12 +1300,11 @@ class PostgresKeyStore:
     async def get_session(self, token_hash: bytes) -> AdminSession | None:
         """Return the session with this token hash, or None."""
         rows = await self._fetch(
-            f"SELECT {_SESSION_COLUMNS} FROM admin_sessions WHERE token_hash = $1", token_hash
+            f"SELECT {SESSION_COLUMNS} FROM admin_sessions WHERE token_hash = $1", token_hash
         )
         if not rows:
             return None
-        row = rows[0]
-        return AdminSession(bytes(row[0]), str(row[1]), str(row[2]), float(row[3]), float(row[4]))
+        return session_of(rows[0])
 
     async def touch_session(self, token_hash: bytes, at: float) -> None:
         """Record activity on a session (its idle timeout starts again)."""
@@ -1353,18 +1328,6 @@ class PostgresKeyStore:
 def _set_when_closed(event: asyncio.Event, _conn: object) -> None:
     """Set `event` (an asyncpg termination listener: the connection closed)."""
     event.set()
-
-
-def _admin_record(account: AdminAccount) -> tuple[Any, ...]:
-    """Return an admin account as a tuple of ADMIN_COLUMNS values."""
-    return (
-        account.name,
-        account.password_hash,
-        roles_json(account.grants),
-        account.grant_all,
-        account.created_at,
-        account.updated_at,
-    )
 
 
 def _key_record(row: KeyRow) -> tuple[Any, ...]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import sqlite3
@@ -64,6 +63,11 @@ from gateway.store.common import (
     KEY_COLUMNS_K,
     KEY_FIELDS,
     LOAD_CHUNK,
+    SESSION_COLUMNS,
+    admin_account,
+    admin_values,
+    audit_event,
+    audit_values,
     auth_rows,
     check_grants,
     column_values,
@@ -77,6 +81,7 @@ from gateway.store.common import (
     rate_limit_json,
     roles_json,
     roles_of,
+    session_of,
     wanted_edits,
 )
 from gateway.store.migrations.sqlite import SchemaTooNewError, apply_migrations
@@ -141,7 +146,6 @@ _SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
 # Which keys each batch action touches (before the grant scope is applied).
 _REVOKE_ALL_WHERE = "status = 'active'"
 _REVOKED_WHERE = "status = 'revoked'"
-_SESSION_COLUMNS = "token_hash, admin, stamp, created_at, last_seen"
 
 
 async def _retry_when_locked(db: aiosqlite.Connection, sql: str) -> list[Any]:
@@ -917,7 +921,7 @@ class SqliteKeyStore:
             f"SELECT {AUDIT_COLUMNS} FROM audit WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
         )
-        return [_audit(row) for row in rows]
+        return [audit_event(row) for row in rows]
 
     async def notify_cursor(self) -> int | None:
         """Return the audit id events were delivered through, or None before the first."""
@@ -1015,7 +1019,7 @@ class SqliteKeyStore:
         rows = await self._fetch(
             f"SELECT {AUDIT_COLUMNS} FROM audit {condition} ORDER BY id DESC LIMIT ?", params
         )
-        return [_audit(row) for row in rows]
+        return [audit_event(row) for row in rows]
 
     # --- failed-login throttle -------------------------------------------------
     async def record_login_failure(
@@ -1068,13 +1072,13 @@ class SqliteKeyStore:
                 await db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY id")
             )
             admins = [
-                _admin(row)
+                admin_account(row)
                 for row in await db.execute_fetchall(
                     f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name"
                 )
             ]
             audit = [
-                _audit(row)
+                audit_event(row)
                 for row in await db.execute_fetchall(
                     f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"
                 )
@@ -1115,24 +1119,11 @@ class SqliteKeyStore:
             )
             await db.executemany(
                 f"INSERT INTO admins ({ADMIN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        a.name,
-                        a.password_hash,
-                        roles_json(a.grants),
-                        int(a.grant_all),
-                        a.created_at,
-                        a.updated_at,
-                    )
-                    for a in contents.admins
-                ],
+                [admin_values(account) for account in contents.admins],
             )
             await db.executemany(
                 f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (e.id, e.at, e.actor, e.action, e.key_id, e.key_name, details_json(e.details))
-                    for e in contents.audit
-                ],
+                [audit_values(event) for event in contents.audit],
             )
 
     # --- admin accounts --------------------------------------------------------
@@ -1163,12 +1154,12 @@ class SqliteKeyStore:
     async def get_admin(self, name: str) -> AdminAccount | None:
         """Return an admin account by name, or None."""
         rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admins WHERE name = ?", (name,))
-        return _admin(rows[0]) if rows else None
+        return admin_account(rows[0]) if rows else None
 
     async def list_admins(self) -> list[AdminAccount]:
         """Return every admin account ordered by name."""
         rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name")
-        return [_admin(row) for row in rows]
+        return [admin_account(row) for row in rows]
 
     async def set_admin_password(self, name: str, password_hash: str, actor: str) -> None:
         """Replace an admin's password hash; raise NotFoundError."""
@@ -1196,7 +1187,7 @@ class SqliteKeyStore:
             )
             if not rows:
                 raise NotFoundError(f"no admin named {name!r}")
-            current = _admin(rows[0])
+            current = admin_account(rows[0])
             await db.execute(
                 "UPDATE admins SET grants = ?, grant_all = ?, updated_at = ? WHERE name = ?",
                 (roles_json(grants), int(grant_all), now, name),
@@ -1238,7 +1229,7 @@ class SqliteKeyStore:
                 (idle_before, started_before),
             )
             await db.execute(
-                f"INSERT INTO admin_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                f"INSERT INTO admin_sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
                 (
                     session.token_hash,
                     session.admin,
@@ -1251,12 +1242,11 @@ class SqliteKeyStore:
     async def get_session(self, token_hash: bytes) -> AdminSession | None:
         """Return the session with this token hash, or None."""
         rows = await self._fetch(
-            f"SELECT {_SESSION_COLUMNS} FROM admin_sessions WHERE token_hash = ?", (token_hash,)
+            f"SELECT {SESSION_COLUMNS} FROM admin_sessions WHERE token_hash = ?", (token_hash,)
         )
         if not rows:
             return None
-        row = rows[0]
-        return AdminSession(bytes(row[0]), str(row[1]), str(row[2]), float(row[3]), float(row[4]))
+        return session_of(rows[0])
 
     async def touch_session(self, token_hash: bytes, at: float) -> None:
         """Record activity on a session (its idle timeout starts again)."""
@@ -1273,28 +1263,3 @@ class SqliteKeyStore:
                 "DELETE FROM admin_sessions WHERE token_hash = ?", (token_hash,)
             )
             return cursor.rowcount > 0
-
-
-def _audit(row: Sequence[Any]) -> AuditEvent:
-    """Build an AuditEvent from a row of AUDIT_COLUMNS."""
-    return AuditEvent(
-        id=row[0],
-        at=row[1],
-        actor=row[2],
-        action=row[3],
-        key_id=row[4],
-        key_name=row[5],
-        details=json.loads(row[6]),
-    )
-
-
-def _admin(row: Sequence[Any]) -> AdminAccount:
-    """Build an AdminAccount from a row of ADMIN_COLUMNS."""
-    return AdminAccount(
-        name=row[0],
-        password_hash=row[1],
-        grants=tuple(json.loads(row[2])),
-        grant_all=bool(row[3]),
-        created_at=row[4],
-        updated_at=row[5],
-    )
