@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import json
@@ -16,8 +17,10 @@ from gateway.store.base import (
     AdminSession,
     AuditEvent,
     AuthRow,
+    BatchResult,
     Grants,
     KeyChanges,
+    KeyExpiredError,
     KeyRow,
     NewKey,
     OutsideGrantsError,
@@ -166,6 +169,108 @@ def create_details(new: NewKey) -> dict[str, Any]:
     if new.rate_limit is not None:
         details["rate_limit"] = jsonable("rate_limit", new.rate_limit)
     return details
+
+
+def created_row(key_id: int, new: NewKey, roles_text: str, actor: str, now: float) -> KeyRow:
+    """Return the row of a key just inserted from `new` (roles stored as `roles_text`)."""
+    return KeyRow(
+        id=key_id,
+        name=new.name,
+        description=new.description,
+        roles=roles_of(roles_text),
+        status="active",
+        digest=new.digest,
+        prefix=new.prefix,
+        created_at=now,
+        created_by=actor,
+        updated_at=now,
+        revoked_at=None,
+        expires_at=new.expires_at,
+        last_used_at=None,
+        use_count=0,
+        rate_limit=new.rate_limit,
+    )
+
+
+def check_reinstatable(row: KeyRow, now: float) -> None:
+    """Raise KeyExpiredError when the key has expired (it needs a new expiry first)."""
+    if row.expires_at is not None and row.expires_at <= now:
+        raise KeyExpiredError(
+            f"key {row.name!r} expired at {iso(row.expires_at)}; "
+            "give it a new expires_at before reinstating it"
+        )
+
+
+def edit_details(current: KeyRow, edits: dict[str, Any]) -> dict[str, Any]:
+    """Return the audit details of an edit: each changed field before and after."""
+    return {
+        "before": {field: jsonable(field, getattr(current, field)) for field in edits},
+        "after": {field: jsonable(field, value) for field, value in edits.items()},
+    }
+
+
+def edited_row(
+    current: KeyRow, edits: dict[str, Any], columns: dict[str, Any], now: float
+) -> KeyRow:
+    """Return the key after `edits` (stored as `columns`), its role tuple the shared one."""
+    fields = dict(edits)
+    if "roles" in columns:
+        fields["roles"] = roles_of(columns["roles"])
+    return dataclasses.replace(current, **fields, updated_at=now)
+
+
+def roll_details(overlap: float, until: float, prefix: str) -> dict[str, Any]:
+    """Return the audit details of a roll (never the digests)."""
+    return {"overlap_seconds": overlap, "previous_expires_at": iso(until), "prefix": prefix}
+
+
+def rolled_row(current: KeyRow, digest: bytes, prefix: str, until: float, now: float) -> KeyRow:
+    """Return the key after a roll to `digest`; the replaced secret works until `until`."""
+    return dataclasses.replace(
+        current,
+        digest=digest,
+        prefix=prefix,
+        previous_digest=current.digest,
+        previous_expires_at=until,
+        rolled_at=now,
+        updated_at=now,
+    )
+
+
+def digests_of(row: KeyRow) -> list[tuple[int, bytes]]:
+    """Return the feed entries (id, digest) of every secret a key answers to."""
+    entries = [(row.id, row.digest)]
+    if row.previous_digest is not None:
+        entries.append((row.id, row.previous_digest))
+    return entries
+
+
+def batch_counts_of(found: dict[str, tuple[int, int]]) -> dict[str, BatchResult]:
+    """Return what each batch action would do from (total, within grants) counts by status."""
+    active_total, active_inside = found.get("active", (0, 0))
+    revoked_total, revoked_inside = found.get("revoked", (0, 0))
+    revoked = BatchResult(revoked_inside, revoked_total - revoked_inside)
+    return {
+        "revoke_all": BatchResult(active_inside, active_total - active_inside),
+        "reinstate_all": revoked,
+        "delete_revoked": revoked,
+    }
+
+
+def batch_details(result: BatchResult, key_ids: list[int]) -> dict[str, Any]:
+    """Return the audit details of a batch action: counts and the ids it changed."""
+    return {"count": result.changed, "skipped": result.skipped, "key_ids": key_ids}
+
+
+def grants_details(
+    current: AdminAccount, grants: tuple[str, ...], grant_all: bool
+) -> dict[str, Any]:
+    """Return the audit details of an admin's grant change, before and after."""
+    return {
+        "admin": current.name,
+        "before": {"grants": list(current.grants), "grant_all": current.grant_all},
+        "after": {"grants": list(grants), "grant_all": grant_all},
+    }
 
 
 def wanted_edits(current: KeyRow, changes: KeyChanges) -> dict[str, Any]:

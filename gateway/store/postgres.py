@@ -15,7 +15,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from gateway.clock import iso
 from gateway.store.base import (
     EXPIRING_WITHIN,
     AdminAccount,
@@ -27,7 +26,6 @@ from gateway.store.base import (
     FeedPrunedError,
     Grants,
     KeyChanges,
-    KeyExpiredError,
     KeyFilter,
     KeyRow,
     KeySort,
@@ -68,18 +66,26 @@ from gateway.store.common import (
     audit_event,
     audit_values,
     auth_rows,
+    batch_counts_of,
+    batch_details,
     check_grants,
+    check_reinstatable,
     column_values,
     create_details,
+    created_row,
     details_json,
+    digests_of,
+    edit_details,
+    edited_row,
     gc_paused,
-    jsonable,
+    grants_details,
     key_row,
     key_values,
     like_pattern,
     rate_limit_json,
     roles_json,
-    roles_of,
+    roll_details,
+    rolled_row,
     session_of,
     wanted_edits,
 )
@@ -483,23 +489,7 @@ class PostgresKeyStore:
                 new.name,
                 create_details(new),
             )
-        return KeyRow(
-            id=key_id,
-            name=new.name,
-            description=new.description,
-            roles=roles_of(roles_text),
-            status="active",
-            digest=new.digest,
-            prefix=new.prefix,
-            created_at=now,
-            created_by=actor,
-            updated_at=now,
-            revoked_at=None,
-            expires_at=new.expires_at,
-            last_used_at=None,
-            use_count=0,
-            rate_limit=new.rate_limit,
-        )
+        return created_row(key_id, new, roles_text, actor, now)
 
     async def _one_key(self, column: str, value: Any) -> KeyRow | None:
         """Return the key whose `column` equals `value`, or None."""
@@ -595,15 +585,7 @@ class PostgresKeyStore:
             f"SELECT status, COUNT(*), COUNT(*) FILTER (WHERE {scope}) FROM keys GROUP BY status",
             *params.values,
         )
-        found = {str(row[0]): (int(row[1]), int(row[2])) for row in rows}
-        active_total, active_inside = found.get("active", (0, 0))
-        revoked_total, revoked_inside = found.get("revoked", (0, 0))
-        revoked = BatchResult(revoked_inside, revoked_total - revoked_inside)
-        return {
-            "revoke_all": BatchResult(active_inside, active_total - active_inside),
-            "reinstate_all": revoked,
-            "delete_revoked": revoked,
-        }
+        return batch_counts_of({str(row[0]): (int(row[1]), int(row[2])) for row in rows})
 
     async def update_key(
         self, key_id: int, changes: KeyChanges, actor: str, grants: Grants = None
@@ -635,8 +617,6 @@ class PostgresKeyStore:
                     ) from None
                 raise
             await self._append_changes(conn, [(key_id, current.digest)], "upsert", now)
-            before = {field: jsonable(field, getattr(current, field)) for field in edits}
-            after = {field: jsonable(field, value) for field, value in edits.items()}
             await self._audit_in(
                 conn,
                 now,
@@ -644,11 +624,9 @@ class PostgresKeyStore:
                 ACTION_EDIT,
                 key_id,
                 edits.get("name", current.name),
-                {"before": before, "after": after},
+                edit_details(current, edits),
             )
-        if "roles" in columns:
-            edits["roles"] = roles_of(columns["roles"])
-        return dataclasses.replace(current, **edits, updated_at=now)
+        return edited_row(current, edits, columns, now)
 
     async def set_revoked(
         self, key_id: int, revoked: bool, actor: str, grants: Grants = None
@@ -660,11 +638,8 @@ class PostgresKeyStore:
         async with self._write() as conn:
             current = await self._key_in(conn, key_id)
             check_grants(current, grants)
-            if not revoked and current.expires_at is not None and current.expires_at <= now:
-                raise KeyExpiredError(
-                    f"key {current.name!r} expired at {iso(current.expires_at)}; "
-                    "give it a new expires_at before reinstating it"
-                )
+            if not revoked:
+                check_reinstatable(current, now)
             if current.status == status:
                 return current
             await conn.execute(
@@ -686,7 +661,7 @@ class PostgresKeyStore:
             current = await self._key_in(conn, key_id)
             check_grants(current, grants)
             await conn.execute("DELETE FROM keys WHERE id = $1", key_id)
-            await self._append_changes(conn, _digests_of(current), "delete", now)
+            await self._append_changes(conn, digests_of(current), "delete", now)
             await self._audit_in(
                 conn, now, actor, ACTION_DELETE, key_id, current.name, {"status": current.status}
             )
@@ -731,17 +706,9 @@ class PostgresKeyStore:
                 ACTION_ROLL,
                 key_id,
                 current.name,
-                {"overlap_seconds": overlap, "previous_expires_at": iso(until), "prefix": prefix},
+                roll_details(overlap, until, prefix),
             )
-        return dataclasses.replace(
-            current,
-            digest=digest,
-            prefix=prefix,
-            previous_digest=current.digest,
-            previous_expires_at=until,
-            rolled_at=now,
-            updated_at=now,
-        )
+        return rolled_row(current, digest, prefix, until, now)
 
     async def _batch(
         self,
@@ -775,8 +742,7 @@ class PostgresKeyStore:
             if key_ids:
                 await conn.execute(write, key_ids, *values)
             result = BatchResult(len(key_ids), total - len(key_ids))
-            details = {"count": result.changed, "skipped": result.skipped, "key_ids": key_ids}
-            await self._audit_in(conn, now, actor, action, details=details)
+            await self._audit_in(conn, now, actor, action, details=batch_details(result, key_ids))
         return result
 
     async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
@@ -1257,11 +1223,7 @@ class PostgresKeyStore:
                 now,
                 actor,
                 ACTION_ADMIN_GRANTS,
-                details={
-                    "admin": name,
-                    "before": {"grants": list(current.grants), "grant_all": current.grant_all},
-                    "after": {"grants": list(grants), "grant_all": grant_all},
-                },
+                details=grants_details(current, grants, grant_all),
             )
         return dataclasses.replace(
             current, grants=tuple(grants), grant_all=grant_all, updated_at=now
@@ -1333,11 +1295,3 @@ def _set_when_closed(event: asyncio.Event, _conn: object) -> None:
 def _key_record(row: KeyRow) -> tuple[Any, ...]:
     """Return a KeyRow as a tuple of KEY_COLUMNS values (roles as their JSON text)."""
     return key_values(row)
-
-
-def _digests_of(row: KeyRow) -> list[tuple[int, bytes]]:
-    """Return the feed entries (id, digest) of every secret a key answers to."""
-    entries = [(row.id, row.digest)]
-    if row.previous_digest is not None:
-        entries.append((row.id, row.previous_digest))
-    return entries

@@ -15,7 +15,6 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.clock import iso
 from gateway.store.base import (
     EXPIRING_WITHIN,
     AdminAccount,
@@ -27,7 +26,6 @@ from gateway.store.base import (
     FeedPrunedError,
     Grants,
     KeyChanges,
-    KeyExpiredError,
     KeyFilter,
     KeyRow,
     KeySort,
@@ -69,18 +67,26 @@ from gateway.store.common import (
     audit_event,
     audit_values,
     auth_rows,
+    batch_counts_of,
+    batch_details,
     check_grants,
+    check_reinstatable,
     column_values,
     create_details,
+    created_row,
     details_json,
+    digests_of,
+    edit_details,
+    edited_row,
     gc_paused,
-    jsonable,
+    grants_details,
     key_row,
     key_values,
     like_pattern,
     rate_limit_json,
     roles_json,
-    roles_of,
+    roll_details,
+    rolled_row,
     session_of,
     wanted_edits,
 )
@@ -496,23 +502,7 @@ class SqliteKeyStore:
                 new.name,
                 create_details(new),
             )
-        return KeyRow(
-            id=key_id,
-            name=new.name,
-            description=new.description,
-            roles=roles_of(roles_text),
-            status="active",
-            digest=new.digest,
-            prefix=new.prefix,
-            created_at=now,
-            created_by=actor,
-            updated_at=now,
-            revoked_at=None,
-            expires_at=new.expires_at,
-            last_used_at=None,
-            use_count=0,
-            rate_limit=new.rate_limit,
-        )
+        return created_row(key_id, new, roles_text, actor, now)
 
     async def get_key(self, key_id: int) -> KeyRow | None:
         """Return a key by id, or None."""
@@ -604,15 +594,7 @@ class SqliteKeyStore:
             f"SELECT status, COUNT(*), COALESCE(SUM({scope}), 0) FROM keys GROUP BY status",
             scope_params,
         )
-        found = {str(row[0]): (int(row[1]), int(row[2])) for row in rows}
-        active_total, active_inside = found.get("active", (0, 0))
-        revoked_total, revoked_inside = found.get("revoked", (0, 0))
-        revoked = BatchResult(revoked_inside, revoked_total - revoked_inside)
-        return {
-            "revoke_all": BatchResult(active_inside, active_total - active_inside),
-            "reinstate_all": revoked,
-            "delete_revoked": revoked,
-        }
+        return batch_counts_of({str(row[0]): (int(row[1]), int(row[2])) for row in rows})
 
     async def update_key(
         self, key_id: int, changes: KeyChanges, actor: str, grants: Grants = None
@@ -643,8 +625,6 @@ class SqliteKeyStore:
                     ) from None
                 raise
             await db.execute(_INSERT_CHANGE, (key_id, current.digest, "upsert", now))
-            before = {field: jsonable(field, getattr(current, field)) for field in edits}
-            after = {field: jsonable(field, value) for field, value in edits.items()}
             await self._audit_in(
                 db,
                 now,
@@ -652,11 +632,9 @@ class SqliteKeyStore:
                 ACTION_EDIT,
                 key_id,
                 edits.get("name", current.name),
-                {"before": before, "after": after},
+                edit_details(current, edits),
             )
-        if "roles" in columns:
-            edits["roles"] = roles_of(columns["roles"])
-        return dataclasses.replace(current, **edits, updated_at=now)
+        return edited_row(current, edits, columns, now)
 
     async def set_revoked(
         self, key_id: int, revoked: bool, actor: str, grants: Grants = None
@@ -672,11 +650,8 @@ class SqliteKeyStore:
         async with self._transaction() as db:
             current = await self._key_in(db, key_id)
             check_grants(current, grants)
-            if not revoked and current.expires_at is not None and current.expires_at <= now:
-                raise KeyExpiredError(
-                    f"key {current.name!r} expired at {iso(current.expires_at)}; "
-                    "give it a new expires_at before reinstating it"
-                )
+            if not revoked:
+                check_reinstatable(current, now)
             if current.status == status:
                 return current
             await db.execute(
@@ -695,9 +670,9 @@ class SqliteKeyStore:
             current = await self._key_in(db, key_id)
             check_grants(current, grants)
             await db.execute("DELETE FROM keys WHERE id = ?", (key_id,))
-            await db.execute(_INSERT_CHANGE, (key_id, current.digest, "delete", now))
-            if current.previous_digest is not None:
-                await db.execute(_INSERT_CHANGE, (key_id, current.previous_digest, "delete", now))
+            await db.executemany(
+                _INSERT_CHANGE, [(*entry, "delete", now) for entry in digests_of(current)]
+            )
             await self._audit_in(
                 db, now, actor, ACTION_DELETE, key_id, current.name, {"status": current.status}
             )
@@ -737,17 +712,9 @@ class SqliteKeyStore:
                 ACTION_ROLL,
                 key_id,
                 current.name,
-                {"overlap_seconds": overlap, "previous_expires_at": iso(until), "prefix": prefix},
+                roll_details(overlap, until, prefix),
             )
-        return dataclasses.replace(
-            current,
-            digest=digest,
-            prefix=prefix,
-            previous_digest=current.digest,
-            previous_expires_at=until,
-            rolled_at=now,
-            updated_at=now,
-        )
+        return rolled_row(current, digest, prefix, until, now)
 
     async def _batch(
         self,
@@ -788,8 +755,7 @@ class SqliteKeyStore:
                 )
             await db.execute(f"{write} WHERE {chosen}", (*values, *scope_params))
             result = BatchResult(len(key_ids), int(total_rows[0][0]) - len(key_ids))
-            details = {"count": result.changed, "skipped": result.skipped, "key_ids": key_ids}
-            await self._audit_in(db, now, actor, action, details=details)
+            await self._audit_in(db, now, actor, action, details=batch_details(result, key_ids))
         return result
 
     async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
@@ -1198,11 +1164,7 @@ class SqliteKeyStore:
                 now,
                 actor,
                 ACTION_ADMIN_GRANTS,
-                details={
-                    "admin": name,
-                    "before": {"grants": list(current.grants), "grant_all": current.grant_all},
-                    "after": {"grants": list(grants), "grant_all": grant_all},
-                },
+                details=grants_details(current, grants, grant_all),
             )
         return dataclasses.replace(
             current, grants=tuple(grants), grant_all=grant_all, updated_at=now
