@@ -211,11 +211,6 @@ def _within_grants(grants: Grants, params: _Params) -> str:
     return f"NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(keys.roles::jsonb) role {inside})"
 
 
-def _key_row(row: Sequence[Any]) -> KeyRow:
-    """Build a KeyRow from a row of KEY_COLUMNS (role tuples shared)."""
-    return key_row(row)
-
-
 class PostgresKeyStore:
     """KeyStore on a PostgreSQL database (optionally one schema of it), shared by a fleet.
 
@@ -449,7 +444,7 @@ class PostgresKeyStore:
         row = await conn.fetchrow(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1", key_id)
         if row is None:
             raise NotFoundError(f"no key with id {key_id}")
-        return _key_row(row)
+        return key_row(row)
 
     # --- keys ------------------------------------------------------------------
     async def create_key(self, new: NewKey, actor: str) -> KeyRow:
@@ -494,7 +489,7 @@ class PostgresKeyStore:
     async def _one_key(self, column: str, value: Any) -> KeyRow | None:
         """Return the key whose `column` equals `value`, or None."""
         rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE {column} = $1", value)
-        return _key_row(rows[0]) if rows else None
+        return key_row(rows[0]) if rows else None
 
     async def get_key(self, key_id: int) -> KeyRow | None:
         """Return a key by id, or None."""
@@ -509,7 +504,7 @@ class PostgresKeyStore:
         rows = await self._fetch(
             f"SELECT {KEY_COLUMNS} FROM keys WHERE digest = $1 OR previous_digest = $1", digest
         )
-        return _key_row(rows[0]) if rows else None
+        return key_row(rows[0]) if rows else None
 
     async def list_keys(
         self,
@@ -575,7 +570,7 @@ class PostgresKeyStore:
             f"SELECT {KEY_COLUMNS} FROM keys {condition} ORDER BY {order} LIMIT {limit_mark}",
             *params.values,
         )
-        return [_key_row(row) for row in rows]
+        return [key_row(row) for row in rows]
 
     async def batch_counts(self, grants: Grants = None) -> dict[str, BatchResult]:
         """Return what revoke_all, reinstate_all and delete_revoked would do now, by action."""
@@ -825,7 +820,7 @@ class PostgresKeyStore:
         if seq < pruned_through:
             raise FeedPrunedError(seq, pruned_through)
         return [
-            Change(row[0], bytes(row[1]), None if row[2] is None else _key_row(row[2:]))
+            Change(row[0], bytes(row[1]), None if row[2] is None else key_row(row[2:]))
             for row in rows
         ]
 
@@ -1076,7 +1071,7 @@ class PostgresKeyStore:
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             keys = [
-                _key_row(row)
+                key_row(row)
                 for row in await conn.fetch(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY id")
             ]
             admins = [
@@ -1117,7 +1112,7 @@ class PostgresKeyStore:
             await conn.copy_records_to_table(
                 "keys",
                 columns=KEY_COLUMNS.split(", "),
-                records=[_key_record(row) for row in contents.keys],
+                records=[key_values(row) for row in contents.keys],
                 schema_name=self.schema,
             )
             await self._append_changes(
@@ -1290,8 +1285,3 @@ class PostgresKeyStore:
 def _set_when_closed(event: asyncio.Event, _conn: object) -> None:
     """Set `event` (an asyncpg termination listener: the connection closed)."""
     event.set()
-
-
-def _key_record(row: KeyRow) -> tuple[Any, ...]:
-    """Return a KeyRow as a tuple of KEY_COLUMNS values (roles as their JSON text)."""
-    return key_values(row)

@@ -9,7 +9,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -432,11 +432,6 @@ class SqliteKeyStore:
                 self._raise_if_unavailable(error)
                 raise
 
-    # --- row building ----------------------------------------------------------
-    def _build_rows(self, rows: Iterable[Sequence[Any]]) -> list[KeyRow]:
-        """Turn SELECT rows (columns KEY_FIELDS) into KeyRows with shared role tuples."""
-        return [key_row(row) for row in rows]
-
     async def _key_in(self, db: aiosqlite.Connection, key_id: int) -> KeyRow:
         """Read one key inside the current transaction; raise NotFoundError."""
         rows = list(
@@ -444,7 +439,7 @@ class SqliteKeyStore:
         )
         if not rows:
             raise NotFoundError(f"no key with id {key_id}")
-        return self._build_rows(rows)[0]
+        return key_row(rows[0])
 
     async def _audit_in(
         self,
@@ -507,19 +502,19 @@ class SqliteKeyStore:
     async def get_key(self, key_id: int) -> KeyRow | None:
         """Return a key by id, or None."""
         rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,))
-        return self._build_rows(rows)[0] if rows else None
+        return key_row(rows[0]) if rows else None
 
     async def get_key_by_name(self, name: str) -> KeyRow | None:
         """Return a key by exact name, or None."""
         rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE name = ?", (name,))
-        return self._build_rows(rows)[0] if rows else None
+        return key_row(rows[0]) if rows else None
 
     async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
         """Return the key whose secret (or whose secret before its last roll) has this digest."""
         rows = await self._fetch(
             f"SELECT {KEY_COLUMNS} FROM keys WHERE digest = ?1 OR previous_digest = ?1", (digest,)
         )
-        return self._build_rows(rows)[0] if rows else None
+        return key_row(rows[0]) if rows else None
 
     async def list_keys(
         self,
@@ -585,7 +580,7 @@ class SqliteKeyStore:
         rows = await self._fetch(
             f"SELECT {KEY_COLUMNS} FROM keys {condition} ORDER BY {order} LIMIT ?", params
         )
-        return self._build_rows(rows)
+        return [key_row(row) for row in rows]
 
     async def batch_counts(self, grants: Grants = None) -> dict[str, BatchResult]:
         """Return what revoke_all, reinstate_all and delete_revoked would do now, by action."""
@@ -832,16 +827,9 @@ class SqliteKeyStore:
         pruned_through = int((await self._fetch(_PRUNED_THROUGH))[0][0])
         if seq < pruned_through:
             raise FeedPrunedError(seq, pruned_through)
-        present = self._build_rows(row[2:] for row in rows if row[2] is not None)
-        changes: list[Change] = []
-        position = 0
-        for row in rows:
-            if row[2] is None:
-                changes.append(Change(row[0], row[1], None))
-            else:
-                changes.append(Change(row[0], row[1], present[position]))
-                position += 1
-        return changes
+        return [
+            Change(row[0], row[1], None if row[2] is None else key_row(row[2:])) for row in rows
+        ]
 
     async def current_seq(self) -> int:
         """Return the latest change-feed sequence number (0 when empty)."""
@@ -1034,9 +1022,10 @@ class SqliteKeyStore:
     async def export_contents(self) -> StoreContents:
         """Return every key, admin account and audit event (one read transaction)."""
         async with self._transaction("BEGIN") as db:
-            keys = self._build_rows(
-                await db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY id")
-            )
+            keys = [
+                key_row(row)
+                for row in await db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY id")
+            ]
             admins = [
                 admin_account(row)
                 for row in await db.execute_fetchall(
