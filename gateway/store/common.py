@@ -21,6 +21,7 @@ from gateway.store.base import (
     Grants,
     KeyChanges,
     KeyExpiredError,
+    KeyFilter,
     KeyRow,
     NewKey,
     OutsideGrantsError,
@@ -78,6 +79,69 @@ AUTH_COLUMNS = (
 ADMIN_COLUMNS = "name, password_hash, grants, grant_all, created_at, updated_at"
 AUDIT_COLUMNS = "id, at, actor, action, key_id, key_name, details"
 SESSION_COLUMNS = "token_hash, admin, stamp, created_at, last_seen"
+
+
+class Params:
+    """Collects a statement's parameters as it is assembled; add() returns the placeholder.
+
+    `numbered` gives PostgreSQL's $1, $2, ...; otherwise SQLite's positional ?.
+    """
+
+    def __init__(self, *initial: Any, numbered: bool) -> None:
+        self.values: list[Any] = list(initial)
+        self._numbered = numbered
+
+    def add(self, value: Any) -> str:
+        """Append a value and return its placeholder."""
+        self.values.append(value)
+        return f"${len(self.values)}" if self._numbered else "?"
+
+
+def status_condition(
+    status: KeyFilter | None, moment: float, expiring_within: float, params: Params
+) -> str | None:
+    """Return the key-list condition of a status filter (None for no filter).
+
+    "active" excludes expired keys, "expired" is active with expires_at <= now, "expiring"
+    is active and expires within `expiring_within` seconds of now.
+    """
+    if status is None:
+        return None
+    if status == "active":
+        mark = params.add(moment)
+        return f"status = 'active' AND (expires_at IS NULL OR expires_at > {mark})"
+    if status == "revoked":
+        return "status = 'revoked'"
+    if status == "expired":
+        return f"status = 'active' AND expires_at <= {params.add(moment)}"
+    if status == "expiring":
+        start, end = params.add(moment), params.add(moment + expiring_within)
+        return f"status = 'active' AND expires_at > {start} AND expires_at <= {end}"
+    raise ValueError(f"unknown status filter {status!r}")
+
+
+def audit_conditions(
+    params: Params,
+    *,
+    key_id: int | None,
+    key_name: str | None,
+    actor: str | None,
+    since: float | None,
+    before_id: int | None,
+) -> str:
+    """Return the WHERE clause (or "") of an audit listing's filters; since is inclusive."""
+    where = [
+        f"{clause} {params.add(value)}"
+        for clause, value in (
+            ("key_id =", key_id),
+            ("key_name =", key_name),
+            ("actor =", actor),
+            ("at >=", since),
+            ("id <", before_id),
+        )
+        if value is not None
+    ]
+    return f"WHERE {' AND '.join(where)}" if where else ""
 
 
 @contextlib.contextmanager

@@ -61,8 +61,10 @@ from gateway.store.common import (
     KEY_COLUMNS_K,
     LOAD_CHUNK,
     SESSION_COLUMNS,
+    Params,
     admin_account,
     admin_values,
+    audit_conditions,
     audit_event,
     audit_values,
     auth_rows,
@@ -87,6 +89,7 @@ from gateway.store.common import (
     roll_details,
     rolled_row,
     session_of,
+    status_condition,
     wanted_edits,
 )
 from gateway.store.migrations.postgres import (
@@ -180,18 +183,6 @@ def _cause_of(error: BaseException) -> str:
     return f"{cause} ({detail})"
 
 
-class _Params:
-    """Numbers query parameters $1, $2, ... as a statement is assembled."""
-
-    def __init__(self, *initial: Any) -> None:
-        self.values: list[Any] = list(initial)
-
-    def add(self, value: Any) -> str:
-        """Append a value and return its placeholder."""
-        self.values.append(value)
-        return f"${len(self.values)}"
-
-
 # Sort orders of the key list: the indexed expression (migration 3) and its direction.
 _SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
     "name": (NAME_FOLD, False),
@@ -203,7 +194,7 @@ _SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
 }
 
 
-def _within_grants(grants: Grants, params: _Params) -> str:
+def _within_grants(grants: Grants, params: Params) -> str:
     """Return an SQL condition true for keys whose roles all lie within `grants`."""
     if grants is None:
         return "TRUE"
@@ -527,7 +518,7 @@ class PostgresKeyStore:
         if limit < 0:
             raise ValueError("limit must not be negative")
         moment = time.time() if now is None else now
-        params = _Params()
+        params = Params(numbered=True)
         where: list[str] = []
         if sort == "id":
             where.append(f"id > {params.add(after_id)}")
@@ -542,18 +533,9 @@ class PostgresKeyStore:
                     mark = ASCII_FOLD.format(f"{mark}::text")
                 where.append(f"({expression}, id) {beyond} ({mark}, {id_mark})")
             order = f"{expression} {direction}, id {direction}"
-        if status == "active":
-            mark = params.add(moment)
-            where.append(f"status = 'active' AND (expires_at IS NULL OR expires_at > {mark})")
-        elif status == "revoked":
-            where.append("status = 'revoked'")
-        elif status == "expired":
-            where.append(f"status = 'active' AND expires_at <= {params.add(moment)}")
-        elif status == "expiring":
-            start, end = params.add(moment), params.add(moment + expiring_within)
-            where.append(f"status = 'active' AND expires_at > {start} AND expires_at <= {end}")
-        elif status is not None:
-            raise ValueError(f"unknown status filter {status!r}")
+        condition = status_condition(status, moment, expiring_within, params)
+        if condition is not None:
+            where.append(condition)
         if query:
             mark = params.add(like_pattern(query).translate(_ASCII_LOWER))
             where.append(
@@ -574,7 +556,7 @@ class PostgresKeyStore:
 
     async def batch_counts(self, grants: Grants = None) -> dict[str, BatchResult]:
         """Return what revoke_all, reinstate_all and delete_revoked would do now, by action."""
-        params = _Params()
+        params = Params(numbered=True)
         scope = _within_grants(grants, params)
         rows = await self._fetch(
             f"SELECT status, COUNT(*), COUNT(*) FILTER (WHERE {scope}) FROM keys GROUP BY status",
@@ -597,7 +579,7 @@ class PostgresKeyStore:
             if not edits:
                 return current
             columns = column_values(edits)
-            params = _Params()
+            params = Params(numbered=True)
             assignments = ", ".join(f"{field} = {params.add(v)}" for field, v in columns.items())
             try:
                 await conn.execute(
@@ -723,7 +705,7 @@ class PostgresKeyStore:
         now = time.time()
         async with self._write() as conn:
             total = int(await conn.fetchval("SELECT COUNT(*) FROM keys WHERE status = $1", status))
-            params = _Params(status)
+            params = Params(status, numbered=True)
             chosen = await conn.fetch(
                 "SELECT id, digest, previous_digest FROM keys WHERE status = $1"
                 f" AND {_within_grants(grants, params)} ORDER BY id",
@@ -995,19 +977,10 @@ class PostgresKeyStore:
         """List audit events newest first (id < before_id), filtered; since is inclusive."""
         if limit < 0:
             raise ValueError("limit must not be negative")
-        params = _Params()
-        where = [
-            f"{clause} {params.add(value)}"
-            for clause, value in (
-                ("key_id =", key_id),
-                ("key_name =", key_name),
-                ("actor =", actor),
-                ("at >=", since),
-                ("id <", before_id),
-            )
-            if value is not None
-        ]
-        condition = f"WHERE {' AND '.join(where)}" if where else ""
+        params = Params(numbered=True)
+        condition = audit_conditions(
+            params, key_id=key_id, key_name=key_name, actor=actor, since=since, before_id=before_id
+        )
         limit_mark = params.add(limit)
         rows = await self._fetch(
             f"SELECT {AUDIT_COLUMNS} FROM audit {condition} ORDER BY id DESC LIMIT {limit_mark}",

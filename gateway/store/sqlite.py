@@ -62,8 +62,10 @@ from gateway.store.common import (
     KEY_FIELDS,
     LOAD_CHUNK,
     SESSION_COLUMNS,
+    Params,
     admin_account,
     admin_values,
+    audit_conditions,
     audit_event,
     audit_values,
     auth_rows,
@@ -88,6 +90,7 @@ from gateway.store.common import (
     roll_details,
     rolled_row,
     session_of,
+    status_condition,
     wanted_edits,
 )
 from gateway.store.migrations.sqlite import SchemaTooNewError, apply_migrations
@@ -539,10 +542,9 @@ class SqliteKeyStore:
             raise ValueError("limit must not be negative")
         moment = time.time() if now is None else now
         where: list[str] = []
-        params: list[Any] = []
+        params = Params(numbered=False)
         if sort == "id":
-            where.append("id > ?")
-            params.append(after_id)
+            where.append(f"id > {params.add(after_id)}")
             order = "id"
         else:
             expression, descending = _SORT_EXPRESSIONS[sort]
@@ -553,32 +555,22 @@ class SqliteKeyStore:
                 where.append(
                     f"{expression} {beyond}= ? AND ({expression} {beyond} ? OR id {beyond} ?)"
                 )
-                params += [value, value, last_id]
+                params.values += [value, value, last_id]
             order = f"{expression} {direction}, id {direction}"
-        if status == "active":
-            where.append("status = 'active' AND (expires_at IS NULL OR expires_at > ?)")
-            params.append(moment)
-        elif status == "revoked":
-            where.append("status = 'revoked'")
-        elif status == "expired":
-            where.append("status = 'active' AND expires_at <= ?")
-            params.append(moment)
-        elif status == "expiring":
-            where.append("status = 'active' AND expires_at > ? AND expires_at <= ?")
-            params += [moment, moment + expiring_within]
-        elif status is not None:
-            raise ValueError(f"unknown status filter {status!r}")
+        condition = status_condition(status, moment, expiring_within, params)
+        if condition is not None:
+            where.append(condition)
         if query:
             where.append(
                 r"(name LIKE ? ESCAPE '\' OR description LIKE ? ESCAPE '\'"
                 r" OR prefix LIKE ? ESCAPE '\')"
             )
             pattern = like_pattern(query)
-            params += [pattern, pattern, pattern]
-        params.append(limit)
+            params.values += [pattern, pattern, pattern]
+        params.values.append(limit)
         condition = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._fetch(
-            f"SELECT {KEY_COLUMNS} FROM keys {condition} ORDER BY {order} LIMIT ?", params
+            f"SELECT {KEY_COLUMNS} FROM keys {condition} ORDER BY {order} LIMIT ?", params.values
         )
         return [key_row(row) for row in rows]
 
@@ -956,22 +948,14 @@ class SqliteKeyStore:
         """List audit events newest first (id < before_id), filtered; since is inclusive."""
         if limit < 0:
             raise ValueError("limit must not be negative")
-        where: list[str] = []
-        params: list[Any] = []
-        for clause, value in (
-            ("key_id = ?", key_id),
-            ("key_name = ?", key_name),
-            ("actor = ?", actor),
-            ("at >= ?", since),
-            ("id < ?", before_id),
-        ):
-            if value is not None:
-                where.append(clause)
-                params.append(value)
-        condition = f"WHERE {' AND '.join(where)}" if where else ""
-        params.append(limit)
+        params = Params(numbered=False)
+        condition = audit_conditions(
+            params, key_id=key_id, key_name=key_name, actor=actor, since=since, before_id=before_id
+        )
+        params.values.append(limit)
         rows = await self._fetch(
-            f"SELECT {AUDIT_COLUMNS} FROM audit {condition} ORDER BY id DESC LIMIT ?", params
+            f"SELECT {AUDIT_COLUMNS} FROM audit {condition} ORDER BY id DESC LIMIT ?",
+            params.values,
         )
         return [audit_event(row) for row in rows]
 
