@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -33,7 +34,7 @@ from gateway.demo_backend import runner_url, start_demo_backend
 from gateway.keytable import KeyTable
 from gateway.policy import load_policy
 from gateway.settings import load_settings
-from gateway.store.base import AuthRow, KeyRow, KeyStore
+from gateway.store.base import AuthRow, KeyRow, KeyStore, NewKey
 from gateway.store.factory import store_for
 
 PYTHON = sys.executable
@@ -705,3 +706,26 @@ async def backend_other(
         yield opened
     finally:
         await opened.close()
+
+
+def secret_for(name: str) -> str:
+    """A stand-in secret per key name (the store only ever sees its digest)."""
+    return f"kg_secret_of_{name}"
+
+
+def new_key(
+    name: str,
+    roles: tuple[str, ...] = ("reader",),
+    description: str = "",
+    expires_at: float | None = None,
+) -> NewKey:
+    """A NewKey whose digest is the SHA-256 of secret_for(name)."""
+    secret = secret_for(name)
+    return NewKey(
+        name=name,
+        description=description,
+        roles=roles,
+        digest=hashlib.sha256(secret.encode()).digest(),
+        prefix=secret[:10],
+        expires_at=expires_at,
+    )

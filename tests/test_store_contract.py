@@ -16,7 +16,7 @@ import os
 import time
 
 import pytest
-from conftest import StoreBackend, load_auth_rows
+from conftest import StoreBackend, load_auth_rows, new_key, secret_for
 
 from gateway.keytable import KeyTable
 from gateway.ratelimit import RateLimit
@@ -33,7 +33,6 @@ from gateway.store.base import (
     KeyStatus,
     KeyStore,
     NameConflictError,
-    NewKey,
     NotFoundError,
     OutsideGrantsError,
     SortPosition,
@@ -45,29 +44,6 @@ from gateway.store.migrations import postgres as postgres_migrations
 from gateway.store.migrations import sqlite as sqlite_migrations
 
 ACTOR = "alice"
-
-
-def secret_for(name: str) -> str:
-    """A stand-in secret per key name (the store only ever sees its digest)."""
-    return f"kg_secret_of_{name}"
-
-
-def new_key(
-    name: str,
-    roles: tuple[str, ...] = ("reader",),
-    description: str = "",
-    expires_at: float | None = None,
-) -> NewKey:
-    """A NewKey whose digest is the SHA-256 of secret_for(name)."""
-    secret = secret_for(name)
-    return NewKey(
-        name=name,
-        description=description,
-        roles=roles,
-        digest=hashlib.sha256(secret.encode()).digest(),
-        prefix=secret[:10],
-        expires_at=expires_at,
-    )
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from typing import Any
 
 import aiosqlite
 import pytest
+from conftest import new_key
 
 from gateway.store.base import (
     KeyStore,
-    NewKey,
 )
 from gateway.store.factory import sqlite_path, store_from_url
 from gateway.store.migrations import Migration, check_sequence
@@ -29,29 +29,6 @@ from gateway.store.sqlite import SqliteKeyStore
 
 ACTOR = "alice"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def secret_for(name: str) -> str:
-    """A stand-in secret per key name (the store only ever sees its digest)."""
-    return f"kg_secret_of_{name}"
-
-
-def new_key(
-    name: str,
-    roles: tuple[str, ...] = ("reader",),
-    description: str = "",
-    expires_at: float | None = None,
-) -> NewKey:
-    """A NewKey whose digest is the SHA-256 of secret_for(name)."""
-    secret = secret_for(name)
-    return NewKey(
-        name=name,
-        description=description,
-        roles=roles,
-        digest=hashlib.sha256(secret.encode()).digest(),
-        prefix=secret[:10],
-        expires_at=expires_at,
-    )
 
 
 def raw(path: Path) -> sqlite3.Connection:

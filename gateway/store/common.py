@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import json
@@ -11,7 +12,20 @@ from typing import Any
 
 from gateway.clock import iso
 from gateway.ratelimit import RateLimit
-from gateway.store.base import AuthRow, Grants, KeyChanges, KeyRow, NewKey, OutsideGrantsError
+from gateway.store.base import (
+    AdminAccount,
+    AdminSession,
+    AuditEvent,
+    AuthRow,
+    BatchResult,
+    Grants,
+    KeyChanges,
+    KeyExpiredError,
+    KeyFilter,
+    KeyRow,
+    NewKey,
+    OutsideGrantsError,
+)
 
 # Distinct roles JSON strings remembered for interning before the memo starts over.
 ROLES_MEMO_MAX = 10_000
@@ -64,6 +78,70 @@ AUTH_COLUMNS = (
 )
 ADMIN_COLUMNS = "name, password_hash, grants, grant_all, created_at, updated_at"
 AUDIT_COLUMNS = "id, at, actor, action, key_id, key_name, details"
+SESSION_COLUMNS = "token_hash, admin, stamp, created_at, last_seen"
+
+
+class Params:
+    """Collects a statement's parameters as it is assembled; add() returns the placeholder.
+
+    `numbered` gives PostgreSQL's $1, $2, ...; otherwise SQLite's positional ?.
+    """
+
+    def __init__(self, *initial: Any, numbered: bool) -> None:
+        self.values: list[Any] = list(initial)
+        self._numbered = numbered
+
+    def add(self, value: Any) -> str:
+        """Append a value and return its placeholder."""
+        self.values.append(value)
+        return f"${len(self.values)}" if self._numbered else "?"
+
+
+def status_condition(
+    status: KeyFilter | None, moment: float, expiring_within: float, params: Params
+) -> str | None:
+    """Return the key-list condition of a status filter (None for no filter).
+
+    "active" excludes expired keys, "expired" is active with expires_at <= now, "expiring"
+    is active and expires within `expiring_within` seconds of now.
+    """
+    if status is None:
+        return None
+    if status == "active":
+        mark = params.add(moment)
+        return f"status = 'active' AND (expires_at IS NULL OR expires_at > {mark})"
+    if status == "revoked":
+        return "status = 'revoked'"
+    if status == "expired":
+        return f"status = 'active' AND expires_at <= {params.add(moment)}"
+    if status == "expiring":
+        start, end = params.add(moment), params.add(moment + expiring_within)
+        return f"status = 'active' AND expires_at > {start} AND expires_at <= {end}"
+    raise ValueError(f"unknown status filter {status!r}")
+
+
+def audit_conditions(
+    params: Params,
+    *,
+    key_id: int | None,
+    key_name: str | None,
+    actor: str | None,
+    since: float | None,
+    before_id: int | None,
+) -> str:
+    """Return the WHERE clause (or "") of an audit listing's filters; since is inclusive."""
+    where = [
+        f"{clause} {params.add(value)}"
+        for clause, value in (
+            ("key_id =", key_id),
+            ("key_name =", key_name),
+            ("actor =", actor),
+            ("at >=", since),
+            ("id <", before_id),
+        )
+        if value is not None
+    ]
+    return f"WHERE {' AND '.join(where)}" if where else ""
 
 
 @contextlib.contextmanager
@@ -94,12 +172,169 @@ def key_row(values: Sequence[Any]) -> KeyRow:
     return KeyRow(*fields)
 
 
+def admin_account(row: Sequence[Any]) -> AdminAccount:
+    """Build an AdminAccount from a row of ADMIN_COLUMNS."""
+    return AdminAccount(
+        name=row[0],
+        password_hash=row[1],
+        grants=tuple(json.loads(row[2])),
+        grant_all=bool(row[3]),
+        created_at=row[4],
+        updated_at=row[5],
+    )
+
+
+def admin_values(account: AdminAccount) -> tuple[Any, ...]:
+    """Return an admin account as the values of ADMIN_COLUMNS, as stored (grants as JSON)."""
+    return (
+        account.name,
+        account.password_hash,
+        roles_json(account.grants),
+        account.grant_all,
+        account.created_at,
+        account.updated_at,
+    )
+
+
+def audit_event(row: Sequence[Any]) -> AuditEvent:
+    """Build an AuditEvent from a row of AUDIT_COLUMNS."""
+    return AuditEvent(
+        id=row[0],
+        at=row[1],
+        actor=row[2],
+        action=row[3],
+        key_id=row[4],
+        key_name=row[5],
+        details=json.loads(row[6]),
+    )
+
+
+def audit_values(event: AuditEvent) -> tuple[Any, ...]:
+    """Return an audit event as the values of AUDIT_COLUMNS, as stored (details as JSON)."""
+    return (
+        event.id,
+        event.at,
+        event.actor,
+        event.action,
+        event.key_id,
+        event.key_name,
+        details_json(event.details),
+    )
+
+
+def session_of(row: Sequence[Any]) -> AdminSession:
+    """Build an AdminSession from a row of SESSION_COLUMNS."""
+    return AdminSession(bytes(row[0]), str(row[1]), str(row[2]), float(row[3]), float(row[4]))
+
+
 def create_details(new: NewKey) -> dict[str, Any]:
     """Return the audit details of a key's creation (roles, expiry, its own rate limit)."""
     details: dict[str, Any] = {"roles": list(new.roles), "expires_at": iso(new.expires_at)}
     if new.rate_limit is not None:
         details["rate_limit"] = jsonable("rate_limit", new.rate_limit)
     return details
+
+
+def created_row(key_id: int, new: NewKey, roles_text: str, actor: str, now: float) -> KeyRow:
+    """Return the row of a key just inserted from `new` (roles stored as `roles_text`)."""
+    return KeyRow(
+        id=key_id,
+        name=new.name,
+        description=new.description,
+        roles=roles_of(roles_text),
+        status="active",
+        digest=new.digest,
+        prefix=new.prefix,
+        created_at=now,
+        created_by=actor,
+        updated_at=now,
+        revoked_at=None,
+        expires_at=new.expires_at,
+        last_used_at=None,
+        use_count=0,
+        rate_limit=new.rate_limit,
+    )
+
+
+def check_reinstatable(row: KeyRow, now: float) -> None:
+    """Raise KeyExpiredError when the key has expired (it needs a new expiry first)."""
+    if row.expires_at is not None and row.expires_at <= now:
+        raise KeyExpiredError(
+            f"key {row.name!r} expired at {iso(row.expires_at)}; "
+            "give it a new expires_at before reinstating it"
+        )
+
+
+def edit_details(current: KeyRow, edits: dict[str, Any]) -> dict[str, Any]:
+    """Return the audit details of an edit: each changed field before and after."""
+    return {
+        "before": {field: jsonable(field, getattr(current, field)) for field in edits},
+        "after": {field: jsonable(field, value) for field, value in edits.items()},
+    }
+
+
+def edited_row(
+    current: KeyRow, edits: dict[str, Any], columns: dict[str, Any], now: float
+) -> KeyRow:
+    """Return the key after `edits` (stored as `columns`), its role tuple the shared one."""
+    fields = dict(edits)
+    if "roles" in columns:
+        fields["roles"] = roles_of(columns["roles"])
+    return dataclasses.replace(current, **fields, updated_at=now)
+
+
+def roll_details(overlap: float, until: float, prefix: str) -> dict[str, Any]:
+    """Return the audit details of a roll (never the digests)."""
+    return {"overlap_seconds": overlap, "previous_expires_at": iso(until), "prefix": prefix}
+
+
+def rolled_row(current: KeyRow, digest: bytes, prefix: str, until: float, now: float) -> KeyRow:
+    """Return the key after a roll to `digest`; the replaced secret works until `until`."""
+    return dataclasses.replace(
+        current,
+        digest=digest,
+        prefix=prefix,
+        previous_digest=current.digest,
+        previous_expires_at=until,
+        rolled_at=now,
+        updated_at=now,
+    )
+
+
+def digests_of(row: KeyRow) -> list[tuple[int, bytes]]:
+    """Return the feed entries (id, digest) of every secret a key answers to."""
+    entries = [(row.id, row.digest)]
+    if row.previous_digest is not None:
+        entries.append((row.id, row.previous_digest))
+    return entries
+
+
+def batch_counts_of(found: dict[str, tuple[int, int]]) -> dict[str, BatchResult]:
+    """Return what each batch action would do from (total, within grants) counts by status."""
+    active_total, active_inside = found.get("active", (0, 0))
+    revoked_total, revoked_inside = found.get("revoked", (0, 0))
+    revoked = BatchResult(revoked_inside, revoked_total - revoked_inside)
+    return {
+        "revoke_all": BatchResult(active_inside, active_total - active_inside),
+        "reinstate_all": revoked,
+        "delete_revoked": revoked,
+    }
+
+
+def batch_details(result: BatchResult, key_ids: list[int]) -> dict[str, Any]:
+    """Return the audit details of a batch action: counts and the ids it changed."""
+    return {"count": result.changed, "skipped": result.skipped, "key_ids": key_ids}
+
+
+def grants_details(
+    current: AdminAccount, grants: tuple[str, ...], grant_all: bool
+) -> dict[str, Any]:
+    """Return the audit details of an admin's grant change, before and after."""
+    return {
+        "admin": current.name,
+        "before": {"grants": list(current.grants), "grant_all": current.grant_all},
+        "after": {"grants": list(grants), "grant_all": grant_all},
+    }
 
 
 def wanted_edits(current: KeyRow, changes: KeyChanges) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import string
 import time
@@ -16,7 +15,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from gateway.clock import iso
 from gateway.store.base import (
     EXPIRING_WITHIN,
     AdminAccount,
@@ -28,7 +26,6 @@ from gateway.store.base import (
     FeedPrunedError,
     Grants,
     KeyChanges,
-    KeyExpiredError,
     KeyFilter,
     KeyRow,
     KeySort,
@@ -63,19 +60,36 @@ from gateway.store.common import (
     KEY_COLUMNS,
     KEY_COLUMNS_K,
     LOAD_CHUNK,
+    SESSION_COLUMNS,
+    Params,
+    admin_account,
+    admin_values,
+    audit_conditions,
+    audit_event,
+    audit_values,
     auth_rows,
+    batch_counts_of,
+    batch_details,
     check_grants,
+    check_reinstatable,
     column_values,
     create_details,
+    created_row,
     details_json,
+    digests_of,
+    edit_details,
+    edited_row,
     gc_paused,
-    jsonable,
+    grants_details,
     key_row,
     key_values,
     like_pattern,
     rate_limit_json,
     roles_json,
-    roles_of,
+    roll_details,
+    rolled_row,
+    session_of,
+    status_condition,
     wanted_edits,
 )
 from gateway.store.migrations.postgres import (
@@ -169,19 +183,6 @@ def _cause_of(error: BaseException) -> str:
     return f"{cause} ({detail})"
 
 
-class _Params:
-    """Numbers query parameters $1, $2, ... as a statement is assembled."""
-
-    def __init__(self, *initial: Any) -> None:
-        self.values: list[Any] = list(initial)
-
-    def add(self, value: Any) -> str:
-        """Append a value and return its placeholder."""
-        self.values.append(value)
-        return f"${len(self.values)}"
-
-
-_SESSION_COLUMNS = "token_hash, admin, stamp, created_at, last_seen"
 # Sort orders of the key list: the indexed expression (migration 3) and its direction.
 _SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
     "name": (NAME_FOLD, False),
@@ -193,42 +194,12 @@ _SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
 }
 
 
-def _within_grants(grants: Grants, params: _Params) -> str:
+def _within_grants(grants: Grants, params: Params) -> str:
     """Return an SQL condition true for keys whose roles all lie within `grants`."""
     if grants is None:
         return "TRUE"
     inside = f"WHERE role <> ALL({params.add(sorted(grants))}::text[])" if grants else ""
     return f"NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(keys.roles::jsonb) role {inside})"
-
-
-def _key_row(row: Sequence[Any]) -> KeyRow:
-    """Build a KeyRow from a row of KEY_COLUMNS (role tuples shared)."""
-    return key_row(row)
-
-
-def _admin(row: Sequence[Any]) -> AdminAccount:
-    """Build an AdminAccount from a row of ADMIN_COLUMNS."""
-    return AdminAccount(
-        name=row[0],
-        password_hash=row[1],
-        grants=tuple(json.loads(row[2])),
-        grant_all=bool(row[3]),
-        created_at=row[4],
-        updated_at=row[5],
-    )
-
-
-def _audit(row: Sequence[Any]) -> AuditEvent:
-    """Build an AuditEvent from a row of AUDIT_COLUMNS."""
-    return AuditEvent(
-        id=row[0],
-        at=row[1],
-        actor=row[2],
-        action=row[3],
-        key_id=row[4],
-        key_name=row[5],
-        details=json.loads(row[6]),
-    )
 
 
 class PostgresKeyStore:
@@ -464,7 +435,7 @@ class PostgresKeyStore:
         row = await conn.fetchrow(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1", key_id)
         if row is None:
             raise NotFoundError(f"no key with id {key_id}")
-        return _key_row(row)
+        return key_row(row)
 
     # --- keys ------------------------------------------------------------------
     async def create_key(self, new: NewKey, actor: str) -> KeyRow:
@@ -504,28 +475,12 @@ class PostgresKeyStore:
                 new.name,
                 create_details(new),
             )
-        return KeyRow(
-            id=key_id,
-            name=new.name,
-            description=new.description,
-            roles=roles_of(roles_text),
-            status="active",
-            digest=new.digest,
-            prefix=new.prefix,
-            created_at=now,
-            created_by=actor,
-            updated_at=now,
-            revoked_at=None,
-            expires_at=new.expires_at,
-            last_used_at=None,
-            use_count=0,
-            rate_limit=new.rate_limit,
-        )
+        return created_row(key_id, new, roles_text, actor, now)
 
     async def _one_key(self, column: str, value: Any) -> KeyRow | None:
         """Return the key whose `column` equals `value`, or None."""
         rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE {column} = $1", value)
-        return _key_row(rows[0]) if rows else None
+        return key_row(rows[0]) if rows else None
 
     async def get_key(self, key_id: int) -> KeyRow | None:
         """Return a key by id, or None."""
@@ -540,7 +495,7 @@ class PostgresKeyStore:
         rows = await self._fetch(
             f"SELECT {KEY_COLUMNS} FROM keys WHERE digest = $1 OR previous_digest = $1", digest
         )
-        return _key_row(rows[0]) if rows else None
+        return key_row(rows[0]) if rows else None
 
     async def list_keys(
         self,
@@ -563,7 +518,7 @@ class PostgresKeyStore:
         if limit < 0:
             raise ValueError("limit must not be negative")
         moment = time.time() if now is None else now
-        params = _Params()
+        params = Params(numbered=True)
         where: list[str] = []
         if sort == "id":
             where.append(f"id > {params.add(after_id)}")
@@ -578,18 +533,9 @@ class PostgresKeyStore:
                     mark = ASCII_FOLD.format(f"{mark}::text")
                 where.append(f"({expression}, id) {beyond} ({mark}, {id_mark})")
             order = f"{expression} {direction}, id {direction}"
-        if status == "active":
-            mark = params.add(moment)
-            where.append(f"status = 'active' AND (expires_at IS NULL OR expires_at > {mark})")
-        elif status == "revoked":
-            where.append("status = 'revoked'")
-        elif status == "expired":
-            where.append(f"status = 'active' AND expires_at <= {params.add(moment)}")
-        elif status == "expiring":
-            start, end = params.add(moment), params.add(moment + expiring_within)
-            where.append(f"status = 'active' AND expires_at > {start} AND expires_at <= {end}")
-        elif status is not None:
-            raise ValueError(f"unknown status filter {status!r}")
+        condition = status_condition(status, moment, expiring_within, params)
+        if condition is not None:
+            where.append(condition)
         if query:
             mark = params.add(like_pattern(query).translate(_ASCII_LOWER))
             where.append(
@@ -606,25 +552,17 @@ class PostgresKeyStore:
             f"SELECT {KEY_COLUMNS} FROM keys {condition} ORDER BY {order} LIMIT {limit_mark}",
             *params.values,
         )
-        return [_key_row(row) for row in rows]
+        return [key_row(row) for row in rows]
 
     async def batch_counts(self, grants: Grants = None) -> dict[str, BatchResult]:
         """Return what revoke_all, reinstate_all and delete_revoked would do now, by action."""
-        params = _Params()
+        params = Params(numbered=True)
         scope = _within_grants(grants, params)
         rows = await self._fetch(
             f"SELECT status, COUNT(*), COUNT(*) FILTER (WHERE {scope}) FROM keys GROUP BY status",
             *params.values,
         )
-        found = {str(row[0]): (int(row[1]), int(row[2])) for row in rows}
-        active_total, active_inside = found.get("active", (0, 0))
-        revoked_total, revoked_inside = found.get("revoked", (0, 0))
-        revoked = BatchResult(revoked_inside, revoked_total - revoked_inside)
-        return {
-            "revoke_all": BatchResult(active_inside, active_total - active_inside),
-            "reinstate_all": revoked,
-            "delete_revoked": revoked,
-        }
+        return batch_counts_of({str(row[0]): (int(row[1]), int(row[2])) for row in rows})
 
     async def update_key(
         self, key_id: int, changes: KeyChanges, actor: str, grants: Grants = None
@@ -641,7 +579,7 @@ class PostgresKeyStore:
             if not edits:
                 return current
             columns = column_values(edits)
-            params = _Params()
+            params = Params(numbered=True)
             assignments = ", ".join(f"{field} = {params.add(v)}" for field, v in columns.items())
             try:
                 await conn.execute(
@@ -656,8 +594,6 @@ class PostgresKeyStore:
                     ) from None
                 raise
             await self._append_changes(conn, [(key_id, current.digest)], "upsert", now)
-            before = {field: jsonable(field, getattr(current, field)) for field in edits}
-            after = {field: jsonable(field, value) for field, value in edits.items()}
             await self._audit_in(
                 conn,
                 now,
@@ -665,11 +601,9 @@ class PostgresKeyStore:
                 ACTION_EDIT,
                 key_id,
                 edits.get("name", current.name),
-                {"before": before, "after": after},
+                edit_details(current, edits),
             )
-        if "roles" in columns:
-            edits["roles"] = roles_of(columns["roles"])
-        return dataclasses.replace(current, **edits, updated_at=now)
+        return edited_row(current, edits, columns, now)
 
     async def set_revoked(
         self, key_id: int, revoked: bool, actor: str, grants: Grants = None
@@ -681,11 +615,8 @@ class PostgresKeyStore:
         async with self._write() as conn:
             current = await self._key_in(conn, key_id)
             check_grants(current, grants)
-            if not revoked and current.expires_at is not None and current.expires_at <= now:
-                raise KeyExpiredError(
-                    f"key {current.name!r} expired at {iso(current.expires_at)}; "
-                    "give it a new expires_at before reinstating it"
-                )
+            if not revoked:
+                check_reinstatable(current, now)
             if current.status == status:
                 return current
             await conn.execute(
@@ -707,7 +638,7 @@ class PostgresKeyStore:
             current = await self._key_in(conn, key_id)
             check_grants(current, grants)
             await conn.execute("DELETE FROM keys WHERE id = $1", key_id)
-            await self._append_changes(conn, _digests_of(current), "delete", now)
+            await self._append_changes(conn, digests_of(current), "delete", now)
             await self._audit_in(
                 conn, now, actor, ACTION_DELETE, key_id, current.name, {"status": current.status}
             )
@@ -752,17 +683,9 @@ class PostgresKeyStore:
                 ACTION_ROLL,
                 key_id,
                 current.name,
-                {"overlap_seconds": overlap, "previous_expires_at": iso(until), "prefix": prefix},
+                roll_details(overlap, until, prefix),
             )
-        return dataclasses.replace(
-            current,
-            digest=digest,
-            prefix=prefix,
-            previous_digest=current.digest,
-            previous_expires_at=until,
-            rolled_at=now,
-            updated_at=now,
-        )
+        return rolled_row(current, digest, prefix, until, now)
 
     async def _batch(
         self,
@@ -782,7 +705,7 @@ class PostgresKeyStore:
         now = time.time()
         async with self._write() as conn:
             total = int(await conn.fetchval("SELECT COUNT(*) FROM keys WHERE status = $1", status))
-            params = _Params(status)
+            params = Params(status, numbered=True)
             chosen = await conn.fetch(
                 "SELECT id, digest, previous_digest FROM keys WHERE status = $1"
                 f" AND {_within_grants(grants, params)} ORDER BY id",
@@ -796,8 +719,7 @@ class PostgresKeyStore:
             if key_ids:
                 await conn.execute(write, key_ids, *values)
             result = BatchResult(len(key_ids), total - len(key_ids))
-            details = {"count": result.changed, "skipped": result.skipped, "key_ids": key_ids}
-            await self._audit_in(conn, now, actor, action, details=details)
+            await self._audit_in(conn, now, actor, action, details=batch_details(result, key_ids))
         return result
 
     async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
@@ -880,7 +802,7 @@ class PostgresKeyStore:
         if seq < pruned_through:
             raise FeedPrunedError(seq, pruned_through)
         return [
-            Change(row[0], bytes(row[1]), None if row[2] is None else _key_row(row[2:]))
+            Change(row[0], bytes(row[1]), None if row[2] is None else key_row(row[2:]))
             for row in rows
         ]
 
@@ -970,7 +892,7 @@ class PostgresKeyStore:
             after_id,
             limit,
         )
-        return [_audit(row) for row in rows]
+        return [audit_event(row) for row in rows]
 
     async def notify_cursor(self) -> int | None:
         """Return the audit id events were delivered through, or None before the first."""
@@ -1055,25 +977,16 @@ class PostgresKeyStore:
         """List audit events newest first (id < before_id), filtered; since is inclusive."""
         if limit < 0:
             raise ValueError("limit must not be negative")
-        params = _Params()
-        where = [
-            f"{clause} {params.add(value)}"
-            for clause, value in (
-                ("key_id =", key_id),
-                ("key_name =", key_name),
-                ("actor =", actor),
-                ("at >=", since),
-                ("id <", before_id),
-            )
-            if value is not None
-        ]
-        condition = f"WHERE {' AND '.join(where)}" if where else ""
+        params = Params(numbered=True)
+        condition = audit_conditions(
+            params, key_id=key_id, key_name=key_name, actor=actor, since=since, before_id=before_id
+        )
         limit_mark = params.add(limit)
         rows = await self._fetch(
             f"SELECT {AUDIT_COLUMNS} FROM audit {condition} ORDER BY id DESC LIMIT {limit_mark}",
             *params.values,
         )
-        return [_audit(row) for row in rows]
+        return [audit_event(row) for row in rows]
 
     # --- failed-login throttle -------------------------------------------------
     async def record_login_failure(
@@ -1131,15 +1044,15 @@ class PostgresKeyStore:
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             keys = [
-                _key_row(row)
+                key_row(row)
                 for row in await conn.fetch(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY id")
             ]
             admins = [
-                _admin(row)
+                admin_account(row)
                 for row in await conn.fetch(f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name")
             ]
             audit = [
-                _audit(row)
+                audit_event(row)
                 for row in await conn.fetch(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id")
             ]
         return StoreContents(keys, admins, audit)
@@ -1172,7 +1085,7 @@ class PostgresKeyStore:
             await conn.copy_records_to_table(
                 "keys",
                 columns=KEY_COLUMNS.split(", "),
-                records=[_key_record(row) for row in contents.keys],
+                records=[key_values(row) for row in contents.keys],
                 schema_name=self.schema,
             )
             await self._append_changes(
@@ -1181,16 +1094,13 @@ class PostgresKeyStore:
             await conn.copy_records_to_table(
                 "admins",
                 columns=ADMIN_COLUMNS.split(", "),
-                records=[_admin_record(a) for a in contents.admins],
+                records=[admin_values(account) for account in contents.admins],
                 schema_name=self.schema,
             )
             await conn.copy_records_to_table(
                 "audit",
                 columns=AUDIT_COLUMNS.split(", "),
-                records=[
-                    (e.id, e.at, e.actor, e.action, e.key_id, e.key_name, details_json(e.details))
-                    for e in contents.audit
-                ],
+                records=[audit_values(event) for event in contents.audit],
                 schema_name=self.schema,
             )
             await conn.execute(
@@ -1234,12 +1144,12 @@ class PostgresKeyStore:
     async def get_admin(self, name: str) -> AdminAccount | None:
         """Return an admin account by name, or None."""
         rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admins WHERE name = $1", name)
-        return _admin(rows[0]) if rows else None
+        return admin_account(rows[0]) if rows else None
 
     async def list_admins(self) -> list[AdminAccount]:
         """Return every admin account ordered by name."""
         rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name")
-        return [_admin(row) for row in rows]
+        return [admin_account(row) for row in rows]
 
     async def set_admin_password(self, name: str, password_hash: str, actor: str) -> None:
         """Replace an admin's password hash; raise NotFoundError."""
@@ -1267,7 +1177,7 @@ class PostgresKeyStore:
             )
             if row is None:
                 raise NotFoundError(f"no admin named {name!r}")
-            current = _admin(row)
+            current = admin_account(row)
             await conn.execute(
                 "UPDATE admins SET grants = $1, grant_all = $2, updated_at = $3 WHERE name = $4",
                 roles_json(grants),
@@ -1281,11 +1191,7 @@ class PostgresKeyStore:
                 now,
                 actor,
                 ACTION_ADMIN_GRANTS,
-                details={
-                    "admin": name,
-                    "before": {"grants": list(current.grants), "grant_all": current.grant_all},
-                    "after": {"grants": list(grants), "grant_all": grant_all},
-                },
+                details=grants_details(current, grants, grant_all),
             )
         return dataclasses.replace(
             current, grants=tuple(grants), grant_all=grant_all, updated_at=now
@@ -1313,7 +1219,7 @@ class PostgresKeyStore:
                 started_before,
             )
             await conn.execute(
-                f"INSERT INTO admin_sessions ({_SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5)",
+                f"INSERT INTO admin_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5)",
                 session.token_hash,
                 session.admin,
                 session.stamp,
@@ -1324,12 +1230,11 @@ class PostgresKeyStore:
     async def get_session(self, token_hash: bytes) -> AdminSession | None:
         """Return the session with this token hash, or None."""
         rows = await self._fetch(
-            f"SELECT {_SESSION_COLUMNS} FROM admin_sessions WHERE token_hash = $1", token_hash
+            f"SELECT {SESSION_COLUMNS} FROM admin_sessions WHERE token_hash = $1", token_hash
         )
         if not rows:
             return None
-        row = rows[0]
-        return AdminSession(bytes(row[0]), str(row[1]), str(row[2]), float(row[3]), float(row[4]))
+        return session_of(rows[0])
 
     async def touch_session(self, token_hash: bytes, at: float) -> None:
         """Record activity on a session (its idle timeout starts again)."""
@@ -1353,28 +1258,3 @@ class PostgresKeyStore:
 def _set_when_closed(event: asyncio.Event, _conn: object) -> None:
     """Set `event` (an asyncpg termination listener: the connection closed)."""
     event.set()
-
-
-def _admin_record(account: AdminAccount) -> tuple[Any, ...]:
-    """Return an admin account as a tuple of ADMIN_COLUMNS values."""
-    return (
-        account.name,
-        account.password_hash,
-        roles_json(account.grants),
-        account.grant_all,
-        account.created_at,
-        account.updated_at,
-    )
-
-
-def _key_record(row: KeyRow) -> tuple[Any, ...]:
-    """Return a KeyRow as a tuple of KEY_COLUMNS values (roles as their JSON text)."""
-    return key_values(row)
-
-
-def _digests_of(row: KeyRow) -> list[tuple[int, bytes]]:
-    """Return the feed entries (id, digest) of every secret a key answers to."""
-    entries = [(row.id, row.digest)]
-    if row.previous_digest is not None:
-        entries.append((row.id, row.previous_digest))
-    return entries

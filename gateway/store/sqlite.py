@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from gateway.clock import iso
 from gateway.store.base import (
     EXPIRING_WITHIN,
     AdminAccount,
@@ -28,7 +26,6 @@ from gateway.store.base import (
     FeedPrunedError,
     Grants,
     KeyChanges,
-    KeyExpiredError,
     KeyFilter,
     KeyRow,
     KeySort,
@@ -64,19 +61,36 @@ from gateway.store.common import (
     KEY_COLUMNS_K,
     KEY_FIELDS,
     LOAD_CHUNK,
+    SESSION_COLUMNS,
+    Params,
+    admin_account,
+    admin_values,
+    audit_conditions,
+    audit_event,
+    audit_values,
     auth_rows,
+    batch_counts_of,
+    batch_details,
     check_grants,
+    check_reinstatable,
     column_values,
     create_details,
+    created_row,
     details_json,
+    digests_of,
+    edit_details,
+    edited_row,
     gc_paused,
-    jsonable,
+    grants_details,
     key_row,
     key_values,
     like_pattern,
     rate_limit_json,
     roles_json,
-    roles_of,
+    roll_details,
+    rolled_row,
+    session_of,
+    status_condition,
     wanted_edits,
 )
 from gateway.store.migrations.sqlite import SchemaTooNewError, apply_migrations
@@ -141,7 +155,6 @@ _SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
 # Which keys each batch action touches (before the grant scope is applied).
 _REVOKE_ALL_WHERE = "status = 'active'"
 _REVOKED_WHERE = "status = 'revoked'"
-_SESSION_COLUMNS = "token_hash, admin, stamp, created_at, last_seen"
 
 
 async def _retry_when_locked(db: aiosqlite.Connection, sql: str) -> list[Any]:
@@ -422,11 +435,6 @@ class SqliteKeyStore:
                 self._raise_if_unavailable(error)
                 raise
 
-    # --- row building ----------------------------------------------------------
-    def _build_rows(self, rows: Iterable[Sequence[Any]]) -> list[KeyRow]:
-        """Turn SELECT rows (columns KEY_FIELDS) into KeyRows with shared role tuples."""
-        return [key_row(row) for row in rows]
-
     async def _key_in(self, db: aiosqlite.Connection, key_id: int) -> KeyRow:
         """Read one key inside the current transaction; raise NotFoundError."""
         rows = list(
@@ -434,7 +442,7 @@ class SqliteKeyStore:
         )
         if not rows:
             raise NotFoundError(f"no key with id {key_id}")
-        return self._build_rows(rows)[0]
+        return key_row(rows[0])
 
     async def _audit_in(
         self,
@@ -492,40 +500,24 @@ class SqliteKeyStore:
                 new.name,
                 create_details(new),
             )
-        return KeyRow(
-            id=key_id,
-            name=new.name,
-            description=new.description,
-            roles=roles_of(roles_text),
-            status="active",
-            digest=new.digest,
-            prefix=new.prefix,
-            created_at=now,
-            created_by=actor,
-            updated_at=now,
-            revoked_at=None,
-            expires_at=new.expires_at,
-            last_used_at=None,
-            use_count=0,
-            rate_limit=new.rate_limit,
-        )
+        return created_row(key_id, new, roles_text, actor, now)
 
     async def get_key(self, key_id: int) -> KeyRow | None:
         """Return a key by id, or None."""
         rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,))
-        return self._build_rows(rows)[0] if rows else None
+        return key_row(rows[0]) if rows else None
 
     async def get_key_by_name(self, name: str) -> KeyRow | None:
         """Return a key by exact name, or None."""
         rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE name = ?", (name,))
-        return self._build_rows(rows)[0] if rows else None
+        return key_row(rows[0]) if rows else None
 
     async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
         """Return the key whose secret (or whose secret before its last roll) has this digest."""
         rows = await self._fetch(
             f"SELECT {KEY_COLUMNS} FROM keys WHERE digest = ?1 OR previous_digest = ?1", (digest,)
         )
-        return self._build_rows(rows)[0] if rows else None
+        return key_row(rows[0]) if rows else None
 
     async def list_keys(
         self,
@@ -550,10 +542,9 @@ class SqliteKeyStore:
             raise ValueError("limit must not be negative")
         moment = time.time() if now is None else now
         where: list[str] = []
-        params: list[Any] = []
+        params = Params(numbered=False)
         if sort == "id":
-            where.append("id > ?")
-            params.append(after_id)
+            where.append(f"id > {params.add(after_id)}")
             order = "id"
         else:
             expression, descending = _SORT_EXPRESSIONS[sort]
@@ -564,34 +555,24 @@ class SqliteKeyStore:
                 where.append(
                     f"{expression} {beyond}= ? AND ({expression} {beyond} ? OR id {beyond} ?)"
                 )
-                params += [value, value, last_id]
+                params.values += [value, value, last_id]
             order = f"{expression} {direction}, id {direction}"
-        if status == "active":
-            where.append("status = 'active' AND (expires_at IS NULL OR expires_at > ?)")
-            params.append(moment)
-        elif status == "revoked":
-            where.append("status = 'revoked'")
-        elif status == "expired":
-            where.append("status = 'active' AND expires_at <= ?")
-            params.append(moment)
-        elif status == "expiring":
-            where.append("status = 'active' AND expires_at > ? AND expires_at <= ?")
-            params += [moment, moment + expiring_within]
-        elif status is not None:
-            raise ValueError(f"unknown status filter {status!r}")
+        condition = status_condition(status, moment, expiring_within, params)
+        if condition is not None:
+            where.append(condition)
         if query:
             where.append(
                 r"(name LIKE ? ESCAPE '\' OR description LIKE ? ESCAPE '\'"
                 r" OR prefix LIKE ? ESCAPE '\')"
             )
             pattern = like_pattern(query)
-            params += [pattern, pattern, pattern]
-        params.append(limit)
+            params.values += [pattern, pattern, pattern]
+        params.values.append(limit)
         condition = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._fetch(
-            f"SELECT {KEY_COLUMNS} FROM keys {condition} ORDER BY {order} LIMIT ?", params
+            f"SELECT {KEY_COLUMNS} FROM keys {condition} ORDER BY {order} LIMIT ?", params.values
         )
-        return self._build_rows(rows)
+        return [key_row(row) for row in rows]
 
     async def batch_counts(self, grants: Grants = None) -> dict[str, BatchResult]:
         """Return what revoke_all, reinstate_all and delete_revoked would do now, by action."""
@@ -600,15 +581,7 @@ class SqliteKeyStore:
             f"SELECT status, COUNT(*), COALESCE(SUM({scope}), 0) FROM keys GROUP BY status",
             scope_params,
         )
-        found = {str(row[0]): (int(row[1]), int(row[2])) for row in rows}
-        active_total, active_inside = found.get("active", (0, 0))
-        revoked_total, revoked_inside = found.get("revoked", (0, 0))
-        revoked = BatchResult(revoked_inside, revoked_total - revoked_inside)
-        return {
-            "revoke_all": BatchResult(active_inside, active_total - active_inside),
-            "reinstate_all": revoked,
-            "delete_revoked": revoked,
-        }
+        return batch_counts_of({str(row[0]): (int(row[1]), int(row[2])) for row in rows})
 
     async def update_key(
         self, key_id: int, changes: KeyChanges, actor: str, grants: Grants = None
@@ -639,8 +612,6 @@ class SqliteKeyStore:
                     ) from None
                 raise
             await db.execute(_INSERT_CHANGE, (key_id, current.digest, "upsert", now))
-            before = {field: jsonable(field, getattr(current, field)) for field in edits}
-            after = {field: jsonable(field, value) for field, value in edits.items()}
             await self._audit_in(
                 db,
                 now,
@@ -648,11 +619,9 @@ class SqliteKeyStore:
                 ACTION_EDIT,
                 key_id,
                 edits.get("name", current.name),
-                {"before": before, "after": after},
+                edit_details(current, edits),
             )
-        if "roles" in columns:
-            edits["roles"] = roles_of(columns["roles"])
-        return dataclasses.replace(current, **edits, updated_at=now)
+        return edited_row(current, edits, columns, now)
 
     async def set_revoked(
         self, key_id: int, revoked: bool, actor: str, grants: Grants = None
@@ -668,11 +637,8 @@ class SqliteKeyStore:
         async with self._transaction() as db:
             current = await self._key_in(db, key_id)
             check_grants(current, grants)
-            if not revoked and current.expires_at is not None and current.expires_at <= now:
-                raise KeyExpiredError(
-                    f"key {current.name!r} expired at {iso(current.expires_at)}; "
-                    "give it a new expires_at before reinstating it"
-                )
+            if not revoked:
+                check_reinstatable(current, now)
             if current.status == status:
                 return current
             await db.execute(
@@ -691,9 +657,9 @@ class SqliteKeyStore:
             current = await self._key_in(db, key_id)
             check_grants(current, grants)
             await db.execute("DELETE FROM keys WHERE id = ?", (key_id,))
-            await db.execute(_INSERT_CHANGE, (key_id, current.digest, "delete", now))
-            if current.previous_digest is not None:
-                await db.execute(_INSERT_CHANGE, (key_id, current.previous_digest, "delete", now))
+            await db.executemany(
+                _INSERT_CHANGE, [(*entry, "delete", now) for entry in digests_of(current)]
+            )
             await self._audit_in(
                 db, now, actor, ACTION_DELETE, key_id, current.name, {"status": current.status}
             )
@@ -733,17 +699,9 @@ class SqliteKeyStore:
                 ACTION_ROLL,
                 key_id,
                 current.name,
-                {"overlap_seconds": overlap, "previous_expires_at": iso(until), "prefix": prefix},
+                roll_details(overlap, until, prefix),
             )
-        return dataclasses.replace(
-            current,
-            digest=digest,
-            prefix=prefix,
-            previous_digest=current.digest,
-            previous_expires_at=until,
-            rolled_at=now,
-            updated_at=now,
-        )
+        return rolled_row(current, digest, prefix, until, now)
 
     async def _batch(
         self,
@@ -784,8 +742,7 @@ class SqliteKeyStore:
                 )
             await db.execute(f"{write} WHERE {chosen}", (*values, *scope_params))
             result = BatchResult(len(key_ids), int(total_rows[0][0]) - len(key_ids))
-            details = {"count": result.changed, "skipped": result.skipped, "key_ids": key_ids}
-            await self._audit_in(db, now, actor, action, details=details)
+            await self._audit_in(db, now, actor, action, details=batch_details(result, key_ids))
         return result
 
     async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
@@ -862,16 +819,9 @@ class SqliteKeyStore:
         pruned_through = int((await self._fetch(_PRUNED_THROUGH))[0][0])
         if seq < pruned_through:
             raise FeedPrunedError(seq, pruned_through)
-        present = self._build_rows(row[2:] for row in rows if row[2] is not None)
-        changes: list[Change] = []
-        position = 0
-        for row in rows:
-            if row[2] is None:
-                changes.append(Change(row[0], row[1], None))
-            else:
-                changes.append(Change(row[0], row[1], present[position]))
-                position += 1
-        return changes
+        return [
+            Change(row[0], row[1], None if row[2] is None else key_row(row[2:])) for row in rows
+        ]
 
     async def current_seq(self) -> int:
         """Return the latest change-feed sequence number (0 when empty)."""
@@ -917,7 +867,7 @@ class SqliteKeyStore:
             f"SELECT {AUDIT_COLUMNS} FROM audit WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
         )
-        return [_audit(row) for row in rows]
+        return [audit_event(row) for row in rows]
 
     async def notify_cursor(self) -> int | None:
         """Return the audit id events were delivered through, or None before the first."""
@@ -998,24 +948,16 @@ class SqliteKeyStore:
         """List audit events newest first (id < before_id), filtered; since is inclusive."""
         if limit < 0:
             raise ValueError("limit must not be negative")
-        where: list[str] = []
-        params: list[Any] = []
-        for clause, value in (
-            ("key_id = ?", key_id),
-            ("key_name = ?", key_name),
-            ("actor = ?", actor),
-            ("at >= ?", since),
-            ("id < ?", before_id),
-        ):
-            if value is not None:
-                where.append(clause)
-                params.append(value)
-        condition = f"WHERE {' AND '.join(where)}" if where else ""
-        params.append(limit)
-        rows = await self._fetch(
-            f"SELECT {AUDIT_COLUMNS} FROM audit {condition} ORDER BY id DESC LIMIT ?", params
+        params = Params(numbered=False)
+        condition = audit_conditions(
+            params, key_id=key_id, key_name=key_name, actor=actor, since=since, before_id=before_id
         )
-        return [_audit(row) for row in rows]
+        params.values.append(limit)
+        rows = await self._fetch(
+            f"SELECT {AUDIT_COLUMNS} FROM audit {condition} ORDER BY id DESC LIMIT ?",
+            params.values,
+        )
+        return [audit_event(row) for row in rows]
 
     # --- failed-login throttle -------------------------------------------------
     async def record_login_failure(
@@ -1064,17 +1006,18 @@ class SqliteKeyStore:
     async def export_contents(self) -> StoreContents:
         """Return every key, admin account and audit event (one read transaction)."""
         async with self._transaction("BEGIN") as db:
-            keys = self._build_rows(
-                await db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY id")
-            )
+            keys = [
+                key_row(row)
+                for row in await db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY id")
+            ]
             admins = [
-                _admin(row)
+                admin_account(row)
                 for row in await db.execute_fetchall(
                     f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name"
                 )
             ]
             audit = [
-                _audit(row)
+                audit_event(row)
                 for row in await db.execute_fetchall(
                     f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"
                 )
@@ -1115,24 +1058,11 @@ class SqliteKeyStore:
             )
             await db.executemany(
                 f"INSERT INTO admins ({ADMIN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        a.name,
-                        a.password_hash,
-                        roles_json(a.grants),
-                        int(a.grant_all),
-                        a.created_at,
-                        a.updated_at,
-                    )
-                    for a in contents.admins
-                ],
+                [admin_values(account) for account in contents.admins],
             )
             await db.executemany(
                 f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (e.id, e.at, e.actor, e.action, e.key_id, e.key_name, details_json(e.details))
-                    for e in contents.audit
-                ],
+                [audit_values(event) for event in contents.audit],
             )
 
     # --- admin accounts --------------------------------------------------------
@@ -1163,12 +1093,12 @@ class SqliteKeyStore:
     async def get_admin(self, name: str) -> AdminAccount | None:
         """Return an admin account by name, or None."""
         rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admins WHERE name = ?", (name,))
-        return _admin(rows[0]) if rows else None
+        return admin_account(rows[0]) if rows else None
 
     async def list_admins(self) -> list[AdminAccount]:
         """Return every admin account ordered by name."""
         rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name")
-        return [_admin(row) for row in rows]
+        return [admin_account(row) for row in rows]
 
     async def set_admin_password(self, name: str, password_hash: str, actor: str) -> None:
         """Replace an admin's password hash; raise NotFoundError."""
@@ -1196,7 +1126,7 @@ class SqliteKeyStore:
             )
             if not rows:
                 raise NotFoundError(f"no admin named {name!r}")
-            current = _admin(rows[0])
+            current = admin_account(rows[0])
             await db.execute(
                 "UPDATE admins SET grants = ?, grant_all = ?, updated_at = ? WHERE name = ?",
                 (roles_json(grants), int(grant_all), now, name),
@@ -1207,11 +1137,7 @@ class SqliteKeyStore:
                 now,
                 actor,
                 ACTION_ADMIN_GRANTS,
-                details={
-                    "admin": name,
-                    "before": {"grants": list(current.grants), "grant_all": current.grant_all},
-                    "after": {"grants": list(grants), "grant_all": grant_all},
-                },
+                details=grants_details(current, grants, grant_all),
             )
         return dataclasses.replace(
             current, grants=tuple(grants), grant_all=grant_all, updated_at=now
@@ -1238,7 +1164,7 @@ class SqliteKeyStore:
                 (idle_before, started_before),
             )
             await db.execute(
-                f"INSERT INTO admin_sessions ({_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                f"INSERT INTO admin_sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
                 (
                     session.token_hash,
                     session.admin,
@@ -1251,12 +1177,11 @@ class SqliteKeyStore:
     async def get_session(self, token_hash: bytes) -> AdminSession | None:
         """Return the session with this token hash, or None."""
         rows = await self._fetch(
-            f"SELECT {_SESSION_COLUMNS} FROM admin_sessions WHERE token_hash = ?", (token_hash,)
+            f"SELECT {SESSION_COLUMNS} FROM admin_sessions WHERE token_hash = ?", (token_hash,)
         )
         if not rows:
             return None
-        row = rows[0]
-        return AdminSession(bytes(row[0]), str(row[1]), str(row[2]), float(row[3]), float(row[4]))
+        return session_of(rows[0])
 
     async def touch_session(self, token_hash: bytes, at: float) -> None:
         """Record activity on a session (its idle timeout starts again)."""
@@ -1273,28 +1198,3 @@ class SqliteKeyStore:
                 "DELETE FROM admin_sessions WHERE token_hash = ?", (token_hash,)
             )
             return cursor.rowcount > 0
-
-
-def _audit(row: Sequence[Any]) -> AuditEvent:
-    """Build an AuditEvent from a row of AUDIT_COLUMNS."""
-    return AuditEvent(
-        id=row[0],
-        at=row[1],
-        actor=row[2],
-        action=row[3],
-        key_id=row[4],
-        key_name=row[5],
-        details=json.loads(row[6]),
-    )
-
-
-def _admin(row: Sequence[Any]) -> AdminAccount:
-    """Build an AdminAccount from a row of ADMIN_COLUMNS."""
-    return AdminAccount(
-        name=row[0],
-        password_hash=row[1],
-        grants=tuple(json.loads(row[2])),
-        grant_all=bool(row[3]),
-        created_at=row[4],
-        updated_at=row[5],
-    )
