@@ -6,6 +6,7 @@ import {
   closeDialog,
   closeMenu,
   el,
+  focusKeyed,
   icon,
   installDialogKeys,
   menuButton,
@@ -329,7 +330,7 @@ function renderKeys() {
   $("page-label").textContent = `Page ${state.keys.page + 1}`;
   $("key-names").replaceChildren(...state.keys.items.map((key) => el("option", { value: key.name })));
   if (focused) {
-    const again = body.querySelector(`[data-focus-key="${CSS.escape(focused)}"]`);
+    const again = focusKeyed(focused, body);
     if (again) again.focus();
   }
 }
@@ -432,7 +433,7 @@ function openKeyDialog(key = null, returnFocus = null) {
 }
 
 function rowSettingsButton(key) {
-  return document.querySelector(`[data-focus-key="settings:${key.id}"]`) || $("create-button");
+  return focusKeyed(`settings:${key.id}`) || $("create-button");
 }
 
 function sameRoles(a, b) {
