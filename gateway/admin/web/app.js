@@ -240,12 +240,14 @@ function restartList() {
   loadKeys().catch(handleFailure);
 }
 
+// Revoked and expired keys: an icon named for the status, and its (hidden) word beside it.
+const STATUS_ICONS = { revoked: ["blocked", "Revoked"], expired: ["clock", "Expired"] };
+
 function statusCell(key) {
-  if (key.status === "revoked") {
-    return el("span", { class: "status status-revoked" }, icon("blocked", "Revoked"), el("span", { "aria-hidden": "true", text: "Revoked" }));
-  }
-  if (key.status === "expired") {
-    return el("span", { class: "status status-expired" }, icon("clock", "Expired"), el("span", { "aria-hidden": "true", text: "Expired" }));
+  const marked = STATUS_ICONS[key.status];
+  if (marked) {
+    const [name, label] = marked;
+    return el("span", { class: `status status-${key.status}` }, icon(name, label), el("span", { "aria-hidden": "true", text: label }));
   }
   return el("span", { class: "status status-active" }, icon("dot"), "Active");
 }
