@@ -524,7 +524,6 @@ async function requestSecretClose() {
     const sure = await confirmAction({
       title: "Close without copying?",
       message: "You have not copied this API key. It will not be shown again; if you close now, you will have to create a new key.",
-      confirm: "Close anyway",
       returnFocus: $("secret-done"),
     });
     if (!sure) return;
