@@ -52,15 +52,25 @@ def _runtime(request: web.Request) -> Runtime:
     return request.app[RUNTIME]
 
 
+async def _key_row(request: web.Request) -> KeyRow:
+    """The key a path names, by id or by name as the CLI accepts (names are never all digits)."""
+    ref = request.match_info["id"]
+    store = _runtime(request).store
+    if ref.isascii() and ref.isdigit():
+        row = await store.get_key(parse_id(ref))
+    else:
+        row = await store.get_key_by_name(ref)
+    if row is None:
+        raise not_found()
+    return row
+
+
 async def _key_id(request: web.Request) -> int:
-    """The key a path names: by id, or by name as the CLI accepts (names are never all digits)."""
+    """The id of the key a path names; an id is not looked up (the store's write answers 404)."""
     ref = request.match_info["id"]
     if ref.isascii() and ref.isdigit():
         return parse_id(ref)
-    row = await _runtime(request).store.get_key_by_name(ref)
-    if row is None:
-        raise not_found()
-    return row.id
+    return (await _key_row(request)).id
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -144,9 +154,7 @@ def _next_cursor(sort: str, last: KeyRow) -> str:
 
 async def get_key(request: web.Request) -> web.Response:
     """GET /api/v1/keys/{id}: one key."""
-    row = await _runtime(request).store.get_key(await _key_id(request))
-    if row is None:
-        raise not_found()
+    row = await _key_row(request)
     return _json(key_rules.key_json(row, clock.now(), _runtime(request).policy))
 
 
@@ -175,9 +183,7 @@ async def update_key(request: web.Request) -> web.Response:
     """PATCH /api/v1/keys/{id}: edit name, description, roles or expiry."""
     runtime = _runtime(request)
     admin = current_admin(request)
-    key_id = await _key_id(request)
-    if await runtime.store.get_key(key_id) is None:
-        raise not_found()
+    key_id = (await _key_row(request)).id  # 404 before the body is read
     data = await read_json_object(request, KEY_FIELDS)
     now = clock.now()
     changes = key_changes(data, runtime.policy, now)

@@ -6,6 +6,7 @@ import {
   closeDialog,
   closeMenu,
   el,
+  focusKeyed,
   icon,
   installDialogKeys,
   menuButton,
@@ -239,12 +240,14 @@ function restartList() {
   loadKeys().catch(handleFailure);
 }
 
+// Revoked and expired keys: an icon named for the status, and its (hidden) word beside it.
+const STATUS_ICONS = { revoked: ["blocked", "Revoked"], expired: ["clock", "Expired"] };
+
 function statusCell(key) {
-  if (key.status === "revoked") {
-    return el("span", { class: "status status-revoked" }, icon("blocked", "Revoked"), el("span", { "aria-hidden": "true", text: "Revoked" }));
-  }
-  if (key.status === "expired") {
-    return el("span", { class: "status status-expired" }, icon("clock", "Expired"), el("span", { "aria-hidden": "true", text: "Expired" }));
+  const marked = STATUS_ICONS[key.status];
+  if (marked) {
+    const [name, label] = marked;
+    return el("span", { class: `status status-${key.status}` }, icon(name, label), el("span", { "aria-hidden": "true", text: label }));
   }
   return el("span", { class: "status status-active" }, icon("dot"), "Active");
 }
@@ -329,7 +332,7 @@ function renderKeys() {
   $("page-label").textContent = `Page ${state.keys.page + 1}`;
   $("key-names").replaceChildren(...state.keys.items.map((key) => el("option", { value: key.name })));
   if (focused) {
-    const again = body.querySelector(`[data-focus-key="${CSS.escape(focused)}"]`);
+    const again = focusKeyed(focused, body);
     if (again) again.focus();
   }
 }
@@ -432,7 +435,7 @@ function openKeyDialog(key = null, returnFocus = null) {
 }
 
 function rowSettingsButton(key) {
-  return document.querySelector(`[data-focus-key="settings:${key.id}"]`) || $("create-button");
+  return focusKeyed(`settings:${key.id}`) || $("create-button");
 }
 
 function sameRoles(a, b) {
@@ -521,7 +524,6 @@ async function requestSecretClose() {
     const sure = await confirmAction({
       title: "Close without copying?",
       message: "You have not copied this API key. It will not be shown again; if you close now, you will have to create a new key.",
-      confirm: "Close anyway",
       returnFocus: $("secret-done"),
     });
     if (!sure) return;

@@ -55,6 +55,11 @@ export function icon(name, label = null) {
 const FOCUSABLE =
   'a[href], button:not([disabled]), input:not([disabled]), select:not([disabled]), textarea:not([disabled]), [tabindex]:not([tabindex="-1"])';
 
+// The element carrying a focus key (`data-focus-key`), which survives a re-render of the list.
+export function focusKeyed(key, root = document) {
+  return root.querySelector(`[data-focus-key="${CSS.escape(key)}"]`);
+}
+
 function focusables(root) {
   return [...root.querySelectorAll(FOCUSABLE)].filter(
     (node) => !node.closest("[hidden]") && node.getClientRects().length > 0,
@@ -90,7 +95,7 @@ export function closeDialog(dialog) {
   if (target && !target.isConnected && target.dataset && target.dataset.focusKey) {
     // A live refresh re-rendered the list while the dialog was open: the same control's new
     // element carries the same focus key.
-    target = document.querySelector(`[data-focus-key="${CSS.escape(target.dataset.focusKey)}"]`);
+    target = focusKeyed(target.dataset.focusKey);
   }
   if (target && target.isConnected && typeof target.focus === "function") target.focus();
   document.dispatchEvent(new CustomEvent("keygate:overlay-closed"));
