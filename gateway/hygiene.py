@@ -197,6 +197,8 @@ KEEP = 0  # forward as sent
 DROP = 1  # never forward
 OVERRIDE = 2  # a method-override header: forwarded only when the policy allows its method
 SESSION = 3  # the backend's own session (cookies): an anonymous caller's, never a key caller's
+_SKIPPED_FOR_KEYS = frozenset({DROP, SESSION})
+_SKIPPED_FOR_ANONYMOUS = frozenset({DROP})
 
 _NOT_LETTER_OR_DIGIT = re.compile(r"[^0-9a-z]+")
 
@@ -311,10 +313,10 @@ class HeaderHygiene:
         out: list[tuple[str, str]] = []
         overrides: list[str] = []
         # A key caller's identity is the key: its backend session (cookies) stays behind.
-        dropped_session = SESSION if acting_user is not None else DROP
+        skipped = _SKIPPED_FOR_KEYS if acting_user is not None else _SKIPPED_FOR_ANONYMOUS
         for name, value in headers:
             kind = classify(name)
-            if kind in (DROP, dropped_session) or (extra_drop and folded(name) in extra_drop):
+            if kind in skipped or (extra_drop and folded(name) in extra_drop):
                 continue
             if kind == OVERRIDE:
                 overrides.append(value)
