@@ -61,6 +61,20 @@ def new_key(name: str) -> NewKey:
     return NewKey(name=name, description="", roles=("reader",), digest=digest, prefix="kg_test00")
 
 
+async def keygate_connection_open(url: str) -> bool:
+    """Whether keygate holds any connection to the test database."""
+    conn = await asyncpg.connect(url)
+    try:
+        return bool(
+            await conn.fetchval(
+                "SELECT COUNT(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = 'keygate'"
+            )
+        )
+    finally:
+        await conn.close()
+
+
 async def terminate_keygate_connections(url: str) -> int:
     """pg_terminate_backend every keygate connection to the test database; return how many."""
     conn = await asyncpg.connect(url)
@@ -285,6 +299,9 @@ async def test_terminated_connections_keep_the_proxy_serving_and_recover(
         assert row is not None
         async with instance(tmp_path / "a", backend, pg.location, pg.schema or "") as a:
             for _ in range(3):
+                # The instance reconnects on its own (the LISTEN connection, with a backoff)
+                # before each round: under load that takes longer than one keyed request.
+                await eventually(lambda: keygate_connection_open(pg.location), True)
                 assert await terminate_keygate_connections(pg.location) >= 1
                 assert await a.keyed(steady) == (200, "")
 
