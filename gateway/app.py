@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from gateway.runtime import Runtime
 from gateway.settings import ClientLimits, Settings
 from gateway.store.base import FeedNotifier
 from gateway.store.factory import store_for
-from gateway.upstream import create_upstream_client
+from gateway.upstream import UpstreamClient, create_upstream_client
 from gateway.web_internals import ConnectionLimits, JsonErrorAppRunner, JsonErrorServer
 
 log = logging.getLogger("keygate")
@@ -84,6 +85,21 @@ async def open_runtime(settings: Settings) -> Runtime:
     return runtime
 
 
+class ListenerError(OSError):
+    """A listener could not bind its address (the message names the listener and address)."""
+
+
+async def _start_site(site: web.TCPSite, what: str, host: str, port: int) -> None:
+    """Start a listener; a bind failure says which listener and address, in one line."""
+    try:
+        await site.start()
+    except OSError as error:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise ListenerError(
+            f"cannot start the {what} listener on {host}:{port}: {reason.lower()}"
+        ) from None
+
+
 @contextlib.asynccontextmanager
 async def running_gateway(
     settings: Settings, *, reuse_port: bool = False, serve_admin: bool = True, processes: int = 1
@@ -94,64 +110,71 @@ async def running_gateway(
     that share of every rate limit.
     """
     runtime = await open_runtime(settings)
-    if settings.rate_limits.redis_url is not None:
-        runtime.limiter = redis_limiter(
-            settings.rate_limits.redis_url, now, fail_open=settings.rate_limits.fail_open
-        )
-    else:
-        runtime.limiter = LocalLimiter(now, processes)
-    # The loaded table is long-lived: move it out of the collector's generations so full
-    # collections don't walk a million cached keys (a pause per collection otherwise).
-    gc.freeze()
-    store = runtime.store
-    notifier = store if isinstance(store, FeedNotifier) else None
-    follower = FeedFollower(store, runtime.table, settings.poll_interval, notifier)
-    runtime.follower = follower
-    tasks = [
-        asyncio.create_task(follower.run(), name="keygate-feed"),
-        *(
-            [asyncio.create_task(runtime.policy_source.watch(runtime.reload_policy))]
-            if settings.policy_watch and runtime.policy_source is not None
-            else []
-        ),
-        asyncio.create_task(
-            prune_periodically(
-                store,
-                settings.feed_keep_entries,
-                settings.feed_keep_seconds,
-                settings.feed_prune_interval,
-            ),
-            name="keygate-feed-prune",
-        ),
-        asyncio.create_task(
-            runtime.usage.run(runtime.store, settings.flush_interval), name="keygate-usage"
-        ),
-    ]
-    upstream = create_upstream_client(settings.upstream)
-    proxy = Proxy(runtime, upstream)
-    proxy_runner = web.ServerRunner(
-        create_proxy_server(
-            proxy,
-            settings.access_log and settings.log_level in ("debug", "info"),
-            settings.client,
-            json_logs=settings.log_format == "json",
-        ),
-        # The grace period is spent in Proxy.drain, with connections fully open (aiohttp's
-        # own shutdown stops reading request bodies at once); what remains is cut at once.
-        shutdown_timeout=CUT_TIMEOUT,
-    )
+    # One try/finally for everything started from here: whatever fails part-way (the
+    # upstream client's TLS material, a port in use) stops what was already running.
+    tasks: list[asyncio.Task[None]] = []
+    upstream: UpstreamClient | None = None
+    proxy: Proxy | None = None
+    proxy_runner: web.ServerRunner | None = None
     proxy_site: web.TCPSite | None = None
     admin_runner: JsonErrorAppRunner | None = None
     sender: Notifier | None = None
+    serving = False
     try:
+        if settings.rate_limits.redis_url is not None:
+            runtime.limiter = redis_limiter(
+                settings.rate_limits.redis_url, now, fail_open=settings.rate_limits.fail_open
+            )
+        else:
+            runtime.limiter = LocalLimiter(now, processes)
+        # The loaded table is long-lived: move it out of the collector's generations so full
+        # collections don't walk a million cached keys (a pause per collection otherwise).
+        gc.freeze()
+        store = runtime.store
+        notifier = store if isinstance(store, FeedNotifier) else None
+        follower = FeedFollower(store, runtime.table, settings.poll_interval, notifier)
+        runtime.follower = follower
+        tasks.append(asyncio.create_task(follower.run(), name="keygate-feed"))
+        if settings.policy_watch and runtime.policy_source is not None:
+            tasks.append(asyncio.create_task(runtime.policy_source.watch(runtime.reload_policy)))
+        tasks.append(
+            asyncio.create_task(
+                prune_periodically(
+                    store,
+                    settings.feed_keep_entries,
+                    settings.feed_keep_seconds,
+                    settings.feed_prune_interval,
+                ),
+                name="keygate-feed-prune",
+            )
+        )
+        tasks.append(
+            asyncio.create_task(
+                runtime.usage.run(runtime.store, settings.flush_interval), name="keygate-usage"
+            )
+        )
+        upstream = create_upstream_client(settings.upstream)
+        proxy = Proxy(runtime, upstream)
+        proxy_runner = web.ServerRunner(
+            create_proxy_server(
+                proxy,
+                settings.access_log and settings.log_level in ("debug", "info"),
+                settings.client,
+                json_logs=settings.log_format == "json",
+            ),
+            # The grace period is spent in Proxy.drain, with connections fully open (aiohttp's
+            # own shutdown stops reading request bodies at once); what remains is cut at once.
+            shutdown_timeout=CUT_TIMEOUT,
+        )
         await proxy_runner.setup()
-        proxy_site = web.TCPSite(
+        site = web.TCPSite(
             proxy_runner,
             settings.listen.host,
             settings.listen.port,
             reuse_port=reuse_port or None,
         )
-        await proxy_site.start()
+        await _start_site(site, "proxy", settings.listen.host, settings.listen.port)
+        proxy_site = site
         admin_port: int | None = None
         if serve_admin:
             admin_runner = JsonErrorAppRunner(
@@ -167,7 +190,7 @@ async def running_gateway(
                 settings.admin.port,
                 reuse_port=reuse_port or None,
             )
-            await admin_site.start()
+            await _start_site(admin_site, "admin", settings.admin.host, settings.admin.port)
             admin_port = admin_runner.addresses[0][1]
             # Only the admin listener's process sends webhook events and counts expiring keys.
             sender = Notifier(tuple(Webhook(h.url, h.secret) for h in settings.notify.webhooks))
@@ -180,19 +203,25 @@ async def running_gateway(
                 settings.notify.poll_interval,
             )
             tasks.append(asyncio.create_task(outbox.run(), name="keygate-outbox"))
+        serving = True
         yield RunningGateway(runtime, proxy_runner.addresses[0][1], admin_port, tasks)
     finally:
         # Listeners stop first (new connections refused, in-flight requests drain), then the
         # background tasks; the usage flusher writes its last batch when cancelled.
-        if proxy_site is not None:
+        if proxy_site is not None and proxy is not None:
             await proxy_site.stop()
             started = time.monotonic()
             cut = await proxy.drain(settings.grace_period)
-            log.info("proxy drained in %.1fs (%d request(s) cut)", time.monotonic() - started, cut)
-        await proxy_runner.cleanup()
+            if serving:  # a start that failed part-way drained nothing worth a line
+                log.info(
+                    "proxy drained in %.1fs (%d request(s) cut)", time.monotonic() - started, cut
+                )
+        if proxy_runner is not None:
+            await proxy_runner.cleanup()
         if admin_runner is not None:
             await admin_runner.cleanup()
-        await upstream.close()
+        if upstream is not None:
+            await upstream.close()
         for task in tasks:
             task.cancel()
         for task in tasks:

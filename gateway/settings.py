@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,8 @@ DEFAULT_NOTIFY_DAYS = (14, 7, 1)  # days before expiry a "key expiring" event is
 MAX_EXPIRY_DAYS = 3650  # days; the furthest ahead a warning or notice can look
 DEFAULT_NOTIFY_POLL = 1.0  # seconds between reads of the audit log for events to send
 DEFAULT_EXPIRY_CHECK = 60.0  # seconds between checks for keys nearing expiry
+M_NOT_PEM = "is not a PEM certificate bundle"
+M_NOT_PEM_KEY = "is not a PEM certificate and private key (an encrypted key is not supported)"
 _HEADER_TOKEN = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
@@ -711,12 +714,31 @@ def _tls(reader: _Reader, section: Mapping[str, Any], base: Path, *, https: bool
     server_name = ""
     if "server_name" in tls:
         server_name = reader.string(tls, "upstream.tls", "server_name", "")
+    _check_tls_material(reader, files)
     return UpstreamTLS(
         ca_file=files["ca_file"],
         cert_file=files["cert_file"],
         key_file=files["key_file"],
         server_name=server_name or None,
     )
+
+
+def _check_tls_material(reader: _Reader, files: Mapping[str, str | None]) -> None:
+    """Load the TLS files as the upstream client will, so bad PEM fails here, not at start."""
+    ca_file, cert_file = files.get("ca_file"), files.get("cert_file")
+    if ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=ca_file)
+        except (ssl.SSLError, ValueError) as error:
+            reader.problem("upstream.tls.ca_file", f"{M_NOT_PEM} ({error.args[-1]})")
+    if cert_file is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            # An encrypted key gets an empty password rather than a prompt on the terminal.
+            context.load_cert_chain(cert_file, files.get("key_file"), password=b"")
+        except (ssl.SSLError, ValueError) as error:
+            where = "key_file" if files.get("key_file") else "cert_file"
+            reader.problem(f"upstream.tls.{where}", f"{M_NOT_PEM_KEY} ({error.args[-1]})")
 
 
 def _pid_file(reader: _Reader, data: Mapping[str, Any], base_dir: Path) -> Path:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 import yaml
 
 from gateway.policy import load_policy
@@ -491,8 +492,12 @@ def test_bad_upstream_bounds_are_each_reported_with_their_location() -> None:
 
 
 def test_upstream_tls_files_resolve_against_the_config_and_must_exist(tmp_path: Path) -> None:
-    (tmp_path / "ca.pem").write_text("x")
-    (tmp_path / "client.pem").write_text("x")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    issued = ca.issue_cert("keygate.client")
+    (tmp_path / "client.pem").write_bytes(
+        issued.private_key_pem.bytes() + issued.cert_chain_pems[0].bytes()
+    )
     data = with_(
         upstream={
             "url": "https://backend.internal",
