@@ -27,6 +27,8 @@ from gateway.store.base import (
 from gateway.store.factory import store_for
 from gateway.store.migrations.sqlite import SchemaTooNewError
 
+# Exit status when the reader of stdout went away: 128 + SIGPIPE, as a shell reports it.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 Handler = Callable[[argparse.Namespace], Awaitable[int] | int]
 
 
@@ -62,12 +64,13 @@ def policy_reload(args: argparse.Namespace) -> int:
 
 
 def _is_keygate(pid: int) -> bool:
-    """Return True when `pid` is a running `keygate serve` (checked on Linux's /proc)."""
+    """Return True when `pid` is a running `keygate serve` or `demo` (checked in /proc)."""
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"serve" in command and any(b"gateway" in part or b"keygate" in part for part in command)
+    running = b"serve" in command or b"demo" in command
+    return running and any(b"gateway" in part or b"keygate" in part for part in command)
 
 
 async def init(args: argparse.Namespace) -> int:
@@ -166,7 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = args.func(args)
         status = asyncio.run(result) if inspect.iscoroutine(result) else result
+        sys.stdout.flush()  # a closed pipe shows here, not as a warning at exit
         return int(status)
+    except BrokenPipeError:
+        # The reader left (`keygate keys list --json | head`): stop quietly, as `cat` does.
+        # Python's documented pattern: point stdout at devnull so the exit flush is silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (ConfigError, PolicyError) as error:
         print(f"keygate: {error}", file=sys.stderr)
         return 2

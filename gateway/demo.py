@@ -17,13 +17,15 @@ from gateway.demo_backend import start_demo_backend
 from gateway.logs import configure_logging
 from gateway.passwords import hash_password
 from gateway.policy import load_policy
-from gateway.settings import load_settings
+from gateway.server import check_ports_free, pid_file
+from gateway.settings import Listener, load_settings
 from gateway.store.factory import store_for
 
 DEMO_KEY_NAME = "demo-integration"
 DEMO_ADMIN_NAME = "demo-admin"
 DEMO_ROLES = ["1int-user"]
 DEFAULT_DATA_DIR = Path("keygate-demo")
+DEMO_HOST = "127.0.0.1"  # every demo listener is on loopback
 _CONFIG_TEMPLATE = """\
 # Written by `keygate demo`: the demo gateway in front of the demo backend.
 listen: {{host: 127.0.0.1, port: {port}}}
@@ -131,12 +133,25 @@ async def run_demo(args: argparse.Namespace) -> int:
     """Run backend and gateway until Ctrl-C (or --exit-after seconds)."""
     configure_logging("info")
     data_dir = Path(args.data_dir) if args.data_dir else DEFAULT_DATA_DIR
+    # Before anything is touched: a second demo on the same data directory would otherwise
+    # replace the running demo's key and admin password, then fail on the port.
+    check_ports_free(
+        [
+            ("proxy", Listener(DEMO_HOST, args.port)),
+            ("admin", Listener(DEMO_HOST, args.admin_port)),
+            ("demo backend", Listener(DEMO_HOST, args.backend_port)),
+        ]
+    )
     config = write_demo_config(data_dir, args.port, args.admin_port, args.backend_port)
     secret, password = await fresh_demo_credentials(config)
     backend = await start_demo_backend("127.0.0.1", args.backend_port)
     try:
         settings = load_settings(config)
         async with running_gateway(settings) as gateway:
+            # As `keygate serve` does: `keygate policy reload` finds the demo by its pid file.
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, gateway.runtime.reload_policy, "SIGHUP"
+            )
             print(
                 f"\nkeygate demo: backend on 127.0.0.1:{args.backend_port}, "
                 f"gateway on 127.0.0.1:{gateway.proxy_port}, "
@@ -150,7 +165,8 @@ async def run_demo(args: argparse.Namespace) -> int:
                 "Press Ctrl-C to stop.\n",
                 flush=True,
             )
-            await _wait_for_stop(args.exit_after)
+            with pid_file(settings.pid_file):
+                await _wait_for_stop(args.exit_after)
     finally:
         await backend.cleanup()
     return 0

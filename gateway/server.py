@@ -14,13 +14,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from gateway import access_writer
 from gateway.app import running_gateway
 from gateway.logs import configure_logging
-from gateway.settings import Settings
+from gateway.settings import Listener, Settings
 
 log = logging.getLogger("keygate.server")
 # Seconds a worker must live to count as started; faster deaths back off before restarting.
@@ -30,6 +30,7 @@ MAX_RESTART_DELAY = 10.0
 # Extra seconds past the grace period before the supervisor kills a worker that won't stop.
 KILL_MARGIN = 5.0
 SUPERVISOR_POLL = 0.2  # seconds between supervisor checks on its workers
+PORT_WAIT_POLL = 0.2  # seconds between checks for ports a killed keygate's workers still hold
 # Exit statuses of a worker killed from outside rather than failing by itself.
 _EXTERNAL_SIGNALS = frozenset({-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT})
 PARENT_POLL = 0.5  # seconds between a worker's checks that its supervisor is alive
@@ -51,7 +52,12 @@ def ensure_ports_free(settings: Settings) -> None:
     another keygate whose supervisor died; the supervisor's workers would otherwise bind
     beside them and split the traffic.
     """
-    for what, listener in (("proxy", settings.listen), ("admin", settings.admin)):
+    check_ports_free([("proxy", settings.listen), ("admin", settings.admin)])
+
+
+def check_ports_free(listeners: Sequence[tuple[str, Listener]]) -> None:
+    """Raise PortInUseError naming the first listener whose address another process holds."""
+    for what, listener in listeners:
         if listener.port == 0:
             continue
         family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
@@ -66,6 +72,51 @@ def ensure_ports_free(settings: Settings) -> None:
                     f"{what} port {listener.host}:{listener.port} is already in use "
                     "(another keygate still running?); stop it first"
                 ) from None
+
+
+def wait_for_ports(settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    """Check the ports are free; wait for them when a killed keygate's workers still drain.
+
+    A supervisor killed with SIGKILL leaves its pid file behind and its workers draining
+    (up to the grace period) on the ports. A restart then waits for them, bounded, instead
+    of being refused; a port held while no dead keygate's pid file is left fails at once.
+    """
+    deadline = clock() + settings.grace_period + KILL_MARGIN
+    waited = False
+    while True:
+        try:
+            ensure_ports_free(settings)
+            return
+        except PortInUseError as error:
+            if not _left_by_a_dead_server(settings.pid_file) or clock() >= deadline:
+                raise
+            if not waited:
+                log.warning(
+                    "%s; waiting up to %.0fs for the workers of the killed keygate to drain",
+                    str(error).split(" (", 1)[0],
+                    deadline - clock(),
+                )
+                waited = True
+        time.sleep(PORT_WAIT_POLL)
+
+
+def _left_by_a_dead_server(path: Path | None) -> bool:
+    """Whether `path` is a pid file naming a process that is no longer running."""
+    if path is None:
+        return False
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except OSError:
+        return False
+    if not text.isdigit():
+        return False
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _die_with_parent() -> None:
@@ -181,7 +232,7 @@ def run_server(settings: Settings, workers_value: str, worker_index: int | None 
                 )
             )
         return 0
-    ensure_ports_free(settings)
+    wait_for_ports(settings)
     with pid_file(settings.pid_file):
         return Supervisor(
             settings.path, workers, settings.grace_period, settings.max_start_failures

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import ssl
 from collections.abc import Mapping
@@ -11,7 +12,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from gateway.problems import ProblemsError, read_yaml
-from gateway.store.urls import POSTGRES_SCHEMES, postgres_url_problem
+from gateway.store.urls import ERROR_NO_ASYNCPG, POSTGRES_SCHEMES, postgres_url_problem
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 CONFIG_ENV_VAR = "KEYGATE_CONFIG"
@@ -58,6 +59,7 @@ DEFAULT_NOTIFY_DAYS = (14, 7, 1)  # days before expiry a "key expiring" event is
 MAX_EXPIRY_DAYS = 3650  # days; the furthest ahead a warning or notice can look
 DEFAULT_NOTIFY_POLL = 1.0  # seconds between reads of the audit log for events to send
 DEFAULT_EXPIRY_CHECK = 60.0  # seconds between checks for keys nearing expiry
+M_NEEDS_REDIS = "needs the redis client: pip install 'keygate[redis]'"
 M_NOT_PEM = "is not a PEM certificate bundle"
 M_NOT_PEM_KEY = "is not a PEM certificate and private key (an encrypted key is not supported)"
 _HEADER_TOKEN = frozenset(
@@ -196,6 +198,14 @@ class Settings:
     def base_dir(self) -> Path:
         """Directory that relative paths in the config are resolved against."""
         return self.path.parent
+
+
+def module_installed(name: str) -> bool:
+    """Whether an optional dependency (an extra's package) can be imported."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def config_path_from(argument: str | None) -> Path:
@@ -355,6 +365,8 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
     ):
         reader.problem("rate_limits.redis_url", "must be a redis:// or rediss:// URL")
         redis_url = None
+    if redis_url is not None and not module_installed("redis"):
+        reader.problem("rate_limits.redis_url", M_NEEDS_REDIS)
     rate_limits = RateLimits(
         redis_url=redis_url, fail_open=reader.boolean(limits_data, "rate_limits", "fail_open", True)
     )
@@ -544,6 +556,8 @@ def _store(
         problem = postgres_url_problem(url)
         if problem is not None:
             reader.problem("store.url", problem)
+        elif not module_installed("asyncpg"):
+            reader.problem("store.url", ERROR_NO_ASYNCPG)
     elif url and not url.startswith("sqlite:///"):
         reader.problem(
             "store.url",
