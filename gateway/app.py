@@ -208,6 +208,7 @@ async def running_gateway(
     finally:
         # Listeners stop first (new connections refused, in-flight requests drain), then the
         # background tasks; the usage flusher writes its last batch when cancelled.
+        runtime.draining = True
         if proxy_site is not None and proxy is not None:
             await proxy_site.stop()
             started = time.monotonic()

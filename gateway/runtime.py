@@ -31,6 +31,8 @@ class Runtime:
     limiter: Limiter = field(default_factory=lambda: LocalLimiter(now))
     # Where the policy came from and how its reloads went (None: not loaded from a file).
     policy_source: PolicyHolder | None = None
+    # Set when shutdown starts: /readyz answers 503 from then on.
+    draining: bool = False
 
     def reload_policy(self, reason: str) -> bool:
         """Reload the policy file; a good one is in force at once, a broken one changes nothing.

@@ -14,6 +14,7 @@ class TcpRelay:
         self.target = (target_host, target_port)
         self.port = 0
         self.cut_off = False
+        self.stalled = False  # connections stay open, but nothing gets through
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -41,6 +42,8 @@ class TcpRelay:
     async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         try:
             while data := await source.read(65536):
+                if self.stalled:
+                    continue  # a silent partition: bytes vanish, nobody is told
                 sink.write(data)
                 await sink.drain()
         except (OSError, asyncio.IncompleteReadError):
@@ -56,9 +59,14 @@ class TcpRelay:
             writer.transport.abort()
         self._writers.clear()
 
+    def stall(self) -> None:
+        """Silently drop every byte both ways, connections left open (a partitioned network)."""
+        self.stalled = True
+
     def restore(self) -> None:
-        """Relay new connections again."""
+        """Relay new connections again (and bytes, after a stall)."""
         self.cut_off = False
+        self.stalled = False
 
     async def close(self) -> None:
         """Stop listening and drop everything."""

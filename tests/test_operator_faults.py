@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from conftest import (
     ALL_ROLE,
     NEUTRAL_CWD,
@@ -36,9 +37,11 @@ from conftest import (
     write_config,
 )
 
+from gateway.admin.health import READY_TIMEOUT
 from gateway.app import running_gateway
 from gateway.settings import ConfigError, UpstreamTLS, load_settings
 
+KUBELET_DEFAULT_PROBE_TIMEOUT = 1  # seconds a probe waits when timeoutSeconds is not set
 NOT_PEM = "this is not a PEM file\n"
 
 
@@ -311,3 +314,55 @@ async def test_a_restart_right_after_the_supervisor_was_killed_waits_for_its_dra
                 assert response.status == 200
                 assert new.stop(RESTART_GRACE + 10) == 0, new.log_text()
     assert "waiting" in new.log_text()
+
+
+def test_the_shipped_probes_wait_longer_than_readiness_takes() -> None:
+    deployment = yaml.safe_load((REPO_ROOT / "deploy/k8s/deployment.yaml").read_text())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        waits = container[probe].get("timeoutSeconds", KUBELET_DEFAULT_PROBE_TIMEOUT)
+        assert waits >= 2 * READY_TIMEOUT, (probe, waits, READY_TIMEOUT)
+
+
+@pytest.mark.slow
+async def test_readyz_answers_503_from_the_moment_draining_starts(
+    tmp_path: Path, backend: Backend
+) -> None:
+    port, admin_port = free_port(), free_port()
+    config = write_config(tmp_path / "drain", backend.url, listen_port=port, admin_port=admin_port)
+    key = await create_key(config, "drain-bot", [ALL_ROLE])
+    serve = start_serve(config, port, tmp_path / "serve.log")
+    with reaped(serve):
+        await wait_for_port(admin_port, process=serve.process)
+        ready = f"http://127.0.0.1:{admin_port}/readyz"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(ready) as response:
+                assert response.status == 200
+
+            async def slow() -> int:
+                async with session.get(
+                    f"http://127.0.0.1:{port}{REST}/_slow?delay=2", headers={"X-API-Key": key}
+                ) as response:
+                    await response.read()
+                    return response.status
+
+            in_flight = asyncio.create_task(slow())
+            server = backend.runner.server
+            assert server is not None
+            deadline = time.monotonic() + 5
+            while server.requests_count == 0:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            serve.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 1  # the drain has begun well within a second
+            while True:
+                async with session.get(ready) as response:
+                    status, body = response.status, await response.json()
+                if status == 503:
+                    break
+                assert time.monotonic() < deadline, "still ready while draining"
+                await asyncio.sleep(0.02)
+            assert body["checks"]["draining"] is True, body
+            assert not in_flight.done()  # the drain is still under way
+            assert await asyncio.wait_for(in_flight, 10) == 200
+        assert serve.process.wait(15) == 0, serve.log_text()

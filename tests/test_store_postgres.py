@@ -351,3 +351,39 @@ async def test_an_instance_cut_off_keeps_serving_answers_503_and_refuses_on_retu
     finally:
         await direct.close()
         await relay.close()
+
+
+# Seconds /readyz may take on a silently partitioned store: the shipped probe waits 1 s.
+PROBE_BOUND = 1.0
+# Seconds an admin write may take on a silently partitioned store before its 503.
+WRITE_BOUND = 5.0
+
+
+async def test_a_silently_partitioned_store_fails_readiness_and_writes_fast(
+    tmp_path: Path, backend: Backend, pg: StoreBackend
+) -> None:
+    relay = TcpRelay(urlsplit(pg.location).hostname or "", urlsplit(pg.location).port or 5432)
+    await relay.start()
+    direct, (steady,) = await seeded(pg, tmp_path / "seed", "steady")
+    try:
+        url = via(pg.location, relay.port)
+        async with instance(tmp_path / "a", backend, url, pg.schema or "") as a:
+            await eventually(a.ready, READY)
+            relay.stall()
+            started = time.monotonic()
+            status, body = await a.ready()
+            probed = time.monotonic() - started
+            assert status == 503 and body["checks"]["store"] is False, body
+            assert probed < PROBE_BOUND, probed
+            started = time.monotonic()
+            status, body = await a.admin("POST", KEYS, {"name": "stalled", "roles": [ALL_ROLE]})
+            wrote = time.monotonic() - started
+            assert (status, body["error"]) == (503, "store_unavailable"), body
+            assert wrote < WRITE_BOUND, wrote
+            assert await a.keyed(steady) == (200, "")  # serving from memory meanwhile
+            relay.restore()
+            await eventually(a.ready, READY, SETTLE_TIMEOUT * 2)
+        print(f"\npartitioned store: /readyz 503 in {probed:.2f}s, write 503 in {wrote:.2f}s")
+    finally:
+        await direct.close()
+        await relay.close()

@@ -10,14 +10,17 @@ from aiohttp import web
 from gateway.admin.errors import E_NOT_READY, json_error
 from gateway.metrics import render
 from gateway.state import RUNTIME
-from gateway.store.base import StoreUnavailableError
+from gateway.store.base import KeyStore, StoreUnavailableError
 
 log = logging.getLogger("keygate.admin")
 
-READY_TIMEOUT = 2.0  # seconds the store gets to answer a readiness ping
+# Seconds the store gets to answer a readiness ping: well inside the shipped probe's
+# timeoutSeconds (deploy/k8s/deployment.yaml), so a silent store reads as 503, not a timeout.
+READY_TIMEOUT = 0.5
 M_NOT_READY = "not ready: see checks"
 M_STORE_TIMEOUT = f"no answer within {READY_TIMEOUT} s"
 M_STORE_FAILED = "store check failed (see the log)"
+M_DRAINING = "not ready: shutting down (draining in-flight requests)"
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -31,16 +34,11 @@ async def readyz(request: web.Request) -> web.Response:
     When the store is not ready, `store_error` says why (deleted, disk full, read-only...).
     """
     runtime = request.app[RUNTIME]
-    store_error: str | None = None
-    try:
-        await asyncio.wait_for(runtime.store.ping(), READY_TIMEOUT)
-    except StoreUnavailableError as error:
-        store_error = error.cause
-    except TimeoutError:
-        store_error = M_STORE_TIMEOUT
-    except Exception:
-        log.warning("readiness: store ping failed", exc_info=True)
-        store_error = M_STORE_FAILED
+    if runtime.draining:
+        # The proxy listener is closed already: a load balancer must stop sending now.
+        checks = {"store": False, "policy": False, "draining": True}
+        return json_error(503, E_NOT_READY, M_DRAINING, extra={"checks": checks})
+    store_error = await _ping_store(runtime.store)
     policy_ok = runtime.policy is not None and bool(runtime.policy.roles)
     checks = {"store": store_error is None, "policy": policy_ok}
     if store_error is None and policy_ok:
@@ -49,6 +47,34 @@ async def readyz(request: web.Request) -> web.Response:
     if store_error is not None:
         extra["store_error"] = store_error
     return json_error(503, E_NOT_READY, M_NOT_READY, extra=extra)
+
+
+async def _ping_store(store: KeyStore) -> str | None:
+    """Ping the store within READY_TIMEOUT; return why it is not ready, or None.
+
+    The answer never waits past the bound: a ping stuck on a silent network is cancelled
+    and left to unwind on its own (asyncio.wait_for would wait for that unwinding).
+    """
+    ping = asyncio.ensure_future(store.ping())
+    done, _ = await asyncio.wait({ping}, timeout=READY_TIMEOUT)
+    if not done:
+        ping.cancel()
+        ping.add_done_callback(_consume)
+        return M_STORE_TIMEOUT
+    try:
+        ping.result()
+    except StoreUnavailableError as error:
+        return error.cause
+    except Exception:
+        log.warning("readiness: store ping failed", exc_info=True)
+        return M_STORE_FAILED
+    return None
+
+
+def _consume(task: asyncio.Future[None]) -> None:
+    """Retrieve an abandoned ping's outcome, so asyncio logs no 'never retrieved' error."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def metrics(request: web.Request) -> web.Response:

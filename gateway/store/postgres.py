@@ -105,11 +105,14 @@ log = logging.getLogger("keygate.store.postgres")
 # Connections per process to the server (the admin API, the feed poll, the usage flush).
 POOL_SIZE = 4
 # Seconds to open one connection; past it the server counts as unreachable.
-CONNECT_TIMEOUT = 3.0
-# Seconds one statement may run before the store counts as unavailable.
-COMMAND_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 2.0
+# Seconds one pooled statement may run before the store counts as unavailable: a silently
+# partitioned server fails an admin write in this, not in the minutes TCP takes to notice.
+COMMAND_TIMEOUT = 3.0
+# Seconds one statement on a maintenance connection may run (migrations, CREATE DATABASE).
+MAINTENANCE_COMMAND_TIMEOUT = 60.0
 # Seconds to wait for a free pooled connection.
-ACQUIRE_TIMEOUT = 10.0
+ACQUIRE_TIMEOUT = 3.0
 # Seconds between liveness checks of the LISTEN connection (a silent peer shows).
 LISTEN_CHECK_INTERVAL = 2.0
 # Seconds of back-off before the first and at most between LISTEN reconnects.
@@ -257,7 +260,7 @@ class PostgresKeyStore:
             self._url,
             password=self._password,
             timeout=CONNECT_TIMEOUT,
-            command_timeout=COMMAND_TIMEOUT,
+            command_timeout=MAINTENANCE_COMMAND_TIMEOUT,
             server_settings=self._server_settings(),
             **extra,
         )
