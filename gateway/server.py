@@ -15,12 +15,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from gateway import access_writer
 from gateway.app import running_gateway
 from gateway.logs import configure_logging
-from gateway.settings import Listener, Settings
+from gateway.settings import DEFAULT_HANG_TIMEOUT, Listener, Settings
 
 log = logging.getLogger("keygate.server")
 # Seconds a worker must live to count as started; faster deaths back off before restarting.
@@ -33,9 +34,14 @@ SUPERVISOR_POLL = 0.2  # seconds between supervisor checks on its workers
 PORT_WAIT_POLL = 0.2  # seconds between checks for ports a killed keygate's workers still hold
 # Exit statuses of a worker killed from outside rather than failing by itself.
 _EXTERNAL_SIGNALS = frozenset({-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT})
+HEARTBEAT_INTERVAL = 1.0  # seconds between a worker's heartbeats to its supervisor
+# Bytes a worker writes on its status pipe: "serving now", and "my event loop still runs".
+STATUS_READY = b"r"
+STATUS_BEAT = b"."
+STATUS_READ_SIZE = 4096  # bytes read from a status pipe at once
 PARENT_POLL = 0.5  # seconds between a worker's checks that its supervisor is alive
 # Environment a worker gets from its supervisor: the supervisor's pid, and the descriptor
-# on which the worker reports that it is serving.
+# of its status pipe (readiness, then a heartbeat).
 SUPERVISOR_PID_ENV = "KEYGATE_SUPERVISOR_PID"
 READY_FD_ENV = "KEYGATE_READY_FD"
 _PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
@@ -138,14 +144,30 @@ async def _watch_supervisor(supervisor: int, stop: asyncio.Event) -> None:
         await asyncio.sleep(PARENT_POLL)
 
 
-def _report_ready() -> None:
-    """Tell the supervisor (if any) that this worker is serving."""
+def _status_pipe() -> int | None:
+    """The write end of this worker's status pipe to its supervisor (None: no supervisor)."""
     fd = os.environ.pop(READY_FD_ENV, None)
     if fd is None or not fd.isdigit():
+        return None
+    with contextlib.suppress(OSError):
+        os.set_blocking(int(fd), False)  # a supervisor that reads nothing never blocks us
+        return int(fd)
+    return None
+
+
+def _tell_supervisor(fd: int | None, note: bytes) -> None:
+    """Write one status byte to the supervisor; a full or closed pipe is not our problem."""
+    if fd is None:
         return
     with contextlib.suppress(OSError):
-        os.write(int(fd), b"1")
-        os.close(int(fd))
+        os.write(fd, note)
+
+
+async def _heartbeat(fd: int) -> None:
+    """Beat every HEARTBEAT_INTERVAL while this event loop runs (a hung loop falls silent)."""
+    while True:
+        _tell_supervisor(fd, STATUS_BEAT)
+        await asyncio.sleep(HEARTBEAT_INTERVAL)
 
 
 def resolve_workers(value: str) -> int:
@@ -184,12 +206,14 @@ async def serve_until_stopped(
     watcher: asyncio.Task[None] | None = None
     if supervisor.isdigit():
         watcher = asyncio.create_task(_watch_supervisor(int(supervisor), stop))
+    status = _status_pipe()
+    beating = asyncio.create_task(_heartbeat(status)) if status is not None else None
     async with running_gateway(
         settings, reuse_port=reuse_port, serve_admin=serve_admin, processes=processes
     ) as gw:
         runtime = gw.runtime
         loop.add_signal_handler(signal.SIGHUP, runtime.reload_policy, "SIGHUP")
-        _report_ready()
+        _tell_supervisor(status, STATUS_READY)
         if ready_line:
             admin = f", admin on {settings.admin.host}:{gw.admin_port}" if serve_admin else ""
             log.info(
@@ -202,8 +226,9 @@ async def serve_until_stopped(
             )
         await stop.wait()
         log.info("stopping: draining in-flight requests (grace %.0fs)", settings.grace_period)
-    if watcher is not None:
-        watcher.cancel()
+    for task in (watcher, beating):
+        if task is not None:
+            task.cancel()
     access_writer.flush()  # no access line is lost at shutdown
     log.info("stopped")
 
@@ -235,7 +260,11 @@ def run_server(settings: Settings, workers_value: str, worker_index: int | None 
     wait_for_ports(settings)
     with pid_file(settings.pid_file):
         return Supervisor(
-            settings.path, workers, settings.grace_period, settings.max_start_failures
+            settings.path,
+            workers,
+            settings.grace_period,
+            settings.max_start_failures,
+            settings.hang_timeout,
         ).run()
 
 
@@ -260,22 +289,44 @@ def pid_file(path: Path | None) -> Iterator[None]:
                 path.unlink()
 
 
+@dataclass
+class _Worker:
+    """One worker slot: its process, status pipe, readiness, last heartbeat and restart plan."""
+
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0  # monotonic seconds at spawn
+    failures: int = 0  # quick deaths in a row (for the back-off)
+    pipe: int | None = None  # read end of the worker's status pipe
+    ready: bool = False
+    last_beat: float | None = None  # monotonic seconds of the last heartbeat (None: none yet)
+    restart_at: float | None = None  # monotonic seconds when a dead worker is started again
+
+
 class Supervisor:
-    """Starts N worker processes, restarts any that die, and drains them all on SIGTERM."""
+    """Starts N worker processes, restarts any that die or hang, and drains them on SIGTERM.
+
+    One loop does everything: signal handlers only record the signal (a wake-up pipe ends
+    the loop's wait), restarts are scheduled with a back-off time instead of slept, and
+    each worker's status pipe carries its readiness and a heartbeat every
+    HEARTBEAT_INTERVAL; a serving worker silent for `hang_timeout` seconds is killed and
+    replaced.
+    """
 
     def __init__(
-        self, config: Path, workers: int, grace_period: float, max_start_failures: int
+        self,
+        config: Path,
+        workers: int,
+        grace_period: float,
+        max_start_failures: int,
+        hang_timeout: float = DEFAULT_HANG_TIMEOUT,
     ) -> None:
         self._config = config
         self._grace = grace_period
         self._max_start_failures = max_start_failures
-        self._workers: list[subprocess.Popen[bytes] | None] = [None] * workers
-        self._started: list[float] = [0.0] * workers
-        self._failures: list[int] = [0] * workers
-        self._ready_pipes: list[int | None] = [None] * workers  # read ends, until ready
-        self._ready: list[bool] = [False] * workers
+        self._hang_timeout = hang_timeout
+        self._workers = [_Worker() for _ in range(workers)]
         self._start_failures = 0  # consecutive workers that died before serving
-        self._stopping = False
+        self._signals: list[int] = []  # recorded by the handlers, acted on in the loop
 
     def _spawn(self, index: int) -> None:
         command = [
@@ -283,100 +334,184 @@ class Supervisor:
             "--worker-index", str(index), "--workers", str(len(self._workers)),
         ]  # fmt: skip
         read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
         env = {
             **os.environ,
             SUPERVISOR_PID_ENV: str(os.getpid()),
             READY_FD_ENV: str(write_end),
         }
+        worker = self._workers[index]
         try:
-            self._workers[index] = subprocess.Popen(command, env=env, pass_fds=(write_end,))
+            worker.process = subprocess.Popen(command, env=env, pass_fds=(write_end,))
         finally:
             os.close(write_end)
-        self._close_ready_pipe(index)
-        self._ready_pipes[index] = read_end
-        self._ready[index] = False
-        self._started[index] = time.monotonic()
+        self._close_pipe(worker)
+        worker.pipe = read_end
+        worker.ready = False
+        worker.last_beat = None
+        worker.restart_at = None
+        worker.started = time.monotonic()
 
-    def _close_ready_pipe(self, index: int) -> None:
-        fd = self._ready_pipes[index]
-        if fd is not None:
-            os.close(fd)
-            self._ready_pipes[index] = None
+    @staticmethod
+    def _close_pipe(worker: _Worker) -> None:
+        if worker.pipe is not None:
+            os.close(worker.pipe)
+            worker.pipe = None
 
-    def _check_ready(self) -> None:
-        """Note workers that reported serving; a ready worker resets the crash-loop count."""
-        pipes = {fd: i for i, fd in enumerate(self._ready_pipes) if fd is not None}
-        if not pipes:
-            return
-        readable, _, _ = select.select(list(pipes), [], [], 0)
-        for fd in readable:
-            index = pipes[fd]
-            if os.read(fd, 1) == b"1":
-                self._ready[index] = True
+    def _read_pipes(self, readable: set[int]) -> None:
+        """Note readiness and heartbeats; a ready worker resets the crash-loop count."""
+        now = time.monotonic()
+        for worker in self._workers:
+            if worker.pipe is None or worker.pipe not in readable:
+                continue
+            try:
+                data = os.read(worker.pipe, STATUS_READ_SIZE)
+            except BlockingIOError:
+                continue
+            if not data:  # the worker closed its end: it is exiting
+                self._close_pipe(worker)
+                continue
+            worker.last_beat = now
+            if STATUS_READY in data and not worker.ready:
+                worker.ready = True
                 self._start_failures = 0
-            self._close_ready_pipe(index)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        self._stopping = True
+        """Record the signal; the loop acts on it (the wake-up pipe ends its wait)."""
+        self._signals.append(signum)
 
-    def _on_hangup(self, signum: int, _frame: object) -> None:
+    def _forward_hangup(self) -> None:
         """Pass SIGHUP (reload the policy) on to every live worker."""
-        for process in self._workers:
+        for worker in self._workers:
+            process = worker.process
             if process is not None and process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGHUP)
 
     def run(self) -> int:
         """Supervise until SIGTERM/SIGINT; return 0 after a clean drain."""
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGHUP, self._on_hangup)
-        log.info("supervisor %d starting %d workers", os.getpid(), len(self._workers))
-        for index in range(len(self._workers)):
-            self._spawn(index)
-        while not self._stopping:
-            time.sleep(SUPERVISOR_POLL)
-            self._check_ready()
-            for index, process in enumerate(self._workers):
-                if process is None or process.poll() is None or self._stopping:
-                    continue
-                self._check_ready()
-                # Killed from outside (an operator's kill -9, the OOM killer) is not a
-                # failure to start; exiting on its own before serving is.
-                killed = process.returncode in _EXTERNAL_SIGNALS
-                if not self._ready[index] and not killed:
-                    self._start_failures += 1
-                    if self._start_failures >= self._max_start_failures:
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_read, False)
+        os.set_blocking(wake_write, False)
+        previous_wakeup = signal.set_wakeup_fd(wake_write)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        try:
+            log.info("supervisor %d starting %d workers", os.getpid(), len(self._workers))
+            for index in range(len(self._workers)):
+                self._spawn(index)
+            status = self._loop(wake_read)
+        finally:
+            signal.set_wakeup_fd(previous_wakeup)
+            os.close(wake_read)
+            os.close(wake_write)
+        return status if status is not None else self._drain()
+
+    def _loop(self, wake_read: int) -> int | None:
+        """Run until a stop signal (None: drain) or a crash loop (its exit status)."""
+        while True:
+            pipes = [w.pipe for w in self._workers if w.pipe is not None]
+            readable, _, _ = select.select([wake_read, *pipes], [], [], self._wait_time())
+            if wake_read in readable:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(wake_read, 512):
+                        pass
+            self._read_pipes(set(readable))
+            signals, self._signals = self._signals, []
+            if signal.SIGTERM in signals or signal.SIGINT in signals:
+                return None
+            if signal.SIGHUP in signals:
+                self._forward_hangup()
+            status = self._reap()
+            if status is not None:
+                return status
+            self._kill_hung()
+            self._start_due()
+
+    def _wait_time(self) -> float:
+        """Seconds the loop may wait: until the next scheduled restart, at most one poll."""
+        now = time.monotonic()
+        due = [w.restart_at - now for w in self._workers if w.restart_at is not None]
+        return max(0.0, min([SUPERVISOR_POLL, *due]))
+
+    def _reap(self) -> int | None:
+        """Schedule a restart for each worker that exited; return 1 to end a crash loop."""
+        for index, worker in enumerate(self._workers):
+            process = worker.process
+            if process is None or process.poll() is None:
+                continue
+            if worker.pipe is not None:  # a last readiness note may still be in the pipe
+                self._read_pipes({worker.pipe})
+            # Killed from outside (an operator's kill -9, the OOM killer, a hang) is not a
+            # failure to start; exiting on its own before serving is.
+            killed = process.returncode in _EXTERNAL_SIGNALS
+            delay: float | None = None
+            if not worker.ready and not killed:
+                self._start_failures += 1
+                if self._start_failures >= self._max_start_failures:
+                    if not any(w.ready and w is not worker for w in self._workers):
                         log.error(
                             "worker %d failed to start %d times in a row (last exit status "
                             "%d; its error is above); stopping",
                             index, self._start_failures, process.returncode,
                         )  # fmt: skip
-                        self._workers[index] = None
-                        self._drain()
-                        return 1
-                self._restart(index, process.returncode)
-        return self._drain()
+                        worker.process = None
+                        self._close_pipe(worker)
+                        return self._drain() or 1
+                    # Never stop a serving sibling for this one's failure: keep trying.
+                    log.error(
+                        "worker %d failed to start %d times in a row; the others keep "
+                        "serving, retrying every %.0fs",
+                        index, self._start_failures, MAX_RESTART_DELAY,
+                    )  # fmt: skip
+                    delay = MAX_RESTART_DELAY
+            self._schedule_restart(index, process.returncode, delay)
+        return None
 
-    def _restart(self, index: int, returncode: int) -> None:
-        lived = time.monotonic() - self._started[index]
-        process = self._workers[index]
-        pid = process.pid if process is not None else -1
-        self._failures[index] = self._failures[index] + 1 if lived < CRASH_WINDOW else 1
-        delay = min(MAX_RESTART_DELAY, 0.5 * 2 ** (self._failures[index] - 1))
+    def _schedule_restart(self, index: int, returncode: int, delay: float | None) -> None:
+        """Plan a dead worker's restart after a back-off that grows while it dies young."""
+        worker = self._workers[index]
+        lived = time.monotonic() - worker.started
+        worker.failures = worker.failures + 1 if lived < CRASH_WINDOW else 1
+        if delay is None:
+            delay = min(MAX_RESTART_DELAY, 0.5 * 2 ** (worker.failures - 1))
+        pid = worker.process.pid if worker.process is not None else -1
         log.error(
             "worker %d (pid %d) exited with status %d after %.1fs; restarting in %.1fs",
             index, pid, returncode, lived, delay,
         )  # fmt: skip
-        self._workers[index] = None
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline and not self._stopping:
-            time.sleep(SUPERVISOR_POLL)
-        if not self._stopping:
-            self._spawn(index)
+        worker.process = None
+        self._close_pipe(worker)
+        worker.restart_at = time.monotonic() + delay
+
+    def _kill_hung(self) -> None:
+        """SIGKILL a worker whose heartbeats stopped (its replacement follows on reaping)."""
+        now = time.monotonic()
+        for index, worker in enumerate(self._workers):
+            process = worker.process
+            if process is None or worker.last_beat is None or process.poll() is not None:
+                continue
+            silent = now - worker.last_beat
+            if silent > self._hang_timeout:
+                log.error(
+                    "worker %d (pid %d) sent no heartbeat for %.1fs (hung); killing it",
+                    index, process.pid, silent,
+                )  # fmt: skip
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                worker.last_beat = None
+
+    def _start_due(self) -> None:
+        """Start the workers whose restart time has come."""
+        now = time.monotonic()
+        for index, worker in enumerate(self._workers):
+            if worker.restart_at is not None and worker.restart_at <= now:
+                self._spawn(index)
 
     def _drain(self) -> int:
-        live = [p for p in self._workers if p is not None and p.poll() is None]
+        live = [
+            w.process for w in self._workers if w.process is not None and w.process.poll() is None
+        ]
         log.info("supervisor stopping %d workers", len(live))
         for process in live:
             process.send_signal(signal.SIGTERM)
@@ -391,7 +526,7 @@ class Supervisor:
                 code = process.wait()
             # SIGTERM is what was asked for: a worker still starting has no handler yet.
             status = status or (0 if code in (0, -signal.SIGTERM) else 1)
-        for index in range(len(self._workers)):
-            self._close_ready_pipe(index)
+        for worker in self._workers:
+            self._close_pipe(worker)
         log.info("supervisor stopped")
         return status

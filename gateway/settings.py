@@ -44,6 +44,8 @@ DEFAULT_MAX_CONNECTIONS = 4096  # open client connections per worker on the prox
 DEFAULT_PID_FILE = "keygate.pid"  # beside the config file unless pid_file says otherwise
 MIN_SIGNING_KEY_BYTES = 32  # bytes of an identity signing secret (HMAC-SHA256 key)
 DEFAULT_MAX_START_FAILURES = 5  # workers in a row dying before serving end the supervisor
+DEFAULT_HANG_TIMEOUT = 10.0  # seconds a serving worker may send no heartbeat before it is killed
+MIN_HANG_TIMEOUT = 2.0  # seconds; a worker beats every second, so less would kill busy ones
 DEFAULT_POOL_SIZE = 256  # keep-alive connections to the upstream per process
 DEFAULT_POOL_TIMEOUT = 10.0  # seconds a request waits for a free upstream connection
 DEFAULT_IDLE_TIMEOUT = 15.0  # seconds an idle upstream connection is kept for reuse
@@ -186,6 +188,7 @@ class Settings:
     log_level: str
     access_log: bool
     log_format: Literal["text", "json"] = "text"
+    hang_timeout: float = DEFAULT_HANG_TIMEOUT  # seconds without a worker's heartbeat
     pid_file: Path | None = None  # where `keygate serve` writes its pid (for `policy reload`)
     policy_watch: bool = False  # reload the policy when its file changes
     sessions: SessionSettings = SessionSettings()
@@ -357,7 +360,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
     )
     usage = reader.section(data, "usage", {"flush_interval"})
     shutdown = reader.section(data, "shutdown", {"grace_period"})
-    supervisor = reader.section(data, "supervisor", {"max_start_failures"})
+    supervisor = reader.section(data, "supervisor", {"max_start_failures", "hang_timeout"})
     limits_data = reader.section(data, "rate_limits", {"redis_url", "fail_open"})
     redis_url = limits_data.get("redis_url")
     if redis_url is not None and (
@@ -436,6 +439,13 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
                 DEFAULT_MAX_START_FAILURES,
                 minimum=1,
             )
+        ),
+        hang_timeout=reader.number(
+            supervisor,
+            "supervisor",
+            "hang_timeout",
+            DEFAULT_HANG_TIMEOUT,
+            minimum=MIN_HANG_TIMEOUT,
         ),
         log_level=level,
         access_log=reader.boolean(log, "log", "access_log", True),
