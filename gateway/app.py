@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from aiohttp import web
 
@@ -18,6 +19,7 @@ from gateway.admin.app import create_admin_app
 from gateway.admin.middlewares import SECURITY_HEADERS
 from gateway.clock import now
 from gateway.feed import FeedFollower, prune_periodically
+from gateway.keytable import KeyTable
 from gateway.notify import Notifier, Webhook
 from gateway.outbox import Outbox
 from gateway.policy_reload import PolicyHolder, load_policy_file
@@ -25,7 +27,15 @@ from gateway.proxy import Proxy
 from gateway.ratelimit import LocalLimiter, redis_limiter
 from gateway.runtime import Runtime
 from gateway.settings import ClientLimits, Settings
-from gateway.store.base import FeedNotifier
+from gateway.snapshot import (
+    CAUSE_NOT_YET,
+    SNAPSHOT_INTERVAL,
+    PendingStore,
+    SnapshotError,
+    load_snapshot,
+    snapshot_periodically,
+)
+from gateway.store.base import FeedNotifier, KeyStore, StoreUnavailableError
 from gateway.store.factory import store_for
 from gateway.upstream import UpstreamClient, create_upstream_client
 from gateway.web_internals import ConnectionLimits, JsonErrorAppRunner, JsonErrorServer
@@ -66,19 +76,49 @@ class RunningGateway:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
-async def open_runtime(settings: Settings) -> Runtime:
-    """Open the store, load the policy and the whole key table."""
+async def open_runtime(settings: Settings, *, writes_snapshot: bool = False) -> Runtime:
+    """Open the store, load the policy and the whole key table.
+
+    With the store unreachable, the table comes from the snapshot file when there is a
+    usable one (the store then opens in the background, see gateway.snapshot); without
+    one, StoreUnavailableError. `writes_snapshot`: this process keeps the snapshot.
+    """
     loaded = load_policy_file(settings.policy_path)
     store = store_for(settings)
-    await store.open()
+    table = KeyTable()
+    try:
+        await store.open()
+    except StoreUnavailableError as error:
+        if settings.snapshot_file is None:
+            raise
+        try:
+            count = load_snapshot(settings.snapshot_file, store.location, table)
+        except SnapshotError as problem:
+            log.error("no usable key-table snapshot %s: %s", settings.snapshot_file, problem)
+            raise error from None
+        table.generation = store.generation
+        log.warning(
+            "%s; serving %d keys from the snapshot %s (feed sequence %d) until it answers",
+            error, count, settings.snapshot_file, table.seq,
+        )  # fmt: skip
+        return Runtime(
+            settings=settings,
+            store=cast(KeyStore, PendingStore(store, CAUSE_NOT_YET)),
+            policy=loaded.policy,
+            table=table,
+            policy_source=PolicyHolder(settings.policy_path, loaded),
+        )
     runtime = Runtime(
         settings=settings,
         store=store,
         policy=loaded.policy,
+        table=table,
         policy_source=PolicyHolder(settings.policy_path, loaded),
     )
     try:
-        await runtime.load_table()
+        runtime.snapshot_seq = await runtime.load_table(
+            settings.snapshot_file if writes_snapshot else None
+        )
     except BaseException:
         await store.close()
         raise
@@ -109,7 +149,7 @@ async def running_gateway(
     `processes` is how many processes share the proxy port: without Redis each enforces
     that share of every rate limit.
     """
-    runtime = await open_runtime(settings)
+    runtime = await open_runtime(settings, writes_snapshot=serve_admin)
     # One try/finally for everything started from here: whatever fails part-way (the
     # upstream client's TLS material, a port in use) stops what was already running.
     tasks: list[asyncio.Task[None]] = []
@@ -135,6 +175,18 @@ async def running_gateway(
         follower = FeedFollower(store, runtime.table, settings.poll_interval, notifier)
         runtime.follower = follower
         tasks.append(asyncio.create_task(follower.run(), name="keygate-feed"))
+        if isinstance(runtime.store, PendingStore):
+            reopen = runtime.store.reopen(lambda: runtime.follower)
+            tasks.append(asyncio.create_task(reopen, name="keygate-store-reopen"))
+        if serve_admin and settings.snapshot_file is not None:
+            refresh = snapshot_periodically(
+                store,
+                runtime.table,
+                settings.snapshot_file,
+                SNAPSHOT_INTERVAL,
+                runtime.snapshot_seq,
+            )
+            tasks.append(asyncio.create_task(refresh, name="keygate-snapshot"))
         if settings.policy_watch and runtime.policy_source is not None:
             tasks.append(asyncio.create_task(runtime.policy_source.watch(runtime.reload_policy)))
         tasks.append(

@@ -6,9 +6,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from gateway.keytable import KeyTable
-from gateway.store.base import FeedNotifier, FeedPrunedError, KeyStore, StoreUnavailableError
+from gateway.store.base import (
+    AuthRow,
+    FeedNotifier,
+    FeedPrunedError,
+    KeyStore,
+    StoreUnavailableError,
+)
 
 log = logging.getLogger("keygate.feed")
 
@@ -16,12 +23,26 @@ log = logging.getLogger("keygate.feed")
 FEED_BATCH = 10_000
 
 
-async def load_table(store: KeyStore, table: KeyTable) -> None:
-    """Replace the table's contents with every key of the store (the cold load)."""
+async def load_table(
+    store: KeyStore, table: KeyTable, tee: Callable[[list[AuthRow]], None] | None = None
+) -> None:
+    """Replace the table's contents with every key of the store (the cold load).
+
+    `tee`, when given, also gets every chunk of rows (the snapshot writer).
+    """
     # Read before loading: a replacement seen meanwhile leaves a mismatch, so a reload.
     generation = store.generation
     loader = table.loader()
-    seq = await store.load_auth(loader.add)
+    sink = loader.add
+    if tee is not None:
+
+        def both(rows: list[AuthRow]) -> None:
+            sink(rows)
+            tee(rows)
+
+        seq = await store.load_auth(both)
+    else:
+        seq = await store.load_auth(sink)
     loader.finish(seq)
     table.generation = generation
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gateway.clock import now
 from gateway.feed import FeedFollower, catch_up, load_table
@@ -12,6 +13,7 @@ from gateway.policy import Policy
 from gateway.policy_reload import PolicyHolder
 from gateway.ratelimit import Limiter, LocalLimiter
 from gateway.settings import Settings
+from gateway.snapshot import SnapshotWriter
 from gateway.store.base import KeyStore
 from gateway.usage import UsageCounter
 
@@ -33,6 +35,8 @@ class Runtime:
     policy_source: PolicyHolder | None = None
     # Set when shutdown starts: /readyz answers 503 from then on.
     draining: bool = False
+    # Feed sequence of the last key-table snapshot this process wrote (None: none).
+    snapshot_seq: int | None = None
 
     def reload_policy(self, reason: str) -> bool:
         """Reload the policy file; a good one is in force at once, a broken one changes nothing.
@@ -47,9 +51,22 @@ class Runtime:
         self.policy = holder.policy
         return True
 
-    async def load_table(self) -> None:
-        """Load every key from the store into the in-memory table."""
-        await load_table(self.store, self.table)
+    async def load_table(self, snapshot: Path | None = None) -> int | None:
+        """Load every key from the store into the in-memory table.
+
+        With `snapshot`, the rows also go to that snapshot file; return the sequence it
+        was written at (None: not written).
+        """
+        if snapshot is None:
+            await load_table(self.store, self.table)
+            return None
+        writer = SnapshotWriter(snapshot, self.store.location)
+        try:
+            await load_table(self.store, self.table, writer.add)
+        except BaseException:
+            writer.abandon()
+            raise
+        return self.table.seq if writer.commit(self.table.seq) else None
 
     async def apply_own_writes(self) -> None:
         """Bring the table up to date with the store before an admin call returns."""

@@ -22,6 +22,7 @@ from gateway import access_writer
 from gateway.app import running_gateway
 from gateway.logs import configure_logging
 from gateway.settings import DEFAULT_HANG_TIMEOUT, Listener, Settings
+from gateway.store.base import StoreUnavailableError
 
 log = logging.getLogger("keygate.server")
 # Seconds a worker must live to count as started; faster deaths back off before restarting.
@@ -44,6 +45,9 @@ PARENT_POLL = 0.5  # seconds between a worker's checks that its supervisor is al
 # of its status pipe (readiness, then a heartbeat).
 SUPERVISOR_PID_ENV = "KEYGATE_SUPERVISOR_PID"
 READY_FD_ENV = "KEYGATE_READY_FD"
+# Exit status of a worker that could not start only because the store is unreachable (and
+# it had no usable snapshot): EX_TEMPFAIL; the supervisor retries it without counting it.
+EXIT_STORE_UNAVAILABLE = 75
 _PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
@@ -248,14 +252,21 @@ def run_server(settings: Settings, workers_value: str, worker_index: int | None 
         if worker_index in (None, 0):
             log.info("event loop: %s", "uvloop" if uses_uvloop else "asyncio")
         with pid_file(settings.pid_file if worker_index is None else None):
-            asyncio.run(
-                serve_until_stopped(
-                    settings,
-                    reuse_port=worker_index is not None,
-                    serve_admin=worker_index in (None, 0),
-                    processes=workers,
+            try:
+                asyncio.run(
+                    serve_until_stopped(
+                        settings,
+                        reuse_port=worker_index is not None,
+                        serve_admin=worker_index in (None, 0),
+                        processes=workers,
+                    )
                 )
-            )
+            except StoreUnavailableError as error:
+                if worker_index is None:
+                    raise
+                # Told apart from a crash: the supervisor retries without counting it.
+                log.error("worker %d cannot start: %s", worker_index, error)
+                return EXIT_STORE_UNAVAILABLE
         return 0
     wait_for_ports(settings)
     with pid_file(settings.pid_file):
@@ -445,8 +456,17 @@ class Supervisor:
             # Killed from outside (an operator's kill -9, the OOM killer, a hang) is not a
             # failure to start; exiting on its own before serving is.
             killed = process.returncode in _EXTERNAL_SIGNALS
+            unreachable = process.returncode == EXIT_STORE_UNAVAILABLE
             delay: float | None = None
-            if not worker.ready and not killed:
+            if unreachable:
+                # The store is away and no snapshot was usable: not a crash, so not counted
+                # towards a crash loop; retried with the back-off until the store returns.
+                log.warning(
+                    "worker %d could not reach the store at start; it is retried, the others "
+                    "keep serving",
+                    index,
+                )
+            elif not worker.ready and not killed:
                 self._start_failures += 1
                 if self._start_failures >= self._max_start_failures:
                     if not any(w.ready and w is not worker for w in self._workers):

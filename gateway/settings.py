@@ -42,6 +42,8 @@ DEFAULT_HEAD_TIMEOUT = 10.0  # seconds a client has to send a whole request head
 DEFAULT_KEEPALIVE_TIMEOUT = 15.0  # seconds an idle keep-alive client connection stays open
 DEFAULT_MAX_CONNECTIONS = 4096  # open client connections per worker on the proxy listener
 DEFAULT_PID_FILE = "keygate.pid"  # beside the config file unless pid_file says otherwise
+# Beside the config unless snapshot_file says otherwise (null: no snapshot).
+DEFAULT_SNAPSHOT_FILE = "keygate-table.snapshot"
 MIN_SIGNING_KEY_BYTES = 32  # bytes of an identity signing secret (HMAC-SHA256 key)
 DEFAULT_MAX_START_FAILURES = 5  # workers in a row dying before serving end the supervisor
 DEFAULT_HANG_TIMEOUT = 10.0  # seconds a serving worker may send no heartbeat before it is killed
@@ -190,6 +192,8 @@ class Settings:
     log_format: Literal["text", "json"] = "text"
     hang_timeout: float = DEFAULT_HANG_TIMEOUT  # seconds without a worker's heartbeat
     pid_file: Path | None = None  # where `keygate serve` writes its pid (for `policy reload`)
+    # The key-table snapshot a worker serves from when the store is unreachable at its start.
+    snapshot_file: Path | None = None
     policy_watch: bool = False  # reload the policy when its file changes
     sessions: SessionSettings = SessionSettings()
     store_password: str | None = None  # PostgreSQL only, resolved from env or file
@@ -281,6 +285,7 @@ class _Reader:
 
 
 _TOP_LEVEL = {
+    "snapshot_file",
     "listen",
     "admin",
     "upstream",
@@ -451,6 +456,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         access_log=reader.boolean(log, "log", "access_log", True),
         log_format=log_format,
         pid_file=_pid_file(reader, data, path.parent),
+        snapshot_file=_snapshot_file(reader, data, path.parent),
         policy_watch=_flag(reader, data, "policy_watch"),
         sessions=sessions,
         store_password=store_password,
@@ -771,6 +777,17 @@ def _pid_file(reader: _Reader, data: Mapping[str, Any], base_dir: Path) -> Path:
     if not isinstance(value, str) or not value:
         reader.problem("pid_file", "must be a file path")
         value = DEFAULT_PID_FILE
+    return Path(os.path.abspath(base_dir / value))
+
+
+def _snapshot_file(reader: _Reader, data: Mapping[str, Any], base_dir: Path) -> Path | None:
+    """The key-table snapshot path, relative to the config; null turns snapshots off."""
+    value = data.get("snapshot_file", DEFAULT_SNAPSHOT_FILE)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        reader.problem("snapshot_file", "must be a file path, or null for no snapshot")
+        return None
     return Path(os.path.abspath(base_dir / value))
 
 
