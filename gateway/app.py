@@ -34,6 +34,7 @@ from gateway.snapshot import (
     SnapshotError,
     load_snapshot,
     snapshot_periodically,
+    store_unreachable,
 )
 from gateway.store.base import FeedNotifier, KeyStore, StoreUnavailableError
 from gateway.store.factory import store_for
@@ -89,7 +90,7 @@ async def open_runtime(settings: Settings, *, writes_snapshot: bool = False) -> 
     try:
         await store.open()
     except StoreUnavailableError as error:
-        if settings.snapshot_file is None:
+        if settings.snapshot_file is None or not store_unreachable(error):
             raise
         try:
             count = load_snapshot(settings.snapshot_file, store.location, table)

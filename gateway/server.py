@@ -22,6 +22,7 @@ from gateway import access_writer
 from gateway.app import running_gateway
 from gateway.logs import configure_logging
 from gateway.settings import DEFAULT_HANG_TIMEOUT, Listener, Settings
+from gateway.snapshot import store_unreachable
 from gateway.store.base import StoreUnavailableError
 
 log = logging.getLogger("keygate.server")
@@ -262,7 +263,7 @@ def run_server(settings: Settings, workers_value: str, worker_index: int | None 
                     )
                 )
             except StoreUnavailableError as error:
-                if worker_index is None:
+                if worker_index is None or not store_unreachable(error):
                     raise
                 # Told apart from a crash: the supervisor retries without counting it.
                 log.error("worker %d cannot start: %s", worker_index, error)

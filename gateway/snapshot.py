@@ -36,6 +36,32 @@ REOPEN_RETRY_MAX = 5.0  # seconds between retries at most
 CAUSE_NOT_YET = "not reached since this process started (serving keys from the snapshot)"
 
 
+# Driver errors (by class name, anywhere in the error's MRO; asyncpg is optional) that
+# mean the server cannot be reached or cannot take a connection now, not that data is bad.
+_UNREACHABLE_DRIVER_ERRORS = frozenset(
+    {
+        "PostgresConnectionError",
+        "OperatorInterventionError",
+        "InsufficientResourcesError",
+        "InterfaceError",
+    }
+)
+
+
+def store_unreachable(error: StoreUnavailableError) -> bool:
+    """Whether the store failed only because it cannot be reached (network, server away).
+
+    A corrupt, full or read-only database is not: serving from a snapshot or retrying
+    without counting a crash would hide it.
+    """
+    cause = error.__cause__
+    if isinstance(cause, OSError | TimeoutError):
+        return True
+    if cause is None:
+        return False
+    return any(kind.__name__ in _UNREACHABLE_DRIVER_ERRORS for kind in type(cause).__mro__)
+
+
 class SnapshotError(Exception):
     """The snapshot file is missing, unreadable, incomplete or for another store."""
 
