@@ -119,20 +119,21 @@ class AccessWriter:
 
 def atomic_chunks(lines: list[str]) -> list[bytes]:
     """Join `lines` into writes of at most ATOMIC_WRITE bytes, each ending at a line end."""
+    batch = "".join(lines).encode("utf-8", "backslashreplace")
     chunks: list[bytes] = []
-    pending: list[bytes] = []
-    size = 0
-    for line in lines:
-        data = line.encode("utf-8", "backslashreplace")
-        if len(data) > ATOMIC_WRITE:
-            data = shortened(line).encode("utf-8", "backslashreplace")
-        if size + len(data) > ATOMIC_WRITE:
-            chunks.append(b"".join(pending))
-            pending, size = [], 0
-        pending.append(data)
-        size += len(data)
-    if pending:
-        chunks.append(b"".join(pending))
+    start, end = 0, len(batch)
+    while end - start > ATOMIC_WRITE:
+        cut = batch.rfind(b"\n", start, start + ATOMIC_WRITE)
+        if cut < 0:  # one line longer than a whole write: shorten it alone
+            line_end = batch.index(b"\n", start)
+            line = batch[start : line_end + 1].decode("utf-8", "backslashreplace")
+            chunks.append(shortened(line).encode("utf-8", "backslashreplace"))
+            start = line_end + 1
+            continue
+        chunks.append(batch[start : cut + 1])
+        start = cut + 1
+    if start < end:
+        chunks.append(batch[start:])
     return chunks
 
 
