@@ -87,11 +87,16 @@ _KEY_IN_TEXT = re.compile(
 CUT_MARK = "..."  # what replaces the cut part of a key
 
 
+def _cut(match: re.Match[str]) -> str:
+    return match[1] + CUT_MARK
+
+
 def cut_keys(text: str) -> str:
     """Return `text` with every key in it cut to its display prefix and `...`.
 
-    Cheap when there is no key: one substring test before any regular expression.
+    Cheap when there is no key: a substring test, then a search, before any substitution
+    (a callable replacement: a template string is parsed again on every call).
     """
-    if "kg" not in text:
+    if "kg" not in text or _KEY_IN_TEXT.search(text) is None:
         return text
-    return _KEY_IN_TEXT.sub(rf"\1{CUT_MARK}", text)
+    return _KEY_IN_TEXT.sub(_cut, text)
