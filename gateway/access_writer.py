@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from gateway.keys import cut_keys
 from gateway.logs import json_head
 
 FLUSH_INTERVAL = 0.2  # seconds a line may wait before it is written
@@ -75,9 +76,9 @@ class AccessWriter:
         self.add(line + "\n")
 
     def add(self, line: str) -> None:
-        """Queue a whole line, its newline included."""
+        """Queue a whole line, its newline included, any key in it cut to its prefix."""
         lines = self._lines
-        lines.append(line)
+        lines.append(cut_keys(line))
         if len(lines) >= FLUSH_LINES or self._timer is None:
             self._schedule()
 
