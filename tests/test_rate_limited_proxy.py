@@ -409,3 +409,28 @@ async def test_a_flood_holds_its_shared_limit_and_refuses_no_one_else(
     # The burst of 3, plus what 5 per minute refills while the flood lasts.
     assert flooded.count(200) <= 3 + int(elapsed * 5 / 60) + 1, (flooded.count(200), elapsed)
     assert calm_seen == [200] * CALM_REQUESTS, calm_seen
+
+
+async def test_metrics_show_a_failing_rate_limit_store(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    upstream = await loop.create_server(CountingUpstream, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{upstream.sockets[0].getsockname()[1]}"
+    config = write_config(
+        tmp_path / "down",
+        url,
+        policy=limited_policy(3),
+        extra={"rate_limits": {"redis_url": "redis://127.0.0.1:1/0"}},  # nothing listens
+    )
+    try:
+        async with running_gateway(load_settings(config)) as running:
+            secret = await create_key(config, "unmetered", [LIMITED_ROLE])
+            await running.runtime.apply_own_writes()
+            # Failing open, the worker still holds the key to its whole limit.
+            assert await keyed_statuses(running, secret, 4) == [200, 200, 200, 429]
+            assert running.admin_port is not None
+            metrics = await raw_request(running.admin_port, http_request("GET", "/metrics"))
+    finally:
+        upstream.close()
+    text = metrics.body.decode()
+    assert "keygate_ratelimit_store_failures_total 1.0" in text  # the breaker skipped Redis
+    assert "keygate_ratelimit_store_up 0.0" in text
