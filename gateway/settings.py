@@ -118,7 +118,7 @@ class RateLimits:
     """Where per-key rate-limit counts live: this process, or Redis shared by the fleet."""
 
     redis_url: str | None
-    fail_open: bool  # admit requests while Redis cannot be reached
+    fail_open: bool  # Redis down: each worker holds keys to their whole limit, else to its share
 
 
 @dataclass(frozen=True, slots=True)
