@@ -60,6 +60,11 @@ class Pool:
         """Open connections waiting in the pool for reuse."""
         return len(self._idle)
 
+    @property
+    def waiting(self) -> int:
+        """Acquirers queued for a connection (first come, first served)."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
     # ---------------------------------------------------------------- acquiring
 
     async def acquire(self, *, fresh: bool) -> UpstreamConnection:
