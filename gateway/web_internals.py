@@ -25,6 +25,8 @@ from aiohttp.web_protocol import RequestHandler
 from gateway.error_responses import E_BAD_REQUEST, E_INTERNAL, error_response
 
 log = logging.getLogger("keygate")
+# aiohttp's own data_received, called without a super() lookup: it runs for every chunk.
+_parse = RequestHandler.data_received
 
 
 class RelayedResponse(web.StreamResponse):
@@ -148,7 +150,7 @@ class JsonErrorRequestHandler(RequestHandler):
         if self._idle:
             self._idle = False
             self._start_head_clock()
-        RequestHandler.data_received(self, data)
+        _parse(self, data)
 
     def await_head(self) -> None:
         """A response is done: the connection idles until the next head's first byte.
