@@ -20,7 +20,8 @@ from gateway.upstream.connection import UpstreamConnection
 from gateway.upstream.errors import UpstreamError
 from gateway.upstream.pool import Pool
 
-SETTLE_TURNS = 500  # most loop turns a step may take to settle (connects on loopback)
+SETTLE_TURNS = 1000  # most loop turns a step may take to settle (connects on loopback)
+SETTLE_PAUSE = 0.005  # seconds each settling turn sleeps after the first 50
 EXAMPLES = 40  # hypothesis examples (each opens its own upstream and pool)
 STEPS = 30  # steps per example
 
@@ -61,8 +62,9 @@ class PoolMachine(RuleBasedStateMachine):
     def _settle(self) -> None:
         """Run the loop until every task is done or queued and no slot is mid-opening."""
         pool = self._pool()
-        for _ in range(SETTLE_TURNS):
-            self.loop.run_until_complete(asyncio.sleep(0))
+        for turn in range(SETTLE_TURNS):
+            # Loop turns first; then short sleeps, so a loaded machine's connects can finish.
+            self.loop.run_until_complete(asyncio.sleep(0 if turn < 50 else SETTLE_PAUSE))
             pending = sum(1 for task in self.tasks if not task.done())
             if pending == pool.waiting and pool._opening == 0:
                 break
