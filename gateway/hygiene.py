@@ -17,8 +17,8 @@ import time
 from collections.abc import Iterable
 from urllib.parse import unquote_plus
 
-from gateway.credentials import fold_header_name
-from gateway.keys import cut_keys
+from gateway.credentials import fold_header_name, header_value_carries_key
+from gateway.keys import KEY_PREFIX, cut_keys
 from gateway.verify import SIGNATURE_HEADER, header_value
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1) plus those never forwarded as sent.
@@ -214,6 +214,24 @@ def squash(name: str) -> str:
     return _NOT_LETTER_OR_DIGIT.sub("", name.lower())
 
 
+# keygate's own cookies (the admin listener's web session, plain and over TLS): never forwarded.
+# Every name contains the mark, so a Cookie value without it (nearly all) costs one substring
+# search and is forwarded untouched.
+SESSION_COOKIE = "keygate-session"
+SECURE_SESSION_COOKIE = "__Host-keygate-session"
+KEYGATE_COOKIE_MARK = "keygate-session"
+
+
+def without_keygate_cookies(value: str) -> str:
+    """Return a Cookie value minus every `;` part mentioning keygate's cookie, the rest as sent."""
+    kept = [part for part in value.split(";") if KEYGATE_COOKIE_MARK not in part]
+    return ";".join(kept).lstrip()
+
+
+class KeyInHeaderError(ValueError):
+    """A header that would be forwarded holds a working API key (refused, never sent on)."""
+
+
 # Headers forwarded only under their exact (case-insensitive) name: a look-alike
 # (`Content_Length`, `Authorization_`) could be read as the real one by a loose backend, with
 # a value keygate never checked.
@@ -224,6 +242,9 @@ _OVERRIDE_SQUASHED = frozenset(squash(name) for name in METHOD_OVERRIDE_HEADERS)
 # A backend session cookie is a second identity beside a key (the backend could act as its
 # user); look-alikes (`Cookie_`, `Cookie2`) included.
 _SESSION_PREFIX = "cookie"
+# The caller's own login to the backend: when a service header of the same name is configured,
+# an anonymous caller still sends its own (exact name only), a key caller never does.
+_OWN_LOGIN = frozenset({"authorization", "cookie"})
 
 
 # Connection values parsed and remembered (least recently used out): nearly every request and
@@ -256,7 +277,10 @@ class HeaderHygiene:
         self._acting_header = acting_user_header
         # The first key signs the acting user (gateway.verify says how backends check it).
         self._signing_key = signing_keys[0] if signing_keys else None
-        self._static_headers = list(static_headers)  # names unique (settings checks)
+        # Names unique and none that keygate strips or sets itself (settings checks). Sent for
+        # key callers only: an anonymous caller never acts as the service.
+        self._static_headers = list(static_headers)
+        self._service_squashed = frozenset(squash(name) for name, _ in static_headers)
         dropped = (
             *HOP_BY_HOP,
             acting_user_header,
@@ -266,7 +290,6 @@ class HeaderHygiene:
             *FORWARDING_HEADERS,
             *TRUSTED_IDENTITY_HEADERS,
             *URL_REWRITE_HEADERS,
-            *(name for name, _ in static_headers),
             "Host",
             "Expect",
             "X-API-Key",
@@ -280,6 +303,9 @@ class HeaderHygiene:
         squashed = squash(name)
         if squashed in self._dropped_squashed or squashed.startswith(self._dropped_prefixes):
             return DROP
+        if squashed in self._service_squashed:
+            # The service's header: no client copy goes up, except a caller's own login.
+            return SESSION if name.lower() in _OWN_LOGIN else DROP
         exact = _EXACT_ONLY.get(squashed)
         if exact is not None:
             return KEEP if name.lower() == exact else DROP
@@ -304,11 +330,12 @@ class HeaderHygiene:
         scheme: str,
     ) -> tuple[list[tuple[str, str]], list[str]]:
         """Copy the client's headers minus hop-by-hop, credential, identity and rewrite headers
-        (and, for a key caller, the backend session cookies).
+        and keygate's own cookies (and, for a key caller, the backend session cookies).
 
-        Then set the acting user (for a key caller), X-Forwarded-For/-Proto/-Host and the
-        configured service headers; everything set here is dropped first, so no name repeats.
-        Returns the headers and the values of any method-override headers among them.
+        Then set the acting user and the configured service headers (for a key caller), and
+        X-Forwarded-For/-Proto/-Host; everything set here is dropped first, so no name repeats.
+        Returns the headers and the values of any method-override headers among them. Raises
+        KeyInHeaderError when a header that would go up holds a working API key.
         """
         extra_drop = connection_named(connection) if connection else _NOTHING
         if drop_authorization:
@@ -322,8 +349,14 @@ class HeaderHygiene:
             kind = classify(name)
             if kind in skipped or (extra_drop and folded(name) in extra_drop):
                 continue
+            if KEY_PREFIX in value and header_value_carries_key(value):
+                raise KeyInHeaderError(name)
             if kind == OVERRIDE:
                 overrides.append(value)
+            elif kind == SESSION and KEYGATE_COOKIE_MARK in value:
+                value = without_keygate_cookies(value)
+                if not value:
+                    continue
             out.append((name, value))
         if acting_user is not None:
             out.append((self._acting_header, acting_user))
@@ -337,8 +370,32 @@ class HeaderHygiene:
         out.append(("X-Forwarded-Proto", scheme))
         if host:
             out.append(("X-Forwarded-Host", host))
-        out += self._static_headers
+        if acting_user is not None:
+            out += self._static_headers
         return out, overrides
+
+
+def service_header_problem(
+    name: str, acting_user_header: str, strip_headers: Iterable[str]
+) -> str | None:
+    """Return why `name` cannot be an `upstream.headers` service header, or None when it can.
+
+    Refused: any name (compared as loose readers compare, on letters and digits) that keygate
+    strips or sets itself: hop-by-hop and framing headers, the credential, the acting-user and
+    identity headers, X-Forwarded-*/X-Request-Id (filled from the client's request, so an
+    anonymous caller would choose their value), rewrite and method-override headers, and
+    look-alikes of Authorization, Cookie and Content-*.
+    """
+    kind = HeaderHygiene(acting_user_header, strip_headers, ()).classify(name)
+    lowered = name.lower()
+    if kind == KEEP and lowered not in ("content-length", "content-type"):
+        return None
+    if kind == SESSION and lowered == "cookie":
+        return None
+    return (
+        "cannot be a service header: keygate strips or sets this header itself (or a "
+        "look-alike of it), or it frames the request"
+    )
 
 
 def query_method_overrides(raw_target: str) -> list[str]:

@@ -28,6 +28,7 @@ from gateway.error_responses import (
 from gateway.hygiene import (
     REQUEST_ID_HEADER,
     HeaderHygiene,
+    KeyInHeaderError,
     query_method_overrides,
     request_id,
     response_headers,
@@ -157,7 +158,10 @@ class Proxy:
         if credential is None:
             if self._deny_anonymous:
                 return self._refuse(refusals.KEY_MISSING)
-            headers, _ = self._upstream_headers(request, notes, None, False)
+            try:
+                headers, _ = self._upstream_headers(request, notes, None, False)
+            except KeyInHeaderError:
+                return self._refuse(refusals.KEY_MISPLACED)
             return await self._forward(request, notes, headers)
         moment = now()
         record = auth.authenticate(runtime.table, credential.key, moment)
@@ -169,9 +173,12 @@ class Proxy:
         refusal = auth.authorize(policy, record, request.method, path)
         if refusal is not None:
             return self._refuse(refusal)
-        headers, overrides = self._upstream_headers(
-            request, notes, record.name, credential.in_authorization
-        )
+        try:
+            headers, overrides = self._upstream_headers(
+                request, notes, record.name, credential.in_authorization
+            )
+        except KeyInHeaderError:
+            return self._refuse(refusals.KEY_MISPLACED)
         overrides += query_method_overrides(request.raw_path)
         for override in overrides:
             # Jersey, Spring and ASP.NET run the request as the named method: decide that too.
