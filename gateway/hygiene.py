@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from urllib.parse import unquote_plus
 
 from gateway.credentials import fold_header_name
+from gateway.keys import holds_key_shape
 from gateway.verify import SIGNATURE_HEADER, header_value
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1) plus those never forwarded as sent.
@@ -190,10 +191,21 @@ _id_counter = itertools.count(1)
 
 
 def request_id(offered: str | None) -> str:
-    """Return the client's request id when it is well formed, else a new unique one."""
-    if offered is not None and _REQUEST_ID.fullmatch(offered):
+    """Return the client's request id when it is well formed, else a new unique one.
+
+    An id holding a key is never taken (the caller refuses the request: `offers_a_key`).
+    """
+    if offered is not None and _REQUEST_ID.fullmatch(offered) and not holds_key_shape(offered):
         return offered
     return f"{_ID_PREFIX}{next(_id_counter):010x}"
+
+
+def offers_a_key(offered: str | None) -> bool:
+    """Return True when a client's request id holds something shaped like an API key.
+
+    The id is echoed, sent upstream and logged: a key pasted into it would leak everywhere.
+    """
+    return offered is not None and holds_key_shape(offered)
 
 
 # Header names classified and remembered (least recently used out): bounded against variety.

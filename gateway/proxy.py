@@ -15,6 +15,7 @@ from gateway.access_log import redact_keys
 from gateway.clock import now
 from gateway.credentials import API_KEY_HEADER, AUTHORIZATION, extract_credential
 from gateway.error_responses import (
+    E_BAD_REQUEST_ID,
     E_BAD_TARGET,
     E_CLIENT_BODY_TIMEOUT,
     E_INTERNAL,
@@ -28,6 +29,7 @@ from gateway.error_responses import (
 from gateway.hygiene import (
     REQUEST_ID_HEADER,
     HeaderHygiene,
+    offers_a_key,
     query_method_overrides,
     request_id,
     response_headers,
@@ -104,10 +106,15 @@ class Proxy:
         protocol = request.protocol
         if isinstance(protocol, JsonErrorRequestHandler):
             protocol.head_received()
-        notes = RequestNotes(request_id(request.headers.get(REQUEST_ID_HEADER)))
+        offered = request.headers.get(REQUEST_ID_HEADER)
+        notes = RequestNotes(request_id(offered))
         request[NOTES] = notes
         try:
-            response = await self.handle(request, notes)
+            response: web.StreamResponse
+            if offered is not None and offers_a_key(offered):
+                response = self._error(400, E_BAD_REQUEST_ID, "the X-Request-Id holds an API key")
+            else:
+                response = await self.handle(request, notes)
             if not response.prepared:  # relayed answers got it before their head went out
                 response.headers[REQUEST_ID_HEADER] = notes.request_id
             if self._draining:
