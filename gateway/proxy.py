@@ -123,14 +123,33 @@ class Proxy:
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
-            log.exception("unexpected error handling %s", request.method)
-            return error_response(500, E_INTERNAL, "internal error")
+            if request.writer.output_size == 0:
+                log.exception("unexpected error handling %s", request.method)
+                return error_response(500, E_INTERNAL, "internal error")
+            return self._cut(request, notes)
         finally:
             del in_flight[id(request)]
             if isinstance(protocol, JsonErrorRequestHandler):
                 protocol.await_head()  # the clock for the next head on this connection
             if self._draining and not in_flight:
                 self._idle.set()
+
+    def _cut(self, request: web.BaseRequest, notes: RequestNotes) -> web.StreamResponse:
+        """End a request whose answer already began: close the connection, never a second head.
+
+        A fresh 500 here would go out after the relayed head, read by the client as body. As
+        for an upstream failing mid-body, closing the connection is the only honest signal.
+        """
+        log.exception(
+            "unexpected error after the answer to %s began; closing the connection",
+            request.method,
+        )
+        notes.incomplete = True
+        protocol = request.protocol
+        if protocol is not None:
+            protocol.force_close()  # the transport goes: aiohttp can write nothing more
+        # Only for the access line (status as relayed): it can never be sent.
+        return web.StreamResponse(status=notes.upstream_status or 500)
 
     async def drain(self, grace_period: float) -> int:
         """Let requests in flight finish (bodies still flow both ways) for up to `grace_period`

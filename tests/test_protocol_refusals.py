@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,3 +173,37 @@ async def test_plain_chunked_and_http_10_requests_still_go_through(
         assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == b"200", answer
         assert answer.endswith(b"\r\n\r\nok")
     assert len(upstream.heads) == 2
+
+
+# Upstreams that send a head, then break the body: the answer already began when it fails.
+BROKEN_AFTER_HEAD = {
+    "/cut/chunk-size": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n",
+    "/cut/trailer": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: a\x01b\r\n\r\n"
+    ),
+    "/cut/short": b"HTTP/1.1 200 OK\r\nContent-Length: 400000\r\n\r\nabc",
+}
+
+
+@pytest.mark.parametrize("target", sorted(BROKEN_AFTER_HEAD))
+async def test_an_answer_broken_after_its_head_ends_in_a_closed_connection(
+    gateway: RunningGateway,
+    upstream: RecordingUpstream,
+    caplog: pytest.LogCaptureFixture,
+    target: str,
+) -> None:
+    """One status line only, then the connection closes: never a second head in the body."""
+    caplog.set_level(logging.INFO)
+    upstream.answers = BROKEN_AFTER_HEAD
+    key = await add_key(gateway, "cut-bot", [ALL_ROLE])
+    # Keep-alive asked for: only the gateway closing the connection ends the read.
+    answer = await exchange(
+        gateway.proxy_port, f"GET {target} HTTP/1.1\r\nHost: a\r\nX-API-Key: {key}\r\n\r\n".encode()
+    )
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+    assert answer.count(b"HTTP/1.") == 1, answer
+    assert b"internal_error" not in answer
+    access = [r.getMessage() for r in caplog.records if r.name == "keygate.access"]
+    assert len(access) == 1 and access[0].endswith(" incomplete"), access
+    problems = [r for r in caplog.records if r.name == "keygate.proxy" and r.levelno >= 30]
+    assert len(problems) == 1, [r.getMessage() for r in problems]
