@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from urllib.parse import unquote_plus
 
 from gateway.credentials import fold_header_name, header_value_carries_key
-from gateway.keys import KEY_PREFIX, cut_keys
+from gateway.keys import KEY_PREFIX, holds_key_shape
 from gateway.verify import SIGNATURE_HEADER, header_value
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1) plus those never forwarded as sent.
@@ -173,8 +173,14 @@ URL_REWRITE_PREFIXES = ("xoriginal", "xrewrite", "xenvoyoriginal")
 # Headers that make Jersey, Spring, ASP.NET, Express and Laravel treat a request as another
 # method: a key caller's request carrying one is decided for that method too (gateway.proxy).
 METHOD_OVERRIDE_HEADERS = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
-# The query parameter some frameworks read as a method override (Rails, Laravel, Express).
+# The query parameter some frameworks read as a method override (Laravel and Symfony, Spring's
+# HiddenHttpMethodFilter, Express method-override, Rails through Rack).
 METHOD_OVERRIDE_QUERY = "_method"
+# Query parameter separators: `&` everywhere, `;` in older Rack and some servlet containers.
+_QUERY_SEPARATORS = re.compile(r"[&;]")
+# A query that may name an override: the name's letters, or percent-encoding hiding them. Most
+# queries have neither and are never split (the proxy asks on every key caller's request).
+_MAY_NAME_OVERRIDE = re.compile(r"method|%", re.IGNORECASE)
 # The request id header: the client's when well formed, else one keygate makes; sent upstream
 # and returned to the client, so one id follows a request through every log.
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -187,11 +193,19 @@ _id_counter = itertools.count(1)
 def request_id(offered: str | None) -> str:
     """Return the client's request id when it is well formed, else a new unique one.
 
-    An id holding (part of) a key is replaced: it would go upstream and into every log line.
+    An id holding a key is never taken (the caller refuses the request: `offers_a_key`).
     """
-    if offered is not None and _REQUEST_ID.fullmatch(offered) and cut_keys(offered) == offered:
+    if offered is not None and _REQUEST_ID.fullmatch(offered) and not holds_key_shape(offered):
         return offered
     return f"{_ID_PREFIX}{next(_id_counter):010x}"
+
+
+def offers_a_key(offered: str | None) -> bool:
+    """Return True when a client's request id holds something shaped like an API key.
+
+    The id is echoed, sent upstream and logged: a key pasted into it would leak everywhere.
+    """
+    return offered is not None and holds_key_shape(offered)
 
 
 # Header names classified and remembered (least recently used out): bounded against variety.
@@ -398,22 +412,34 @@ def service_header_problem(
     )
 
 
-def query_method_overrides(raw_target: str) -> list[str]:
-    """Return the values of `_method` parameters in a raw target's query (usually none).
+def parameter_name(raw: str) -> str:
+    """Return a raw query parameter name as the loosest common framework reads it, lower case.
 
-    Names are compared as frameworks read them: percent-decoded (`%5F%6Dethod` is `_method`)
-    and case-insensitively.
+    PHP (Laravel, Symfony) is the loosest: the name is percent-decoded (`+` is a space), ends
+    at a NUL, loses leading spaces, has spaces and dots made `_`, and an `[` starts an array
+    index (`_method[]`) or, unclosed, becomes `_` too. Others decode and compare exactly, or
+    case-insensitively. Every space is trimmed and the name cut at its first `[`, so the
+    result equals `_method` for whatever any of them would read as `_method` (and a little
+    more: denies more, never less).
+    """
+    name = unquote_plus(raw) if "%" in raw or "+" in raw else raw
+    name = name.partition("\x00")[0].strip().partition("[")[0]
+    return name.replace(" ", "_").replace(".", "_").lower()
+
+
+def query_method_overrides(raw_target: str) -> list[str]:
+    """Return the (decoded) values of `_method` parameters in a raw target's query (usually none).
+
+    Names are compared as frameworks read them (`parameter_name`), every occurrence counts.
     """
     _, mark, query = raw_target.partition("?")
-    if not mark:
+    if not mark or _MAY_NAME_OVERRIDE.search(query) is None:
         return []
     found = []
-    for pair in query.split("&"):
+    for pair in _QUERY_SEPARATORS.split(query):
         name, _, value = pair.partition("=")
-        if "%" in name or "+" in name:
-            name = unquote_plus(name)
-        if name.lower() == METHOD_OVERRIDE_QUERY:
-            found.append(value)
+        if parameter_name(name) == METHOD_OVERRIDE_QUERY:
+            found.append(unquote_plus(value) if "%" in value or "+" in value else value)
     return found
 
 
