@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from urllib.parse import unquote_plus
 
 from gateway.credentials import fold_header_name, header_value_carries_key
-from gateway.keys import KEY_PREFIX, holds_key_shape
+from gateway.keys import KEY_PREFIX, cut_keys, holds_key_shape
 from gateway.verify import SIGNATURE_HEADER, header_value
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1) plus those never forwarded as sent.
@@ -193,9 +193,11 @@ _id_counter = itertools.count(1)
 def request_id(offered: str | None) -> str:
     """Return the client's request id when it is well formed, else a new unique one.
 
-    An id holding a key is never taken (the caller refuses the request: `offers_a_key`).
+    An id holding a key is never taken (the caller refuses the request: `offers_a_key`), and
+    one holding a part of a key past its display prefix is replaced: it would go upstream
+    and into every log line.
     """
-    if offered is not None and _REQUEST_ID.fullmatch(offered) and not holds_key_shape(offered):
+    if offered is not None and _REQUEST_ID.fullmatch(offered) and cut_keys(offered) == offered:
         return offered
     return f"{_ID_PREFIX}{next(_id_counter):010x}"
 

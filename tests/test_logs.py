@@ -62,16 +62,22 @@ async def test_a_missing_or_malformed_id_is_replaced_by_one_of_ours(
     assert response.header_values(REQUEST_ID_HEADER) == upstream
 
 
-async def test_a_request_id_holding_a_key_is_replaced_not_sent_upstream(
+async def test_a_request_id_holding_a_key_is_refused_and_a_part_of_one_replaced(
     gateway: RunningGateway,
 ) -> None:
     key = await add_key(gateway, "rid-key-bot", [ALL_ROLE])
-    for offered in (key, f"trace-{key}", f"{key[:20]}"):
+    for offered in (key, f"trace-{key}"):
         headers = [(REQUEST_ID_HEADER, offered), ("X-API-Key", key)]
         response = await raw_request(gateway.proxy_port, http_request("GET", ECHO, headers))
-        (upstream,) = ids_seen_upstream(response.json())
-        assert key[keys.DISPLAY_PREFIX_LENGTH : 20] not in upstream
-        assert response.header_values(REQUEST_ID_HEADER) == [upstream]
+        assert response.status == 400
+        assert response.json()["error"] == "bad_request_id"
+        assert key[keys.DISPLAY_PREFIX_LENGTH :] not in response.body.decode()
+    # A truncated key is no key, but its secret part must not travel either: replaced.
+    headers = [(REQUEST_ID_HEADER, key[:20]), ("X-API-Key", key)]
+    response = await raw_request(gateway.proxy_port, http_request("GET", ECHO, headers))
+    (upstream,) = ids_seen_upstream(response.json())
+    assert key[keys.DISPLAY_PREFIX_LENGTH : 20] not in upstream
+    assert response.header_values(REQUEST_ID_HEADER) == [upstream]
     # An id that merely contains the letters stays the client's.
     headers = [(REQUEST_ID_HEADER, "pkg_v1"), ("X-API-Key", key)]
     response = await raw_request(gateway.proxy_port, http_request("GET", ECHO, headers))
