@@ -914,6 +914,23 @@ async def test_explain_by_roles_and_by_key(client: Client) -> None:
         200,
     )
     assert revoked["allowed"] is False and revoked["reason"] == "key_revoked"
+    assert revoked["refusal"]["status"] == 401 and revoked["refusal"]["error"] == "key_revoked"
+
+
+async def test_explain_answers_the_proxys_refusal_of_a_bad_target(client: Client) -> None:
+    # Decided as the request line would carry it: what the proxy refuses, explain refuses.
+    url = "/api/v1/policy/explain"
+    for target in ("a", "/a\r\nb", f"{REST}/sessions/../apikeys", f"{REST}/sessions%2F1"):
+        body = await expect(
+            await client.post(
+                url, json={"method": "GET", "path": target, "roles": ["operator"]}, headers=ROOT
+            ),
+            200,
+        )
+        assert_documented(url, "post", 200, body)
+        assert body["allowed"] is False and body["reason"] == "bad_target", body
+        assert body["refusal"]["status"] == 400 and body["refusal"]["error"] == "bad_target"
+        assert body["path"] is None and body["target"] == target
 
 
 @pytest.mark.parametrize(
@@ -929,8 +946,14 @@ async def test_explain_by_roles_and_by_key(client: Client) -> None:
         ({"method": "FETCH", "path": "/a", "roles": ["reader"]}, 400, "invalid_request", "method"),
         ({"method": 1, "path": "/a", "roles": ["reader"]}, 400, "invalid_request", "method"),
         ({"path": "/a", "roles": ["reader"]}, 400, "invalid_request", "method"),
-        ({"method": "GET", "path": "a", "roles": ["reader"]}, 400, "invalid_request", "path"),
-        ({"method": "GET", "path": "/a\r\nb", "roles": ["reader"]}, 400, "invalid_request", "path"),
+        ({"method": "GET", "path": "", "roles": ["reader"]}, 400, "invalid_request", "path"),
+        ({"method": "GET", "path": 1, "roles": ["reader"]}, 400, "invalid_request", "path"),
+        (
+            {"method": "GET", "path": "/" + "a" * 8192, "roles": ["reader"]},
+            400,
+            "invalid_request",
+            "path",
+        ),
         ({"method": "GET", "path": "/a", "roles": ["ghost"]}, 422, "unknown_role", "roles"),
         ({"method": "GET", "path": "/a", "key_id": "1"}, 400, "invalid_request", "key_id"),
         ({"method": "GET", "path": "/a", "key_id": True}, 400, "invalid_request", "key_id"),

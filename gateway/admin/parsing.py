@@ -27,6 +27,9 @@ DEFAULT_LIMIT = 100  # items per page when `limit` is not given
 MAX_LIMIT = 1000  # largest page size
 MAX_ID = 2**63 - 1  # ids are SQLite / PostgreSQL bigints
 MAX_QUERY_LENGTH = 1000  # characters of a search or filter parameter
+# Characters of a request target to explain: more than any request line the proxy reads
+# (aiohttp's limit is 8190), so every target the proxy could be sent can be explained.
+MAX_EXPLAIN_TARGET = 8192
 _ID = re.compile(r"[0-9]{1,19}")
 _CURSOR = re.compile(r"[A-Za-z0-9_-]{1,40}")
 _SORT_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,400}")  # holds the last name: up to ~300 bytes
