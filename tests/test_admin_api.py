@@ -933,6 +933,26 @@ async def test_explain_answers_the_proxys_refusal_of_a_bad_target(client: Client
         assert body["path"] is None and body["target"] == target
 
 
+async def test_identify_is_audited_without_the_secret(client: Client) -> None:
+    created = await create(client, "leaked-bot")
+    secret, key_id = created["secret"], created["key"]["id"]
+    found = await client.post(f"{KEYS}/identify", json={"secret": secret}, headers=WRITE)
+    assert (await expect(found, 200))["id"] == key_id
+    stranger = keys.generate_key()
+    missing = await client.post(f"{KEYS}/identify", json={"secret": stranger}, headers=WRITE)
+    await expect_error(missing, 404, "not_found")
+    audit = await expect(await client.get("/api/v1/audit", headers=ROOT), 200)
+    identified = [e for e in audit["items"] if e["action"] == "identify"]
+    assert [(e["actor"], e["key_id"], e["key_name"]) for e in identified] == [
+        ("root", None, None),
+        ("root", key_id, "leaked-bot"),
+    ]
+    assert [e["details"]["found"] for e in identified] == [False, True]
+    dumped = json.dumps(audit)
+    for text in (secret, stranger, keys.digest(secret).hex(), keys.digest(stranger).hex()):
+        assert text not in dumped
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code", "field"),
     [
@@ -1294,7 +1314,7 @@ async def test_roll_issues_a_new_secret_and_the_old_one_works_for_the_overlap(
     audit = await expect(
         await client.get("/api/v1/audit", params={"key_id": str(key_id)}, headers=ROOT), 200
     )
-    assert [e["action"] for e in audit["items"]] == ["roll", "roll", "create"]
+    assert [e["action"] for e in audit["items"]] == ["roll", "identify", "roll", "create"]
     dumped = json.dumps(audit)
     for secret in (old, new, again["secret"]):
         assert secret not in dumped and keys.digest(secret).hex() not in dumped

@@ -544,6 +544,17 @@ def test_identify_reads_the_secret_from_stdin(config: Path) -> None:
     fails(bad, "not a well-formed")
     assert "kg_not-a-key" not in bad.stderr
 
+    # Every look-up is audited (who asked, which key), never with the secret.
+    events = json.loads(out_of(run_cli("audit", "--json", "--config", str(config))))
+    identified = [event for event in events if event["action"] == "identify"]
+    assert [(e["key_id"], e["key_name"], e["details"]["found"]) for e in identified] == [
+        (None, None, False),
+        (created["id"], "leaked", True),
+        (created["id"], "leaked", True),
+    ]
+    assert all(event["actor"].startswith("cli:") for event in identified)
+    assert secret not in json.dumps(events)
+
 
 def test_list_shows_expiry_and_last_use(config: Path) -> None:
     asyncio.run(create_key(config, "expiring", ["1int-user"], expires_at="2031-02-03T04:05:00Z"))

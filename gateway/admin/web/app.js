@@ -690,6 +690,7 @@ const ACTIONS = {
   admin_sign_out: "Signed out",
   admin_login_failed: "Failed sign-in",
   admin_login_throttled: "Throttled sign-in",
+  identify: "Looked up by secret",
 };
 
 function detailsText(event) {
