@@ -14,8 +14,13 @@ from aiohttp import web
 from conftest import REST, add_key, http_request, raw_request, write_config
 from test_bypass_corpus import CASES
 
+from gateway import keys, refusals
 from gateway.app import RunningGateway, running_gateway
+from gateway.credentials import Credential
+from gateway.decision import caller_of, decide, explain, roles_caller
+from gateway.keytable import KeyTable
 from gateway.passwords import hash_password
+from gateway.policy import policy_from_data
 from gateway.settings import load_settings
 
 UPSTREAM_MARK = "X-Upstream-Saw"  # the test upstream answers every request with this header
@@ -156,7 +161,9 @@ async def test_explain_decides_exactly_as_the_proxy(
 ) -> None:
     roles = ROLE_SETS[role_set]
     key = await add_key(decided, f"differential-{role_set}", roles)
-    key_id = (await decided.runtime.store.get_key_by_name(f"differential-{role_set}")).id  # type: ignore[union-attr]
+    row = await decided.runtime.store.get_key_by_name(f"differential-{role_set}")
+    assert row is not None
+    key_id = row.id
     explain_url = f"http://127.0.0.1:{decided.admin_port}/api/v1/policy/explain"
     mismatches = []
     async with aiohttp.ClientSession(headers=ADMIN) as session:
@@ -175,3 +182,56 @@ async def test_explain_decides_exactly_as_the_proxy(
                 if explained != proxied:
                     mismatches.append((target[:80], list(caller), proxied, explained))
     assert mismatches == []
+
+
+# --------------------------------------------------------------------------- the function itself
+
+
+def test_decide_checks_the_target_first_then_the_caller_then_the_policy() -> None:
+    policy = policy_from_data(POLICY, "test-policy")
+    reader = roles_caller(["reader"])
+    bad = decide(policy, "GET", f"{THINGS}/../apikeys", refusals.KEY_UNKNOWN)
+    assert bad is not None and (bad.status, bad.code) == (400, "bad_target")
+    assert decide(policy, "GET", f"{THINGS}/1", refusals.CREDENTIAL_CONFLICT) == (
+        refusals.CREDENTIAL_CONFLICT
+    )
+    assert decide(policy, "GET", f"{THINGS}/1", None) is None  # anonymous passthrough
+    assert decide(policy, "GET", f"{THINGS}/1", None, deny_anonymous=True) == refusals.KEY_MISSING
+    assert decide(policy, "GET", f"{REST}/%61pikeys", reader) == refusals.PROTECTED
+    assert decide(policy, "PUT", f"{REST}/%74hings/1", reader) == refusals.FORBIDDEN
+    assert decide(policy, "GET", f"{REST}/%74hings/1", reader) is None
+
+
+def test_decide_decides_every_method_override() -> None:
+    policy = policy_from_data(POLICY, "test-policy")
+    reader, writer = roles_caller(["reader"]), roles_caller(["writer"])
+    assert decide(policy, "GET", f"{THINGS}/1", reader, ["get"]) is None
+    assert decide(policy, "GET", f"{THINGS}/1", reader, ["DELETE"]) == refusals.OVERRIDE_FORBIDDEN
+    assert decide(policy, "GET", f"{THINGS}/1", writer, [" delete "]) is None
+    assert decide(policy, "GET", f"{THINGS}/1", writer, ["GET, DELETE"]) == refusals.BAD_OVERRIDE
+    assert decide(policy, "GET", f"{THINGS}/1?_method=PUT", reader) == (refusals.OVERRIDE_FORBIDDEN)
+    assert decide(policy, "GET", f"{THINGS}/1?%5Fmethod=PUT", writer) is None
+    # Anonymous callers keep their overrides: the backend authenticates its own users.
+    assert decide(policy, "GET", f"{THINGS}/1?_method=DELETE", None, ["PUT"]) is None
+
+
+def test_caller_of_resolves_a_credential_to_its_key_or_refusal() -> None:
+    table = KeyTable()
+    secret = keys.generate_key()
+    assert caller_of(table, None, 0.0) is None
+    assert caller_of(table, refusals.CREDENTIAL_CONFLICT, 0.0) == refusals.CREDENTIAL_CONFLICT
+    assert caller_of(table, Credential("kg_garbage", False), 0.0) == refusals.KEY_MALFORMED
+    assert caller_of(table, Credential(secret, False), 0.0) == refusals.KEY_UNKNOWN
+
+
+def test_explain_names_the_rule_only_when_the_request_goes_through() -> None:
+    policy = policy_from_data(POLICY, "test-policy")
+    writer = roles_caller(["writer"])
+    allowed = explain(policy, "GET", f"{REST}/%74hings/1?x=1", writer)
+    assert allowed.refusal is None and allowed.reason == "allowed"
+    assert allowed.path == f"{THINGS}/1" and allowed.rule is not None
+    assert allowed.rule.text == f"GET {THINGS}/**"
+    overridden = explain(policy, "GET", f"{THINGS}/1?_method=POST", writer)
+    assert overridden.reason == "override_forbidden" and overridden.rule is None
+    refused = explain(policy, "GET", f"{THINGS}%2F1", writer)
+    assert refused.reason == "bad_target" and refused.path is None
