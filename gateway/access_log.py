@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import logging
-import re
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from gateway import access_writer
+from gateway.keys import cut_keys
 from gateway.logs import json_access_line
 from gateway.request_notes import RequestNotes
 from gateway.state import NOTES
 
 access_logger = logging.getLogger("keygate.access")
-# A key anywhere in the target (path or query, `_` raw or percent-encoded): kept to its
-# display prefix (`kg_` + 7 characters), the rest replaced.
 # For requests the proxy never saw (refused by the HTTP parser): nothing noted.
 _NOTHING_NOTED = RequestNotes("-")
-_KEY_IN_TARGET = re.compile(r"(kg(?:_|%5[fF])[0-9A-Za-z]{7})[0-9A-Za-z]+")
-
-
-def redact_keys(target: str) -> str:
-    """Return a request target with every key cut to its display prefix."""
-    if "kg" not in target:
-        return target
-    return _KEY_IN_TARGET.sub(r"\1...", target)
+# A request target with every key in it (raw or percent-encoded) cut to its display prefix.
+redact_keys = cut_keys
 
 
 class ProxyAccessLogger(AbstractAccessLogger):

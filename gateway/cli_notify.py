@@ -23,7 +23,7 @@ async def notify_test(args: argparse.Namespace) -> int:
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for hook in hooks:
             problem = await notify.deliver_once(session, hook, body)
-            print(f"{hook.url}: {'delivered' if problem is None else problem}")
+            print(f"{hook.shown}: {'delivered' if problem is None else problem}")
             failed += problem is not None
     if failed:
         raise CliError(f"{failed} of {len(hooks)} webhook(s) did not accept the test event")

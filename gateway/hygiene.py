@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from urllib.parse import unquote_plus
 
 from gateway.credentials import fold_header_name
+from gateway.keys import cut_keys
 from gateway.verify import SIGNATURE_HEADER, header_value
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1) plus those never forwarded as sent.
@@ -184,8 +185,11 @@ _id_counter = itertools.count(1)
 
 
 def request_id(offered: str | None) -> str:
-    """Return the client's request id when it is well formed, else a new unique one."""
-    if offered is not None and _REQUEST_ID.fullmatch(offered):
+    """Return the client's request id when it is well formed, else a new unique one.
+
+    An id holding (part of) a key is replaced: it would go upstream and into every log line.
+    """
+    if offered is not None and _REQUEST_ID.fullmatch(offered) and cut_keys(offered) == offered:
         return offered
     return f"{_ID_PREFIX}{next(_id_counter):010x}"
 

@@ -1,4 +1,9 @@
-"""Log output: text lines for people, or one JSON object per line for collectors."""
+"""Log output: text lines for people, or one JSON object per line for collectors.
+
+Whatever the format, every line leaves with any key in it cut to its display prefix
+(`KeyCuttingFormatter`): access lines of both listeners, errors, tracebacks, third-party
+loggers' lines, whatever a client put in a URL or header that ends up logged.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import logging
 import sys
 import time
 
+from gateway.keys import cut_keys
 from gateway.request_notes import RequestNotes
 
 # Record attributes the access log sets (logger.info(..., extra=...)), copied into JSON lines.
@@ -92,10 +98,27 @@ def json_head(when: str, worker: int) -> str:
     return f'{{"time":"{when}","level":"info","logger":"keygate.access","worker":{worker:d},'
 
 
+class KeyCuttingFormatter(logging.Formatter):
+    """Formats with another formatter, then cuts every key in the whole line (traceback too)."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the inner formatter's line with every key cut to its display prefix."""
+        return cut_keys(self._inner.format(record))
+
+
+def formatter_for(log_format: str) -> logging.Formatter:
+    """Return the formatter of `log.format` ("text" or "json"), cutting keys from every line."""
+    inner = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    return KeyCuttingFormatter(inner)
+
+
 def configure_logging(level: str, log_format: str = "text") -> None:
     """Send log records to stderr as text lines or JSON objects, at `level` and above."""
     handler = logging.StreamHandler(sys.stderr)
-    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
-    handler.setFormatter(formatter)
+    handler.setFormatter(formatter_for(log_format))
     # Like logging.basicConfig: a no-op when the root logger is already set up (tests).
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])

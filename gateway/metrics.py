@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -12,6 +13,20 @@ from prometheus_client.registry import Collector
 from gateway.keytable import KeyTable
 
 FORWARDED = "forwarded"  # outcome label for requests sent upstream
+
+
+class RateLimitStore(Protocol):
+    """What /metrics shows of a shared rate-limit store (the Redis limiter)."""
+
+    @property
+    def failures(self) -> int:
+        """Checks that failed or timed out."""
+        ...
+
+    @property
+    def reachable(self) -> bool:
+        """False from a failed check until one succeeds again."""
+        ...
 
 
 class ProxyMetrics:
@@ -23,6 +38,8 @@ class ProxyMetrics:
         self._by_class = [0] * 10
         # Active keys expiring within expiry.warn_days, as the outbox last counted (worker 0).
         self.keys_expiring: int | None = None
+        # The shared rate-limit store, when one is configured.
+        self.rate_limit_store: RateLimitStore | None = None
 
     def refused(self, code: str) -> None:
         """Count one request answered by keygate itself with error `code`."""
@@ -85,6 +102,18 @@ class _ProcessCollector(Collector):
                 "keygate_keys_expiring",
                 "Active keys expiring within expiry.warn_days (counted every check_interval)",
                 value=metrics.keys_expiring,
+            )
+        store = metrics.rate_limit_store
+        if store is not None:
+            yield CounterMetricFamily(
+                "keygate_ratelimit_store_failures",
+                "Rate-limit checks the shared store (Redis) failed or answered too late",
+                value=store.failures,
+            )
+            yield GaugeMetricFamily(
+                "keygate_ratelimit_store_up",
+                "1 while the shared rate-limit store answers, 0 from a failure until it does",
+                value=1 if store.reachable else 0,
             )
         yield GaugeMetricFamily(
             "keygate_feed_sequence",

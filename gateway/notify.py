@@ -18,12 +18,14 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from gateway.clock import iso
+from gateway.keys import cut_keys
 
 log = logging.getLogger("keygate.notify")
 
@@ -34,14 +36,65 @@ ATTEMPTS = 6  # deliveries tried per event and URL before it is given up
 BACKOFF_BASE = 0.5  # seconds before the first retry; doubles each time
 BACKOFF_MAX = 30.0  # seconds; the longest wait between two tries
 SIGNATURE_TOLERANCE = 300.0  # seconds a receiver should accept a signature's timestamp
+HIDDEN = "***"  # what stands for a URL's credentials wherever it is shown
+# A first path segment this long (characters), or this long with a digit in it, is taken
+# for a token (e.g. https://example/AbC123...): shown hidden too.
+TOKEN_LENGTH = 16
+TOKEN_LENGTH_WITH_DIGIT = 8
+
+
+def _looks_like_token(segment: str) -> bool:
+    """Return True when a path segment may be a credential rather than a name."""
+    if len(segment) >= TOKEN_LENGTH or cut_keys(segment) != segment:
+        return True
+    return len(segment) >= TOKEN_LENGTH_WITH_DIGIT and any(c.isdigit() for c in segment)
+
+
+def _hidden_value(pair: str) -> str:
+    """Return a query item with its value hidden (a bare item hidden when token-like)."""
+    name, equals, _ = pair.partition("=")
+    if equals:
+        return f"{name}={HIDDEN}"
+    return HIDDEN if _looks_like_token(name) else name
+
+
+def redact_url(url: str) -> str:
+    """Return a webhook URL as it may be shown (logs, CLI): no credentials in it.
+
+    Userinfo becomes `***@`, every query value and the fragment `***`; of the path only the
+    first segment is kept (unless it looks like a token), the rest becomes `/***`, as
+    Slack- and Discord-style URLs carry their tokens there. Scheme, host and port stay.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return HIDDEN
+    host = parts.netloc
+    if "@" in host:
+        host = f"{HIDDEN}@{host.rpartition('@')[2]}"
+    shown = f"{parts.scheme}://{host}" if parts.scheme else host
+    first, slash, rest = parts.path.removeprefix("/").partition("/")
+    if parts.path:
+        shown += "/" + (HIDDEN if _looks_like_token(first) else first)
+        shown += f"/{HIDDEN}" if rest else slash
+    if parts.query:
+        shown += "?" + "&".join(_hidden_value(pair) for pair in parts.query.split("&"))
+    if parts.fragment:
+        shown += f"#{HIDDEN}"
+    return shown
 
 
 @dataclass(frozen=True, slots=True)
 class Webhook:
-    """Where events go and the secret they are signed with."""
+    """Where events go and the secret they are signed with (its repr shows neither)."""
 
-    url: str
-    secret: bytes
+    url: str = field(repr=False)
+    secret: bytes = field(repr=False)
+
+    @property
+    def shown(self) -> str:
+        """The URL as logs and the CLI show it (no credentials)."""
+        return redact_url(self.url)
 
 
 def sign(secret: bytes, timestamp: int, body: bytes) -> str:
@@ -149,8 +202,8 @@ class Notifier:
                 return
             if attempt == ATTEMPTS:
                 break
-            log.info("webhook %s: %s; retry %d in %.1fs", hook.url, problem, attempt, delay)
+            log.info("webhook %s: %s; retry %d in %.1fs", hook.shown, problem, attempt, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
         self.failed += 1
-        log.warning("webhook %s: giving up an event after %d attempts", hook.url, ATTEMPTS)
+        log.warning("webhook %s: giving up an event after %d attempts", hook.shown, ATTEMPTS)

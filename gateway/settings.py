@@ -124,7 +124,7 @@ class RateLimits:
     """Where per-key rate-limit counts live: this process, or Redis shared by the fleet."""
 
     redis_url: str | None
-    fail_open: bool  # admit requests while Redis cannot be reached
+    fail_open: bool  # Redis down: each worker holds keys to their whole limit, else to its share
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,7 +477,11 @@ def _expiry(reader: _Reader, data: Mapping[str, Any]) -> ExpirySettings:
 def _notify(
     reader: _Reader, data: Mapping[str, Any], env: Mapping[str, str], base: Path
 ) -> NotifySettings:
-    """Read `notify`: webhooks ({url, secret: {env|file}}) and the audit poll interval."""
+    """Read `notify`: webhooks ({url, secret: {env|file}}) and the audit poll interval.
+
+    A URL that carries credentials (userinfo, a token in its path or query) may come from a
+    secret too: `url: {env: VAR}` or `url: {file: path}`.
+    """
     section = reader.section(data, "notify", {"webhooks", "poll_interval"})
     listed = section.get("webhooks", [])
     hooks: list[WebhookSettings] = []
@@ -490,7 +494,15 @@ def _notify(
             reader.problem(location, "must be {url: http(s)://..., secret: {env|file}}")
             continue
         url = spec["url"]
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        if isinstance(url, Mapping):
+            url = _secret(reader, url, env, base, f"{location}.url")
+            if url is None:
+                continue
+        if (
+            not isinstance(url, str)
+            or not url.startswith(("http://", "https://"))
+            or any(c.isspace() or not c.isprintable() for c in url)
+        ):
             reader.problem(f"{location}.url", "must be an http:// or https:// URL")
             continue
         secret = _secret(reader, spec["secret"], env, base, f"{location}.secret")
@@ -584,8 +596,8 @@ def _secret(
     file = base / str(spec["file"])
     try:
         text = read_secret_file(file, location).decode("utf-8")
-        # Newlines read as text files read them; one trailing newline is how secret files
-        # are usually written, and is not part of the secret.
+        # One trailing newline is how secret files are usually written; it is not the secret
+        # (a CRLF too: newlines are read as text mode reads them, CRLF and CR as "\n").
         return text.replace("\r\n", "\n").replace("\r", "\n").removesuffix("\n")
     except (OSError, UnicodeDecodeError) as error:
         reader.problem(location, f"cannot read {str(file)!r}: {error.__class__.__name__}")

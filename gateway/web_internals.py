@@ -5,7 +5,8 @@ tests/test_web_internals.py fails when an aiohttp release changes any of them:
 - `StreamResponse._send_headers_immediately` (head and small body in one write);
 - `StreamResponse._write_headers` and `_req` (non-ASCII upstream heads written byte for byte);
 - `RequestHandler` and its `handle_error` (parser refusals answered as JSON), its `_loop`
-  (read per request by the head timer);
+  (read by the head timer), its `data_received` (the first byte after an idle wait starts
+  the head timer; the idle wait itself is aiohttp's keep-alive timer's);
 - `AppRunner._make_server` and the built `Server`'s `request_handler`, `request_factory`,
   `handler_cancellation` and `_kwargs` (an application's connections get that handler too).
 """
@@ -24,6 +25,8 @@ from aiohttp.web_protocol import RequestHandler
 from gateway.error_responses import E_BAD_REQUEST, E_INTERNAL, error_response
 
 log = logging.getLogger("keygate")
+# aiohttp's own data_received, called without a super() lookup: it runs for every chunk.
+_parse = RequestHandler.data_received
 
 
 class RelayedResponse(web.StreamResponse):
@@ -117,6 +120,9 @@ class JsonErrorRequestHandler(RequestHandler):
     _head_timer: asyncio.TimerHandle | None = None
     _head_deadline = 0.0  # loop time by which the awaited request head must be complete
     _awaiting_head = False
+    # Between requests on a kept connection, before the next head's first byte: the wait is
+    # keepalive_timeout's (aiohttp's own timer), the head clock starts with that byte.
+    _idle = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Accept a connection, or refuse it at once when the server is at its cap."""
@@ -130,7 +136,7 @@ class JsonErrorRequestHandler(RequestHandler):
             cast(asyncio.Transport, transport).write(_TOO_MANY_CONNECTIONS)
             transport.close()
             return
-        self.await_head()
+        self._start_head_clock()  # the first head: from connection open
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Forget the head timer with the connection."""
@@ -139,11 +145,31 @@ class JsonErrorRequestHandler(RequestHandler):
             self._head_timer = None
         super().connection_lost(exc)
 
-    def await_head(self) -> None:
-        """Start the clock on the next request head (connection open, or a response done).
+    def data_received(self, data: bytes) -> None:
+        """Parse request bytes; the first byte after an idle wait starts the head clock."""
+        if self._idle:
+            self._idle = False
+            self._start_head_clock()
+        _parse(self, data)
 
-        Per request this only notes a deadline; one timer per connection checks it, and
-        re-arms itself while heads keep arriving in time (no timer churn on the hot path).
+    def await_head(self) -> None:
+        """A response is done: the connection idles until the next head's first byte.
+
+        The idle wait is bounded by keepalive_timeout (aiohttp's keep-alive timer), not by
+        head_timeout, which starts with that byte (`data_received`).
+        """
+        self._idle = True
+
+    def head_received(self) -> None:
+        """A request head arrived in time."""
+        self._awaiting_head = False
+        self._idle = False
+
+    def _start_head_clock(self) -> None:
+        """Give the awaited request head head_timeout seconds from now.
+
+        This only notes a deadline; one timer per connection checks it, and re-arms itself
+        while heads keep arriving in time (no timer churn on the hot path).
         """
         limits = self.limits
         if limits is None or limits.head_timeout is None or self.transport is None:
@@ -154,14 +180,10 @@ class JsonErrorRequestHandler(RequestHandler):
         if self._head_timer is None:
             self._head_timer = loop.call_at(self._head_deadline, self._check_head)
 
-    def head_received(self) -> None:
-        """A request head arrived in time."""
-        self._awaiting_head = False
-
     def _check_head(self) -> None:
         self._head_timer = None
         if not self._awaiting_head or self.transport is None:
-            return  # a request is being served; its end starts the clock again
+            return  # served, or idle: the next head's first byte starts the clock again
         loop = asyncio.get_running_loop()
         if loop.time() < self._head_deadline:
             self._head_timer = loop.call_at(self._head_deadline, self._check_head)
@@ -197,7 +219,8 @@ class ConnectionLimits:
     """One server's client-side bounds: time to send a request head, and a connection cap."""
 
     def __init__(self, head_timeout: float | None, max_connections: int | None) -> None:
-        self.head_timeout = head_timeout  # seconds, from connect or the end of a response
+        # Seconds for a request head: from connect, or on a kept connection from its first byte.
+        self.head_timeout = head_timeout
         self.max_connections = max_connections  # open client connections at once
         self.live = 0
 

@@ -270,6 +270,32 @@ async def test_name_conflict_is_409(client: Client) -> None:
     await expect_error(resp, 409, "name_conflict", "name")
 
 
+async def test_search_by_a_whole_secret_finds_exactly_its_key(client: Client) -> None:
+    searched = await create(client, "searched")
+    other = await create(client, "other")
+    # Its description holds the other key's secret: a text search would find it too.
+    await client.patch(
+        f"{KEYS}/{other['key']['id']}", json={"description": searched["secret"]}, headers=WRITE
+    )
+
+    async def names(**params: str) -> list[str]:
+        body = await expect(await client.get(KEYS, params=params, headers=ROOT), 200)
+        return [item["name"] for item in body["items"]]
+
+    assert await names(q=searched["secret"]) == ["searched"]
+    assert await names(q=other["secret"]) == ["other"]
+    assert await names(q=searched["secret"], status="active") == ["searched"]
+    assert await names(q=searched["secret"], status="revoked") == []
+    assert await names(q=searched["secret"], sort="name") == ["searched"]
+    assert await names(q=keys.generate_key()) == []  # well formed, nobody's
+    # The old secret of a rolled key finds it while it still works.
+    await client.post(f"{KEYS}/{searched['key']['id']}/roll", headers=WRITE)
+    assert await names(q=searched["secret"]) == ["searched"]
+    # Anything else is still a text search: a display prefix, a key missing a character.
+    assert await names(q=other["key"]["prefix"]) == ["other"]
+    assert await names(q=searched["secret"][:-1]) == ["other"]
+
+
 async def test_list_pages_with_opaque_cursors_and_filters(client: Client) -> None:
     created = [await create(client, f"page-{i}") for i in range(5)]
     await create(client, "other-thing")

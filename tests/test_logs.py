@@ -25,6 +25,8 @@ from conftest import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway import keys
+from gateway.access_log import redact_keys
 from gateway.access_writer import AccessWriter
 from gateway.app import RunningGateway
 from gateway.hygiene import REQUEST_ID_HEADER
@@ -58,6 +60,41 @@ async def test_a_missing_or_malformed_id_is_replaced_by_one_of_ours(
     upstream = ids_seen_upstream(response.json())
     assert len(upstream) == 1 and upstream[0] not in ("has space", "x" * 129, 'quote"d', "")
     assert response.header_values(REQUEST_ID_HEADER) == upstream
+
+
+async def test_a_request_id_holding_a_key_is_replaced_not_sent_upstream(
+    gateway: RunningGateway,
+) -> None:
+    key = await add_key(gateway, "rid-key-bot", [ALL_ROLE])
+    for offered in (key, f"trace-{key}", f"{key[:20]}"):
+        headers = [(REQUEST_ID_HEADER, offered), ("X-API-Key", key)]
+        response = await raw_request(gateway.proxy_port, http_request("GET", ECHO, headers))
+        (upstream,) = ids_seen_upstream(response.json())
+        assert key[keys.DISPLAY_PREFIX_LENGTH : 20] not in upstream
+        assert response.header_values(REQUEST_ID_HEADER) == [upstream]
+    # An id that merely contains the letters stays the client's.
+    headers = [(REQUEST_ID_HEADER, "pkg_v1"), ("X-API-Key", key)]
+    response = await raw_request(gateway.proxy_port, http_request("GET", ECHO, headers))
+    assert ids_seen_upstream(response.json()) == ["pkg_v1"]
+
+
+@pytest.mark.parametrize(
+    ("logged", "cut"),
+    [
+        ("GET /a?k=kg_ABCDEFGhijklmnop HTTP/1.1", "GET /a?k=kg_ABCDEFG... HTTP/1.1"),
+        ("/a/kg%5FABCDEFGhijklmnop/b", "/a/kg%5FABCDEFG.../b"),
+        ("/a/kg%5fABCDEFGhijklmnop", "/a/kg%5fABCDEFG..."),
+        ("/a?q=kg%255FABCDEFGhijklmnop&x=1", "/a?q=kg%255FABCDEFG...&x=1"),
+        ("/a?q=kg_ABCDEFGh%69jklmnop", "/a?q=kg_ABCDEFG..."),
+        ("/a?q=kg_ABC%44EFGhijklmnop", "/a?q=kg_ABC%44EFG..."),
+        ("x=%20kg_ABCDEFGhijklmnop", "x=%20kg_ABCDEFG..."),
+        ('{"q":"kg_ABCDEFGhijklmnop"}', '{"q":"kg_ABCDEFG..."}'),
+        ("kg_ABCDEFG and kg_short", "kg_ABCDEFG and kg_short"),  # a display prefix at most
+        ("no key here", "no key here"),
+    ],
+)
+def test_keys_are_cut_to_their_display_prefix_in_every_encoding(logged: str, cut: str) -> None:
+    assert redact_keys(logged) == cut
 
 
 async def test_refusals_carry_a_request_id_too(gateway: RunningGateway) -> None:

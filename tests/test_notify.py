@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from aiohttp import web
+from conftest import REPO_ROOT, run_cli, write_config
 
 from gateway import notify
-from gateway.notify import Notifier, Webhook, event, sign, verify
+from gateway.notify import Notifier, Webhook, event, redact_url, sign, verify
 
 SECRET = b"whsec-test-secret"
 
@@ -120,3 +123,117 @@ async def test_publishing_never_waits_and_the_queue_is_bounded(
     assert time.perf_counter() - started < 0.5
     assert notifier.dropped == 150
     await asyncio.sleep(0)
+
+
+# Credentials a webhook URL may carry: userinfo, a Slack-style token path, a query token.
+USER, PASSWORD = "hookuser", "hunter2pass"
+PATH_TOKENS = ("T0ABCDEF1", "B0GHIJKL2", "XoXoSecretToken123")
+QUERY_TOKEN = "qsecret456"
+CREDENTIALS = (USER, PASSWORD, *PATH_TOKENS, QUERY_TOKEN)
+
+
+@dataclass
+class Failing:
+    """A receiver on every path that answers 500 to paths holding "fail", 204 to others."""
+
+    seen: list[tuple[str, str]] = field(default_factory=list)  # (path with query, Authorization)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.seen.append((request.path_qs, request.headers.get("Authorization", "")))
+        return web.Response(status=500 if "fail" in request.path else 204)
+
+
+async def serve_failing(receiver: Failing) -> tuple[web.AppRunner, int]:
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", receiver.handle)
+    runner = web.AppRunner(app, access_log=None)  # the receiver's own log is not keygate's
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, runner.addresses[0][1]
+
+
+def secret_url(port: int, last: str = "fail") -> str:
+    tokens = "/".join(PATH_TOKENS)
+    return f"http://{USER}:{PASSWORD}@127.0.0.1:{port}/services/{tokens}/{last}?token={QUERY_TOKEN}"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.example/hook", "https://hooks.example/hook"),
+        ("https://hooks.example:8443/a/b", "https://hooks.example:8443/a/***"),
+        ("https://u:p@hooks.example/a?x=1&y=2#frag", "https://***@hooks.example/a?x=***&y=***#***"),
+        ("https://hooks.slack.com/services/T000/B000/XXXX", "https://hooks.slack.com/services/***"),
+        ("https://h.example/AbCdEf0123456789XyZ", "https://h.example/***"),  # a token first
+        ("https://h.example/kg_ABCDEFGhijk", "https://h.example/***"),
+        ("https://token@h.example", "https://***@h.example"),
+        ("http://[::1]:9/hook?token", "http://[::1]:9/hook?token"),
+    ],
+)
+def test_webhook_urls_are_shown_without_their_credentials(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+async def test_retries_log_the_webhook_url_without_its_credentials(
+    notifier_for: list[Notifier],
+    fast_retries: None,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setattr(notify, "ATTEMPTS", 3)
+    receiver = Failing()
+    runner, port = await serve_failing(receiver)
+    try:
+        notifier = Notifier((Webhook(secret_url(port), SECRET),))
+        notifier_for.append(notifier)
+        assert PASSWORD not in repr(notifier) + repr(Webhook(secret_url(port), SECRET))
+        await notifier.start()
+        notifier.publish(event("key.revoked", {"id": 1}, time.time()))
+        await notifier.drain(5)
+        assert notifier.failed == 1
+    finally:
+        await runner.cleanup()
+    # The receiver got the URL whole (the credentials are used, only never shown).
+    assert len(receiver.seen) == 3
+    path, authorization = receiver.seen[0]
+    assert path == secret_url(port).split(str(port), 1)[1]
+    assert authorization.startswith("Basic ")
+    logged = caplog.text
+    assert logged.count(f"http://***@127.0.0.1:{port}/services/***?token=***") == 3, logged
+    for credential in CREDENTIALS:
+        assert credential not in logged
+
+
+@pytest.mark.slow
+async def test_notify_test_prints_webhook_urls_without_credentials(tmp_path: Path) -> None:
+    receiver = Failing()
+    runner, port = await serve_failing(receiver)
+    try:
+        directory = tmp_path / "cfg"
+        directory.mkdir()
+        # A secret file written on Windows: its CRLF is not part of the URL.
+        (directory / "hook.url").write_bytes(secret_url(port, "ok").encode() + b"\r\n")
+        config = write_config(
+            directory,
+            "http://127.0.0.1:9",
+            extra={
+                "notify": {
+                    "webhooks": [
+                        {"url": {"file": "hook.url"}, "secret": {"env": "HOOK_SECRET"}},
+                        {"url": {"env": "HOOK_URL"}, "secret": {"env": "HOOK_SECRET"}},
+                    ]
+                }
+            },
+        )
+        env = {"HOOK_SECRET": "whsec", "HOOK_URL": secret_url(port), "PYTHONPATH": str(REPO_ROOT)}
+        done = await asyncio.to_thread(run_cli, "notify", "test", "--config", str(config), env=env)
+    finally:
+        await runner.cleanup()
+    shown = f"http://***@127.0.0.1:{port}/services/***?token=***"
+    assert done.stdout.splitlines() == [f"{shown}: delivered", f"{shown}: HTTP 500"], done
+    assert done.returncode != 0 and "1 of 2 webhook(s)" in done.stderr
+    assert [path.split("?")[0].rsplit("/", 1)[1] for path, _ in receiver.seen] == ["ok", "fail"]
+    for credential in CREDENTIALS:
+        assert credential not in done.stdout + done.stderr

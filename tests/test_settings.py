@@ -553,6 +553,47 @@ def test_webhooks_read_their_secrets_from_env_or_file(tmp_path: Path) -> None:
     assert settings.notify.poll_interval == 0.5
 
 
+def test_webhook_urls_may_come_from_env_or_file_like_other_secrets(tmp_path: Path) -> None:
+    (tmp_path / "hook.url").write_bytes(b"https://u:pw@hooks.example/services/T1/B2/tok\r\n")
+    hook = {"env": "HOOK"}
+    settings = settings_from_data(
+        with_(
+            notify={
+                "webhooks": [
+                    {"url": {"file": "hook.url"}, "secret": hook},
+                    {"url": {"env": "HOOK_URL"}, "secret": hook},
+                ]
+            }
+        ),
+        tmp_path / "gateway.yaml",
+        {"HOOK": "s", "HOOK_URL": "http://127.0.0.1:9/hook?token=abc"},
+    )
+    assert [h.url for h in settings.notify.webhooks] == [
+        "https://u:pw@hooks.example/services/T1/B2/tok",
+        "http://127.0.0.1:9/hook?token=abc",
+    ]
+    problems = problems_of(
+        with_(
+            notify={
+                "webhooks": [
+                    {"url": {"env": "BAD_URL"}, "secret": hook},
+                    {"url": {"env": "UNSET"}, "secret": hook},
+                    {"url": {"value": "x"}, "secret": hook},
+                    {"url": {"env": "TWO_LINES"}, "secret": hook},
+                ]
+            }
+        ),
+        {"HOOK": "s", "BAD_URL": "ftp://user:hunter2@x/", "TWO_LINES": "http://x/a\nhttp://y/"},
+    )
+    assert problems == [
+        f"{WHERE}: notify.webhooks[0].url: must be an http:// or https:// URL",
+        f"{WHERE}: notify.webhooks[1].url: environment variable 'UNSET' is not set",
+        f"{WHERE}: notify.webhooks[2].url: must be {{env: VARIABLE}} or {{file: path}}",
+        f"{WHERE}: notify.webhooks[3].url: must be an http:// or https:// URL",
+    ]
+    assert "hunter2" not in "".join(problems)
+
+
 def test_bad_expiry_and_webhooks_are_each_reported() -> None:
     problems = problems_of(
         with_(

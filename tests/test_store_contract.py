@@ -191,6 +191,27 @@ async def test_list_keys_query_matches_name_or_description(store: KeyStore) -> N
     assert len(await names("")) == 5
 
 
+async def test_list_keys_by_digest_finds_the_key_of_a_secret_or_its_rolled_one(
+    store: KeyStore,
+) -> None:
+    first = await store.create_key(new_key("first"), ACTOR)
+    await store.create_key(new_key("second", description=secret_for("first")), ACTOR)
+    digest = hashlib.sha256(secret_for("first").encode()).digest()
+
+    async def names(digest: bytes, **filters: object) -> list[str]:
+        rows = await store.list_keys(digest=digest, **filters)  # type: ignore[arg-type]
+        return [row.name for row in rows]
+
+    assert await names(digest) == ["first"]
+    assert await names(digest, status="active") == ["first"]
+    assert await names(digest, status="revoked") == []
+    assert await names(digest, sort="name") == ["first"]
+    assert await names(hashlib.sha256(b"nobody").digest()) == []
+    new_digest = hashlib.sha256(b"kg_rolled").digest()
+    await store.roll_key(first.id, new_digest, "kg_rolledx", 3600, ACTOR)
+    assert await names(digest) == await names(new_digest) == ["first"]
+
+
 async def test_list_keys_pages_by_id(store: KeyStore) -> None:
     created = [await store.create_key(new_key(f"k{i:02}"), ACTOR) for i in range(7)]
     pages: list[list[KeyRow]] = []

@@ -34,6 +34,10 @@ def test_response_internals_exist() -> None:
 def test_request_handler_hooks_exist() -> None:
     parameters = list(inspect.signature(RequestHandler.handle_error).parameters)
     assert parameters == ["self", "request", "status", "exc", "message"]
+    # The head clock starts with the first byte after an idle wait; aiohttp's keep-alive
+    # timer (set by keepalive_timeout) bounds that wait.
+    assert list(inspect.signature(RequestHandler.data_received).parameters) == ["self", "data"]
+    assert callable(RequestHandler._process_keepalive)
     init = inspect.signature(RequestHandler.__init__).parameters
     for name in (
         "manager",
@@ -47,7 +51,7 @@ def test_request_handler_hooks_exist() -> None:
 
 
 async def test_a_request_handler_keeps_its_loop() -> None:
-    # JsonErrorRequestHandler.await_head reads it once per request (get_running_loop costs
+    # JsonErrorRequestHandler's head clock reads it once per request (get_running_loop costs
     # several times more).
     loop = asyncio.get_running_loop()
     handler = RequestHandler(web.Server(lambda request: web.Response()), loop=loop)

@@ -93,7 +93,11 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    """GET /api/v1/keys: one page of keys by id, filtered by status and text."""
+    """GET /api/v1/keys: one page of keys by id, filtered by status and text.
+
+    A `q` that is a whole, well-formed key finds that key by its digest (a pasted secret is
+    looked up, never matched as text).
+    """
     runtime = _runtime(request)
     params = query_params(request, LIST_PARAMS)
     status_text = params.get("status") or None
@@ -101,6 +105,9 @@ async def list_keys(request: web.Request) -> web.Response:
     if status_text is not None and status is None:
         raise bad_request(M_STATUS, field="status")
     query = parse_text(params, "q")
+    digest = None if query is None else keys.digest_if_well_formed(query.strip())
+    if digest is not None:
+        query = None
     limit = parse_limit(params)
     sort = next((s for s in KEY_SORTS if s == (params.get("sort") or "id")), None)
     if sort is None:
@@ -116,6 +123,7 @@ async def list_keys(request: web.Request) -> web.Response:
             after_id=after_id,
             now=now,
             expiring_within=within,
+            digest=digest,
         )
     else:
         after: SortPosition | None = decode_sort_cursor(params, sort, sort.endswith("name"))
@@ -127,6 +135,7 @@ async def list_keys(request: web.Request) -> web.Response:
             sort=sort,
             after=after,
             expiring_within=within,
+            digest=digest,
         )
     page = rows[:limit]
     next_cursor = _next_cursor(sort, page[-1]) if len(rows) > limit else None

@@ -637,7 +637,10 @@ def _paths() -> dict[str, Schema]:
                     {
                         "name": "q",
                         "in": "query",
-                        "description": "substring of name, description or display prefix",
+                        "description": (
+                            "substring of name, description or display prefix; a whole key"
+                            " finds exactly its key (by digest)"
+                        ),
                         "schema": {"type": "string"},
                     },
                     {

@@ -298,11 +298,13 @@ class KeyStore(Protocol):
         sort: KeySort = "id",
         after: SortPosition | None = None,
         expiring_within: float = EXPIRING_WITHIN,
+        digest: bytes | None = None,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and text.
 
         Sorted by id, the page starts after `after_id`; in any other order, after `after`.
         "expiring" keys are active and expire within `expiring_within` seconds of now.
+        `digest` keeps only the key whose secret (or secret before its last roll) has it.
         """
 
     async def batch_counts(self, grants: Grants = None) -> dict[str, BatchResult]:

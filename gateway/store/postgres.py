@@ -508,12 +508,14 @@ class PostgresKeyStore:
         sort: KeySort = "id",
         after: SortPosition | None = None,
         expiring_within: float = EXPIRING_WITHIN,
+        digest: bytes | None = None,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and a text query.
 
         The same filters and orders as the SQLite store: "active" excludes expired keys, the
-        query matches name, description or prefix with ASCII case folding and no wildcards;
-        every order walks an index from the position (keyset paging).
+        query matches name, description or prefix with ASCII case folding and no wildcards,
+        `digest` a secret's digest (current or rolled) exactly; every order walks an index
+        from the position (keyset paging).
         """
         if limit < 0:
             raise ValueError("limit must not be negative")
@@ -546,6 +548,9 @@ class PostgresKeyStore:
                 )
                 + ")"
             )
+        if digest is not None:
+            mark = params.add(digest)
+            where.append(f"(digest = {mark} OR previous_digest = {mark})")
         limit_mark = params.add(limit)
         condition = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._fetch(

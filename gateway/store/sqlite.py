@@ -530,13 +530,15 @@ class SqliteKeyStore:
         sort: KeySort = "id",
         after: SortPosition | None = None,
         expiring_within: float = EXPIRING_WITHIN,
+        digest: bytes | None = None,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and a text query.
 
         "active" excludes expired keys, "expired" is active with expires_at <= now, and the
         query matches name, description or display prefix case-insensitively (ASCII) with
-        no wildcards. Every order is an index walk from the position (keyset paging), so a
-        page costs the same on the first page and the thousandth.
+        no wildcards; `digest` is an exact match on a secret's digest (current or rolled).
+        Every order is an index walk from the position (keyset paging), so a page costs the
+        same on the first page and the thousandth.
         """
         if limit < 0:
             raise ValueError("limit must not be negative")
@@ -567,6 +569,9 @@ class SqliteKeyStore:
             )
             pattern = like_pattern(query)
             params.values += [pattern, pattern, pattern]
+        if digest is not None:
+            where.append("(digest = ? OR previous_digest = ?)")
+            params.values += [digest, digest]
         params.values.append(limit)
         condition = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._fetch(
