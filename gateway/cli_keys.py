@@ -208,6 +208,7 @@ async def keys_identify(args: argparse.Namespace) -> int:
     settings = load_config(args)
     async with open_store(settings) as store:
         row = await store.get_key_by_digest(keys.digest(secret))
+        await key_rules.audit_identify(store, cli_actor(), row, {})
     if row is None:
         raise CliError("no key has that secret (deleted, or never a keygate key)")
     print_key(row, args.json)

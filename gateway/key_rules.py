@@ -24,6 +24,9 @@ ROLES_MAX = 64
 ROLL_OVERLAP_DEFAULT = 86_400
 ROLL_OVERLAP_MAX = 30 * 86_400
 
+# The audit action of a look-up of a key by its secret (`keys identify`, the admin API).
+AUDIT_IDENTIFY = "identify"
+
 E_INVALID = "invalid_request"
 E_UNKNOWN_ROLE = "unknown_role"
 
@@ -273,6 +276,19 @@ async def roll_key(
         key_id, keys.digest(secret), keys.display_prefix(secret), overlap, actor, grants
     )
     return CreatedKey(row, secret)
+
+
+async def audit_identify(
+    store: KeyStore, actor: str, row: KeyRow | None, details: Mapping[str, Any]
+) -> None:
+    """Audit a look-up of a key by its secret: who asked and which key (never the secret)."""
+    await store.append_audit(
+        actor=actor,
+        action=AUDIT_IDENTIFY,
+        key_id=None if row is None else row.id,
+        key_name=None if row is None else row.name,
+        details={"found": row is not None, **details},
+    )
 
 
 def audit_json(event: AuditEvent) -> dict[str, Any]:

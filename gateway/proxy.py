@@ -6,17 +6,18 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 
 import aiohttp
 from aiohttp import hdrs, web
 
-from gateway import auth, refusals
+from gateway import refusals
 from gateway.access_log import redact_keys
 from gateway.clock import now
-from gateway.credentials import API_KEY_HEADER, AUTHORIZATION, extract_credential
+from gateway.credentials import API_KEY_HEADER, AUTHORIZATION, Credential, extract_credential
+from gateway.decision import caller_of, decide
 from gateway.error_responses import (
     E_BAD_REQUEST_ID,
-    E_BAD_TARGET,
     E_CLIENT_BODY_TIMEOUT,
     E_INTERNAL,
     E_UPSTREAM_BAD_RESPONSE,
@@ -31,17 +32,16 @@ from gateway.hygiene import (
     HeaderHygiene,
     KeyInHeaderError,
     offers_a_key,
-    query_method_overrides,
     request_id,
     response_headers,
 )
 from gateway.keys import display_prefix, looks_like_key
+from gateway.keytable import CachedKey
 from gateway.ratelimit import LocalLimiter
 from gateway.ratelimit import headers as rate_limit_headers
 from gateway.request_notes import RequestNotes
 from gateway.runtime import Runtime
 from gateway.state import NOTES
-from gateway.target import TargetError, decoded_path
 from gateway.upstream import (
     ClientBodyTimeout,
     RequestBodyError,
@@ -169,50 +169,44 @@ class Proxy:
         return len(self._in_flight)
 
     async def handle(self, request: web.BaseRequest, notes: RequestNotes) -> web.StreamResponse:
-        """Run the request flow for one request (hygiene, credential, key, policy, forward)."""
+        """Run the request flow for one request (the decision, rate limit, forward)."""
         client = request.headers
-        try:
-            path = decoded_path(request.raw_path)
-        except TargetError as error:
-            return self._error(400, E_BAD_TARGET, str(error))
         credential = extract_credential(
             client.getall(API_KEY_HEADER, ()), client.getall(AUTHORIZATION, ())
         )
-        if isinstance(credential, refusals.Refusal):
-            return self._refuse(credential)
         runtime = self._runtime
-        if credential is None:
-            if self._deny_anonymous:
-                return self._refuse(refusals.KEY_MISSING)
+        moment = now()
+        record = caller_of(runtime.table, credential, moment)
+        overrides: Sequence[str] = ()
+        if isinstance(record, CachedKey):
+            notes.key_name = record.name
+            # Built before deciding: the one pass over the headers also finds method overrides.
+            in_authorization = isinstance(credential, Credential) and credential.in_authorization
+            try:
+                headers, overrides = self._upstream_headers(
+                    request, notes, record.name, in_authorization
+                )
+            except KeyInHeaderError:
+                return self._refuse(refusals.KEY_MISPLACED)
+        elif isinstance(credential, Credential):
+            notes.key_name = _unknown_key_label(credential.key)
+        policy = runtime.policy  # one policy for the whole request, even across a reload
+        refusal = decide(
+            policy,
+            request.method,
+            request.raw_path,
+            record,
+            overrides,
+            deny_anonymous=self._deny_anonymous,
+        )
+        if refusal is not None:
+            return self._refuse(refusal)
+        if not isinstance(record, CachedKey):  # no credential, and anonymous callers may pass
             try:
                 headers, _ = self._upstream_headers(request, notes, None, False)
             except KeyInHeaderError:
                 return self._refuse(refusals.KEY_MISPLACED)
             return await self._forward(request, notes, headers)
-        moment = now()
-        record = auth.authenticate(runtime.table, credential.key, moment)
-        if isinstance(record, refusals.Refusal):
-            notes.key_name = _unknown_key_label(credential.key)
-            return self._refuse(record)
-        notes.key_name = record.name
-        policy = runtime.policy  # one policy for the whole request, even across a reload
-        refusal = auth.authorize(policy, record, request.method, path)
-        if refusal is not None:
-            return self._refuse(refusal)
-        try:
-            headers, overrides = self._upstream_headers(
-                request, notes, record.name, credential.in_authorization
-            )
-        except KeyInHeaderError:
-            return self._refuse(refusals.KEY_MISPLACED)
-        overrides += query_method_overrides(request.raw_path)
-        for override in overrides:
-            # Jersey, Spring and ASP.NET run the request as the named method: decide that too.
-            method = override.strip().upper()
-            if not method.isascii() or not method.isalpha():
-                return self._refuse(refusals.BAD_OVERRIDE)
-            if auth.authorize(policy, record, method, path) is not None:
-                return self._refuse(refusals.OVERRIDE_FORBIDDEN)
         limit = record.rate_limit or policy.rate_limit_for(record.roles)
         if limit is not None:
             limiter = runtime.limiter

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 WWW_AUTHENTICATE_VALUE = 'ApiKey realm="keygate", header="X-API-Key"'
+# An ambiguous request-target (gateway.target): 400, with the target check's own message.
+E_BAD_TARGET = "bad_target"
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,8 @@ from urllib.parse import urlsplit
 from gateway.hygiene import service_header_problem
 from gateway.problems import ProblemsError, read_yaml
 from gateway.store.urls import POSTGRES_SCHEMES, postgres_url_problem
+
+log = logging.getLogger("keygate.settings")
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 CONFIG_ENV_VAR = "KEYGATE_CONFIG"
@@ -42,6 +46,8 @@ DEFAULT_KEEPALIVE_TIMEOUT = 15.0  # seconds an idle keep-alive client connection
 DEFAULT_MAX_CONNECTIONS = 4096  # open client connections per worker on the proxy listener
 DEFAULT_PID_FILE = "keygate.pid"  # beside the config file unless pid_file says otherwise
 MIN_SIGNING_KEY_BYTES = 32  # bytes of an identity signing secret (HMAC-SHA256 key)
+# Permission bits a secret file should not have: any access for its group or for others.
+SECRET_FILE_SHARED_BITS = 0o077
 DEFAULT_MAX_START_FAILURES = 5  # workers in a row dying before serving end the supervisor
 DEFAULT_POOL_SIZE = 256  # keep-alive connections to the upstream per process
 DEFAULT_POOL_TIMEOUT = 10.0  # seconds a request waits for a free upstream connection
@@ -596,12 +602,30 @@ def _secret(
         return value
     file = base / str(spec["file"])
     try:
+        text = read_secret_file(file, location).decode("utf-8")
         # One trailing newline is how secret files are usually written; it is not the secret
-        # (a CRLF too: reading in text mode makes it "\n").
-        return file.read_text(encoding="utf-8").removesuffix("\n")
+        # (a CRLF too: newlines are read as text mode reads them, CRLF and CR as "\n").
+        return text.replace("\r\n", "\n").replace("\r", "\n").removesuffix("\n")
     except (OSError, UnicodeDecodeError) as error:
         reader.problem(location, f"cannot read {str(file)!r}: {error.__class__.__name__}")
         return None
+
+
+def read_secret_file(path: Path, location: str) -> bytes:
+    """Read a secret file; warn (naming it, its mode and the fix) when others may read it."""
+    with path.open("rb") as file:
+        mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
+        secret = file.read()
+    if mode & SECRET_FILE_SHARED_BITS:
+        log.warning(
+            "%s: secret file %s has mode %04o, so its group or others can read it;"
+            " run: chmod 600 %s",
+            location,
+            path,
+            mode,
+            path,
+        )
+    return secret
 
 
 _UPSTREAM_KEYS = {
@@ -789,7 +813,7 @@ def _signing_keys(
         else:
             secret_path = base_dir / str(spec["file"])
             try:
-                secret = secret_path.read_bytes().rstrip(b"\r\n")
+                secret = read_secret_file(secret_path, location).rstrip(b"\r\n")
             except OSError as error:
                 reader.problem(location, f"cannot read {secret_path}: {error.strerror}")
                 continue

@@ -301,7 +301,11 @@ async def identify_key(request: web.Request) -> web.Response:
     secret = data.get("secret")
     if not isinstance(secret, str) or not keys.is_well_formed(secret):
         raise bad_request(M_SECRET, field="secret")
-    row = await _runtime(request).store.get_key_by_digest(keys.digest(secret))
+    store = _runtime(request).store
+    row = await store.get_key_by_digest(keys.digest(secret))
+    await key_rules.audit_identify(
+        store, current_admin(request).name, row, {"remote": request.remote or "?"}
+    )
     if row is None:
         raise not_found(M_NO_KEY_FOR_SECRET)
     return _json(key_rules.key_json(row, clock.now(), _runtime(request).policy))

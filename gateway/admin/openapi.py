@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admin import errors
-from gateway.admin.parsing import DEFAULT_LIMIT, MAX_BODY_BYTES, MAX_LIMIT
+from gateway.admin.parsing import DEFAULT_LIMIT, MAX_BODY_BYTES, MAX_EXPLAIN_TARGET, MAX_LIMIT
 from gateway.admin.sessions import COOKIE as SESSION_COOKIE
 from gateway.admin.sessions import CSRF_HEADER, SECURE_COOKIE
 from gateway.key_rules import (
@@ -287,7 +287,12 @@ SCHEMAS: dict[str, Schema] = {
         "additionalProperties": False,
         "properties": {
             "method": {"type": "string"},
-            "path": {"type": "string", "pattern": "^/"},
+            "path": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_EXPLAIN_TARGET,
+                "description": "the request target as the request line carries it (query too)",
+            },
             "roles": {"type": "array", "minItems": 1, "items": {"type": "string"}},
             "key_id": {"type": "integer", "minimum": 1},
         },
@@ -298,8 +303,10 @@ SCHEMAS: dict[str, Schema] = {
         "required": [
             "allowed",
             "reason",
+            "refusal",
             "rule",
             "method",
+            "target",
             "path",
             "roles",
             "effective_roles",
@@ -310,11 +317,37 @@ SCHEMAS: dict[str, Schema] = {
             "allowed": {"type": "boolean"},
             "reason": {
                 "type": "string",
-                "enum": ["allowed", "protected", "no_rule", "key_revoked", "key_expired"],
+                "enum": [
+                    "allowed",
+                    "protected",
+                    "no_rule",
+                    "override_forbidden",
+                    "bad_method_override",
+                    "bad_target",
+                    "key_unknown",
+                    "key_revoked",
+                    "key_expired",
+                    "key_rolled",
+                ],
+            },
+            "refusal": {
+                "type": ["object", "null"],
+                "description": "what the proxy answers this request (null: it forwards it)",
+                "required": ["status", "error", "message"],
+                "additionalProperties": False,
+                "properties": {
+                    "status": {"type": "integer"},
+                    "error": {"type": "string"},
+                    "message": {"type": "string"},
+                },
             },
             "rule": _nullable(_ref("Rule")),
             "method": {"type": "string"},
-            "path": {"type": "string"},
+            "target": {"type": "string"},
+            "path": {
+                "type": ["string", "null"],
+                "description": "the decoded path the policy saw (null: the target was refused)",
+            },
             "roles": {"type": "array", "items": {"type": "string"}},
             "effective_roles": {"type": "array", "items": {"type": "string"}},
             "key": {
@@ -772,7 +805,7 @@ def _paths() -> dict[str, Schema]:
     paths["/api/v1/policy/explain"] = {
         "post": _operation(
             "explainPolicy",
-            "Decide METHOD PATH for roles or a key, with the rule that decided",
+            "Decide METHOD PATH for roles or a key as the proxy does, with the deciding rule",
             {
                 **_ok("the decision", "Explanation"),
                 **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 404, 422),

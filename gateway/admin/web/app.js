@@ -690,6 +690,7 @@ const ACTIONS = {
   admin_sign_out: "Signed out",
   admin_login_failed: "Failed sign-in",
   admin_login_throttled: "Throttled sign-in",
+  identify: "Looked up by secret",
 };
 
 function detailsText(event) {
@@ -762,8 +763,12 @@ const REASONS = {
   allowed: "allowed",
   no_rule: "no rule of the key's roles allows it (deny by default)",
   protected: "the path is protected (key management): refused for every key",
+  override_forbidden: "the method named by a _method parameter is not allowed",
+  bad_method_override: "a _method parameter must name one method",
+  key_unknown: "the proxy does not know the key (yet)",
   key_revoked: "the key is revoked",
   key_expired: "the key has expired",
+  key_rolled: "the key's old secret has ended its overlap",
 };
 
 async function explain(event) {
@@ -784,8 +789,8 @@ async function explain(event) {
     });
     const verdict = answer.allowed ? "Allowed" : "Denied";
     const lines = [
-      el("p", { class: answer.allowed ? "verdict allowed" : "verdict denied" }, icon(answer.allowed ? "check" : "cross"), `${verdict}: ${answer.method} ${answer.path}`),
-      el("p", { text: answer.allowed ? "Deciding rule:" : `Why: ${REASONS[answer.reason] || answer.reason}.` }),
+      el("p", { class: answer.allowed ? "verdict allowed" : "verdict denied" }, icon(answer.allowed ? "check" : "cross"), `${verdict}: ${answer.method} ${answer.target}`),
+      el("p", { text: answer.allowed ? "Deciding rule:" : `Why: ${REASONS[answer.reason] || answer.refusal.message}.` }),
     ];
     if (answer.rule) {
       lines.push(el("p", {}, el("code", { text: answer.rule.rule }), ` (role ${answer.rule.role}, rule ${answer.rule.index + 1})`));
