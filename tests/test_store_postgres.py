@@ -356,7 +356,7 @@ async def test_an_instance_cut_off_keeps_serving_answers_503_and_refuses_on_retu
         await relay.close()
 
 
-# --------------------------------------------------------------------------- answers and logs in faults
+# ---------------------------------------------------------------- answers and logs in faults
 
 
 async def keygate_backends_waiting_on_a_lock(url: str) -> int:

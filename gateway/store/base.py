@@ -74,11 +74,14 @@ class StoreUnavailableError(Exception):
 
     `cause` says which, in words an operator acts on; the message also names the store.
     The condition may pass by itself (space freed, file restored): callers retry later.
+    `outcome_unknown` is set when the connection was lost while a write was committing:
+    the write may have been made (check before retrying it).
     """
 
-    def __init__(self, location: str, cause: str) -> None:
+    def __init__(self, location: str, cause: str, *, outcome_unknown: bool = False) -> None:
         self.location = location
         self.cause = cause
+        self.outcome_unknown = outcome_unknown
         super().__init__(f"store {location}: {cause}")
 
 

@@ -115,6 +115,10 @@ LISTEN_CHECK_INTERVAL = 2.0
 # Seconds of back-off before the first and at most between LISTEN reconnects.
 LISTEN_RETRY_MIN = 0.1
 LISTEN_RETRY_MAX = 5.0
+# asyncpg's logger, and the least severe of its records shown (its pool's reconnection
+# warnings, each with a traceback, are not: the feed follower reports outages instead).
+ASYNCPG_LOGGER = "asyncpg"
+ASYNCPG_LOG_LEVEL = logging.ERROR
 # Channel the stores NOTIFY on when a key write commits (suffixed with a non-default schema).
 FEED_CHANNEL = "keygate_feed"
 # Database every server has, for creating the configured one (`keygate init`).
@@ -269,6 +273,9 @@ class PostgresKeyStore:
         Without `create` a missing database or schema raises StoreMissingError; an
         unreachable server raises StoreUnavailableError.
         """
+        # asyncpg logs each failed reconnection of its pool with a traceback; the feed
+        # follower reports an outage in one line when it starts and one when it ends.
+        logging.getLogger(ASYNCPG_LOGGER).setLevel(ASYNCPG_LOG_LEVEL)
         async with self._open_lock:
             if self._pool is not None:
                 return
@@ -349,7 +356,11 @@ class PostgresKeyStore:
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """Lend a pooled connection; connection faults become StoreUnavailableError."""
+        """Lend a pooled connection; connection faults become StoreUnavailableError.
+
+        Returning the connection never fails the call: a connection lost after the body
+        finished (its reset on release fails) is dropped, and the pool opens a fresh one.
+        """
         pool = self._open_pool()
         try:
             conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
@@ -360,21 +371,42 @@ class PostgresKeyStore:
         except _FAULTS as error:
             # A terminated backend can leave its idle siblings half-broken too: replace
             # them all, so one failed call is the whole cost of an outage that has passed.
-            with contextlib.suppress(asyncpg.InterfaceError):  # already released when lost
+            with contextlib.suppress(*_FAULTS):  # already released when lost
                 conn.terminate()
             await pool.expire_connections()
+            await _release(pool, conn)
             raise StoreUnavailableError(self.location, _cause_of(error)) from error
-        finally:
-            with contextlib.suppress(asyncpg.InterfaceError):
-                await pool.release(conn)
+        except BaseException:
+            await _release(pool, conn)
+            raise
+        await _release(pool, conn)
 
     @contextlib.asynccontextmanager
     async def _write(self, *, feed: bool = True) -> AsyncIterator[asyncpg.Connection]:
-        """Run the body in one transaction; a key write first takes the feed counter's lock."""
-        async with self._connection() as conn, conn.transaction():
-            if feed:
-                await conn.execute(_LOCK_FEED)
-            yield conn
+        """Run the body in one transaction; a key write first takes the feed counter's lock.
+
+        A connection lost while COMMIT is under way leaves the outcome unknown: the error
+        says so (StoreUnavailableError.outcome_unknown) instead of "nothing was changed".
+        """
+        async with self._connection() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                if feed:
+                    await conn.execute(_LOCK_FEED)
+                yield conn
+            except BaseException:
+                with contextlib.suppress(*_FAULTS):  # a lost connection rolled back already
+                    await transaction.rollback()
+                raise
+            try:
+                await transaction.commit()
+            except _FAULTS as error:
+                with contextlib.suppress(*_FAULTS):
+                    conn.terminate()
+                raise StoreUnavailableError(
+                    self.location, _cause_of(error), outcome_unknown=True
+                ) from error
 
     async def _fetch(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         """Run one read statement and return every row."""
@@ -1253,6 +1285,15 @@ class PostgresKeyStore:
                 "DELETE FROM admin_sessions WHERE token_hash = $1 RETURNING 1", token_hash
             )
             return found is not None
+
+
+async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    """Return a connection to the pool; one that fails its reset is dropped, not reported."""
+    try:
+        await pool.release(conn)
+    except _FAULTS:
+        with contextlib.suppress(*_FAULTS):
+            conn.terminate()
 
 
 def _set_when_closed(event: asyncio.Event, _conn: object) -> None:
