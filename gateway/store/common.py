@@ -47,6 +47,9 @@ ACTION_ADMIN_PASSWD = "admin_passwd"
 ACTION_ADMIN_GRANTS = "admin_grants"
 ACTION_ADMIN_REMOVE = "admin_remove"
 
+# The message of an idempotency key reused with another request.
+M_IDEMPOTENCY_MISMATCH = "this Idempotency-Key was already used with a different request body"
+
 # KeyRow's fields in declaration order; every key SELECT returns exactly these columns.
 KEY_FIELDS = (
     "id",

@@ -25,6 +25,9 @@ from gateway.store.base import (
     Change,
     FeedPrunedError,
     Grants,
+    IdempotencyClaim,
+    IdempotencyMismatchError,
+    IdempotentReplayError,
     KeyChanges,
     KeyFilter,
     KeyRow,
@@ -470,11 +473,20 @@ class PostgresKeyStore:
         return key_row(row)
 
     # --- keys ------------------------------------------------------------------
-    async def create_key(self, new: NewKey, actor: str) -> KeyRow:
-        """Insert a key; raise NameConflictError if the name is taken."""
+    async def create_key(
+        self, new: NewKey, actor: str, idempotency: IdempotencyClaim | None = None
+    ) -> KeyRow:
+        """Insert a key; raise NameConflictError if the name is taken.
+
+        An idempotency claim made before by `actor` raises IdempotentReplayError (same
+        fingerprint) or IdempotencyMismatchError; a new one is recorded with the key. Key
+        writes are serialised by the feed counter's lock, so two claims never race.
+        """
         now = time.time()
         roles_text = roles_json(new.roles)
         async with self._write() as conn:
+            if idempotency is not None:
+                await self._check_claim(conn, actor, idempotency)
             try:
                 key_id = int(
                     await conn.fetchval(
@@ -507,7 +519,40 @@ class PostgresKeyStore:
                 new.name,
                 create_details(new),
             )
+            if idempotency is not None:
+                await conn.execute(
+                    "INSERT INTO idempotency_keys"
+                    " (actor, idem_key, fingerprint, key_id, created_at)"
+                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (actor, idem_key) DO UPDATE"
+                    " SET fingerprint = excluded.fingerprint, key_id = excluded.key_id,"
+                    " created_at = excluded.created_at",
+                    actor,
+                    idempotency.key,
+                    idempotency.fingerprint,
+                    key_id,
+                    now,
+                )
         return created_row(key_id, new, roles_text, actor, now)
+
+    async def _check_claim(
+        self, conn: asyncpg.Connection, actor: str, claim: IdempotencyClaim
+    ) -> None:
+        """Forget expired idempotency records; raise if `actor` made this claim before."""
+        await conn.execute("DELETE FROM idempotency_keys WHERE created_at < $1", claim.not_before)
+        found = await conn.fetchrow(
+            "SELECT fingerprint, key_id FROM idempotency_keys WHERE actor = $1 AND idem_key = $2",
+            actor,
+            claim.key,
+        )
+        if found is None:
+            return
+        if str(found[0]) != claim.fingerprint:
+            raise IdempotencyMismatchError(
+                f"idempotency key {claim.key!r} was used for another request"
+            )
+        key_id = int(found[1])
+        row = await conn.fetchrow(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1", key_id)
+        raise IdempotentReplayError(key_id, None if row is None else key_row(row))
 
     async def _one_key(self, column: str, value: Any) -> KeyRow | None:
         """Return the key whose `column` equals `value`, or None."""

@@ -25,6 +25,9 @@ from gateway.store.base import (
     Change,
     FeedPrunedError,
     Grants,
+    IdempotencyClaim,
+    IdempotencyMismatchError,
+    IdempotentReplayError,
     KeyChanges,
     KeyFilter,
     KeyRow,
@@ -460,11 +463,19 @@ class SqliteKeyStore:
         )
 
     # --- keys ------------------------------------------------------------------
-    async def create_key(self, new: NewKey, actor: str) -> KeyRow:
-        """Insert a key; raise NameConflictError if the name is taken."""
+    async def create_key(
+        self, new: NewKey, actor: str, idempotency: IdempotencyClaim | None = None
+    ) -> KeyRow:
+        """Insert a key; raise NameConflictError if the name is taken.
+
+        An idempotency claim made before by `actor` raises IdempotentReplayError (same
+        fingerprint) or IdempotencyMismatchError; a new one is recorded with the key.
+        """
         now = time.time()
         roles_text = roles_json(new.roles)
         async with self._transaction() as db:
+            if idempotency is not None:
+                await self._check_claim(db, actor, idempotency)
             try:
                 cursor = await db.execute(
                     "INSERT INTO keys (name, description, roles, status, digest, prefix,"
@@ -500,7 +511,36 @@ class SqliteKeyStore:
                 new.name,
                 create_details(new),
             )
+            if idempotency is not None:
+                await db.execute(
+                    "INSERT OR REPLACE INTO idempotency_keys"
+                    " (actor, idem_key, fingerprint, key_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (actor, idempotency.key, idempotency.fingerprint, key_id, now),
+                )
         return created_row(key_id, new, roles_text, actor, now)
+
+    async def _check_claim(
+        self, db: aiosqlite.Connection, actor: str, claim: IdempotencyClaim
+    ) -> None:
+        """Forget expired idempotency records; raise if `actor` made this claim before."""
+        await db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (claim.not_before,))
+        rows = list(
+            await db.execute_fetchall(
+                "SELECT fingerprint, key_id FROM idempotency_keys WHERE actor = ? AND idem_key = ?",
+                (actor, claim.key),
+            )
+        )
+        if not rows:
+            return
+        fingerprint, key_id = str(rows[0][0]), int(rows[0][1])
+        if fingerprint != claim.fingerprint:
+            raise IdempotencyMismatchError(
+                f"idempotency key {claim.key!r} was used for another request"
+            )
+        found = list(
+            await db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,))
+        )
+        raise IdempotentReplayError(key_id, key_row(found[0]) if found else None)
 
     async def get_key(self, key_id: int) -> KeyRow | None:
         """Return a key by id, or None."""
