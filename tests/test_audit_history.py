@@ -149,7 +149,7 @@ def test_the_cli_history_of_a_key_resolves_its_name_and_shows_expiry_exactly(
     assert [e["action"] for e in events] == ["revoke_all", "edit", "create"]
     assert json.loads(keygate(config, "audit", "--key", str(created["id"]), "--json")) == events
     text = keygate(config, "audit", "--key", "after")
-    assert "batch_id=" in text and "{" not in text  # details as k=v, not JSON objects
+    assert "batch_id=" in text and "{" not in text  # details as k=v pairs, not JSON objects
     soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2.5 * 3_600))
     keygate(config, "keys", "create", "--name", "soon", "--role", "reader", "--expires", soon)
     assert "(in 2 h)" in keygate(config, "keys", "list")

@@ -98,6 +98,7 @@ from gateway.store.common import (
 from gateway.store.migrations.postgres import (
     ASCII_FOLD,
     ASCII_LOWER,
+    AUDIT_KEYS_FROM_DETAILS,
     NAME_FOLD,
     SchemaTooNewError,
     apply_migrations,
@@ -459,10 +460,18 @@ class PostgresKeyStore:
         key_id: int | None = None,
         key_name: str | None = None,
         details: dict[str, Any] | None = None,
-    ) -> None:
-        """Append one audit row inside the current transaction."""
-        await conn.execute(
-            _INSERT_AUDIT, at, actor, action, key_id, key_name, details_json(details)
+    ) -> int:
+        """Append one audit row inside the current transaction; return its id."""
+        return int(
+            await conn.fetchval(
+                _INSERT_AUDIT + " RETURNING id",
+                at,
+                actor,
+                action,
+                key_id,
+                key_name,
+                details_json(details),
+            )
         )
 
     async def _key_in(self, conn: asyncpg.Connection, key_id: int) -> KeyRow:
@@ -796,7 +805,15 @@ class PostgresKeyStore:
             if key_ids:
                 await conn.execute(write, key_ids, *values)
             result = BatchResult(len(key_ids), total - len(key_ids))
-            await self._audit_in(conn, now, actor, action, details=batch_details(result, key_ids))
+            audit_id = await self._audit_in(
+                conn, now, actor, action, details=batch_details(result, key_ids)
+            )
+            await conn.execute(
+                "INSERT INTO audit_keys (key_id, audit_id)"
+                " SELECT k, $2 FROM unnest($1::bigint[]) k",
+                key_ids,
+                audit_id,
+            )
         return result
 
     async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
@@ -1180,6 +1197,10 @@ class PostgresKeyStore:
                 records=[audit_values(event) for event in contents.audit],
                 schema_name=self.schema,
             )
+            # Batch histories follow the audit rows; idempotency records named the old keys.
+            await conn.execute("DELETE FROM audit_keys")
+            await conn.execute(AUDIT_KEYS_FROM_DETAILS)
+            await conn.execute("DELETE FROM idempotency_keys")
             await conn.execute(
                 "SELECT setval(pg_get_serial_sequence('keys', 'id'),"
                 " GREATEST((SELECT MAX(id) FROM keys), (SELECT MAX(key_id) FROM audit), 0) + 1,"

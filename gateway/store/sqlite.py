@@ -96,7 +96,11 @@ from gateway.store.common import (
     status_condition,
     wanted_edits,
 )
-from gateway.store.migrations.sqlite import SchemaTooNewError, apply_migrations
+from gateway.store.migrations.sqlite import (
+    AUDIT_KEYS_FROM_DETAILS,
+    SchemaTooNewError,
+    apply_migrations,
+)
 
 log = logging.getLogger("keygate.store.sqlite")
 # aiosqlite logs every statement with its parameters at DEBUG: names typed at the admin
@@ -456,11 +460,12 @@ class SqliteKeyStore:
         key_id: int | None = None,
         key_name: str | None = None,
         details: dict[str, Any] | None = None,
-    ) -> None:
-        """Append one audit row inside the current transaction."""
-        await db.execute(
+    ) -> int:
+        """Append one audit row inside the current transaction; return its id."""
+        cursor = await db.execute(
             _INSERT_AUDIT, (at, actor, action, key_id, key_name, details_json(details))
         )
+        return int(cursor.lastrowid or 0)
 
     # --- keys ------------------------------------------------------------------
     async def create_key(
@@ -782,7 +787,13 @@ class SqliteKeyStore:
                 )
             await db.execute(f"{write} WHERE {chosen}", (*values, *scope_params))
             result = BatchResult(len(key_ids), int(total_rows[0][0]) - len(key_ids))
-            await self._audit_in(db, now, actor, action, details=batch_details(result, key_ids))
+            audit_id = await self._audit_in(
+                db, now, actor, action, details=batch_details(result, key_ids)
+            )
+            await db.executemany(
+                "INSERT INTO audit_keys (key_id, audit_id) VALUES (?, ?)",
+                [(key_id, audit_id) for key_id in key_ids],
+            )
         return result
 
     async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
@@ -1104,6 +1115,10 @@ class SqliteKeyStore:
                 f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [audit_values(event) for event in contents.audit],
             )
+            # Batch histories follow the audit rows; idempotency records named the old keys.
+            await db.execute("DELETE FROM audit_keys")
+            await db.execute(AUDIT_KEYS_FROM_DETAILS)
+            await db.execute("DELETE FROM idempotency_keys")
 
     # --- admin accounts --------------------------------------------------------
     async def add_admin(

@@ -19,6 +19,15 @@ ASCII_LOWER = "translate({}, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrst
 ASCII_FOLD = ASCII_LOWER + ' COLLATE "C"'
 NAME_FOLD = ASCII_FOLD.format("name")  # the name sort's indexed expression
 
+# Fills audit_keys from the key ids batch entries list in their details (migration, copy).
+AUDIT_KEYS_FROM_DETAILS = """
+    INSERT INTO audit_keys (key_id, audit_id)
+    SELECT DISTINCT ids.value::bigint, audit.id
+    FROM audit, jsonb_array_elements_text(audit.details::jsonb -> 'key_ids') AS ids
+    WHERE audit.action IN ('revoke_all', 'reinstate_all', 'delete_revoked')
+    ON CONFLICT DO NOTHING
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -200,12 +209,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (key_id, audit_id)
             )
             """,
-            """
-            INSERT INTO audit_keys (key_id, audit_id)
-            SELECT DISTINCT ids.value::bigint, audit.id
-            FROM audit, jsonb_array_elements_text(audit.details::jsonb -> 'key_ids') AS ids
-            WHERE audit.action IN ('revoke_all', 'reinstate_all', 'delete_revoked')
-            """,
+            AUDIT_KEYS_FROM_DETAILS,
         ),
     ),
 )

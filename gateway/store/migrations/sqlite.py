@@ -18,6 +18,14 @@ __all__ = [
     "schema_version",
 ]
 
+# Fills audit_keys from the key ids batch entries list in their details (migration, copy).
+AUDIT_KEYS_FROM_DETAILS = """
+    INSERT OR IGNORE INTO audit_keys (key_id, audit_id)
+    SELECT CAST(ids.value AS INTEGER), audit.id
+    FROM audit, json_each(audit.details, '$.key_ids') AS ids
+    WHERE audit.action IN ('revoke_all', 'reinstate_all', 'delete_revoked')
+"""
+
 # Statements are run one by one (never executescript, which commits implicitly), so a
 # migration and its schema_version row commit together or not at all.
 MIGRATIONS: tuple[Migration, ...] = (
@@ -219,12 +227,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (key_id, audit_id)
             )
             """,
-            """
-            INSERT OR IGNORE INTO audit_keys (key_id, audit_id)
-            SELECT CAST(ids.value AS INTEGER), audit.id
-            FROM audit, json_each(audit.details, '$.key_ids') AS ids
-            WHERE audit.action IN ('revoke_all', 'reinstate_all', 'delete_revoked')
-            """,
+            AUDIT_KEYS_FROM_DETAILS,
         ),
     ),
 )
