@@ -171,12 +171,32 @@ def _since(text: str) -> float:
         raise argparse.ArgumentTypeError(M_SINCE) from None
 
 
+def details_text(details: dict[str, Any]) -> str:
+    """Return audit details as `name=value` pairs: objects in parentheses
+    (`before=(name=a)`), lists comma-separated, null as `-`."""
+    return " ".join(f"{name}={_value_text(value)}" for name, value in sorted(details.items()))
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, dict):
+        return "(" + ", ".join(f"{k}={_value_text(v)}" for k, v in sorted(value.items())) + ")"
+    if isinstance(value, list):
+        return ",".join(_value_text(item) for item in value)
+    return "-" if value is None else str(value)
+
+
 async def audit(args: argparse.Namespace) -> int:
     """Show audit events, newest first."""
 
     key_id = int(args.key) if args.key and args.key.isascii() and args.key.isdigit() else None
     key_name = args.key if args.key and key_id is None else None
     async with open_store(load_config(args)) as store:
+        if key_name is not None:
+            # By id: the key's batches and its entries under earlier names; a name no key
+            # has now finds the entries written under it (a deleted key's).
+            current = await store.get_key_by_name(key_name)
+            if current is not None:
+                key_id, key_name = current.id, None
         events = await store.list_audit(
             key_id=key_id, key_name=key_name, actor=args.actor, since=args.since, limit=args.limit
         )
@@ -186,7 +206,7 @@ async def audit(args: argparse.Namespace) -> int:
         return 0
     for item in items:
         key = "" if item["key_id"] is None else f"#{item['key_id']} {item['key_name']}"
-        details = json.dumps(item["details"], sort_keys=True) if item["details"] else ""
+        details = details_text(item["details"])
         at = (item["at"] or "")[:19] + "Z"
         print(f"{at}  {item['actor']:<16} {item['action']:<20} {key:<28} {details}")
     print(f"{len(items)} event(s)")

@@ -92,9 +92,8 @@ async def keys_list(args: argparse.Namespace) -> int:
         status = key_rules.status_of(row, now)
         roles = ",".join(row.roles)
         expires = _minute(row.expires_at)
-        days = key_rules.days_left(row, now, within)
-        if days is not None:
-            expires += f" (in {days} d)"
+        if key_rules.days_left(row, now, within) is not None and row.expires_at is not None:
+            expires += f" ({key_rules.expires_in_text(row.expires_at - now)})"
         print(
             f"{row.id:>6}  {row.name:<24} {status:<8} {row.prefix:<11} {row.use_count:>6}  "
             f"{_minute(row.last_used_at):<17} {expires:<27} {roles}"

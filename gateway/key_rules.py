@@ -23,6 +23,8 @@ ROLES_MAX = 64
 # window), and at most (30 days: longer is a second key, not an overlap).
 ROLL_OVERLAP_DEFAULT = 86_400
 ROLL_OVERLAP_MAX = 30 * 86_400
+# Seconds in the units of a relative expiry text (expires_in_text).
+MINUTE, HOUR, DAY = 60, 3_600, 86_400
 
 # The audit action of a look-up of a key by its secret (`keys identify`, the admin API).
 AUDIT_IDENTIFY = "identify"
@@ -136,6 +138,23 @@ def days_left(row: KeyRow, now: float, within: float) -> int | None:
     if not 0 < left <= within:
         return None
     return math.ceil(left / 86_400)
+
+
+def expires_in_text(seconds: float) -> str:
+    """Return "in 34 s", "in 5 min", "in 3 h", "in 2 days": whole units rounded down.
+
+    The page's app.js (format.js, expiresInText) follows the same rule; both are tested
+    against one table.
+    """
+    whole = max(1, math.floor(seconds))
+    if whole < MINUTE:
+        return f"in {whole} s"
+    if whole < HOUR:
+        return f"in {whole // MINUTE} min"
+    if whole < DAY:
+        return f"in {whole // HOUR} h"
+    days = whole // DAY
+    return f"in {days} {'day' if days == 1 else 'days'}"
 
 
 def key_json(row: KeyRow, now: float, policy: Policy | None = None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from gateway.feed import FeedFollower, catch_up, load_table
@@ -11,8 +12,10 @@ from gateway.policy import Policy
 from gateway.policy_reload import PolicyHolder
 from gateway.ratelimit import Limiter, LocalLimiter
 from gateway.settings import Settings
-from gateway.store.base import KeyStore
+from gateway.store.base import KeyStore, StoreUnavailableError
 from gateway.usage import UsageCounter
+
+log = logging.getLogger("keygate.admin")
 
 
 @dataclass
@@ -49,5 +52,21 @@ class Runtime:
         await load_table(self.store, self.table)
 
     async def apply_own_writes(self) -> None:
-        """Bring the table up to date with the store before an admin call returns."""
-        await catch_up(self.store, self.table)
+        """Bring the table up to date with the store before an admin call returns.
+
+        Called after a write committed: a failure here never fails the call (its answer
+        must say the write was made). One warning line, and the feed follower catches the
+        table up on its next poll (woken now).
+        """
+        try:
+            await catch_up(self.store, self.table)
+        except StoreUnavailableError as error:
+            log.warning("key table could not catch up after a committed write: %s", error)
+            self._wake_follower()
+        except Exception:
+            log.exception("key table could not catch up after a committed write")
+            self._wake_follower()
+
+    def _wake_follower(self) -> None:
+        if self.follower is not None:
+            self.follower.wake()

@@ -267,10 +267,10 @@ async def test_keys_list_shows_expiring_keys(tmp_path: Path, backend: Backend) -
     await create_key(config, "forever", [ALL_ROLE])
     code, out, err = await arun_cli("keys", "list", "--status", "expiring", "--config", str(config))
     assert code == 0, err
-    assert "in-three-days" in out and "(in 4 d)" in out
+    assert "in-three-days" in out and "(in 3 days)" in out
     assert "in-a-month" not in out and "forever" not in out
     code, out, err = await arun_cli("keys", "list", "--config", str(config))
-    assert "(in 4 d)" in out and out.count(" d)") == 1
+    assert "(in 3 days)" in out and out.count(" days)") == 1
 
 
 @pytest.mark.slow

@@ -366,11 +366,13 @@ async def test_batch_actions(store: KeyStore) -> None:
     assert [row.name for row in await store.list_keys()] == ["b0", "b2", "b4"]
     assert await store.delete_revoked("dave") == (0, 0)
 
-    batch = [
-        (e.action, e.actor, e.details)
+    batches = [
+        e
         for e in await store.list_audit(limit=100)
         if e.action in ("revoke_all", "reinstate_all", "delete_revoked")
     ]
+    assert all(len(e.details.pop("batch_id")) == 32 for e in batches)  # uuid4 hex
+    batch = [(e.action, e.actor, e.details) for e in batches]
     assert batch == [
         ("delete_revoked", "dave", {"count": 0, "skipped": 0, "key_ids": []}),
         ("delete_revoked", "dave", {"count": 2, "skipped": 0, "key_ids": [keys[1].id, keys[3].id]}),
@@ -854,6 +856,7 @@ async def test_batches_can_be_limited_to_keys_within_a_grant_set(store: KeyStore
     assert await store.revoke_all(ACTOR) == (1, 0)
     assert await store.delete_revoked(ACTOR, grants=frozenset()) == (0, 2)
     event = (await store.list_audit(limit=1))[0]
+    assert event.details.pop("batch_id")
     assert event.details == {"count": 0, "skipped": 2, "key_ids": []}
 
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from aiohttp import web
 
 from gateway import clock, key_rules, keys
 from gateway.admin.accounts import grant_set
-from gateway.admin.errors import NO_STORE, bad_request, not_found
+from gateway.admin.errors import (
+    E_IDEMPOTENCY_REUSED,
+    E_IDEMPOTENT_REPLAY,
+    NO_STORE,
+    ApiError,
+    bad_request,
+    not_found,
+)
 from gateway.admin.middlewares import current_admin
 from gateway.admin.parsing import (
     decode_cursor,
@@ -27,6 +36,9 @@ from gateway.state import RUNTIME
 from gateway.store.base import (
     KEY_SORTS,
     BatchResult,
+    IdempotencyClaim,
+    IdempotencyMismatchError,
+    IdempotentReplayError,
     KeyChanges,
     KeyFilter,
     KeyRow,
@@ -40,12 +52,27 @@ LIST_PARAMS = frozenset({"status", "q", "limit", "cursor", "sort"})
 STATUSES: tuple[KeyFilter, ...] = ("active", "revoked", "expired", "expiring")
 KEY_CURSOR = "k"
 DAY = 86_400  # seconds
+# The create request header that makes retries safe (Stripe's and the IETF draft's name).
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Characters an idempotency key may have (1 to IDEMPOTENCY_KEY_MAX, visible ASCII).
+IDEMPOTENCY_KEY_MAX = 255
+IDEMPOTENCY_FIRST, IDEMPOTENCY_LAST = "!", "~"
+# Seconds an idempotency key is remembered after its create (24 hours); then it is new again.
+IDEMPOTENCY_WINDOW = 86_400
 
 M_NOTHING_TO_CHANGE = "nothing to change: give name, description, roles, expires_at or rate_limit"
 M_STATUS = "status must be one of: active, revoked, expired, expiring"
 M_SORT = f"sort must be one of: {', '.join(KEY_SORTS)}"
 M_SECRET = "secret must be a whole keygate API key (kg_..., with its checksum)"
 M_NO_KEY_FOR_SECRET = "no key has that secret (deleted, or never a keygate key)"
+M_IDEMPOTENCY_KEY = f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} visible ASCII characters"
+M_REPLAY = (
+    "this Idempotency-Key already created the key below; nothing was created now. Its secret "
+    "was shown once, to that request, and cannot be shown again: roll the key for a new one"
+)
+M_REPLAY_DELETED = (
+    "this Idempotency-Key already created a key, since deleted; nothing was created now"
+)
 
 
 def _runtime(request: web.Request) -> Runtime:
@@ -77,15 +104,46 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, headers={"Cache-Control": NO_STORE})
 
 
+def idempotency_claim(
+    request: web.Request, data: dict[str, Any], now: float
+) -> IdempotencyClaim | None:
+    """Return the create's idempotency claim from its Idempotency-Key header, or None.
+
+    The fingerprint is the SHA-256 of the body as parsed (member order and spacing aside).
+    """
+    value = request.headers.get(IDEMPOTENCY_HEADER)
+    if value is None:
+        return None
+    if not 1 <= len(value) <= IDEMPOTENCY_KEY_MAX or not all(
+        IDEMPOTENCY_FIRST <= char <= IDEMPOTENCY_LAST for char in value
+    ):
+        raise bad_request(M_IDEMPOTENCY_KEY, field=IDEMPOTENCY_HEADER)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
+    return IdempotencyClaim(value, fingerprint, now - IDEMPOTENCY_WINDOW)
+
+
 async def create_key(request: web.Request) -> web.Response:
-    """POST /api/v1/keys: create a key; the only answer that ever holds its secret."""
+    """POST /api/v1/keys: create a key; the only answer that ever holds its secret.
+
+    With an Idempotency-Key header, a repeat of the same request within
+    IDEMPOTENCY_WINDOW creates nothing: 409 `idempotent_replay` names the key (no secret).
+    """
     runtime = _runtime(request)
     admin = current_admin(request)
     data = await read_json_object(request, KEY_FIELDS)
     now = clock.now()
+    claim = idempotency_claim(request, data, now)
     new, secret = key_rules.new_key_request(data, runtime.policy, now)
     key_rules.check_grants(new.roles, grant_set(admin))
-    row = await runtime.store.create_key(new, admin.name)
+    try:
+        row = await runtime.store.create_key(new, admin.name, claim)
+    except IdempotentReplayError as replay:
+        shown = None if replay.row is None else key_rules.key_json(replay.row, now, runtime.policy)
+        message = M_REPLAY if replay.row is not None else M_REPLAY_DELETED
+        raise ApiError(409, E_IDEMPOTENT_REPLAY, message, extra={"key": shown}) from None
+    except IdempotencyMismatchError as error:
+        raise ApiError(422, E_IDEMPOTENCY_REUSED, str(error), field=IDEMPOTENCY_HEADER) from None
     await runtime.apply_own_writes()
     return _json(
         {"key": key_rules.key_json(row, now, runtime.policy), "secret": secret}, status=201

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admin import errors
+from gateway.admin.key_handlers import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_WINDOW
 from gateway.admin.parsing import DEFAULT_LIMIT, MAX_BODY_BYTES, MAX_EXPLAIN_TARGET, MAX_LIMIT
 from gateway.admin.sessions import COOKIE as SESSION_COOKIE
 from gateway.admin.sessions import CSRF_HEADER, SECURE_COOKIE
@@ -69,6 +70,20 @@ SCHEMAS: dict[str, Schema] = {
             "field": {"type": "string", "description": "the request field at fault"},
             "retry_after": {"type": "integer", "description": "seconds, with 429"},
             "checks": {"$ref": "#/components/schemas/ReadyChecks"},
+            "key": {
+                "oneOf": [{"$ref": "#/components/schemas/Key"}, {"type": "null"}],
+                "description": (
+                    "with idempotent_replay: the key the first request created (null once "
+                    "deleted), never its secret"
+                ),
+            },
+            "outcome_unknown": {
+                "type": "boolean",
+                "description": (
+                    "with store_unavailable: the connection was lost while the write was "
+                    "committing, so it may have been made"
+                ),
+            },
         },
     },
     "KeyStatus": {"type": "string", "enum": ["active", "revoked", "expired"]},
@@ -489,10 +504,13 @@ def _errors(*statuses: int) -> dict[str, Schema]:
             "(csrf), or a key or role outside the caller's grant set (grant_forbidden)"
         ),
         404: "no such key (or page file)",
-        409: "name already in use, or reinstating an expired key (key_expired)",
+        409: (
+            "name already in use, reinstating an expired key (key_expired), or a create "
+            "repeated under its Idempotency-Key (idempotent_replay, with the key)"
+        ),
         413: f"body larger than {MAX_BODY_BYTES} bytes",
         415: "body is not JSON",
-        422: "unknown role",
+        422: "unknown role, or an Idempotency-Key reused with another body",
         429: "too many failed logins from this address or for this account (see Retry-After)",
         503: "not ready",
     }
@@ -619,6 +637,26 @@ def _paths() -> dict[str, Schema]:
                     **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 409, 422),
                 },
                 body="KeyCreate",
+                parameters=[
+                    {
+                        "name": IDEMPOTENCY_HEADER,
+                        "in": "header",
+                        "required": False,
+                        "description": (
+                            "makes a retry safe: the same request again from the same admin "
+                            f"within {IDEMPOTENCY_WINDOW // 3600} h creates nothing and answers "
+                            "409 idempotent_replay with the key (its secret cannot be shown "
+                            "again); another body under the same key answers 422 "
+                            "idempotency_key_reused"
+                        ),
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": IDEMPOTENCY_KEY_MAX,
+                            "pattern": "^[!-~]+$",
+                        },
+                    }
+                ],
             ),
             "get": _operation(
                 "listKeys",

@@ -69,16 +69,36 @@ class KeyExpiredError(StoreError):
     """An expired key cannot be reinstated (give it a new expiry first)."""
 
 
+class IdempotentReplayError(StoreError):
+    """A create repeated under an idempotency key already used with the same request.
+
+    `key_id` is the key the first request created; `row` is that key now (None once
+    deleted). Its secret was shown once, to the first request, and is never stored.
+    """
+
+    def __init__(self, key_id: int, row: KeyRow | None) -> None:
+        self.key_id = key_id
+        self.row = row
+        super().__init__(f"this idempotency key already created key {key_id}")
+
+
+class IdempotencyMismatchError(StoreError):
+    """An idempotency key reused with a different request (another body)."""
+
+
 class StoreUnavailableError(Exception):
     """The store cannot serve now: its file was deleted, the disk is full, read-only, corrupt.
 
     `cause` says which, in words an operator acts on; the message also names the store.
     The condition may pass by itself (space freed, file restored): callers retry later.
+    `outcome_unknown` is set when the connection was lost while a write was committing:
+    the write may have been made (check before retrying it).
     """
 
-    def __init__(self, location: str, cause: str) -> None:
+    def __init__(self, location: str, cause: str, *, outcome_unknown: bool = False) -> None:
         self.location = location
         self.cause = cause
+        self.outcome_unknown = outcome_unknown
         super().__init__(f"store {location}: {cause}")
 
 
@@ -158,6 +178,18 @@ class NewKey:
     prefix: str
     expires_at: float | None = None
     rate_limit: RateLimit | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """A create's idempotency key: per actor, with the request's fingerprint (a hash of it).
+
+    Records written before `not_before` (unix seconds) are forgotten: the key is new again.
+    """
+
+    key: str
+    fingerprint: str
+    not_before: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,8 +310,15 @@ class KeyStore(Protocol):
         """Raise StoreUnavailableError (naming the cause) unless the store reads and writes."""
 
     # --- keys -----------------------------------------------------------------
-    async def create_key(self, new: NewKey, actor: str) -> KeyRow:
-        """Insert a key; raise NameConflictError if the name is taken."""
+    async def create_key(
+        self, new: NewKey, actor: str, idempotency: IdempotencyClaim | None = None
+    ) -> KeyRow:
+        """Insert a key; raise NameConflictError if the name is taken.
+
+        With an idempotency claim, the claim is recorded with the key in one transaction;
+        a claim the actor made before (since `not_before`) raises IdempotentReplayError
+        for the same fingerprint and IdempotencyMismatchError for another, creating nothing.
+        """
 
     async def get_key(self, key_id: int) -> KeyRow | None:
         """Return a key by id, or None."""

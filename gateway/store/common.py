@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import gc
 import json
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -46,6 +47,9 @@ ACTION_ADMIN_ADD = "admin_add"
 ACTION_ADMIN_PASSWD = "admin_passwd"
 ACTION_ADMIN_GRANTS = "admin_grants"
 ACTION_ADMIN_REMOVE = "admin_remove"
+
+# The message of an idempotency key reused with another request.
+M_IDEMPOTENCY_MISMATCH = "this Idempotency-Key was already used with a different request body"
 
 # KeyRow's fields in declaration order; every key SELECT returns exactly these columns.
 KEY_FIELDS = (
@@ -129,11 +133,20 @@ def audit_conditions(
     since: float | None,
     before_id: int | None,
 ) -> str:
-    """Return the WHERE clause (or "") of an audit listing's filters; since is inclusive."""
-    where = [
+    """Return the WHERE clause (or "") of an audit listing's filters; since is inclusive.
+
+    By key id: the key's own entries (whatever its name was) and every batch that touched
+    it (audit_keys).
+    """
+    where = []
+    if key_id is not None:
+        own, batched = params.add(key_id), params.add(key_id)
+        where.append(
+            f"(key_id = {own} OR id IN (SELECT audit_id FROM audit_keys WHERE key_id = {batched}))"
+        )
+    where += [
         f"{clause} {params.add(value)}"
         for clause, value in (
-            ("key_id =", key_id),
             ("key_name =", key_name),
             ("actor =", actor),
             ("at >=", since),
@@ -322,8 +335,13 @@ def batch_counts_of(found: dict[str, tuple[int, int]]) -> dict[str, BatchResult]
 
 
 def batch_details(result: BatchResult, key_ids: list[int]) -> dict[str, Any]:
-    """Return the audit details of a batch action: counts and the ids it changed."""
-    return {"count": result.changed, "skipped": result.skipped, "key_ids": key_ids}
+    """Return the audit details of a batch action: its id, counts and the ids it changed."""
+    return {
+        "batch_id": uuid.uuid4().hex,
+        "count": result.changed,
+        "skipped": result.skipped,
+        "key_ids": key_ids,
+    }
 
 
 def grants_details(

@@ -25,6 +25,9 @@ from gateway.store.base import (
     Change,
     FeedPrunedError,
     Grants,
+    IdempotencyClaim,
+    IdempotencyMismatchError,
+    IdempotentReplayError,
     KeyChanges,
     KeyFilter,
     KeyRow,
@@ -95,6 +98,7 @@ from gateway.store.common import (
 from gateway.store.migrations.postgres import (
     ASCII_FOLD,
     ASCII_LOWER,
+    AUDIT_KEYS_FROM_DETAILS,
     NAME_FOLD,
     SchemaTooNewError,
     apply_migrations,
@@ -115,6 +119,10 @@ LISTEN_CHECK_INTERVAL = 2.0
 # Seconds of back-off before the first and at most between LISTEN reconnects.
 LISTEN_RETRY_MIN = 0.1
 LISTEN_RETRY_MAX = 5.0
+# asyncpg's logger, and the least severe of its records shown (its pool's reconnection
+# warnings, each with a traceback, are not: the feed follower reports outages instead).
+ASYNCPG_LOGGER = "asyncpg"
+ASYNCPG_LOG_LEVEL = logging.ERROR
 # Channel the stores NOTIFY on when a key write commits (suffixed with a non-default schema).
 FEED_CHANNEL = "keygate_feed"
 # Database every server has, for creating the configured one (`keygate init`).
@@ -269,6 +277,9 @@ class PostgresKeyStore:
         Without `create` a missing database or schema raises StoreMissingError; an
         unreachable server raises StoreUnavailableError.
         """
+        # asyncpg logs each failed reconnection of its pool with a traceback; the feed
+        # follower reports an outage in one line when it starts and one when it ends.
+        logging.getLogger(ASYNCPG_LOGGER).setLevel(ASYNCPG_LOG_LEVEL)
         async with self._open_lock:
             if self._pool is not None:
                 return
@@ -349,7 +360,11 @@ class PostgresKeyStore:
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """Lend a pooled connection; connection faults become StoreUnavailableError."""
+        """Lend a pooled connection; connection faults become StoreUnavailableError.
+
+        Returning the connection never fails the call: a connection lost after the body
+        finished (its reset on release fails) is dropped, and the pool opens a fresh one.
+        """
         pool = self._open_pool()
         try:
             conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
@@ -360,21 +375,42 @@ class PostgresKeyStore:
         except _FAULTS as error:
             # A terminated backend can leave its idle siblings half-broken too: replace
             # them all, so one failed call is the whole cost of an outage that has passed.
-            with contextlib.suppress(asyncpg.InterfaceError):  # already released when lost
+            with contextlib.suppress(*_FAULTS):  # already released when lost
                 conn.terminate()
             await pool.expire_connections()
+            await _release(pool, conn)
             raise StoreUnavailableError(self.location, _cause_of(error)) from error
-        finally:
-            with contextlib.suppress(asyncpg.InterfaceError):
-                await pool.release(conn)
+        except BaseException:
+            await _release(pool, conn)
+            raise
+        await _release(pool, conn)
 
     @contextlib.asynccontextmanager
     async def _write(self, *, feed: bool = True) -> AsyncIterator[asyncpg.Connection]:
-        """Run the body in one transaction; a key write first takes the feed counter's lock."""
-        async with self._connection() as conn, conn.transaction():
-            if feed:
-                await conn.execute(_LOCK_FEED)
-            yield conn
+        """Run the body in one transaction; a key write first takes the feed counter's lock.
+
+        A connection lost while COMMIT is under way leaves the outcome unknown: the error
+        says so (StoreUnavailableError.outcome_unknown) instead of "nothing was changed".
+        """
+        async with self._connection() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                if feed:
+                    await conn.execute(_LOCK_FEED)
+                yield conn
+            except BaseException:
+                with contextlib.suppress(*_FAULTS):  # a lost connection rolled back already
+                    await transaction.rollback()
+                raise
+            try:
+                await transaction.commit()
+            except _FAULTS as error:
+                with contextlib.suppress(*_FAULTS):
+                    conn.terminate()
+                raise StoreUnavailableError(
+                    self.location, _cause_of(error), outcome_unknown=True
+                ) from error
 
     async def _fetch(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         """Run one read statement and return every row."""
@@ -424,10 +460,18 @@ class PostgresKeyStore:
         key_id: int | None = None,
         key_name: str | None = None,
         details: dict[str, Any] | None = None,
-    ) -> None:
-        """Append one audit row inside the current transaction."""
-        await conn.execute(
-            _INSERT_AUDIT, at, actor, action, key_id, key_name, details_json(details)
+    ) -> int:
+        """Append one audit row inside the current transaction; return its id."""
+        return int(
+            await conn.fetchval(
+                _INSERT_AUDIT + " RETURNING id",
+                at,
+                actor,
+                action,
+                key_id,
+                key_name,
+                details_json(details),
+            )
         )
 
     async def _key_in(self, conn: asyncpg.Connection, key_id: int) -> KeyRow:
@@ -438,11 +482,20 @@ class PostgresKeyStore:
         return key_row(row)
 
     # --- keys ------------------------------------------------------------------
-    async def create_key(self, new: NewKey, actor: str) -> KeyRow:
-        """Insert a key; raise NameConflictError if the name is taken."""
+    async def create_key(
+        self, new: NewKey, actor: str, idempotency: IdempotencyClaim | None = None
+    ) -> KeyRow:
+        """Insert a key; raise NameConflictError if the name is taken.
+
+        An idempotency claim made before by `actor` raises IdempotentReplayError (same
+        fingerprint) or IdempotencyMismatchError; a new one is recorded with the key. Key
+        writes are serialised by the feed counter's lock, so two claims never race.
+        """
         now = time.time()
         roles_text = roles_json(new.roles)
         async with self._write() as conn:
+            if idempotency is not None:
+                await self._check_claim(conn, actor, idempotency)
             try:
                 key_id = int(
                     await conn.fetchval(
@@ -475,7 +528,40 @@ class PostgresKeyStore:
                 new.name,
                 create_details(new),
             )
+            if idempotency is not None:
+                await conn.execute(
+                    "INSERT INTO idempotency_keys"
+                    " (actor, idem_key, fingerprint, key_id, created_at)"
+                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (actor, idem_key) DO UPDATE"
+                    " SET fingerprint = excluded.fingerprint, key_id = excluded.key_id,"
+                    " created_at = excluded.created_at",
+                    actor,
+                    idempotency.key,
+                    idempotency.fingerprint,
+                    key_id,
+                    now,
+                )
         return created_row(key_id, new, roles_text, actor, now)
+
+    async def _check_claim(
+        self, conn: asyncpg.Connection, actor: str, claim: IdempotencyClaim
+    ) -> None:
+        """Forget expired idempotency records; raise if `actor` made this claim before."""
+        await conn.execute("DELETE FROM idempotency_keys WHERE created_at < $1", claim.not_before)
+        found = await conn.fetchrow(
+            "SELECT fingerprint, key_id FROM idempotency_keys WHERE actor = $1 AND idem_key = $2",
+            actor,
+            claim.key,
+        )
+        if found is None:
+            return
+        if str(found[0]) != claim.fingerprint:
+            raise IdempotencyMismatchError(
+                f"idempotency key {claim.key!r} was used for another request"
+            )
+        key_id = int(found[1])
+        row = await conn.fetchrow(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1", key_id)
+        raise IdempotentReplayError(key_id, None if row is None else key_row(row))
 
     async def _one_key(self, column: str, value: Any) -> KeyRow | None:
         """Return the key whose `column` equals `value`, or None."""
@@ -724,7 +810,15 @@ class PostgresKeyStore:
             if key_ids:
                 await conn.execute(write, key_ids, *values)
             result = BatchResult(len(key_ids), total - len(key_ids))
-            await self._audit_in(conn, now, actor, action, details=batch_details(result, key_ids))
+            audit_id = await self._audit_in(
+                conn, now, actor, action, details=batch_details(result, key_ids)
+            )
+            await conn.execute(
+                "INSERT INTO audit_keys (key_id, audit_id)"
+                " SELECT k, $2 FROM unnest($1::bigint[]) k",
+                key_ids,
+                audit_id,
+            )
         return result
 
     async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
@@ -1108,6 +1202,10 @@ class PostgresKeyStore:
                 records=[audit_values(event) for event in contents.audit],
                 schema_name=self.schema,
             )
+            # Batch histories follow the audit rows; idempotency records named the old keys.
+            await conn.execute("DELETE FROM audit_keys")
+            await conn.execute(AUDIT_KEYS_FROM_DETAILS)
+            await conn.execute("DELETE FROM idempotency_keys")
             await conn.execute(
                 "SELECT setval(pg_get_serial_sequence('keys', 'id'),"
                 " GREATEST((SELECT MAX(id) FROM keys), (SELECT MAX(key_id) FROM audit), 0) + 1,"
@@ -1258,6 +1356,15 @@ class PostgresKeyStore:
                 "DELETE FROM admin_sessions WHERE token_hash = $1 RETURNING 1", token_hash
             )
             return found is not None
+
+
+async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    """Return a connection to the pool; one that fails its reset is dropped, not reported."""
+    try:
+        await pool.release(conn)
+    except _FAULTS:
+        with contextlib.suppress(*_FAULTS):
+            conn.terminate()
 
 
 def _set_when_closed(event: asyncio.Event, _conn: object) -> None:

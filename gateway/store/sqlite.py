@@ -25,6 +25,9 @@ from gateway.store.base import (
     Change,
     FeedPrunedError,
     Grants,
+    IdempotencyClaim,
+    IdempotencyMismatchError,
+    IdempotentReplayError,
     KeyChanges,
     KeyFilter,
     KeyRow,
@@ -93,7 +96,11 @@ from gateway.store.common import (
     status_condition,
     wanted_edits,
 )
-from gateway.store.migrations.sqlite import SchemaTooNewError, apply_migrations
+from gateway.store.migrations.sqlite import (
+    AUDIT_KEYS_FROM_DETAILS,
+    SchemaTooNewError,
+    apply_migrations,
+)
 
 log = logging.getLogger("keygate.store.sqlite")
 # aiosqlite logs every statement with its parameters at DEBUG: names typed at the admin
@@ -453,18 +460,27 @@ class SqliteKeyStore:
         key_id: int | None = None,
         key_name: str | None = None,
         details: dict[str, Any] | None = None,
-    ) -> None:
-        """Append one audit row inside the current transaction."""
-        await db.execute(
+    ) -> int:
+        """Append one audit row inside the current transaction; return its id."""
+        cursor = await db.execute(
             _INSERT_AUDIT, (at, actor, action, key_id, key_name, details_json(details))
         )
+        return int(cursor.lastrowid or 0)
 
     # --- keys ------------------------------------------------------------------
-    async def create_key(self, new: NewKey, actor: str) -> KeyRow:
-        """Insert a key; raise NameConflictError if the name is taken."""
+    async def create_key(
+        self, new: NewKey, actor: str, idempotency: IdempotencyClaim | None = None
+    ) -> KeyRow:
+        """Insert a key; raise NameConflictError if the name is taken.
+
+        An idempotency claim made before by `actor` raises IdempotentReplayError (same
+        fingerprint) or IdempotencyMismatchError; a new one is recorded with the key.
+        """
         now = time.time()
         roles_text = roles_json(new.roles)
         async with self._transaction() as db:
+            if idempotency is not None:
+                await self._check_claim(db, actor, idempotency)
             try:
                 cursor = await db.execute(
                     "INSERT INTO keys (name, description, roles, status, digest, prefix,"
@@ -500,7 +516,36 @@ class SqliteKeyStore:
                 new.name,
                 create_details(new),
             )
+            if idempotency is not None:
+                await db.execute(
+                    "INSERT OR REPLACE INTO idempotency_keys"
+                    " (actor, idem_key, fingerprint, key_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (actor, idempotency.key, idempotency.fingerprint, key_id, now),
+                )
         return created_row(key_id, new, roles_text, actor, now)
+
+    async def _check_claim(
+        self, db: aiosqlite.Connection, actor: str, claim: IdempotencyClaim
+    ) -> None:
+        """Forget expired idempotency records; raise if `actor` made this claim before."""
+        await db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (claim.not_before,))
+        rows = list(
+            await db.execute_fetchall(
+                "SELECT fingerprint, key_id FROM idempotency_keys WHERE actor = ? AND idem_key = ?",
+                (actor, claim.key),
+            )
+        )
+        if not rows:
+            return
+        fingerprint, key_id = str(rows[0][0]), int(rows[0][1])
+        if fingerprint != claim.fingerprint:
+            raise IdempotencyMismatchError(
+                f"idempotency key {claim.key!r} was used for another request"
+            )
+        found = list(
+            await db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,))
+        )
+        raise IdempotentReplayError(key_id, key_row(found[0]) if found else None)
 
     async def get_key(self, key_id: int) -> KeyRow | None:
         """Return a key by id, or None."""
@@ -747,7 +792,13 @@ class SqliteKeyStore:
                 )
             await db.execute(f"{write} WHERE {chosen}", (*values, *scope_params))
             result = BatchResult(len(key_ids), int(total_rows[0][0]) - len(key_ids))
-            await self._audit_in(db, now, actor, action, details=batch_details(result, key_ids))
+            audit_id = await self._audit_in(
+                db, now, actor, action, details=batch_details(result, key_ids)
+            )
+            await db.executemany(
+                "INSERT INTO audit_keys (key_id, audit_id) VALUES (?, ?)",
+                [(key_id, audit_id) for key_id in key_ids],
+            )
         return result
 
     async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
@@ -1069,6 +1120,10 @@ class SqliteKeyStore:
                 f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [audit_values(event) for event in contents.audit],
             )
+            # Batch histories follow the audit rows; idempotency records named the old keys.
+            await db.execute("DELETE FROM audit_keys")
+            await db.execute(AUDIT_KEYS_FROM_DETAILS)
+            await db.execute("DELETE FROM idempotency_keys")
 
     # --- admin accounts --------------------------------------------------------
     async def add_admin(

@@ -19,6 +19,15 @@ ASCII_LOWER = "translate({}, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrst
 ASCII_FOLD = ASCII_LOWER + ' COLLATE "C"'
 NAME_FOLD = ASCII_FOLD.format("name")  # the name sort's indexed expression
 
+# Fills audit_keys from the key ids batch entries list in their details (migration, copy).
+AUDIT_KEYS_FROM_DETAILS = """
+    INSERT INTO audit_keys (key_id, audit_id)
+    SELECT DISTINCT ids.value::bigint, audit.id
+    FROM audit, jsonb_array_elements_text(audit.details::jsonb -> 'key_ids') AS ids
+    WHERE audit.action IN ('revoke_all', 'reinstate_all', 'delete_revoked')
+    ON CONFLICT DO NOTHING
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -175,6 +184,33 @@ MIGRATIONS: tuple[Migration, ...] = (
         6,
         "a key's own rate limit (JSON {requests, per, burst}), over its roles' default",
         ("ALTER TABLE keys ADD COLUMN rate_limit TEXT",),
+    ),
+    Migration(
+        7,
+        "idempotent creates (key per actor, request fingerprint); audit entries by every key",
+        (
+            # The secret is never stored: a repeated create is answered without it.
+            """
+            CREATE TABLE idempotency_keys (
+                actor       TEXT   NOT NULL,
+                idem_key    TEXT   NOT NULL,
+                fingerprint TEXT   NOT NULL,
+                key_id      BIGINT NOT NULL,
+                created_at  DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (actor, idem_key)
+            )
+            """,
+            "CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at)",
+            # Every key a batch touched, so a key's history (by id) includes its batches.
+            """
+            CREATE TABLE audit_keys (
+                key_id   BIGINT NOT NULL,
+                audit_id BIGINT NOT NULL,
+                PRIMARY KEY (key_id, audit_id)
+            )
+            """,
+            AUDIT_KEYS_FROM_DETAILS,
+        ),
     ),
 )
 
