@@ -39,7 +39,10 @@ log = logging.getLogger("keygate.notify")
 
 AUDIT_BATCH = 500  # audit entries a worker reads per round trip (all it holds in memory)
 GAP_WAIT = 5.0  # seconds a hole in the audit ids may be a transaction still committing
-LEASE_SECONDS = 30.0  # seconds a process holds a receiver; renewed at half of it
+LEASE_SECONDS = 120.0  # seconds a process holds a receiver; renewed at half of it
+# Acknowledgements written to the store together; a crash (never a clean stop) resends at
+# most this many events per receiver.
+ACK_BATCH = 100
 ABANDONED_KEEP = 30 * 86_400.0  # seconds records of abandoned events are kept (30 days)
 STOP_WAIT = 2.0  # seconds shutdown waits for POSTs in flight (one cut short is resent)
 
@@ -114,32 +117,49 @@ class ReceiverWorker:
         renew = max(self._lease_until - LEASE_SECONDS / 2 - now, 0.0)
         self._counts.pending = await self._store.count_audit_after(state.cursor, EVENT_ACTIONS)
         if state.next_attempt is not None and now < state.next_attempt:
-            return min(state.next_attempt - now, renew)
+            # Held through the wait: no other process would send before it either.
+            if not await self._lease(now, state.next_attempt + LEASE_SECONDS):
+                return self._poll_interval
+            return state.next_attempt - now
         entries = await self._store.audit_after(state.cursor, AUDIT_BATCH)
         ready = self._contiguous(state.cursor, entries, now)
-        passed = state.cursor
+        passed = state.cursor  # the last entry acknowledged, or passed as not an event
+        delivered = 0  # acknowledged in this step, not yet written to the store
         for entry in ready:
             if self._stopping:
                 break
             item = audit_event(entry)
             if item is None:
-                passed = entry.id  # not an event: passed with the next acknowledgement
+                passed = entry.id
                 continue
             problem = await notify.deliver_once(
                 self._session, self._hook, notify.encode(item), item["id"]
             )
             if problem is not None:
+                if delivered and not await self._advance(passed, delivered):
+                    return 0.0
                 return min(await self._failed(entry, str(item["type"]), problem), renew)
-            if not await self._save(ReceiverState(self._id, entry.id)):
-                return 0.0
+            passed = entry.id
+            delivered += 1
             self._counts.delivered += 1
             self._counts.pending = max(self._counts.pending - 1, 0)
-            passed = entry.id
-        if passed != self._state_now().cursor and not await self._save(
-            ReceiverState(self._id, passed)
-        ):
+            if delivered >= ACK_BATCH:
+                if not await self._advance(passed, delivered):
+                    return 0.0
+                delivered = 0
+        if passed != self._state_now().cursor and not await self._advance(passed, delivered):
             return 0.0
         return 0.0 if len(ready) == AUDIT_BATCH else min(self._poll_interval, renew)
+
+    async def _advance(self, passed: int, delivered: int) -> bool:
+        """Move the cursor to `passed`; the retry state ends only if events were delivered.
+
+        Passing entries that are not events leaves the head event (and its retries) as is.
+        """
+        held = self._state_now()
+        if delivered:
+            return await self._save(ReceiverState(self._id, passed))
+        return await self._save(dataclasses.replace(held, cursor=passed))
 
     def _state_now(self) -> ReceiverState:
         """Return the state held (a step has read it)."""
@@ -151,15 +171,23 @@ class ReceiverWorker:
         if self._state is None:
             self._state = await self._store.open_receiver(self._id)
         if now >= self._lease_until - LEASE_SECONDS / 2:
-            until = now + LEASE_SECONDS
-            if not await self._store.lease_receiver(self._id, self._owner, now, until):
-                self._lease_until = 0.0
+            held = self._lease_until > now
+            if not await self._lease(now, now + LEASE_SECONDS):
                 return None
-            if self._lease_until <= now:
+            if not held:
                 # Newly taken: another process may have moved the cursor meanwhile.
                 self._state = await self._store.open_receiver(self._id)
-            self._lease_until = until
         return self._state
+
+    async def _lease(self, now: float, until: float) -> bool:
+        """Hold the receiver until at least `until` (never shortened); False if another holds it."""
+        if until <= self._lease_until:
+            return True
+        if await self._store.lease_receiver(self._id, self._owner, now, until):
+            self._lease_until = until
+            return True
+        self._lease_until = 0.0
+        return False
 
     async def _save(self, state: ReceiverState) -> bool:
         """Write `state` over the one held; False (state re-read) if another process moved it."""
