@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import re
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -20,8 +23,31 @@ _NOTHING_NOTED = RequestNotes("-")
 redact_keys = cut_keys
 
 
+# Key names written bare in text lines; any other (a space, `"`, `=`...) is quoted, so a name
+# like `a rid=x key=admin` cannot pass for fields of its own.
+_BARE_NAME = re.compile(r"[0-9A-Za-z._:@/+?~-]+")
+# Key names made into text fields and remembered (least recently used out): one per key.
+TEXT_NAMES_LIMIT = 4096
+
+
+@functools.lru_cache(maxsize=TEXT_NAMES_LIMIT)
+def text_field(value: str) -> str:
+    """Return a value as one text-line field: bare when plain, else JSON-quoted and escaped."""
+    return value if _BARE_NAME.fullmatch(value) else json.dumps(value)
+
+
+def _text_target(target: str) -> str:
+    """Return a target for the quoted request field: `"` and `\\` percent-encoded (rare)."""
+    if '"' in target or "\\" in target:
+        return target.replace("\\", "%5C").replace('"', "%22")
+    return target
+
+
 class ProxyAccessLogger(AbstractAccessLogger):
     """One line per proxied request: peer, request line, status, size, time, request id, key.
+
+    Every field is one space-free token but the quoted request line; a key name that is not
+    plain is quoted and escaped as a JSON string, so a line's fields are always its own.
 
     The size is the body bytes written; an answer cut short (the upstream or the client
     failed mid-body) ends its line with ` incomplete`, never passing for a whole one.
@@ -34,10 +60,12 @@ class ProxyAccessLogger(AbstractAccessLogger):
         except KeyError:
             notes = _NOTHING_NOTED
         incomplete = " incomplete" if notes.incomplete else ""
+        key_name = notes.key_name
         message = (
-            f'{request.remote} "{request.method} {redact_keys(request.raw_path)}" '
+            f'{request.remote} "{request.method} {_text_target(redact_keys(request.raw_path))}" '
             f"{response.status} {response.body_length} {time * 1000:.1f}ms "
-            f"rid={notes.request_id} key={notes.key_name or '-'}{incomplete}"
+            f"rid={notes.request_id} key={'-' if key_name is None else text_field(key_name)}"
+            f"{incomplete}"
         )
         writer = access_writer.active
         if writer is not None:

@@ -15,7 +15,6 @@ from aiohttp import web
 from gateway.access_log import JsonProxyAccessLogger, ProxyAccessLogger, access_logger
 from gateway.admin.app import create_admin_app
 from gateway.admin.middlewares import SECURITY_HEADERS
-from gateway.clock import now
 from gateway.delivery import Delivery
 from gateway.feed import FeedFollower, prune_periodically
 from gateway.notify import Webhook
@@ -87,20 +86,32 @@ async def open_runtime(settings: Settings) -> Runtime:
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    settings: Settings, *, reuse_port: bool = False, serve_admin: bool = True, processes: int = 1
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    serve_admin: bool = True,
+    processes: int = 1,
+    worker: int = 0,
 ) -> AsyncIterator[RunningGateway]:
     """Start store, feed follower, usage flusher, proxy and admin listeners; stop them on exit.
 
-    `processes` is how many processes share the proxy port: without Redis each enforces
-    that share of every rate limit.
+    `processes` is how many processes share the proxy port and `worker` which one this is:
+    without Redis (or while it is down, failing closed) each enforces its share of every
+    rate limit.
     """
     runtime = await open_runtime(settings)
     if settings.rate_limits.redis_url is not None:
-        runtime.limiter = redis_limiter(
-            settings.rate_limits.redis_url, now, fail_open=settings.rate_limits.fail_open
+        limiter = redis_limiter(
+            settings.rate_limits.redis_url,
+            time.monotonic,
+            fail_open=settings.rate_limits.fail_open,
+            processes=processes,
+            worker=worker,
         )
+        runtime.limiter = limiter
+        runtime.metrics.rate_limit_store = limiter
     else:
-        runtime.limiter = LocalLimiter(now, processes)
+        runtime.limiter = LocalLimiter(time.monotonic, processes, worker)
     # The loaded table is long-lived: move it out of the collector's generations so full
     # collections don't walk a million cached keys (a pause per collection otherwise).
     gc.freeze()

@@ -16,6 +16,9 @@ E_CLIENT_BODY_TIMEOUT = "client_body_timeout"  # 408: the request body went idle
 E_BAD_TARGET = "bad_target"
 E_INTERNAL = "internal_error"
 E_BAD_REQUEST = "bad_request"
+E_HTTP_VERSION = "http_version_not_supported"  # 505: HTTP/2 and later over an HTTP/1 connection
+E_TRANSFER_CODING = "transfer_coding_not_implemented"  # 501: a request coding besides chunked
+E_BAD_REQUEST_ID = "bad_request_id"  # 400: an X-Request-Id holding something shaped like a key
 _JSON_TYPE = "application/json"
 # What keygate's own answers say in `Server` (never the aiohttp or Python version).
 SERVER_NAME = "keygate"

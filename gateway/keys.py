@@ -42,6 +42,16 @@ def looks_like_key(value: str) -> bool:
     return value.startswith(KEY_PREFIX)
 
 
+# Something shaped like a key inside other text (checksum unchecked: a mistyped key is no
+# less a secret).
+_KEY_SHAPE = re.compile(f"{KEY_PREFIX}[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}")
+
+
+def holds_key_shape(text: str) -> bool:
+    """Return True when `text` contains the prefix and body length of a key, anywhere in it."""
+    return KEY_PREFIX in text and _KEY_SHAPE.search(text) is not None
+
+
 def is_well_formed(key: str) -> bool:
     """Return True when the key has the right length, alphabet and checksum."""
     return digest_if_well_formed(key) is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -25,6 +26,20 @@ class WebhookCounts:
     pending: int = 0  # events after the receiver's cursor, as last counted
 
 
+class RateLimitStore(Protocol):
+    """What /metrics shows of a shared rate-limit store (the Redis limiter)."""
+
+    @property
+    def failures(self) -> int:
+        """Checks that failed or timed out."""
+        ...
+
+    @property
+    def reachable(self) -> bool:
+        """False from a failed check until one succeeds again."""
+        ...
+
+
 class ProxyMetrics:
     """Counts proxy outcomes; one list increment per forwarded request, summed at scrape time."""
 
@@ -36,6 +51,8 @@ class ProxyMetrics:
         self.keys_expiring: int | None = None
         # Webhook delivery by receiver id (a digest of the URL, never the URL); worker 0.
         self.webhooks: dict[str, WebhookCounts] = {}
+        # The shared rate-limit store, when one is configured.
+        self.rate_limit_store: RateLimitStore | None = None
 
     def refused(self, code: str) -> None:
         """Count one request answered by keygate itself with error `code`."""
@@ -98,6 +115,18 @@ class _ProcessCollector(Collector):
                 "keygate_keys_expiring",
                 "Active keys expiring within expiry.warn_days (counted every check_interval)",
                 value=metrics.keys_expiring,
+            )
+        store = metrics.rate_limit_store
+        if store is not None:
+            yield CounterMetricFamily(
+                "keygate_ratelimit_store_failures",
+                "Rate-limit checks the shared store (Redis) failed or answered too late",
+                value=store.failures,
+            )
+            yield GaugeMetricFamily(
+                "keygate_ratelimit_store_up",
+                "1 while the shared rate-limit store answers, 0 from a failure until it does",
+                value=1 if store.reachable else 0,
             )
         yield GaugeMetricFamily(
             "keygate_feed_sequence",

@@ -15,6 +15,7 @@ from gateway.access_log import redact_keys
 from gateway.clock import now
 from gateway.credentials import API_KEY_HEADER, AUTHORIZATION, extract_credential
 from gateway.error_responses import (
+    E_BAD_REQUEST_ID,
     E_BAD_TARGET,
     E_CLIENT_BODY_TIMEOUT,
     E_INTERNAL,
@@ -28,6 +29,8 @@ from gateway.error_responses import (
 from gateway.hygiene import (
     REQUEST_ID_HEADER,
     HeaderHygiene,
+    KeyInHeaderError,
+    offers_a_key,
     query_method_overrides,
     request_id,
     response_headers,
@@ -104,10 +107,15 @@ class Proxy:
         protocol = request.protocol
         if isinstance(protocol, JsonErrorRequestHandler):
             protocol.head_received()
-        notes = RequestNotes(request_id(request.headers.get(REQUEST_ID_HEADER)))
+        offered = request.headers.get(REQUEST_ID_HEADER)
+        notes = RequestNotes(request_id(offered))
         request[NOTES] = notes
         try:
-            response = await self.handle(request, notes)
+            response: web.StreamResponse
+            if offered is not None and offers_a_key(offered):
+                response = self._error(400, E_BAD_REQUEST_ID, "the X-Request-Id holds an API key")
+            else:
+                response = await self.handle(request, notes)
             if not response.prepared:  # relayed answers got it before their head went out
                 response.headers[REQUEST_ID_HEADER] = notes.request_id
             if self._draining:
@@ -116,14 +124,33 @@ class Proxy:
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
-            log.exception("unexpected error handling %s", request.method)
-            return error_response(500, E_INTERNAL, "internal error")
+            if request.writer.output_size == 0:
+                log.exception("unexpected error handling %s", request.method)
+                return error_response(500, E_INTERNAL, "internal error")
+            return self._cut(request, notes)
         finally:
             del in_flight[id(request)]
             if isinstance(protocol, JsonErrorRequestHandler):
                 protocol.await_head()  # the clock for the next head on this connection
             if self._draining and not in_flight:
                 self._idle.set()
+
+    def _cut(self, request: web.BaseRequest, notes: RequestNotes) -> web.StreamResponse:
+        """End a request whose answer already began: close the connection, never a second head.
+
+        A fresh 500 here would go out after the relayed head, read by the client as body. As
+        for an upstream failing mid-body, closing the connection is the only honest signal.
+        """
+        log.exception(
+            "unexpected error after the answer to %s began; closing the connection",
+            request.method,
+        )
+        notes.incomplete = True
+        protocol = request.protocol
+        if protocol is not None:
+            protocol.force_close()  # the transport goes: aiohttp can write nothing more
+        # Only for the access line (status as relayed): it can never be sent.
+        return web.StreamResponse(status=notes.upstream_status or 500)
 
     async def drain(self, grace_period: float) -> int:
         """Let requests in flight finish (bodies still flow both ways) for up to `grace_period`
@@ -157,7 +184,10 @@ class Proxy:
         if credential is None:
             if self._deny_anonymous:
                 return self._refuse(refusals.KEY_MISSING)
-            headers, _ = self._upstream_headers(request, notes, None, False)
+            try:
+                headers, _ = self._upstream_headers(request, notes, None, False)
+            except KeyInHeaderError:
+                return self._refuse(refusals.KEY_MISPLACED)
             return await self._forward(request, notes, headers)
         moment = now()
         record = auth.authenticate(runtime.table, credential.key, moment)
@@ -169,9 +199,12 @@ class Proxy:
         refusal = auth.authorize(policy, record, request.method, path)
         if refusal is not None:
             return self._refuse(refusal)
-        headers, overrides = self._upstream_headers(
-            request, notes, record.name, credential.in_authorization
-        )
+        try:
+            headers, overrides = self._upstream_headers(
+                request, notes, record.name, credential.in_authorization
+            )
+        except KeyInHeaderError:
+            return self._refuse(refusals.KEY_MISPLACED)
         overrides += query_method_overrides(request.raw_path)
         for override in overrides:
             # Jersey, Spring and ASP.NET run the request as the named method: decide that too.

@@ -20,6 +20,11 @@ class Refusal:
 CREDENTIAL_CONFLICT = Refusal(
     400, "credential_conflict", "send one credential: an API key or the backend's own login"
 )
+KEY_MISPLACED = Refusal(
+    400,
+    "key_misplaced",
+    "an API key goes only in X-API-Key: <key> or Authorization: Bearer <key>",
+)
 KEY_MISSING = Refusal(401, "key_missing", "an API key is required (X-API-Key header)", True)
 KEY_MALFORMED = Refusal(401, "key_malformed", "the API key is malformed", True)
 KEY_UNKNOWN = Refusal(401, "key_unknown", "the API key is not known", True)

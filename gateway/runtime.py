@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.clock import now
 from gateway.feed import FeedFollower, catch_up, load_table
 from gateway.keytable import KeyTable
 from gateway.metrics import ProxyMetrics
@@ -28,7 +27,7 @@ class Runtime:
     metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
     follower: FeedFollower | None = None
     # Per-key rate limits: counted here, or in Redis (set by the app when configured).
-    limiter: Limiter = field(default_factory=lambda: LocalLimiter(now))
+    limiter: Limiter = field(default_factory=LocalLimiter)
     # Where the policy came from and how its reloads went (None: not loaded from a file).
     policy_source: PolicyHolder | None = None
 

@@ -123,6 +123,7 @@ async def serve_until_stopped(
     serve_admin: bool,
     ready_line: bool = True,
     processes: int = 1,
+    worker: int = 0,
 ) -> None:
     """Run one gateway process until SIGTERM or SIGINT, then drain and stop."""
     stop = asyncio.Event()
@@ -134,7 +135,11 @@ async def serve_until_stopped(
     if supervisor.isdigit():
         watcher = asyncio.create_task(_watch_supervisor(int(supervisor), stop))
     async with running_gateway(
-        settings, reuse_port=reuse_port, serve_admin=serve_admin, processes=processes
+        settings,
+        reuse_port=reuse_port,
+        serve_admin=serve_admin,
+        processes=processes,
+        worker=worker,
     ) as gw:
         runtime = gw.runtime
         loop.add_signal_handler(signal.SIGHUP, runtime.reload_policy, "SIGHUP")
@@ -178,6 +183,7 @@ def run_server(settings: Settings, workers_value: str, worker_index: int | None 
                     reuse_port=worker_index is not None,
                     serve_admin=worker_index in (None, 0),
                     processes=workers,
+                    worker=worker_index or 0,
                 )
             )
         return 0

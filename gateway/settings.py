@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from gateway.hygiene import service_header_problem
 from gateway.problems import ProblemsError, read_yaml
 from gateway.store.urls import POSTGRES_SCHEMES, postgres_url_problem
 
@@ -118,7 +119,7 @@ class RateLimits:
     """Where per-key rate-limit counts live: this process, or Redis shared by the fleet."""
 
     redis_url: str | None
-    fail_open: bool  # admit requests while Redis cannot be reached
+    fail_open: bool  # Redis down: each worker holds keys to their whole limit, else to its share
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +334,12 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
     ):
         reader.problem("identity.strip_headers", "must be a list of header names")
         strip = list(DEFAULT_STRIP_HEADERS)
+    for name, _ in upstream.headers:
+        # Service headers go with key callers only; a name keygate strips or sets itself (or
+        # fills from the client's request) would let a caller choose the service's value.
+        problem = service_header_problem(name, acting, strip)
+        if problem is not None:
+            reader.problem(f"upstream.headers.{name}", problem)
 
     anonymous = data.get("anonymous", "passthrough")
     if anonymous not in ("passthrough", "deny"):

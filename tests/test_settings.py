@@ -616,3 +616,61 @@ def test_bad_expiry_and_webhooks_are_each_reported() -> None:
         f"{WHERE}: notify.webhooks[1].secret: environment variable 'UNSET' is not set",
         f"{WHERE}: notify.webhooks[2]: must be {{url: http(s)://..., secret: {{env|file}}}}",
     ]
+
+
+# Service header names that would let a caller choose the value, collide with a header keygate
+# sets or strips itself, or frame the request (issue 19.1): refused at load, in any spelling.
+REFUSED_SERVICE_HEADERS = [
+    "X-Acting-User",
+    "x_acting_user",
+    "X-Acting-User-Signature",
+    "X-Request-Id",
+    "X-Forwarded-Host",
+    "X_Forwarded_For",
+    "X-Forwarded-Proto",
+    "Forwarded",
+    "Host",
+    "Content-Length",
+    "Content-Type",
+    "Transfer-Encoding",
+    "Connection",
+    "Proxy-Authorization",
+    "Expect",
+    "X-API-Key",
+    "X_Api_Key",
+    "Authorization_",
+    "AUTHORIZATION-",
+    "Cookie2",
+    "Remote-User",
+    "X-Forwarded-User",
+    "X-Real-IP",
+    "X-Original-URL",
+    "X-HTTP-Method-Override",
+]
+
+
+@pytest.mark.parametrize("name", REFUSED_SERVICE_HEADERS)
+def test_service_headers_keygate_sets_strips_or_frames_are_refused(name: str) -> None:
+    data = with_(upstream={"url": "http://b", "headers": {name: {"value": "service"}}})
+    for anonymous in ("passthrough", "deny"):
+        problems = problems_of({**data, "anonymous": anonymous})
+        assert len(problems) == 1 and problems[0].startswith(
+            f"{WHERE}: upstream.headers.{name}: cannot be a service header"
+        ), problems
+
+
+def test_a_service_header_named_like_a_custom_identity_header_is_refused() -> None:
+    data = with_(
+        upstream={"url": "http://b", "headers": {"X-Company-User": {"value": "svc"}}},
+        identity={"acting_user_header": "X-Integrate-User", "strip_headers": ["X-Company-User"]},
+    )
+    assert problems_of(data)[0].startswith(f"{WHERE}: upstream.headers.X-Company-User: cannot")
+    data = with_(upstream={"url": "http://b", "headers": {"x_integrate_user": {"value": "svc"}}})
+    data["identity"] = {"acting_user_header": "X-Integrate-User"}
+    assert problems_of(data)[0].startswith(f"{WHERE}: upstream.headers.x_integrate_user: cannot")
+
+
+@pytest.mark.parametrize("name", ["Authorization", "authorization", "Cookie", "X-Service-Token"])
+def test_service_credentials_in_ordinary_headers_load(name: str) -> None:
+    data = with_(upstream={"url": "http://b", "headers": {name: {"value": "service"}}})
+    assert build(data).upstream.headers == ((name, "service"),)
