@@ -15,8 +15,9 @@ from aiohttp import web
 from gateway.access_log import JsonProxyAccessLogger, ProxyAccessLogger, access_logger
 from gateway.admin.app import create_admin_app
 from gateway.admin.middlewares import SECURITY_HEADERS
+from gateway.delivery import Delivery
 from gateway.feed import FeedFollower, prune_periodically
-from gateway.notify import Notifier, Webhook
+from gateway.notify import Webhook
 from gateway.outbox import Outbox
 from gateway.policy_reload import PolicyHolder, load_policy_file
 from gateway.proxy import Proxy
@@ -153,7 +154,7 @@ async def running_gateway(
     )
     proxy_site: web.TCPSite | None = None
     admin_runner: JsonErrorAppRunner | None = None
-    sender: Notifier | None = None
+    delivery: Delivery | None = None
     try:
         await proxy_runner.setup()
         proxy_site = web.TCPSite(
@@ -181,15 +182,10 @@ async def running_gateway(
             await admin_site.start()
             admin_port = admin_runner.addresses[0][1]
             # Only the admin listener's process sends webhook events and counts expiring keys.
-            sender = Notifier(tuple(Webhook(h.url, h.secret) for h in settings.notify.webhooks))
-            await sender.start()
-            outbox = Outbox(
-                store,
-                sender if settings.notify.webhooks else None,
-                settings.expiry,
-                runtime.metrics,
-                settings.notify.poll_interval,
-            )
+            hooks = tuple(Webhook(h.url, h.secret) for h in settings.notify.webhooks)
+            delivery = Delivery(store, hooks, runtime.metrics, settings.notify.poll_interval)
+            await delivery.start()
+            outbox = Outbox(store, settings.expiry, runtime.metrics, notices=bool(hooks))
             tasks.append(asyncio.create_task(outbox.run(), name="keygate-outbox"))
         yield RunningGateway(runtime, proxy_runner.addresses[0][1], admin_port, tasks)
     finally:
@@ -209,7 +205,7 @@ async def running_gateway(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if sender is not None:
-            await sender.close()
+        if delivery is not None:
+            await delivery.drain()
         await runtime.limiter.close()
         await runtime.store.close()

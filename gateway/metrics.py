@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -13,6 +14,16 @@ from prometheus_client.registry import Collector
 from gateway.keytable import KeyTable
 
 FORWARDED = "forwarded"  # outcome label for requests sent upstream
+
+
+@dataclass(slots=True)
+class WebhookCounts:
+    """One webhook receiver's delivery counts in this process (the delivering one)."""
+
+    delivered: int = 0  # events the receiver acknowledged (2xx)
+    retried: int = 0  # failed attempts followed by a scheduled retry
+    abandoned: int = 0  # events given up after the retry schedule ran out
+    pending: int = 0  # events after the receiver's cursor, as last counted
 
 
 class RateLimitStore(Protocol):
@@ -38,6 +49,8 @@ class ProxyMetrics:
         self._by_class = [0] * 10
         # Active keys expiring within expiry.warn_days, as the outbox last counted (worker 0).
         self.keys_expiring: int | None = None
+        # Webhook delivery by receiver id (a digest of the URL, never the URL); worker 0.
+        self.webhooks: dict[str, WebhookCounts] = {}
         # The shared rate-limit store, when one is configured.
         self.rate_limit_store: RateLimitStore | None = None
 
@@ -128,6 +141,41 @@ class _ProcessCollector(Collector):
         for result, count in sorted(self._policy_reloads.items()):
             reloads.add_metric([result], count)
         yield reloads
+        yield from _webhook_families(metrics.webhooks)
+
+
+def _webhook_families(webhooks: Mapping[str, WebhookCounts]) -> Iterator[Metric]:
+    """Yield the per-receiver webhook delivery counters and the pending gauge."""
+    if not webhooks:
+        return
+    counters = {
+        "delivered": CounterMetricFamily(
+            "keygate_webhook_delivered",
+            "Events a webhook receiver acknowledged",
+            labels=["receiver"],
+        ),
+        "retried": CounterMetricFamily(
+            "keygate_webhook_retried",
+            "Failed deliveries with a retry scheduled",
+            labels=["receiver"],
+        ),
+        "abandoned": CounterMetricFamily(
+            "keygate_webhook_abandoned",
+            "Events given up after the retry schedule (see keygate notify status)",
+            labels=["receiver"],
+        ),
+    }
+    pending = GaugeMetricFamily(
+        "keygate_webhook_pending",
+        "Events not yet acknowledged by a webhook receiver",
+        labels=["receiver"],
+    )
+    for receiver, counts in sorted(webhooks.items()):
+        for name, family in counters.items():
+            family.add_metric([receiver], getattr(counts, name))
+        pending.add_metric([receiver], counts.pending)
+    yield from counters.values()
+    yield pending
 
 
 def render(

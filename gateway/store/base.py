@@ -232,6 +232,38 @@ class AuditEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiverState:
+    """Where one webhook receiver stands: the audit id it acknowledged, the head's retries.
+
+    `receiver` is a digest of the URL (never the URL). `attempts`, `first_attempt`,
+    `next_attempt` and `last_error` describe the event right after `cursor` while it fails;
+    `owner` and `lease_until` say which process delivers to it (one at a time).
+    """
+
+    receiver: str
+    cursor: int
+    attempts: int = 0
+    first_attempt: float | None = None
+    next_attempt: float | None = None
+    last_error: str | None = None
+    owner: str | None = None
+    lease_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AbandonedEvent:
+    """An event a receiver never acknowledged before its retries ran out."""
+
+    receiver: str
+    audit_id: int
+    type: str
+    attempts: int
+    first_attempt: float
+    abandoned_at: float
+    last_error: str
+
+
+@dataclass(frozen=True, slots=True)
 class AdminSession:
     """A signed-in web session: the SHA-256 of its token (never the token), admin and times.
 
@@ -423,16 +455,45 @@ class KeyStore(Protocol):
     async def audit_after(self, after_id: int, limit: int = 500) -> list[AuditEvent]:
         """Return audit events with id > after_id, oldest first."""
 
-    async def notify_cursor(self) -> int | None:
-        """Return the audit id events were delivered through, or None before the first."""
+    async def count_audit_after(self, after_id: int, actions: tuple[str, ...]) -> int:
+        """Return how many audit events with id > after_id have one of `actions`."""
 
-    async def advance_notify_cursor(self, expected: int | None, new: int) -> bool:
-        """Move the delivery cursor from `expected` to `new`; False if another process did."""
+    async def open_receiver(self, receiver: str) -> ReceiverState:
+        """Return a receiver's state; a new receiver starts after the newest audit event."""
+
+    async def list_receivers(self) -> list[ReceiverState]:
+        """Return every receiver's state, by receiver id."""
+
+    async def lease_receiver(self, receiver: str, owner: str, now: float, until: float) -> bool:
+        """Take or renew the right to deliver to `receiver` until `until`; False if held."""
+
+    async def save_receiver(self, state: ReceiverState, expected_cursor: int) -> bool:
+        """Write a receiver's cursor and retry state if its cursor is still `expected_cursor`."""
+
+    async def abandon_event(
+        self,
+        state: ReceiverState,
+        expected_cursor: int,
+        event: AbandonedEvent,
+        forget_before: float,
+    ) -> bool:
+        """Record an abandoned event and save `state` (past it) in one transaction.
+
+        False (nothing written) if the cursor moved meanwhile; abandoned records older than
+        `forget_before` are deleted.
+        """
+
+    async def list_abandoned(self, limit: int = 100) -> list[AbandonedEvent]:
+        """Return abandoned events, newest first."""
 
     async def claim_expiry_notices(
-        self, key_id: int, days: tuple[int, ...], expires_at: float, at: float
+        self, key_id: int, key_name: str, days: tuple[int, ...], expires_at: float, at: float
     ) -> tuple[int, ...]:
-        """Record notices (key, days before expiry, expiry); return the days not sent before."""
+        """Record notices (key, days before expiry, expiry); return the days not sent before.
+
+        When any is new, the nearest is audited (action `expiring`) in the same transaction:
+        the audit log is the webhooks' outbox, so the notice is as durable as the claim.
+        """
 
     # --- audit ---------------------------------------------------------------
     async def append_audit(

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import gc
 import json
+import math
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from gateway.clock import iso
 from gateway.ratelimit import RateLimit
 from gateway.store.base import (
+    AbandonedEvent,
     AdminAccount,
     AdminSession,
     AuditEvent,
@@ -26,6 +28,7 @@ from gateway.store.base import (
     KeyRow,
     NewKey,
     OutsideGrantsError,
+    ReceiverState,
 )
 
 # Distinct roles JSON strings remembered for interning before the memo starts over.
@@ -47,6 +50,9 @@ ACTION_ADMIN_ADD = "admin_add"
 ACTION_ADMIN_PASSWD = "admin_passwd"
 ACTION_ADMIN_GRANTS = "admin_grants"
 ACTION_ADMIN_REMOVE = "admin_remove"
+ACTION_EXPIRING = "expiring"  # an expiry notice was claimed (written with the claim)
+EXPIRY_ACTOR = "keygate"  # the actor of expiry notices
+DAY = 86_400  # seconds
 
 # The message of an idempotency key reused with another request.
 M_IDEMPOTENCY_MISMATCH = "this Idempotency-Key was already used with a different request body"
@@ -82,6 +88,10 @@ AUTH_COLUMNS = (
 )
 ADMIN_COLUMNS = "name, password_hash, grants, grant_all, created_at, updated_at"
 AUDIT_COLUMNS = "id, at, actor, action, key_id, key_name, details"
+RECEIVER_COLUMNS = (
+    "receiver, cursor_id, attempts, first_attempt, next_attempt, last_error, owner, lease_until"
+)
+ABANDONED_COLUMNS = "receiver, audit_id, type, attempts, first_attempt, abandoned_at, last_error"
 SESSION_COLUMNS = "token_hash, admin, stamp, created_at, last_seen"
 
 
@@ -220,6 +230,42 @@ def audit_event(row: Sequence[Any]) -> AuditEvent:
         key_name=row[5],
         details=json.loads(row[6]),
     )
+
+
+def expiry_details(threshold: int, expires_at: float, at: float) -> dict[str, Any]:
+    """Return the audit details of an expiry notice: the threshold crossed, days left."""
+    return {
+        "expires_at": iso(expires_at),
+        "days_left": math.ceil((expires_at - at) / DAY),
+        "threshold_days": threshold,
+    }
+
+
+def receiver_state(row: Sequence[Any]) -> ReceiverState:
+    """Build a ReceiverState from a row of RECEIVER_COLUMNS."""
+    return ReceiverState(str(row[0]), int(row[1]), int(row[2]), *row[3:])
+
+
+def receiver_values(state: ReceiverState) -> tuple[Any, ...]:
+    """Return the values of RECEIVER_COLUMNS after `receiver`, then the receiver."""
+    return (
+        state.cursor,
+        state.attempts,
+        state.first_attempt,
+        state.next_attempt,
+        state.last_error,
+        state.receiver,
+    )
+
+
+def abandoned_event(row: Sequence[Any]) -> AbandonedEvent:
+    """Build an AbandonedEvent from a row of ABANDONED_COLUMNS."""
+    return AbandonedEvent(str(row[0]), int(row[1]), str(row[2]), int(row[3]), *row[4:])
+
+
+def abandoned_values(event: AbandonedEvent) -> tuple[Any, ...]:
+    """Return an abandoned event as the values of ABANDONED_COLUMNS."""
+    return dataclasses.astuple(event)
 
 
 def audit_values(event: AuditEvent) -> tuple[Any, ...]:

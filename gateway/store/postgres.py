@@ -17,6 +17,7 @@ import asyncpg
 
 from gateway.store.base import (
     EXPIRING_WITHIN,
+    AbandonedEvent,
     AdminAccount,
     AdminSession,
     AuditEvent,
@@ -37,6 +38,7 @@ from gateway.store.base import (
     NameConflictError,
     NewKey,
     NotFoundError,
+    ReceiverState,
     SortPosition,
     StoreContents,
     StoreMissingError,
@@ -44,6 +46,7 @@ from gateway.store.base import (
     StoreUnavailableError,
 )
 from gateway.store.common import (
+    ABANDONED_COLUMNS,
     ACTION_ADMIN_ADD,
     ACTION_ADMIN_GRANTS,
     ACTION_ADMIN_PASSWD,
@@ -52,6 +55,7 @@ from gateway.store.common import (
     ACTION_DELETE,
     ACTION_DELETE_REVOKED,
     ACTION_EDIT,
+    ACTION_EXPIRING,
     ACTION_REINSTATE,
     ACTION_REINSTATE_ALL,
     ACTION_REVOKE,
@@ -60,11 +64,15 @@ from gateway.store.common import (
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
     AUTH_COLUMNS,
+    EXPIRY_ACTOR,
     KEY_COLUMNS,
     KEY_COLUMNS_K,
     LOAD_CHUNK,
+    RECEIVER_COLUMNS,
     SESSION_COLUMNS,
     Params,
+    abandoned_event,
+    abandoned_values,
     admin_account,
     admin_values,
     audit_conditions,
@@ -82,12 +90,15 @@ from gateway.store.common import (
     digests_of,
     edit_details,
     edited_row,
+    expiry_details,
     gc_paused,
     grants_details,
     key_row,
     key_values,
     like_pattern,
     rate_limit_json,
+    receiver_state,
+    receiver_values,
     roles_json,
     roll_details,
     rolled_row,
@@ -993,32 +1004,101 @@ class PostgresKeyStore:
         )
         return [audit_event(row) for row in rows]
 
-    async def notify_cursor(self) -> int | None:
-        """Return the audit id events were delivered through, or None before the first."""
-        rows = await self._fetch("SELECT audit_id FROM notify_state WHERE id = 1")
-        return int(rows[0][0]) if rows else None
+    async def count_audit_after(self, after_id: int, actions: tuple[str, ...]) -> int:
+        """Return how many audit events with id > after_id have one of `actions`."""
+        rows = await self._fetch(
+            "SELECT COUNT(*) FROM audit WHERE id > $1 AND action = ANY($2::text[])",
+            after_id,
+            list(actions),
+        )
+        return int(rows[0][0])
 
-    async def advance_notify_cursor(self, expected: int | None, new: int) -> bool:
-        """Move the delivery cursor from `expected` to `new`; False if another process did."""
+    async def open_receiver(self, receiver: str) -> ReceiverState:
+        """Return a receiver's state; a new receiver starts after the newest audit event."""
         async with self._write(feed=False) as conn:
-            if expected is None:
-                done = await conn.execute(
-                    "INSERT INTO notify_state (id, audit_id) VALUES (1, $1)"
-                    " ON CONFLICT (id) DO NOTHING",
-                    new,
-                )
-            else:
-                done = await conn.execute(
-                    "UPDATE notify_state SET audit_id = $1 WHERE id = 1 AND audit_id = $2",
-                    new,
-                    expected,
-                )
+            await conn.execute(
+                "INSERT INTO notify_receivers (receiver, cursor_id)"
+                " SELECT $1, COALESCE(MAX(id), 0) FROM audit ON CONFLICT DO NOTHING",
+                receiver,
+            )
+            row = await conn.fetchrow(
+                f"SELECT {RECEIVER_COLUMNS} FROM notify_receivers WHERE receiver = $1", receiver
+            )
+        assert row is not None
+        return receiver_state(row)
+
+    async def list_receivers(self) -> list[ReceiverState]:
+        """Return every receiver's state, by receiver id."""
+        rows = await self._fetch(
+            f"SELECT {RECEIVER_COLUMNS} FROM notify_receivers ORDER BY receiver"
+        )
+        return [receiver_state(row) for row in rows]
+
+    async def lease_receiver(self, receiver: str, owner: str, now: float, until: float) -> bool:
+        """Take or renew the right to deliver to `receiver` until `until`; False if held."""
+        async with self._write(feed=False) as conn:
+            done = await conn.execute(
+                "UPDATE notify_receivers SET owner = $1, lease_until = $2 WHERE receiver = $3"
+                " AND (owner IS NULL OR owner = $1 OR lease_until IS NULL OR lease_until <= $4)",
+                owner,
+                until,
+                receiver,
+                now,
+            )
         return str(done).endswith(" 1")
 
+    async def save_receiver(self, state: ReceiverState, expected_cursor: int) -> bool:
+        """Write a receiver's cursor and retry state if its cursor is still `expected_cursor`."""
+        async with self._write(feed=False) as conn:
+            return await self._save_receiver_in(conn, state, expected_cursor)
+
+    async def _save_receiver_in(
+        self, conn: asyncpg.Connection, state: ReceiverState, expected_cursor: int
+    ) -> bool:
+        """Write a receiver's state inside the current transaction (compare-and-set)."""
+        done = await conn.execute(
+            "UPDATE notify_receivers SET cursor_id = $1, attempts = $2, first_attempt = $3,"
+            " next_attempt = $4, last_error = $5 WHERE receiver = $6 AND cursor_id = $7",
+            *receiver_values(state),
+            expected_cursor,
+        )
+        return str(done).endswith(" 1")
+
+    async def abandon_event(
+        self,
+        state: ReceiverState,
+        expected_cursor: int,
+        event: AbandonedEvent,
+        forget_before: float,
+    ) -> bool:
+        """Record an abandoned event and save `state` (past it) in one transaction."""
+        async with self._write(feed=False) as conn:
+            if not await self._save_receiver_in(conn, state, expected_cursor):
+                return False
+            await conn.execute(
+                "DELETE FROM notify_abandoned WHERE abandoned_at < $1", forget_before
+            )
+            await conn.execute(
+                f"INSERT INTO notify_abandoned ({ABANDONED_COLUMNS})"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                *abandoned_values(event),
+            )
+            return True
+
+    async def list_abandoned(self, limit: int = 100) -> list[AbandonedEvent]:
+        """Return abandoned events, newest first."""
+        rows = await self._fetch(
+            f"SELECT {ABANDONED_COLUMNS} FROM notify_abandoned ORDER BY id DESC LIMIT $1", limit
+        )
+        return [abandoned_event(row) for row in rows]
+
     async def claim_expiry_notices(
-        self, key_id: int, days: tuple[int, ...], expires_at: float, at: float
+        self, key_id: int, key_name: str, days: tuple[int, ...], expires_at: float, at: float
     ) -> tuple[int, ...]:
-        """Record notices (key, days before expiry, expiry); return the days not sent before."""
+        """Record notices (key, days before expiry, expiry); return the days not sent before.
+
+        When any is new, the nearest is audited (action `expiring`) in the same transaction.
+        """
         if not days:
             return ()
         async with self._write(feed=False) as conn:
@@ -1031,7 +1111,12 @@ class PostgresKeyStore:
                 expires_at,
                 at,
             )
-        claimed = {int(row[0]) for row in rows}
+            claimed = {int(row[0]) for row in rows}
+            if claimed:
+                details = expiry_details(min(claimed), expires_at, at)
+                await self._audit_in(
+                    conn, at, EXPIRY_ACTOR, ACTION_EXPIRING, key_id, key_name, details
+                )
         return tuple(d for d in days if d in claimed)
 
     # --- usage -----------------------------------------------------------------

@@ -230,6 +230,40 @@ MIGRATIONS: tuple[Migration, ...] = (
             AUDIT_KEYS_FROM_DETAILS,
         ),
     ),
+    Migration(
+        11,
+        "webhook delivery per receiver (cursor acknowledged, retry state, lease), abandoned events",
+        (
+            # receiver: a digest of the URL, never the URL (it may carry credentials).
+            """
+            CREATE TABLE notify_receivers (
+                receiver      TEXT    PRIMARY KEY,
+                cursor_id     INTEGER NOT NULL,
+                attempts      INTEGER NOT NULL DEFAULT 0,
+                first_attempt REAL,
+                next_attempt  REAL,
+                last_error    TEXT,
+                owner         TEXT,
+                lease_until   REAL
+            )
+            """,
+            """
+            CREATE TABLE notify_abandoned (
+                id            INTEGER PRIMARY KEY AUTOINCREMENT,
+                receiver      TEXT    NOT NULL,
+                audit_id      INTEGER NOT NULL,
+                type          TEXT    NOT NULL,
+                attempts      INTEGER NOT NULL,
+                first_attempt REAL    NOT NULL,
+                abandoned_at  REAL    NOT NULL,
+                last_error    TEXT    NOT NULL
+            )
+            """,
+            "CREATE INDEX notify_abandoned_at ON notify_abandoned (abandoned_at)",
+            # The one shared cursor moved before delivery; per-receiver cursors replace it.
+            "DROP TABLE notify_state",
+        ),
+    ),
 )
 
 check_sequence(MIGRATIONS)
