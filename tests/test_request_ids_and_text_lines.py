@@ -56,7 +56,7 @@ async def test_a_request_id_holding_a_key_is_refused_and_never_repeated(
     assert not any(key[10:30] in line for line in lines), lines
 
 
-@pytest.mark.parametrize("offered", ["kg_short", "trace-kg_1234", "kg_" + "a" * 20])
+@pytest.mark.parametrize("offered", ["kg_short", "trace-kg_1234", "kg_abcdefg"])
 async def test_ids_that_only_start_like_a_key_are_kept(
     gateway: RunningGateway, offered: str
 ) -> None:
@@ -65,6 +65,20 @@ async def test_ids_that_only_start_like_a_key_are_kept(
     )
     assert response.status == 200
     assert response.header_values(REQUEST_ID_HEADER) == [offered]
+
+
+async def test_an_id_holding_a_key_fragment_past_its_display_prefix_is_replaced(
+    gateway: RunningGateway,
+) -> None:
+    """A truncated key is no key (not refused), but its secret part must not travel."""
+    offered = "kg_" + "a" * 20
+    response = await raw_request(
+        gateway.proxy_port, http_request("GET", ECHO, [(REQUEST_ID_HEADER, offered)])
+    )
+    assert response.status == 200
+    (answered,) = response.header_values(REQUEST_ID_HEADER)
+    assert "a" * 8 not in answered
+    assert "a" * 8 not in str(response.json()["headers"])
 
 
 @pytest.mark.parametrize(
