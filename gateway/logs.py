@@ -27,6 +27,8 @@ ACCESS_FIELDS = (
     "upstream_status",
     "upstream_ms",
     "incomplete",
+    "ended",
+    "received",
     "remote",
 )
 TEXT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
@@ -88,6 +90,9 @@ def json_access_line(
             line += f',"upstream_ms":{notes.upstream_ms!r}'
         if notes.incomplete:
             line += ',"incomplete":true'
+        ended = notes.ended
+        if ended is not None:
+            line += f',"ended":{_quote(ended.name)},"received":{notes.received:d}'
     if remote is not None:
         line += f',"remote":{_quote(remote)}'
     return line + "}"
