@@ -188,6 +188,7 @@ class Settings:
     log_level: str
     access_log: bool
     log_format: Literal["text", "json"] = "text"
+    log_file: Path | None = None  # where `serve` writes every log line (None: stderr)
     pid_file: Path | None = None  # where `keygate serve` writes its pid (for `policy reload`)
     policy_watch: bool = False  # reload the policy when its file changes
     sessions: SessionSettings = SessionSettings()
@@ -385,7 +386,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         ),
     )
     sessions = _sessions(reader, data)
-    log = reader.section(data, "log", {"level", "access_log", "format"})
+    log = reader.section(data, "log", {"level", "access_log", "format", "file"})
     log_format = log.get("format", "text")
     if log_format not in ("text", "json"):
         reader.problem("log.format", "must be text or json")
@@ -438,6 +439,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         log_level=level,
         access_log=reader.boolean(log, "log", "access_log", True),
         log_format=log_format,
+        log_file=_log_file(reader, log, path.parent),
         pid_file=_pid_file(reader, data, path.parent),
         policy_watch=_flag(reader, data, "policy_watch"),
         sessions=sessions,
@@ -770,6 +772,24 @@ def _pid_file(reader: _Reader, data: Mapping[str, Any], base_dir: Path) -> Path:
         reader.problem("pid_file", "must be a file path")
         value = DEFAULT_PID_FILE
     return Path(os.path.abspath(base_dir / value))
+
+
+def _log_file(reader: _Reader, log: Mapping[str, Any], base_dir: Path) -> Path | None:
+    """`log.file`, relative to the config: a file keygate can append to, in a directory."""
+    value = log.get("file")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        reader.problem("log.file", "must be a file path")
+        return None
+    target = Path(os.path.abspath(base_dir / value))
+    if not target.parent.is_dir():
+        reader.problem("log.file", f"directory {target.parent} does not exist")
+    elif target.is_dir():
+        reader.problem("log.file", f"{target} is a directory, not a file")
+    elif not os.access(target if target.exists() else target.parent, os.W_OK):
+        reader.problem("log.file", f"{target} is not writable")
+    return target
 
 
 def _flag(reader: _Reader, data: Mapping[str, Any], key: str) -> bool:
