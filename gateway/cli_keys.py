@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway import clock, key_rules, keys
-from gateway.cli_common import CliError, add_config_option, cli_actor, load_config, open_store
+from gateway.cli_common import CliError, add_config_option, cli_actor, load_store_config, open_store
 from gateway.policy import load_policy
 from gateway.store.base import BatchResult, KeyChanges, KeyRow, KeyStore
 
@@ -42,7 +42,7 @@ def print_key(row: KeyRow, as_json: bool, extra: dict[str, Any] | None = None) -
 
 async def keys_create(args: argparse.Namespace) -> int:
     """Create a key and print its secret once."""
-    settings = load_config(args)
+    settings = load_store_config(args)
     policy = load_policy(settings.policy_path)
     request: dict[str, Any] = {
         "name": args.name,
@@ -67,7 +67,7 @@ async def keys_create(args: argparse.Namespace) -> int:
 
 async def keys_list(args: argparse.Namespace) -> int:
     """List keys, optionally filtered by status."""
-    settings = load_config(args)
+    settings = load_store_config(args)
     within = settings.expiry.warn_days * DAY
     async with open_store(settings) as store:
         rows: list[KeyRow] = []
@@ -110,7 +110,7 @@ def _minute(stamp: float | None) -> str:
 
 async def keys_show(args: argparse.Namespace) -> int:
     """Show one key."""
-    settings = load_config(args)
+    settings = load_store_config(args)
     async with open_store(settings) as store:
         row = await resolve_key(store, args.key)
     print_key(row, args.json)
@@ -119,7 +119,7 @@ async def keys_show(args: argparse.Namespace) -> int:
 
 async def keys_edit(args: argparse.Namespace) -> int:
     """Edit a key's name, description, roles or expiry."""
-    settings = load_config(args)
+    settings = load_store_config(args)
     policy = load_policy(settings.policy_path)
     now = clock.now()
     changes = KeyChanges(
@@ -155,7 +155,7 @@ async def keys_edit(args: argparse.Namespace) -> int:
 async def keys_roll(args: argparse.Namespace) -> int:
     """Give a key a new secret (printed once); the old one keeps working for the overlap."""
     overlap = key_rules.validate_overlap(args.overlap)
-    settings = load_config(args)
+    settings = load_store_config(args)
     async with open_store(settings) as store:
         row = await resolve_key(store, args.key)
         rolled = await key_rules.roll_key(store, row.id, overlap, cli_actor())
@@ -181,7 +181,7 @@ async def keys_reinstate(args: argparse.Namespace) -> int:
 
 
 async def _set_revoked(args: argparse.Namespace, revoked: bool) -> int:
-    settings = load_config(args)
+    settings = load_store_config(args)
     async with open_store(settings) as store:
         row = await resolve_key(store, args.key)
         row = await store.set_revoked(row.id, revoked, cli_actor())
@@ -191,7 +191,7 @@ async def _set_revoked(args: argparse.Namespace, revoked: bool) -> int:
 
 async def keys_delete(args: argparse.Namespace) -> int:
     """Delete one key for good."""
-    settings = load_config(args)
+    settings = load_store_config(args)
     async with open_store(settings) as store:
         row = await resolve_key(store, args.key)
         await store.delete_key(row.id, cli_actor())
@@ -204,7 +204,7 @@ async def keys_identify(args: argparse.Namespace) -> int:
     secret = sys.stdin.readline().strip()
     if not keys.is_well_formed(secret):
         raise CliError("standard input is not a well-formed keygate key (kg_... with checksum)")
-    settings = load_config(args)
+    settings = load_store_config(args)
     async with open_store(settings) as store:
         row = await store.get_key_by_digest(keys.digest(secret))
         await key_rules.audit_identify(store, cli_actor(), row, {})
@@ -216,7 +216,7 @@ async def keys_identify(args: argparse.Namespace) -> int:
 
 def _batch(action: str, label: str) -> Handler:
     async def run(args: argparse.Namespace) -> int:
-        settings = load_config(args)
+        settings = load_store_config(args)
         async with open_store(settings) as store:
             result: BatchResult = await getattr(store, action)(cli_actor())
         count = result.changed

@@ -16,6 +16,9 @@ from gateway.problems import ProblemsError, read_yaml
 from gateway.store.urls import POSTGRES_SCHEMES, postgres_url_problem
 
 log = logging.getLogger("keygate.settings")
+# Which secrets a load must resolve: all of them (serve, policy check), or only the store's
+# (CLI commands that read and write the store and nothing else).
+SecretsNeeded = Literal["all", "store"]
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 CONFIG_ENV_VAR = "KEYGATE_CONFIG"
@@ -196,6 +199,8 @@ class Settings:
     store_schema: str | None = None  # PostgreSQL only: the schema holding keygate's tables
     expiry: ExpirySettings = ExpirySettings()
     notify: NotifySettings = NotifySettings()
+    # Secrets left unresolved by a store-only load (their settings left out): never serve.
+    deferred_secrets: tuple[str, ...] = ()
 
     @property
     def base_dir(self) -> Path:
@@ -219,12 +224,21 @@ def is_header_name(name: str) -> bool:
 class _Reader:
     """Reads typed fields out of nested mappings, collecting located problems."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, secrets: SecretsNeeded = "all") -> None:
         self.where = where
         self.problems: list[str] = []
+        self.secrets = secrets
+        self.deferred: list[str] = []  # secrets left unresolved (secrets="store")
 
     def problem(self, location: str, message: str) -> None:
         self.problems.append(f"{self.where}: {location}: {message}")
+
+    def missing_secret(self, location: str, message: str) -> None:
+        """A secret that cannot be read: a problem, unless this load needs only the store's."""
+        if self.secrets == "store" and not location.startswith("store."):
+            self.deferred.append(f"{self.where}: {location}: {message}")
+        else:
+            self.problem(location, message)
 
     def section(
         self, data: Mapping[str, Any], name: str, allowed: set[str], within: str = ""
@@ -295,10 +309,21 @@ _TOP_LEVEL = {
 }
 
 
-def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """Validate parsed YAML into Settings, raising ConfigError with every problem found."""
+def settings_from_data(
+    data: Any,
+    path: Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    secrets: SecretsNeeded = "all",
+) -> Settings:
+    """Validate parsed YAML into Settings, raising ConfigError with every problem found.
+
+    `secrets="store"` (CLI commands that only use the store) resolves the store's secrets
+    alone: any other that cannot be read is left out of the settings and listed in
+    `deferred_secrets` instead of failing the load.
+    """
     env = os.environ if environ is None else environ
-    reader = _Reader(str(path))
+    reader = _Reader(str(path), secrets)
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -447,6 +472,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         store_schema=store_schema,
         expiry=_expiry(reader, data),
         notify=_notify(reader, data, env, path.parent),
+        deferred_secrets=tuple(reader.deferred),
     )
     if reader.problems:
         raise ConfigError(reader.problems)
@@ -600,7 +626,7 @@ def _secret(
     if "env" in spec:
         value = env.get(str(spec["env"]))
         if value is None:
-            reader.problem(location, f"environment variable {spec['env']!r} is not set")
+            reader.missing_secret(location, f"environment variable {spec['env']!r} is not set")
         return value
     file = base / str(spec["file"])
     try:
@@ -609,7 +635,7 @@ def _secret(
         # (a CRLF too: newlines are read as text mode reads them, CRLF and CR as "\n").
         return text.replace("\r\n", "\n").replace("\r", "\n").removesuffix("\n")
     except (OSError, UnicodeDecodeError) as error:
-        reader.problem(location, f"cannot read {str(file)!r}: {error.__class__.__name__}")
+        reader.missing_secret(location, f"cannot read {str(file)!r}: {error.__class__.__name__}")
         return None
 
 
@@ -691,7 +717,7 @@ def _upstream(
             variable = spec["env"]
             value = env.get(str(variable))
             if value is None:
-                reader.problem(location, f"environment variable {variable!r} is not set")
+                reader.missing_secret(location, f"environment variable {variable!r} is not set")
                 continue
         else:
             literal = spec["value"]
@@ -828,14 +854,14 @@ def _signing_keys(
             value = env.get(str(spec["env"]))
             secret = None if value is None else value.encode()
             if secret is None:
-                reader.problem(location, f"environment variable {spec['env']!r} is not set")
+                reader.missing_secret(location, f"environment variable {spec['env']!r} is not set")
                 continue
         else:
             secret_path = base_dir / str(spec["file"])
             try:
                 secret = read_secret_file(secret_path, location).rstrip(b"\r\n")
             except OSError as error:
-                reader.problem(location, f"cannot read {secret_path}: {error.strerror}")
+                reader.missing_secret(location, f"cannot read {secret_path}: {error.strerror}")
                 continue
         if len(secret) < MIN_SIGNING_KEY_BYTES:
             reader.problem(location, f"the secret must be at least {MIN_SIGNING_KEY_BYTES} bytes")
@@ -844,7 +870,12 @@ def _signing_keys(
     return tuple(keys)
 
 
-def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate a config file; raise ConfigError listing every problem."""
+def load_settings(
+    path: Path, environ: Mapping[str, str] | None = None, *, secrets: SecretsNeeded = "all"
+) -> Settings:
+    """Read and validate a config file; raise ConfigError listing every problem.
+
+    `secrets="store"`: only the store's secrets must resolve (see settings_from_data).
+    """
     data = read_yaml(path, ConfigError)
-    return settings_from_data(data, path.resolve(), environ)
+    return settings_from_data(data, path.resolve(), environ, secrets=secrets)
