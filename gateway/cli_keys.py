@@ -11,10 +11,24 @@ from typing import Any
 from gateway import clock, key_rules, keys
 from gateway.cli_common import CliError, add_config_option, cli_actor, load_store_config, open_store
 from gateway.policy import load_policy
-from gateway.store.base import BatchResult, KeyChanges, KeyRow, KeyStore
+from gateway.store.base import (
+    BatchResult,
+    IdempotencyMismatchError,
+    IdempotentReplayError,
+    KeyChanges,
+    KeyRow,
+    KeyStore,
+)
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 DAY = 86_400  # seconds
+IDEMPOTENCY_OPTION = "--idempotency-key"
+# Exit status of a create its idempotency key already made: nothing created, no secret.
+EXIT_REPLAYED = 3
+E_IDEMPOTENT_REPLAY = "idempotent_replay"  # the admin API's code for the same answer
+M_IDEMPOTENCY_REUSED = (
+    f"this {IDEMPOTENCY_OPTION} was already used with a different request; nothing was created"
+)
 
 
 async def resolve_key(store: KeyStore, ref: str) -> KeyRow:
@@ -53,8 +67,17 @@ async def keys_create(args: argparse.Namespace) -> int:
         if args.rate_limit is None
         else key_rules.rate_limit_json(key_rules.parse_rate_limit_text(args.rate_limit)),
     }
+    now = clock.now()
+    claim = None
+    if args.idempotency_key is not None:
+        claim = key_rules.idempotency_claim(args.idempotency_key, request, now, IDEMPOTENCY_OPTION)
     async with open_store(settings) as store:
-        created = await key_rules.create_key(store, request, policy, cli_actor(), clock.now())
+        try:
+            created = await key_rules.create_key(store, request, policy, cli_actor(), now, claim)
+        except IdempotentReplayError as replay:
+            return _replayed(replay, args.json)
+        except IdempotencyMismatchError:
+            raise CliError(M_IDEMPOTENCY_REUSED) from None
     if args.json:
         print_key(created.row, True, {"secret": created.secret})
     else:
@@ -63,6 +86,21 @@ async def keys_create(args: argparse.Namespace) -> int:
         print(f"secret: {created.secret}")
         print("Store this secret now: it is shown once and can never be read again.")
     return 0
+
+
+def _replayed(replay: IdempotentReplayError, as_json: bool) -> int:
+    """Say that an earlier create made this key (shown, without its secret); EXIT_REPLAYED."""
+    template = key_rules.M_REPLAY if replay.row is not None else key_rules.M_REPLAY_DELETED
+    message = template.format(field=IDEMPOTENCY_OPTION)
+    if as_json:
+        shown = None if replay.row is None else key_rules.key_json(replay.row, clock.now())
+        print(
+            json.dumps({"error": E_IDEMPOTENT_REPLAY, "message": message, "key": shown}, indent=2)
+        )
+    elif replay.row is not None:
+        print_key(replay.row, False)
+    print(f"keygate: {message}", file=sys.stderr)
+    return EXIT_REPLAYED
 
 
 async def keys_list(args: argparse.Namespace) -> int:
@@ -244,6 +282,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--rate-limit",
         metavar="N/PER[,burst=B]",
         help="the key's own limit over its roles' default, e.g. 100/minute,burst=20",
+    )
+    create.add_argument(
+        IDEMPOTENCY_OPTION,
+        metavar="KEY",
+        help="makes a retry safe: a repeat with this KEY (within 24 h) creates nothing, shows "
+        f"the key without its secret and exits {EXIT_REPLAYED}; another request under it fails",
     )
     create.set_defaults(func=keys_create)
 
