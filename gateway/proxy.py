@@ -382,6 +382,5 @@ class Proxy:
             # The client left mid-answer: not the upstream's fault. The upstream response is
             # incomplete, so releasing it closes that connection instead of pooling it.
             log.debug("client went away mid-body: %s", error.__class__.__name__)
-            notes.incomplete = True
-            self._ended(request, notes, CLIENT_ABANDONED)
+            self._ended(request, notes, CLIENT_ABANDONED)  # its line: 499, bytes sent so far
         return response
