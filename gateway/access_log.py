@@ -49,8 +49,11 @@ class ProxyAccessLogger(AbstractAccessLogger):
     Every field is one space-free token but the quoted request line; a key name that is not
     plain is quoted and escaped as a JSON string, so a line's fields are always its own.
 
-    The size is the body bytes written; an answer cut short (the upstream or the client
-    failed mid-body) ends its line with ` incomplete`, never passing for a whole one.
+    The size is the bytes written; an answer cut short (the upstream or the client failed
+    mid-body) ends its line with ` incomplete`, never passing for a whole one. A request that
+    ended early (the client closed its connection: status 499; shutdown cut it: 503) says so
+    with ` ended=client_abandoned` (or `shutdown`) and ` received=N`, the request body bytes
+    read from the client by then; the size is then the bytes relayed to it so far.
     """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
@@ -61,9 +64,15 @@ class ProxyAccessLogger(AbstractAccessLogger):
             notes = _NOTHING_NOTED
         incomplete = " incomplete" if notes.incomplete else ""
         key_name = notes.key_name
+        ended = notes.ended
+        if ended is None:
+            status, size = response.status, response.body_length
+        else:  # the client left (or shutdown cut it): say so, with what was relayed so far
+            status, size = ended.status, request.writer.output_size
+            incomplete += f" ended={ended.name} received={notes.received}"
         message = (
             f'{request.remote} "{request.method} {_text_target(redact_keys(request.raw_path))}" '
-            f"{response.status} {response.body_length} {time * 1000:.1f}ms "
+            f"{status} {size} {time * 1000:.1f}ms "
             f"rid={notes.request_id} key={'-' if key_name is None else text_field(key_name)}"
             f"{incomplete}"
         )
@@ -81,14 +90,17 @@ class JsonProxyAccessLogger(AbstractAccessLogger):
         """Write the access record (never a credential: only the key's name)."""
         notes = request.get(NOTES)
         path = redact_keys(request.raw_path)
-        status = response.status
+        status, size = response.status, response.body_length
+        ended = None if notes is None else notes.ended
+        if ended is not None:  # the client left (or shutdown cut it): what was relayed so far
+            status, size = ended.status, request.writer.output_size
         method = request.method
         message = f"{method} {path} {status}"
         request_id = None if notes is None else notes.request_id
         duration_ms = round(time * 1000, 2)
         writer = access_writer.active
         if writer is not None:
-            fields = (request_id, method, path, status, response.body_length, duration_ms)
+            fields = (request_id, method, path, status, size, duration_ms)
             writer.raw(json_access_line(writer.json_head(), message, fields, notes, request.remote))
             return
         extra = {
@@ -96,7 +108,7 @@ class JsonProxyAccessLogger(AbstractAccessLogger):
             "method": method,
             "path": path,
             "status": status,
-            "bytes": response.body_length,
+            "bytes": size,
             "duration_ms": duration_ms,
             "remote": request.remote,
         }
@@ -105,4 +117,7 @@ class JsonProxyAccessLogger(AbstractAccessLogger):
             extra["upstream_status"] = notes.upstream_status
             extra["upstream_ms"] = notes.upstream_ms
             extra["incomplete"] = True if notes.incomplete else None
+            if ended is not None:
+                extra["ended"] = ended.name
+                extra["received"] = notes.received
         self.logger.info("%s", message, extra=extra)

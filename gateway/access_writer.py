@@ -17,8 +17,9 @@ import sys
 import time
 from typing import Any, TextIO
 
+from gateway import logs
 from gateway.keys import cut_keys
-from gateway.logs import json_head
+from gateway.logs import LogFile, json_head
 
 FLUSH_INTERVAL = 0.2  # seconds a line may wait before it is written
 FLUSH_LINES = 512  # lines that make a batch be written at once
@@ -29,10 +30,11 @@ CUT_MARK = "…(cut)"  # ends a string value or a text line that was shortened t
 
 
 class AccessWriter:
-    """Collects access lines and writes them to `stream` in batches."""
+    """Collects access lines and writes them to `stream` (or `log_file`) in batches."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, log_file: LogFile | None = None) -> None:
         self._stream = stream if stream is not None else sys.stderr
+        self._log_file = log_file  # when set, lines go to it instead (`log.file`)
         self._lines: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
         self._pid = os.getpid()
@@ -102,20 +104,29 @@ class AccessWriter:
         if not self._lines:
             return
         lines, self._lines = self._lines, []
-        try:
-            fileno = self._stream.fileno()
-        except (OSError, ValueError, AttributeError):  # an in-memory stream: one write
-            fileno = -1
-        try:
-            if fileno < 0:
-                self._stream.write("".join(lines))
-                self._stream.flush()
-            else:
-                self._stream.flush()  # whatever the logging module left in its buffer first
-                for chunk in atomic_chunks(lines):
-                    write_all(fileno, chunk)
-        except (OSError, ValueError):  # a closed or full stream: nothing better to do
-            pass
+        if self._log_file is None:
+            _write_lines(self._stream, lines)
+            return
+        with self._log_file.writing() as stream:  # never while the file is being reopened
+            _write_lines(stream, lines)
+
+
+def _write_lines(stream: TextIO, lines: list[str]) -> None:
+    """Write whole lines to `stream`: to its descriptor in atomic chunks when it has one."""
+    try:
+        fileno = stream.fileno()
+    except (OSError, ValueError, AttributeError):  # an in-memory stream: one write
+        fileno = -1
+    try:
+        if fileno < 0:
+            stream.write("".join(lines))
+            stream.flush()
+        else:
+            stream.flush()  # whatever the logging module left in its buffer first
+            for chunk in atomic_chunks(lines):
+                write_all(fileno, chunk)
+    except (OSError, ValueError):  # a closed or full stream: nothing better to do
+        pass
 
 
 def atomic_chunks(lines: list[str]) -> list[bytes]:
@@ -178,9 +189,11 @@ active: AccessWriter | None = None
 
 
 def install(stream: TextIO | None = None) -> AccessWriter:
-    """Send access lines through a buffered writer from now on; return it."""
+    """Send access lines through a buffered writer from now on (to `log.file` when one is
+    open, else `stream` or stderr); return it. Its lines are written out before a reopen."""
     global active
-    active = AccessWriter(stream)
+    active = AccessWriter(stream, None if stream is not None else logs.active_file)
+    logs.before_reopen(flush)
     return active
 
 

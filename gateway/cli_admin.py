@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.admin.accounts import validate_admin_name, validate_password
-from gateway.cli_common import CliError, add_config_option, cli_actor, load_config, open_store
+from gateway.cli_common import CliError, add_config_option, cli_actor, load_store_config, open_store
 from gateway.clock import iso
 from gateway.key_rules import audit_json
 from gateway.passwords import hash_password
@@ -89,7 +89,7 @@ async def admins_add(args: argparse.Namespace) -> int:
     """Create an admin account with a password and a grant set."""
 
     name = _admin_name(args.name)
-    settings = load_config(args)
+    settings = load_store_config(args)
     grants, grant_all = _grants(args, settings)
     password = read_new_password(args)
     encoded = await asyncio.to_thread(hash_password, password)
@@ -102,7 +102,7 @@ async def admins_add(args: argparse.Namespace) -> int:
 async def admins_list(args: argparse.Namespace) -> int:
     """List admin accounts and what each may grant."""
 
-    async with open_store(load_config(args)) as store:
+    async with open_store(load_store_config(args)) as store:
         accounts = await store.list_admins()
     if args.json:
         print(json.dumps([admin_json(account) for account in accounts], indent=2))
@@ -119,7 +119,7 @@ async def admins_passwd(args: argparse.Namespace) -> int:
     """Set a new password for an admin account."""
 
     name = _admin_name(args.name)
-    settings = load_config(args)
+    settings = load_store_config(args)
     async with open_store(settings) as store:
         if await store.get_admin(name) is None:
             raise CliError(f"no admin named {name!r}")
@@ -134,7 +134,7 @@ async def admins_grants(args: argparse.Namespace) -> int:
     """Replace the set of roles an admin may grant."""
 
     name = _admin_name(args.name)
-    settings = load_config(args)
+    settings = load_store_config(args)
     grants, grant_all = _grants(args, settings)
     async with open_store(settings) as store:
         account = await store.set_admin_grants(name, grants, grant_all, cli_actor())
@@ -146,7 +146,7 @@ async def admins_remove(args: argparse.Namespace) -> int:
     """Delete an admin account."""
 
     name = _admin_name(args.name)
-    async with open_store(load_config(args)) as store:
+    async with open_store(load_store_config(args)) as store:
         await store.remove_admin(name, cli_actor())
     print(f"removed admin {name}")
     return 0
@@ -190,7 +190,7 @@ async def audit(args: argparse.Namespace) -> int:
 
     key_id = int(args.key) if args.key and args.key.isascii() and args.key.isdigit() else None
     key_name = args.key if args.key and key_id is None else None
-    async with open_store(load_config(args)) as store:
+    async with open_store(load_store_config(args)) as store:
         if key_name is not None:
             # By id: the key's batches and its entries under earlier names; a name no key
             # has now finds the entries written under it (a deleted key's).

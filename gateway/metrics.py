@@ -51,6 +51,8 @@ class ProxyMetrics:
         self.keys_expiring: int | None = None
         # Webhook delivery by receiver id (a digest of the URL, never the URL); worker 0.
         self.webhooks: dict[str, WebhookCounts] = {}
+        # Requests whose client closed its connection before the answer went out whole.
+        self.abandoned = 0
         # The shared rate-limit store, when one is configured.
         self.rate_limit_store: RateLimitStore | None = None
 
@@ -107,6 +109,11 @@ class _ProcessCollector(Collector):
         for status_class, count in sorted(metrics.upstream_status.items()):
             statuses.add_metric([f"{status_class}xx"], count)
         yield statuses
+        yield CounterMetricFamily(
+            "keygate_proxy_abandoned",
+            "Requests the client abandoned mid-upload or mid-download (access lines: status 499)",
+            value=metrics.abandoned,
+        )
         yield GaugeMetricFamily(
             "keygate_keys", "Keys in this process's in-memory table", value=len(self._table)
         )

@@ -39,7 +39,7 @@ from gateway.keys import display_prefix, looks_like_key
 from gateway.keytable import CachedKey
 from gateway.ratelimit import LocalLimiter
 from gateway.ratelimit import headers as rate_limit_headers
-from gateway.request_notes import RequestNotes
+from gateway.request_notes import CLIENT_ABANDONED, CUT_AT_SHUTDOWN, Ending, RequestNotes
 from gateway.runtime import Runtime
 from gateway.state import NOTES
 from gateway.upstream import (
@@ -58,6 +58,7 @@ from gateway.web_internals import (
     Latin1WholeHead,
     RelayedResponse,
     RelayedWholeResponse,
+    log_access_now,
 )
 
 log = logging.getLogger("keygate.proxy")
@@ -65,6 +66,12 @@ log = logging.getLogger("keygate.proxy")
 # Responses up to this many bytes (with a Content-Length) are read whole and sent in one write.
 SMALL_BODY_LIMIT = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _client_gone(request: web.BaseRequest) -> bool:
+    """Return True when the client's connection is closed or closing."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _unknown_key_label(key: str) -> str:
@@ -121,8 +128,18 @@ class Proxy:
             if self._draining:
                 response.force_close()  # shutting down: this connection takes no more requests
             return response
-        except (asyncio.CancelledError, ConnectionResetError):
+        except asyncio.CancelledError:
+            # The client left (aiohttp cancels the handler) or shutdown cut the request: aiohttp
+            # writes no access line for a handler that never returns, so it is written here.
+            ending = CUT_AT_SHUTDOWN if self._draining else CLIENT_ABANDONED
+            log_access_now(
+                request, self._ended(request, notes, ending), time.monotonic() - notes.started
+            )
             raise
+        except ConnectionResetError:
+            if not _client_gone(request):
+                raise
+            return self._ended(request, notes, CLIENT_ABANDONED)  # aiohttp logs it, once
         except Exception:
             if request.writer.output_size == 0:
                 log.exception("unexpected error handling %s", request.method)
@@ -134,6 +151,17 @@ class Proxy:
                 protocol.await_head()  # the clock for the next head on this connection
             if self._draining and not in_flight:
                 self._idle.set()
+
+    def _ended(
+        self, request: web.BaseRequest, notes: RequestNotes, ending: Ending
+    ) -> web.StreamResponse:
+        """Note (and count, once) how a request ended early; return its never-sent answer."""
+        if notes.ended is None:
+            notes.ended = ending
+            notes.received = request.content.total_bytes
+            if ending is CLIENT_ABANDONED:
+                self._runtime.metrics.abandoned += 1
+        return web.StreamResponse(status=ending.status)
 
     def _cut(self, request: web.BaseRequest, notes: RequestNotes) -> web.StreamResponse:
         """End a request whose answer already began: close the connection, never a second head.
@@ -266,6 +294,8 @@ class Proxy:
                 request.method, request.raw_path, headers, body, chunked=chunked
             )
         except UpstreamError as error:
+            if isinstance(error, RequestBodyError) and _client_gone(request):
+                return self._ended(request, notes, CLIENT_ABANDONED)  # it left mid-upload
             answer = self._upstream_failed(error)
             if isinstance(error, ClientBodyTimeout):
                 # Close the client's side too, once the 408 is out: aiohttp would otherwise
@@ -352,5 +382,5 @@ class Proxy:
             # The client left mid-answer: not the upstream's fault. The upstream response is
             # incomplete, so releasing it closes that connection instead of pooling it.
             log.debug("client went away mid-body: %s", error.__class__.__name__)
-            notes.incomplete = True
+            self._ended(request, notes, CLIENT_ABANDONED)  # its line: 499, bytes sent so far
         return response

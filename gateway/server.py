@@ -19,7 +19,13 @@ from pathlib import Path
 
 from gateway import access_writer
 from gateway.app import running_gateway
-from gateway.logs import configure_logging
+from gateway.logs import (
+    accept_reopen_signal,
+    configure_logging,
+    hold_reopen_signal,
+    reopen_logs,
+    reopen_on_signal,
+)
 from gateway.settings import Settings
 
 log = logging.getLogger("keygate.server")
@@ -130,6 +136,7 @@ async def serve_until_stopped(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, reopen_logs)  # log.file: logrotate's postrotate
     supervisor = os.environ.get(SUPERVISOR_PID_ENV, "")
     watcher: asyncio.Task[None] | None = None
     if supervisor.isdigit():
@@ -164,7 +171,11 @@ async def serve_until_stopped(
 
 def run_server(settings: Settings, workers_value: str, worker_index: int | None = None) -> int:
     """Run `keygate serve`: in this process for one worker, else as a supervisor."""
-    configure_logging(settings.log_level, settings.log_format)
+    # SIGUSR1 reopens log.file (logrotate); set before the file is opened, then let through
+    # (a worker starts with it blocked by its supervisor: see Supervisor._spawn).
+    signal.signal(signal.SIGUSR1, reopen_on_signal)
+    accept_reopen_signal()
+    configure_logging(settings.log_level, settings.log_format, settings.log_file)
     if settings.access_log and settings.log_level in ("debug", "info"):
         access_writer.install()  # access lines batched off the request path
     workers = resolve_workers(workers_value)
@@ -243,9 +254,11 @@ class Supervisor:
             SUPERVISOR_PID_ENV: str(os.getpid()),
             READY_FD_ENV: str(write_end),
         }
+        hold_reopen_signal()  # the worker starts with SIGUSR1 blocked, until it can reopen
         try:
             self._workers[index] = subprocess.Popen(command, env=env, pass_fds=(write_end,))
         finally:
+            accept_reopen_signal()
             os.close(write_end)
         self._close_ready_pipe(index)
         self._ready_pipes[index] = read_end
@@ -281,11 +294,20 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGHUP)
 
+    def _on_usr1(self, signum: int, frame: object) -> None:
+        """Reopen log.file (logrotate's postrotate) here and in every live worker."""
+        reopen_on_signal(signum, frame)
+        for process in self._workers:
+            if process is not None and process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGUSR1)
+
     def run(self) -> int:
         """Supervise until SIGTERM/SIGINT; return 0 after a clean drain."""
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_hangup)
+        signal.signal(signal.SIGUSR1, self._on_usr1)
         log.info("supervisor %d starting %d workers", os.getpid(), len(self._workers))
         for index in range(len(self._workers)):
             self._spawn(index)

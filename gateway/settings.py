@@ -16,6 +16,9 @@ from gateway.problems import ProblemsError, read_yaml
 from gateway.store.urls import POSTGRES_SCHEMES, postgres_url_problem
 
 log = logging.getLogger("keygate.settings")
+# Which secrets a load must resolve: all of them (serve, policy check), or only the store's
+# (CLI commands that read and write the store and nothing else).
+SecretsNeeded = Literal["all", "store"]
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 CONFIG_ENV_VAR = "KEYGATE_CONFIG"
@@ -188,6 +191,7 @@ class Settings:
     log_level: str
     access_log: bool
     log_format: Literal["text", "json"] = "text"
+    log_file: Path | None = None  # where `serve` writes every log line (None: stderr)
     pid_file: Path | None = None  # where `keygate serve` writes its pid (for `policy reload`)
     policy_watch: bool = False  # reload the policy when its file changes
     sessions: SessionSettings = SessionSettings()
@@ -195,6 +199,8 @@ class Settings:
     store_schema: str | None = None  # PostgreSQL only: the schema holding keygate's tables
     expiry: ExpirySettings = ExpirySettings()
     notify: NotifySettings = NotifySettings()
+    # Secrets left unresolved by a store-only load (their settings left out): never serve.
+    deferred_secrets: tuple[str, ...] = ()
 
     @property
     def base_dir(self) -> Path:
@@ -218,12 +224,21 @@ def is_header_name(name: str) -> bool:
 class _Reader:
     """Reads typed fields out of nested mappings, collecting located problems."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, secrets: SecretsNeeded = "all") -> None:
         self.where = where
         self.problems: list[str] = []
+        self.secrets = secrets
+        self.deferred: list[str] = []  # secrets left unresolved (secrets="store")
 
     def problem(self, location: str, message: str) -> None:
         self.problems.append(f"{self.where}: {location}: {message}")
+
+    def missing_secret(self, location: str, message: str) -> None:
+        """A secret that cannot be read: a problem, unless this load needs only the store's."""
+        if self.secrets == "store" and not location.startswith("store."):
+            self.deferred.append(f"{self.where}: {location}: {message}")
+        else:
+            self.problem(location, message)
 
     def section(
         self, data: Mapping[str, Any], name: str, allowed: set[str], within: str = ""
@@ -294,10 +309,21 @@ _TOP_LEVEL = {
 }
 
 
-def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """Validate parsed YAML into Settings, raising ConfigError with every problem found."""
+def settings_from_data(
+    data: Any,
+    path: Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    secrets: SecretsNeeded = "all",
+) -> Settings:
+    """Validate parsed YAML into Settings, raising ConfigError with every problem found.
+
+    `secrets="store"` (CLI commands that only use the store) resolves the store's secrets
+    alone: any other that cannot be read is left out of the settings and listed in
+    `deferred_secrets` instead of failing the load.
+    """
     env = os.environ if environ is None else environ
-    reader = _Reader(str(path))
+    reader = _Reader(str(path), secrets)
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -385,7 +411,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         ),
     )
     sessions = _sessions(reader, data)
-    log = reader.section(data, "log", {"level", "access_log", "format"})
+    log = reader.section(data, "log", {"level", "access_log", "format", "file"})
     log_format = log.get("format", "text")
     if log_format not in ("text", "json"):
         reader.problem("log.format", "must be text or json")
@@ -438,6 +464,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         log_level=level,
         access_log=reader.boolean(log, "log", "access_log", True),
         log_format=log_format,
+        log_file=_log_file(reader, log, path.parent),
         pid_file=_pid_file(reader, data, path.parent),
         policy_watch=_flag(reader, data, "policy_watch"),
         sessions=sessions,
@@ -445,6 +472,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         store_schema=store_schema,
         expiry=_expiry(reader, data),
         notify=_notify(reader, data, env, path.parent),
+        deferred_secrets=tuple(reader.deferred),
     )
     if reader.problems:
         raise ConfigError(reader.problems)
@@ -598,7 +626,7 @@ def _secret(
     if "env" in spec:
         value = env.get(str(spec["env"]))
         if value is None:
-            reader.problem(location, f"environment variable {spec['env']!r} is not set")
+            reader.missing_secret(location, f"environment variable {spec['env']!r} is not set")
         return value
     file = base / str(spec["file"])
     try:
@@ -607,7 +635,7 @@ def _secret(
         # (a CRLF too: newlines are read as text mode reads them, CRLF and CR as "\n").
         return text.replace("\r\n", "\n").replace("\r", "\n").removesuffix("\n")
     except (OSError, UnicodeDecodeError) as error:
-        reader.problem(location, f"cannot read {str(file)!r}: {error.__class__.__name__}")
+        reader.missing_secret(location, f"cannot read {str(file)!r}: {error.__class__.__name__}")
         return None
 
 
@@ -689,7 +717,7 @@ def _upstream(
             variable = spec["env"]
             value = env.get(str(variable))
             if value is None:
-                reader.problem(location, f"environment variable {variable!r} is not set")
+                reader.missing_secret(location, f"environment variable {variable!r} is not set")
                 continue
         else:
             literal = spec["value"]
@@ -772,6 +800,24 @@ def _pid_file(reader: _Reader, data: Mapping[str, Any], base_dir: Path) -> Path:
     return Path(os.path.abspath(base_dir / value))
 
 
+def _log_file(reader: _Reader, log: Mapping[str, Any], base_dir: Path) -> Path | None:
+    """`log.file`, relative to the config: a file keygate can append to, in a directory."""
+    value = log.get("file")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        reader.problem("log.file", "must be a file path")
+        return None
+    target = Path(os.path.abspath(base_dir / value))
+    if not target.parent.is_dir():
+        reader.problem("log.file", f"directory {target.parent} does not exist")
+    elif target.is_dir():
+        reader.problem("log.file", f"{target} is a directory, not a file")
+    elif not os.access(target if target.exists() else target.parent, os.W_OK):
+        reader.problem("log.file", f"{target} is not writable")
+    return target
+
+
 def _flag(reader: _Reader, data: Mapping[str, Any], key: str) -> bool:
     """A top-level true/false setting (default false)."""
     value = data.get(key, False)
@@ -808,14 +854,14 @@ def _signing_keys(
             value = env.get(str(spec["env"]))
             secret = None if value is None else value.encode()
             if secret is None:
-                reader.problem(location, f"environment variable {spec['env']!r} is not set")
+                reader.missing_secret(location, f"environment variable {spec['env']!r} is not set")
                 continue
         else:
             secret_path = base_dir / str(spec["file"])
             try:
                 secret = read_secret_file(secret_path, location).rstrip(b"\r\n")
             except OSError as error:
-                reader.problem(location, f"cannot read {secret_path}: {error.strerror}")
+                reader.missing_secret(location, f"cannot read {secret_path}: {error.strerror}")
                 continue
         if len(secret) < MIN_SIGNING_KEY_BYTES:
             reader.problem(location, f"the secret must be at least {MIN_SIGNING_KEY_BYTES} bytes")
@@ -824,7 +870,12 @@ def _signing_keys(
     return tuple(keys)
 
 
-def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate a config file; raise ConfigError listing every problem."""
+def load_settings(
+    path: Path, environ: Mapping[str, str] | None = None, *, secrets: SecretsNeeded = "all"
+) -> Settings:
+    """Read and validate a config file; raise ConfigError listing every problem.
+
+    `secrets="store"`: only the store's secrets must resolve (see settings_from_data).
+    """
     data = read_yaml(path, ConfigError)
-    return settings_from_data(data, path.resolve(), environ)
+    return settings_from_data(data, path.resolve(), environ, secrets=secrets)

@@ -9,6 +9,8 @@ tests/test_web_internals.py fails when an aiohttp release changes any of them:
   the head timer; the idle wait itself is aiohttp's keep-alive timer's), its `_messages`
   queue and `_ErrInfo` (parsed requests screened for protocol versions and transfer codings
   before any handler);
+- `RequestHandler.access_logger` (the access line of a request whose handler is cancelled,
+  which aiohttp never logs);
 - `AppRunner._make_server` and the built `Server`'s `request_handler`, `request_factory`,
   `handler_cancellation` and `_kwargs` (an application's connections get that handler too).
 """
@@ -305,6 +307,19 @@ class JsonErrorRequestHandler(RequestHandler):
         response.headers.update(self.error_headers)
         response.force_close()
         return response
+
+
+def log_access_now(request: web.BaseRequest, response: web.StreamResponse, seconds: float) -> None:
+    """Write a request's access line from its handler, which will not return a response.
+
+    aiohttp logs a request once its handler returned and the answer went out; a handler
+    cancelled (its client left) never gets there, so it writes its own line, once.
+    """
+    handler = request.protocol
+    if isinstance(handler, RequestHandler):
+        access_logger = handler.access_logger
+        if access_logger is not None and access_logger.enabled:
+            access_logger.log(request, response, seconds)
 
 
 class ConnectionLimits:

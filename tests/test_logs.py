@@ -31,7 +31,7 @@ from gateway.access_writer import AccessWriter
 from gateway.app import RunningGateway
 from gateway.hygiene import REQUEST_ID_HEADER
 from gateway.logs import TEXT_FORMAT, JsonFormatter, json_access_line, json_head
-from gateway.request_notes import RequestNotes
+from gateway.request_notes import CLIENT_ABANDONED, RequestNotes
 
 ECHO = f"{REST}/_echo/rid"
 
@@ -160,6 +160,7 @@ maybe_ms = st.none() | st.floats(min_value=0, max_value=1e7, allow_nan=False)
     upstream_status=st.none() | st.integers(100, 599),
     upstream_ms=maybe_ms,
     incomplete=st.booleans(),
+    received=st.none() | st.integers(0, 2**40),
     remote=maybe_text,
 )
 def test_the_buffered_json_line_is_what_the_json_formatter_writes(
@@ -174,6 +175,7 @@ def test_the_buffered_json_line_is_what_the_json_formatter_writes(
     upstream_status: int | None,
     upstream_ms: float | None,
     incomplete: bool,
+    received: int | None,
     remote: str | None,
 ) -> None:
     # The writer's line is built field by field for speed; the logging path's formatter is
@@ -183,6 +185,8 @@ def test_the_buffered_json_line_is_what_the_json_formatter_writes(
         notes = RequestNotes(request_id or "")
         notes.key_name, notes.upstream_status = key, upstream_status
         notes.upstream_ms, notes.incomplete = upstream_ms, incomplete
+        if received is not None:  # the client left: ended early, with what it had sent
+            notes.ended, notes.received = CLIENT_ABANDONED, received
     message = f"{method} {path} {status}"
     extra: dict[str, object] = {
         "request_id": request_id,
@@ -196,6 +200,8 @@ def test_the_buffered_json_line_is_what_the_json_formatter_writes(
     if notes is not None:
         extra.update(key=key, upstream_status=upstream_status, upstream_ms=upstream_ms)
         extra["incomplete"] = True if incomplete else None
+        if received is not None:
+            extra.update(ended=CLIENT_ABANDONED.name, received=received)
     record = logging.makeLogRecord(
         {"name": "keygate.access", "levelname": "INFO", "msg": "%s", "args": (message,),
          "created": 1_700_000_000.123, "msecs": 123.0, "process": 4242, **extra}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 from aiohttp import web
@@ -54,25 +52,18 @@ KEY_CURSOR = "k"
 DAY = 86_400  # seconds
 # The create request header that makes retries safe (Stripe's and the IETF draft's name).
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-# Characters an idempotency key may have (1 to IDEMPOTENCY_KEY_MAX, visible ASCII).
-IDEMPOTENCY_KEY_MAX = 255
-IDEMPOTENCY_FIRST, IDEMPOTENCY_LAST = "!", "~"
-# Seconds an idempotency key is remembered after its create (24 hours); then it is new again.
-IDEMPOTENCY_WINDOW = 86_400
+# The idempotency key's rules are key_rules' (shared with `keygate keys create`).
+IDEMPOTENCY_KEY_MAX = key_rules.IDEMPOTENCY_KEY_MAX
+IDEMPOTENCY_WINDOW = key_rules.IDEMPOTENCY_WINDOW
 
 M_NOTHING_TO_CHANGE = "nothing to change: give name, description, roles, expires_at or rate_limit"
 M_STATUS = "status must be one of: active, revoked, expired, expiring"
 M_SORT = f"sort must be one of: {', '.join(KEY_SORTS)}"
 M_SECRET = "secret must be a whole keygate API key (kg_..., with its checksum)"
 M_NO_KEY_FOR_SECRET = "no key has that secret (deleted, or never a keygate key)"
-M_IDEMPOTENCY_KEY = f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} visible ASCII characters"
-M_REPLAY = (
-    "this Idempotency-Key already created the key below; nothing was created now. Its secret "
-    "was shown once, to that request, and cannot be shown again: roll the key for a new one"
-)
-M_REPLAY_DELETED = (
-    "this Idempotency-Key already created a key, since deleted; nothing was created now"
-)
+M_IDEMPOTENCY_KEY = f"{IDEMPOTENCY_HEADER} {key_rules.M_IDEMPOTENCY_KEY}"
+M_REPLAY = key_rules.M_REPLAY.format(field=IDEMPOTENCY_HEADER)
+M_REPLAY_DELETED = key_rules.M_REPLAY_DELETED.format(field=IDEMPOTENCY_HEADER)
 
 
 def _runtime(request: web.Request) -> Runtime:
@@ -114,13 +105,10 @@ def idempotency_claim(
     value = request.headers.get(IDEMPOTENCY_HEADER)
     if value is None:
         return None
-    if not 1 <= len(value) <= IDEMPOTENCY_KEY_MAX or not all(
-        IDEMPOTENCY_FIRST <= char <= IDEMPOTENCY_LAST for char in value
-    ):
-        raise bad_request(M_IDEMPOTENCY_KEY, field=IDEMPOTENCY_HEADER)
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
-    return IdempotencyClaim(value, fingerprint, now - IDEMPOTENCY_WINDOW)
+    try:
+        return key_rules.idempotency_claim(value, data, now, IDEMPOTENCY_HEADER)
+    except key_rules.InputError:
+        raise bad_request(M_IDEMPOTENCY_KEY, field=IDEMPOTENCY_HEADER) from None
 
 
 async def create_key(request: web.Request) -> web.Response:
