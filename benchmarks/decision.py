@@ -1,4 +1,4 @@
-"""Decision microbenchmark: credential parse + table lookup + policy decision, no I/O.
+"""Decision microbenchmark: credential parse, target check, table lookup, policy; no I/O.
 
 Run: python -m benchmarks.decision [--keys 1000000] [--rules 500]
 """
@@ -14,7 +14,7 @@ import statistics
 import time
 from collections.abc import Iterator
 
-from gateway import auth, credentials, keys, refusals
+from gateway import auth, credentials, decision, keys
 from gateway.keytable import KeyTable
 from gateway.policy import Policy, policy_from_data
 from gateway.store.base import AuthRow
@@ -69,16 +69,12 @@ def build_table(count: int, probe_keys: list[str]) -> KeyTable:
 
 
 def decide(
-    table: KeyTable, policy: Policy, api_key: list[str], method: str, path: str, now: float
+    table: KeyTable, policy: Policy, api_key: list[str], method: str, target: str, now: float
 ) -> bool:
     """One full decision as the proxy makes it (minus the aiohttp request object)."""
     credential = credentials.extract_credential(api_key, ())
-    if not isinstance(credential, credentials.Credential):
-        return False
-    record = auth.authenticate(table, credential.key, now)
-    if isinstance(record, refusals.Refusal):
-        return False
-    return auth.authorize(policy, record, method, path) is None
+    caller = decision.caller_of(table, credential, now)
+    return decision.decide(policy, method, target, caller) is None
 
 
 def main() -> None:

@@ -17,10 +17,10 @@ from aiohttp import web
 from gateway.access_log import JsonProxyAccessLogger, ProxyAccessLogger, access_logger
 from gateway.admin.app import create_admin_app
 from gateway.admin.middlewares import SECURITY_HEADERS
-from gateway.clock import now
+from gateway.delivery import Delivery
 from gateway.feed import FeedFollower, prune_periodically
 from gateway.keytable import KeyTable
-from gateway.notify import Notifier, Webhook
+from gateway.notify import Webhook
 from gateway.outbox import Outbox
 from gateway.policy_reload import PolicyHolder, load_policy_file
 from gateway.proxy import Proxy
@@ -143,12 +143,18 @@ async def _start_site(site: web.TCPSite, what: str, host: str, port: int) -> Non
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    settings: Settings, *, reuse_port: bool = False, serve_admin: bool = True, processes: int = 1
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    serve_admin: bool = True,
+    processes: int = 1,
+    worker: int = 0,
 ) -> AsyncIterator[RunningGateway]:
     """Start store, feed follower, usage flusher, proxy and admin listeners; stop them on exit.
 
-    `processes` is how many processes share the proxy port: without Redis each enforces
-    that share of every rate limit.
+    `processes` is how many processes share the proxy port and `worker` which one this is:
+    without Redis (or while it is down, failing closed) each enforces its share of every
+    rate limit.
     """
     runtime = await open_runtime(settings, writes_snapshot=serve_admin)
     # One try/finally for everything started from here: whatever fails part-way (the
@@ -159,15 +165,21 @@ async def running_gateway(
     proxy_runner: web.ServerRunner | None = None
     proxy_site: web.TCPSite | None = None
     admin_runner: JsonErrorAppRunner | None = None
-    sender: Notifier | None = None
+    delivery: Delivery | None = None
     serving = False
     try:
         if settings.rate_limits.redis_url is not None:
-            runtime.limiter = redis_limiter(
-                settings.rate_limits.redis_url, now, fail_open=settings.rate_limits.fail_open
+            limiter = redis_limiter(
+                settings.rate_limits.redis_url,
+                time.monotonic,
+                fail_open=settings.rate_limits.fail_open,
+                processes=processes,
+                worker=worker,
             )
+            runtime.limiter = limiter
+            runtime.metrics.rate_limit_store = limiter
         else:
-            runtime.limiter = LocalLimiter(now, processes)
+            runtime.limiter = LocalLimiter(time.monotonic, processes, worker)
         # The loaded table is long-lived: move it out of the collector's generations so full
         # collections don't walk a million cached keys (a pause per collection otherwise).
         gc.freeze()
@@ -246,15 +258,10 @@ async def running_gateway(
             await _start_site(admin_site, "admin", settings.admin.host, settings.admin.port)
             admin_port = admin_runner.addresses[0][1]
             # Only the admin listener's process sends webhook events and counts expiring keys.
-            sender = Notifier(tuple(Webhook(h.url, h.secret) for h in settings.notify.webhooks))
-            await sender.start()
-            outbox = Outbox(
-                store,
-                sender if settings.notify.webhooks else None,
-                settings.expiry,
-                runtime.metrics,
-                settings.notify.poll_interval,
-            )
+            hooks = tuple(Webhook(h.url, h.secret) for h in settings.notify.webhooks)
+            delivery = Delivery(store, hooks, runtime.metrics, settings.notify.poll_interval)
+            await delivery.start()
+            outbox = Outbox(store, settings.expiry, runtime.metrics, notices=bool(hooks))
             tasks.append(asyncio.create_task(outbox.run(), name="keygate-outbox"))
         serving = True
         yield RunningGateway(runtime, proxy_runner.addresses[0][1], admin_port, tasks)
@@ -281,7 +288,7 @@ async def running_gateway(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if sender is not None:
-            await sender.close()
+        if delivery is not None:
+            await delivery.drain()
         await runtime.limiter.close()
         await runtime.store.close()

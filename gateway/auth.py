@@ -47,7 +47,16 @@ def authenticate(table: KeyTable, key: str, now: float) -> CachedKey | Refusal:
         probe = probe_of(key)
     except MalformedKeyError:
         return KEY_MALFORMED
-    record = table.find(probe)  # every request: revocation is never cached
+    return _usable(table.find(probe), now)  # every request: revocation is never cached
+
+
+def authenticate_digest(table: KeyTable, digest: bytes, now: float) -> CachedKey | Refusal:
+    """Look a stored key up by its digest as `authenticate` does by its secret (explain)."""
+    return _usable(table.find(keytable.probe(digest)), now)
+
+
+def _usable(record: CachedKey | None, now: float) -> CachedKey | Refusal:
+    """Return the record when it may call, else why not (unknown, revoked, expired, rolled)."""
     if record is None:
         return KEY_UNKNOWN
     if record.revoked:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from gateway import cli_admin, cli_keys, cli_notify, cli_store, key_rules
-from gateway.cli_common import CliError, add_config_option, load_config
+from gateway.cli_common import CliError, add_config_option, load_config, load_store_config
 from gateway.policy import Policy, PolicyError, load_policy
 from gateway.settings import ConfigError
 from gateway.store.base import (
@@ -75,7 +75,7 @@ def _is_keygate(pid: int) -> bool:
 
 async def init(args: argparse.Namespace) -> int:
     """Create the configured database (and its directory) unless it exists; migrate it."""
-    settings = load_config(args)
+    settings = load_store_config(args)
     store = store_for(settings)
     try:
         await store.open(create=False)

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.admin.accounts import validate_admin_name, validate_password
-from gateway.cli_common import CliError, add_config_option, cli_actor, load_config, open_store
+from gateway.cli_common import CliError, add_config_option, cli_actor, load_store_config, open_store
 from gateway.clock import iso
 from gateway.key_rules import audit_json
 from gateway.passwords import hash_password
@@ -89,7 +89,7 @@ async def admins_add(args: argparse.Namespace) -> int:
     """Create an admin account with a password and a grant set."""
 
     name = _admin_name(args.name)
-    settings = load_config(args)
+    settings = load_store_config(args)
     grants, grant_all = _grants(args, settings)
     password = read_new_password(args)
     encoded = await asyncio.to_thread(hash_password, password)
@@ -102,7 +102,7 @@ async def admins_add(args: argparse.Namespace) -> int:
 async def admins_list(args: argparse.Namespace) -> int:
     """List admin accounts and what each may grant."""
 
-    async with open_store(load_config(args)) as store:
+    async with open_store(load_store_config(args)) as store:
         accounts = await store.list_admins()
     if args.json:
         print(json.dumps([admin_json(account) for account in accounts], indent=2))
@@ -119,7 +119,7 @@ async def admins_passwd(args: argparse.Namespace) -> int:
     """Set a new password for an admin account."""
 
     name = _admin_name(args.name)
-    settings = load_config(args)
+    settings = load_store_config(args)
     async with open_store(settings) as store:
         if await store.get_admin(name) is None:
             raise CliError(f"no admin named {name!r}")
@@ -134,7 +134,7 @@ async def admins_grants(args: argparse.Namespace) -> int:
     """Replace the set of roles an admin may grant."""
 
     name = _admin_name(args.name)
-    settings = load_config(args)
+    settings = load_store_config(args)
     grants, grant_all = _grants(args, settings)
     async with open_store(settings) as store:
         account = await store.set_admin_grants(name, grants, grant_all, cli_actor())
@@ -146,7 +146,7 @@ async def admins_remove(args: argparse.Namespace) -> int:
     """Delete an admin account."""
 
     name = _admin_name(args.name)
-    async with open_store(load_config(args)) as store:
+    async with open_store(load_store_config(args)) as store:
         await store.remove_admin(name, cli_actor())
     print(f"removed admin {name}")
     return 0
@@ -171,12 +171,32 @@ def _since(text: str) -> float:
         raise argparse.ArgumentTypeError(M_SINCE) from None
 
 
+def details_text(details: dict[str, Any]) -> str:
+    """Return audit details as `name=value` pairs: objects in parentheses
+    (`before=(name=a)`), lists comma-separated, null as `-`."""
+    return " ".join(f"{name}={_value_text(value)}" for name, value in sorted(details.items()))
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, dict):
+        return "(" + ", ".join(f"{k}={_value_text(v)}" for k, v in sorted(value.items())) + ")"
+    if isinstance(value, list):
+        return ",".join(_value_text(item) for item in value)
+    return "-" if value is None else str(value)
+
+
 async def audit(args: argparse.Namespace) -> int:
     """Show audit events, newest first."""
 
     key_id = int(args.key) if args.key and args.key.isascii() and args.key.isdigit() else None
     key_name = args.key if args.key and key_id is None else None
-    async with open_store(load_config(args)) as store:
+    async with open_store(load_store_config(args)) as store:
+        if key_name is not None:
+            # By id: the key's batches and its entries under earlier names; a name no key
+            # has now finds the entries written under it (a deleted key's).
+            current = await store.get_key_by_name(key_name)
+            if current is not None:
+                key_id, key_name = current.id, None
         events = await store.list_audit(
             key_id=key_id, key_name=key_name, actor=args.actor, since=args.since, limit=args.limit
         )
@@ -186,7 +206,7 @@ async def audit(args: argparse.Namespace) -> int:
         return 0
     for item in items:
         key = "" if item["key_id"] is None else f"#{item['key_id']} {item['key_name']}"
-        details = json.dumps(item["details"], sort_keys=True) if item["details"] else ""
+        details = details_text(item["details"])
         at = (item["at"] or "")[:19] + "Z"
         print(f"{at}  {item['actor']:<16} {item['action']:<20} {key:<28} {details}")
     print(f"{len(items)} event(s)")

@@ -29,6 +29,15 @@ def load_config(args: argparse.Namespace) -> Settings:
     return load_settings(config_path_from(getattr(args, "config", None)))
 
 
+def load_store_config(args: argparse.Namespace) -> Settings:
+    """Load the settings for a command that only uses the store (and the policy file).
+
+    Only the store's secrets must resolve: an unset webhook secret, upstream header or
+    signing key (needed by `serve`, which names every one missing) stops no such command.
+    """
+    return load_settings(config_path_from(getattr(args, "config", None)), secrets="store")
+
+
 def no_database(location: str, settings: Settings) -> CliError:
     """Return the one-line error for a missing store, saying how to create it."""
     return CliError(

@@ -9,12 +9,26 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway import clock, key_rules, keys
-from gateway.cli_common import CliError, add_config_option, cli_actor, load_config, open_store
+from gateway.cli_common import CliError, add_config_option, cli_actor, load_store_config, open_store
 from gateway.policy import load_policy
-from gateway.store.base import BatchResult, KeyChanges, KeyRow, KeyStore
+from gateway.store.base import (
+    BatchResult,
+    IdempotencyMismatchError,
+    IdempotentReplayError,
+    KeyChanges,
+    KeyRow,
+    KeyStore,
+)
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 DAY = 86_400  # seconds
+IDEMPOTENCY_OPTION = "--idempotency-key"
+# Exit status of a create its idempotency key already made: nothing created, no secret.
+EXIT_REPLAYED = 3
+E_IDEMPOTENT_REPLAY = "idempotent_replay"  # the admin API's code for the same answer
+M_IDEMPOTENCY_REUSED = (
+    f"this {IDEMPOTENCY_OPTION} was already used with a different request; nothing was created"
+)
 
 
 async def resolve_key(store: KeyStore, ref: str) -> KeyRow:
@@ -42,7 +56,7 @@ def print_key(row: KeyRow, as_json: bool, extra: dict[str, Any] | None = None) -
 
 async def keys_create(args: argparse.Namespace) -> int:
     """Create a key and print its secret once."""
-    settings = load_config(args)
+    settings = load_store_config(args)
     policy = load_policy(settings.policy_path)
     request: dict[str, Any] = {
         "name": args.name,
@@ -53,8 +67,17 @@ async def keys_create(args: argparse.Namespace) -> int:
         if args.rate_limit is None
         else key_rules.rate_limit_json(key_rules.parse_rate_limit_text(args.rate_limit)),
     }
+    now = clock.now()
+    claim = None
+    if args.idempotency_key is not None:
+        claim = key_rules.idempotency_claim(args.idempotency_key, request, now, IDEMPOTENCY_OPTION)
     async with open_store(settings) as store:
-        created = await key_rules.create_key(store, request, policy, cli_actor(), clock.now())
+        try:
+            created = await key_rules.create_key(store, request, policy, cli_actor(), now, claim)
+        except IdempotentReplayError as replay:
+            return _replayed(replay, args.json)
+        except IdempotencyMismatchError:
+            raise CliError(M_IDEMPOTENCY_REUSED) from None
     if args.json:
         print_key(created.row, True, {"secret": created.secret})
     else:
@@ -65,9 +88,24 @@ async def keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replayed(replay: IdempotentReplayError, as_json: bool) -> int:
+    """Say that an earlier create made this key (shown, without its secret); EXIT_REPLAYED."""
+    template = key_rules.M_REPLAY if replay.row is not None else key_rules.M_REPLAY_DELETED
+    message = template.format(field=IDEMPOTENCY_OPTION)
+    if as_json:
+        shown = None if replay.row is None else key_rules.key_json(replay.row, clock.now())
+        print(
+            json.dumps({"error": E_IDEMPOTENT_REPLAY, "message": message, "key": shown}, indent=2)
+        )
+    elif replay.row is not None:
+        print_key(replay.row, False)
+    print(f"keygate: {message}", file=sys.stderr)
+    return EXIT_REPLAYED
+
+
 async def keys_list(args: argparse.Namespace) -> int:
     """List keys, optionally filtered by status."""
-    settings = load_config(args)
+    settings = load_store_config(args)
     within = settings.expiry.warn_days * DAY
     async with open_store(settings) as store:
         rows: list[KeyRow] = []
@@ -92,9 +130,8 @@ async def keys_list(args: argparse.Namespace) -> int:
         status = key_rules.status_of(row, now)
         roles = ",".join(row.roles)
         expires = _minute(row.expires_at)
-        days = key_rules.days_left(row, now, within)
-        if days is not None:
-            expires += f" (in {days} d)"
+        if key_rules.days_left(row, now, within) is not None and row.expires_at is not None:
+            expires += f" ({key_rules.expires_in_text(row.expires_at - now)})"
         print(
             f"{row.id:>6}  {row.name:<24} {status:<8} {row.prefix:<11} {row.use_count:>6}  "
             f"{_minute(row.last_used_at):<17} {expires:<27} {roles}"
@@ -111,7 +148,7 @@ def _minute(stamp: float | None) -> str:
 
 async def keys_show(args: argparse.Namespace) -> int:
     """Show one key."""
-    settings = load_config(args)
+    settings = load_store_config(args)
     async with open_store(settings) as store:
         row = await resolve_key(store, args.key)
     print_key(row, args.json)
@@ -120,7 +157,7 @@ async def keys_show(args: argparse.Namespace) -> int:
 
 async def keys_edit(args: argparse.Namespace) -> int:
     """Edit a key's name, description, roles or expiry."""
-    settings = load_config(args)
+    settings = load_store_config(args)
     policy = load_policy(settings.policy_path)
     now = clock.now()
     changes = KeyChanges(
@@ -156,7 +193,7 @@ async def keys_edit(args: argparse.Namespace) -> int:
 async def keys_roll(args: argparse.Namespace) -> int:
     """Give a key a new secret (printed once); the old one keeps working for the overlap."""
     overlap = key_rules.validate_overlap(args.overlap)
-    settings = load_config(args)
+    settings = load_store_config(args)
     async with open_store(settings) as store:
         row = await resolve_key(store, args.key)
         rolled = await key_rules.roll_key(store, row.id, overlap, cli_actor())
@@ -182,7 +219,7 @@ async def keys_reinstate(args: argparse.Namespace) -> int:
 
 
 async def _set_revoked(args: argparse.Namespace, revoked: bool) -> int:
-    settings = load_config(args)
+    settings = load_store_config(args)
     async with open_store(settings) as store:
         row = await resolve_key(store, args.key)
         row = await store.set_revoked(row.id, revoked, cli_actor())
@@ -192,7 +229,7 @@ async def _set_revoked(args: argparse.Namespace, revoked: bool) -> int:
 
 async def keys_delete(args: argparse.Namespace) -> int:
     """Delete one key for good."""
-    settings = load_config(args)
+    settings = load_store_config(args)
     async with open_store(settings) as store:
         row = await resolve_key(store, args.key)
         await store.delete_key(row.id, cli_actor())
@@ -205,9 +242,10 @@ async def keys_identify(args: argparse.Namespace) -> int:
     secret = sys.stdin.readline().strip()
     if not keys.is_well_formed(secret):
         raise CliError("standard input is not a well-formed keygate key (kg_... with checksum)")
-    settings = load_config(args)
+    settings = load_store_config(args)
     async with open_store(settings) as store:
         row = await store.get_key_by_digest(keys.digest(secret))
+        await key_rules.audit_identify(store, cli_actor(), row, {})
     if row is None:
         raise CliError("no key has that secret (deleted, or never a keygate key)")
     print_key(row, args.json)
@@ -216,7 +254,7 @@ async def keys_identify(args: argparse.Namespace) -> int:
 
 def _batch(action: str, label: str) -> Handler:
     async def run(args: argparse.Namespace) -> int:
-        settings = load_config(args)
+        settings = load_store_config(args)
         async with open_store(settings) as store:
             result: BatchResult = await getattr(store, action)(cli_actor())
         count = result.changed
@@ -244,6 +282,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--rate-limit",
         metavar="N/PER[,burst=B]",
         help="the key's own limit over its roles' default, e.g. 100/minute,burst=20",
+    )
+    create.add_argument(
+        IDEMPOTENCY_OPTION,
+        metavar="KEY",
+        help="makes a retry safe: a repeat with this KEY (within 24 h) creates nothing, shows "
+        f"the key without its secret and exits {EXIT_REPLAYED}; another request under it fails",
     )
     create.set_defaults(func=keys_create)
 

@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterable
 from urllib.parse import unquote_plus
 
-from gateway.credentials import fold_header_name
+from gateway.credentials import fold_header_name, header_value_carries_key
+from gateway.keys import KEY_PREFIX, cut_keys, holds_key_shape
 from gateway.verify import SIGNATURE_HEADER, header_value
 
 # Hop-by-hop headers (RFC 9110 section 7.6.1) plus those never forwarded as sent.
@@ -172,8 +173,14 @@ URL_REWRITE_PREFIXES = ("xoriginal", "xrewrite", "xenvoyoriginal")
 # Headers that make Jersey, Spring, ASP.NET, Express and Laravel treat a request as another
 # method: a key caller's request carrying one is decided for that method too (gateway.proxy).
 METHOD_OVERRIDE_HEADERS = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
-# The query parameter some frameworks read as a method override (Rails, Laravel, Express).
+# The query parameter some frameworks read as a method override (Laravel and Symfony, Spring's
+# HiddenHttpMethodFilter, Express method-override, Rails through Rack).
 METHOD_OVERRIDE_QUERY = "_method"
+# Query parameter separators: `&` everywhere, `;` in older Rack and some servlet containers.
+_QUERY_SEPARATORS = re.compile(r"[&;]")
+# A query that may name an override: the name's letters, or percent-encoding hiding them. Most
+# queries have neither and are never split (the proxy asks on every key caller's request).
+_MAY_NAME_OVERRIDE = re.compile(r"method|%", re.IGNORECASE)
 # The request id header: the client's when well formed, else one keygate makes; sent upstream
 # and returned to the client, so one id follows a request through every log.
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -184,10 +191,23 @@ _id_counter = itertools.count(1)
 
 
 def request_id(offered: str | None) -> str:
-    """Return the client's request id when it is well formed, else a new unique one."""
-    if offered is not None and _REQUEST_ID.fullmatch(offered):
+    """Return the client's request id when it is well formed, else a new unique one.
+
+    An id holding a key is never taken (the caller refuses the request: `offers_a_key`), and
+    one holding a part of a key past its display prefix is replaced: it would go upstream
+    and into every log line.
+    """
+    if offered is not None and _REQUEST_ID.fullmatch(offered) and cut_keys(offered) == offered:
         return offered
     return f"{_ID_PREFIX}{next(_id_counter):010x}"
+
+
+def offers_a_key(offered: str | None) -> bool:
+    """Return True when a client's request id holds something shaped like an API key.
+
+    The id is echoed, sent upstream and logged: a key pasted into it would leak everywhere.
+    """
+    return offered is not None and holds_key_shape(offered)
 
 
 # Header names classified and remembered (least recently used out): bounded against variety.
@@ -210,6 +230,24 @@ def squash(name: str) -> str:
     return _NOT_LETTER_OR_DIGIT.sub("", name.lower())
 
 
+# keygate's own cookies (the admin listener's web session, plain and over TLS): never forwarded.
+# Every name contains the mark, so a Cookie value without it (nearly all) costs one substring
+# search and is forwarded untouched.
+SESSION_COOKIE = "keygate-session"
+SECURE_SESSION_COOKIE = "__Host-keygate-session"
+KEYGATE_COOKIE_MARK = "keygate-session"
+
+
+def without_keygate_cookies(value: str) -> str:
+    """Return a Cookie value minus every `;` part mentioning keygate's cookie, the rest as sent."""
+    kept = [part for part in value.split(";") if KEYGATE_COOKIE_MARK not in part]
+    return ";".join(kept).lstrip()
+
+
+class KeyInHeaderError(ValueError):
+    """A header that would be forwarded holds a working API key (refused, never sent on)."""
+
+
 # Headers forwarded only under their exact (case-insensitive) name: a look-alike
 # (`Content_Length`, `Authorization_`) could be read as the real one by a loose backend, with
 # a value keygate never checked.
@@ -220,6 +258,9 @@ _OVERRIDE_SQUASHED = frozenset(squash(name) for name in METHOD_OVERRIDE_HEADERS)
 # A backend session cookie is a second identity beside a key (the backend could act as its
 # user); look-alikes (`Cookie_`, `Cookie2`) included.
 _SESSION_PREFIX = "cookie"
+# The caller's own login to the backend: when a service header of the same name is configured,
+# an anonymous caller still sends its own (exact name only), a key caller never does.
+_OWN_LOGIN = frozenset({"authorization", "cookie"})
 
 
 # Connection values parsed and remembered (least recently used out): nearly every request and
@@ -252,7 +293,10 @@ class HeaderHygiene:
         self._acting_header = acting_user_header
         # The first key signs the acting user (gateway.verify says how backends check it).
         self._signing_key = signing_keys[0] if signing_keys else None
-        self._static_headers = list(static_headers)  # names unique (settings checks)
+        # Names unique and none that keygate strips or sets itself (settings checks). Sent for
+        # key callers only: an anonymous caller never acts as the service.
+        self._static_headers = list(static_headers)
+        self._service_squashed = frozenset(squash(name) for name, _ in static_headers)
         dropped = (
             *HOP_BY_HOP,
             acting_user_header,
@@ -262,7 +306,6 @@ class HeaderHygiene:
             *FORWARDING_HEADERS,
             *TRUSTED_IDENTITY_HEADERS,
             *URL_REWRITE_HEADERS,
-            *(name for name, _ in static_headers),
             "Host",
             "Expect",
             "X-API-Key",
@@ -276,6 +319,9 @@ class HeaderHygiene:
         squashed = squash(name)
         if squashed in self._dropped_squashed or squashed.startswith(self._dropped_prefixes):
             return DROP
+        if squashed in self._service_squashed:
+            # The service's header: no client copy goes up, except a caller's own login.
+            return SESSION if name.lower() in _OWN_LOGIN else DROP
         exact = _EXACT_ONLY.get(squashed)
         if exact is not None:
             return KEEP if name.lower() == exact else DROP
@@ -300,11 +346,12 @@ class HeaderHygiene:
         scheme: str,
     ) -> tuple[list[tuple[str, str]], list[str]]:
         """Copy the client's headers minus hop-by-hop, credential, identity and rewrite headers
-        (and, for a key caller, the backend session cookies).
+        and keygate's own cookies (and, for a key caller, the backend session cookies).
 
-        Then set the acting user (for a key caller), X-Forwarded-For/-Proto/-Host and the
-        configured service headers; everything set here is dropped first, so no name repeats.
-        Returns the headers and the values of any method-override headers among them.
+        Then set the acting user and the configured service headers (for a key caller), and
+        X-Forwarded-For/-Proto/-Host; everything set here is dropped first, so no name repeats.
+        Returns the headers and the values of any method-override headers among them. Raises
+        KeyInHeaderError when a header that would go up holds a working API key.
         """
         extra_drop = connection_named(connection) if connection else _NOTHING
         if drop_authorization:
@@ -318,8 +365,14 @@ class HeaderHygiene:
             kind = classify(name)
             if kind in skipped or (extra_drop and folded(name) in extra_drop):
                 continue
+            if KEY_PREFIX in value and header_value_carries_key(value):
+                raise KeyInHeaderError(name)
             if kind == OVERRIDE:
                 overrides.append(value)
+            elif kind == SESSION and KEYGATE_COOKIE_MARK in value:
+                value = without_keygate_cookies(value)
+                if not value:
+                    continue
             out.append((name, value))
         if acting_user is not None:
             out.append((self._acting_header, acting_user))
@@ -333,26 +386,62 @@ class HeaderHygiene:
         out.append(("X-Forwarded-Proto", scheme))
         if host:
             out.append(("X-Forwarded-Host", host))
-        out += self._static_headers
+        if acting_user is not None:
+            out += self._static_headers
         return out, overrides
 
 
-def query_method_overrides(raw_target: str) -> list[str]:
-    """Return the values of `_method` parameters in a raw target's query (usually none).
+def service_header_problem(
+    name: str, acting_user_header: str, strip_headers: Iterable[str]
+) -> str | None:
+    """Return why `name` cannot be an `upstream.headers` service header, or None when it can.
 
-    Names are compared as frameworks read them: percent-decoded (`%5F%6Dethod` is `_method`)
-    and case-insensitively.
+    Refused: any name (compared as loose readers compare, on letters and digits) that keygate
+    strips or sets itself: hop-by-hop and framing headers, the credential, the acting-user and
+    identity headers, X-Forwarded-*/X-Request-Id (filled from the client's request, so an
+    anonymous caller would choose their value), rewrite and method-override headers, and
+    look-alikes of Authorization, Cookie and Content-*.
+    """
+    kind = HeaderHygiene(acting_user_header, strip_headers, ()).classify(name)
+    lowered = name.lower()
+    if kind == KEEP and lowered not in ("content-length", "content-type"):
+        return None
+    if kind == SESSION and lowered == "cookie":
+        return None
+    return (
+        "cannot be a service header: keygate strips or sets this header itself (or a "
+        "look-alike of it), or it frames the request"
+    )
+
+
+def parameter_name(raw: str) -> str:
+    """Return a raw query parameter name as the loosest common framework reads it, lower case.
+
+    PHP (Laravel, Symfony) is the loosest: the name is percent-decoded (`+` is a space), ends
+    at a NUL, loses leading spaces, has spaces and dots made `_`, and an `[` starts an array
+    index (`_method[]`) or, unclosed, becomes `_` too. Others decode and compare exactly, or
+    case-insensitively. Every space is trimmed and the name cut at its first `[`, so the
+    result equals `_method` for whatever any of them would read as `_method` (and a little
+    more: denies more, never less).
+    """
+    name = unquote_plus(raw) if "%" in raw or "+" in raw else raw
+    name = name.partition("\x00")[0].strip().partition("[")[0]
+    return name.replace(" ", "_").replace(".", "_").lower()
+
+
+def query_method_overrides(raw_target: str) -> list[str]:
+    """Return the (decoded) values of `_method` parameters in a raw target's query (usually none).
+
+    Names are compared as frameworks read them (`parameter_name`), every occurrence counts.
     """
     _, mark, query = raw_target.partition("?")
-    if not mark:
+    if not mark or _MAY_NAME_OVERRIDE.search(query) is None:
         return []
     found = []
-    for pair in query.split("&"):
+    for pair in _QUERY_SEPARATORS.split(query):
         name, _, value = pair.partition("=")
-        if "%" in name or "+" in name:
-            name = unquote_plus(name)
-        if name.lower() == METHOD_OVERRIDE_QUERY:
-            found.append(value)
+        if parameter_name(name) == METHOD_OVERRIDE_QUERY:
+            found.append(unquote_plus(value) if "%" in value or "+" in value else value)
     return found
 
 

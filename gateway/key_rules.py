@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -13,7 +15,7 @@ from gateway import keys
 from gateway.clock import iso
 from gateway.policy import Policy, nearest_hint, parse_rate_limit
 from gateway.ratelimit import PERIOD_SECONDS, RateLimit
-from gateway.store.base import AuditEvent, KeyRow, KeyStore, NewKey
+from gateway.store.base import AuditEvent, IdempotencyClaim, KeyRow, KeyStore, NewKey
 
 NAME_MAX_LENGTH = 64
 DESCRIPTION_MAX_LENGTH = 1000
@@ -23,9 +25,29 @@ ROLES_MAX = 64
 # window), and at most (30 days: longer is a second key, not an overlap).
 ROLL_OVERLAP_DEFAULT = 86_400
 ROLL_OVERLAP_MAX = 30 * 86_400
+# Seconds in the units of a relative expiry text (expires_in_text).
+MINUTE, HOUR, DAY = 60, 3_600, 86_400
+
+# The audit action of a look-up of a key by its secret (`keys identify`, the admin API).
+AUDIT_IDENTIFY = "identify"
+
+# An idempotency key (the API's Idempotency-Key, the CLI's --idempotency-key): 1 to
+# IDEMPOTENCY_KEY_MAX visible ASCII characters, remembered IDEMPOTENCY_WINDOW seconds (24 h)
+# after its create; then it is new again.
+IDEMPOTENCY_KEY_MAX = 255
+IDEMPOTENCY_FIRST, IDEMPOTENCY_LAST = "!", "~"
+IDEMPOTENCY_WINDOW = 86_400
 
 E_INVALID = "invalid_request"
 E_UNKNOWN_ROLE = "unknown_role"
+M_IDEMPOTENCY_KEY = f"must be 1-{IDEMPOTENCY_KEY_MAX} visible ASCII characters"
+# What a create repeated under its idempotency key ({field}: the API's header, the CLI's
+# option) is told: nothing created, and the secret is not shown again.
+M_REPLAY = (
+    "this {field} already created the key below; nothing was created now. Its secret "
+    "was shown once, to that request, and cannot be shown again: roll the key for a new one"
+)
+M_REPLAY_DELETED = "this {field} already created a key, since deleted; nothing was created now"
 
 
 class GrantError(Exception):
@@ -135,6 +157,23 @@ def days_left(row: KeyRow, now: float, within: float) -> int | None:
     return math.ceil(left / 86_400)
 
 
+def expires_in_text(seconds: float) -> str:
+    """Return "in 34 s", "in 5 min", "in 3 h", "in 2 days": whole units rounded down.
+
+    The page's app.js (format.js, expiresInText) follows the same rule; both are tested
+    against one table.
+    """
+    whole = max(1, math.floor(seconds))
+    if whole < MINUTE:
+        return f"in {whole} s"
+    if whole < HOUR:
+        return f"in {whole // MINUTE} min"
+    if whole < DAY:
+        return f"in {whole // HOUR} h"
+    days = whole // DAY
+    return f"in {days} {'day' if days == 1 else 'days'}"
+
+
 def key_json(row: KeyRow, now: float, policy: Policy | None = None) -> dict[str, Any]:
     """Return the key JSON of the admin API for a stored key (never the secret or its digest).
 
@@ -220,6 +259,22 @@ def check_grants(roles: Iterable[str], grants: frozenset[str] | None) -> None:
         raise GrantError(outside)
 
 
+def idempotency_claim(
+    value: str, data: Mapping[str, Any], now: float, field: str
+) -> IdempotencyClaim:
+    """Return a create's idempotency claim for key `value` (named `field` in errors).
+
+    The fingerprint is the SHA-256 of the request as parsed (member order and spacing aside).
+    """
+    if not 1 <= len(value) <= IDEMPOTENCY_KEY_MAX or not all(
+        IDEMPOTENCY_FIRST <= char <= IDEMPOTENCY_LAST for char in value
+    ):
+        raise InputError(f"{field} {M_IDEMPOTENCY_KEY}", field)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
+    return IdempotencyClaim(value, fingerprint, now - IDEMPOTENCY_WINDOW)
+
+
 def new_key_request(data: Mapping[str, Any], policy: Policy, now: float) -> tuple[NewKey, str]:
     """Validate a create request and mint a key; return the store record and the secret."""
     name = validate_name(data.get("name"))
@@ -243,11 +298,20 @@ def new_key_request(data: Mapping[str, Any], policy: Policy, now: float) -> tupl
 
 
 async def create_key(
-    store: KeyStore, data: Mapping[str, Any], policy: Policy, actor: str, now: float
+    store: KeyStore,
+    data: Mapping[str, Any],
+    policy: Policy,
+    actor: str,
+    now: float,
+    claim: IdempotencyClaim | None = None,
 ) -> CreatedKey:
-    """Validate, mint and store a key; the secret is returned once and never stored."""
+    """Validate, mint and store a key; the secret is returned once and never stored.
+
+    With a `claim`, a repeat raises IdempotentReplayError or IdempotencyMismatchError (the
+    store's), creating nothing.
+    """
     new, secret = new_key_request(data, policy, now)
-    row = await store.create_key(new, actor)
+    row = await store.create_key(new, actor, claim)
     return CreatedKey(row, secret)
 
 
@@ -273,6 +337,19 @@ async def roll_key(
         key_id, keys.digest(secret), keys.display_prefix(secret), overlap, actor, grants
     )
     return CreatedKey(row, secret)
+
+
+async def audit_identify(
+    store: KeyStore, actor: str, row: KeyRow | None, details: Mapping[str, Any]
+) -> None:
+    """Audit a look-up of a key by its secret: who asked and which key (never the secret)."""
+    await store.append_audit(
+        actor=actor,
+        action=AUDIT_IDENTIFY,
+        key_id=None if row is None else row.id,
+        key_name=None if row is None else row.name,
+        details={"found": row is not None, **details},
+    )
 
 
 def audit_json(event: AuditEvent) -> dict[str, Any]:

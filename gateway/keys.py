@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import zlib
 
@@ -41,6 +42,16 @@ def looks_like_key(value: str) -> bool:
     return value.startswith(KEY_PREFIX)
 
 
+# Something shaped like a key inside other text (checksum unchecked: a mistyped key is no
+# less a secret).
+_KEY_SHAPE = re.compile(f"{KEY_PREFIX}[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}")
+
+
+def holds_key_shape(text: str) -> bool:
+    """Return True when `text` contains the prefix and body length of a key, anywhere in it."""
+    return KEY_PREFIX in text and _KEY_SHAPE.search(text) is not None
+
+
 def is_well_formed(key: str) -> bool:
     """Return True when the key has the right length, alphabet and checksum."""
     return digest_if_well_formed(key) is not None
@@ -73,3 +84,29 @@ def digest(key: str) -> bytes:
 def display_prefix(key: str) -> str:
     """Return the non-secret leading characters shown to identify a key."""
     return key[:DISPLAY_PREFIX_LENGTH]
+
+
+# A key (or any longer part of one) in text, as a URL may carry it: `_` raw or
+# percent-encoded once or twice, body characters raw or percent-encoded. The display
+# prefix (`kg_` and 7 body characters) is kept, the rest cut. Matching on the prefix only,
+# not the checksum: a truncated or mistyped key is as much a secret.
+_ALNUM = r"(?:[0-9A-Za-z]|%(?:25)?(?:3[0-9]|4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa]))"
+_KEY_IN_TEXT = re.compile(
+    rf"(kg(?:_|%(?:25)?5[Ff]){_ALNUM}{{{DISPLAY_PREFIX_LENGTH - len(KEY_PREFIX)}}}){_ALNUM}+"
+)
+CUT_MARK = "..."  # what replaces the cut part of a key
+
+
+def _cut(match: re.Match[str]) -> str:
+    return match[1] + CUT_MARK
+
+
+def cut_keys(text: str) -> str:
+    """Return `text` with every key in it cut to its display prefix and `...`.
+
+    Cheap when there is no key: a substring test, then a search, before any substitution
+    (a callable replacement: a template string is parsed again on every call).
+    """
+    if "kg" not in text or _KEY_IN_TEXT.search(text) is None:
+        return text
+    return _KEY_IN_TEXT.sub(_cut, text)

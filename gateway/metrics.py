@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -12,6 +14,30 @@ from prometheus_client.registry import Collector
 from gateway.keytable import KeyTable
 
 FORWARDED = "forwarded"  # outcome label for requests sent upstream
+
+
+@dataclass(slots=True)
+class WebhookCounts:
+    """One webhook receiver's delivery counts in this process (the delivering one)."""
+
+    delivered: int = 0  # events the receiver acknowledged (2xx)
+    retried: int = 0  # failed attempts followed by a scheduled retry
+    abandoned: int = 0  # events given up after the retry schedule ran out
+    pending: int = 0  # events after the receiver's cursor, as last counted
+
+
+class RateLimitStore(Protocol):
+    """What /metrics shows of a shared rate-limit store (the Redis limiter)."""
+
+    @property
+    def failures(self) -> int:
+        """Checks that failed or timed out."""
+        ...
+
+    @property
+    def reachable(self) -> bool:
+        """False from a failed check until one succeeds again."""
+        ...
 
 
 class ProxyMetrics:
@@ -23,6 +49,12 @@ class ProxyMetrics:
         self._by_class = [0] * 10
         # Active keys expiring within expiry.warn_days, as the outbox last counted (worker 0).
         self.keys_expiring: int | None = None
+        # Webhook delivery by receiver id (a digest of the URL, never the URL); worker 0.
+        self.webhooks: dict[str, WebhookCounts] = {}
+        # Requests whose client closed its connection before the answer went out whole.
+        self.abandoned = 0
+        # The shared rate-limit store, when one is configured.
+        self.rate_limit_store: RateLimitStore | None = None
 
     def refused(self, code: str) -> None:
         """Count one request answered by keygate itself with error `code`."""
@@ -77,6 +109,11 @@ class _ProcessCollector(Collector):
         for status_class, count in sorted(metrics.upstream_status.items()):
             statuses.add_metric([f"{status_class}xx"], count)
         yield statuses
+        yield CounterMetricFamily(
+            "keygate_proxy_abandoned",
+            "Requests the client abandoned mid-upload or mid-download (access lines: status 499)",
+            value=metrics.abandoned,
+        )
         yield GaugeMetricFamily(
             "keygate_keys", "Keys in this process's in-memory table", value=len(self._table)
         )
@@ -85,6 +122,18 @@ class _ProcessCollector(Collector):
                 "keygate_keys_expiring",
                 "Active keys expiring within expiry.warn_days (counted every check_interval)",
                 value=metrics.keys_expiring,
+            )
+        store = metrics.rate_limit_store
+        if store is not None:
+            yield CounterMetricFamily(
+                "keygate_ratelimit_store_failures",
+                "Rate-limit checks the shared store (Redis) failed or answered too late",
+                value=store.failures,
+            )
+            yield GaugeMetricFamily(
+                "keygate_ratelimit_store_up",
+                "1 while the shared rate-limit store answers, 0 from a failure until it does",
+                value=1 if store.reachable else 0,
             )
         yield GaugeMetricFamily(
             "keygate_feed_sequence",
@@ -99,6 +148,41 @@ class _ProcessCollector(Collector):
         for result, count in sorted(self._policy_reloads.items()):
             reloads.add_metric([result], count)
         yield reloads
+        yield from _webhook_families(metrics.webhooks)
+
+
+def _webhook_families(webhooks: Mapping[str, WebhookCounts]) -> Iterator[Metric]:
+    """Yield the per-receiver webhook delivery counters and the pending gauge."""
+    if not webhooks:
+        return
+    counters = {
+        "delivered": CounterMetricFamily(
+            "keygate_webhook_delivered",
+            "Events a webhook receiver acknowledged",
+            labels=["receiver"],
+        ),
+        "retried": CounterMetricFamily(
+            "keygate_webhook_retried",
+            "Failed deliveries with a retry scheduled",
+            labels=["receiver"],
+        ),
+        "abandoned": CounterMetricFamily(
+            "keygate_webhook_abandoned",
+            "Events given up after the retry schedule (see keygate notify status)",
+            labels=["receiver"],
+        ),
+    }
+    pending = GaugeMetricFamily(
+        "keygate_webhook_pending",
+        "Events not yet acknowledged by a webhook receiver",
+        labels=["receiver"],
+    )
+    for receiver, counts in sorted(webhooks.items()):
+        for name, family in counters.items():
+            family.add_metric([receiver], getattr(counts, name))
+        pending.add_metric([receiver], counts.pending)
+    yield from counters.values()
+    yield pending
 
 
 def render(

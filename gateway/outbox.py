@@ -1,34 +1,30 @@
-"""Key events for webhooks: the audit log read as an outbox, and notices of keys near expiry.
+"""Key events for webhooks: audit entries read as events, and notices of keys near expiry.
 
-One process sends (the admin listener's, worker 0). Every key change is audited in the same
-transaction as the change, by the admin API and the CLI alike, so following the audit log by
-id sees every change exactly as committed. The id delivered through is kept in the store
-(claimed with a compare-and-set, so two instances never send one event twice) and so are the
-expiry notices sent: a restart resends nothing. Events carry the audit entry's details, which
-never hold a secret.
+The audit log is the outbox: every key change is audited in the same transaction as the
+change, by the admin API and the CLI alike, and an expiry notice is audited (action
+`expiring`) in the same transaction that records it as sent, so every event is as durable
+as what it reports. `gateway.delivery` follows the log per receiver. Events carry the audit
+entry's details, which never hold a secret. The expiry check runs in one process (the
+admin listener's, worker 0), which also keeps the expiring-keys gauge.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from typing import Any
 
 from gateway import notify
-from gateway.clock import iso
 from gateway.metrics import ProxyMetrics
 from gateway.settings import ExpirySettings
-from gateway.store.base import AuditEvent, KeyRow, KeyStore, StoreUnavailableError
+from gateway.store.base import AuditEvent, KeyStore, StoreUnavailableError
 
 log = logging.getLogger("keygate.outbox")
 
 DAY = 86_400  # seconds
-AUDIT_BATCH = 500  # audit events read per round trip
-MAX_EVENT_AGE = DAY  # seconds; older events found when catching up are skipped, not sent
-GAP_WAIT = 5.0  # seconds a hole in the audit ids may be a transaction still committing
 EXPIRY_PAGE = 1000  # expiring keys read per round trip
+EXPIRING = "key.expiring"
 # Audit actions that become events, and the event type each becomes.
 EVENT_TYPES = {
     "create": "key.created",
@@ -40,8 +36,14 @@ EVENT_TYPES = {
     "revoke_all": "keys.revoked_all",
     "reinstate_all": "keys.reinstated_all",
     "delete_revoked": "keys.deleted_revoked",
+    "expiring": EXPIRING,
 }
-EXPIRING = "key.expiring"
+EVENT_ACTIONS = tuple(EVENT_TYPES)
+
+
+def event_id(audit_id: int) -> str:
+    """Return the id of the event of audit entry `audit_id`: stable across retries, restarts."""
+    return f"evt_{audit_id}"
 
 
 def audit_event(entry: AuditEvent) -> dict[str, Any] | None:
@@ -49,30 +51,19 @@ def audit_event(entry: AuditEvent) -> dict[str, Any] | None:
     kind = EVENT_TYPES.get(entry.action)
     if kind is None:
         return None
-    data = {
-        "audit_id": entry.id,
-        "actor": entry.actor,
-        "key_id": entry.key_id,
-        "key_name": entry.key_name,
-        "details": dict(entry.details),
-    }
+    data: dict[str, Any]
+    if kind == EXPIRING:
+        data = {"key_id": entry.key_id, "key_name": entry.key_name, **entry.details}
+    else:
+        data = {
+            "audit_id": entry.id,
+            "actor": entry.actor,
+            "key_id": entry.key_id,
+            "key_name": entry.key_name,
+            "details": dict(entry.details),
+        }
     item = notify.event(kind, data, entry.at)
-    item["id"] = f"audit-{entry.id}"  # stable: a receiver can drop a repeat
-    return item
-
-
-def expiring_event(row: KeyRow, threshold: int, now: float) -> dict[str, Any]:
-    """Return the "key expiring soon" event of a key that crossed `threshold` days."""
-    assert row.expires_at is not None
-    data = {
-        "key_id": row.id,
-        "key_name": row.name,
-        "expires_at": iso(row.expires_at),
-        "days_left": math.ceil((row.expires_at - now) / DAY),
-        "threshold_days": threshold,
-    }
-    item = notify.event(EXPIRING, data, now)
-    item["id"] = f"expiry-{row.id}-{threshold}-{int(row.expires_at)}"
+    item["id"] = event_id(entry.id)
     return item
 
 
@@ -82,100 +73,44 @@ def sample_event(now: float) -> dict[str, Any]:
 
 
 class Outbox:
-    """Publishes audit-log events and expiry notices to a Notifier; keeps the expiring gauge."""
+    """Records expiry notices (as audit entries, so they are delivered); keeps the gauge."""
 
     def __init__(
         self,
         store: KeyStore,
-        notifier: notify.Notifier | None,
         expiry: ExpirySettings,
         metrics: ProxyMetrics,
-        poll_interval: float,
+        *,
+        notices: bool,
     ) -> None:
         self._store = store
-        self._notifier = notifier  # None: no webhooks, only the gauge is kept
         self._expiry = expiry
         self._metrics = metrics
-        self._poll_interval = poll_interval  # seconds between audit-log reads
-        self._gap_since: float | None = None
-        self._next_expiry_check = 0.0
+        self._notices = notices  # False: no webhooks, only the gauge is kept
 
     async def run(self) -> None:
-        """Send events and check expiries until cancelled; store failures are retried."""
+        """Check expiries every expiry.check_interval until cancelled; store failures retried."""
         failing = False
         while True:
             try:
-                await self.step(time.time())
+                await self.check_expiry(time.time())
             except StoreUnavailableError as error:
                 if not failing:
-                    log.warning("webhook events paused: %s", error)
+                    log.warning("expiry checks paused: %s", error)
                 failing = True
             except Exception:
                 if not failing:
-                    log.exception("webhook events failed; retrying")
+                    log.exception("expiry check failed; retrying")
                 failing = True
             else:
                 failing = False
-            await asyncio.sleep(self._poll_interval)
-
-    async def step(self, now: float) -> None:
-        """Do one round: send new audit events, and check expiries when due."""
-        if self._notifier is not None:
-            while await self.send_audit(now) == AUDIT_BATCH:
-                pass
-        if now >= self._next_expiry_check:
-            self._next_expiry_check = now + self._expiry.check_interval
-            await self.check_expiry(now)
-
-    async def send_audit(self, now: float) -> int:
-        """Publish the audit events after the cursor, claimed first; return how many were read."""
-        assert self._notifier is not None
-        store = self._store
-        cursor = await store.notify_cursor()
-        if cursor is None:
-            # First run: start at the newest entry; history before webhooks is not sent.
-            newest = await store.list_audit(limit=1)
-            await store.advance_notify_cursor(None, newest[0].id if newest else 0)
-            return 0
-        entries = await store.audit_after(cursor, AUDIT_BATCH)
-        ready = self._contiguous(cursor, entries, now)
-        if not ready or not await store.advance_notify_cursor(cursor, ready[-1].id):
-            return 0  # nothing yet, or another process claimed these
-        horizon = now - MAX_EVENT_AGE
-        for entry in ready:
-            item = audit_event(entry) if entry.at >= horizon else None
-            if item is not None:
-                self._notifier.publish(item)
-        return len(ready)
-
-    def _contiguous(self, cursor: int, entries: list[AuditEvent], now: float) -> list[AuditEvent]:
-        """Return the entries that follow the cursor without a hole, or all after GAP_WAIT.
-
-        Ids are taken before commit, so a hole may be a transaction about to commit (or one
-        rolled back): it is waited for, but only GAP_WAIT seconds.
-        """
-        count = 0
-        for expected, entry in enumerate(entries, start=cursor + 1):
-            if entry.id != expected:
-                break
-            count += 1
-        if count == len(entries):
-            self._gap_since = None
-            return entries
-        if count:
-            return entries[:count]
-        if self._gap_since is None:
-            self._gap_since = now
-        if now - self._gap_since < GAP_WAIT:
-            return []
-        self._gap_since = None
-        return entries
+            await asyncio.sleep(self._expiry.check_interval)
 
     async def check_expiry(self, now: float) -> None:
-        """Update the expiring-keys gauge; send each key's notice once per threshold."""
+        """Update the expiring-keys gauge; record each key's notice once per threshold."""
         expiry = self._expiry
         self._metrics.keys_expiring = await self._store.count_expiring(now, expiry.warn_days * DAY)
-        if self._notifier is None or not expiry.notify_days:
+        if not self._notices or not expiry.notify_days:
             return
         after = 0
         while True:
@@ -190,10 +125,8 @@ class Outbox:
                 assert row.expires_at is not None
                 left = row.expires_at - now
                 due = tuple(days for days in expiry.notify_days if left <= days * DAY)
-                claimed = await self._store.claim_expiry_notices(row.id, due, row.expires_at, now)
-                if claimed:
-                    # Crossing several thresholds at once sends one notice, the nearest.
-                    self._notifier.publish(expiring_event(row, min(claimed), now))
+                # Crossing several thresholds at once audits one notice, the nearest.
+                await self._store.claim_expiry_notices(row.id, row.name, due, row.expires_at, now)
             if len(rows) < EXPIRY_PAGE:
                 return
             after = rows[-1].id

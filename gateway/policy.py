@@ -33,6 +33,8 @@ BUILTIN_PROTECTED = (
     "/api/v1/session/**",
     "/api/v1/changes/**",
 )
+# Characters no request path the policy sees holds as meant: a rule holding one never matches.
+_NEVER_IN_PATH = "?#;"
 # A cap on distinct role sets whose compiled matcher is memoised (one entry per set).
 MATCHER_CACHE_LIMIT = 4096
 
@@ -395,6 +397,13 @@ def _parse_pattern(path: str, location: str, problems: list[str]) -> tuple[str, 
         if segment in (".", "..") or "%" in segment:
             problems.append(f"{location}: {path!r} must use plain decoded segments")
             return None
+    for char in _NEVER_IN_PATH:
+        if char in path:
+            problems.append(
+                f"{location}: {path!r} holds {char!r}, so it can never match: rules match the "
+                "path alone ('?' starts the query, '#' the fragment; ';' parameters are refused)"
+            )
+            return None
     return segments
 
 
@@ -551,10 +560,13 @@ def policy_from_text(text: str, where: str) -> Policy:
 
 
 _ROLE_PROBLEM = re.compile(r"role '((?:[^'\\]|\\.)*)'(?:, allow\[(\d+)\])?")
+_PROTECTED_PROBLEM = re.compile(r": protected\[(\d+)\]")
+# The key under which _role_lines files the line of `protected[N]` (no role is named "").
+_PROTECTED = ""
 
 
 def with_lines(problems: Iterable[str], text: str) -> list[str]:
-    """Add `(line N)` to problems about a role or one of its rules, from the YAML source."""
+    """Add `(line N)` to problems about a role, one of its rules or a protected path."""
     lines = _role_lines(text)
     located = []
     for problem in problems:
@@ -564,12 +576,14 @@ def with_lines(problems: Iterable[str], text: str) -> list[str]:
             role, index = match.group(1), match.group(2)
             line = lines.get((role, int(index)) if index is not None else (role, None))
             line = line or lines.get((role, None))
+        elif (protected := _PROTECTED_PROBLEM.search(problem)) is not None:
+            line = lines.get((_PROTECTED, int(protected.group(1))))
         located.append(f"{problem} (line {line})" if line else problem)
     return located
 
 
 def _role_lines(text: str) -> dict[tuple[str, int | None], int]:
-    """Line numbers (1-based) of each role and each of its allow rules in policy YAML."""
+    """Line numbers (1-based) of each role, its allow rules and protected paths in policy YAML."""
     try:
         root = yaml.compose(text)
     except yaml.YAMLError:
@@ -578,6 +592,9 @@ def _role_lines(text: str) -> dict[tuple[str, int | None], int]:
     if not isinstance(root, yaml.MappingNode):
         return found
     for key, value in root.value:
+        if key.value == "protected" and isinstance(value, yaml.SequenceNode):
+            for index, item in enumerate(value.value):
+                found[(_PROTECTED, index)] = item.start_mark.line + 1
         if key.value != "roles" or not isinstance(value, yaml.MappingNode):
             continue
         for role_key, role_body in value.value:

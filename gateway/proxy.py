@@ -6,16 +6,18 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 
 import aiohttp
 from aiohttp import hdrs, web
 
-from gateway import auth, refusals
+from gateway import refusals
 from gateway.access_log import redact_keys
 from gateway.clock import now
-from gateway.credentials import API_KEY_HEADER, AUTHORIZATION, extract_credential
+from gateway.credentials import API_KEY_HEADER, AUTHORIZATION, Credential, extract_credential
+from gateway.decision import caller_of, decide
 from gateway.error_responses import (
-    E_BAD_TARGET,
+    E_BAD_REQUEST_ID,
     E_CLIENT_BODY_TIMEOUT,
     E_INTERNAL,
     E_UPSTREAM_BAD_RESPONSE,
@@ -28,17 +30,18 @@ from gateway.error_responses import (
 from gateway.hygiene import (
     REQUEST_ID_HEADER,
     HeaderHygiene,
-    query_method_overrides,
+    KeyInHeaderError,
+    offers_a_key,
     request_id,
     response_headers,
 )
 from gateway.keys import display_prefix, looks_like_key
+from gateway.keytable import CachedKey
 from gateway.ratelimit import LocalLimiter
 from gateway.ratelimit import headers as rate_limit_headers
-from gateway.request_notes import RequestNotes
+from gateway.request_notes import CLIENT_ABANDONED, CUT_AT_SHUTDOWN, Ending, RequestNotes
 from gateway.runtime import Runtime
 from gateway.state import NOTES
-from gateway.target import TargetError, decoded_path
 from gateway.upstream import (
     ClientBodyTimeout,
     RequestBodyError,
@@ -55,6 +58,7 @@ from gateway.web_internals import (
     Latin1WholeHead,
     RelayedResponse,
     RelayedWholeResponse,
+    log_access_now,
 )
 
 log = logging.getLogger("keygate.proxy")
@@ -62,6 +66,12 @@ log = logging.getLogger("keygate.proxy")
 # Responses up to this many bytes (with a Content-Length) are read whole and sent in one write.
 SMALL_BODY_LIMIT = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _client_gone(request: web.BaseRequest) -> bool:
+    """Return True when the client's connection is closed or closing."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _unknown_key_label(key: str) -> str:
@@ -104,26 +114,71 @@ class Proxy:
         protocol = request.protocol
         if isinstance(protocol, JsonErrorRequestHandler):
             protocol.head_received()
-        notes = RequestNotes(request_id(request.headers.get(REQUEST_ID_HEADER)))
+        offered = request.headers.get(REQUEST_ID_HEADER)
+        notes = RequestNotes(request_id(offered))
         request[NOTES] = notes
         try:
-            response = await self.handle(request, notes)
+            response: web.StreamResponse
+            if offered is not None and offers_a_key(offered):
+                response = self._error(400, E_BAD_REQUEST_ID, "the X-Request-Id holds an API key")
+            else:
+                response = await self.handle(request, notes)
             if not response.prepared:  # relayed answers got it before their head went out
                 response.headers[REQUEST_ID_HEADER] = notes.request_id
             if self._draining:
                 response.force_close()  # shutting down: this connection takes no more requests
             return response
-        except (asyncio.CancelledError, ConnectionResetError):
+        except asyncio.CancelledError:
+            # The client left (aiohttp cancels the handler) or shutdown cut the request: aiohttp
+            # writes no access line for a handler that never returns, so it is written here.
+            ending = CUT_AT_SHUTDOWN if self._draining else CLIENT_ABANDONED
+            log_access_now(
+                request, self._ended(request, notes, ending), time.monotonic() - notes.started
+            )
             raise
+        except ConnectionResetError:
+            if not _client_gone(request):
+                raise
+            return self._ended(request, notes, CLIENT_ABANDONED)  # aiohttp logs it, once
         except Exception:
-            log.exception("unexpected error handling %s", request.method)
-            return error_response(500, E_INTERNAL, "internal error")
+            if request.writer.output_size == 0:
+                log.exception("unexpected error handling %s", request.method)
+                return error_response(500, E_INTERNAL, "internal error")
+            return self._cut(request, notes)
         finally:
             del in_flight[id(request)]
             if isinstance(protocol, JsonErrorRequestHandler):
                 protocol.await_head()  # the clock for the next head on this connection
             if self._draining and not in_flight:
                 self._idle.set()
+
+    def _ended(
+        self, request: web.BaseRequest, notes: RequestNotes, ending: Ending
+    ) -> web.StreamResponse:
+        """Note (and count, once) how a request ended early; return its never-sent answer."""
+        if notes.ended is None:
+            notes.ended = ending
+            notes.received = request.content.total_bytes
+            if ending is CLIENT_ABANDONED:
+                self._runtime.metrics.abandoned += 1
+        return web.StreamResponse(status=ending.status)
+
+    def _cut(self, request: web.BaseRequest, notes: RequestNotes) -> web.StreamResponse:
+        """End a request whose answer already began: close the connection, never a second head.
+
+        A fresh 500 here would go out after the relayed head, read by the client as body. As
+        for an upstream failing mid-body, closing the connection is the only honest signal.
+        """
+        log.exception(
+            "unexpected error after the answer to %s began; closing the connection",
+            request.method,
+        )
+        notes.incomplete = True
+        protocol = request.protocol
+        if protocol is not None:
+            protocol.force_close()  # the transport goes: aiohttp can write nothing more
+        # Only for the access line (status as relayed): it can never be sent.
+        return web.StreamResponse(status=notes.upstream_status or 500)
 
     async def drain(self, grace_period: float) -> int:
         """Let requests in flight finish (bodies still flow both ways) for up to `grace_period`
@@ -142,44 +197,44 @@ class Proxy:
         return len(self._in_flight)
 
     async def handle(self, request: web.BaseRequest, notes: RequestNotes) -> web.StreamResponse:
-        """Run the request flow for one request (hygiene, credential, key, policy, forward)."""
+        """Run the request flow for one request (the decision, rate limit, forward)."""
         client = request.headers
-        try:
-            path = decoded_path(request.raw_path)
-        except TargetError as error:
-            return self._error(400, E_BAD_TARGET, str(error))
         credential = extract_credential(
             client.getall(API_KEY_HEADER, ()), client.getall(AUTHORIZATION, ())
         )
-        if isinstance(credential, refusals.Refusal):
-            return self._refuse(credential)
         runtime = self._runtime
-        if credential is None:
-            if self._deny_anonymous:
-                return self._refuse(refusals.KEY_MISSING)
-            headers, _ = self._upstream_headers(request, notes, None, False)
-            return await self._forward(request, notes, headers)
         moment = now()
-        record = auth.authenticate(runtime.table, credential.key, moment)
-        if isinstance(record, refusals.Refusal):
+        record = caller_of(runtime.table, credential, moment)
+        overrides: Sequence[str] = ()
+        if isinstance(record, CachedKey):
+            notes.key_name = record.name
+            # Built before deciding: the one pass over the headers also finds method overrides.
+            in_authorization = isinstance(credential, Credential) and credential.in_authorization
+            try:
+                headers, overrides = self._upstream_headers(
+                    request, notes, record.name, in_authorization
+                )
+            except KeyInHeaderError:
+                return self._refuse(refusals.KEY_MISPLACED)
+        elif isinstance(credential, Credential):
             notes.key_name = _unknown_key_label(credential.key)
-            return self._refuse(record)
-        notes.key_name = record.name
         policy = runtime.policy  # one policy for the whole request, even across a reload
-        refusal = auth.authorize(policy, record, request.method, path)
+        refusal = decide(
+            policy,
+            request.method,
+            request.raw_path,
+            record,
+            overrides,
+            deny_anonymous=self._deny_anonymous,
+        )
         if refusal is not None:
             return self._refuse(refusal)
-        headers, overrides = self._upstream_headers(
-            request, notes, record.name, credential.in_authorization
-        )
-        overrides += query_method_overrides(request.raw_path)
-        for override in overrides:
-            # Jersey, Spring and ASP.NET run the request as the named method: decide that too.
-            method = override.strip().upper()
-            if not method.isascii() or not method.isalpha():
-                return self._refuse(refusals.BAD_OVERRIDE)
-            if auth.authorize(policy, record, method, path) is not None:
-                return self._refuse(refusals.OVERRIDE_FORBIDDEN)
+        if not isinstance(record, CachedKey):  # no credential, and anonymous callers may pass
+            try:
+                headers, _ = self._upstream_headers(request, notes, None, False)
+            except KeyInHeaderError:
+                return self._refuse(refusals.KEY_MISPLACED)
+            return await self._forward(request, notes, headers)
         limit = record.rate_limit or policy.rate_limit_for(record.roles)
         if limit is not None:
             limiter = runtime.limiter
@@ -239,6 +294,8 @@ class Proxy:
                 request.method, request.raw_path, headers, body, chunked=chunked
             )
         except UpstreamError as error:
+            if isinstance(error, RequestBodyError) and _client_gone(request):
+                return self._ended(request, notes, CLIENT_ABANDONED)  # it left mid-upload
             answer = self._upstream_failed(error)
             if isinstance(error, ClientBodyTimeout):
                 # Close the client's side too, once the 408 is out: aiohttp would otherwise
@@ -325,5 +382,5 @@ class Proxy:
             # The client left mid-answer: not the upstream's fault. The upstream response is
             # incomplete, so releasing it closes that connection instead of pooling it.
             log.debug("client went away mid-body: %s", error.__class__.__name__)
-            notes.incomplete = True
+            self._ended(request, notes, CLIENT_ABANDONED)  # its line: 499, bytes sent so far
         return response

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 WWW_AUTHENTICATE_VALUE = 'ApiKey realm="keygate", header="X-API-Key"'
+# An ambiguous request-target (gateway.target): 400, with the target check's own message.
+E_BAD_TARGET = "bad_target"
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +21,11 @@ class Refusal:
 
 CREDENTIAL_CONFLICT = Refusal(
     400, "credential_conflict", "send one credential: an API key or the backend's own login"
+)
+KEY_MISPLACED = Refusal(
+    400,
+    "key_misplaced",
+    "an API key goes only in X-API-Key: <key> or Authorization: Bearer <key>",
 )
 KEY_MISSING = Refusal(401, "key_missing", "an API key is required (X-API-Key header)", True)
 KEY_MALFORMED = Refusal(401, "key_malformed", "the API key is malformed", True)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.clock import now
 from gateway.feed import FeedFollower, catch_up, load_table
 from gateway.keytable import KeyTable
 from gateway.metrics import ProxyMetrics
@@ -14,8 +14,10 @@ from gateway.policy_reload import PolicyHolder
 from gateway.ratelimit import Limiter, LocalLimiter
 from gateway.settings import Settings
 from gateway.snapshot import SnapshotWriter
-from gateway.store.base import KeyStore
+from gateway.store.base import KeyStore, StoreUnavailableError
 from gateway.usage import UsageCounter
+
+log = logging.getLogger("keygate.admin")
 
 
 @dataclass
@@ -30,7 +32,7 @@ class Runtime:
     metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
     follower: FeedFollower | None = None
     # Per-key rate limits: counted here, or in Redis (set by the app when configured).
-    limiter: Limiter = field(default_factory=lambda: LocalLimiter(now))
+    limiter: Limiter = field(default_factory=LocalLimiter)
     # Where the policy came from and how its reloads went (None: not loaded from a file).
     policy_source: PolicyHolder | None = None
     # Set when shutdown starts: /readyz answers 503 from then on.
@@ -69,5 +71,21 @@ class Runtime:
         return self.table.seq if writer.commit(self.table.seq) else None
 
     async def apply_own_writes(self) -> None:
-        """Bring the table up to date with the store before an admin call returns."""
-        await catch_up(self.store, self.table)
+        """Bring the table up to date with the store before an admin call returns.
+
+        Called after a write committed: a failure here never fails the call (its answer
+        must say the write was made). One warning line, and the feed follower catches the
+        table up on its next poll (woken now).
+        """
+        try:
+            await catch_up(self.store, self.table)
+        except StoreUnavailableError as error:
+            log.warning("key table could not catch up after a committed write: %s", error)
+            self._wake_follower()
+        except Exception:
+            log.exception("key table could not catch up after a committed write")
+            self._wake_follower()
+
+    def _wake_follower(self) -> None:
+        if self.follower is not None:
+            self.follower.wake()

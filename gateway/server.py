@@ -20,7 +20,13 @@ from pathlib import Path
 
 from gateway import access_writer
 from gateway.app import running_gateway
-from gateway.logs import configure_logging
+from gateway.logs import (
+    accept_reopen_signal,
+    configure_logging,
+    hold_reopen_signal,
+    reopen_logs,
+    reopen_on_signal,
+)
 from gateway.settings import DEFAULT_HANG_TIMEOUT, Listener, Settings
 from gateway.snapshot import store_unreachable
 from gateway.store.base import StoreUnavailableError
@@ -201,12 +207,14 @@ async def serve_until_stopped(
     serve_admin: bool,
     ready_line: bool = True,
     processes: int = 1,
+    worker: int = 0,
 ) -> None:
     """Run one gateway process until SIGTERM or SIGINT, then drain and stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, reopen_logs)  # log.file: logrotate's postrotate
     supervisor = os.environ.get(SUPERVISOR_PID_ENV, "")
     watcher: asyncio.Task[None] | None = None
     if supervisor.isdigit():
@@ -214,7 +222,11 @@ async def serve_until_stopped(
     status = _status_pipe()
     beating = asyncio.create_task(_heartbeat(status)) if status is not None else None
     async with running_gateway(
-        settings, reuse_port=reuse_port, serve_admin=serve_admin, processes=processes
+        settings,
+        reuse_port=reuse_port,
+        serve_admin=serve_admin,
+        processes=processes,
+        worker=worker,
     ) as gw:
         runtime = gw.runtime
         loop.add_signal_handler(signal.SIGHUP, runtime.reload_policy, "SIGHUP")
@@ -240,7 +252,11 @@ async def serve_until_stopped(
 
 def run_server(settings: Settings, workers_value: str, worker_index: int | None = None) -> int:
     """Run `keygate serve`: in this process for one worker, else as a supervisor."""
-    configure_logging(settings.log_level, settings.log_format)
+    # SIGUSR1 reopens log.file (logrotate); set before the file is opened, then let through
+    # (a worker starts with it blocked by its supervisor: see Supervisor._spawn).
+    signal.signal(signal.SIGUSR1, reopen_on_signal)
+    accept_reopen_signal()
+    configure_logging(settings.log_level, settings.log_format, settings.log_file)
     if settings.access_log and settings.log_level in ("debug", "info"):
         access_writer.install()  # access lines batched off the request path
     workers = resolve_workers(workers_value)
@@ -260,6 +276,7 @@ def run_server(settings: Settings, workers_value: str, worker_index: int | None 
                         reuse_port=worker_index is not None,
                         serve_admin=worker_index in (None, 0),
                         processes=workers,
+                        worker=worker_index or 0,
                     )
                 )
             except StoreUnavailableError as error:
@@ -353,9 +370,11 @@ class Supervisor:
             READY_FD_ENV: str(write_end),
         }
         worker = self._workers[index]
+        hold_reopen_signal()  # the worker starts with SIGUSR1 blocked, until it can reopen
         try:
             worker.process = subprocess.Popen(command, env=env, pass_fds=(write_end,))
         finally:
+            accept_reopen_signal()
             os.close(write_end)
         self._close_pipe(worker)
         worker.pipe = read_end
@@ -392,13 +411,13 @@ class Supervisor:
         """Record the signal; the loop acts on it (the wake-up pipe ends its wait)."""
         self._signals.append(signum)
 
-    def _forward_hangup(self) -> None:
-        """Pass SIGHUP (reload the policy) on to every live worker."""
+    def _forward(self, signum: int) -> None:
+        """Pass a signal (SIGHUP: reload the policy; SIGUSR1: reopen logs) to live workers."""
         for worker in self._workers:
             process = worker.process
             if process is not None and process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGHUP)
+                    process.send_signal(signum)
 
     def run(self) -> int:
         """Supervise until SIGTERM/SIGINT; return 0 after a clean drain."""
@@ -406,7 +425,7 @@ class Supervisor:
         os.set_blocking(wake_read, False)
         os.set_blocking(wake_write, False)
         previous_wakeup = signal.set_wakeup_fd(wake_write)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(signum, self._on_signal)
         try:
             log.info("supervisor %d starting %d workers", os.getpid(), len(self._workers))
@@ -433,7 +452,10 @@ class Supervisor:
             if signal.SIGTERM in signals or signal.SIGINT in signals:
                 return None
             if signal.SIGHUP in signals:
-                self._forward_hangup()
+                self._forward(signal.SIGHUP)
+            if signal.SIGUSR1 in signals:
+                reopen_logs()  # log.file, here in the loop: no line is cut mid-write
+                self._forward(signal.SIGUSR1)
             status = self._reap()
             if status is not None:
                 return status

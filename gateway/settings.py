@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import ssl
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from gateway.hygiene import service_header_problem
 from gateway.problems import ProblemsError, read_yaml
 from gateway.store.urls import ERROR_NO_ASYNCPG, POSTGRES_SCHEMES, postgres_url_problem
+
+log = logging.getLogger("keygate.settings")
+# Which secrets a load must resolve: all of them (serve, policy check), or only the store's
+# (CLI commands that read and write the store and nothing else).
+SecretsNeeded = Literal["all", "store"]
 
 DEFAULT_CONFIG_PATH = Path("config/gateway.yaml")
 CONFIG_ENV_VAR = "KEYGATE_CONFIG"
@@ -45,6 +53,8 @@ DEFAULT_PID_FILE = "keygate.pid"  # beside the config file unless pid_file says 
 # Beside the config unless snapshot_file says otherwise (null: no snapshot).
 DEFAULT_SNAPSHOT_FILE = "keygate-table.snapshot"
 MIN_SIGNING_KEY_BYTES = 32  # bytes of an identity signing secret (HMAC-SHA256 key)
+# Permission bits a secret file should not have: any access for its group or for others.
+SECRET_FILE_SHARED_BITS = 0o077
 DEFAULT_MAX_START_FAILURES = 5  # workers in a row dying before serving end the supervisor
 DEFAULT_HANG_TIMEOUT = 10.0  # seconds a serving worker may send no heartbeat before it is killed
 MIN_HANG_TIMEOUT = 2.0  # seconds; a worker beats every second, so less would kill busy ones
@@ -127,7 +137,7 @@ class RateLimits:
     """Where per-key rate-limit counts live: this process, or Redis shared by the fleet."""
 
     redis_url: str | None
-    fail_open: bool  # admit requests while Redis cannot be reached
+    fail_open: bool  # Redis down: each worker holds keys to their whole limit, else to its share
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +201,7 @@ class Settings:
     access_log: bool
     log_format: Literal["text", "json"] = "text"
     hang_timeout: float = DEFAULT_HANG_TIMEOUT  # seconds without a worker's heartbeat
+    log_file: Path | None = None  # where `serve` writes every log line (None: stderr)
     pid_file: Path | None = None  # where `keygate serve` writes its pid (for `policy reload`)
     # The key-table snapshot a worker serves from when the store is unreachable at its start.
     snapshot_file: Path | None = None
@@ -200,6 +211,8 @@ class Settings:
     store_schema: str | None = None  # PostgreSQL only: the schema holding keygate's tables
     expiry: ExpirySettings = ExpirySettings()
     notify: NotifySettings = NotifySettings()
+    # Secrets left unresolved by a store-only load (their settings left out): never serve.
+    deferred_secrets: tuple[str, ...] = ()
 
     @property
     def base_dir(self) -> Path:
@@ -231,12 +244,21 @@ def is_header_name(name: str) -> bool:
 class _Reader:
     """Reads typed fields out of nested mappings, collecting located problems."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, secrets: SecretsNeeded = "all") -> None:
         self.where = where
         self.problems: list[str] = []
+        self.secrets = secrets
+        self.deferred: list[str] = []  # secrets left unresolved (secrets="store")
 
     def problem(self, location: str, message: str) -> None:
         self.problems.append(f"{self.where}: {location}: {message}")
+
+    def missing_secret(self, location: str, message: str) -> None:
+        """A secret that cannot be read: a problem, unless this load needs only the store's."""
+        if self.secrets == "store" and not location.startswith("store."):
+            self.deferred.append(f"{self.where}: {location}: {message}")
+        else:
+            self.problem(location, message)
 
     def section(
         self, data: Mapping[str, Any], name: str, allowed: set[str], within: str = ""
@@ -308,10 +330,21 @@ _TOP_LEVEL = {
 }
 
 
-def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """Validate parsed YAML into Settings, raising ConfigError with every problem found."""
+def settings_from_data(
+    data: Any,
+    path: Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    secrets: SecretsNeeded = "all",
+) -> Settings:
+    """Validate parsed YAML into Settings, raising ConfigError with every problem found.
+
+    `secrets="store"` (CLI commands that only use the store) resolves the store's secrets
+    alone: any other that cannot be read is left out of the settings and listed in
+    `deferred_secrets` instead of failing the load.
+    """
     env = os.environ if environ is None else environ
-    reader = _Reader(str(path))
+    reader = _Reader(str(path), secrets)
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -354,6 +387,12 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
     ):
         reader.problem("identity.strip_headers", "must be a list of header names")
         strip = list(DEFAULT_STRIP_HEADERS)
+    for name, _ in upstream.headers:
+        # Service headers go with key callers only; a name keygate strips or sets itself (or
+        # fills from the client's request) would let a caller choose the service's value.
+        problem = service_header_problem(name, acting, strip)
+        if problem is not None:
+            reader.problem(f"upstream.headers.{name}", problem)
 
     anonymous = data.get("anonymous", "passthrough")
     if anonymous not in ("passthrough", "deny"):
@@ -395,7 +434,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         ),
     )
     sessions = _sessions(reader, data)
-    log = reader.section(data, "log", {"level", "access_log", "format"})
+    log = reader.section(data, "log", {"level", "access_log", "format", "file"})
     log_format = log.get("format", "text")
     if log_format not in ("text", "json"):
         reader.problem("log.format", "must be text or json")
@@ -455,6 +494,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         log_level=level,
         access_log=reader.boolean(log, "log", "access_log", True),
         log_format=log_format,
+        log_file=_log_file(reader, log, path.parent),
         pid_file=_pid_file(reader, data, path.parent),
         snapshot_file=_snapshot_file(reader, data, path.parent),
         policy_watch=_flag(reader, data, "policy_watch"),
@@ -463,6 +503,7 @@ def settings_from_data(data: Any, path: Path, environ: Mapping[str, str] | None 
         store_schema=store_schema,
         expiry=_expiry(reader, data),
         notify=_notify(reader, data, env, path.parent),
+        deferred_secrets=tuple(reader.deferred),
     )
     if reader.problems:
         raise ConfigError(reader.problems)
@@ -502,7 +543,11 @@ def _expiry(reader: _Reader, data: Mapping[str, Any]) -> ExpirySettings:
 def _notify(
     reader: _Reader, data: Mapping[str, Any], env: Mapping[str, str], base: Path
 ) -> NotifySettings:
-    """Read `notify`: webhooks ({url, secret: {env|file}}) and the audit poll interval."""
+    """Read `notify`: webhooks ({url, secret: {env|file}}) and the audit poll interval.
+
+    A URL that carries credentials (userinfo, a token in its path or query) may come from a
+    secret too: `url: {env: VAR}` or `url: {file: path}`.
+    """
     section = reader.section(data, "notify", {"webhooks", "poll_interval"})
     listed = section.get("webhooks", [])
     hooks: list[WebhookSettings] = []
@@ -515,7 +560,15 @@ def _notify(
             reader.problem(location, "must be {url: http(s)://..., secret: {env|file}}")
             continue
         url = spec["url"]
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        if isinstance(url, Mapping):
+            url = _secret(reader, url, env, base, f"{location}.url")
+            if url is None:
+                continue
+        if (
+            not isinstance(url, str)
+            or not url.startswith(("http://", "https://"))
+            or any(c.isspace() or not c.isprintable() for c in url)
+        ):
             reader.problem(f"{location}.url", "must be an http:// or https:// URL")
             continue
         secret = _secret(reader, spec["secret"], env, base, f"{location}.secret")
@@ -606,15 +659,34 @@ def _secret(
     if "env" in spec:
         value = env.get(str(spec["env"]))
         if value is None:
-            reader.problem(location, f"environment variable {spec['env']!r} is not set")
+            reader.missing_secret(location, f"environment variable {spec['env']!r} is not set")
         return value
     file = base / str(spec["file"])
     try:
-        # One trailing newline is how secret files are usually written; it is not the secret.
-        return file.read_text(encoding="utf-8").removesuffix("\n")
+        text = read_secret_file(file, location).decode("utf-8")
+        # One trailing newline is how secret files are usually written; it is not the secret
+        # (a CRLF too: newlines are read as text mode reads them, CRLF and CR as "\n").
+        return text.replace("\r\n", "\n").replace("\r", "\n").removesuffix("\n")
     except (OSError, UnicodeDecodeError) as error:
-        reader.problem(location, f"cannot read {str(file)!r}: {error.__class__.__name__}")
+        reader.missing_secret(location, f"cannot read {str(file)!r}: {error.__class__.__name__}")
         return None
+
+
+def read_secret_file(path: Path, location: str) -> bytes:
+    """Read a secret file; warn (naming it, its mode and the fix) when others may read it."""
+    with path.open("rb") as file:
+        mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
+        secret = file.read()
+    if mode & SECRET_FILE_SHARED_BITS:
+        log.warning(
+            "%s: secret file %s has mode %04o, so its group or others can read it;"
+            " run: chmod 600 %s",
+            location,
+            path,
+            mode,
+            path,
+        )
+    return secret
 
 
 _UPSTREAM_KEYS = {
@@ -678,7 +750,7 @@ def _upstream(
             variable = spec["env"]
             value = env.get(str(variable))
             if value is None:
-                reader.problem(location, f"environment variable {variable!r} is not set")
+                reader.missing_secret(location, f"environment variable {variable!r} is not set")
                 continue
         else:
             literal = spec["value"]
@@ -791,6 +863,24 @@ def _snapshot_file(reader: _Reader, data: Mapping[str, Any], base_dir: Path) -> 
     return Path(os.path.abspath(base_dir / value))
 
 
+def _log_file(reader: _Reader, log: Mapping[str, Any], base_dir: Path) -> Path | None:
+    """`log.file`, relative to the config: a file keygate can append to, in a directory."""
+    value = log.get("file")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        reader.problem("log.file", "must be a file path")
+        return None
+    target = Path(os.path.abspath(base_dir / value))
+    if not target.parent.is_dir():
+        reader.problem("log.file", f"directory {target.parent} does not exist")
+    elif target.is_dir():
+        reader.problem("log.file", f"{target} is a directory, not a file")
+    elif not os.access(target if target.exists() else target.parent, os.W_OK):
+        reader.problem("log.file", f"{target} is not writable")
+    return target
+
+
 def _flag(reader: _Reader, data: Mapping[str, Any], key: str) -> bool:
     """A top-level true/false setting (default false)."""
     value = data.get(key, False)
@@ -827,14 +917,14 @@ def _signing_keys(
             value = env.get(str(spec["env"]))
             secret = None if value is None else value.encode()
             if secret is None:
-                reader.problem(location, f"environment variable {spec['env']!r} is not set")
+                reader.missing_secret(location, f"environment variable {spec['env']!r} is not set")
                 continue
         else:
             secret_path = base_dir / str(spec["file"])
             try:
-                secret = secret_path.read_bytes().rstrip(b"\r\n")
+                secret = read_secret_file(secret_path, location).rstrip(b"\r\n")
             except OSError as error:
-                reader.problem(location, f"cannot read {secret_path}: {error.strerror}")
+                reader.missing_secret(location, f"cannot read {secret_path}: {error.strerror}")
                 continue
         if len(secret) < MIN_SIGNING_KEY_BYTES:
             reader.problem(location, f"the secret must be at least {MIN_SIGNING_KEY_BYTES} bytes")
@@ -843,7 +933,12 @@ def _signing_keys(
     return tuple(keys)
 
 
-def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate a config file; raise ConfigError listing every problem."""
+def load_settings(
+    path: Path, environ: Mapping[str, str] | None = None, *, secrets: SecretsNeeded = "all"
+) -> Settings:
+    """Read and validate a config file; raise ConfigError listing every problem.
+
+    `secrets="store"`: only the store's secrets must resolve (see settings_from_data).
+    """
     data = read_yaml(path, ConfigError)
-    return settings_from_data(data, path.resolve(), environ)
+    return settings_from_data(data, path.resolve(), environ, secrets=secrets)

@@ -5,8 +5,10 @@ folding (fullwidth letters, `APIKEYS`, dotless i U+0131), invisible format chara
 (`apikeys` + U+200B),
 `;` path parameters (Tomcat, Jetty, Spring), suffix pattern matching (`apikeys.json` is
 `apikeys` to Spring MVC before 5.3), trailing dots and NTFS alternate data streams
-(`apikeys.`, `apikeys::$DATA` on IIS). Protected patterns are matched against this skeleton
-as well as the path itself, so every such reading is refused: it denies more, never less.
+(`apikeys.`, `apikeys::$DATA` on IIS), and backup or archive names a static handler might
+serve beside a resource (`apikeys.json.bak`, `apikeys.tar.gz`). Protected patterns are
+matched against this skeleton as well as the path itself, so every such reading is refused:
+it denies more, never less.
 """
 
 from __future__ import annotations
@@ -30,15 +32,16 @@ def _segment_skeleton(segment: str) -> str:
     segment = segment.split(";", 1)[0]  # path parameters
     segment = segment.split(":", 1)[0]  # NTFS streams (`name::$DATA`, `name:stream`)
     segment = segment.rstrip(".")  # trailing dots (Windows drops them)
-    stem, dot, _ = segment.rpartition(".")
-    if dot and stem:
-        segment = stem.rstrip(".")  # one trailing `.extension` (suffix pattern matching)
-    return segment
+    # Every trailing `.extension` (`apikeys.json.bak`, `apikeys.tar.gz`): the name is what
+    # comes before the first dot after any leading ones (`.well-known` stays whole).
+    body = segment.lstrip(".")
+    name = body.partition(".")[0]
+    return segment[: len(segment) - len(body)] + name if name else segment
 
 
 def path_skeleton(path: str) -> str:
     """Return the skeleton of a decoded path: folded, invisible characters removed, per segment
-    parameters, streams, trailing dots and one extension removed."""
+    parameters, streams, trailing dots and every trailing extension removed."""
     text = unicodedata.normalize("NFKC", path).casefold().translate(_CONFUSABLES)
     # Decompose, then drop combining marks (`İ` folds to `i` + U+0307) and format characters.
     text = "".join(

@@ -5,7 +5,12 @@ tests/test_web_internals.py fails when an aiohttp release changes any of them:
 - `StreamResponse._send_headers_immediately` (head and small body in one write);
 - `StreamResponse._write_headers` and `_req` (non-ASCII upstream heads written byte for byte);
 - `RequestHandler` and its `handle_error` (parser refusals answered as JSON), its `_loop`
-  (read per request by the head timer);
+  (read by the head timer), its `data_received` (the first byte after an idle wait starts
+  the head timer; the idle wait itself is aiohttp's keep-alive timer's), its `_messages`
+  queue and `_ErrInfo` (parsed requests screened for protocol versions and transfer codings
+  before any handler);
+- `RequestHandler.access_logger` (the access line of a request whose handler is cancelled,
+  which aiohttp never logs);
 - `AppRunner._make_server` and the built `Server`'s `request_handler`, `request_factory`,
   `handler_cancellation` and `_kwargs` (an application's connections get that handler too).
 """
@@ -13,17 +18,27 @@ tests/test_web_internals.py fails when an aiohttp release changes any of them:
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 from collections.abc import Mapping
 from typing import Any, cast
 
-from aiohttp import hdrs, web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
-from gateway.error_responses import E_BAD_REQUEST, E_INTERNAL, error_response
+from gateway.error_responses import (
+    E_BAD_REQUEST,
+    E_HTTP_VERSION,
+    E_INTERNAL,
+    E_TRANSFER_CODING,
+    error_response,
+)
 
 log = logging.getLogger("keygate")
+# aiohttp's own data_received, called without a super() lookup: it runs for every chunk.
+_parse = RequestHandler.data_received
 
 
 class RelayedResponse(web.StreamResponse):
@@ -102,6 +117,80 @@ _TOO_MANY_CONNECTIONS = (
 )
 
 
+class ProtocolRefusal(Exception):
+    """A parsed request refused before any handler sees it: status, error code and message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+# RFC 9112 section 2.3: HTTP/1.x only on this connection. An HTTP/0.9 request line is not a
+# request keygate can relay (no head, no Host); a later major version is well formed but
+# served on its own connections (RFC 9110 section 15.6.6: 505).
+HTTP_09 = ProtocolRefusal(400, E_BAD_REQUEST, "HTTP/0.9 requests are not accepted")
+VERSION_NOT_SUPPORTED = ProtocolRefusal(
+    505, E_HTTP_VERSION, "only HTTP/1.0 and HTTP/1.1 are served on this connection"
+)
+# RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+CODED_HTTP_10 = ProtocolRefusal(
+    400, E_BAD_REQUEST, "an HTTP/1.0 request may not carry Transfer-Encoding"
+)
+# RFC 9112 section 6.1: a coding the server does not understand is answered 501. keygate
+# forwards request bodies as they arrive, re-chunked; it understands chunked alone.
+CODING_NOT_IMPLEMENTED = ProtocolRefusal(
+    501, E_TRANSFER_CODING, "the only request transfer coding accepted is chunked"
+)
+
+
+def protocol_refusal(message: RawRequestMessage) -> ProtocolRefusal | None:
+    """Return why a parsed request may not be served, or None (nearly always).
+
+    aiohttp's parser accepts any HTTP version and, before a final chunked, any transfer
+    coding (which it then ignores): the body would reach handlers and the upstream still
+    coded, under a Transfer-Encoding of chunked alone. Codings with chunked not last are
+    already refused by the parser (RFC 9112 section 6.3: 400).
+    """
+    version = message.version
+    if version != HttpVersion11:
+        if version == HttpVersion10:
+            return CODED_HTTP_10 if hdrs.TRANSFER_ENCODING in message.headers else None
+        return HTTP_09 if version.major == 0 else VERSION_NOT_SUPPORTED
+    if message.chunked:
+        fields = message.headers.getall(hdrs.TRANSFER_ENCODING, ())
+        if len(fields) != 1 or fields[0].strip().lower() != "chunked":
+            return CODING_NOT_IMPLEMENTED
+    return None
+
+
+class _ScreenedMessages(collections.deque[Any]):
+    """aiohttp's queue of parsed requests, each screened as it is queued (protocol_refusal).
+
+    Every parsed request passes through this queue (straight from the socket, or re-parsed
+    after a declined upgrade), before a handler is chosen for it: a refused one is queued as
+    aiohttp queues its own parser errors, and answered by `handle_error`.
+    """
+
+    def append(self, item: Any) -> None:
+        """Queue a parsed request, or the refusal that replaces it."""
+        message = item[0]
+        # Nearly every request is HTTP/1.1 (aiohttp's parser hands out its one HttpVersion11)
+        # and not chunked: two attribute reads, no call. Any other goes to the exact test.
+        if type(message) is RawRequestMessage and (
+            message.version is not HttpVersion11 or message.chunked
+        ):
+            refusal = protocol_refusal(message)
+            if refusal is not None:
+                error = _ErrInfo(status=refusal.status, exc=refusal, message=refusal.message)
+                item = (error, item[1])
+        _deque_append(self, item)
+
+
+_deque_append = collections.deque.append
+
+
 class JsonErrorRequestHandler(RequestHandler):
     """aiohttp's connection handler, with parser-level errors answered as keygate's JSON.
 
@@ -117,6 +206,14 @@ class JsonErrorRequestHandler(RequestHandler):
     _head_timer: asyncio.TimerHandle | None = None
     _head_deadline = 0.0  # loop time by which the awaited request head must be complete
     _awaiting_head = False
+    # Between requests on a kept connection, before the next head's first byte: the wait is
+    # keepalive_timeout's (aiohttp's own timer), the head clock starts with that byte.
+    _idle = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """aiohttp's handler, with every parsed request screened (see _ScreenedMessages)."""
+        super().__init__(*args, **kwargs)
+        self._messages = _ScreenedMessages()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Accept a connection, or refuse it at once when the server is at its cap."""
@@ -130,7 +227,7 @@ class JsonErrorRequestHandler(RequestHandler):
             cast(asyncio.Transport, transport).write(_TOO_MANY_CONNECTIONS)
             transport.close()
             return
-        self.await_head()
+        self._start_head_clock()  # the first head: from connection open
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Forget the head timer with the connection."""
@@ -139,11 +236,31 @@ class JsonErrorRequestHandler(RequestHandler):
             self._head_timer = None
         super().connection_lost(exc)
 
-    def await_head(self) -> None:
-        """Start the clock on the next request head (connection open, or a response done).
+    def data_received(self, data: bytes) -> None:
+        """Parse request bytes; the first byte after an idle wait starts the head clock."""
+        if self._idle:
+            self._idle = False
+            self._start_head_clock()
+        _parse(self, data)
 
-        Per request this only notes a deadline; one timer per connection checks it, and
-        re-arms itself while heads keep arriving in time (no timer churn on the hot path).
+    def await_head(self) -> None:
+        """A response is done: the connection idles until the next head's first byte.
+
+        The idle wait is bounded by keepalive_timeout (aiohttp's keep-alive timer), not by
+        head_timeout, which starts with that byte (`data_received`).
+        """
+        self._idle = True
+
+    def head_received(self) -> None:
+        """A request head arrived in time."""
+        self._awaiting_head = False
+        self._idle = False
+
+    def _start_head_clock(self) -> None:
+        """Give the awaited request head head_timeout seconds from now.
+
+        This only notes a deadline; one timer per connection checks it, and re-arms itself
+        while heads keep arriving in time (no timer churn on the hot path).
         """
         limits = self.limits
         if limits is None or limits.head_timeout is None or self.transport is None:
@@ -154,14 +271,10 @@ class JsonErrorRequestHandler(RequestHandler):
         if self._head_timer is None:
             self._head_timer = loop.call_at(self._head_deadline, self._check_head)
 
-    def head_received(self) -> None:
-        """A request head arrived in time."""
-        self._awaiting_head = False
-
     def _check_head(self) -> None:
         self._head_timer = None
         if not self._awaiting_head or self.transport is None:
-            return  # a request is being served; its end starts the clock again
+            return  # served, or idle: the next head's first byte starts the clock again
         loop = asyncio.get_running_loop()
         if loop.time() < self._head_deadline:
             self._head_timer = loop.call_at(self._head_deadline, self._check_head)
@@ -179,7 +292,10 @@ class JsonErrorRequestHandler(RequestHandler):
         """Answer a request aiohttp could not parse or handle with a JSON error."""
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send an error")
-        if status >= 500:
+        if isinstance(exc, ProtocolRefusal):
+            log.info("refused request from %s: %s", request.remote, exc.code)
+            response = error_response(exc.status, exc.code, exc.message)
+        elif status >= 500:
             log.error("error handling request from %s", request.remote, exc_info=exc)
             response = error_response(status, E_INTERNAL, "internal error")
         else:
@@ -193,11 +309,25 @@ class JsonErrorRequestHandler(RequestHandler):
         return response
 
 
+def log_access_now(request: web.BaseRequest, response: web.StreamResponse, seconds: float) -> None:
+    """Write a request's access line from its handler, which will not return a response.
+
+    aiohttp logs a request once its handler returned and the answer went out; a handler
+    cancelled (its client left) never gets there, so it writes its own line, once.
+    """
+    handler = request.protocol
+    if isinstance(handler, RequestHandler):
+        access_logger = handler.access_logger
+        if access_logger is not None and access_logger.enabled:
+            access_logger.log(request, response, seconds)
+
+
 class ConnectionLimits:
     """One server's client-side bounds: time to send a request head, and a connection cap."""
 
     def __init__(self, head_timeout: float | None, max_connections: int | None) -> None:
-        self.head_timeout = head_timeout  # seconds, from connect or the end of a response
+        # Seconds for a request head: from connect, or on a kept connection from its first byte.
+        self.head_timeout = head_timeout
         self.max_connections = max_connections  # open client connections at once
         self.live = 0
 

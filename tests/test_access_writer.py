@@ -77,3 +77,56 @@ async def test_no_access_line_is_lost_at_shutdown(tmp_path: Path, backend: Backe
 
 def test_the_writer_is_off_unless_installed() -> None:
     assert access_writer.active is None  # in-process gateways log through `logging`
+
+
+# A child that writes access lines through the real writer to its stderr: `count` JSON lines
+# of random lengths (some past a pipe's atomic size), flushed in full batches.
+PIPE_WRITER = """
+import json, random, sys
+from gateway.access_writer import AccessWriter
+writer = AccessWriter(sys.stderr)
+name, count = sys.argv[1], int(sys.argv[2])
+rng = random.Random(name)
+for index in range(count):
+    pad = "x" * rng.choice((60, 900, 3000, 7000))
+    writer.raw(json.dumps({"worker": name, "n": index, "pad": pad}))
+writer.flush()
+"""
+
+
+def test_lines_from_two_workers_on_one_pipe_arrive_whole(tmp_path: Path) -> None:
+    """Batches written to a shared pipe never splice lines (each write fits the atomic size)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "writer.py"
+    script.write_text(PIPE_WRITER, encoding="utf-8")
+    read_end, write_end = os.pipe()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    count = 3000
+    children = [
+        subprocess.Popen([sys.executable, str(script), name, str(count)], stderr=write_end, env=env)
+        for name in ("a", "b")
+    ]
+    os.close(write_end)
+    chunks = []
+    with os.fdopen(read_end, "rb") as pipe:
+        while chunk := pipe.read1(512):  # a slow reader: the pipe fills, writers block
+            chunks.append(chunk)
+    for child in children:
+        assert child.wait(timeout=60) == 0
+    lines = b"".join(chunks).decode().splitlines()
+    records = [json.loads(line) for line in lines]  # a spliced line is not JSON
+    for name in ("a", "b"):
+        assert sorted(r["n"] for r in records if r["worker"] == name) == list(range(count))
+    assert all(len(line.encode()) + 1 <= access_writer.ATOMIC_WRITE for line in lines)
+
+
+def test_an_over_long_text_line_is_cut_to_the_atomic_size_with_a_mark() -> None:
+    line = "2026-12-07 10:00:00,000 1 INFO keygate.access: GET /" + "é" * 5000 + "\n"
+    (chunk,) = access_writer.atomic_chunks([line])
+    assert len(chunk) <= access_writer.ATOMIC_WRITE
+    assert chunk.decode().endswith(access_writer.CUT_MARK + "\n")
+    assert chunk.decode().startswith("2026-12-07 10:00:00,000 1 INFO keygate.access: GET /é")

@@ -270,6 +270,32 @@ async def test_name_conflict_is_409(client: Client) -> None:
     await expect_error(resp, 409, "name_conflict", "name")
 
 
+async def test_search_by_a_whole_secret_finds_exactly_its_key(client: Client) -> None:
+    searched = await create(client, "searched")
+    other = await create(client, "other")
+    # Its description holds the other key's secret: a text search would find it too.
+    await client.patch(
+        f"{KEYS}/{other['key']['id']}", json={"description": searched["secret"]}, headers=WRITE
+    )
+
+    async def names(**params: str) -> list[str]:
+        body = await expect(await client.get(KEYS, params=params, headers=ROOT), 200)
+        return [item["name"] for item in body["items"]]
+
+    assert await names(q=searched["secret"]) == ["searched"]
+    assert await names(q=other["secret"]) == ["other"]
+    assert await names(q=searched["secret"], status="active") == ["searched"]
+    assert await names(q=searched["secret"], status="revoked") == []
+    assert await names(q=searched["secret"], sort="name") == ["searched"]
+    assert await names(q=keys.generate_key()) == []  # well formed, nobody's
+    # The old secret of a rolled key finds it while it still works.
+    await client.post(f"{KEYS}/{searched['key']['id']}/roll", headers=WRITE)
+    assert await names(q=searched["secret"]) == ["searched"]
+    # Anything else is still a text search: a display prefix, a key missing a character.
+    assert await names(q=other["key"]["prefix"]) == ["other"]
+    assert await names(q=searched["secret"][:-1]) == ["other"]
+
+
 async def test_list_pages_with_opaque_cursors_and_filters(client: Client) -> None:
     created = [await create(client, f"page-{i}") for i in range(5)]
     await create(client, "other-thing")
@@ -914,6 +940,43 @@ async def test_explain_by_roles_and_by_key(client: Client) -> None:
         200,
     )
     assert revoked["allowed"] is False and revoked["reason"] == "key_revoked"
+    assert revoked["refusal"]["status"] == 401 and revoked["refusal"]["error"] == "key_revoked"
+
+
+async def test_explain_answers_the_proxys_refusal_of_a_bad_target(client: Client) -> None:
+    # Decided as the request line would carry it: what the proxy refuses, explain refuses.
+    url = "/api/v1/policy/explain"
+    for target in ("a", "/a\r\nb", f"{REST}/sessions/../apikeys", f"{REST}/sessions%2F1"):
+        body = await expect(
+            await client.post(
+                url, json={"method": "GET", "path": target, "roles": ["operator"]}, headers=ROOT
+            ),
+            200,
+        )
+        assert_documented(url, "post", 200, body)
+        assert body["allowed"] is False and body["reason"] == "bad_target", body
+        assert body["refusal"]["status"] == 400 and body["refusal"]["error"] == "bad_target"
+        assert body["path"] is None and body["target"] == target
+
+
+async def test_identify_is_audited_without_the_secret(client: Client) -> None:
+    created = await create(client, "leaked-bot")
+    secret, key_id = created["secret"], created["key"]["id"]
+    found = await client.post(f"{KEYS}/identify", json={"secret": secret}, headers=WRITE)
+    assert (await expect(found, 200))["id"] == key_id
+    stranger = keys.generate_key()
+    missing = await client.post(f"{KEYS}/identify", json={"secret": stranger}, headers=WRITE)
+    await expect_error(missing, 404, "not_found")
+    audit = await expect(await client.get("/api/v1/audit", headers=ROOT), 200)
+    identified = [e for e in audit["items"] if e["action"] == "identify"]
+    assert [(e["actor"], e["key_id"], e["key_name"]) for e in identified] == [
+        ("root", None, None),
+        ("root", key_id, "leaked-bot"),
+    ]
+    assert [e["details"]["found"] for e in identified] == [False, True]
+    dumped = json.dumps(audit)
+    for text in (secret, stranger, keys.digest(secret).hex(), keys.digest(stranger).hex()):
+        assert text not in dumped
 
 
 @pytest.mark.parametrize(
@@ -929,8 +992,14 @@ async def test_explain_by_roles_and_by_key(client: Client) -> None:
         ({"method": "FETCH", "path": "/a", "roles": ["reader"]}, 400, "invalid_request", "method"),
         ({"method": 1, "path": "/a", "roles": ["reader"]}, 400, "invalid_request", "method"),
         ({"path": "/a", "roles": ["reader"]}, 400, "invalid_request", "method"),
-        ({"method": "GET", "path": "a", "roles": ["reader"]}, 400, "invalid_request", "path"),
-        ({"method": "GET", "path": "/a\r\nb", "roles": ["reader"]}, 400, "invalid_request", "path"),
+        ({"method": "GET", "path": "", "roles": ["reader"]}, 400, "invalid_request", "path"),
+        ({"method": "GET", "path": 1, "roles": ["reader"]}, 400, "invalid_request", "path"),
+        (
+            {"method": "GET", "path": "/" + "a" * 8192, "roles": ["reader"]},
+            400,
+            "invalid_request",
+            "path",
+        ),
         ({"method": "GET", "path": "/a", "roles": ["ghost"]}, 422, "unknown_role", "roles"),
         ({"method": "GET", "path": "/a", "key_id": "1"}, 400, "invalid_request", "key_id"),
         ({"method": "GET", "path": "/a", "key_id": True}, 400, "invalid_request", "key_id"),
@@ -1271,7 +1340,7 @@ async def test_roll_issues_a_new_secret_and_the_old_one_works_for_the_overlap(
     audit = await expect(
         await client.get("/api/v1/audit", params={"key_id": str(key_id)}, headers=ROOT), 200
     )
-    assert [e["action"] for e in audit["items"]] == ["roll", "roll", "create"]
+    assert [e["action"] for e in audit["items"]] == ["roll", "identify", "roll", "create"]
     dumped = json.dumps(audit)
     for secret in (old, new, again["secret"]):
         assert secret not in dumped and keys.digest(secret).hex() not in dumped

@@ -131,7 +131,10 @@ async def test_sign_in_sets_a_strict_http_only_cookie_and_returns_the_csrf_token
     assert len(set_cookie) == 1
     attributes = [part.strip().lower() for part in set_cookie[0].split(";")]
     assert attributes[0] == f"{COOKIE}={token}".lower()
-    assert "httponly" in attributes and "samesite=strict" in attributes and "path=/" in attributes
+    assert "httponly" in attributes and "samesite=strict" in attributes
+    # Sent by the browser to the admin API only: not to the page, nor to the proxy listener's
+    # paths on the same host (cookies ignore ports).
+    assert "path=/api/v1" in attributes and "path=/" not in attributes
     assert "secure" not in attributes  # plain HTTP (the admin listener's loopback default)
     assert not any(part.startswith(("domain", "max-age", "expires")) for part in attributes)
     assert token not in resp.headers.get("Cache-Control", "") and body.get("token") is None
@@ -142,6 +145,34 @@ async def test_sign_in_sets_a_strict_http_only_cookie_and_returns_the_csrf_token
     assert rows == [(hashlib.sha256(token.encode()).digest(), "root")]
     for path in tmp_path.glob("keygate.db*"):
         assert token.encode() not in path.read_bytes()
+
+
+async def test_sign_out_clears_the_cookie_on_its_own_path(client: Client) -> None:
+    token, body, _ = await sign_in(client)
+    resp = await client.delete(SESSION, headers=write_headers(token, body["csrf_token"]))
+    assert resp.status == 204
+    cleared = [part.strip().lower() for part in resp.headers["Set-Cookie"].split(";")]
+    assert cleared[0] == f"{COOKIE}=".lower() and "path=/api/v1" in cleared
+    assert "max-age=0" in cleared
+
+
+async def test_a_stolen_cookie_and_csrf_token_do_not_work_from_another_address(
+    client: Client, runtime: Runtime
+) -> None:
+    # The thief read the cookie (and asked for the CSRF token) somewhere else: the backend's
+    # logs, say. From any address but the one that signed in, the session is over.
+    token, body, _ = await sign_in(client)
+    thief = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=thief) as http:
+        url = client.make_url(f"{KEYS}/revoke-all")
+        resp = await http.post(url, headers=write_headers(token, body["csrf_token"]))
+        assert resp.status == 401 and (await resp.json())["error"] == "session_ended"
+        resp = await http.get(client.make_url(SESSION), headers=cookie(token))
+        assert resp.status == 401
+    # Seen from elsewhere, the session is ended for good, here too.
+    await expect_error(await client.get(SESSION, headers=cookie(token)), 401, "session_ended")
+    token, body, _ = await sign_in(client)
+    await expect(await client.get(SESSION, headers=cookie(token)), 200)
 
 
 async def test_who_am_i_with_the_cookie_and_with_basic(client: Client) -> None:

@@ -48,3 +48,39 @@ def test_the_logging_peer_logs_in_its_server_block_and_the_other_does_not(tmp_pa
     assert "log_format kg " in logging_conf[: logging_conf.index("    server {")]
     quiet_conf = peer_conf(tmp_path, 8080, 8081, 1)
     assert ACCESS_LOG_NAME not in quiet_conf and "log_format" not in quiet_conf
+
+
+async def test_the_fleet_load_child_paces_keyed_requests_at_the_rate_it_states(
+    tmp_path: Path,
+) -> None:
+    """The fleet's load is an open-loop paced client (not unthrottled wrk) and reports its rate."""
+    import asyncio
+
+    from aiohttp import web
+
+    from benchmarks import fleet
+    from benchmarks.nginx import SMALL_PATH
+
+    keys_seen: list[str] = []
+
+    async def small(request: web.Request) -> web.Response:
+        keys_seen.append(request.headers.get("X-API-Key", ""))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get(SMALL_PATH, small)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        child = await fleet.start_load(port, "kg_bench", tmp_path, "load")
+        await asyncio.sleep(2.0)
+        rate = await asyncio.to_thread(fleet.stop_load, child, child.log_path)
+    finally:
+        await runner.cleanup()
+    # Asked LOAD_RATE; an open-loop client on a loaded 2-core machine stays within 20 %.
+    assert 0.8 * fleet.LOAD_RATE <= rate <= 1.2 * fleet.LOAD_RATE
+    assert len(keys_seen) <= 1.2 * fleet.LOAD_RATE * 3  # never unthrottled
+    assert set(keys_seen) == {"kg_bench"}

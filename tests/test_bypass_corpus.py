@@ -129,6 +129,14 @@ CASES = [
          status=403, error="forbidden_protected"),
     Case("suffix pattern below", SUFFIX, "DELETE", f"{REST}/apikeys.json/1",
          status=403, error="forbidden_protected"),
+    Case("two suffixes", SUFFIX, "GET", f"{REST}/apikeys.json.bak",
+         status=403, error="forbidden_protected"),
+    Case("two suffixes, archive", SUFFIX, "GET", f"{REST}/apikeys.tar.gz",
+         status=403, error="forbidden_protected"),
+    Case("two suffixes below", SUFFIX, "DELETE", f"{REST}/apikeys.v1.json/1",
+         status=403, error="forbidden_protected"),
+    Case("suffixes with a trailing dot", SUFFIX, "GET", f"{REST}/apikeys.json.bak.",
+         status=403, error="forbidden_protected"),
     Case("trailing dot", TRAILING_DOT, "GET", f"{REST}/apikeys.",
          status=403, error="forbidden_protected"),
     Case("NTFS stream", NTFS, "GET", f"{REST}/apikeys::$DATA",
@@ -156,6 +164,8 @@ CASES = [
          status=400, error="bad_target"),
     # --- an allowed path with dots keeps working (denies more, never less)
     Case("allowed path with an extension", SUFFIX, "GET", f"{REST}/_echo/report.json",
+         key="reader"),
+    Case("allowed path with two extensions", SUFFIX, "GET", f"{REST}/_echo/report.json.bak",
          key="reader"),
 ]  # fmt: skip
 

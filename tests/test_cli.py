@@ -544,6 +544,17 @@ def test_identify_reads_the_secret_from_stdin(config: Path) -> None:
     fails(bad, "not a well-formed")
     assert "kg_not-a-key" not in bad.stderr
 
+    # Every look-up is audited (who asked, which key), never with the secret.
+    events = json.loads(out_of(run_cli("audit", "--json", "--config", str(config))))
+    identified = [event for event in events if event["action"] == "identify"]
+    assert [(e["key_id"], e["key_name"], e["details"]["found"]) for e in identified] == [
+        (None, None, False),
+        (created["id"], "leaked", True),
+        (created["id"], "leaked", True),
+    ]
+    assert all(event["actor"].startswith("cli:") for event in identified)
+    assert secret not in json.dumps(events)
+
 
 def test_list_shows_expiry_and_last_use(config: Path) -> None:
     asyncio.run(create_key(config, "expiring", ["1int-user"], expires_at="2031-02-03T04:05:00Z"))
@@ -617,3 +628,30 @@ def test_rate_limit_on_create_and_edit(config: Path) -> None:
     assert ok_json(config, "edit", "rl", "--rate-limit", "none")["rate_limit"] is None
     for bad in ("100", "100/week", "0/minute", "10/minute,bust=2", "10/minute,burst=0"):
         fails(fails_keys(config, "edit", "rl", "--rate-limit", bad), "rate")
+
+
+def test_policy_check_reports_rules_that_can_never_match_with_their_line(
+    tmp_path: Path,
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "roles:\n"  # line 1
+        "  reader:\n"
+        "    allow:\n"
+        "      - GET /ok/**\n"
+        "      - GET /search?q=1\n"  # line 5
+        "      - GET /page#top\n"
+        "      - GET /a;jsessionid=1/**\n"
+        "protected:\n"
+        "  - /apikeys/**\n"
+        "  - /admin;x/**\n",  # line 10
+        encoding="utf-8",
+    )
+    stderr = fails(run_cli("policy", "check", str(policy)), one_line=False)
+    for rule, char, line in (("allow[1]", "?", 5), ("allow[2]", "#", 6), ("allow[3]", ";", 7)):
+        found = [text for text in stderr.splitlines() if f"role 'reader', {rule}:" in text]
+        assert len(found) == 1, (rule, stderr)
+        assert f"'{char}'" in found[0] and found[0].endswith(f"(line {line})"), found
+    found = [text for text in stderr.splitlines() if "protected[1]:" in text]
+    assert len(found) == 1 and "';'" in found[0] and found[0].endswith("(line 10)"), stderr
+    assert "allow[0]" not in stderr and "protected[0]" not in stderr

@@ -13,8 +13,10 @@ from gateway.credentials import (
     carries_api_key,
     decode_basic,
     extract_credential,
+    header_value_carries_key,
     split_authorization,
 )
+from gateway.refusals import Refusal
 
 KEY = keys.generate_key()
 SEPARATORS = [" ", "\t", "  ", " \t ", "\t\t"]
@@ -75,7 +77,8 @@ def test_the_admin_listener_also_refuses_near_keys(headers: list[tuple[str, str]
         [],
         [("Authorization", f"Basic {_b64('root:secret')}")],
         [("Authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig")],
-        [("X-Api-Keys", KEY)],
+        [("X-Api-Keys", "not-a-key")],
+        [("Cookie", "session=kg_short")],
     ],
 )
 def test_admin_credentials_without_a_key_pass(headers: list[tuple[str, str]]) -> None:
@@ -93,3 +96,81 @@ def test_decode_basic() -> None:
     assert decode_basic(_b64("no-colon")) is None
     assert decode_basic(_b64(":pw")) is None
     assert decode_basic("!!!") is None
+
+
+# --------------------------------------------------------------- issue 19.8: one rule for both
+
+OTHER = keys.generate_key()
+
+
+def _proxy_and_admin(value: str) -> tuple[object, bool]:
+    """What the proxy makes of an Authorization value, and whether the admin listener refuses."""
+    return extract_credential((), (value,)), carries_api_key([("Authorization", value)])
+
+
+# Forms a client may put a key in that are unambiguous: the proxy takes the key.
+KEY_FORMS = [
+    f"Bearer {KEY}",
+    f"ApiKey {KEY}",
+    KEY,  # a bare key
+    f"  {KEY}  ",
+    f"Basic {_b64(KEY + ':')}",  # curl -u kg_...:
+    f"basic {_b64(':' + KEY)}",
+    f"Basic {_b64('anyone:' + KEY)}",  # the password is the key, the user is ignored
+    f"Basic {_b64(KEY + ':' + KEY)}",
+    f"Basic {_b64(KEY + ':').rstrip('=')}",  # padding left off, as lenient servers accept
+]
+
+
+@pytest.mark.parametrize("value", KEY_FORMS)
+def test_every_unambiguous_key_form_is_the_key_to_both_listeners(value: str) -> None:
+    found, refused_by_admin = _proxy_and_admin(value)
+    assert found == Credential(KEY, True), value
+    assert refused_by_admin, value
+
+
+# Forms that carry a key in a way keygate does not accept: refused with 400, never forwarded.
+REFUSED_FORMS = [
+    f"Token {KEY}",
+    f"Key {KEY}",
+    f"token\t{KEY}",
+    f"X-API-Key {KEY}",
+    f'Digest username="{KEY}", realm="x"',
+    f"{KEY} extra",
+    f"Bearer, {KEY}",
+    f"Basic {_b64('note ' + KEY + ':pw')}",
+    f"Basic {_b64(KEY + ':' + OTHER)}",  # two different keys
+    f"Basic {_b64(KEY)}",  # no colon: not Basic credentials, yet a key
+]
+
+
+@pytest.mark.parametrize("value", REFUSED_FORMS)
+def test_other_forms_carrying_a_key_are_refused_by_both_listeners(value: str) -> None:
+    found, refused_by_admin = _proxy_and_admin(value)
+    assert isinstance(found, Refusal) and found.status == 400, (value, found)
+    assert refused_by_admin, value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJrZ19hYmMifQ.c2ln",
+        f"Basic {_b64('root:secret')}",
+        "Bearer kgtoken",
+        "Negotiate YIIBhgYGKwYBBQUCoIIBejCCAXagMDAuBgkqhkiC9xIBAgIGCSqGSIb3",
+        "Bearer abc.kg_def.ghi",  # 'kg_' inside a token, not a key
+    ],
+)
+def test_the_backends_own_credentials_are_not_keys(value: str) -> None:
+    found, refused_by_admin = _proxy_and_admin(value)
+    assert found is None, value
+    assert not refused_by_admin, value
+
+
+def test_a_working_key_in_any_other_header_is_found() -> None:
+    assert header_value_carries_key(f"session={KEY}; theme=dark")
+    assert header_value_carries_key(f"Basic realm, {KEY}")
+    assert not header_value_carries_key(f"x{KEY}")  # glued to a word: not this key
+    assert not header_value_carries_key(KEY[:-1] + ("a" if KEY[-1] != "a" else "b"))
+    assert carries_api_key([("Proxy-Authorization", f"Bearer {KEY}")])
+    assert carries_api_key([("X-Custom", KEY)])

@@ -6,6 +6,7 @@ go on the wire) and the demo backend's echo endpoint reports the raw header list
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ALL_ROLE, REST, Backend, add_key, http_request, raw_request, write_config
+from test_forwarding import Conn, misbehaving
 
 from gateway.app import RunningGateway, running_gateway
 from gateway.settings import DEFAULT_STRIP_HEADERS, ConfigError, load_settings
@@ -234,11 +236,15 @@ async def test_static_upstream_headers_from_env_replace_client_copies(
             ("x_service_auth", "client-forged"),
             ("X-STATIC-TAG", "client-forged"),
         ]
-        for credential in ([("X-API-Key", key)], []):
-            received = await echoed(running, [*spoofed, *credential])
-            assert values(received, "X-Service-Auth") == [secret]
-            assert values(received, "X-Static-Tag") == ["keygate"]
-            assert "client-forged" not in json.dumps(received)
+        received = await echoed(running, [*spoofed, ("X-API-Key", key)])
+        assert values(received, "X-Service-Auth") == [secret]
+        assert values(received, "X-Static-Tag") == ["keygate"]
+        assert "client-forged" not in json.dumps(received)
+        # An anonymous caller gets neither the service's headers nor its own forged copies.
+        received = await echoed(running, spoofed)
+        assert values(received, "X-Service-Auth") == []
+        assert values(received, "X-Static-Tag") == []
+        assert "client-forged" not in json.dumps(received) and secret not in json.dumps(received)
 
 
 async def test_static_header_with_unset_env_var_is_a_config_error(
@@ -272,3 +278,225 @@ async def test_custom_acting_user_header(tmp_path: Path, backend: Backend) -> No
         )
     assert values(received, "X-Integrate-User") == ["custom-bot"]
     assert SPOOF not in json.dumps(received)
+
+
+# ------------------------------------------------------- issue 19.1: the service credential
+
+
+SERVICE_SECRET = "Basic c2VydmljZTpzM2NyZXQ="  # the service user's own login to the backend
+SERVICE_TOKEN = "svc-token-9a8b7c"
+# Paths an anonymous caller may try: ordinary, protected (key management), keygate's admin API.
+ANONYMOUS_PATHS = [
+    f"{REST}/rules",
+    f"{REST}/apikeys",
+    f"{REST}/apikeys/1",
+    f"{REST}/APIKEYS/1",
+    "/api/v1/keys",
+    "/",
+]
+# Client-sent copies of the service header names, in every spelling loose readers merge.
+FORGED_SERVICE_COPIES = [
+    ("X-Service-Token", "forged"),
+    ("x-service-token", "forged"),
+    ("X_SERVICE_TOKEN", "forged"),
+    ("X.Service.Token", "forged"),
+    ("x-service-token-", "forged"),
+    ("Authorization_", "forged"),
+    ("AUTHORIZATION-", "forged"),
+]
+
+
+@contextlib.asynccontextmanager
+async def service_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[RunningGateway, list[bytes]]]:
+    """A gateway whose config sends a service Authorization and token upstream, in front of a
+    loopback upstream that records every request head it receives."""
+    monkeypatch.setenv("KEYGATE_TEST_SERVICE_AUTHORIZATION", SERVICE_SECRET)
+    monkeypatch.setenv("KEYGATE_TEST_SERVICE_TOKEN", SERVICE_TOKEN)
+    spec = {
+        "Authorization": {"env": "KEYGATE_TEST_SERVICE_AUTHORIZATION"},
+        "X-Service-Token": {"env": "KEYGATE_TEST_SERVICE_TOKEN"},
+    }
+    recorded: list[bytes] = []
+
+    async def record(conn: Conn) -> None:
+        while True:  # every request on the connection: remember its head, answer 200
+            head, _ = await conn.request()
+            recorded.append(head)
+            await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    async with misbehaving(record) as up:
+        config = write_config(tmp_path / "svc", up.url, extra={"upstream": {"headers": spec}})
+        async with running_gateway(load_settings(config), serve_admin=False) as running:
+            yield running, recorded
+
+
+def _head_headers(head: bytes) -> list[tuple[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    return [(n, v.strip()) for n, _, v in (line.partition(":") for line in lines if line)]
+
+
+@pytest.mark.parametrize("path", ANONYMOUS_PATHS)
+async def test_an_anonymous_request_never_carries_the_service_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    async with service_gateway(tmp_path, monkeypatch) as (running, recorded):
+        for own in ([], [("Authorization", "Bearer own-jwt")]):
+            request = http_request("GET", path, [*FORGED_SERVICE_COPIES, *own])
+            response = await raw_request(running.proxy_port, request)
+            assert response.status == 200, response.body
+            head = recorded[-1]
+            assert SERVICE_SECRET.encode() not in head and SERVICE_TOKEN.encode() not in head
+            assert b"forged" not in head
+            received = _head_headers(head)
+            # The caller's own login (the backend checks it) passes as sent, nothing else.
+            assert values(received, "Authorization") == [v for _, v in own]
+            assert values(received, "X-Service-Token") == []
+
+
+async def test_a_key_caller_carries_the_service_credential_instead_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with service_gateway(tmp_path, monkeypatch) as (running, recorded):
+        key = await add_key(running, "service-bot", [ALL_ROLE])
+        for credential in (("X-API-Key", key), ("Authorization", f"Bearer {key}")):
+            request = http_request("GET", f"{REST}/rules", [*FORGED_SERVICE_COPIES, credential])
+            response = await raw_request(running.proxy_port, request)
+            assert response.status == 200, response.body
+            received = _head_headers(recorded[-1])
+            assert values(received, "Authorization") == [SERVICE_SECRET]
+            assert values(received, "X-Service-Token") == [SERVICE_TOKEN]
+            assert values(received, "X-Acting-User") == ["service-bot"]
+            assert b"forged" not in recorded[-1] and key.encode() not in recorded[-1]
+
+
+# ------------------------------------------------------ issue 19.4: keygate's own cookies
+
+KEYGATE_COOKIES = ["keygate-session", "__Host-keygate-session"]
+STOLEN = "Zm9yZ2VkLXNlc3Npb24tdG9rZW4tdGhhdC1tdXN0LW5vdA"
+
+
+@pytest.mark.parametrize("name", KEYGATE_COOKIES)
+@pytest.mark.parametrize(
+    ("sent", "forwarded"),
+    [
+        (["{c}={t}"], []),
+        (["a=1; {c}={t}; b=2"], ["a=1; b=2"]),
+        (["{c}={t}; JSESSIONID=own"], ["JSESSIONID=own"]),
+        (["JSESSIONID=own;{c}={t}"], ["JSESSIONID=own"]),
+        (["theme=dark;  {c}={t};lang=en"], ["theme=dark;lang=en"]),
+        (["JSESSIONID=own", "{c}={t}"], ["JSESSIONID=own"]),
+        (["{c}={t}; {c}={t}"], []),
+    ],
+)
+async def test_keygates_session_cookie_never_reaches_the_backend(
+    gateway: RunningGateway, key: str, name: str, sent: list[str], forwarded: list[str]
+) -> None:
+    cookies = [("Cookie", value.format(c=name, t=STOLEN)) for value in sent]
+    anonymous = await echoed(gateway, cookies)
+    # The client's other cookies reach its backend session byte for byte.
+    assert values(anonymous, "Cookie") == forwarded
+    assert STOLEN not in json.dumps(anonymous) and "keygate-session" not in json.dumps(anonymous)
+    keyed = await echoed(gateway, [*cookies, ("X-API-Key", key)])
+    assert values(keyed, "Cookie") == []
+    assert STOLEN not in json.dumps(keyed)
+
+
+async def test_keygates_cookie_in_a_cookie_look_alike_is_stripped_too(
+    gateway: RunningGateway,
+) -> None:
+    received = await echoed(gateway, [("Cookie2", f"$Version=1; keygate-session={STOLEN}")])
+    assert STOLEN not in json.dumps(received)
+
+
+# ------------------------------------------- issue 19.8: keys in other Authorization forms
+
+KEYED_FORMS = [
+    "Bearer {key}",
+    "ApiKey {key}",
+    "{key}",
+    "Basic {user_only}",
+    "Basic {password_only}",
+]
+REFUSED_FORMS = [
+    "Token {key}",
+    "Key {key}",
+    "X-API-Key {key}",
+    'Digest username="{key}"',
+    "{key} trailing",
+    "Basic {no_colon}",
+]
+
+
+def _forms(form: str, key: str) -> str:
+    return form.format(
+        key=key,
+        user_only=base64.b64encode(f"{key}:".encode()).decode(),
+        password_only=base64.b64encode(f"someone:{key}".encode()).decode(),
+        no_colon=base64.b64encode(key.encode()).decode(),
+    )
+
+
+@pytest.mark.parametrize("form", KEYED_FORMS)
+async def test_a_key_in_an_accepted_authorization_form_is_the_key(
+    gateway: RunningGateway, key: str, form: str
+) -> None:
+    received = await echoed(gateway, [("Authorization", _forms(form, key))])
+    assert values(received, "X-Acting-User") == ["integration-bot"]
+    assert values(received, "Authorization") == []
+    assert key not in json.dumps(received)
+
+
+@pytest.mark.parametrize("form", REFUSED_FORMS)
+async def test_a_key_in_any_other_authorization_form_is_refused_and_not_forwarded(
+    gateway: RunningGateway, key: str, form: str
+) -> None:
+    request = http_request("GET", ECHO, [("Authorization", _forms(form, key))])
+    response = await raw_request(gateway.proxy_port, request)
+    assert response.status == 400, response.body
+    assert response.json()["error"] == "key_misplaced"
+    assert key not in response.body.decode()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "X-Auth-Token",
+        "Cookie",
+        "X-Custom",
+        "X-Forwarded-Key",
+        "Authorization2",
+        "X_API_KEY",
+        "x.api.key",
+        "X-Api-Key-",
+        "X-API-Key2",
+        "Proxy-Authorization",
+    ],
+)
+async def test_a_key_in_any_other_header_never_reaches_the_backend(
+    gateway: RunningGateway, key: str, header: str
+) -> None:
+    # Either the header is one keygate drops anyway, or the request is refused: never sent on.
+    for credential in ([], [("X-API-Key", key)]):
+        request = http_request("GET", ECHO, [(header, f"token={key}"), *credential])
+        response = await raw_request(gateway.proxy_port, request)
+        if response.status == 200:
+            assert key not in response.body.decode(), header
+        else:
+            assert response.status == 400, (header, response.body)
+            assert response.json()["error"] == "key_misplaced"
+
+
+@pytest.mark.parametrize("header", ["X-Auth-Token", "X-Custom", "Authorization2", "X-API-Key2"])
+async def test_a_key_in_a_header_that_would_be_forwarded_is_refused(
+    gateway: RunningGateway, key: str, header: str
+) -> None:
+    for credential in ([], [("X-API-Key", key)]):
+        request = http_request("GET", ECHO, [(header, f"Bearer {key}"), *credential])
+        response = await raw_request(gateway.proxy_port, request)
+        assert response.status == 400, (header, response.body)
+        assert response.json() == {
+            "error": "key_misplaced",
+            "message": "an API key goes only in X-API-Key: <key> or Authorization: Bearer <key>",
+        }

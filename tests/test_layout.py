@@ -15,6 +15,7 @@ PURE = (
     "gateway.auth",
     "gateway.clock",
     "gateway.credentials",
+    "gateway.decision",
     "gateway.feed",
     "gateway.hygiene",
     "gateway.key_rules",

@@ -25,11 +25,13 @@ from conftest import (
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway import keys
+from gateway.access_log import redact_keys
 from gateway.access_writer import AccessWriter
 from gateway.app import RunningGateway
 from gateway.hygiene import REQUEST_ID_HEADER
 from gateway.logs import TEXT_FORMAT, JsonFormatter, json_access_line, json_head
-from gateway.request_notes import RequestNotes
+from gateway.request_notes import CLIENT_ABANDONED, RequestNotes
 
 ECHO = f"{REST}/_echo/rid"
 
@@ -58,6 +60,47 @@ async def test_a_missing_or_malformed_id_is_replaced_by_one_of_ours(
     upstream = ids_seen_upstream(response.json())
     assert len(upstream) == 1 and upstream[0] not in ("has space", "x" * 129, 'quote"d', "")
     assert response.header_values(REQUEST_ID_HEADER) == upstream
+
+
+async def test_a_request_id_holding_a_key_is_refused_and_a_part_of_one_replaced(
+    gateway: RunningGateway,
+) -> None:
+    key = await add_key(gateway, "rid-key-bot", [ALL_ROLE])
+    for offered in (key, f"trace-{key}"):
+        headers = [(REQUEST_ID_HEADER, offered), ("X-API-Key", key)]
+        response = await raw_request(gateway.proxy_port, http_request("GET", ECHO, headers))
+        assert response.status == 400
+        assert response.json()["error"] == "bad_request_id"
+        assert key[keys.DISPLAY_PREFIX_LENGTH :] not in response.body.decode()
+    # A truncated key is no key, but its secret part must not travel either: replaced.
+    headers = [(REQUEST_ID_HEADER, key[:20]), ("X-API-Key", key)]
+    response = await raw_request(gateway.proxy_port, http_request("GET", ECHO, headers))
+    (upstream,) = ids_seen_upstream(response.json())
+    assert key[keys.DISPLAY_PREFIX_LENGTH : 20] not in upstream
+    assert response.header_values(REQUEST_ID_HEADER) == [upstream]
+    # An id that merely contains the letters stays the client's.
+    headers = [(REQUEST_ID_HEADER, "pkg_v1"), ("X-API-Key", key)]
+    response = await raw_request(gateway.proxy_port, http_request("GET", ECHO, headers))
+    assert ids_seen_upstream(response.json()) == ["pkg_v1"]
+
+
+@pytest.mark.parametrize(
+    ("logged", "cut"),
+    [
+        ("GET /a?k=kg_ABCDEFGhijklmnop HTTP/1.1", "GET /a?k=kg_ABCDEFG... HTTP/1.1"),
+        ("/a/kg%5FABCDEFGhijklmnop/b", "/a/kg%5FABCDEFG.../b"),
+        ("/a/kg%5fABCDEFGhijklmnop", "/a/kg%5fABCDEFG..."),
+        ("/a?q=kg%255FABCDEFGhijklmnop&x=1", "/a?q=kg%255FABCDEFG...&x=1"),
+        ("/a?q=kg_ABCDEFGh%69jklmnop", "/a?q=kg_ABCDEFG..."),
+        ("/a?q=kg_ABC%44EFGhijklmnop", "/a?q=kg_ABC%44EFG..."),
+        ("x=%20kg_ABCDEFGhijklmnop", "x=%20kg_ABCDEFG..."),
+        ('{"q":"kg_ABCDEFGhijklmnop"}', '{"q":"kg_ABCDEFG..."}'),
+        ("kg_ABCDEFG and kg_short", "kg_ABCDEFG and kg_short"),  # a display prefix at most
+        ("no key here", "no key here"),
+    ],
+)
+def test_keys_are_cut_to_their_display_prefix_in_every_encoding(logged: str, cut: str) -> None:
+    assert redact_keys(logged) == cut
 
 
 async def test_refusals_carry_a_request_id_too(gateway: RunningGateway) -> None:
@@ -117,6 +160,7 @@ maybe_ms = st.none() | st.floats(min_value=0, max_value=1e7, allow_nan=False)
     upstream_status=st.none() | st.integers(100, 599),
     upstream_ms=maybe_ms,
     incomplete=st.booleans(),
+    received=st.none() | st.integers(0, 2**40),
     remote=maybe_text,
 )
 def test_the_buffered_json_line_is_what_the_json_formatter_writes(
@@ -131,6 +175,7 @@ def test_the_buffered_json_line_is_what_the_json_formatter_writes(
     upstream_status: int | None,
     upstream_ms: float | None,
     incomplete: bool,
+    received: int | None,
     remote: str | None,
 ) -> None:
     # The writer's line is built field by field for speed; the logging path's formatter is
@@ -140,6 +185,8 @@ def test_the_buffered_json_line_is_what_the_json_formatter_writes(
         notes = RequestNotes(request_id or "")
         notes.key_name, notes.upstream_status = key, upstream_status
         notes.upstream_ms, notes.incomplete = upstream_ms, incomplete
+        if received is not None:  # the client left: ended early, with what it had sent
+            notes.ended, notes.received = CLIENT_ABANDONED, received
     message = f"{method} {path} {status}"
     extra: dict[str, object] = {
         "request_id": request_id,
@@ -153,6 +200,8 @@ def test_the_buffered_json_line_is_what_the_json_formatter_writes(
     if notes is not None:
         extra.update(key=key, upstream_status=upstream_status, upstream_ms=upstream_ms)
         extra["incomplete"] = True if incomplete else None
+        if received is not None:
+            extra.update(ended=CLIENT_ABANDONED.name, received=received)
     record = logging.makeLogRecord(
         {"name": "keygate.access", "levelname": "INFO", "msg": "%s", "args": (message,),
          "created": 1_700_000_000.123, "msecs": 123.0, "process": 4242, **extra}

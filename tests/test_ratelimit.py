@@ -7,9 +7,11 @@ with a message saying how to start one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -18,7 +20,7 @@ import redis.asyncio
 from gateway.ratelimit import (
     LocalLimiter,
     RateLimit,
-    RedisLimiter,
+    Share,
     decide,
     headers,
     redis_limiter,
@@ -27,6 +29,8 @@ from gateway.ratelimit import (
 
 REDIS_URL = os.environ.get("KEYGATE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 TEN_PER_SECOND = RateLimit(10, "second", 10)
+# Redis keeps its own time: a test of counting alone uses a limit that no test run outlasts.
+TEN_PER_MINUTE = RateLimit(10, "minute", 10)
 
 
 class Clock:
@@ -84,8 +88,14 @@ def test_remaining_counts_down_to_zero() -> None:
 
 
 def test_each_process_enforces_its_share() -> None:
-    assert share(RateLimit(100, "minute", 20), 2) == RateLimit(50, "minute", 10)
-    assert share(RateLimit(1, "hour", 1), 4) == RateLimit(1, "hour", 1)  # never below one
+    # 100/minute burst 20 on two workers: 10 at once and 50/minute each.
+    assert share(RateLimit(100, "minute", 20), 2) == Share(1.2, 10)
+    # Burst 3 on two workers: the first gets 2 (and two thirds of the rate), the second 1.
+    assert share(RateLimit(6, "minute", 3), 2, 0) == Share(15.0, 2)
+    assert share(RateLimit(6, "minute", 3), 2, 1) == Share(30.0, 1)
+    # A burst smaller than the worker count: the workers past it get nothing (they refuse).
+    assert share(RateLimit(1, "hour", 1), 4, 0) == Share(3600.0, 1)
+    assert share(RateLimit(1, "hour", 1), 4, 3).burst == 0
 
 
 def test_local_limiter_keeps_keys_apart() -> None:
@@ -130,10 +140,14 @@ async def test_two_redis_limiters_share_one_count(redis_url: str) -> None:
         results = []
         for index in range(12):
             limiter = first if index % 2 else second
-            results.append((await limiter.check(key_id, TEN_PER_SECOND)).allowed)
+            results.append((await limiter.check(key_id, TEN_PER_MINUTE)).allowed)
         assert results == [True] * 10 + [False] * 2
-        clock.now += 0.1
-        assert (await first.check(key_id, TEN_PER_SECOND)).allowed
+        # Redis keeps the time (its TIME): an interval of 0.2 s refills one request.
+        quick = RateLimit(5, "second", 1)
+        assert (await first.check(key_id + 1, quick)).allowed
+        assert not (await second.check(key_id + 1, quick)).allowed
+        await asyncio.sleep(0.25)
+        assert (await second.check(key_id + 1, quick)).allowed
     finally:
         await first.close()
         await second.close()
@@ -144,17 +158,17 @@ async def test_an_unreachable_redis_follows_the_failure_policy_and_logs_once(
     fail_open: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="keygate.ratelimit")
-    clock = Clock()
-    dead = redis.asyncio.Redis.from_url(
-        "redis://127.0.0.1:1/0", socket_timeout=0.05, socket_connect_timeout=0.05
-    )
-    limiter = RedisLimiter(dead, clock, fail_open=fail_open)
+    # Worker 0 of 2: failing open it holds the key to the whole limit (the local floor),
+    # failing closed to its share (5 of the burst of 10).
+    limiter = redis_limiter("redis://127.0.0.1:1/0", Clock(), fail_open=fail_open, processes=2)
     try:
-        decisions = [await limiter.check(7, TEN_PER_SECOND) for _ in range(5)]
+        decisions = [(await limiter.check(7, TEN_PER_SECOND)).allowed for _ in range(12)]
+        assert not limiter.reachable
     finally:
         await limiter.close()
-    assert all(decision.allowed is fail_open for decision in decisions)
-    assert limiter.failures == 5
+    admitted = 10 if fail_open else 5
+    assert decisions == [True] * admitted + [False] * (12 - admitted)
+    assert limiter.failures == 1  # the breaker skips Redis after the first failure
     warnings = [r for r in caplog.records if r.name == "keygate.ratelimit"]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
 
@@ -184,3 +198,95 @@ def test_fast_admission_keeps_a_limit_per_object_even_when_ids_are_reused() -> N
     refused = limiter.admit_now(1, RateLimit(1, "hour", 1))  # a new, equal object
     assert refused is not None and not refused.allowed
     assert limiter.admit_now(2, RateLimit(10, "second", 10)) is None
+
+
+# --------------------------------------------------------- issue 19: shares, clocks, outages
+
+SHARE_LIMITS = [
+    RateLimit(1, "hour", 1),
+    RateLimit(5, "minute", 3),
+    RateLimit(10, "second", 7),
+    RateLimit(100, "minute", 20),
+    RateLimit(3, "second", 1),
+]
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3, 4])
+@pytest.mark.parametrize("limit", SHARE_LIMITS, ids=str)
+def test_the_workers_shares_never_admit_more_than_the_limit(
+    processes: int, limit: RateLimit
+) -> None:
+    clock = Clock()
+    start = clock.now
+    workers = [LocalLimiter(clock, processes, worker) for worker in range(processes)]
+    admitted = 0
+    # Every worker is flooded at every step: the total is what the shares allow at most.
+    for step in range(200):
+        for limiter in workers:
+            for _ in range(3):
+                admitted += limiter.check_now(1, limit).allowed
+        elapsed = clock.now - start
+        assert admitted <= limit.burst + elapsed / limit.interval + 1e-9, (step, admitted)
+        clock.now += limit.interval / 4
+    # ...and the shares add up to the whole limit: the fleet is not stricter than asked either.
+    elapsed = clock.now - start
+    assert admitted >= limit.burst + elapsed / limit.interval - processes - 1
+
+
+def test_a_backwards_clock_step_leaves_the_local_default_on_the_monotonic_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limiter = LocalLimiter()  # the default clock is the monotonic one, never the wall clock
+    limit = RateLimit(3, "minute", 3)
+    assert limiter.check_now(1, limit).allowed
+    stepped = time.time
+    monkeypatch.setattr(time, "time", lambda: stepped() - 3600)  # the wall clock steps back
+    assert limiter.check_now(1, limit).allowed
+
+
+async def test_the_redis_script_keeps_time_by_redis_not_by_the_client(redis_url: str) -> None:
+    ahead, behind = Clock(), Clock()
+    ahead.now += 3600.0  # one worker's wall clock an hour off
+    first = redis_limiter(redis_url, ahead)
+    second = redis_limiter(redis_url, behind)
+    key_id = secrets.randbelow(1 << 30)
+    try:
+        results = []
+        for index in range(12):
+            limiter = first if index % 2 else second
+            results.append((await limiter.check(key_id, TEN_PER_MINUTE)).allowed)
+        assert results == [True] * 10 + [False] * 2
+    finally:
+        await first.close()
+        await second.close()
+
+
+@pytest.fixture
+async def silent_redis() -> AsyncIterator[str]:
+    """A TCP server on loopback that accepts connections and never answers (a hung Redis)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+
+
+async def test_a_hung_redis_is_waited_for_once_not_on_every_check(silent_redis: str) -> None:
+    limiter = redis_limiter(silent_redis, Clock())
+    limit = RateLimit(1000, "second", 1000)
+    try:
+        started = time.monotonic()
+        decisions = [await limiter.check(key, limit) for key in range(40)]
+        elapsed = time.monotonic() - started
+    finally:
+        await limiter.close()
+    assert all(decision.allowed for decision in decisions)  # fail open, within the limit
+    # The old limiter waited its 50 ms timeout on every check (2 s); the breaker waits once.
+    assert elapsed < 0.5, elapsed

@@ -226,6 +226,10 @@ async def test_what_cannot_finish_in_the_grace_period_is_cut_and_logged(
         assert took < 1 + 3, log  # the grace period plus the cut, not twice the grace
         assert f"cutting GET {REST}/_slow?delay=5" in log, log
         assert answer == b"" or b" 200 " not in answer.split(b"\r\n", 1)[0]
+        # ...and its one access line says it was cut by the shutdown, not answered.
+        lines = [line for line in log.splitlines() if f'"GET {REST}/_slow?delay=5"' in line]
+        assert len(lines) == 1, log
+        assert '" 503 ' in lines[0] and "key=waiter ended=shutdown" in lines[0], lines
         print(f"slow request cut; exit {code} {took:.2f}s after SIGTERM")
 
 

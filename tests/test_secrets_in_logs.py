@@ -8,19 +8,37 @@ forwarded request; then every captured log record and every answer is searched f
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
-from conftest import REST, Backend, add_key, free_port, raw_request, write_config
+from conftest import (
+    ALL_ROLE,
+    REST,
+    Backend,
+    add_key,
+    create_key,
+    free_port,
+    http_request,
+    raw_request,
+    reaped,
+    start_serve,
+    wait_for_port,
+    write_config,
+)
 
 from gateway import keys
 from gateway.app import RunningGateway, running_gateway
+from gateway.passwords import hash_password
 from gateway.settings import load_settings
+from gateway.store.factory import store_for
 
 PASSWORD = "correct horse battery staple"
 READ_ROLE = "1int-sessions-read"
+TEST_COST = 2**4  # scrypt N for the test admin: fast, and the stored hash carries it
 
 
 def shapes(secret: str) -> dict[str, tuple[str, list[tuple[str, str]]]]:
@@ -145,3 +163,93 @@ async def test_server_header_names_no_versions(live: RunningGateway, backend: Ba
     relayed = await raw_request(live.proxy_port, raw)
     direct = await raw_request(backend.port, raw)
     assert relayed.header_values("Server") == direct.header_values("Server")
+
+
+def encoded_forms(secret: str) -> list[str]:
+    """A key as a URL may carry it: raw, `_` percent-encoded (once, twice), a body character
+    percent-encoded."""
+    body = secret[len(keys.KEY_PREFIX) :]
+    return [
+        secret,
+        "kg%5F" + body,
+        "kg%5f" + body,
+        "kg%255F" + body,
+        secret[:12] + f"%{ord(secret[12]):02X}" + secret[13:],
+    ]
+
+
+async def add_admin(config: Path, name: str, password: str) -> None:
+    """Add an admin (all grants) to the config's store, as `keygate admins add` does."""
+    store = store_for(load_settings(config))
+    await store.open()
+    try:
+        await store.add_admin(name, hash_password(password, n=TEST_COST), (), True, "test")
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_no_key_in_any_log_line_of_either_listener(
+    tmp_path: Path, backend: Backend, log_format: str
+) -> None:
+    port, admin_port = free_port(), free_port()
+    config = write_config(
+        tmp_path / log_format,
+        backend.url,
+        listen_port=port,
+        admin_port=admin_port,
+        extra={"log": {"level": "debug", "access_log": True, "format": log_format}},
+    )
+    secret = await create_key(config, "searched-bot", [ALL_ROLE])
+    other = await create_key(config, "other-bot", [ALL_ROLE])
+    unknown = keys.generate_key()
+    await add_admin(config, "root", PASSWORD)
+    root = [("Authorization", aiohttp.encode_basic_auth("root", PASSWORD))]
+    serve = start_serve(config, port, tmp_path / f"{log_format}.log")
+    with reaped(serve):
+        await wait_for_port(port, process=serve.process)
+        await wait_for_port(admin_port, process=serve.process)
+        for form in encoded_forms(secret) + encoded_forms(unknown):
+            for target in (
+                f"/api/v1/keys?q={form}",
+                f"/api/v1/audit?key_name={form}",
+                f"/anything/{form}",
+                f"/api/v1/keys/{form}",
+            ):
+                headers = [*root, ("Referer", f"http://x/?q={form}"), ("User-Agent", form)]
+                answer = await raw_request(admin_port, http_request("GET", target, headers))
+                # 403: a working key in User-Agent makes the admin listener refuse the caller.
+                assert answer.status in (200, 403, 404), (target, answer.body)
+            unauthenticated = http_request("GET", f"/api/v1/keys?q={form}")
+            assert (await raw_request(admin_port, unauthenticated)).status == 401
+            # The proxy listener: a key in the query, in the request id, as the credential.
+            proxy_headers = [("X-API-Key", other), ("X-Request-Id", form)]
+            target = f"{REST}/_echo/x?api_key={form}"
+            answer = await raw_request(port, http_request("GET", target, proxy_headers))
+            assert form not in answer.header_values("X-Request-Id")
+            if keys.holds_key_shape(form):  # a key-shaped request id is refused outright
+                assert answer.status == 400, answer.body
+                assert answer.json()["error"] == "bad_request_id"
+            else:
+                assert answer.status == 200, answer.body
+                assert secret not in json.dumps(answer.json()["headers"])
+        found = await raw_request(admin_port, http_request("GET", f"/api/v1/keys?q={secret}", root))
+        assert [item["name"] for item in found.json()["items"]] == ["searched-bot"]
+        # A key typed as the admin name: a failed login, logged (once: more would throttle).
+        sign_in = json.dumps({"name": secret, "password": "wrong"}).encode()
+        json_type = [("Content-Type", "application/json")]
+        answer = await raw_request(
+            admin_port, http_request("POST", "/api/v1/session", json_type, sign_in)
+        )
+        assert answer.status == 401, answer.body
+        assert serve.stop() == 0
+    logged = serve.log_text()
+    if log_format == "json":
+        assert all(json.loads(line) for line in logged.splitlines() if line.strip())
+    assert "/api/v1/audit?key_name=" in logged and "/anything/" in logged  # the lines are there
+    assert "failed admin login" in logged
+    for key in (secret, other, unknown):
+        assert key[keys.DISPLAY_PREFIX_LENGTH :] not in logged
+        assert key[keys.DISPLAY_PREFIX_LENGTH + 3 :] not in logged  # after an encoded character
+    assert f"{keys.display_prefix(secret)}..." in logged

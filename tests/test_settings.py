@@ -558,6 +558,47 @@ def test_webhooks_read_their_secrets_from_env_or_file(tmp_path: Path) -> None:
     assert settings.notify.poll_interval == 0.5
 
 
+def test_webhook_urls_may_come_from_env_or_file_like_other_secrets(tmp_path: Path) -> None:
+    (tmp_path / "hook.url").write_bytes(b"https://u:pw@hooks.example/services/T1/B2/tok\r\n")
+    hook = {"env": "HOOK"}
+    settings = settings_from_data(
+        with_(
+            notify={
+                "webhooks": [
+                    {"url": {"file": "hook.url"}, "secret": hook},
+                    {"url": {"env": "HOOK_URL"}, "secret": hook},
+                ]
+            }
+        ),
+        tmp_path / "gateway.yaml",
+        {"HOOK": "s", "HOOK_URL": "http://127.0.0.1:9/hook?token=abc"},
+    )
+    assert [h.url for h in settings.notify.webhooks] == [
+        "https://u:pw@hooks.example/services/T1/B2/tok",
+        "http://127.0.0.1:9/hook?token=abc",
+    ]
+    problems = problems_of(
+        with_(
+            notify={
+                "webhooks": [
+                    {"url": {"env": "BAD_URL"}, "secret": hook},
+                    {"url": {"env": "UNSET"}, "secret": hook},
+                    {"url": {"value": "x"}, "secret": hook},
+                    {"url": {"env": "TWO_LINES"}, "secret": hook},
+                ]
+            }
+        ),
+        {"HOOK": "s", "BAD_URL": "ftp://user:hunter2@x/", "TWO_LINES": "http://x/a\nhttp://y/"},
+    )
+    assert problems == [
+        f"{WHERE}: notify.webhooks[0].url: must be an http:// or https:// URL",
+        f"{WHERE}: notify.webhooks[1].url: environment variable 'UNSET' is not set",
+        f"{WHERE}: notify.webhooks[2].url: must be {{env: VARIABLE}} or {{file: path}}",
+        f"{WHERE}: notify.webhooks[3].url: must be an http:// or https:// URL",
+    ]
+    assert "hunter2" not in "".join(problems)
+
+
 def test_bad_expiry_and_webhooks_are_each_reported() -> None:
     problems = problems_of(
         with_(
@@ -580,3 +621,61 @@ def test_bad_expiry_and_webhooks_are_each_reported() -> None:
         f"{WHERE}: notify.webhooks[1].secret: environment variable 'UNSET' is not set",
         f"{WHERE}: notify.webhooks[2]: must be {{url: http(s)://..., secret: {{env|file}}}}",
     ]
+
+
+# Service header names that would let a caller choose the value, collide with a header keygate
+# sets or strips itself, or frame the request (issue 19.1): refused at load, in any spelling.
+REFUSED_SERVICE_HEADERS = [
+    "X-Acting-User",
+    "x_acting_user",
+    "X-Acting-User-Signature",
+    "X-Request-Id",
+    "X-Forwarded-Host",
+    "X_Forwarded_For",
+    "X-Forwarded-Proto",
+    "Forwarded",
+    "Host",
+    "Content-Length",
+    "Content-Type",
+    "Transfer-Encoding",
+    "Connection",
+    "Proxy-Authorization",
+    "Expect",
+    "X-API-Key",
+    "X_Api_Key",
+    "Authorization_",
+    "AUTHORIZATION-",
+    "Cookie2",
+    "Remote-User",
+    "X-Forwarded-User",
+    "X-Real-IP",
+    "X-Original-URL",
+    "X-HTTP-Method-Override",
+]
+
+
+@pytest.mark.parametrize("name", REFUSED_SERVICE_HEADERS)
+def test_service_headers_keygate_sets_strips_or_frames_are_refused(name: str) -> None:
+    data = with_(upstream={"url": "http://b", "headers": {name: {"value": "service"}}})
+    for anonymous in ("passthrough", "deny"):
+        problems = problems_of({**data, "anonymous": anonymous})
+        assert len(problems) == 1 and problems[0].startswith(
+            f"{WHERE}: upstream.headers.{name}: cannot be a service header"
+        ), problems
+
+
+def test_a_service_header_named_like_a_custom_identity_header_is_refused() -> None:
+    data = with_(
+        upstream={"url": "http://b", "headers": {"X-Company-User": {"value": "svc"}}},
+        identity={"acting_user_header": "X-Integrate-User", "strip_headers": ["X-Company-User"]},
+    )
+    assert problems_of(data)[0].startswith(f"{WHERE}: upstream.headers.X-Company-User: cannot")
+    data = with_(upstream={"url": "http://b", "headers": {"x_integrate_user": {"value": "svc"}}})
+    data["identity"] = {"acting_user_header": "X-Integrate-User"}
+    assert problems_of(data)[0].startswith(f"{WHERE}: upstream.headers.x_integrate_user: cannot")
+
+
+@pytest.mark.parametrize("name", ["Authorization", "authorization", "Cookie", "X-Service-Token"])
+def test_service_credentials_in_ordinary_headers_load(name: str) -> None:
+    data = with_(upstream={"url": "http://b", "headers": {name: {"value": "service"}}})
+    assert build(data).upstream.headers == ((name, "service"),)

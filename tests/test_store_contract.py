@@ -21,6 +21,7 @@ from conftest import StoreBackend, load_auth_rows, new_key, secret_for
 from gateway.keytable import KeyTable
 from gateway.ratelimit import RateLimit
 from gateway.store.base import (
+    AbandonedEvent,
     AdminAccount,
     AdminSession,
     AuthRow,
@@ -35,6 +36,7 @@ from gateway.store.base import (
     NameConflictError,
     NotFoundError,
     OutsideGrantsError,
+    ReceiverState,
     SortPosition,
     StoreContents,
     StoreNotEmptyError,
@@ -191,6 +193,27 @@ async def test_list_keys_query_matches_name_or_description(store: KeyStore) -> N
     assert len(await names("")) == 5
 
 
+async def test_list_keys_by_digest_finds_the_key_of_a_secret_or_its_rolled_one(
+    store: KeyStore,
+) -> None:
+    first = await store.create_key(new_key("first"), ACTOR)
+    await store.create_key(new_key("second", description=secret_for("first")), ACTOR)
+    digest = hashlib.sha256(secret_for("first").encode()).digest()
+
+    async def names(digest: bytes, **filters: object) -> list[str]:
+        rows = await store.list_keys(digest=digest, **filters)  # type: ignore[arg-type]
+        return [row.name for row in rows]
+
+    assert await names(digest) == ["first"]
+    assert await names(digest, status="active") == ["first"]
+    assert await names(digest, status="revoked") == []
+    assert await names(digest, sort="name") == ["first"]
+    assert await names(hashlib.sha256(b"nobody").digest()) == []
+    new_digest = hashlib.sha256(b"kg_rolled").digest()
+    await store.roll_key(first.id, new_digest, "kg_rolledx", 3600, ACTOR)
+    assert await names(digest) == await names(new_digest) == ["first"]
+
+
 async def test_list_keys_pages_by_id(store: KeyStore) -> None:
     created = [await store.create_key(new_key(f"k{i:02}"), ACTOR) for i in range(7)]
     pages: list[list[KeyRow]] = []
@@ -345,11 +368,13 @@ async def test_batch_actions(store: KeyStore) -> None:
     assert [row.name for row in await store.list_keys()] == ["b0", "b2", "b4"]
     assert await store.delete_revoked("dave") == (0, 0)
 
-    batch = [
-        (e.action, e.actor, e.details)
+    batches = [
+        e
         for e in await store.list_audit(limit=100)
         if e.action in ("revoke_all", "reinstate_all", "delete_revoked")
     ]
+    assert all(len(e.details.pop("batch_id")) == 32 for e in batches)  # uuid4 hex
+    batch = [(e.action, e.actor, e.details) for e in batches]
     assert batch == [
         ("delete_revoked", "dave", {"count": 0, "skipped": 0, "key_ids": []}),
         ("delete_revoked", "dave", {"count": 2, "skipped": 0, "key_ids": [keys[1].id, keys[3].id]}),
@@ -833,6 +858,7 @@ async def test_batches_can_be_limited_to_keys_within_a_grant_set(store: KeyStore
     assert await store.revoke_all(ACTOR) == (1, 0)
     assert await store.delete_revoked(ACTOR, grants=frozenset()) == (0, 2)
     event = (await store.list_audit(limit=1))[0]
+    assert event.details.pop("batch_id")
     assert event.details == {"count": 0, "skipped": 2, "key_ids": []}
 
 
@@ -1172,19 +1198,47 @@ async def test_expiring_keys_are_listed_and_counted_within_a_window(store: KeySt
     assert [row.id for row in default] == [soon.id]
 
 
-async def test_audit_after_and_the_delivery_cursor(store: KeyStore, other: KeyStore) -> None:
+async def test_audit_after_and_the_delivery_cursor_per_receiver(
+    store: KeyStore, other: KeyStore
+) -> None:
+    await store.create_key(new_key("o0"), ACTOR)
+    fresh = await store.open_receiver("r1")  # a new receiver starts after the newest entry
     for name in ("o1", "o2", "o3"):
         await store.create_key(new_key(name), ACTOR)
-    events = await store.audit_after(0)
+    events = await store.audit_after(fresh.cursor)
     assert [e.key_name for e in events] == ["o1", "o2", "o3"]
     assert [e.key_name for e in await store.audit_after(events[0].id, limit=1)] == ["o2"]
-    assert await store.notify_cursor() is None
-    assert await store.advance_notify_cursor(None, events[0].id)
-    assert not await other.advance_notify_cursor(None, 0)  # the first claim wins
-    assert await other.notify_cursor() == events[0].id
-    assert await other.advance_notify_cursor(events[0].id, events[2].id)
-    assert not await store.advance_notify_cursor(events[0].id, events[1].id)  # stale
-    assert await store.notify_cursor() == events[2].id
+    assert await store.count_audit_after(fresh.cursor, ("create",)) == 3
+    assert await store.count_audit_after(fresh.cursor, ("revoke",)) == 0
+    assert (fresh.attempts, fresh.next_attempt, fresh.last_error) == (0, None, None)
+    assert await other.open_receiver("r1") == fresh  # opening again changes nothing
+    # The lease: one process at a time, until it lapses or is given up.
+    assert await store.lease_receiver("r1", "a", 10.0, 40.0)
+    assert not await other.lease_receiver("r1", "b", 20.0, 50.0)
+    assert await store.lease_receiver("r1", "a", 20.0, 50.0)  # renewed
+    assert await other.lease_receiver("r1", "b", 50.0, 80.0)  # lapsed
+    # Retry state and acknowledgements are compare-and-set on the cursor.
+    failing = ReceiverState("r1", fresh.cursor, 2, 5.0, 9.0, "HTTP 503")
+    assert await store.save_receiver(failing, fresh.cursor)
+    assert not await other.save_receiver(ReceiverState("r1", events[1].id), events[0].id)
+    assert await other.save_receiver(ReceiverState("r1", events[0].id), fresh.cursor)
+    (state,) = await store.list_receivers()
+    assert (state.cursor, state.attempts, state.last_error, state.owner) == (
+        events[0].id,
+        0,
+        None,
+        "b",
+    )
+    # Abandoning records the event and moves past it in one step; stale cursors do nothing.
+    gone = AbandonedEvent("r1", events[1].id, "key.created", 7, 5.0, 99.0, "HTTP 410")
+    past = ReceiverState("r1", events[1].id)
+    assert not await store.abandon_event(past, fresh.cursor, gone, 0.0)
+    assert await store.abandon_event(past, events[0].id, gone, 0.0)
+    assert await other.list_abandoned() == [gone]
+    later = AbandonedEvent("r1", events[2].id, "key.created", 1, 200.0, 300.0, "HTTP 500")
+    assert await store.abandon_event(ReceiverState("r1", events[2].id), events[1].id, later, 100.0)
+    assert await store.list_abandoned() == [later]  # records older than forget_before go
+    assert (await other.open_receiver("r1")).cursor == events[2].id
 
 
 async def test_expiry_notices_are_claimed_once_per_key_threshold_and_expiry(
@@ -1192,12 +1246,21 @@ async def test_expiry_notices_are_claimed_once_per_key_threshold_and_expiry(
 ) -> None:
     row = await store.create_key(new_key("noticed", expires_at=time.time() + 86_400), ACTOR)
     assert row.expires_at is not None
-    assert await store.claim_expiry_notices(row.id, (14, 7), row.expires_at, 1.0) == (14, 7)
-    assert await other.claim_expiry_notices(row.id, (14, 7, 1), row.expires_at, 2.0) == (1,)
-    assert await store.claim_expiry_notices(row.id, (14, 7, 1), row.expires_at, 3.0) == ()
-    assert await store.claim_expiry_notices(row.id, (), row.expires_at, 3.0) == ()
+    expires = row.expires_at
+    assert await store.claim_expiry_notices(row.id, "noticed", (14, 7), expires, 1.0) == (14, 7)
+    assert await other.claim_expiry_notices(row.id, "noticed", (14, 7, 1), expires, 2.0) == (1,)
+    assert await store.claim_expiry_notices(row.id, "noticed", (14, 7, 1), expires, 3.0) == ()
+    assert await store.claim_expiry_notices(row.id, "noticed", (), expires, 3.0) == ()
     # A new expiry is a new series of notices.
-    assert await store.claim_expiry_notices(row.id, (14,), row.expires_at + 60, 4.0) == (14,)
+    assert await store.claim_expiry_notices(row.id, "noticed", (14,), expires + 60, 4.0) == (14,)
+    # Each claim that sent anything is audited with it (the webhooks' outbox): the nearest.
+    notices = [e for e in await store.audit_after(0) if e.action == "expiring"]
+    assert [(e.actor, e.key_name, e.details["threshold_days"]) for e in notices] == [
+        ("keygate", "noticed", 7),
+        ("keygate", "noticed", 1),
+        ("keygate", "noticed", 14),
+    ]
+    assert [e.at for e in notices] == [1.0, 2.0, 4.0]
 
 
 async def test_a_keys_own_rate_limit_is_stored_edited_followed_and_copied(

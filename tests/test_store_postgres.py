@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ READY = (200, {"status": "ready", "checks": {"store": True, "policy": True}})
 SETTLE_TIMEOUT = 10.0
 # Seconds within which a NOTIFY must reach a gateway whose poll interval is far longer.
 NOTIFY_BOUND = 0.5
+# Requests per client while another session terminates the gateway's connections.
+TERMINATION_ROUNDS = 40
 
 
 @pytest.fixture
@@ -351,6 +354,120 @@ async def test_an_instance_cut_off_keeps_serving_answers_503_and_refuses_on_retu
     finally:
         await direct.close()
         await relay.close()
+
+
+# ---------------------------------------------------------------- answers and logs in faults
+
+
+async def keygate_backends_waiting_on_a_lock(url: str) -> int:
+    """How many keygate connections wait for a lock (a request blocked mid-statement)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND application_name = 'keygate' AND wait_event_type = 'Lock'"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+def tracebacks(records: list[Any]) -> list[str]:
+    """The messages of log records that carry a traceback (what an operator must not get)."""
+    return [record.getMessage() for record in records if record.exc_info or record.exc_text]
+
+
+async def test_a_connection_terminated_mid_request_answers_503_json_and_logs_no_traceback(
+    tmp_path: Path, backend: Backend, pg: StoreBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    direct, _ = await seeded(pg, tmp_path / "seed")
+    blocker = await asyncpg.connect(pg.location, server_settings={"search_path": pg.schema or ""})
+    try:
+        async with instance(tmp_path / "a", backend, pg.location, pg.schema or "") as a:
+            # Another session holds the feed counter's row lock: the create blocks mid-statement.
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute("SELECT seq FROM feed_state WHERE id = 1 FOR UPDATE")
+            answer = asyncio.create_task(
+                a.admin("POST", KEYS, {"name": "mid-request", "roles": [ALL_ROLE]})
+            )
+            await eventually(lambda: keygate_backends_waiting_on_a_lock(pg.location), 1)
+            assert await terminate_keygate_connections(pg.location) >= 1
+            status, body = await asyncio.wait_for(answer, SETTLE_TIMEOUT)
+            await transaction.rollback()
+            assert (status, body["error"]) == (503, "store_unavailable"), body
+            assert await direct.get_key_by_name("mid-request") is None
+            await eventually(a.ready, READY)
+            status, body = await a.admin("POST", KEYS, {"name": "after", "roles": [ALL_ROLE]})
+            assert status == 201, body
+        assert tracebacks(caplog.records) == []
+    finally:
+        await blocker.close()
+        await direct.close()
+
+
+async def test_an_outage_logs_one_line_when_it_starts_and_one_when_it_ends(
+    tmp_path: Path, backend: Backend, pg: StoreBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    relay = TcpRelay(urlsplit(pg.location).hostname or "", urlsplit(pg.location).port or 5432)
+    await relay.start()
+    direct, (steady,) = await seeded(pg, tmp_path / "seed", "steady")
+    try:
+        url = via(pg.location, relay.port)
+        async with instance(tmp_path / "a", backend, url, pg.schema or "") as a:
+            relay.cut()
+            await asyncio.sleep(2.5)  # many polls, and asyncpg's own reconnection attempts
+            assert await a.keyed(steady) == (200, "")
+            relay.restore()
+            await eventually(a.ready, READY)
+            await asyncio.sleep(0.3)  # a few polls after the recovery
+        feed = [r.getMessage() for r in caplog.records if r.name == "keygate.feed"]
+        assert len([m for m in feed if "paused" in m]) == 1, feed
+        assert len([m for m in feed if "recovered" in m]) == 1, feed
+        assert tracebacks(caplog.records) == []
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("asyncpg")] == []
+    finally:
+        await direct.close()
+        await relay.close()
+
+
+async def test_connections_terminated_under_load_never_answer_500(
+    tmp_path: Path, backend: Backend, pg: StoreBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    direct, _ = await seeded(pg, tmp_path / "seed", "steady")
+    try:
+        async with instance(tmp_path / "a", backend, pg.location, pg.schema or "") as a:
+            statuses: list[tuple[int, str]] = []
+            stop = asyncio.Event()
+
+            async def killer() -> None:
+                while not stop.is_set():
+                    await terminate_keygate_connections(pg.location)
+                    await asyncio.sleep(0.003)
+
+            async def client(worker: int) -> None:
+                for i in range(TERMINATION_ROUNDS):
+                    status, body = await a.admin(
+                        "POST", KEYS, {"name": f"load-{worker}-{i}", "roles": [ALL_ROLE]}
+                    )
+                    statuses.append((status, body.get("error", "") if status >= 400 else ""))
+                    status, body = await a.admin("GET", f"{KEYS}?limit=5")
+                    statuses.append((status, body.get("error", "") if status >= 400 else ""))
+
+            killing = asyncio.create_task(killer())
+            await asyncio.gather(*(client(worker) for worker in range(4)))
+            stop.set()
+            await killing
+        assert {s for s in statuses} <= {(201, ""), (200, ""), (503, "store_unavailable")}, [
+            s for s in statuses if s[0] not in (200, 201, 503)
+        ]
+        assert tracebacks(caplog.records) == []
+    finally:
+        await direct.close()
 
 
 # Seconds /readyz may take on a silently partitioned store: the shipped probe waits 1 s.

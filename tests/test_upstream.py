@@ -607,6 +607,43 @@ async def test_waiting_for_a_free_connection_times_out() -> None:
             await first
 
 
+async def _until(condition: Callable[[], bool]) -> None:
+    """Let the loop turn until `condition` holds (at most TEST_TIMEOUT seconds)."""
+    async with asyncio.timeout(TEST_TIMEOUT):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+async def test_a_released_connection_goes_to_the_first_waiter_not_a_newcomer() -> None:
+    """Under saturation the queue is served in order: a newcomer arriving while the connection
+    is released queues behind the waiters instead of taking it before the woken one runs."""
+    served: list[bytes] = []
+
+    async def handle(ex: Exchange) -> None:
+        while True:
+            head, _ = await ex.read_request()
+            served.append(head.split(b" ", 2)[1])
+            await asyncio.sleep(0.02)  # a slow upstream
+            await ex.send(OK_HELLO)
+
+    # A generous pool_timeout: the order, not a race against a clock, is what is checked.
+    async with upstream(handle) as up, client_for(up.url, pool_size=1, timeout=10) as client:
+        held = await client.request("GET", "/h", [])
+        assert await held.read() == b"hello"
+        first = asyncio.create_task(fetch(client, "GET", "/a"))
+        await _until(lambda: client.pool.waiting == 1)
+        second = asyncio.create_task(fetch(client, "GET", "/b"))
+        await _until(lambda: client.pool.waiting == 2)
+        # The newcomer's task is ready before the release wakes the first waiter: it runs
+        # first, as a request arriving in the same loop turn would.
+        newcomer = asyncio.create_task(fetch(client, "GET", "/c"))
+        held.release()
+        results = await asyncio.gather(first, second, newcomer)
+    assert [body for _, body in results] == [b"hello"] * 3
+    assert served == [b"/h", b"/a", b"/b", b"/c"]
+    assert up.accepted == 1  # one connection, handed from each request to the next
+
+
 async def test_close_closes_idle_connections() -> None:
     closed = asyncio.Event()
 

@@ -93,3 +93,31 @@ def test_signing_keys_are_validated_with_their_location(tmp_path: Path) -> None:
     assert "identity.signing_keys[0]: the secret must be at least 32 bytes" in problems
     assert "identity.signing_keys[1]: environment variable 'KEYGATE_NO_SUCH_VARIABLE'" in problems
     assert "identity.signing_keys[2]: must be {id: NAME, env: VARIABLE}" in problems
+
+
+def test_a_signing_key_file_others_can_read_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared, private = tmp_path / "shared.key", tmp_path / "private.key"
+    shared.write_bytes(NEW_KEY)
+    private.write_bytes(OLD_KEY)
+    shared.chmod(0o644)
+    private.chmod(0o600)
+    keys = [{"id": "k2", "file": "shared.key"}, {"id": "k1", "file": "private.key"}]
+    config = write_config(
+        tmp_path, "http://127.0.0.1:9", extra={"identity": {"signing_keys": keys}}
+    )
+    with caplog.at_level("WARNING", logger="keygate.settings"):
+        settings = load_settings(config)
+    assert settings.signing_keys == (("k2", NEW_KEY), ("k1", OLD_KEY))  # a warning, not a refusal
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1, warnings
+    assert str(shared) in warnings[0] and "0644" in warnings[0] and "chmod 600" in warnings[0]
+    assert "identity.signing_keys[0]" in warnings[0]
+    assert NEW_KEY.decode() not in warnings[0]
+
+    shared.chmod(0o600)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="keygate.settings"):
+        load_settings(config)
+    assert caplog.records == []

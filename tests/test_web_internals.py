@@ -7,6 +7,7 @@ minor release so that such a release is taken deliberately, after this module pa
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import json
 from collections.abc import AsyncIterator
@@ -14,9 +15,14 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
-from gateway.web_internals import JsonErrorServer, RelayedResponse, RelayedWholeResponse
+from gateway.web_internals import (
+    JsonErrorRequestHandler,
+    JsonErrorServer,
+    RelayedResponse,
+    RelayedWholeResponse,
+)
 
 
 def test_aiohttp_is_the_pinned_minor_release() -> None:
@@ -34,6 +40,10 @@ def test_response_internals_exist() -> None:
 def test_request_handler_hooks_exist() -> None:
     parameters = list(inspect.signature(RequestHandler.handle_error).parameters)
     assert parameters == ["self", "request", "status", "exc", "message"]
+    # The head clock starts with the first byte after an idle wait; aiohttp's keep-alive
+    # timer (set by keepalive_timeout) bounds that wait.
+    assert list(inspect.signature(RequestHandler.data_received).parameters) == ["self", "data"]
+    assert callable(RequestHandler._process_keepalive)
     init = inspect.signature(RequestHandler.__init__).parameters
     for name in (
         "manager",
@@ -46,8 +56,21 @@ def test_request_handler_hooks_exist() -> None:
         assert name in init, name
 
 
+async def test_parsed_requests_are_queued_where_they_are_screened() -> None:
+    # Every parsed request (from the socket, or re-parsed after a declined upgrade) goes
+    # through `_messages.append`; a refusal is queued as aiohttp queues its parser errors.
+    source = inspect.getsource(RequestHandler)
+    assert source.count("self._messages.append((msg, payload))") == 2
+    assert "isinstance(message, _ErrInfo)" in source
+    assert list(inspect.signature(_ErrInfo).parameters) == ["status", "exc", "message"]
+    loop = asyncio.get_running_loop()
+    handler = JsonErrorRequestHandler(web.Server(lambda request: web.Response()), loop=loop)
+    assert isinstance(handler._messages, collections.deque)
+    assert type(handler._messages) is not collections.deque
+
+
 async def test_a_request_handler_keeps_its_loop() -> None:
-    # JsonErrorRequestHandler.await_head reads it once per request (get_running_loop costs
+    # JsonErrorRequestHandler's head clock reads it once per request (get_running_loop costs
     # several times more).
     loop = asyncio.get_running_loop()
     handler = RequestHandler(web.Server(lambda request: web.Response()), loop=loop)

@@ -387,7 +387,8 @@ def test_unknown_user_sees_sign_in_and_wrong_password_is_refused(
         sign_in(page)
         cookie = session_cookie(page)
         assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
-        assert cookie["secure"] is False and cookie["path"] == "/"  # plain HTTP on loopback
+        # Plain HTTP on loopback; sent only to the admin API, not to the proxy on this host.
+        assert cookie["secure"] is False and cookie["path"] == "/api/v1"
         assert page.evaluate("document.cookie") == ""  # HttpOnly: scripts cannot read it
     finally:
         context.close()
@@ -763,7 +764,7 @@ def test_focus_returns_to_the_row_re_rendered_while_a_dialog_was_open(
 
 
 def test_expiring_filter_and_expires_in_days(browser: Browser, site: Site) -> None:
-    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3 * 86_400 - 60))
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3 * 86_400 + 60))
     cli(site.config, "keys", "create", "--name", "soon-gone", "--role", "1int-sessions-read",
         "--expires", soon)  # fmt: skip
     with signed_in(browser, site) as page:
@@ -1063,3 +1064,52 @@ def test_sign_out_and_password_change_end_the_session_on_the_server(
         assert status == 401
         log = site.serve.log_text()
         assert token not in log
+
+
+def test_relative_expiry_texts_match_the_clis_table(browser: Browser, site: Site) -> None:
+    from test_audit_history import EXPIRES_IN_CASES
+
+    context, page = new_page(browser, site)
+    try:
+        shown = page.evaluate(
+            """async (cases) => {
+                const format = await import("/static/format.js");
+                return cases.map(([seconds]) => format.expiresInText(seconds));
+            }""",
+            EXPIRES_IN_CASES,
+        )
+    finally:
+        context.close()
+    assert shown == [text for _, text in EXPIRES_IN_CASES]
+
+
+def test_audit_history_by_id_shows_batches_old_names_and_readable_details(
+    browser: Browser, tmp_path: Path
+) -> None:
+    # A site of its own: the batch action below acts on every key.
+    with running_site(tmp_path / "config", []) as site:
+        audit_history_on(browser, site)
+
+
+def audit_history_on(browser: Browser, site: Site) -> None:
+    """Check the "Audit history" of a renamed key touched by a batch, on `site`."""
+    cli(site.config, "keys", "create", "--name", "history-old", "--role", "1int-sessions-read",
+        "--rate-limit", "10/minute,burst=5")  # fmt: skip
+    cli(site.config, "keys", "edit", "history-old", "--name", "history-new")
+    cli(site.config, "keys", "revoke", "history-new")
+    cli(site.config, "keys", "reinstate-all")  # a batch: it names no single key
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 5 * 60 + 30))
+    cli(site.config, "keys", "edit", "history-new", "--expires", soon)
+    with signed_in(browser, site) as page:
+        search(page, "history-new")
+        expires = row(page, "history-new").locator("td[data-label='Expires']")
+        page_expect(expires).to_contain_text("expires in 5 min")
+        open_settings(page, "history-new").get_by_role("menuitem", name="Audit history").click()
+        audit = page.locator("#audit-body tr")
+        page_expect(audit.filter(has_text="Reinstated all")).to_have_count(1)
+        page_expect(audit.filter(has_text="Created")).to_have_count(1)  # under the old name
+        page_expect(audit).to_have_count(5)
+        details = " ".join(audit.locator("td[data-label='Details']").all_inner_texts())
+        assert "[object Object]" not in details
+        assert "rate_limit: burst=5, per=minute, requests=10" in details
+        assert "name: history-old → history-new" in details

@@ -22,7 +22,8 @@ AUDIT_CURSOR = "a"
 
 
 async def list_audit(request: web.Request) -> web.Response:
-    """GET /api/v1/audit: audit events newest first, by key id or name, actor and time."""
+    """GET /api/v1/audit: audit events newest first, by key (id, or name resolved to its id),
+    actor and time."""
     store = request.app[RUNTIME].store
     params = query_params(request, AUDIT_PARAMS)
     key_id = parse_int_param(params, "key_id")
@@ -31,6 +32,12 @@ async def list_audit(request: web.Request) -> web.Response:
     since = parse_since(params, "since")
     limit = parse_limit(params)
     before = decode_cursor(params, AUDIT_CURSOR)
+    if key_id is None and key_name is not None:
+        # A key's history is by id: its batches and the entries under its earlier names.
+        # A name no key has now finds the entries written under it (a deleted key's).
+        current = await store.get_key_by_name(key_name)
+        if current is not None:
+            key_id, key_name = current.id, None
     events = await store.list_audit(
         key_id=key_id,
         key_name=key_name,

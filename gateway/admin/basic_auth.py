@@ -23,7 +23,7 @@ from gateway.admin.accounts import is_admin_name
 from gateway.admin.errors import E_TOO_MANY_ATTEMPTS, E_UNAUTHORIZED, ApiError
 from gateway.admin.throttle import TRUSTED_ADDRESS_WINDOW, LoginThrottle
 from gateway.credentials import decode_basic, split_authorization
-from gateway.store.base import AdminAccount, KeyStore
+from gateway.store.base import AdminAccount, KeyStore, StoreUnavailableError
 
 log = logging.getLogger("keygate.admin.auth")
 
@@ -230,6 +230,8 @@ class Authenticator:
         """Record the address a login succeeded from (exempt from the account's lockout)."""
         try:
             await self.store.record_login_success(account, address, gateway.clock.now())
+        except StoreUnavailableError as error:
+            log.warning("could not record a successful admin login: %s", error)
         except Exception:
             log.exception("could not record a successful admin login")
 
@@ -237,6 +239,9 @@ class Authenticator:
         """Count a failure in the store; return its hold-back (the most when counting fails)."""
         try:
             return await self.throttle.fail(self.store, address, account)
+        except StoreUnavailableError as error:
+            log.warning("could not count a failed admin login: %s", error)
+            return self.throttle.delay_max
         except Exception:
             log.exception("could not count a failed admin login")
             return self.throttle.delay_max

@@ -29,6 +29,8 @@ E_CSRF = "csrf"
 E_SESSION_ENDED = "session_ended"
 E_KEY_EXPIRED = "key_expired"
 E_NAME_CONFLICT = "name_conflict"
+E_IDEMPOTENT_REPLAY = "idempotent_replay"
+E_IDEMPOTENCY_REUSED = "idempotency_key_reused"
 E_NOT_FOUND = "not_found"
 E_INVALID = key_rules.E_INVALID
 E_UNKNOWN_ROLE = key_rules.E_UNKNOWN_ROLE
@@ -50,6 +52,12 @@ M_NAME_CONFLICT = "a key with that name already exists"
 M_METHOD_NOT_ALLOWED = "method not allowed on this resource"
 M_BODY_TOO_LARGE = "request body is too large"
 M_INTERNAL = "internal error"
+M_STORE_UNAVAILABLE = "the key store is unavailable: {cause}; nothing was changed, retry later"
+M_STORE_OUTCOME_UNKNOWN = (
+    "the key store connection was lost while the change was being committed: {cause}; "
+    "it may have been made: check before retrying (a create retried with the same "
+    "Idempotency-Key header is safe)"
+)
 M_CSRF_CONTENT_TYPE = (
     "state-changing requests must be sent with Content-Type: application/json (body or not)"
 )
@@ -193,11 +201,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 def store_unavailable(error: StoreUnavailableError) -> web.Response:
     """Return the 503 answer for a store that cannot serve now, naming the cause."""
+    if error.outcome_unknown:
+        message = M_STORE_OUTCOME_UNKNOWN.format(cause=error.cause)
+    else:
+        message = M_STORE_UNAVAILABLE.format(cause=error.cause)
     return json_error(
         503,
         E_STORE_UNAVAILABLE,
-        f"the key store is unavailable: {error.cause}; nothing was changed, retry later",
+        message,
         headers={"Retry-After": str(STORE_RETRY_AFTER)},
+        extra={"outcome_unknown": True} if error.outcome_unknown else None,
     )
 
 

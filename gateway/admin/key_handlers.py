@@ -8,7 +8,14 @@ from aiohttp import web
 
 from gateway import clock, key_rules, keys
 from gateway.admin.accounts import grant_set
-from gateway.admin.errors import NO_STORE, bad_request, not_found
+from gateway.admin.errors import (
+    E_IDEMPOTENCY_REUSED,
+    E_IDEMPOTENT_REPLAY,
+    NO_STORE,
+    ApiError,
+    bad_request,
+    not_found,
+)
 from gateway.admin.middlewares import current_admin
 from gateway.admin.parsing import (
     decode_cursor,
@@ -27,6 +34,9 @@ from gateway.state import RUNTIME
 from gateway.store.base import (
     KEY_SORTS,
     BatchResult,
+    IdempotencyClaim,
+    IdempotencyMismatchError,
+    IdempotentReplayError,
     KeyChanges,
     KeyFilter,
     KeyRow,
@@ -40,12 +50,20 @@ LIST_PARAMS = frozenset({"status", "q", "limit", "cursor", "sort"})
 STATUSES: tuple[KeyFilter, ...] = ("active", "revoked", "expired", "expiring")
 KEY_CURSOR = "k"
 DAY = 86_400  # seconds
+# The create request header that makes retries safe (Stripe's and the IETF draft's name).
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+# The idempotency key's rules are key_rules' (shared with `keygate keys create`).
+IDEMPOTENCY_KEY_MAX = key_rules.IDEMPOTENCY_KEY_MAX
+IDEMPOTENCY_WINDOW = key_rules.IDEMPOTENCY_WINDOW
 
 M_NOTHING_TO_CHANGE = "nothing to change: give name, description, roles, expires_at or rate_limit"
 M_STATUS = "status must be one of: active, revoked, expired, expiring"
 M_SORT = f"sort must be one of: {', '.join(KEY_SORTS)}"
 M_SECRET = "secret must be a whole keygate API key (kg_..., with its checksum)"
 M_NO_KEY_FOR_SECRET = "no key has that secret (deleted, or never a keygate key)"
+M_IDEMPOTENCY_KEY = f"{IDEMPOTENCY_HEADER} {key_rules.M_IDEMPOTENCY_KEY}"
+M_REPLAY = key_rules.M_REPLAY.format(field=IDEMPOTENCY_HEADER)
+M_REPLAY_DELETED = key_rules.M_REPLAY_DELETED.format(field=IDEMPOTENCY_HEADER)
 
 
 def _runtime(request: web.Request) -> Runtime:
@@ -77,15 +95,43 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, headers={"Cache-Control": NO_STORE})
 
 
+def idempotency_claim(
+    request: web.Request, data: dict[str, Any], now: float
+) -> IdempotencyClaim | None:
+    """Return the create's idempotency claim from its Idempotency-Key header, or None.
+
+    The fingerprint is the SHA-256 of the body as parsed (member order and spacing aside).
+    """
+    value = request.headers.get(IDEMPOTENCY_HEADER)
+    if value is None:
+        return None
+    try:
+        return key_rules.idempotency_claim(value, data, now, IDEMPOTENCY_HEADER)
+    except key_rules.InputError:
+        raise bad_request(M_IDEMPOTENCY_KEY, field=IDEMPOTENCY_HEADER) from None
+
+
 async def create_key(request: web.Request) -> web.Response:
-    """POST /api/v1/keys: create a key; the only answer that ever holds its secret."""
+    """POST /api/v1/keys: create a key; the only answer that ever holds its secret.
+
+    With an Idempotency-Key header, a repeat of the same request within
+    IDEMPOTENCY_WINDOW creates nothing: 409 `idempotent_replay` names the key (no secret).
+    """
     runtime = _runtime(request)
     admin = current_admin(request)
     data = await read_json_object(request, KEY_FIELDS)
     now = clock.now()
+    claim = idempotency_claim(request, data, now)
     new, secret = key_rules.new_key_request(data, runtime.policy, now)
     key_rules.check_grants(new.roles, grant_set(admin))
-    row = await runtime.store.create_key(new, admin.name)
+    try:
+        row = await runtime.store.create_key(new, admin.name, claim)
+    except IdempotentReplayError as replay:
+        shown = None if replay.row is None else key_rules.key_json(replay.row, now, runtime.policy)
+        message = M_REPLAY if replay.row is not None else M_REPLAY_DELETED
+        raise ApiError(409, E_IDEMPOTENT_REPLAY, message, extra={"key": shown}) from None
+    except IdempotencyMismatchError as error:
+        raise ApiError(422, E_IDEMPOTENCY_REUSED, str(error), field=IDEMPOTENCY_HEADER) from None
     await runtime.apply_own_writes()
     return _json(
         {"key": key_rules.key_json(row, now, runtime.policy), "secret": secret}, status=201
@@ -93,7 +139,11 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    """GET /api/v1/keys: one page of keys by id, filtered by status and text."""
+    """GET /api/v1/keys: one page of keys by id, filtered by status and text.
+
+    A `q` that is a whole, well-formed key finds that key by its digest (a pasted secret is
+    looked up, never matched as text).
+    """
     runtime = _runtime(request)
     params = query_params(request, LIST_PARAMS)
     status_text = params.get("status") or None
@@ -101,6 +151,9 @@ async def list_keys(request: web.Request) -> web.Response:
     if status_text is not None and status is None:
         raise bad_request(M_STATUS, field="status")
     query = parse_text(params, "q")
+    digest = None if query is None else keys.digest_if_well_formed(query.strip())
+    if digest is not None:
+        query = None
     limit = parse_limit(params)
     sort = next((s for s in KEY_SORTS if s == (params.get("sort") or "id")), None)
     if sort is None:
@@ -116,6 +169,7 @@ async def list_keys(request: web.Request) -> web.Response:
             after_id=after_id,
             now=now,
             expiring_within=within,
+            digest=digest,
         )
     else:
         after: SortPosition | None = decode_sort_cursor(params, sort, sort.endswith("name"))
@@ -127,6 +181,7 @@ async def list_keys(request: web.Request) -> web.Response:
             sort=sort,
             after=after,
             expiring_within=within,
+            digest=digest,
         )
     page = rows[:limit]
     next_cursor = _next_cursor(sort, page[-1]) if len(rows) > limit else None
@@ -292,7 +347,11 @@ async def identify_key(request: web.Request) -> web.Response:
     secret = data.get("secret")
     if not isinstance(secret, str) or not keys.is_well_formed(secret):
         raise bad_request(M_SECRET, field="secret")
-    row = await _runtime(request).store.get_key_by_digest(keys.digest(secret))
+    store = _runtime(request).store
+    row = await store.get_key_by_digest(keys.digest(secret))
+    await key_rules.audit_identify(
+        store, current_admin(request).name, row, {"remote": request.remote or "?"}
+    )
     if row is None:
         raise not_found(M_NO_KEY_FOR_SECRET)
     return _json(key_rules.key_json(row, clock.now(), _runtime(request).policy))

@@ -121,7 +121,9 @@ async def authenticate(request: web.Request) -> AdminAccount:
     if token is None:
         return await request.app[AUTHENTICATOR].authenticate(request)
     background = BACKGROUND_HEADER in request.headers
-    account = await sessions.resolve(token, secure=request.secure, activity=not background)
+    account = await sessions.resolve(
+        token, secure=request.secure, activity=not background, address=request.remote or "?"
+    )
     if request.method not in SAFE_METHODS:
         sessions.check_csrf(request, token)
     request[SESSION_TOKEN] = token

@@ -9,7 +9,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admin import errors
-from gateway.admin.parsing import DEFAULT_LIMIT, MAX_BODY_BYTES, MAX_LIMIT
+from gateway.admin.key_handlers import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_WINDOW
+from gateway.admin.parsing import DEFAULT_LIMIT, MAX_BODY_BYTES, MAX_EXPLAIN_TARGET, MAX_LIMIT
 from gateway.admin.sessions import COOKIE as SESSION_COOKIE
 from gateway.admin.sessions import CSRF_HEADER, SECURE_COOKIE
 from gateway.key_rules import (
@@ -69,6 +70,20 @@ SCHEMAS: dict[str, Schema] = {
             "field": {"type": "string", "description": "the request field at fault"},
             "retry_after": {"type": "integer", "description": "seconds, with 429"},
             "checks": {"$ref": "#/components/schemas/ReadyChecks"},
+            "key": {
+                "oneOf": [{"$ref": "#/components/schemas/Key"}, {"type": "null"}],
+                "description": (
+                    "with idempotent_replay: the key the first request created (null once "
+                    "deleted), never its secret"
+                ),
+            },
+            "outcome_unknown": {
+                "type": "boolean",
+                "description": (
+                    "with store_unavailable: the connection was lost while the write was "
+                    "committing, so it may have been made"
+                ),
+            },
         },
     },
     "KeyStatus": {"type": "string", "enum": ["active", "revoked", "expired"]},
@@ -287,7 +302,12 @@ SCHEMAS: dict[str, Schema] = {
         "additionalProperties": False,
         "properties": {
             "method": {"type": "string"},
-            "path": {"type": "string", "pattern": "^/"},
+            "path": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_EXPLAIN_TARGET,
+                "description": "the request target as the request line carries it (query too)",
+            },
             "roles": {"type": "array", "minItems": 1, "items": {"type": "string"}},
             "key_id": {"type": "integer", "minimum": 1},
         },
@@ -298,8 +318,10 @@ SCHEMAS: dict[str, Schema] = {
         "required": [
             "allowed",
             "reason",
+            "refusal",
             "rule",
             "method",
+            "target",
             "path",
             "roles",
             "effective_roles",
@@ -310,11 +332,37 @@ SCHEMAS: dict[str, Schema] = {
             "allowed": {"type": "boolean"},
             "reason": {
                 "type": "string",
-                "enum": ["allowed", "protected", "no_rule", "key_revoked", "key_expired"],
+                "enum": [
+                    "allowed",
+                    "protected",
+                    "no_rule",
+                    "override_forbidden",
+                    "bad_method_override",
+                    "bad_target",
+                    "key_unknown",
+                    "key_revoked",
+                    "key_expired",
+                    "key_rolled",
+                ],
+            },
+            "refusal": {
+                "type": ["object", "null"],
+                "description": "what the proxy answers this request (null: it forwards it)",
+                "required": ["status", "error", "message"],
+                "additionalProperties": False,
+                "properties": {
+                    "status": {"type": "integer"},
+                    "error": {"type": "string"},
+                    "message": {"type": "string"},
+                },
             },
             "rule": _nullable(_ref("Rule")),
             "method": {"type": "string"},
-            "path": {"type": "string"},
+            "target": {"type": "string"},
+            "path": {
+                "type": ["string", "null"],
+                "description": "the decoded path the policy saw (null: the target was refused)",
+            },
             "roles": {"type": "array", "items": {"type": "string"}},
             "effective_roles": {"type": "array", "items": {"type": "string"}},
             "key": {
@@ -456,10 +504,13 @@ def _errors(*statuses: int) -> dict[str, Schema]:
             "(csrf), or a key or role outside the caller's grant set (grant_forbidden)"
         ),
         404: "no such key (or page file)",
-        409: "name already in use, or reinstating an expired key (key_expired)",
+        409: (
+            "name already in use, reinstating an expired key (key_expired), or a create "
+            "repeated under its Idempotency-Key (idempotent_replay, with the key)"
+        ),
         413: f"body larger than {MAX_BODY_BYTES} bytes",
         415: "body is not JSON",
-        422: "unknown role",
+        422: "unknown role, or an Idempotency-Key reused with another body",
         429: "too many failed logins from this address or for this account (see Retry-After)",
         503: "not ready",
     }
@@ -586,6 +637,26 @@ def _paths() -> dict[str, Schema]:
                     **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 409, 422),
                 },
                 body="KeyCreate",
+                parameters=[
+                    {
+                        "name": IDEMPOTENCY_HEADER,
+                        "in": "header",
+                        "required": False,
+                        "description": (
+                            "makes a retry safe: the same request again from the same admin "
+                            f"within {IDEMPOTENCY_WINDOW // 3600} h creates nothing and answers "
+                            "409 idempotent_replay with the key (its secret cannot be shown "
+                            "again); another body under the same key answers 422 "
+                            "idempotency_key_reused"
+                        ),
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": IDEMPOTENCY_KEY_MAX,
+                            "pattern": "^[!-~]+$",
+                        },
+                    }
+                ],
             ),
             "get": _operation(
                 "listKeys",
@@ -604,7 +675,10 @@ def _paths() -> dict[str, Schema]:
                     {
                         "name": "q",
                         "in": "query",
-                        "description": "substring of name, description or display prefix",
+                        "description": (
+                            "substring of name, description or display prefix; a whole key"
+                            " finds exactly its key (by digest)"
+                        ),
                         "schema": {"type": "string"},
                     },
                     {
@@ -769,7 +843,7 @@ def _paths() -> dict[str, Schema]:
     paths["/api/v1/policy/explain"] = {
         "post": _operation(
             "explainPolicy",
-            "Decide METHOD PATH for roles or a key, with the rule that decided",
+            "Decide METHOD PATH for roles or a key as the proxy does, with the deciding rule",
             {
                 **_ok("the decision", "Explanation"),
                 **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 404, 422),

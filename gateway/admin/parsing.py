@@ -27,10 +27,19 @@ DEFAULT_LIMIT = 100  # items per page when `limit` is not given
 MAX_LIMIT = 1000  # largest page size
 MAX_ID = 2**63 - 1  # ids are SQLite / PostgreSQL bigints
 MAX_QUERY_LENGTH = 1000  # characters of a search or filter parameter
+# Characters of a request target to explain: more than any request line the proxy reads
+# (aiohttp's limit is 8190), so every target the proxy could be sent can be explained.
+MAX_EXPLAIN_TARGET = 8192
 _ID = re.compile(r"[0-9]{1,19}")
 _CURSOR = re.compile(r"[A-Za-z0-9_-]{1,40}")
 _SORT_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,400}")  # holds the last name: up to ~300 bytes
 _NAME_SHOWN = 40  # characters of an unknown field name repeated in a message
+# What no search, filter or cursor text may hold: C0 and C1 controls, DEL and lone surrogates
+# (no valid Unicode; PostgreSQL refuses NUL too). Refused here as 400, never left to a store.
+_UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# Latest time a sort cursor may hold, in unix seconds (9999-12-31): later than any stored
+# time; the earliest is -1, the "never used" of last_used_at.
+MAX_CURSOR_TIME = 253_402_300_800
 
 M_CONTENT_TYPE = "request body must be JSON (Content-Type: application/json)"
 M_BODY_TOO_LARGE = f"request body must be at most {MAX_BODY_BYTES} bytes"
@@ -156,12 +165,17 @@ def parse_limit(params: dict[str, str]) -> int:
     return int(text)
 
 
+def is_safe_text(text: str) -> bool:
+    """Return True for text a filter or cursor may hold: bounded, no controls or surrogates."""
+    return len(text) <= MAX_QUERY_LENGTH and _UNSAFE_TEXT.search(text) is None
+
+
 def parse_text(params: dict[str, str], name: str) -> str | None:
     """Return a free-text parameter (None when absent or empty), bounded in length."""
     text = params.get(name)
     if not text:
         return None
-    if len(text) > MAX_QUERY_LENGTH or any(ord(c) < 32 or ord(c) == 127 for c in text):
+    if not is_safe_text(text):
         raise bad_request(
             f"{name} must be at most {MAX_QUERY_LENGTH} characters without control characters",
             field=name,
@@ -251,10 +265,14 @@ def decode_sort_cursor(
     if not isinstance(data, list) or len(data) != 3 or data[0] != sort:
         raise bad_request(M_CURSOR, field="cursor")
     value, position = data[1], data[2]
-    if text_value:
-        valid_value = isinstance(value, str) and len(value) <= MAX_QUERY_LENGTH
+    if text_value:  # checked like a search text: the stores never see what `q` may not hold
+        valid_value = isinstance(value, str) and is_safe_text(value)
     else:
-        valid_value = isinstance(value, int | float) and not isinstance(value, bool)
+        valid_value = (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and -1 <= value <= MAX_CURSOR_TIME
+        )
     valid_position = isinstance(position, int) and not isinstance(position, bool)
     if not valid_value or not valid_position or not 1 <= position <= MAX_ID:
         raise bad_request(M_CURSOR, field="cursor")

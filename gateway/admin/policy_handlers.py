@@ -6,19 +6,20 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import clock, key_rules
+from gateway import auth, clock, decision, key_rules
 from gateway.admin.accounts import grant_set
 from gateway.admin.errors import NO_STORE, bad_request, not_found
 from gateway.admin.middlewares import current_admin
-from gateway.admin.parsing import MAX_ID, read_json_object
-from gateway.policy import KNOWN_METHODS, Decision, Policy, Rule
+from gateway.admin.parsing import MAX_EXPLAIN_TARGET, MAX_ID, read_json_object
+from gateway.decision import Caller, Explanation, roles_caller
+from gateway.policy import KNOWN_METHODS, Policy, Rule
+from gateway.refusals import Refusal
 from gateway.state import RUNTIME
 
 EXPLAIN_FIELDS = frozenset({"method", "path", "roles", "key_id"})
-MAX_PATH_LENGTH = 4096  # characters of a path to explain
 
 M_METHOD = f"method must be one of: {', '.join(sorted(KNOWN_METHODS))}"
-M_PATH = f"path must be an absolute path ('/...') of at most {MAX_PATH_LENGTH} characters"
+M_PATH = f"path must be a request target ('/...') of 1 to {MAX_EXPLAIN_TARGET} characters"
 M_ROLES_OR_KEY = "give exactly one of roles or key_id"
 M_KEY_ID = "key_id must be a positive integer"
 
@@ -61,38 +62,46 @@ def _method(value: Any) -> str:
     return value.upper()
 
 
-def _path(value: Any) -> str:
-    if (
-        not isinstance(value, str)
-        or not value.startswith("/")
-        or len(value) > MAX_PATH_LENGTH
-        or any(ord(c) <= 32 or ord(c) == 127 for c in value)
-    ):
+def _target(value: Any) -> str:
+    """The request-target to explain, as the request line would carry it (decided as is)."""
+    if not isinstance(value, str) or not value or len(value) > MAX_EXPLAIN_TARGET:
         raise bad_request(M_PATH, field="path")
-    return value.split("?", 1)[0].split("#", 1)[0]
+    return value
 
 
-def decision_json(decision: Decision) -> dict[str, Any]:
-    """Return a policy decision and the rule that decided it (None when nothing allowed it)."""
+def refusal_json(refusal: Refusal | None) -> dict[str, Any] | None:
+    """Return the proxy's answer to a refused request: status, error code and message."""
+    if refusal is None:
+        return None
+    return {"status": refusal.status, "error": refusal.code, "message": refusal.message}
+
+
+def explanation_json(explanation: Explanation) -> dict[str, Any]:
+    """Return a decision, the proxy's refusal if any, and the rule that allowed the request."""
+    rule = explanation.rule
     return {
-        "allowed": decision.allowed,
-        "reason": decision.reason,
-        "rule": None if decision.rule is None else rule_json(decision.rule),
+        "allowed": explanation.refusal is None,
+        "reason": explanation.reason,
+        "refusal": refusal_json(explanation.refusal),
+        "rule": None if rule is None else rule_json(rule),
+        "path": explanation.path,
     }
 
 
 async def explain(request: web.Request) -> web.Response:
-    """POST /api/v1/policy/explain: would these roles (or this key) be allowed METHOD PATH."""
+    """POST /api/v1/policy/explain: would the proxy let these roles (or this key) call METHOD
+    PATH; decided by the proxy's own decision function, from the target as sent."""
     runtime = request.app[RUNTIME]
     data = await read_json_object(request, EXPLAIN_FIELDS)
     method = _method(data.get("method"))
-    path = _path(data.get("path"))
+    target = _target(data.get("path"))
     if ("roles" in data) == ("key_id" in data):
         raise bad_request(M_ROLES_OR_KEY, field="roles")
     key: dict[str, Any] | None = None
-    status = "active"
+    caller: Caller
     if "roles" in data:
         roles = key_rules.validate_roles(data["roles"], runtime.policy)
+        caller = roles_caller(roles)
     else:
         key_id = data["key_id"]
         if isinstance(key_id, bool) or not isinstance(key_id, int) or not 1 <= key_id <= MAX_ID:
@@ -101,16 +110,17 @@ async def explain(request: web.Request) -> web.Response:
         if row is None:
             raise not_found()
         roles = row.roles
-        status = key_rules.status_of(row, clock.now())
-        key = {"id": row.id, "name": row.name, "status": status}
-    body = decision_json(runtime.policy.explain(roles, method, path))
-    if status != "active":  # the proxy refuses the key before the policy is asked
-        body.update(allowed=False, reason=f"key_{status}", rule=None)
+        moment = clock.now()
+        # The proxy's view of the key: its in-memory record, as a request would find it.
+        caller = auth.authenticate_digest(runtime.table, row.digest, moment)
+        key = {"id": row.id, "name": row.name, "status": key_rules.status_of(row, moment)}
+    policy = runtime.policy
+    body = explanation_json(decision.explain(policy, method, target, caller))
     body.update(
         method=method,
-        path=path,
+        target=target,
         roles=list(roles),
-        effective_roles=sorted(runtime.policy.effective_roles(roles)),
+        effective_roles=sorted(policy.effective_roles(roles)),
         key=key,
     )
     return web.json_response(body, headers={"Cache-Control": NO_STORE})

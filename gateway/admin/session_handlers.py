@@ -63,7 +63,7 @@ async def sign_in(request: web.Request) -> web.Response:
         error.headers.pop("WWW-Authenticate", None)  # a form, not a Basic challenge
         raise
     sessions = request.app[SESSIONS]
-    token = await sessions.start(account)
+    token = await sessions.start(account, address)
     await request.app[AUTHENTICATOR].store.append_audit(
         actor=account.name, action=AUDIT_SIGN_IN, details={"remote": address}
     )

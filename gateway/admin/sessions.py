@@ -4,6 +4,11 @@ A session lives in the store (every worker and instance sees it) as the SHA-256 
 token; the token itself exists only in the browser's HttpOnly cookie. The CSRF token is
 derived from the session token under a separate label, so it is bound to the session, needs
 no storage, and gives nothing away about the cookie.
+
+A session is also bound to the address that signed in (through its stamp): a cookie and CSRF
+token read elsewhere (a backend's logs, say) end the session when presented from any other
+address. The plain-HTTP cookie is scoped to the admin API's path, so a browser does not send
+it to other paths on the same host (cookies ignore ports: the proxy listener is one).
 """
 
 from __future__ import annotations
@@ -20,11 +25,16 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway.admin.errors import E_CSRF, E_SESSION_ENDED, M_CSRF_TOKEN, ApiError
+from gateway.hygiene import SECURE_SESSION_COOKIE, SESSION_COOKIE
 from gateway.settings import SessionSettings
 from gateway.store.base import AdminAccount, AdminSession, KeyStore
 
-COOKIE = "keygate-session"  # cookie over plain HTTP (the admin listener's usual loopback setup)
-SECURE_COOKIE = "__Host-keygate-session"  # cookie over TLS: Secure, Path=/, no Domain
+# The proxy strips both from every request it forwards (gateway.hygiene owns the names).
+COOKIE = SESSION_COOKIE  # cookie over plain HTTP (the admin listener's usual loopback setup)
+SECURE_COOKIE = SECURE_SESSION_COOKIE  # cookie over TLS: Secure, Path=/, no Domain
+# The plain cookie's path: the admin API, the only place that reads it (the page and its assets
+# are public). The `__Host-` cookie must have Path=/; `Secure` keeps it off plain-HTTP listeners.
+COOKIE_PATH = "/api/v1"
 CSRF_HEADER = "X-CSRF-Token"
 # The page's background polls send this: they prove the session, but are not activity, so
 # an open but unattended page still reaches its idle timeout.
@@ -68,6 +78,17 @@ def admin_stamp(account: AdminAccount) -> str:
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
+def session_stamp(account: AdminAccount, address: str) -> str:
+    """Return what a session is bound to: its admin's stamp and the address that signed in."""
+    material = f"{admin_stamp(account)}\0{address}"
+    return hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def cookie_path(secure: bool) -> str:
+    """Return the session cookie's Path: `/` for the `__Host-` cookie, the admin API's else."""
+    return "/" if secure else COOKIE_PATH
+
+
 def cookie_name(secure: bool) -> str:
     """Return the session cookie's name: the `__Host-` one over TLS, the plain one otherwise."""
     return SECURE_COOKIE if secure else COOKIE
@@ -75,7 +96,8 @@ def cookie_name(secure: bool) -> str:
 
 def cleared_cookie(secure: bool) -> str:
     """Return a Set-Cookie value that removes the session cookie from the browser."""
-    value = f"{cookie_name(secure)}=; Max-Age=0; Path=/; HttpOnly; SameSite=Strict"
+    path = cookie_path(secure)
+    value = f"{cookie_name(secure)}=; Max-Age=0; Path={path}; HttpOnly; SameSite=Strict"
     return value + "; Secure" if secure else value
 
 
@@ -106,23 +128,28 @@ class SessionManager:
         value = request.cookies.get(cookie_name(request.secure))
         return value if value else None
 
-    async def start(self, account: AdminAccount) -> str:
-        """Start a session for a signed-in admin; return its token (for the cookie only)."""
+    async def start(self, account: AdminAccount, address: str) -> str:
+        """Start a session for an admin signed in from `address`; return its token (for the
+        cookie only)."""
         token = new_token()
         now = self._clock()
+        stamp = session_stamp(account, address)
         await self.store.create_session(
-            AdminSession(token_hash(token), account.name, admin_stamp(account), now, now),
+            AdminSession(token_hash(token), account.name, stamp, now, now),
             idle_before=now - self.settings.idle_timeout,
             started_before=now - self.settings.absolute_timeout,
         )
         return token
 
-    async def resolve(self, token: str, *, secure: bool, activity: bool) -> AdminAccount:
+    async def resolve(
+        self, token: str, *, secure: bool, activity: bool, address: str
+    ) -> AdminAccount:
         """Return the admin of a live session, or raise 401 session_ended (and forget it).
 
-        A session ends when it has been idle or alive too long, or when its admin was
-        removed or had their password or grants changed. `activity=False` (background
-        polls) checks the session without restarting its idle timeout.
+        A session ends when it has been idle or alive too long, when its admin was removed
+        or had their password or grants changed, or when it is used from another address
+        than the one that signed in. `activity=False` (background polls) checks the session
+        without restarting its idle timeout.
         """
         if not _TOKEN.fullmatch(token):
             raise session_ended(secure)
@@ -136,7 +163,7 @@ class SessionManager:
             now - session.last_seen >= self.settings.idle_timeout
             or now - session.created_at >= self.settings.absolute_timeout
             or account is None
-            or not hmac.compare_digest(admin_stamp(account), session.stamp)
+            or not hmac.compare_digest(session_stamp(account, address), session.stamp)
         ):
             await self.store.delete_session(hashed)
             raise session_ended(secure)
@@ -164,7 +191,7 @@ class SessionManager:
         response.set_cookie(
             cookie_name(request.secure),
             token,
-            path="/",
+            path=cookie_path(request.secure),
             httponly=True,
             samesite="Strict",
             secure=request.secure,

@@ -69,16 +69,36 @@ class KeyExpiredError(StoreError):
     """An expired key cannot be reinstated (give it a new expiry first)."""
 
 
+class IdempotentReplayError(StoreError):
+    """A create repeated under an idempotency key already used with the same request.
+
+    `key_id` is the key the first request created; `row` is that key now (None once
+    deleted). Its secret was shown once, to the first request, and is never stored.
+    """
+
+    def __init__(self, key_id: int, row: KeyRow | None) -> None:
+        self.key_id = key_id
+        self.row = row
+        super().__init__(f"this idempotency key already created key {key_id}")
+
+
+class IdempotencyMismatchError(StoreError):
+    """An idempotency key reused with a different request (another body)."""
+
+
 class StoreUnavailableError(Exception):
     """The store cannot serve now: its file was deleted, the disk is full, read-only, corrupt.
 
     `cause` says which, in words an operator acts on; the message also names the store.
     The condition may pass by itself (space freed, file restored): callers retry later.
+    `outcome_unknown` is set when the connection was lost while a write was committing:
+    the write may have been made (check before retrying it).
     """
 
-    def __init__(self, location: str, cause: str) -> None:
+    def __init__(self, location: str, cause: str, *, outcome_unknown: bool = False) -> None:
         self.location = location
         self.cause = cause
+        self.outcome_unknown = outcome_unknown
         super().__init__(f"store {location}: {cause}")
 
 
@@ -161,6 +181,18 @@ class NewKey:
 
 
 @dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """A create's idempotency key: per actor, with the request's fingerprint (a hash of it).
+
+    Records written before `not_before` (unix seconds) are forgotten: the key is new again.
+    """
+
+    key: str
+    fingerprint: str
+    not_before: float
+
+
+@dataclass(frozen=True, slots=True)
 class KeyChanges:
     """A partial edit of a key; fields left as None are not changed.
 
@@ -197,6 +229,38 @@ class AuditEvent:
     key_id: int | None
     key_name: str | None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverState:
+    """Where one webhook receiver stands: the audit id it acknowledged, the head's retries.
+
+    `receiver` is a digest of the URL (never the URL). `attempts`, `first_attempt`,
+    `next_attempt` and `last_error` describe the event right after `cursor` while it fails;
+    `owner` and `lease_until` say which process delivers to it (one at a time).
+    """
+
+    receiver: str
+    cursor: int
+    attempts: int = 0
+    first_attempt: float | None = None
+    next_attempt: float | None = None
+    last_error: str | None = None
+    owner: str | None = None
+    lease_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AbandonedEvent:
+    """An event a receiver never acknowledged before its retries ran out."""
+
+    receiver: str
+    audit_id: int
+    type: str
+    attempts: int
+    first_attempt: float
+    abandoned_at: float
+    last_error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,8 +342,15 @@ class KeyStore(Protocol):
         """Raise StoreUnavailableError (naming the cause) unless the store reads and writes."""
 
     # --- keys -----------------------------------------------------------------
-    async def create_key(self, new: NewKey, actor: str) -> KeyRow:
-        """Insert a key; raise NameConflictError if the name is taken."""
+    async def create_key(
+        self, new: NewKey, actor: str, idempotency: IdempotencyClaim | None = None
+    ) -> KeyRow:
+        """Insert a key; raise NameConflictError if the name is taken.
+
+        With an idempotency claim, the claim is recorded with the key in one transaction;
+        a claim the actor made before (since `not_before`) raises IdempotentReplayError
+        for the same fingerprint and IdempotencyMismatchError for another, creating nothing.
+        """
 
     async def get_key(self, key_id: int) -> KeyRow | None:
         """Return a key by id, or None."""
@@ -298,11 +369,13 @@ class KeyStore(Protocol):
         sort: KeySort = "id",
         after: SortPosition | None = None,
         expiring_within: float = EXPIRING_WITHIN,
+        digest: bytes | None = None,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and text.
 
         Sorted by id, the page starts after `after_id`; in any other order, after `after`.
         "expiring" keys are active and expire within `expiring_within` seconds of now.
+        `digest` keeps only the key whose secret (or secret before its last roll) has it.
         """
 
     async def batch_counts(self, grants: Grants = None) -> dict[str, BatchResult]:
@@ -382,16 +455,45 @@ class KeyStore(Protocol):
     async def audit_after(self, after_id: int, limit: int = 500) -> list[AuditEvent]:
         """Return audit events with id > after_id, oldest first."""
 
-    async def notify_cursor(self) -> int | None:
-        """Return the audit id events were delivered through, or None before the first."""
+    async def count_audit_after(self, after_id: int, actions: tuple[str, ...]) -> int:
+        """Return how many audit events with id > after_id have one of `actions`."""
 
-    async def advance_notify_cursor(self, expected: int | None, new: int) -> bool:
-        """Move the delivery cursor from `expected` to `new`; False if another process did."""
+    async def open_receiver(self, receiver: str) -> ReceiverState:
+        """Return a receiver's state; a new receiver starts after the newest audit event."""
+
+    async def list_receivers(self) -> list[ReceiverState]:
+        """Return every receiver's state, by receiver id."""
+
+    async def lease_receiver(self, receiver: str, owner: str, now: float, until: float) -> bool:
+        """Take or renew the right to deliver to `receiver` until `until`; False if held."""
+
+    async def save_receiver(self, state: ReceiverState, expected_cursor: int) -> bool:
+        """Write a receiver's cursor and retry state if its cursor is still `expected_cursor`."""
+
+    async def abandon_event(
+        self,
+        state: ReceiverState,
+        expected_cursor: int,
+        event: AbandonedEvent,
+        forget_before: float,
+    ) -> bool:
+        """Record an abandoned event and save `state` (past it) in one transaction.
+
+        False (nothing written) if the cursor moved meanwhile; abandoned records older than
+        `forget_before` are deleted.
+        """
+
+    async def list_abandoned(self, limit: int = 100) -> list[AbandonedEvent]:
+        """Return abandoned events, newest first."""
 
     async def claim_expiry_notices(
-        self, key_id: int, days: tuple[int, ...], expires_at: float, at: float
+        self, key_id: int, key_name: str, days: tuple[int, ...], expires_at: float, at: float
     ) -> tuple[int, ...]:
-        """Record notices (key, days before expiry, expiry); return the days not sent before."""
+        """Record notices (key, days before expiry, expiry); return the days not sent before.
+
+        When any is new, the nearest is audited (action `expiring`) in the same transaction:
+        the audit log is the webhooks' outbox, so the notice is as durable as the claim.
+        """
 
     # --- audit ---------------------------------------------------------------
     async def append_audit(

@@ -7,12 +7,15 @@ import dataclasses
 import functools
 import gc
 import json
+import math
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from gateway.clock import iso
 from gateway.ratelimit import RateLimit
 from gateway.store.base import (
+    AbandonedEvent,
     AdminAccount,
     AdminSession,
     AuditEvent,
@@ -25,6 +28,7 @@ from gateway.store.base import (
     KeyRow,
     NewKey,
     OutsideGrantsError,
+    ReceiverState,
 )
 
 # Distinct roles JSON strings remembered for interning before the memo starts over.
@@ -46,6 +50,12 @@ ACTION_ADMIN_ADD = "admin_add"
 ACTION_ADMIN_PASSWD = "admin_passwd"
 ACTION_ADMIN_GRANTS = "admin_grants"
 ACTION_ADMIN_REMOVE = "admin_remove"
+ACTION_EXPIRING = "expiring"  # an expiry notice was claimed (written with the claim)
+EXPIRY_ACTOR = "keygate"  # the actor of expiry notices
+DAY = 86_400  # seconds
+
+# The message of an idempotency key reused with another request.
+M_IDEMPOTENCY_MISMATCH = "this Idempotency-Key was already used with a different request body"
 
 # KeyRow's fields in declaration order; every key SELECT returns exactly these columns.
 KEY_FIELDS = (
@@ -78,6 +88,10 @@ AUTH_COLUMNS = (
 )
 ADMIN_COLUMNS = "name, password_hash, grants, grant_all, created_at, updated_at"
 AUDIT_COLUMNS = "id, at, actor, action, key_id, key_name, details"
+RECEIVER_COLUMNS = (
+    "receiver, cursor_id, attempts, first_attempt, next_attempt, last_error, owner, lease_until"
+)
+ABANDONED_COLUMNS = "receiver, audit_id, type, attempts, first_attempt, abandoned_at, last_error"
 SESSION_COLUMNS = "token_hash, admin, stamp, created_at, last_seen"
 
 
@@ -129,11 +143,20 @@ def audit_conditions(
     since: float | None,
     before_id: int | None,
 ) -> str:
-    """Return the WHERE clause (or "") of an audit listing's filters; since is inclusive."""
-    where = [
+    """Return the WHERE clause (or "") of an audit listing's filters; since is inclusive.
+
+    By key id: the key's own entries (whatever its name was) and every batch that touched
+    it (audit_keys).
+    """
+    where = []
+    if key_id is not None:
+        own, batched = params.add(key_id), params.add(key_id)
+        where.append(
+            f"(key_id = {own} OR id IN (SELECT audit_id FROM audit_keys WHERE key_id = {batched}))"
+        )
+    where += [
         f"{clause} {params.add(value)}"
         for clause, value in (
-            ("key_id =", key_id),
             ("key_name =", key_name),
             ("actor =", actor),
             ("at >=", since),
@@ -207,6 +230,42 @@ def audit_event(row: Sequence[Any]) -> AuditEvent:
         key_name=row[5],
         details=json.loads(row[6]),
     )
+
+
+def expiry_details(threshold: int, expires_at: float, at: float) -> dict[str, Any]:
+    """Return the audit details of an expiry notice: the threshold crossed, days left."""
+    return {
+        "expires_at": iso(expires_at),
+        "days_left": math.ceil((expires_at - at) / DAY),
+        "threshold_days": threshold,
+    }
+
+
+def receiver_state(row: Sequence[Any]) -> ReceiverState:
+    """Build a ReceiverState from a row of RECEIVER_COLUMNS."""
+    return ReceiverState(str(row[0]), int(row[1]), int(row[2]), *row[3:])
+
+
+def receiver_values(state: ReceiverState) -> tuple[Any, ...]:
+    """Return the values of RECEIVER_COLUMNS after `receiver`, then the receiver."""
+    return (
+        state.cursor,
+        state.attempts,
+        state.first_attempt,
+        state.next_attempt,
+        state.last_error,
+        state.receiver,
+    )
+
+
+def abandoned_event(row: Sequence[Any]) -> AbandonedEvent:
+    """Build an AbandonedEvent from a row of ABANDONED_COLUMNS."""
+    return AbandonedEvent(str(row[0]), int(row[1]), str(row[2]), int(row[3]), *row[4:])
+
+
+def abandoned_values(event: AbandonedEvent) -> tuple[Any, ...]:
+    """Return an abandoned event as the values of ABANDONED_COLUMNS."""
+    return dataclasses.astuple(event)
 
 
 def audit_values(event: AuditEvent) -> tuple[Any, ...]:
@@ -322,8 +381,13 @@ def batch_counts_of(found: dict[str, tuple[int, int]]) -> dict[str, BatchResult]
 
 
 def batch_details(result: BatchResult, key_ids: list[int]) -> dict[str, Any]:
-    """Return the audit details of a batch action: counts and the ids it changed."""
-    return {"count": result.changed, "skipped": result.skipped, "key_ids": key_ids}
+    """Return the audit details of a batch action: its id, counts and the ids it changed."""
+    return {
+        "batch_id": uuid.uuid4().hex,
+        "count": result.changed,
+        "skipped": result.skipped,
+        "key_ids": key_ids,
+    }
 
 
 def grants_details(

@@ -17,6 +17,7 @@ import asyncpg
 
 from gateway.store.base import (
     EXPIRING_WITHIN,
+    AbandonedEvent,
     AdminAccount,
     AdminSession,
     AuditEvent,
@@ -25,6 +26,9 @@ from gateway.store.base import (
     Change,
     FeedPrunedError,
     Grants,
+    IdempotencyClaim,
+    IdempotencyMismatchError,
+    IdempotentReplayError,
     KeyChanges,
     KeyFilter,
     KeyRow,
@@ -34,6 +38,7 @@ from gateway.store.base import (
     NameConflictError,
     NewKey,
     NotFoundError,
+    ReceiverState,
     SortPosition,
     StoreContents,
     StoreMissingError,
@@ -41,6 +46,7 @@ from gateway.store.base import (
     StoreUnavailableError,
 )
 from gateway.store.common import (
+    ABANDONED_COLUMNS,
     ACTION_ADMIN_ADD,
     ACTION_ADMIN_GRANTS,
     ACTION_ADMIN_PASSWD,
@@ -49,6 +55,7 @@ from gateway.store.common import (
     ACTION_DELETE,
     ACTION_DELETE_REVOKED,
     ACTION_EDIT,
+    ACTION_EXPIRING,
     ACTION_REINSTATE,
     ACTION_REINSTATE_ALL,
     ACTION_REVOKE,
@@ -57,11 +64,15 @@ from gateway.store.common import (
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
     AUTH_COLUMNS,
+    EXPIRY_ACTOR,
     KEY_COLUMNS,
     KEY_COLUMNS_K,
     LOAD_CHUNK,
+    RECEIVER_COLUMNS,
     SESSION_COLUMNS,
     Params,
+    abandoned_event,
+    abandoned_values,
     admin_account,
     admin_values,
     audit_conditions,
@@ -79,12 +90,15 @@ from gateway.store.common import (
     digests_of,
     edit_details,
     edited_row,
+    expiry_details,
     gc_paused,
     grants_details,
     key_row,
     key_values,
     like_pattern,
     rate_limit_json,
+    receiver_state,
+    receiver_values,
     roles_json,
     roll_details,
     rolled_row,
@@ -95,6 +109,7 @@ from gateway.store.common import (
 from gateway.store.migrations.postgres import (
     ASCII_FOLD,
     ASCII_LOWER,
+    AUDIT_KEYS_FROM_DETAILS,
     NAME_FOLD,
     SchemaTooNewError,
     apply_migrations,
@@ -118,6 +133,10 @@ LISTEN_CHECK_INTERVAL = 2.0
 # Seconds of back-off before the first and at most between LISTEN reconnects.
 LISTEN_RETRY_MIN = 0.1
 LISTEN_RETRY_MAX = 5.0
+# asyncpg's logger, and the least severe of its records shown (its pool's reconnection
+# warnings, each with a traceback, are not: the feed follower reports outages instead).
+ASYNCPG_LOGGER = "asyncpg"
+ASYNCPG_LOG_LEVEL = logging.ERROR
 # Channel the stores NOTIFY on when a key write commits (suffixed with a non-default schema).
 FEED_CHANNEL = "keygate_feed"
 # Database every server has, for creating the configured one (`keygate init`).
@@ -272,6 +291,9 @@ class PostgresKeyStore:
         Without `create` a missing database or schema raises StoreMissingError; an
         unreachable server raises StoreUnavailableError.
         """
+        # asyncpg logs each failed reconnection of its pool with a traceback; the feed
+        # follower reports an outage in one line when it starts and one when it ends.
+        logging.getLogger(ASYNCPG_LOGGER).setLevel(ASYNCPG_LOG_LEVEL)
         async with self._open_lock:
             if self._pool is not None:
                 return
@@ -352,7 +374,11 @@ class PostgresKeyStore:
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """Lend a pooled connection; connection faults become StoreUnavailableError."""
+        """Lend a pooled connection; connection faults become StoreUnavailableError.
+
+        Returning the connection never fails the call: a connection lost after the body
+        finished (its reset on release fails) is dropped, and the pool opens a fresh one.
+        """
         pool = self._open_pool()
         try:
             conn = await pool.acquire(timeout=ACQUIRE_TIMEOUT)
@@ -363,21 +389,42 @@ class PostgresKeyStore:
         except _FAULTS as error:
             # A terminated backend can leave its idle siblings half-broken too: replace
             # them all, so one failed call is the whole cost of an outage that has passed.
-            with contextlib.suppress(asyncpg.InterfaceError):  # already released when lost
+            with contextlib.suppress(*_FAULTS):  # already released when lost
                 conn.terminate()
             await pool.expire_connections()
+            await _release(pool, conn)
             raise StoreUnavailableError(self.location, _cause_of(error)) from error
-        finally:
-            with contextlib.suppress(asyncpg.InterfaceError):
-                await pool.release(conn)
+        except BaseException:
+            await _release(pool, conn)
+            raise
+        await _release(pool, conn)
 
     @contextlib.asynccontextmanager
     async def _write(self, *, feed: bool = True) -> AsyncIterator[asyncpg.Connection]:
-        """Run the body in one transaction; a key write first takes the feed counter's lock."""
-        async with self._connection() as conn, conn.transaction():
-            if feed:
-                await conn.execute(_LOCK_FEED)
-            yield conn
+        """Run the body in one transaction; a key write first takes the feed counter's lock.
+
+        A connection lost while COMMIT is under way leaves the outcome unknown: the error
+        says so (StoreUnavailableError.outcome_unknown) instead of "nothing was changed".
+        """
+        async with self._connection() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                if feed:
+                    await conn.execute(_LOCK_FEED)
+                yield conn
+            except BaseException:
+                with contextlib.suppress(*_FAULTS):  # a lost connection rolled back already
+                    await transaction.rollback()
+                raise
+            try:
+                await transaction.commit()
+            except _FAULTS as error:
+                with contextlib.suppress(*_FAULTS):
+                    conn.terminate()
+                raise StoreUnavailableError(
+                    self.location, _cause_of(error), outcome_unknown=True
+                ) from error
 
     async def _fetch(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         """Run one read statement and return every row."""
@@ -427,10 +474,18 @@ class PostgresKeyStore:
         key_id: int | None = None,
         key_name: str | None = None,
         details: dict[str, Any] | None = None,
-    ) -> None:
-        """Append one audit row inside the current transaction."""
-        await conn.execute(
-            _INSERT_AUDIT, at, actor, action, key_id, key_name, details_json(details)
+    ) -> int:
+        """Append one audit row inside the current transaction; return its id."""
+        return int(
+            await conn.fetchval(
+                _INSERT_AUDIT + " RETURNING id",
+                at,
+                actor,
+                action,
+                key_id,
+                key_name,
+                details_json(details),
+            )
         )
 
     async def _key_in(self, conn: asyncpg.Connection, key_id: int) -> KeyRow:
@@ -441,11 +496,20 @@ class PostgresKeyStore:
         return key_row(row)
 
     # --- keys ------------------------------------------------------------------
-    async def create_key(self, new: NewKey, actor: str) -> KeyRow:
-        """Insert a key; raise NameConflictError if the name is taken."""
+    async def create_key(
+        self, new: NewKey, actor: str, idempotency: IdempotencyClaim | None = None
+    ) -> KeyRow:
+        """Insert a key; raise NameConflictError if the name is taken.
+
+        An idempotency claim made before by `actor` raises IdempotentReplayError (same
+        fingerprint) or IdempotencyMismatchError; a new one is recorded with the key. Key
+        writes are serialised by the feed counter's lock, so two claims never race.
+        """
         now = time.time()
         roles_text = roles_json(new.roles)
         async with self._write() as conn:
+            if idempotency is not None:
+                await self._check_claim(conn, actor, idempotency)
             try:
                 key_id = int(
                     await conn.fetchval(
@@ -478,7 +542,40 @@ class PostgresKeyStore:
                 new.name,
                 create_details(new),
             )
+            if idempotency is not None:
+                await conn.execute(
+                    "INSERT INTO idempotency_keys"
+                    " (actor, idem_key, fingerprint, key_id, created_at)"
+                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (actor, idem_key) DO UPDATE"
+                    " SET fingerprint = excluded.fingerprint, key_id = excluded.key_id,"
+                    " created_at = excluded.created_at",
+                    actor,
+                    idempotency.key,
+                    idempotency.fingerprint,
+                    key_id,
+                    now,
+                )
         return created_row(key_id, new, roles_text, actor, now)
+
+    async def _check_claim(
+        self, conn: asyncpg.Connection, actor: str, claim: IdempotencyClaim
+    ) -> None:
+        """Forget expired idempotency records; raise if `actor` made this claim before."""
+        await conn.execute("DELETE FROM idempotency_keys WHERE created_at < $1", claim.not_before)
+        found = await conn.fetchrow(
+            "SELECT fingerprint, key_id FROM idempotency_keys WHERE actor = $1 AND idem_key = $2",
+            actor,
+            claim.key,
+        )
+        if found is None:
+            return
+        if str(found[0]) != claim.fingerprint:
+            raise IdempotencyMismatchError(
+                f"idempotency key {claim.key!r} was used for another request"
+            )
+        key_id = int(found[1])
+        row = await conn.fetchrow(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1", key_id)
+        raise IdempotentReplayError(key_id, None if row is None else key_row(row))
 
     async def _one_key(self, column: str, value: Any) -> KeyRow | None:
         """Return the key whose `column` equals `value`, or None."""
@@ -511,12 +608,14 @@ class PostgresKeyStore:
         sort: KeySort = "id",
         after: SortPosition | None = None,
         expiring_within: float = EXPIRING_WITHIN,
+        digest: bytes | None = None,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and a text query.
 
         The same filters and orders as the SQLite store: "active" excludes expired keys, the
-        query matches name, description or prefix with ASCII case folding and no wildcards;
-        every order walks an index from the position (keyset paging).
+        query matches name, description or prefix with ASCII case folding and no wildcards,
+        `digest` a secret's digest (current or rolled) exactly; every order walks an index
+        from the position (keyset paging).
         """
         if limit < 0:
             raise ValueError("limit must not be negative")
@@ -549,6 +648,9 @@ class PostgresKeyStore:
                 )
                 + ")"
             )
+        if digest is not None:
+            mark = params.add(digest)
+            where.append(f"(digest = {mark} OR previous_digest = {mark})")
         limit_mark = params.add(limit)
         condition = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._fetch(
@@ -722,7 +824,15 @@ class PostgresKeyStore:
             if key_ids:
                 await conn.execute(write, key_ids, *values)
             result = BatchResult(len(key_ids), total - len(key_ids))
-            await self._audit_in(conn, now, actor, action, details=batch_details(result, key_ids))
+            audit_id = await self._audit_in(
+                conn, now, actor, action, details=batch_details(result, key_ids)
+            )
+            await conn.execute(
+                "INSERT INTO audit_keys (key_id, audit_id)"
+                " SELECT k, $2 FROM unnest($1::bigint[]) k",
+                key_ids,
+                audit_id,
+            )
         return result
 
     async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
@@ -897,32 +1007,101 @@ class PostgresKeyStore:
         )
         return [audit_event(row) for row in rows]
 
-    async def notify_cursor(self) -> int | None:
-        """Return the audit id events were delivered through, or None before the first."""
-        rows = await self._fetch("SELECT audit_id FROM notify_state WHERE id = 1")
-        return int(rows[0][0]) if rows else None
+    async def count_audit_after(self, after_id: int, actions: tuple[str, ...]) -> int:
+        """Return how many audit events with id > after_id have one of `actions`."""
+        rows = await self._fetch(
+            "SELECT COUNT(*) FROM audit WHERE id > $1 AND action = ANY($2::text[])",
+            after_id,
+            list(actions),
+        )
+        return int(rows[0][0])
 
-    async def advance_notify_cursor(self, expected: int | None, new: int) -> bool:
-        """Move the delivery cursor from `expected` to `new`; False if another process did."""
+    async def open_receiver(self, receiver: str) -> ReceiverState:
+        """Return a receiver's state; a new receiver starts after the newest audit event."""
         async with self._write(feed=False) as conn:
-            if expected is None:
-                done = await conn.execute(
-                    "INSERT INTO notify_state (id, audit_id) VALUES (1, $1)"
-                    " ON CONFLICT (id) DO NOTHING",
-                    new,
-                )
-            else:
-                done = await conn.execute(
-                    "UPDATE notify_state SET audit_id = $1 WHERE id = 1 AND audit_id = $2",
-                    new,
-                    expected,
-                )
+            await conn.execute(
+                "INSERT INTO notify_receivers (receiver, cursor_id)"
+                " SELECT $1, COALESCE(MAX(id), 0) FROM audit ON CONFLICT DO NOTHING",
+                receiver,
+            )
+            row = await conn.fetchrow(
+                f"SELECT {RECEIVER_COLUMNS} FROM notify_receivers WHERE receiver = $1", receiver
+            )
+        assert row is not None
+        return receiver_state(row)
+
+    async def list_receivers(self) -> list[ReceiverState]:
+        """Return every receiver's state, by receiver id."""
+        rows = await self._fetch(
+            f"SELECT {RECEIVER_COLUMNS} FROM notify_receivers ORDER BY receiver"
+        )
+        return [receiver_state(row) for row in rows]
+
+    async def lease_receiver(self, receiver: str, owner: str, now: float, until: float) -> bool:
+        """Take or renew the right to deliver to `receiver` until `until`; False if held."""
+        async with self._write(feed=False) as conn:
+            done = await conn.execute(
+                "UPDATE notify_receivers SET owner = $1, lease_until = $2 WHERE receiver = $3"
+                " AND (owner IS NULL OR owner = $1 OR lease_until IS NULL OR lease_until <= $4)",
+                owner,
+                until,
+                receiver,
+                now,
+            )
         return str(done).endswith(" 1")
 
+    async def save_receiver(self, state: ReceiverState, expected_cursor: int) -> bool:
+        """Write a receiver's cursor and retry state if its cursor is still `expected_cursor`."""
+        async with self._write(feed=False) as conn:
+            return await self._save_receiver_in(conn, state, expected_cursor)
+
+    async def _save_receiver_in(
+        self, conn: asyncpg.Connection, state: ReceiverState, expected_cursor: int
+    ) -> bool:
+        """Write a receiver's state inside the current transaction (compare-and-set)."""
+        done = await conn.execute(
+            "UPDATE notify_receivers SET cursor_id = $1, attempts = $2, first_attempt = $3,"
+            " next_attempt = $4, last_error = $5 WHERE receiver = $6 AND cursor_id = $7",
+            *receiver_values(state),
+            expected_cursor,
+        )
+        return str(done).endswith(" 1")
+
+    async def abandon_event(
+        self,
+        state: ReceiverState,
+        expected_cursor: int,
+        event: AbandonedEvent,
+        forget_before: float,
+    ) -> bool:
+        """Record an abandoned event and save `state` (past it) in one transaction."""
+        async with self._write(feed=False) as conn:
+            if not await self._save_receiver_in(conn, state, expected_cursor):
+                return False
+            await conn.execute(
+                "DELETE FROM notify_abandoned WHERE abandoned_at < $1", forget_before
+            )
+            await conn.execute(
+                f"INSERT INTO notify_abandoned ({ABANDONED_COLUMNS})"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                *abandoned_values(event),
+            )
+            return True
+
+    async def list_abandoned(self, limit: int = 100) -> list[AbandonedEvent]:
+        """Return abandoned events, newest first."""
+        rows = await self._fetch(
+            f"SELECT {ABANDONED_COLUMNS} FROM notify_abandoned ORDER BY id DESC LIMIT $1", limit
+        )
+        return [abandoned_event(row) for row in rows]
+
     async def claim_expiry_notices(
-        self, key_id: int, days: tuple[int, ...], expires_at: float, at: float
+        self, key_id: int, key_name: str, days: tuple[int, ...], expires_at: float, at: float
     ) -> tuple[int, ...]:
-        """Record notices (key, days before expiry, expiry); return the days not sent before."""
+        """Record notices (key, days before expiry, expiry); return the days not sent before.
+
+        When any is new, the nearest is audited (action `expiring`) in the same transaction.
+        """
         if not days:
             return ()
         async with self._write(feed=False) as conn:
@@ -935,7 +1114,12 @@ class PostgresKeyStore:
                 expires_at,
                 at,
             )
-        claimed = {int(row[0]) for row in rows}
+            claimed = {int(row[0]) for row in rows}
+            if claimed:
+                details = expiry_details(min(claimed), expires_at, at)
+                await self._audit_in(
+                    conn, at, EXPIRY_ACTOR, ACTION_EXPIRING, key_id, key_name, details
+                )
         return tuple(d for d in days if d in claimed)
 
     # --- usage -----------------------------------------------------------------
@@ -1106,6 +1290,10 @@ class PostgresKeyStore:
                 records=[audit_values(event) for event in contents.audit],
                 schema_name=self.schema,
             )
+            # Batch histories follow the audit rows; idempotency records named the old keys.
+            await conn.execute("DELETE FROM audit_keys")
+            await conn.execute(AUDIT_KEYS_FROM_DETAILS)
+            await conn.execute("DELETE FROM idempotency_keys")
             await conn.execute(
                 "SELECT setval(pg_get_serial_sequence('keys', 'id'),"
                 " GREATEST((SELECT MAX(id) FROM keys), (SELECT MAX(key_id) FROM audit), 0) + 1,"
@@ -1256,6 +1444,15 @@ class PostgresKeyStore:
                 "DELETE FROM admin_sessions WHERE token_hash = $1 RETURNING 1", token_hash
             )
             return found is not None
+
+
+async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    """Return a connection to the pool; one that fails its reset is dropped, not reported."""
+    try:
+        await pool.release(conn)
+    except _FAULTS:
+        with contextlib.suppress(*_FAULTS):
+            conn.terminate()
 
 
 def _set_when_closed(event: asyncio.Event, _conn: object) -> None:

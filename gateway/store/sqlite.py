@@ -17,6 +17,7 @@ import aiosqlite
 
 from gateway.store.base import (
     EXPIRING_WITHIN,
+    AbandonedEvent,
     AdminAccount,
     AdminSession,
     AuditEvent,
@@ -25,6 +26,9 @@ from gateway.store.base import (
     Change,
     FeedPrunedError,
     Grants,
+    IdempotencyClaim,
+    IdempotencyMismatchError,
+    IdempotentReplayError,
     KeyChanges,
     KeyFilter,
     KeyRow,
@@ -34,6 +38,7 @@ from gateway.store.base import (
     NameConflictError,
     NewKey,
     NotFoundError,
+    ReceiverState,
     SortPosition,
     StoreContents,
     StoreMissingError,
@@ -41,6 +46,7 @@ from gateway.store.base import (
     StoreUnavailableError,
 )
 from gateway.store.common import (
+    ABANDONED_COLUMNS,
     ACTION_ADMIN_ADD,
     ACTION_ADMIN_GRANTS,
     ACTION_ADMIN_PASSWD,
@@ -49,6 +55,7 @@ from gateway.store.common import (
     ACTION_DELETE,
     ACTION_DELETE_REVOKED,
     ACTION_EDIT,
+    ACTION_EXPIRING,
     ACTION_REINSTATE,
     ACTION_REINSTATE_ALL,
     ACTION_REVOKE,
@@ -57,12 +64,16 @@ from gateway.store.common import (
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
     AUTH_COLUMNS,
+    EXPIRY_ACTOR,
     KEY_COLUMNS,
     KEY_COLUMNS_K,
     KEY_FIELDS,
     LOAD_CHUNK,
+    RECEIVER_COLUMNS,
     SESSION_COLUMNS,
     Params,
+    abandoned_event,
+    abandoned_values,
     admin_account,
     admin_values,
     audit_conditions,
@@ -80,12 +91,15 @@ from gateway.store.common import (
     digests_of,
     edit_details,
     edited_row,
+    expiry_details,
     gc_paused,
     grants_details,
     key_row,
     key_values,
     like_pattern,
     rate_limit_json,
+    receiver_state,
+    receiver_values,
     roles_json,
     roll_details,
     rolled_row,
@@ -93,7 +107,11 @@ from gateway.store.common import (
     status_condition,
     wanted_edits,
 )
-from gateway.store.migrations.sqlite import SchemaTooNewError, apply_migrations
+from gateway.store.migrations.sqlite import (
+    AUDIT_KEYS_FROM_DETAILS,
+    SchemaTooNewError,
+    apply_migrations,
+)
 
 log = logging.getLogger("keygate.store.sqlite")
 # aiosqlite logs every statement with its parameters at DEBUG: names typed at the admin
@@ -453,18 +471,27 @@ class SqliteKeyStore:
         key_id: int | None = None,
         key_name: str | None = None,
         details: dict[str, Any] | None = None,
-    ) -> None:
-        """Append one audit row inside the current transaction."""
-        await db.execute(
+    ) -> int:
+        """Append one audit row inside the current transaction; return its id."""
+        cursor = await db.execute(
             _INSERT_AUDIT, (at, actor, action, key_id, key_name, details_json(details))
         )
+        return int(cursor.lastrowid or 0)
 
     # --- keys ------------------------------------------------------------------
-    async def create_key(self, new: NewKey, actor: str) -> KeyRow:
-        """Insert a key; raise NameConflictError if the name is taken."""
+    async def create_key(
+        self, new: NewKey, actor: str, idempotency: IdempotencyClaim | None = None
+    ) -> KeyRow:
+        """Insert a key; raise NameConflictError if the name is taken.
+
+        An idempotency claim made before by `actor` raises IdempotentReplayError (same
+        fingerprint) or IdempotencyMismatchError; a new one is recorded with the key.
+        """
         now = time.time()
         roles_text = roles_json(new.roles)
         async with self._transaction() as db:
+            if idempotency is not None:
+                await self._check_claim(db, actor, idempotency)
             try:
                 cursor = await db.execute(
                     "INSERT INTO keys (name, description, roles, status, digest, prefix,"
@@ -500,7 +527,36 @@ class SqliteKeyStore:
                 new.name,
                 create_details(new),
             )
+            if idempotency is not None:
+                await db.execute(
+                    "INSERT OR REPLACE INTO idempotency_keys"
+                    " (actor, idem_key, fingerprint, key_id, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (actor, idempotency.key, idempotency.fingerprint, key_id, now),
+                )
         return created_row(key_id, new, roles_text, actor, now)
+
+    async def _check_claim(
+        self, db: aiosqlite.Connection, actor: str, claim: IdempotencyClaim
+    ) -> None:
+        """Forget expired idempotency records; raise if `actor` made this claim before."""
+        await db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (claim.not_before,))
+        rows = list(
+            await db.execute_fetchall(
+                "SELECT fingerprint, key_id FROM idempotency_keys WHERE actor = ? AND idem_key = ?",
+                (actor, claim.key),
+            )
+        )
+        if not rows:
+            return
+        fingerprint, key_id = str(rows[0][0]), int(rows[0][1])
+        if fingerprint != claim.fingerprint:
+            raise IdempotencyMismatchError(
+                f"idempotency key {claim.key!r} was used for another request"
+            )
+        found = list(
+            await db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,))
+        )
+        raise IdempotentReplayError(key_id, key_row(found[0]) if found else None)
 
     async def get_key(self, key_id: int) -> KeyRow | None:
         """Return a key by id, or None."""
@@ -530,13 +586,15 @@ class SqliteKeyStore:
         sort: KeySort = "id",
         after: SortPosition | None = None,
         expiring_within: float = EXPIRING_WITHIN,
+        digest: bytes | None = None,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and a text query.
 
         "active" excludes expired keys, "expired" is active with expires_at <= now, and the
         query matches name, description or display prefix case-insensitively (ASCII) with
-        no wildcards. Every order is an index walk from the position (keyset paging), so a
-        page costs the same on the first page and the thousandth.
+        no wildcards; `digest` is an exact match on a secret's digest (current or rolled).
+        Every order is an index walk from the position (keyset paging), so a page costs the
+        same on the first page and the thousandth.
         """
         if limit < 0:
             raise ValueError("limit must not be negative")
@@ -567,6 +625,9 @@ class SqliteKeyStore:
             )
             pattern = like_pattern(query)
             params.values += [pattern, pattern, pattern]
+        if digest is not None:
+            where.append("(digest = ? OR previous_digest = ?)")
+            params.values += [digest, digest]
         params.values.append(limit)
         condition = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._fetch(
@@ -742,7 +803,13 @@ class SqliteKeyStore:
                 )
             await db.execute(f"{write} WHERE {chosen}", (*values, *scope_params))
             result = BatchResult(len(key_ids), int(total_rows[0][0]) - len(key_ids))
-            await self._audit_in(db, now, actor, action, details=batch_details(result, key_ids))
+            audit_id = await self._audit_in(
+                db, now, actor, action, details=batch_details(result, key_ids)
+            )
+            await db.executemany(
+                "INSERT INTO audit_keys (key_id, audit_id) VALUES (?, ?)",
+                [(key_id, audit_id) for key_id in key_ids],
+            )
         return result
 
     async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
@@ -869,31 +936,100 @@ class SqliteKeyStore:
         )
         return [audit_event(row) for row in rows]
 
-    async def notify_cursor(self) -> int | None:
-        """Return the audit id events were delivered through, or None before the first."""
-        rows = await self._fetch("SELECT audit_id FROM notify_state WHERE id = 1")
-        return int(rows[0][0]) if rows else None
+    async def count_audit_after(self, after_id: int, actions: tuple[str, ...]) -> int:
+        """Return how many audit events with id > after_id have one of `actions`."""
+        marks = ", ".join("?" for _ in actions) or "NULL"
+        rows = await self._fetch(
+            f"SELECT COUNT(*) FROM audit WHERE id > ? AND action IN ({marks})",
+            (after_id, *actions),
+        )
+        return int(rows[0][0])
 
-    async def advance_notify_cursor(self, expected: int | None, new: int) -> bool:
-        """Move the delivery cursor from `expected` to `new`; False if another process did."""
+    async def open_receiver(self, receiver: str) -> ReceiverState:
+        """Return a receiver's state; a new receiver starts after the newest audit event."""
         async with self._transaction() as db:
-            if expected is None:
-                cursor = await db.execute(
-                    "INSERT INTO notify_state (id, audit_id) VALUES (1, ?)"
-                    " ON CONFLICT (id) DO NOTHING",
-                    (new,),
+            await db.execute(
+                "INSERT INTO notify_receivers (receiver, cursor_id)"
+                # WHERE true: SQLite's parser needs it before ON CONFLICT after a SELECT.
+                " SELECT ?, COALESCE(MAX(id), 0) FROM audit WHERE true ON CONFLICT DO NOTHING",
+                (receiver,),
+            )
+            rows = list(
+                await db.execute_fetchall(
+                    f"SELECT {RECEIVER_COLUMNS} FROM notify_receivers WHERE receiver = ?",
+                    (receiver,),
                 )
-            else:
-                cursor = await db.execute(
-                    "UPDATE notify_state SET audit_id = ? WHERE id = 1 AND audit_id = ?",
-                    (new, expected),
-                )
+            )
+        return receiver_state(rows[0])
+
+    async def list_receivers(self) -> list[ReceiverState]:
+        """Return every receiver's state, by receiver id."""
+        rows = await self._fetch(
+            f"SELECT {RECEIVER_COLUMNS} FROM notify_receivers ORDER BY receiver"
+        )
+        return [receiver_state(row) for row in rows]
+
+    async def lease_receiver(self, receiver: str, owner: str, now: float, until: float) -> bool:
+        """Take or renew the right to deliver to `receiver` until `until`; False if held."""
+        async with self._transaction() as db:
+            cursor = await db.execute(
+                "UPDATE notify_receivers SET owner = ?1, lease_until = ?2 WHERE receiver = ?3"
+                " AND (owner IS NULL OR owner = ?1 OR lease_until IS NULL OR lease_until <= ?4)",
+                (owner, until, receiver, now),
+            )
             return cursor.rowcount == 1
 
+    async def save_receiver(self, state: ReceiverState, expected_cursor: int) -> bool:
+        """Write a receiver's cursor and retry state if its cursor is still `expected_cursor`."""
+        async with self._transaction() as db:
+            return await self._save_receiver_in(db, state, expected_cursor)
+
+    async def _save_receiver_in(
+        self, db: aiosqlite.Connection, state: ReceiverState, expected_cursor: int
+    ) -> bool:
+        """Write a receiver's state inside the current transaction (compare-and-set)."""
+        cursor = await db.execute(
+            "UPDATE notify_receivers SET cursor_id = ?, attempts = ?, first_attempt = ?,"
+            " next_attempt = ?, last_error = ? WHERE receiver = ? AND cursor_id = ?",
+            (*receiver_values(state), expected_cursor),
+        )
+        return cursor.rowcount == 1
+
+    async def abandon_event(
+        self,
+        state: ReceiverState,
+        expected_cursor: int,
+        event: AbandonedEvent,
+        forget_before: float,
+    ) -> bool:
+        """Record an abandoned event and save `state` (past it) in one transaction."""
+        async with self._transaction() as db:
+            if not await self._save_receiver_in(db, state, expected_cursor):
+                return False
+            await db.execute(
+                "DELETE FROM notify_abandoned WHERE abandoned_at < ?", (forget_before,)
+            )
+            await db.execute(
+                f"INSERT INTO notify_abandoned ({ABANDONED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                abandoned_values(event),
+            )
+            return True
+
+    async def list_abandoned(self, limit: int = 100) -> list[AbandonedEvent]:
+        """Return abandoned events, newest first."""
+        rows = await self._fetch(
+            f"SELECT {ABANDONED_COLUMNS} FROM notify_abandoned ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [abandoned_event(row) for row in rows]
+
     async def claim_expiry_notices(
-        self, key_id: int, days: tuple[int, ...], expires_at: float, at: float
+        self, key_id: int, key_name: str, days: tuple[int, ...], expires_at: float, at: float
     ) -> tuple[int, ...]:
-        """Record notices (key, days before expiry, expiry); return the days not sent before."""
+        """Record notices (key, days before expiry, expiry); return the days not sent before.
+
+        When any is new, the nearest is audited (action `expiring`) in the same transaction.
+        """
         claimed: list[int] = []
         async with self._transaction() as db:
             for day in days:
@@ -904,6 +1040,11 @@ class SqliteKeyStore:
                 )
                 if cursor.rowcount == 1:
                     claimed.append(day)
+            if claimed:
+                details = expiry_details(min(claimed), expires_at, at)
+                await self._audit_in(
+                    db, at, EXPIRY_ACTOR, ACTION_EXPIRING, key_id, key_name, details
+                )
         return tuple(claimed)
 
     # --- usage -----------------------------------------------------------------
@@ -1064,6 +1205,10 @@ class SqliteKeyStore:
                 f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [audit_values(event) for event in contents.audit],
             )
+            # Batch histories follow the audit rows; idempotency records named the old keys.
+            await db.execute("DELETE FROM audit_keys")
+            await db.execute(AUDIT_KEYS_FROM_DETAILS)
+            await db.execute("DELETE FROM idempotency_keys")
 
     # --- admin accounts --------------------------------------------------------
     async def add_admin(

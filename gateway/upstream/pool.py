@@ -20,6 +20,12 @@ class Pool:
     A slot is taken when a connection starts opening and given back exactly once: when opening
     fails, or when the open connection's `connection_lost` arrives. Connections are only
     ever added to and removed from `_live` here, so no slot can be returned twice.
+
+    When every slot is taken, acquirers queue. A released connection, or a slot given back,
+    goes straight to the first of them (its future holds it), never back to the pool where a
+    newcomer could take it first; a waiter that leaves before resuming passes it on. So while
+    anyone waits there is no idle connection and no free slot. A connection handed over
+    straight from its exchange never sat idle: a `fresh` acquirer takes it too.
     """
 
     def __init__(
@@ -45,7 +51,11 @@ class Pool:
         self._live: set[UpstreamConnection] = set()
         self._opening = 0
         self._idle: list[UpstreamConnection] = []  # oldest first
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Queued acquirers, first come first served; each is handed a connection, or None: a
+        # slot reserved for it.
+        self._waiters: collections.deque[asyncio.Future[UpstreamConnection | None]] = (
+            collections.deque()
+        )
         self._sweep: asyncio.TimerHandle | None = None
         self._closing = False
         self.opened = 0  # connections ever opened
@@ -60,10 +70,19 @@ class Pool:
         """Open connections waiting in the pool for reuse."""
         return len(self._idle)
 
+    @property
+    def waiting(self) -> int:
+        """Acquirers queued for a connection (first come, first served)."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
     # ---------------------------------------------------------------- acquiring
 
     async def acquire(self, *, fresh: bool) -> UpstreamConnection:
-        """Return an idle connection (newest first), else a new one; `fresh` skips idle ones."""
+        """Return an idle connection (newest first), else a new one; `fresh` skips idle ones.
+
+        When every slot is taken the caller queues; connections and slots freed meanwhile
+        are handed to the queue in order, so a newcomer never overtakes a waiter.
+        """
         deadline: float | None = None
         while True:
             if self._closing:
@@ -79,7 +98,15 @@ class Pool:
             loop = asyncio.get_running_loop()
             if deadline is None:
                 deadline = loop.time() + self._pool_timeout
-            await self._wait_for_slot(loop, deadline)
+            handed = await self._wait(loop, deadline)
+            if handed is None:  # a slot, reserved for this caller (counted in `_opening`)
+                if self._closing:
+                    self._opening -= 1
+                    raise UpstreamClosed("the upstream client is closed")
+                return await self._open(reserved=True)
+            if not handed.closed:
+                return handed
+            # It closed between the hand-off and now: its slot went on to the next in line.
 
     def _take_idle(self) -> UpstreamConnection | None:
         idle = self._idle
@@ -94,34 +121,55 @@ class Pool:
             return conn
         return None
 
-    async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+    async def _wait(
+        self, loop: asyncio.AbstractEventLoop, deadline: float
+    ) -> UpstreamConnection | None:
+        """Queue until handed a connection, or None: a free slot reserved for the caller."""
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise UpstreamTimeout("no upstream connection became free in time")
-        waiter = loop.create_future()
+        waiter: asyncio.Future[UpstreamConnection | None] = loop.create_future()
         self._waiters.append(waiter)
         timer = loop.call_later(remaining, _expire, waiter)
         try:
-            await waiter
+            return await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._wake()  # woken, then cancelled: pass the wake-up on to the next in line
+                self._pass_on(waiter.result())  # handed over, then cancelled: not lost
             raise
         finally:
             timer.cancel()
             if not waiter.done():
                 waiter.cancel()
 
-    def _wake(self) -> None:
-        """Wake the first waiter still waiting: a slot or an idle connection is free."""
+    def _hand_off(self, conn: UpstreamConnection | None) -> bool:
+        """Give `conn`, or a free slot when None, to the first waiter still waiting.
+
+        The waiter's future gets it directly, so nothing arriving before the waiter resumes
+        can take it. A slot stays counted (in `_opening`) until its waiter opens or passes
+        it on. Returns False when nobody waits.
+        """
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
+                if conn is None:
+                    self._opening += 1
+                waiter.set_result(conn)
+                return True
+        return False
 
-    async def _open(self) -> UpstreamConnection:
+    def _pass_on(self, handed: UpstreamConnection | None) -> None:
+        """A waiter given `handed` (None: a slot) left before using it: the next one gets it."""
+        if handed is None:
+            self._opening -= 1
+            if not self._closing:
+                self._hand_off(None)
+        else:
+            self._reuse(handed)
+
+    async def _open(self, *, reserved: bool = False) -> UpstreamConnection:
+        """Open a connection in a free slot (`reserved`: already counted, by `_hand_off`)."""
         loop = asyncio.get_running_loop()
         made: list[UpstreamConnection] = []
 
@@ -130,7 +178,8 @@ class Pool:
             made.append(conn)
             return conn
 
-        self._opening += 1
+        if not reserved:
+            self._opening += 1
         try:
             try:
                 async with asyncio.timeout(self._connect_timeout):
@@ -149,12 +198,12 @@ class Pool:
             self._opening -= 1
             for conn in made:  # a transport made before the failure: close it, no fd leaks
                 conn.discard()
-            self._wake()
+            self._slot_freed()
             raise
         self._opening -= 1
         conn = made[-1]
         if conn.closed:
-            self._wake()
+            self._slot_freed()
             raise UpstreamClosed("the upstream closed the connection while it opened")
         self._live.add(conn)
         self.opened += 1
@@ -178,10 +227,18 @@ class Pool:
                 conn.abort()
                 return
         conn.idle_deadline = conn.loop.time() + lifetime
+        self._reuse(conn)
+
+    def _reuse(self, conn: UpstreamConnection) -> None:
+        """Hand a reusable connection to the first waiter, else keep it idle."""
+        if conn.closed or self._closing or conn not in self._live:
+            conn.abort()
+            return
+        if self._hand_off(conn):
+            return
         self._idle.append(conn)
         if self._sweep is None:
             self._sweep = conn.loop.call_at(conn.idle_deadline, self._expire_idle)
-        self._wake()
 
     def _lost(self, conn: UpstreamConnection) -> None:
         """A connection closed (`connection_lost`): its slot is free."""
@@ -189,7 +246,12 @@ class Pool:
             self._live.remove(conn)
             if conn.exchange is None and conn in self._idle:
                 self._idle.remove(conn)
-            self._wake()
+            self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        """A slot came back: the first waiter gets it, unless the pool is closing."""
+        if not self._closing:
+            self._hand_off(None)
 
     def _expire_idle(self) -> None:
         """Close idle connections past their deadline; run again at the next deadline."""
@@ -225,7 +287,7 @@ class Pool:
         self._waiters.clear()
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
+def _expire(waiter: asyncio.Future[UpstreamConnection | None]) -> None:
     """A slot wait timed out."""
     if not waiter.done():
         waiter.set_exception(UpstreamTimeout("no upstream connection became free in time"))

@@ -1,6 +1,7 @@
 // The API Keys page: sign-in, the key list, create/edit/revoke/delete, batches, audit, explain.
 
 import { api, ApiError, query, setCsrfToken } from "./api.js";
+import { detailsText, expiresInText } from "./format.js";
 import {
   anyDialogOpen,
   closeDialog,
@@ -27,7 +28,7 @@ const state = {
   roles: [],
   policy: null, // SHA-256 of the policy in force, as last seen
   keys: { items: [], cursors: [null], page: 0, next: null },
-  audit: { next: null },
+  audit: { next: null, key: null }, // key: the one "Audit history" asked about (id, name)
   seq: null,
   pollTimer: null,
   polls: 0,
@@ -254,14 +255,14 @@ function statusCell(key) {
 
 const DAY_MS = 86_400_000;
 
-// "expires in N days" for an active key within the server's expiry.warn_days, else nothing.
+// "expires in 34 s / 5 min / 3 h / 2 days" for an active key within the server's
+// expiry.warn_days, else nothing.
 function expiresSoon(key) {
   if (key.status !== "active" || !key.expires_at) return null;
   const left = new Date(key.expires_at).getTime() - Date.now();
   const warn = (state.session && state.session.expiry_warn_days) || 14;
   if (left <= 0 || left > warn * DAY_MS) return null;
-  const days = Math.ceil(left / DAY_MS);
-  return el("span", { class: "expires-soon", text: ` expires in ${days} ${days === 1 ? "day" : "days"}` });
+  return el("span", { class: "expires-soon", text: ` expires ${expiresInText(left / 1000)}` });
 }
 
 function canManage(key) {
@@ -690,20 +691,8 @@ const ACTIONS = {
   admin_sign_out: "Signed out",
   admin_login_failed: "Failed sign-in",
   admin_login_throttled: "Throttled sign-in",
+  identify: "Looked up by secret",
 };
-
-function detailsText(event) {
-  const details = event.details || {};
-  if (details.before && details.after) {
-    return Object.keys(details.after)
-      .map((field) => `${field}: ${JSON.stringify(details.before[field])} → ${JSON.stringify(details.after[field])}`)
-      .join("; ");
-  }
-  if ("count" in details) return `${plural(details.count, "key")}${details.skipped ? `, ${details.skipped} skipped` : ""}`;
-  return Object.entries(details)
-    .map(([name, value]) => `${name}: ${Array.isArray(value) ? value.join(", ") : value}`)
-    .join("; ");
-}
 
 function auditRow(event) {
   return el(
@@ -713,7 +702,7 @@ function auditRow(event) {
     el("td", { "data-label": "Actor", text: event.actor }),
     el("td", { "data-label": "Action", text: ACTIONS[event.action] || event.action }),
     el("td", { "data-label": "Key", text: event.key_name || "" }),
-    el("td", { "data-label": "Details", class: "details", text: detailsText(event) }),
+    el("td", { "data-label": "Details", class: "details", text: detailsText(event.details) }),
   );
 }
 
@@ -721,8 +710,13 @@ let auditRequest = 0;
 
 async function loadAudit({ more = false, quiet = false } = {}) {
   const ticket = ++auditRequest;
+  const name = $("audit-key").value.trim();
+  // "Audit history" asks by id (batches, entries under earlier names); a typed name is
+  // resolved to its key's id by the server.
+  const byId = state.audit.key && state.audit.key.name === name ? state.audit.key.id : null;
   const params = {
-    key_name: $("audit-key").value.trim(),
+    key_id: byId,
+    key_name: byId === null ? name : "",
     actor: $("audit-actor").value.trim(),
     limit: AUDIT_PAGE_SIZE,
     cursor: more ? state.audit.next : null,
@@ -738,6 +732,7 @@ async function loadAudit({ more = false, quiet = false } = {}) {
 }
 
 function focusAudit(key) {
+  state.audit.key = { id: key.id, name: key.name };
   $("audit-key").value = key.name;
   $("audit-actor").value = "";
   loadAudit().catch(handleFailure);
@@ -762,8 +757,12 @@ const REASONS = {
   allowed: "allowed",
   no_rule: "no rule of the key's roles allows it (deny by default)",
   protected: "the path is protected (key management): refused for every key",
+  override_forbidden: "the method named by a _method parameter is not allowed",
+  bad_method_override: "a _method parameter must name one method",
+  key_unknown: "the proxy does not know the key (yet)",
   key_revoked: "the key is revoked",
   key_expired: "the key has expired",
+  key_rolled: "the key's old secret has ended its overlap",
 };
 
 async function explain(event) {
@@ -784,8 +783,8 @@ async function explain(event) {
     });
     const verdict = answer.allowed ? "Allowed" : "Denied";
     const lines = [
-      el("p", { class: answer.allowed ? "verdict allowed" : "verdict denied" }, icon(answer.allowed ? "check" : "cross"), `${verdict}: ${answer.method} ${answer.path}`),
-      el("p", { text: answer.allowed ? "Deciding rule:" : `Why: ${REASONS[answer.reason] || answer.reason}.` }),
+      el("p", { class: answer.allowed ? "verdict allowed" : "verdict denied" }, icon(answer.allowed ? "check" : "cross"), `${verdict}: ${answer.method} ${answer.target}`),
+      el("p", { text: answer.allowed ? "Deciding rule:" : `Why: ${REASONS[answer.reason] || answer.refusal.message}.` }),
     ];
     if (answer.rule) {
       lines.push(el("p", {}, el("code", { text: answer.rule.rule }), ` (role ${answer.rule.role}, rule ${answer.rule.index + 1})`));

@@ -18,6 +18,14 @@ __all__ = [
     "schema_version",
 ]
 
+# Fills audit_keys from the key ids batch entries list in their details (migration, copy).
+AUDIT_KEYS_FROM_DETAILS = """
+    INSERT OR IGNORE INTO audit_keys (key_id, audit_id)
+    SELECT CAST(ids.value AS INTEGER), audit.id
+    FROM audit, json_each(audit.details, '$.key_ids') AS ids
+    WHERE audit.action IN ('revoke_all', 'reinstate_all', 'delete_revoked')
+"""
+
 # Statements are run one by one (never executescript, which commits implicitly), so a
 # migration and its schema_version row commit together or not at all.
 MIGRATIONS: tuple[Migration, ...] = (
@@ -194,6 +202,67 @@ MIGRATIONS: tuple[Migration, ...] = (
         9,
         "a key's own rate limit (JSON {requests, per, burst}), over its roles' default",
         ("ALTER TABLE keys ADD COLUMN rate_limit TEXT",),
+    ),
+    Migration(
+        10,
+        "idempotent creates (key per actor, request fingerprint); audit entries by every key",
+        (
+            # The secret is never stored: a repeated create is answered without it.
+            """
+            CREATE TABLE idempotency_keys (
+                actor       TEXT    NOT NULL,
+                idem_key    TEXT    NOT NULL,
+                fingerprint TEXT    NOT NULL,
+                key_id      INTEGER NOT NULL,
+                created_at  REAL    NOT NULL,
+                PRIMARY KEY (actor, idem_key)
+            )
+            """,
+            "CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at)",
+            # Every key a batch touched, so a key's history (by id) includes its batches.
+            """
+            CREATE TABLE audit_keys (
+                key_id   INTEGER NOT NULL,
+                audit_id INTEGER NOT NULL,
+                PRIMARY KEY (key_id, audit_id)
+            )
+            """,
+            AUDIT_KEYS_FROM_DETAILS,
+        ),
+    ),
+    Migration(
+        11,
+        "webhook delivery per receiver (cursor acknowledged, retry state, lease), abandoned events",
+        (
+            # receiver: a digest of the URL, never the URL (it may carry credentials).
+            """
+            CREATE TABLE notify_receivers (
+                receiver      TEXT    PRIMARY KEY,
+                cursor_id     INTEGER NOT NULL,
+                attempts      INTEGER NOT NULL DEFAULT 0,
+                first_attempt REAL,
+                next_attempt  REAL,
+                last_error    TEXT,
+                owner         TEXT,
+                lease_until   REAL
+            )
+            """,
+            """
+            CREATE TABLE notify_abandoned (
+                id            INTEGER PRIMARY KEY AUTOINCREMENT,
+                receiver      TEXT    NOT NULL,
+                audit_id      INTEGER NOT NULL,
+                type          TEXT    NOT NULL,
+                attempts      INTEGER NOT NULL,
+                first_attempt REAL    NOT NULL,
+                abandoned_at  REAL    NOT NULL,
+                last_error    TEXT    NOT NULL
+            )
+            """,
+            "CREATE INDEX notify_abandoned_at ON notify_abandoned (abandoned_at)",
+            # The one shared cursor moved before delivery; per-receiver cursors replace it.
+            "DROP TABLE notify_state",
+        ),
     ),
 )
 
