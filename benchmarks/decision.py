@@ -14,9 +14,10 @@ import statistics
 import time
 from collections.abc import Iterator
 
-from gateway import auth, credentials, decision, keys
-from gateway.keytable import KeyTable
-from gateway.policy import Policy, policy_from_data
+from gateway.keys import keyformat as keys
+from gateway.keys.table import KeyTable
+from gateway.policy.rules import Policy, policy_from_data
+from gateway.proxy import auth, credentials, decision
 from gateway.store.base import AuthRow
 
 ROLE_COUNT = 50

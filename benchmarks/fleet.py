@@ -38,9 +38,9 @@ import asyncpg
 from benchmarks import keygate, nginx
 from benchmarks.procs import LOOPBACK, ManagedProcess, free_ports, wait_for_port
 from benchmarks.wrk import find_wrk, run_wrk
-from gateway import key_rules
-from gateway.passwords import hash_password
-from gateway.policy import load_policy
+from gateway.admin.passwords import hash_password
+from gateway.keys import rules as key_rules
+from gateway.policy.rules import load_policy
 from gateway.settings import load_settings
 from gateway.store.factory import store_for
 

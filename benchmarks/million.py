@@ -33,7 +33,7 @@ def rss_bytes() -> int:
 
 def measure_table(db_path: Path) -> None:
     """Child-process mode: load the table from the store and print RSS growth per key."""
-    from gateway.keytable import KeyTable
+    from gateway.keys.table import KeyTable
     from gateway.store.sqlite import SqliteKeyStore
 
     async def run() -> None:
@@ -57,8 +57,8 @@ def measure_table(db_path: Path) -> None:
 
 async def time_creates(config: Path) -> list[float]:
     """Create keys in-process on the full store and return each call's milliseconds."""
-    from gateway import key_rules
-    from gateway.policy import load_policy
+    from gateway.keys import rules as key_rules
+    from gateway.policy.rules import load_policy
     from gateway.settings import load_settings
     from gateway.store.factory import store_for
 

@@ -97,8 +97,8 @@ def prepare(args: argparse.Namespace, directory: Path, upstream_port: int) -> tu
 
 async def measure(args: argparse.Namespace, config: Path, key: str, upstream_port: int) -> None:
     """Run the rounds and print the medians."""
-    from gateway import access_writer
-    from gateway.app import running_gateway
+    from gateway.proxy import access_writer
+    from gateway.serve.wiring import running_gateway
     from gateway.settings import load_settings
 
     loop = asyncio.get_running_loop()

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from benchmarks import keygate
 from benchmarks.procs import ManagedProcess, free_ports, wait_for_port
-from gateway import key_rules
-from gateway.policy import load_policy
+from gateway.keys import rules as key_rules
+from gateway.policy.rules import load_policy
 from gateway.settings import load_settings
 from gateway.store.base import KeyStore
 from gateway.store.factory import store_for

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from gateway.hygiene import service_header_problem
 from gateway.problems import ProblemsError, read_yaml
+from gateway.proxy.hygiene import service_header_problem
 from gateway.store.urls import ERROR_NO_ASYNCPG, POSTGRES_SCHEMES, postgres_url_problem
 
 log = logging.getLogger("keygate.settings")

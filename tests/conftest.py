@@ -1,7 +1,7 @@
 """Shared fixtures: a real demo backend, a config dir with a real SQLite store, keys, gateways.
 
 Everything here runs the real thing: the demo backend listens on a loopback port, the store
-is an SQLite file in a temporary directory, keys are minted by `gateway.key_rules.create_key`
+is an SQLite file in a temporary directory, keys are minted by `gateway.keys.rules.create_key`
 and gateways run either in-process (`running_gateway`) or as `python -m gateway` processes.
 """
 
@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,11 +29,11 @@ import pytest
 import yaml
 from aiohttp import web
 
-from gateway import key_rules
-from gateway.app import RunningGateway, running_gateway
-from gateway.demo_backend import runner_url, start_demo_backend
-from gateway.keytable import KeyTable
-from gateway.policy import load_policy
+from gateway.demo.backend import runner_url, start_demo_backend
+from gateway.keys import rules as key_rules
+from gateway.keys.table import KeyTable
+from gateway.policy.rules import load_policy
+from gateway.serve.wiring import RunningGateway, running_gateway
 from gateway.settings import load_settings
 from gateway.store.base import AuthRow, KeyRow, KeyStore, NewKey
 from gateway.store.factory import store_for
@@ -729,3 +730,13 @@ def new_key(
         prefix=secret[:10],
         expires_at=expires_at,
     )
+
+
+# Concurrent CLI runs `many` starts at once (subprocesses on a 2-core machine).
+PARALLEL_RUNS = 4
+
+
+def many(*commands: Sequence[str]) -> list[subprocess.CompletedProcess[str]]:
+    """Run independent `python -m gateway` commands concurrently; results in order."""
+    with ThreadPoolExecutor(PARALLEL_RUNS) as pool:
+        return list(pool.map(lambda args: run_cli(*args), commands))

@@ -11,7 +11,7 @@ from benchmarks.profile import frame_name, top_table
 
 def test_frame_names_keep_the_function_and_the_package_relative_file() -> None:
     frame = "Proxy.handle (/work/main/gateway/proxy.py:141)"
-    assert frame_name(frame) == "Proxy.handle (gateway/proxy.py)"
+    assert frame_name(frame) == "Proxy.handle (gateway/proxy/handler.py)"
     site = "StreamWriter._writelines (/venv/lib/python3.11/site-packages/aiohttp/http_writer.py:9)"
     assert frame_name(site) == "StreamWriter._writelines (aiohttp/http_writer.py)"
     assert frame_name("<module> (/x/y/tool.py:3)") == "<module> (tool.py)"
@@ -32,11 +32,11 @@ def test_the_top_table_counts_self_and_total_time_once_per_stack() -> None:
     samples, rows = top_table(collapsed)
     assert samples == 12
     table = {name: (own, total) for name, own, total in rows}
-    assert table["handle (gateway/proxy.py)"] == (6, 9)
+    assert table["handle (gateway/proxy/handler.py)"] == (6, 9)
     assert table["write (gateway/upstream/connection.py)"] == (3, 3)
     assert table["run (asyncio/runners.py)"] == (3, 12)
     assert not any(name.startswith("thread") for name in table)
-    assert rows[0][0] == "handle (gateway/proxy.py)"  # most self time first
+    assert rows[0][0] == "handle (gateway/proxy/handler.py)"  # most self time first
 
 
 def test_the_logging_peer_logs_in_its_server_block_and_the_other_does_not(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import trustme
 import yaml
 
-from gateway.policy import load_policy
+from gateway.policy.rules import load_policy
 from gateway.settings import (
     CONFIG_ENV_VAR,
     DEFAULT_ACTING_USER_HEADER,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import ALL_ROLE, REST, Backend, add_key, http_request, raw_request, write_config
 
-from gateway.app import RunningGateway, running_gateway
+from gateway.serve.wiring import RunningGateway, running_gateway
 from gateway.settings import ConfigError, load_settings
 from gateway.verify import SIGNATURE_HEADER, header_value, verify_acting_user
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway import keys
+from gateway.keys import keyformat as keys
 from gateway.store.base import AdminAccount
 
 ADMIN_NAME_MAX_LENGTH = 64

@@ -25,8 +25,8 @@ from gateway.admin.middlewares import (
 from gateway.admin.parsing import MAX_BODY_BYTES
 from gateway.admin.sessions import SessionManager
 from gateway.admin.throttle import LoginThrottle
-from gateway.runtime import Runtime
-from gateway.state import AUTHENTICATOR, RUNTIME, SESSIONS
+from gateway.runtime.appkeys import AUTHENTICATOR, RUNTIME, SESSIONS
+from gateway.runtime.context import Runtime
 
 KEYS = "/api/v1/keys"
 KEY = "/api/v1/keys/{id}"

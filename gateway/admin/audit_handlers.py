@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import key_rules
 from gateway.admin.errors import NO_STORE
 from gateway.admin.parsing import (
     decode_cursor,
@@ -15,7 +14,8 @@ from gateway.admin.parsing import (
     parse_text,
     query_params,
 )
-from gateway.state import RUNTIME
+from gateway.keys import rules as key_rules
+from gateway.runtime.appkeys import RUNTIME
 
 AUDIT_PARAMS = frozenset({"key_id", "key_name", "actor", "since", "limit", "cursor"})
 AUDIT_CURSOR = "a"

@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 import gateway.clock
-from gateway import passwords
+from gateway.admin import passwords
 from gateway.admin.accounts import is_admin_name
 from gateway.admin.errors import E_TOO_MANY_ATTEMPTS, E_UNAUTHORIZED, ApiError
 from gateway.admin.throttle import TRUSTED_ADDRESS_WINDOW, LoginThrottle
-from gateway.credentials import decode_basic, split_authorization
+from gateway.proxy.credentials import decode_basic, split_authorization
 from gateway.store.base import AdminAccount, KeyStore, StoreUnavailableError
 
 log = logging.getLogger("keygate.admin.auth")

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import key_rules
+from gateway.keys import rules as key_rules
 from gateway.store.base import (
     KeyExpiredError,
     NameConflictError,

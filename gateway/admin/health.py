@@ -8,8 +8,8 @@ import logging
 from aiohttp import web
 
 from gateway.admin.errors import E_NOT_READY, json_error
-from gateway.metrics import render
-from gateway.state import RUNTIME
+from gateway.runtime.appkeys import RUNTIME
+from gateway.runtime.metrics import render
 from gateway.store.base import KeyStore, StoreUnavailableError
 
 log = logging.getLogger("keygate.admin")

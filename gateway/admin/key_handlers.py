@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import clock, key_rules, keys
+from gateway import clock
 from gateway.admin.accounts import grant_set
 from gateway.admin.errors import (
     E_IDEMPOTENCY_REUSED,
@@ -28,9 +28,11 @@ from gateway.admin.parsing import (
     query_params,
     read_json_object,
 )
-from gateway.policy import Policy
-from gateway.runtime import Runtime
-from gateway.state import RUNTIME
+from gateway.keys import keyformat as keys
+from gateway.keys import rules as key_rules
+from gateway.policy.rules import Policy
+from gateway.runtime.appkeys import RUNTIME
+from gateway.runtime.context import Runtime
 from gateway.store.base import (
     KEY_SORTS,
     BatchResult,

@@ -20,8 +20,8 @@ from gateway.admin.errors import (
 )
 from gateway.admin.parsing import is_json_content_type
 from gateway.admin.sessions import BACKGROUND_HEADER
-from gateway.credentials import carries_api_key
-from gateway.state import ADMIN, AUTHENTICATOR, SESSION_TOKEN, SESSIONS
+from gateway.proxy.credentials import carries_api_key
+from gateway.runtime.appkeys import ADMIN, AUTHENTICATOR, SESSION_TOKEN, SESSIONS
 from gateway.store.base import AdminAccount
 
 # Route names served without credentials: probes, the page and its assets, and sign-in.

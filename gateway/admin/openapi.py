@@ -13,7 +13,7 @@ from gateway.admin.key_handlers import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX, 
 from gateway.admin.parsing import DEFAULT_LIMIT, MAX_BODY_BYTES, MAX_EXPLAIN_TARGET, MAX_LIMIT
 from gateway.admin.sessions import COOKIE as SESSION_COOKIE
 from gateway.admin.sessions import CSRF_HEADER, SECURE_COOKIE
-from gateway.key_rules import (
+from gateway.keys.rules import (
     DESCRIPTION_MAX_LENGTH,
     NAME_MAX_LENGTH,
     ROLES_MAX,

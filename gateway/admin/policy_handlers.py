@@ -6,15 +6,17 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import auth, clock, decision, key_rules
+from gateway import clock
 from gateway.admin.accounts import grant_set
 from gateway.admin.errors import NO_STORE, bad_request, not_found
 from gateway.admin.middlewares import current_admin
 from gateway.admin.parsing import MAX_EXPLAIN_TARGET, MAX_ID, read_json_object
-from gateway.decision import Caller, Explanation, roles_caller
-from gateway.policy import KNOWN_METHODS, Policy, Rule
-from gateway.refusals import Refusal
-from gateway.state import RUNTIME
+from gateway.keys import rules as key_rules
+from gateway.policy.rules import KNOWN_METHODS, Policy, Rule
+from gateway.proxy import auth, decision
+from gateway.proxy.decision import Caller, Explanation, roles_caller
+from gateway.proxy.refusals import Refusal
+from gateway.runtime.appkeys import RUNTIME
 
 EXPLAIN_FIELDS = frozenset({"method", "path", "roles", "key_id"})
 

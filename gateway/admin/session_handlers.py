@@ -11,7 +11,7 @@ from gateway.admin.errors import NO_STORE, ApiError, bad_request
 from gateway.admin.middlewares import current_admin
 from gateway.admin.parsing import read_json_object
 from gateway.admin.sessions import csrf_token
-from gateway.state import AUTHENTICATOR, RUNTIME, SESSION_TOKEN, SESSIONS
+from gateway.runtime.appkeys import AUTHENTICATOR, RUNTIME, SESSION_TOKEN, SESSIONS
 from gateway.store.base import AdminAccount
 
 log = logging.getLogger("keygate.admin.session")

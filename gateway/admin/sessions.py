@@ -25,11 +25,11 @@ from collections.abc import Callable
 from aiohttp import web
 
 from gateway.admin.errors import E_CSRF, E_SESSION_ENDED, M_CSRF_TOKEN, ApiError
-from gateway.hygiene import SECURE_SESSION_COOKIE, SESSION_COOKIE
+from gateway.proxy.hygiene import SECURE_SESSION_COOKIE, SESSION_COOKIE
 from gateway.settings import SessionSettings
 from gateway.store.base import AdminAccount, AdminSession, KeyStore
 
-# The proxy strips both from every request it forwards (gateway.hygiene owns the names).
+# The proxy strips both from every request it forwards (gateway.proxy.hygiene owns the names).
 COOKIE = SESSION_COOKIE  # cookie over plain HTTP (the admin listener's usual loopback setup)
 SECURE_COOKIE = SECURE_SESSION_COOKIE  # cookie over TLS: Secure, Path=/, no Domain
 # The plain cookie's path: the admin API, the only place that reads it (the page and its assets

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
-from gateway.ratelimit import RateLimit
+from gateway.ratelimit.limiters import RateLimit
 
 KeyStatus = Literal["active", "revoked"]
 # The lean row a process loads into its key table: digest, id, name, roles, status,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from gateway.clock import iso
-from gateway.ratelimit import RateLimit
+from gateway.ratelimit.limiters import RateLimit
 from gateway.store.base import (
     AbandonedEvent,
     AdminAccount,

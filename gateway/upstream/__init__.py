@@ -1,4 +1,8 @@
-"""The upstream HTTP/1.1 client: pure framing rules, connection protocol, pool, client."""
+"""The upstream HTTP/1.1 client: pure framing rules, connection protocol, pool, client.
+
+May import: settings (the upstream's config), clock. Imports no store; framing imports no
+aiohttp and no asyncio.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,134 @@
+"""The request decision (flow steps 1-6), shared by the proxy and `policy explain` (no aiohttp).
+
+`caller_of` turns the credential found in a request's headers into the calling key (steps 2
+and 4); `decide` then checks, in this order, the request-target (step 1), the caller
+(refused, anonymous or a key: step 3), protected paths (5), the policy (6) and every method
+override the request carries, and returns the refusal the proxy answers, or None to forward.
+Anything that answers "would keygate let this through" calls `decide`, so it cannot drift
+from what the proxy does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.keys.table import CachedKey, KeyTable
+from gateway.policy.rules import Policy, Rule
+from gateway.proxy import auth
+from gateway.proxy.credentials import Credential
+from gateway.proxy.hygiene import query_method_overrides
+from gateway.proxy.refusals import (
+    BAD_OVERRIDE,
+    E_BAD_TARGET,
+    FORBIDDEN,
+    KEY_MISSING,
+    OVERRIDE_FORBIDDEN,
+    PROTECTED,
+    Refusal,
+)
+from gateway.proxy.target import TargetError, decoded_path
+
+# Who is calling: the authenticated key, the refusal of its credential, or None (no credential).
+Caller = CachedKey | Refusal | None
+# What `explain` calls each refusal (the others by their error code, e.g. `key_revoked`).
+_REASONS = {
+    PROTECTED: "protected",
+    FORBIDDEN: "no_rule",
+    OVERRIDE_FORBIDDEN: "override_forbidden",
+}
+ALLOWED = "allowed"
+
+
+def caller_of(table: KeyTable, credential: Credential | Refusal | None, now: float) -> Caller:
+    """Return the key a request's credential names, or the refusal of it (None: anonymous)."""
+    if credential is None or isinstance(credential, Refusal):
+        return credential
+    return auth.authenticate(table, credential.key, now)
+
+
+def decide(
+    policy: Policy,
+    method: str,
+    raw_target: str,
+    caller: Caller,
+    overrides: Sequence[str] = (),
+    *,
+    deny_anonymous: bool = False,
+) -> Refusal | None:
+    """Return the proxy's refusal of METHOD RAW_TARGET from `caller`, or None to forward it.
+
+    `overrides` are the values of the request's method-override headers (the `_method`
+    parameters are read from the target here): each is decided as a method of its own.
+    """
+    try:
+        path = decoded_path(raw_target)
+    except TargetError as error:
+        return Refusal(400, E_BAD_TARGET, str(error))
+    if caller is None:
+        return KEY_MISSING if deny_anonymous else None
+    if isinstance(caller, Refusal):
+        return caller
+    refusal = auth.authorize(policy, caller, method, path)
+    if refusal is not None:
+        return refusal
+    for value in overrides:
+        refusal = _override_refusal(policy, caller, path, value)
+        if refusal is not None:
+            return refusal
+    if "?" in raw_target:  # no allocation for the usual target without a query
+        for value in query_method_overrides(raw_target):
+            refusal = _override_refusal(policy, caller, path, value)
+            if refusal is not None:
+                return refusal
+    return None
+
+
+def _override_refusal(policy: Policy, caller: CachedKey, path: str, value: str) -> Refusal | None:
+    """Decide a method override: Jersey, Spring and ASP.NET run the request as that method."""
+    method = value.strip().upper()
+    if not method.isascii() or not method.isalpha():
+        return BAD_OVERRIDE
+    if auth.authorize(policy, caller, method, path) is not None:
+        return OVERRIDE_FORBIDDEN
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """A decision with what an administrator needs to read it."""
+
+    refusal: Refusal | None  # exactly what the proxy would answer; None: forwarded
+    path: str | None  # the decoded path the policy saw; None when the target was refused
+    rule: Rule | None  # the allow rule that let the request through (None when refused)
+
+    @property
+    def reason(self) -> str:
+        """`allowed`, `protected`, `no_rule`, `override_forbidden` or the refusal's code."""
+        if self.refusal is None:
+            return ALLOWED
+        return _REASONS.get(self.refusal, self.refusal.code)
+
+
+def explain(
+    policy: Policy,
+    method: str,
+    raw_target: str,
+    caller: Caller,
+    overrides: Sequence[str] = (),
+) -> Explanation:
+    """Decide as the proxy does (`decide`), and name the rule that allowed the request."""
+    refusal = decide(policy, method, raw_target, caller, overrides)
+    try:
+        path = decoded_path(raw_target)
+    except TargetError:
+        return Explanation(refusal, None, None)
+    rule = None
+    if refusal is None and isinstance(caller, CachedKey):
+        rule = policy.explain(caller.roles, method, path).rule
+    return Explanation(refusal, path, rule)
+
+
+def roles_caller(roles: Sequence[str]) -> CachedKey:
+    """Return a caller holding `roles` and nothing else (explaining a role set, not a key)."""
+    return CachedKey(0, "", frozenset(roles), False, None)

@@ -1,0 +1,394 @@
+"""Behaviour of the in-memory key table, the change-feed follower and the usage counter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from conftest import fill_table, load_table_from
+
+from gateway.keys import keyformat as keys
+from gateway.keys.feed import FeedFollower, catch_up
+from gateway.keys.table import KeyTable
+from gateway.keys.usage import UsageCounter
+from gateway.store.base import Change, KeyRow, KeyStatus, NewKey
+from gateway.store.sqlite import SqliteKeyStore
+
+# Upper bound, in seconds, for a change made by another store instance to reach the table.
+FEED_BOUND = 1.0
+
+
+def row(
+    key_id: int,
+    *,
+    roles: tuple[str, ...] = ("reader",),
+    status: KeyStatus = "active",
+    name: str | None = None,
+    expires_at: float | None = None,
+) -> KeyRow:
+    return KeyRow(
+        id=key_id,
+        name=name or f"key-{key_id}",
+        description="",
+        roles=roles,
+        status=status,
+        digest=digest_of(key_id),
+        prefix="kg_xxxxxxx",
+        created_at=1.0,
+        created_by="admin",
+        updated_at=1.0,
+        revoked_at=None,
+        expires_at=expires_at,
+        last_used_at=None,
+        use_count=0,
+    )
+
+
+def digest_of(key_id: int) -> bytes:
+    return key_id.to_bytes(32, "big")
+
+
+# --------------------------------------------------------------------- KeyTable
+
+
+def test_load_replaces_the_whole_table() -> None:
+    table = KeyTable()
+    assert len(table) == 0
+    assert table.seq == 0
+    fill_table(table, [row(1), row(2, status="revoked", expires_at=5.0)], 10)
+    assert len(table) == 2
+    assert table.seq == 10
+    first, second = table.lookup(digest_of(1)), table.lookup(digest_of(2))
+    assert first is not None
+    assert second is not None
+    assert (first.id, first.name, first.revoked, first.expires_at) == (1, "key-1", False, None)
+    assert (second.revoked, second.expires_at) == (True, 5.0)
+    assert first.roles == frozenset({"reader"})
+    fill_table(table, [row(3)], 12)
+    assert table.lookup(digest_of(1)) is None
+    assert table.lookup(digest_of(3)) is not None
+    assert (len(table), table.seq) == (1, 12)
+
+
+def test_put_and_drop() -> None:
+    table = KeyTable()
+    table.put(row(1))
+    table.put(row(1, name="renamed", status="revoked"))
+    record = table.lookup(digest_of(1))
+    assert record is not None
+    assert (record.name, record.revoked) == ("renamed", True)
+    assert len(table) == 1
+    table.drop(digest_of(1))
+    table.drop(digest_of(1))  # already gone: fine
+    table.drop(digest_of(99))
+    assert table.lookup(digest_of(1)) is None
+    assert len(table) == 0
+    assert table.seq == 0  # own writes do not move the feed position
+
+
+def test_apply_follows_sequence_and_deletes() -> None:
+    table = KeyTable()
+    fill_table(table, [row(1), row(2)], 5)
+    applied = table.apply(
+        [
+            Change(3, digest_of(1), None),  # older than the table: ignored
+            Change(5, digest_of(2), None),  # already reflected: ignored
+            Change(6, digest_of(3), row(3)),
+            Change(7, digest_of(1), row(1, status="revoked")),
+            Change(8, digest_of(2), None),
+        ]
+    )
+    assert applied == 3
+    assert table.seq == 8
+    assert table.lookup(digest_of(2)) is None
+    assert table.lookup(digest_of(3)) is not None
+    one = table.lookup(digest_of(1))
+    assert one is not None
+    assert one.revoked
+    assert table.apply([Change(8, digest_of(3), None), Change(2, digest_of(3), None)]) == 0
+    assert table.lookup(digest_of(3)) is not None
+    assert table.seq == 8
+
+
+def test_role_sets_are_interned() -> None:
+    table = KeyTable()
+    fill_table(table, [row(1, roles=("a", "b")), row(2, roles=tuple(["a", "b"]))], 1)
+    table.put(row(3, roles=tuple("ab")))
+    records = [table.lookup(digest_of(i)) for i in (1, 2, 3)]
+    assert all(record is not None for record in records)
+    roles = [record.roles for record in records if record is not None]
+    assert roles[0] == frozenset({"a", "b"})
+    assert roles[0] is roles[1] is roles[2]
+    other = table.lookup(digest_of(1))
+    table.put(row(4, roles=("c",)))
+    fourth = table.lookup(digest_of(4))
+    assert other is not None
+    assert fourth is not None
+    assert fourth.roles is not other.roles
+
+
+def test_loader_swaps_in_a_whole_table_only_when_finished() -> None:
+    table = KeyTable()
+    fill_table(table, [row(1)], 4)
+    loader = table.loader()
+    loader.add([(digest_of(2), 2, "two", ("a", "b"), "active", None, None, None, None)])
+    loader.add([(digest_of(3), 3, "three", ("a", "b"), "revoked", 9.0, None, None, None)])
+    assert table.lookup(digest_of(2)) is None  # still the old table
+    assert (len(table), table.seq) == (1, 4)
+    loader.finish(11)
+    assert table.lookup(digest_of(1)) is None
+    assert (len(table), table.seq) == (2, 11)
+    two, three = table.lookup(digest_of(2)), table.lookup(digest_of(3))
+    assert two is not None
+    assert three is not None
+    assert (two.id, two.name, two.revoked, two.expires_at) == (2, "two", False, None)
+    assert (three.revoked, three.expires_at) == (True, 9.0)
+    assert two.roles is three.roles == frozenset({"a", "b"})
+    table.put(row(4, roles=("a", "b")))
+    four = table.lookup(digest_of(4))
+    assert four is not None
+    assert four.roles is two.roles
+
+
+# --------------------------------------------------------------------- UsageCounter
+
+
+def test_usage_counter_counts_and_take_clears() -> None:
+    counter = UsageCounter()
+    assert counter.take() == {}
+    counter.record(1, 100.0)
+    counter.record(1, 101.5)
+    counter.record(2, 100.2)
+    counter.record(1, 102.0)
+    assert counter.take() == {1: (102.0, 3), 2: (100.2, 1)}
+    assert counter.take() == {}
+
+
+class FailingStore:
+    """Failure injection only: record_usage fails, after a request slipped in meanwhile."""
+
+    def __init__(self, counter: UsageCounter) -> None:
+        self.counter = counter
+        self.calls: list[dict[int, tuple[float, int]]] = []
+
+    async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:
+        self.calls.append(dict(usage))
+        self.counter.record(1, 50.0)  # a use recorded while the write is in flight
+        self.counter.record(3, 60.0)
+        raise ConnectionError("database is away")
+
+
+async def test_failed_flush_merges_counts_back() -> None:
+    counter = UsageCounter()
+    counter.record(1, 100.0)
+    counter.record(1, 110.0)
+    counter.record(2, 90.0)
+    store = FailingStore(counter)
+    with pytest.raises(ConnectionError):
+        await counter.flush(store)  # type: ignore[arg-type]
+    assert store.calls == [{1: (110.0, 2), 2: (90.0, 1)}]
+    # Nothing lost, nothing double counted, the latest time kept.
+    assert counter.take() == {1: (110.0, 3), 2: (90.0, 1), 3: (60.0, 1)}
+
+
+async def test_empty_flush_does_not_call_the_store() -> None:
+    counter = UsageCounter()
+    store = FailingStore(counter)
+    await counter.flush(store)  # type: ignore[arg-type]
+    assert store.calls == []
+
+
+# --------------------------------------------------------------------- with a real SQLite store
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "keygate.db"
+
+
+@contextlib.asynccontextmanager
+async def opened(path: Path) -> AsyncIterator[SqliteKeyStore]:
+    store = SqliteKeyStore(path)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def new_key(name: str, roles: tuple[str, ...] = ("reader",)) -> tuple[NewKey, str]:
+    secret = keys.generate_key()
+    return (
+        NewKey(
+            name=name,
+            description="",
+            roles=roles,
+            digest=keys.digest(secret),
+            prefix=keys.display_prefix(secret),
+        ),
+        secret,
+    )
+
+
+async def eventually(check: Callable[[], bool], bound: float = FEED_BOUND) -> float:
+    """Wait until `check()` holds; return how long it took; fail after `bound` seconds."""
+    start = time.monotonic()
+    while not check():
+        elapsed = time.monotonic() - start
+        assert elapsed < bound, f"not reached within {bound} s"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+async def test_usage_flush_writes_to_the_store(db_path: Path) -> None:
+    async with opened(db_path) as store:
+        new, _ = new_key("counted")
+        created = await store.create_key(new, "admin")
+        counter = UsageCounter()
+        for moment in (1000.0, 1001.0, 1002.0):
+            counter.record(created.id, moment)
+        await counter.flush(store)
+        counter.record(created.id, 1003.0)
+        await counter.flush(store)
+        stored = await store.get_key(created.id)
+        assert stored is not None
+        assert (stored.use_count, stored.last_used_at) == (4, 1003.0)
+        assert counter.take() == {}
+
+
+async def test_usage_run_flushes_once_more_when_cancelled(db_path: Path) -> None:
+    async with opened(db_path) as store:
+        new, _ = new_key("counted")
+        created = await store.create_key(new, "admin")
+        counter = UsageCounter()
+        task = asyncio.create_task(counter.run(store, interval=3600))
+        await asyncio.sleep(0)
+        counter.record(created.id, 1234.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        stored = await store.get_key(created.id)
+        assert stored is not None
+        assert (stored.use_count, stored.last_used_at) == (1, 1234.0)
+
+
+async def test_cold_load_from_the_store_matches_the_full_rows(db_path: Path) -> None:
+    async with opened(db_path) as store:
+        secrets = []
+        for index in range(5):
+            new, secret = new_key(f"k{index}", ("reader",) if index % 2 else ("reader", "writer"))
+            created = await store.create_key(new, "admin")
+            secrets.append(secret)
+            if index == 3:
+                await store.set_revoked(created.id, True, "admin")
+        full = KeyTable()
+        fill_table(full, await store.list_keys(), await store.current_seq())
+        lean = KeyTable()
+        loader = lean.loader()
+        loader.finish(await store.load_auth(loader.add))
+        assert lean.seq == full.seq == await store.current_seq()
+        assert len(lean) == len(full) == 5
+        for secret in secrets:
+            a, b = lean.lookup(keys.digest(secret)), full.lookup(keys.digest(secret))
+            assert a is not None
+            assert b is not None
+            assert (a.id, a.name, a.roles, a.revoked, a.expires_at) == (
+                b.id,
+                b.name,
+                b.roles,
+                b.revoked,
+                b.expires_at,
+            )
+
+
+async def test_catch_up_applies_another_writers_changes(db_path: Path) -> None:
+    async with opened(db_path) as mine, opened(db_path) as theirs:
+        table = KeyTable()
+        await load_table_from(mine, table)
+        new, secret = new_key("elsewhere")
+        created = await theirs.create_key(new, "cli:ops")
+        await theirs.set_revoked(created.id, True, "cli:ops")
+        assert table.lookup(keys.digest(secret)) is None
+        assert await catch_up(mine, table) == 2
+        record = table.lookup(keys.digest(secret))
+        assert record is not None
+        assert record.revoked
+        assert table.seq == await theirs.current_seq()
+        assert await catch_up(mine, table) == 0
+
+
+async def test_follower_picks_up_another_stores_writes_within_a_second(db_path: Path) -> None:
+    async with opened(db_path) as mine, opened(db_path) as theirs:
+        table = KeyTable()
+        await load_table_from(mine, table)
+        follower = FeedFollower(mine, table, poll_interval=0.1)
+        task = asyncio.create_task(follower.run())
+        try:
+            new, secret = new_key("ci-bot", ("reader", "writer"))
+            digest = keys.digest(secret)
+            created = await theirs.create_key(new, "cli:ops")
+            await eventually(lambda: table.lookup(digest) is not None)
+            record = table.lookup(digest)
+            assert record is not None
+            assert (record.name, record.roles) == ("ci-bot", frozenset({"reader", "writer"}))
+
+            await theirs.set_revoked(created.id, True, "cli:ops")
+            await eventually(lambda: getattr(table.lookup(digest), "revoked", False))
+
+            await theirs.set_revoked(created.id, False, "cli:ops")
+            await eventually(lambda: not getattr(table.lookup(digest), "revoked", True))
+
+            await theirs.delete_key(created.id, "cli:ops")
+            await eventually(lambda: table.lookup(digest) is None)
+            assert table.seq == await theirs.current_seq()
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+
+async def test_wake_catches_up_without_waiting_for_the_poll(db_path: Path) -> None:
+    async with opened(db_path) as mine, opened(db_path) as theirs:
+        table = KeyTable()
+        follower = FeedFollower(mine, table, poll_interval=3600)
+        task = asyncio.create_task(follower.run())
+        try:
+            first, first_secret = new_key("before")
+            await theirs.create_key(first, "cli:ops")
+            follower.wake()
+            await eventually(lambda: table.lookup(keys.digest(first_secret)) is not None)
+            # The follower has caught up and now sleeps for an hour unless woken.
+            new, secret = new_key("woken")
+            await theirs.create_key(new, "cli:ops")
+            await asyncio.sleep(0.1)
+            assert table.lookup(keys.digest(secret)) is None
+            follower.wake()
+            await eventually(lambda: table.lookup(keys.digest(secret)) is not None)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+
+async def test_follower_survives_store_errors(db_path: Path) -> None:
+    async with opened(db_path) as mine, opened(db_path) as theirs:
+        table = KeyTable()
+        follower = FeedFollower(mine, table, poll_interval=0.02)
+        task = asyncio.create_task(follower.run())
+        try:
+            await mine.close()  # every poll now fails
+            new, secret = new_key("after-outage")
+            await theirs.create_key(new, "cli:ops")
+            await asyncio.sleep(0.1)
+            assert not task.done()
+            assert table.lookup(keys.digest(secret)) is None
+            await mine.open()
+            await eventually(lambda: table.lookup(keys.digest(secret)) is not None)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
