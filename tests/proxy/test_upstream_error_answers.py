@@ -75,6 +75,8 @@ def proxy(tmp_path: Path) -> Proxy:
 def test_each_upstream_error_answers_its_status_code_and_message(
     proxy: Proxy, error: UpstreamError, status: int, code: str, message: str, closes: bool
 ) -> None:
+    assert (error.status, error.code, error.message) == (status, code, message)
+    assert error.closes_client is closes
     response = proxy._upstream_failed(error)
     assert response.status == status
     assert response.body == json.dumps({"error": code, "message": message}).encode()
