@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +24,7 @@ log = logging.getLogger("keygate.admin")
 E_API_KEY_FORBIDDEN = "api_key_forbidden"
 E_UNAUTHORIZED = "unauthorized"
 E_TOO_MANY_ATTEMPTS = "too_many_attempts"
-E_GRANT_FORBIDDEN = "grant_forbidden"
+E_GRANT_FORBIDDEN = key_rules.E_GRANT_FORBIDDEN
 E_CSRF = "csrf"
 E_SESSION_ENDED = "session_ended"
 E_KEY_EXPIRED = "key_expired"
@@ -85,7 +85,11 @@ STORE_RETRY_AFTER = 5
 
 
 class ApiError(Exception):
-    """An error answer: HTTP status, error code, message and optional field and headers."""
+    """The admin API's error: it carries its whole answer (status, code, message, field, headers).
+
+    The root of the admin's own errors; the key rules' errors carry their status and code
+    too, and the store's are answered from `_STORE_ANSWERS` (`answer_of` finds the answer).
+    """
 
     def __init__(
         self,
@@ -137,7 +141,7 @@ def json_error(
 
 def grant_forbidden(error: key_rules.GrantError) -> ApiError:
     """Return the 403 error for roles outside the caller's grant set, naming them."""
-    return ApiError(403, E_GRANT_FORBIDDEN, str(error), field="roles")
+    return ApiError(error.status, error.code, error.message, field=error.field)
 
 
 def not_found(message: str = M_KEY_NOT_FOUND) -> ApiError:
@@ -151,9 +155,47 @@ def bad_request(message: str, field: str | None = None, code: str = E_INVALID) -
 
 
 def from_input_error(error: key_rules.InputError) -> ApiError:
-    """Map a key-rules validation error: 422 for an unknown role, else 400."""
-    status = 422 if error.code == E_UNKNOWN_ROLE else 400
-    return ApiError(status, error.code, error.message, field=error.field)
+    """Map a key-rules validation error to its answer: 422 for an unknown role, else 400."""
+    return ApiError(error.status, error.code, error.message, field=error.field)
+
+
+def store_unavailable(error: StoreUnavailableError) -> ApiError:
+    """Return the 503 error for a store that cannot serve now, naming the cause."""
+    if error.outcome_unknown:
+        message = M_STORE_OUTCOME_UNKNOWN.format(cause=error.cause)
+    else:
+        message = M_STORE_UNAVAILABLE.format(cause=error.cause)
+    return ApiError(
+        503,
+        E_STORE_UNAVAILABLE,
+        message,
+        headers={"Retry-After": str(STORE_RETRY_AFTER)},
+        extra={"outcome_unknown": True} if error.outcome_unknown else None,
+    )
+
+
+# The store's errors cannot carry an HTTP answer (the store imports nothing above it): their
+# answers, by exception type (looked up along the error's MRO, so a subclass answers as its base).
+_STORE_ANSWERS: dict[type[Exception], Callable[[Any], ApiError]] = {
+    NameConflictError: lambda _: ApiError(409, E_NAME_CONFLICT, M_NAME_CONFLICT, field="name"),
+    NotFoundError: lambda _: ApiError(404, E_NOT_FOUND, M_KEY_NOT_FOUND),
+    OutsideGrantsError: lambda error: ApiError(403, E_GRANT_FORBIDDEN, str(error)),
+    KeyExpiredError: lambda error: ApiError(409, E_KEY_EXPIRED, str(error), field="expires_at"),
+    StoreUnavailableError: store_unavailable,
+}
+
+
+def answer_of(error: Exception) -> ApiError | None:
+    """Return the answer an error carries or is mapped to; None for an unexpected one (500)."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, key_rules.InputError | key_rules.GrantError):
+        return ApiError(error.status, error.code, error.message, field=error.field)
+    for kind in type(error).__mro__:
+        answer = _STORE_ANSWERS.get(kind)
+        if answer is not None:
+            return answer(error)
+    return None
 
 
 def _from_http_exception(error: web.HTTPException) -> web.Response:
@@ -170,48 +212,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Turn every error into a JSON answer; unexpected ones become a bare 500."""
     try:
         response = await handler(request)
-    except ApiError as error:
-        return render(error)
-    except key_rules.InputError as error:
-        return render(from_input_error(error))
-    except key_rules.GrantError as error:
-        return render(grant_forbidden(error))
-    except NameConflictError:
-        return json_error(409, E_NAME_CONFLICT, M_NAME_CONFLICT, field="name")
-    except NotFoundError:
-        return json_error(404, E_NOT_FOUND, M_KEY_NOT_FOUND)
-    except OutsideGrantsError as error:
-        return json_error(403, E_GRANT_FORBIDDEN, str(error))
-    except KeyExpiredError as error:
-        return json_error(409, E_KEY_EXPIRED, str(error), field="expires_at")
-    except StoreUnavailableError as error:
-        log.warning("admin API: %s %s: %s", request.method, request.path, error)
-        return store_unavailable(error)
     except web.HTTPException as error:
         if error.status < 400:
             raise
         return _from_http_exception(error)
-    except Exception:
-        log.exception("unexpected error in admin API: %s %s", request.method, request.path)
-        return json_error(500, E_INTERNAL, M_INTERNAL)
+    except Exception as error:
+        answer = answer_of(error)
+        if answer is None:
+            log.exception("unexpected error in admin API: %s %s", request.method, request.path)
+            return json_error(500, E_INTERNAL, M_INTERNAL)
+        if answer.status >= 500:  # the store is away: worth an operator's attention
+            log.warning("admin API: %s %s: %s", request.method, request.path, error)
+        return render(answer)
     if not response.prepared and "Cache-Control" not in response.headers:
         response.headers["Cache-Control"] = NO_STORE
     return response
-
-
-def store_unavailable(error: StoreUnavailableError) -> web.Response:
-    """Return the 503 answer for a store that cannot serve now, naming the cause."""
-    if error.outcome_unknown:
-        message = M_STORE_OUTCOME_UNKNOWN.format(cause=error.cause)
-    else:
-        message = M_STORE_UNAVAILABLE.format(cause=error.cause)
-    return json_error(
-        503,
-        E_STORE_UNAVAILABLE,
-        message,
-        headers={"Retry-After": str(STORE_RETRY_AFTER)},
-        extra={"outcome_unknown": True} if error.outcome_unknown else None,
-    )
 
 
 def render(error: ApiError) -> web.Response:

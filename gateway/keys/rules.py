@@ -9,7 +9,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from gateway.clock import iso
 from gateway.keys import keyformat as keys
@@ -40,6 +40,7 @@ IDEMPOTENCY_WINDOW = 86_400
 
 E_INVALID = "invalid_request"
 E_UNKNOWN_ROLE = "unknown_role"
+E_GRANT_FORBIDDEN = "grant_forbidden"
 M_IDEMPOTENCY_KEY = f"must be 1-{IDEMPOTENCY_KEY_MAX} visible ASCII characters"
 # What a create repeated under its idempotency key ({field}: the API's header, the CLI's
 # option) is told: nothing created, and the secret is not shown again.
@@ -51,21 +52,31 @@ M_REPLAY_DELETED = "this {field} already created a key, since deleted; nothing w
 
 
 class GrantError(Exception):
-    """An administrator tried to give a key roles outside their grant set."""
+    """An administrator tried to give a key roles outside their grant set (403, its answer)."""
+
+    status: ClassVar[int] = 403  # the HTTP status hint, as h11's error_status_hint
+    code: ClassVar[str] = E_GRANT_FORBIDDEN
+    field: ClassVar[str] = "roles"
 
     def __init__(self, roles: Iterable[str]) -> None:
         self.roles = tuple(sorted(roles))
-        super().__init__(f"you may not grant role(s): {', '.join(self.roles)}")
+        self.message = f"you may not grant role(s): {', '.join(self.roles)}"
+        super().__init__(self.message)
 
 
 class InputError(Exception):
-    """Hostile or wrong input, mapped to a 4xx answer naming the field."""
+    """Hostile or wrong input, answered 4xx naming the field (422 for an unknown role)."""
 
     def __init__(self, message: str, field: str | None = None, code: str = E_INVALID) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
         self.code = code
+
+    @property
+    def status(self) -> int:
+        """The HTTP status hint: 422 for a well-formed but unknown role, else 400."""
+        return 422 if self.code == E_UNKNOWN_ROLE else 400
 
 
 def validate_name(value: Any) -> str:

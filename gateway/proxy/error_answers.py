@@ -10,11 +10,13 @@ from aiohttp import web
 from gateway.proxy.refusals import E_BAD_TARGET as E_BAD_TARGET
 from gateway.proxy.refusals import WWW_AUTHENTICATE_VALUE, Refusal
 
-E_UPSTREAM_DOWN = "upstream_unavailable"
-E_UPSTREAM_TIMEOUT = "upstream_timeout"
-E_UPSTREAM_HEAD_TOO_LARGE = "upstream_head_too_large"  # 502: over max_line_size/max_headers
-E_UPSTREAM_BAD_RESPONSE = "upstream_bad_response"  # 502: not valid HTTP, or not relayable
-E_CLIENT_BODY_TIMEOUT = "client_body_timeout"  # 408: the request body went idle
+# The upstream's errors carry their own answers (gateway.upstream.errors); importable here too.
+from gateway.upstream.errors import E_CLIENT_BODY_TIMEOUT as E_CLIENT_BODY_TIMEOUT
+from gateway.upstream.errors import E_UPSTREAM_BAD_RESPONSE as E_UPSTREAM_BAD_RESPONSE
+from gateway.upstream.errors import E_UPSTREAM_DOWN as E_UPSTREAM_DOWN
+from gateway.upstream.errors import E_UPSTREAM_HEAD_TOO_LARGE as E_UPSTREAM_HEAD_TOO_LARGE
+from gateway.upstream.errors import E_UPSTREAM_TIMEOUT as E_UPSTREAM_TIMEOUT
+
 E_INTERNAL = "internal_error"
 E_BAD_REQUEST = "bad_request"
 E_HTTP_VERSION = "http_version_not_supported"  # 505: HTTP/2 and later over an HTTP/1 connection

@@ -20,12 +20,8 @@ from gateway.proxy.credentials import API_KEY_HEADER, AUTHORIZATION, Credential,
 from gateway.proxy.decision import caller_of, decide
 from gateway.proxy.error_answers import (
     E_BAD_REQUEST_ID,
-    E_CLIENT_BODY_TIMEOUT,
     E_INTERNAL,
     E_UPSTREAM_BAD_RESPONSE,
-    E_UPSTREAM_DOWN,
-    E_UPSTREAM_HEAD_TOO_LARGE,
-    E_UPSTREAM_TIMEOUT,
     error_response,
     refusal_response,
 )
@@ -51,14 +47,9 @@ from gateway.ratelimit.limiters import headers as rate_limit_headers
 from gateway.runtime.appkeys import NOTES
 from gateway.runtime.context import Runtime
 from gateway.upstream import (
-    ClientBodyTimeout,
-    RequestBodyError,
     UpstreamClient,
     UpstreamError,
-    UpstreamLimitError,
-    UpstreamProtocolError,
     UpstreamResponse,
-    UpstreamTimeout,
 )
 
 log = logging.getLogger("keygate.proxy")
@@ -294,10 +285,10 @@ class Proxy:
                 request.method, request.raw_path, headers, body, chunked=chunked
             )
         except UpstreamError as error:
-            if isinstance(error, RequestBodyError) and _client_gone(request):
+            if error.client_side and _client_gone(request):
                 return self._ended(request, notes, CLIENT_ABANDONED)  # it left mid-upload
             answer = self._upstream_failed(error)
-            if isinstance(error, ClientBodyTimeout):
+            if error.closes_client:
                 # Close the client's side too, once the 408 is out: aiohttp would otherwise
                 # linger reading the rest of a body that is not coming.
                 await answer.prepare(request)
@@ -314,23 +305,15 @@ class Proxy:
 
     def _upstream_failed(self, error: UpstreamError) -> web.Response:
         """Answer for an exchange that failed before the response head could be relayed."""
-        if isinstance(error, ClientBodyTimeout):
-            log.info("request body timed out: %s", error)
-            response = self._error(408, E_CLIENT_BODY_TIMEOUT, "the request body stalled")
+        if error.client_side:
+            # The client's side failed (it left mid-upload, stalled, or broke its framing).
+            log.info("request body failed: %s: %s", error.__class__.__name__, error)
+        else:
+            log.warning("upstream request failed: %s: %s", error.__class__.__name__, error)
+        response = self._error(error.status, error.code, error.message)
+        if error.closes_client:
             response.force_close()  # the rest of the body will never be read
-            return response
-        if isinstance(error, UpstreamTimeout):
-            return self._error(504, E_UPSTREAM_TIMEOUT, "the upstream did not answer in time")
-        if isinstance(error, RequestBodyError):
-            # The client's side failed (it left mid-upload, or broke its chunked framing).
-            log.info("request body failed: %s", error)
-            return self._error(502, E_UPSTREAM_DOWN, "the request could not be forwarded")
-        log.warning("upstream request failed: %s: %s", error.__class__.__name__, error)
-        if isinstance(error, UpstreamLimitError):
-            return self._error(502, E_UPSTREAM_HEAD_TOO_LARGE, "the upstream's head is too large")
-        if isinstance(error, UpstreamProtocolError):
-            return self._error(502, E_UPSTREAM_BAD_RESPONSE, "the upstream's answer is invalid")
-        return self._error(502, E_UPSTREAM_DOWN, "the upstream could not be reached")
+        return response
 
     async def _relay(
         self, request: web.BaseRequest, notes: RequestNotes, upstream: UpstreamResponse
@@ -369,9 +352,7 @@ class Proxy:
             await response.write_eof()
         except UpstreamError as error:
             if not response.prepared:
-                if isinstance(error, UpstreamTimeout):
-                    return self._error(504, E_UPSTREAM_TIMEOUT, "the upstream timed out")
-                return self._error(502, E_UPSTREAM_DOWN, "the upstream failed mid-answer")
+                return self._error(error.status, error.mid_answer_code, error.mid_answer_message)
             # Headers already went out: the only honest signal left is to cut the connection.
             log.warning("upstream failed mid-body: %s: %s", error.__class__.__name__, error)
             notes.incomplete = True
