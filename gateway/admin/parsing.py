@@ -220,9 +220,12 @@ def encode_cursor(kind: str, position: int) -> str:
 
 
 def decode_cursor(params: dict[str, str], kind: str) -> int | None:
-    """Return the position in a cursor made by encode_cursor for `kind`; 400 if not one."""
+    """Return the position in a cursor made by encode_cursor for `kind`; 400 if not one.
+
+    An empty cursor is no cursor (the first page), as an empty `q` is no search.
+    """
     text = params.get("cursor")
-    if text is None:
+    if not text:
         return None
     if not _CURSOR.fullmatch(text):
         raise bad_request(M_CURSOR, field="cursor")
@@ -251,9 +254,10 @@ def decode_sort_cursor(
     """Return (value, id) from a cursor made by encode_sort_cursor for `sort`; 400 if not one.
 
     `text_value` says whether the order's value is a name (else a time in unix seconds).
+    An empty cursor is no cursor.
     """
     text = params.get("cursor")
-    if text is None:
+    if not text:
         return None
     if not _SORT_CURSOR.fullmatch(text):
         raise bad_request(M_CURSOR, field="cursor")

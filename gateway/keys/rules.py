@@ -18,6 +18,13 @@ from gateway.ratelimit.limiters import PERIOD_SECONDS, RateLimit
 from gateway.store.base import AuditEvent, IdempotencyClaim, KeyRow, KeyStore, NewKey
 
 NAME_MAX_LENGTH = 64
+# What validate_name accepts, as one JSON Schema (ECMA-262) pattern the models declare:
+# printable ASCII, no outer spaces, not all digits (it would look like an id in a path).
+NAME_PATTERN = r"^(?![0-9]+$)[!-~](?:[ -~]*[!-~])?$"
+M_NAME = (
+    f"name must be 1-{NAME_MAX_LENGTH} printable ASCII characters, not all digits, "
+    "without spaces at either end"
+)
 DESCRIPTION_MAX_LENGTH = 1000
 ROLES_MAX = 64
 
