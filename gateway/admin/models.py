@@ -19,6 +19,8 @@ from gateway.admin.errors import bad_request
 from gateway.admin.parsing import MAX_EXPLAIN_TARGET, MAX_ID
 from gateway.keys.rules import (
     DESCRIPTION_MAX_LENGTH,
+    DESCRIPTION_PATTERN,
+    M_DESCRIPTION,
     M_NAME,
     NAME_MAX_LENGTH,
     NAME_PATTERN,
@@ -36,8 +38,8 @@ SECRET_PATTERN = "^kg_[0-9A-Za-z]+$"
 METHOD_PATTERN = "^(?:{})$".format(
     "|".join("".join(f"[{c}{c.lower()}]" for c in method) for method in sorted(KNOWN_METHODS))
 )
-# Friendlier messages than "Expected `str` matching regex ...", by field location.
-_MESSAGES = {"name": M_NAME}
+# Friendlier messages than "Expected `str` matching regex '...'", by field location.
+_MESSAGES = {"name": M_NAME, "description": M_DESCRIPTION}
 _LOCATION = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<at>[^`]*)`)?$", re.DOTALL)
 _MISSING = re.compile(r"missing required field `(?P<name>[^`]*)`")
 
@@ -50,7 +52,7 @@ Name = Annotated[
         description="printable ASCII, unique, not all digits, no outer spaces",
     ),
 ]
-Description = Annotated[str, Meta(max_length=DESCRIPTION_MAX_LENGTH)]
+Description = Annotated[str, Meta(max_length=DESCRIPTION_MAX_LENGTH, pattern=DESCRIPTION_PATTERN)]
 Roles = Annotated[
     list[str],
     Meta(
@@ -233,7 +235,8 @@ def convert(data: dict[str, Any], model: type[T]) -> T:
         return msgspec.convert(data, model, strict=True)
     except msgspec.ValidationError as error:
         location, reason = _located(str(error))
-        message = _MESSAGES.get(location) or f"{location or 'body'}: {reason}"
+        friendly = _MESSAGES.get(location) if "regex" in reason else None
+        message = friendly or f"{location or 'body'}: {reason}"
         member = re.split(r"[.\[]", location, maxsplit=1)[0]  # "field": the body's member
         raise bad_request(message, field=member or None) from None
 

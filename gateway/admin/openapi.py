@@ -10,7 +10,7 @@ from aiohttp import web
 
 from gateway.admin import errors, models
 from gateway.admin.key_handlers import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_WINDOW
-from gateway.admin.parsing import DEFAULT_LIMIT, MAX_BODY_BYTES, MAX_LIMIT
+from gateway.admin.parsing import DEFAULT_LIMIT, MAX_BODY_BYTES, MAX_LIMIT, MAX_QUERY_LENGTH
 from gateway.admin.sessions import COOKIE as SESSION_COOKIE
 from gateway.admin.sessions import CSRF_HEADER, SECURE_COOKIE
 from gateway.keys.rules import (
@@ -49,6 +49,12 @@ def _nullable(schema: Schema) -> Schema:
     return {"oneOf": [schema, {"type": "null"}]}
 
 
+# A search or filter text as parsing.is_safe_text accepts it: bounded, no control characters.
+_SEARCH_TEXT: Schema = {
+    "type": "string",
+    "maxLength": MAX_QUERY_LENGTH,
+    "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+}
 _TIME: Schema = {"type": "string", "format": "date-time"}
 _ERROR_CODES = sorted(
     value
@@ -496,7 +502,8 @@ def _paths() -> dict[str, Schema]:
                         "description": "expiring: active keys expiring within expiry.warn_days",
                         "schema": {
                             "type": "string",
-                            "enum": ["active", "revoked", "expired", "expiring"],
+                            # Empty: no filter, as an empty q is no search.
+                            "enum": ["", "active", "revoked", "expired", "expiring"],
                         },
                     },
                     {
@@ -506,14 +513,14 @@ def _paths() -> dict[str, Schema]:
                             "substring of name, description or display prefix; a whole key"
                             " finds exactly its key (by digest)"
                         ),
-                        "schema": {"type": "string"},
+                        "schema": _SEARCH_TEXT,
                     },
                     {
                         "name": "sort",
                         "in": "query",
                         "description": "order (keyset-paged); '-' is descending, never-used "
                         "keys sort as the oldest use",
-                        "schema": {"type": "string", "enum": list(KEY_SORTS), "default": "id"},
+                        "schema": {"type": "string", "enum": ["", *KEY_SORTS], "default": "id"},
                     },
                     _LIMIT,
                     _CURSOR,
@@ -687,8 +694,8 @@ def _paths() -> dict[str, Schema]:
             tags=("audit",),
             parameters=[
                 {"name": "key_id", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                {"name": "key_name", "in": "query", "schema": {"type": "string"}},
-                {"name": "actor", "in": "query", "schema": {"type": "string"}},
+                {"name": "key_name", "in": "query", "schema": _SEARCH_TEXT},
+                {"name": "actor", "in": "query", "schema": _SEARCH_TEXT},
                 {
                     "name": "since",
                     "in": "query",

@@ -67,6 +67,12 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _number(text: str) -> int | float:
+    """A JSON number with a zero fraction (1.0, 1e3) is the integer JSON Schema says it is."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
 def _constant(text: str) -> Any:
     raise ValueError(M_BAD_CONSTANT)
 
@@ -89,7 +95,9 @@ def parse_json_object(raw: bytes, allowed: frozenset[str]) -> dict[str, Any]:
     except UnicodeDecodeError as error:
         raise bad_request(M_NOT_UTF8, code=E_MALFORMED_JSON) from error
     try:
-        data = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+        data = json.loads(
+            text, object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_number
+        )
     except _DuplicateMember as error:
         raise bad_request(
             M_DUPLICATE, field=str(error)[:_NAME_SHOWN], code=E_MALFORMED_JSON

@@ -1501,3 +1501,34 @@ async def test_every_key_answer_is_an_instance_of_the_key_model(client: Client) 
     listed = await expect(await client.get(KEYS, headers=ROOT), 200)
     for key in listed["items"]:
         msgspec.convert(key, Key)
+
+
+async def test_a_number_with_a_zero_fraction_is_the_integer_json_schema_says(
+    client: Client,
+) -> None:
+    key_id = (await create(client, "whole"))["key"]["id"]
+    resp = await client.post(f"{KEYS}/{key_id}/roll", json={"overlap_seconds": 60.0}, headers=ROOT)
+    await expect(resp, 200)
+    resp = await client.post(f"{KEYS}/{key_id}/roll", json={"overlap_seconds": 60.5}, headers=ROOT)
+    await expect_error(resp, 400, "invalid_request", "overlap_seconds")
+
+
+async def test_an_empty_status_or_sort_is_allowed_by_the_schema_as_by_the_api(
+    client: Client,
+) -> None:
+    parameters = openapi_document()["paths"][KEYS]["get"]["parameters"]
+    for parameter in parameters:
+        if parameter["name"] in ("status", "sort"):
+            assert "" in parameter["schema"]["enum"], parameter
+    await expect(await client.get(f"{KEYS}?status=&sort=", headers=ROOT), 200)
+
+
+async def test_the_schema_refuses_the_descriptions_the_api_refuses(client: Client) -> None:
+    schema = openapi_document()["components"]["schemas"]["KeyCreate"]
+    pattern = schema["properties"]["description"]["anyOf"][0]["pattern"]
+    for text in ("a\x1bb", "a\u2028b", "a\x85b"):
+        assert re.search(pattern, text) is None, text
+        body = {"name": "described", "roles": ["reader"], "description": text}
+        resp = await client.post(KEYS, json=body, headers=ROOT)
+        await expect_error(resp, 400, "invalid_request", "description")
+    assert re.search(pattern, "tabs\tand\nnewlines")
