@@ -17,6 +17,15 @@ from gateway.admin.errors import (
     not_found,
 )
 from gateway.admin.middlewares import current_admin
+from gateway.admin.models import (
+    Identify,
+    KeyCreate,
+    KeyPatch,
+    KeyRoll,
+    convert,
+    fields,
+    to_builtins,
+)
 from gateway.admin.parsing import (
     decode_cursor,
     decode_sort_cursor,
@@ -45,9 +54,9 @@ from gateway.store.base import (
     SortPosition,
 )
 
-KEY_FIELDS = frozenset({"name", "description", "roles", "expires_at", "rate_limit"})
-IDENTIFY_FIELDS = frozenset({"secret"})
-ROLL_FIELDS = frozenset({"overlap_seconds"})
+KEY_FIELDS = fields(KeyCreate)
+IDENTIFY_FIELDS = fields(Identify)
+ROLL_FIELDS = fields(KeyRoll)
 LIST_PARAMS = frozenset({"status", "q", "limit", "cursor", "sort"})
 STATUSES: tuple[KeyFilter, ...] = ("active", "revoked", "expired", "expiring")
 KEY_CURSOR = "k"
@@ -122,9 +131,10 @@ async def create_key(request: web.Request) -> web.Response:
     runtime = _runtime(request)
     admin = current_admin(request)
     data = await read_json_object(request, KEY_FIELDS)
+    body = to_builtins(convert(data, KeyCreate))
     now = clock.now()
     claim = idempotency_claim(request, data, now)
-    new, secret = key_rules.new_key_request(data, runtime.policy, now)
+    new, secret = key_rules.new_key_request(body, runtime.policy, now)
     key_rules.check_grants(new.roles, grant_set(admin))
     try:
         row = await runtime.store.create_key(new, admin.name, claim)
@@ -241,9 +251,9 @@ async def update_key(request: web.Request) -> web.Response:
     runtime = _runtime(request)
     admin = current_admin(request)
     key_id = (await _key_row(request)).id  # 404 before the body is read
-    data = await read_json_object(request, KEY_FIELDS)
+    data = await read_json_object(request, fields(KeyPatch))
     now = clock.now()
-    changes = key_changes(data, runtime.policy, now)
+    changes = key_changes(to_builtins(convert(data, KeyPatch)), runtime.policy, now)
     grants = grant_set(admin)
     if changes.roles is not None:
         key_rules.check_grants(changes.roles, grants)
@@ -277,6 +287,7 @@ async def roll_key(request: web.Request) -> web.Response:
     admin = current_admin(request)
     key_id = await _key_id(request)
     data = await read_json_object(request, ROLL_FIELDS) if request.body_exists else {}
+    data = to_builtins(convert(data, KeyRoll))
     overlap = key_rules.validate_overlap(data.get("overlap_seconds"))
     rolled = await key_rules.roll_key(runtime.store, key_id, overlap, admin.name, grant_set(admin))
     await runtime.apply_own_writes()
@@ -346,8 +357,8 @@ async def delete_revoked(request: web.Request) -> web.Response:
 async def identify_key(request: web.Request) -> web.Response:
     """POST /api/v1/keys/identify: which key a (leaked) secret belongs to, by its digest."""
     data = await read_json_object(request, IDENTIFY_FIELDS)
-    secret = data.get("secret")
-    if not isinstance(secret, str) or not keys.is_well_formed(secret):
+    secret = convert(data, Identify).secret
+    if not keys.is_well_formed(secret):
         raise bad_request(M_SECRET, field="secret")
     store = _runtime(request).store
     row = await store.get_key_by_digest(keys.digest(secret))

@@ -8,17 +8,13 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin import errors
+from gateway.admin import errors, models
 from gateway.admin.key_handlers import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_WINDOW
-from gateway.admin.parsing import DEFAULT_LIMIT, MAX_BODY_BYTES, MAX_EXPLAIN_TARGET, MAX_LIMIT
+from gateway.admin.parsing import DEFAULT_LIMIT, MAX_BODY_BYTES, MAX_LIMIT, MAX_QUERY_LENGTH
 from gateway.admin.sessions import COOKIE as SESSION_COOKIE
 from gateway.admin.sessions import CSRF_HEADER, SECURE_COOKIE
 from gateway.keys.rules import (
-    DESCRIPTION_MAX_LENGTH,
     NAME_MAX_LENGTH,
-    ROLES_MAX,
-    ROLL_OVERLAP_DEFAULT,
-    ROLL_OVERLAP_MAX,
 )
 from gateway.store.base import KEY_SORTS
 
@@ -53,6 +49,12 @@ def _nullable(schema: Schema) -> Schema:
     return {"oneOf": [schema, {"type": "null"}]}
 
 
+# A search or filter text as parsing.is_safe_text accepts it: bounded, no control characters.
+_SEARCH_TEXT: Schema = {
+    "type": "string",
+    "maxLength": MAX_QUERY_LENGTH,
+    "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+}
 _TIME: Schema = {"type": "string", "format": "date-time"}
 _ERROR_CODES = sorted(
     value
@@ -87,161 +89,9 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
     "KeyStatus": {"type": "string", "enum": ["active", "revoked", "expired"]},
-    "Key": {
-        "type": "object",
-        "required": [
-            "id",
-            "name",
-            "description",
-            "roles",
-            "status",
-            "prefix",
-            "created_at",
-            "created_by",
-            "updated_at",
-            "revoked_at",
-            "expires_at",
-            "last_used_at",
-            "use_count",
-            "rolled_at",
-            "previous_expires_at",
-            "rate_limit",
-        ],
-        "additionalProperties": False,
-        "properties": {
-            "id": {"type": "integer", "minimum": 1},
-            "name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX_LENGTH},
-            "description": {"type": "string", "maxLength": DESCRIPTION_MAX_LENGTH},
-            "roles": {"type": "array", "items": {"type": "string"}},
-            "status": _ref("KeyStatus"),
-            "prefix": {"type": "string", "description": "first characters of the secret"},
-            "created_at": _TIME,
-            "created_by": {"type": "string"},
-            "updated_at": _TIME,
-            "revoked_at": _nullable(_TIME),
-            "expires_at": _nullable(_TIME),
-            "last_used_at": _nullable(_TIME),
-            "use_count": {"type": "integer", "minimum": 0},
-            "unknown_roles": {
-                "type": "array",
-                "items": {"type": "string"},
-                "description": "the key's roles the policy in force no longer defines (they "
-                "grant nothing)",
-            },
-            "rolled_at": _nullable({**_TIME, "description": "when the secret was last rolled"}),
-            "previous_expires_at": _nullable(
-                {
-                    **_TIME,
-                    "description": "when the secret replaced by the last roll stops working "
-                    "(then it answers 401 key_rolled)",
-                }
-            ),
-            "rate_limit": _nullable(
-                {
-                    **_ref("RateLimit"),
-                    "description": "the key's own limit (over its roles' default), or null",
-                }
-            ),
-        },
-    },
-    "KeyRoll": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "overlap_seconds": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": ROLL_OVERLAP_MAX,
-                "default": ROLL_OVERLAP_DEFAULT,
-                "description": "how long the current secret keeps working beside the new one",
-            }
-        },
-    },
-    "KeyCreate": {
-        "type": "object",
-        "required": ["name", "roles"],
-        "additionalProperties": False,
-        "properties": {
-            "name": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": NAME_MAX_LENGTH,
-                "pattern": "^[ -~]+$",
-                "description": "printable ASCII, unique, not all digits, no outer spaces",
-            },
-            "description": _nullable({"type": "string", "maxLength": DESCRIPTION_MAX_LENGTH}),
-            "roles": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": ROLES_MAX,
-                "items": {"type": "string"},
-                "description": "roles defined in the policy and in the caller's grant set",
-            },
-            "expires_at": _nullable({**_TIME, "description": "in the future, with a time zone"}),
-            "rate_limit": _nullable(_ref("RateLimit")),
-        },
-    },
-    "KeyPatch": {
-        "type": "object",
-        "minProperties": 1,
-        "additionalProperties": False,
-        "properties": {
-            "name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX_LENGTH},
-            "description": _nullable({"type": "string", "maxLength": DESCRIPTION_MAX_LENGTH}),
-            "roles": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": ROLES_MAX,
-                "items": {"type": "string"},
-            },
-            "expires_at": _nullable({**_TIME, "description": "null removes the expiry"}),
-            "rate_limit": _nullable(
-                {**_ref("RateLimit"), "description": "null: the roles' default applies again"}
-            ),
-        },
-    },
-    "RateLimit": {
-        "type": "object",
-        "required": ["requests", "per"],
-        "additionalProperties": False,
-        "description": "the key's own limit; it takes precedence over its roles' default",
-        "properties": {
-            "requests": {"type": "integer", "minimum": 1, "maximum": 10**9},
-            "per": {"type": "string", "enum": ["second", "minute", "hour"]},
-            "burst": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": 10**9,
-                "description": "requests admitted at once (default: requests)",
-            },
-        },
-    },
-    "KeyCreated": {
-        "type": "object",
-        "required": ["key", "secret"],
-        "additionalProperties": False,
-        "properties": {
-            "key": _ref("Key"),
-            "secret": {
-                "type": "string",
-                "pattern": "^kg_[0-9A-Za-z]+$",
-                "description": "shown this once; it can never be read again",
-            },
-        },
-    },
+    # The request bodies and the key, generated from their models (gateway/admin/models.py).
+    **models.schemas(),
     "KeyPage": _page("Key"),
-    "Identify": {
-        "type": "object",
-        "required": ["secret"],
-        "additionalProperties": False,
-        "properties": {
-            "secret": {
-                "type": "string",
-                "pattern": "^kg_[0-9A-Za-z]+$",
-                "description": "a whole key as found by a secret scanner; never stored or logged",
-            }
-        },
-    },
     "Count": {
         "type": "object",
         "required": ["count", "skipped"],
@@ -295,23 +145,6 @@ SCHEMAS: dict[str, Schema] = {
             "roles": {"type": "array", "items": _ref("Role")},
             "protected": {"type": "array", "items": {"type": "string"}},
         },
-    },
-    "ExplainRequest": {
-        "type": "object",
-        "required": ["method", "path"],
-        "additionalProperties": False,
-        "properties": {
-            "method": {"type": "string"},
-            "path": {
-                "type": "string",
-                "minLength": 1,
-                "maxLength": MAX_EXPLAIN_TARGET,
-                "description": "the request target as the request line carries it (query too)",
-            },
-            "roles": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-            "key_id": {"type": "integer", "minimum": 1},
-        },
-        "oneOf": [{"required": ["roles"]}, {"required": ["key_id"]}],
     },
     "Explanation": {
         "type": "object",
@@ -669,7 +502,8 @@ def _paths() -> dict[str, Schema]:
                         "description": "expiring: active keys expiring within expiry.warn_days",
                         "schema": {
                             "type": "string",
-                            "enum": ["active", "revoked", "expired", "expiring"],
+                            # Empty: no filter, as an empty q is no search.
+                            "enum": ["", "active", "revoked", "expired", "expiring"],
                         },
                     },
                     {
@@ -679,14 +513,14 @@ def _paths() -> dict[str, Schema]:
                             "substring of name, description or display prefix; a whole key"
                             " finds exactly its key (by digest)"
                         ),
-                        "schema": {"type": "string"},
+                        "schema": _SEARCH_TEXT,
                     },
                     {
                         "name": "sort",
                         "in": "query",
                         "description": "order (keyset-paged); '-' is descending, never-used "
                         "keys sort as the oldest use",
-                        "schema": {"type": "string", "enum": list(KEY_SORTS), "default": "id"},
+                        "schema": {"type": "string", "enum": ["", *KEY_SORTS], "default": "id"},
                     },
                     _LIMIT,
                     _CURSOR,
@@ -860,8 +694,8 @@ def _paths() -> dict[str, Schema]:
             tags=("audit",),
             parameters=[
                 {"name": "key_id", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                {"name": "key_name", "in": "query", "schema": {"type": "string"}},
-                {"name": "actor", "in": "query", "schema": {"type": "string"}},
+                {"name": "key_name", "in": "query", "schema": _SEARCH_TEXT},
+                {"name": "actor", "in": "query", "schema": _SEARCH_TEXT},
                 {
                     "name": "since",
                     "in": "query",

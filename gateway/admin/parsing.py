@@ -67,6 +67,12 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _number(text: str) -> int | float:
+    """A JSON number with a zero fraction (1.0, 1e3) is the integer JSON Schema says it is."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
 def _constant(text: str) -> Any:
     raise ValueError(M_BAD_CONSTANT)
 
@@ -89,7 +95,9 @@ def parse_json_object(raw: bytes, allowed: frozenset[str]) -> dict[str, Any]:
     except UnicodeDecodeError as error:
         raise bad_request(M_NOT_UTF8, code=E_MALFORMED_JSON) from error
     try:
-        data = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+        data = json.loads(
+            text, object_pairs_hook=_pairs, parse_constant=_constant, parse_float=_number
+        )
     except _DuplicateMember as error:
         raise bad_request(
             M_DUPLICATE, field=str(error)[:_NAME_SHOWN], code=E_MALFORMED_JSON
@@ -220,9 +228,12 @@ def encode_cursor(kind: str, position: int) -> str:
 
 
 def decode_cursor(params: dict[str, str], kind: str) -> int | None:
-    """Return the position in a cursor made by encode_cursor for `kind`; 400 if not one."""
+    """Return the position in a cursor made by encode_cursor for `kind`; 400 if not one.
+
+    An empty cursor is no cursor (the first page), as an empty `q` is no search.
+    """
     text = params.get("cursor")
-    if text is None:
+    if not text:
         return None
     if not _CURSOR.fullmatch(text):
         raise bad_request(M_CURSOR, field="cursor")
@@ -251,9 +262,10 @@ def decode_sort_cursor(
     """Return (value, id) from a cursor made by encode_sort_cursor for `sort`; 400 if not one.
 
     `text_value` says whether the order's value is a name (else a time in unix seconds).
+    An empty cursor is no cursor.
     """
     text = params.get("cursor")
-    if text is None:
+    if not text:
         return None
     if not _SORT_CURSOR.fullmatch(text):
         raise bad_request(M_CURSOR, field="cursor")

@@ -10,6 +10,7 @@ from gateway import clock
 from gateway.admin.accounts import grant_set
 from gateway.admin.errors import NO_STORE, bad_request, not_found
 from gateway.admin.middlewares import current_admin
+from gateway.admin.models import ExplainRequest, convert, fields
 from gateway.admin.parsing import MAX_EXPLAIN_TARGET, MAX_ID, read_json_object
 from gateway.keys import rules as key_rules
 from gateway.policy.rules import KNOWN_METHODS, Policy, Rule
@@ -18,7 +19,7 @@ from gateway.proxy.decision import Caller, Explanation, roles_caller
 from gateway.proxy.refusals import Refusal
 from gateway.runtime.appkeys import RUNTIME
 
-EXPLAIN_FIELDS = frozenset({"method", "path", "roles", "key_id"})
+EXPLAIN_FIELDS = fields(ExplainRequest)
 
 M_METHOD = f"method must be one of: {', '.join(sorted(KNOWN_METHODS))}"
 M_PATH = f"path must be a request target ('/...') of 1 to {MAX_EXPLAIN_TARGET} characters"
@@ -95,6 +96,7 @@ async def explain(request: web.Request) -> web.Response:
     PATH; decided by the proxy's own decision function, from the target as sent."""
     runtime = request.app[RUNTIME]
     data = await read_json_object(request, EXPLAIN_FIELDS)
+    convert(data, ExplainRequest)  # types and bounds; the rules below give their own words
     method = _method(data.get("method"))
     target = _target(data.get("path"))
     if ("roles" in data) == ("key_id" in data):

@@ -18,6 +18,17 @@ from gateway.ratelimit.limiters import PERIOD_SECONDS, RateLimit
 from gateway.store.base import AuditEvent, IdempotencyClaim, KeyRow, KeyStore, NewKey
 
 NAME_MAX_LENGTH = 64
+# What validate_name accepts, as one JSON Schema (ECMA-262) pattern the models declare:
+# printable ASCII, no outer spaces, not all digits (it would look like an id in a path).
+NAME_PATTERN = r"^(?![0-9]+$)[!-~](?:[ -~]*[!-~])?$"
+# What validate_description accepts, as a JSON Schema pattern: no C0/C1 controls or DEL but
+# tab and newline, no line or paragraph separators.
+DESCRIPTION_PATTERN = "^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
+M_DESCRIPTION = "description must not contain control characters"
+M_NAME = (
+    f"name must be 1-{NAME_MAX_LENGTH} printable ASCII characters, not all digits, "
+    "without spaces at either end"
+)
 DESCRIPTION_MAX_LENGTH = 1000
 ROLES_MAX = 64
 
@@ -108,7 +119,7 @@ def validate_description(value: Any) -> str:
         )
     # Cc covers C0, DEL and C1; Zl/Zp are line/paragraph separators that split log lines.
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") and c not in "\t\n" for c in value):
-        raise InputError("description must not contain control characters", "description")
+        raise InputError(M_DESCRIPTION, "description")
     return value
 
 

@@ -470,6 +470,10 @@ def _parse_role(name: Any, body: Any, where: str, problems: list[str]) -> Role |
     return Role(name, description, tuple(r for r in rules if r is not None), tuple(includes), limit)
 
 
+# The most requests (and burst) a rate limit may name: a billion per period.
+RATE_LIMIT_MAX = 10**9
+
+
 def parse_rate_limit(data: Any, location: str, problems: list[str]) -> RateLimit | None:
     """Parse `{requests, per: second|minute|hour, burst}`, appending located problems."""
     if not isinstance(data, Mapping):
@@ -482,7 +486,11 @@ def parse_rate_limit(data: Any, location: str, problems: list[str]) -> RateLimit
     burst = data.get("burst", requests)
     valid = True
     for field_name, value in (("requests", requests), ("burst", burst)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10**9:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 1 <= value <= RATE_LIMIT_MAX
+        ):
             problems.append(f"{location}: {field_name} must be an integer from 1 to 10^9")
             valid = False
     if per not in PERIOD_SECONDS:

@@ -1436,3 +1436,99 @@ async def test_status_expiring_lists_keys_within_the_warning_window(
     assert [item["name"] for item in listed["items"]] == ["soon"]  # warn_days: 14 by default
     session = await expect(await client.get("/api/v1/session", headers=ROOT), 200)
     assert session["expiry_warn_days"] == 14
+
+
+# ------------------------------------------------------------------ models and schema agree
+
+
+async def test_all_digit_names_are_refused_by_the_api_and_by_every_schema(client: Client) -> None:
+    schemas = openapi_document()["components"]["schemas"]
+    for body in ("KeyCreate", "KeyPatch"):
+        pattern = schemas[body]["properties"]["name"].get("pattern")
+        assert pattern is not None, body
+        assert re.search(pattern, "0") is None and re.search(pattern, " a") is None, body
+        assert re.search(pattern, "a b") and re.search(pattern, "0a"), body
+    key_id = (await create(client, "renamed"))["key"]["id"]
+    for name in ("0", "007"):
+        resp = await client.post(KEYS, json={"name": name, "roles": ["reader"]}, headers=ROOT)
+        await expect_error(resp, 400, "invalid_request", "name")
+        resp = await client.patch(f"{KEYS}/{key_id}", json={"name": name}, headers=ROOT)
+        await expect_error(resp, 400, "invalid_request", "name")
+
+
+async def test_roll_refuses_a_null_overlap_as_its_schema_does(client: Client) -> None:
+    key_id = (await create(client, "rolled"))["key"]["id"]
+    schema = openapi_document()["components"]["schemas"]["KeyRoll"]
+    assert schema["properties"]["overlap_seconds"]["type"] == "integer"
+    resp = await client.post(f"{KEYS}/{key_id}/roll", json={"overlap_seconds": None}, headers=ROOT)
+    error = await expect_error(resp, 400, "invalid_request", "overlap_seconds")
+    assert error["message"].startswith("overlap_seconds: "), error
+    resp = await client.post(f"{KEYS}/{key_id}/roll", json={}, headers=ROOT)
+    await expect(resp, 200)
+
+
+@pytest.mark.parametrize(
+    "url", [f"{KEYS}?cursor=", f"{KEYS}?sort=name&cursor=", "/api/v1/audit?cursor="]
+)
+async def test_an_empty_cursor_is_the_first_page(client: Client, url: str) -> None:
+    await create(client, "first")
+    body = await expect(await client.get(url, headers=ROOT), 200)
+    assert body["items"], body
+
+
+async def test_errors_name_the_nested_location(client: Client) -> None:
+    body = {"name": "ok", "roles": ["reader"], "rate_limit": {"requests": 0, "per": "minute"}}
+    error = await expect_error(
+        await client.post(KEYS, json=body, headers=ROOT), 400, "invalid_request", "rate_limit"
+    )
+    assert error["message"].startswith("rate_limit.requests: "), error
+    body = {"name": "ok", "roles": ["reader", 7]}
+    error = await expect_error(
+        await client.post(KEYS, json=body, headers=ROOT), 400, "invalid_request", "roles"
+    )
+    assert error["message"].startswith("roles[1]: "), error
+
+
+async def test_every_key_answer_is_an_instance_of_the_key_model(client: Client) -> None:
+    import msgspec
+
+    from gateway.admin.models import Key, KeyCreated
+
+    body = {"name": "modelled", "roles": ["writer"], "expires_at": future()}
+    body["rate_limit"] = {"requests": 5, "per": "minute"}
+    created = await expect(await client.post(KEYS, json=body, headers=ROOT), 201)
+    msgspec.convert(created, KeyCreated)
+    listed = await expect(await client.get(KEYS, headers=ROOT), 200)
+    for key in listed["items"]:
+        msgspec.convert(key, Key)
+
+
+async def test_a_number_with_a_zero_fraction_is_the_integer_json_schema_says(
+    client: Client,
+) -> None:
+    key_id = (await create(client, "whole"))["key"]["id"]
+    resp = await client.post(f"{KEYS}/{key_id}/roll", json={"overlap_seconds": 60.0}, headers=ROOT)
+    await expect(resp, 200)
+    resp = await client.post(f"{KEYS}/{key_id}/roll", json={"overlap_seconds": 60.5}, headers=ROOT)
+    await expect_error(resp, 400, "invalid_request", "overlap_seconds")
+
+
+async def test_an_empty_status_or_sort_is_allowed_by_the_schema_as_by_the_api(
+    client: Client,
+) -> None:
+    parameters = openapi_document()["paths"][KEYS]["get"]["parameters"]
+    for parameter in parameters:
+        if parameter["name"] in ("status", "sort"):
+            assert "" in parameter["schema"]["enum"], parameter
+    await expect(await client.get(f"{KEYS}?status=&sort=", headers=ROOT), 200)
+
+
+async def test_the_schema_refuses_the_descriptions_the_api_refuses(client: Client) -> None:
+    schema = openapi_document()["components"]["schemas"]["KeyCreate"]
+    pattern = schema["properties"]["description"]["anyOf"][0]["pattern"]
+    for text in ("a\x1bb", "a\u2028b", "a\x85b"):
+        assert re.search(pattern, text) is None, text
+        body = {"name": "described", "roles": ["reader"], "description": text}
+        resp = await client.post(KEYS, json=body, headers=ROOT)
+        await expect_error(resp, 400, "invalid_request", "description")
+    assert re.search(pattern, "tabs\tand\nnewlines")

@@ -122,7 +122,13 @@ def _has_surrogate(text: str) -> bool:
 
 
 async def test_hostile_cursors_are_a_400(client: Client, store_backend: StoreBackend) -> None:
-    for cursor in ("a\x00", encode_cursor("k", 1) + "\x00", "\ud800", "A" * 2000):
+    for cursor in ("a\x00", encode_cursor("k", 1) + "\x00", "A" * 2000):
         await expect_400(client, "/api/v1/keys", {"cursor": cursor}, "cursor")
         await expect_400(client, "/api/v1/keys", {"sort": "name", "cursor": cursor}, "cursor")
         await expect_400(client, "/api/v1/audit", {"cursor": cursor}, "cursor")
+    # A lone surrogate, sent as its raw UTF-8 escape (the client's params would drop it and
+    # send an empty cursor, which is the first page).
+    surrogate = quote("\ud800".encode("utf-8", "surrogatepass"))
+    for url in ("/api/v1/keys?cursor=", "/api/v1/keys?sort=name&cursor=", "/api/v1/audit?cursor="):
+        response = await client.get(URL(url + surrogate, encoded=True), headers=ROOT)
+        assert response.status == 400, await response.text()

@@ -1,0 +1,268 @@
+"""Admin API bodies as typed models: one declaration gives validation, errors and schemas.
+
+The strict JSON front end (parsing.parse_json_object: duplicate members, NaN, lone
+surrogates, unknown members) runs first; `convert` then checks a parsed body against its
+model and names the failing field's location. What JSON Schema cannot say (roles the policy
+defines, expiry in the future, grants) stays in gateway/keys/rules.py, run after the model.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from gateway.admin.errors import bad_request
+from gateway.admin.parsing import MAX_EXPLAIN_TARGET, MAX_ID
+from gateway.keys.rules import (
+    DESCRIPTION_MAX_LENGTH,
+    DESCRIPTION_PATTERN,
+    M_DESCRIPTION,
+    M_NAME,
+    NAME_MAX_LENGTH,
+    NAME_PATTERN,
+    ROLES_MAX,
+    ROLL_OVERLAP_DEFAULT,
+    ROLL_OVERLAP_MAX,
+)
+from gateway.policy.rules import KNOWN_METHODS, RATE_LIMIT_MAX
+
+T = TypeVar("T", bound=Struct)
+
+# A keygate secret's shape (keyformat checks its checksum too).
+SECRET_PATTERN = "^kg_[0-9A-Za-z]+$"
+# The explain request's method: a known method in any case (the handler upper-cases it).
+METHOD_PATTERN = "^(?:{})$".format(
+    "|".join("".join(f"[{c}{c.lower()}]" for c in method) for method in sorted(KNOWN_METHODS))
+)
+# Friendlier messages than "Expected `str` matching regex '...'", by field location.
+_MESSAGES = {"name": M_NAME, "description": M_DESCRIPTION}
+_LOCATION = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<at>[^`]*)`)?$", re.DOTALL)
+_MISSING = re.compile(r"missing required field `(?P<name>[^`]*)`")
+
+Name = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=NAME_MAX_LENGTH,
+        pattern=NAME_PATTERN,
+        description="printable ASCII, unique, not all digits, no outer spaces",
+    ),
+]
+Description = Annotated[str, Meta(max_length=DESCRIPTION_MAX_LENGTH, pattern=DESCRIPTION_PATTERN)]
+Roles = Annotated[
+    list[str],
+    Meta(
+        min_length=1,
+        max_length=ROLES_MAX,
+        description="roles defined in the policy and in the caller's grant set",
+    ),
+]
+Time = Annotated[datetime, Meta(tz=True)]
+FutureTime = Annotated[datetime, Meta(tz=True, description="in the future, with a time zone")]
+Count = Annotated[int, Meta(ge=0)]
+Id = Annotated[int, Meta(ge=1, le=MAX_ID)]
+Requests = Annotated[int, Meta(ge=1, le=RATE_LIMIT_MAX)]
+
+
+class _Body(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """A request body: unknown members are refused (the front end names them first)."""
+
+
+class RateLimit(_Body):
+    """A key's own limit; it takes precedence over its roles' default."""
+
+    requests: Requests
+    per: Literal["second", "minute", "hour"] = "second"
+    burst: (
+        Annotated[
+            int,
+            Meta(
+                ge=1, le=RATE_LIMIT_MAX, description="requests admitted at once (default: requests)"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
+class KeyCreate(_Body):
+    """POST /api/v1/keys."""
+
+    name: Name
+    roles: Roles
+    description: Description | None = None
+    expires_at: FutureTime | None = None
+    rate_limit: RateLimit | None = None
+
+
+class KeyPatch(_Body):
+    """PATCH /api/v1/keys/{id}: only what is given changes; null clears expiry or limit."""
+
+    name: Name | UnsetType = UNSET
+    description: Description | UnsetType | None = UNSET
+    roles: Roles | UnsetType = UNSET
+    expires_at: (
+        Annotated[datetime, Meta(tz=True, description="null removes the expiry")] | UnsetType | None
+    ) = UNSET
+    rate_limit: RateLimit | UnsetType | None = UNSET
+
+
+class KeyRoll(_Body):
+    """POST /api/v1/keys/{id}/roll (the body is optional)."""
+
+    overlap_seconds: (
+        Annotated[
+            int,
+            Meta(
+                ge=0,
+                le=ROLL_OVERLAP_MAX,
+                description="how long the current secret keeps working beside the new one",
+                extra_json_schema={"default": ROLL_OVERLAP_DEFAULT},
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
+class Identify(_Body):
+    """POST /api/v1/keys/identify."""
+
+    secret: Annotated[
+        str,
+        Meta(
+            pattern=SECRET_PATTERN,
+            description="a whole key as found by a secret scanner; never stored or logged",
+        ),
+    ]
+
+
+class ExplainRequest(_Body):
+    """POST /api/v1/policy/explain: exactly one of roles or key_id."""
+
+    method: Annotated[str, Meta(pattern=METHOD_PATTERN)]
+    path: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=MAX_EXPLAIN_TARGET,
+            description="the request target as the request line carries it (query too)",
+        ),
+    ]
+    roles: Annotated[list[str], Meta(min_length=1, max_length=ROLES_MAX)] | UnsetType = UNSET
+    key_id: Id | UnsetType = UNSET
+
+
+class Key(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """A key as the admin API shows it (never its secret or digest)."""
+
+    id: Id
+    name: Annotated[str, Meta(min_length=1, max_length=NAME_MAX_LENGTH)]
+    description: Description
+    roles: list[str]
+    status: Literal["active", "revoked", "expired"]
+    prefix: Annotated[str, Meta(description="first characters of the secret")]
+    created_at: Time
+    created_by: str
+    updated_at: Time
+    revoked_at: Time | None
+    expires_at: Time | None
+    last_used_at: Time | None
+    use_count: Count
+    rolled_at: (
+        Annotated[datetime, Meta(tz=True, description="when the secret was last rolled")] | None
+    )
+    previous_expires_at: (
+        Annotated[
+            datetime,
+            Meta(
+                tz=True,
+                description="when the secret replaced by the last roll stops working "
+                "(then it answers 401 key_rolled)",
+            ),
+        ]
+        | None
+    )
+    rate_limit: RateLimit | None
+    unknown_roles: (
+        Annotated[
+            list[str],
+            Meta(
+                description="the key's roles the policy in force no longer defines "
+                "(they grant nothing)"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
+class KeyCreated(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A created or rolled key and its secret, shown this once."""
+
+    key: Key
+    secret: Annotated[
+        str,
+        Meta(pattern=SECRET_PATTERN, description="shown this once; it can never be read again"),
+    ]
+
+
+MODELS: tuple[type[Struct], ...] = (
+    KeyCreate,
+    KeyPatch,
+    KeyRoll,
+    Identify,
+    ExplainRequest,
+    Key,
+    KeyCreated,
+)
+# Whole-body rules JSON Schema states beside the properties (msgspec has no field for them).
+_BODY_RULES: dict[str, dict[str, Any]] = {
+    "KeyPatch": {"minProperties": 1},
+    "ExplainRequest": {"oneOf": [{"required": ["roles"]}, {"required": ["key_id"]}]},
+}
+
+
+def fields(model: type[Struct]) -> frozenset[str]:
+    """Return the member names a body of `model` may hold (the front end's allowed set)."""
+    return frozenset(model.__struct_fields__)
+
+
+def convert(data: dict[str, Any], model: type[T]) -> T:
+    """Return `data` (parsed by the strict front end) as `model`; a 400 naming the field."""
+    try:
+        return msgspec.convert(data, model, strict=True)
+    except msgspec.ValidationError as error:
+        location, reason = _located(str(error))
+        friendly = _MESSAGES.get(location) if "regex" in reason else None
+        message = friendly or f"{location or 'body'}: {reason}"
+        member = re.split(r"[.\[]", location, maxsplit=1)[0]  # "field": the body's member
+        raise bad_request(message, field=member or None) from None
+
+
+def _located(text: str) -> tuple[str, str]:
+    """Split msgspec's "reason - at `$.a.b[0]`" into ("a.b[0]", "reason")."""
+    match = _LOCATION.match(text)
+    reason = match["reason"] if match else text
+    at = (match["at"] if match else None) or ""
+    missing = _MISSING.search(reason)
+    if missing:
+        at = f"{at}.{missing['name']}"
+    return at.removeprefix("."), reason
+
+
+def schemas(ref_template: str = "#/components/schemas/{name}") -> dict[str, dict[str, Any]]:
+    """Return the OpenAPI components of every model (and the models they refer to)."""
+    _, components = msgspec.json.schema_components(MODELS, ref_template=ref_template)
+    for name, extra in _BODY_RULES.items():
+        components[name].update(extra)
+    for schema in components.values():
+        schema.pop("title", None)
+    return components
+
+
+def to_builtins(model: Struct) -> dict[str, Any]:
+    """Return a model as the plain JSON data the key rules read (given members only)."""
+    data: dict[str, Any] = msgspec.to_builtins(model)
+    return data
