@@ -45,7 +45,7 @@ SortPosition = tuple[str | float, int]
 
 
 class StoreError(Exception):
-    """Base class for store errors that map to a clear client error."""
+    """The one root of every store error (client errors, an unusable store, a pruned feed)."""
 
 
 class NameConflictError(StoreError):
@@ -86,7 +86,7 @@ class IdempotencyMismatchError(StoreError):
     """An idempotency key reused with a different request (another body)."""
 
 
-class StoreUnavailableError(Exception):
+class StoreUnavailableError(StoreError):
     """The store cannot serve now: its file was deleted, the disk is full, read-only, corrupt.
 
     `cause` says which, in words an operator acts on; the message also names the store.
@@ -106,7 +106,7 @@ class StoreNotEmptyError(StoreError):
     """The target of a copy already holds data and overwriting was not asked for."""
 
 
-class StoreMissingError(Exception):
+class StoreMissingError(StoreError):
     """The database does not exist and the caller did not ask for it to be created."""
 
     def __init__(self, location: str) -> None:
@@ -114,7 +114,7 @@ class StoreMissingError(Exception):
         super().__init__(f"no database at {location}")
 
 
-class FeedPrunedError(Exception):
+class FeedPrunedError(StoreError):
     """Change-feed entries after the caller's sequence were pruned: reload the whole table."""
 
     def __init__(self, seq: int, pruned_through: int) -> None:
