@@ -152,10 +152,6 @@ _FAULTS: tuple[type[BaseException], ...] = (
 _LOCK_FEED = "SELECT seq FROM feed_state WHERE id = 1 FOR UPDATE"
 _CURRENT_SEQ = "SELECT seq FROM feed_state WHERE id = 1"
 _PRUNED_THROUGH = "SELECT pruned_through FROM feed_state WHERE id = 1"
-_INSERT_AUDIT = (
-    "INSERT INTO audit (at, actor, action, key_id, key_name, details)"
-    " VALUES ($1, $2, $3, $4, $5, $6)"
-)
 # Only ASCII letters fold in a text query, as in SQLite's LIKE.
 _UPPER, _LOWER = string.ascii_uppercase, string.ascii_lowercase
 _ASCII_LOWER = str.maketrans(_UPPER, _LOWER)

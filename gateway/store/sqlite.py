@@ -140,9 +140,6 @@ _PRAGMAS = (
 )
 
 _INSERT_CHANGE = "INSERT INTO key_changes (key_id, digest, op, at) VALUES (?, ?, ?, ?)"
-_INSERT_AUDIT = (
-    "INSERT INTO audit (at, actor, action, key_id, key_name, details) VALUES (?, ?, ?, ?, ?, ?)"
-)
 # The feed's latest sequence, even when pruning removed every entry.
 _CURRENT_SEQ = (
     "SELECT MAX(COALESCE((SELECT MAX(seq) FROM key_changes), 0),"
