@@ -12,27 +12,38 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.store.base import (
+    AbandonedEvent,
     AdminAccount,
     AdminSession,
     AuditEvent,
     LoginFailures,
     NameConflictError,
     NotFoundError,
+    ReceiverState,
 )
 from gateway.store.common import (
+    ABANDONED_COLUMNS,
     ACTION_ADMIN_ADD,
     ACTION_ADMIN_GRANTS,
     ACTION_ADMIN_PASSWD,
     ACTION_ADMIN_REMOVE,
+    ACTION_EXPIRING,
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
+    EXPIRY_ACTOR,
+    RECEIVER_COLUMNS,
     SESSION_COLUMNS,
     Params,
+    abandoned_event,
+    abandoned_values,
     admin_account,
     audit_conditions,
     audit_event,
     details_json,
+    expiry_details,
     grants_details,
+    receiver_state,
+    receiver_values,
     roles_json,
     session_of,
 )
@@ -135,6 +146,140 @@ class SqlStore(abc.ABC):
         return await tx.insert_id(
             INSERT_AUDIT, at, actor, action, key_id, key_name, details_json(details)
         )
+
+    # --- notifications (the audit log is their outbox) ---------------------------
+    async def count_expiring(self, now: float, within: float) -> int:
+        """Return how many active keys expire after `now` and within `within` seconds."""
+        rows = await self._read(
+            "SELECT COUNT(*) FROM keys WHERE status = 'active'"
+            " AND expires_at > ? AND expires_at <= ?",
+            (now, now + within),
+        )
+        return int(rows[0][0])
+
+    async def open_receiver(self, receiver: str) -> ReceiverState:
+        """Return a receiver's state; a new receiver starts after the newest audit event."""
+        async with self._tx(feed=False) as tx:
+            await tx.execute(
+                "INSERT INTO notify_receivers (receiver, cursor_id)"
+                # WHERE true: SQLite's parser needs it before ON CONFLICT after a SELECT.
+                " SELECT ?, COALESCE(MAX(id), 0) FROM audit WHERE true ON CONFLICT DO NOTHING",
+                receiver,
+            )
+            rows = await tx.fetch(
+                f"SELECT {RECEIVER_COLUMNS} FROM notify_receivers WHERE receiver = ?", receiver
+            )
+        return receiver_state(rows[0])
+
+    async def list_receivers(self) -> list[ReceiverState]:
+        """Return every receiver's state, by receiver id."""
+        rows = await self._read(
+            f"SELECT {RECEIVER_COLUMNS} FROM notify_receivers ORDER BY receiver", ()
+        )
+        return [receiver_state(row) for row in rows]
+
+    async def lease_receiver(self, receiver: str, owner: str, now: float, until: float) -> bool:
+        """Take or renew the right to deliver to `receiver` until `until`; False if held."""
+        async with self._tx(feed=False) as tx:
+            changed = await tx.execute(
+                "UPDATE notify_receivers SET owner = ?, lease_until = ? WHERE receiver = ?"
+                " AND (owner IS NULL OR owner = ? OR lease_until IS NULL OR lease_until <= ?)",
+                owner,
+                until,
+                receiver,
+                owner,
+                now,
+            )
+        return changed == 1
+
+    async def save_receiver(self, state: ReceiverState, expected_cursor: int) -> bool:
+        """Write a receiver's cursor and retry state if its cursor is still `expected_cursor`."""
+        async with self._tx(feed=False) as tx:
+            return await self._save_receiver_tx(tx, state, expected_cursor)
+
+    async def _save_receiver_tx(self, tx: Tx, state: ReceiverState, expected_cursor: int) -> bool:
+        """Write a receiver's state inside the transaction `tx` (compare-and-set)."""
+        changed = await tx.execute(
+            "UPDATE notify_receivers SET cursor_id = ?, attempts = ?, first_attempt = ?,"
+            " next_attempt = ?, last_error = ? WHERE receiver = ? AND cursor_id = ?",
+            *receiver_values(state),
+            expected_cursor,
+        )
+        return changed == 1
+
+    async def abandon_event(
+        self,
+        state: ReceiverState,
+        expected_cursor: int,
+        event: AbandonedEvent,
+        forget_before: float,
+    ) -> bool:
+        """Record an abandoned event and save `state` (past it) in one transaction."""
+        async with self._tx(feed=False) as tx:
+            if not await self._save_receiver_tx(tx, state, expected_cursor):
+                return False
+            await tx.execute("DELETE FROM notify_abandoned WHERE abandoned_at < ?", forget_before)
+            await tx.execute(
+                f"INSERT INTO notify_abandoned ({ABANDONED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                *abandoned_values(event),
+            )
+            return True
+
+    async def list_abandoned(self, limit: int = 100) -> list[AbandonedEvent]:
+        """Return abandoned events, newest first."""
+        rows = await self._read(
+            f"SELECT {ABANDONED_COLUMNS} FROM notify_abandoned ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [abandoned_event(row) for row in rows]
+
+    async def claim_expiry_notices(
+        self, key_id: int, key_name: str, days: tuple[int, ...], expires_at: float, at: float
+    ) -> tuple[int, ...]:
+        """Record notices (key, days before expiry, expiry); return the days not sent before.
+
+        When any is new, the nearest is audited (action `expiring`) in the same transaction.
+        """
+        claimed: list[int] = []
+        async with self._tx(feed=False) as tx:
+            for day in days:
+                inserted = await tx.execute(
+                    "INSERT INTO expiry_notices (key_id, days, expires_at, sent_at)"
+                    " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    key_id,
+                    day,
+                    expires_at,
+                    at,
+                )
+                if inserted == 1:
+                    claimed.append(day)
+            if claimed:
+                details = expiry_details(min(claimed), expires_at, at)
+                await self._audit_tx(
+                    tx, at, EXPIRY_ACTOR, ACTION_EXPIRING, key_id, key_name, details
+                )
+        return tuple(claimed)
+
+    # --- usage -----------------------------------------------------------------
+    async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:
+        """Add use counts and raise last_used_at for many keys in one transaction.
+
+        Unknown ids (keys deleted meanwhile) are ignored; no change-feed entry is written.
+        Rows are updated in id order, so two instances flushing at once never deadlock.
+        """
+        if not usage:
+            return
+        rows = [
+            (uses, last_used, last_used, key_id)
+            for key_id, (last_used, uses) in sorted(usage.items())
+        ]
+        async with self._tx(feed=False) as tx:
+            await tx.executemany(
+                "UPDATE keys SET use_count = use_count + ?,"
+                f" last_used_at = {self.dialect.greatest}(COALESCE(last_used_at, ?), ?)"
+                " WHERE id = ?",
+                rows,
+            )
 
     # --- audit -----------------------------------------------------------------
     async def append_audit(

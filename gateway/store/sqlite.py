@@ -17,7 +17,6 @@ import aiosqlite
 
 from gateway.store.base import (
     EXPIRING_WITHIN,
-    AbandonedEvent,
     AuthRow,
     BatchResult,
     Change,
@@ -34,7 +33,6 @@ from gateway.store.base import (
     NameConflictError,
     NewKey,
     NotFoundError,
-    ReceiverState,
     SortPosition,
     StoreContents,
     StoreMissingError,
@@ -42,12 +40,10 @@ from gateway.store.base import (
     StoreUnavailableError,
 )
 from gateway.store.common import (
-    ABANDONED_COLUMNS,
     ACTION_CREATE,
     ACTION_DELETE,
     ACTION_DELETE_REVOKED,
     ACTION_EDIT,
-    ACTION_EXPIRING,
     ACTION_REINSTATE,
     ACTION_REINSTATE_ALL,
     ACTION_REVOKE,
@@ -56,15 +52,11 @@ from gateway.store.common import (
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
     AUTH_COLUMNS,
-    EXPIRY_ACTOR,
     KEY_COLUMNS,
     KEY_COLUMNS_K,
     KEY_FIELDS,
     LOAD_CHUNK,
-    RECEIVER_COLUMNS,
     Params,
-    abandoned_event,
-    abandoned_values,
     admin_account,
     admin_values,
     audit_event,
@@ -80,14 +72,11 @@ from gateway.store.common import (
     digests_of,
     edit_details,
     edited_row,
-    expiry_details,
     gc_paused,
     key_row,
     key_values,
     like_pattern,
     rate_limit_json,
-    receiver_state,
-    receiver_values,
     roles_json,
     roll_details,
     rolled_row,
@@ -950,134 +939,6 @@ class SqliteKeyStore(SqlStore):
             cursor = await db.execute("DELETE FROM key_changes WHERE seq <= ?", (cutoff,))
             await db.execute("UPDATE feed_state SET pruned_through = ? WHERE id = 1", (cutoff,))
             return int(cursor.rowcount)
-
-    # --- notifications ---------------------------------------------------------
-    async def count_expiring(self, now: float, within: float) -> int:
-        """Return how many active keys expire after `now` and within `within` seconds."""
-        rows = await self._fetch(
-            "SELECT COUNT(*) FROM keys WHERE status = 'active'"
-            " AND expires_at > ? AND expires_at <= ?",
-            (now, now + within),
-        )
-        return int(rows[0][0])
-
-    async def open_receiver(self, receiver: str) -> ReceiverState:
-        """Return a receiver's state; a new receiver starts after the newest audit event."""
-        async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO notify_receivers (receiver, cursor_id)"
-                # WHERE true: SQLite's parser needs it before ON CONFLICT after a SELECT.
-                " SELECT ?, COALESCE(MAX(id), 0) FROM audit WHERE true ON CONFLICT DO NOTHING",
-                (receiver,),
-            )
-            rows = list(
-                await db.execute_fetchall(
-                    f"SELECT {RECEIVER_COLUMNS} FROM notify_receivers WHERE receiver = ?",
-                    (receiver,),
-                )
-            )
-        return receiver_state(rows[0])
-
-    async def list_receivers(self) -> list[ReceiverState]:
-        """Return every receiver's state, by receiver id."""
-        rows = await self._fetch(
-            f"SELECT {RECEIVER_COLUMNS} FROM notify_receivers ORDER BY receiver"
-        )
-        return [receiver_state(row) for row in rows]
-
-    async def lease_receiver(self, receiver: str, owner: str, now: float, until: float) -> bool:
-        """Take or renew the right to deliver to `receiver` until `until`; False if held."""
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "UPDATE notify_receivers SET owner = ?1, lease_until = ?2 WHERE receiver = ?3"
-                " AND (owner IS NULL OR owner = ?1 OR lease_until IS NULL OR lease_until <= ?4)",
-                (owner, until, receiver, now),
-            )
-            return cursor.rowcount == 1
-
-    async def save_receiver(self, state: ReceiverState, expected_cursor: int) -> bool:
-        """Write a receiver's cursor and retry state if its cursor is still `expected_cursor`."""
-        async with self._transaction() as db:
-            return await self._save_receiver_in(db, state, expected_cursor)
-
-    async def _save_receiver_in(
-        self, db: aiosqlite.Connection, state: ReceiverState, expected_cursor: int
-    ) -> bool:
-        """Write a receiver's state inside the current transaction (compare-and-set)."""
-        cursor = await db.execute(
-            "UPDATE notify_receivers SET cursor_id = ?, attempts = ?, first_attempt = ?,"
-            " next_attempt = ?, last_error = ? WHERE receiver = ? AND cursor_id = ?",
-            (*receiver_values(state), expected_cursor),
-        )
-        return cursor.rowcount == 1
-
-    async def abandon_event(
-        self,
-        state: ReceiverState,
-        expected_cursor: int,
-        event: AbandonedEvent,
-        forget_before: float,
-    ) -> bool:
-        """Record an abandoned event and save `state` (past it) in one transaction."""
-        async with self._transaction() as db:
-            if not await self._save_receiver_in(db, state, expected_cursor):
-                return False
-            await db.execute(
-                "DELETE FROM notify_abandoned WHERE abandoned_at < ?", (forget_before,)
-            )
-            await db.execute(
-                f"INSERT INTO notify_abandoned ({ABANDONED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                abandoned_values(event),
-            )
-            return True
-
-    async def list_abandoned(self, limit: int = 100) -> list[AbandonedEvent]:
-        """Return abandoned events, newest first."""
-        rows = await self._fetch(
-            f"SELECT {ABANDONED_COLUMNS} FROM notify_abandoned ORDER BY id DESC LIMIT ?",
-            (limit,),
-        )
-        return [abandoned_event(row) for row in rows]
-
-    async def claim_expiry_notices(
-        self, key_id: int, key_name: str, days: tuple[int, ...], expires_at: float, at: float
-    ) -> tuple[int, ...]:
-        """Record notices (key, days before expiry, expiry); return the days not sent before.
-
-        When any is new, the nearest is audited (action `expiring`) in the same transaction.
-        """
-        claimed: list[int] = []
-        async with self._transaction() as db:
-            for day in days:
-                cursor = await db.execute(
-                    "INSERT INTO expiry_notices (key_id, days, expires_at, sent_at)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (key_id, day, expires_at, at),
-                )
-                if cursor.rowcount == 1:
-                    claimed.append(day)
-            if claimed:
-                details = expiry_details(min(claimed), expires_at, at)
-                await self._audit_in(
-                    db, at, EXPIRY_ACTOR, ACTION_EXPIRING, key_id, key_name, details
-                )
-        return tuple(claimed)
-
-    # --- usage -----------------------------------------------------------------
-    async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:
-        """Add use counts and raise last_used_at for many keys in one transaction.
-
-        Unknown ids (keys deleted meanwhile) are ignored; no change-feed entry is written.
-        """
-        if not usage:
-            return
-        params = [(uses, last_used, key_id) for key_id, (last_used, uses) in usage.items()]
-        async with self._transaction() as db:
-            await db.executemany(
-                "UPDATE keys SET use_count = use_count + ?1,"
-                " last_used_at = max(coalesce(last_used_at, ?2), ?2) WHERE id = ?3",
-                params,
-            )
 
     # --- moving between stores -------------------------------------------------
     async def export_contents(self) -> StoreContents:
