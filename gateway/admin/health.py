@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway.admin.errors import E_NOT_READY, json_error
 from gateway.runtime.appkeys import RUNTIME
 from gateway.runtime.metrics import render
-from gateway.store.base import KeyStore, StoreUnavailableError
+from gateway.store.base import StoreLifecycle, StoreUnavailableError
 
 log = logging.getLogger("keygate.admin")
 
@@ -49,7 +49,7 @@ async def readyz(request: web.Request) -> web.Response:
     return json_error(503, E_NOT_READY, M_NOT_READY, extra=extra)
 
 
-async def _ping_store(store: KeyStore) -> str | None:
+async def _ping_store(store: StoreLifecycle) -> str | None:
     """Ping the store within READY_TIMEOUT; return why it is not ready, or None.
 
     The answer never waits past the bound: a ping stuck on a silent network is cancelled

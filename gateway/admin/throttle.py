@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.store.base import KeyStore
+from gateway.store.base import LoginRecords
 
 FAILURE_WINDOW = 600.0  # seconds a failed login counts against its address and account
 FAILURES_BEFORE_LOCKOUT = 5  # failed logins per subject and window before lockouts start
@@ -109,7 +109,7 @@ class LoginThrottle:
                 self._pending.pop(name, None)
 
     async def retry_after(
-        self, store: KeyStore, reservation: Reservation, *, account: bool, trusted: bool = False
+        self, store: LoginRecords, reservation: Reservation, *, account: bool, trusted: bool = False
     ) -> float | None:
         """Return seconds until the reserved attempt may be checked, or None to check it now.
 
@@ -133,7 +133,7 @@ class LoginThrottle:
                 wait = max(wait, PENDING_RETRY_AFTER)
         return wait if wait > 0 else None
 
-    async def fail(self, store: KeyStore, address: str, account: str | None) -> float:
+    async def fail(self, store: LoginRecords, address: str, account: str | None) -> float:
         """Record a failed login; return the seconds its answer should be held back.
 
         `account` is counted only when it names an existing admin (anything else typed

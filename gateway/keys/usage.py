@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from gateway.store.base import KeyStore, StoreUnavailableError
+from gateway.store.base import KeyRecords, StoreUnavailableError
 
 log = logging.getLogger("keygate.usage")
 
@@ -30,7 +30,7 @@ class UsageCounter:
         pending, self._pending = self._pending, {}
         return {key_id: (entry[0], int(entry[1])) for key_id, entry in pending.items()}
 
-    async def flush(self, store: KeyStore) -> None:
+    async def flush(self, store: KeyRecords) -> None:
         """Write pending counts to the store; on failure they are merged back for next time."""
         batch = self.take()
         if not batch:
@@ -44,7 +44,7 @@ class UsageCounter:
                 entry[1] += uses
             raise
 
-    async def run(self, store: KeyStore, interval: float) -> None:
+    async def run(self, store: KeyRecords, interval: float) -> None:
         """Flush every `interval` seconds until cancelled (then flush once more).
 
         Counts that fail to flush are kept for the next try; an outage is logged when it

@@ -45,7 +45,7 @@ SortPosition = tuple[str | float, int]
 
 
 class StoreError(Exception):
-    """Base class for store errors that map to a clear client error."""
+    """The one root of every store error (client errors, an unusable store, a pruned feed)."""
 
 
 class NameConflictError(StoreError):
@@ -86,7 +86,7 @@ class IdempotencyMismatchError(StoreError):
     """An idempotency key reused with a different request (another body)."""
 
 
-class StoreUnavailableError(Exception):
+class StoreUnavailableError(StoreError):
     """The store cannot serve now: its file was deleted, the disk is full, read-only, corrupt.
 
     `cause` says which, in words an operator acts on; the message also names the store.
@@ -106,7 +106,7 @@ class StoreNotEmptyError(StoreError):
     """The target of a copy already holds data and overwriting was not asked for."""
 
 
-class StoreMissingError(Exception):
+class StoreMissingError(StoreError):
     """The database does not exist and the caller did not ask for it to be created."""
 
     def __init__(self, location: str) -> None:
@@ -114,7 +114,7 @@ class StoreMissingError(Exception):
         super().__init__(f"no database at {location}")
 
 
-class FeedPrunedError(Exception):
+class FeedPrunedError(StoreError):
     """Change-feed entries after the caller's sequence were pruned: reload the whole table."""
 
     def __init__(self, seq: int, pruned_through: int) -> None:
@@ -310,13 +310,8 @@ class FeedNotifier(Protocol):
         """
 
 
-class KeyStore(Protocol):
-    """Persistent key storage with a change feed, audit log and admin accounts.
-
-    Every key write appends change-feed entries in the same transaction and records an
-    audit event (actor is the admin name, or "cli:<user>" for the CLI). Any call raises
-    StoreUnavailableError while the store is unusable (deleted, full, read-only, corrupt).
-    """
+class StoreLifecycle(Protocol):
+    """Where the store is, and opening, probing and closing it."""
 
     @property
     def location(self) -> str:
@@ -341,7 +336,10 @@ class KeyStore(Protocol):
     async def ping(self) -> None:
         """Raise StoreUnavailableError (naming the cause) unless the store reads and writes."""
 
-    # --- keys -----------------------------------------------------------------
+
+class KeyRecords(Protocol):
+    """The keys: create, read, list, edit, roll, revoke, delete, batches, usage."""
+
     async def create_key(
         self, new: NewKey, actor: str, idempotency: IdempotencyClaim | None = None
     ) -> KeyRow:
@@ -420,7 +418,20 @@ class KeyStore(Protocol):
     async def delete_revoked(self, actor: str, grants: Grants = None) -> BatchResult:
         """Delete every revoked key within `grants` in one transaction."""
 
-    # --- change feed and cache loading ----------------------------------------
+    async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:
+        """Add use counts and raise last_used_at for many keys in one transaction.
+
+        `usage` maps key id -> (last_used_at, uses since the previous flush).
+        Writes no change-feed entry (usage is not auth-relevant).
+        """
+
+    async def count_expiring(self, now: float, within: float) -> int:
+        """Return how many active keys expire after `now` and within `within` seconds."""
+
+
+class Feed(Protocol):
+    """The change feed and the cold-start load of the key table."""
+
     async def load_auth(self, sink: Callable[[list[AuthRow]], None]) -> int:
         """Feed every key's auth row to `sink` in chunks; return the feed sequence they reflect.
 
@@ -440,23 +451,41 @@ class KeyStore(Protocol):
     async def current_seq(self) -> int:
         """Return the latest change-feed sequence number (0 when empty)."""
 
-    # --- usage ---------------------------------------------------------------
-    async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:
-        """Add use counts and raise last_used_at for many keys in one transaction.
 
-        `usage` maps key id -> (last_used_at, uses since the previous flush).
-        Writes no change-feed entry (usage is not auth-relevant).
-        """
+class AuditLog(Protocol):
+    """The audit log: append, list, and read it in order (the webhooks' outbox)."""
 
-    # --- notifications (the audit log is their outbox) -------------------------
-    async def count_expiring(self, now: float, within: float) -> int:
-        """Return how many active keys expire after `now` and within `within` seconds."""
+    async def append_audit(
+        self,
+        actor: str,
+        action: str,
+        key_id: int | None = None,
+        key_name: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record one audit event (for actions not already audited by a key write)."""
+
+    async def list_audit(
+        self,
+        *,
+        key_id: int | None = None,
+        key_name: str | None = None,
+        actor: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[AuditEvent]:
+        """List audit events newest first (id < before_id), filtered."""
 
     async def audit_after(self, after_id: int, limit: int = 500) -> list[AuditEvent]:
         """Return audit events with id > after_id, oldest first."""
 
     async def count_audit_after(self, after_id: int, actions: tuple[str, ...]) -> int:
         """Return how many audit events with id > after_id have one of `actions`."""
+
+
+class NotifyState(Protocol):
+    """Webhook receivers' cursors and leases, abandoned events, expiry notices."""
 
     async def open_receiver(self, receiver: str) -> ReceiverState:
         """Return a receiver's state; a new receiver starts after the newest audit event."""
@@ -495,30 +524,10 @@ class KeyStore(Protocol):
         the audit log is the webhooks' outbox, so the notice is as durable as the claim.
         """
 
-    # --- audit ---------------------------------------------------------------
-    async def append_audit(
-        self,
-        actor: str,
-        action: str,
-        key_id: int | None = None,
-        key_name: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        """Record one audit event (for actions not already audited by a key write)."""
 
-    async def list_audit(
-        self,
-        *,
-        key_id: int | None = None,
-        key_name: str | None = None,
-        actor: str | None = None,
-        since: float | None = None,
-        limit: int = 100,
-        before_id: int | None = None,
-    ) -> list[AuditEvent]:
-        """List audit events newest first (id < before_id), filtered."""
+class LoginRecords(Protocol):
+    """Failed-login counts and trusted logins, shared by every process using the store."""
 
-    # --- failed-login throttle (shared by every process using the store) ------
     async def record_login_failure(
         self, subjects: tuple[str, ...], at: float, forget_before: float
     ) -> None:
@@ -535,18 +544,10 @@ class KeyStore(Protocol):
     async def trusted_login(self, account: str, address: str, since: float) -> bool:
         """Return True when `account` logged in from `address` at or after `since`."""
 
-    # --- moving between stores -----------------------------------------------
-    async def export_contents(self) -> StoreContents:
-        """Return every key, admin account and audit event (one consistent read)."""
 
-    async def import_contents(self, contents: StoreContents, *, replace: bool) -> None:
-        """Write `contents` with their ids in one transaction (feed entries for every key).
+class AdminAccounts(Protocol):
+    """Admin accounts: names, password hashes, grant sets."""
 
-        Without `replace` a store holding any key, admin or audit event raises StoreNotEmptyError;
-        with it, what was there is deleted first.
-        """
-
-    # --- admin accounts -----------------------------------------------------
     async def add_admin(
         self, name: str, password_hash: str, grants: tuple[str, ...], grant_all: bool, actor: str
     ) -> AdminAccount:
@@ -569,7 +570,10 @@ class KeyStore(Protocol):
     async def remove_admin(self, name: str, actor: str) -> None:
         """Delete an admin account; raise NotFoundError."""
 
-    # --- web sessions (password, grant changes and removal end an admin's sessions) ---
+
+class Sessions(Protocol):
+    """Web sessions (password, grant changes and removal end an admin's sessions)."""
+
     async def create_session(
         self, session: AdminSession, *, idle_before: float, started_before: float
     ) -> None:
@@ -583,3 +587,37 @@ class KeyStore(Protocol):
 
     async def delete_session(self, token_hash: bytes) -> bool:
         """End one session; return False when there was none."""
+
+
+class StoreCopy(Protocol):
+    """Moving every record between stores."""
+
+    async def export_contents(self) -> StoreContents:
+        """Return every key, admin account and audit event (one consistent read)."""
+
+    async def import_contents(self, contents: StoreContents, *, replace: bool) -> None:
+        """Write `contents` with their ids in one transaction (feed entries for every key).
+
+        Without `replace` a store holding any key, admin or audit event raises StoreNotEmptyError;
+        with it, what was there is deleted first.
+        """
+
+
+class KeyStore(
+    StoreLifecycle,
+    KeyRecords,
+    Feed,
+    AuditLog,
+    NotifyState,
+    LoginRecords,
+    AdminAccounts,
+    Sessions,
+    StoreCopy,
+    Protocol,
+):
+    """Persistent key storage: every role above, as one store implements them.
+
+    Every key write appends change-feed entries in the same transaction and records an
+    audit event (actor is the admin name, or "cli:<user>" for the CLI). Any call raises
+    StoreUnavailableError while the store is unusable (deleted, full, read-only, corrupt).
+    """

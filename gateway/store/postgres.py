@@ -17,10 +17,6 @@ import asyncpg
 
 from gateway.store.base import (
     EXPIRING_WITHIN,
-    AbandonedEvent,
-    AdminAccount,
-    AdminSession,
-    AuditEvent,
     AuthRow,
     BatchResult,
     Change,
@@ -34,11 +30,9 @@ from gateway.store.base import (
     KeyRow,
     KeySort,
     KeyStatus,
-    LoginFailures,
     NameConflictError,
     NewKey,
     NotFoundError,
-    ReceiverState,
     SortPosition,
     StoreContents,
     StoreMissingError,
@@ -46,16 +40,10 @@ from gateway.store.base import (
     StoreUnavailableError,
 )
 from gateway.store.common import (
-    ABANDONED_COLUMNS,
-    ACTION_ADMIN_ADD,
-    ACTION_ADMIN_GRANTS,
-    ACTION_ADMIN_PASSWD,
-    ACTION_ADMIN_REMOVE,
     ACTION_CREATE,
     ACTION_DELETE,
     ACTION_DELETE_REVOKED,
     ACTION_EDIT,
-    ACTION_EXPIRING,
     ACTION_REINSTATE,
     ACTION_REINSTATE_ALL,
     ACTION_REVOKE,
@@ -64,18 +52,12 @@ from gateway.store.common import (
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
     AUTH_COLUMNS,
-    EXPIRY_ACTOR,
     KEY_COLUMNS,
     KEY_COLUMNS_K,
     LOAD_CHUNK,
-    RECEIVER_COLUMNS,
-    SESSION_COLUMNS,
     Params,
-    abandoned_event,
-    abandoned_values,
     admin_account,
     admin_values,
-    audit_conditions,
     audit_event,
     audit_values,
     auth_rows,
@@ -86,23 +68,17 @@ from gateway.store.common import (
     column_values,
     create_details,
     created_row,
-    details_json,
     digests_of,
     edit_details,
     edited_row,
-    expiry_details,
     gc_paused,
-    grants_details,
     key_row,
     key_values,
     like_pattern,
     rate_limit_json,
-    receiver_state,
-    receiver_values,
     roles_json,
     roll_details,
     rolled_row,
-    session_of,
     status_condition,
     wanted_edits,
 )
@@ -114,6 +90,7 @@ from gateway.store.migrations.postgres import (
     SchemaTooNewError,
     apply_migrations,
 )
+from gateway.store.sql import Dialect, SqlStore, Tx, numbered
 
 log = logging.getLogger("keygate.store.postgres")
 
@@ -164,10 +141,6 @@ _FAULTS: tuple[type[BaseException], ...] = (
 _LOCK_FEED = "SELECT seq FROM feed_state WHERE id = 1 FOR UPDATE"
 _CURRENT_SEQ = "SELECT seq FROM feed_state WHERE id = 1"
 _PRUNED_THROUGH = "SELECT pruned_through FROM feed_state WHERE id = 1"
-_INSERT_AUDIT = (
-    "INSERT INTO audit (at, actor, action, key_id, key_name, details)"
-    " VALUES ($1, $2, $3, $4, $5, $6)"
-)
 # Only ASCII letters fold in a text query, as in SQLite's LIKE.
 _UPPER, _LOWER = string.ascii_uppercase, string.ascii_lowercase
 _ASCII_LOWER = str.maketrans(_UPPER, _LOWER)
@@ -224,7 +197,50 @@ def _within_grants(grants: Grants, params: Params) -> str:
     return f"NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(keys.roles::jsonb) role {inside})"
 
 
-class PostgresKeyStore:
+def _unique_violation(error: BaseException, column: str) -> bool:
+    """Return True when `error` is a unique-constraint violation (each table has one)."""
+    return isinstance(error, asyncpg.UniqueViolationError)
+
+
+POSTGRES = Dialect(
+    name="postgres",
+    numbered=True,
+    greatest="GREATEST",
+    for_update=" FOR UPDATE",
+    is_unique_violation=_unique_violation,
+)
+
+
+def _rows_changed(status: str) -> int:
+    """Return the row count of a command status ("UPDATE 1", "INSERT 0 1", "DELETE 3")."""
+    last = status.rpartition(" ")[2]
+    return int(last) if last.isdigit() else 0
+
+
+class PostgresTx:
+    """A transaction on one pooled asyncpg connection, as the shared SQL store uses it."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        """Run one statement; return how many rows it changed."""
+        return _rows_changed(await self._conn.execute(numbered(sql), *params))
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement once per row of parameters."""
+        await self._conn.executemany(numbered(sql), rows)
+
+    async def fetch(self, sql: str, *params: Any) -> list[Any]:
+        """Run one statement and return every row it yields."""
+        return list(await self._conn.fetch(numbered(sql), *params))
+
+    async def insert_id(self, sql: str, *params: Any) -> int:
+        """Run one INSERT; return the new row's id."""
+        return int(await self._conn.fetchval(numbered(sql) + " RETURNING id", *params))
+
+
+class PostgresKeyStore(SqlStore):
     """KeyStore on a PostgreSQL database (optionally one schema of it), shared by a fleet.
 
     Every key write is one transaction that first locks the feed counter row, so key writes
@@ -233,6 +249,8 @@ class PostgresKeyStore:
     Connection faults (server gone, connection terminated, timeouts) raise
     StoreUnavailableError; the pool opens fresh connections once the server answers again.
     """
+
+    dialect = POSTGRES
 
     def __init__(
         self,
@@ -431,6 +449,16 @@ class PostgresKeyStore:
         async with self._connection() as conn:
             return list(await conn.fetch(sql, *params))
 
+    @contextlib.asynccontextmanager
+    async def _tx(self, *, feed: bool) -> AsyncIterator[Tx]:
+        """Open one write transaction; a key write first takes the feed counter's lock."""
+        async with self._write(feed=feed) as conn:
+            yield PostgresTx(conn)
+
+    async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Run one read statement outside a transaction; return its rows."""
+        return await self._fetch(numbered(sql), *params)
+
     async def ping(self) -> None:
         """Raise StoreUnavailableError unless the store reads and takes a one-row write."""
         async with self._write(feed=False) as conn:
@@ -476,17 +504,7 @@ class PostgresKeyStore:
         details: dict[str, Any] | None = None,
     ) -> int:
         """Append one audit row inside the current transaction; return its id."""
-        return int(
-            await conn.fetchval(
-                _INSERT_AUDIT + " RETURNING id",
-                at,
-                actor,
-                action,
-                key_id,
-                key_name,
-                details_json(details),
-            )
-        )
+        return await self._audit_tx(PostgresTx(conn), at, actor, action, key_id, key_name, details)
 
     async def _key_in(self, conn: asyncpg.Connection, key_id: int) -> KeyRow:
         """Read one key inside the current transaction; raise NotFoundError."""
@@ -987,242 +1005,6 @@ class PostgresKeyStore:
             await asyncio.sleep(delay)
             delay = min(delay * 2, LISTEN_RETRY_MAX)
 
-    # --- notifications ---------------------------------------------------------
-    async def count_expiring(self, now: float, within: float) -> int:
-        """Return how many active keys expire after `now` and within `within` seconds."""
-        rows = await self._fetch(
-            "SELECT COUNT(*) FROM keys WHERE status = 'active'"
-            " AND expires_at > $1 AND expires_at <= $2",
-            now,
-            now + within,
-        )
-        return int(rows[0][0])
-
-    async def audit_after(self, after_id: int, limit: int = 500) -> list[AuditEvent]:
-        """Return audit events with id > after_id, oldest first."""
-        rows = await self._fetch(
-            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE id > $1 ORDER BY id LIMIT $2",
-            after_id,
-            limit,
-        )
-        return [audit_event(row) for row in rows]
-
-    async def count_audit_after(self, after_id: int, actions: tuple[str, ...]) -> int:
-        """Return how many audit events with id > after_id have one of `actions`."""
-        rows = await self._fetch(
-            "SELECT COUNT(*) FROM audit WHERE id > $1 AND action = ANY($2::text[])",
-            after_id,
-            list(actions),
-        )
-        return int(rows[0][0])
-
-    async def open_receiver(self, receiver: str) -> ReceiverState:
-        """Return a receiver's state; a new receiver starts after the newest audit event."""
-        async with self._write(feed=False) as conn:
-            await conn.execute(
-                "INSERT INTO notify_receivers (receiver, cursor_id)"
-                " SELECT $1, COALESCE(MAX(id), 0) FROM audit ON CONFLICT DO NOTHING",
-                receiver,
-            )
-            row = await conn.fetchrow(
-                f"SELECT {RECEIVER_COLUMNS} FROM notify_receivers WHERE receiver = $1", receiver
-            )
-        assert row is not None
-        return receiver_state(row)
-
-    async def list_receivers(self) -> list[ReceiverState]:
-        """Return every receiver's state, by receiver id."""
-        rows = await self._fetch(
-            f"SELECT {RECEIVER_COLUMNS} FROM notify_receivers ORDER BY receiver"
-        )
-        return [receiver_state(row) for row in rows]
-
-    async def lease_receiver(self, receiver: str, owner: str, now: float, until: float) -> bool:
-        """Take or renew the right to deliver to `receiver` until `until`; False if held."""
-        async with self._write(feed=False) as conn:
-            done = await conn.execute(
-                "UPDATE notify_receivers SET owner = $1, lease_until = $2 WHERE receiver = $3"
-                " AND (owner IS NULL OR owner = $1 OR lease_until IS NULL OR lease_until <= $4)",
-                owner,
-                until,
-                receiver,
-                now,
-            )
-        return str(done).endswith(" 1")
-
-    async def save_receiver(self, state: ReceiverState, expected_cursor: int) -> bool:
-        """Write a receiver's cursor and retry state if its cursor is still `expected_cursor`."""
-        async with self._write(feed=False) as conn:
-            return await self._save_receiver_in(conn, state, expected_cursor)
-
-    async def _save_receiver_in(
-        self, conn: asyncpg.Connection, state: ReceiverState, expected_cursor: int
-    ) -> bool:
-        """Write a receiver's state inside the current transaction (compare-and-set)."""
-        done = await conn.execute(
-            "UPDATE notify_receivers SET cursor_id = $1, attempts = $2, first_attempt = $3,"
-            " next_attempt = $4, last_error = $5 WHERE receiver = $6 AND cursor_id = $7",
-            *receiver_values(state),
-            expected_cursor,
-        )
-        return str(done).endswith(" 1")
-
-    async def abandon_event(
-        self,
-        state: ReceiverState,
-        expected_cursor: int,
-        event: AbandonedEvent,
-        forget_before: float,
-    ) -> bool:
-        """Record an abandoned event and save `state` (past it) in one transaction."""
-        async with self._write(feed=False) as conn:
-            if not await self._save_receiver_in(conn, state, expected_cursor):
-                return False
-            await conn.execute(
-                "DELETE FROM notify_abandoned WHERE abandoned_at < $1", forget_before
-            )
-            await conn.execute(
-                f"INSERT INTO notify_abandoned ({ABANDONED_COLUMNS})"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                *abandoned_values(event),
-            )
-            return True
-
-    async def list_abandoned(self, limit: int = 100) -> list[AbandonedEvent]:
-        """Return abandoned events, newest first."""
-        rows = await self._fetch(
-            f"SELECT {ABANDONED_COLUMNS} FROM notify_abandoned ORDER BY id DESC LIMIT $1", limit
-        )
-        return [abandoned_event(row) for row in rows]
-
-    async def claim_expiry_notices(
-        self, key_id: int, key_name: str, days: tuple[int, ...], expires_at: float, at: float
-    ) -> tuple[int, ...]:
-        """Record notices (key, days before expiry, expiry); return the days not sent before.
-
-        When any is new, the nearest is audited (action `expiring`) in the same transaction.
-        """
-        if not days:
-            return ()
-        async with self._write(feed=False) as conn:
-            rows = await conn.fetch(
-                "INSERT INTO expiry_notices (key_id, days, expires_at, sent_at)"
-                " SELECT $1, d, $3, $4 FROM unnest($2::int[]) AS d"
-                " ON CONFLICT DO NOTHING RETURNING days",
-                key_id,
-                list(days),
-                expires_at,
-                at,
-            )
-            claimed = {int(row[0]) for row in rows}
-            if claimed:
-                details = expiry_details(min(claimed), expires_at, at)
-                await self._audit_in(
-                    conn, at, EXPIRY_ACTOR, ACTION_EXPIRING, key_id, key_name, details
-                )
-        return tuple(d for d in days if d in claimed)
-
-    # --- usage -----------------------------------------------------------------
-    async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:
-        """Add use counts and raise last_used_at for many keys in one transaction.
-
-        Rows are updated in id order, so two instances flushing at once never deadlock.
-        """
-        if not usage:
-            return
-        params = [(uses, last_used, key_id) for key_id, (last_used, uses) in sorted(usage.items())]
-        async with self._write(feed=False) as conn:
-            await conn.executemany(
-                "UPDATE keys SET use_count = use_count + $1,"
-                " last_used_at = GREATEST(COALESCE(last_used_at, $2), $2) WHERE id = $3",
-                params,
-            )
-
-    # --- audit -----------------------------------------------------------------
-    async def append_audit(
-        self,
-        actor: str,
-        action: str,
-        key_id: int | None = None,
-        key_name: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        """Record one audit event (for actions not already audited by a key write)."""
-        async with self._write(feed=False) as conn:
-            await self._audit_in(conn, time.time(), actor, action, key_id, key_name, details)
-
-    async def list_audit(
-        self,
-        *,
-        key_id: int | None = None,
-        key_name: str | None = None,
-        actor: str | None = None,
-        since: float | None = None,
-        limit: int = 100,
-        before_id: int | None = None,
-    ) -> list[AuditEvent]:
-        """List audit events newest first (id < before_id), filtered; since is inclusive."""
-        if limit < 0:
-            raise ValueError("limit must not be negative")
-        params = Params(numbered=True)
-        condition = audit_conditions(
-            params, key_id=key_id, key_name=key_name, actor=actor, since=since, before_id=before_id
-        )
-        limit_mark = params.add(limit)
-        rows = await self._fetch(
-            f"SELECT {AUDIT_COLUMNS} FROM audit {condition} ORDER BY id DESC LIMIT {limit_mark}",
-            *params.values,
-        )
-        return [audit_event(row) for row in rows]
-
-    # --- failed-login throttle -------------------------------------------------
-    async def record_login_failure(
-        self, subjects: tuple[str, ...], at: float, forget_before: float
-    ) -> None:
-        """Count one failed login against each subject; forget failures older than forget_before."""
-        async with self._write(feed=False) as conn:
-            await conn.execute("DELETE FROM login_failures WHERE at < $1", forget_before)
-            await conn.execute(
-                "INSERT INTO login_failures (subject, at) SELECT s, $2 FROM unnest($1::text[]) s",
-                list(subjects),
-                at,
-            )
-
-    async def login_failures(
-        self, subjects: tuple[str, ...], since: float
-    ) -> dict[str, LoginFailures]:
-        """Return the failures since `since` of each subject that has any."""
-        if not subjects:
-            return {}
-        rows = await self._fetch(
-            "SELECT subject, COUNT(*), MAX(at) FROM login_failures"
-            " WHERE subject = ANY($1::text[]) AND at >= $2 GROUP BY subject",
-            list(subjects),
-            since,
-        )
-        return {str(row[0]): LoginFailures(int(row[1]), float(row[2])) for row in rows}
-
-    async def record_login_success(self, account: str, address: str, at: float) -> None:
-        """Note that `account` logged in from `address` at `at` (its lockout spares it)."""
-        async with self._write(feed=False) as conn:
-            await conn.execute(
-                "INSERT INTO trusted_logins (account, address, at) VALUES ($1, $2, $3)"
-                " ON CONFLICT (account, address) DO UPDATE SET at = excluded.at",
-                account,
-                address,
-                at,
-            )
-
-    async def trusted_login(self, account: str, address: str, since: float) -> bool:
-        """Return True when `account` logged in from `address` at or after `since`."""
-        rows = await self._fetch(
-            "SELECT 1 FROM trusted_logins WHERE account = $1 AND address = $2 AND at >= $3",
-            account,
-            address,
-            since,
-        )
-        return bool(rows)
-
     # --- moving between stores -------------------------------------------------
     async def export_contents(self) -> StoreContents:
         """Return every key, admin account and audit event (one REPEATABLE READ snapshot)."""
@@ -1303,147 +1085,6 @@ class PostgresKeyStore:
                 "SELECT setval(pg_get_serial_sequence('audit', 'id'),"
                 " COALESCE((SELECT MAX(id) FROM audit), 0) + 1, false)"
             )
-
-    # --- admin accounts --------------------------------------------------------
-    async def add_admin(
-        self, name: str, password_hash: str, grants: tuple[str, ...], grant_all: bool, actor: str
-    ) -> AdminAccount:
-        """Create an admin account; raise NameConflictError."""
-        now = time.time()
-        async with self._write(feed=False) as conn:
-            try:
-                await conn.execute(
-                    f"INSERT INTO admins ({ADMIN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",
-                    name,
-                    password_hash,
-                    roles_json(grants),
-                    grant_all,
-                    now,
-                    now,
-                )
-            except asyncpg.UniqueViolationError:
-                raise NameConflictError(f"an admin named {name!r} already exists") from None
-            await self._audit_in(
-                conn,
-                now,
-                actor,
-                ACTION_ADMIN_ADD,
-                details={"admin": name, "grants": list(grants), "grant_all": grant_all},
-            )
-        return AdminAccount(name, password_hash, tuple(grants), grant_all, now, now)
-
-    async def get_admin(self, name: str) -> AdminAccount | None:
-        """Return an admin account by name, or None."""
-        rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admins WHERE name = $1", name)
-        return admin_account(rows[0]) if rows else None
-
-    async def list_admins(self) -> list[AdminAccount]:
-        """Return every admin account ordered by name."""
-        rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name")
-        return [admin_account(row) for row in rows]
-
-    async def set_admin_password(self, name: str, password_hash: str, actor: str) -> None:
-        """Replace an admin's password hash; raise NotFoundError."""
-        now = time.time()
-        async with self._write(feed=False) as conn:
-            found = await conn.fetchval(
-                "UPDATE admins SET password_hash = $1, updated_at = $2 WHERE name = $3 RETURNING 1",
-                password_hash,
-                now,
-                name,
-            )
-            if found is None:
-                raise NotFoundError(f"no admin named {name!r}")
-            await conn.execute("DELETE FROM admin_sessions WHERE admin = $1", name)
-            await self._audit_in(conn, now, actor, ACTION_ADMIN_PASSWD, details={"admin": name})
-
-    async def set_admin_grants(
-        self, name: str, grants: tuple[str, ...], grant_all: bool, actor: str
-    ) -> AdminAccount:
-        """Replace an admin's grant set; raise NotFoundError."""
-        now = time.time()
-        async with self._write(feed=False) as conn:
-            row = await conn.fetchrow(
-                f"SELECT {ADMIN_COLUMNS} FROM admins WHERE name = $1 FOR UPDATE", name
-            )
-            if row is None:
-                raise NotFoundError(f"no admin named {name!r}")
-            current = admin_account(row)
-            await conn.execute(
-                "UPDATE admins SET grants = $1, grant_all = $2, updated_at = $3 WHERE name = $4",
-                roles_json(grants),
-                grant_all,
-                now,
-                name,
-            )
-            await conn.execute("DELETE FROM admin_sessions WHERE admin = $1", name)
-            await self._audit_in(
-                conn,
-                now,
-                actor,
-                ACTION_ADMIN_GRANTS,
-                details=grants_details(current, grants, grant_all),
-            )
-        return dataclasses.replace(
-            current, grants=tuple(grants), grant_all=grant_all, updated_at=now
-        )
-
-    async def remove_admin(self, name: str, actor: str) -> None:
-        """Delete an admin account; raise NotFoundError."""
-        now = time.time()
-        async with self._write(feed=False) as conn:
-            found = await conn.fetchval("DELETE FROM admins WHERE name = $1 RETURNING 1", name)
-            if found is None:
-                raise NotFoundError(f"no admin named {name!r}")
-            await conn.execute("DELETE FROM admin_sessions WHERE admin = $1", name)
-            await self._audit_in(conn, now, actor, ACTION_ADMIN_REMOVE, details={"admin": name})
-
-    # --- web sessions ------------------------------------------------------------
-    async def create_session(
-        self, session: AdminSession, *, idle_before: float, started_before: float
-    ) -> None:
-        """Store a new session; forget sessions idle since or started before the cut-offs."""
-        async with self._write(feed=False) as conn:
-            await conn.execute(
-                "DELETE FROM admin_sessions WHERE last_seen < $1 OR created_at < $2",
-                idle_before,
-                started_before,
-            )
-            await conn.execute(
-                f"INSERT INTO admin_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5)",
-                session.token_hash,
-                session.admin,
-                session.stamp,
-                session.created_at,
-                session.last_seen,
-            )
-
-    async def get_session(self, token_hash: bytes) -> AdminSession | None:
-        """Return the session with this token hash, or None."""
-        rows = await self._fetch(
-            f"SELECT {SESSION_COLUMNS} FROM admin_sessions WHERE token_hash = $1", token_hash
-        )
-        if not rows:
-            return None
-        return session_of(rows[0])
-
-    async def touch_session(self, token_hash: bytes, at: float) -> None:
-        """Record activity on a session (its idle timeout starts again)."""
-        async with self._write(feed=False) as conn:
-            await conn.execute(
-                "UPDATE admin_sessions SET last_seen = GREATEST(last_seen, $1)"
-                " WHERE token_hash = $2",
-                at,
-                token_hash,
-            )
-
-    async def delete_session(self, token_hash: bytes) -> bool:
-        """End one session; return False when there was none."""
-        async with self._write(feed=False) as conn:
-            found = await conn.fetchval(
-                "DELETE FROM admin_sessions WHERE token_hash = $1 RETURNING 1", token_hash
-            )
-            return found is not None
 
 
 async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:

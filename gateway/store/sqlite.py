@@ -17,10 +17,6 @@ import aiosqlite
 
 from gateway.store.base import (
     EXPIRING_WITHIN,
-    AbandonedEvent,
-    AdminAccount,
-    AdminSession,
-    AuditEvent,
     AuthRow,
     BatchResult,
     Change,
@@ -34,11 +30,9 @@ from gateway.store.base import (
     KeyRow,
     KeySort,
     KeyStatus,
-    LoginFailures,
     NameConflictError,
     NewKey,
     NotFoundError,
-    ReceiverState,
     SortPosition,
     StoreContents,
     StoreMissingError,
@@ -46,16 +40,10 @@ from gateway.store.base import (
     StoreUnavailableError,
 )
 from gateway.store.common import (
-    ABANDONED_COLUMNS,
-    ACTION_ADMIN_ADD,
-    ACTION_ADMIN_GRANTS,
-    ACTION_ADMIN_PASSWD,
-    ACTION_ADMIN_REMOVE,
     ACTION_CREATE,
     ACTION_DELETE,
     ACTION_DELETE_REVOKED,
     ACTION_EDIT,
-    ACTION_EXPIRING,
     ACTION_REINSTATE,
     ACTION_REINSTATE_ALL,
     ACTION_REVOKE,
@@ -64,19 +52,13 @@ from gateway.store.common import (
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
     AUTH_COLUMNS,
-    EXPIRY_ACTOR,
     KEY_COLUMNS,
     KEY_COLUMNS_K,
     KEY_FIELDS,
     LOAD_CHUNK,
-    RECEIVER_COLUMNS,
-    SESSION_COLUMNS,
     Params,
-    abandoned_event,
-    abandoned_values,
     admin_account,
     admin_values,
-    audit_conditions,
     audit_event,
     audit_values,
     auth_rows,
@@ -87,23 +69,17 @@ from gateway.store.common import (
     column_values,
     create_details,
     created_row,
-    details_json,
     digests_of,
     edit_details,
     edited_row,
-    expiry_details,
     gc_paused,
-    grants_details,
     key_row,
     key_values,
     like_pattern,
     rate_limit_json,
-    receiver_state,
-    receiver_values,
     roles_json,
     roll_details,
     rolled_row,
-    session_of,
     status_condition,
     wanted_edits,
 )
@@ -112,6 +88,7 @@ from gateway.store.migrations.sqlite import (
     SchemaTooNewError,
     apply_migrations,
 )
+from gateway.store.sql import Dialect, SqlStore, Tx
 
 log = logging.getLogger("keygate.store.sqlite")
 # aiosqlite logs every statement with its parameters at DEBUG: names typed at the admin
@@ -152,9 +129,6 @@ _PRAGMAS = (
 )
 
 _INSERT_CHANGE = "INSERT INTO key_changes (key_id, digest, op, at) VALUES (?, ?, ?, ?)"
-_INSERT_AUDIT = (
-    "INSERT INTO audit (at, actor, action, key_id, key_name, details) VALUES (?, ?, ?, ?, ?, ?)"
-)
 # The feed's latest sequence, even when pruning removed every entry.
 _CURRENT_SEQ = (
     "SELECT MAX(COALESCE((SELECT MAX(seq) FROM key_changes), 0),"
@@ -232,7 +206,46 @@ def _identity(path: Path) -> tuple[int, int]:
     return status.st_dev, status.st_ino
 
 
-class SqliteKeyStore:
+def _unique_violation(error: BaseException, column: str) -> bool:
+    """Return True when `error` is a UNIQUE/PRIMARY KEY failure on exactly `table.column`."""
+    return isinstance(error, sqlite3.IntegrityError) and _is_unique_violation(error, column)
+
+
+SQLITE = Dialect(
+    name="sqlite",
+    numbered=False,
+    greatest="max",
+    for_update="",
+    is_unique_violation=_unique_violation,
+)
+
+
+class SqliteTx:
+    """A transaction on the shared aiosqlite connection, as the shared SQL store uses it."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def execute(self, sql: str, *params: Any) -> int:
+        """Run one statement; return how many rows it changed."""
+        cursor = await self._db.execute(sql, params)
+        return int(cursor.rowcount)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement once per row of parameters."""
+        await self._db.executemany(sql, rows)
+
+    async def fetch(self, sql: str, *params: Any) -> list[Any]:
+        """Run one statement and return every row it yields."""
+        return list(await self._db.execute_fetchall(sql, params))
+
+    async def insert_id(self, sql: str, *params: Any) -> int:
+        """Run one INSERT; return the new row's id."""
+        cursor = await self._db.execute(sql, params)
+        return int(cursor.lastrowid or 0)
+
+
+class SqliteKeyStore(SqlStore):
     """KeyStore on one SQLite file in WAL mode; one connection, writes under an asyncio.Lock.
 
     Every call first checks (one stat) that the file at the path is still the one open:
@@ -245,6 +258,8 @@ class SqliteKeyStore:
     asyncio.Lock, so they never see another task's transaction half-done on the shared
     connection.
     """
+
+    dialect = SQLITE
 
     def __init__(self, path: str | Path) -> None:
         """Remember the database path; nothing is opened until open()."""
@@ -453,6 +468,16 @@ class SqliteKeyStore:
                 self._raise_if_unavailable(error)
                 raise
 
+    @contextlib.asynccontextmanager
+    async def _tx(self, *, feed: bool) -> AsyncIterator[Tx]:
+        """Open one write transaction (BEGIN IMMEDIATE serialises every write, feed or not)."""
+        async with self._transaction() as db:
+            yield SqliteTx(db)
+
+    async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Run one read statement outside a transaction; return its rows."""
+        return await self._fetch(sql, params)
+
     async def _key_in(self, db: aiosqlite.Connection, key_id: int) -> KeyRow:
         """Read one key inside the current transaction; raise NotFoundError."""
         rows = list(
@@ -473,10 +498,7 @@ class SqliteKeyStore:
         details: dict[str, Any] | None = None,
     ) -> int:
         """Append one audit row inside the current transaction; return its id."""
-        cursor = await db.execute(
-            _INSERT_AUDIT, (at, actor, action, key_id, key_name, details_json(details))
-        )
-        return int(cursor.lastrowid or 0)
+        return await self._audit_tx(SqliteTx(db), at, actor, action, key_id, key_name, details)
 
     # --- keys ------------------------------------------------------------------
     async def create_key(
@@ -918,231 +940,6 @@ class SqliteKeyStore:
             await db.execute("UPDATE feed_state SET pruned_through = ? WHERE id = 1", (cutoff,))
             return int(cursor.rowcount)
 
-    # --- notifications ---------------------------------------------------------
-    async def count_expiring(self, now: float, within: float) -> int:
-        """Return how many active keys expire after `now` and within `within` seconds."""
-        rows = await self._fetch(
-            "SELECT COUNT(*) FROM keys WHERE status = 'active'"
-            " AND expires_at > ? AND expires_at <= ?",
-            (now, now + within),
-        )
-        return int(rows[0][0])
-
-    async def audit_after(self, after_id: int, limit: int = 500) -> list[AuditEvent]:
-        """Return audit events with id > after_id, oldest first."""
-        rows = await self._fetch(
-            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE id > ? ORDER BY id LIMIT ?",
-            (after_id, limit),
-        )
-        return [audit_event(row) for row in rows]
-
-    async def count_audit_after(self, after_id: int, actions: tuple[str, ...]) -> int:
-        """Return how many audit events with id > after_id have one of `actions`."""
-        marks = ", ".join("?" for _ in actions) or "NULL"
-        rows = await self._fetch(
-            f"SELECT COUNT(*) FROM audit WHERE id > ? AND action IN ({marks})",
-            (after_id, *actions),
-        )
-        return int(rows[0][0])
-
-    async def open_receiver(self, receiver: str) -> ReceiverState:
-        """Return a receiver's state; a new receiver starts after the newest audit event."""
-        async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO notify_receivers (receiver, cursor_id)"
-                # WHERE true: SQLite's parser needs it before ON CONFLICT after a SELECT.
-                " SELECT ?, COALESCE(MAX(id), 0) FROM audit WHERE true ON CONFLICT DO NOTHING",
-                (receiver,),
-            )
-            rows = list(
-                await db.execute_fetchall(
-                    f"SELECT {RECEIVER_COLUMNS} FROM notify_receivers WHERE receiver = ?",
-                    (receiver,),
-                )
-            )
-        return receiver_state(rows[0])
-
-    async def list_receivers(self) -> list[ReceiverState]:
-        """Return every receiver's state, by receiver id."""
-        rows = await self._fetch(
-            f"SELECT {RECEIVER_COLUMNS} FROM notify_receivers ORDER BY receiver"
-        )
-        return [receiver_state(row) for row in rows]
-
-    async def lease_receiver(self, receiver: str, owner: str, now: float, until: float) -> bool:
-        """Take or renew the right to deliver to `receiver` until `until`; False if held."""
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "UPDATE notify_receivers SET owner = ?1, lease_until = ?2 WHERE receiver = ?3"
-                " AND (owner IS NULL OR owner = ?1 OR lease_until IS NULL OR lease_until <= ?4)",
-                (owner, until, receiver, now),
-            )
-            return cursor.rowcount == 1
-
-    async def save_receiver(self, state: ReceiverState, expected_cursor: int) -> bool:
-        """Write a receiver's cursor and retry state if its cursor is still `expected_cursor`."""
-        async with self._transaction() as db:
-            return await self._save_receiver_in(db, state, expected_cursor)
-
-    async def _save_receiver_in(
-        self, db: aiosqlite.Connection, state: ReceiverState, expected_cursor: int
-    ) -> bool:
-        """Write a receiver's state inside the current transaction (compare-and-set)."""
-        cursor = await db.execute(
-            "UPDATE notify_receivers SET cursor_id = ?, attempts = ?, first_attempt = ?,"
-            " next_attempt = ?, last_error = ? WHERE receiver = ? AND cursor_id = ?",
-            (*receiver_values(state), expected_cursor),
-        )
-        return cursor.rowcount == 1
-
-    async def abandon_event(
-        self,
-        state: ReceiverState,
-        expected_cursor: int,
-        event: AbandonedEvent,
-        forget_before: float,
-    ) -> bool:
-        """Record an abandoned event and save `state` (past it) in one transaction."""
-        async with self._transaction() as db:
-            if not await self._save_receiver_in(db, state, expected_cursor):
-                return False
-            await db.execute(
-                "DELETE FROM notify_abandoned WHERE abandoned_at < ?", (forget_before,)
-            )
-            await db.execute(
-                f"INSERT INTO notify_abandoned ({ABANDONED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                abandoned_values(event),
-            )
-            return True
-
-    async def list_abandoned(self, limit: int = 100) -> list[AbandonedEvent]:
-        """Return abandoned events, newest first."""
-        rows = await self._fetch(
-            f"SELECT {ABANDONED_COLUMNS} FROM notify_abandoned ORDER BY id DESC LIMIT ?",
-            (limit,),
-        )
-        return [abandoned_event(row) for row in rows]
-
-    async def claim_expiry_notices(
-        self, key_id: int, key_name: str, days: tuple[int, ...], expires_at: float, at: float
-    ) -> tuple[int, ...]:
-        """Record notices (key, days before expiry, expiry); return the days not sent before.
-
-        When any is new, the nearest is audited (action `expiring`) in the same transaction.
-        """
-        claimed: list[int] = []
-        async with self._transaction() as db:
-            for day in days:
-                cursor = await db.execute(
-                    "INSERT INTO expiry_notices (key_id, days, expires_at, sent_at)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (key_id, day, expires_at, at),
-                )
-                if cursor.rowcount == 1:
-                    claimed.append(day)
-            if claimed:
-                details = expiry_details(min(claimed), expires_at, at)
-                await self._audit_in(
-                    db, at, EXPIRY_ACTOR, ACTION_EXPIRING, key_id, key_name, details
-                )
-        return tuple(claimed)
-
-    # --- usage -----------------------------------------------------------------
-    async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:
-        """Add use counts and raise last_used_at for many keys in one transaction.
-
-        Unknown ids (keys deleted meanwhile) are ignored; no change-feed entry is written.
-        """
-        if not usage:
-            return
-        params = [(uses, last_used, key_id) for key_id, (last_used, uses) in usage.items()]
-        async with self._transaction() as db:
-            await db.executemany(
-                "UPDATE keys SET use_count = use_count + ?1,"
-                " last_used_at = max(coalesce(last_used_at, ?2), ?2) WHERE id = ?3",
-                params,
-            )
-
-    # --- audit -----------------------------------------------------------------
-    async def append_audit(
-        self,
-        actor: str,
-        action: str,
-        key_id: int | None = None,
-        key_name: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        """Record one audit event (for actions not already audited by a key write)."""
-        async with self._transaction() as db:
-            await self._audit_in(db, time.time(), actor, action, key_id, key_name, details)
-
-    async def list_audit(
-        self,
-        *,
-        key_id: int | None = None,
-        key_name: str | None = None,
-        actor: str | None = None,
-        since: float | None = None,
-        limit: int = 100,
-        before_id: int | None = None,
-    ) -> list[AuditEvent]:
-        """List audit events newest first (id < before_id), filtered; since is inclusive."""
-        if limit < 0:
-            raise ValueError("limit must not be negative")
-        params = Params(numbered=False)
-        condition = audit_conditions(
-            params, key_id=key_id, key_name=key_name, actor=actor, since=since, before_id=before_id
-        )
-        params.values.append(limit)
-        rows = await self._fetch(
-            f"SELECT {AUDIT_COLUMNS} FROM audit {condition} ORDER BY id DESC LIMIT ?",
-            params.values,
-        )
-        return [audit_event(row) for row in rows]
-
-    # --- failed-login throttle -------------------------------------------------
-    async def record_login_failure(
-        self, subjects: tuple[str, ...], at: float, forget_before: float
-    ) -> None:
-        """Count one failed login against each subject; forget failures older than forget_before."""
-        async with self._transaction() as db:
-            await db.execute("DELETE FROM login_failures WHERE at < ?", (forget_before,))
-            await db.executemany(
-                "INSERT INTO login_failures (subject, at) VALUES (?, ?)",
-                [(subject, at) for subject in subjects],
-            )
-
-    async def login_failures(
-        self, subjects: tuple[str, ...], since: float
-    ) -> dict[str, LoginFailures]:
-        """Return the failures since `since` of each subject that has any."""
-        if not subjects:
-            return {}
-        marks = ", ".join("?" for _ in subjects)
-        rows = await self._fetch(
-            "SELECT subject, COUNT(*), MAX(at) FROM login_failures"
-            f" WHERE subject IN ({marks}) AND at >= ? GROUP BY subject",
-            (*subjects, since),
-        )
-        return {str(row[0]): LoginFailures(int(row[1]), float(row[2])) for row in rows}
-
-    async def record_login_success(self, account: str, address: str, at: float) -> None:
-        """Note that `account` logged in from `address` at `at` (its lockout spares it)."""
-        async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO trusted_logins (account, address, at) VALUES (?, ?, ?)"
-                " ON CONFLICT (account, address) DO UPDATE SET at = excluded.at",
-                (account, address, at),
-            )
-
-    async def trusted_login(self, account: str, address: str, since: float) -> bool:
-        """Return True when `account` logged in from `address` at or after `since`."""
-        rows = await self._fetch(
-            "SELECT 1 FROM trusted_logins WHERE account = ? AND address = ? AND at >= ?",
-            (account, address, since),
-        )
-        return bool(rows)
-
     # --- moving between stores -------------------------------------------------
     async def export_contents(self) -> StoreContents:
         """Return every key, admin account and audit event (one read transaction)."""
@@ -1209,137 +1006,3 @@ class SqliteKeyStore:
             await db.execute("DELETE FROM audit_keys")
             await db.execute(AUDIT_KEYS_FROM_DETAILS)
             await db.execute("DELETE FROM idempotency_keys")
-
-    # --- admin accounts --------------------------------------------------------
-    async def add_admin(
-        self, name: str, password_hash: str, grants: tuple[str, ...], grant_all: bool, actor: str
-    ) -> AdminAccount:
-        """Create an admin account; raise NameConflictError."""
-        now = time.time()
-        async with self._transaction() as db:
-            try:
-                await db.execute(
-                    f"INSERT INTO admins ({ADMIN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, password_hash, roles_json(grants), int(grant_all), now, now),
-                )
-            except sqlite3.IntegrityError as exc:
-                if _is_unique_violation(exc, "admins.name"):
-                    raise NameConflictError(f"an admin named {name!r} already exists") from None
-                raise
-            await self._audit_in(
-                db,
-                now,
-                actor,
-                ACTION_ADMIN_ADD,
-                details={"admin": name, "grants": list(grants), "grant_all": grant_all},
-            )
-        return AdminAccount(name, password_hash, tuple(grants), grant_all, now, now)
-
-    async def get_admin(self, name: str) -> AdminAccount | None:
-        """Return an admin account by name, or None."""
-        rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admins WHERE name = ?", (name,))
-        return admin_account(rows[0]) if rows else None
-
-    async def list_admins(self) -> list[AdminAccount]:
-        """Return every admin account ordered by name."""
-        rows = await self._fetch(f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name")
-        return [admin_account(row) for row in rows]
-
-    async def set_admin_password(self, name: str, password_hash: str, actor: str) -> None:
-        """Replace an admin's password hash; raise NotFoundError."""
-        now = time.time()
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "UPDATE admins SET password_hash = ?, updated_at = ? WHERE name = ?",
-                (password_hash, now, name),
-            )
-            if cursor.rowcount == 0:
-                raise NotFoundError(f"no admin named {name!r}")
-            await db.execute("DELETE FROM admin_sessions WHERE admin = ?", (name,))
-            await self._audit_in(db, now, actor, ACTION_ADMIN_PASSWD, details={"admin": name})
-
-    async def set_admin_grants(
-        self, name: str, grants: tuple[str, ...], grant_all: bool, actor: str
-    ) -> AdminAccount:
-        """Replace an admin's grant set; raise NotFoundError."""
-        now = time.time()
-        async with self._transaction() as db:
-            rows = list(
-                await db.execute_fetchall(
-                    f"SELECT {ADMIN_COLUMNS} FROM admins WHERE name = ?", (name,)
-                )
-            )
-            if not rows:
-                raise NotFoundError(f"no admin named {name!r}")
-            current = admin_account(rows[0])
-            await db.execute(
-                "UPDATE admins SET grants = ?, grant_all = ?, updated_at = ? WHERE name = ?",
-                (roles_json(grants), int(grant_all), now, name),
-            )
-            await db.execute("DELETE FROM admin_sessions WHERE admin = ?", (name,))
-            await self._audit_in(
-                db,
-                now,
-                actor,
-                ACTION_ADMIN_GRANTS,
-                details=grants_details(current, grants, grant_all),
-            )
-        return dataclasses.replace(
-            current, grants=tuple(grants), grant_all=grant_all, updated_at=now
-        )
-
-    async def remove_admin(self, name: str, actor: str) -> None:
-        """Delete an admin account; raise NotFoundError."""
-        now = time.time()
-        async with self._transaction() as db:
-            cursor = await db.execute("DELETE FROM admins WHERE name = ?", (name,))
-            if cursor.rowcount == 0:
-                raise NotFoundError(f"no admin named {name!r}")
-            await db.execute("DELETE FROM admin_sessions WHERE admin = ?", (name,))
-            await self._audit_in(db, now, actor, ACTION_ADMIN_REMOVE, details={"admin": name})
-
-    # --- web sessions ------------------------------------------------------------
-    async def create_session(
-        self, session: AdminSession, *, idle_before: float, started_before: float
-    ) -> None:
-        """Store a new session; forget sessions idle since or started before the cut-offs."""
-        async with self._transaction() as db:
-            await db.execute(
-                "DELETE FROM admin_sessions WHERE last_seen < ? OR created_at < ?",
-                (idle_before, started_before),
-            )
-            await db.execute(
-                f"INSERT INTO admin_sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                (
-                    session.token_hash,
-                    session.admin,
-                    session.stamp,
-                    session.created_at,
-                    session.last_seen,
-                ),
-            )
-
-    async def get_session(self, token_hash: bytes) -> AdminSession | None:
-        """Return the session with this token hash, or None."""
-        rows = await self._fetch(
-            f"SELECT {SESSION_COLUMNS} FROM admin_sessions WHERE token_hash = ?", (token_hash,)
-        )
-        if not rows:
-            return None
-        return session_of(rows[0])
-
-    async def touch_session(self, token_hash: bytes, at: float) -> None:
-        """Record activity on a session (its idle timeout starts again)."""
-        async with self._transaction() as db:
-            await db.execute(
-                "UPDATE admin_sessions SET last_seen = max(last_seen, ?) WHERE token_hash = ?",
-                (at, token_hash),
-            )
-
-    async def delete_session(self, token_hash: bytes) -> bool:
-        """End one session; return False when there was none."""
-        async with self._transaction() as db:
-            cursor = await db.execute(
-                "DELETE FROM admin_sessions WHERE token_hash = ?", (token_hash,)
-            )
-            return cursor.rowcount > 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.store.base import StoreError
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -14,7 +16,7 @@ class Migration:
     statements: tuple[str, ...]
 
 
-class SchemaTooNewError(RuntimeError):
+class SchemaTooNewError(StoreError, RuntimeError):
     """The database was migrated by a newer keygate than this one."""
 
 
