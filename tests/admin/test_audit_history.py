@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PYTHON, REPO_ROOT, cli_env, init_store, new_key
+from support.config import init_store
+from support.processes import PYTHON, REPO_ROOT, cli_env
+from support.stores import new_key
 from test_admin_api import KEYS, ROOT, WRITE, Client, expect
 
 from gateway.keys import rules as key_rules

@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ALL_ROLE, init_store, run_cli, write_config
+from support.config import ALL_ROLE, init_store, write_config
+from support.processes import run_cli
 
 EXIT_REPLAYED = 3  # the documented exit status of a replayed create
 SECRET = re.compile(r"kg_[0-9A-Za-z]{30,}")  # a whole secret, not its display prefix

@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from conftest import NEUTRAL_CWD, PYTHON, cli_env, free_port, write_config
+from support.config import write_config
+from support.processes import NEUTRAL_CWD, PYTHON, cli_env, free_port
 
 PASSWORD = "a-good-password"
 # Variables the config names but this environment leaves unset (the store needs none).

@@ -17,17 +17,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import (
-    ALL_ROLE,
-    REST,
-    add_key,
-    create_key,
-    free_port,
-    reaped,
-    start_serve,
-    wait_for_port,
-    write_config,
-)
+from support.config import ALL_ROLE, REST, add_key, create_key, write_config
+from support.processes import free_port, reaped, start_serve, wait_for_port
 
 from gateway.serve.wiring import RunningGateway
 

@@ -16,19 +16,9 @@ from pathlib import Path
 
 import pytest
 import uvloop
-from conftest import (
-    ALL_ROLE,
-    REST,
-    Backend,
-    add_key,
-    create_key,
-    free_port,
-    reaped,
-    rss_bytes,
-    start_serve,
-    wait_for_port,
-    write_config,
-)
+from support.config import ALL_ROLE, REST, add_key, create_key, write_config
+from support.processes import free_port, reaped, rss_bytes, start_serve, wait_for_port
+from support.upstreams import Backend
 
 from gateway.serve.wiring import RunningGateway, running_gateway
 from gateway.settings import load_settings

@@ -18,20 +18,18 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from conftest import (
+from support.config import (
     ALL_ROLE,
     REST,
     WRITER_ROLE,
-    Backend,
-    RawResponse,
     add_key,
     create_key,
-    free_port,
-    http_request,
     policy_data,
-    raw_request,
     write_config,
 )
+from support.http import RawResponse, http_request, raw_request
+from support.processes import free_port
+from support.upstreams import Backend
 
 from gateway.demo.backend import blob_chunk
 from gateway.keys import keyformat as keys

@@ -9,18 +9,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import (
-    ALL_ROLE,
-    REST,
-    Backend,
-    children_of,
-    create_key,
-    free_port,
-    reaped,
-    start_serve,
-    wait_for_port,
-    write_config,
-)
+from support.config import ALL_ROLE, REST, create_key, write_config
+from support.processes import children_of, free_port, reaped, start_serve, wait_for_port
+from support.upstreams import Backend
 
 from gateway.settings import ConfigError, load_settings
 
