@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from support.config import write_config
+from support.examples import CI_EXAMPLES, DEV_EXAMPLES
 from support.stores import (
     POSTGRES_ENV_VAR,
     POSTGRES_PROBE_TIMEOUT,
@@ -28,6 +30,12 @@ from support.upstreams import Backend, start_backend
 from gateway.serve.wiring import RunningGateway, running_gateway
 from gateway.settings import load_settings
 from gateway.store.base import KeyStore
+
+# Examples run in-process against real sockets and stores: their time varies with the machine's
+# load, so no per-example deadline (a test bounds its own waits).
+hypothesis_settings.register_profile("dev", max_examples=DEV_EXAMPLES, deadline=None)
+hypothesis_settings.register_profile("ci", max_examples=CI_EXAMPLES, deadline=None)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 
 
 @pytest.fixture
