@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from benchmarks.nginx import ACCESS_LOG_NAME, peer_conf
 from benchmarks.profile import frame_name, top_table
 
@@ -50,6 +52,7 @@ def test_the_logging_peer_logs_in_its_server_block_and_the_other_does_not(tmp_pa
     assert ACCESS_LOG_NAME not in quiet_conf and "log_format" not in quiet_conf
 
 
+@pytest.mark.slow
 async def test_the_fleet_load_child_paces_keyed_requests_at_the_rate_it_states(
     tmp_path: Path,
 ) -> None:

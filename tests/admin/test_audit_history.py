@@ -132,6 +132,7 @@ def keygate(config: Path, *args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_the_cli_history_of_a_key_resolves_its_name_and_shows_expiry_exactly(
     tmp_path: Path,
 ) -> None:

@@ -140,6 +140,7 @@ async def _metric(admin_port: int, name: str) -> float:
     return float(found.group(1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_format", ["text", "json"])
 async def test_abandoned_uploads_and_downloads_each_leave_one_line_and_a_count(
     tmp_path: Path, log_format: str

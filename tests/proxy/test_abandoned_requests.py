@@ -118,6 +118,7 @@ async def _settle() -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_abandoned_uploads_and_downloads_leave_no_cycles(
     tmp_path: Path, collector_off: None
 ) -> None:

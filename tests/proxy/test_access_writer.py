@@ -85,6 +85,7 @@ writer.flush()
 """
 
 
+@pytest.mark.slow
 def test_lines_from_two_workers_on_one_pipe_arrive_whole(tmp_path: Path) -> None:
     """Batches written to a shared pipe never splice lines (each write fits the atomic size)."""
     import json
