@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -28,16 +30,39 @@ ALL_ROLE = "test-everything"
 WRITER_ROLE = "test-rules-writer"
 
 
-def policy_data() -> dict[str, Any]:
-    """Return the example policy plus the test roles, as parsed YAML."""
+# libyaml's C loader and emitter where installed: the same YAML, without the pure-Python cost
+# every config written here would otherwise pay.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _dump(data: Mapping[str, Any]) -> str:
+    """Return `data` as YAML, as yaml.safe_dump writes it."""
+    return yaml.dump(dict(data), Dumper=_DUMPER)
+
+
+@functools.cache
+def _test_policy() -> dict[str, Any]:
+    """The example policy plus the test roles, parsed once per run (callers get copies)."""
     text = resources.files("gateway").joinpath("examples/policy.yaml").read_text("utf-8")
-    data: dict[str, Any] = yaml.safe_load(text)
+    data: dict[str, Any] = yaml.load(text, Loader=_LOADER)
     data["roles"][ALL_ROLE] = {"description": "every method, every path", "allow": ["* /**"]}
     data["roles"][WRITER_ROLE] = {
         "description": "rules read/write plus echo",
         "include": ["1int-rules-read", "1int-rules-write", "1int-echo"],
     }
     return data
+
+
+@functools.cache
+def _test_policy_text() -> str:
+    """The test policy as the policy.yaml text write_config writes by default."""
+    return _dump(_test_policy())
+
+
+def policy_data() -> dict[str, Any]:
+    """Return the example policy plus the test roles, as parsed YAML (a copy to change)."""
+    return copy.deepcopy(_test_policy())
 
 
 def write_config(
@@ -55,7 +80,7 @@ def write_config(
     """
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "policy.yaml").write_text(
-        yaml.safe_dump(dict(policy) if policy is not None else policy_data()),
+        _dump(policy) if policy is not None else _test_policy_text(),
         encoding="utf-8",
     )
     config: dict[str, Any] = {
@@ -75,7 +100,7 @@ def write_config(
         else:
             config[name] = value
     path = directory / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    path.write_text(_dump(config), encoding="utf-8")
     return path
 
 
