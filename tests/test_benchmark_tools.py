@@ -12,7 +12,7 @@ from benchmarks.profile import frame_name, top_table
 
 
 def test_frame_names_keep_the_function_and_the_package_relative_file() -> None:
-    frame = "Proxy.handle (/work/main/gateway/proxy.py:141)"
+    frame = "Proxy.handle (/work/main/gateway/proxy/handler.py:141)"
     assert frame_name(frame) == "Proxy.handle (gateway/proxy/handler.py)"
     site = "StreamWriter._writelines (/venv/lib/python3.11/site-packages/aiohttp/http_writer.py:9)"
     assert frame_name(site) == "StreamWriter._writelines (aiohttp/http_writer.py)"
@@ -22,8 +22,8 @@ def test_frame_names_keep_the_function_and_the_package_relative_file() -> None:
 def test_the_top_table_counts_self_and_total_time_once_per_stack() -> None:
     collapsed = "\n".join(
         [
-            "run (/a/asyncio/runners.py:1);handle (/a/gateway/proxy.py:2) 6",
-            "run (/a/asyncio/runners.py:1);handle (/a/gateway/proxy.py:3);"
+            "run (/a/asyncio/runners.py:1);handle (/a/gateway/proxy/handler.py:2) 6",
+            "run (/a/asyncio/runners.py:1);handle (/a/gateway/proxy/handler.py:3);"
             "write (/a/gateway/upstream/connection.py:4) 3",
             # A recursive stack counts once in the total of each function.
             "run (/a/asyncio/runners.py:1);run (/a/asyncio/runners.py:9) 1",
