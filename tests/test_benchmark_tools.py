@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from benchmarks.nginx import ACCESS_LOG_NAME, peer_conf
 from benchmarks.profile import frame_name, top_table
 
 
 def test_frame_names_keep_the_function_and_the_package_relative_file() -> None:
-    frame = "Proxy.handle (/work/main/gateway/proxy.py:141)"
+    frame = "Proxy.handle (/work/main/gateway/proxy/handler.py:141)"
     assert frame_name(frame) == "Proxy.handle (gateway/proxy/handler.py)"
     site = "StreamWriter._writelines (/venv/lib/python3.11/site-packages/aiohttp/http_writer.py:9)"
     assert frame_name(site) == "StreamWriter._writelines (aiohttp/http_writer.py)"
@@ -20,8 +22,8 @@ def test_frame_names_keep_the_function_and_the_package_relative_file() -> None:
 def test_the_top_table_counts_self_and_total_time_once_per_stack() -> None:
     collapsed = "\n".join(
         [
-            "run (/a/asyncio/runners.py:1);handle (/a/gateway/proxy.py:2) 6",
-            "run (/a/asyncio/runners.py:1);handle (/a/gateway/proxy.py:3);"
+            "run (/a/asyncio/runners.py:1);handle (/a/gateway/proxy/handler.py:2) 6",
+            "run (/a/asyncio/runners.py:1);handle (/a/gateway/proxy/handler.py:3);"
             "write (/a/gateway/upstream/connection.py:4) 3",
             # A recursive stack counts once in the total of each function.
             "run (/a/asyncio/runners.py:1);run (/a/asyncio/runners.py:9) 1",
@@ -50,6 +52,7 @@ def test_the_logging_peer_logs_in_its_server_block_and_the_other_does_not(tmp_pa
     assert ACCESS_LOG_NAME not in quiet_conf and "log_format" not in quiet_conf
 
 
+@pytest.mark.slow
 async def test_the_fleet_load_child_paces_keyed_requests_at_the_rate_it_states(
     tmp_path: Path,
 ) -> None:

@@ -16,7 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import REPO_ROOT, Backend, cli_env, free_port, serving, wait_for_port
+from support.processes import REPO_ROOT, cli_env, free_port, serving, wait_for_port
+from support.upstreams import Backend
 
 README = REPO_ROOT / "README.md"
 ADMIN_HEADING = "## Admin API"

@@ -198,7 +198,8 @@ async def test_failures_are_held_back_longer_each_time(serve: AppFactory) -> Non
 async def test_lockout_after_repeated_failures_then_recovery(
     serve: AppFactory, runtime: Runtime
 ) -> None:
-    client = await serve(free_failures=3, lockout_base=0.4)
+    clock = FakeClock(time.time())  # the lockout's clock: moved below, never slept on
+    client = await serve(free_failures=3, lockout_base=0.4, clock=clock)
     for _ in range(3):
         assert await status_of(client, WRONG) == 401
     resp = await client.get(KEYS, headers=ROOT)  # even the right password waits
@@ -213,15 +214,17 @@ async def test_lockout_after_repeated_failures_then_recovery(
     # Health probes need no credentials and are never locked out.
     assert await status_of(client, {}, "/healthz") == 200
 
-    await asyncio.sleep(0.45)
+    clock.now += 0.39
+    assert await status_of(client, ROOT) == 429  # 10 ms of the lockout left
+    clock.now += 0.02
     assert await status_of(client, ROOT) == 200
-    # The next failure locks out for twice as long.
+    # The next failure locks out for twice as long (0.8 s from that failure).
     assert await status_of(client, WRONG) == 401
     resp = await client.get(KEYS, headers=ROOT)
     assert resp.status == 429
-    await asyncio.sleep(0.45)
+    clock.now += 0.79
     assert await status_of(client, ROOT) == 429
-    await asyncio.sleep(0.4)
+    clock.now += 0.02
     assert await status_of(client, ROOT) == 200
 
 
@@ -267,8 +270,8 @@ async def test_password_hashing_does_not_block_the_event_loop(
 class FakeClock:
     """A settable wall clock."""
 
-    def __init__(self) -> None:
-        self.now = 1000.0
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
 
     def __call__(self) -> float:
         return self.now

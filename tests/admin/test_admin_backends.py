@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from conftest import StoreBackend
+from support.stores import StoreBackend
 from yarl import URL
 
 from gateway.admin.app import create_admin_app

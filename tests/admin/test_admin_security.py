@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import http_request, raw_request
+from support.http import http_request, raw_request
 from test_admin_api import (
     KEYS,
     LIMITED,

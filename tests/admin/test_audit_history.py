@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PYTHON, REPO_ROOT, cli_env, init_store, new_key
+from support.config import init_store
+from support.processes import PYTHON, REPO_ROOT, cli_env
+from support.stores import new_key
 from test_admin_api import KEYS, ROOT, WRITE, Client, expect
 
 from gateway.keys import rules as key_rules
@@ -130,6 +132,7 @@ def keygate(config: Path, *args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_the_cli_history_of_a_key_resolves_its_name_and_shows_expiry_exactly(
     tmp_path: Path,
 ) -> None:

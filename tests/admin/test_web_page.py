@@ -25,20 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect as page_expect
+from support.config import create_key, write_config
+from support.processes import (
     NEUTRAL_CWD,
     PYTHON,
     REPO_ROOT,
     ServeProcess,
     cli_env,
-    create_key,
     free_port,
     start_serve,
-    write_config,
 )
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, sync_playwright
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
-from playwright.sync_api import expect as page_expect
 
 # Starts real processes and a browser: deselect with -m "not slow" for a fast loop.
 pytestmark = pytest.mark.slow

@@ -12,16 +12,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import (
-    NEUTRAL_CWD,
-    PYTHON,
-    cli_env,
-    create_key,
-    init_store,
-    many,
-    run_cli,
-    write_config,
-)
+from support.config import create_key, init_store, write_config
+from support.processes import NEUTRAL_CWD, PYTHON, cli_env, many, run_cli
 
 from gateway.keys import keyformat as keys
 from gateway.settings import load_settings

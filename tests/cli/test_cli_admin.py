@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from conftest import init_store
+from support.config import init_store
 
 from gateway.admin.app import create_admin_app
 from gateway.admin.passwords import DEFAULT_N, cost_of, verify_password

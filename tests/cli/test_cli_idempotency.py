@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ALL_ROLE, init_store, run_cli, write_config
+from support.config import ALL_ROLE, init_store, write_config
+from support.processes import run_cli
 
 EXIT_REPLAYED = 3  # the documented exit status of a replayed create
 SECRET = re.compile(r"kg_[0-9A-Za-z]{30,}")  # a whole secret, not its display prefix
@@ -28,6 +29,7 @@ def _keys(config: Path) -> list[str]:
     return sorted(key["name"] for key in json.loads(done.stdout))
 
 
+@pytest.mark.slow
 def test_a_retried_create_creates_nothing_and_shows_no_secret(config: Path) -> None:
     c = ("--config", str(config))
     first = run_cli("keys", "create", "--name", "etl", "--role", ALL_ROLE,
@@ -75,6 +77,7 @@ def test_a_retried_create_creates_nothing_and_shows_no_secret(config: Path) -> N
     assert _keys(config) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", ["", "has space", "é", "x" * 256])
 def test_a_malformed_idempotency_key_is_refused(config: Path, bad: str) -> None:
     done = run_cli("keys", "create", "--name", "etl", "--role", ALL_ROLE,

@@ -6,8 +6,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
-from conftest import NEUTRAL_CWD, PYTHON, cli_env, free_port, write_config
+from support.config import write_config
+from support.processes import NEUTRAL_CWD, PYTHON, cli_env, free_port
 
 PASSWORD = "a-good-password"
 # Variables the config names but this environment leaves unset (the store needs none).
@@ -52,6 +54,7 @@ def _cli(*args: str, stdin: str = "") -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
+@pytest.mark.slow
 def test_store_commands_run_without_the_unrelated_secrets_and_serve_names_them(
     tmp_path: Path,
 ) -> None:
@@ -83,6 +86,7 @@ def test_store_commands_run_without_the_unrelated_secrets_and_serve_names_them(
     assert code != 0 and "KEYGATE_TEST_UNSET_HEADER" in err, err
 
 
+@pytest.mark.slow
 def test_the_store_secret_itself_is_still_required(tmp_path: Path) -> None:
     config = _config(tmp_path)
     data = yaml.safe_load(config.read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import NEUTRAL_CWD, PYTHON, cli_env, free_port, wait_for_port
+from support.processes import NEUTRAL_CWD, PYTHON, cli_env, free_port, wait_for_port
 
 from gateway.admin.passwords import verify_password
 from gateway.demo.command import (

@@ -12,7 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import REPO_ROOT, new_key, run_cli, write_config
+from support.config import write_config
+from support.processes import REPO_ROOT, run_cli
+from support.stores import new_key
 
 from gateway.events import webhooks as notify
 from gateway.events.delivery import ReceiverWorker

@@ -15,7 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import ALL_ROLE, REST, Backend, arun_cli, create_key, free_port, write_config
+from support.config import ALL_ROLE, REST, create_key, write_config
+from support.processes import arun_cli, free_port
+from support.upstreams import Backend
 
 from gateway.events import webhooks as notify
 from gateway.events.outbox import audit_event

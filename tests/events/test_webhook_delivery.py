@@ -17,16 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import (
-    Backend,
-    arun_cli,
-    free_port,
-    new_key,
-    reaped,
-    start_serve,
-    wait_for_port,
-    write_config,
-)
+from support.config import write_config
+from support.processes import arun_cli, free_port, reaped, start_serve, wait_for_port
+from support.stores import new_key
+from support.upstreams import Backend
 
 from gateway.events import delivery
 from gateway.events import webhooks as notify

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import ALL_ROLE, REST, Backend, Served, arun_cli, serving
+from support.config import ALL_ROLE, REST
+from support.processes import Served, arun_cli, serving
+from support.upstreams import Backend
 
 from gateway.settings import DEFAULT_POLL_INTERVAL
 

@@ -9,18 +9,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import (
-    ALL_ROLE,
-    REST,
-    Backend,
-    arun_cli,
-    create_key,
-    free_port,
-    reaped,
-    start_serve,
-    wait_for_port,
-    write_config,
-)
+from support.config import ALL_ROLE, REST, create_key, write_config
+from support.processes import arun_cli, free_port, reaped, start_serve, wait_for_port
+from support.upstreams import Backend
 
 CLIENTS = 8  # concurrent clients hammering the gateway
 OVERLAP = 4  # seconds the old secret keeps working after the roll

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from conftest import fill_table, load_table_from
+from support.stores import fill_table, load_table_from
 
 from gateway.keys import keyformat as keys
 from gateway.keys.feed import FeedFollower, catch_up

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.examples import scaled
 
 from gateway.keys import table as keytable
 from gateway.keys.rules import NAME_MAX_LENGTH
@@ -316,7 +317,7 @@ def model_put(model: dict[bytes, Fields], key: KeyRow) -> None:
         model[key.previous_digest] = fields(old)  # type: ignore[assignment]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=scaled(300), deadline=None)
 @given(st.lists(operations, max_size=30))
 def test_the_table_answers_like_a_dict_of_records(ops: list[tuple[str, Any]]) -> None:
     table, model = KeyTable(), {}

@@ -13,20 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from conftest import (
-    REST,
-    Backend,
-    add_key,
-    create_key,
-    free_port,
-    http_request,
-    raw_request,
-    reaped,
-    run_cli,
-    start_serve,
-    wait_for_port,
-    write_config,
-)
+from support.config import REST, add_key, create_key, write_config
+from support.http import http_request, raw_request
+from support.processes import free_port, reaped, run_cli, start_serve, wait_for_port
+from support.upstreams import Backend
 
 from gateway.keys.rules import key_json
 from gateway.serve.wiring import running_gateway

@@ -17,17 +17,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import (
-    ALL_ROLE,
-    REST,
-    add_key,
-    create_key,
-    free_port,
-    reaped,
-    start_serve,
-    wait_for_port,
-    write_config,
-)
+from support.config import ALL_ROLE, REST, add_key, create_key, write_config
+from support.processes import free_port, reaped, start_serve, wait_for_port
 
 from gateway.serve.wiring import RunningGateway
 
@@ -149,6 +140,7 @@ async def _metric(admin_port: int, name: str) -> float:
     return float(found.group(1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_format", ["text", "json"])
 async def test_abandoned_uploads_and_downloads_each_leave_one_line_and_a_count(
     tmp_path: Path, log_format: str

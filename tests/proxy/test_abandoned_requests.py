@@ -16,19 +16,9 @@ from pathlib import Path
 
 import pytest
 import uvloop
-from conftest import (
-    ALL_ROLE,
-    REST,
-    Backend,
-    add_key,
-    create_key,
-    free_port,
-    reaped,
-    rss_bytes,
-    start_serve,
-    wait_for_port,
-    write_config,
-)
+from support.config import ALL_ROLE, REST, add_key, create_key, write_config
+from support.processes import free_port, reaped, rss_bytes, start_serve, wait_for_port
+from support.upstreams import Backend
 
 from gateway.serve.wiring import RunningGateway, running_gateway
 from gateway.settings import load_settings
@@ -128,6 +118,7 @@ async def _settle() -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_abandoned_uploads_and_downloads_leave_no_cycles(
     tmp_path: Path, collector_off: None
 ) -> None:

@@ -7,19 +7,10 @@ import io
 from pathlib import Path
 
 import pytest
-from conftest import (
-    ALL_ROLE,
-    REST,
-    Backend,
-    create_key,
-    free_port,
-    http_request,
-    raw_request,
-    reaped,
-    start_serve,
-    wait_for_port,
-    write_config,
-)
+from support.config import ALL_ROLE, REST, create_key, write_config
+from support.http import http_request, raw_request
+from support.processes import free_port, reaped, start_serve, wait_for_port
+from support.upstreams import Backend
 
 from gateway.proxy import access_writer
 from gateway.proxy.access_writer import FLUSH_INTERVAL, FLUSH_LINES, AccessWriter
@@ -94,6 +85,7 @@ writer.flush()
 """
 
 
+@pytest.mark.slow
 def test_lines_from_two_workers_on_one_pipe_arrive_whole(tmp_path: Path) -> None:
     """Batches written to a shared pipe never splice lines (each write fits the atomic size)."""
     import json

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from conftest import fill_table
+from support.stores import fill_table
 
 import gateway
 from gateway.keys import keyformat as keys

@@ -13,16 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import (
-    ALL_ROLE,
-    REST,
-    Backend,
-    add_key,
-    http_request,
-    policy_data,
-    raw_request,
-    write_config,
-)
+from support.config import ALL_ROLE, REST, add_key, policy_data, write_config
+from support.http import http_request, raw_request
+from support.upstreams import Backend
 
 from gateway.serve.wiring import RunningGateway, running_gateway
 from gateway.settings import load_settings

@@ -14,7 +14,9 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from conftest import REST, Backend, http_request, write_config
+from support.config import REST, write_config
+from support.http import http_request
+from support.upstreams import Backend
 
 from gateway.serve.wiring import RunningGateway, running_gateway
 from gateway.settings import load_settings

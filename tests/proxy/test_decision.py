@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import REST, add_key, http_request, raw_request, write_config
+from support.config import REST, add_key, write_config
+from support.http import http_request, raw_request
 from test_bypass_corpus import CASES
 
 from gateway.admin.passwords import hash_password

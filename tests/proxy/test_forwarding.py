@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import write_config
+from support.config import write_config
 
 from gateway.serve.wiring import RunningGateway, running_gateway
 from gateway.settings import load_settings

@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import ALL_ROLE, REST, Backend, add_key, http_request, raw_request, write_config
+from support.config import ALL_ROLE, REST, add_key, write_config
+from support.http import http_request, raw_request
+from support.upstreams import Backend
 from test_forwarding import Conn, misbehaving
 
 from gateway.serve.wiring import RunningGateway, running_gateway

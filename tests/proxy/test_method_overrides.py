@@ -12,16 +12,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import (
-    ALL_ROLE,
-    REST,
-    Backend,
-    add_key,
-    http_request,
-    policy_data,
-    raw_request,
-    write_config,
-)
+from support.config import ALL_ROLE, REST, add_key, policy_data, write_config
+from support.http import http_request, raw_request
+from support.upstreams import Backend
 
 from gateway.proxy import hygiene
 from gateway.serve.wiring import RunningGateway, running_gateway

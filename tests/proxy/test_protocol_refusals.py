@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import ALL_ROLE, add_key, write_config
+from support.config import ALL_ROLE, add_key, write_config
 
 from gateway.serve.wiring import RunningGateway, running_gateway
 from gateway.settings import load_settings

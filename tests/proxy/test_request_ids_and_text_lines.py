@@ -10,7 +10,8 @@ import logging
 import shlex
 
 import pytest
-from conftest import ALL_ROLE, REST, add_key, http_request, raw_request
+from support.config import ALL_ROLE, REST, add_key
+from support.http import http_request, raw_request
 
 from gateway.keys import keyformat as keys
 from gateway.proxy import access_log

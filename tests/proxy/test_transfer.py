@@ -19,7 +19,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import REST, Backend, Served, rss_bytes, serving
+from support.config import REST
+from support.processes import Served, rss_bytes, serving
+from support.upstreams import Backend
 
 from gateway.demo.backend import BLOB_MODULUS
 

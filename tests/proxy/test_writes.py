@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from conftest import ALL_ROLE, REST, Backend, add_key, http_request, raw_request
+from support.config import ALL_ROLE, REST, add_key
+from support.http import http_request, raw_request
+from support.upstreams import Backend
 
 from gateway.serve.wiring import RunningGateway
 

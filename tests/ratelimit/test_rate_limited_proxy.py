@@ -11,18 +11,9 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
-from conftest import (
-    REST,
-    create_key,
-    free_port,
-    http_request,
-    policy_data,
-    raw_request,
-    reaped,
-    start_serve,
-    wait_for_port,
-    write_config,
-)
+from support.config import REST, create_key, policy_data, write_config
+from support.http import http_request, raw_request
+from support.processes import free_port, reaped, start_serve, wait_for_port
 
 from gateway.keys import keyformat as keys
 from gateway.keys import rules as key_rules

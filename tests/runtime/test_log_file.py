@@ -9,18 +9,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import (
-    ALL_ROLE,
-    REST,
-    Backend,
-    children_of,
-    create_key,
-    free_port,
-    reaped,
-    start_serve,
-    wait_for_port,
-    write_config,
-)
+from support.config import ALL_ROLE, REST, create_key, write_config
+from support.processes import children_of, free_port, reaped, start_serve, wait_for_port
+from support.upstreams import Backend
 
 from gateway.settings import ConfigError, load_settings
 
@@ -46,6 +37,7 @@ async def _wait_for(path: Path, text: str) -> str:
     raise AssertionError(f"{text!r} never reached {path}: {content!r}")
 
 
+@pytest.mark.slow
 async def test_sigusr1_reopens_the_log_file_in_the_supervisor_and_every_worker(
     tmp_path: Path, backend: Backend
 ) -> None:
@@ -99,6 +91,7 @@ async def test_sigusr1_reopens_the_log_file_in_the_supervisor_and_every_worker(
         assert "keygate.access" not in serve.log_text()
 
 
+@pytest.mark.slow
 async def test_sigusr1_leaves_a_server_logging_to_stderr_running(
     tmp_path: Path, backend: Backend
 ) -> None:
@@ -128,6 +121,7 @@ STORM = 3.0  # seconds of SIGUSR1 every STORM_GAP from the supervisor's first li
 STORM_GAP = 0.01
 
 
+@pytest.mark.slow
 async def test_sigusr1_while_workers_start_kills_none(tmp_path: Path, backend: Backend) -> None:
     """A worker gets SIGUSR1 passed on from its first instant (blocked until it can reopen)."""
     port = free_port()

@@ -8,22 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import (
-    ALL_ROLE,
-    REST,
-    Backend,
-    add_key,
-    create_key,
-    free_port,
-    http_request,
-    raw_request,
-    reaped,
-    start_serve,
-    wait_for_port,
-    write_config,
-)
 from hypothesis import given
 from hypothesis import strategies as st
+from support.config import ALL_ROLE, REST, add_key, create_key, write_config
+from support.http import http_request, raw_request
+from support.processes import free_port, reaped, start_serve, wait_for_port
+from support.upstreams import Backend
 
 from gateway.keys import keyformat as keys
 from gateway.proxy.access_log import redact_keys

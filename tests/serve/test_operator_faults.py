@@ -16,26 +16,21 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from conftest import (
-    ALL_ROLE,
+from support.config import ALL_ROLE, REST, create_key, init_store, write_config
+from support.http import http_request, raw_request
+from support.processes import (
     NEUTRAL_CWD,
     PYTHON,
     REPO_ROOT,
-    REST,
-    Backend,
     children_of,
     cli_env,
-    create_key,
     free_port,
-    http_request,
-    init_store,
-    raw_request,
     reaped,
     run_cli,
     start_serve,
     wait_for_port,
-    write_config,
 )
+from support.upstreams import Backend
 
 from gateway.admin.health import READY_TIMEOUT
 from gateway.serve.wiring import running_gateway

@@ -13,22 +13,19 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import (
-    ALL_ROLE,
+from support.config import ALL_ROLE, REST, create_key, write_config
+from support.processes import (
     PYTHON,
-    REST,
-    Backend,
     arun_cli,
     children_of,
     cli_env,
-    create_key,
     free_port,
     reaped,
     run_cli,
     start_serve,
     wait_for_port,
-    write_config,
 )
+from support.upstreams import Backend
 
 pytestmark = pytest.mark.slow
 

@@ -12,21 +12,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import (
-    ALL_ROLE,
-    REST,
-    Backend,
-    children_of,
-    create_key,
-    free_port,
-    http_request,
-    raw_request,
-    reaped,
-    run_cli,
-    start_serve,
-    wait_for_port,
-    write_config,
-)
+from support.config import ALL_ROLE, REST, create_key, write_config
+from support.http import http_request, raw_request
+from support.processes import children_of, free_port, reaped, run_cli, start_serve, wait_for_port
+from support.upstreams import Backend
 
 # Starts real processes (CLI, server, demo): deselect with -m "not slow" for a fast loop.
 pytestmark = pytest.mark.slow

@@ -17,23 +17,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import yaml
-from conftest import (
-    ALL_ROLE,
-    REST,
-    Backend,
-    StoreBackend,
-    children_of,
-    create_key,
-    free_port,
-    fresh_schema,
-    http_request,
-    raw_request,
-    reaped,
-    start_serve,
-    wait_for_port,
-    write_config,
-)
+from support.config import ALL_ROLE, REST, create_key, write_config
+from support.http import http_request, raw_request
+from support.processes import children_of, free_port, reaped, start_serve, wait_for_port
+from support.stores import StoreBackend, fresh_schema
 from support.tcp_relay import TcpRelay
+from support.upstreams import Backend
 
 from gateway.store.base import KeyStore
 

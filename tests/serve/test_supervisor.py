@@ -9,19 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
-    ALL_ROLE,
-    REST,
-    Backend,
-    children_of,
-    create_key,
-    free_port,
-    http_request,
-    raw_request,
-    reaped,
-    start_serve,
-    write_config,
-)
+from support.config import ALL_ROLE, REST, create_key, write_config
+from support.http import http_request, raw_request
+from support.processes import children_of, free_port, reaped, start_serve
+from support.upstreams import Backend
 
 from gateway.serve.supervisor import HEARTBEAT_INTERVAL
 

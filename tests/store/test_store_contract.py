@@ -16,7 +16,7 @@ import os
 import time
 
 import pytest
-from conftest import StoreBackend, load_auth_rows, new_key, secret_for
+from support.stores import StoreBackend, load_auth_rows, new_key, secret_for
 
 from gateway.keys.table import KeyTable
 from gateway.ratelimit.limiters import RateLimit
@@ -900,7 +900,7 @@ async def test_pruning_keeps_every_entry_younger_than_the_cutoff(store: KeyStore
 async def test_a_live_follower_never_misses_a_change_while_the_feed_is_pruned(
     store: KeyStore, other: KeyStore
 ) -> None:
-    from conftest import load_table_from
+    from support.stores import load_table_from
 
     from gateway.keys.feed import catch_up
     from gateway.keys.table import KeyTable

@@ -7,7 +7,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from conftest import StoreBackend, fresh_schema, run_cli
+from support.processes import run_cli
+from support.stores import StoreBackend, fresh_schema
 
 from gateway.store.base import NewKey
 from gateway.store.sqlite import SqliteKeyStore

@@ -21,7 +21,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import ALL_ROLE, REST, Backend, create_key, run_cli, write_config
+from support.config import ALL_ROLE, REST, create_key, write_config
+from support.processes import run_cli
+from support.upstreams import Backend
 
 from gateway.admin.passwords import hash_password
 from gateway.serve.wiring import RunningGateway, running_gateway
@@ -481,7 +483,7 @@ STORE_COMMANDS: list[tuple[str, ...]] = [
 def test_store_commands_on_a_missing_store_fail_naming_it_and_create_nothing(
     tmp_path: Path,
 ) -> None:
-    from conftest import many
+    from support.processes import many
 
     config = write_config(tmp_path / "cfg", "http://127.0.0.1:9")
     db = config.parent / "keygate.db"
@@ -515,7 +517,7 @@ def test_init_creates_the_database_and_says_where(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_startup_errors_name_the_store_file(tmp_path: Path) -> None:
-    from conftest import many
+    from support.processes import many
 
     config = write_config(tmp_path / "cfg", "http://127.0.0.1:9")
     db = config.parent / "keygate.db"
@@ -535,7 +537,7 @@ def test_startup_errors_name_the_store_file(tmp_path: Path) -> None:
 async def test_a_store_deleted_under_keygate_serve_answers_503_until_restored(
     tmp_path: Path, backend: Backend
 ) -> None:
-    from conftest import serving
+    from support.processes import serving
 
     async with serving(tmp_path / "cfg", backend, "served", {}) as served:
         db = served.config.parent / "keygate.db"

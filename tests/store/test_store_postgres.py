@@ -19,17 +19,10 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 import pytest
-from conftest import (
-    ALL_ROLE,
-    REST,
-    Backend,
-    StoreBackend,
-    create_key,
-    fresh_schema,
-    with_database,
-    write_config,
-)
+from support.config import ALL_ROLE, REST, create_key, write_config
+from support.stores import StoreBackend, fresh_schema, with_database
 from support.tcp_relay import TcpRelay
+from support.upstreams import Backend
 
 from gateway.admin.passwords import hash_password
 from gateway.serve.wiring import RunningGateway, running_gateway

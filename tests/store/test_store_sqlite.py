@@ -12,7 +12,7 @@ from typing import Any
 
 import aiosqlite
 import pytest
-from conftest import new_key
+from support.stores import new_key
 
 from gateway.store.base import (
     KeyStore,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import h11
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.examples import scaled
 
 from gateway.upstream import UpstreamClient
 
@@ -167,7 +168,7 @@ async def keygate_reading(case: Case) -> Reading:
 
 
 @settings(
-    max_examples=150,
+    max_examples=scaled(150),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

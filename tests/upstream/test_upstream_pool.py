@@ -15,6 +15,7 @@ import contextlib
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from support.examples import scaled
 
 from gateway.upstream.connection import UpstreamConnection
 from gateway.upstream.errors import UpstreamError
@@ -22,7 +23,7 @@ from gateway.upstream.pool import Pool
 
 SETTLE_TURNS = 1000  # most loop turns a step may take to settle (connects on loopback)
 SETTLE_PAUSE = 0.005  # seconds each settling turn sleeps after the first 50
-EXAMPLES = 40  # hypothesis examples (each opens its own upstream and pool)
+EXAMPLES = scaled(40)  # hypothesis examples, 40 under CI (each opens an upstream and a pool)
 STEPS = 30  # steps per example
 
 
