@@ -22,13 +22,20 @@ from gateway.keys.rules import (
     DESCRIPTION_PATTERN,
     M_DESCRIPTION,
     M_NAME,
+    M_OVERLAP,
+    M_ROLES,
     NAME_MAX_LENGTH,
     NAME_PATTERN,
     ROLES_MAX,
     ROLL_OVERLAP_DEFAULT,
     ROLL_OVERLAP_MAX,
 )
-from gateway.policy.rules import KNOWN_METHODS, RATE_LIMIT_MAX
+from gateway.policy.rules import (
+    KNOWN_METHODS,
+    M_RATE_LIMIT_NUMBER,
+    M_RATE_LIMIT_PER,
+    RATE_LIMIT_MAX,
+)
 
 T = TypeVar("T", bound=Struct)
 
@@ -40,6 +47,14 @@ METHOD_PATTERN = "^(?:{})$".format(
 )
 # Friendlier messages than "Expected `str` matching regex '...'", by field location.
 _MESSAGES = {"name": M_NAME, "description": M_DESCRIPTION}
+# Plain words for a value out of its rule (the page shows them next to the field), after
+# the location; the type errors of other members keep msgspec's located reason.
+_PLAIN = {
+    "rate_limit.requests": M_RATE_LIMIT_NUMBER,
+    "rate_limit.burst": M_RATE_LIMIT_NUMBER,
+    "rate_limit.per": M_RATE_LIMIT_PER.removeprefix("per "),
+    "overlap_seconds": M_OVERLAP,
+}
 _LOCATION = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<at>[^`]*)`)?$", re.DOTALL)
 _MISSING = re.compile(r"missing required field `(?P<name>[^`]*)`")
 
@@ -236,7 +251,10 @@ def convert(data: dict[str, Any], model: type[T]) -> T:
     except msgspec.ValidationError as error:
         location, reason = _located(str(error))
         friendly = _MESSAGES.get(location) if "regex" in reason else None
-        message = friendly or f"{location or 'body'}: {reason}"
+        if location == "roles":  # an empty list: the rule's own words name the field
+            friendly = M_ROLES
+        plain = _PLAIN.get(location)
+        message = friendly or f"{location or 'body'}: {plain or reason}"
         member = re.split(r"[.\[]", location, maxsplit=1)[0]  # "field": the body's member
         raise bad_request(message, field=member or None) from None
 

@@ -25,6 +25,8 @@ NAME_PATTERN = r"^(?![0-9]+$)[!-~](?:[ -~]*[!-~])?$"
 # tab and newline, no line or paragraph separators.
 DESCRIPTION_PATTERN = "^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
 M_DESCRIPTION = "description must not contain control characters"
+M_ROLES = "roles must be a non-empty list of role names"
+M_OVERLAP = f"must be a whole number of seconds, 0-{30 * 86_400} (30 days)"
 M_NAME = (
     f"name must be 1-{NAME_MAX_LENGTH} printable ASCII characters, not all digits, "
     "without spaces at either end"
@@ -126,7 +128,7 @@ def validate_description(value: Any) -> str:
 def validate_roles(value: Any, policy: Policy) -> tuple[str, ...]:
     """Return de-duplicated, sorted roles; every role must be defined in the policy."""
     if not isinstance(value, list | tuple) or not value:
-        raise InputError("roles must be a non-empty list of role names", "roles")
+        raise InputError(M_ROLES, "roles")
     if len(value) > ROLES_MAX:
         raise InputError(f"at most {ROLES_MAX} roles", "roles")
     if not all(isinstance(role, str) for role in value):

@@ -474,6 +474,11 @@ def _parse_role(name: Any, body: Any, where: str, problems: list[str]) -> Role |
 RATE_LIMIT_MAX = 10**9
 
 
+# The rate-limit fields' rules in plain words (also the admin API's messages for them).
+M_RATE_LIMIT_NUMBER = "must be an integer from 1 to 10^9"
+M_RATE_LIMIT_PER = "per must be second, minute or hour"
+
+
 def parse_rate_limit(data: Any, location: str, problems: list[str]) -> RateLimit | None:
     """Parse `{requests, per: second|minute|hour, burst}`, appending located problems."""
     if not isinstance(data, Mapping):
@@ -491,10 +496,10 @@ def parse_rate_limit(data: Any, location: str, problems: list[str]) -> RateLimit
             or not isinstance(value, int)
             or not 1 <= value <= RATE_LIMIT_MAX
         ):
-            problems.append(f"{location}: {field_name} must be an integer from 1 to 10^9")
+            problems.append(f"{location}: {field_name} {M_RATE_LIMIT_NUMBER}")
             valid = False
     if per not in PERIOD_SECONDS:
-        problems.append(f"{location}: per must be second, minute or hour")
+        problems.append(f"{location}: {M_RATE_LIMIT_PER}")
         valid = False
     if not valid or not isinstance(requests, int) or not isinstance(burst, int):
         return None

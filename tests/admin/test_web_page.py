@@ -792,7 +792,9 @@ def test_a_keys_own_rate_limit_is_set_and_cleared_in_the_dialogs(
         page_expect(field).to_be_focused()
         field.fill("0/minute")
         dialog.get_by_role("button", name="Create", exact=True).click()
-        page_expect(dialog.locator("#key-rate-limit-error")).to_contain_text("requests must be")
+        page_expect(dialog.locator("#key-rate-limit-error")).to_have_text(
+            "rate_limit.requests: must be an integer from 1 to 10^9"
+        )
         field.fill("100/minute,burst=20")
         dialog.get_by_role("button", name="Create", exact=True).click()
         shown = page.get_by_role("dialog", name=re.compile("rate-limited"))
