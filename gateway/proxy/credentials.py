@@ -13,6 +13,7 @@ import binascii
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote_plus
 
 from gateway.keys import keyformat as keys
 from gateway.proxy.refusals import CREDENTIAL_CONFLICT, KEY_MALFORMED, KEY_MISPLACED, Refusal
@@ -115,6 +116,24 @@ def authorization_key(value: str) -> str | Refusal | None:
     if keys.KEY_PREFIX in value and _KEY_WORD.search(value):
         return KEY_MISPLACED
     return None
+
+
+# Percent-decodings of a target tried for a key: raw, once and twice encoded (`kg%255F…`).
+TARGET_DECODINGS = 2
+
+
+def target_carries_key(raw_target: str) -> bool:
+    """Return True when a request target holds a complete key, raw or percent-encoded."""
+    if "kg" not in raw_target:  # nearly every target: one C substring search
+        return False
+    text = raw_target
+    for _ in range(TARGET_DECODINGS + 1):
+        if header_value_carries_key(text):
+            return True
+        if "%" not in text and "+" not in text:
+            return False
+        text = unquote_plus(text)
+    return False
 
 
 def header_value_carries_key(value: str) -> bool:

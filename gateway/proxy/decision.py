@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from gateway.keys.table import CachedKey, KeyTable
 from gateway.policy.rules import Policy, Rule
 from gateway.proxy import auth
-from gateway.proxy.credentials import Credential
+from gateway.proxy.credentials import Credential, target_carries_key
 from gateway.proxy.hygiene import query_method_overrides
 from gateway.proxy.refusals import (
     BAD_OVERRIDE,
     E_BAD_TARGET,
     FORBIDDEN,
+    KEY_MISPLACED,
     KEY_MISSING,
     OVERRIDE_FORBIDDEN,
     PROTECTED,
@@ -65,6 +66,8 @@ def decide(
         path = decoded_path(raw_target)
     except TargetError as error:
         return Refusal(400, E_BAD_TARGET, str(error))
+    if target_carries_key(raw_target):  # the backend logs its URLs: never a key there
+        return KEY_MISPLACED
     if caller is None:
         return KEY_MISSING if deny_anonymous else None
     if isinstance(caller, Refusal):

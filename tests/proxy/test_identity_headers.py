@@ -502,3 +502,26 @@ async def test_a_key_in_a_header_that_would_be_forwarded_is_refused(
             "error": "key_misplaced",
             "message": "an API key goes only in X-API-Key: <key> or Authorization: Bearer <key>",
         }
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        f"{ECHO}?api_key={{key}}",
+        f"{ECHO}?a=1&token={{key}}&b=2",
+        f"{REST}/_echo/{{key}}",
+        f"{ECHO}?api_key={{encoded}}",
+        f"{ECHO}?api_key={{twice}}",
+    ],
+)
+async def test_a_key_in_the_target_is_refused_and_never_reaches_the_backend(
+    gateway: RunningGateway, key: str, target: str
+) -> None:
+    """The URL is the backend's to log: a key pasted into it is refused, anonymous or not."""
+    body = key[len("kg_") :]
+    filled = target.format(key=key, encoded="kg%5F" + body, twice="kg%255F" + body)
+    for credential in ([], [("X-API-Key", key)]):
+        response = await raw_request(gateway.proxy_port, http_request("GET", filled, credential))
+        assert response.status == 400, (filled, response.body)
+        assert response.json()["error"] == "key_misplaced"
+        assert body not in response.body.decode()
