@@ -118,7 +118,10 @@ async def test_json_logs_are_one_object_per_line_with_the_request_fields(
     with reaped(serve):
         await wait_for_port(port, process=serve.process)
         headers = [(REQUEST_ID_HEADER, "json-1"), ("X-API-Key", secret)]
-        answer = await raw_request(port, http_request("GET", f"{ECHO}?k={secret}", headers))
+        # A whole key in the target is refused (key_misplaced); a part of one is forwarded
+        # and must be cut in the line all the same.
+        fragment = secret[:20]
+        answer = await raw_request(port, http_request("GET", f"{ECHO}?k={fragment}", headers))
         assert answer.status == 200
         assert serve.stop() == 0
     records = [json.loads(line) for line in serve.log_text().splitlines() if line.strip()]
@@ -130,7 +133,7 @@ async def test_json_logs_are_one_object_per_line_with_the_request_fields(
     assert line["key"] == "json-bot"
     assert (line["status"], line["upstream_status"], line["method"]) == (200, 200, "GET")
     assert line["upstream_ms"] >= 0 and line["duration_ms"] >= line["upstream_ms"] * 0.5
-    assert secret not in json.dumps(records)
+    assert secret not in json.dumps(records) and fragment[10:] not in json.dumps(records)
     assert line["path"].endswith("?k=" + secret[:10] + "...")
 
 
