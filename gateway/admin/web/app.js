@@ -226,6 +226,12 @@ async function loadKeys({ quiet = false } = {}) {
   const ticket = ++listRequest;
   const page = await api("GET", query("/api/v1/keys", listParams()), undefined, { background: quiet });
   if (ticket !== listRequest) return; // a newer request (typing, paging) wins
+  if (quiet && menuOpen()) {
+    // A background read that started before a row's menu opened: rendering would pull the
+    // row (and the open menu) out from under the pointer. Read again when the menu closes.
+    state.pending = true;
+    return;
+  }
   if (page.items.length === 0 && state.keys.page > 0) {
     state.keys.page -= 1; // the page emptied under us (deletes elsewhere): step back
     return loadKeys({ quiet });
