@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import string
@@ -16,23 +15,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from gateway.store.base import (
-    EXPIRING_WITHIN,
     AuthRow,
-    BatchResult,
     Change,
     FeedPrunedError,
     Grants,
-    IdempotencyClaim,
-    IdempotencyMismatchError,
-    IdempotentReplayError,
-    KeyChanges,
-    KeyFilter,
-    KeyRow,
-    KeySort,
-    KeyStatus,
-    NameConflictError,
-    NewKey,
-    NotFoundError,
     SortPosition,
     StoreContents,
     StoreMissingError,
@@ -40,15 +26,6 @@ from gateway.store.base import (
     StoreUnavailableError,
 )
 from gateway.store.common import (
-    ACTION_CREATE,
-    ACTION_DELETE,
-    ACTION_DELETE_REVOKED,
-    ACTION_EDIT,
-    ACTION_REINSTATE,
-    ACTION_REINSTATE_ALL,
-    ACTION_REVOKE,
-    ACTION_REVOKE_ALL,
-    ACTION_ROLL,
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
     AUTH_COLUMNS,
@@ -61,26 +38,10 @@ from gateway.store.common import (
     audit_event,
     audit_values,
     auth_rows,
-    batch_counts_of,
-    batch_details,
-    check_grants,
-    check_reinstatable,
-    column_values,
-    create_details,
-    created_row,
-    digests_of,
-    edit_details,
-    edited_row,
     gc_paused,
     key_row,
     key_values,
     like_pattern,
-    rate_limit_json,
-    roles_json,
-    roll_details,
-    rolled_row,
-    status_condition,
-    wanted_edits,
 )
 from gateway.store.migrations.postgres import (
     ASCII_FOLD,
@@ -90,7 +51,8 @@ from gateway.store.migrations.postgres import (
     SchemaTooNewError,
     apply_migrations,
 )
-from gateway.store.sql import Dialect, SqlStore, Tx, numbered
+from gateway.store.sql import Dialect, Tx, numbered
+from gateway.store.sql_store import SqlStore
 
 log = logging.getLogger("keygate.store.postgres")
 
@@ -189,6 +151,28 @@ _SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
 }
 
 
+def _keyset(sort: str, expression: str, beyond: str, after: SortPosition, params: Params) -> str:
+    """Return the condition of a sorted page after `after`: one row comparison on the index."""
+    value, last_id = after
+    mark, id_mark = params.add(value), params.add(last_id)
+    if sort.endswith("name"):  # the cursor holds the name as stored: fold it too
+        mark = ASCII_FOLD.format(f"{mark}::text")
+    return f"({expression}, id) {beyond} ({mark}, {id_mark})"
+
+
+def _text_match(query: str, params: Params) -> str:
+    """Return the condition of a text query: ASCII letters folded on both sides, as SQLite."""
+    pattern = like_pattern(query).translate(_ASCII_LOWER)
+    return (
+        "("
+        + " OR ".join(
+            f"{ASCII_LOWER.format(column)} LIKE {params.add(pattern)} ESCAPE '\\'"
+            for column in ("name", "description", "prefix")
+        )
+        + ")"
+    )
+
+
 def _within_grants(grants: Grants, params: Params) -> str:
     """Return an SQL condition true for keys whose roles all lie within `grants`."""
     if grants is None:
@@ -197,9 +181,20 @@ def _within_grants(grants: Grants, params: Params) -> str:
     return f"NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(keys.roles::jsonb) role {inside})"
 
 
+def _id_list(ids: list[int], params: Params) -> str:
+    """Return a subquery of the ids, passed as one array."""
+    return f"(SELECT unnest({params.add(ids)}::bigint[]) AS id)"
+
+
+# The unique constraint of each `table.column` the store maps to a name conflict.
+_UNIQUE_CONSTRAINTS = {"keys.name": "keys_name_key", "admins.name": "admins_pkey"}
+
+
 def _unique_violation(error: BaseException, column: str) -> bool:
-    """Return True when `error` is a unique-constraint violation (each table has one)."""
-    return isinstance(error, asyncpg.UniqueViolationError)
+    """Return True when `error` is a violation of `table.column`'s unique constraint."""
+    return isinstance(
+        error, asyncpg.UniqueViolationError
+    ) and error.constraint_name == _UNIQUE_CONSTRAINTS.get(column)
 
 
 POSTGRES = Dialect(
@@ -208,6 +203,22 @@ POSTGRES = Dialect(
     greatest="GREATEST",
     for_update=" FOR UPDATE",
     is_unique_violation=_unique_violation,
+    sort_expressions=_SORT_EXPRESSIONS,
+    keyset=_keyset,
+    text_match=_text_match,
+    within_grants=_within_grants,
+    id_list=_id_list,
+    current_seq=_CURRENT_SEQ,
+    audit_keys_from_details=AUDIT_KEYS_FROM_DETAILS,
+    after_import=(
+        # Identity counters move past every copied id (and every key id the audit names),
+        # so ids are never reused.
+        "SELECT setval(pg_get_serial_sequence('keys', 'id'),"
+        " GREATEST((SELECT MAX(id) FROM keys), (SELECT MAX(key_id) FROM audit), 0) + 1,"
+        " false)",
+        "SELECT setval(pg_get_serial_sequence('audit', 'id'),"
+        " COALESCE((SELECT MAX(id) FROM audit), 0) + 1, false)",
+    ),
 )
 
 
@@ -220,8 +231,10 @@ def _rows_changed(status: str) -> int:
 class PostgresTx:
     """A transaction on one pooled asyncpg connection, as the shared SQL store uses it."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, channel: str, schema: str | None) -> None:
         self._conn = conn
+        self._channel = channel
+        self._schema = schema
 
     async def execute(self, sql: str, *params: Any) -> int:
         """Run one statement; return how many rows it changed."""
@@ -238,6 +251,46 @@ class PostgresTx:
     async def insert_id(self, sql: str, *params: Any) -> int:
         """Run one INSERT; return the new row's id."""
         return int(await self._conn.fetchval(numbered(sql) + " RETURNING id", *params))
+
+    async def chunks(self, sql: str, size: int) -> AsyncIterator[list[Any]]:
+        """Yield the rows of one read statement, `size` per round trip (a server-side cursor)."""
+        cursor = await self._conn.cursor(numbered(sql))
+        while chunk := await cursor.fetch(size):
+            yield chunk
+
+    async def append_changes(
+        self, entries: Sequence[tuple[int, bytes]], op: str, at: float
+    ) -> None:
+        """Append feed entries with the next sequences of the counter row, and NOTIFY them.
+
+        The caller's transaction holds the counter row's lock (`_write(feed=True)`), so
+        sequences commit in order without gaps.
+        """
+        if not entries:
+            return
+        last = int(
+            await self._conn.fetchval(
+                "UPDATE feed_state SET seq = seq + $1 WHERE id = 1 RETURNING seq", len(entries)
+            )
+        )
+        first = last - len(entries) + 1
+        await self._conn.execute(
+            "INSERT INTO key_changes (seq, key_id, digest, op, at)"
+            " SELECT $1 + ordinality - 1, key_id, digest, $4, $5"
+            " FROM unnest($2::bigint[], $3::bytea[]) WITH ORDINALITY AS e(key_id, digest)",
+            first,
+            [key_id for key_id, _ in entries],
+            [digest for _, digest in entries],
+            op,
+            at,
+        )
+        await self._conn.execute("SELECT pg_notify($1, $2)", self._channel, str(last))
+
+    async def copy_rows(self, table: str, columns: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert many rows of `columns` into `table` with COPY, ids included."""
+        await self._conn.copy_records_to_table(
+            table, columns=columns.split(", "), records=rows, schema_name=self._schema
+        )
 
 
 class PostgresKeyStore(SqlStore):
@@ -453,7 +506,20 @@ class PostgresKeyStore(SqlStore):
     async def _tx(self, *, feed: bool) -> AsyncIterator[Tx]:
         """Open one write transaction; a key write first takes the feed counter's lock."""
         async with self._write(feed=feed) as conn:
-            yield PostgresTx(conn)
+            yield self._tx_on(conn)
+
+    @contextlib.asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[Tx]:
+        """Open one REPEATABLE READ, read-only transaction: every read sees one snapshot."""
+        async with (
+            self._connection() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            yield self._tx_on(conn)
+
+    def _tx_on(self, conn: asyncpg.Connection) -> PostgresTx:
+        """Return the shared store's handle on a transaction open on `conn`."""
+        return PostgresTx(conn, self.channel, self.schema)
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
         """Run one read statement outside a transaction; return its rows."""
@@ -468,429 +534,11 @@ class PostgresKeyStore(SqlStore):
                 time.time(),
             )
 
-    # --- helpers inside a write ------------------------------------------------
     async def _append_changes(
         self, conn: asyncpg.Connection, entries: Sequence[tuple[int, bytes]], op: str, at: float
     ) -> None:
         """Append feed entries (key id, digest) with the next sequences, and NOTIFY them."""
-        if not entries:
-            return
-        last = int(
-            await conn.fetchval(
-                "UPDATE feed_state SET seq = seq + $1 WHERE id = 1 RETURNING seq", len(entries)
-            )
-        )
-        first = last - len(entries) + 1
-        await conn.execute(
-            "INSERT INTO key_changes (seq, key_id, digest, op, at)"
-            " SELECT $1 + ordinality - 1, key_id, digest, $4, $5"
-            " FROM unnest($2::bigint[], $3::bytea[]) WITH ORDINALITY AS e(key_id, digest)",
-            first,
-            [key_id for key_id, _ in entries],
-            [digest for _, digest in entries],
-            op,
-            at,
-        )
-        await conn.execute("SELECT pg_notify($1, $2)", self.channel, str(last))
-
-    async def _audit_in(
-        self,
-        conn: asyncpg.Connection,
-        at: float,
-        actor: str,
-        action: str,
-        key_id: int | None = None,
-        key_name: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> int:
-        """Append one audit row inside the current transaction; return its id."""
-        return await self._audit_tx(PostgresTx(conn), at, actor, action, key_id, key_name, details)
-
-    async def _key_in(self, conn: asyncpg.Connection, key_id: int) -> KeyRow:
-        """Read one key inside the current transaction; raise NotFoundError."""
-        row = await conn.fetchrow(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1", key_id)
-        if row is None:
-            raise NotFoundError(f"no key with id {key_id}")
-        return key_row(row)
-
-    # --- keys ------------------------------------------------------------------
-    async def create_key(
-        self, new: NewKey, actor: str, idempotency: IdempotencyClaim | None = None
-    ) -> KeyRow:
-        """Insert a key; raise NameConflictError if the name is taken.
-
-        An idempotency claim made before by `actor` raises IdempotentReplayError (same
-        fingerprint) or IdempotencyMismatchError; a new one is recorded with the key. Key
-        writes are serialised by the feed counter's lock, so two claims never race.
-        """
-        now = time.time()
-        roles_text = roles_json(new.roles)
-        async with self._write() as conn:
-            if idempotency is not None:
-                await self._check_claim(conn, actor, idempotency)
-            try:
-                key_id = int(
-                    await conn.fetchval(
-                        "INSERT INTO keys (name, description, roles, status, digest, prefix,"
-                        " created_at, created_by, updated_at, expires_at, rate_limit)"
-                        " VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-                        new.name,
-                        new.description,
-                        roles_text,
-                        new.digest,
-                        new.prefix,
-                        now,
-                        actor,
-                        now,
-                        new.expires_at,
-                        rate_limit_json(new.rate_limit),
-                    )
-                )
-            except asyncpg.UniqueViolationError as exc:
-                if exc.constraint_name == "keys_name_key":
-                    raise NameConflictError(f"a key named {new.name!r} already exists") from None
-                raise
-            await self._append_changes(conn, [(key_id, new.digest)], "upsert", now)
-            await self._audit_in(
-                conn,
-                now,
-                actor,
-                ACTION_CREATE,
-                key_id,
-                new.name,
-                create_details(new),
-            )
-            if idempotency is not None:
-                await conn.execute(
-                    "INSERT INTO idempotency_keys"
-                    " (actor, idem_key, fingerprint, key_id, created_at)"
-                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (actor, idem_key) DO UPDATE"
-                    " SET fingerprint = excluded.fingerprint, key_id = excluded.key_id,"
-                    " created_at = excluded.created_at",
-                    actor,
-                    idempotency.key,
-                    idempotency.fingerprint,
-                    key_id,
-                    now,
-                )
-        return created_row(key_id, new, roles_text, actor, now)
-
-    async def _check_claim(
-        self, conn: asyncpg.Connection, actor: str, claim: IdempotencyClaim
-    ) -> None:
-        """Forget expired idempotency records; raise if `actor` made this claim before."""
-        await conn.execute("DELETE FROM idempotency_keys WHERE created_at < $1", claim.not_before)
-        found = await conn.fetchrow(
-            "SELECT fingerprint, key_id FROM idempotency_keys WHERE actor = $1 AND idem_key = $2",
-            actor,
-            claim.key,
-        )
-        if found is None:
-            return
-        if str(found[0]) != claim.fingerprint:
-            raise IdempotencyMismatchError(
-                f"idempotency key {claim.key!r} was used for another request"
-            )
-        key_id = int(found[1])
-        row = await conn.fetchrow(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1", key_id)
-        raise IdempotentReplayError(key_id, None if row is None else key_row(row))
-
-    async def _one_key(self, column: str, value: Any) -> KeyRow | None:
-        """Return the key whose `column` equals `value`, or None."""
-        rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE {column} = $1", value)
-        return key_row(rows[0]) if rows else None
-
-    async def get_key(self, key_id: int) -> KeyRow | None:
-        """Return a key by id, or None."""
-        return await self._one_key("id", key_id)
-
-    async def get_key_by_name(self, name: str) -> KeyRow | None:
-        """Return a key by exact name, or None."""
-        return await self._one_key("name", name)
-
-    async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
-        """Return the key whose secret (or whose secret before its last roll) has this digest."""
-        rows = await self._fetch(
-            f"SELECT {KEY_COLUMNS} FROM keys WHERE digest = $1 OR previous_digest = $1", digest
-        )
-        return key_row(rows[0]) if rows else None
-
-    async def list_keys(
-        self,
-        *,
-        status: KeyFilter | None = None,
-        query: str | None = None,
-        limit: int = 100,
-        after_id: int = 0,
-        now: float | None = None,
-        sort: KeySort = "id",
-        after: SortPosition | None = None,
-        expiring_within: float = EXPIRING_WITHIN,
-        digest: bytes | None = None,
-    ) -> list[KeyRow]:
-        """List keys in `sort` order after a position, filtered by status and a text query.
-
-        The same filters and orders as the SQLite store: "active" excludes expired keys, the
-        query matches name, description or prefix with ASCII case folding and no wildcards,
-        `digest` a secret's digest (current or rolled) exactly; every order walks an index
-        from the position (keyset paging).
-        """
-        if limit < 0:
-            raise ValueError("limit must not be negative")
-        moment = time.time() if now is None else now
-        params = Params(numbered=True)
-        where: list[str] = []
-        if sort == "id":
-            where.append(f"id > {params.add(after_id)}")
-            order = "id"
-        else:
-            expression, descending = _SORT_EXPRESSIONS[sort]
-            direction, beyond = ("DESC", "<") if descending else ("ASC", ">")
-            if after is not None:
-                value, last_id = after
-                mark, id_mark = params.add(value), params.add(last_id)
-                if sort.endswith("name"):  # the cursor holds the name as stored: fold it too
-                    mark = ASCII_FOLD.format(f"{mark}::text")
-                where.append(f"({expression}, id) {beyond} ({mark}, {id_mark})")
-            order = f"{expression} {direction}, id {direction}"
-        condition = status_condition(status, moment, expiring_within, params)
-        if condition is not None:
-            where.append(condition)
-        if query:
-            mark = params.add(like_pattern(query).translate(_ASCII_LOWER))
-            where.append(
-                "("
-                + " OR ".join(
-                    f"{ASCII_LOWER.format(column)} LIKE {mark} ESCAPE '\\'"
-                    for column in ("name", "description", "prefix")
-                )
-                + ")"
-            )
-        if digest is not None:
-            mark = params.add(digest)
-            where.append(f"(digest = {mark} OR previous_digest = {mark})")
-        limit_mark = params.add(limit)
-        condition = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = await self._fetch(
-            f"SELECT {KEY_COLUMNS} FROM keys {condition} ORDER BY {order} LIMIT {limit_mark}",
-            *params.values,
-        )
-        return [key_row(row) for row in rows]
-
-    async def batch_counts(self, grants: Grants = None) -> dict[str, BatchResult]:
-        """Return what revoke_all, reinstate_all and delete_revoked would do now, by action."""
-        params = Params(numbered=True)
-        scope = _within_grants(grants, params)
-        rows = await self._fetch(
-            f"SELECT status, COUNT(*), COUNT(*) FILTER (WHERE {scope}) FROM keys GROUP BY status",
-            *params.values,
-        )
-        return batch_counts_of({str(row[0]): (int(row[1]), int(row[2])) for row in rows})
-
-    async def update_key(
-        self, key_id: int, changes: KeyChanges, actor: str, grants: Grants = None
-    ) -> KeyRow:
-        """Apply a partial edit; raise NotFoundError, NameConflictError or OutsideGrantsError.
-
-        An edit that changes nothing writes nothing (no feed entry, no audit event).
-        """
-        now = time.time()
-        async with self._write() as conn:
-            current = await self._key_in(conn, key_id)
-            check_grants(current, grants)
-            edits = wanted_edits(current, changes)
-            if not edits:
-                return current
-            columns = column_values(edits)
-            params = Params(numbered=True)
-            assignments = ", ".join(f"{field} = {params.add(v)}" for field, v in columns.items())
-            try:
-                await conn.execute(
-                    f"UPDATE keys SET {assignments}, updated_at = {params.add(now)}"
-                    f" WHERE id = {params.add(key_id)}",
-                    *params.values,
-                )
-            except asyncpg.UniqueViolationError as exc:
-                if exc.constraint_name == "keys_name_key":
-                    raise NameConflictError(
-                        f"a key named {edits['name']!r} already exists"
-                    ) from None
-                raise
-            await self._append_changes(conn, [(key_id, current.digest)], "upsert", now)
-            await self._audit_in(
-                conn,
-                now,
-                actor,
-                ACTION_EDIT,
-                key_id,
-                edits.get("name", current.name),
-                edit_details(current, edits),
-            )
-        return edited_row(current, edits, columns, now)
-
-    async def set_revoked(
-        self, key_id: int, revoked: bool, actor: str, grants: Grants = None
-    ) -> KeyRow:
-        """Revoke or reinstate one key; raise NotFoundError, OutsideGrantsError, KeyExpiredError."""
-        now = time.time()
-        status: KeyStatus = "revoked" if revoked else "active"
-        revoked_at = now if revoked else None
-        async with self._write() as conn:
-            current = await self._key_in(conn, key_id)
-            check_grants(current, grants)
-            if not revoked:
-                check_reinstatable(current, now)
-            if current.status == status:
-                return current
-            await conn.execute(
-                "UPDATE keys SET status = $1, revoked_at = $2, updated_at = $3 WHERE id = $4",
-                status,
-                revoked_at,
-                now,
-                key_id,
-            )
-            await self._append_changes(conn, [(key_id, current.digest)], "upsert", now)
-            action = ACTION_REVOKE if revoked else ACTION_REINSTATE
-            await self._audit_in(conn, now, actor, action, key_id, current.name)
-        return dataclasses.replace(current, status=status, revoked_at=revoked_at, updated_at=now)
-
-    async def delete_key(self, key_id: int, actor: str, grants: Grants = None) -> KeyRow:
-        """Delete one key for good and return it; raise NotFoundError, OutsideGrantsError."""
-        now = time.time()
-        async with self._write() as conn:
-            current = await self._key_in(conn, key_id)
-            check_grants(current, grants)
-            await conn.execute("DELETE FROM keys WHERE id = $1", key_id)
-            await self._append_changes(conn, digests_of(current), "delete", now)
-            await self._audit_in(
-                conn, now, actor, ACTION_DELETE, key_id, current.name, {"status": current.status}
-            )
-        return current
-
-    async def roll_key(
-        self,
-        key_id: int,
-        digest: bytes,
-        prefix: str,
-        overlap: float,
-        actor: str,
-        grants: Grants = None,
-    ) -> KeyRow:
-        """Give a key a new secret; the current one keeps working for `overlap` seconds.
-
-        The feed forgets a previous roll's old secret (a delete entry for its digest) and
-        announces the key under its new digest; followers map both until the overlap ends.
-        """
-        now = time.time()
-        until = now + overlap
-        async with self._write() as conn:
-            current = await self._key_in(conn, key_id)
-            check_grants(current, grants)
-            await conn.execute(
-                "UPDATE keys SET digest = $1, prefix = $2, previous_digest = $3,"
-                " previous_expires_at = $4, rolled_at = $5, updated_at = $5 WHERE id = $6",
-                digest,
-                prefix,
-                current.digest,
-                until,
-                now,
-                key_id,
-            )
-            if current.previous_digest is not None:
-                await self._append_changes(conn, [(key_id, current.previous_digest)], "delete", now)
-            await self._append_changes(conn, [(key_id, digest)], "upsert", now)
-            await self._audit_in(
-                conn,
-                now,
-                actor,
-                ACTION_ROLL,
-                key_id,
-                current.name,
-                roll_details(overlap, until, prefix),
-            )
-        return rolled_row(current, digest, prefix, until, now)
-
-    async def _batch(
-        self,
-        actor: str,
-        action: str,
-        op: str,
-        status: KeyStatus,
-        write: str,
-        values: tuple[object, ...],
-        grants: Grants,
-    ) -> BatchResult:
-        """Change every key with `status` within `grants` in one transaction.
-
-        `write` is the statement for the chosen keys: $1 is their id array, `values` follow.
-        Feed entries, the write and one audit event (count, skipped, ids) commit together.
-        """
-        now = time.time()
-        async with self._write() as conn:
-            total = int(await conn.fetchval("SELECT COUNT(*) FROM keys WHERE status = $1", status))
-            params = Params(status, numbered=True)
-            chosen = await conn.fetch(
-                "SELECT id, digest, previous_digest FROM keys WHERE status = $1"
-                f" AND {_within_grants(grants, params)} ORDER BY id",
-                *params.values,
-            )
-            key_ids = [int(row[0]) for row in chosen]
-            entries = [(int(row[0]), bytes(row[1])) for row in chosen]
-            if op == "delete":
-                entries += [(int(row[0]), bytes(row[2])) for row in chosen if row[2] is not None]
-            await self._append_changes(conn, entries, op, now)
-            if key_ids:
-                await conn.execute(write, key_ids, *values)
-            result = BatchResult(len(key_ids), total - len(key_ids))
-            audit_id = await self._audit_in(
-                conn, now, actor, action, details=batch_details(result, key_ids)
-            )
-            await conn.execute(
-                "INSERT INTO audit_keys (key_id, audit_id)"
-                " SELECT k, $2 FROM unnest($1::bigint[]) k",
-                key_ids,
-                audit_id,
-            )
-        return result
-
-    async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
-        """Revoke every active key within `grants` in one transaction."""
-        now = time.time()
-        return await self._batch(
-            actor,
-            ACTION_REVOKE_ALL,
-            "upsert",
-            "active",
-            "UPDATE keys SET status = 'revoked', revoked_at = $2, updated_at = $3"
-            " WHERE id = ANY($1::bigint[])",
-            (now, now),
-            grants,
-        )
-
-    async def reinstate_all(self, actor: str, grants: Grants = None) -> BatchResult:
-        """Reinstate every revoked key within `grants` in one transaction."""
-        return await self._batch(
-            actor,
-            ACTION_REINSTATE_ALL,
-            "upsert",
-            "revoked",
-            "UPDATE keys SET status = 'active', revoked_at = NULL, updated_at = $2"
-            " WHERE id = ANY($1::bigint[])",
-            (time.time(),),
-            grants,
-        )
-
-    async def delete_revoked(self, actor: str, grants: Grants = None) -> BatchResult:
-        """Delete every revoked key within `grants` in one transaction."""
-        return await self._batch(
-            actor,
-            ACTION_DELETE_REVOKED,
-            "delete",
-            "revoked",
-            "DELETE FROM keys WHERE id = ANY($1::bigint[])",
-            (),
-            grants,
-        )
+        await self._tx_on(conn).append_changes(entries, op, at)
 
     # --- change feed and cache loading ----------------------------------------
     async def load_auth(self, sink: Callable[[list[AuthRow]], None]) -> int:
