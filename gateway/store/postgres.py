@@ -15,9 +15,6 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from gateway.store.base import (
-    AuthRow,
-    Change,
-    FeedPrunedError,
     Grants,
     SortPosition,
     StoreContents,
@@ -28,17 +25,12 @@ from gateway.store.base import (
 from gateway.store.common import (
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
-    AUTH_COLUMNS,
     KEY_COLUMNS,
-    KEY_COLUMNS_K,
-    LOAD_CHUNK,
     Params,
     admin_account,
     admin_values,
     audit_event,
     audit_values,
-    auth_rows,
-    gc_paused,
     key_row,
     key_values,
     like_pattern,
@@ -102,7 +94,6 @@ _FAULTS: tuple[type[BaseException], ...] = (
 )
 _LOCK_FEED = "SELECT seq FROM feed_state WHERE id = 1 FOR UPDATE"
 _CURRENT_SEQ = "SELECT seq FROM feed_state WHERE id = 1"
-_PRUNED_THROUGH = "SELECT pruned_through FROM feed_state WHERE id = 1"
 # Only ASCII letters fold in a text query, as in SQLite's LIKE.
 _UPPER, _LOWER = string.ascii_uppercase, string.ascii_lowercase
 _ASCII_LOWER = str.maketrans(_UPPER, _LOWER)
@@ -539,77 +530,6 @@ class PostgresKeyStore(SqlStore):
     ) -> None:
         """Append feed entries (key id, digest) with the next sequences, and NOTIFY them."""
         await self._tx_on(conn).append_changes(entries, op, at)
-
-    # --- change feed and cache loading ----------------------------------------
-    async def load_auth(self, sink: Callable[[list[AuthRow]], None]) -> int:
-        """Feed every key's auth row to `sink` in chunks; return the feed sequence they reflect.
-
-        One REPEATABLE READ snapshot holds both the rows and the sequence; a server-side
-        cursor brings LOAD_CHUNK rows per round trip, role tuples interned, the cyclic
-        collector paused.
-        """
-        with gc_paused():
-            async with (
-                self._connection() as conn,
-                conn.transaction(isolation="repeatable_read", readonly=True),
-            ):
-                seq = int(await conn.fetchval(_CURRENT_SEQ))
-                cursor = await conn.cursor(f"SELECT {AUTH_COLUMNS} FROM keys ORDER BY id")
-                while chunk := await cursor.fetch(LOAD_CHUNK):
-                    sink(auth_rows(chunk))
-        return seq
-
-    async def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
-        """Return change-feed entries with sequence > seq, oldest first.
-
-        Each entry carries the key's current row, or None once it is gone. Raise
-        FeedPrunedError when entries after `seq` were pruned (the caller reloads).
-        """
-        if limit < 0:
-            raise ValueError("limit must not be negative")
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                f"SELECT c.seq, c.digest, {KEY_COLUMNS_K} FROM key_changes c"
-                # By id: a rolled key's entries name its old digest, yet carry its current row.
-                " LEFT JOIN keys k ON k.id = c.key_id AND c.op = 'upsert'"
-                " WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
-                seq,
-                limit,
-            )
-            # Read after the entries: a prune in between costs a needless reload at worst.
-            pruned_through = int(await conn.fetchval(_PRUNED_THROUGH))
-        if seq < pruned_through:
-            raise FeedPrunedError(seq, pruned_through)
-        return [
-            Change(row[0], bytes(row[1]), None if row[2] is None else key_row(row[2:]))
-            for row in rows
-        ]
-
-    async def current_seq(self) -> int:
-        """Return the latest change-feed sequence number (0 when empty)."""
-        async with self._connection() as conn:
-            return int(await conn.fetchval(_CURRENT_SEQ))
-
-    async def prune_feed(self, keep_entries: int, keep_before: float) -> int:
-        """Delete the oldest feed entries, keeping the newest `keep_entries` and any at or
-        after `keep_before`; return how many were deleted (a prefix of the feed)."""
-        async with self._write() as conn:
-            latest, pruned_through = await conn.fetchrow(
-                "SELECT seq, pruned_through FROM feed_state WHERE id = 1"
-            )
-            young = await conn.fetchval(
-                "SELECT MIN(seq) FROM key_changes WHERE at >= $1", keep_before
-            )
-            cutoff = min(latest - keep_entries, latest if young is None else young - 1)
-            if cutoff <= pruned_through:
-                return 0
-            deleted = await conn.fetchval(
-                "WITH gone AS (DELETE FROM key_changes WHERE seq <= $1 RETURNING 1)"
-                " SELECT COUNT(*) FROM gone",
-                cutoff,
-            )
-            await conn.execute("UPDATE feed_state SET pruned_through = $1 WHERE id = 1", cutoff)
-            return int(deleted)
 
     async def listen(self, wake: Callable[[], None]) -> None:
         """Call `wake` on every NOTIFY of a committed key write until cancelled.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from gateway.store.sql_accounts import SqlAccounts
 from gateway.store.sql_events import SqlEvents
+from gateway.store.sql_feed import SqlFeed
 from gateway.store.sql_keys import SqlKeys
 
 
-class SqlStore(SqlKeys, SqlEvents, SqlAccounts):
+class SqlStore(SqlKeys, SqlFeed, SqlEvents, SqlAccounts):
     """Every store method whose SQL and control flow are the same on SQLite and PostgreSQL.
 
     A backend adds its dialect, connections and transactions (see `SqlBase`), and its

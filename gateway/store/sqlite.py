@@ -9,16 +9,13 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from gateway.store.base import (
-    AuthRow,
-    Change,
-    FeedPrunedError,
     Grants,
     SortPosition,
     StoreContents,
@@ -29,18 +26,13 @@ from gateway.store.base import (
 from gateway.store.common import (
     ADMIN_COLUMNS,
     AUDIT_COLUMNS,
-    AUTH_COLUMNS,
     KEY_COLUMNS,
-    KEY_COLUMNS_K,
     KEY_FIELDS,
-    LOAD_CHUNK,
     Params,
     admin_account,
     admin_values,
     audit_event,
     audit_values,
-    auth_rows,
-    gc_paused,
     key_row,
     key_values,
     like_pattern,
@@ -97,7 +89,6 @@ _CURRENT_SEQ = (
     "SELECT MAX(COALESCE((SELECT MAX(seq) FROM key_changes), 0),"
     " (SELECT pruned_through FROM feed_state WHERE id = 1))"
 )
-_PRUNED_THROUGH = "SELECT pruned_through FROM feed_state WHERE id = 1"
 # Sort orders of the key list: the indexed expression (migration 5) and its direction.
 _SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
     "name": ("name COLLATE NOCASE", False),
@@ -107,9 +98,6 @@ _SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
     "last_used_at": ("IFNULL(last_used_at, -1)", False),
     "-last_used_at": ("IFNULL(last_used_at, -1)", True),
 }
-# Which keys each batch action touches (before the grant scope is applied).
-_REVOKE_ALL_WHERE = "status = 'active'"
-_REVOKED_WHERE = "status = 'revoked'"
 
 
 async def _retry_when_locked(db: aiosqlite.Connection, sql: str) -> list[Any]:
@@ -503,75 +491,6 @@ class SqliteKeyStore(SqlStore):
     async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
         """Run one read statement outside a transaction; return its rows."""
         return await self._fetch(sql, params)
-
-    # --- change feed and cache loading ----------------------------------------
-    async def load_auth(self, sink: Callable[[list[AuthRow]], None]) -> int:
-        """Feed every key's auth row to `sink` in chunks; return the feed sequence they reflect.
-
-        One read snapshot, chunks of LOAD_CHUNK rows in id order, role tuples interned, and
-        the cyclic garbage collector paused (auth rows hold no cycles, and collections
-        triggered by a million new objects would cost more than the load). `sink` runs on
-        the event loop.
-        """
-        with gc_paused():
-            async with self._transaction("BEGIN") as db:
-                seq_rows = list(await db.execute_fetchall(_CURRENT_SEQ))
-                async with db.execute(f"SELECT {AUTH_COLUMNS} FROM keys ORDER BY id") as cursor:
-                    while chunk := await cursor.fetchmany(LOAD_CHUNK):
-                        sink(auth_rows(chunk))
-        return int(seq_rows[0][0])
-
-    async def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
-        """Return change-feed entries with sequence > seq, oldest first.
-
-        Each entry carries the key's current row, or None when the key no longer exists.
-        Raise FeedPrunedError when entries after `seq` were pruned (the caller reloads).
-        """
-        if limit < 0:
-            raise ValueError("limit must not be negative")
-        rows = await self._fetch(
-            f"SELECT c.seq, c.digest, {KEY_COLUMNS_K} FROM key_changes c"
-            # By id: a rolled key's entries name its old digest, yet carry its current row.
-            " LEFT JOIN keys k ON k.id = c.key_id AND c.op = 'upsert'"
-            " WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
-            (seq, limit),
-        )
-        # Read after the entries: a prune in between is seen here (a needless reload at
-        # worst), and one before them was already visible to the read above.
-        pruned_through = int((await self._fetch(_PRUNED_THROUGH))[0][0])
-        if seq < pruned_through:
-            raise FeedPrunedError(seq, pruned_through)
-        return [
-            Change(row[0], row[1], None if row[2] is None else key_row(row[2:])) for row in rows
-        ]
-
-    async def current_seq(self) -> int:
-        """Return the latest change-feed sequence number (0 when empty)."""
-        rows = await self._fetch(_CURRENT_SEQ)
-        return int(rows[0][0])
-
-    async def prune_feed(self, keep_entries: int, keep_before: float) -> int:
-        """Delete the oldest feed entries, keeping the newest `keep_entries` and any at or
-        after `keep_before`; return how many were deleted.
-
-        Only a prefix of the feed is ever removed, and its last sequence is remembered so a
-        follower behind it learns to reload (FeedPrunedError) instead of missing changes.
-        """
-        async with self._transaction() as db:
-            (latest,), (young,), (pruned_through,) = [
-                tuple(next(iter(await db.execute_fetchall(sql, params))))
-                for sql, params in (
-                    (_CURRENT_SEQ, ()),
-                    ("SELECT MIN(seq) FROM key_changes WHERE at >= ?", (keep_before,)),
-                    (_PRUNED_THROUGH, ()),
-                )
-            ]
-            cutoff = min(int(latest) - keep_entries, latest if young is None else young - 1)
-            if cutoff <= pruned_through:
-                return 0
-            cursor = await db.execute("DELETE FROM key_changes WHERE seq <= ?", (cutoff,))
-            await db.execute("UPDATE feed_state SET pruned_through = ? WHERE id = 1", (cutoff,))
-            return int(cursor.rowcount)
 
     # --- moving between stores -------------------------------------------------
     async def export_contents(self) -> StoreContents:
