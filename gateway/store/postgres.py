@@ -17,22 +17,11 @@ import asyncpg
 from gateway.store.base import (
     Grants,
     SortPosition,
-    StoreContents,
     StoreMissingError,
-    StoreNotEmptyError,
     StoreUnavailableError,
 )
 from gateway.store.common import (
-    ADMIN_COLUMNS,
-    AUDIT_COLUMNS,
-    KEY_COLUMNS,
     Params,
-    admin_account,
-    admin_values,
-    audit_event,
-    audit_values,
-    key_row,
-    key_values,
     like_pattern,
 )
 from gateway.store.migrations.postgres import (
@@ -525,12 +514,6 @@ class PostgresKeyStore(SqlStore):
                 time.time(),
             )
 
-    async def _append_changes(
-        self, conn: asyncpg.Connection, entries: Sequence[tuple[int, bytes]], op: str, at: float
-    ) -> None:
-        """Append feed entries (key id, digest) with the next sequences, and NOTIFY them."""
-        await self._tx_on(conn).append_changes(entries, op, at)
-
     async def listen(self, wake: Callable[[], None]) -> None:
         """Call `wake` on every NOTIFY of a committed key write until cancelled.
 
@@ -572,87 +555,6 @@ class PostgresKeyStore(SqlStore):
                     conn.terminate()
             await asyncio.sleep(delay)
             delay = min(delay * 2, LISTEN_RETRY_MAX)
-
-    # --- moving between stores -------------------------------------------------
-    async def export_contents(self) -> StoreContents:
-        """Return every key, admin account and audit event (one REPEATABLE READ snapshot)."""
-        async with (
-            self._connection() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            keys = [
-                key_row(row)
-                for row in await conn.fetch(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY id")
-            ]
-            admins = [
-                admin_account(row)
-                for row in await conn.fetch(f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name")
-            ]
-            audit = [
-                audit_event(row)
-                for row in await conn.fetch(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id")
-            ]
-        return StoreContents(keys, admins, audit)
-
-    async def import_contents(self, contents: StoreContents, *, replace: bool) -> None:
-        """Write `contents` with their ids in one transaction, a feed entry per key.
-
-        Raise StoreNotEmptyError when the store holds data, unless `replace`. Identity
-        counters move past every copied id (and every key id the audit names), so ids are
-        never reused.
-        """
-        now = time.time()
-        async with self._write() as conn:
-            held = await conn.fetchval(
-                "SELECT (SELECT COUNT(*) FROM keys) + (SELECT COUNT(*) FROM admins)"
-                " + (SELECT COUNT(*) FROM audit)"
-            )
-            if held and not replace:
-                raise StoreNotEmptyError(f"{self.location} already holds keys, admins or audit")
-            gone = await conn.fetch(
-                "SELECT id, digest FROM keys UNION ALL SELECT id, previous_digest FROM keys"
-                " WHERE previous_digest IS NOT NULL"
-            )
-            await self._append_changes(
-                conn, [(int(row[0]), bytes(row[1])) for row in gone], "delete", now
-            )
-            await conn.execute("DELETE FROM keys")
-            await conn.execute("DELETE FROM admins")
-            await conn.execute("DELETE FROM audit")
-            await conn.copy_records_to_table(
-                "keys",
-                columns=KEY_COLUMNS.split(", "),
-                records=[key_values(row) for row in contents.keys],
-                schema_name=self.schema,
-            )
-            await self._append_changes(
-                conn, [(row.id, row.digest) for row in contents.keys], "upsert", now
-            )
-            await conn.copy_records_to_table(
-                "admins",
-                columns=ADMIN_COLUMNS.split(", "),
-                records=[admin_values(account) for account in contents.admins],
-                schema_name=self.schema,
-            )
-            await conn.copy_records_to_table(
-                "audit",
-                columns=AUDIT_COLUMNS.split(", "),
-                records=[audit_values(event) for event in contents.audit],
-                schema_name=self.schema,
-            )
-            # Batch histories follow the audit rows; idempotency records named the old keys.
-            await conn.execute("DELETE FROM audit_keys")
-            await conn.execute(AUDIT_KEYS_FROM_DETAILS)
-            await conn.execute("DELETE FROM idempotency_keys")
-            await conn.execute(
-                "SELECT setval(pg_get_serial_sequence('keys', 'id'),"
-                " GREATEST((SELECT MAX(id) FROM keys), (SELECT MAX(key_id) FROM audit), 0) + 1,"
-                " false)"
-            )
-            await conn.execute(
-                "SELECT setval(pg_get_serial_sequence('audit', 'id'),"
-                " COALESCE((SELECT MAX(id) FROM audit), 0) + 1, false)"
-            )
 
 
 async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:

@@ -18,23 +18,11 @@ import aiosqlite
 from gateway.store.base import (
     Grants,
     SortPosition,
-    StoreContents,
     StoreMissingError,
-    StoreNotEmptyError,
     StoreUnavailableError,
 )
 from gateway.store.common import (
-    ADMIN_COLUMNS,
-    AUDIT_COLUMNS,
-    KEY_COLUMNS,
-    KEY_FIELDS,
     Params,
-    admin_account,
-    admin_values,
-    audit_event,
-    audit_values,
-    key_row,
-    key_values,
     like_pattern,
 )
 from gateway.store.migrations.sqlite import (
@@ -491,70 +479,3 @@ class SqliteKeyStore(SqlStore):
     async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
         """Run one read statement outside a transaction; return its rows."""
         return await self._fetch(sql, params)
-
-    # --- moving between stores -------------------------------------------------
-    async def export_contents(self) -> StoreContents:
-        """Return every key, admin account and audit event (one read transaction)."""
-        async with self._transaction("BEGIN") as db:
-            keys = [
-                key_row(row)
-                for row in await db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY id")
-            ]
-            admins = [
-                admin_account(row)
-                for row in await db.execute_fetchall(
-                    f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name"
-                )
-            ]
-            audit = [
-                audit_event(row)
-                for row in await db.execute_fetchall(
-                    f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"
-                )
-            ]
-        return StoreContents(keys, admins, audit)
-
-    async def import_contents(self, contents: StoreContents, *, replace: bool) -> None:
-        """Write `contents` with their ids in one transaction, a feed entry per key.
-
-        Raise StoreNotEmptyError when the store holds data, unless `replace` (then it is
-        deleted first, each removed key announced on the feed).
-        """
-        now = time.time()
-        async with self._transaction() as db:
-            counts = list(
-                await db.execute_fetchall(
-                    "SELECT (SELECT COUNT(*) FROM keys) + (SELECT COUNT(*) FROM admins)"
-                    " + (SELECT COUNT(*) FROM audit)"
-                )
-            )
-            if int(counts[0][0]) and not replace:
-                raise StoreNotEmptyError(f"{self.path} already holds keys, admins or audit events")
-            await db.execute(
-                "INSERT INTO key_changes (key_id, digest, op, at)"
-                " SELECT id, digest, 'delete', ? FROM keys"
-                " UNION ALL SELECT id, previous_digest, 'delete', ? FROM keys"
-                " WHERE previous_digest IS NOT NULL",
-                (now, now),
-            )
-            for table in ("keys", "admins", "audit"):
-                await db.execute(f"DELETE FROM {table}")
-            await db.executemany(
-                f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ({', '.join('?' * len(KEY_FIELDS))})",
-                [key_values(row) for row in contents.keys],
-            )
-            await db.executemany(
-                _INSERT_CHANGE, [(row.id, row.digest, "upsert", now) for row in contents.keys]
-            )
-            await db.executemany(
-                f"INSERT INTO admins ({ADMIN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                [admin_values(account) for account in contents.admins],
-            )
-            await db.executemany(
-                f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [audit_values(event) for event in contents.audit],
-            )
-            # Batch histories follow the audit rows; idempotency records named the old keys.
-            await db.execute("DELETE FROM audit_keys")
-            await db.execute(AUDIT_KEYS_FROM_DETAILS)
-            await db.execute("DELETE FROM idempotency_keys")
