@@ -1,4 +1,4 @@
-"""PostgreSQL key store: the KeyStore contract on a server several instances share (asyncpg)."""
+"""PostgreSQL key store: the dialect, pool, transactions and LISTEN/NOTIFY of a shared server."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import string
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -20,10 +19,7 @@ from gateway.store.base import (
     StoreMissingError,
     StoreUnavailableError,
 )
-from gateway.store.common import (
-    Params,
-    like_pattern,
-)
+from gateway.store.common import Params
 from gateway.store.migrations.postgres import (
     ASCII_FOLD,
     ASCII_LOWER,
@@ -83,9 +79,6 @@ _FAULTS: tuple[type[BaseException], ...] = (
 )
 _LOCK_FEED = "SELECT seq FROM feed_state WHERE id = 1 FOR UPDATE"
 _CURRENT_SEQ = "SELECT seq FROM feed_state WHERE id = 1"
-# Only ASCII letters fold in a text query, as in SQLite's LIKE.
-_UPPER, _LOWER = string.ascii_uppercase, string.ascii_lowercase
-_ASCII_LOWER = str.maketrans(_UPPER, _LOWER)
 
 
 def redact(url: str) -> str:
@@ -140,19 +133,6 @@ def _keyset(sort: str, expression: str, beyond: str, after: SortPosition, params
     return f"({expression}, id) {beyond} ({mark}, {id_mark})"
 
 
-def _text_match(query: str, params: Params) -> str:
-    """Return the condition of a text query: ASCII letters folded on both sides, as SQLite."""
-    pattern = like_pattern(query).translate(_ASCII_LOWER)
-    return (
-        "("
-        + " OR ".join(
-            f"{ASCII_LOWER.format(column)} LIKE {params.add(pattern)} ESCAPE '\\'"
-            for column in ("name", "description", "prefix")
-        )
-        + ")"
-    )
-
-
 def _within_grants(grants: Grants, params: Params) -> str:
     """Return an SQL condition true for keys whose roles all lie within `grants`."""
     if grants is None:
@@ -185,7 +165,7 @@ POSTGRES = Dialect(
     is_unique_violation=_unique_violation,
     sort_expressions=_SORT_EXPRESSIONS,
     keyset=_keyset,
-    text_match=_text_match,
+    like_fold=ASCII_LOWER,
     within_grants=_within_grants,
     id_list=_id_list,
     current_seq=_CURRENT_SEQ,
@@ -477,11 +457,6 @@ class PostgresKeyStore(SqlStore):
                     self.location, _cause_of(error), outcome_unknown=True
                 ) from error
 
-    async def _fetch(self, sql: str, *params: Any) -> list[asyncpg.Record]:
-        """Run one read statement and return every row."""
-        async with self._connection() as conn:
-            return list(await conn.fetch(sql, *params))
-
     @contextlib.asynccontextmanager
     async def _tx(self, *, feed: bool) -> AsyncIterator[Tx]:
         """Open one write transaction; a key write first takes the feed counter's lock."""
@@ -502,8 +477,9 @@ class PostgresKeyStore(SqlStore):
         return PostgresTx(conn, self.channel, self.schema)
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        """Run one read statement outside a transaction; return its rows."""
-        return await self._fetch(numbered(sql), *params)
+        """Run one read statement outside a transaction, on a pooled connection."""
+        async with self._connection() as conn:
+            return list(await conn.fetch(numbered(sql), *params))
 
     async def ping(self) -> None:
         """Raise StoreUnavailableError unless the store reads and takes a one-row write."""

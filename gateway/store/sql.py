@@ -61,9 +61,9 @@ class Dialect:
     # The condition of a sorted page after a position: (sort, expression, "<" or ">",
     # position, params); it must let the backend walk the sort's index from there.
     keyset: Callable[[str, str, str, SortPosition, Params], str]
-    # The condition of a text query on name, description and prefix: a substring, ASCII
-    # letters folded, no wildcards.
-    text_match: Callable[[str, Params], str]
+    # A column's text with ASCII letters folded to lower case, for a text query's LIKE
+    # ("{}" where LIKE folds them itself, as SQLite's does).
+    like_fold: str
     # The condition "every role of the key lies within grants" (None: every key).
     within_grants: Callable[[Grants, Params], str]
     # A subquery of one column, `id`, holding the given ids (one parameter, any count).

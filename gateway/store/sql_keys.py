@@ -32,6 +32,7 @@ from gateway.store.common import (
     ACTION_REVOKE,
     ACTION_REVOKE_ALL,
     ACTION_ROLL,
+    ASCII_LOWER_TABLE,
     KEY_COLUMNS,
     Params,
     batch_counts_of,
@@ -45,6 +46,7 @@ from gateway.store.common import (
     edit_details,
     edited_row,
     key_row,
+    like_pattern,
     rate_limit_json,
     roles_json,
     roll_details,
@@ -193,7 +195,14 @@ class SqlKeys(SqlBase):
         if condition is not None:
             where.append(condition)
         if query:
-            where.append(self.dialect.text_match(query, params))
+            # A substring of name, description or prefix, ASCII letters folded, no wildcards.
+            pattern = like_pattern(query).translate(ASCII_LOWER_TABLE)
+            fold = self.dialect.like_fold
+            matches = [
+                f"{fold.format(column)} LIKE {params.add(pattern)} ESCAPE '\\'"
+                for column in ("name", "description", "prefix")
+            ]
+            where.append(f"({' OR '.join(matches)})")
         if digest is not None:
             where.append(
                 f"(digest = {params.add(digest)} OR previous_digest = {params.add(digest)})"

@@ -1,4 +1,4 @@
-"""SQLite key store: keys, change feed, audit log and admin accounts in one file (aiosqlite)."""
+"""SQLite key store: the dialect, connection and transactions of one WAL file (aiosqlite)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,7 @@ from gateway.store.base import (
     StoreMissingError,
     StoreUnavailableError,
 )
-from gateway.store.common import (
-    Params,
-    like_pattern,
-)
+from gateway.store.common import Params
 from gateway.store.migrations.sqlite import (
     AUDIT_KEYS_FROM_DETAILS,
     SchemaTooNewError,
@@ -107,11 +104,6 @@ async def _retry_when_locked(db: aiosqlite.Connection, sql: str) -> list[Any]:
         delay = min(delay * 2, 0.1)
 
 
-def _is_unique_violation(exc: sqlite3.IntegrityError, column: str) -> bool:
-    """Return True when `exc` is a UNIQUE/PRIMARY KEY failure on exactly `table.column`."""
-    return str(exc) == f"UNIQUE constraint failed: {column}"
-
-
 def _create_private(path: Path) -> None:
     """Create the database file readable by its owner only, unless it already exists."""
     try:
@@ -138,7 +130,9 @@ def _identity(path: Path) -> tuple[int, int]:
 
 def _unique_violation(error: BaseException, column: str) -> bool:
     """Return True when `error` is a UNIQUE/PRIMARY KEY failure on exactly `table.column`."""
-    return isinstance(error, sqlite3.IntegrityError) and _is_unique_violation(error, column)
+    return isinstance(error, sqlite3.IntegrityError) and (
+        str(error) == f"UNIQUE constraint failed: {column}"
+    )
 
 
 def _keyset(sort: str, expression: str, beyond: str, after: SortPosition, params: Params) -> str:
@@ -148,19 +142,6 @@ def _keyset(sort: str, expression: str, beyond: str, after: SortPosition, params
     return (
         f"{expression} {beyond}= {params.add(value)}"
         f" AND ({expression} {beyond} {params.add(value)} OR id {beyond} {params.add(last_id)})"
-    )
-
-
-def _text_match(query: str, params: Params) -> str:
-    """Return the condition of a text query (SQLite's LIKE folds ASCII letters itself)."""
-    pattern = like_pattern(query)
-    return (
-        "("
-        + " OR ".join(
-            f"{column} LIKE {params.add(pattern)} ESCAPE '\\'"
-            for column in ("name", "description", "prefix")
-        )
-        + ")"
     )
 
 
@@ -187,7 +168,7 @@ SQLITE = Dialect(
     is_unique_violation=_unique_violation,
     sort_expressions=_SORT_EXPRESSIONS,
     keyset=_keyset,
-    text_match=_text_match,
+    like_fold="{}",  # SQLite's LIKE folds ASCII letters itself
     within_grants=_within_grants,
     id_list=_id_list,
     current_seq=_CURRENT_SEQ,
@@ -454,16 +435,6 @@ class SqliteKeyStore(SqlStore):
                     self._raise_if_unavailable(error)
                 raise
 
-    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """Run one read statement under the lock and return all rows."""
-        async with self._lock:
-            db = await self._ready()
-            try:
-                return list(await db.execute_fetchall(sql, params))
-            except sqlite3.Error as error:
-                self._raise_if_unavailable(error)
-                raise
-
     @contextlib.asynccontextmanager
     async def _tx(self, *, feed: bool) -> AsyncIterator[Tx]:
         """Open one write transaction (BEGIN IMMEDIATE serialises every write, feed or not)."""
@@ -477,5 +448,11 @@ class SqliteKeyStore(SqlStore):
             yield SqliteTx(db)
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        """Run one read statement outside a transaction; return its rows."""
-        return await self._fetch(sql, params)
+        """Run one read statement outside a transaction, under the lock; return its rows."""
+        async with self._lock:
+            db = await self._ready()
+            try:
+                return list(await db.execute_fetchall(sql, params))
+            except sqlite3.Error as error:
+                self._raise_if_unavailable(error)
+                raise
