@@ -19,6 +19,7 @@ from yarl import URL
 
 from gateway.admin.app import create_admin_app
 from gateway.admin.basic_auth import Authenticator
+from gateway.admin.key_handlers import KEY_ACTIONS
 from gateway.admin.openapi import openapi_document
 from gateway.admin.parsing import MAX_BODY_BYTES, encode_cursor
 from gateway.admin.passwords import hash_password
@@ -632,10 +633,42 @@ async def test_unknown_routes_and_methods_are_json(client: Client) -> None:
     resp = await client.put(KEYS, json={}, headers=ROOT)
     await expect_error(resp, 405, "method_not_allowed")
     assert "GET" in resp.headers["Allow"] and "POST" in resp.headers["Allow"]
-    resp = await client.get(f"{KEYS}/revoke-all", headers=ROOT)
-    await expect_error(resp, 404, "not_found")
+    resp = await client.get(f"{KEYS}/revoke-all", headers=ROOT)  # a POST action's path
+    await expect_error(resp, 405, "method_not_allowed")
+    assert resp.headers["Allow"] == "POST"
     resp = await client.delete(f"{KEYS}/1/revoke", headers=ROOT)
     await expect_error(resp, 405, "method_not_allowed")
+
+
+async def test_an_action_path_allows_exactly_its_documented_methods(client: Client) -> None:
+    """OPTIONS (or any other method) on revoke-all, identify, ... names the document's methods.
+
+    /api/v1/keys/{id} also matched these paths, so Allow named GET, PATCH and DELETE too.
+    """
+    paths = openapi_document()["paths"]
+    actions = {
+        path.removeprefix(f"{KEYS}/")
+        for path in paths
+        if path.startswith(f"{KEYS}/") and "/" not in path.removeprefix(f"{KEYS}/")
+    } - {"{id}"}
+    assert actions == set(KEY_ACTIONS)
+    for action in sorted(actions):
+        documented = {method.upper() for method in paths[f"{KEYS}/{action}"]}
+        for method in ("OPTIONS", *({"GET", "PATCH", "DELETE", "POST"} - documented)):
+            resp = await client.request(method, f"{KEYS}/{action}", headers=WRITE)
+            await expect_error(resp, 405, "method_not_allowed")
+            assert set(resp.headers["Allow"].split(",")) == documented, (method, action)
+
+
+async def test_a_key_named_like_an_action_is_reached_by_id_there(client: Client) -> None:
+    created = await create(client, "identify")
+    key_id = created["key"]["id"]
+    resp = await client.get(f"{KEYS}/identify", headers=ROOT)  # the action's path, not the key
+    await expect_error(resp, 405, "method_not_allowed")
+    assert (await expect(await client.get(f"{KEYS}/{key_id}", headers=ROOT), 200))["id"] == key_id
+    # Below the action's path the name still names the key.
+    revoked = await expect(await client.post(f"{KEYS}/identify/revoke", headers=WRITE), 200)
+    assert revoked["id"] == key_id and revoked["status"] == "revoked"
 
 
 async def test_unexpected_failure_is_a_bare_json_500(client: Client, runtime: Runtime) -> None:
