@@ -21,10 +21,17 @@ from gateway.admin.app import create_admin_app
 from gateway.admin.basic_auth import Authenticator
 from gateway.admin.key_handlers import KEY_ACTIONS
 from gateway.admin.openapi import openapi_document
-from gateway.admin.parsing import MAX_BODY_BYTES, encode_cursor
+from gateway.admin.parsing import (
+    CURSOR_MAX_LENGTH,
+    CURSOR_PATTERN,
+    MAX_BODY_BYTES,
+    encode_cursor,
+    encode_sort_cursor,
+)
 from gateway.admin.passwords import hash_password
 from gateway.admin.throttle import LoginThrottle
 from gateway.keys import keyformat as keys
+from gateway.keys.rules import NAME_MAX_LENGTH
 from gateway.policy.rules import policy_from_data
 from gateway.runtime.appkeys import RUNTIME
 from gateway.runtime.context import Runtime
@@ -349,12 +356,9 @@ async def test_expired_keys_show_as_expired(client: Client, runtime: Runtime) ->
         ({"limit": "-1"}, "limit"),
         ({"limit": "1.5"}, "limit"),
         ({"cursor": "not a cursor"}, "cursor"),
-        ({"cursor": "MTIz"}, "cursor"),  # base64 of "123": not one of ours
-        ({"cursor": encode_cursor("a", 5)}, "cursor"),  # an audit cursor
-        ({"cursor": base64.urlsafe_b64encode(b"k:-4").decode().rstrip("=")}, "cursor"),
+        ({"cursor": "A" * 401}, "cursor"),
         ({"status": "deleted"}, "status"),
         ({"sort": "size"}, "sort"),
-        ({"sort": "name", "cursor": encode_cursor("k", 5)}, "cursor"),  # an id-order cursor
         ({"q": "x" * 1001}, "q"),
     ],
 )
@@ -363,6 +367,65 @@ async def test_bad_list_parameters_are_400(
 ) -> None:
     resp = await client.get(KEYS, params=params, headers=ROOT)
     await expect_error(resp, 400, "invalid_request", field)
+
+
+# Cursors the document admits (its pattern and length) that no listing made, or another one
+# did: JSON Schema cannot say so, so they are 422, not the 400 of a request it refuses.
+NOT_OURS = [
+    (KEYS, {"cursor": "MTIz"}),  # base64 of "123"
+    (KEYS, {"cursor": encode_cursor("a", 5)}),  # an audit cursor
+    (KEYS, {"cursor": base64.urlsafe_b64encode(b"k:-4").decode().rstrip("=")}),
+    (KEYS, {"cursor": encode_cursor("k", 2**63)}),  # past the largest id
+    (KEYS, {"sort": "name", "cursor": encode_cursor("k", 5)}),  # an id-order cursor
+    (KEYS, {"sort": "-name", "cursor": encode_sort_cursor("name", "a", 5)}),  # other order
+    (KEYS, {"cursor": "A" * 400}),
+    ("/api/v1/audit", {"cursor": encode_cursor("k", 3)}),  # a key-list cursor
+    ("/api/v1/audit", {"cursor": "_"}),
+]
+
+
+@pytest.mark.parametrize(("url", "params"), NOT_OURS)
+async def test_a_well_formed_cursor_no_listing_made_is_422(
+    client: Client, url: str, params: dict[str, str]
+) -> None:
+    parameter = next(
+        p for p in openapi_document()["paths"][url]["get"]["parameters"] if p["name"] == "cursor"
+    )
+    cursor = params["cursor"]
+    assert re.search(parameter["schema"]["pattern"], cursor), cursor  # the document admits it
+    assert len(cursor) <= parameter["schema"]["maxLength"]
+    resp = await client.get(url, params=params, headers=ROOT)
+    await expect_error(resp, 422, "invalid_request", "cursor")
+    assert "422" in openapi_document()["paths"][url]["get"]["responses"]
+
+
+async def test_cursors_outside_the_documents_syntax_are_400(client: Client) -> None:
+    schema = next(
+        p for p in openapi_document()["paths"][KEYS]["get"]["parameters"] if p["name"] == "cursor"
+    )["schema"]
+    for cursor in ("not a cursor", "A" * (schema["maxLength"] + 1), "a=", "a.b", "é"):
+        assert not re.search(schema["pattern"], cursor) or len(cursor) > schema["maxLength"]
+        for url in (KEYS, "/api/v1/audit"):
+            resp = await client.get(url, params={"cursor": cursor}, headers=ROOT)
+            await expect_error(resp, 400, "invalid_request", "cursor")
+
+
+async def test_the_longest_sort_cursor_fits_the_documents_length(client: Client) -> None:
+    name = '"\\' * (NAME_MAX_LENGTH // 2)  # the longest name, each character escaped in JSON
+    await create(client, name)
+    await create(client, name[:-1] + "~")
+    for sort in ("name", "-name"):
+        page = await expect(
+            await client.get(KEYS, params={"sort": sort, "limit": "1"}, headers=ROOT), 200
+        )
+        cursor = page["next_cursor"]
+        assert cursor is not None and len(cursor) <= CURSOR_MAX_LENGTH
+        assert re.fullmatch(CURSOR_PATTERN.removeprefix("^").removesuffix("$"), cursor)
+        params = {"sort": sort, "cursor": cursor}
+        assert (
+            len((await expect(await client.get(KEYS, params=params, headers=ROOT), 200))["items"])
+            == 1
+        )
 
 
 async def test_repeated_query_parameter_is_400(client: Client) -> None:
@@ -992,6 +1055,20 @@ async def test_explain_answers_the_proxys_refusal_of_a_bad_target(client: Client
         assert body["path"] is None and body["target"] == target
 
 
+async def test_explain_names_a_key_in_the_target_as_the_document_says(client: Client) -> None:
+    """reason key_misplaced was answered but not in the document's enum of reasons."""
+    url = "/api/v1/policy/explain"
+    target = f"{REST}/items?token={keys.generate_key()}"
+    body = await expect(
+        await client.post(
+            url, json={"method": "GET", "path": target, "roles": ["operator"]}, headers=ROOT
+        ),
+        200,
+    )
+    assert body["reason"] == "key_misplaced" and body["refusal"]["status"] == 400, body
+    assert_documented(url, "post", 200, body)
+
+
 async def test_identify_is_audited_without_the_secret(client: Client) -> None:
     created = await create(client, "leaked-bot")
     secret, key_id = created["secret"], created["key"]["id"]
@@ -1105,7 +1182,6 @@ async def test_audit_lists_filters_and_pages(client: Client) -> None:
         ({"since": "yesterday"}, "since"),
         ({"since": "2026-01-01T00:00:00"}, "since"),
         ({"limit": "5000"}, "limit"),
-        ({"cursor": encode_cursor("k", 3)}, "cursor"),
         ({"cursor": "!!!"}, "cursor"),
         ({"actor": "a\x00b"}, "actor"),
         ({"key_name": "a\x01b"}, "key_name"),
