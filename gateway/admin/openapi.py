@@ -23,6 +23,8 @@ from gateway.admin.parsing import (
     MAX_BODY_BYTES,
     MAX_LIMIT,
     MAX_QUERY_LENGTH,
+    MAX_TIME_LENGTH,
+    MIN_LIMIT,
     SAFE_TEXT_PATTERN,
 )
 from gateway.admin.sessions import COOKIE as SESSION_COOKIE
@@ -383,7 +385,12 @@ _ID_PARAMETER: Schema = {
 _LIMIT: Schema = {
     "name": "limit",
     "in": "query",
-    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    "schema": {
+        "type": "integer",
+        "minimum": MIN_LIMIT,
+        "maximum": MAX_LIMIT,
+        "default": DEFAULT_LIMIT,
+    },
 }
 _CURSOR: Schema = {
     "name": "cursor",
@@ -706,14 +713,14 @@ def _paths() -> dict[str, Schema]:
             {**_ok("a page of events", "AuditPage"), **_errors(400, *_AUTH_ERRORS, 422)},
             tags=("audit",),
             parameters=[
-                {"name": "key_id", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                {"name": "key_id", "in": "query", "schema": models.schema_of(models.Id)},
                 {"name": "key_name", "in": "query", "schema": _SEARCH_TEXT},
                 {"name": "actor", "in": "query", "schema": _SEARCH_TEXT},
                 {
                     "name": "since",
                     "in": "query",
                     "description": "ISO-8601 time with a time zone",
-                    "schema": _TIME,
+                    "schema": {**_TIME, "maxLength": MAX_TIME_LENGTH},
                 },
                 _LIMIT,
                 _CURSOR,

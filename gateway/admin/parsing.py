@@ -25,7 +25,8 @@ from gateway.admin.errors import (
 
 MAX_BODY_BYTES = 64 * 1024  # bytes; larger request bodies get 413
 DEFAULT_LIMIT = 100  # items per page when `limit` is not given
-MAX_LIMIT = 1000  # largest page size
+MIN_LIMIT, MAX_LIMIT = 1, 1000  # smallest and largest page size
+MAX_TIME_LENGTH = 64  # characters of a time parameter (RFC 3339 bounds no fraction's digits)
 MAX_ID = 2**63 - 1  # ids are SQLite / PostgreSQL bigints
 MAX_QUERY_LENGTH = 1000  # characters of a search or filter parameter
 # Characters of a request target to explain: more than any request line the proxy reads
@@ -182,7 +183,7 @@ def parse_limit(params: dict[str, str]) -> int:
     text = params.get("limit")
     if text is None:
         return DEFAULT_LIMIT
-    if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= MAX_LIMIT:
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not MIN_LIMIT <= int(text) <= MAX_LIMIT:
         raise bad_request(M_LIMIT, field="limit")
     return int(text)
 
@@ -216,15 +217,18 @@ def parse_int_param(params: dict[str, str], name: str) -> int | None:
 
 
 def parse_since(params: dict[str, str], name: str) -> float | None:
-    """Return an ISO-8601 time with zone (past or future) as unix seconds, or None."""
+    """Return an ISO-8601 time with zone (past or future) as unix seconds, or None.
+
+    RFC 3339's lower-case `t` and `z` are read too (the document says date-time).
+    """
     text = params.get(name)
     if text is None:
         return None
     message = f"{name} must be an ISO-8601 time with a time zone, e.g. 2026-01-01T00:00:00Z"
-    if len(text) > 64:
+    if len(text) > MAX_TIME_LENGTH:
         raise bad_request(message, field=name)
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
     except ValueError as error:
         raise bad_request(message, field=name) from error
     if moment.tzinfo is None:

@@ -428,6 +428,39 @@ async def test_the_longest_sort_cursor_fits_the_documents_length(client: Client)
         )
 
 
+async def test_audit_parameters_within_the_document_are_answered(client: Client) -> None:
+    """RFC 3339 times in lower case, and the largest id the document admits, are no 400."""
+    await create(client, "audited")
+    parameters = {
+        p["name"]: p["schema"]
+        for p in openapi_document()["paths"]["/api/v1/audit"]["get"]["parameters"]
+    }
+    for since in ("2020-01-01t00:00:00z", "2020-01-01T00:00:00z"):
+        body = await expect(
+            await client.get("/api/v1/audit", params={"since": since}, headers=ROOT), 200
+        )
+        assert "audited" in [event["key_name"] for event in body["items"]]
+    largest = parameters["key_id"]["maximum"]
+    params = {"key_id": str(largest)}
+    assert (await expect(await client.get("/api/v1/audit", params=params, headers=ROOT), 200))[
+        "items"
+    ] == []
+    params = {"key_id": str(largest + 1)}  # past the document's maximum: 400
+    await expect_error(
+        await client.get("/api/v1/audit", params=params, headers=ROOT),
+        400,
+        "invalid_request",
+        "key_id",
+    )
+    too_long = "2020-01-01T00:00:00." + "0" * parameters["since"]["maxLength"] + "Z"
+    await expect_error(
+        await client.get("/api/v1/audit", params={"since": too_long}, headers=ROOT),
+        400,
+        "invalid_request",
+        "since",
+    )
+
+
 async def test_repeated_query_parameter_is_400(client: Client) -> None:
     resp = await client.get(f"{KEYS}?limit=1&limit=2", headers=ROOT)
     await expect_error(resp, 400, "invalid_request", "limit")
