@@ -37,6 +37,7 @@ from gateway.admin.parsing import (
     parse_text,
     query_params,
     read_json_object,
+    read_no_body,
 )
 from gateway.keys import keyformat as keys
 from gateway.keys import rules as key_rules
@@ -269,7 +270,8 @@ async def update_key(request: web.Request) -> web.Response:
 async def _set_revoked(request: web.Request, revoked: bool) -> web.Response:
     runtime = _runtime(request)
     admin = current_admin(request)
-    key_id = await _key_id(request)
+    key_id = await _key_id(request)  # 404 before the body is read
+    await read_no_body(request)
     row = await runtime.store.set_revoked(key_id, revoked, admin.name, grant_set(admin))
     await runtime.apply_own_writes()
     return _json(key_rules.key_json(row, clock.now(), _runtime(request).policy))
@@ -303,7 +305,9 @@ async def delete_key(request: web.Request) -> web.Response:
     """DELETE /api/v1/keys/{id}: delete a key for good."""
     runtime = _runtime(request)
     admin = current_admin(request)
-    await runtime.store.delete_key(await _key_id(request), admin.name, grant_set(admin))
+    key_id = await _key_id(request)  # 404 before the body is read
+    await read_no_body(request)
+    await runtime.store.delete_key(key_id, admin.name, grant_set(admin))
     await runtime.apply_own_writes()
     return web.Response(status=204, headers={"Cache-Control": NO_STORE})
 
@@ -333,6 +337,7 @@ async def changes(request: web.Request) -> web.Response:
 
 async def revoke_all(request: web.Request) -> web.Response:
     """POST /api/v1/keys/revoke-all: revoke every active key within the caller's grants."""
+    await read_no_body(request)
     runtime = _runtime(request)
     admin = current_admin(request)
     result = await runtime.store.revoke_all(admin.name, grant_set(admin))
@@ -342,6 +347,7 @@ async def revoke_all(request: web.Request) -> web.Response:
 
 async def reinstate_all(request: web.Request) -> web.Response:
     """POST /api/v1/keys/reinstate-all: reinstate every revoked key within the caller's grants."""
+    await read_no_body(request)
     runtime = _runtime(request)
     admin = current_admin(request)
     result = await runtime.store.reinstate_all(admin.name, grant_set(admin))
@@ -351,6 +357,7 @@ async def reinstate_all(request: web.Request) -> web.Response:
 
 async def delete_revoked(request: web.Request) -> web.Response:
     """POST /api/v1/keys/delete-revoked: delete every revoked key within the caller's grants."""
+    await read_no_body(request)
     runtime = _runtime(request)
     admin = current_admin(request)
     result = await runtime.store.delete_revoked(admin.name, grant_set(admin))

@@ -191,6 +191,10 @@ class ExplainRequest(_Body):
     key_id: Id | UnsetType = UNSET
 
 
+class NoBody(_Body):
+    """A write that takes no data: {} or no body, sent as JSON either way (the CSRF rule)."""
+
+
 class Key(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
     """A key as the admin API shows it (never its secret or digest)."""
 
@@ -251,6 +255,7 @@ MODELS: tuple[type[Struct], ...] = (
     Identify,
     SignIn,
     ExplainRequest,
+    NoBody,
     Key,
     KeyCreated,
 )

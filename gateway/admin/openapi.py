@@ -16,6 +16,7 @@ from gateway.admin.key_handlers import (
     KEY_ACTIONS,
     STATUSES,
 )
+from gateway.admin.middlewares import SAFE_METHODS
 from gateway.admin.parsing import (
     CURSOR_MAX_LENGTH,
     CURSOR_PATTERN,
@@ -403,8 +404,24 @@ _CURSOR: Schema = {
 }
 
 
-def _body(schema: str) -> Schema:
-    return {"required": True, "content": _json_content(_ref(schema))}
+# What a write that takes no data (revoke, delete, ...) is sent with; a body with members is
+# a 400, not ignored.
+_NO_BODY = "NoBody"
+_NO_BODY_DESCRIPTION = (
+    "{} or no body at all; either way the request carries Content-Type: application/json, "
+    "as every state-changing request must (else 403 csrf)"
+)
+_OPTIONAL_BODY_DESCRIPTION = (
+    "may be {} or absent (the defaults apply); sent with Content-Type: application/json "
+    "either way (else 403 csrf)"
+)
+
+
+def _body(schema: str, description: str | None = None) -> Schema:
+    body: Schema = {"required": True, "content": _json_content(_ref(schema))}
+    if description is not None:
+        body["description"] = description
+    return body
 
 
 def _operation(
@@ -425,7 +442,9 @@ def _operation(
     }
     if parameters:
         operation["parameters"] = parameters
-    if body is not None:
+    if body == _NO_BODY:
+        operation["requestBody"] = _body(body, _NO_BODY_DESCRIPTION)
+    elif body is not None:
         operation["requestBody"] = _body(body)
     if public:
         operation["security"] = []
@@ -567,16 +586,18 @@ def _paths() -> dict[str, Schema]:
             "delete": _operation(
                 "deleteKey",
                 "Delete a key for good",
-                {"204": {"description": "deleted"}, **_errors(*_AUTH_ERRORS, 404)},
+                {"204": {"description": "deleted"}, **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 404)},
                 parameters=[_ID_PARAMETER],
+                body=_NO_BODY,
             ),
         },
         "/api/v1/keys/{id}/revoke": {
             "post": _operation(
                 "revokeKey",
                 "Revoke a key (it can be reinstated)",
-                {**_ok("the revoked key", "Key"), **_errors(*_AUTH_ERRORS, 404)},
+                {**_ok("the revoked key", "Key"), **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 404)},
                 parameters=[_ID_PARAMETER],
+                body=_NO_BODY,
             )
         },
         "/api/v1/keys/{id}/roll": {
@@ -591,15 +612,19 @@ def _paths() -> dict[str, Schema]:
                     },
                     parameters=[_ID_PARAMETER],
                 ),
-                "requestBody": {"required": False, "content": _json_content(_ref("KeyRoll"))},
+                "requestBody": _body("KeyRoll", _OPTIONAL_BODY_DESCRIPTION),
             }
         },
         "/api/v1/keys/{id}/reinstate": {
             "post": _operation(
                 "reinstateKey",
                 "Reinstate a revoked key (an expired one needs a new expires_at first)",
-                {**_ok("the reinstated key", "Key"), **_errors(*_AUTH_ERRORS, 404, 409)},
+                {
+                    **_ok("the reinstated key", "Key"),
+                    **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 404, 409),
+                },
                 parameters=[_ID_PARAMETER],
+                body=_NO_BODY,
             )
         },
     }
@@ -608,7 +633,8 @@ def _paths() -> dict[str, Schema]:
             "post": _operation(
                 operation_id,
                 summary,
-                {**_ok("how many keys changed", "Count"), **_errors(*_AUTH_ERRORS)},
+                {**_ok("how many keys changed", "Count"), **_errors(*_BODY_ERRORS, *_AUTH_ERRORS)},
+                body=_NO_BODY,
             )
         }
     paths["/api/v1/keys/identify"] = {
@@ -652,8 +678,9 @@ def _paths() -> dict[str, Schema]:
         "delete": _operation(
             "signOut",
             "Sign out: end the session on the server and clear its cookie",
-            {"204": {"description": "signed out"}, **_errors(*_AUTH_ERRORS)},
+            {"204": {"description": "signed out"}, **_errors(*_BODY_ERRORS, *_AUTH_ERRORS)},
             tags=("session",),
+            body=_NO_BODY,
         ),
     }
     html = {"text/html": {"schema": {"type": "string"}}}
@@ -730,6 +757,21 @@ def _paths() -> dict[str, Schema]:
     return paths
 
 
+# Reads take HTTP Basic or the session cookie; a cookie-authenticated write also takes the
+# session's CSRF header (both at once: one security requirement).
+READ_SECURITY: list[Schema] = [{"adminBasic": []}, {"adminSession": []}]
+WRITE_SECURITY: list[Schema] = [{"adminBasic": []}, {"adminSession": [], "adminCsrf": []}]
+
+
+def _with_write_security(paths: dict[str, Schema]) -> dict[str, Schema]:
+    """Give every authenticated state-changing operation the write security requirement."""
+    for item in paths.values():
+        for method, operation in item.items():
+            if method.upper() not in SAFE_METHODS and "security" not in operation:
+                operation["security"] = WRITE_SECURITY
+    return paths
+
+
 @cache
 def _document() -> Schema:
     return {
@@ -757,10 +799,19 @@ def _document() -> Schema:
                     "name": SESSION_COOKIE,
                     "description": f"{SECURE_COOKIE} when served over TLS",
                 },
+                "adminCsrf": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": CSRF_HEADER,
+                    "description": (
+                        "the session's csrf_token (from signing in or GET /api/v1/session): "
+                        "with the session cookie, every state-changing request needs it"
+                    ),
+                },
             },
         },
-        "security": [{"adminBasic": []}, {"adminSession": []}],
-        "paths": _paths(),
+        "security": READ_SECURITY,
+        "paths": _with_write_security(_paths()),
     }
 
 

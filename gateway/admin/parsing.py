@@ -151,6 +151,16 @@ async def read_json_object(request: web.Request, allowed: frozenset[str]) -> dic
     return parse_json_object(raw, allowed)
 
 
+async def read_no_body(request: web.Request) -> None:
+    """Read the body of a write that takes no data: none, or an empty JSON object (else 400).
+
+    A write still says it is JSON (the CSRF rule); a body with members is refused rather
+    than ignored, so a client never believes a value it sent was applied.
+    """
+    if request.body_exists:
+        await read_json_object(request, frozenset())
+
+
 def parse_id(text: str) -> int:
     """Return a path id; anything but a plain positive integer in range is a 404."""
     if not _ID.fullmatch(text):

@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway.admin.errors import NO_STORE, ApiError
 from gateway.admin.middlewares import current_admin
 from gateway.admin.models import SIGN_IN_WORDS, SignIn, convert, fields
-from gateway.admin.parsing import read_json_object
+from gateway.admin.parsing import read_json_object, read_no_body
 from gateway.admin.sessions import csrf_token
 from gateway.runtime.appkeys import AUTHENTICATOR, RUNTIME, SESSION_TOKEN, SESSIONS
 from gateway.store.base import AdminAccount
@@ -74,6 +74,7 @@ async def who_am_i(request: web.Request) -> web.Response:
 
 async def sign_out(request: web.Request) -> web.Response:
     """DELETE /api/v1/session: end the request's web session on the server, clear its cookie."""
+    await read_no_body(request)
     token = request.get(SESSION_TOKEN)
     sessions = request.app[SESSIONS]
     if token is not None and await sessions.end(token):

@@ -466,6 +466,10 @@ async def test_repeated_query_parameter_is_400(client: Client) -> None:
     await expect_error(resp, 400, "invalid_request", "limit")
 
 
+# A body each method's key route takes (the others take {}): the id is at fault, not it.
+TAKES: dict[str, Any] = {"PATCH": {"name": "x"}}
+
+
 @pytest.mark.parametrize(
     "key_id", ["abc", "1.5", "-1", "0", "99999999999999999999999", "%D9%A3", "1e3", "+1", " 1"]
 )
@@ -473,7 +477,7 @@ async def test_unknown_or_non_integer_id_is_404(client: Client, key_id: str) -> 
     await create(client, "exists")
     for method, suffix in (("GET", ""), ("PATCH", ""), ("DELETE", ""), ("POST", "/revoke")):
         resp = await client.request(
-            method, f"{KEYS}/{key_id}{suffix}", json={"name": "x"}, headers=ROOT
+            method, f"{KEYS}/{key_id}{suffix}", json=TAKES.get(method, {}), headers=ROOT
         )
         await expect_error(resp, 404, "not_found")
 
@@ -487,7 +491,7 @@ async def test_missing_id_is_404_for_every_key_route(client: Client) -> None:
         ("POST", "/reinstate"),
     ):
         resp = await client.request(
-            method, f"{KEYS}/4242{suffix}", json={"name": "x"}, headers=ROOT
+            method, f"{KEYS}/4242{suffix}", json=TAKES.get(method, {}), headers=ROOT
         )
         await expect_error(resp, 404, "not_found")
 
@@ -864,6 +868,54 @@ async def test_revoke_reinstate_delete_take_effect_before_the_call_returns(
         )["items"]
     ]
     assert actions == ["delete", "reinstate", "revoke", "create"]
+
+
+@pytest.mark.parametrize("body", ['{"reason": "leaked"}', "[]", '"x"', "null"])
+async def test_a_write_that_takes_no_data_refuses_a_body_with_any(
+    client: Client, runtime: Runtime, body: str
+) -> None:
+    # These writes take no data: a body is {} or absent, and anything else is refused
+    # (before, it was silently ignored, so a client might think its "reason" was kept).
+    created = await create(client, "no-body")
+    key_id, secret = created["key"]["id"], created["secret"]
+    writes = [
+        ("POST", f"{KEYS}/{key_id}/revoke"),
+        ("POST", f"{KEYS}/{key_id}/reinstate"),
+        ("DELETE", f"{KEYS}/{key_id}"),
+        ("POST", f"{KEYS}/revoke-all"),
+        ("POST", f"{KEYS}/reinstate-all"),
+        ("POST", f"{KEYS}/delete-revoked"),
+        ("DELETE", "/api/v1/session"),
+    ]
+    for method, path in writes:
+        resp = await client.request(method, path, data=body, headers=WRITE)
+        code = "unknown_field" if body.startswith("{") else "invalid_request"
+        await expect_error(resp, 400, code)
+    entry = lookup(runtime, secret)
+    assert entry is not None and not entry.revoked
+
+
+async def test_a_write_that_takes_no_data_takes_an_empty_object_or_nothing(
+    client: Client, runtime: Runtime
+) -> None:
+    created = await create(client, "empty-body")
+    key_id, secret = created["key"]["id"], created["secret"]
+    await expect(await client.post(f"{KEYS}/{key_id}/revoke", data="{}", headers=WRITE), 200)
+    assert lookup(runtime, secret).revoked
+    await expect(await client.post(f"{KEYS}/{key_id}/reinstate", headers=WRITE), 200)
+    assert not lookup(runtime, secret).revoked
+    for path in (f"{KEYS}/revoke-all", f"{KEYS}/reinstate-all", f"{KEYS}/delete-revoked"):
+        await expect(await client.post(path, data=" {} ", headers=WRITE), 200)
+    await expect(await client.delete(f"{KEYS}/{key_id}", data="{}", headers=WRITE), 204)
+    assert lookup(runtime, secret) is None
+    # The document says so: the request body is the empty object, required (sent as JSON).
+    document = openapi_document()
+    operation = document["paths"]["/api/v1/keys/{id}/revoke"]["post"]
+    assert operation["requestBody"]["required"] is True
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    conforms(document, schema, {})
+    with pytest.raises(AssertionError, match="extra"):
+        conforms(document, schema, {"reason": "leaked"})
 
 
 async def test_batches_count_and_take_effect_immediately(client: Client, runtime: Runtime) -> None:
