@@ -28,6 +28,7 @@ from gateway.keys.rules import (
     M_ROLES,
     NAME_MAX_LENGTH,
     NAME_PATTERN,
+    PATTERN_END,
     ROLES_MAX,
     ROLL_OVERLAP_DEFAULT,
     ROLL_OVERLAP_MAX,
@@ -44,7 +45,8 @@ T = TypeVar("T", bound=Struct)
 
 # A keygate secret's shape: prefix, base62 body and checksum (what the pattern cannot say,
 # that the checksum matches, keyformat checks).
-SECRET_PATTERN = f"^{KEY_PREFIX}[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}$"
+SECRET_LENGTH = len(KEY_PREFIX) + RANDOM_LENGTH + CHECKSUM_LENGTH  # characters of a whole key
+SECRET_PATTERN = f"^{KEY_PREFIX}[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}{PATTERN_END}"
 M_SECRET = "secret must be a whole keygate API key (kg_..., with its checksum)"
 MAX_CREDENTIAL_LENGTH = 1024  # characters of a name or password typed into the sign-in form
 SIGN_IN_WORDS = {
@@ -52,10 +54,11 @@ SIGN_IN_WORDS = {
     "password": "password must be a non-empty string",
 }
 # The explain request's method: a known method in any case (the handler upper-cases it).
-METHOD_PATTERN = "^(?:{})$".format(
-    "|".join("".join(f"[{c}{c.lower()}]" for c in method) for method in sorted(KNOWN_METHODS))
+_METHODS = "|".join(
+    "".join(f"[{c}{c.lower()}]" for c in method) for method in sorted(KNOWN_METHODS)
 )
-# Friendlier messages than "Expected `str` matching regex '...'", by field location.
+METHOD_PATTERN = f"^(?:{_METHODS}){PATTERN_END}"
+# Friendlier messages than "Expected `str` matching regex '...'" (or of a length), by field.
 _MESSAGES = {"name": M_NAME, "description": M_DESCRIPTION, "secret": M_SECRET}
 # Plain words for a value out of its rule (the page shows them next to the field), after
 # the location; the type errors of other members keep msgspec's located reason.
@@ -159,6 +162,8 @@ class Identify(_Body):
     secret: Annotated[
         str,
         Meta(
+            min_length=SECRET_LENGTH,
+            max_length=SECRET_LENGTH,
             pattern=SECRET_PATTERN,
             description="a whole key as found by a secret scanner; never stored or logged",
         ),
@@ -244,7 +249,12 @@ class KeyCreated(Struct, forbid_unknown_fields=True, kw_only=True):
     key: Key
     secret: Annotated[
         str,
-        Meta(pattern=SECRET_PATTERN, description="shown this once; it can never be read again"),
+        Meta(
+            min_length=SECRET_LENGTH,
+            max_length=SECRET_LENGTH,
+            pattern=SECRET_PATTERN,
+            description="shown this once; it can never be read again",
+        ),
     ]
 
 
@@ -281,7 +291,7 @@ def convert(data: dict[str, Any], model: type[T], words: Mapping[str, str] | Non
     except msgspec.ValidationError as error:
         location, reason = _located(str(error))
         friendly = (words or {}).get(location)
-        if friendly is None and "regex" in reason:
+        if friendly is None and ("regex" in reason or "length" in reason):
             friendly = _MESSAGES.get(location)
         if location == "roles":  # an empty list: the rule's own words name the field
             friendly = M_ROLES

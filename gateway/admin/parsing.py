@@ -22,6 +22,7 @@ from gateway.admin.errors import (
     bad_request,
     not_found,
 )
+from gateway.keys.rules import PATTERN_END
 
 MAX_BODY_BYTES = 64 * 1024  # bytes; larger request bodies get 413
 DEFAULT_LIMIT = 100  # items per page when `limit` is not given
@@ -37,14 +38,14 @@ _ID = re.compile(r"[0-9]{1,19}")
 # the last name: up to ~300 characters); the document states both, and a cursor outside
 # them is a 400. One inside them that this listing did not make, for this order, is a 422.
 CURSOR_MAX_LENGTH = 400
-CURSOR_PATTERN = "^[A-Za-z0-9_-]*$"
-_CURSOR_SYNTAX = re.compile(CURSOR_PATTERN.removesuffix("$") + r"\Z")
+CURSOR_PATTERN = "^[A-Za-z0-9_-]*" + PATTERN_END
+_CURSOR_SYNTAX = re.compile(CURSOR_PATTERN)
 _NAME_SHOWN = 40  # characters of an unknown field name repeated in a message
 # What no search, filter or cursor text may hold: C0 and C1 controls and DEL (the document's
 # pattern), and lone surrogates (no valid Unicode, and no query string can carry one: they
 # decode to U+FFFD; PostgreSQL refuses NUL too). Refused here as 400, never left to a store.
 CONTROL_CHARACTERS = "\\u0000-\\u001f\\u007f-\\u009f"
-SAFE_TEXT_PATTERN = f"^[^{CONTROL_CHARACTERS}]*$"
+SAFE_TEXT_PATTERN = f"^[^{CONTROL_CHARACTERS}]*{PATTERN_END}"
 _UNSAFE_TEXT = re.compile(f"[{CONTROL_CHARACTERS}\\ud800-\\udfff]")
 # Latest time a sort cursor may hold, in unix seconds (9999-12-31): later than any stored
 # time; the earliest is -1, the "never used" of last_used_at.

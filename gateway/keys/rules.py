@@ -20,7 +20,11 @@ from gateway.store.base import AuditEvent, IdempotencyClaim, KeyRow, KeyStore, N
 NAME_MAX_LENGTH = 64
 # What validate_name accepts, as one JSON Schema (ECMA-262) pattern the models declare:
 # printable ASCII, no outer spaces, not all digits (it would look like an id in a path).
-NAME_PATTERN = r"^(?![0-9]+$)[!-~](?:[ -~]*[!-~])?$"
+# The end of a JSON Schema pattern: "$" is the end of the text in ECMA-262, but Python's re
+# (msgspec's and jsonschema's, which check these patterns here) also matches it before a
+# final newline; "(?!\n)" after it makes it the end in both.
+PATTERN_END = "$(?!\\n)"
+NAME_PATTERN = r"^(?![0-9]+$)[!-~](?:[ -~]*[!-~])?" + PATTERN_END
 # What validate_description accepts, as a JSON Schema pattern: no C0/C1 controls or DEL but
 # tab and newline, no line or paragraph separators.
 DESCRIPTION_PATTERN = "^[^\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f\\u2028\\u2029]*$"
@@ -49,7 +53,9 @@ AUDIT_IDENTIFY = "identify"
 # after its create; then it is new again.
 IDEMPOTENCY_KEY_MAX = 255
 IDEMPOTENCY_FIRST, IDEMPOTENCY_LAST = "!", "~"
-IDEMPOTENCY_KEY_PATTERN = f"^[{IDEMPOTENCY_FIRST}-{IDEMPOTENCY_LAST}]+$"  # as JSON Schema says it
+IDEMPOTENCY_KEY_PATTERN = (
+    f"^[{IDEMPOTENCY_FIRST}-{IDEMPOTENCY_LAST}]+{PATTERN_END}"  # JSON Schema's
+)
 IDEMPOTENCY_WINDOW = 86_400
 
 E_INVALID = "invalid_request"

@@ -420,7 +420,7 @@ async def test_the_longest_sort_cursor_fits_the_documents_length(client: Client)
         )
         cursor = page["next_cursor"]
         assert cursor is not None and len(cursor) <= CURSOR_MAX_LENGTH
-        assert re.fullmatch(CURSOR_PATTERN.removeprefix("^").removesuffix("$"), cursor)
+        assert re.search(CURSOR_PATTERN, cursor)
         params = {"sort": sort, "cursor": cursor}
         assert (
             len((await expect(await client.get(KEYS, params=params, headers=ROOT), 200))["items"])

@@ -417,6 +417,39 @@ async def test_identify_names_the_key_of_a_leaked_secret(client: Client, runtime
     assert secret not in events
 
 
+async def test_a_final_newline_is_outside_every_shape(client: Client) -> None:
+    # Python's "$" (msgspec's, jsonschema's) also matches before a final "\n": a secret with
+    # one passed the model and got the checksum's 422; it is a 400 like any other shape.
+    secret = (await create(client, "newline"))["secret"]
+    mistyped = secret[:-1] + ("A" if secret[-1] != "A" else "B")
+    for bad in (secret + "\n", mistyped + "\n"):
+        resp = await client.post(f"{KEYS}/identify", json={"secret": bad}, headers=ROOT)
+        await expect_error(resp, 400, "invalid_request", "secret")
+    resp = await client.post(KEYS, json={"name": "nl\n", "roles": ["reader"]}, headers=ROOT)
+    await expect_error(resp, 400, "invalid_request", "name")
+    explain = {"method": "GET\n", "path": "/x", "roles": ["reader"]}
+    resp = await client.post("/api/v1/policy/explain", json=explain, headers=ROOT)
+    await expect_error(resp, 400, "invalid_request", "method")
+    # Every pattern of the document, checked as Python checks it: the shape, and not with "\n".
+    document = openapi_document()
+    schemas = document["components"]["schemas"]
+    create_op = document["paths"][KEYS]["post"]
+    list_op = document["paths"][KEYS]["get"]
+    shapes = [
+        (schemas["Identify"]["properties"]["secret"], secret),
+        (schemas["KeyCreated"]["properties"]["secret"], secret),
+        (schemas["KeyCreate"]["properties"]["name"], "nl"),
+        (schemas["ExplainRequest"]["properties"]["method"], "GET"),
+        (create_op["parameters"][0]["schema"], "retry-1"),
+        *((param["schema"], "abc") for param in list_op["parameters"] if param["name"] == "q"),
+        *((param["schema"], "abc") for param in list_op["parameters"] if param["name"] == "cursor"),
+    ]
+    assert len(shapes) == 7
+    for schema, good in shapes:
+        assert re.search(schema["pattern"], good), (schema, good)
+        assert not re.search(schema["pattern"], good + "\n"), schema
+
+
 async def test_identify_is_in_the_openapi_document(client: Client) -> None:
     document = await expect(await client.get("/api/v1/openapi.json", headers=ROOT), 200)
     assert "post" in document["paths"]["/api/v1/keys/identify"]
