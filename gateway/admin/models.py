@@ -89,8 +89,13 @@ Roles = Annotated[
         description="roles defined in the policy and in the caller's grant set",
     ),
 ]
+# RFC 3339 admits a leap second (23:59:60); the times here are read as unix time, which has
+# none, so one is refused (400) rather than moved: the document says so.
+NO_LEAP_SECOND = "a leap second (:60) is refused: write :59"
 Time = Annotated[datetime, Meta(tz=True)]
-FutureTime = Annotated[datetime, Meta(tz=True, description="in the future, with a time zone")]
+FutureTime = Annotated[
+    datetime, Meta(tz=True, description=f"in the future, with a time zone; {NO_LEAP_SECOND}")
+]
 Count = Annotated[int, Meta(ge=0)]
 KeyStatus = Literal["active", "revoked", "expired"]
 Id = Annotated[int, Meta(ge=1, le=MAX_ID)]
@@ -134,7 +139,12 @@ class KeyPatch(_Body):
     description: Description | UnsetType | None = UNSET
     roles: Roles | UnsetType = UNSET
     expires_at: (
-        Annotated[datetime, Meta(tz=True, description="null removes the expiry")] | UnsetType | None
+        Annotated[
+            datetime,
+            Meta(tz=True, description=f"null removes the expiry; {NO_LEAP_SECOND}"),
+        ]
+        | UnsetType
+        | None
     ) = UNSET
     rate_limit: RateLimit | UnsetType | None = UNSET
 

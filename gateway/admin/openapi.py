@@ -746,7 +746,9 @@ def _paths() -> dict[str, Schema]:
                 {
                     "name": "since",
                     "in": "query",
-                    "description": "ISO-8601 time with a time zone",
+                    "description": (
+                        f"RFC 3339 date-time with a time zone; {models.NO_LEAP_SECOND}"
+                    ),
                     "schema": {**_TIME, "maxLength": MAX_TIME_LENGTH},
                 },
                 _LIMIT,

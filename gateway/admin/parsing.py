@@ -230,7 +230,8 @@ def parse_int_param(params: dict[str, str], name: str) -> int | None:
 def parse_since(params: dict[str, str], name: str) -> float | None:
     """Return an ISO-8601 time with zone (past or future) as unix seconds, or None.
 
-    RFC 3339's lower-case `t` and `z` are read too (the document says date-time).
+    RFC 3339's lower-case `t` and `z` are read too (the document says date-time); its leap
+    second (:60) is refused, as the document says (unix time has none).
     """
     text = params.get(name)
     if text is None:

@@ -461,6 +461,33 @@ async def test_audit_parameters_within_the_document_are_answered(client: Client)
     )
 
 
+async def test_a_leap_second_is_refused_where_the_document_says_so(client: Client) -> None:
+    """RFC 3339 admits 23:59:60; unix time has no such second: 400 in a query and a body."""
+    leap = "2030-06-30T23:59:60Z"
+    await expect_error(
+        await client.get("/api/v1/audit", params={"since": leap}, headers=ROOT),
+        400,
+        "invalid_request",
+        "since",
+    )
+    body = {"name": "leap", "roles": ["reader"], "expires_at": leap}
+    await expect_error(await client.post(KEYS, json=body, headers=ROOT), 400, "invalid_request")
+    key_id = (await create(client, "leap"))["key"]["id"]
+    resp = await client.patch(f"{KEYS}/{key_id}", json={"expires_at": leap}, headers=ROOT)
+    await expect_error(resp, 400, "invalid_request", "expires_at")
+    before = {**body, "name": "leap-59", "expires_at": leap.replace(":60", ":59")}
+    await expect(await client.post(KEYS, json=before, headers=ROOT), 201)
+    document = openapi_document()
+    audit = document["paths"]["/api/v1/audit"]["get"]["parameters"]
+    schemas = document["components"]["schemas"]
+    described = [
+        next(p for p in audit if p["name"] == "since")["description"],
+        schemas["KeyCreate"]["properties"]["expires_at"]["anyOf"][0]["description"],
+        schemas["KeyPatch"]["properties"]["expires_at"]["anyOf"][0]["description"],
+    ]
+    assert all("leap second (:60) is refused" in text for text in described), described
+
+
 async def test_repeated_query_parameter_is_400(client: Client) -> None:
     resp = await client.get(f"{KEYS}?limit=1&limit=2", headers=ROOT)
     await expect_error(resp, 400, "invalid_request", "limit")
