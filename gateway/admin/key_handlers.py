@@ -19,12 +19,16 @@ from gateway.admin.errors import (
 )
 from gateway.admin.middlewares import current_admin
 from gateway.admin.models import (
+    BatchCounts,
+    Changes,
+    Count,
     Identify,
     KeyCreate,
     KeyPatch,
     KeyRoll,
     convert,
     fields,
+    respond,
     to_builtins,
 )
 from gateway.admin.parsing import (
@@ -312,19 +316,25 @@ async def delete_key(request: web.Request) -> web.Response:
     return web.Response(status=204, headers={"Cache-Control": NO_STORE})
 
 
-def _count_json(result: BatchResult) -> dict[str, int]:
-    return {"count": result.changed, "skipped": result.skipped}
+def _count(result: BatchResult) -> Count:
+    return Count(count=result.changed, skipped=result.skipped)
 
 
 def _batch_json(result: BatchResult) -> web.Response:
-    return _json(_count_json(result))
+    return respond(_count(result))
 
 
 async def batch_counts(request: web.Request) -> web.Response:
     """GET /api/v1/keys/batch-counts: how many keys each batch action would touch for the caller."""
     runtime = _runtime(request)
     counts = await runtime.store.batch_counts(grant_set(current_admin(request)))
-    return _json({action: _count_json(result) for action, result in counts.items()})
+    return respond(
+        BatchCounts(
+            revoke_all=_count(counts["revoke_all"]),
+            reinstate_all=_count(counts["reinstate_all"]),
+            delete_revoked=_count(counts["delete_revoked"]),
+        )
+    )
 
 
 async def changes(request: web.Request) -> web.Response:
@@ -332,7 +342,7 @@ async def changes(request: web.Request) -> web.Response:
     runtime = _runtime(request)
     holder = runtime.policy_source
     policy = holder.loaded.sha256 if holder is not None else ""
-    return _json({"seq": await runtime.store.current_seq(), "policy": policy})
+    return respond(Changes(seq=await runtime.store.current_seq(), policy=policy))
 
 
 async def revoke_all(request: web.Request) -> web.Response:

@@ -1,4 +1,4 @@
-"""Admin API bodies as typed models: one declaration gives validation, errors and schemas.
+"""Admin API request and answer bodies as typed models: validation, errors, answers, schemas.
 
 The strict JSON front end (parsing.parse_json_object: duplicate members, NaN, lone
 surrogates, unknown members) runs first; `convert` then checks a parsed body against its
@@ -14,10 +14,12 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+from aiohttp import web
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from gateway.admin.errors import bad_request
+from gateway.admin.errors import NO_STORE, bad_request
 from gateway.admin.parsing import MAX_EXPLAIN_TARGET, MAX_ID
+from gateway.admin.sessions import CSRF_HEADER
 from gateway.keys.keyformat import CHECKSUM_LENGTH, KEY_PREFIX, RANDOM_LENGTH
 from gateway.keys.rules import (
     DESCRIPTION_MAX_LENGTH,
@@ -96,7 +98,7 @@ Time = Annotated[datetime, Meta(tz=True)]
 FutureTime = Annotated[
     datetime, Meta(tz=True, description=f"in the future, with a time zone; {NO_LEAP_SECOND}")
 ]
-Count = Annotated[int, Meta(ge=0)]
+NonNegative = Annotated[int, Meta(ge=0)]
 KeyStatus = Literal["active", "revoked", "expired"]
 Id = Annotated[int, Meta(ge=1, le=MAX_ID)]
 Requests = Annotated[int, Meta(ge=1, le=RATE_LIMIT_MAX)]
@@ -225,7 +227,7 @@ class Key(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
     revoked_at: Time | None
     expires_at: Time | None
     last_used_at: Time | None
-    use_count: Count
+    use_count: NonNegative
     rolled_at: (
         Annotated[datetime, Meta(tz=True, description="when the secret was last rolled")] | None
     )
@@ -268,6 +270,67 @@ class KeyCreated(Struct, forbid_unknown_fields=True, kw_only=True):
     ]
 
 
+class _Answer(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A response body: its handler encodes it and the document states it, from this one class."""
+
+
+class Count(_Answer):
+    """How many keys a batch action changed (or would change) and left alone."""
+
+    count: NonNegative
+    skipped: Annotated[
+        int, Meta(ge=0, description="matching keys left alone: roles outside the caller's grants")
+    ]
+
+
+class BatchCounts(_Answer):
+    """What each batch action would do for the caller now."""
+
+    revoke_all: Count
+    reinstate_all: Count
+    delete_revoked: Count
+
+
+class Changes(_Answer):
+    """The change-feed sequence and the policy in force (cheap to poll)."""
+
+    seq: NonNegative
+    policy: Annotated[str, Meta(description="SHA-256 of the policy in force")]
+
+
+class Session(_Answer):
+    """Who is signed in, what they may grant and (for a web session) its CSRF token."""
+
+    admin: str
+    grants: list[str]
+    grant_all: bool
+    auth: Literal["session", "basic"]
+    csrf_token: (
+        Annotated[
+            str,
+            Meta(
+                description=f"send as {CSRF_HEADER} on every state-changing request of this "
+                "session (null with HTTP Basic)"
+            ),
+        ]
+        | None
+    )
+    idle_timeout: Annotated[float, Meta(description="seconds")]
+    absolute_timeout: Annotated[float, Meta(description="seconds")]
+    expiry_warn_days: Annotated[
+        int, Meta(description="keys expiring within this many days count as expiring")
+    ]
+
+
+def respond(answer: Struct) -> web.Response:
+    """Return a response model as its JSON answer (200, never cached)."""
+    return web.Response(
+        body=msgspec.json.encode(answer),
+        content_type="application/json",
+        headers={"Cache-Control": NO_STORE},
+    )
+
+
 MODELS: tuple[type[Struct], ...] = (
     KeyCreate,
     KeyPatch,
@@ -278,6 +341,10 @@ MODELS: tuple[type[Struct], ...] = (
     NoBody,
     Key,
     KeyCreated,
+    Count,
+    BatchCounts,
+    Changes,
+    Session,
 )
 # Whole-body rules JSON Schema states beside the properties (msgspec has no field for them).
 _BODY_RULES: dict[str, dict[str, Any]] = {

@@ -117,19 +117,6 @@ SCHEMAS: dict[str, Schema] = {
     **models.schemas(),
     "KeyStatus": models.schema_of(models.KeyStatus),
     "KeyPage": _page("Key"),
-    "Count": {
-        "type": "object",
-        "required": ["count", "skipped"],
-        "additionalProperties": False,
-        "properties": {
-            "count": {"type": "integer", "minimum": 0},
-            "skipped": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "matching keys left alone: roles outside the caller's grants",
-            },
-        },
-    },
     "Rule": {
         "type": "object",
         "required": ["role", "index", "rule"],
@@ -237,46 +224,6 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
     "AuditPage": _page("AuditEvent"),
-    "Session": {
-        "type": "object",
-        "required": [
-            "admin",
-            "grants",
-            "grant_all",
-            "auth",
-            "csrf_token",
-            "idle_timeout",
-            "absolute_timeout",
-            "expiry_warn_days",
-        ],
-        "additionalProperties": False,
-        "properties": {
-            "admin": {"type": "string"},
-            "grants": {"type": "array", "items": {"type": "string"}},
-            "grant_all": {"type": "boolean"},
-            "auth": {"type": "string", "enum": ["session", "basic"]},
-            "csrf_token": {
-                "type": ["string", "null"],
-                "description": f"send as {CSRF_HEADER} on every state-changing request "
-                "of this session (null with HTTP Basic)",
-            },
-            "idle_timeout": {"type": "number", "description": "seconds"},
-            "absolute_timeout": {"type": "number", "description": "seconds"},
-            "expiry_warn_days": {
-                "type": "integer",
-                "description": "keys expiring within this many days count as expiring",
-            },
-        },
-    },
-    "Changes": {
-        "type": "object",
-        "required": ["seq", "policy"],
-        "additionalProperties": False,
-        "properties": {
-            "seq": {"type": "integer", "minimum": 0},
-            "policy": {"type": "string", "description": "SHA-256 of the policy in force"},
-        },
-    },
     "PolicyInfo": {
         "type": "object",
         "required": ["source", "sha256", "loaded_at", "roles", "protected", "reloads"],
@@ -292,16 +239,6 @@ SCHEMAS: dict[str, Schema] = {
                 "additionalProperties": {"type": "integer", "minimum": 0},
             },
             "last_problems": {"type": "array", "items": {"type": "string"}},
-        },
-    },
-    "BatchCounts": {
-        "type": "object",
-        "required": ["revoke_all", "reinstate_all", "delete_revoked"],
-        "additionalProperties": False,
-        "properties": {
-            "revoke_all": _ref("Count"),
-            "reinstate_all": _ref("Count"),
-            "delete_revoked": _ref("Count"),
         },
     },
     "Health": {

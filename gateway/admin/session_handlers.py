@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from aiohttp import web
 
 from gateway.admin.errors import NO_STORE, ApiError
 from gateway.admin.middlewares import current_admin
-from gateway.admin.models import SIGN_IN_WORDS, SignIn, convert, fields
+from gateway.admin.models import SIGN_IN_WORDS, Session, SignIn, convert, fields, respond
 from gateway.admin.parsing import read_json_object, read_no_body
 from gateway.admin.sessions import csrf_token
 from gateway.runtime.appkeys import AUTHENTICATOR, RUNTIME, SESSION_TOKEN, SESSIONS
@@ -22,19 +21,19 @@ AUDIT_SIGN_IN = "admin_sign_in"
 AUDIT_SIGN_OUT = "admin_sign_out"
 
 
-def session_json(request: web.Request, account: AdminAccount, token: str | None) -> dict[str, Any]:
+def session_answer(request: web.Request, account: AdminAccount, token: str | None) -> Session:
     """Return who is signed in, what they may grant and (for a session) its CSRF token."""
     settings = request.app[SESSIONS].settings
-    return {
-        "admin": account.name,
-        "grants": sorted(account.grants),
-        "grant_all": account.grant_all,
-        "auth": "basic" if token is None else "session",
-        "csrf_token": None if token is None else csrf_token(token),
-        "idle_timeout": settings.idle_timeout,
-        "absolute_timeout": settings.absolute_timeout,
-        "expiry_warn_days": request.app[RUNTIME].settings.expiry.warn_days,
-    }
+    return Session(
+        admin=account.name,
+        grants=sorted(account.grants),
+        grant_all=account.grant_all,
+        auth="basic" if token is None else "session",
+        csrf_token=None if token is None else csrf_token(token),
+        idle_timeout=settings.idle_timeout,
+        absolute_timeout=settings.absolute_timeout,
+        expiry_warn_days=request.app[RUNTIME].settings.expiry.warn_days,
+    )
 
 
 async def sign_in(request: web.Request) -> web.Response:
@@ -58,9 +57,7 @@ async def sign_in(request: web.Request) -> web.Response:
         actor=account.name, action=AUDIT_SIGN_IN, details={"remote": address}
     )
     log.info("admin %r signed in from %s", account.name, address)
-    response = web.json_response(
-        session_json(request, account, token), headers={"Cache-Control": NO_STORE}
-    )
+    response = respond(session_answer(request, account, token))
     sessions.set_cookie(response, request, token)
     return response
 
@@ -68,8 +65,7 @@ async def sign_in(request: web.Request) -> web.Response:
 async def who_am_i(request: web.Request) -> web.Response:
     """GET /api/v1/session: the signed-in admin, their grants and the session's CSRF token."""
     token = request.get(SESSION_TOKEN)
-    body = session_json(request, current_admin(request), token)
-    return web.json_response(body, headers={"Cache-Control": NO_STORE})
+    return respond(session_answer(request, current_admin(request), token))
 
 
 async def sign_out(request: web.Request) -> web.Response:
