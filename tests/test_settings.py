@@ -72,13 +72,13 @@ def test_shipped_config_loads_with_its_policy() -> None:
     assert (settings.admin.host, settings.admin.port) == ("127.0.0.1", 8081)
     assert settings.upstream.url == "http://127.0.0.1:9000"
     assert settings.upstream.headers == ()
-    assert settings.store_url.startswith("sqlite:///")
-    assert settings.policy_path == (REPO / "config" / "policy.yaml").resolve()
+    assert settings.store.url.startswith("sqlite:///")
+    assert settings.policy == (REPO / "config" / "policy.yaml").resolve()
     assert settings.base_dir == SHIPPED.resolve().parent
     assert settings.anonymous == "passthrough"
-    assert settings.acting_user_header == "X-Acting-User"
-    assert "X-Remote-User" in settings.strip_headers
-    assert "1int-admin" in load_policy(settings.policy_path).roles
+    assert settings.identity.acting_user_header == "X-Acting-User"
+    assert "X-Remote-User" in settings.identity.strip_headers
+    assert "1int-admin" in load_policy(settings.policy).roles
 
 
 def test_minimal_config_takes_the_documented_defaults() -> None:
@@ -89,14 +89,14 @@ def test_minimal_config_takes_the_documented_defaults() -> None:
     assert settings.upstream.timeout == DEFAULT_UPSTREAM_TIMEOUT
     assert settings.upstream.connect_timeout == DEFAULT_CONNECT_TIMEOUT
     assert settings.upstream.pool_size == DEFAULT_POOL_SIZE
-    assert settings.acting_user_header == DEFAULT_ACTING_USER_HEADER
-    assert settings.strip_headers == DEFAULT_STRIP_HEADERS
+    assert settings.identity.acting_user_header == DEFAULT_ACTING_USER_HEADER
+    assert settings.identity.strip_headers == DEFAULT_STRIP_HEADERS
     assert settings.anonymous == "passthrough"
-    assert settings.poll_interval == DEFAULT_POLL_INTERVAL
-    assert settings.flush_interval == DEFAULT_FLUSH_INTERVAL
-    assert settings.grace_period == DEFAULT_GRACE_PERIOD
-    assert (settings.log_level, settings.access_log) == ("info", True)
-    assert settings.policy_path == WHERE.parent / "policy.yaml"
+    assert settings.feed.poll_interval == DEFAULT_POLL_INTERVAL
+    assert settings.usage.flush_interval == DEFAULT_FLUSH_INTERVAL
+    assert settings.shutdown.grace_period == DEFAULT_GRACE_PERIOD
+    assert (settings.log.level, settings.log.access_log) == ("info", True)
+    assert settings.policy == WHERE.parent / "policy.yaml"
 
 
 def test_every_problem_is_reported_at_once_with_its_location() -> None:
@@ -231,7 +231,7 @@ def test_bad_store_urls(url: str) -> None:
 )
 def test_postgres_store_urls_are_accepted(url: str) -> None:
     settings = build(with_(store={"url": url}))
-    assert (settings.store_url, settings.store_password, settings.store_schema) == (url, None, None)
+    assert (settings.store.url, settings.store.password, settings.store.schema) == (url, None, None)
 
 
 @pytest.mark.parametrize(
@@ -381,7 +381,7 @@ def test_relative_config_path_is_resolved(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(tmp_path)
     settings = load_settings(Path("gateway.yaml"))
     assert settings.path == tmp_path / "gateway.yaml"
-    assert settings.policy_path == tmp_path / "policy.yaml"
+    assert settings.policy == tmp_path / "policy.yaml"
 
 
 def test_policy_must_be_a_path() -> None:
