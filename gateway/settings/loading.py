@@ -130,8 +130,11 @@ class _Walk:
         self.env = env
         self.base = base
         self.secrets = secrets
-        self.problems: list[str] = []
+        self.problems: list[tuple[int, str]] = []  # (rank of the location, the problem)
         self.at_fault: set[Location] = set()
+        # Each location in the order the models declare it (unknown keys first): problems are
+        # listed in that order, the walk's and the cross-field rules' alike.
+        self.order: dict[Location, int] = {}
         self.deferred: list[str] = []
 
     def prefix(self, at: Location) -> str:
@@ -141,10 +144,21 @@ class _Walk:
                 return f"{self.where}:{line}"
         return self.where
 
+    def rank(self, at: Location) -> int:
+        for end in range(len(at), 0, -1):
+            rank = self.order.get(at[:end])
+            if rank is not None:
+                return rank
+        return self.order.setdefault(at, len(self.order))
+
     def problem(self, at: Location, message: str) -> None:
         """Note a problem with a value at a location."""
         self.at_fault.add(at)
-        self.problems.append(f"{self.prefix(at)}: {located(at)}: {message}")
+        self.problems.append((self.rank(at), f"{self.prefix(at)}: {located(at)}: {message}"))
+
+    def sorted_problems(self) -> list[str]:
+        """Every problem, in the order the models declare their locations."""
+        return [text for _, text in sorted(self.problems, key=lambda problem: problem[0])]
 
     def rule_broken(self, at: Location, message: str) -> None:
         """A cross-field rule's problem, unless the value there was already refused (its
@@ -154,6 +168,7 @@ class _Walk:
 
     def check(self, value: Any, annotation: Any, at: Location) -> Any:
         """Return `value` checked against `annotation` (loaded), _DROP or _DEFER."""
+        self.order.setdefault(at, len(self.order))
         inner, meta = _unwrap(annotation)
         load = (meta.extra or {}).get("load") if meta is not None else None
         if load is not None:
@@ -200,11 +215,13 @@ class _Walk:
         known = [f.name for f in fields]
         for key in value:
             if str(key) not in known:
+                self.order.setdefault((*at, str(key)), len(self.order))
                 self.problem((*at, str(key)), unknown_setting(str(key), known))
         out: dict[str, Any] = {}
         dropped = deferred = False
         for field in fields:
             here = (*at, field.name)
+            self.order.setdefault(here, len(self.order))
             if field.name in value and not (
                 value[field.name] is None and _absent_when_null(field.type)
             ):
@@ -320,7 +337,7 @@ def settings_from_data(
     for check in CHECKS:
         settings = check(settings, walk.rule_broken)
     if walk.problems:
-        raise ConfigError(walk.problems)
+        raise ConfigError(walk.sorted_problems())
     return settings
 
 

@@ -98,7 +98,7 @@ class UpstreamTLS(Section, frozen=True):
 class Upstream(Section, frozen=True):
     """`upstream`: where and how to forward (base URL, bounds, limits, service headers)."""
 
-    url: str = ""  # required; checks.py says so with an example
+    url: Text = ""  # required (checks.py says so, with an example)
     timeout: Seconds01 = 60.0  # seconds until the response head starts (then 504)
     connect_timeout: Seconds01 = 5.0  # seconds to open a TCP/TLS connection
     # Service headers sent with API-key callers' requests only: name -> {env|value}.
