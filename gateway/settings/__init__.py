@@ -3,6 +3,9 @@
 models.py declares the file (one Struct per section, the one table of defaults),
 loading.py checks parsed YAML against them with each problem's line, checks.py holds the
 cross-field rules, secrets.py the one reader of every `{env|file}` secret.
+
+May import: problems, store.urls (URL rules), proxy.hygiene (one header classifier; the one
+exemption in pyproject's import contracts). Imports no aiohttp.
 """
 
 from __future__ import annotations

@@ -130,19 +130,12 @@ class _Walk:
         self.env = env
         self.base = base
         self.secrets = secrets
-        self.problems: list[tuple[int, str]] = []  # (rank of the location, the problem)
+        self.problems: list[tuple[tuple[int, int], str]] = []  # ((line, rank), the problem)
         self.at_fault: set[Location] = set()
         # Each location in the order the models declare it (unknown keys first): problems are
         # listed in that order, the walk's and the cross-field rules' alike.
         self.order: dict[Location, int] = {}
         self.deferred: list[str] = []
-
-    def prefix(self, at: Location) -> str:
-        for end in range(len(at), 0, -1):
-            line = self.lines.get(at[:end])
-            if line is not None:
-                return f"{self.where}:{line}"
-        return self.where
 
     def rank(self, at: Location) -> int:
         for end in range(len(at), 0, -1):
@@ -151,13 +144,22 @@ class _Walk:
                 return rank
         return self.order.setdefault(at, len(self.order))
 
+    def line(self, at: Location) -> int | None:
+        for end in range(len(at), 0, -1):
+            line = self.lines.get(at[:end])
+            if line is not None:
+                return line
+        return None
+
     def problem(self, at: Location, message: str) -> None:
         """Note a problem with a value at a location."""
         self.at_fault.add(at)
-        self.problems.append((self.rank(at), f"{self.prefix(at)}: {located(at)}: {message}"))
+        line = self.line(at)
+        where = self.where if line is None else f"{self.where}:{line}"
+        self.problems.append(((line or 0, self.rank(at)), f"{where}: {located(at)}: {message}"))
 
     def sorted_problems(self) -> list[str]:
-        """Every problem, in the order the models declare their locations."""
+        """Every problem in file order (by line), else in the order the models declare."""
         return [text for _, text in sorted(self.problems, key=lambda problem: problem[0])]
 
     def rule_broken(self, at: Location, message: str) -> None:
@@ -280,7 +282,9 @@ class _Walk:
             self.problem(at, str(error))
         except SecretUnreadable as error:
             if self.secrets == "store" and at[0] != "store":
-                self.deferred.append(f"{self.prefix(at)}: {located(at)}: {error}")
+                line = self.line(at)
+                where = self.where if line is None else f"{self.where}:{line}"
+                self.deferred.append(f"{where}: {located(at)}: {error}")
                 return _DEFER
             self.problem(at, str(error))
         return _DROP
