@@ -10,6 +10,7 @@ left out, so the model's default stands in and the cross-field checks still run;
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import types
 from collections.abc import Mapping
@@ -105,6 +106,12 @@ def expected(annotation: Any) -> str:
         type(None): "null",
     }
     return words.get(inner, getattr(inner, "__name__", str(inner)))
+
+
+@functools.cache
+def _fields(model: type[Section]) -> tuple[msgspec.structs.FieldInfo, ...]:
+    """A model's YAML fields (its type hints are evaluated once per process, not per load)."""
+    return tuple(f for f in msgspec.structs.fields(model) if f.name not in model.FILLED)
 
 
 def _absent_when_null(annotation: Any) -> bool:
@@ -213,7 +220,7 @@ class _Walk:
         if not isinstance(value, Mapping):
             self.problem(at, f"expected a mapping, got {shown(value)}")
             return _DROP
-        fields = [f for f in msgspec.structs.fields(model) if f.name not in model.FILLED]
+        fields = _fields(model)
         known = [f.name for f in fields]
         for key in value:
             if str(key) not in known:
