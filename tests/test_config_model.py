@@ -188,6 +188,12 @@ def _shown(value: Any) -> str:
     return "null" if value is None else repr(value)
 
 
+def test_a_mapping_of_names_refuses_keys_that_are_not_text() -> None:
+    headers = {1: {"value": "x"}, "X-Ok": {"value": "y"}}
+    data = {**MINIMAL, "upstream": {"url": "http://b", "headers": headers}}
+    assert problems_of(data) == [f"{WHERE}: upstream.headers.1: expected a name, got 1"]
+
+
 def test_an_empty_section_takes_its_defaults() -> None:
     settings = settings_from_data({**MINIMAL, "listen": None, "forward_auth": None}, WHERE, {})
     assert (settings.listen.port, settings.forward_auth.prefix) == (8080, "/_keygate/")

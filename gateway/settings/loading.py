@@ -195,7 +195,12 @@ class _Walk:
             return self.items(value, annotation, at)
         elif origin is dict and isinstance(value, Mapping):
             item_type = get_args(inner)[1]
-            checked = {str(k): self.check(v, item_type, (*at, str(k))) for k, v in value.items()}
+            checked: dict[str, Any] = {}
+            for key, item in value.items():
+                if isinstance(key, str):
+                    checked[key] = self.check(item, item_type, (*at, key))
+                else:  # YAML reads `1:` or `true:` as a number or a boolean, not a name
+                    self.problem((*at, str(key)), f"expected a name, got {shown(key)}")
             return {k: v for k, v in checked.items() if v is not _DROP and v is not _DEFER}
         try:
             return msgspec.convert(value, annotation, strict=True)
