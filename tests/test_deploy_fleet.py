@@ -49,8 +49,8 @@ def test_kubernetes_manifests_agree_with_the_config(tmp_path: Path) -> None:
     }
     assert env["KEYGATE_CONFIG"]["value"] == f"{mount['mountPath']}/gateway.yaml"
     settings = settings_from(tmp_path, mounted, {"KEYGATE_STORE_URL": database_url})
-    assert settings.store_url == database_url
-    assert settings.policy_path.name in mounted
+    assert settings.store.url == database_url
+    assert settings.policy.name in mounted
 
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"proxy": settings.listen.port, "admin": settings.admin.port}
@@ -62,7 +62,7 @@ def test_kubernetes_manifests_agree_with_the_config(tmp_path: Path) -> None:
     assert kinds["Service"]["spec"]["selector"].items() <= labels.items()
     assert [p["targetPort"] for p in kinds["Service"]["spec"]["ports"]] == ["proxy"]
     grace = pod["spec"]["terminationGracePeriodSeconds"]
-    assert grace > settings.grace_period
+    assert grace > settings.shutdown.grace_period
 
 
 def test_compose_agrees_with_the_config(tmp_path: Path) -> None:
@@ -85,11 +85,11 @@ def test_compose_agrees_with_the_config(tmp_path: Path) -> None:
     )
     secret_file.write_text("pw\n", encoding="utf-8")
     settings = settings_from(tmp_path, files, {})
-    assert settings.store_password == "pw"
+    assert settings.store.password == "pw"
     assert "/run/secrets/db_password" in mounts_text(mounts)
     assert keygate["secrets"] == ["db_password"] and "db_password" in compose["secrets"]
 
-    store = urlsplit(settings.store_url)
+    store = urlsplit(settings.store.url)
     assert store.hostname == "postgres"
     assert services["postgres"]["environment"]["POSTGRES_DB"] == store.path.lstrip("/")
     assert services["postgres"]["environment"]["POSTGRES_USER"] == store.username

@@ -57,7 +57,7 @@ async def fresh_demo_credentials(config: Path) -> tuple[str, str]:
     Both are shown once, here; the store keeps only the key's digest and a scrypt hash.
     """
     settings = load_settings(config)
-    policy = load_policy(settings.policy_path)
+    policy = load_policy(settings.policy)
     store = store_for(settings)
     await store.open()
     try:

@@ -82,10 +82,10 @@ class Proxy:
         self._idle = asyncio.Event()
         self._deny_anonymous = settings.anonymous == "deny"
         self._hygiene = HeaderHygiene(
-            settings.acting_user_header,
-            settings.strip_headers,
-            settings.upstream.headers,
-            settings.signing_keys,
+            settings.identity.acting_user_header,
+            settings.identity.strip_headers,
+            tuple(settings.upstream.headers.items()),
+            tuple((key.id, key.secret) for key in settings.identity.signing_keys),
         )
 
     def _refuse(self, refusal: refusals.Refusal) -> web.Response:

@@ -131,7 +131,7 @@ async def create_key(
     mint an already-expired key through the real code path).
     """
     settings = load_settings(config)
-    policy = load_policy(settings.policy_path)
+    policy = load_policy(settings.policy)
     store = store_for(settings)
     await store.open()
     try:

@@ -1166,7 +1166,7 @@ async def tls_upstream(
 
 def settings_for(url: str, tls: UpstreamTLS) -> UpstreamSettings:
     """Upstream settings as the config would give them (short bounds for tests)."""
-    return UpstreamSettings(url=url, timeout=5, connect_timeout=2, headers=(), pool_size=4, tls=tls)
+    return UpstreamSettings(url=url, timeout=5, connect_timeout=2, headers={}, pool_size=4, tls=tls)
 
 
 async def test_https_upstream_verified_with_a_configured_ca(tmp_path: Path) -> None:
