@@ -445,3 +445,38 @@ def test_the_example_configs_load(name: str) -> None:
     settings = load_settings(REPO / name, environ={})
     assert settings.forward_auth.prefix == "/_keygate/"
     assert settings.upstream.url.startswith("http://")
+
+
+def test_the_settings_repr_shows_no_secret(tmp_path: Path) -> None:
+    """Settings reach tracebacks and debug output: their repr names each secret's place but
+    never its value, and URLs lose their credentials, path and query (the repr showed the
+    signing key, webhook secret, store password and service headers verbatim before)."""
+    data = {
+        "upstream": {
+            "url": "http://b",
+            "headers": {"Authorization": {"value": "Basic c2VydmljZTpodW50ZXIy"}},
+        },
+        "store": {
+            "url": "postgresql://keygate:urlpass@db:5432/keygate",
+            "password": {"env": "KEYGATE_TEST_SECRET"},
+        },
+        "identity": {"signing_keys": [{"id": "k", "env": "KEYGATE_TEST_SECRET"}]},
+        "rate_limits": {"redis_url": "redis://:redispass@cache:6379/0"},
+        "notify": {
+            "webhooks": [
+                {
+                    "url": "https://hooks.example/T0/tokenpath?sig=q",
+                    "secret": {"env": "KEYGATE_TEST_SECRET"},
+                }
+            ]
+        },
+    }
+    settings = settings_from_data(data, tmp_path / "gateway.yaml", {"KEYGATE_TEST_SECRET": KEY})
+    shown = repr(settings)
+    for secret in (KEY, "c2VydmljZTpodW50ZXIy", "urlpass", "redispass", "tokenpath", "sig=q"):
+        assert secret not in shown
+    assert "password='<redacted>'" in shown
+    assert "url='postgresql://db:5432/…'" in shown
+    assert "'Authorization': '<redacted>'" in shown
+    assert "redis_url='redis://cache:6379/…'" in shown
+    assert settings.store.password == KEY  # the values themselves are intact

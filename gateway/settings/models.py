@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from msgspec import Meta, Struct
 
@@ -66,10 +67,50 @@ KeyId = Annotated[
 ]
 
 
+REDACTED = "<redacted>"
+
+
+def url_without_secrets(url: str) -> str:
+    """A URL shown as scheme://host[:port]/…: credentials, path and query may carry tokens."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        return url  # a file path: nothing secret in it
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return REDACTED
+    if not parts.scheme or not host:
+        return REDACTED
+    shown = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{shown}{f':{port}' if port is not None else ''}/…"
+
+
 class Section(Struct, frozen=True, forbid_unknown_fields=True):
     """A mapping in the config file: unknown keys are refused, values are typed."""
 
     FILLED: ClassVar[frozenset[str]] = frozenset()
+    # Fields whose values a repr never shows (settings reach tracebacks and debug logs).
+    SECRET: ClassVar[frozenset[str]] = frozenset()
+    # URL fields shown without credentials, path or query.
+    SECRET_URLS: ClassVar[frozenset[str]] = frozenset()
+
+    def __repr__(self) -> str:
+        """The section with secrets replaced by <redacted> and URLs cut to their host."""
+        shown = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name in self.SECRET and value:
+                text = (
+                    repr(dict.fromkeys(value, REDACTED))
+                    if isinstance(value, dict)
+                    else repr(REDACTED)
+                )
+            elif name in self.SECRET_URLS and isinstance(value, str) and value:
+                text = repr(url_without_secrets(value))
+            else:
+                text = repr(value)
+            shown.append(f"{name}={text}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
 
 class Listener(Section, frozen=True):
@@ -98,6 +139,8 @@ class UpstreamTLS(Section, frozen=True):
 class Upstream(Section, frozen=True):
     """`upstream`: where and how to forward (base URL, bounds, limits, service headers)."""
 
+    SECRET: ClassVar[frozenset[str]] = frozenset({"headers"})  # service credentials
+
     url: Text = ""  # required (checks.py says so, with an example)
     timeout: Seconds01 = 60.0  # seconds until the response head starts (then 504)
     connect_timeout: Seconds01 = 5.0  # seconds to open a TCP/TLS connection
@@ -117,6 +160,9 @@ class Upstream(Section, frozen=True):
 class Store(Section, frozen=True):
     """`store`: the key store URL, and for PostgreSQL its password and schema."""
 
+    SECRET: ClassVar[frozenset[str]] = frozenset({"password"})
+    SECRET_URLS: ClassVar[frozenset[str]] = frozenset({"url"})
+
     url: TextOrSecret = ""  # required; sqlite:///path or postgresql://...
     password: SecretText | None = None  # PostgreSQL only
     schema: Text | None = None  # PostgreSQL only: the schema holding keygate's tables
@@ -126,6 +172,7 @@ class SigningKey(Section, frozen=True):
     """`identity.signing_keys[]`: `{id, env: VARIABLE}` or `{id, file: path}`."""
 
     FILLED: ClassVar[frozenset[str]] = frozenset({"secret"})
+    SECRET: ClassVar[frozenset[str]] = frozenset({"secret"})
 
     id: KeyId
     env: Text | None = None
@@ -191,6 +238,8 @@ class ClientLimits(Section, frozen=True):
 class RateLimits(Section, frozen=True):
     """`rate_limits`: where per-key counts live: this process, or Redis shared by the fleet."""
 
+    SECRET_URLS: ClassVar[frozenset[str]] = frozenset({"redis_url"})
+
     redis_url: Text | None = None
     fail_open: bool = True  # Redis down: each worker holds keys to their whole limit
 
@@ -213,6 +262,9 @@ class ExpirySettings(Section, frozen=True):
 
 class WebhookSettings(Section, frozen=True):
     """`notify.webhooks[]`: where events are POSTed and the secret they are signed with."""
+
+    SECRET: ClassVar[frozenset[str]] = frozenset({"secret"})
+    SECRET_URLS: ClassVar[frozenset[str]] = frozenset({"url"})
 
     url: TextOrSecret
     secret: SecretBytes
