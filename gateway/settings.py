@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import logging
 import os
+import re
 import ssl
 import stat
 from collections.abc import Mapping
@@ -73,6 +75,17 @@ DEFAULT_NOTIFY_DAYS = (14, 7, 1)  # days before expiry a "key expiring" event is
 MAX_EXPIRY_DAYS = 3650  # days; the furthest ahead a warning or notice can look
 DEFAULT_NOTIFY_POLL = 1.0  # seconds between reads of the audit log for events to send
 DEFAULT_EXPIRY_CHECK = 60.0  # seconds between checks for keys nearing expiry
+# Forward-auth endpoints (gateway.proxy.forward_auth): where they answer on the proxy listener,
+# which peers may ask (the front proxy: only it may vouch for X-Original-*/X-Forwarded-*), and
+# how front proxies may cache the answers (no-store: a cached "allowed" outlives a revocation).
+DEFAULT_FORWARD_AUTH_PREFIX = "/_keygate/"
+DEFAULT_TRUSTED_PROXIES = ("127.0.0.1/32", "::1/128")
+DEFAULT_FORWARD_AUTH_CACHE_CONTROL = "no-store"
+MAX_FORWARD_AUTH_PREFIX = 128  # characters of forward_auth.prefix
+MAX_CACHE_CONTROL = 256  # characters of forward_auth.cache_control
+# Path segments of the prefix: unreserved characters only, none a dot segment, so the prefix
+# is one spelling of itself that target hygiene accepts (compared with the raw target).
+_FORWARD_AUTH_PREFIX = re.compile(r"/(?:[A-Za-z0-9_~-][A-Za-z0-9._~-]*/)+")
 M_NEEDS_REDIS = "needs the redis client: pip install 'keygate[redis]'"
 M_NOT_PEM = "is not a PEM certificate bundle"
 M_NOT_PEM_KEY = "is not a PEM certificate and private key (an encrypted key is not supported)"
@@ -174,6 +187,15 @@ class NotifySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardAuthSettings:
+    """Forward-auth endpoints on the proxy listener: path prefix, trusted peers, Cache-Control."""
+
+    prefix: str = DEFAULT_FORWARD_AUTH_PREFIX
+    trusted_proxies: tuple[str, ...] = DEFAULT_TRUSTED_PROXIES  # CIDRs, normalised
+    cache_control: str = DEFAULT_FORWARD_AUTH_CACHE_CONTROL
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The validated gateway configuration."""
 
@@ -211,6 +233,7 @@ class Settings:
     store_schema: str | None = None  # PostgreSQL only: the schema holding keygate's tables
     expiry: ExpirySettings = ExpirySettings()
     notify: NotifySettings = NotifySettings()
+    forward_auth: ForwardAuthSettings = ForwardAuthSettings()
     # Secrets left unresolved by a store-only load (their settings left out): never serve.
     deferred_secrets: tuple[str, ...] = ()
 
@@ -327,6 +350,7 @@ _TOP_LEVEL = {
     "log",
     "expiry",
     "notify",
+    "forward_auth",
 }
 
 
@@ -503,6 +527,7 @@ def settings_from_data(
         store_schema=store_schema,
         expiry=_expiry(reader, data),
         notify=_notify(reader, data, env, path.parent),
+        forward_auth=_forward_auth(reader, data),
         deferred_secrets=tuple(reader.deferred),
     )
     if reader.problems:
@@ -582,6 +607,44 @@ def _notify(
             section, "notify", "poll_interval", DEFAULT_NOTIFY_POLL, minimum=0.05
         ),
     )
+
+
+def _forward_auth(reader: _Reader, data: Mapping[str, Any]) -> ForwardAuthSettings:
+    """Read `forward_auth`: prefix ("/.../"), trusted_proxies (CIDRs), cache_control."""
+    section = reader.section(data, "forward_auth", {"prefix", "trusted_proxies", "cache_control"})
+    prefix = reader.string(section, "forward_auth", "prefix", DEFAULT_FORWARD_AUTH_PREFIX)
+    if len(prefix) > MAX_FORWARD_AUTH_PREFIX or not _FORWARD_AUTH_PREFIX.fullmatch(prefix):
+        reader.problem(
+            "forward_auth.prefix",
+            f"must start and end with '/', hold path segments of letters, digits, '.', '_', "
+            f"'~' or '-' (none starting with '.'), at most {MAX_FORWARD_AUTH_PREFIX} characters",
+        )
+        prefix = DEFAULT_FORWARD_AUTH_PREFIX
+    listed = section.get("trusted_proxies", list(DEFAULT_TRUSTED_PROXIES))
+    trusted: list[str] = []
+    if not isinstance(listed, list):
+        reader.problem("forward_auth.trusted_proxies", "must be a list of CIDRs (may be empty)")
+        listed = []
+    for index, value in enumerate(listed):
+        try:
+            network = ipaddress.ip_network(value, strict=True) if isinstance(value, str) else None
+        except ValueError as error:
+            reader.problem(f"forward_auth.trusted_proxies[{index}]", f"{error}")
+            continue
+        if network is None:
+            reader.problem(f"forward_auth.trusted_proxies[{index}]", "must be a CIDR string")
+        elif str(network) not in trusted:
+            trusted.append(str(network))
+    cache_control = reader.string(
+        section, "forward_auth", "cache_control", DEFAULT_FORWARD_AUTH_CACHE_CONTROL
+    )
+    if len(cache_control) > MAX_CACHE_CONTROL or not all(32 <= ord(c) < 127 for c in cache_control):
+        reader.problem(
+            "forward_auth.cache_control",
+            f"must be printable ASCII (no CR or LF), at most {MAX_CACHE_CONTROL} characters",
+        )
+        cache_control = DEFAULT_FORWARD_AUTH_CACHE_CONTROL
+    return ForwardAuthSettings(prefix, tuple(trusted), cache_control)
 
 
 def _sessions(reader: _Reader, data: Mapping[str, Any]) -> SessionSettings:
