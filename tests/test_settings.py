@@ -679,3 +679,58 @@ def test_a_service_header_named_like_a_custom_identity_header_is_refused() -> No
 def test_service_credentials_in_ordinary_headers_load(name: str) -> None:
     data = with_(upstream={"url": "http://b", "headers": {name: {"value": "service"}}})
     assert build(data).upstream.headers == ((name, "service"),)
+
+
+def test_forward_auth_defaults() -> None:
+    forward_auth = build(MINIMAL).forward_auth
+    assert forward_auth.prefix == "/_keygate/"
+    assert forward_auth.trusted_proxies == ("127.0.0.1/32", "::1/128")
+    assert forward_auth.cache_control == "no-store"
+
+
+def test_forward_auth_settings_are_read_and_networks_normalised() -> None:
+    settings = build(
+        with_(
+            forward_auth={
+                "prefix": "/auth/v1/",
+                "trusted_proxies": ["10.0.0.0/8", "192.168.1.7", "fd00::/8", "10.0.0.0/8"],
+                "cache_control": "private, max-age=5",
+            }
+        )
+    )
+    assert settings.forward_auth.prefix == "/auth/v1/"
+    assert settings.forward_auth.trusted_proxies == ("10.0.0.0/8", "192.168.1.7/32", "fd00::/8")
+    assert settings.forward_auth.cache_control == "private, max-age=5"
+    assert build(with_(forward_auth={"trusted_proxies": []})).forward_auth.trusted_proxies == ()
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ({"prefix": "_keygate/"}, "forward_auth.prefix: must start and end with '/'"),
+        ({"prefix": "/_keygate"}, "forward_auth.prefix: must start and end with '/'"),
+        ({"prefix": "/"}, "forward_auth.prefix: must start and end with '/'"),
+        ({"prefix": "//x/"}, "forward_auth.prefix: must start and end with '/'"),
+        ({"prefix": "/a/../b/"}, "forward_auth.prefix: must start and end with '/'"),
+        ({"prefix": "/a%2Fb/"}, "forward_auth.prefix: must start and end with '/'"),
+        ({"prefix": "/a;b/"}, "forward_auth.prefix: must start and end with '/'"),
+        ({"prefix": "/" + "a" * 200 + "/"}, "forward_auth.prefix: must start and end with '/'"),
+        ({"prefix": 5}, "forward_auth.prefix: must be a non-empty string"),
+        ({"trusted_proxies": "127.0.0.1/32"}, "forward_auth.trusted_proxies: must be a list"),
+        ({"trusted_proxies": ["10.0.0.1/8"]}, "forward_auth.trusted_proxies[0]: 10.0.0.1/8 has"),
+        ({"trusted_proxies": ["localhost"]}, "forward_auth.trusted_proxies[0]: 'localhost' does"),
+        ({"trusted_proxies": ["10.0.0.0/33"]}, "forward_auth.trusted_proxies[0]:"),
+        ({"trusted_proxies": [8]}, "forward_auth.trusted_proxies[0]: must be a CIDR string"),
+        (
+            {"cache_control": "no-store\r\nX-Evil: 1"},
+            "forward_auth.cache_control: must be printable",
+        ),
+        ({"cache_control": "no-store\n"}, "forward_auth.cache_control: must be printable"),
+        ({"cache_control": "max-age=5 ü"}, "forward_auth.cache_control: must be printable"),
+        ({"cache_control": ""}, "forward_auth.cache_control: must be a non-empty string"),
+        ({"enabled": False}, "forward_auth.enabled: unknown setting"),
+    ],
+)
+def test_bad_forward_auth_settings(section: dict[str, Any], problem: str) -> None:
+    found = problems_of(with_(forward_auth=section))
+    assert len(found) == 1 and f"{WHERE}: {problem}" in found[0], found

@@ -17,6 +17,8 @@ from aiohttp import web
 from gateway.keys.table import CachedKey
 from gateway.proxy.error_answers import SERVER_NAME, error_response
 from gateway.proxy.front import (
+    ENVOY,
+    FORWARD,
     NGINX,
     BadForwardAuthRequest,
     Routes,
@@ -63,10 +65,10 @@ class ForwardAuth:
         self._routes = Routes(settings.prefix)
         self._peers = TrustedPeers(settings.trusted_proxies)
         self._cache_control = settings.cache_control
-        endpoints = ", ".join(f"{settings.prefix}{name}" for name in ("nginx", "forward"))
+        prefix = settings.prefix
         self._not_found = (
-            f"no forward-auth endpoint has this path; they are {endpoints} and "
-            f"{settings.prefix}envoy/<original path>"
+            f"no forward-auth endpoint has this path; they are {prefix}{NGINX}, "
+            f"{prefix}{FORWARD} and {prefix}{ENVOY}/<original path>"
         )
         self.claims = self._routes.claims  # the proxy asks this of every request target
 

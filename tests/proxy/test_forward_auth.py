@@ -679,3 +679,32 @@ async def test_allowed_decisions_count_uses_and_metrics(
         await asyncio.sleep(0.1)
     assert uses == 3
     assert upstream.seen == []
+
+
+async def test_json_access_records_carry_the_decision_and_the_original_request(
+    tmp_path: Path, upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="keygate.access")
+    async with serving(tmp_path, upstream, log={"format": "json"}) as gateway:
+        secret = await add_key(gateway, "json-logged", [READER_ROLE])
+        await ask(gateway, forward, "GET", f"{SESSIONS}?k=1", [("X-API-Key", secret)])
+    (record,) = [r for r in caplog.records if r.name == "keygate.access"]
+    fields = record.__dict__
+    assert fields["decision"] == "forward"
+    assert (fields["method"], fields["path"], fields["status"]) == ("GET", f"{SESSIONS}?k=1", 200)
+    assert fields["key"] == "json-logged"
+    assert fields["upstream_status"] is None
+    assert upstream.seen == []
+
+
+async def test_original_request_headers_are_bounded_by_the_proxys_header_limits(
+    gateway: RunningGateway, upstream: Upstream
+) -> None:
+    secret = await add_key(gateway, "bounded", [ALL_ROLE])
+    # Over the proxy's line limit (8190 bytes): the parser refuses it, as for any request.
+    huge = await ask(gateway, nginx, "GET", "/" + "a" * 9000, [("X-API-Key", secret)])
+    assert huge.status == 400 and huge.json()["error"] == "bad_request"
+    # Within it but over the target limit (4096 characters): the proxy's target check.
+    long = await ask(gateway, nginx, "GET", "/" + "a" * 4100, [("X-API-Key", secret)])
+    assert_refused(long, 403, "bad_target")
+    assert upstream.seen == []
