@@ -137,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--backend-port", type=int, default=9000, help="demo backend port")
     demo_parser.add_argument("--data-dir", default=None, help="where the demo keeps its files")
     demo_parser.add_argument(
+        "--front",
+        choices=["nginx"],
+        default=None,
+        help="put Debian's nginx in front (auth_request; keygate only decides)",
+    )
+    demo_parser.add_argument(
+        "--front-port", type=int, default=8000, help="nginx port with --front (default 8000)"
+    )
+    demo_parser.add_argument(
         "--exit-after", type=float, default=None, help=argparse.SUPPRESS
     )  # seconds; used by tests
     demo_parser.set_defaults(func=demo)

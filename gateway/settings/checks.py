@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import os
+import re
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -240,27 +241,42 @@ def check_webhooks(settings: Settings, report: Report) -> Settings:
     return settings
 
 
+MAX_FORWARD_AUTH_PREFIX = 128  # characters of forward_auth.prefix
+MAX_CACHE_CONTROL = 256  # characters of forward_auth.cache_control
+# Path segments of the prefix: unreserved characters only, none a dot segment, so the prefix
+# is one spelling of itself that target hygiene accepts (compared with the raw target).
+_FORWARD_AUTH_PREFIX = re.compile(r"/(?:[A-Za-z0-9_~-][A-Za-z0-9._~-]*/)+")
+
+
 def check_forward_auth(settings: Settings, report: Report) -> Settings:
-    """`forward_auth`: a plain path prefix, CIDR networks, a header-safe Cache-Control."""
+    """`forward_auth`: a plain path prefix, strict CIDR networks (normalised, each once), a
+    header-safe Cache-Control."""
     forward = settings.forward_auth
     prefix = forward.prefix
-    if not (prefix.startswith("/") and prefix.endswith("/")):
-        report(("forward_auth", "prefix"), "must start and end with '/'")
-    elif ".." in prefix or "%" in prefix:
-        report(("forward_auth", "prefix"), "must not contain '..' or '%'")
-    elif not _printable_ascii(prefix):
-        report(("forward_auth", "prefix"), "must be printable ASCII")
+    if len(prefix) > MAX_FORWARD_AUTH_PREFIX or not _FORWARD_AUTH_PREFIX.fullmatch(prefix):
+        report(
+            ("forward_auth", "prefix"),
+            "must start and end with '/', hold path segments of letters, digits, '.', '_', "
+            f"'~' or '-' (none starting with '.'), at most {MAX_FORWARD_AUTH_PREFIX} characters",
+        )
+    trusted: list[str] = []
     for index, cidr in enumerate(forward.trusted_proxies):
         try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            report(
-                ("forward_auth", "trusted_proxies", index),
-                f"{cidr!r} is not an IP network (e.g. 10.0.0.0/8 or ::1/128)",
-            )
-    if not _printable_ascii(forward.cache_control):
-        report(("forward_auth", "cache_control"), "must be printable ASCII (a header value)")
-    return settings
+            # strict: 10.0.0.1/8 is refused (host bits set), a typo more often than an intent.
+            network = str(ipaddress.ip_network(cidr, strict=True))
+        except ValueError as error:
+            report(("forward_auth", "trusted_proxies", index), f"{error} (e.g. 10.0.0.0/8)")
+            continue
+        if network not in trusted:
+            trusted.append(network)
+    if len(forward.cache_control) > MAX_CACHE_CONTROL or not _printable_ascii(
+        forward.cache_control
+    ):
+        report(
+            ("forward_auth", "cache_control"),
+            f"must be printable ASCII (no CR or LF), at most {MAX_CACHE_CONTROL} characters",
+        )
+    return replace(settings, forward_auth=replace(forward, trusted_proxies=tuple(trusted)))
 
 
 def _printable_ascii(text: str) -> bool:

@@ -289,14 +289,14 @@ class Log(Section, frozen=True):
 class ForwardAuth(Section, frozen=True):
     """`forward_auth`: the endpoints a front proxy asks whether to let a request through."""
 
-    prefix: Text = "/_keygate/"  # starts and ends with "/"; no "..", no "%"
-    # CIDRs of the proxies allowed to ask (ipaddress networks, host bits allowed).
+    prefix: Text = "/_keygate/"  # starts and ends with "/"; unreserved characters only
+    # CIDRs of the proxies allowed to ask: the connection's peer address, never a header.
     trusted_proxies: tuple[Text, ...] = ("127.0.0.1/32", "::1/128")
     cache_control: Text = "no-store"  # Cache-Control of every answer
 
     def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """The trusted proxies as networks (checked at load, so this cannot fail)."""
-        return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in self.trusted_proxies)
+        return tuple(ipaddress.ip_network(cidr) for cidr in self.trusted_proxies)
 
 
 class Settings(Section, frozen=True):
