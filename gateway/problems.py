@@ -7,6 +7,15 @@ from typing import Any
 
 import yaml
 
+# libyaml's C loader where PyYAML was built with it: the same safe YAML, parsed several times
+# faster than the pure-Python loader (every start and policy reload reads two files).
+_SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def safe_load(text: str) -> Any:
+    """Parse YAML text with the safe loader (libyaml's where available)."""
+    return yaml.load(text, Loader=_SAFE_LOADER)
+
 
 class ProblemsError(Exception):
     """A file failed validation; `problems` lists every problem with its location."""
@@ -27,6 +36,6 @@ def read_yaml(path: Path, error: type[ProblemsError]) -> Any:
     except UnicodeDecodeError as cause:
         raise error([f"{path}: cannot read: not UTF-8 text ({cause.reason})"]) from cause
     try:
-        return yaml.safe_load(text)
+        return safe_load(text)
     except yaml.YAMLError as cause:
         raise error([f"{path}: invalid YAML: {cause}"]) from cause

@@ -33,6 +33,9 @@ BLOB_MAX_SIZE: Final = 16 * 1024**3
 BLOB_MODULUS: Final = 251
 # Longest sleep GET /_slow accepts, in seconds.
 SLOW_MAX_DELAY: Final = 30.0
+# Seconds a stopping test upstream waits for handlers still running (a /_slow sleep a test
+# has already seen cut off by the gateway) before it cancels them.
+SHUTDOWN_TIMEOUT: Final = 0.1
 # Names of the diagnostics routes (public: no token or acting user needed).
 TEST_ROUTES: Final = frozenset({"echo", "blob", "slow"})
 
@@ -139,7 +142,7 @@ class Backend:
 
 async def start_backend() -> Backend:
     """Start the test upstream on 127.0.0.1 with a free port."""
-    runner = web.AppRunner(create_test_upstream_app())
+    runner = web.AppRunner(create_test_upstream_app(), shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
