@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -110,3 +112,15 @@ def test_compose_agrees_with_the_config(tmp_path: Path) -> None:
 def mounts_text(mounts: dict[str, str]) -> str:
     """The fleet config's text (where the secret's path is named)."""
     return (DEPLOY / mounts["/etc/keygate/gateway.yaml"]).read_text(encoding="utf-8")
+
+
+def test_the_compose_backend_command_imports_what_exists() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text(encoding="utf-8"))
+    command = compose["services"]["backend"]["command"]
+    assert command[:2] == ["python", "-c"]
+    imports = [n for n in ast.walk(ast.parse(command[2])) if isinstance(n, ast.ImportFrom)]
+    assert imports
+    for node in imports:
+        module = importlib.import_module(node.module or "")
+        for alias in node.names:
+            assert hasattr(module, alias.name), (node.module, alias.name)
