@@ -146,7 +146,7 @@ def percentile(values: list[float], fraction: float) -> float:
 async def create_keys(config: Path, count: int, prefix: str) -> list[tuple[int, str]]:
     """Create `count` keys (and the bench admin) in the config's store; return (id, secret)."""
     settings = load_settings(config)
-    policy = load_policy(settings.policy_path)
+    policy = load_policy(settings.policy)
     store = store_for(settings)
     await store.open()
     try:

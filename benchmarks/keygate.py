@@ -21,6 +21,7 @@ from benchmarks.procs import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH_ROLE = "bench"
 KEY_HEADER = "X-API-Key"
+FORWARD_AUTH_PREFIX = "/_keygate/"  # where deploy/nginx/keygate-forward-auth.conf asks
 CLI_TIMEOUT_S = 60.0  # seconds one `python -m gateway ...` call may take
 UPSTREAM_TIMEOUT_S = 60  # keygate's upstream timeout in the generated config, seconds
 SEED_BUDGET_S = 900.0  # default seconds seed_keys may spend before giving up
@@ -51,16 +52,22 @@ def write_config(
     upstream_port: int,
     redis_url: str | None = None,
     access_log: bool = False,
+    forward_auth: bool = False,
 ) -> Path:
     """Write a keygate config whose store (keygate.db) and policy sit next to it.
 
     With `redis_url`, rate limits are counted in that Redis (shared by the workers); with
-    `access_log`, keygate writes its access line (text, its default) to its output.
+    `access_log`, keygate writes its access line (text, its default) to its output; with
+    `forward_auth`, its decision endpoints answer a front proxy on loopback.
     """
     path = directory / filename
     # Access lines are written at level info; warning keeps the run's output to problems.
     level = "info" if access_log else "warning"
     limits = "" if redis_url is None else f'rate_limits: {{redis_url: "{redis_url}"}}\n'
+    if forward_auth:
+        limits += (
+            f'forward_auth: {{prefix: "{FORWARD_AUTH_PREFIX}", trusted_proxies: [{LOOPBACK}/32]}}\n'
+        )
     path.write_text(
         limits
         + f"""\

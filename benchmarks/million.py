@@ -63,7 +63,7 @@ async def time_creates(config: Path) -> list[float]:
     from gateway.store.factory import store_for
 
     settings = load_settings(config)
-    policy = load_policy(settings.policy_path)
+    policy = load_policy(settings.policy)
     store = store_for(settings)
     await store.open()
     timings = []

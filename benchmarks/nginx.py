@@ -13,6 +13,15 @@ from pathlib import Path
 from benchmarks.procs import LOOPBACK, BenchError, ManagedProcess, wait_for_port
 
 NGINX_FALLBACK = "/usr/sbin/nginx"
+# The forward-auth example the README tells operators to copy; the contender runs it as is,
+# with the benchmark's ports in place of the addresses it names.
+FORWARD_AUTH_CONF = Path(__file__).resolve().parents[1] / "deploy/nginx/keygate-forward-auth.conf"
+FORWARD_AUTH_ADDRESSES = {
+    "keygate": "127.0.0.1:8080",
+    "backend": "127.0.0.1:9000",
+    "front": "127.0.0.1:8000",
+}
+# The forward-auth nginx's access line: the peer's, with the acting user keygate named.
 
 SMALL_PATH = "/1Integrate/rest/small"
 BIG_PATH = "/1Integrate/rest/big"
@@ -43,6 +52,8 @@ ACCESS_LOG_FORMAT = (
 ACCESS_LOG_BUFFER = "64k"  # bytes nginx gathers before writing the access log
 ACCESS_LOG_FLUSH = "1s"  # longest a buffered line waits
 ACCESS_LOG_NAME = "access.log"
+
+FORWARD_AUTH_LOG_FORMAT = ACCESS_LOG_FORMAT.replace("$kg_user", "$keygate_user")
 
 JSON_401 = '{"error":"key_unknown","message":"missing or unknown API key"}'
 JSON_403 = '{"error":"forbidden","message":"API-key management is not available to keys"}'
@@ -263,3 +274,41 @@ def start_peer(
         keys_map.chmod(0o644)
     conf = peer_conf(prefix, port, upstream_port, workers, access_log=access_log)
     return _start(binary, prefix, conf, "nginx peer", port)
+
+
+def forward_auth_conf(
+    prefix: Path, port: int, upstream_port: int, keygate_port: int, workers: int
+) -> str:
+    """Return nginx.conf for deploy/nginx/keygate-forward-auth.conf: auth_request to keygate.
+
+    The site is the deploy file with this run's ports; every request is access-logged
+    (buffered, as the peer's log) with the acting user keygate answered.
+    """
+    site = FORWARD_AUTH_CONF.read_text(encoding="utf-8")
+    ports = {"keygate": keygate_port, "backend": upstream_port, "front": port}
+    for name, address in FORWARD_AUTH_ADDRESSES.items():
+        if address not in site:
+            raise BenchError(f"{FORWARD_AUTH_CONF} no longer names {address} ({name})")
+        site = site.replace(address, f"{LOOPBACK}:{ports[name]}")
+    (prefix / "site.conf").write_text(site, encoding="utf-8")
+    logging = (
+        f"    log_format kgfa {FORWARD_AUTH_LOG_FORMAT};\n"
+        f"    access_log {prefix}/{ACCESS_LOG_NAME} kgfa buffer={ACCESS_LOG_BUFFER} "
+        f"flush={ACCESS_LOG_FLUSH};\n"
+    )
+    common = _http_common(prefix).replace("    access_log off;\n", logging)
+    return (
+        _main_block(prefix, workers)
+        + "http {\n"
+        + common
+        + f"    include {prefix}/site.conf;\n}}\n"
+    )
+
+
+def start_forward_auth(
+    binary: str, root: Path, port: int, upstream_port: int, keygate_port: int, workers: int
+) -> ManagedProcess:
+    """Start nginx running the forward-auth example under root/forward-auth on `port`."""
+    prefix = _prefix_dir(root, "forward-auth")
+    conf = forward_auth_conf(prefix, port, upstream_port, keygate_port, workers)
+    return _start(binary, prefix, conf, "nginx forward-auth", port)

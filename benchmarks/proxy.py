@@ -66,6 +66,7 @@ CONTENDERS = (
     "upstream",
     "nginx",
     "nginx-log",
+    "nginx-auth",
     "bare",
     "keygate-w1",
     "keygate-w2",
@@ -75,6 +76,7 @@ CONTENDERS = (
     "keygate-rl-redis",
 )
 KEYGATE_CONTENDERS = (
+    "nginx-auth",
     "keygate-w1",
     "keygate-w2",
     "keygate-w2-log",
@@ -92,6 +94,7 @@ LABELS = {
     "upstream": "upstream direct",
     "nginx": "nginx peer",
     "nginx-log": "nginx peer +log",
+    "nginx-auth": "nginx auth +log",
     "bare": "aiohttp bare",
     "keygate-w1": "keygate w1",
     "keygate-w2": "keygate w2",
@@ -106,6 +109,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "nginx": ("nginx",),
     "peer": ("nginx",),
     "nginx-log": ("nginx-log",),
+    "nginx-auth": ("nginx-auth",),
+    "auth-request": ("nginx-auth",),
+    "forward-auth": ("nginx-auth",),
     "keygate-w2-log": ("keygate-w2-log",),
     "w2-log": ("keygate-w2-log",),
     "log": ("nginx-log", "keygate-w2-log"),
@@ -131,6 +137,7 @@ RATIOS = (
     ("keygate w2 / nginx peer, logs on", "keygate-w2-log", "nginx-log"),
     ("keygate w2 log on / off", "keygate-w2-log", "keygate-w2"),
     ("nginx peer log on / off", "nginx-log", "nginx"),
+    ("nginx auth_request / nginx peer, logs on", "nginx-auth", "nginx-log"),
     ("keygate w1 / aiohttp bare", "keygate-w1", "bare"),
     ("keygate w2 / aiohttp bare", "keygate-w2", "bare"),
     ("keygate keyed / anon (w2)", "keygate-w2", "keygate-anon"),
@@ -141,6 +148,7 @@ RATIOS = (
 )
 # Rough seconds to start and self-check one contender, for the up-front time estimate.
 STARTUP_ESTIMATE_S = dict.fromkeys(KEYGATE_CONTENDERS, 4.0)
+FORWARD_AUTH_WORKERS = 2  # keygate workers deciding for the nginx auth_request contender
 DEFAULT_STARTUP_ESTIMATE_S = 1.5
 
 
@@ -164,10 +172,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=",".join(CONTENDERS),
-        help="comma list of contenders: upstream, nginx, nginx-log, bare, keygate (= "
-        "keygate-w1, keygate-w2, keygate-w2-log, keygate-anon, keygate-rl, keygate-rl-redis), "
+        help="comma list of contenders: upstream, nginx, nginx-log, nginx-auth, bare, keygate "
+        "(= keygate-w1, keygate-w2, keygate-w2-log, keygate-anon, keygate-rl, keygate-rl-redis), "
         "log (= nginx-log, keygate-w2-log) or any of those; the -log ones write an access log "
-        "(nginx buffered, keygate its default text lines), the others none; rl and "
+        "(nginx buffered, keygate its default text lines), the others none; nginx-auth is "
+        "deploy/nginx/keygate-forward-auth.conf (auth_request, keepalive) deciding with "
+        "keygate --workers 2, both logging every request; rl and "
         "rl-redis are w2 with a key whose own rate limit never triggers, counted locally or "
         "in Redis ($KEYGATE_BENCH_REDIS, default redis://127.0.0.1:6379/14)",
     )
@@ -505,6 +515,7 @@ class Harness:
             "upstream": self._upstream_direct,
             "nginx": self._nginx_peer,
             "nginx-log": lambda: self._nginx_peer(access_log=True),
+            "nginx-auth": self._nginx_forward_auth,
             "bare": self._aiohttp_bare,
             "keygate-w1": lambda: self._keygate(1, keyed=True),
             "keygate-w2": lambda: self._keygate(2, keyed=True),
@@ -546,6 +557,52 @@ class Harness:
             yield Target(port, headers, (process.pgid,))
         finally:
             process.stop()
+
+    @contextlib.contextmanager
+    def _nginx_forward_auth(self) -> Iterator[Target]:
+        """Run keygate (--workers 2, forward-auth, access log) and nginx asking it per request."""
+        assert self.keygate_dir is not None
+        keygate_port, admin_port, port = free_ports(3)
+        config = keygate.write_config(
+            self.keygate_dir,
+            "forward-auth.yaml",
+            listen_port=keygate_port,
+            admin_port=admin_port,
+            upstream_port=self.upstream_port,
+            access_log=True,
+            forward_auth=True,
+        )
+        decider = keygate.start_keygate(
+            config,
+            FORWARD_AUTH_WORKERS,
+            listen_port=keygate_port,
+            key=self.keygate_key,
+            log_path=self._log_path("keygate-forward-auth"),
+            startup_timeout_s=self.args.startup_timeout,
+            python=self.args.python,
+        )
+        try:
+            front = nginx.start_forward_auth(
+                self.tools.nginx,
+                self.root,
+                port,
+                self.upstream_port,
+                keygate_port,
+                self.args.nginx_workers,
+            )
+            try:
+                headers = {KEY_HEADER: self.keygate_key}
+                checks = check_passthrough(port, headers)
+                checks += check_key_enforcement(port, self.keygate_key, anonymous_passes=True)
+                log = self.root / "forward-auth" / nginx.ACCESS_LOG_NAME
+                checks += check_access_log(log, f"key={BENCH_KEY_NAME}")
+                checks += check_access_log(decider.log_path, "decision=nginx")
+                print(f"self-check ok ({checks})", end="", flush=True)
+                yield Target(port, headers, (front.pgid, decider.pgid))
+            finally:
+                front.stop()
+        finally:
+            decider.stop()
 
     @contextlib.contextmanager
     def _aiohttp_bare(self) -> Iterator[Target]:

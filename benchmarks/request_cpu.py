@@ -1,6 +1,7 @@
 """keygate's CPU per proxied request, in one process: steadier than req/s on a shared machine.
 
     python -m benchmarks.request_cpu [--requests 20000] [--rounds 5] [--access-log on|off]
+                                     [--forward-auth]
 
 One uvloop process holds a minimal upstream (a keep-alive protocol answering a ~100-byte
 JSON document), the real gateway (`running_gateway` on a SQLite store with 10,000 keys, the
@@ -8,7 +9,9 @@ benchmark policy) and 32 client connections sending keyed GETs one after another
 process's CPU time over the run, minus the same client's CPU against the upstream directly,
 is what the gateway spends per request (uvloop and the kernel's socket work included). CPU
 time counts only this process's work, so other load on the machine hardly moves it. The
-median over rounds is printed; compare two trees by running each.
+median over rounds is printed; compare two trees by running each. `--forward-auth` sends
+nginx `auth_request` decisions for the same GET instead (the upstream is then not asked; its
+share of the baseline is a few microseconds).
 """
 
 from __future__ import annotations
@@ -83,6 +86,14 @@ def request_bytes(host_port: int, key: str | None) -> bytes:
     return f"GET {SMALL_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{host_port}\r\n{key_line}\r\n".encode()
 
 
+def decision_bytes(host_port: int, key: str) -> bytes:
+    """nginx's auth_request subrequest asking about the keyed GET (forward-auth)."""
+    return (
+        f"GET /_keygate/nginx HTTP/1.1\r\nHost: 127.0.0.1:{host_port}\r\n"
+        f"X-Original-Method: GET\r\nX-Original-URI: {SMALL_PATH}\r\nX-API-Key: {key}\r\n\r\n"
+    ).encode()
+
+
 def prepare(args: argparse.Namespace, directory: Path, upstream_port: int) -> tuple[Path, str]:
     """Write config and policy, create the bench key and seed the rest; the config and key."""
     return keygate.prepare_gateway(
@@ -109,20 +120,22 @@ async def measure(args: argparse.Namespace, config: Path, key: str, upstream_por
     direct, keyed = [], []
     async with running_gateway(load_settings(config), serve_admin=False) as running:
         port = running.proxy_port
-        await cpu_per_request(port, request_bytes(port, key), CONNECTIONS * 50)  # warm-up
+        asked = decision_bytes(port, key) if args.forward_auth else request_bytes(port, key)
+        await cpu_per_request(port, asked, CONNECTIONS * 50)  # warm-up
         for _ in range(args.rounds):
             direct.append(
                 await cpu_per_request(
                     upstream_port, request_bytes(upstream_port, None), args.requests
                 )
             )
-            keyed.append(await cpu_per_request(port, request_bytes(port, key), args.requests))
+            keyed.append(await cpu_per_request(port, asked, args.requests))
             sink.seek(0)
             sink.truncate()
     upstream.close()
     gateway_us = [k - d for k, d in zip(keyed, direct, strict=True)]
+    what = "forward-auth decisions (nginx)" if args.forward_auth else "requests"
     print(
-        f"access log {args.access_log}, {args.requests} requests x {args.rounds} rounds, "
+        f"access log {args.access_log}, {args.requests} {what} x {args.rounds} rounds, "
         f"{CONNECTIONS} connections: client+upstream alone {statistics.median(direct):.1f} us, "
         f"with keygate {statistics.median(keyed):.1f} us; keygate's CPU per request "
         f"{statistics.median(gateway_us):.1f} us (rounds: "
@@ -138,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--access-log", choices=("on", "off"), default="on")
+    parser.add_argument(
+        "--forward-auth",
+        action="store_true",
+        help="send nginx auth_request decisions (/_keygate/nginx) instead of proxied GETs",
+    )
     args = parser.parse_args(argv)
     import uvloop
 

@@ -131,7 +131,7 @@ async def run(args: argparse.Namespace, directory: Path) -> None:
         upstream_port=upstream_port,
     )  # fmt: skip
     settings = load_settings(config)
-    policy = load_policy(settings.policy_path)
+    policy = load_policy(settings.policy)
     store = store_for(settings)
     await store.open()
     try:
@@ -162,7 +162,8 @@ async def run(args: argparse.Namespace, directory: Path) -> None:
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     print(
         f"revocation reach over {len(latencies)} revocations, {args.workers} workers, feed poll "
-        f"{settings.poll_interval * 1000:.0f} ms: median {statistics.median(latencies):.0f} ms, "
+        f"{settings.feed.poll_interval * 1000:.0f} ms: "
+        f"median {statistics.median(latencies):.0f} ms, "
         f"p99 {p99:.0f} ms, max {latencies[-1]:.0f} ms"
     )
 

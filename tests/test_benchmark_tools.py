@@ -87,3 +87,18 @@ async def test_the_fleet_load_child_paces_keyed_requests_at_the_rate_it_states(
     assert 0.8 * fleet.LOAD_RATE <= rate <= 1.2 * fleet.LOAD_RATE
     assert len(keys_seen) <= 1.2 * fleet.LOAD_RATE * 3  # never unthrottled
     assert set(keys_seen) == {"kg_bench"}
+
+
+def test_the_forward_auth_contender_runs_the_deploy_example_with_its_ports_and_logs(
+    tmp_path: Path,
+) -> None:
+    from benchmarks.nginx import FORWARD_AUTH_CONF, forward_auth_conf
+
+    conf = forward_auth_conf(tmp_path, 18000, 19000, 18080, 1)
+    site = (tmp_path / "site.conf").read_text(encoding="utf-8")
+    assert site == FORWARD_AUTH_CONF.read_text(encoding="utf-8").replace(
+        "127.0.0.1:8080", "127.0.0.1:18080"
+    ).replace("127.0.0.1:9000", "127.0.0.1:19000").replace("127.0.0.1:8000", "127.0.0.1:18000")
+    assert "access_log off" not in conf
+    assert re.search(rf"access_log {tmp_path}/{ACCESS_LOG_NAME} kgfa buffer=\S+ flush=\S+;", conf)
+    assert "key=$keygate_user" in conf and f"include {tmp_path}/site.conf;" in conf

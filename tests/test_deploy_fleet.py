@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,8 +51,8 @@ def test_kubernetes_manifests_agree_with_the_config(tmp_path: Path) -> None:
     }
     assert env["KEYGATE_CONFIG"]["value"] == f"{mount['mountPath']}/gateway.yaml"
     settings = settings_from(tmp_path, mounted, {"KEYGATE_STORE_URL": database_url})
-    assert settings.store_url == database_url
-    assert settings.policy_path.name in mounted
+    assert settings.store.url == database_url
+    assert settings.policy.name in mounted
 
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {"proxy": settings.listen.port, "admin": settings.admin.port}
@@ -62,7 +64,7 @@ def test_kubernetes_manifests_agree_with_the_config(tmp_path: Path) -> None:
     assert kinds["Service"]["spec"]["selector"].items() <= labels.items()
     assert [p["targetPort"] for p in kinds["Service"]["spec"]["ports"]] == ["proxy"]
     grace = pod["spec"]["terminationGracePeriodSeconds"]
-    assert grace > settings.grace_period
+    assert grace > settings.shutdown.grace_period
 
 
 def test_compose_agrees_with_the_config(tmp_path: Path) -> None:
@@ -85,11 +87,11 @@ def test_compose_agrees_with_the_config(tmp_path: Path) -> None:
     )
     secret_file.write_text("pw\n", encoding="utf-8")
     settings = settings_from(tmp_path, files, {})
-    assert settings.store_password == "pw"
+    assert settings.store.password == "pw"
     assert "/run/secrets/db_password" in mounts_text(mounts)
     assert keygate["secrets"] == ["db_password"] and "db_password" in compose["secrets"]
 
-    store = urlsplit(settings.store_url)
+    store = urlsplit(settings.store.url)
     assert store.hostname == "postgres"
     assert services["postgres"]["environment"]["POSTGRES_DB"] == store.path.lstrip("/")
     assert services["postgres"]["environment"]["POSTGRES_USER"] == store.username
@@ -110,3 +112,15 @@ def test_compose_agrees_with_the_config(tmp_path: Path) -> None:
 def mounts_text(mounts: dict[str, str]) -> str:
     """The fleet config's text (where the secret's path is named)."""
     return (DEPLOY / mounts["/etc/keygate/gateway.yaml"]).read_text(encoding="utf-8")
+
+
+def test_the_compose_backend_command_imports_what_exists() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text(encoding="utf-8"))
+    command = compose["services"]["backend"]["command"]
+    assert command[:2] == ["python", "-c"]
+    imports = [n for n in ast.walk(ast.parse(command[2])) if isinstance(n, ast.ImportFrom)]
+    assert imports
+    for node in imports:
+        module = importlib.import_module(node.module or "")
+        for alias in node.names:
+            assert hasattr(module, alias.name), (node.module, alias.name)

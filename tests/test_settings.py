@@ -13,25 +13,8 @@ import yaml
 from gateway.policy.rules import load_policy
 from gateway.settings import (
     CONFIG_ENV_VAR,
-    DEFAULT_ACTING_USER_HEADER,
-    DEFAULT_ADMIN_HOST,
-    DEFAULT_ADMIN_PORT,
-    DEFAULT_CLIENT_BODY_TIMEOUT,
     DEFAULT_CONFIG_PATH,
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_FLUSH_INTERVAL,
-    DEFAULT_GRACE_PERIOD,
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_LISTEN_HOST,
-    DEFAULT_LISTEN_PORT,
-    DEFAULT_MAX_HEADERS,
-    DEFAULT_MAX_LINE_SIZE,
-    DEFAULT_POLL_INTERVAL,
-    DEFAULT_POOL_SIZE,
-    DEFAULT_POOL_TIMEOUT,
-    DEFAULT_READ_TIMEOUT,
     DEFAULT_STRIP_HEADERS,
-    DEFAULT_UPSTREAM_TIMEOUT,
     ConfigError,
     Settings,
     UpstreamTLS,
@@ -71,32 +54,37 @@ def test_shipped_config_loads_with_its_policy() -> None:
     assert (settings.listen.host, settings.listen.port) == ("0.0.0.0", 8080)
     assert (settings.admin.host, settings.admin.port) == ("127.0.0.1", 8081)
     assert settings.upstream.url == "http://127.0.0.1:9000"
-    assert settings.upstream.headers == ()
-    assert settings.store_url.startswith("sqlite:///")
-    assert settings.policy_path == (REPO / "config" / "policy.yaml").resolve()
+    assert settings.upstream.headers == {}
+    assert settings.store.url.startswith("sqlite:///")
+    assert settings.policy == (REPO / "config" / "policy.yaml").resolve()
     assert settings.base_dir == SHIPPED.resolve().parent
     assert settings.anonymous == "passthrough"
-    assert settings.acting_user_header == "X-Acting-User"
-    assert "X-Remote-User" in settings.strip_headers
-    assert "1int-admin" in load_policy(settings.policy_path).roles
+    assert settings.identity.acting_user_header == "X-Acting-User"
+    assert "X-Remote-User" in settings.identity.strip_headers
+    assert "1int-admin" in load_policy(settings.policy).roles
 
 
 def test_minimal_config_takes_the_documented_defaults() -> None:
+    # The defaults the README and config/gateway.yaml document, written out here so a changed
+    # model default fails this test instead of passing by comparison with itself.
     settings = build(MINIMAL)
-    assert settings.listen.host == DEFAULT_LISTEN_HOST
-    assert settings.listen.port == DEFAULT_LISTEN_PORT
-    assert (settings.admin.host, settings.admin.port) == (DEFAULT_ADMIN_HOST, DEFAULT_ADMIN_PORT)
-    assert settings.upstream.timeout == DEFAULT_UPSTREAM_TIMEOUT
-    assert settings.upstream.connect_timeout == DEFAULT_CONNECT_TIMEOUT
-    assert settings.upstream.pool_size == DEFAULT_POOL_SIZE
-    assert settings.acting_user_header == DEFAULT_ACTING_USER_HEADER
-    assert settings.strip_headers == DEFAULT_STRIP_HEADERS
+    assert (settings.listen.host, settings.listen.port) == ("0.0.0.0", 8080)
+    assert (settings.admin.host, settings.admin.port) == ("127.0.0.1", 8081)
+    assert settings.upstream.timeout == 60
+    assert settings.upstream.connect_timeout == 5
+    assert settings.upstream.pool_size == 256
+    assert settings.identity.acting_user_header == "X-Acting-User"
+    assert settings.identity.strip_headers == DEFAULT_STRIP_HEADERS
+    assert "X-Authenticated-User" in DEFAULT_STRIP_HEADERS
     assert settings.anonymous == "passthrough"
-    assert settings.poll_interval == DEFAULT_POLL_INTERVAL
-    assert settings.flush_interval == DEFAULT_FLUSH_INTERVAL
-    assert settings.grace_period == DEFAULT_GRACE_PERIOD
-    assert (settings.log_level, settings.access_log) == ("info", True)
-    assert settings.policy_path == WHERE.parent / "policy.yaml"
+    assert settings.feed.poll_interval == 0.1
+    assert settings.usage.flush_interval == 2
+    assert settings.shutdown.grace_period == 30
+    assert (settings.log.level, settings.log.access_log) == ("info", True)
+    assert settings.policy == WHERE.parent / "policy.yaml"
+    assert settings.forward_auth.prefix == "/_keygate/"
+    assert settings.forward_auth.trusted_proxies == ("127.0.0.1/32", "::1/128")
+    assert settings.forward_auth.cache_control == "no-store"
 
 
 def test_every_problem_is_reported_at_once_with_its_location() -> None:
@@ -125,13 +113,13 @@ def test_every_problem_is_reported_at_once_with_its_location() -> None:
     problems = problems_of(data)
     assert all(problem.startswith(f"{WHERE}: ") for problem in problems)
     expected = [
-        "listener: unknown setting",
-        "listen.backlog: unknown setting",
-        "listen.port: must be an integer 0-65535",
-        "admin.port: must be an integer 0-65535",
+        "listener: unknown setting; did you mean 'listen'?",
+        "listen.backlog: unknown setting; known: host, port",
+        "listen.port: expected an integer 0-65535, got 70000",
+        "admin.port: expected an integer 0-65535, got '8081'",
         "upstream.retries: unknown setting",
         "upstream.url: must have no path",
-        "upstream.timeout: must be a number >= 0.1",
+        "upstream.timeout: expected a number >= 0.1, got -1",
         "upstream.headers.Bad Header: is not a valid header name",
         "upstream.headers.X-Service-Token: environment variable 'KEYGATE_TEST_MISSING' is not set",
         "upstream.headers.X-Injected: value contains control characters",
@@ -139,12 +127,12 @@ def test_every_problem_is_reported_at_once_with_its_location() -> None:
         "store.path: unknown setting",
         "store.url: is required",
         "identity.acting_user_header: 'X Acting User' is not a valid header name",
-        "identity.strip_headers: must be a list of header names",
-        "anonymous: must be 'passthrough' or 'deny'",
-        "feed.poll_interval: must be a number >= 0.01",
+        "identity.strip_headers[1]: 'not ok' is not a valid header name",
+        "anonymous: expected one of 'passthrough', 'deny', got 'allow'",
+        "feed.poll_interval: expected a number >= 0.01, got 0",
         "log.level: must be debug, info, warning or error",
-        "log.access_log: must be true or false",
-        "shutdown: must be a mapping",
+        "log.access_log: expected true or false, got 'yes'",
+        "shutdown: expected a mapping, got 30",
     ]
     for fragment in expected:
         matching = [p for p in problems if f"{WHERE}: {fragment}" in p]
@@ -152,10 +140,20 @@ def test_every_problem_is_reported_at_once_with_its_location() -> None:
     assert len(problems) == len(expected)
 
 
-@pytest.mark.parametrize("port", [-1, 65536, "8080", True, 80.5, None])
-def test_bad_ports(port: Any) -> None:
+@pytest.mark.parametrize(
+    ("port", "shown"),
+    [
+        (-1, "-1"),
+        (65536, "65536"),
+        ("8080", "'8080'"),
+        (True, "true"),
+        (80.5, "80.5"),
+        (None, "null"),
+    ],
+)
+def test_bad_ports(port: Any, shown: str) -> None:
     assert problems_of(with_(listen={"port": port})) == [
-        f"{WHERE}: listen.port: must be an integer 0-65535"
+        f"{WHERE}: listen.port: expected an integer 0-65535, got {shown}"
     ]
 
 
@@ -165,9 +163,11 @@ def test_port_zero_means_pick_a_free_port() -> None:
 
 @pytest.mark.parametrize("anonymous", ["Passthrough", "allow", "", None, True, ["deny"]])
 def test_bad_anonymous(anonymous: Any) -> None:
-    assert problems_of(with_(anonymous=anonymous)) == [
-        f"{WHERE}: anonymous: must be 'passthrough' or 'deny'"
-    ]
+    problems = problems_of(with_(anonymous=anonymous))
+    assert len(problems) == 1
+    assert problems[0].startswith(
+        f"{WHERE}: anonymous: expected one of 'passthrough', 'deny', got "
+    )
 
 
 def test_anonymous_deny() -> None:
@@ -186,8 +186,8 @@ def test_anonymous_deny() -> None:
         ("http://[::1", "is not a valid URL"),
         ("http://backend:99999", "is not a valid URL"),
         ("http://backend:port", "is not a valid URL"),
-        ("", "must be a non-empty string"),
-        (9000, "must be a non-empty string"),
+        ("", "expected a non-empty string, got ''"),
+        (9000, "expected a non-empty string, got 9000"),
     ],
 )
 def test_bad_upstream_urls(url: Any, fragment: str) -> None:
@@ -231,7 +231,7 @@ def test_bad_store_urls(url: str) -> None:
 )
 def test_postgres_store_urls_are_accepted(url: str) -> None:
     settings = build(with_(store={"url": url}))
-    assert (settings.store_url, settings.store_password, settings.store_schema) == (url, None, None)
+    assert (settings.store.url, settings.store.password, settings.store.schema) == (url, None, None)
 
 
 @pytest.mark.parametrize(
@@ -261,14 +261,14 @@ def test_postgres_password_from_the_environment_or_a_file(tmp_path: Path) -> Non
         tmp_path / "gateway.yaml",
         {"DB_PW": "s3cret"},
     )
-    assert (from_env.store_password, from_env.store_schema) == ("s3cret", "fleet")
+    assert (from_env.store.password, from_env.store.schema) == ("s3cret", "fleet")
     (tmp_path / "db-password").write_text("from-file\n", encoding="utf-8")
     from_file = settings_from_data(
         with_(store={"url": url, "password": {"file": "db-password"}}),
         tmp_path / "gateway.yaml",
         {},
     )
-    assert from_file.store_password == "from-file"
+    assert from_file.store.password == "from-file"
 
 
 @pytest.mark.parametrize(
@@ -293,12 +293,12 @@ def test_postgres_password_from_the_environment_or_a_file(tmp_path: Path) -> Non
     ],
 )
 def test_bad_postgres_store_settings(store: dict[str, object], problem: str) -> None:
-    assert problems_of(with_(store=store)) == [f"{WHERE}: {problem}"]
+    assert problems_of(with_(store=store), {"X": "set"}) == [f"{WHERE}: {problem}"]
 
 
 @pytest.mark.parametrize("url", ["sqlite:///keygate.db", "sqlite:////var/lib/k.db"])
 def test_good_store_urls(url: str) -> None:
-    assert build(with_(store={"url": url})).store_url == url
+    assert build(with_(store={"url": url})).store.url == url
 
 
 @pytest.mark.parametrize(
@@ -317,7 +317,8 @@ def test_bad_numbers(section: str, key: str, value: Any) -> None:
     base = dict(MINIMAL[section]) if section in MINIMAL else {}
     problems = problems_of(with_(**{section: {**base, key: value}}))
     assert len(problems) == 1, problems
-    assert problems[0].startswith(f"{WHERE}: {section}.{key}: must be a number >= ")
+    assert problems[0].startswith(f"{WHERE}: {section}.{key}: expected a")
+    assert " >= " in problems[0]
 
 
 def test_header_values_from_environment_and_literals() -> None:
@@ -331,10 +332,10 @@ def test_header_values_from_environment_and_literals() -> None:
         }
     )
     settings = build(data, {"KEYGATE_UPSTREAM_AUTH": "Basic c3ZjOnB3"})
-    assert settings.upstream.headers == (
-        ("Authorization", "Basic c3ZjOnB3"),
-        ("X-Static", "literal text"),
-    )
+    assert settings.upstream.headers == {
+        "Authorization": "Basic c3ZjOnB3",
+        "X-Static": "literal text",
+    }
 
 
 def test_header_value_from_environment_with_control_characters_is_refused() -> None:
@@ -355,7 +356,8 @@ def test_missing_environment_variable_is_named() -> None:
 @pytest.mark.parametrize("name", ["X-Acting-User", "x_user", "A", "!#$%&'*+-.^_`|~"])
 def test_header_names_accepted(name: str) -> None:
     assert is_header_name(name)
-    assert build(with_(identity={"acting_user_header": name})).acting_user_header == name
+    settings = build(with_(identity={"acting_user_header": name}))
+    assert settings.identity.acting_user_header == name
 
 
 @pytest.mark.parametrize("name", ["X Acting", "X:User", "", "X-\u00e9", "X\r\nY", "X(1)"])
@@ -368,12 +370,12 @@ def test_relative_policy_path_resolves_against_the_config_directory(tmp_path: Pa
     config_dir.mkdir()
     config = config_dir / "gateway.yaml"
     config.write_text(yaml.safe_dump({**MINIMAL, "policy": "../policies/p.yaml"}), "utf-8")
-    assert load_settings(config).policy_path == tmp_path / "policies" / "p.yaml"
+    assert load_settings(config).policy == tmp_path / "policies" / "p.yaml"
     absolute = tmp_path / "abs.yaml"
     config.write_text(yaml.safe_dump({**MINIMAL, "policy": str(absolute)}), "utf-8")
-    assert load_settings(config).policy_path == absolute
+    assert load_settings(config).policy == absolute
     config.write_text(yaml.safe_dump(MINIMAL), "utf-8")
-    assert load_settings(config).policy_path == config_dir / "policy.yaml"
+    assert load_settings(config).policy == config_dir / "policy.yaml"
 
 
 def test_relative_config_path_is_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -381,12 +383,12 @@ def test_relative_config_path_is_resolved(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(tmp_path)
     settings = load_settings(Path("gateway.yaml"))
     assert settings.path == tmp_path / "gateway.yaml"
-    assert settings.policy_path == tmp_path / "policy.yaml"
+    assert settings.policy == tmp_path / "policy.yaml"
 
 
 def test_policy_must_be_a_path() -> None:
     assert problems_of(with_(policy=["a.yaml"])) == [
-        f"{WHERE}: policy: must be a path to the policy YAML file"
+        f"{WHERE}: policy: expected a file path, got a list"
     ]
 
 
@@ -445,16 +447,9 @@ def test_an_upstream_header_named_twice_in_any_case_is_a_problem() -> None:
 
 def test_upstream_bounds_and_limits_default_and_can_be_set() -> None:
     upstream = build(MINIMAL).upstream
-    assert (upstream.pool_timeout, upstream.idle_timeout) == (
-        DEFAULT_POOL_TIMEOUT,
-        DEFAULT_IDLE_TIMEOUT,
-    )
-    assert (upstream.client_body_timeout, upstream.read_timeout) == (
-        DEFAULT_CLIENT_BODY_TIMEOUT,
-        DEFAULT_READ_TIMEOUT,
-    )
+    assert (upstream.pool_timeout, upstream.idle_timeout) == (10, 15)
+    assert (upstream.client_body_timeout, upstream.read_timeout) == (30, 60)
     assert (upstream.max_line_size, upstream.max_headers) == (8190, 128)
-    assert (DEFAULT_MAX_LINE_SIZE, DEFAULT_MAX_HEADERS) == (8190, 128)
     assert upstream.tls == UpstreamTLS()
     values = {
         "pool_timeout": 1,
@@ -520,8 +515,8 @@ def test_upstream_tls_files_resolve_against_the_config_and_must_exist(tmp_path: 
         settings_from_data(bad, tmp_path / "gateway.yaml", {})
     located = [p.split(": ")[1] for p in caught.value.problems]
     assert located == [
-        "upstream.tls.verify",
         "upstream.tls",
+        "upstream.tls.verify",
         "upstream.tls.ca_file",
         "upstream.tls.key_file",
     ]
@@ -594,7 +589,7 @@ def test_webhook_urls_may_come_from_env_or_file_like_other_secrets(tmp_path: Pat
         f"{WHERE}: notify.webhooks[0].url: must be an http:// or https:// URL",
         f"{WHERE}: notify.webhooks[1].url: environment variable 'UNSET' is not set",
         f"{WHERE}: notify.webhooks[2].url: must be {{env: VARIABLE}} or {{file: path}}",
-        f"{WHERE}: notify.webhooks[3].url: must be an http:// or https:// URL",
+        f"{WHERE}: notify.webhooks[3].url: value contains control characters",
     ]
     assert "hunter2" not in "".join(problems)
 
@@ -614,12 +609,12 @@ def test_bad_expiry_and_webhooks_are_each_reported() -> None:
         {"HOOK": "x"},
     )
     assert problems == [
-        f"{WHERE}: expiry.later: unknown setting",
-        f"{WHERE}: expiry.warn_days: must be a whole number of days, 1-3650",
-        f"{WHERE}: expiry.notify_days[1]: must be a whole number of days, 1-3650",
+        f"{WHERE}: expiry.later: unknown setting; known: warn_days, notify_days, check_interval",
+        f"{WHERE}: expiry.warn_days: expected a whole number of days, 1-3650, got 0",
+        f"{WHERE}: expiry.notify_days[1]: expected a whole number of days, 1-3650, got 'x'",
         f"{WHERE}: notify.webhooks[0].url: must be an http:// or https:// URL",
         f"{WHERE}: notify.webhooks[1].secret: environment variable 'UNSET' is not set",
-        f"{WHERE}: notify.webhooks[2]: must be {{url: http(s)://..., secret: {{env|file}}}}",
+        f"{WHERE}: notify.webhooks[2].secret: is required",
     ]
 
 
@@ -678,4 +673,4 @@ def test_a_service_header_named_like_a_custom_identity_header_is_refused() -> No
 @pytest.mark.parametrize("name", ["Authorization", "authorization", "Cookie", "X-Service-Token"])
 def test_service_credentials_in_ordinary_headers_load(name: str) -> None:
     data = with_(upstream={"url": "http://b", "headers": {name: {"value": "service"}}})
-    assert build(data).upstream.headers == ((name, "service"),)
+    assert build(data).upstream.headers == {name: "service"}

@@ -111,7 +111,9 @@ def test_a_signing_key_file_others_can_read_is_warned_about(
     )
     with caplog.at_level("WARNING", logger="keygate.settings"):
         settings = load_settings(config)
-    assert settings.signing_keys == (("k2", NEW_KEY), ("k1", OLD_KEY))  # a warning, not a refusal
+    # A warning, not a refusal.
+    keys = [(key.id, key.secret) for key in settings.identity.signing_keys]
+    assert keys == [("k2", NEW_KEY), ("k1", OLD_KEY)]
     warnings = [record.getMessage() for record in caplog.records]
     assert len(warnings) == 1, warnings
     assert str(shared) in warnings[0] and "0644" in warnings[0] and "chmod 600" in warnings[0]

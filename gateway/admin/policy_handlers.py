@@ -135,7 +135,7 @@ async def policy_info(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     policy = runtime.policy
     body: dict[str, Any] = {
-        "source": str(runtime.settings.policy_path),
+        "source": str(runtime.settings.policy),
         "sha256": "",
         "loaded_at": None,
         "roles": len(policy.roles),

@@ -61,7 +61,7 @@ def _grants(args: argparse.Namespace, settings: Settings) -> tuple[tuple[str, ..
         return (), True
     grants = tuple(sorted(set(args.grant or ())))
     if grants:
-        policy = load_policy(settings.policy_path)
+        policy = load_policy(settings.policy)
         unknown = [role for role in grants if role not in policy.roles]
         if unknown:
             raise CliError(f"unknown role(s) {', '.join(unknown)}: not defined in {policy.source}")

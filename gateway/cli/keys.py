@@ -59,7 +59,7 @@ def print_key(row: KeyRow, as_json: bool, extra: dict[str, Any] | None = None) -
 async def keys_create(args: argparse.Namespace) -> int:
     """Create a key and print its secret once."""
     settings = load_store_config(args)
-    policy = load_policy(settings.policy_path)
+    policy = load_policy(settings.policy)
     request: dict[str, Any] = {
         "name": args.name,
         "description": args.description,
@@ -160,7 +160,7 @@ async def keys_show(args: argparse.Namespace) -> int:
 async def keys_edit(args: argparse.Namespace) -> int:
     """Edit a key's name, description, roles or expiry."""
     settings = load_store_config(args)
-    policy = load_policy(settings.policy_path)
+    policy = load_policy(settings.policy)
     now = clock.now()
     changes = KeyChanges(
         name=None if args.name is None else key_rules.validate_name(args.name),

@@ -38,7 +38,7 @@ Handler = Callable[[argparse.Namespace], Awaitable[int] | int]
 
 async def policy_check(args: argparse.Namespace) -> int:
     """Validate a policy file (default: the one the config names)."""
-    path = Path(args.file) if args.file else load_config(args).policy_path
+    path = Path(args.file) if args.file else load_config(args).policy
     policy: Policy = load_policy(path)
     rules = sum(len(role.rules) for role in policy.roles.values())
     print(
@@ -51,7 +51,7 @@ async def policy_check(args: argparse.Namespace) -> int:
 def policy_reload(args: argparse.Namespace) -> int:
     """Check the config's policy file, then ask the running `keygate serve` to reload it."""
     settings = load_config(args)
-    load_policy(settings.policy_path)  # a broken file: every problem listed, nothing signalled
+    load_policy(settings.policy)  # a broken file: every problem listed, nothing signalled
     if settings.pid_file is None:
         raise CliError("no pid_file configured: send SIGHUP to keygate serve yourself")
     try:
@@ -63,7 +63,7 @@ def policy_reload(args: argparse.Namespace) -> int:
     if not text.isdigit() or not _is_keygate(int(text)):
         raise CliError(f"the pid file {settings.pid_file} names no running keygate serve")
     os.kill(int(text), signal.SIGHUP)
-    print(f"sent SIGHUP to keygate serve (pid {text}): it reloads {settings.policy_path}")
+    print(f"sent SIGHUP to keygate serve (pid {text}): it reloads {settings.policy}")
     return 0
 
 
@@ -100,7 +100,7 @@ def serve(args: argparse.Namespace) -> int:
     from gateway.serve.supervisor import resolve_workers, run_server
 
     settings = load_config(args)
-    load_policy(settings.policy_path)  # fail fast with every policy problem listed
+    load_policy(settings.policy)  # fail fast with every policy problem listed
     workers = resolve_workers(args.workers)
     if workers > 1 and args.worker_index is None and settings.listen.port == 0:
         # Port 0 would give every worker its own random port instead of one shared port.
@@ -136,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--admin-port", type=int, default=8081, help="admin port")
     demo_parser.add_argument("--backend-port", type=int, default=9000, help="demo backend port")
     demo_parser.add_argument("--data-dir", default=None, help="where the demo keeps its files")
+    demo_parser.add_argument(
+        "--front",
+        choices=["nginx"],
+        default=None,
+        help="put Debian's nginx in front (auth_request; keygate only decides)",
+    )
+    demo_parser.add_argument(
+        "--front-port", type=int, default=8000, help="nginx port with --front (default 8000)"
+    )
     demo_parser.add_argument(
         "--exit-after", type=float, default=None, help=argparse.SUPPRESS
     )  # seconds; used by tests

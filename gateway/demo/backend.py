@@ -1,14 +1,11 @@
-"""A small in-memory 1Integrate-like REST backend for the demo and the tests."""
+"""A small in-memory 1Integrate-like REST backend: what `keygate demo` fronts."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import hashlib
 import hmac
 import json
 import logging
-import math
 import secrets
 import time
 from collections.abc import Mapping
@@ -38,14 +35,8 @@ SESSION_ACTIONS: Final[Mapping[str, str]] = {
     "rewind": "NOT_STARTED",
 }
 SESSION_INITIAL_STATUS: Final = "NOT_STARTED"
-# Bytes per read/write on the streaming diagnostics endpoints.
-STREAM_CHUNK_SIZE: Final = 64 * 1024
-# Largest body GET /_blob will produce, in bytes (16 GiB).
-BLOB_MAX_SIZE: Final = 16 * 1024**3
-# Byte i of a blob is i % BLOB_MODULUS (a prime, so chunk boundaries never line up).
-BLOB_MODULUS: Final = 251
-# Longest sleep GET /_slow accepts, in seconds.
-SLOW_MAX_DELAY: Final = 30.0
+# Names of the routes that answer without a token or an acting user.
+PUBLIC_ROUTES: Final = frozenset({"token"})
 
 # Error codes (the "error" field of every JSON error body).
 ERR_UNAUTHENTICATED: Final = "unauthenticated"
@@ -68,12 +59,7 @@ _HTTP_ERROR_CODES: Final[Mapping[int, str]] = {
     405: ERR_METHOD_NOT_ALLOWED,
     413: ERR_TOO_LARGE,
 }
-# Routes that answer without a token or an acting user.
-_PUBLIC_ROUTES: Final = frozenset({"token", "echo", "blob", "slow"})
 _WWW_AUTHENTICATE: Final = 'Bearer realm="1Integrate"'
-# One period of the blob pattern, and enough periods to cut any 64 KiB chunk from.
-_BLOB_PERIOD: Final = bytes(range(BLOB_MODULUS))
-_BLOB_BUFFER: Final = _BLOB_PERIOD * (STREAM_CHUNK_SIZE // BLOB_MODULUS + 2)
 
 NodeType = Literal["folder", "object"]
 
@@ -114,6 +100,8 @@ class DemoState:
     )
     apikeys: dict[str, dict[str, Any]] = field(default_factory=dict)
     next_apikey_id: int = 1
+    # Route names that skip authentication; an app that adds routes may add theirs.
+    public_routes: set[str] = field(default_factory=lambda: set(PUBLIC_ROUTES))
 
 
 DEMO_STATE: Final = web.AppKey("demo_state", DemoState)
@@ -145,14 +133,6 @@ def _make_token(username: str, issued: float, expires: float) -> str:
             _b64url(secrets.token_bytes(32)),
         )
     )
-
-
-def _decode_header_bytes(raw: bytes) -> str:
-    """Decode raw header bytes as UTF-8, falling back to Latin-1 (lossless)."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
 
 
 def _segments(raw: str) -> tuple[str, ...]:
@@ -227,14 +207,6 @@ async def _json_object(request: web.Request, *, allow_empty: bool) -> dict[str, 
     return body
 
 
-def _int_query(request: web.Request, name: str) -> int:
-    """Read a required non-negative integer query parameter."""
-    raw = request.query.get(name)
-    if raw is None or not raw.isdecimal():
-        raise DemoError(400, ERR_INVALID_REQUEST, f"Query parameter {name!r} must be an integer")
-    return int(raw)
-
-
 def _ensure_parents(tree: dict[tuple[str, ...], Node], path: tuple[str, ...], user: str) -> None:
     """Create missing parent folders of path (refusing to go through an object)."""
     stamp = _now()
@@ -245,15 +217,6 @@ def _ensure_parents(tree: dict[tuple[str, ...], Node], path: tuple[str, ...], us
             tree[parent] = Node("folder", stamp, user, stamp, user)
         elif existing.type != "folder":
             raise DemoError(409, ERR_ALREADY_EXISTS, f"{'/'.join(parent)} is not a folder")
-
-
-def blob_chunk(offset: int, length: int) -> bytes:
-    """Return bytes [offset, offset+length) of the deterministic /_blob pattern."""
-    start = offset % BLOB_MODULUS
-    if start + length <= len(_BLOB_BUFFER):
-        return _BLOB_BUFFER[start : start + length]
-    repeats = math.ceil((start + length) / BLOB_MODULUS)
-    return (_BLOB_PERIOD * repeats)[start : start + length]
 
 
 # --------------------------------------------------------------------------- middlewares
@@ -285,9 +248,9 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 @web.middleware
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Establish the acting user from the acting-user header or a Bearer token."""
-    if request.match_info.route.name in _PUBLIC_ROUTES:
-        return await handler(request)
     state = _state(request)
+    if request.match_info.route.name in state.public_routes:
+        return await handler(request)
     acting = request.headers.getall(state.acting_user_header, [])
     if len(acting) > 1:
         raise DemoError(400, ERR_AMBIGUOUS_ACTING_USER, "More than one acting-user header")
@@ -479,61 +442,6 @@ async def _apikeys_delete(request: web.Request) -> web.Response:
     return web.json_response({"deleted": record["id"]})
 
 
-async def _echo(request: web.Request) -> web.Response:
-    """ANY /_echo/{tail}: describe the request exactly as received (body streamed)."""
-    digest = hashlib.sha256()
-    length = 0
-    async for chunk in request.content.iter_chunked(STREAM_CHUNK_SIZE):
-        digest.update(chunk)
-        length += len(chunk)
-    headers = [
-        [_decode_header_bytes(name), _decode_header_bytes(value)]
-        for name, value in request.raw_headers
-    ]
-    return web.json_response(
-        {
-            "method": request.method,
-            "path": request.raw_path,
-            "headers": headers,
-            "body_sha256": digest.hexdigest(),
-            "body_length": length,
-        }
-    )
-
-
-async def _blob(request: web.Request) -> web.StreamResponse:
-    """GET /_blob?size=N: stream N deterministic bytes in 64 KiB writes."""
-    size = _int_query(request, "size")
-    if size > BLOB_MAX_SIZE:
-        raise DemoError(400, ERR_INVALID_REQUEST, f"size must be at most {BLOB_MAX_SIZE}")
-    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-    response.content_length = size
-    await response.prepare(request)
-    if request.method != "HEAD":
-        offset = 0
-        while offset < size:
-            length = min(STREAM_CHUNK_SIZE, size - offset)
-            await response.write(blob_chunk(offset, length))
-            offset += length
-    await response.write_eof()
-    return response
-
-
-async def _slow(request: web.Request) -> web.Response:
-    """GET /_slow?delay=S: answer after sleeping S seconds (at most 30)."""
-    raw = request.query.get("delay", "")
-    try:
-        delay = float(raw)
-    except ValueError:
-        delay = math.nan
-    if not 0 <= delay <= SLOW_MAX_DELAY:
-        raise DemoError(
-            400, ERR_INVALID_REQUEST, f"delay must be a number of seconds in [0, {SLOW_MAX_DELAY}]"
-        )
-    await asyncio.sleep(delay)
-    return web.json_response({"slept": delay})
-
-
 # --------------------------------------------------------------------------- factories
 
 
@@ -551,9 +459,6 @@ def create_demo_backend_app(
     kinds = "|".join(TREE_KINDS)
     base = BASE_PATH
     app.router.add_post(f"{base}/token", _login, name="token")
-    app.router.add_route("*", f"{base}/_echo/{{tail:.*}}", _echo, name="echo")
-    app.router.add_get(f"{base}/_blob", _blob, name="blob")
-    app.router.add_get(f"{base}/_slow", _slow, name="slow")
     app.router.add_get(f"{base}/results/{{path:.+}}/status", _results_status)
     app.router.add_get(f"{base}/apikeys", _apikeys_list)
     app.router.add_post(f"{base}/apikeys", _apikeys_create)

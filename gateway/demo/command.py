@@ -13,6 +13,7 @@ from pathlib import Path
 from gateway.admin.passwords import hash_password
 from gateway.clock import now
 from gateway.demo.backend import start_demo_backend
+from gateway.demo.front import find_nginx, running_nginx
 from gateway.keys import rules as key_rules
 from gateway.policy.rules import load_policy
 from gateway.runtime.logs import configure_logging
@@ -36,18 +37,25 @@ policy: policy.yaml
 anonymous: passthrough
 log: {{level: info, access_log: true}}
 """
+# With --front nginx: keygate decides for the nginx on the same machine.
+_FORWARD_AUTH = """\
+forward_auth: {prefix: "/_keygate/", trusted_proxies: [127.0.0.1/32, "::1/128"]}
+"""
 
 
-def write_demo_config(data_dir: Path, port: int, admin_port: int, backend_port: int) -> Path:
-    """Write the demo's gateway.yaml and policy.yaml into `data_dir`; return the config path."""
+def write_demo_config(
+    data_dir: Path, port: int, admin_port: int, backend_port: int, *, forward_auth: bool = False
+) -> Path:
+    """Write the demo's gateway.yaml and policy.yaml into `data_dir`; return the config path.
+
+    With `forward_auth`, keygate's decision endpoints answer a front proxy on loopback.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     policy = resources.files("gateway").joinpath("examples/policy.yaml").read_text("utf-8")
     (data_dir / "policy.yaml").write_text(policy, encoding="utf-8")
     config = data_dir / "gateway.yaml"
-    config.write_text(
-        _CONFIG_TEMPLATE.format(port=port, admin_port=admin_port, backend_port=backend_port),
-        encoding="utf-8",
-    )
+    text = _CONFIG_TEMPLATE.format(port=port, admin_port=admin_port, backend_port=backend_port)
+    config.write_text(text + (_FORWARD_AUTH if forward_auth else ""), encoding="utf-8")
     return config
 
 
@@ -57,7 +65,7 @@ async def fresh_demo_credentials(config: Path) -> tuple[str, str]:
     Both are shown once, here; the store keeps only the key's digest and a scrypt hash.
     """
     settings = load_settings(config)
-    policy = load_policy(settings.policy_path)
+    policy = load_policy(settings.policy)
     store = store_for(settings)
     await store.open()
     try:
@@ -105,12 +113,13 @@ def page_lines(password: str, admin_port: int) -> str:
     )
 
 
-def curl_lines(secret: str, port: int) -> str:
-    """Return ready-to-paste curl commands: allowed, denied and protected calls."""
+def curl_lines(secret: str, port: int, via: str = "keygate") -> str:
+    """Return ready-to-paste curl commands: allowed, denied and protected calls (through `via`)."""
     base = f"http://127.0.0.1:{port}/1Integrate/rest"
     header = f'-H "X-API-Key: {secret}"'
     return "\n".join(
         [
+            f"# every call goes through {via} on 127.0.0.1:{port}",
             "# allowed (1int-user may read sessions):",
             f"curl -i {header} {base}/sessions/",
             "# allowed (1int-sessions-control): create a session, then play it; the backend",
@@ -135,30 +144,43 @@ async def run_demo(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else DEFAULT_DATA_DIR
     # Before anything is touched: a second demo on the same data directory would otherwise
     # replace the running demo's key and admin password, then fail on the port.
-    check_ports_free(
-        [
-            ("proxy", Listener(DEMO_HOST, args.port)),
-            ("admin", Listener(DEMO_HOST, args.admin_port)),
-            ("demo backend", Listener(DEMO_HOST, args.backend_port)),
-        ]
+    front = args.front == "nginx"
+    listeners = [
+        ("proxy", Listener(DEMO_HOST, args.port)),
+        ("admin", Listener(DEMO_HOST, args.admin_port)),
+        ("demo backend", Listener(DEMO_HOST, args.backend_port)),
+    ]
+    if front:
+        find_nginx()  # missing: say how to install it before anything starts
+        listeners.append(("nginx", Listener(DEMO_HOST, args.front_port)))
+    check_ports_free(listeners)
+    config = write_demo_config(
+        data_dir, args.port, args.admin_port, args.backend_port, forward_auth=front
     )
-    config = write_demo_config(data_dir, args.port, args.admin_port, args.backend_port)
     secret, password = await fresh_demo_credentials(config)
     backend = await start_demo_backend("127.0.0.1", args.backend_port)
     try:
         settings = load_settings(config)
-        async with running_gateway(settings) as gateway:
+        async with contextlib.AsyncExitStack() as stack:
+            gateway = await stack.enter_async_context(running_gateway(settings))
+            calls = curl_lines(secret, gateway.proxy_port)
+            where = f"gateway on 127.0.0.1:{gateway.proxy_port}"
+            if front:
+                await stack.enter_async_context(
+                    running_nginx(data_dir, gateway.proxy_port, args.backend_port, args.front_port)
+                )
+                calls = curl_lines(secret, args.front_port, "nginx (keygate decides)")
+                where += f" deciding for nginx on 127.0.0.1:{args.front_port}"
             # As `keygate serve` does: `keygate policy reload` finds the demo by its pid file.
             asyncio.get_running_loop().add_signal_handler(
                 signal.SIGHUP, gateway.runtime.reload_policy, "SIGHUP"
             )
             print(
-                f"\nkeygate demo: backend on 127.0.0.1:{args.backend_port}, "
-                f"gateway on 127.0.0.1:{gateway.proxy_port}, "
+                f"\nkeygate demo: backend on 127.0.0.1:{args.backend_port}, {where}, "
                 f"admin on 127.0.0.1:{gateway.admin_port}; data in {data_dir.resolve()}\n"
                 f"\nDemo API key '{DEMO_KEY_NAME}' (roles {', '.join(DEMO_ROLES)}), "
                 f"shown once:\n\n    {secret}\n\n"
-                f"{curl_lines(secret, gateway.proxy_port)}\n\n"
+                f"{calls}\n\n"
                 f"{admin_lines(password, gateway.admin_port or args.admin_port)}\n\n"
                 f"{page_lines(password, gateway.admin_port or args.admin_port)}\n\n"
                 f"Manage keys: keygate keys list --config {config}\n"

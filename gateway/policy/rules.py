@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from gateway.policy.skeleton import needs_skeleton, path_skeleton
-from gateway.problems import ProblemsError
+from gateway.problems import ProblemsError, safe_load
 from gateway.ratelimit.limiters import PERIOD_SECONDS, RateLimit
 
 ALL_METHODS = "*"
@@ -563,7 +563,7 @@ def load_policy(path: Path) -> Policy:
 def policy_from_text(text: str, where: str) -> Policy:
     """Parse and validate policy YAML; every problem names its role, rule and line."""
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as cause:
         raise PolicyError([f"{where}: invalid YAML: {cause}"]) from cause
     try:

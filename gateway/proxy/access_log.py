@@ -43,6 +43,14 @@ def _text_target(target: str) -> str:
     return target
 
 
+def decided(request: web.BaseRequest, notes: RequestNotes) -> tuple[str, str]:
+    """The method and target a forward-auth line shows: the original request it decided,
+    once read; until then (the front proxy's request was refused) its own request line."""
+    if notes.method is None or notes.target is None:
+        return request.method, request.raw_path
+    return notes.method, notes.target
+
+
 class ProxyAccessLogger(AbstractAccessLogger):
     """One line per proxied request: peer, request line, status, size, time, request id, key.
 
@@ -53,7 +61,9 @@ class ProxyAccessLogger(AbstractAccessLogger):
     mid-body) ends its line with ` incomplete`, never passing for a whole one. A request that
     ended early (the client closed its connection: status 499; shutdown cut it: 503) says so
     with ` ended=client_abandoned` (or `shutdown`) and ` received=N`, the request body bytes
-    read from the client by then; the size is then the bytes relayed to it so far.
+    read from the client by then; the size is then the bytes relayed to it so far. A
+    forward-auth answer shows the original request it decided and ends with ` decision=`
+    and its endpoint (`nginx`, `forward`, `envoy`, `unknown`).
     """
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
@@ -70,8 +80,12 @@ class ProxyAccessLogger(AbstractAccessLogger):
         else:  # the client left (or shutdown cut it): say so, with what was relayed so far
             status, size = ended.status, request.writer.output_size
             incomplete += f" ended={ended.name} received={notes.received}"
+        method, target = request.method, request.raw_path
+        if notes.decision is not None:  # a forward-auth answer: the request it decided
+            method, target = decided(request, notes)
+            incomplete = f" decision={notes.decision}{incomplete}"
         message = (
-            f'{request.remote} "{request.method} {_text_target(redact_keys(request.raw_path))}" '
+            f'{request.remote} "{method} {_text_target(redact_keys(target))}" '
             f"{status} {size} {time * 1000:.1f}ms "
             f"rid={notes.request_id} key={'-' if key_name is None else text_field(key_name)}"
             f"{incomplete}"
@@ -89,12 +103,14 @@ class JsonProxyAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Write the access record (never a credential: only the key's name)."""
         notes = request.get(NOTES)
-        path = redact_keys(request.raw_path)
+        method, target = request.method, request.raw_path
+        if notes is not None and notes.decision is not None:
+            method, target = decided(request, notes)
+        path = redact_keys(target)
         status, size = response.status, response.body_length
         ended = None if notes is None else notes.ended
         if ended is not None:  # the client left (or shutdown cut it): what was relayed so far
             status, size = ended.status, request.writer.output_size
-        method = request.method
         message = f"{method} {path} {status}"
         request_id = None if notes is None else notes.request_id
         duration_ms = round(time * 1000, 2)
@@ -120,4 +136,5 @@ class JsonProxyAccessLogger(AbstractAccessLogger):
             if ended is not None:
                 extra["ended"] = ended.name
                 extra["received"] = notes.received
+            extra["decision"] = notes.decision
         self.logger.info("%s", message, extra=extra)

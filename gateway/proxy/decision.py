@@ -1,17 +1,20 @@
-"""The request decision (flow steps 1-6), shared by the proxy and `policy explain` (no aiohttp).
+"""The request decision (flow steps 1-6), shared by the proxy, the forward-auth endpoints and
+`policy explain` (no aiohttp).
 
 `caller_of` turns the credential found in a request's headers into the calling key (steps 2
 and 4); `decide` then checks, in this order, the request-target (step 1), the caller
 (refused, anonymous or a key: step 3), protected paths (5), the policy (6) and every method
 override the request carries, and returns the refusal the proxy answers, or None to forward.
-Anything that answers "would keygate let this through" calls `decide`, so it cannot drift
-from what the proxy does.
+`admit` is `decide` plus the key's rate limit and its use count: what the proxy and the
+forward-auth endpoints run for every request. Anything that answers "would keygate let this
+through" calls `decide`, so it cannot drift from what the proxy does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.keys.table import CachedKey, KeyTable
 from gateway.policy.rules import Policy, Rule
@@ -33,6 +36,7 @@ from gateway.proxy.refusals import (
     Refusal,
 )
 from gateway.proxy.target import TargetError, decoded_path
+from gateway.ratelimit.limiters import Decision, Limiter, LocalLimiter, RateLimit
 
 # Who is calling: the authenticated key, the refusal of its credential, or None (no credential).
 Caller = CachedKey | Refusal | None
@@ -106,6 +110,53 @@ def decide(
             refusal = _override_refusal(policy, caller, path, value)
             if refusal is not None:
                 return refusal
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Limited:
+    """A key caller refused for its rate limit: the limit and the limiter's decision."""
+
+    limit: RateLimit
+    decision: Decision
+
+
+class UseCounter(Protocol):
+    """Where an admitted key's use is counted (gateway.keys.usage.UsageCounter)."""
+
+    def record(self, key_id: int, now: float) -> None:
+        """Note one use of a key at `now`."""
+        ...
+
+
+async def admit(
+    policy: Policy,
+    method: str,
+    raw_target: str,
+    caller: Caller,
+    overrides: Sequence[str],
+    limiter: Limiter,
+    uses: UseCounter,
+    moment: float,
+    *,
+    deny_anonymous: bool,
+) -> Refusal | Limited | None:
+    """Decide a request (`decide`), then count a key caller against its rate limit and, when
+    admitted, count its use at `moment`. None: let it through (to the upstream, or for a
+    forward-auth answer, to the front proxy's upstream)."""
+    refusal = decide(policy, method, raw_target, caller, overrides, deny_anonymous=deny_anonymous)
+    if refusal is not None or not isinstance(caller, CachedKey):
+        return refusal
+    limit = caller.rate_limit or policy.rate_limit_for(caller.roles)
+    if limit is not None:
+        decision = (
+            limiter.admit_now(caller.id, limit)
+            if isinstance(limiter, LocalLimiter)
+            else await limiter.check(caller.id, limit)
+        )
+        if decision is not None and not decision.allowed:
+            return Limited(limit, decision)
+    uses.record(caller.id, moment)
     return None
 
 

@@ -6,18 +6,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 
 import aiohttp
 from aiohttp import hdrs, web
 
-from gateway.clock import now
-from gateway.keys.keyformat import display_prefix, looks_like_key
-from gateway.keys.table import CachedKey
 from gateway.proxy import refusals
 from gateway.proxy.access_log import redact_keys
-from gateway.proxy.credentials import API_KEY_HEADER, AUTHORIZATION, Credential, extract_credential
-from gateway.proxy.decision import caller_of, decide
+from gateway.proxy.decision import Limited
 from gateway.proxy.error_answers import (
     E_BAD_REQUEST_ID,
     E_INTERNAL,
@@ -25,10 +20,11 @@ from gateway.proxy.error_answers import (
     error_response,
     refusal_response,
 )
+from gateway.proxy.forward_auth import ForwardAuth
+from gateway.proxy.gate import Gate
 from gateway.proxy.hygiene import (
     REQUEST_ID_HEADER,
     HeaderHygiene,
-    KeyInHeaderError,
     offers_a_key,
     request_id,
     response_headers,
@@ -42,7 +38,6 @@ from gateway.proxy.web_internals import (
     RelayedWholeResponse,
     log_access_now,
 )
-from gateway.ratelimit.limiters import LocalLimiter
 from gateway.ratelimit.limiters import headers as rate_limit_headers
 from gateway.runtime.appkeys import NOTES
 from gateway.runtime.context import Runtime
@@ -65,11 +60,6 @@ def _client_gone(request: web.BaseRequest) -> bool:
     return transport is None or transport.is_closing()
 
 
-def _unknown_key_label(key: str) -> str:
-    """Return how the access log names a key keygate does not know: its display prefix only."""
-    return "?" + display_prefix(key) + "..." if looks_like_key(key) else "?"
-
-
 class Proxy:
     """The proxy request handler: hygiene, credential, key, policy, forward, account."""
 
@@ -80,13 +70,14 @@ class Proxy:
         self._in_flight: dict[int, web.BaseRequest] = {}  # by id(): requests are unhashable
         self._draining = False
         self._idle = asyncio.Event()
-        self._deny_anonymous = settings.anonymous == "deny"
-        self._hygiene = HeaderHygiene(
-            settings.acting_user_header,
-            settings.strip_headers,
-            settings.upstream.headers,
-            settings.signing_keys,
+        hygiene = HeaderHygiene(
+            settings.identity.acting_user_header,
+            settings.identity.strip_headers,
+            tuple(settings.upstream.headers.items()),
+            tuple((key.id, key.secret) for key in settings.identity.signing_keys),
         )
+        self._gate = Gate(runtime, hygiene)
+        self._forward_auth = ForwardAuth(runtime, self._gate, hygiene)
 
     def _refuse(self, refusal: refusals.Refusal) -> web.Response:
         """Count and render an auth refusal."""
@@ -189,79 +180,20 @@ class Proxy:
 
     async def handle(self, request: web.BaseRequest, notes: RequestNotes) -> web.StreamResponse:
         """Run the request flow for one request (the decision, rate limit, forward)."""
-        client = request.headers
-        credential = extract_credential(
-            client.getall(API_KEY_HEADER, ()), client.getall(AUTHORIZATION, ())
+        raw_path = request.raw_path
+        forward_auth = self._forward_auth
+        if forward_auth.claims(raw_path):  # never forwarded: keygate answers it itself
+            return await forward_auth.answer(request, notes)
+        outcome, _, headers = await self._gate.admit(
+            request, notes, request.method, raw_path, forwarding=True
         )
-        runtime = self._runtime
-        moment = now()
-        record = caller_of(runtime.table, credential, moment)
-        overrides: Sequence[str] = ()
-        if isinstance(record, CachedKey):
-            notes.key_name = record.name
-            # Built before deciding: the one pass over the headers also finds method overrides.
-            in_authorization = isinstance(credential, Credential) and credential.in_authorization
-            try:
-                headers, overrides = self._upstream_headers(
-                    request, notes, record.name, in_authorization
-                )
-            except KeyInHeaderError:
-                return self._refuse(refusals.KEY_MISPLACED)
-        elif isinstance(credential, Credential):
-            notes.key_name = _unknown_key_label(credential.key)
-        policy = runtime.policy  # one policy for the whole request, even across a reload
-        refusal = decide(
-            policy,
-            request.method,
-            request.raw_path,
-            record,
-            overrides,
-            deny_anonymous=self._deny_anonymous,
-        )
-        if refusal is not None:
-            return self._refuse(refusal)
-        if not isinstance(record, CachedKey):  # no credential, and anonymous callers may pass
-            try:
-                headers, _ = self._upstream_headers(request, notes, None, False)
-            except KeyInHeaderError:
-                return self._refuse(refusals.KEY_MISPLACED)
+        if outcome is None:
             return await self._forward(request, notes, headers)
-        limit = record.rate_limit or policy.rate_limit_for(record.roles)
-        if limit is not None:
-            limiter = runtime.limiter
-            decision = (
-                limiter.admit_now(record.id, limit)
-                if isinstance(limiter, LocalLimiter)
-                else await limiter.check(record.id, limit)
-            )
-            if decision is not None and not decision.allowed:
-                response = self._refuse(refusals.RATE_LIMITED)
-                response.headers.extend(rate_limit_headers(limit, decision))
-                return response
-        runtime.usage.record(record.id, moment)
-        return await self._forward(request, notes, headers)
-
-    def _upstream_headers(
-        self,
-        request: web.BaseRequest,
-        notes: RequestNotes,
-        acting_user: str | None,
-        drop_authorization: bool,
-    ) -> tuple[list[tuple[str, str]], list[str]]:
-        """Return the headers to send upstream and any method-override values among them."""
-        client_headers = request.headers
-        return self._hygiene.upstream_headers(
-            client_headers.items(),
-            method=request.method,
-            target=request.raw_path,
-            request_id=notes.request_id,
-            connection=client_headers.get(hdrs.CONNECTION),
-            host=client_headers.get(hdrs.HOST),
-            acting_user=acting_user,
-            drop_authorization=drop_authorization,
-            peer=request.remote,
-            scheme=request.scheme,
-        )
+        if isinstance(outcome, Limited):
+            response = self._refuse(refusals.RATE_LIMITED)
+            response.headers.extend(rate_limit_headers(outcome.limit, outcome.decision))
+            return response
+        return self._refuse(outcome)
 
     async def _forward(
         self, request: web.BaseRequest, notes: RequestNotes, headers: list[tuple[str, str]]

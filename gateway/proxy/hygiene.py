@@ -375,11 +375,7 @@ class HeaderHygiene:
                     continue
             out.append((name, value))
         if acting_user is not None:
-            out.append((self._acting_header, acting_user))
-            if self._signing_key is not None:
-                key_id, secret = self._signing_key
-                signed = header_value(key_id, secret, int(time.time()), method, target, acting_user)
-                out.append((SIGNATURE_HEADER, signed))
+            self.add_identity(out, method, target, acting_user)
         out.append((REQUEST_ID_HEADER, request_id))
         if peer:
             out.append(("X-Forwarded-For", peer))
@@ -389,6 +385,44 @@ class HeaderHygiene:
         if acting_user is not None:
             out += self._static_headers
         return out, overrides
+
+    def add_identity(
+        self, out: list[tuple[str, str]], method: str, target: str, acting_user: str
+    ) -> None:
+        """Append the acting-user header and, when signing is configured, its signature over
+        METHOD TARGET (what the backend's request line will carry) to `out`."""
+        out.append((self._acting_header, acting_user))
+        if self._signing_key is not None:
+            key_id, secret = self._signing_key
+            signed = header_value(key_id, secret, int(time.time()), method, target, acting_user)
+            out.append((SIGNATURE_HEADER, signed))
+
+    def screen(
+        self,
+        headers: Iterable[tuple[str, str]],
+        *,
+        connection: str | None,
+        key_caller: bool,
+        drop_authorization: bool,
+    ) -> list[str]:
+        """Read headers as `upstream_headers` does without copying them (forward-auth: the
+        front proxy sends them on): return the method-override values among those that would
+        go up; raise KeyInHeaderError when one of those holds a working API key."""
+        extra_drop = connection_named(connection) if connection else _NOTHING
+        if drop_authorization:
+            extra_drop = extra_drop | _AUTHORIZATION
+        classify = self.classify
+        overrides: list[str] = []
+        skipped = _SKIPPED_FOR_KEYS if key_caller else _SKIPPED_FOR_ANONYMOUS
+        for name, value in headers:
+            kind = classify(name)
+            if kind in skipped or (extra_drop and folded(name) in extra_drop):
+                continue
+            if KEY_PREFIX in value and header_value_carries_key(value):
+                raise KeyInHeaderError(name)
+            if kind == OVERRIDE:
+                overrides.append(value)
+        return overrides
 
 
 def service_header_problem(

@@ -27,12 +27,15 @@ class RequestNotes:
     """
 
     __slots__ = (
+        "decision",
         "ended",
         "incomplete",
         "key_name",
+        "method",
         "received",
         "request_id",
         "started",
+        "target",
         "upstream_ms",
         "upstream_status",
     )
@@ -48,3 +51,8 @@ class RequestNotes:
         self.ended: Ending | None = None
         self.received = 0  # request body bytes read from the client when it ended early
         self.started = time.monotonic()  # seconds (monotonic): an ended request's duration
+        # A forward-auth decision: its endpoint (`nginx`, `forward`, `envoy`, `unknown`), and
+        # the original method and target it decided, once read (its access line shows them).
+        self.decision: str | None = None
+        self.method: str | None = None
+        self.target: str | None = None

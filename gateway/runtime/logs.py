@@ -42,6 +42,7 @@ ACCESS_FIELDS = (
     "ended",
     "received",
     "remote",
+    "decision",
 )
 TEXT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 # One encoder for every line: json.dumps with options builds a new encoder per call.
@@ -107,6 +108,8 @@ def json_access_line(
             line += f',"ended":{_quote(ended.name)},"received":{notes.received:d}'
     if remote is not None:
         line += f',"remote":{_quote(remote)}'
+    if notes is not None and notes.decision is not None:
+        line += f',"decision":{_quote(notes.decision)}'
     return line + "}"
 
 

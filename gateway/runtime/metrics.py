@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 from gateway.keys.table import KeyTable
 
 FORWARDED = "forwarded"  # outcome label for requests sent upstream
+ALLOWED_DECISION = "decision_allowed"  # outcome label for forward-auth requests answered 200
 
 
 @dataclass(slots=True)
@@ -55,6 +56,8 @@ class ProxyMetrics:
         self.abandoned = 0
         # The shared rate-limit store, when one is configured.
         self.rate_limit_store: RateLimitStore | None = None
+        # Forward-auth requests answered "allowed" (their refusals count by error code).
+        self.decisions_allowed = 0
 
     def refused(self, code: str) -> None:
         """Count one request answered by keygate itself with error `code`."""
@@ -67,11 +70,14 @@ class ProxyMetrics:
 
     @property
     def outcomes(self) -> Counter[str]:
-        """Requests by outcome: "forwarded" or the error code keygate answered with."""
+        """Requests by outcome: "forwarded", "decision_allowed" or the error code keygate
+        answered with."""
         counts = Counter(self.refusals)
         forwarded = sum(self._by_class)
         if forwarded:
             counts[FORWARDED] = forwarded
+        if self.decisions_allowed:
+            counts[ALLOWED_DECISION] = self.decisions_allowed
         return counts
 
     @property
@@ -95,7 +101,8 @@ class _ProcessCollector(Collector):
         metrics = self._metrics
         outcomes = CounterMetricFamily(
             "keygate_proxy_requests",
-            "Proxied requests by outcome: forwarded, or the error code keygate answered",
+            "Proxied requests by outcome: forwarded, decision_allowed (forward-auth), or the "
+            "error code keygate answered",
             labels=["outcome"],
         )
         for outcome, count in sorted(metrics.outcomes.items()):

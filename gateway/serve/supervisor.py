@@ -98,7 +98,7 @@ def wait_for_ports(settings: Settings, clock: Callable[[], float] = time.monoton
     (up to the grace period) on the ports. A restart then waits for them, bounded, instead
     of being refused; a port held while no dead keygate's pid file is left fails at once.
     """
-    deadline = clock() + settings.grace_period + KILL_MARGIN
+    deadline = clock() + settings.shutdown.grace_period + KILL_MARGIN
     waited = False
     while True:
         try:
@@ -242,7 +242,9 @@ async def serve_until_stopped(
                 admin,
             )
         await stop.wait()
-        log.info("stopping: draining in-flight requests (grace %.0fs)", settings.grace_period)
+        log.info(
+            "stopping: draining in-flight requests (grace %.0fs)", settings.shutdown.grace_period
+        )
     for task in (watcher, beating):
         if task is not None:
             task.cancel()
@@ -256,8 +258,8 @@ def run_server(settings: Settings, workers_value: str, worker_index: int | None 
     # (a worker starts with it blocked by its supervisor: see Supervisor._spawn).
     signal.signal(signal.SIGUSR1, reopen_on_signal)
     accept_reopen_signal()
-    configure_logging(settings.log_level, settings.log_format, settings.log_file)
-    if settings.access_log and settings.log_level in ("debug", "info"):
+    configure_logging(settings.log.level, settings.log.format, settings.log.file)
+    if settings.log.access_log and settings.log.level in ("debug", "info"):
         access_writer.install()  # access lines batched off the request path
     workers = resolve_workers(workers_value)
     # Until the gateway installs its own handler, a SIGHUP must not end the process.
@@ -291,9 +293,9 @@ def run_server(settings: Settings, workers_value: str, worker_index: int | None 
         return Supervisor(
             settings.path,
             workers,
-            settings.grace_period,
-            settings.max_start_failures,
-            settings.hang_timeout,
+            settings.shutdown.grace_period,
+            settings.supervisor.max_start_failures,
+            settings.supervisor.hang_timeout,
         ).run()
 
 

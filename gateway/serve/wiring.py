@@ -84,7 +84,7 @@ async def open_runtime(settings: Settings, *, writes_snapshot: bool = False) -> 
     usable one (the store then opens in the background, see gateway.snapshot); without
     one, StoreUnavailableError. `writes_snapshot`: this process keeps the snapshot.
     """
-    loaded = load_policy_file(settings.policy_path)
+    loaded = load_policy_file(settings.policy)
     store = store_for(settings)
     table = KeyTable()
     try:
@@ -107,14 +107,14 @@ async def open_runtime(settings: Settings, *, writes_snapshot: bool = False) -> 
             store=cast(KeyStore, PendingStore(store, CAUSE_NOT_YET)),
             policy=loaded.policy,
             table=table,
-            policy_source=PolicyHolder(settings.policy_path, loaded),
+            policy_source=PolicyHolder(settings.policy, loaded),
         )
     runtime = Runtime(
         settings=settings,
         store=store,
         policy=loaded.policy,
         table=table,
-        policy_source=PolicyHolder(settings.policy_path, loaded),
+        policy_source=PolicyHolder(settings.policy, loaded),
     )
     try:
         runtime.snapshot_seq = await runtime.load_table(
@@ -185,7 +185,7 @@ async def running_gateway(
         gc.freeze()
         store = runtime.store
         notifier = store if isinstance(store, FeedNotifier) else None
-        follower = FeedFollower(store, runtime.table, settings.poll_interval, notifier)
+        follower = FeedFollower(store, runtime.table, settings.feed.poll_interval, notifier)
         runtime.follower = follower
         tasks.append(asyncio.create_task(follower.run(), name="keygate-feed"))
         if isinstance(runtime.store, PendingStore):
@@ -206,16 +206,17 @@ async def running_gateway(
             asyncio.create_task(
                 prune_periodically(
                     store,
-                    settings.feed_keep_entries,
-                    settings.feed_keep_seconds,
-                    settings.feed_prune_interval,
+                    settings.feed.keep_entries,
+                    settings.feed.keep_seconds,
+                    settings.feed.prune_interval,
                 ),
                 name="keygate-feed-prune",
             )
         )
         tasks.append(
             asyncio.create_task(
-                runtime.usage.run(runtime.store, settings.flush_interval), name="keygate-usage"
+                runtime.usage.run(runtime.store, settings.usage.flush_interval),
+                name="keygate-usage",
             )
         )
         upstream = create_upstream_client(settings.upstream)
@@ -223,9 +224,9 @@ async def running_gateway(
         proxy_runner = web.ServerRunner(
             create_proxy_server(
                 proxy,
-                settings.access_log and settings.log_level in ("debug", "info"),
+                settings.log.access_log and settings.log.level in ("debug", "info"),
                 settings.client,
-                json_logs=settings.log_format == "json",
+                json_logs=settings.log.format == "json",
             ),
             # The grace period is spent in Proxy.drain, with connections fully open (aiohttp's
             # own shutdown stops reading request bodies at once); what remains is cut at once.
@@ -272,7 +273,7 @@ async def running_gateway(
         if proxy_site is not None and proxy is not None:
             await proxy_site.stop()
             started = time.monotonic()
-            cut = await proxy.drain(settings.grace_period)
+            cut = await proxy.drain(settings.shutdown.grace_period)
             if serving:  # a start that failed part-way drained nothing worth a line
                 log.info(
                     "proxy drained in %.1fs (%d request(s) cut)", time.monotonic() - started, cut

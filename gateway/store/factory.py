@@ -20,10 +20,10 @@ __all__ = ["ERROR_NO_ASYNCPG", "SQLITE_PREFIX", "sqlite_path", "store_for", "sto
 def store_for(settings: Settings) -> KeyStore:
     """Return the unopened store the settings name (URL, password, schema)."""
     return store_from_url(
-        settings.store_url,
+        settings.store.url,
         settings.base_dir,
-        password=settings.store_password,
-        schema=settings.store_schema,
+        password=settings.store.password,
+        schema=settings.store.schema,
     )
 
 

@@ -39,6 +39,9 @@ class BodySource(Protocol):
         ...
 
 
+_DEFAULTS = settings.Upstream()  # the config model's defaults, the one table of them
+
+
 class UpstreamClient:
     """HTTP/1.1 client for one upstream origin over a bounded keep-alive connection pool."""
 
@@ -46,15 +49,15 @@ class UpstreamClient:
         self,
         url: str,
         *,
-        pool_size: int = settings.DEFAULT_POOL_SIZE,
-        connect_timeout: float = settings.DEFAULT_CONNECT_TIMEOUT,
-        timeout: float = settings.DEFAULT_UPSTREAM_TIMEOUT,
-        pool_timeout: float = settings.DEFAULT_POOL_TIMEOUT,
-        idle_timeout: float = settings.DEFAULT_IDLE_TIMEOUT,
-        client_body_timeout: float = settings.DEFAULT_CLIENT_BODY_TIMEOUT,
-        read_timeout: float = settings.DEFAULT_READ_TIMEOUT,
-        max_line_size: int = settings.DEFAULT_MAX_LINE_SIZE,
-        max_headers: int = settings.DEFAULT_MAX_HEADERS,
+        pool_size: int = _DEFAULTS.pool_size,
+        connect_timeout: float = _DEFAULTS.connect_timeout,
+        timeout: float = _DEFAULTS.timeout,
+        pool_timeout: float = _DEFAULTS.pool_timeout,
+        idle_timeout: float = _DEFAULTS.idle_timeout,
+        client_body_timeout: float = _DEFAULTS.client_body_timeout,
+        read_timeout: float = _DEFAULTS.read_timeout,
+        max_line_size: int = _DEFAULTS.max_line_size,
+        max_headers: int = _DEFAULTS.max_headers,
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
     ) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support.config import create_key, init_store, write_config
+from support.config import ECHO_ROLE, create_key, init_store, write_config
 from support.processes import NEUTRAL_CWD, PYTHON, cli_env, many, run_cli
 
 from gateway.keys import keyformat as keys
@@ -149,7 +149,7 @@ def test_create_json_has_the_key_json_and_the_secret(config: Path) -> None:
         "--role",
         "1int-user",
         "--role",
-        "1int-echo",
+        ECHO_ROLE,
         "--role",
         "1int-user",
         "--expires",
@@ -157,7 +157,7 @@ def test_create_json_has_the_key_json_and_the_secret(config: Path) -> None:
     )
     assert set(data) == KEY_FIELDS | {"secret"}
     assert data["name"] == "json-bot"
-    assert data["roles"] == ["1int-echo", "1int-user"]
+    assert data["roles"] == ["1int-user", ECHO_ROLE]
     assert data["status"] == "active"
     assert data["expires_at"] == "2031-02-03T04:05:06Z"
     assert data["created_by"].startswith("cli:")
@@ -243,14 +243,14 @@ def test_edit_name_description_roles_and_expiry(config: Path) -> None:
         "--role",
         "1int-admin",
         "--role",
-        "1int-echo",
+        ECHO_ROLE,
         "--expires",
         "2032-01-01T00:00:00+02:00",
     )
     assert edited["id"] == created["id"]
     assert edited["name"] == "edited"
     assert edited["description"] == "now with words"
-    assert edited["roles"] == ["1int-admin", "1int-echo"]
+    assert edited["roles"] == ["1int-admin", ECHO_ROLE]
     assert edited["expires_at"] == "2031-12-31T22:00:00Z"
     assert ok_json(config, "show", key_id) == edited
     assert ok_json(config, "edit", key_id, "--expires", "never")["expires_at"] is None

@@ -329,7 +329,7 @@ async def test_cli_admin_logs_into_the_admin_api(
     store = SqliteKeyStore(config.parent / "keygate.db")
     await store.open()
     try:
-        runtime = Runtime(settings=settings, store=store, policy=load_policy(settings.policy_path))
+        runtime = Runtime(settings=settings, store=store, policy=load_policy(settings.policy))
         await runtime.load_table()
         client = await aiohttp_client(create_admin_app(runtime))
         good = {"Authorization": aiohttp.encode_basic_auth("alice", PASSWORD)}

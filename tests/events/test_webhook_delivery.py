@@ -183,6 +183,7 @@ async def test_events_queued_while_the_receiver_is_down_survive_a_clean_restart(
     assert refused_ids <= set(unique)  # the ids refused before the restart are the ids sent
 
 
+@pytest.mark.usefixtures("quick_retries")
 async def test_one_receiver_down_does_not_delay_another(
     tmp_path: Path, backend: Backend, receivers: Callable[..., Any]
 ) -> None:
@@ -202,6 +203,7 @@ async def test_one_receiver_down_does_not_delay_another(
     assert dead.events == []
 
 
+@pytest.mark.usefixtures("quick_retries")
 async def test_metrics_count_delivery_per_receiver_without_urls(
     tmp_path: Path, backend: Backend, receivers: Callable[..., Any]
 ) -> None:

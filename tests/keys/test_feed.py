@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from support.config import ALL_ROLE, REST
+from support.config import ALL_ROLE, ECHO_ROLE, REST
 from support.processes import Served, arun_cli, serving
 from support.upstreams import Backend
 
@@ -96,7 +96,7 @@ async def test_cli_changes_reach_a_running_gateway_within_one_second(served: Ser
         await step(("revoke", "feed-bot"), echo, (401, "key_revoked"))
         await step(("reinstate", "feed-bot"), echo, (200, ""))
         await step(("edit", "feed-bot", "--role", "1int-rules-read"), echo, (403, "forbidden"))
-        await step(("edit", "feed-bot", "--role", "1int-echo"), echo, (200, ""))
+        await step(("edit", "feed-bot", "--role", ECHO_ROLE), echo, (200, ""))
         assert await probe(BLOB, served.secret)() == (200, "")
         await step(("delete", "feed-bot"), echo, (401, "key_unknown"))
         await step(("revoke-all",), probe(ECHO, late), (401, "key_revoked"))

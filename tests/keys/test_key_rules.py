@@ -139,7 +139,7 @@ def test_roles_are_deduplicated_and_sorted(policy: Policy) -> None:
         "1int-admin",
         "1int-user",
     )
-    assert validate_roles(("1int-echo",), policy) == ("1int-echo",)
+    assert validate_roles(("1int-rules-read",), policy) == ("1int-rules-read",)
 
 
 def test_unknown_roles_are_named(policy: Policy) -> None:

@@ -2,21 +2,22 @@
 
 `keepalive_timeout` bounds the idle wait between requests on a kept connection;
 `head_timeout` bounds a request head from connection open, or from its first byte on a kept
-connection, to its end. Lower bounds are exact (timers never fire early); upper bounds
-leave seconds of slack for a busy machine.
+connection, to its end. The tests run on virtual time (support/virtual_time.py: the loop's
+clock jumps over idle waits), so waiting out a timeout costs nothing; lower bounds are exact
+(timers never fire early); upper bounds leave slack for a busy machine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from support.config import REST, write_config
 from support.http import http_request
-from support.upstreams import Backend
+from support.upstreams import start_backend
+from support.virtual_time import on_virtual_time
 
 from gateway.serve.wiring import RunningGateway, running_gateway
 from gateway.settings import load_settings
@@ -29,16 +30,23 @@ ECHO = f"{REST}/_echo/x"
 
 
 @contextlib.asynccontextmanager
-async def gateway_with_timeouts(tmp_path: Path, backend: Backend) -> AsyncIterator[int]:
-    """An in-process gateway (anonymous passthrough) with small client timeouts; its port."""
+async def gateway_with_timeouts(tmp_path: Path) -> AsyncIterator[int]:
+    """An in-process gateway (anonymous passthrough) with small client timeouts; its port.
+
+    The test upstream starts here, on the test's own (virtual-time) loop.
+    """
+    backend = await start_backend()
     config = write_config(
         tmp_path,
         backend.url,
         extra={"client": {"head_timeout": HEAD_TIMEOUT, "keepalive_timeout": KEEPALIVE_TIMEOUT}},
     )
     running: RunningGateway
-    async with running_gateway(load_settings(config), serve_admin=False) as running:
-        yield running.proxy_port
+    try:
+        async with running_gateway(load_settings(config), serve_admin=False) as running:
+            yield running.proxy_port
+    finally:
+        await backend.runner.cleanup()
 
 
 async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
@@ -56,11 +64,12 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
 
 async def closed_after(reader: asyncio.StreamReader, limit: float) -> float:
     """Seconds until the server closes the connection (EOF), reading and dropping bytes."""
-    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     async with asyncio.timeout(limit):
         while await reader.read(65536):
             pass
-    return time.monotonic() - started
+    return loop.time() - started
 
 
 async def drip_head(writer: asyncio.StreamWriter) -> None:
@@ -72,10 +81,11 @@ async def drip_head(writer: asyncio.StreamWriter) -> None:
             writer.write(b"a")
 
 
+@on_virtual_time
 async def test_an_idle_keep_alive_connection_lasts_keepalive_timeout_not_head_timeout(
-    tmp_path: Path, backend: Backend
+    tmp_path: Path,
 ) -> None:
-    async with gateway_with_timeouts(tmp_path, backend) as port:
+    async with gateway_with_timeouts(tmp_path) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             assert (await exchange(reader, writer)).startswith(b"HTTP/1.1 200")
@@ -87,8 +97,9 @@ async def test_an_idle_keep_alive_connection_lasts_keepalive_timeout_not_head_ti
     assert KEEPALIVE_TIMEOUT - 0.1 <= idle < KEEPALIVE_TIMEOUT + SLACK
 
 
-async def test_a_slow_first_head_is_cut_at_head_timeout(tmp_path: Path, backend: Backend) -> None:
-    async with gateway_with_timeouts(tmp_path, backend) as port:
+@on_virtual_time
+async def test_a_slow_first_head_is_cut_at_head_timeout(tmp_path: Path) -> None:
+    async with gateway_with_timeouts(tmp_path) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         dripping = asyncio.create_task(drip_head(writer))
         try:
@@ -100,10 +111,11 @@ async def test_a_slow_first_head_is_cut_at_head_timeout(tmp_path: Path, backend:
     assert HEAD_TIMEOUT - 0.05 <= lasted < KEEPALIVE_TIMEOUT - 0.5
 
 
+@on_virtual_time
 async def test_a_silent_new_connection_is_cut_at_head_timeout(
-    tmp_path: Path, backend: Backend
+    tmp_path: Path,
 ) -> None:
-    async with gateway_with_timeouts(tmp_path, backend) as port:
+    async with gateway_with_timeouts(tmp_path) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             lasted = await closed_after(reader, KEEPALIVE_TIMEOUT + SLACK)
@@ -112,10 +124,11 @@ async def test_a_silent_new_connection_is_cut_at_head_timeout(
     assert HEAD_TIMEOUT - 0.05 <= lasted < KEEPALIVE_TIMEOUT - 0.5
 
 
+@on_virtual_time
 async def test_a_slow_head_on_a_kept_connection_is_cut_at_head_timeout_from_its_first_byte(
-    tmp_path: Path, backend: Backend
+    tmp_path: Path,
 ) -> None:
-    async with gateway_with_timeouts(tmp_path, backend) as port:
+    async with gateway_with_timeouts(tmp_path) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         dripping: asyncio.Task[None] | None = None
         try:

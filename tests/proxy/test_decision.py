@@ -186,6 +186,58 @@ async def test_explain_decides_exactly_as_the_proxy(
     assert mismatches == []
 
 
+async def forward_auth_outcomes(
+    gateway: RunningGateway, method: str, target: str, key: str
+) -> dict[str, Outcome]:
+    """Ask each forward-auth endpoint about METHOD TARGET for `key`, as its front proxy asks."""
+    asks = {
+        "nginx": http_request(
+            "GET",
+            "/_keygate/nginx",
+            [("X-Original-Method", method), ("X-Original-URI", target), ("X-API-Key", key)],
+        ),
+        "forward": http_request(
+            "GET",
+            "/_keygate/forward",
+            [("X-Forwarded-Method", method), ("X-Forwarded-Uri", target), ("X-API-Key", key)],
+        ),
+        # Envoy sends no body (Content-Length: 0); http_request writes that for PUT itself.
+        "envoy": http_request(
+            method,
+            f"/_keygate/envoy{target}",
+            [("X-API-Key", key)] + ([] if method == "PUT" else [("Content-Length", "0")]),
+        ),
+    }
+    outcomes = {}
+    for name, request in asks.items():
+        response = await raw_request(gateway.proxy_port, request)
+        assert not response.header_values(UPSTREAM_MARK), (name, target)  # never forwarded
+        if response.status == 200 and response.header_values("X-Acting-User"):
+            outcomes[name] = Outcome(True)
+        else:
+            outcomes[name] = Outcome(False, response.status, response.json()["error"])
+    return outcomes
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("role_set", sorted(ROLE_SETS))
+async def test_forward_auth_decides_exactly_as_the_proxy(
+    decided: RunningGateway, role_set: str, method: str
+) -> None:
+    key = await add_key(decided, f"forward-auth-{role_set}", ROLE_SETS[role_set])
+    mismatches = []
+    for target in TARGETS:
+        proxied = await proxy_outcome(decided, method, target, key)
+        for name, outcome in (await forward_auth_outcomes(decided, method, target, key)).items():
+            expected = proxied
+            if name == "nginx" and not proxied.allowed and proxied.status != 401:
+                # nginx makes any status but 2xx, 401 and 403 a 500: every other refusal is 403.
+                expected = Outcome(False, 403, proxied.error)
+            if outcome != expected:
+                mismatches.append((target[:80], name, proxied, outcome))
+    assert mismatches == []
+
+
 # --------------------------------------------------------------------------- the function itself
 
 

@@ -29,9 +29,8 @@ from support.config import (
 )
 from support.http import RawResponse, http_request, raw_request
 from support.processes import free_port
-from support.upstreams import Backend
+from support.upstreams import Backend, blob_chunk
 
-from gateway.demo.backend import blob_chunk
 from gateway.keys import keyformat as keys
 from gateway.proxy.refusals import WWW_AUTHENTICATE_VALUE
 from gateway.serve.wiring import RunningGateway, running_gateway

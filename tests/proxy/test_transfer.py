@@ -21,9 +21,7 @@ import aiohttp
 import pytest
 from support.config import REST
 from support.processes import Served, rss_bytes, serving
-from support.upstreams import Backend
-
-from gateway.demo.backend import BLOB_MODULUS
+from support.upstreams import BLOB_MODULUS, Backend
 
 # Starts real processes (CLI, server, demo): deselect with -m "not slow" for a fast loop.
 pytestmark = pytest.mark.slow

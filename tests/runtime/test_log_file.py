@@ -165,4 +165,4 @@ def test_log_file_must_be_in_an_existing_directory(tmp_path: Path) -> None:
         load_settings(config)
     assert "log.file" in str(caught.value)
     config = write_config(tmp_path, "http://127.0.0.1:9", extra={"log": {"file": "k.log"}})
-    assert load_settings(config).log_file == tmp_path / "k.log"
+    assert load_settings(config).log.file == tmp_path / "k.log"

@@ -155,6 +155,7 @@ maybe_ms = st.none() | st.floats(min_value=0, max_value=1e7, allow_nan=False)
     incomplete=st.booleans(),
     received=st.none() | st.integers(0, 2**40),
     remote=maybe_text,
+    decision=st.none() | st.sampled_from(["nginx", "forward", "envoy", "unknown"]),
 )
 def test_the_buffered_json_line_is_what_the_json_formatter_writes(
     request_id: str | None,
@@ -170,6 +171,7 @@ def test_the_buffered_json_line_is_what_the_json_formatter_writes(
     incomplete: bool,
     received: int | None,
     remote: str | None,
+    decision: str | None,
 ) -> None:
     # The writer's line is built field by field for speed; the logging path's formatter is
     # the reference: same fields, same order, same escaping, byte for byte.
@@ -180,6 +182,7 @@ def test_the_buffered_json_line_is_what_the_json_formatter_writes(
         notes.upstream_ms, notes.incomplete = upstream_ms, incomplete
         if received is not None:  # the client left: ended early, with what it had sent
             notes.ended, notes.received = CLIENT_ABANDONED, received
+        notes.decision = decision  # a forward-auth answer: its endpoint
     message = f"{method} {path} {status}"
     extra: dict[str, object] = {
         "request_id": request_id,
@@ -195,6 +198,7 @@ def test_the_buffered_json_line_is_what_the_json_formatter_writes(
         extra["incomplete"] = True if incomplete else None
         if received is not None:
             extra.update(ended=CLIENT_ABANDONED.name, received=received)
+        extra["decision"] = decision
     record = logging.makeLogRecord(
         {"name": "keygate.access", "levelname": "INFO", "msg": "%s", "args": (message,),
          "created": 1_700_000_000.123, "msecs": 123.0, "process": 4242, **extra}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import re
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 import yaml
 from support.config import ALL_ROLE, REST, create_key, init_store, write_config
@@ -93,8 +93,8 @@ async def test_a_failure_building_the_upstream_client_stops_everything_started(
     (directory / "bad.pem").write_text(NOT_PEM, encoding="utf-8")
     settings = load_settings(config)
     bad = UpstreamTLS(ca_file=str(directory / "bad.pem"))
-    settings = dataclasses.replace(
-        settings, upstream=dataclasses.replace(settings.upstream, tls=bad)
+    settings = msgspec.structs.replace(
+        settings, upstream=msgspec.structs.replace(settings.upstream, tls=bad)
     )
     before = asyncio.all_tasks()
     with pytest.raises(OSError):

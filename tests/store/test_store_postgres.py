@@ -27,6 +27,7 @@ from support.upstreams import Backend
 from gateway.admin.passwords import hash_password
 from gateway.serve.wiring import RunningGateway, running_gateway
 from gateway.settings import load_settings
+from gateway.store import postgres as postgres_store
 from gateway.store.base import KeyStore, NewKey, StoreMissingError, StoreUnavailableError
 from gateway.store.migrations.postgres import LATEST_VERSION, SchemaTooNewError
 from gateway.store.postgres import PostgresKeyStore
@@ -401,6 +402,12 @@ async def test_a_connection_terminated_mid_request_answers_503_json_and_logs_no_
         await direct.close()
 
 
+# Seconds the store stays cut off in the outage-log test: twenty polls at the test's 0.05 s
+# interval, and several of the LISTEN connection's reconnection attempts (0.1 s back-off,
+# doubling) fail meanwhile.
+OUTAGE = 1.0
+
+
 async def test_an_outage_logs_one_line_when_it_starts_and_one_when_it_ends(
     tmp_path: Path, backend: Backend, pg: StoreBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -412,7 +419,7 @@ async def test_an_outage_logs_one_line_when_it_starts_and_one_when_it_ends(
         url = via(pg.location, relay.port)
         async with instance(tmp_path / "a", backend, url, pg.schema or "") as a:
             relay.cut()
-            await asyncio.sleep(2.5)  # many polls, and asyncpg's own reconnection attempts
+            await asyncio.sleep(OUTAGE)
             assert await a.keyed(steady) == (200, "")
             relay.restore()
             await eventually(a.ready, READY)
@@ -467,11 +474,22 @@ async def test_connections_terminated_under_load_never_answer_500(
 PROBE_BOUND = 1.0
 # Seconds an admin write may take on a silently partitioned store before its 503.
 WRITE_BOUND = 5.0
+# Seconds a pooled statement (and a wait for a pooled connection) may take in the partition
+# test: the shipped 3 s, shorter, so the test does not wait them out; still far above what a
+# statement takes on a loaded machine.
+TEST_COMMAND_TIMEOUT = 1.0
+
+
+def test_the_shipped_store_timeouts_fail_a_partitioned_write_within_the_bound() -> None:
+    assert postgres_store.ACQUIRE_TIMEOUT < WRITE_BOUND
+    assert postgres_store.COMMAND_TIMEOUT < WRITE_BOUND
 
 
 async def test_a_silently_partitioned_store_fails_readiness_and_writes_fast(
-    tmp_path: Path, backend: Backend, pg: StoreBackend
+    tmp_path: Path, backend: Backend, pg: StoreBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(postgres_store, "COMMAND_TIMEOUT", TEST_COMMAND_TIMEOUT)
+    monkeypatch.setattr(postgres_store, "ACQUIRE_TIMEOUT", TEST_COMMAND_TIMEOUT)
     relay = TcpRelay(urlsplit(pg.location).hostname or "", urlsplit(pg.location).port or 5432)
     await relay.start()
     direct, (steady,) = await seeded(pg, tmp_path / "seed", "steady")

@@ -26,6 +26,10 @@ REST = "/1Integrate/rest"
 ALL_ROLE = "test-everything"
 
 
+# Role that may use the test upstream's echo and blob routes (tests/support/upstreams.py).
+ECHO_ROLE = "test-echo"
+
+
 # Role that may read and write rules and use the echo endpoints.
 WRITER_ROLE = "test-rules-writer"
 
@@ -47,9 +51,13 @@ def _test_policy() -> dict[str, Any]:
     text = resources.files("gateway").joinpath("examples/policy.yaml").read_text("utf-8")
     data: dict[str, Any] = yaml.load(text, Loader=_LOADER)
     data["roles"][ALL_ROLE] = {"description": "every method, every path", "allow": ["* /**"]}
+    data["roles"][ECHO_ROLE] = {
+        "description": "the test upstream's echo and blob diagnostics routes",
+        "allow": [f"* {REST}/_echo/**", f"GET {REST}/_blob"],
+    }
     data["roles"][WRITER_ROLE] = {
         "description": "rules read/write plus echo",
-        "include": ["1int-rules-read", "1int-rules-write", "1int-echo"],
+        "include": ["1int-rules-read", "1int-rules-write", ECHO_ROLE],
     }
     return data
 
@@ -131,7 +139,7 @@ async def create_key(
     mint an already-expired key through the real code path).
     """
     settings = load_settings(config)
-    policy = load_policy(settings.policy_path)
+    policy = load_policy(settings.policy)
     store = store_for(settings)
     await store.open()
     try:

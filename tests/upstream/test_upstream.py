@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import trustme
+from support.virtual_time import on_virtual_time
 
 from gateway.settings import Upstream as UpstreamSettings
 from gateway.settings import UpstreamTLS
@@ -39,6 +40,7 @@ MIB = 1024 * 1024
 BIG = 64 * MIB  # bytes moved each way by the bounded-memory tests
 MAX_PEAK = 8 * MIB  # most bytes traced by tracemalloc while BIG bytes stream through
 TEST_TIMEOUT = 20.0  # seconds any one exchange in these tests may take
+EARLY = 0.001  # seconds a loop timer may fire before its deadline (the clock's rounding)
 BLOCK = bytes(range(256)) * 4096  # 1 MiB of a known pattern
 
 Handler = Callable[["Exchange"], Awaitable[None]]
@@ -579,6 +581,7 @@ async def test_streamed_body_already_read_is_not_resent() -> None:
     assert up.accepted == 1
 
 
+@on_virtual_time
 async def test_pool_limit_is_respected() -> None:
     async def handle(ex: Exchange) -> None:
         while True:
@@ -593,6 +596,7 @@ async def test_pool_limit_is_respected() -> None:
     assert up.accepted == 2
 
 
+@on_virtual_time
 async def test_waiting_for_a_free_connection_times_out() -> None:
     async def handle(ex: Exchange) -> None:
         await ex.read_request()
@@ -605,6 +609,11 @@ async def test_waiting_for_a_free_connection_times_out() -> None:
             await fetch(client)
         with pytest.raises(UpstreamTimeout):
             await first
+
+
+def loop_time() -> float:
+    """The running loop's clock (virtual under @on_virtual_time: idle waits are skipped)."""
+    return asyncio.get_running_loop().time()
 
 
 async def _until(condition: Callable[[], bool]) -> None:
@@ -662,6 +671,7 @@ async def test_close_closes_idle_connections() -> None:
             await client.request("GET", "/", [])
 
 
+@on_virtual_time
 async def test_idle_data_drops_the_connection() -> None:
     async def handle(ex: Exchange) -> None:
         await ex.read_request()
@@ -717,18 +727,20 @@ async def test_connect_timeout() -> None:
         listener.close()
 
 
+@on_virtual_time
 async def test_head_timeout() -> None:
     async def handle(ex: Exchange) -> None:
         await ex.read_request()
         await asyncio.sleep(3)
 
     async with upstream(handle) as up, client_for(up.url, timeout=0.3) as client:
-        started = time.monotonic()
+        started = loop_time()
         with pytest.raises(UpstreamTimeout):
             await fetch(client)
-        assert time.monotonic() - started < 1.5
+        assert 0.3 - EARLY <= loop_time() - started < 1.5
 
 
+@on_virtual_time
 async def test_a_shorter_read_timeout_after_a_longer_head_wait_still_holds() -> None:
     async def handle(ex: Exchange) -> None:
         await ex.read_request()
@@ -740,14 +752,15 @@ async def test_a_shorter_read_timeout_after_a_longer_head_wait_still_holds() -> 
         response = await client.request("GET", "/", [])
         try:
             assert await response.read_chunk() == b"abc"
-            started = time.monotonic()
+            started = loop_time()
             with pytest.raises(UpstreamTimeout):
                 await response.read_chunk()
-            assert time.monotonic() - started < 1.0  # the 0.2 s bound, not the head's 5 s
+            assert 0.2 - EARLY <= loop_time() - started < 1.0  # 0.2 s, not the head's 5 s
         finally:
             response.release()
 
 
+@on_virtual_time
 async def test_timeouts_hold_for_each_exchange_on_a_kept_connection() -> None:
     # Each exchange's wait has its own deadline: an earlier exchange's never cuts a later
     # one short, and a later one that stalls still times out.
@@ -765,10 +778,10 @@ async def test_timeouts_hold_for_each_exchange_on_a_kept_connection() -> None:
             response, body = await fetch(client)
             assert (response.status, body) == (200, b"ok")
         assert client.connections_opened == 1
-        started = time.monotonic()
+        started = loop_time()
         with pytest.raises(UpstreamTimeout):
             await fetch(client)
-        assert 0.5 < time.monotonic() - started < 1.5
+        assert 0.6 - EARLY <= loop_time() - started < 1.5
 
 
 async def test_mid_body_close_is_an_error_after_the_bytes_that_came() -> None:
@@ -786,6 +799,7 @@ async def test_mid_body_close_is_an_error_after_the_bytes_that_came() -> None:
             await fetch(client)
 
 
+@on_virtual_time
 async def test_mid_body_stall_times_out() -> None:
     async def handle(ex: Exchange) -> None:
         await ex.read_request()
@@ -796,14 +810,15 @@ async def test_mid_body_stall_times_out() -> None:
         response = await client.request("GET", "/", [])
         try:
             assert await response.read_chunk() == b"abc"
-            started = time.monotonic()
+            started = loop_time()
             with pytest.raises(UpstreamTimeout):
                 await response.read_chunk()
-            assert time.monotonic() - started < 1.5
+            assert 0.3 - EARLY <= loop_time() - started < 1.5
         finally:
             response.release()
 
 
+@on_virtual_time
 async def test_upload_stall_times_out() -> None:
     async def handle(ex: Exchange) -> None:
         await ex.reader.readuntil(b"\r\n\r\n")
@@ -811,11 +826,11 @@ async def test_upload_stall_times_out() -> None:
 
     async with upstream(handle) as up, client_for(up.url, timeout=0.5) as client:
         source = Source(64)  # 64 MiB: far more than the socket buffers hold
-        started = time.monotonic()
+        started = loop_time()
         with pytest.raises(UpstreamTimeout):
             async with asyncio.timeout(TEST_TIMEOUT):
                 await client.request("PUT", "/", [("Content-Length", str(64 * MIB))], source)
-        assert time.monotonic() - started < 3
+        assert 0.5 - EARLY <= loop_time() - started < 3
     assert source.left > 0
 
 
@@ -1101,6 +1116,7 @@ async def test_an_idle_connection_the_upstream_closed_is_never_handed_out() -> N
     assert up.accepted == 2
 
 
+@on_virtual_time
 async def test_idle_connections_expire_by_idle_timeout_or_the_keep_alive_hint() -> None:
     closed: list[int] = []
 
@@ -1166,7 +1182,7 @@ async def tls_upstream(
 
 def settings_for(url: str, tls: UpstreamTLS) -> UpstreamSettings:
     """Upstream settings as the config would give them (short bounds for tests)."""
-    return UpstreamSettings(url=url, timeout=5, connect_timeout=2, headers=(), pool_size=4, tls=tls)
+    return UpstreamSettings(url=url, timeout=5, connect_timeout=2, headers={}, pool_size=4, tls=tls)
 
 
 async def test_https_upstream_verified_with_a_configured_ca(tmp_path: Path) -> None:
