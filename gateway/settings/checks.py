@@ -319,8 +319,6 @@ def _check_token_check(
                 load_pem_public_key(text.encode("ascii"))
             except ValueError:
                 report((*where, "public_key_file"), "is not a PEM public key")
-    if not check.algorithms:
-        report((*where, "algorithms"), "must list at least one algorithm")
     return check
 
 

@@ -563,3 +563,34 @@ async def test_a_local_session_ends_when_local_accounts_are_disabled(
         assert "disabled" in error["message"]
     finally:
         await runtime.store.close()
+
+
+async def test_a_pem_public_key_verifies_instead_of_a_jwks(
+    backend: TestServer, make_client: Any, tmp_path: Path
+) -> None:
+    pem = (
+        state_of(backend)
+        .signing_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    (tmp_path / "0").mkdir(exist_ok=True)
+    (tmp_path / "0" / "backend.pem").write_bytes(pem)
+    config = sign_in_config(backend, methods=["backend"])
+    config["backend"] = {
+        **{k: v for k, v in config["backend"].items() if k != "jwks_url"},
+        "public_key_file": "backend.pem",
+    }
+    client, _ = await make_client(config)
+    body = await expect(await backend_sign_in(client, "sam"), 200)
+    assert (body["actor"], body["grants"]) == ("backend:sam", ["reader"])
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    await expect_error(
+        await client.get(SESSION, headers=bearer(forged(backend, key=stranger))),
+        401,
+        "token_invalid",
+    )
+    await expect_error(
+        await client.get(SESSION, headers=bearer(hs256_with_public_key(backend))),
+        401,
+        "token_invalid",
+    )
