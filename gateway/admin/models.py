@@ -54,6 +54,7 @@ MAX_CREDENTIAL_LENGTH = 1024  # characters of a name or password typed into the 
 SIGN_IN_WORDS = {
     "name": "name must be a non-empty string",
     "password": "password must be a non-empty string",
+    "method": "method must be local or backend (the ways in that take a name and password)",
 }
 # The explain request's method: a known method in any case (the handler upper-cases it).
 _METHODS = "|".join(
@@ -186,10 +187,12 @@ Credential = Annotated[str, Meta(min_length=1, max_length=MAX_CREDENTIAL_LENGTH)
 
 
 class SignIn(_Body):
-    """POST /api/v1/session: an admin's name and password, as typed into the form."""
+    """POST /api/v1/session: an admin's name and password, as typed into the form; `method`
+    says whose accounts they are (default: the first of local and backend configured)."""
 
     name: Credential
     password: Credential
+    method: Literal["local", "backend"] | None = None
 
 
 class ExplainRequest(_Body):
@@ -299,12 +302,36 @@ class Changes(_Answer):
 
 
 class Session(_Answer):
-    """Who is signed in, what they may grant and (for a web session) its CSRF token."""
+    """Who is signed in, where their grants come from, what they may grant and (for a web
+    session) its CSRF token."""
 
-    admin: str
+    admin: Annotated[str, Meta(description="the local account's name, or the identity's subject")]
+    display_name: str
+    actor: Annotated[
+        str,
+        Meta(
+            description="how the audit log names this admin: local:<name>, oidc:<subject>, "
+            "backend:<name> or header:<subject>"
+        ),
+    ]
+    source: Annotated[
+        Literal["local", "oidc", "backend", "header"],
+        Meta(description="where the admin signed in and their grants come from"),
+    ]
+    groups: Annotated[
+        list[str],
+        Meta(
+            description="the identity's groups (admin.sign_in.grants.claim); empty for a "
+            "local account"
+        ),
+    ]
     grants: list[str]
     grant_all: bool
-    auth: Literal["session", "basic"]
+    expires_at: Annotated[
+        float | None,
+        Meta(description="Unix time the identity's token stops verifying (null: local)"),
+    ]
+    auth: Literal["session", "basic", "bearer", "header"]
     csrf_token: (
         Annotated[
             str,

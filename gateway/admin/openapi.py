@@ -273,10 +273,16 @@ def _ok(description: str, schema: str, status: str = "200") -> dict[str, Schema]
 def _errors(*statuses: int) -> dict[str, Schema]:
     descriptions = {
         400: "invalid request (malformed JSON, unknown field, bad value or parameter)",
-        401: "missing or wrong admin credentials, or the web session ended (session_ended)",
+        401: (
+            "missing or wrong admin credentials, a bearer or proxy token that does not "
+            "verify (token_invalid), or the web session ended (session_ended)"
+        ),
         403: (
             "an API key was presented (api_key_forbidden), a cross-site or non-JSON write "
-            "(csrf), or a key or role outside the caller's grant set (grant_forbidden)"
+            "(csrf), a key or role outside the caller's grant set (grant_forbidden), a way "
+            "in the config does not list (sign_in_method_disabled), an identity none of "
+            "whose groups may sign in (sign_in_refused), or an identity header from an "
+            "address not listed (untrusted_proxy)"
         ),
         404: "no such key (or page file)",
         409: (
@@ -291,7 +297,8 @@ def _errors(*statuses: int) -> dict[str, Schema]:
             "checksum fails, a cursor this listing did not make for this order"
         ),
         429: "too many failed logins from this address or for this account (see Retry-After)",
-        503: "not ready",
+        502: "the backend's sign-in answered a token that does not verify",
+        503: "not ready, or the identity provider or backend's sign-in is not answering",
     }
     return {
         str(status): {
@@ -302,7 +309,7 @@ def _errors(*statuses: int) -> dict[str, Schema]:
     }
 
 
-_AUTH_ERRORS = (401, 403, 429)
+_AUTH_ERRORS = (401, 403, 429, 503)  # 503: the identity provider is down
 _BODY_ERRORS = (400, 413, 415)
 _ID_PARAMETER: Schema = {
     "name": "id",
@@ -601,7 +608,7 @@ def _paths() -> dict[str, Schema]:
             "signIn",
             "Sign in to the web page: start a session (cookie) with an admin's name and "
             "password; throttled and audited like HTTP Basic",
-            {**_ok("signed in", "Session"), **_errors(*_BODY_ERRORS, 401, 403, 429)},
+            {**_ok("signed in", "Session"), **_errors(*_BODY_ERRORS, 401, 403, 429, 502, 503)},
             tags=("session",),
             body="SignIn",
             public=True,
@@ -698,8 +705,12 @@ def _paths() -> dict[str, Schema]:
 
 # Reads take HTTP Basic or the session cookie; a cookie-authenticated write also takes the
 # session's CSRF header (both at once: one security requirement).
-READ_SECURITY: list[Schema] = [{"adminBasic": []}, {"adminSession": []}]
-WRITE_SECURITY: list[Schema] = [{"adminBasic": []}, {"adminSession": [], "adminCsrf": []}]
+READ_SECURITY: list[Schema] = [{"adminBasic": []}, {"adminBearer": []}, {"adminSession": []}]
+WRITE_SECURITY: list[Schema] = [
+    {"adminBasic": []},
+    {"adminBearer": []},
+    {"adminSession": [], "adminCsrf": []},
+]
 
 
 def _with_write_security(paths: dict[str, Schema]) -> dict[str, Schema]:
@@ -719,7 +730,9 @@ def _document() -> Schema:
             "title": TITLE,
             "version": API_VERSION,
             "description": (
-                "Manage keygate API keys. Authenticate with HTTP Basic as an admin account, "
+                "Manage keygate API keys. Authenticate with HTTP Basic as a local admin "
+                "account, with `Authorization: Bearer <JWT>` from the configured OpenID "
+                "provider or backend, through a sign-in proxy's verified token header, "
                 "or with the web page's session cookie (POST /api/v1/session); cookie-"
                 f"authenticated writes also need the session's {CSRF_HEADER} header. "
                 "Any request carrying an API key is refused with 403 api_key_forbidden. "
@@ -732,6 +745,13 @@ def _document() -> Schema:
             "schemas": SCHEMAS,
             "securitySchemes": {
                 "adminBasic": {"type": "http", "scheme": "basic"},
+                "adminBearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "an ID or access token of the configured OpenID provider "
+                    "or backend (never an API key)",
+                },
                 "adminSession": {
                     "type": "apiKey",
                     "in": "cookie",
