@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import quote_plus, urlencode
 
 import aiohttp
 from yarl import URL
@@ -153,7 +153,7 @@ class OidcClient:
         *,
         issuer: str,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None,
         redirect_url: str,
         scopes: tuple[str, ...],
         timeout: float,
@@ -233,9 +233,12 @@ class OidcClient:
 
     async def _token_request(self, discovery: Discovery, form: dict[str, str]) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
-        if discovery.token_auth_method == AUTH_BASIC:
+        if self._client_secret is None:  # a public client: PKCE alone (RFC 7636)
+            form = {**form, "client_id": self.client_id}
+        elif discovery.token_auth_method == AUTH_BASIC:
+            # RFC 6749 section 2.3.1: both are form-urlencoded before the Basic encoding.
             headers["Authorization"] = aiohttp.encode_basic_auth(
-                self.client_id, self._client_secret
+                quote_plus(self.client_id), quote_plus(self._client_secret)
             )
         else:
             form = {**form, "client_id": self.client_id, "client_secret": self._client_secret}
