@@ -26,11 +26,13 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
-import aiohttp
-from cryptography.hazmat.primitives.asymmetric import rsa
+# Only the standard library at import: .ci/run runs `install` with the system Python.
+if TYPE_CHECKING:
+    import aiohttp
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 OIDC_DIR = Path(__file__).resolve().parent / "oidc"
 SCRIPT = OIDC_DIR / "provider.mjs"
@@ -202,6 +204,8 @@ def running_provider(
     port: int = 0,
 ) -> Iterator[Provider]:
     """Start oidc-provider on loopback with these clients and users; stop it on exit."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     installed = provider_or_skip()
     workdir.mkdir(parents=True, exist_ok=True)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
