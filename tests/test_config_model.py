@@ -425,8 +425,14 @@ def yaml_paths(value: Any, at: str = "", mapping_values: set[str] | None = None)
     return set()
 
 
-FREE_MAPPINGS = {"upstream.headers"}
-SECRET_LEAVES = {"store.url", "store.password", "notify.webhooks[].url", "notify.webhooks[].secret"}
+FREE_MAPPINGS = {"upstream.headers", "admin.sign_in.grants.roles"}
+SECRET_LEAVES = {
+    "store.url",
+    "store.password",
+    "notify.webhooks[].url",
+    "notify.webhooks[].secret",
+    "admin.sign_in.oidc.client_secret",
+}
 
 
 def _readme_config() -> Any:

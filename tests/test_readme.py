@@ -204,7 +204,7 @@ async def test_readme_admin_block_runs_as_written(
     assert create.status == 201
     assert KEY_PATTERN.match(created["secret"]), created
     assert created["key"]["name"] == KEY_NAME and created["key"]["status"] == "active"
-    assert created["key"]["created_by"] == "alice"
+    assert created["key"]["created_by"] == "local:alice"
     assert result.stdout.count(created["secret"]) == 1  # the user sees it, once
     assert listing.status == 200
     assert [item["name"] for item in listing.json()["items"]] == [KEY_NAME]
@@ -228,7 +228,7 @@ async def test_readme_admin_block_runs_as_written(
     assert explain.json()["allowed"] is False and explain.json()["roles"] == ["1int-user"]
     events = [(event["action"], event["actor"], event["key_id"]) for event in audit.json()["items"]]
     assert events == [
-        (action, "alice", key_id)
+        (action, "local:alice", key_id)
         for action in ("delete", "reinstate", "revoke", "roll", "edit", "create")
     ]
     assert (healthz.status, healthz.json()) == (200, {"status": "ok"})

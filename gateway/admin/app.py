@@ -16,8 +16,10 @@ from gateway.admin import (
     policy_handlers,
     session_handlers,
 )
+from gateway.admin.backend_sign_in import BackendSignIn
 from gateway.admin.basic_auth import Authenticator
 from gateway.admin.errors import error_middleware
+from gateway.admin.identity import GrantMapping, IdentitySource, Source
 from gateway.admin.middlewares import (
     add_security_headers,
     api_key_middleware,
@@ -27,8 +29,10 @@ from gateway.admin.middlewares import (
 from gateway.admin.parsing import MAX_BODY_BYTES
 from gateway.admin.sessions import SessionManager
 from gateway.admin.throttle import LoginThrottle
-from gateway.runtime.appkeys import AUTHENTICATOR, RUNTIME, SESSIONS
+from gateway.admin.trusted_header import TrustedHeader
+from gateway.runtime.appkeys import AUTHENTICATOR, RUNTIME, SESSIONS, TRUSTED_HEADER
 from gateway.runtime.context import Runtime
+from gateway.settings import SignInSettings
 
 KEYS = "/api/v1/keys"
 # A key by id or name; not an action's name (its literal path answers every method, and
@@ -69,6 +73,22 @@ ROUTES: tuple[tuple[str, str, Handler, str | None], ...] = (
 )
 
 
+def identity_sources(sign_in: SignInSettings) -> dict[Source, IdentitySource]:
+    """Return the configured ways in other than local accounts and the proxy header, by source."""
+    mapping = GrantMapping.from_settings(sign_in.grants)
+    sources: dict[Source, IdentitySource] = {}
+    if "backend" in sign_in.methods and sign_in.backend is not None:
+        sources["backend"] = BackendSignIn(sign_in.backend, mapping)
+    return sources
+
+
+def trusted_header(sign_in: SignInSettings) -> TrustedHeader | None:
+    """Return the sign-in proxy's header reader when trusted_header is configured."""
+    if "trusted_header" not in sign_in.methods or sign_in.trusted_header is None:
+        return None
+    return TrustedHeader(sign_in.trusted_header, GrantMapping.from_settings(sign_in.grants))
+
+
 def create_admin_app(
     runtime: Runtime,
     *,
@@ -90,11 +110,17 @@ def create_admin_app(
     app.on_response_prepare.append(add_security_headers)
     auth = authenticator if authenticator is not None else Authenticator(runtime.store, throttle)
     app[AUTHENTICATOR] = auth
-    app[SESSIONS] = (
+    sign_in = runtime.settings.admin.sign_in
+    manager = (
         sessions
         if sessions is not None
         else SessionManager(runtime.store, runtime.settings.sessions)
     )
+    manager.local_enabled = "local" in sign_in.methods
+    for kind, way_in in identity_sources(sign_in).items():
+        manager.sources.setdefault(kind, way_in)
+    app[SESSIONS] = manager
+    app[TRUSTED_HEADER] = trusted_header(sign_in)
     app.cleanup_ctx.append(auth.context)
     for method, path, handler, name in ROUTES:
         app.router.add_route(method, path, handler, name=name)

@@ -32,6 +32,7 @@ WWW_AUTHENTICATE = f'Basic realm="{REALM}", charset="UTF-8"'
 AUDIT_LOGIN_FAILED = "admin_login_failed"
 AUDIT_LOGIN_THROTTLED = "admin_login_throttled"
 UNKNOWN_ACTOR = "?"
+LOCAL_ACTOR = "local:"  # audit actors of local accounts: local:<name> (identity.actor_of)
 HASH_WORKERS = 2  # threads checking passwords (each scrypt check needs ~16 MiB)
 VERIFIED_TTL = 60.0  # seconds a successful password check is remembered
 VERIFIED_MAX = 1024  # remembered successful checks (memory bound)
@@ -226,6 +227,11 @@ class Authenticator:
             await self._failed(address, actor, delay)
         return _account_or_raise(outcome)
 
+    async def backend_failed(self, address: str) -> None:
+        """Count, audit and hold back a sign-in the backend refused (by address only: the
+        name typed may be anything, a password even)."""
+        await self._failed(address, None, await self._count_failure(address, None))
+
     async def _note_success(self, account: str, address: str) -> None:
         """Record the address a login succeeded from (exempt from the account's lockout)."""
         try:
@@ -252,7 +258,7 @@ class Authenticator:
         The attempted name is recorded only when it is an existing admin: anything else
         may be a password typed into the name field.
         """
-        actor = account if account is not None else UNKNOWN_ACTOR
+        actor = LOCAL_ACTOR + account if account is not None else UNKNOWN_ACTOR
         try:
             await self.store.append_audit(
                 actor=actor, action=AUDIT_LOGIN_FAILED, details={"remote": address}
@@ -264,7 +270,7 @@ class Authenticator:
 
     async def _throttled(self, address: str, account: str | None, wait: float) -> None:
         """Audit an attempt refused by the throttle (its password was not checked)."""
-        actor = account if account is not None else UNKNOWN_ACTOR
+        actor = LOCAL_ACTOR + account if account is not None else UNKNOWN_ACTOR
         try:
             await self.store.append_audit(
                 actor=actor,

@@ -7,7 +7,6 @@ from typing import Any
 from aiohttp import web
 
 from gateway import clock
-from gateway.admin.accounts import grant_set
 from gateway.admin.errors import (
     E_IDEMPOTENCY_REUSED,
     E_IDEMPOTENT_REPLAY,
@@ -17,6 +16,7 @@ from gateway.admin.errors import (
     bad_request,
     not_found,
 )
+from gateway.admin.identity import grant_set_of
 from gateway.admin.middlewares import current_admin
 from gateway.admin.models import (
     Identify,
@@ -139,9 +139,9 @@ async def create_key(request: web.Request) -> web.Response:
     now = clock.now()
     claim = idempotency_claim(request, data, now)
     new, secret = key_rules.new_key_request(body, runtime.policy, now)
-    key_rules.check_grants(new.roles, grant_set(admin))
+    key_rules.check_grants(new.roles, grant_set_of(admin))
     try:
-        row = await runtime.store.create_key(new, admin.name, claim)
+        row = await runtime.store.create_key(new, admin.actor, claim)
     except IdempotentReplayError as replay:
         shown = None if replay.row is None else key_rules.key_json(replay.row, now, runtime.policy)
         message = M_REPLAY if replay.row is not None else M_REPLAY_DELETED
@@ -258,10 +258,10 @@ async def update_key(request: web.Request) -> web.Response:
     data = await read_json_object(request, fields(KeyPatch))
     now = clock.now()
     changes = key_changes(to_builtins(convert(data, KeyPatch)), runtime.policy, now)
-    grants = grant_set(admin)
+    grants = grant_set_of(admin)
     if changes.roles is not None:
         key_rules.check_grants(changes.roles, grants)
-    row = await runtime.store.update_key(key_id, changes, admin.name, grants)
+    row = await runtime.store.update_key(key_id, changes, admin.actor, grants)
     await runtime.apply_own_writes()
     return _json(key_rules.key_json(row, now, runtime.policy))
 
@@ -270,7 +270,7 @@ async def _set_revoked(request: web.Request, revoked: bool) -> web.Response:
     runtime = _runtime(request)
     admin = current_admin(request)
     key_id = await _key_id(request)
-    row = await runtime.store.set_revoked(key_id, revoked, admin.name, grant_set(admin))
+    row = await runtime.store.set_revoked(key_id, revoked, admin.actor, grant_set_of(admin))
     await runtime.apply_own_writes()
     return _json(key_rules.key_json(row, clock.now(), _runtime(request).policy))
 
@@ -293,7 +293,9 @@ async def roll_key(request: web.Request) -> web.Response:
     data = await read_json_object(request, ROLL_FIELDS) if request.body_exists else {}
     data = to_builtins(convert(data, KeyRoll))
     overlap = key_rules.validate_overlap(data.get("overlap_seconds"))
-    rolled = await key_rules.roll_key(runtime.store, key_id, overlap, admin.name, grant_set(admin))
+    rolled = await key_rules.roll_key(
+        runtime.store, key_id, overlap, admin.actor, grant_set_of(admin)
+    )
     await runtime.apply_own_writes()
     shown = key_rules.key_json(rolled.row, clock.now(), runtime.policy)
     return _json({"key": shown, "secret": rolled.secret})
@@ -303,7 +305,7 @@ async def delete_key(request: web.Request) -> web.Response:
     """DELETE /api/v1/keys/{id}: delete a key for good."""
     runtime = _runtime(request)
     admin = current_admin(request)
-    await runtime.store.delete_key(await _key_id(request), admin.name, grant_set(admin))
+    await runtime.store.delete_key(await _key_id(request), admin.actor, grant_set_of(admin))
     await runtime.apply_own_writes()
     return web.Response(status=204, headers={"Cache-Control": NO_STORE})
 
@@ -319,7 +321,7 @@ def _batch_json(result: BatchResult) -> web.Response:
 async def batch_counts(request: web.Request) -> web.Response:
     """GET /api/v1/keys/batch-counts: how many keys each batch action would touch for the caller."""
     runtime = _runtime(request)
-    counts = await runtime.store.batch_counts(grant_set(current_admin(request)))
+    counts = await runtime.store.batch_counts(grant_set_of(current_admin(request)))
     return _json({action: _count_json(result) for action, result in counts.items()})
 
 
@@ -335,7 +337,7 @@ async def revoke_all(request: web.Request) -> web.Response:
     """POST /api/v1/keys/revoke-all: revoke every active key within the caller's grants."""
     runtime = _runtime(request)
     admin = current_admin(request)
-    result = await runtime.store.revoke_all(admin.name, grant_set(admin))
+    result = await runtime.store.revoke_all(admin.actor, grant_set_of(admin))
     await runtime.apply_own_writes()
     return _batch_json(result)
 
@@ -344,7 +346,7 @@ async def reinstate_all(request: web.Request) -> web.Response:
     """POST /api/v1/keys/reinstate-all: reinstate every revoked key within the caller's grants."""
     runtime = _runtime(request)
     admin = current_admin(request)
-    result = await runtime.store.reinstate_all(admin.name, grant_set(admin))
+    result = await runtime.store.reinstate_all(admin.actor, grant_set_of(admin))
     await runtime.apply_own_writes()
     return _batch_json(result)
 
@@ -353,7 +355,7 @@ async def delete_revoked(request: web.Request) -> web.Response:
     """POST /api/v1/keys/delete-revoked: delete every revoked key within the caller's grants."""
     runtime = _runtime(request)
     admin = current_admin(request)
-    result = await runtime.store.delete_revoked(admin.name, grant_set(admin))
+    result = await runtime.store.delete_revoked(admin.actor, grant_set_of(admin))
     await runtime.apply_own_writes()
     return _batch_json(result)
 
@@ -367,7 +369,7 @@ async def identify_key(request: web.Request) -> web.Response:
     store = _runtime(request).store
     row = await store.get_key_by_digest(keys.digest(secret))
     await key_rules.audit_identify(
-        store, current_admin(request).name, row, {"remote": request.remote or "?"}
+        store, current_admin(request).actor, row, {"remote": request.remote or "?"}
     )
     if row is None:
         raise not_found(M_NO_KEY_FOR_SECRET)

@@ -13,22 +13,55 @@ from yarl import URL
 from gateway.admin.errors import (
     E_API_KEY_FORBIDDEN,
     E_CSRF,
+    E_SIGN_IN_METHOD_DISABLED,
+    E_SIGN_IN_REFUSED,
+    E_SIGN_IN_UNAVAILABLE,
+    E_TOKEN_INVALID,
+    E_UNAUTHORIZED,
+    E_UNTRUSTED_PROXY,
     M_API_KEY_FORBIDDEN,
     M_CSRF_CONTENT_TYPE,
     M_CSRF_ORIGIN,
     ApiError,
 )
+from gateway.admin.identity import (
+    Identity,
+    IdentityRefused,
+    Source,
+    TokenInvalid,
+    local_identity,
+)
 from gateway.admin.parsing import is_json_content_type
-from gateway.admin.sessions import BACKGROUND_HEADER
+from gateway.admin.sessions import BACKGROUND_HEADER, M_LOCAL_DISABLED, SessionManager
+from gateway.admin.trusted_header import TrustedHeader, UntrustedPeer
 from gateway.proxy.credentials import carries_api_key
-from gateway.runtime.appkeys import ADMIN, AUTHENTICATOR, SESSION_TOKEN, SESSIONS
-from gateway.store.base import AdminAccount
+from gateway.runtime.appkeys import (
+    ADMIN,
+    AUTH_KIND,
+    AUTHENTICATOR,
+    SESSION_TOKEN,
+    SESSIONS,
+    TRUSTED_HEADER,
+)
 
 # Route names served without credentials: probes, the page and its assets, and sign-in.
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics", "page", "static", "sign_in"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # every other method changes state
 SAME_ORIGIN_SITES = frozenset({"same-origin", "none"})  # Sec-Fetch-Site values let through
 SERVER = "keygate"  # the Server header: no framework or version
+# Sources whose tokens a script may present as `Authorization: Bearer <JWT>`.
+BEARER_SOURCES: tuple[Source, ...] = ("oidc", "backend")
+M_NO_CREDENTIALS = (
+    "sign in first (local admin accounts are disabled; use your organisation's sign-in)"
+)
+M_NO_BEARER = (
+    "bearer tokens need admin.sign_in.methods to list oidc or backend; "
+    "an API key (kg_...) never works here"
+)
+M_UNTRUSTED_PROXY = (
+    "the {header} header is only accepted from the sign-in proxy's addresses "
+    "(admin.sign_in.trusted_header.trusted_proxies)"
+)
 # Headers on every answer of the admin listener, parser refusals included.
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 SECURITY_HEADERS = {
@@ -108,26 +141,82 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
         response.headers.popall("WWW-Authenticate", None)
 
 
-async def authenticate(request: web.Request) -> AdminAccount:
-    """Return the admin of a request: HTTP Basic when given, else the session cookie.
+async def authenticate(request: web.Request) -> Identity:
+    """Return the admin of a request: Authorization (Basic or Bearer), the sign-in proxy's
+    token header, else the session cookie.
 
-    Basic keeps working exactly as before for scripts; a request with neither gets Basic's
-    401. A cookie-authenticated state change must also carry the session's CSRF token.
+    Basic keeps working for scripts while local accounts are enabled; a bearer JWT is
+    verified like a sign-in's token; the proxy's header counts only from its addresses. A
+    request with none of them gets Basic's 401. A cookie-authenticated state change must
+    also carry the session's CSRF token.
     """
-    if request.headers.getall(hdrs.AUTHORIZATION, []):
-        return await request.app[AUTHENTICATOR].authenticate(request)
     sessions = request.app[SESSIONS]
+    authorization = request.headers.getall(hdrs.AUTHORIZATION, [])
+    if authorization:
+        scheme = authorization[0].split(None, 1)[0].lower() if authorization[0].strip() else ""
+        if scheme == "bearer" and len(authorization) == 1:
+            request[AUTH_KIND] = "bearer"
+            return await bearer_identity(sessions, authorization[0].split(None, 1)[1:])
+        if not sessions.local_enabled:
+            raise ApiError(403, E_SIGN_IN_METHOD_DISABLED, M_LOCAL_DISABLED)
+        request[AUTH_KIND] = "basic"
+        return local_identity(await request.app[AUTHENTICATOR].authenticate(request))
+    header = request.app[TRUSTED_HEADER]
+    if header is not None and header.header in request.headers:
+        request[AUTH_KIND] = "header"
+        return await header_identity(header, request)
     token = sessions.token_of(request)
     if token is None:
-        return await request.app[AUTHENTICATOR].authenticate(request)
+        if not sessions.local_enabled:
+            raise ApiError(401, E_UNAUTHORIZED, M_NO_CREDENTIALS)
+        return local_identity(await request.app[AUTHENTICATOR].authenticate(request))
     background = BACKGROUND_HEADER in request.headers
-    account = await sessions.resolve(
+    identity = await sessions.resolve(
         token, secure=request.secure, activity=not background, address=request.remote or "?"
     )
     if request.method not in SAFE_METHODS:
         sessions.check_csrf(request, token)
     request[SESSION_TOKEN] = token
-    return account
+    request[AUTH_KIND] = "session"
+    return identity
+
+
+async def bearer_identity(sessions: SessionManager, rest: list[str]) -> Identity:
+    """Return the identity of a script's bearer JWT, verified by the provider's or the
+    backend's verifier (whichever is configured and takes it), or raise a 4xx/503."""
+    token = rest[0].strip() if rest else ""
+    candidates = [sessions.sources[s] for s in BEARER_SOURCES if s in sessions.sources]
+    if not candidates:
+        raise ApiError(401, E_UNAUTHORIZED, M_NO_BEARER)
+    first: TokenInvalid | None = None
+    for source in candidates:
+        try:
+            return await source.bearer(token)
+        except TokenInvalid as error:
+            first = first or error
+        except IdentityRefused as error:
+            raise ApiError(403, E_SIGN_IN_REFUSED, error.reason) from None
+    assert first is not None
+    if first.unavailable:
+        raise ApiError(503, E_SIGN_IN_UNAVAILABLE, first.reason)
+    raise ApiError(401, E_TOKEN_INVALID, f"bearer token refused: {first.reason}")
+
+
+async def header_identity(header: TrustedHeader, request: web.Request) -> Identity:
+    """Return the identity in the sign-in proxy's token header, or raise a 4xx/503."""
+    try:
+        return await header.from_request(request.remote, request.headers.getall(header.header))
+    except UntrustedPeer:
+        message = M_UNTRUSTED_PROXY.format(header=header.header)
+        raise ApiError(403, E_UNTRUSTED_PROXY, message) from None
+    except TokenInvalid as error:
+        if error.unavailable:
+            raise ApiError(503, E_SIGN_IN_UNAVAILABLE, error.reason) from None
+        raise ApiError(
+            401, E_TOKEN_INVALID, f"the {header.header} token is refused: {error.reason}"
+        ) from None
+    except IdentityRefused as error:
+        raise ApiError(403, E_SIGN_IN_REFUSED, error.reason) from None
 
 
 @web.middleware
@@ -139,6 +228,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-def current_admin(request: web.Request) -> AdminAccount:
+def current_admin(request: web.Request) -> Identity:
     """Return the authenticated admin of a request."""
     return request[ADMIN]

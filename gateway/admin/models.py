@@ -50,6 +50,7 @@ MAX_CREDENTIAL_LENGTH = 1024  # characters of a name or password typed into the 
 SIGN_IN_WORDS = {
     "name": "name must be a non-empty string",
     "password": "password must be a non-empty string",
+    "method": "method must be local or backend (the ways in that take a name and password)",
 }
 # The explain request's method: a known method in any case (the handler upper-cases it).
 METHOD_PATTERN = "^(?:{})$".format(
@@ -169,10 +170,12 @@ Credential = Annotated[str, Meta(min_length=1, max_length=MAX_CREDENTIAL_LENGTH)
 
 
 class SignIn(_Body):
-    """POST /api/v1/session: an admin's name and password, as typed into the form."""
+    """POST /api/v1/session: an admin's name and password, as typed into the form; `method`
+    says whose accounts they are (default: the first of local and backend configured)."""
 
     name: Credential
     password: Credential
+    method: Literal["local", "backend"] | None = None
 
 
 class ExplainRequest(_Body):

@@ -240,8 +240,13 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "required": [
             "admin",
+            "display_name",
+            "actor",
+            "source",
+            "groups",
             "grants",
             "grant_all",
+            "expires_at",
             "auth",
             "csrf_token",
             "idle_timeout",
@@ -250,10 +255,34 @@ SCHEMAS: dict[str, Schema] = {
         ],
         "additionalProperties": False,
         "properties": {
-            "admin": {"type": "string"},
+            "admin": {
+                "type": "string",
+                "description": "the local account's name, or the identity's subject",
+            },
+            "display_name": {"type": "string"},
+            "actor": {
+                "type": "string",
+                "description": "how the audit log names this admin: local:<name>, "
+                "oidc:<subject>, backend:<name> or header:<subject>",
+            },
+            "source": {
+                "type": "string",
+                "enum": ["local", "oidc", "backend", "header"],
+                "description": "where the admin signed in and their grants come from",
+            },
+            "groups": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "the identity's groups (admin.sign_in.grants.claim); "
+                "empty for a local account",
+            },
             "grants": {"type": "array", "items": {"type": "string"}},
             "grant_all": {"type": "boolean"},
-            "auth": {"type": "string", "enum": ["session", "basic"]},
+            "expires_at": {
+                "type": ["number", "null"],
+                "description": "Unix time the identity's token stops verifying (null: local)",
+            },
+            "auth": {"type": "string", "enum": ["session", "basic", "bearer", "header"]},
             "csrf_token": {
                 "type": ["string", "null"],
                 "description": f"send as {CSRF_HEADER} on every state-changing request "
@@ -335,10 +364,16 @@ def _ok(description: str, schema: str, status: str = "200") -> dict[str, Schema]
 def _errors(*statuses: int) -> dict[str, Schema]:
     descriptions = {
         400: "invalid request (malformed JSON, unknown field, bad value or parameter)",
-        401: "missing or wrong admin credentials, or the web session ended (session_ended)",
+        401: (
+            "missing or wrong admin credentials, a bearer or proxy token that does not "
+            "verify (token_invalid), or the web session ended (session_ended)"
+        ),
         403: (
             "an API key was presented (api_key_forbidden), a cross-site or non-JSON write "
-            "(csrf), or a key or role outside the caller's grant set (grant_forbidden)"
+            "(csrf), a key or role outside the caller's grant set (grant_forbidden), a way "
+            "in the config does not list (sign_in_method_disabled), an identity none of "
+            "whose groups may sign in (sign_in_refused), or an identity header from an "
+            "address not listed (untrusted_proxy)"
         ),
         404: "no such key (or page file)",
         409: (
@@ -353,7 +388,8 @@ def _errors(*statuses: int) -> dict[str, Schema]:
             "checksum fails, a cursor this listing did not make for this order"
         ),
         429: "too many failed logins from this address or for this account (see Retry-After)",
-        503: "not ready",
+        502: "the backend's sign-in answered a token that does not verify",
+        503: "not ready, or the identity provider or backend's sign-in is not answering",
     }
     return {
         str(status): {
@@ -364,7 +400,7 @@ def _errors(*statuses: int) -> dict[str, Schema]:
     }
 
 
-_AUTH_ERRORS = (401, 403, 429)
+_AUTH_ERRORS = (401, 403, 429, 503)  # 503: the identity provider is down
 _BODY_ERRORS = (400, 413, 415)
 _ID_PARAMETER: Schema = {
     "name": "id",
@@ -638,7 +674,7 @@ def _paths() -> dict[str, Schema]:
             "signIn",
             "Sign in to the web page: start a session (cookie) with an admin's name and "
             "password; throttled and audited like HTTP Basic",
-            {**_ok("signed in", "Session"), **_errors(*_BODY_ERRORS, 401, 403, 429)},
+            {**_ok("signed in", "Session"), **_errors(*_BODY_ERRORS, 401, 403, 429, 502, 503)},
             tags=("session",),
             body="SignIn",
             public=True,
@@ -841,7 +877,9 @@ def _document() -> Schema:
             "title": TITLE,
             "version": API_VERSION,
             "description": (
-                "Manage keygate API keys. Authenticate with HTTP Basic as an admin account, "
+                "Manage keygate API keys. Authenticate with HTTP Basic as a local admin "
+                "account, with `Authorization: Bearer <JWT>` from the configured OpenID "
+                "provider or backend, through a sign-in proxy's verified token header, "
                 "or with the web page's session cookie (POST /api/v1/session); cookie-"
                 f"authenticated writes also need the session's {CSRF_HEADER} header. "
                 "Any request carrying an API key is refused with 403 api_key_forbidden. "
@@ -854,6 +892,13 @@ def _document() -> Schema:
             "schemas": SCHEMAS,
             "securitySchemes": {
                 "adminBasic": {"type": "http", "scheme": "basic"},
+                "adminBearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "an ID or access token of the configured OpenID provider "
+                    "or backend (never an API key)",
+                },
                 "adminSession": {
                     "type": "apiKey",
                     "in": "cookie",
@@ -862,7 +907,7 @@ def _document() -> Schema:
                 },
             },
         },
-        "security": [{"adminBasic": []}, {"adminSession": []}],
+        "security": [{"adminBasic": []}, {"adminBearer": []}, {"adminSession": []}],
         "paths": _paths(),
     }
 

@@ -7,8 +7,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway import clock
-from gateway.admin.accounts import grant_set
 from gateway.admin.errors import NO_STORE, bad_request, not_found
+from gateway.admin.identity import grant_set_of
 from gateway.admin.middlewares import current_admin
 from gateway.admin.models import ExplainRequest, convert, fields
 from gateway.admin.parsing import MAX_EXPLAIN_TARGET, MAX_ID, read_json_object
@@ -55,7 +55,7 @@ def roles_json(policy: Policy, grants: frozenset[str] | None) -> dict[str, Any]:
 async def list_roles(request: web.Request) -> web.Response:
     """GET /api/v1/roles: the policy's roles, and which of them the caller may grant."""
     policy = request.app[RUNTIME].policy
-    body = roles_json(policy, grant_set(current_admin(request)))
+    body = roles_json(policy, grant_set_of(current_admin(request)))
     return web.json_response(body, headers={"Cache-Control": NO_STORE})
 
 

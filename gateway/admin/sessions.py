@@ -9,6 +9,12 @@ A session is also bound to the address that signed in (through its stamp): a coo
 token read elsewhere (a backend's logs, say) end the session when presented from any other
 address. The plain-HTTP cookie is scoped to the admin API's path, so a browser does not send
 it to other paths on the same host (cookies ignore ports: the proxy listener is one).
+
+A session signed in with an identity (an OpenID provider, the backend's accounts) keeps the
+credentials that re-verify its grants (a token, or a refresh token) sealed with AES-GCM
+under a key derived from the session token: the store alone cannot read them. Each request
+re-checks them through the identity's source, so grants follow the identity and a token
+that no longer verifies ends the session.
 """
 
 from __future__ import annotations
@@ -20,11 +26,31 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.admin.errors import E_CSRF, E_SESSION_ENDED, M_CSRF_TOKEN, ApiError
+from gateway.admin.errors import (
+    E_CSRF,
+    E_SESSION_ENDED,
+    E_SIGN_IN_UNAVAILABLE,
+    M_CSRF_TOKEN,
+    ApiError,
+)
+from gateway.admin.identity import (
+    SOURCES,
+    Identity,
+    IdentityRefused,
+    IdentitySource,
+    Source,
+    TokenInvalid,
+    actor_of,
+    local_identity,
+)
 from gateway.proxy.hygiene import SECURE_SESSION_COOKIE, SESSION_COOKIE
 from gateway.settings import SessionSettings
 from gateway.store.base import AdminAccount, AdminSession, KeyStore
@@ -44,8 +70,49 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")  # what secrets.token_urlsafe(TOKEN_BY
 TOUCH_EVERY_MAX = 60.0  # seconds; the most a session's last_seen may lag behind its use
 TOUCH_FRACTION = 0.1  # of the idle timeout: how stale last_seen may get before it is written
 _CSRF_LABEL = b"keygate-csrf\0"
+_SEAL_LABEL = b"keygate-identity-seal"
+_NONCE_BYTES = 12  # AES-GCM's standard nonce
+MAX_SEALED_BYTES = 64 * 1024  # bytes of a session's sealed credentials (tokens are far smaller)
 
 M_SESSION_ENDED = "your session has ended (signed out, timed out or account changed); sign in again"
+M_LOCAL_DISABLED = (
+    "local admin accounts are disabled (admin.sign_in.methods does not list local); "
+    "sign in with your organisation's identity"
+)
+M_SIGNER_UNAVAILABLE = "the identity provider could not be reached to check your sign-in; try again"
+
+
+def _seal_key(token: str, token_hash_: bytes) -> AESGCM:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=token_hash_, info=_SEAL_LABEL)
+    return AESGCM(hkdf.derive(token.encode("ascii")))
+
+
+def seal(token: str, credentials: Mapping[str, str]) -> bytes:
+    """Encrypt a session's credentials under a key only its session token gives."""
+    hashed = token_hash(token)
+    nonce = secrets.token_bytes(_NONCE_BYTES)
+    plain = json.dumps(dict(credentials), separators=(",", ":")).encode("utf-8")
+    sealed = nonce + _seal_key(token, hashed).encrypt(nonce, plain, hashed)
+    if len(sealed) > MAX_SEALED_BYTES:
+        raise ValueError(f"sealed credentials over {MAX_SEALED_BYTES} bytes")
+    return sealed
+
+
+def unseal(token: str, sealed: bytes) -> dict[str, str] | None:
+    """Return a session's credentials, or None when they do not open with this token."""
+    hashed = token_hash(token)
+    try:
+        plain = _seal_key(token, hashed).decrypt(
+            sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], hashed
+        )
+        data = json.loads(plain)
+    except (InvalidTag, ValueError):
+        return None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        return None
+    return data
 
 
 def new_token() -> str:
@@ -84,6 +151,12 @@ def session_stamp(account: AdminAccount, address: str) -> str:
     return hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def identity_stamp(identity: Identity, address: str) -> str:
+    """Return what an identity session is bound to: its source, subject and signing-in address."""
+    material = f"{identity.source}\0{identity.subject}\0{address}"
+    return hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def cookie_path(secure: bool) -> str:
     """Return the session cookie's Path: `/` for the `__Host-` cookie, the admin API's else."""
     return "/" if secure else COOKIE_PATH
@@ -101,11 +174,9 @@ def cleared_cookie(secure: bool) -> str:
     return value + "; Secure" if secure else value
 
 
-def session_ended(secure: bool) -> ApiError:
+def session_ended(secure: bool, message: str = M_SESSION_ENDED) -> ApiError:
     """Return the 401 for a session that no longer exists, clearing its cookie."""
-    return ApiError(
-        401, E_SESSION_ENDED, M_SESSION_ENDED, headers={"Set-Cookie": cleared_cookie(secure)}
-    )
+    return ApiError(401, E_SESSION_ENDED, message, headers={"Set-Cookie": cleared_cookie(secure)})
 
 
 class SessionManager:
@@ -117,9 +188,14 @@ class SessionManager:
         settings: SessionSettings,
         *,
         clock: Callable[[], float] = time.time,
+        local_enabled: bool = True,
+        sources: Mapping[Source, IdentitySource] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
+        self.local_enabled = local_enabled
+        # The ways in other than local accounts, by source; the app fills it from settings.
+        self.sources: dict[Source, IdentitySource] = dict(sources or {})
         self._clock = clock
         self._touch_after = min(TOUCH_EVERY_MAX, settings.idle_timeout * TOUCH_FRACTION)
 
@@ -141,15 +217,39 @@ class SessionManager:
         )
         return token
 
-    async def resolve(
-        self, token: str, *, secure: bool, activity: bool, address: str
-    ) -> AdminAccount:
+    async def start_identity(
+        self, identity: Identity, credentials: Mapping[str, str], address: str
+    ) -> str:
+        """Start a session for an identity signed in from `address` (its credentials sealed);
+        return its token (for the cookie only)."""
+        token = new_token()
+        now = self._clock()
+        await self.store.create_session(
+            AdminSession(
+                token_hash(token),
+                actor_of(identity),
+                identity_stamp(identity, address),
+                now,
+                now,
+                source=identity.source,
+                subject=identity.subject,
+                display_name=identity.display_name,
+                sealed=seal(token, credentials),
+                expires_at=identity.expires_at,
+            ),
+            idle_before=now - self.settings.idle_timeout,
+            started_before=now - self.settings.absolute_timeout,
+        )
+        return token
+
+    async def resolve(self, token: str, *, secure: bool, activity: bool, address: str) -> Identity:
         """Return the admin of a live session, or raise 401 session_ended (and forget it).
 
         A session ends when it has been idle or alive too long, when its admin was removed
         or had their password or grants changed, or when it is used from another address
-        than the one that signed in. `activity=False` (background polls) checks the session
-        without restarting its idle timeout.
+        than the one that signed in; an identity's session also when its credentials no
+        longer verify (grants are re-read from them on every request). `activity=False`
+        (background polls) checks the session without restarting its idle timeout.
         """
         if not _TOKEN.fullmatch(token):
             raise session_ended(secure)
@@ -158,18 +258,76 @@ class SessionManager:
         if session is None:
             raise session_ended(secure)
         now = self._clock()
-        account = await self.store.get_admin(session.admin)
         if (
             now - session.last_seen >= self.settings.idle_timeout
             or now - session.created_at >= self.settings.absolute_timeout
-            or account is None
-            or not hmac.compare_digest(session_stamp(account, address), session.stamp)
         ):
             await self.store.delete_session(hashed)
             raise session_ended(secure)
+        if session.source is None:
+            identity = await self._local(session, hashed, secure=secure, address=address)
+        else:
+            identity = await self._renewed(token, session, secure=secure, address=address)
         if activity and now - session.last_seen >= self._touch_after:
             await self.store.touch_session(hashed, now)
-        return account
+        return identity
+
+    async def _local(
+        self, session: AdminSession, hashed: bytes, *, secure: bool, address: str
+    ) -> Identity:
+        """The local account of a session, or end it (account changed, local disabled)."""
+        account = await self.store.get_admin(session.admin)
+        if (
+            account is None
+            or not hmac.compare_digest(session_stamp(account, address), session.stamp)
+            or not self.local_enabled
+        ):
+            await self.store.delete_session(hashed)
+            message = M_SESSION_ENDED if self.local_enabled else M_LOCAL_DISABLED
+            raise session_ended(secure, message)
+        return local_identity(account)
+
+    async def _renewed(
+        self, token: str, session: AdminSession, *, secure: bool, address: str
+    ) -> Identity:
+        """Re-check an identity session's credentials through its source, or end it."""
+        hashed = session.token_hash
+        kind = session.source
+        source = self.sources.get(kind) if kind in SOURCES else None
+        credentials = None if session.sealed is None else unseal(token, session.sealed)
+        if (
+            source is None
+            or kind not in SOURCES
+            or credentials is None
+            or not hmac.compare_digest(
+                identity_stamp(Identity(kind, session.subject or "", ""), address),
+                session.stamp,
+            )
+        ):
+            await self.store.delete_session(hashed)
+            raise session_ended(secure)
+        try:
+            identity, refreshed = await source.renew(credentials)
+        except TokenInvalid as error:
+            if error.unavailable:
+                raise ApiError(503, E_SIGN_IN_UNAVAILABLE, M_SIGNER_UNAVAILABLE) from None
+            await self.store.delete_session(hashed)
+            raise session_ended(
+                secure, f"your sign-in no longer verifies ({error.reason}); sign in again"
+            ) from None
+        except IdentityRefused as error:
+            await self.store.delete_session(hashed)
+            raise session_ended(
+                secure, f"your sign-in is no longer allowed ({error.reason}); sign in again"
+            ) from None
+        if identity.source != session.source or identity.subject != session.subject:
+            await self.store.delete_session(hashed)
+            raise session_ended(secure)
+        if refreshed is not None:
+            await self.store.update_session_credentials(
+                hashed, seal(token, refreshed), identity.expires_at
+            )
+        return identity
 
     @staticmethod
     def check_csrf(request: web.Request, token: str) -> None:

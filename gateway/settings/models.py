@@ -120,11 +120,112 @@ class Listener(Section, frozen=True):
     port: Port = 8080  # 0 picks a free port
 
 
+SignInMethod = Literal["local", "oidc", "backend", "trusted_header"]
+# Signature algorithms a token may use: asymmetric only (never `none`, never HS* whose
+# "secret" would be the public key anyone can read).
+TokenAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
+DEFAULT_TOKEN_ALGORITHMS: tuple[TokenAlgorithm, ...] = ("RS256", "PS256", "ES256", "EdDSA")
+MAX_TOKEN_LEEWAY = 300.0  # seconds; the most clock skew a token's exp/nbf/iat may be granted
+TokenLeeway = Annotated[
+    float, Meta(ge=0, le=MAX_TOKEN_LEEWAY, description=f"a number 0-{MAX_TOKEN_LEEWAY:g}")
+]
+SignInTimeout = Annotated[float, Meta(ge=0.1, le=60, description="a number 0.1-60")]
+ClaimPath = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_:/-]+(\.[A-Za-z0-9_:/-]+)*$",
+        description="a claim name, or a dotted path such as realm_access.roles",
+    ),
+]
+
+
+class TokenCheck(Section, frozen=True):
+    """How a sign-in token is verified: a JWKS URL or a PEM public key, issuer, audience."""
+
+    SECRET_URLS: ClassVar[frozenset[str]] = frozenset({"jwks_url"})
+
+    jwks_url: Text | None = None  # the signer's JSON Web Key Set (keys fetched, cached)
+    public_key_file: ConfigPath | None = None  # or one PEM public key
+    issuer: Text | None = None  # the `iss` every token must carry (set it)
+    audience: Text | None = None  # the `aud` every token must carry, when set
+    algorithms: tuple[TokenAlgorithm, ...] = DEFAULT_TOKEN_ALGORITHMS
+    leeway: TokenLeeway = 30.0  # seconds of clock skew allowed on exp, nbf and iat
+    timeout: SignInTimeout = 5.0  # seconds one JWKS fetch may take
+
+
+class BackendSignIn(TokenCheck, frozen=True):
+    """`admin.sign_in.backend`: the backend's token endpoint (1Integrate: /rest/token)."""
+
+    SECRET_URLS: ClassVar[frozenset[str]] = frozenset({"jwks_url", "token_url"})
+
+    token_url: Text = ""  # POSTed {"username", "password"}; answers a JWT (text or JSON)
+    token_field: Text = "token"  # the field holding the JWT when the answer is JSON
+    name_claim: ClaimPath = "sub"  # the claim naming the admin (audit actor backend:<name>)
+
+
+class TrustedHeaderSignIn(TokenCheck, frozen=True):
+    """`admin.sign_in.trusted_header`: a sign-in proxy's verified JWT, from its addresses only."""
+
+    header: Text = "X-Auth-Request-Access-Token"  # oauth2-proxy's --set-xauthrequest header
+    # CIDRs of the sign-in proxies: the connection's peer address, never a header.
+    trusted_proxies: tuple[Text, ...] = ("127.0.0.1/32", "::1/128")
+    name_claim: ClaimPath = "sub"  # the claim naming the admin (audit actor header:<name>)
+
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The trusted proxies as networks (checked at load, so this cannot fail)."""
+        return tuple(ipaddress.ip_network(cidr) for cidr in self.trusted_proxies)
+
+
+class OidcSignIn(Section, frozen=True):
+    """`admin.sign_in.oidc`: an OpenID provider (authorization code flow with PKCE)."""
+
+    SECRET: ClassVar[frozenset[str]] = frozenset({"client_secret"})
+
+    issuer: Text = ""  # discovery at <issuer>/.well-known/openid-configuration
+    client_id: Text = ""
+    client_secret: SecretText | None = None  # {env: VAR} or {file: path}; none: public client
+    redirect_url: Text = ""  # https://keygate-admin.example/api/v1/session/oidc/callback
+    scopes: tuple[Text, ...] = ("openid", "profile", "email")
+    name: Text = "your organisation"  # shown on the page: "Sign in with <name>"
+    algorithms: tuple[TokenAlgorithm, ...] = DEFAULT_TOKEN_ALGORITHMS
+    leeway: TokenLeeway = 30.0  # seconds of clock skew allowed on exp, nbf and iat
+    timeout: SignInTimeout = 5.0  # seconds one call to the provider may take
+    name_claim: ClaimPath = "preferred_username"  # shown as the display name
+
+
+class GrantsMapping(Section, frozen=True):
+    """`admin.sign_in.grants`: which claim holds groups, who may sign in, what each may grant."""
+
+    claim: ClaimPath = "groups"  # or a dotted path: realm_access.roles
+    # Groups allowed to sign in at all; an identity in none of them is refused.
+    allowed_groups: tuple[Text, ...] = ()
+    # Policy roles each group may grant; "*" grants every role.
+    roles: dict[str, tuple[Text, ...]] = {}
+
+
+class SignInSettings(Section, frozen=True):
+    """`admin.sign_in`: how administrators sign in (local accounts are the break-glass way)."""
+
+    methods: Annotated[
+        tuple[SignInMethod, ...],
+        Meta(min_length=1, description="a non-empty list of local, oidc, backend, trusted_header"),
+    ] = ("local",)
+    grants: GrantsMapping = GrantsMapping()
+    backend: BackendSignIn | None = None
+    trusted_header: TrustedHeaderSignIn | None = None
+    oidc: OidcSignIn | None = None
+
+
 class AdminListener(Listener, frozen=True):
     """`admin`: admin API, health and metrics; keep it on loopback or a management network."""
 
     host: Text = "127.0.0.1"
     port: Port = 8081
+    sign_in: SignInSettings = SignInSettings()
 
 
 class UpstreamTLS(Section, frozen=True):

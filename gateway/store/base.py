@@ -268,7 +268,10 @@ class AdminSession:
     """A signed-in web session: the SHA-256 of its token (never the token), admin and times.
 
     `stamp` is a digest of the admin's password hash and grants when the session began; a
-    session whose stamp no longer matches the account has ended.
+    session whose stamp no longer matches the account has ended. A session signed in with an
+    identity (OpenID provider, backend) has a `source` (None: a local account), its subject
+    and display name, its credentials `sealed` (encrypted under a key only the session
+    token gives) and when they stop verifying; `admin` is then the audit actor.
     """
 
     token_hash: bytes
@@ -276,6 +279,11 @@ class AdminSession:
     stamp: str
     created_at: float
     last_seen: float
+    source: str | None = None
+    subject: str | None = None
+    display_name: str | None = None
+    sealed: bytes | None = None
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,6 +595,14 @@ class Sessions(Protocol):
 
     async def delete_session(self, token_hash: bytes) -> bool:
         """End one session; return False when there was none."""
+
+    async def update_session_credentials(
+        self, token_hash: bytes, sealed: bytes, expires_at: float | None
+    ) -> None:
+        """Replace an identity session's sealed credentials (after a refresh)."""
+
+    async def list_sessions(self) -> list[AdminSession]:
+        """Return the stored sessions, newest first, bounded (sealed credentials left out)."""
 
 
 class StoreCopy(Protocol):

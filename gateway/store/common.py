@@ -93,7 +93,10 @@ RECEIVER_COLUMNS = (
     "receiver, cursor_id, attempts, first_attempt, next_attempt, last_error, owner, lease_until"
 )
 ABANDONED_COLUMNS = "receiver, audit_id, type, attempts, first_attempt, abandoned_at, last_error"
-SESSION_COLUMNS = "token_hash, admin, stamp, created_at, last_seen"
+SESSION_COLUMNS = (
+    "token_hash, admin, stamp, created_at, last_seen, source, subject, display_name, sealed,"
+    " expires_at"
+)
 
 
 class Params:
@@ -284,7 +287,18 @@ def audit_values(event: AuditEvent) -> tuple[Any, ...]:
 
 def session_of(row: Sequence[Any]) -> AdminSession:
     """Build an AdminSession from a row of SESSION_COLUMNS."""
-    return AdminSession(bytes(row[0]), str(row[1]), str(row[2]), float(row[3]), float(row[4]))
+    return AdminSession(
+        bytes(row[0]),
+        str(row[1]),
+        str(row[2]),
+        float(row[3]),
+        float(row[4]),
+        source=None if row[5] is None else str(row[5]),
+        subject=None if row[6] is None else str(row[6]),
+        display_name=None if row[7] is None else str(row[7]),
+        sealed=None if row[8] is None else bytes(row[8]),
+        expires_at=None if row[9] is None else float(row[9]),
+    )
 
 
 def create_details(new: NewKey) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from gateway.store.common import (
 )
 from gateway.store.sql import SqlBase, marks
 
+MAX_LISTED_SESSIONS = 1000  # sessions `list_sessions` returns at most (newest first)
+
 
 class SqlAccounts(SqlBase):
     """The AdminAccounts, Sessions and LoginRecords roles, written once for both backends."""
@@ -137,12 +139,18 @@ class SqlAccounts(SqlBase):
                 started_before,
             )
             await tx.execute(
-                f"INSERT INTO admin_sessions ({SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                f"INSERT INTO admin_sessions ({SESSION_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 session.token_hash,
                 session.admin,
                 session.stamp,
                 session.created_at,
                 session.last_seen,
+                session.source,
+                session.subject,
+                session.display_name,
+                session.sealed,
+                session.expires_at,
             )
 
     async def get_session(self, token_hash: bytes) -> AdminSession | None:
@@ -168,6 +176,28 @@ class SqlAccounts(SqlBase):
             return (
                 await tx.execute("DELETE FROM admin_sessions WHERE token_hash = ?", token_hash) > 0
             )
+
+    async def update_session_credentials(
+        self, token_hash: bytes, sealed: bytes, expires_at: float | None
+    ) -> None:
+        """Replace an identity session's sealed credentials (after a refresh)."""
+        async with self._tx(feed=False) as tx:
+            await tx.execute(
+                "UPDATE admin_sessions SET sealed = ?, expires_at = ? WHERE token_hash = ?",
+                sealed,
+                expires_at,
+                token_hash,
+            )
+
+    async def list_sessions(self) -> list[AdminSession]:
+        """Return the stored sessions, newest first, at most MAX_LISTED_SESSIONS (sealed
+        credentials left out)."""
+        rows = await self._read(
+            f"SELECT {SESSION_COLUMNS.replace('sealed', 'NULL')} FROM admin_sessions"
+            f" ORDER BY created_at DESC LIMIT {MAX_LISTED_SESSIONS}",
+            (),
+        )
+        return [session_of(row) for row in rows]
 
     # --- failed-login throttle -------------------------------------------------
     async def record_login_failure(

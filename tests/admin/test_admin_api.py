@@ -249,7 +249,7 @@ async def test_create_returns_key_json_and_the_secret_once(
     assert key["description"] == "Nightly ETL"
     assert key["roles"] == ["reader", "writer"]
     assert key["status"] == "active"
-    assert key["created_by"] == "root"
+    assert key["created_by"] == "local:root"
     assert key["prefix"] == secret[: len(key["prefix"])]
     assert key["expires_at"] is not None
     assert key["use_count"] == 0 and key["last_used_at"] is None
@@ -530,7 +530,7 @@ async def test_patch_edits_fields_and_clears_expiry(client: Client, runtime: Run
     )
     assert edit["details"]["before"]["name"] == "editable"
     assert edit["details"]["after"]["name"] == "edited"
-    assert edit["actor"] == "root"
+    assert edit["actor"] == "local:root"
 
 
 async def test_patch_rejects_empty_unknown_and_invalid_fields(client: Client) -> None:
@@ -895,7 +895,7 @@ async def test_batches_count_and_take_effect_immediately(client: Client, runtime
     }
 
     audit = await expect(
-        await client.get("/api/v1/audit", params={"actor": "root"}, headers=ROOT), 200
+        await client.get("/api/v1/audit", params={"actor": "local:root"}, headers=ROOT), 200
     )
     batches = {e["action"]: e["details"] for e in audit["items"] if e["key_id"] is None}
     assert batches["revoke_all"]["count"] == 3 and batches["revoke_all"]["skipped"] == 0
@@ -957,7 +957,7 @@ async def test_concurrent_revoke_all_and_creates_stay_consistent(
 
 async def test_grant_limits_on_create(client: Client, runtime: Runtime) -> None:
     ok = await create(client, "reader-key", ["reader"], auth=LIMITED)
-    assert ok["key"]["created_by"] == "limited"
+    assert ok["key"]["created_by"] == "local:limited"
     for roles in (["writer"], ["reader", "operator"]):
         resp = await client.post(KEYS, json={"name": "escalate", "roles": roles}, headers=LIMITED)
         error = await expect_error(resp, 403, "grant_forbidden", "roles")
@@ -1113,8 +1113,8 @@ async def test_identify_is_audited_without_the_secret(client: Client) -> None:
     audit = await expect(await client.get("/api/v1/audit", headers=ROOT), 200)
     identified = [e for e in audit["items"] if e["action"] == "identify"]
     assert [(e["actor"], e["key_id"], e["key_name"]) for e in identified] == [
-        ("root", None, None),
-        ("root", key_id, "leaked-bot"),
+        ("local:root", None, None),
+        ("local:root", key_id, "leaked-bot"),
     ]
     assert [e["details"]["found"] for e in identified] == [False, True]
     dumped = json.dumps(audit)
@@ -1175,14 +1175,14 @@ async def test_audit_lists_filters_and_pages(client: Client) -> None:
     assert_documented("/api/v1/audit", "get", 200, body)
     actions = [(e["actor"], e["action"], e["key_name"]) for e in body["items"]]
     assert actions[:3] == [
-        ("root", "revoke", "audited-1"),
-        ("limited", "create", "audited-2"),
-        ("root", "create", "audited-1"),
+        ("local:root", "revoke", "audited-1"),
+        ("local:limited", "create", "audited-2"),
+        ("local:root", "create", "audited-1"),
     ]
     assert ("test-setup", "admin_add", None) in actions
 
     mine = await expect(
-        await client.get("/api/v1/audit", params={"actor": "limited"}, headers=ROOT), 200
+        await client.get("/api/v1/audit", params={"actor": "local:limited"}, headers=ROOT), 200
     )
     assert [e["action"] for e in mine["items"]] == ["create"]
     by_key = await expect(
@@ -1347,9 +1347,9 @@ async def test_a_backend_jwt_is_not_an_api_key(client: Client) -> None:
 
 async def test_admin_name_is_the_actor(client: Client) -> None:
     created = await create(client, "acted", auth=LIMITED)
-    assert created["key"]["created_by"] == "limited"
+    assert created["key"]["created_by"] == "local:limited"
     events = await expect(
-        await client.get("/api/v1/audit", params={"actor": "limited"}, headers=ROOT), 200
+        await client.get("/api/v1/audit", params={"actor": "local:limited"}, headers=ROOT), 200
     )
     assert events["items"][0]["key_name"] == "acted"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT.*Z", events["items"][0]["at"])

@@ -120,7 +120,7 @@ async def test_wrong_password_is_401_and_audited_without_the_password(
     assert (await resp.json())["error"] == "unauthorized"
     events = await failed_logins(runtime)
     assert len(events) == 1
-    assert events[0].actor == "root"
+    assert events[0].actor == "local:root"
     assert events[0].details == {"remote": "127.0.0.1"}
     everything = json.dumps([e.details for e in await runtime.store.list_audit(limit=1000)])
     assert "not the password" not in everything and PASSWORD not in everything

@@ -232,7 +232,7 @@ async def test_failed_login_records_only_existing_names(client: Client, runtime:
     resp = await client.get(KEYS, headers={"Authorization": aiohttp.encode_basic_auth("root", "x")})
     await expect_error(resp, 401, "unauthorized")
     failed = [e for e in await runtime.store.list_audit() if e.action == "admin_login_failed"]
-    assert [e.actor for e in failed] == ["root", "?"]
+    assert [e.actor for e in failed] == ["local:root", "?"]
     assert typed not in json.dumps([[e.actor, e.details] for e in failed])
 
 
@@ -332,7 +332,7 @@ async def test_batches_act_only_on_keys_within_the_grants(client: Client, runtim
     batches = [
         e for e in await runtime.store.list_audit() if e.action in ("revoke_all", "delete_revoked")
     ]
-    assert batches[0].action == "delete_revoked" and batches[0].actor == "limited"
+    assert batches[0].action == "delete_revoked" and batches[0].actor == "local:limited"
     assert sorted(batches[0].details["key_ids"]) == sorted([ids["r1"], ids["r2"]])
     assert batches[0].details["count"] == 2 and batches[0].details["skipped"] == 2
 
@@ -467,7 +467,7 @@ async def test_distributed_guessing_against_one_admin_is_slowed(
         e for e in await runtime.store.list_audit(limit=1000) if e.action == "admin_login_throttled"
     ]
     assert len(throttled) == statuses.count(429)  # every throttled attempt is audited
-    assert {e.actor for e in throttled} == {"root"}
+    assert {e.actor for e in throttled} == {"local:root"}
 
 
 async def test_an_attacker_cannot_keep_a_real_admin_out_beyond_the_bound(

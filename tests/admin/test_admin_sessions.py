@@ -216,7 +216,7 @@ async def test_wrong_password_gets_no_cookie_and_no_basic_challenge(
     resp = await client.post(SESSION, json={"name": "root", "password": "wrong-password"})
     await expect_error(resp, 401, "unauthorized")
     assert "Set-Cookie" not in resp.headers and "WWW-Authenticate" not in resp.headers
-    events = await runtime.store.list_audit(actor="root")
+    events = await runtime.store.list_audit(actor="local:root")
     assert events[0].action == "admin_login_failed"
 
 
@@ -233,7 +233,7 @@ async def test_sign_in_is_throttled_like_basic(
     assert "Set-Cookie" not in resp.headers
     # One count for both doors: Basic from the same address is held back too.
     await expect_error(await client.get(KEYS, headers=ROOT), 429, "too_many_attempts")
-    actions = [event.action for event in await runtime.store.list_audit(actor="root")]
+    actions = [event.action for event in await runtime.store.list_audit(actor="local:root")]
     assert actions.count("admin_login_failed") == 2 and "admin_login_throttled" in actions
 
 
@@ -250,7 +250,7 @@ async def test_cookie_writes_need_the_sessions_csrf_token(client: Client, runtim
     assert await runtime.store.list_keys() == []
     resp = await client.post(KEYS, json=new, headers=write_headers(token, body["csrf_token"]))
     created = await expect(resp, 201)
-    assert created["key"]["created_by"] == "root"
+    assert created["key"]["created_by"] == "local:root"
     # Reads need no token; the existing same-origin rules still apply to writes.
     await expect(await client.get(KEYS, headers=cookie(token)), 200)
     resp = await client.post(
@@ -285,7 +285,7 @@ async def test_sign_out_ends_the_session_on_the_server(client: Client, runtime: 
     resp = await client.get(KEYS, headers=cookie(token))
     await expect_error(resp, 401, "session_ended")
     assert "WWW-Authenticate" not in resp.headers
-    actions = [event.action for event in await runtime.store.list_audit(actor="root")]
+    actions = [event.action for event in await runtime.store.list_audit(actor="local:root")]
     assert actions[:2] == ["admin_sign_out", "admin_sign_in"]
 
 

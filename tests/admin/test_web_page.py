@@ -680,7 +680,7 @@ def test_revoke_reinstate_delete_each_confirmed_naming_the_key(
     assert status == 401  # no cookie outside the browser
     actions = json.loads(cli(site.config, "audit", "--key", "lifecycle-key", "--json"))
     assert [event["action"] for event in actions][:3] == ["delete", "reinstate", "revoke"]
-    assert {event["actor"] for event in actions[:3]} == {"root"}
+    assert {event["actor"] for event in actions[:3]} == {"local:root"}
 
 
 def test_roll_confirmed_shows_the_new_secret_once_and_both_secrets_work(
@@ -890,11 +890,11 @@ def test_audit_view_and_explain_box(browser: Browser, site: Site) -> None:
         page_expect(audit.filter(has_text="Created")).to_have_count(1)
         page_expect(audit).to_have_count(2)
         page.get_by_label("Key name", exact=True).fill("")
-        page.get_by_label("Actor", exact=True).fill("root")
+        page.get_by_label("Actor", exact=True).fill("local:root")
         page.get_by_role("button", name="Filter").click()
         page_expect(audit.first).to_contain_text("Signed in")
         actors = audit.locator("td[data-label='Actor']").all_inner_texts()
-        assert actors and set(actors) == {"root"}
+        assert actors and set(actors) == {"local:root"}
 
         result = page.locator("#explain-result")
         page.get_by_label("Key", exact=True).fill("etl-nightly")

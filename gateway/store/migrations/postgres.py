@@ -246,6 +246,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "DROP TABLE notify_state",
         ),
     ),
+    Migration(
+        9,
+        "admin sign-in with an identity: a session's source, subject, display name, sealed token",
+        (
+            # NULL source: a local account's session. The sealed credentials (the token that
+            # re-verifies the grants, or a refresh token) are encrypted under a key derived
+            # from the session token, which only the browser holds.
+            "ALTER TABLE admin_sessions ADD COLUMN source TEXT",
+            "ALTER TABLE admin_sessions ADD COLUMN subject TEXT",
+            "ALTER TABLE admin_sessions ADD COLUMN display_name TEXT",
+            "ALTER TABLE admin_sessions ADD COLUMN sealed BYTEA",
+            "ALTER TABLE admin_sessions ADD COLUMN expires_at DOUBLE PRECISION",
+        ),
+    ),
 )
 
 check_sequence(MIGRATIONS)
