@@ -170,8 +170,8 @@ async def callback(request: web.Request) -> web.Response:
         return _back(request, TOKEN_INVALID)
     failure = request.query.get("error")
     if failure is not None:
-        code = error_code(failure)
-        return _back(request, CANCELLED if code == "access_denied" else PROVIDER_REFUSED, code)
+        reason = error_code(failure)
+        return _back(request, CANCELLED if reason == "access_denied" else PROVIDER_REFUSED, reason)
     code = _single(request, "code")
     if code is None:
         return _back(request, PROVIDER_REFUSED, "no_code")

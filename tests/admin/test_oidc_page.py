@@ -1,4 +1,4 @@
-"""Issue 23 in a real browser: Debian's Chromium signs in to the page through a real OpenID provider.
+"""Issue 23 in a real browser: Chromium signs in to the page through a real OpenID provider.
 
 `keygate serve` (a real process, the client secret read from a file) with panva's
 oidc-provider on loopback; Chromium clicks "Sign in with Test IdP", signs in on the
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import expect as page_expect
+from support.config import write_config
 from support.oidc_provider import Client, Provider, running_provider
 from support.processes import free_port, start_serve
 from test_web_page import (
@@ -32,7 +33,6 @@ from test_web_page import (
 )
 
 from gateway.admin.oidc_handlers import OIDC_CALLBACK
-from support.config import write_config
 
 pytestmark = pytest.mark.slow
 
