@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from support.oidc_provider import Client, Provider, provider_login, running_provider
 from support.processes import free_port
 from test_admin_api import POLICY, ROOT_PASSWORD, TEST_COST
+from yarl import URL
 
 from gateway.admin.app import create_admin_app
 from gateway.admin.basic_auth import Authenticator
@@ -129,6 +130,7 @@ def settings_for(tmp_path: Path, issuer: str, port: int, methods: list[str]) -> 
                     "redirect_url": f"http://127.0.0.1:{port}{OIDC_CALLBACK}",
                     "scopes": ["openid", "profile", "groups"],
                     "leeway": 0,
+                    "name_claim": "name",
                 },
             }
         },
@@ -247,7 +249,10 @@ async def test_the_code_flow_signs_in_with_grants_from_the_providers_groups(
     setup: Setup, admin: Admin
 ) -> None:
     async with browser() as http:
-        authorize = await start(http, setup.base)
+        async with http.get(setup.base + OIDC_START, allow_redirects=False) as started:
+            assert started.status == 303
+            authorize = started.headers["Location"]
+            flow_cookie = started.cookies[FLOW_COOKIE]
         query = parse_qs(urlsplit(authorize).query)
         assert authorize.startswith(setup.provider.issuer + "/auth?")
         assert query["code_challenge_method"] == ["S256"]
@@ -255,17 +260,19 @@ async def test_the_code_flow_signs_in_with_grants_from_the_providers_groups(
         assert query["redirect_uri"] == [setup.callback]
         assert len(query["state"][0]) >= 43 and len(query["nonce"][0]) >= 43
         assert SECRET not in authorize
-        flow_cookie = http.cookie_jar.filter_cookies(setup.base + OIDC_CALLBACK)[FLOW_COOKIE]
         assert flow_cookie["httponly"] and flow_cookie["samesite"] == "Lax"
         assert flow_cookie["path"] == "/api/v1/session/oidc"
         assert 0 < int(flow_cookie["max-age"]) <= 600
 
         callback = await provider_login(http, authorize, "rita", setup.callback)
-        assert await come_back(http, callback) == "/"
-        # The flow cookie is spent; the session cookie is keygate's usual one.
-        assert FLOW_COOKIE not in http.cookie_jar.filter_cookies(setup.base + OIDC_CALLBACK)
-        session_cookie = http.cookie_jar.filter_cookies(setup.base + SESSION)[COOKIE]
+        async with http.get(callback, allow_redirects=False) as back:
+            assert back.status == 303 and back.headers["Location"] == "/"
+            # The flow cookie is spent; the session cookie is keygate's usual one.
+            assert back.cookies[FLOW_COOKIE]["max-age"] == "0"
+            session_cookie = back.cookies[COOKIE]
         assert session_cookie["samesite"] == "Strict" and session_cookie["httponly"]
+        assert session_cookie["path"] == "/api/v1"
+        assert FLOW_COOKIE not in http.cookie_jar.filter_cookies(URL(setup.callback))
 
         status, body = await who(http, setup.base)
         assert status == 200, body
@@ -282,7 +289,7 @@ async def test_the_code_flow_signs_in_with_grants_from_the_providers_groups(
         csrf = {"X-CSRF-Token": body["csrf_token"]}
         async with http.post(setup.base + "/api/v1/keys", json=key, headers=csrf) as made:
             assert made.status == 201, await made.text()
-            assert (await made.json())["created_by"] == "oidc:rita"
+            assert (await made.json())["key"]["created_by"] == "oidc:rita"
         # Rita may not grant what her groups do not map to.
         writer = {"name": "too-much", "roles": ["writer"]}
         async with http.post(setup.base + "/api/v1/keys", json=writer, headers=csrf) as refused:
@@ -351,12 +358,12 @@ async def test_a_replayed_callback_and_a_replayed_code_are_refused(
 ) -> None:
     async with browser() as http:
         authorize = await start(http, setup.base)
-        flow_value = http.cookie_jar.filter_cookies(setup.base + OIDC_CALLBACK)[FLOW_COOKIE].value
+        flow_value = http.cookie_jar.filter_cookies(URL(setup.callback))[FLOW_COOKIE].value
         callback = await provider_login(http, authorize, "alice", setup.callback)
         assert await come_back(http, callback) == "/"
     async with browser() as replay:
         # The same callback with the flow cookie put back: the flow was used.
-        replay.cookie_jar.update_cookies({FLOW_COOKIE: flow_value}, response_url=yarl_url(setup))
+        replay.cookie_jar.update_cookies({FLOW_COOKIE: flow_value}, URL(setup.callback))
         assert await come_back(replay, callback) == "/#sign-in-error=sign_in_expired"
         assert (await who(replay, setup.base))[0] == 401
     async with browser() as http:
@@ -367,13 +374,6 @@ async def test_a_replayed_callback_and_a_replayed_code_are_refused(
         url = f"{setup.callback}?{urlencode({'code': code, 'state': state})}"
         assert await come_back(http, url) == "/#sign-in-error=provider_refused&reason=invalid_grant"
         assert (await who(http, setup.base))[0] == 401
-
-
-def yarl_url(setup: Setup) -> Any:
-    """The URL a cookie put back by hand belongs to (the flow cookie's path)."""
-    from yarl import URL
-
-    return URL(setup.base + "/api/v1/session/oidc/")
 
 
 async def test_a_group_not_allowed_to_sign_in_is_refused_and_audited(
