@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -33,6 +34,7 @@ from support.processes import free_port
 from test_admin_api import POLICY, ROOT_PASSWORD, TEST_COST
 from yarl import URL
 
+from gateway.admin.access_log import AdminAccessLogger
 from gateway.admin.app import create_admin_app
 from gateway.admin.basic_auth import Authenticator
 from gateway.admin.identity import GrantMapping
@@ -185,7 +187,10 @@ class serving_admin:
         throttle = LoginThrottle(delay_base=0.001, delay_max=0.001)
         authenticator = Authenticator(runtime.store, throttle, dummy_cost=TEST_COST)
         app = create_admin_app(runtime, authenticator=authenticator, sessions=sessions)
-        self.runner = web.AppRunner(app)
+        # The access log as `keygate serve` writes it for the admin listener.
+        self.runner = web.AppRunner(
+            app, access_log=logging.getLogger("keygate.access"), access_log_class=AdminAccessLogger
+        )
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
         return Admin(runtime, clock, oidc, f"http://127.0.0.1:{self.port}")
@@ -246,8 +251,9 @@ async def audit(admin: Admin) -> list[dict[str, Any]]:
 
 
 async def test_the_code_flow_signs_in_with_grants_from_the_providers_groups(
-    setup: Setup, admin: Admin
+    setup: Setup, admin: Admin, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     async with browser() as http:
         async with http.get(setup.base + OIDC_START, allow_redirects=False) as started:
             assert started.status == 303
@@ -295,6 +301,11 @@ async def test_the_code_flow_signs_in_with_grants_from_the_providers_groups(
         async with http.post(setup.base + "/api/v1/keys", json=writer, headers=csrf) as refused:
             assert refused.status == 403
 
+    # Neither the code nor the state reaches a log line (the access line's query is cut).
+    code = parse_qs(urlsplit(callback).query)["code"][0]
+    assert "GET /api/v1/session/oidc/callback?redacted HTTP/1.1" in caplog.text
+    for secret in (code, query["state"][0], query["nonce"][0], SECRET):
+        assert secret not in caplog.text
     events = await audit(admin)
     sign_ins = [e for e in events if e["action"] == "admin_sign_in"]
     assert sign_ins and sign_ins[0]["actor"] == "oidc:rita"
