@@ -196,11 +196,16 @@ class OidcClient:
             )
             raise ProviderUnavailable(f"{what} failed: {type(error).__name__}") from error
 
-    async def discovery(self) -> tuple[Discovery, IdTokenVerifier]:
-        """Return the provider's discovery document (cached DISCOVERY_TTL) and its verifier."""
+    async def discovery(self, *, fresh: bool = False) -> tuple[Discovery, IdTokenVerifier]:
+        """Return the provider's discovery document (cached DISCOVERY_TTL) and its verifier.
+
+        `fresh` fetches it again (a sign-in's start: a provider that is down is told on the
+        page rather than by the browser's error page); the verifier is kept when its JWKS
+        URL is unchanged (its keys stay cached).
+        """
         async with self._lock:
             cached = self._discovery
-            if cached is not None and self._clock() < cached[0]:
+            if not fresh and cached is not None and self._clock() < cached[0]:
                 return cached[1], cached[2]
 
             async def fetch() -> object:
@@ -211,7 +216,10 @@ class OidcClient:
                     return await read_json(answer)
 
             found = parse_discovery(await self._call(fetch, "discovery"), self.issuer)
-            verifier = self._verifier_for(found)
+            if cached is not None and cached[1].jwks_uri == found.jwks_uri:
+                verifier = cached[2]
+            else:
+                verifier = self._verifier_for(found)
             self._discovery = (self._clock() + DISCOVERY_TTL, found, verifier)
             return found, verifier
 

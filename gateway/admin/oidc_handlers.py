@@ -112,7 +112,7 @@ async def start(request: web.Request) -> web.Response:
     """GET /api/v1/session/oidc/start: send the browser to the provider's sign-in page."""
     oidc = oidc_of(request)
     try:
-        discovery, _ = await oidc.client.discovery()
+        discovery, _ = await oidc.client.discovery(fresh=True)
     except ProviderUnavailable as error:
         log.warning("OpenID sign-in could not start: %s", error)
         return _back(request, PROVIDER_UNAVAILABLE)

@@ -70,6 +70,7 @@ def keygate_with_provider(directory: Path, issuer: str, admin_port: int) -> Iter
             "client_secret": {"file": str(secret_file)},
             "redirect_url": f"http://127.0.0.1:{admin_port}{OIDC_CALLBACK}",
             "scopes": ["openid", "profile", "groups"],
+            "name_claim": "name",
         },
     }
     config = write_config(

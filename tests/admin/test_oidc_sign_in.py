@@ -13,6 +13,7 @@ provider down (local break-glass still works).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -426,17 +427,21 @@ async def test_the_provider_down_is_a_clear_message_and_local_break_glass_still_
     tmp_path: Path,
 ) -> None:
     port = free_port()
-    with running_provider(tmp_path / "idp", [client_for(port)], USERS) as provider:
-        issuer = provider.issuer
-    # The provider has stopped: nothing listens at its issuer any more.
-    async with serving_admin(tmp_path, issuer, port) as running, browser() as http:
-        async with http.get(running.base + OIDC_START, allow_redirects=False) as answer:
-            assert answer.status == 303
-            assert answer.headers["Location"] == "/#sign-in-error=provider_unavailable"
-        local = {"name": "root", "password": ROOT_PASSWORD}
-        async with http.post(running.base + SESSION, json=local) as answer:
-            assert answer.status == 200, await answer.text()
-            assert (await answer.json())["source"] == "local"
+    with contextlib.ExitStack() as provider_running:
+        provider = provider_running.enter_context(
+            running_provider(tmp_path / "idp", [client_for(port)], USERS)
+        )
+        async with serving_admin(tmp_path, provider.issuer, port) as running, browser() as http:
+            # Up: a sign-in starts at the provider (and its discovery is now cached).
+            assert (await start(http, running.base)).startswith(provider.issuer + "/auth?")
+            provider_running.close()  # the provider goes away
+            async with http.get(running.base + OIDC_START, allow_redirects=False) as answer:
+                assert answer.status == 303
+                assert answer.headers["Location"] == "/#sign-in-error=provider_unavailable"
+            local = {"name": "root", "password": ROOT_PASSWORD}
+            async with http.post(running.base + SESSION, json=local) as answer:
+                assert answer.status == 200, await answer.text()
+                assert (await answer.json())["source"] == "local"
 
 
 # ------------------------------------------------------------------------ bearer tokens

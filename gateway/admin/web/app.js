@@ -141,7 +141,8 @@ async function showApp(session) {
   $("signin-view").hidden = true;
   $("app-view").hidden = false;
   $("who").hidden = false;
-  $("who-name").textContent = session.admin;
+  $("who-name").textContent = session.display_name || session.admin;
+  $("who-name").title = session.actor || session.admin;
   $("sign-out").hidden = session.auth !== "session";
   const roles = await api("GET", "/api/v1/roles");
   state.roles = roles.roles;
