@@ -389,6 +389,100 @@ def test_bad_forward_auth_settings_are_located(forward_auth: dict[str, Any], pro
     assert problems_of({**MINIMAL, "forward_auth": forward_auth}) == [f"{WHERE}: {problem}"]
 
 
+_SIGNER = {"jwks_url": "https://login.example/certs", "issuer": "https://login.example"}
+_GRANTS = {"allowed_groups": ["ops"], "roles": {"ops": ["reader"]}}
+
+
+@pytest.mark.parametrize(
+    ("sign_in", "problem"),
+    [
+        ({"methods": []}, "admin.sign_in.methods: expected a non-empty list of local, oidc"),
+        (
+            {
+                "methods": ["backend"],
+                "grants": _GRANTS,
+                "backend": {"token_url": "http://b/t", **_SIGNER, "algorithms": []},
+            },
+            "admin.sign_in.backend.algorithms: expected a non-empty list of algorithms",
+        ),
+        ({"methods": ["local", "local"]}, "admin.sign_in.methods: lists a method twice"),
+        (
+            {"methods": ["backend"], "grants": _GRANTS},
+            "admin.sign_in.backend: is required when methods lists backend",
+        ),
+        (
+            {"methods": ["local"], "backend": {"token_url": "http://b/t", **_SIGNER}},
+            "admin.sign_in.backend: is set but methods does not list backend",
+        ),
+        (
+            {"methods": ["backend"], "backend": {"token_url": "http://b/t", **_SIGNER}},
+            "admin.sign_in.grants.allowed_groups: must list the groups that may sign in",
+        ),
+        (
+            {"methods": ["backend"], "grants": _GRANTS, "backend": {"token_url": "http://b/t"}},
+            "admin.sign_in.backend: needs exactly one of jwks_url and public_key_file",
+        ),
+        (
+            {
+                "methods": ["backend"],
+                "grants": _GRANTS,
+                "backend": {"token_url": "ftp://b/t", **_SIGNER},
+            },
+            "admin.sign_in.backend.token_url: 'ftp://b/t' must be an http:// or https:// URL",
+        ),
+        (
+            {
+                "methods": ["backend"],
+                "grants": _GRANTS,
+                "backend": {"token_url": "http://b/t", **_SIGNER, "algorithms": ["HS256"]},
+            },
+            "admin.sign_in.backend.algorithms[0]: expected one of",
+        ),
+        (
+            {
+                "methods": ["backend"],
+                "grants": _GRANTS,
+                "backend": {"token_url": "http://b/t", **_SIGNER, "algorithms": ["none"]},
+            },
+            "admin.sign_in.backend.algorithms[0]: expected one of",
+        ),
+        (
+            {
+                "methods": ["trusted_header"],
+                "grants": _GRANTS,
+                "trusted_header": {"header": "Authorization", **_SIGNER},
+            },
+            "admin.sign_in.trusted_header.header: must not be Authorization, Cookie or X-API-Key",
+        ),
+        (
+            {
+                "methods": ["trusted_header"],
+                "grants": _GRANTS,
+                "trusted_header": {"trusted_proxies": ["10.0.0.1/8"], **_SIGNER},
+            },
+            "admin.sign_in.trusted_header.trusted_proxies[0]: 10.0.0.1/8 has host bits set",
+        ),
+    ],
+)
+def test_bad_sign_in_settings_are_located(sign_in: dict[str, Any], problem: str) -> None:
+    problems = problems_of({**MINIMAL, "admin": {"sign_in": sign_in}})
+    assert len(problems) == 1 and problems[0].startswith(f"{WHERE}: {problem}"), problems
+
+
+def test_a_sign_in_public_key_file_must_be_a_pem_public_key(tmp_path: Path) -> None:
+    (tmp_path / "key.pem").write_text(
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+    )
+    backend = {"token_url": "http://b/t", "public_key_file": "key.pem", "issuer": "b"}
+    data = {
+        **MINIMAL,
+        "admin": {"sign_in": {"methods": ["backend"], "grants": _GRANTS, "backend": backend}},
+    }
+    where = tmp_path / "gateway.yaml"
+    problems = problems_of(data, where=where)
+    assert problems == [f"{where}: admin.sign_in.backend.public_key_file: is not a PEM public key"]
+
+
 # --- the models' shape is the files' shape ----------------------------------------------------
 
 

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+import jwt
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +27,15 @@ BASE_PATH: Final = "/1Integrate/rest"
 DEFAULT_ACTING_USER_HEADER: Final = "X-Acting-User"
 # The demo's one built-in user (username -> password).
 DEFAULT_USERS: Final[Mapping[str, str]] = {"admin": "admin"}
+# The groups of the demo's users (the `groups` claim of their tokens).
+DEFAULT_GROUPS: Final[Mapping[str, tuple[str, ...]]] = {"admin": ("1int-admin",)}
 # Seconds a token from POST /token stays valid.
 TOKEN_LIFETIME: Final = 3600
+# Tokens are RS256-signed with a key pair made when the app is built; GET /jwks publishes
+# its public half so keygate (admin.sign_in: backend) can verify them.
+TOKEN_ISSUER: Final = "keygate-demo-backend"
+TOKEN_AUDIENCE: Final = "keygate"
+RSA_KEY_BITS: Final = 2048
 # The folder/object trees, one per kind of 1Integrate object.
 TREE_KINDS: Final = ("rules", "datastores", "actions", "actionmaps", "sessions")
 # Session actions (PUT sessions/{path}?action=...) and the status each one leads to.
@@ -69,7 +78,7 @@ _HTTP_ERROR_CODES: Final[Mapping[int, str]] = {
     413: ERR_TOO_LARGE,
 }
 # Routes that answer without a token or an acting user.
-_PUBLIC_ROUTES: Final = frozenset({"token", "echo", "blob", "slow"})
+_PUBLIC_ROUTES: Final = frozenset({"token", "jwks", "echo", "blob", "slow"})
 _WWW_AUTHENTICATE: Final = 'Bearer realm="1Integrate"'
 # One period of the blob pattern, and enough periods to cut any 64 KiB chunk from.
 _BLOB_PERIOD: Final = bytes(range(BLOB_MODULUS))
@@ -108,6 +117,14 @@ class DemoState:
 
     acting_user_header: str
     users: dict[str, str]
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # tests change them live
+    token_lifetime: float = TOKEN_LIFETIME
+    signing_key: rsa.RSAPrivateKey = field(
+        default_factory=lambda: rsa.generate_private_key(
+            public_exponent=65537, key_size=RSA_KEY_BITS
+        )
+    )
+    kid: str = field(default_factory=lambda: secrets.token_hex(8))
     tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
     trees: dict[str, dict[tuple[str, ...], Node]] = field(
         default_factory=lambda: {kind: {} for kind in TREE_KINDS}
@@ -133,18 +150,25 @@ def _b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def _make_token(username: str, issued: float, expires: float) -> str:
-    """Return an opaque JWT-shaped token (the signature is random, not verifiable)."""
-    header = {"alg": "HS256", "typ": "JWT"}
-    payload = {"sub": username, "iat": int(issued), "exp": int(expires)}
-    payload["jti"] = secrets.token_hex(8)
-    return ".".join(
-        (
-            _b64url(json.dumps(header, separators=(",", ":")).encode()),
-            _b64url(json.dumps(payload, separators=(",", ":")).encode()),
-            _b64url(secrets.token_bytes(32)),
-        )
-    )
+def _make_token(state: DemoState, username: str, issued: float, expires: float) -> str:
+    """Return an RS256-signed JWT for a user: subject, groups, issuer, audience, times."""
+    payload = {
+        "iss": TOKEN_ISSUER,
+        "aud": TOKEN_AUDIENCE,
+        "sub": username,
+        "name": username,
+        "groups": list(state.groups.get(username, ())),
+        "iat": int(issued),
+        "exp": int(expires),
+        "jti": secrets.token_hex(8),
+    }
+    return jwt.encode(payload, state.signing_key, algorithm="RS256", headers={"kid": state.kid})
+
+
+def public_jwks(state: DemoState) -> dict[str, Any]:
+    """Return the JWKS publishing the public half of the backend's token-signing key."""
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(state.signing_key.public_key()))
+    return {"keys": [{**jwk, "kid": state.kid, "use": "sig", "alg": "RS256"}]}
 
 
 def _decode_header_bytes(raw: bytes) -> str:
@@ -317,11 +341,17 @@ async def _login(request: web.Request) -> web.Response:
     expected = _state(request).users.get(username)
     if expected is None or not hmac.compare_digest(expected.encode(), password.encode()):
         raise DemoError(401, ERR_INVALID_CREDENTIALS, "Wrong username or password")
+    state = _state(request)
     issued = time.time()
-    expires = issued + TOKEN_LIFETIME
-    token = _make_token(username, issued, expires)
+    expires = issued + state.token_lifetime
+    token = _make_token(state, username, issued, expires)
     _state(request).tokens[token] = (username, expires)
     return web.json_response({"token": token})
+
+
+async def _jwks(request: web.Request) -> web.Response:
+    """GET /jwks: the public key the tokens of POST /token verify with."""
+    return web.json_response(public_jwks(_state(request)))
 
 
 async def _tree_get(request: web.Request) -> web.Response:
@@ -541,16 +571,21 @@ def create_demo_backend_app(
     acting_user_header: str = DEFAULT_ACTING_USER_HEADER,
     *,
     users: Mapping[str, str] | None = None,
+    groups: Mapping[str, tuple[str, ...]] | None = None,
+    token_lifetime: float = TOKEN_LIFETIME,
 ) -> web.Application:
-    """Build the demo backend application (fresh in-memory state, no I/O)."""
+    """Build the demo backend application (fresh in-memory state and signing key, no I/O)."""
     app = web.Application(middlewares=[_json_errors, _authenticate])
     app[DEMO_STATE] = DemoState(
         acting_user_header=acting_user_header,
         users=dict(DEFAULT_USERS if users is None else users),
+        groups=dict(DEFAULT_GROUPS if groups is None else groups),
+        token_lifetime=token_lifetime,
     )
     kinds = "|".join(TREE_KINDS)
     base = BASE_PATH
     app.router.add_post(f"{base}/token", _login, name="token")
+    app.router.add_get(f"{base}/jwks", _jwks, name="jwks")
     app.router.add_route("*", f"{base}/_echo/{{tail:.*}}", _echo, name="echo")
     app.router.add_get(f"{base}/_blob", _blob, name="blob")
     app.router.add_get(f"{base}/_slow", _slow, name="slow")

@@ -12,7 +12,12 @@ from pathlib import Path
 
 from gateway.admin.passwords import hash_password
 from gateway.clock import now
-from gateway.demo.backend import start_demo_backend
+from gateway.demo.backend import (
+    DEFAULT_USERS,
+    TOKEN_AUDIENCE,
+    TOKEN_ISSUER,
+    start_demo_backend,
+)
 from gateway.demo.front import find_nginx, running_nginx
 from gateway.keys import rules as key_rules
 from gateway.policy.rules import load_policy
@@ -30,7 +35,20 @@ DEMO_HOST = "127.0.0.1"  # every demo listener is on loopback
 _CONFIG_TEMPLATE = """\
 # Written by `keygate demo`: the demo gateway in front of the demo backend.
 listen: {{host: 127.0.0.1, port: {port}}}
-admin: {{host: 127.0.0.1, port: {admin_port}}}
+admin:
+  host: 127.0.0.1
+  port: {admin_port}
+  sign_in:                 # the demo backend's accounts sign in too (admin / admin)
+    methods: [local, backend]
+    grants:
+      claim: groups
+      allowed_groups: [1int-admin, 1int-user]
+      roles: {{1int-admin: ["*"], 1int-user: [1int-user, 1int-sessions-read]}}
+    backend:
+      token_url: "http://127.0.0.1:{backend_port}/1Integrate/rest/token"
+      jwks_url: "http://127.0.0.1:{backend_port}/1Integrate/rest/jwks"
+      issuer: {issuer}
+      audience: {audience}
 upstream: {{url: "http://127.0.0.1:{backend_port}", timeout: 30}}
 store: {{url: "sqlite:///keygate.db"}}
 policy: policy.yaml
@@ -54,7 +72,13 @@ def write_demo_config(
     policy = resources.files("gateway").joinpath("examples/policy.yaml").read_text("utf-8")
     (data_dir / "policy.yaml").write_text(policy, encoding="utf-8")
     config = data_dir / "gateway.yaml"
-    text = _CONFIG_TEMPLATE.format(port=port, admin_port=admin_port, backend_port=backend_port)
+    text = _CONFIG_TEMPLATE.format(
+        port=port,
+        admin_port=admin_port,
+        backend_port=backend_port,
+        issuer=TOKEN_ISSUER,
+        audience=TOKEN_AUDIENCE,
+    )
     config.write_text(text + (_FORWARD_AUTH if forward_auth else ""), encoding="utf-8")
     return config
 
@@ -109,6 +133,8 @@ def page_lines(password: str, admin_port: int) -> str:
         [
             f"# API Keys page: open http://127.0.0.1:{admin_port}/ in a browser and sign in",
             f"#   Name: {DEMO_ADMIN_NAME}   Password: {password}",
+            "# or with the demo backend's account (its signed token gives the grants):",
+            *(f"#   Name: {name}   Password: {secret}" for name, secret in DEFAULT_USERS.items()),
         ]
     )
 

@@ -16,10 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from msgspec.structs import replace
 
 from gateway.proxy.hygiene import service_header_problem
-from gateway.settings.models import Settings, UpstreamTLS
+from gateway.settings.models import Settings, TokenCheck, UpstreamTLS
 from gateway.store.urls import ERROR_NO_ASYNCPG, POSTGRES_SCHEMES, postgres_url_problem
 
 Location = tuple[str | int, ...]
@@ -283,6 +284,111 @@ def _printable_ascii(text: str) -> bool:
     return all(" " <= c <= "~" for c in text)
 
 
+# Headers a sign-in proxy's token may not be read from: credentials keygate reads otherwise.
+_RESERVED_TOKEN_HEADERS = frozenset({"authorization", "cookie", "x-api-key"})
+
+
+def _http_url_problem(url: str) -> str | None:
+    """Why `url` is not an http(s) URL with a host, or None."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError as error:
+        return f"{url!r} is not a valid URL: {error}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{url!r} must be an http:// or https:// URL with a host"
+    return None
+
+
+def _check_token_check(
+    settings: Settings, where: Location, check: TokenCheck, report: Report
+) -> TokenCheck:
+    """One signer: exactly one of jwks_url and public_key_file (a PEM public key), algorithms."""
+    if (check.jwks_url is None) == (check.public_key_file is None):
+        report(where, "needs exactly one of jwks_url and public_key_file")
+    if check.jwks_url is not None and (problem := _http_url_problem(check.jwks_url)):
+        report((*where, "jwks_url"), problem)
+    if check.public_key_file is not None:
+        path = Path(check.public_key_file)
+        try:
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as error:
+            report((*where, "public_key_file"), f"{str(path)!r} cannot be read ({error})")
+        else:
+            try:
+                load_pem_public_key(text.encode("ascii"))
+            except ValueError:
+                report((*where, "public_key_file"), "is not a PEM public key")
+    return check
+
+
+def check_sign_in(settings: Settings, report: Report) -> Settings:
+    """`admin.sign_in`: each method once, each configured method's section present and sound,
+    groups allowed to sign in for any way in other than local accounts."""
+    sign_in = settings.admin.sign_in
+    base: Location = ("admin", "sign_in")
+    methods = sign_in.methods
+    if len(set(methods)) != len(methods):
+        report((*base, "methods"), "lists a method twice")
+    for name in ("backend", "trusted_header", "oidc"):
+        section = getattr(sign_in, name)
+        if name in methods and section is None:
+            report((*base, name), f"is required when methods lists {name}")
+        if section is not None and name not in methods:
+            report((*base, name), f"is set but methods does not list {name}")
+    if set(methods) - {"local"} and not sign_in.grants.allowed_groups:
+        report(
+            (*base, "grants", "allowed_groups"),
+            "must list the groups that may sign in (with oidc, backend or trusted_header)",
+        )
+    for group, roles in sign_in.grants.roles.items():
+        if not roles:
+            report((*base, "grants", "roles", group), 'must list roles (or "*")')
+    backend = sign_in.backend
+    if backend is not None:
+        where: Location = (*base, "backend")
+        _check_token_check(settings, where, backend, report)
+        if not backend.token_url:
+            report(
+                (*where, "token_url"), "is required (1Integrate: <backend>/1Integrate/rest/token)"
+            )
+        elif problem := _http_url_problem(backend.token_url):
+            report((*where, "token_url"), problem)
+    header = sign_in.trusted_header
+    if header is not None:
+        where = (*base, "trusted_header")
+        _check_token_check(settings, where, header, report)
+        if not is_header_name(header.header):
+            report((*where, "header"), "is not a valid header name")
+        elif header.header.lower() in _RESERVED_TOKEN_HEADERS:
+            report((*where, "header"), "must not be Authorization, Cookie or X-API-Key")
+        trusted: list[str] = []
+        for index, cidr in enumerate(header.trusted_proxies):
+            try:
+                network = str(ipaddress.ip_network(cidr, strict=True))
+            except ValueError as error:
+                report((*where, "trusted_proxies", index), f"{error} (e.g. 10.0.0.0/8)")
+                continue
+            if network not in trusted:
+                trusted.append(network)
+        if not header.trusted_proxies:
+            report((*where, "trusted_proxies"), "must list the sign-in proxy's addresses")
+        else:
+            header = replace(header, trusted_proxies=tuple(trusted))
+    oidc = sign_in.oidc
+    if oidc is not None:
+        where = (*base, "oidc")
+        for field in ("issuer", "client_id", "redirect_url"):
+            if not getattr(oidc, field):
+                report((*where, field), "is required")
+        for field in ("issuer", "redirect_url"):
+            value = getattr(oidc, field)
+            if value and (problem := _http_url_problem(value)):
+                report((*where, field), problem)
+    admin = replace(settings.admin, sign_in=replace(sign_in, trusted_header=header))
+    return replace(settings, admin=admin)
+
+
 # In order: a rule reads values the ones before it normalised (TLS needs the URL's scheme).
 CHECKS: tuple[Callable[[Settings, Report], Settings], ...] = (
     check_upstream_url,
@@ -296,4 +402,5 @@ CHECKS: tuple[Callable[[Settings, Report], Settings], ...] = (
     check_expiry,
     check_webhooks,
     check_forward_auth,
+    check_sign_in,
 )

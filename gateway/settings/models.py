@@ -126,6 +126,9 @@ SignInMethod = Literal["local", "oidc", "backend", "trusted_header"]
 TokenAlgorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
 ]
+TokenAlgorithms = Annotated[
+    tuple[TokenAlgorithm, ...], Meta(min_length=1, description="a non-empty list of algorithms")
+]
 DEFAULT_TOKEN_ALGORITHMS: tuple[TokenAlgorithm, ...] = ("RS256", "PS256", "ES256", "EdDSA")
 MAX_TOKEN_LEEWAY = 300.0  # seconds; the most clock skew a token's exp/nbf/iat may be granted
 TokenLeeway = Annotated[
@@ -152,7 +155,7 @@ class TokenCheck(Section, frozen=True):
     public_key_file: ConfigPath | None = None  # or one PEM public key
     issuer: Text | None = None  # the `iss` every token must carry (set it)
     audience: Text | None = None  # the `aud` every token must carry, when set
-    algorithms: tuple[TokenAlgorithm, ...] = DEFAULT_TOKEN_ALGORITHMS
+    algorithms: TokenAlgorithms = DEFAULT_TOKEN_ALGORITHMS
     leeway: TokenLeeway = 30.0  # seconds of clock skew allowed on exp, nbf and iat
     timeout: SignInTimeout = 5.0  # seconds one JWKS fetch may take
 
@@ -191,7 +194,7 @@ class OidcSignIn(Section, frozen=True):
     redirect_url: Text = ""  # https://keygate-admin.example/api/v1/session/oidc/callback
     scopes: tuple[Text, ...] = ("openid", "profile", "email")
     name: Text = "your organisation"  # shown on the page: "Sign in with <name>"
-    algorithms: tuple[TokenAlgorithm, ...] = DEFAULT_TOKEN_ALGORITHMS
+    algorithms: TokenAlgorithms = DEFAULT_TOKEN_ALGORITHMS
     leeway: TokenLeeway = 30.0  # seconds of clock skew allowed on exp, nbf and iat
     timeout: SignInTimeout = 5.0  # seconds one call to the provider may take
     name_claim: ClaimPath = "preferred_username"  # shown as the display name

@@ -13,10 +13,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway.admin.identity import TokenInvalid, TokenVerifier
 from gateway.demo.backend import (
     BLOB_MODULUS,
     DEMO_STATE,
     STREAM_CHUNK_SIZE,
+    TOKEN_AUDIENCE,
+    TOKEN_ISSUER,
     blob_chunk,
     create_demo_backend_app,
     runner_url,
@@ -399,3 +402,32 @@ async def test_start_demo_backend_on_port_zero_serves_on_the_bound_port() -> Non
             assert (await resp.json())["createdBy"] == "dora"
     finally:
         await runner.cleanup()
+
+
+async def test_tokens_are_rs256_signed_and_verify_with_the_published_jwks(
+    aiohttp_server: Callable[[web.Application], Awaitable[Any]],
+) -> None:
+    """Issue 23: the demo backend's tokens are real signed JWTs keygate can verify."""
+    server = await aiohttp_server(
+        create_demo_backend_app(users={"ada": "pw-ada-1"}, groups={"ada": ("ops",)})
+    )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            server.make_url("/1Integrate/rest/token"),
+            json={"username": "ada", "password": "pw-ada-1"},
+        ) as resp,
+    ):
+        token = (await resp.json())["token"]
+    verifier = TokenVerifier(
+        issuer=TOKEN_ISSUER,
+        audience=TOKEN_AUDIENCE,
+        algorithms=("RS256",),
+        jwks_url=str(server.make_url("/1Integrate/rest/jwks")),
+        leeway=0,
+    )
+    claims = await verifier.verify(token)
+    assert (claims["sub"], claims["groups"], claims["iss"]) == ("ada", ["ops"], TOKEN_ISSUER)
+    head, body, signature = token.split(".")
+    with pytest.raises(TokenInvalid):
+        await verifier.verify(f"{head}.{body}.{signature[::-1]}")
