@@ -107,7 +107,7 @@ function showMethods() {
   const oidc = methods.oidc;
   $("oidc-sign-in").hidden = !oidc;
   if (oidc) $("oidc-name").textContent = oidc.name;
-  $("signin-form").hidden = !methods.local;
+  $("signin-local").hidden = !methods.local;
   $("signin-or").hidden = !(oidc && methods.local);
   $("signin-hint").hidden = Boolean(oidc);
   $("signin-submit").classList.toggle("primary", !oidc);
@@ -166,6 +166,7 @@ function handleFailure(error) {
 
 async function signIn(event) {
   event.preventDefault();
+  if (!methods.local) return; // only the provider's button signs in
   const error = $("signin-error");
   error.hidden = true;
   const name = $("signin-name").value;
