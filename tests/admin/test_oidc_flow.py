@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.admin import oidc, oidc_flow
 from gateway.admin.oidc_flow import Flow, FlowInvalid, UsedStates
+from gateway.settings import settings_from_data
 
 KEY = oidc_flow.flow_key("client-secret-for-tests")
 NOW = 1_700_000_000.0
@@ -172,3 +176,43 @@ def test_an_id_token_must_be_this_sign_ins(
 )
 def test_provider_error_codes_are_repeated_only_when_plain(value: object, code: str) -> None:
     assert oidc.error_code(value) == code
+
+
+def test_a_missing_provider_skips_with_advice_or_fails_under_ci(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from support import oidc_provider
+
+    def missing() -> Path:
+        raise oidc_provider.ProviderMissing("node or npm is not on PATH")
+
+    monkeypatch.setattr(oidc_provider, "install", missing)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install nodejs npm"):
+        oidc_provider.provider_or_skip()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"CI=true and .*oidc_provider.py install"):
+        oidc_provider.provider_or_skip()
+
+
+def readme_oidc_configs() -> list[str]:
+    """The YAML blocks of README's OpenID Connect section (Keycloak, Entra ID, Google)."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Sign in with OpenID Connect", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_the_readme_provider_configurations_load(tmp_path: Path, index: int) -> None:
+    blocks = readme_oidc_configs()
+    assert len(blocks) == 3
+    secret = tmp_path / "entra-secret"
+    secret.write_text("entra-client-secret\n")
+    secret.chmod(0o600)
+    data = yaml.safe_load(blocks[index].replace("/etc/keygate/entra-secret", str(secret)))
+    data |= {"upstream": {"url": "http://127.0.0.1:9"}, "store": {"url": "sqlite:///k.db"}}
+    environ = {"KEYGATE_OIDC_SECRET": "kc-secret", "KEYGATE_GOOGLE_SECRET": "g-secret"}
+    settings = settings_from_data(data, tmp_path / "gateway.yaml", environ=environ)
+    oidc_settings = settings.admin.sign_in.oidc
+    assert oidc_settings is not None and oidc_settings.client_secret
+    assert settings.admin.sign_in.methods == ("oidc", "local")
