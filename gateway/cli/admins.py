@@ -18,7 +18,7 @@ from gateway.clock import iso
 from gateway.keys.rules import audit_json
 from gateway.policy.rules import load_policy
 from gateway.settings import Settings
-from gateway.store.base import AdminAccount
+from gateway.store.base import AdminAccount, AdminSession
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 
@@ -112,6 +112,38 @@ async def admins_list(args: argparse.Namespace) -> int:
         created = iso(account.created_at) or ""
         print(f"{account.name:<24} {created[:19] + 'Z':<21} {_grants_text(account)}")
     print(f"{len(accounts)} admin(s)")
+    return 0
+
+
+def session_json(session: AdminSession) -> dict[str, Any]:
+    """A signed-in session as `admins sessions --json` prints it (no token, nothing sealed)."""
+    return {
+        "actor": session.admin if session.source is not None else f"local:{session.admin}",
+        "source": session.source or "local",
+        "admin": session.subject or session.admin,
+        "display_name": session.display_name or session.admin,
+        "signed_in_at": iso(session.created_at),
+        "last_seen": iso(session.last_seen),
+        "expires_at": iso(session.expires_at) if session.expires_at is not None else None,
+    }
+
+
+async def admins_sessions(args: argparse.Namespace) -> int:
+    """List signed-in web sessions: who, where their grants come from, since when."""
+    async with open_store(load_store_config(args)) as store:
+        sessions = [session_json(session) for session in await store.list_sessions()]
+    if args.json:
+        print(json.dumps(sessions, indent=2))
+        return 0
+    print(f"{'ACTOR':<32} {'SOURCE':<8} {'DISPLAY NAME':<24} {'SIGNED IN':<21} TOKEN EXPIRES")
+    for entry in sessions:
+        signed_in = (entry["signed_in_at"] or "")[:19] + "Z"
+        expires = (entry["expires_at"] or "-")[:19] + ("Z" if entry["expires_at"] else "")
+        print(
+            f"{entry['actor']:<32} {entry['source']:<8} {entry['display_name']:<24} "
+            f"{signed_in:<21} {expires}"
+        )
+    print(f"{len(sessions)} session(s)")
     return 0
 
 
@@ -243,6 +275,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     listing = admin_commands.add_parser("list", help="list admin accounts")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=admins_list)
+
+    signed_in = admin_commands.add_parser(
+        "sessions", help="list signed-in web sessions (who, and where their grants come from)"
+    )
+    signed_in.add_argument("--json", action="store_true", help="print JSON")
+    signed_in.set_defaults(func=admins_sessions)
 
     passwd = admin_commands.add_parser("passwd", help="set an admin's password")
     passwd.add_argument("name", metavar="NAME")

@@ -20,7 +20,9 @@ from aiohttp.test_utils import TestClient
 from support.config import init_store
 
 from gateway.admin.app import create_admin_app
+from gateway.admin.identity import Identity
 from gateway.admin.passwords import DEFAULT_N, cost_of, verify_password
+from gateway.admin.sessions import SessionManager
 from gateway.policy.rules import load_policy
 from gateway.runtime.context import Runtime
 from gateway.settings import load_settings
@@ -348,6 +350,34 @@ async def test_cli_admin_logs_into_the_admin_api(
     finally:
         await store.close()
 
-    failed = json.loads(ok(keygate(config, "audit", "--actor", "alice", "--json")))
+    failed = json.loads(ok(keygate(config, "audit", "--actor", "local:alice", "--json")))
     assert [e["action"] for e in failed] == ["admin_login_failed", "create"]
     assert failed[0]["details"] == {"remote": "127.0.0.1"}
+
+
+async def test_admins_sessions_shows_who_is_signed_in_and_where_grants_come_from(
+    config: Path,
+) -> None:
+    """Issue 23: the CLI lists signed-in sessions (local and identity ones), no secret."""
+    ok(keygate(config, "admins", "add", "root", "--password-stdin", "--grant-all", stdin=PASSWORD))
+    settings = load_settings(config)
+    store = SqliteKeyStore(config.parent / "keygate.db")
+    await store.open()
+    try:
+        manager = SessionManager(store, settings.sessions)
+        account = await store.get_admin("root")
+        assert account is not None
+        await manager.start(account, "127.0.0.1")
+        identity = Identity("backend", "ada", "Ada L.", ("ops",), frozenset({"reader"}), 4e9)
+        await manager.start_identity(identity, {"token": "secret-token-value"}, "127.0.0.1")
+    finally:
+        await store.close()
+    listed = json.loads(ok(keygate(config, "admins", "sessions", "--json")))
+    by_actor = {entry["actor"]: entry for entry in listed}
+    assert set(by_actor) == {"local:root", "backend:ada"}
+    assert by_actor["backend:ada"]["source"] == "backend"
+    assert by_actor["backend:ada"]["display_name"] == "Ada L."
+    assert by_actor["local:root"]["source"] == "local"
+    text = ok(keygate(config, "admins", "sessions"))
+    assert "backend:ada" in text and "Ada L." in text and "2 session(s)" in text
+    assert "secret-token-value" not in text + json.dumps(listed)
