@@ -198,7 +198,8 @@ def test_a_missing_provider_skips_with_advice_or_fails_under_ci(
 def readme_oidc_configs() -> list[str]:
     """The YAML blocks of README's OpenID Connect section (Keycloak, Entra ID, Google)."""
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    section = text.split("### Sign in with OpenID Connect", 1)[1].split("\n## ", 1)[0]
+    section = text.split("### Sign in with OpenID Connect", 1)[1]
+    section = re.split(r"\n##+ ", section, maxsplit=1)[0]
     return re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
 
 
