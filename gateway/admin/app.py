@@ -11,6 +11,7 @@ from gateway.admin import (
     audit_handlers,
     health,
     key_handlers,
+    oidc_handlers,
     openapi,
     page,
     policy_handlers,
@@ -26,6 +27,7 @@ from gateway.admin.middlewares import (
     auth_middleware,
     csrf_middleware,
 )
+from gateway.admin.oidc_sign_in import OidcSignIn
 from gateway.admin.parsing import MAX_BODY_BYTES
 from gateway.admin.sessions import SessionManager
 from gateway.admin.throttle import LoginThrottle
@@ -52,6 +54,10 @@ ROUTES: tuple[tuple[str, str, Handler, str | None], ...] = (
     ("POST", SESSION, session_handlers.sign_in, "sign_in"),
     ("GET", SESSION, session_handlers.who_am_i, None),
     ("DELETE", SESSION, session_handlers.sign_out, None),
+    ("GET", oidc_handlers.METHODS, oidc_handlers.methods, "sign_in_methods"),
+    ("GET", oidc_handlers.OIDC_START, oidc_handlers.start, "oidc_start"),
+    ("GET", oidc_handlers.OIDC_CALLBACK, oidc_handlers.callback, "oidc_callback"),
+    ("GET", oidc_handlers.OIDC_LOGOUT, oidc_handlers.logout, "oidc_logout"),
     ("GET", "/api/v1/changes", key_handlers.changes, None),
     ("POST", KEYS, key_handlers.create_key, None),
     ("GET", KEYS, key_handlers.list_keys, None),
@@ -79,6 +85,8 @@ def identity_sources(sign_in: SignInSettings) -> dict[Source, IdentitySource]:
     sources: dict[Source, IdentitySource] = {}
     if "backend" in sign_in.methods and sign_in.backend is not None:
         sources["backend"] = BackendSignIn(sign_in.backend, mapping)
+    if "oidc" in sign_in.methods and sign_in.oidc is not None:
+        sources["oidc"] = OidcSignIn(sign_in.oidc, mapping)
     return sources
 
 
@@ -87,6 +95,13 @@ def trusted_header(sign_in: SignInSettings) -> TrustedHeader | None:
     if "trusted_header" not in sign_in.methods or sign_in.trusted_header is None:
         return None
     return TrustedHeader(sign_in.trusted_header, GrantMapping.from_settings(sign_in.grants))
+
+
+async def _close_sources(app: web.Application) -> None:
+    """on_cleanup: close the identity sources' HTTP sessions (the OpenID provider's)."""
+    for source in app[SESSIONS].sources.values():
+        if isinstance(source, OidcSignIn):
+            await source.client.close()
 
 
 def create_admin_app(
@@ -122,6 +137,7 @@ def create_admin_app(
     app[SESSIONS] = manager
     app[TRUSTED_HEADER] = trusted_header(sign_in)
     app.cleanup_ctx.append(auth.context)
+    app.on_cleanup.append(_close_sources)
     for method, path, handler, name in ROUTES:
         app.router.add_route(method, path, handler, name=name)
     return app

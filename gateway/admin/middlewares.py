@@ -45,7 +45,20 @@ from gateway.runtime.appkeys import (
 )
 
 # Route names served without credentials: probes, the page and its assets, and sign-in.
-PUBLIC_ROUTES = frozenset({"healthz", "readyz", "metrics", "page", "static", "sign_in"})
+PUBLIC_ROUTES = frozenset(
+    {
+        "healthz",
+        "readyz",
+        "metrics",
+        "page",
+        "static",
+        "sign_in",
+        "sign_in_methods",
+        "oidc_start",
+        "oidc_callback",
+        "oidc_logout",
+    }
+)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # every other method changes state
 SAME_ORIGIN_SITES = frozenset({"same-origin", "none"})  # Sec-Fetch-Site values let through
 SERVER = "keygate"  # the Server header: no framework or version

@@ -627,6 +627,7 @@ def _paths() -> dict[str, Schema]:
             body=_NO_BODY,
         ),
     }
+    paths.update(_oidc_paths())
     html = {"text/html": {"schema": {"type": "string"}}}
     paths["/"] = {
         "get": _operation(
@@ -703,8 +704,8 @@ def _paths() -> dict[str, Schema]:
     return paths
 
 
-# Reads take HTTP Basic or the session cookie; a cookie-authenticated write also takes the
-# session's CSRF header (both at once: one security requirement).
+# Reads take HTTP Basic, a bearer token or the session cookie; a cookie-authenticated write
+# also takes the session's CSRF header (both at once: one security requirement).
 READ_SECURITY: list[Schema] = [{"adminBasic": []}, {"adminBearer": []}, {"adminSession": []}]
 WRITE_SECURITY: list[Schema] = [
     {"adminBasic": []},
@@ -720,6 +721,108 @@ def _with_write_security(paths: dict[str, Schema]) -> dict[str, Schema]:
             if method.upper() not in SAFE_METHODS and "security" not in operation:
                 operation["security"] = WRITE_SECURITY
     return paths
+
+
+def _see_other(description: str) -> Schema:
+    """A browser route's 303 (Location: where the browser goes next)."""
+    return {
+        "303": {
+            "description": description,
+            "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
+        }
+    }
+
+
+_OIDC_OFF = {
+    "404": {
+        "description": "sign-in with an OpenID provider is not configured",
+        "content": _json_content(_ref("Error")),
+    }
+}
+_CALLBACK_TEXT: Schema = {"type": "string"}
+
+
+def _oidc_paths() -> dict[str, Schema]:
+    """The page's ways in and the OpenID Connect browser routes (gateway.admin.oidc_handlers)."""
+    methods_schema: Schema = {
+        "type": "object",
+        "required": ["methods", "local", "backend", "oidc"],
+        "properties": {
+            "methods": {"type": "array", "items": {"type": "string"}},
+            "local": {"type": "boolean"},
+            "backend": {"type": "boolean"},
+            "oidc": {
+                "type": ["object", "null"],
+                "required": ["name", "start", "logout"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "start": {"type": "string"},
+                    "logout": {"type": "string"},
+                },
+            },
+        },
+    }
+    callback_parameters = [
+        {"name": name, "in": "query", "schema": _CALLBACK_TEXT}
+        for name in ("code", "state", "iss", "error", "error_description", "session_state")
+    ]
+    return {
+        "/api/v1/session/methods": {
+            "get": _operation(
+                "signInMethods",
+                "The ways in the page offers: local form, backend accounts, an OpenID provider",
+                {"200": {"description": "the ways in", "content": _json_content(methods_schema)}},
+                tags=("session",),
+                public=True,
+            )
+        },
+        "/api/v1/session/oidc/start": {
+            "get": _operation(
+                "oidcStart",
+                "Browser: start a sign-in at the OpenID provider (code flow, PKCE S256, state "
+                "and nonce in a signed flow cookie)",
+                {
+                    **_see_other(
+                        "to the provider's authorization endpoint, or to the page with "
+                        "#sign-in-error=provider_unavailable"
+                    ),
+                    **_OIDC_OFF,
+                },
+                tags=("session",),
+                public=True,
+            )
+        },
+        "/api/v1/session/oidc/callback": {
+            "get": _operation(
+                "oidcCallback",
+                "Browser: the provider's redirect back; completes the sign-in and starts a "
+                "session (cookie)",
+                {
+                    **_see_other(
+                        "to the page, signed in, or with #sign-in-error=<code> (sign_in_expired, "
+                        "provider_refused, provider_unavailable, token_invalid, not_allowed, "
+                        "cancelled)"
+                    ),
+                    **_OIDC_OFF,
+                },
+                tags=("session",),
+                parameters=callback_parameters,
+                public=True,
+            )
+        },
+        "/api/v1/session/oidc/logout": {
+            "get": _operation(
+                "oidcLogout",
+                "Browser: after signing out, the provider's own logout page where it has one",
+                {
+                    **_see_other("to the provider's end_session_endpoint, or to the page"),
+                    **_OIDC_OFF,
+                },
+                tags=("session",),
+                public=True,
+            )
+        },
+    }
 
 
 @cache

@@ -14,6 +14,7 @@ from typing import cast
 
 from aiohttp import web
 
+from gateway.admin.access_log import AdminAccessLogger
 from gateway.admin.app import create_admin_app
 from gateway.admin.middlewares import SECURITY_HEADERS
 from gateway.events.delivery import Delivery
@@ -247,6 +248,7 @@ async def running_gateway(
                 create_admin_app(runtime),
                 error_headers=SECURITY_HEADERS,
                 access_log=access_logger,
+                access_log_class=AdminAccessLogger,
                 shutdown_timeout=5.0,
             )
             await admin_runner.setup()

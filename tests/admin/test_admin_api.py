@@ -70,6 +70,15 @@ POLICY = policy_from_data(
 )
 
 
+# Public: what the page offers before sign-in, and the OpenID Connect browser redirects.
+PUBLIC_SIGN_IN_PATHS = (
+    "/api/v1/session/methods",
+    "/api/v1/session/oidc/start",
+    "/api/v1/session/oidc/callback",
+    "/api/v1/session/oidc/logout",
+)
+
+
 def future(days: int = 30) -> str:
     """Return an ISO-8601 UTC time `days` from now."""
     return (datetime.now(UTC) + timedelta(days=days)).isoformat().replace("+00:00", "Z")
@@ -1354,6 +1363,8 @@ async def test_openapi_describes_exactly_the_routes(client: Client) -> None:
             assert operation["operationId"] and operation["responses"], (path, method)
             if path in ("/healthz", "/readyz", "/metrics", "/", "/static/{name}"):
                 assert operation["security"] == []
+            elif path in PUBLIC_SIGN_IN_PATHS:  # the ways in and the OIDC browser routes
+                assert operation["security"] == [] and method == "get"
             elif operation.get("security") == []:  # sign-in: answers bad credentials itself
                 assert (path, method) == ("/api/v1/session", "post")
                 assert "401" in operation["responses"] and "429" in operation["responses"]

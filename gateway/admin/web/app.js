@@ -69,6 +69,50 @@ function plural(count, word) {
 
 // ------------------------------------------------------------------------ session
 
+// How an admin may sign in (GET /api/v1/session/methods, public): local form, provider button.
+let methods = { local: true, oidc: null };
+
+// Why a provider sign-in came back without a session: the callback's `#sign-in-error=CODE`.
+const SIGN_IN_ERRORS = {
+  provider_unavailable: (name) => `${name} cannot be reached right now. Try again later${methods.local ? ", or sign in with a local account" : ""}.`,
+  sign_in_expired: () => "That sign-in could not be completed: it took too long, was already used, or was started in another browser. Try again.",
+  provider_refused: (name, reason) => `${name} refused the sign-in${reason ? ` (${reason})` : ""}. Try again.`,
+  token_invalid: (name) => `${name}'s answer could not be verified, so you were not signed in.`,
+  not_allowed: (name) => `Your ${name} account is not in a group allowed to sign in to keygate.`,
+  cancelled: (name) => `The sign-in was cancelled at ${name}.`,
+};
+
+async function loadMethods() {
+  try {
+    methods = await api("GET", "/api/v1/session/methods");
+  } catch {
+    methods = { local: true, oidc: null };
+  }
+}
+
+function signInErrorFromUrl() {
+  const hash = window.location.hash.slice(1);
+  if (!hash) return "";
+  const params = new URLSearchParams(hash);
+  const code = params.get("sign-in-error");
+  if (code === null) return "";
+  window.history.replaceState(null, "", window.location.pathname);
+  const name = (methods.oidc && methods.oidc.name) || "The identity provider";
+  const describe = SIGN_IN_ERRORS[code];
+  const reason = (params.get("reason") || "").replace(/[^A-Za-z0-9_.-]/g, "").slice(0, 64);
+  return describe ? describe(name, reason) : "The sign-in could not be completed. Try again.";
+}
+
+function showMethods() {
+  const oidc = methods.oidc;
+  $("oidc-sign-in").hidden = !oidc;
+  if (oidc) $("oidc-name").textContent = oidc.name;
+  $("signin-local").hidden = !methods.local;
+  $("signin-or").hidden = !(oidc && methods.local);
+  $("signin-hint").hidden = Boolean(oidc);
+  $("signin-submit").classList.toggle("primary", !oidc);
+}
+
 function showSignIn(message = "") {
   stopPolling();
   state.session = null;
@@ -84,8 +128,10 @@ function showSignIn(message = "") {
   const error = $("signin-error");
   error.textContent = message;
   error.hidden = !message;
+  showMethods();
   $("signin-password").value = "";
-  $("signin-name").focus();
+  if (methods.local) $("signin-name").focus();
+  else if (methods.oidc) $("oidc-sign-in").focus();
 }
 
 async function showApp(session) {
@@ -95,7 +141,8 @@ async function showApp(session) {
   $("signin-view").hidden = true;
   $("app-view").hidden = false;
   $("who").hidden = false;
-  $("who-name").textContent = session.admin;
+  $("who-name").textContent = session.display_name || session.admin;
+  $("who-name").title = session.actor || session.admin;
   $("sign-out").hidden = session.auth !== "session";
   const roles = await api("GET", "/api/v1/roles");
   state.roles = roles.roles;
@@ -119,6 +166,7 @@ function handleFailure(error) {
 
 async function signIn(event) {
   event.preventDefault();
+  if (!methods.local) return; // only the provider's button signs in
   const error = $("signin-error");
   error.hidden = true;
   const name = $("signin-name").value;
@@ -143,6 +191,7 @@ async function signIn(event) {
 }
 
 async function signOut() {
+  const fromProvider = Boolean(state.session && state.session.source === "oidc" && methods.oidc);
   try {
     await api("DELETE", "/api/v1/session");
   } catch (failure) {
@@ -150,6 +199,11 @@ async function signOut() {
       say(failure.message, "error");
       return;
     }
+  }
+  // keygate's session is over; the provider's own session ends at its logout page, if any.
+  if (fromProvider && methods.oidc.logout) {
+    window.location.assign(methods.oidc.logout);
+    return;
   }
   showSignIn("You have signed out.");
 }
@@ -856,10 +910,12 @@ function wire() {
 
 async function start() {
   wire();
+  await loadMethods();
+  const signInError = signInErrorFromUrl();
   try {
     await showApp(await api("GET", "/api/v1/session"));
   } catch (failure) {
-    if (failure instanceof ApiError && failure.status === 401) showSignIn();
+    if (failure instanceof ApiError && failure.status === 401) showSignIn(signInError);
     else {
       $("loading").textContent = `Could not reach keygate: ${failure.message}`;
     }

@@ -1,0 +1,151 @@
+"""The OpenID provider as a way in: its ID tokens give identities, its refresh tokens renew them.
+
+`OidcSignIn` is the `oidc` identity source: a session keeps the ID token and the refresh
+token (sealed by the session manager); each request re-verifies the ID token (PyJWT
+against the provider's JWKS, through the shared `TokenVerifier`), and one that has
+expired, or is older than `REGRANT_INTERVAL`, is refreshed at the provider, so groups
+removed there take effect. A refresh the provider refuses ends the session. A script may
+present an ID token of this client as a bearer token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.admin.identity import (
+    GrantMapping,
+    Identity,
+    Source,
+    TokenInvalid,
+    TokenVerifier,
+    identity_from_claims,
+)
+from gateway.admin.oidc import (
+    Discovery,
+    IdTokenRefused,
+    OidcClient,
+    ProviderRefused,
+    ProviderUnavailable,
+    Tokens,
+    check_id_claims,
+)
+from gateway.admin.oidc_flow import UsedStates, flow_key
+from gateway.settings.models import OidcSignIn as OidcSettings
+
+log = logging.getLogger("keygate.admin.oidc")
+
+# Seconds after which a session's grants are re-read at the provider (a refresh) even
+# while its ID token still verifies: how long a group removed there may still count.
+REGRANT_INTERVAL = 300.0
+M_PROVIDER_DOWN = "the identity provider cannot be reached ({cause})"
+M_REFRESH_REFUSED = "the identity provider no longer accepts this sign-in ({code}); sign in again"
+M_NOT_THIS_SIGN_IN = "the ID token is not for this client ({cause})"
+ID_TOKEN = "id_token"
+REFRESH_TOKEN = "refresh_token"
+
+
+def page_url(redirect_url: str) -> str:
+    """Return the page's address (the root of the callback's origin), for logout returns."""
+    parts = urlsplit(redirect_url)
+    return f"{parts.scheme}://{parts.netloc}/"
+
+
+class OidcSignIn:
+    """The configured OpenID provider: the relying party, the flow key, identities, renewal."""
+
+    source: Source = "oidc"
+
+    def __init__(
+        self,
+        settings: OidcSettings,
+        mapping: GrantMapping,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.mapping = mapping
+        self.name = settings.name
+        self.clock = clock
+        self.client = OidcClient(
+            issuer=settings.issuer,
+            client_id=settings.client_id,
+            client_secret=settings.client_secret,
+            redirect_url=settings.redirect_url,
+            scopes=tuple(settings.scopes),
+            timeout=settings.timeout,
+            verifier_for=self._verifier,
+            clock=clock,
+        )
+        self.flow_key = flow_key(settings.client_secret)
+        self.used_states = UsedStates(clock=clock)
+        self.page_url = page_url(settings.redirect_url)
+
+    def _verifier(self, discovery: Discovery) -> TokenVerifier:
+        return TokenVerifier(
+            issuer=discovery.issuer,
+            audience=self.settings.client_id,
+            algorithms=tuple(self.settings.algorithms),
+            jwks_url=discovery.jwks_uri,
+            timeout=self.settings.timeout,
+            leeway=self.settings.leeway,
+        )
+
+    def identity(self, claims: Mapping[str, Any]) -> Identity:
+        """Return the identity of verified ID-token claims (or raise IdentityRefused)."""
+        return identity_from_claims(
+            "oidc", claims, self.mapping, name_claim="sub", display_claim=self.settings.name_claim
+        )
+
+    async def _verify(self, token: str) -> dict[str, Any]:
+        try:
+            _, verifier = await self.client.discovery()
+        except ProviderUnavailable as error:
+            raise TokenInvalid(M_PROVIDER_DOWN.format(cause=error), unavailable=True) from None
+        claims = await verifier.verify(token)
+        try:
+            check_id_claims(claims, self.settings.client_id, None)
+        except IdTokenRefused as error:
+            raise TokenInvalid(M_NOT_THIS_SIGN_IN.format(cause=error)) from None
+        return claims
+
+    async def bearer(self, token: str) -> Identity:
+        """Return the identity of a script's bearer ID token (this client's, still valid)."""
+        return self.identity(await self._verify(token))
+
+    async def renew(self, credentials: Mapping[str, str]) -> tuple[Identity, dict[str, str] | None]:
+        """Re-check a session: its ID token while fresh, else a refresh at the provider."""
+        refresh_token = credentials.get(REFRESH_TOKEN) or None
+        try:
+            claims = await self._verify(credentials.get(ID_TOKEN, ""))
+        except TokenInvalid as error:
+            if error.unavailable or refresh_token is None:
+                raise
+            return await self._refreshed(refresh_token)
+        issued = claims.get("iat")
+        stale = isinstance(issued, int | float) and self.clock() - issued >= REGRANT_INTERVAL
+        if stale and refresh_token is not None:
+            return await self._refreshed(refresh_token)
+        return self.identity(claims), None
+
+    async def _refreshed(self, refresh_token: str) -> tuple[Identity, dict[str, str]]:
+        try:
+            tokens = await self.client.refresh(refresh_token)
+        except ProviderRefused as error:
+            raise TokenInvalid(M_REFRESH_REFUSED.format(code=error.code)) from None
+        except ProviderUnavailable as error:
+            raise TokenInvalid(M_PROVIDER_DOWN.format(cause=error), unavailable=True) from None
+        except IdTokenRefused as error:
+            raise TokenInvalid(M_NOT_THIS_SIGN_IN.format(cause=error)) from None
+        return self.identity(tokens.claims), credentials_of(tokens)
+
+
+def credentials_of(tokens: Tokens) -> dict[str, str]:
+    """Return what a session keeps of a sign-in: the ID token and the refresh token, if any."""
+    kept = {ID_TOKEN: tokens.id_token}
+    if tokens.refresh_token is not None:
+        kept[REFRESH_TOKEN] = tokens.refresh_token
+    return kept
