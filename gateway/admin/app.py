@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -29,7 +31,10 @@ from gateway.runtime.appkeys import AUTHENTICATOR, RUNTIME, SESSIONS
 from gateway.runtime.context import Runtime
 
 KEYS = "/api/v1/keys"
-KEY = "/api/v1/keys/{id}"
+# A key by id or name; not an action's name (its literal path answers every method, and
+# a 405 there names only the action's own methods in Allow).
+_NOT_AN_ACTION = "|".join(re.escape(action) for action in key_handlers.KEY_ACTIONS)
+KEY = f"{KEYS}/{{id:(?!(?:{_NOT_AN_ACTION})\\Z)[^{{}}/]+}}"
 SESSION = "/api/v1/session"
 
 # (method, path, handler, route name); the OpenAPI document lists exactly these.

@@ -11,6 +11,7 @@ from gateway.admin.accounts import grant_set
 from gateway.admin.errors import (
     E_IDEMPOTENCY_REUSED,
     E_IDEMPOTENT_REPLAY,
+    E_INVALID,
     NO_STORE,
     ApiError,
     bad_request,
@@ -58,6 +59,9 @@ KEY_FIELDS = fields(KeyCreate)
 IDENTIFY_FIELDS = fields(Identify)
 ROLL_FIELDS = fields(KeyRoll)
 LIST_PARAMS = frozenset({"status", "q", "limit", "cursor", "sort"})
+# The action paths beside a key's own /api/v1/keys/{id}: a literal path wins there, as
+# OpenAPI matches paths, so a key named like an action is reached at that path by its id.
+KEY_ACTIONS = ("revoke-all", "reinstate-all", "delete-revoked", "identify", "batch-counts")
 STATUSES: tuple[KeyFilter, ...] = ("active", "revoked", "expired", "expiring")
 KEY_CURSOR = "k"
 DAY = 86_400  # seconds
@@ -70,7 +74,7 @@ IDEMPOTENCY_WINDOW = key_rules.IDEMPOTENCY_WINDOW
 M_NOTHING_TO_CHANGE = "nothing to change: give name, description, roles, expires_at or rate_limit"
 M_STATUS = "status must be one of: active, revoked, expired, expiring"
 M_SORT = f"sort must be one of: {', '.join(KEY_SORTS)}"
-M_SECRET = "secret must be a whole keygate API key (kg_..., with its checksum)"
+M_CHECKSUM = "secret's checksum does not match: not a whole keygate API key (mistyped or cut?)"
 M_NO_KEY_FOR_SECRET = "no key has that secret (deleted, or never a keygate key)"
 M_IDEMPOTENCY_KEY = f"{IDEMPOTENCY_HEADER} {key_rules.M_IDEMPOTENCY_KEY}"
 M_REPLAY = key_rules.M_REPLAY.format(field=IDEMPOTENCY_HEADER)
@@ -357,9 +361,9 @@ async def delete_revoked(request: web.Request) -> web.Response:
 async def identify_key(request: web.Request) -> web.Response:
     """POST /api/v1/keys/identify: which key a (leaked) secret belongs to, by its digest."""
     data = await read_json_object(request, IDENTIFY_FIELDS)
-    secret = convert(data, Identify).secret
-    if not keys.is_well_formed(secret):
-        raise bad_request(M_SECRET, field="secret")
+    secret = convert(data, Identify).secret  # its shape: the document's pattern, else 400
+    if not keys.is_well_formed(secret):  # the checksum, which no pattern can state
+        raise ApiError(422, E_INVALID, M_CHECKSUM, field="secret")
     store = _runtime(request).store
     row = await store.get_key_by_digest(keys.digest(secret))
     await key_rules.audit_identify(

@@ -9,6 +9,7 @@ defines, expiry in the future, grants) stays in gateway/keys/rules.py, run after
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -17,6 +18,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from gateway.admin.errors import bad_request
 from gateway.admin.parsing import MAX_EXPLAIN_TARGET, MAX_ID
+from gateway.keys.keyformat import CHECKSUM_LENGTH, KEY_PREFIX, RANDOM_LENGTH
 from gateway.keys.rules import (
     DESCRIPTION_MAX_LENGTH,
     DESCRIPTION_PATTERN,
@@ -36,17 +38,25 @@ from gateway.policy.rules import (
     M_RATE_LIMIT_PER,
     RATE_LIMIT_MAX,
 )
+from gateway.ratelimit.limiters import Period
 
 T = TypeVar("T", bound=Struct)
 
-# A keygate secret's shape (keyformat checks its checksum too).
-SECRET_PATTERN = "^kg_[0-9A-Za-z]+$"
+# A keygate secret's shape: prefix, base62 body and checksum (what the pattern cannot say,
+# that the checksum matches, keyformat checks).
+SECRET_PATTERN = f"^{KEY_PREFIX}[0-9A-Za-z]{{{RANDOM_LENGTH + CHECKSUM_LENGTH}}}$"
+M_SECRET = "secret must be a whole keygate API key (kg_..., with its checksum)"
+MAX_CREDENTIAL_LENGTH = 1024  # characters of a name or password typed into the sign-in form
+SIGN_IN_WORDS = {
+    "name": "name must be a non-empty string",
+    "password": "password must be a non-empty string",
+}
 # The explain request's method: a known method in any case (the handler upper-cases it).
 METHOD_PATTERN = "^(?:{})$".format(
     "|".join("".join(f"[{c}{c.lower()}]" for c in method) for method in sorted(KNOWN_METHODS))
 )
 # Friendlier messages than "Expected `str` matching regex '...'", by field location.
-_MESSAGES = {"name": M_NAME, "description": M_DESCRIPTION}
+_MESSAGES = {"name": M_NAME, "description": M_DESCRIPTION, "secret": M_SECRET}
 # Plain words for a value out of its rule (the page shows them next to the field), after
 # the location; the type errors of other members keep msgspec's located reason.
 _PLAIN = {
@@ -79,6 +89,7 @@ Roles = Annotated[
 Time = Annotated[datetime, Meta(tz=True)]
 FutureTime = Annotated[datetime, Meta(tz=True, description="in the future, with a time zone")]
 Count = Annotated[int, Meta(ge=0)]
+KeyStatus = Literal["active", "revoked", "expired"]
 Id = Annotated[int, Meta(ge=1, le=MAX_ID)]
 Requests = Annotated[int, Meta(ge=1, le=RATE_LIMIT_MAX)]
 
@@ -91,7 +102,7 @@ class RateLimit(_Body):
     """A key's own limit; it takes precedence over its roles' default."""
 
     requests: Requests
-    per: Literal["second", "minute", "hour"] = "second"
+    per: Period = "second"
     burst: (
         Annotated[
             int,
@@ -154,6 +165,16 @@ class Identify(_Body):
     ]
 
 
+Credential = Annotated[str, Meta(min_length=1, max_length=MAX_CREDENTIAL_LENGTH)]
+
+
+class SignIn(_Body):
+    """POST /api/v1/session: an admin's name and password, as typed into the form."""
+
+    name: Credential
+    password: Credential
+
+
 class ExplainRequest(_Body):
     """POST /api/v1/policy/explain: exactly one of roles or key_id."""
 
@@ -177,7 +198,7 @@ class Key(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
     name: Annotated[str, Meta(min_length=1, max_length=NAME_MAX_LENGTH)]
     description: Description
     roles: list[str]
-    status: Literal["active", "revoked", "expired"]
+    status: KeyStatus
     prefix: Annotated[str, Meta(description="first characters of the secret")]
     created_at: Time
     created_by: str
@@ -228,6 +249,7 @@ MODELS: tuple[type[Struct], ...] = (
     KeyPatch,
     KeyRoll,
     Identify,
+    SignIn,
     ExplainRequest,
     Key,
     KeyCreated,
@@ -244,13 +266,18 @@ def fields(model: type[Struct]) -> frozenset[str]:
     return frozenset(model.__struct_fields__)
 
 
-def convert(data: dict[str, Any], model: type[T]) -> T:
-    """Return `data` (parsed by the strict front end) as `model`; a 400 naming the field."""
+def convert(data: dict[str, Any], model: type[T], words: Mapping[str, str] | None = None) -> T:
+    """Return `data` (parsed by the strict front end) as `model`; a 400 naming the field.
+
+    `words` gives a field's message in the rule's own words, whatever is wrong with it.
+    """
     try:
         return msgspec.convert(data, model, strict=True)
     except msgspec.ValidationError as error:
         location, reason = _located(str(error))
-        friendly = _MESSAGES.get(location) if "regex" in reason else None
+        friendly = (words or {}).get(location)
+        if friendly is None and "regex" in reason:
+            friendly = _MESSAGES.get(location)
         if location == "roles":  # an empty list: the rule's own words name the field
             friendly = M_ROLES
         plain = _PLAIN.get(location)
@@ -278,6 +305,12 @@ def schemas(ref_template: str = "#/components/schemas/{name}") -> dict[str, dict
     for schema in components.values():
         schema.pop("title", None)
     return components
+
+
+def schema_of(kind: Any) -> dict[str, Any]:
+    """Return the JSON Schema of one annotated type (a parameter's schema, a named enum)."""
+    schema: dict[str, Any] = msgspec.json.schema(kind)
+    return schema
 
 
 def to_builtins(model: Struct) -> dict[str, Any]:

@@ -9,13 +9,28 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admin import errors, models
-from gateway.admin.key_handlers import IDEMPOTENCY_HEADER, IDEMPOTENCY_KEY_MAX, IDEMPOTENCY_WINDOW
-from gateway.admin.parsing import DEFAULT_LIMIT, MAX_BODY_BYTES, MAX_LIMIT, MAX_QUERY_LENGTH
+from gateway.admin.key_handlers import (
+    IDEMPOTENCY_HEADER,
+    IDEMPOTENCY_KEY_MAX,
+    IDEMPOTENCY_WINDOW,
+    KEY_ACTIONS,
+    STATUSES,
+)
+from gateway.admin.parsing import (
+    CURSOR_MAX_LENGTH,
+    CURSOR_PATTERN,
+    DEFAULT_LIMIT,
+    MAX_BODY_BYTES,
+    MAX_LIMIT,
+    MAX_QUERY_LENGTH,
+    MAX_TIME_LENGTH,
+    MIN_LIMIT,
+    SAFE_TEXT_PATTERN,
+)
 from gateway.admin.sessions import COOKIE as SESSION_COOKIE
 from gateway.admin.sessions import CSRF_HEADER, SECURE_COOKIE
-from gateway.keys.rules import (
-    NAME_MAX_LENGTH,
-)
+from gateway.keys.rules import IDEMPOTENCY_KEY_PATTERN
+from gateway.proxy.decision import EXPLAIN_REASONS
 from gateway.store.base import KEY_SORTS
 
 OPENAPI_VERSION = "3.1.0"
@@ -29,6 +44,15 @@ def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+# A page cursor as parsing.decode_cursor reads it (what it cannot say, that this listing
+# made it for this order, is a 422).
+_CURSOR_TEXT: Schema = {
+    "type": "string",
+    "maxLength": CURSOR_MAX_LENGTH,
+    "pattern": CURSOR_PATTERN,
+}
+
+
 def _page(item: str) -> dict[str, Any]:
     """Return the schema of one cursor page of `item` objects."""
     return {
@@ -37,7 +61,7 @@ def _page(item: str) -> dict[str, Any]:
         "additionalProperties": False,
         "properties": {
             "items": {"type": "array", "items": _ref(item)},
-            "next_cursor": {"type": ["string", "null"]},
+            "next_cursor": {**_CURSOR_TEXT, "type": ["string", "null"], "minLength": 1},
         },
     }
 
@@ -53,7 +77,7 @@ def _nullable(schema: Schema) -> Schema:
 _SEARCH_TEXT: Schema = {
     "type": "string",
     "maxLength": MAX_QUERY_LENGTH,
-    "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$",
+    "pattern": SAFE_TEXT_PATTERN,
 }
 _TIME: Schema = {"type": "string", "format": "date-time"}
 _ERROR_CODES = sorted(
@@ -88,9 +112,9 @@ SCHEMAS: dict[str, Schema] = {
             },
         },
     },
-    "KeyStatus": {"type": "string", "enum": ["active", "revoked", "expired"]},
     # The request bodies and the key, generated from their models (gateway/admin/models.py).
     **models.schemas(),
+    "KeyStatus": models.schema_of(models.KeyStatus),
     "KeyPage": _page("Key"),
     "Count": {
         "type": "object",
@@ -165,18 +189,7 @@ SCHEMAS: dict[str, Schema] = {
             "allowed": {"type": "boolean"},
             "reason": {
                 "type": "string",
-                "enum": [
-                    "allowed",
-                    "protected",
-                    "no_rule",
-                    "override_forbidden",
-                    "bad_method_override",
-                    "bad_target",
-                    "key_unknown",
-                    "key_revoked",
-                    "key_expired",
-                    "key_rolled",
-                ],
+                "enum": list(EXPLAIN_REASONS),
             },
             "refusal": {
                 "type": ["object", "null"],
@@ -223,15 +236,6 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
     "AuditPage": _page("AuditEvent"),
-    "SignIn": {
-        "type": "object",
-        "required": ["name", "password"],
-        "additionalProperties": False,
-        "properties": {
-            "name": {"type": "string", "minLength": 1},
-            "password": {"type": "string", "minLength": 1},
-        },
-    },
     "Session": {
         "type": "object",
         "required": [
@@ -343,7 +347,11 @@ def _errors(*statuses: int) -> dict[str, Schema]:
         ),
         413: f"body larger than {MAX_BODY_BYTES} bytes",
         415: "body is not JSON",
-        422: "unknown role, or an Idempotency-Key reused with another body",
+        422: (
+            "valid as this document describes it, refused by a rule it cannot state: an "
+            "unknown role, an Idempotency-Key reused with another body, a secret whose "
+            "checksum fails, a cursor this listing did not make for this order"
+        ),
         429: "too many failed logins from this address or for this account (see Retry-After)",
         503: "not ready",
     }
@@ -362,24 +370,36 @@ _ID_PARAMETER: Schema = {
     "name": "id",
     "in": "path",
     "required": True,
-    "description": "the key's id, or its name (names are never all digits)",
+    "description": (
+        "the key's id, or its name (names are never all digits); the action paths beside "
+        f"this one ({', '.join(KEY_ACTIONS)}) match first, as OpenAPI matches paths, so a "
+        "key named like one is reached here by its id"
+    ),
     "schema": {
         "oneOf": [
-            {"type": "integer", "minimum": 1},
-            {"type": "string", "minLength": 1, "maxLength": NAME_MAX_LENGTH},
+            models.schema_of(models.Id),
+            models.schema_of(models.Name),
         ]
     },
 }
 _LIMIT: Schema = {
     "name": "limit",
     "in": "query",
-    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    "schema": {
+        "type": "integer",
+        "minimum": MIN_LIMIT,
+        "maximum": MAX_LIMIT,
+        "default": DEFAULT_LIMIT,
+    },
 }
 _CURSOR: Schema = {
     "name": "cursor",
     "in": "query",
-    "description": "next_cursor of the previous page (opaque)",
-    "schema": {"type": "string"},
+    "description": (
+        "next_cursor of the previous page (opaque; empty: the first page); a cursor this "
+        "listing did not make for this order answers 422"
+    ),
+    "schema": _CURSOR_TEXT,
 }
 
 
@@ -486,7 +506,7 @@ def _paths() -> dict[str, Schema]:
                             "type": "string",
                             "minLength": 1,
                             "maxLength": IDEMPOTENCY_KEY_MAX,
-                            "pattern": "^[!-~]+$",
+                            "pattern": IDEMPOTENCY_KEY_PATTERN,
                         },
                     }
                 ],
@@ -494,7 +514,7 @@ def _paths() -> dict[str, Schema]:
             "get": _operation(
                 "listKeys",
                 "List keys by id",
-                {**_ok("a page of keys", "KeyPage"), **_errors(400, *_AUTH_ERRORS)},
+                {**_ok("a page of keys", "KeyPage"), **_errors(400, *_AUTH_ERRORS, 422)},
                 parameters=[
                     {
                         "name": "status",
@@ -503,7 +523,7 @@ def _paths() -> dict[str, Schema]:
                         "schema": {
                             "type": "string",
                             # Empty: no filter, as an empty q is no search.
-                            "enum": ["", "active", "revoked", "expired", "expiring"],
+                            "enum": ["", *STATUSES],
                         },
                     },
                     {
@@ -595,7 +615,7 @@ def _paths() -> dict[str, Schema]:
         "post": _operation(
             "identifyKey",
             "Which key a leaked secret belongs to (looked up by its SHA-256 digest)",
-            {**_ok("the key", "Key"), **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 404)},
+            {**_ok("the key", "Key"), **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 404, 422)},
             body="Identify",
         )
     }
@@ -690,17 +710,17 @@ def _paths() -> dict[str, Schema]:
         "get": _operation(
             "listAudit",
             "Audit events, newest first",
-            {**_ok("a page of events", "AuditPage"), **_errors(400, *_AUTH_ERRORS)},
+            {**_ok("a page of events", "AuditPage"), **_errors(400, *_AUTH_ERRORS, 422)},
             tags=("audit",),
             parameters=[
-                {"name": "key_id", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                {"name": "key_id", "in": "query", "schema": models.schema_of(models.Id)},
                 {"name": "key_name", "in": "query", "schema": _SEARCH_TEXT},
                 {"name": "actor", "in": "query", "schema": _SEARCH_TEXT},
                 {
                     "name": "since",
                     "in": "query",
                     "description": "ISO-8601 time with a time zone",
-                    "schema": _TIME,
+                    "schema": {**_TIME, "maxLength": MAX_TIME_LENGTH},
                 },
                 _LIMIT,
                 _CURSOR,

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.admin.errors import (
     E_BODY_TOO_LARGE,
+    E_INVALID,
     E_MALFORMED_JSON,
     E_UNKNOWN_FIELD,
     E_UNSUPPORTED_MEDIA_TYPE,
@@ -24,19 +25,27 @@ from gateway.admin.errors import (
 
 MAX_BODY_BYTES = 64 * 1024  # bytes; larger request bodies get 413
 DEFAULT_LIMIT = 100  # items per page when `limit` is not given
-MAX_LIMIT = 1000  # largest page size
+MIN_LIMIT, MAX_LIMIT = 1, 1000  # smallest and largest page size
+MAX_TIME_LENGTH = 64  # characters of a time parameter (RFC 3339 bounds no fraction's digits)
 MAX_ID = 2**63 - 1  # ids are SQLite / PostgreSQL bigints
 MAX_QUERY_LENGTH = 1000  # characters of a search or filter parameter
 # Characters of a request target to explain: more than any request line the proxy reads
 # (aiohttp's limit is 8190), so every target the proxy could be sent can be explained.
 MAX_EXPLAIN_TARGET = 8192
 _ID = re.compile(r"[0-9]{1,19}")
-_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,40}")
-_SORT_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,400}")  # holds the last name: up to ~300 bytes
+# A page cursor is URL-safe base64 without padding, this long at most (a sort cursor holds
+# the last name: up to ~300 characters); the document states both, and a cursor outside
+# them is a 400. One inside them that this listing did not make, for this order, is a 422.
+CURSOR_MAX_LENGTH = 400
+CURSOR_PATTERN = "^[A-Za-z0-9_-]*$"
+_CURSOR_SYNTAX = re.compile(CURSOR_PATTERN.removesuffix("$") + r"\Z")
 _NAME_SHOWN = 40  # characters of an unknown field name repeated in a message
-# What no search, filter or cursor text may hold: C0 and C1 controls, DEL and lone surrogates
-# (no valid Unicode; PostgreSQL refuses NUL too). Refused here as 400, never left to a store.
-_UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# What no search, filter or cursor text may hold: C0 and C1 controls and DEL (the document's
+# pattern), and lone surrogates (no valid Unicode, and no query string can carry one: they
+# decode to U+FFFD; PostgreSQL refuses NUL too). Refused here as 400, never left to a store.
+CONTROL_CHARACTERS = "\\u0000-\\u001f\\u007f-\\u009f"
+SAFE_TEXT_PATTERN = f"^[^{CONTROL_CHARACTERS}]*$"
+_UNSAFE_TEXT = re.compile(f"[{CONTROL_CHARACTERS}\\ud800-\\udfff]")
 # Latest time a sort cursor may hold, in unix seconds (9999-12-31): later than any stored
 # time; the earliest is -1, the "never used" of last_used_at.
 MAX_CURSOR_TIME = 253_402_300_800
@@ -50,7 +59,13 @@ M_DUPLICATE = "duplicate member in JSON object"
 M_BAD_CONSTANT = "NaN and Infinity are not JSON"
 M_SURROGATE = "request body contains an unpaired surrogate escape (not valid Unicode)"
 M_LIMIT = f"limit must be an integer from 1 to {MAX_LIMIT}"
-M_CURSOR = "cursor is not valid (use next_cursor from the previous page)"
+M_CURSOR_SYNTAX = (
+    f"cursor must be at most {CURSOR_MAX_LENGTH} characters of A-Z, a-z, 0-9, '-' and '_' "
+    "(use next_cursor from the previous page)"
+)
+M_CURSOR = (
+    "cursor is not one this listing made for this order (use next_cursor from its previous page)"
+)
 M_DUPLICATE_PARAM = "query parameter given more than once"
 
 
@@ -168,7 +183,7 @@ def parse_limit(params: dict[str, str]) -> int:
     text = params.get("limit")
     if text is None:
         return DEFAULT_LIMIT
-    if not re.fullmatch(r"[0-9]{1,5}", text) or not 1 <= int(text) <= MAX_LIMIT:
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not MIN_LIMIT <= int(text) <= MAX_LIMIT:
         raise bad_request(M_LIMIT, field="limit")
     return int(text)
 
@@ -202,15 +217,18 @@ def parse_int_param(params: dict[str, str], name: str) -> int | None:
 
 
 def parse_since(params: dict[str, str], name: str) -> float | None:
-    """Return an ISO-8601 time with zone (past or future) as unix seconds, or None."""
+    """Return an ISO-8601 time with zone (past or future) as unix seconds, or None.
+
+    RFC 3339's lower-case `t` and `z` are read too (the document says date-time).
+    """
     text = params.get(name)
     if text is None:
         return None
     message = f"{name} must be an ISO-8601 time with a time zone, e.g. 2026-01-01T00:00:00Z"
-    if len(text) > 64:
+    if len(text) > MAX_TIME_LENGTH:
         raise bad_request(message, field=name)
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
     except ValueError as error:
         raise bad_request(message, field=name) from error
     if moment.tzinfo is None:
@@ -228,26 +246,39 @@ def encode_cursor(kind: str, position: int) -> str:
 
 
 def decode_cursor(params: dict[str, str], kind: str) -> int | None:
-    """Return the position in a cursor made by encode_cursor for `kind`; 400 if not one.
+    """Return the position in a cursor made by encode_cursor for `kind`; 422 if not one.
 
     An empty cursor is no cursor (the first page), as an empty `q` is no search.
     """
-    text = params.get("cursor")
-    if not text:
+    text = _cursor_text(params)
+    if text is None:
         return None
-    if not _CURSOR.fullmatch(text):
-        raise bad_request(M_CURSOR, field="cursor")
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
     except (binascii.Error, ValueError) as error:
-        raise bad_request(M_CURSOR, field="cursor") from error
+        raise _not_ours() from error
     prefix, _, number = raw.partition(":")
     if prefix != kind or not _ID.fullmatch(number):
-        raise bad_request(M_CURSOR, field="cursor")
+        raise _not_ours()
     position = int(number)
     if not 1 <= position <= MAX_ID or encode_cursor(kind, position) != text:
-        raise bad_request(M_CURSOR, field="cursor")
+        raise _not_ours()
     return position
+
+
+def _cursor_text(params: dict[str, str]) -> str | None:
+    """Return the cursor parameter (None: absent or empty); 400 outside the document's syntax."""
+    text = params.get("cursor")
+    if not text:
+        return None
+    if len(text) > CURSOR_MAX_LENGTH or not _CURSOR_SYNTAX.match(text):
+        raise bad_request(M_CURSOR_SYNTAX, field="cursor")
+    return text
+
+
+def _not_ours() -> ApiError:
+    """The 422 for a well-formed cursor this listing did not make (or made for another order)."""
+    return ApiError(422, E_INVALID, M_CURSOR, field="cursor")
 
 
 def encode_sort_cursor(sort: str, value: str | float, position: int) -> str:
@@ -259,23 +290,21 @@ def encode_sort_cursor(sort: str, value: str | float, position: int) -> str:
 def decode_sort_cursor(
     params: dict[str, str], sort: str, text_value: bool
 ) -> tuple[Any, int] | None:
-    """Return (value, id) from a cursor made by encode_sort_cursor for `sort`; 400 if not one.
+    """Return (value, id) from a cursor made by encode_sort_cursor for `sort`; 422 if not one.
 
     `text_value` says whether the order's value is a name (else a time in unix seconds).
     An empty cursor is no cursor.
     """
-    text = params.get("cursor")
-    if not text:
+    text = _cursor_text(params)
+    if text is None:
         return None
-    if not _SORT_CURSOR.fullmatch(text):
-        raise bad_request(M_CURSOR, field="cursor")
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
         data = json.loads(raw, parse_constant=_constant)
     except (binascii.Error, ValueError, RecursionError) as error:
-        raise bad_request(M_CURSOR, field="cursor") from error
+        raise _not_ours() from error
     if not isinstance(data, list) or len(data) != 3 or data[0] != sort:
-        raise bad_request(M_CURSOR, field="cursor")
+        raise _not_ours()
     value, position = data[1], data[2]
     if text_value:  # checked like a search text: the stores never see what `q` may not hold
         valid_value = isinstance(value, str) and is_safe_text(value)
@@ -287,5 +316,5 @@ def decode_sort_cursor(
         )
     valid_position = isinstance(position, int) and not isinstance(position, bool)
     if not valid_value or not valid_position or not 1 <= position <= MAX_ID:
-        raise bad_request(M_CURSOR, field="cursor")
+        raise _not_ours()
     return value, position

@@ -7,8 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin.errors import NO_STORE, ApiError, bad_request
+from gateway.admin.errors import NO_STORE, ApiError
 from gateway.admin.middlewares import current_admin
+from gateway.admin.models import SIGN_IN_WORDS, SignIn, convert, fields
 from gateway.admin.parsing import read_json_object
 from gateway.admin.sessions import csrf_token
 from gateway.runtime.appkeys import AUTHENTICATOR, RUNTIME, SESSION_TOKEN, SESSIONS
@@ -16,13 +17,9 @@ from gateway.store.base import AdminAccount
 
 log = logging.getLogger("keygate.admin.session")
 
-SIGN_IN_FIELDS = frozenset({"name", "password"})
-MAX_CREDENTIAL_LENGTH = 1024  # characters of a name or password typed into the form
+SIGN_IN_FIELDS = fields(SignIn)
 AUDIT_SIGN_IN = "admin_sign_in"
 AUDIT_SIGN_OUT = "admin_sign_out"
-
-M_NAME = "name must be a non-empty string"
-M_PASSWORD = "password must be a non-empty string"
 
 
 def session_json(request: web.Request, account: AdminAccount, token: str | None) -> dict[str, Any]:
@@ -40,13 +37,6 @@ def session_json(request: web.Request, account: AdminAccount, token: str | None)
     }
 
 
-def _credential(data: dict[str, Any], field: str, message: str) -> str:
-    value = data.get(field)
-    if not isinstance(value, str) or not value or len(value) > MAX_CREDENTIAL_LENGTH:
-        raise bad_request(message, field=field)
-    return value
-
-
 async def sign_in(request: web.Request) -> web.Response:
     """POST /api/v1/session: check an admin's name and password and start a web session.
 
@@ -54,8 +44,8 @@ async def sign_in(request: web.Request) -> web.Response:
     the session cookie and carries the session's CSRF token.
     """
     data = await read_json_object(request, SIGN_IN_FIELDS)
-    name = _credential(data, "name", M_NAME)
-    password = _credential(data, "password", M_PASSWORD)
+    credentials = convert(data, SignIn, SIGN_IN_WORDS)
+    name, password = credentials.name, credentials.password
     address = request.remote or "?"
     try:
         account = await request.app[AUTHENTICATOR].check(address, (name, password))

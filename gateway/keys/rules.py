@@ -49,6 +49,7 @@ AUDIT_IDENTIFY = "identify"
 # after its create; then it is new again.
 IDEMPOTENCY_KEY_MAX = 255
 IDEMPOTENCY_FIRST, IDEMPOTENCY_LAST = "!", "~"
+IDEMPOTENCY_KEY_PATTERN = f"^[{IDEMPOTENCY_FIRST}-{IDEMPOTENCY_LAST}]+$"  # as JSON Schema says it
 IDEMPOTENCY_WINDOW = 86_400
 
 E_INVALID = "invalid_request"

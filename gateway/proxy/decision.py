@@ -25,8 +25,12 @@ from gateway.proxy.refusals import (
     BAD_OVERRIDE,
     E_BAD_TARGET,
     FORBIDDEN,
+    KEY_EXPIRED,
     KEY_MISPLACED,
     KEY_MISSING,
+    KEY_REVOKED,
+    KEY_ROLLED,
+    KEY_UNKNOWN,
     OVERRIDE_FORBIDDEN,
     PROTECTED,
     Refusal,
@@ -43,6 +47,24 @@ _REASONS = {
     OVERRIDE_FORBIDDEN: "override_forbidden",
 }
 ALLOWED = "allowed"
+# Every reason `explain` gives a role set or a stored key (the admin API's document lists
+# them): the target's refusals, the key look-up's (authenticate_digest), the policy's.
+EXPLAIN_REASONS: tuple[str, ...] = (
+    ALLOWED,
+    *_REASONS.values(),
+    *(
+        refusal.code
+        for refusal in (
+            BAD_OVERRIDE,
+            KEY_MISPLACED,
+            KEY_UNKNOWN,
+            KEY_REVOKED,
+            KEY_EXPIRED,
+            KEY_ROLLED,
+        )
+    ),
+    E_BAD_TARGET,
+)
 
 
 def caller_of(table: KeyTable, credential: Credential | Refusal | None, now: float) -> Caller:

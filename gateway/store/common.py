@@ -8,6 +8,7 @@ import functools
 import gc
 import json
 import math
+import string
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -480,6 +481,10 @@ def roles_json(roles: Iterable[str]) -> str:
 def details_json(details: dict[str, Any] | None) -> str:
     """Encode audit details as compact JSON."""
     return json.dumps(details or {}, separators=(",", ":"), sort_keys=True)
+
+
+# Folds ASCII letters only, as SQLite's LIKE and NOCASE do.
+ASCII_LOWER_TABLE = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 def like_pattern(query: str) -> str:

@@ -1,13 +1,11 @@
-"""PostgreSQL key store: the KeyStore contract on a server several instances share (asyncpg)."""
+"""PostgreSQL key store: the dialect, pool, transactions and LISTEN/NOTIFY of a shared server."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
-import string
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -16,72 +14,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from gateway.store.base import (
-    EXPIRING_WITHIN,
-    AuthRow,
-    BatchResult,
-    Change,
-    FeedPrunedError,
     Grants,
-    IdempotencyClaim,
-    IdempotencyMismatchError,
-    IdempotentReplayError,
-    KeyChanges,
-    KeyFilter,
-    KeyRow,
-    KeySort,
-    KeyStatus,
-    NameConflictError,
-    NewKey,
-    NotFoundError,
     SortPosition,
-    StoreContents,
     StoreMissingError,
-    StoreNotEmptyError,
     StoreUnavailableError,
 )
-from gateway.store.common import (
-    ACTION_CREATE,
-    ACTION_DELETE,
-    ACTION_DELETE_REVOKED,
-    ACTION_EDIT,
-    ACTION_REINSTATE,
-    ACTION_REINSTATE_ALL,
-    ACTION_REVOKE,
-    ACTION_REVOKE_ALL,
-    ACTION_ROLL,
-    ADMIN_COLUMNS,
-    AUDIT_COLUMNS,
-    AUTH_COLUMNS,
-    KEY_COLUMNS,
-    KEY_COLUMNS_K,
-    LOAD_CHUNK,
-    Params,
-    admin_account,
-    admin_values,
-    audit_event,
-    audit_values,
-    auth_rows,
-    batch_counts_of,
-    batch_details,
-    check_grants,
-    check_reinstatable,
-    column_values,
-    create_details,
-    created_row,
-    digests_of,
-    edit_details,
-    edited_row,
-    gc_paused,
-    key_row,
-    key_values,
-    like_pattern,
-    rate_limit_json,
-    roles_json,
-    roll_details,
-    rolled_row,
-    status_condition,
-    wanted_edits,
-)
+from gateway.store.common import Params
 from gateway.store.migrations.postgres import (
     ASCII_FOLD,
     ASCII_LOWER,
@@ -90,7 +28,8 @@ from gateway.store.migrations.postgres import (
     SchemaTooNewError,
     apply_migrations,
 )
-from gateway.store.sql import Dialect, SqlStore, Tx, numbered
+from gateway.store.sql import Dialect, Tx, numbered
+from gateway.store.sql_store import SqlStore
 
 log = logging.getLogger("keygate.store.postgres")
 
@@ -140,10 +79,6 @@ _FAULTS: tuple[type[BaseException], ...] = (
 )
 _LOCK_FEED = "SELECT seq FROM feed_state WHERE id = 1 FOR UPDATE"
 _CURRENT_SEQ = "SELECT seq FROM feed_state WHERE id = 1"
-_PRUNED_THROUGH = "SELECT pruned_through FROM feed_state WHERE id = 1"
-# Only ASCII letters fold in a text query, as in SQLite's LIKE.
-_UPPER, _LOWER = string.ascii_uppercase, string.ascii_lowercase
-_ASCII_LOWER = str.maketrans(_UPPER, _LOWER)
 
 
 def redact(url: str) -> str:
@@ -189,6 +124,15 @@ _SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
 }
 
 
+def _keyset(sort: str, expression: str, beyond: str, after: SortPosition, params: Params) -> str:
+    """Return the condition of a sorted page after `after`: one row comparison on the index."""
+    value, last_id = after
+    mark, id_mark = params.add(value), params.add(last_id)
+    if sort.endswith("name"):  # the cursor holds the name as stored: fold it too
+        mark = ASCII_FOLD.format(f"{mark}::text")
+    return f"({expression}, id) {beyond} ({mark}, {id_mark})"
+
+
 def _within_grants(grants: Grants, params: Params) -> str:
     """Return an SQL condition true for keys whose roles all lie within `grants`."""
     if grants is None:
@@ -197,9 +141,20 @@ def _within_grants(grants: Grants, params: Params) -> str:
     return f"NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(keys.roles::jsonb) role {inside})"
 
 
+def _id_list(ids: list[int], params: Params) -> str:
+    """Return a subquery of the ids, passed as one array."""
+    return f"(SELECT unnest({params.add(ids)}::bigint[]) AS id)"
+
+
+# The unique constraint of each `table.column` the store maps to a name conflict.
+_UNIQUE_CONSTRAINTS = {"keys.name": "keys_name_key", "admins.name": "admins_pkey"}
+
+
 def _unique_violation(error: BaseException, column: str) -> bool:
-    """Return True when `error` is a unique-constraint violation (each table has one)."""
-    return isinstance(error, asyncpg.UniqueViolationError)
+    """Return True when `error` is a violation of `table.column`'s unique constraint."""
+    return isinstance(
+        error, asyncpg.UniqueViolationError
+    ) and error.constraint_name == _UNIQUE_CONSTRAINTS.get(column)
 
 
 POSTGRES = Dialect(
@@ -208,6 +163,22 @@ POSTGRES = Dialect(
     greatest="GREATEST",
     for_update=" FOR UPDATE",
     is_unique_violation=_unique_violation,
+    sort_expressions=_SORT_EXPRESSIONS,
+    keyset=_keyset,
+    like_fold=ASCII_LOWER,
+    within_grants=_within_grants,
+    id_list=_id_list,
+    current_seq=_CURRENT_SEQ,
+    audit_keys_from_details=AUDIT_KEYS_FROM_DETAILS,
+    after_import=(
+        # Identity counters move past every copied id (and every key id the audit names),
+        # so ids are never reused.
+        "SELECT setval(pg_get_serial_sequence('keys', 'id'),"
+        " GREATEST((SELECT MAX(id) FROM keys), (SELECT MAX(key_id) FROM audit), 0) + 1,"
+        " false)",
+        "SELECT setval(pg_get_serial_sequence('audit', 'id'),"
+        " COALESCE((SELECT MAX(id) FROM audit), 0) + 1, false)",
+    ),
 )
 
 
@@ -220,8 +191,10 @@ def _rows_changed(status: str) -> int:
 class PostgresTx:
     """A transaction on one pooled asyncpg connection, as the shared SQL store uses it."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, channel: str, schema: str | None) -> None:
         self._conn = conn
+        self._channel = channel
+        self._schema = schema
 
     async def execute(self, sql: str, *params: Any) -> int:
         """Run one statement; return how many rows it changed."""
@@ -238,6 +211,46 @@ class PostgresTx:
     async def insert_id(self, sql: str, *params: Any) -> int:
         """Run one INSERT; return the new row's id."""
         return int(await self._conn.fetchval(numbered(sql) + " RETURNING id", *params))
+
+    async def chunks(self, sql: str, size: int) -> AsyncIterator[list[Any]]:
+        """Yield the rows of one read statement, `size` per round trip (a server-side cursor)."""
+        cursor = await self._conn.cursor(numbered(sql))
+        while chunk := await cursor.fetch(size):
+            yield chunk
+
+    async def append_changes(
+        self, entries: Sequence[tuple[int, bytes]], op: str, at: float
+    ) -> None:
+        """Append feed entries with the next sequences of the counter row, and NOTIFY them.
+
+        The caller's transaction holds the counter row's lock (`_write(feed=True)`), so
+        sequences commit in order without gaps.
+        """
+        if not entries:
+            return
+        last = int(
+            await self._conn.fetchval(
+                "UPDATE feed_state SET seq = seq + $1 WHERE id = 1 RETURNING seq", len(entries)
+            )
+        )
+        first = last - len(entries) + 1
+        await self._conn.execute(
+            "INSERT INTO key_changes (seq, key_id, digest, op, at)"
+            " SELECT $1 + ordinality - 1, key_id, digest, $4, $5"
+            " FROM unnest($2::bigint[], $3::bytea[]) WITH ORDINALITY AS e(key_id, digest)",
+            first,
+            [key_id for key_id, _ in entries],
+            [digest for _, digest in entries],
+            op,
+            at,
+        )
+        await self._conn.execute("SELECT pg_notify($1, $2)", self._channel, str(last))
+
+    async def copy_rows(self, table: str, columns: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert many rows of `columns` into `table` with COPY, ids included."""
+        await self._conn.copy_records_to_table(
+            table, columns=columns.split(", "), records=rows, schema_name=self._schema
+        )
 
 
 class PostgresKeyStore(SqlStore):
@@ -444,20 +457,29 @@ class PostgresKeyStore(SqlStore):
                     self.location, _cause_of(error), outcome_unknown=True
                 ) from error
 
-    async def _fetch(self, sql: str, *params: Any) -> list[asyncpg.Record]:
-        """Run one read statement and return every row."""
-        async with self._connection() as conn:
-            return list(await conn.fetch(sql, *params))
-
     @contextlib.asynccontextmanager
     async def _tx(self, *, feed: bool) -> AsyncIterator[Tx]:
         """Open one write transaction; a key write first takes the feed counter's lock."""
         async with self._write(feed=feed) as conn:
-            yield PostgresTx(conn)
+            yield self._tx_on(conn)
+
+    @contextlib.asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[Tx]:
+        """Open one REPEATABLE READ, read-only transaction: every read sees one snapshot."""
+        async with (
+            self._connection() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            yield self._tx_on(conn)
+
+    def _tx_on(self, conn: asyncpg.Connection) -> PostgresTx:
+        """Return the shared store's handle on a transaction open on `conn`."""
+        return PostgresTx(conn, self.channel, self.schema)
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        """Run one read statement outside a transaction; return its rows."""
-        return await self._fetch(numbered(sql), *params)
+        """Run one read statement outside a transaction, on a pooled connection."""
+        async with self._connection() as conn:
+            return list(await conn.fetch(numbered(sql), *params))
 
     async def ping(self) -> None:
         """Raise StoreUnavailableError unless the store reads and takes a one-row write."""
@@ -467,501 +489,6 @@ class PostgresKeyStore(SqlStore):
                 " ON CONFLICT (id) DO UPDATE SET at = excluded.at",
                 time.time(),
             )
-
-    # --- helpers inside a write ------------------------------------------------
-    async def _append_changes(
-        self, conn: asyncpg.Connection, entries: Sequence[tuple[int, bytes]], op: str, at: float
-    ) -> None:
-        """Append feed entries (key id, digest) with the next sequences, and NOTIFY them."""
-        if not entries:
-            return
-        last = int(
-            await conn.fetchval(
-                "UPDATE feed_state SET seq = seq + $1 WHERE id = 1 RETURNING seq", len(entries)
-            )
-        )
-        first = last - len(entries) + 1
-        await conn.execute(
-            "INSERT INTO key_changes (seq, key_id, digest, op, at)"
-            " SELECT $1 + ordinality - 1, key_id, digest, $4, $5"
-            " FROM unnest($2::bigint[], $3::bytea[]) WITH ORDINALITY AS e(key_id, digest)",
-            first,
-            [key_id for key_id, _ in entries],
-            [digest for _, digest in entries],
-            op,
-            at,
-        )
-        await conn.execute("SELECT pg_notify($1, $2)", self.channel, str(last))
-
-    async def _audit_in(
-        self,
-        conn: asyncpg.Connection,
-        at: float,
-        actor: str,
-        action: str,
-        key_id: int | None = None,
-        key_name: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> int:
-        """Append one audit row inside the current transaction; return its id."""
-        return await self._audit_tx(PostgresTx(conn), at, actor, action, key_id, key_name, details)
-
-    async def _key_in(self, conn: asyncpg.Connection, key_id: int) -> KeyRow:
-        """Read one key inside the current transaction; raise NotFoundError."""
-        row = await conn.fetchrow(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1", key_id)
-        if row is None:
-            raise NotFoundError(f"no key with id {key_id}")
-        return key_row(row)
-
-    # --- keys ------------------------------------------------------------------
-    async def create_key(
-        self, new: NewKey, actor: str, idempotency: IdempotencyClaim | None = None
-    ) -> KeyRow:
-        """Insert a key; raise NameConflictError if the name is taken.
-
-        An idempotency claim made before by `actor` raises IdempotentReplayError (same
-        fingerprint) or IdempotencyMismatchError; a new one is recorded with the key. Key
-        writes are serialised by the feed counter's lock, so two claims never race.
-        """
-        now = time.time()
-        roles_text = roles_json(new.roles)
-        async with self._write() as conn:
-            if idempotency is not None:
-                await self._check_claim(conn, actor, idempotency)
-            try:
-                key_id = int(
-                    await conn.fetchval(
-                        "INSERT INTO keys (name, description, roles, status, digest, prefix,"
-                        " created_at, created_by, updated_at, expires_at, rate_limit)"
-                        " VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-                        new.name,
-                        new.description,
-                        roles_text,
-                        new.digest,
-                        new.prefix,
-                        now,
-                        actor,
-                        now,
-                        new.expires_at,
-                        rate_limit_json(new.rate_limit),
-                    )
-                )
-            except asyncpg.UniqueViolationError as exc:
-                if exc.constraint_name == "keys_name_key":
-                    raise NameConflictError(f"a key named {new.name!r} already exists") from None
-                raise
-            await self._append_changes(conn, [(key_id, new.digest)], "upsert", now)
-            await self._audit_in(
-                conn,
-                now,
-                actor,
-                ACTION_CREATE,
-                key_id,
-                new.name,
-                create_details(new),
-            )
-            if idempotency is not None:
-                await conn.execute(
-                    "INSERT INTO idempotency_keys"
-                    " (actor, idem_key, fingerprint, key_id, created_at)"
-                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (actor, idem_key) DO UPDATE"
-                    " SET fingerprint = excluded.fingerprint, key_id = excluded.key_id,"
-                    " created_at = excluded.created_at",
-                    actor,
-                    idempotency.key,
-                    idempotency.fingerprint,
-                    key_id,
-                    now,
-                )
-        return created_row(key_id, new, roles_text, actor, now)
-
-    async def _check_claim(
-        self, conn: asyncpg.Connection, actor: str, claim: IdempotencyClaim
-    ) -> None:
-        """Forget expired idempotency records; raise if `actor` made this claim before."""
-        await conn.execute("DELETE FROM idempotency_keys WHERE created_at < $1", claim.not_before)
-        found = await conn.fetchrow(
-            "SELECT fingerprint, key_id FROM idempotency_keys WHERE actor = $1 AND idem_key = $2",
-            actor,
-            claim.key,
-        )
-        if found is None:
-            return
-        if str(found[0]) != claim.fingerprint:
-            raise IdempotencyMismatchError(
-                f"idempotency key {claim.key!r} was used for another request"
-            )
-        key_id = int(found[1])
-        row = await conn.fetchrow(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1", key_id)
-        raise IdempotentReplayError(key_id, None if row is None else key_row(row))
-
-    async def _one_key(self, column: str, value: Any) -> KeyRow | None:
-        """Return the key whose `column` equals `value`, or None."""
-        rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE {column} = $1", value)
-        return key_row(rows[0]) if rows else None
-
-    async def get_key(self, key_id: int) -> KeyRow | None:
-        """Return a key by id, or None."""
-        return await self._one_key("id", key_id)
-
-    async def get_key_by_name(self, name: str) -> KeyRow | None:
-        """Return a key by exact name, or None."""
-        return await self._one_key("name", name)
-
-    async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
-        """Return the key whose secret (or whose secret before its last roll) has this digest."""
-        rows = await self._fetch(
-            f"SELECT {KEY_COLUMNS} FROM keys WHERE digest = $1 OR previous_digest = $1", digest
-        )
-        return key_row(rows[0]) if rows else None
-
-    async def list_keys(
-        self,
-        *,
-        status: KeyFilter | None = None,
-        query: str | None = None,
-        limit: int = 100,
-        after_id: int = 0,
-        now: float | None = None,
-        sort: KeySort = "id",
-        after: SortPosition | None = None,
-        expiring_within: float = EXPIRING_WITHIN,
-        digest: bytes | None = None,
-    ) -> list[KeyRow]:
-        """List keys in `sort` order after a position, filtered by status and a text query.
-
-        The same filters and orders as the SQLite store: "active" excludes expired keys, the
-        query matches name, description or prefix with ASCII case folding and no wildcards,
-        `digest` a secret's digest (current or rolled) exactly; every order walks an index
-        from the position (keyset paging).
-        """
-        if limit < 0:
-            raise ValueError("limit must not be negative")
-        moment = time.time() if now is None else now
-        params = Params(numbered=True)
-        where: list[str] = []
-        if sort == "id":
-            where.append(f"id > {params.add(after_id)}")
-            order = "id"
-        else:
-            expression, descending = _SORT_EXPRESSIONS[sort]
-            direction, beyond = ("DESC", "<") if descending else ("ASC", ">")
-            if after is not None:
-                value, last_id = after
-                mark, id_mark = params.add(value), params.add(last_id)
-                if sort.endswith("name"):  # the cursor holds the name as stored: fold it too
-                    mark = ASCII_FOLD.format(f"{mark}::text")
-                where.append(f"({expression}, id) {beyond} ({mark}, {id_mark})")
-            order = f"{expression} {direction}, id {direction}"
-        condition = status_condition(status, moment, expiring_within, params)
-        if condition is not None:
-            where.append(condition)
-        if query:
-            mark = params.add(like_pattern(query).translate(_ASCII_LOWER))
-            where.append(
-                "("
-                + " OR ".join(
-                    f"{ASCII_LOWER.format(column)} LIKE {mark} ESCAPE '\\'"
-                    for column in ("name", "description", "prefix")
-                )
-                + ")"
-            )
-        if digest is not None:
-            mark = params.add(digest)
-            where.append(f"(digest = {mark} OR previous_digest = {mark})")
-        limit_mark = params.add(limit)
-        condition = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = await self._fetch(
-            f"SELECT {KEY_COLUMNS} FROM keys {condition} ORDER BY {order} LIMIT {limit_mark}",
-            *params.values,
-        )
-        return [key_row(row) for row in rows]
-
-    async def batch_counts(self, grants: Grants = None) -> dict[str, BatchResult]:
-        """Return what revoke_all, reinstate_all and delete_revoked would do now, by action."""
-        params = Params(numbered=True)
-        scope = _within_grants(grants, params)
-        rows = await self._fetch(
-            f"SELECT status, COUNT(*), COUNT(*) FILTER (WHERE {scope}) FROM keys GROUP BY status",
-            *params.values,
-        )
-        return batch_counts_of({str(row[0]): (int(row[1]), int(row[2])) for row in rows})
-
-    async def update_key(
-        self, key_id: int, changes: KeyChanges, actor: str, grants: Grants = None
-    ) -> KeyRow:
-        """Apply a partial edit; raise NotFoundError, NameConflictError or OutsideGrantsError.
-
-        An edit that changes nothing writes nothing (no feed entry, no audit event).
-        """
-        now = time.time()
-        async with self._write() as conn:
-            current = await self._key_in(conn, key_id)
-            check_grants(current, grants)
-            edits = wanted_edits(current, changes)
-            if not edits:
-                return current
-            columns = column_values(edits)
-            params = Params(numbered=True)
-            assignments = ", ".join(f"{field} = {params.add(v)}" for field, v in columns.items())
-            try:
-                await conn.execute(
-                    f"UPDATE keys SET {assignments}, updated_at = {params.add(now)}"
-                    f" WHERE id = {params.add(key_id)}",
-                    *params.values,
-                )
-            except asyncpg.UniqueViolationError as exc:
-                if exc.constraint_name == "keys_name_key":
-                    raise NameConflictError(
-                        f"a key named {edits['name']!r} already exists"
-                    ) from None
-                raise
-            await self._append_changes(conn, [(key_id, current.digest)], "upsert", now)
-            await self._audit_in(
-                conn,
-                now,
-                actor,
-                ACTION_EDIT,
-                key_id,
-                edits.get("name", current.name),
-                edit_details(current, edits),
-            )
-        return edited_row(current, edits, columns, now)
-
-    async def set_revoked(
-        self, key_id: int, revoked: bool, actor: str, grants: Grants = None
-    ) -> KeyRow:
-        """Revoke or reinstate one key; raise NotFoundError, OutsideGrantsError, KeyExpiredError."""
-        now = time.time()
-        status: KeyStatus = "revoked" if revoked else "active"
-        revoked_at = now if revoked else None
-        async with self._write() as conn:
-            current = await self._key_in(conn, key_id)
-            check_grants(current, grants)
-            if not revoked:
-                check_reinstatable(current, now)
-            if current.status == status:
-                return current
-            await conn.execute(
-                "UPDATE keys SET status = $1, revoked_at = $2, updated_at = $3 WHERE id = $4",
-                status,
-                revoked_at,
-                now,
-                key_id,
-            )
-            await self._append_changes(conn, [(key_id, current.digest)], "upsert", now)
-            action = ACTION_REVOKE if revoked else ACTION_REINSTATE
-            await self._audit_in(conn, now, actor, action, key_id, current.name)
-        return dataclasses.replace(current, status=status, revoked_at=revoked_at, updated_at=now)
-
-    async def delete_key(self, key_id: int, actor: str, grants: Grants = None) -> KeyRow:
-        """Delete one key for good and return it; raise NotFoundError, OutsideGrantsError."""
-        now = time.time()
-        async with self._write() as conn:
-            current = await self._key_in(conn, key_id)
-            check_grants(current, grants)
-            await conn.execute("DELETE FROM keys WHERE id = $1", key_id)
-            await self._append_changes(conn, digests_of(current), "delete", now)
-            await self._audit_in(
-                conn, now, actor, ACTION_DELETE, key_id, current.name, {"status": current.status}
-            )
-        return current
-
-    async def roll_key(
-        self,
-        key_id: int,
-        digest: bytes,
-        prefix: str,
-        overlap: float,
-        actor: str,
-        grants: Grants = None,
-    ) -> KeyRow:
-        """Give a key a new secret; the current one keeps working for `overlap` seconds.
-
-        The feed forgets a previous roll's old secret (a delete entry for its digest) and
-        announces the key under its new digest; followers map both until the overlap ends.
-        """
-        now = time.time()
-        until = now + overlap
-        async with self._write() as conn:
-            current = await self._key_in(conn, key_id)
-            check_grants(current, grants)
-            await conn.execute(
-                "UPDATE keys SET digest = $1, prefix = $2, previous_digest = $3,"
-                " previous_expires_at = $4, rolled_at = $5, updated_at = $5 WHERE id = $6",
-                digest,
-                prefix,
-                current.digest,
-                until,
-                now,
-                key_id,
-            )
-            if current.previous_digest is not None:
-                await self._append_changes(conn, [(key_id, current.previous_digest)], "delete", now)
-            await self._append_changes(conn, [(key_id, digest)], "upsert", now)
-            await self._audit_in(
-                conn,
-                now,
-                actor,
-                ACTION_ROLL,
-                key_id,
-                current.name,
-                roll_details(overlap, until, prefix),
-            )
-        return rolled_row(current, digest, prefix, until, now)
-
-    async def _batch(
-        self,
-        actor: str,
-        action: str,
-        op: str,
-        status: KeyStatus,
-        write: str,
-        values: tuple[object, ...],
-        grants: Grants,
-    ) -> BatchResult:
-        """Change every key with `status` within `grants` in one transaction.
-
-        `write` is the statement for the chosen keys: $1 is their id array, `values` follow.
-        Feed entries, the write and one audit event (count, skipped, ids) commit together.
-        """
-        now = time.time()
-        async with self._write() as conn:
-            total = int(await conn.fetchval("SELECT COUNT(*) FROM keys WHERE status = $1", status))
-            params = Params(status, numbered=True)
-            chosen = await conn.fetch(
-                "SELECT id, digest, previous_digest FROM keys WHERE status = $1"
-                f" AND {_within_grants(grants, params)} ORDER BY id",
-                *params.values,
-            )
-            key_ids = [int(row[0]) for row in chosen]
-            entries = [(int(row[0]), bytes(row[1])) for row in chosen]
-            if op == "delete":
-                entries += [(int(row[0]), bytes(row[2])) for row in chosen if row[2] is not None]
-            await self._append_changes(conn, entries, op, now)
-            if key_ids:
-                await conn.execute(write, key_ids, *values)
-            result = BatchResult(len(key_ids), total - len(key_ids))
-            audit_id = await self._audit_in(
-                conn, now, actor, action, details=batch_details(result, key_ids)
-            )
-            await conn.execute(
-                "INSERT INTO audit_keys (key_id, audit_id)"
-                " SELECT k, $2 FROM unnest($1::bigint[]) k",
-                key_ids,
-                audit_id,
-            )
-        return result
-
-    async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
-        """Revoke every active key within `grants` in one transaction."""
-        now = time.time()
-        return await self._batch(
-            actor,
-            ACTION_REVOKE_ALL,
-            "upsert",
-            "active",
-            "UPDATE keys SET status = 'revoked', revoked_at = $2, updated_at = $3"
-            " WHERE id = ANY($1::bigint[])",
-            (now, now),
-            grants,
-        )
-
-    async def reinstate_all(self, actor: str, grants: Grants = None) -> BatchResult:
-        """Reinstate every revoked key within `grants` in one transaction."""
-        return await self._batch(
-            actor,
-            ACTION_REINSTATE_ALL,
-            "upsert",
-            "revoked",
-            "UPDATE keys SET status = 'active', revoked_at = NULL, updated_at = $2"
-            " WHERE id = ANY($1::bigint[])",
-            (time.time(),),
-            grants,
-        )
-
-    async def delete_revoked(self, actor: str, grants: Grants = None) -> BatchResult:
-        """Delete every revoked key within `grants` in one transaction."""
-        return await self._batch(
-            actor,
-            ACTION_DELETE_REVOKED,
-            "delete",
-            "revoked",
-            "DELETE FROM keys WHERE id = ANY($1::bigint[])",
-            (),
-            grants,
-        )
-
-    # --- change feed and cache loading ----------------------------------------
-    async def load_auth(self, sink: Callable[[list[AuthRow]], None]) -> int:
-        """Feed every key's auth row to `sink` in chunks; return the feed sequence they reflect.
-
-        One REPEATABLE READ snapshot holds both the rows and the sequence; a server-side
-        cursor brings LOAD_CHUNK rows per round trip, role tuples interned, the cyclic
-        collector paused.
-        """
-        with gc_paused():
-            async with (
-                self._connection() as conn,
-                conn.transaction(isolation="repeatable_read", readonly=True),
-            ):
-                seq = int(await conn.fetchval(_CURRENT_SEQ))
-                cursor = await conn.cursor(f"SELECT {AUTH_COLUMNS} FROM keys ORDER BY id")
-                while chunk := await cursor.fetch(LOAD_CHUNK):
-                    sink(auth_rows(chunk))
-        return seq
-
-    async def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
-        """Return change-feed entries with sequence > seq, oldest first.
-
-        Each entry carries the key's current row, or None once it is gone. Raise
-        FeedPrunedError when entries after `seq` were pruned (the caller reloads).
-        """
-        if limit < 0:
-            raise ValueError("limit must not be negative")
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                f"SELECT c.seq, c.digest, {KEY_COLUMNS_K} FROM key_changes c"
-                # By id: a rolled key's entries name its old digest, yet carry its current row.
-                " LEFT JOIN keys k ON k.id = c.key_id AND c.op = 'upsert'"
-                " WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
-                seq,
-                limit,
-            )
-            # Read after the entries: a prune in between costs a needless reload at worst.
-            pruned_through = int(await conn.fetchval(_PRUNED_THROUGH))
-        if seq < pruned_through:
-            raise FeedPrunedError(seq, pruned_through)
-        return [
-            Change(row[0], bytes(row[1]), None if row[2] is None else key_row(row[2:]))
-            for row in rows
-        ]
-
-    async def current_seq(self) -> int:
-        """Return the latest change-feed sequence number (0 when empty)."""
-        async with self._connection() as conn:
-            return int(await conn.fetchval(_CURRENT_SEQ))
-
-    async def prune_feed(self, keep_entries: int, keep_before: float) -> int:
-        """Delete the oldest feed entries, keeping the newest `keep_entries` and any at or
-        after `keep_before`; return how many were deleted (a prefix of the feed)."""
-        async with self._write() as conn:
-            latest, pruned_through = await conn.fetchrow(
-                "SELECT seq, pruned_through FROM feed_state WHERE id = 1"
-            )
-            young = await conn.fetchval(
-                "SELECT MIN(seq) FROM key_changes WHERE at >= $1", keep_before
-            )
-            cutoff = min(latest - keep_entries, latest if young is None else young - 1)
-            if cutoff <= pruned_through:
-                return 0
-            deleted = await conn.fetchval(
-                "WITH gone AS (DELETE FROM key_changes WHERE seq <= $1 RETURNING 1)"
-                " SELECT COUNT(*) FROM gone",
-                cutoff,
-            )
-            await conn.execute("UPDATE feed_state SET pruned_through = $1 WHERE id = 1", cutoff)
-            return int(deleted)
 
     async def listen(self, wake: Callable[[], None]) -> None:
         """Call `wake` on every NOTIFY of a committed key write until cancelled.
@@ -1004,87 +531,6 @@ class PostgresKeyStore(SqlStore):
                     conn.terminate()
             await asyncio.sleep(delay)
             delay = min(delay * 2, LISTEN_RETRY_MAX)
-
-    # --- moving between stores -------------------------------------------------
-    async def export_contents(self) -> StoreContents:
-        """Return every key, admin account and audit event (one REPEATABLE READ snapshot)."""
-        async with (
-            self._connection() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            keys = [
-                key_row(row)
-                for row in await conn.fetch(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY id")
-            ]
-            admins = [
-                admin_account(row)
-                for row in await conn.fetch(f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name")
-            ]
-            audit = [
-                audit_event(row)
-                for row in await conn.fetch(f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id")
-            ]
-        return StoreContents(keys, admins, audit)
-
-    async def import_contents(self, contents: StoreContents, *, replace: bool) -> None:
-        """Write `contents` with their ids in one transaction, a feed entry per key.
-
-        Raise StoreNotEmptyError when the store holds data, unless `replace`. Identity
-        counters move past every copied id (and every key id the audit names), so ids are
-        never reused.
-        """
-        now = time.time()
-        async with self._write() as conn:
-            held = await conn.fetchval(
-                "SELECT (SELECT COUNT(*) FROM keys) + (SELECT COUNT(*) FROM admins)"
-                " + (SELECT COUNT(*) FROM audit)"
-            )
-            if held and not replace:
-                raise StoreNotEmptyError(f"{self.location} already holds keys, admins or audit")
-            gone = await conn.fetch(
-                "SELECT id, digest FROM keys UNION ALL SELECT id, previous_digest FROM keys"
-                " WHERE previous_digest IS NOT NULL"
-            )
-            await self._append_changes(
-                conn, [(int(row[0]), bytes(row[1])) for row in gone], "delete", now
-            )
-            await conn.execute("DELETE FROM keys")
-            await conn.execute("DELETE FROM admins")
-            await conn.execute("DELETE FROM audit")
-            await conn.copy_records_to_table(
-                "keys",
-                columns=KEY_COLUMNS.split(", "),
-                records=[key_values(row) for row in contents.keys],
-                schema_name=self.schema,
-            )
-            await self._append_changes(
-                conn, [(row.id, row.digest) for row in contents.keys], "upsert", now
-            )
-            await conn.copy_records_to_table(
-                "admins",
-                columns=ADMIN_COLUMNS.split(", "),
-                records=[admin_values(account) for account in contents.admins],
-                schema_name=self.schema,
-            )
-            await conn.copy_records_to_table(
-                "audit",
-                columns=AUDIT_COLUMNS.split(", "),
-                records=[audit_values(event) for event in contents.audit],
-                schema_name=self.schema,
-            )
-            # Batch histories follow the audit rows; idempotency records named the old keys.
-            await conn.execute("DELETE FROM audit_keys")
-            await conn.execute(AUDIT_KEYS_FROM_DETAILS)
-            await conn.execute("DELETE FROM idempotency_keys")
-            await conn.execute(
-                "SELECT setval(pg_get_serial_sequence('keys', 'id'),"
-                " GREATEST((SELECT MAX(id) FROM keys), (SELECT MAX(key_id) FROM audit), 0) + 1,"
-                " false)"
-            )
-            await conn.execute(
-                "SELECT setval(pg_get_serial_sequence('audit', 'id'),"
-                " COALESCE((SELECT MAX(id) FROM audit), 0) + 1, false)"
-            )
 
 
 async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:

@@ -1,94 +1,34 @@
-"""SQLite key store: keys, change feed, audit log and admin accounts in one file (aiosqlite)."""
+"""SQLite key store: the dialect, connection and transactions of one WAL file (aiosqlite)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import json
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from gateway.store.base import (
-    EXPIRING_WITHIN,
-    AuthRow,
-    BatchResult,
-    Change,
-    FeedPrunedError,
     Grants,
-    IdempotencyClaim,
-    IdempotencyMismatchError,
-    IdempotentReplayError,
-    KeyChanges,
-    KeyFilter,
-    KeyRow,
-    KeySort,
-    KeyStatus,
-    NameConflictError,
-    NewKey,
-    NotFoundError,
     SortPosition,
-    StoreContents,
     StoreMissingError,
-    StoreNotEmptyError,
     StoreUnavailableError,
 )
-from gateway.store.common import (
-    ACTION_CREATE,
-    ACTION_DELETE,
-    ACTION_DELETE_REVOKED,
-    ACTION_EDIT,
-    ACTION_REINSTATE,
-    ACTION_REINSTATE_ALL,
-    ACTION_REVOKE,
-    ACTION_REVOKE_ALL,
-    ACTION_ROLL,
-    ADMIN_COLUMNS,
-    AUDIT_COLUMNS,
-    AUTH_COLUMNS,
-    KEY_COLUMNS,
-    KEY_COLUMNS_K,
-    KEY_FIELDS,
-    LOAD_CHUNK,
-    Params,
-    admin_account,
-    admin_values,
-    audit_event,
-    audit_values,
-    auth_rows,
-    batch_counts_of,
-    batch_details,
-    check_grants,
-    check_reinstatable,
-    column_values,
-    create_details,
-    created_row,
-    digests_of,
-    edit_details,
-    edited_row,
-    gc_paused,
-    key_row,
-    key_values,
-    like_pattern,
-    rate_limit_json,
-    roles_json,
-    roll_details,
-    rolled_row,
-    status_condition,
-    wanted_edits,
-)
+from gateway.store.common import Params
 from gateway.store.migrations.sqlite import (
     AUDIT_KEYS_FROM_DETAILS,
     SchemaTooNewError,
     apply_migrations,
 )
-from gateway.store.sql import Dialect, SqlStore, Tx
+from gateway.store.sql import Dialect, Tx, marks
+from gateway.store.sql_store import SqlStore
 
 log = logging.getLogger("keygate.store.sqlite")
 # aiosqlite logs every statement with its parameters at DEBUG: names typed at the admin
@@ -134,7 +74,6 @@ _CURRENT_SEQ = (
     "SELECT MAX(COALESCE((SELECT MAX(seq) FROM key_changes), 0),"
     " (SELECT pruned_through FROM feed_state WHERE id = 1))"
 )
-_PRUNED_THROUGH = "SELECT pruned_through FROM feed_state WHERE id = 1"
 # Sort orders of the key list: the indexed expression (migration 5) and its direction.
 _SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
     "name": ("name COLLATE NOCASE", False),
@@ -144,9 +83,6 @@ _SORT_EXPRESSIONS: dict[str, tuple[str, bool]] = {
     "last_used_at": ("IFNULL(last_used_at, -1)", False),
     "-last_used_at": ("IFNULL(last_used_at, -1)", True),
 }
-# Which keys each batch action touches (before the grant scope is applied).
-_REVOKE_ALL_WHERE = "status = 'active'"
-_REVOKED_WHERE = "status = 'revoked'"
 
 
 async def _retry_when_locked(db: aiosqlite.Connection, sql: str) -> list[Any]:
@@ -166,20 +102,6 @@ async def _retry_when_locked(db: aiosqlite.Connection, sql: str) -> list[Any]:
                 raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.1)
-
-
-def _is_unique_violation(exc: sqlite3.IntegrityError, column: str) -> bool:
-    """Return True when `exc` is a UNIQUE/PRIMARY KEY failure on exactly `table.column`."""
-    return str(exc) == f"UNIQUE constraint failed: {column}"
-
-
-def _within_grants(grants: Grants) -> tuple[str, list[str]]:
-    """Return an SQL condition (and its parameters) true for keys whose roles lie in grants."""
-    if grants is None:
-        return "1", []
-    marks = ", ".join("?" for _ in grants)
-    inside = f"value NOT IN ({marks})" if grants else "1"
-    return f"NOT EXISTS (SELECT 1 FROM json_each(keys.roles) WHERE {inside})", sorted(grants)
 
 
 def _create_private(path: Path) -> None:
@@ -208,7 +130,34 @@ def _identity(path: Path) -> tuple[int, int]:
 
 def _unique_violation(error: BaseException, column: str) -> bool:
     """Return True when `error` is a UNIQUE/PRIMARY KEY failure on exactly `table.column`."""
-    return isinstance(error, sqlite3.IntegrityError) and _is_unique_violation(error, column)
+    return isinstance(error, sqlite3.IntegrityError) and (
+        str(error) == f"UNIQUE constraint failed: {column}"
+    )
+
+
+def _keyset(sort: str, expression: str, beyond: str, after: SortPosition, params: Params) -> str:
+    """Return the condition of a sorted page after `after` (the sort's index is sought)."""
+    value, last_id = after
+    # "expr >= v AND (expr > v OR id > i)": the first term lets SQLite seek the index.
+    return (
+        f"{expression} {beyond}= {params.add(value)}"
+        f" AND ({expression} {beyond} {params.add(value)} OR id {beyond} {params.add(last_id)})"
+    )
+
+
+def _within_grants(grants: Grants, params: Params) -> str:
+    """Return an SQL condition true for keys whose roles all lie within `grants`."""
+    if grants is None:
+        return "1"
+    inside = "1"
+    if grants:
+        inside = f"value NOT IN ({', '.join(params.add(role) for role in sorted(grants))})"
+    return f"NOT EXISTS (SELECT 1 FROM json_each(keys.roles) WHERE {inside})"
+
+
+def _id_list(ids: list[int], params: Params) -> str:
+    """Return a subquery of the ids, passed as one JSON array."""
+    return f"(SELECT value AS id FROM json_each({params.add(json.dumps(ids))}))"
 
 
 SQLITE = Dialect(
@@ -217,6 +166,13 @@ SQLITE = Dialect(
     greatest="max",
     for_update="",
     is_unique_violation=_unique_violation,
+    sort_expressions=_SORT_EXPRESSIONS,
+    keyset=_keyset,
+    like_fold="{}",  # SQLite's LIKE folds ASCII letters itself
+    within_grants=_within_grants,
+    id_list=_id_list,
+    current_seq=_CURRENT_SEQ,
+    audit_keys_from_details=AUDIT_KEYS_FROM_DETAILS,
 )
 
 
@@ -242,7 +198,28 @@ class SqliteTx:
     async def insert_id(self, sql: str, *params: Any) -> int:
         """Run one INSERT; return the new row's id."""
         cursor = await self._db.execute(sql, params)
-        return int(cursor.lastrowid or 0)
+        if cursor.lastrowid is None:  # pragma: no cover - SQLite always reports it
+            raise RuntimeError("SQLite returned no row id for the new row")
+        return int(cursor.lastrowid)
+
+    async def chunks(self, sql: str, size: int) -> AsyncIterator[list[Any]]:
+        """Yield the rows of one read statement, `size` at a time."""
+        async with self._db.execute(sql) as cursor:
+            while chunk := await cursor.fetchmany(size):
+                yield list(chunk)
+
+    async def append_changes(
+        self, entries: Sequence[tuple[int, bytes]], op: str, at: float
+    ) -> None:
+        """Append change-feed entries; SQLite numbers them (AUTOINCREMENT), followers poll."""
+        await self._db.executemany(
+            _INSERT_CHANGE, [(key_id, digest, op, at) for key_id, digest in entries]
+        )
+
+    async def copy_rows(self, table: str, columns: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert many rows of `columns` into `table`, ids included."""
+        count = len(columns.split(", "))
+        await self._db.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks(count)})", rows)
 
 
 class SqliteKeyStore(SqlStore):
@@ -458,8 +435,20 @@ class SqliteKeyStore(SqlStore):
                     self._raise_if_unavailable(error)
                 raise
 
-    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """Run one read statement under the lock and return all rows."""
+    @contextlib.asynccontextmanager
+    async def _tx(self, *, feed: bool) -> AsyncIterator[Tx]:
+        """Open one write transaction (BEGIN IMMEDIATE serialises every write, feed or not)."""
+        async with self._transaction() as db:
+            yield SqliteTx(db)
+
+    @contextlib.asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[Tx]:
+        """Open one read transaction (WAL: it sees the moment of its first read)."""
+        async with self._transaction("BEGIN") as db:
+            yield SqliteTx(db)
+
+    async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Run one read statement outside a transaction, under the lock; return its rows."""
         async with self._lock:
             db = await self._ready()
             try:
@@ -467,542 +456,3 @@ class SqliteKeyStore(SqlStore):
             except sqlite3.Error as error:
                 self._raise_if_unavailable(error)
                 raise
-
-    @contextlib.asynccontextmanager
-    async def _tx(self, *, feed: bool) -> AsyncIterator[Tx]:
-        """Open one write transaction (BEGIN IMMEDIATE serialises every write, feed or not)."""
-        async with self._transaction() as db:
-            yield SqliteTx(db)
-
-    async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        """Run one read statement outside a transaction; return its rows."""
-        return await self._fetch(sql, params)
-
-    async def _key_in(self, db: aiosqlite.Connection, key_id: int) -> KeyRow:
-        """Read one key inside the current transaction; raise NotFoundError."""
-        rows = list(
-            await db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,))
-        )
-        if not rows:
-            raise NotFoundError(f"no key with id {key_id}")
-        return key_row(rows[0])
-
-    async def _audit_in(
-        self,
-        db: aiosqlite.Connection,
-        at: float,
-        actor: str,
-        action: str,
-        key_id: int | None = None,
-        key_name: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> int:
-        """Append one audit row inside the current transaction; return its id."""
-        return await self._audit_tx(SqliteTx(db), at, actor, action, key_id, key_name, details)
-
-    # --- keys ------------------------------------------------------------------
-    async def create_key(
-        self, new: NewKey, actor: str, idempotency: IdempotencyClaim | None = None
-    ) -> KeyRow:
-        """Insert a key; raise NameConflictError if the name is taken.
-
-        An idempotency claim made before by `actor` raises IdempotentReplayError (same
-        fingerprint) or IdempotencyMismatchError; a new one is recorded with the key.
-        """
-        now = time.time()
-        roles_text = roles_json(new.roles)
-        async with self._transaction() as db:
-            if idempotency is not None:
-                await self._check_claim(db, actor, idempotency)
-            try:
-                cursor = await db.execute(
-                    "INSERT INTO keys (name, description, roles, status, digest, prefix,"
-                    " created_at, created_by, updated_at, expires_at, rate_limit)"
-                    " VALUES (?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        new.name,
-                        new.description,
-                        roles_text,
-                        new.digest,
-                        new.prefix,
-                        now,
-                        actor,
-                        now,
-                        new.expires_at,
-                        rate_limit_json(new.rate_limit),
-                    ),
-                )
-            except sqlite3.IntegrityError as exc:
-                if _is_unique_violation(exc, "keys.name"):
-                    raise NameConflictError(f"a key named {new.name!r} already exists") from None
-                raise
-            key_id = cursor.lastrowid
-            if key_id is None:  # pragma: no cover - SQLite always reports it after INSERT
-                raise RuntimeError("SQLite returned no row id for the new key")
-            await db.execute(_INSERT_CHANGE, (key_id, new.digest, "upsert", now))
-            await self._audit_in(
-                db,
-                now,
-                actor,
-                ACTION_CREATE,
-                key_id,
-                new.name,
-                create_details(new),
-            )
-            if idempotency is not None:
-                await db.execute(
-                    "INSERT OR REPLACE INTO idempotency_keys"
-                    " (actor, idem_key, fingerprint, key_id, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (actor, idempotency.key, idempotency.fingerprint, key_id, now),
-                )
-        return created_row(key_id, new, roles_text, actor, now)
-
-    async def _check_claim(
-        self, db: aiosqlite.Connection, actor: str, claim: IdempotencyClaim
-    ) -> None:
-        """Forget expired idempotency records; raise if `actor` made this claim before."""
-        await db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (claim.not_before,))
-        rows = list(
-            await db.execute_fetchall(
-                "SELECT fingerprint, key_id FROM idempotency_keys WHERE actor = ? AND idem_key = ?",
-                (actor, claim.key),
-            )
-        )
-        if not rows:
-            return
-        fingerprint, key_id = str(rows[0][0]), int(rows[0][1])
-        if fingerprint != claim.fingerprint:
-            raise IdempotencyMismatchError(
-                f"idempotency key {claim.key!r} was used for another request"
-            )
-        found = list(
-            await db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,))
-        )
-        raise IdempotentReplayError(key_id, key_row(found[0]) if found else None)
-
-    async def get_key(self, key_id: int) -> KeyRow | None:
-        """Return a key by id, or None."""
-        rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = ?", (key_id,))
-        return key_row(rows[0]) if rows else None
-
-    async def get_key_by_name(self, name: str) -> KeyRow | None:
-        """Return a key by exact name, or None."""
-        rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys WHERE name = ?", (name,))
-        return key_row(rows[0]) if rows else None
-
-    async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
-        """Return the key whose secret (or whose secret before its last roll) has this digest."""
-        rows = await self._fetch(
-            f"SELECT {KEY_COLUMNS} FROM keys WHERE digest = ?1 OR previous_digest = ?1", (digest,)
-        )
-        return key_row(rows[0]) if rows else None
-
-    async def list_keys(
-        self,
-        *,
-        status: KeyFilter | None = None,
-        query: str | None = None,
-        limit: int = 100,
-        after_id: int = 0,
-        now: float | None = None,
-        sort: KeySort = "id",
-        after: SortPosition | None = None,
-        expiring_within: float = EXPIRING_WITHIN,
-        digest: bytes | None = None,
-    ) -> list[KeyRow]:
-        """List keys in `sort` order after a position, filtered by status and a text query.
-
-        "active" excludes expired keys, "expired" is active with expires_at <= now, and the
-        query matches name, description or display prefix case-insensitively (ASCII) with
-        no wildcards; `digest` is an exact match on a secret's digest (current or rolled).
-        Every order is an index walk from the position (keyset paging), so a page costs the
-        same on the first page and the thousandth.
-        """
-        if limit < 0:
-            raise ValueError("limit must not be negative")
-        moment = time.time() if now is None else now
-        where: list[str] = []
-        params = Params(numbered=False)
-        if sort == "id":
-            where.append(f"id > {params.add(after_id)}")
-            order = "id"
-        else:
-            expression, descending = _SORT_EXPRESSIONS[sort]
-            direction, beyond = ("DESC", "<") if descending else ("ASC", ">")
-            if after is not None:
-                # "expr >= v AND (expr > v OR id > i)": the first term lets SQLite seek the index.
-                value, last_id = after
-                where.append(
-                    f"{expression} {beyond}= ? AND ({expression} {beyond} ? OR id {beyond} ?)"
-                )
-                params.values += [value, value, last_id]
-            order = f"{expression} {direction}, id {direction}"
-        condition = status_condition(status, moment, expiring_within, params)
-        if condition is not None:
-            where.append(condition)
-        if query:
-            where.append(
-                r"(name LIKE ? ESCAPE '\' OR description LIKE ? ESCAPE '\'"
-                r" OR prefix LIKE ? ESCAPE '\')"
-            )
-            pattern = like_pattern(query)
-            params.values += [pattern, pattern, pattern]
-        if digest is not None:
-            where.append("(digest = ? OR previous_digest = ?)")
-            params.values += [digest, digest]
-        params.values.append(limit)
-        condition = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = await self._fetch(
-            f"SELECT {KEY_COLUMNS} FROM keys {condition} ORDER BY {order} LIMIT ?", params.values
-        )
-        return [key_row(row) for row in rows]
-
-    async def batch_counts(self, grants: Grants = None) -> dict[str, BatchResult]:
-        """Return what revoke_all, reinstate_all and delete_revoked would do now, by action."""
-        scope, scope_params = _within_grants(grants)
-        rows = await self._fetch(
-            f"SELECT status, COUNT(*), COALESCE(SUM({scope}), 0) FROM keys GROUP BY status",
-            scope_params,
-        )
-        return batch_counts_of({str(row[0]): (int(row[1]), int(row[2])) for row in rows})
-
-    async def update_key(
-        self, key_id: int, changes: KeyChanges, actor: str, grants: Grants = None
-    ) -> KeyRow:
-        """Apply a partial edit; raise NotFoundError, NameConflictError or OutsideGrantsError.
-
-        Fields equal to their current value are not changes; an edit that changes nothing
-        writes nothing (no updated_at, change-feed entry or audit event).
-        """
-        now = time.time()
-        async with self._transaction() as db:
-            current = await self._key_in(db, key_id)
-            check_grants(current, grants)
-            edits = wanted_edits(current, changes)
-            if not edits:
-                return current
-            columns = column_values(edits)
-            assignments = ", ".join(f"{field} = ?" for field in columns)
-            try:
-                await db.execute(
-                    f"UPDATE keys SET {assignments}, updated_at = ? WHERE id = ?",
-                    (*columns.values(), now, key_id),
-                )
-            except sqlite3.IntegrityError as exc:
-                if _is_unique_violation(exc, "keys.name"):
-                    raise NameConflictError(
-                        f"a key named {edits['name']!r} already exists"
-                    ) from None
-                raise
-            await db.execute(_INSERT_CHANGE, (key_id, current.digest, "upsert", now))
-            await self._audit_in(
-                db,
-                now,
-                actor,
-                ACTION_EDIT,
-                key_id,
-                edits.get("name", current.name),
-                edit_details(current, edits),
-            )
-        return edited_row(current, edits, columns, now)
-
-    async def set_revoked(
-        self, key_id: int, revoked: bool, actor: str, grants: Grants = None
-    ) -> KeyRow:
-        """Revoke or reinstate one key; raise NotFoundError, OutsideGrantsError, KeyExpiredError.
-
-        Revoking a revoked key (or reinstating an active one) returns it unchanged and
-        writes nothing; reinstating an expired key is refused, whatever its status.
-        """
-        now = time.time()
-        status: KeyStatus = "revoked" if revoked else "active"
-        revoked_at = now if revoked else None
-        async with self._transaction() as db:
-            current = await self._key_in(db, key_id)
-            check_grants(current, grants)
-            if not revoked:
-                check_reinstatable(current, now)
-            if current.status == status:
-                return current
-            await db.execute(
-                "UPDATE keys SET status = ?, revoked_at = ?, updated_at = ? WHERE id = ?",
-                (status, revoked_at, now, key_id),
-            )
-            await db.execute(_INSERT_CHANGE, (key_id, current.digest, "upsert", now))
-            action = ACTION_REVOKE if revoked else ACTION_REINSTATE
-            await self._audit_in(db, now, actor, action, key_id, current.name)
-        return dataclasses.replace(current, status=status, revoked_at=revoked_at, updated_at=now)
-
-    async def delete_key(self, key_id: int, actor: str, grants: Grants = None) -> KeyRow:
-        """Delete one key for good and return it; raise NotFoundError, OutsideGrantsError."""
-        now = time.time()
-        async with self._transaction() as db:
-            current = await self._key_in(db, key_id)
-            check_grants(current, grants)
-            await db.execute("DELETE FROM keys WHERE id = ?", (key_id,))
-            await db.executemany(
-                _INSERT_CHANGE, [(*entry, "delete", now) for entry in digests_of(current)]
-            )
-            await self._audit_in(
-                db, now, actor, ACTION_DELETE, key_id, current.name, {"status": current.status}
-            )
-        return current
-
-    async def roll_key(
-        self,
-        key_id: int,
-        digest: bytes,
-        prefix: str,
-        overlap: float,
-        actor: str,
-        grants: Grants = None,
-    ) -> KeyRow:
-        """Give a key a new secret; the current one keeps working for `overlap` seconds.
-
-        The feed forgets a previous roll's old secret (a delete entry for its digest) and
-        announces the key under its new digest; followers map both until the overlap ends.
-        """
-        now = time.time()
-        until = now + overlap
-        async with self._transaction() as db:
-            current = await self._key_in(db, key_id)
-            check_grants(current, grants)
-            await db.execute(
-                "UPDATE keys SET digest = ?, prefix = ?, previous_digest = ?,"
-                " previous_expires_at = ?, rolled_at = ?, updated_at = ? WHERE id = ?",
-                (digest, prefix, current.digest, until, now, now, key_id),
-            )
-            if current.previous_digest is not None:
-                await db.execute(_INSERT_CHANGE, (key_id, current.previous_digest, "delete", now))
-            await db.execute(_INSERT_CHANGE, (key_id, digest, "upsert", now))
-            await self._audit_in(
-                db,
-                now,
-                actor,
-                ACTION_ROLL,
-                key_id,
-                current.name,
-                roll_details(overlap, until, prefix),
-            )
-        return rolled_row(current, digest, prefix, until, now)
-
-    async def _batch(
-        self,
-        actor: str,
-        action: str,
-        op: str,
-        where: str,
-        write: str,
-        values: tuple[object, ...],
-        grants: Grants,
-    ) -> BatchResult:
-        """Log a change for every key matching `where` within `grants`, then `write` them.
-
-        One transaction: the change rows (INSERT ... SELECT), the write and an audit event
-        with the count, the skipped count and the ids touched. `values` are the write's
-        parameters.
-        """
-        now = time.time()
-        scope, scope_params = _within_grants(grants)
-        chosen = f"({where}) AND {scope}"
-        async with self._transaction() as db:
-            total_rows = list(await db.execute_fetchall(f"SELECT COUNT(*) FROM keys WHERE {where}"))
-            id_rows = await db.execute_fetchall(
-                f"SELECT id FROM keys WHERE {chosen} ORDER BY id", scope_params
-            )
-            key_ids = [int(row[0]) for row in id_rows]
-            await db.execute(
-                "INSERT INTO key_changes (key_id, digest, op, at)"
-                f" SELECT id, digest, ?, ? FROM keys WHERE {chosen} ORDER BY id",
-                (op, now, *scope_params),
-            )
-            if op == "delete":
-                await db.execute(
-                    "INSERT INTO key_changes (key_id, digest, op, at)"
-                    " SELECT id, previous_digest, 'delete', ? FROM keys"
-                    f" WHERE {chosen} AND previous_digest IS NOT NULL ORDER BY id",
-                    (now, *scope_params),
-                )
-            await db.execute(f"{write} WHERE {chosen}", (*values, *scope_params))
-            result = BatchResult(len(key_ids), int(total_rows[0][0]) - len(key_ids))
-            audit_id = await self._audit_in(
-                db, now, actor, action, details=batch_details(result, key_ids)
-            )
-            await db.executemany(
-                "INSERT INTO audit_keys (key_id, audit_id) VALUES (?, ?)",
-                [(key_id, audit_id) for key_id in key_ids],
-            )
-        return result
-
-    async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
-        """Revoke every active key within `grants` in one transaction."""
-        now = time.time()
-        return await self._batch(
-            actor,
-            ACTION_REVOKE_ALL,
-            "upsert",
-            _REVOKE_ALL_WHERE,
-            "UPDATE keys SET status = 'revoked', revoked_at = ?, updated_at = ?",
-            (now, now),
-            grants,
-        )
-
-    async def reinstate_all(self, actor: str, grants: Grants = None) -> BatchResult:
-        """Reinstate every revoked key within `grants` in one transaction."""
-        return await self._batch(
-            actor,
-            ACTION_REINSTATE_ALL,
-            "upsert",
-            _REVOKED_WHERE,
-            "UPDATE keys SET status = 'active', revoked_at = NULL, updated_at = ?",
-            (time.time(),),
-            grants,
-        )
-
-    async def delete_revoked(self, actor: str, grants: Grants = None) -> BatchResult:
-        """Delete every revoked key within `grants` in one transaction."""
-        return await self._batch(
-            actor,
-            ACTION_DELETE_REVOKED,
-            "delete",
-            _REVOKED_WHERE,
-            "DELETE FROM keys",
-            (),
-            grants,
-        )
-
-    # --- change feed and cache loading ----------------------------------------
-    async def load_auth(self, sink: Callable[[list[AuthRow]], None]) -> int:
-        """Feed every key's auth row to `sink` in chunks; return the feed sequence they reflect.
-
-        One read snapshot, chunks of LOAD_CHUNK rows in id order, role tuples interned, and
-        the cyclic garbage collector paused (auth rows hold no cycles, and collections
-        triggered by a million new objects would cost more than the load). `sink` runs on
-        the event loop.
-        """
-        with gc_paused():
-            async with self._transaction("BEGIN") as db:
-                seq_rows = list(await db.execute_fetchall(_CURRENT_SEQ))
-                async with db.execute(f"SELECT {AUTH_COLUMNS} FROM keys ORDER BY id") as cursor:
-                    while chunk := await cursor.fetchmany(LOAD_CHUNK):
-                        sink(auth_rows(chunk))
-        return int(seq_rows[0][0])
-
-    async def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
-        """Return change-feed entries with sequence > seq, oldest first.
-
-        Each entry carries the key's current row, or None when the key no longer exists.
-        Raise FeedPrunedError when entries after `seq` were pruned (the caller reloads).
-        """
-        if limit < 0:
-            raise ValueError("limit must not be negative")
-        rows = await self._fetch(
-            f"SELECT c.seq, c.digest, {KEY_COLUMNS_K} FROM key_changes c"
-            # By id: a rolled key's entries name its old digest, yet carry its current row.
-            " LEFT JOIN keys k ON k.id = c.key_id AND c.op = 'upsert'"
-            " WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
-            (seq, limit),
-        )
-        # Read after the entries: a prune in between is seen here (a needless reload at
-        # worst), and one before them was already visible to the read above.
-        pruned_through = int((await self._fetch(_PRUNED_THROUGH))[0][0])
-        if seq < pruned_through:
-            raise FeedPrunedError(seq, pruned_through)
-        return [
-            Change(row[0], row[1], None if row[2] is None else key_row(row[2:])) for row in rows
-        ]
-
-    async def current_seq(self) -> int:
-        """Return the latest change-feed sequence number (0 when empty)."""
-        rows = await self._fetch(_CURRENT_SEQ)
-        return int(rows[0][0])
-
-    async def prune_feed(self, keep_entries: int, keep_before: float) -> int:
-        """Delete the oldest feed entries, keeping the newest `keep_entries` and any at or
-        after `keep_before`; return how many were deleted.
-
-        Only a prefix of the feed is ever removed, and its last sequence is remembered so a
-        follower behind it learns to reload (FeedPrunedError) instead of missing changes.
-        """
-        async with self._transaction() as db:
-            (latest,), (young,), (pruned_through,) = [
-                tuple(next(iter(await db.execute_fetchall(sql, params))))
-                for sql, params in (
-                    (_CURRENT_SEQ, ()),
-                    ("SELECT MIN(seq) FROM key_changes WHERE at >= ?", (keep_before,)),
-                    (_PRUNED_THROUGH, ()),
-                )
-            ]
-            cutoff = min(int(latest) - keep_entries, latest if young is None else young - 1)
-            if cutoff <= pruned_through:
-                return 0
-            cursor = await db.execute("DELETE FROM key_changes WHERE seq <= ?", (cutoff,))
-            await db.execute("UPDATE feed_state SET pruned_through = ? WHERE id = 1", (cutoff,))
-            return int(cursor.rowcount)
-
-    # --- moving between stores -------------------------------------------------
-    async def export_contents(self) -> StoreContents:
-        """Return every key, admin account and audit event (one read transaction)."""
-        async with self._transaction("BEGIN") as db:
-            keys = [
-                key_row(row)
-                for row in await db.execute_fetchall(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY id")
-            ]
-            admins = [
-                admin_account(row)
-                for row in await db.execute_fetchall(
-                    f"SELECT {ADMIN_COLUMNS} FROM admins ORDER BY name"
-                )
-            ]
-            audit = [
-                audit_event(row)
-                for row in await db.execute_fetchall(
-                    f"SELECT {AUDIT_COLUMNS} FROM audit ORDER BY id"
-                )
-            ]
-        return StoreContents(keys, admins, audit)
-
-    async def import_contents(self, contents: StoreContents, *, replace: bool) -> None:
-        """Write `contents` with their ids in one transaction, a feed entry per key.
-
-        Raise StoreNotEmptyError when the store holds data, unless `replace` (then it is
-        deleted first, each removed key announced on the feed).
-        """
-        now = time.time()
-        async with self._transaction() as db:
-            counts = list(
-                await db.execute_fetchall(
-                    "SELECT (SELECT COUNT(*) FROM keys) + (SELECT COUNT(*) FROM admins)"
-                    " + (SELECT COUNT(*) FROM audit)"
-                )
-            )
-            if int(counts[0][0]) and not replace:
-                raise StoreNotEmptyError(f"{self.path} already holds keys, admins or audit events")
-            await db.execute(
-                "INSERT INTO key_changes (key_id, digest, op, at)"
-                " SELECT id, digest, 'delete', ? FROM keys"
-                " UNION ALL SELECT id, previous_digest, 'delete', ? FROM keys"
-                " WHERE previous_digest IS NOT NULL",
-                (now, now),
-            )
-            for table in ("keys", "admins", "audit"):
-                await db.execute(f"DELETE FROM {table}")
-            await db.executemany(
-                f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ({', '.join('?' * len(KEY_FIELDS))})",
-                [key_values(row) for row in contents.keys],
-            )
-            await db.executemany(
-                _INSERT_CHANGE, [(row.id, row.digest, "upsert", now) for row in contents.keys]
-            )
-            await db.executemany(
-                f"INSERT INTO admins ({ADMIN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                [admin_values(account) for account in contents.admins],
-            )
-            await db.executemany(
-                f"INSERT INTO audit ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [audit_values(event) for event in contents.audit],
-            )
-            # Batch histories follow the audit rows; idempotency records named the old keys.
-            await db.execute("DELETE FROM audit_keys")
-            await db.execute(AUDIT_KEYS_FROM_DETAILS)
-            await db.execute("DELETE FROM idempotency_keys")

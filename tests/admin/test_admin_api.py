@@ -19,11 +19,19 @@ from yarl import URL
 
 from gateway.admin.app import create_admin_app
 from gateway.admin.basic_auth import Authenticator
+from gateway.admin.key_handlers import KEY_ACTIONS
 from gateway.admin.openapi import openapi_document
-from gateway.admin.parsing import MAX_BODY_BYTES, encode_cursor
+from gateway.admin.parsing import (
+    CURSOR_MAX_LENGTH,
+    CURSOR_PATTERN,
+    MAX_BODY_BYTES,
+    encode_cursor,
+    encode_sort_cursor,
+)
 from gateway.admin.passwords import hash_password
 from gateway.admin.throttle import LoginThrottle
 from gateway.keys import keyformat as keys
+from gateway.keys.rules import NAME_MAX_LENGTH
 from gateway.policy.rules import policy_from_data
 from gateway.runtime.appkeys import RUNTIME
 from gateway.runtime.context import Runtime
@@ -348,12 +356,9 @@ async def test_expired_keys_show_as_expired(client: Client, runtime: Runtime) ->
         ({"limit": "-1"}, "limit"),
         ({"limit": "1.5"}, "limit"),
         ({"cursor": "not a cursor"}, "cursor"),
-        ({"cursor": "MTIz"}, "cursor"),  # base64 of "123": not one of ours
-        ({"cursor": encode_cursor("a", 5)}, "cursor"),  # an audit cursor
-        ({"cursor": base64.urlsafe_b64encode(b"k:-4").decode().rstrip("=")}, "cursor"),
+        ({"cursor": "A" * 401}, "cursor"),
         ({"status": "deleted"}, "status"),
         ({"sort": "size"}, "sort"),
-        ({"sort": "name", "cursor": encode_cursor("k", 5)}, "cursor"),  # an id-order cursor
         ({"q": "x" * 1001}, "q"),
     ],
 )
@@ -362,6 +367,98 @@ async def test_bad_list_parameters_are_400(
 ) -> None:
     resp = await client.get(KEYS, params=params, headers=ROOT)
     await expect_error(resp, 400, "invalid_request", field)
+
+
+# Cursors the document admits (its pattern and length) that no listing made, or another one
+# did: JSON Schema cannot say so, so they are 422, not the 400 of a request it refuses.
+NOT_OURS = [
+    (KEYS, {"cursor": "MTIz"}),  # base64 of "123"
+    (KEYS, {"cursor": encode_cursor("a", 5)}),  # an audit cursor
+    (KEYS, {"cursor": base64.urlsafe_b64encode(b"k:-4").decode().rstrip("=")}),
+    (KEYS, {"cursor": encode_cursor("k", 2**63)}),  # past the largest id
+    (KEYS, {"sort": "name", "cursor": encode_cursor("k", 5)}),  # an id-order cursor
+    (KEYS, {"sort": "-name", "cursor": encode_sort_cursor("name", "a", 5)}),  # other order
+    (KEYS, {"cursor": "A" * 400}),
+    ("/api/v1/audit", {"cursor": encode_cursor("k", 3)}),  # a key-list cursor
+    ("/api/v1/audit", {"cursor": "_"}),
+]
+
+
+@pytest.mark.parametrize(("url", "params"), NOT_OURS)
+async def test_a_well_formed_cursor_no_listing_made_is_422(
+    client: Client, url: str, params: dict[str, str]
+) -> None:
+    parameter = next(
+        p for p in openapi_document()["paths"][url]["get"]["parameters"] if p["name"] == "cursor"
+    )
+    cursor = params["cursor"]
+    assert re.search(parameter["schema"]["pattern"], cursor), cursor  # the document admits it
+    assert len(cursor) <= parameter["schema"]["maxLength"]
+    resp = await client.get(url, params=params, headers=ROOT)
+    await expect_error(resp, 422, "invalid_request", "cursor")
+    assert "422" in openapi_document()["paths"][url]["get"]["responses"]
+
+
+async def test_cursors_outside_the_documents_syntax_are_400(client: Client) -> None:
+    schema = next(
+        p for p in openapi_document()["paths"][KEYS]["get"]["parameters"] if p["name"] == "cursor"
+    )["schema"]
+    for cursor in ("not a cursor", "A" * (schema["maxLength"] + 1), "a=", "a.b", "é"):
+        assert not re.search(schema["pattern"], cursor) or len(cursor) > schema["maxLength"]
+        for url in (KEYS, "/api/v1/audit"):
+            resp = await client.get(url, params={"cursor": cursor}, headers=ROOT)
+            await expect_error(resp, 400, "invalid_request", "cursor")
+
+
+async def test_the_longest_sort_cursor_fits_the_documents_length(client: Client) -> None:
+    name = '"\\' * (NAME_MAX_LENGTH // 2)  # the longest name, each character escaped in JSON
+    await create(client, name)
+    await create(client, name[:-1] + "~")
+    for sort in ("name", "-name"):
+        page = await expect(
+            await client.get(KEYS, params={"sort": sort, "limit": "1"}, headers=ROOT), 200
+        )
+        cursor = page["next_cursor"]
+        assert cursor is not None and len(cursor) <= CURSOR_MAX_LENGTH
+        assert re.fullmatch(CURSOR_PATTERN.removeprefix("^").removesuffix("$"), cursor)
+        params = {"sort": sort, "cursor": cursor}
+        assert (
+            len((await expect(await client.get(KEYS, params=params, headers=ROOT), 200))["items"])
+            == 1
+        )
+
+
+async def test_audit_parameters_within_the_document_are_answered(client: Client) -> None:
+    """RFC 3339 times in lower case, and the largest id the document admits, are no 400."""
+    await create(client, "audited")
+    parameters = {
+        p["name"]: p["schema"]
+        for p in openapi_document()["paths"]["/api/v1/audit"]["get"]["parameters"]
+    }
+    for since in ("2020-01-01t00:00:00z", "2020-01-01T00:00:00z"):
+        body = await expect(
+            await client.get("/api/v1/audit", params={"since": since}, headers=ROOT), 200
+        )
+        assert "audited" in [event["key_name"] for event in body["items"]]
+    largest = parameters["key_id"]["maximum"]
+    params = {"key_id": str(largest)}
+    assert (await expect(await client.get("/api/v1/audit", params=params, headers=ROOT), 200))[
+        "items"
+    ] == []
+    params = {"key_id": str(largest + 1)}  # past the document's maximum: 400
+    await expect_error(
+        await client.get("/api/v1/audit", params=params, headers=ROOT),
+        400,
+        "invalid_request",
+        "key_id",
+    )
+    too_long = "2020-01-01T00:00:00." + "0" * parameters["since"]["maxLength"] + "Z"
+    await expect_error(
+        await client.get("/api/v1/audit", params={"since": too_long}, headers=ROOT),
+        400,
+        "invalid_request",
+        "since",
+    )
 
 
 async def test_repeated_query_parameter_is_400(client: Client) -> None:
@@ -632,10 +729,42 @@ async def test_unknown_routes_and_methods_are_json(client: Client) -> None:
     resp = await client.put(KEYS, json={}, headers=ROOT)
     await expect_error(resp, 405, "method_not_allowed")
     assert "GET" in resp.headers["Allow"] and "POST" in resp.headers["Allow"]
-    resp = await client.get(f"{KEYS}/revoke-all", headers=ROOT)
-    await expect_error(resp, 404, "not_found")
+    resp = await client.get(f"{KEYS}/revoke-all", headers=ROOT)  # a POST action's path
+    await expect_error(resp, 405, "method_not_allowed")
+    assert resp.headers["Allow"] == "POST"
     resp = await client.delete(f"{KEYS}/1/revoke", headers=ROOT)
     await expect_error(resp, 405, "method_not_allowed")
+
+
+async def test_an_action_path_allows_exactly_its_documented_methods(client: Client) -> None:
+    """OPTIONS (or any other method) on revoke-all, identify, ... names the document's methods.
+
+    /api/v1/keys/{id} also matched these paths, so Allow named GET, PATCH and DELETE too.
+    """
+    paths = openapi_document()["paths"]
+    actions = {
+        path.removeprefix(f"{KEYS}/")
+        for path in paths
+        if path.startswith(f"{KEYS}/") and "/" not in path.removeprefix(f"{KEYS}/")
+    } - {"{id}"}
+    assert actions == set(KEY_ACTIONS)
+    for action in sorted(actions):
+        documented = {method.upper() for method in paths[f"{KEYS}/{action}"]}
+        for method in ("OPTIONS", *({"GET", "PATCH", "DELETE", "POST"} - documented)):
+            resp = await client.request(method, f"{KEYS}/{action}", headers=WRITE)
+            await expect_error(resp, 405, "method_not_allowed")
+            assert set(resp.headers["Allow"].split(",")) == documented, (method, action)
+
+
+async def test_a_key_named_like_an_action_is_reached_by_id_there(client: Client) -> None:
+    created = await create(client, "identify")
+    key_id = created["key"]["id"]
+    resp = await client.get(f"{KEYS}/identify", headers=ROOT)  # the action's path, not the key
+    await expect_error(resp, 405, "method_not_allowed")
+    assert (await expect(await client.get(f"{KEYS}/{key_id}", headers=ROOT), 200))["id"] == key_id
+    # Below the action's path the name still names the key.
+    revoked = await expect(await client.post(f"{KEYS}/identify/revoke", headers=WRITE), 200)
+    assert revoked["id"] == key_id and revoked["status"] == "revoked"
 
 
 async def test_unexpected_failure_is_a_bare_json_500(client: Client, runtime: Runtime) -> None:
@@ -959,6 +1088,20 @@ async def test_explain_answers_the_proxys_refusal_of_a_bad_target(client: Client
         assert body["path"] is None and body["target"] == target
 
 
+async def test_explain_names_a_key_in_the_target_as_the_document_says(client: Client) -> None:
+    """reason key_misplaced was answered but not in the document's enum of reasons."""
+    url = "/api/v1/policy/explain"
+    target = f"{REST}/items?token={keys.generate_key()}"
+    body = await expect(
+        await client.post(
+            url, json={"method": "GET", "path": target, "roles": ["operator"]}, headers=ROOT
+        ),
+        200,
+    )
+    assert body["reason"] == "key_misplaced" and body["refusal"]["status"] == 400, body
+    assert_documented(url, "post", 200, body)
+
+
 async def test_identify_is_audited_without_the_secret(client: Client) -> None:
     created = await create(client, "leaked-bot")
     secret, key_id = created["secret"], created["key"]["id"]
@@ -1072,7 +1215,6 @@ async def test_audit_lists_filters_and_pages(client: Client) -> None:
         ({"since": "yesterday"}, "since"),
         ({"since": "2026-01-01T00:00:00"}, "since"),
         ({"limit": "5000"}, "limit"),
-        ({"cursor": encode_cursor("k", 3)}, "cursor"),
         ({"cursor": "!!!"}, "cursor"),
         ({"actor": "a\x00b"}, "actor"),
         ({"key_name": "a\x01b"}, "key_name"),

@@ -45,36 +45,14 @@ POLICY = {
     },
     "protected": [f"{REST}/apikeys/**"],
 }
-# A schema-valid body may still be refused for what JSON Schema cannot say: a role the
-# policy does not define, a secret whose checksum fails, an expiry already past. Those
-# answers are 422 and 400 with the rule's own code; 5xx stays a failure.
+# A schema-valid request may still be refused for what JSON Schema cannot say: a role the
+# policy does not define, a secret whose checksum fails, a cursor this listing did not make
+# for this order. Those answers are 422 with the rule's own words; 400 (the request is not
+# what the document admits) and 5xx stay failures.
 CONFIG = """
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429"]
 """
-# Mismatches still open (issue 21.2), each (operation, schemathesis code); any other
-# failure, and every 5xx, fails the test:
-# - ST205: OPTIONS on a static key path (revoke-all, ...) answers 405 with the Allow header
-#   of the `/api/v1/keys/{id}` route that also matches it (aiohttp's router).
-# - ST202: a cursor is opaque (any string is schema-valid; only ours decode), and a secret
-#   of the right shape may fail its checksum: both are refused with 400.
-KNOWN_OPEN = frozenset(
-    {
-        *(
-            (f"OPTIONS /api/v1/keys/{name}", "ST205")
-            for name in (
-                "batch-counts",
-                "delete-revoked",
-                "identify",
-                "reinstate-all",
-                "revoke-all",
-            )
-        ),
-        ("GET /api/v1/audit", "ST202"),
-        ("GET /api/v1/keys", "ST202"),
-        ("POST /api/v1/keys/identify", "ST202"),
-    }
-)
 _OPERATION = re.compile(r"^_{3,} (?P<operation>[A-Z]+ \S+) _{3,}$")
 _FAILURE = re.compile(r"^- (?P<code>ST[0-9]+) ")
 SCHEMATHESIS = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
@@ -205,10 +183,10 @@ def failures(output: str) -> set[tuple[str, str]]:
 
 def test_schemathesis_finds_nothing_with_basic_auth(admin_server: str, tmp_path: Path) -> None:
     output = _schemathesis(admin_server, ["--auth", f"root:{PASSWORD}"], tmp_path)
-    assert failures(output) <= KNOWN_OPEN, output
+    assert failures(output) == set(), output
 
 
 def test_schemathesis_finds_nothing_with_a_session(admin_server: str, tmp_path: Path) -> None:
     headers = asyncio.run(_session_headers(admin_server))
     output = _schemathesis(admin_server, headers, tmp_path)
-    assert failures(output) <= KNOWN_OPEN, output
+    assert failures(output) == set(), output

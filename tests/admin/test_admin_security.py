@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from test_admin_api import (
 
 from gateway.admin.app import create_admin_app
 from gateway.admin.basic_auth import Authenticator
+from gateway.admin.openapi import openapi_document
 from gateway.admin.passwords import hash_password
 from gateway.admin.throttle import LoginThrottle
 from gateway.keys import keyformat as keys
@@ -397,10 +399,18 @@ async def test_identify_names_the_key_of_a_leaked_secret(client: Client, runtime
     resp = await client.post(f"{KEYS}/identify", json={"secret": unknown}, headers=ROOT)
     error = await expect_error(resp, 404, "not_found")
     assert unknown not in json.dumps(error)
-    for bad in (secret[:-1] + ("A" if secret[-1] != "A" else "B"), "hello", 7, None):
+    for bad in ("hello", secret + "A", secret[:-1], 7, None):  # not a key's shape: 400
         resp = await client.post(f"{KEYS}/identify", json={"secret": bad}, headers=ROOT)
         error = await expect_error(resp, 400, "invalid_request", "secret")
         assert str(bad) not in error["message"] or bad in (7, None)
+    # The shape the document states, and a checksum that fails (no pattern can say): 422.
+    mistyped = secret[:-1] + ("A" if secret[-1] != "A" else "B")
+    pattern = openapi_document()["components"]["schemas"]["Identify"]["properties"]["secret"]
+    assert re.search(pattern["pattern"], mistyped) and re.search(pattern["pattern"], secret)
+    assert not re.search(pattern["pattern"], secret + "A")
+    resp = await client.post(f"{KEYS}/identify", json={"secret": mistyped}, headers=ROOT)
+    error = await expect_error(resp, 422, "invalid_request", "secret")
+    assert mistyped not in error["message"] and "checksum" in error["message"]
     resp = await client.post(f"{KEYS}/identify", json={"key": secret}, headers=ROOT)
     await expect_error(resp, 400, "unknown_field")
     events = json.dumps([[e.actor, e.details] for e in await runtime.store.list_audit()])

@@ -34,6 +34,7 @@ from test_admin_api import (
 
 from gateway.admin.app import create_admin_app
 from gateway.admin.basic_auth import Authenticator
+from gateway.admin.openapi import openapi_document
 from gateway.admin.page import PAGE_CSP
 from gateway.admin.passwords import hash_password
 from gateway.admin.sessions import COOKIE, SECURE_COOKIE, SessionManager, csrf_token
@@ -195,6 +196,18 @@ async def test_who_am_i_with_the_cookie_and_with_basic(client: Client) -> None:
 )
 async def test_sign_in_validates_its_body(client: Client, body: dict[str, Any], field: str) -> None:
     await expect_error(await client.post(SESSION, json=body), 400, "invalid_request", field)
+
+
+async def test_sign_in_bounds_are_the_documents(client: Client) -> None:
+    """The document states the credentials' length bound the handler enforces (it had none)."""
+    schema = openapi_document()["components"]["schemas"]["SignIn"]
+    for field in ("name", "password"):
+        bound = schema["properties"][field]["maxLength"]
+        assert schema["properties"][field]["minLength"] == 1
+        body = {"name": "root", "password": "wrong-password", field: "x" * (bound + 1)}
+        await expect_error(await client.post(SESSION, json=body), 400, "invalid_request", field)
+        body[field] = "x" * bound  # within the bound: only the credentials are wrong
+        await expect_error(await client.post(SESSION, json=body), 401, "unauthorized")
 
 
 async def test_wrong_password_gets_no_cookie_and_no_basic_challenge(
