@@ -50,6 +50,12 @@ def group_seconds(pgids: Collection[int]) -> float:
         return 0.0
 
 
+def children_seconds() -> float:
+    """Return the CPU seconds (user + system) of this process's reaped children (wrk runs)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return children.ru_utime + children.ru_stime
+
+
 def _own_jiffies() -> int:
     """Return CPU jiffies used by this process and its reaped children (wrk runs)."""
     own = resource.getrusage(resource.RUSAGE_SELF)

@@ -404,6 +404,8 @@ class Target:
     port: int
     headers: dict[str, str]
     pgids: tuple[int, ...]  # process groups that are the contender (beside the upstream)
+    # What each of `pgids` is, for the CPU breakdown (e.g. "nginx", "keygate"); empty: none.
+    roles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -413,6 +415,9 @@ class Run:
     wrk: WrkResult
     other_load: float | None  # share of all CPUs used outside the benchmark, 0..1
     cpu_us_per_request: float | None = None  # contender's own CPU time per request
+    # CPU microseconds per request of each process group in the exchange (the contender's
+    # roles, the upstream, wrk): where a multi-process contender's time goes.
+    cpu_breakdown: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -598,7 +603,7 @@ class Harness:
                 checks += check_access_log(log, f"key={BENCH_KEY_NAME}")
                 checks += check_access_log(decider.log_path, "decision=nginx")
                 print(f"self-check ok ({checks})", end="", flush=True)
-                yield Target(port, headers, (front.pgid, decider.pgid))
+                yield Target(port, headers, (front.pgid, decider.pgid), ("nginx", "keygate"))
             finally:
                 front.stop()
         finally:
@@ -710,6 +715,10 @@ class Harness:
                     extra = f"  errors {result.errors}" if result.errors else ""
                     if run.other_load is not None and run.other_load > OTHER_LOAD_NOTE_FRACTION:
                         extra += f"  other load {run.other_load:.0%}"
+                    if run.cpu_breakdown:
+                        extra += "  cpu/req " + ", ".join(
+                            f"{role} {us:,.0f}us" for role, us in run.cpu_breakdown.items()
+                        )
                     print(
                         f"{tag} {path_name:<6} {result.rps:>10,.0f} req/s  "
                         f"p50 {fmt_ms(result.p50_ms):>8}  p99 {fmt_ms(result.p99_ms):>8}{extra}",
@@ -726,6 +735,11 @@ class Harness:
         pgids = (self.upstream_pgid, *target.pgids)
         before = cpu.mark(pgids)
         own_before = cpu.group_seconds(target.pgids)
+        groups = dict(zip(target.roles, target.pgids, strict=True))
+        if groups:
+            groups["upstream"] = self.upstream_pgid
+        groups_before = {role: cpu.group_seconds((pgid,)) for role, pgid in groups.items()}
+        wrk_before = cpu.children_seconds()
         result, _ = run_wrk(
             self.tools.wrk,
             url,
@@ -737,10 +751,19 @@ class Harness:
         )
         own = cpu.group_seconds(target.pgids) - own_before
         per_request = own / result.requests * 1e6 if result.requests and target.pgids else None
+        breakdown: dict[str, float] = {}
+        if groups and result.requests:
+            spent = {
+                role: cpu.group_seconds((pgid,)) - groups_before[role]
+                for role, pgid in groups.items()
+            }
+            spent["wrk"] = cpu.children_seconds() - wrk_before
+            breakdown = {role: round(s / result.requests * 1e6, 1) for role, s in spent.items()}
         return Run(
             wrk=result,
             other_load=cpu.other_load(before, cpu.mark(pgids)),
             cpu_us_per_request=per_request,
+            cpu_breakdown=breakdown,
         )
 
     # Reporting --------------------------------------------------------------------------------
