@@ -26,9 +26,9 @@ def _machine_jiffies() -> tuple[int, int]:
     return user + nice + system + steal, total
 
 
-def _group_jiffies(pgids: Collection[int]) -> int:
-    """Return user+system jiffies of the live processes whose process group is in `pgids`."""
-    total = 0
+def _group_jiffies(pgids: Collection[int]) -> tuple[int, int]:
+    """Return (user, system) jiffies of the live processes whose process group is in `pgids`."""
+    user = system = 0
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -38,16 +38,29 @@ def _group_jiffies(pgids: Collection[int]) -> int:
             continue
         fields = stat.rpartition(")")[2].split()  # fields[0] is /proc/PID/stat field 3 (state)
         if int(fields[2]) in pgids:  # field 5: pgrp
-            total += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime
-    return total
+            user += int(fields[11])  # field 14: utime
+            system += int(fields[12])  # field 15: stime
+    return user, system
 
 
 def group_seconds(pgids: Collection[int]) -> float:
     """Return the CPU seconds (user + system) used so far by the processes in `pgids`."""
+    return sum(group_split(pgids))
+
+
+def group_split(pgids: Collection[int]) -> tuple[float, float]:
+    """Return the (user, system) CPU seconds used so far by the processes in `pgids`."""
     try:
-        return _group_jiffies(pgids) / CLOCK_TICKS
+        user, system = _group_jiffies(pgids)
     except (OSError, ValueError, IndexError):
-        return 0.0
+        return 0.0, 0.0
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
+
+
+def children_split() -> tuple[float, float]:
+    """Return the (user, system) CPU seconds of this process's reaped children (wrk runs)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return children.ru_utime, children.ru_stime
 
 
 def _own_jiffies() -> int:
@@ -71,7 +84,7 @@ def mark(pgids: Collection[int]) -> CpuMark | None:
     """Read the counters now; None where /proc is unavailable."""
     try:
         busy, total = _machine_jiffies()
-        return CpuMark(busy=busy, total=total, ours=_group_jiffies(pgids) + _own_jiffies())
+        return CpuMark(busy=busy, total=total, ours=sum(_group_jiffies(pgids)) + _own_jiffies())
     except (OSError, ValueError, IndexError):
         return None
 

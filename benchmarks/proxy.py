@@ -404,6 +404,8 @@ class Target:
     port: int
     headers: dict[str, str]
     pgids: tuple[int, ...]  # process groups that are the contender (beside the upstream)
+    # What each of `pgids` is, for the CPU breakdown (e.g. "nginx", "keygate"); empty: none.
+    roles: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -413,6 +415,11 @@ class Run:
     wrk: WrkResult
     other_load: float | None  # share of all CPUs used outside the benchmark, 0..1
     cpu_us_per_request: float | None = None  # contender's own CPU time per request
+    # CPU microseconds per request of each process group in the exchange (the contender's
+    # roles, the upstream, wrk): where a multi-process contender's time goes.
+    cpu_breakdown: dict[str, float] = field(default_factory=dict)
+    # The share of each one's CPU spent in the kernel (system time: sockets, loopback, epoll).
+    cpu_system_share: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -554,7 +561,7 @@ class Harness:
                 log = self.root / "peer-log" / nginx.ACCESS_LOG_NAME
                 checks += check_access_log(log, f"key={BENCH_KEY_NAME}")
             print(f"self-check ok ({checks})", end="", flush=True)
-            yield Target(port, headers, (process.pgid,))
+            yield Target(port, headers, (process.pgid,), ("nginx",))
         finally:
             process.stop()
 
@@ -598,7 +605,7 @@ class Harness:
                 checks += check_access_log(log, f"key={BENCH_KEY_NAME}")
                 checks += check_access_log(decider.log_path, "decision=nginx")
                 print(f"self-check ok ({checks})", end="", flush=True)
-                yield Target(port, headers, (front.pgid, decider.pgid))
+                yield Target(port, headers, (front.pgid, decider.pgid), ("nginx", "keygate"))
             finally:
                 front.stop()
         finally:
@@ -665,7 +672,7 @@ class Harness:
             if access_log:
                 checks += check_access_log(process.log_path, f"key={BENCH_KEY_NAME}")
             print(f"self-check ok ({checks})", end="", flush=True)
-            yield Target(listen_port, headers, (process.pgid,))
+            yield Target(listen_port, headers, (process.pgid,), ("keygate",))
         finally:
             process.stop()
 
@@ -710,6 +717,11 @@ class Harness:
                     extra = f"  errors {result.errors}" if result.errors else ""
                     if run.other_load is not None and run.other_load > OTHER_LOAD_NOTE_FRACTION:
                         extra += f"  other load {run.other_load:.0%}"
+                    if run.cpu_breakdown:
+                        extra += "  cpu/req " + ", ".join(
+                            f"{role} {us:,.0f}us ({run.cpu_system_share.get(role, 0):.0%} sys)"
+                            for role, us in run.cpu_breakdown.items()
+                        )
                     print(
                         f"{tag} {path_name:<6} {result.rps:>10,.0f} req/s  "
                         f"p50 {fmt_ms(result.p50_ms):>8}  p99 {fmt_ms(result.p99_ms):>8}{extra}",
@@ -726,6 +738,11 @@ class Harness:
         pgids = (self.upstream_pgid, *target.pgids)
         before = cpu.mark(pgids)
         own_before = cpu.group_seconds(target.pgids)
+        groups = dict(zip(target.roles, target.pgids, strict=True)) if target.roles else {}
+        if groups:
+            groups["upstream"] = self.upstream_pgid
+        groups_before = {role: cpu.group_split((pgid,)) for role, pgid in groups.items()}
+        groups_before["wrk"] = cpu.children_split()
         result, _ = run_wrk(
             self.tools.wrk,
             url,
@@ -737,10 +754,22 @@ class Harness:
         )
         own = cpu.group_seconds(target.pgids) - own_before
         per_request = own / result.requests * 1e6 if result.requests and target.pgids else None
+        breakdown: dict[str, float] = {}
+        system_share: dict[str, float] = {}
+        if groups and result.requests:
+            after = {role: cpu.group_split((pgid,)) for role, pgid in groups.items()}
+            after["wrk"] = cpu.children_split()
+            for role, (user, system) in after.items():
+                user -= groups_before[role][0]
+                system -= groups_before[role][1]
+                breakdown[role] = round((user + system) / result.requests * 1e6, 1)
+                system_share[role] = round(system / (user + system), 2) if user + system else 0.0
         return Run(
             wrk=result,
             other_load=cpu.other_load(before, cpu.mark(pgids)),
             cpu_us_per_request=per_request,
+            cpu_breakdown=breakdown,
+            cpu_system_share=system_share,
         )
 
     # Reporting --------------------------------------------------------------------------------
@@ -807,6 +836,24 @@ def ratios(summaries: list[Summary]) -> list[dict[str, object]]:
     return out
 
 
+def cpu_breakdowns(harness: Harness) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
+    """Return each measured contender and path's median CPU microseconds per request by role,
+    with the median share of it spent in the kernel."""
+    out: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+    for key, runs in harness.runs.items():
+        roles = [role for run in runs for role in run.cpu_breakdown]
+        parts = {}
+        for role in dict.fromkeys(roles):
+            measured = [run for run in runs if role in run.cpu_breakdown]
+            parts[role] = (
+                statistics.median(run.cpu_breakdown[role] for run in measured),
+                statistics.median(run.cpu_system_share.get(role, 0.0) for run in measured),
+            )
+        if parts:
+            out[key] = parts
+    return out
+
+
 def fmt_ms(value: float) -> str:
     """Format milliseconds with a readable unit."""
     if value < 1.0:
@@ -854,6 +901,13 @@ def print_report(
         cells = [row[p] for p in PATHS]
         text = " ".join(f"{c:>8.2f}" if isinstance(c, float) else f"{'n/a':>8}" for c in cells)
         print(f"{row['ratio']!s:<32} {text}")
+    breakdowns = cpu_breakdowns(harness)
+    if breakdowns:
+        print()
+        print("CPU per request by process, median over rounds (its share in the kernel)")
+        for (contender, path_name), parts in breakdowns.items():
+            text = ", ".join(f"{role} {us:,.0f}us ({sys:.0%})" for role, (us, sys) in parts.items())
+            print(f"  {LABELS[contender]:<16} {path_name:<6} {text}")
     by_key = {(s.contender, s.path): s for s in summaries}
     keyed, anon = by_key.get(("keygate-w2", "small")), by_key.get(("keygate-anon", "small"))
     if keyed and anon and keyed.cpu_us and anon.cpu_us:

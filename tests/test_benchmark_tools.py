@@ -102,3 +102,33 @@ def test_the_forward_auth_contender_runs_the_deploy_example_with_its_ports_and_l
     assert "access_log off" not in conf
     assert re.search(rf"access_log {tmp_path}/{ACCESS_LOG_NAME} kgfa buffer=\S+ flush=\S+;", conf)
     assert "key=$keygate_user" in conf and f"include {tmp_path}/site.conf;" in conf
+
+
+def _upstream_blocks(conf: str) -> dict[str, dict[str, str]]:
+    """Return each `upstream NAME { ... }` block's directives (name -> value text)."""
+    blocks = {}
+    for name, body in re.findall(r"upstream (\w+) \{(.*?)\}", conf, flags=re.S):
+        directives = re.findall(r"^\s*(\w+)\s+([^;]+);", body, flags=re.M)
+        blocks[name] = dict(directives)
+    return blocks
+
+
+def test_the_nginx_example_reuses_connections_to_keygate_and_the_backend_as_the_peer_does() -> None:
+    # The contender must not pay for reconnects the peer never makes: nginx's default
+    # keepalive_requests (1000) would close a connection to keygate every 1000 decisions.
+    from benchmarks.nginx import (
+        FORWARD_AUTH_CONF,
+        KEEPALIVE_REQUESTS,
+        UPSTREAM_KEEPALIVE,
+    )
+    from gateway.settings import DEFAULT_KEEPALIVE_TIMEOUT
+
+    blocks = _upstream_blocks(FORWARD_AUTH_CONF.read_text(encoding="utf-8"))
+    assert set(blocks) == {"keygate_decide", "keygate_backend"}
+    for directives in blocks.values():
+        assert int(directives["keepalive"]) >= UPSTREAM_KEEPALIVE
+        assert int(directives["keepalive_requests"]) >= KEEPALIVE_REQUESTS
+    # nginx drops an idle connection to keygate before keygate closes it: never a reused
+    # connection the other side already closed.
+    timeout = blocks["keygate_decide"]["keepalive_timeout"]
+    assert timeout.endswith("s") and float(timeout[:-1]) < DEFAULT_KEEPALIVE_TIMEOUT

@@ -29,6 +29,7 @@ from gateway.proxy.gate import Gate
 from gateway.proxy.hygiene import HeaderHygiene
 from gateway.proxy.notes import RequestNotes
 from gateway.proxy.refusals import RATE_LIMITED, Refusal
+from gateway.proxy.web_internals import BodilessAnswer, header_lines
 from gateway.ratelimit.limiters import headers as rate_limit_headers
 from gateway.runtime.context import Runtime
 
@@ -44,14 +45,12 @@ UNKNOWN = "unknown"  # the access line's decision= for a target in the prefix na
 
 
 def peer_address(request: web.BaseRequest) -> str | None:
-    """The address of the connection's peer (the transport's, never a header's), or None."""
-    transport = request.transport
-    if transport is None:
-        return None
-    peer = transport.get_extra_info("peername")
-    if isinstance(peer, tuple | list) and peer and isinstance(peer[0], str):
-        return peer[0]
-    return None
+    """The address of the connection's peer (the socket's, never a header's), or None.
+
+    aiohttp reads the peer once per connection; `remote` is that address (a Unix socket's
+    path is no IP address, and is trusted by no network).
+    """
+    return request.remote
 
 
 class ForwardAuth:
@@ -65,6 +64,10 @@ class ForwardAuth:
         self._routes = Routes(settings.prefix)
         self._peers = TrustedPeers(settings.trusted_proxies)
         self._cache_control = settings.cache_control
+        # The allowed answer's lines that never change, made once.
+        self._allowed_head = header_lines(
+            (("Cache-Control", settings.cache_control), ("Server", SERVER_NAME))
+        )
         prefix = settings.prefix
         self._not_found = (
             f"no forward-auth endpoint has this path; they are {prefix}{NGINX}, "
@@ -72,7 +75,7 @@ class ForwardAuth:
         )
         self.claims = self._routes.claims  # the proxy asks this of every request target
 
-    async def answer(self, request: web.BaseRequest, notes: RequestNotes) -> web.Response:
+    async def answer(self, request: web.BaseRequest, notes: RequestNotes) -> web.StreamResponse:
         """Answer a request whose target `claims` claimed: the decision, or why there is none."""
         endpoint, envoy_path = self._routes.endpoint(request.raw_path)
         notes.decision = endpoint or UNKNOWN
@@ -99,18 +102,14 @@ class ForwardAuth:
         response.headers.extend(rate_limit_headers(outcome.limit, outcome.decision))
         return response
 
-    def _allowed(self, record: CachedKey | None, method: str, target: str) -> web.Response:
+    def _allowed(self, record: CachedKey | None, method: str, target: str) -> web.StreamResponse:
         """200, empty: the key's name as acting user (signed) and its id; anonymous: nothing."""
-        headers: list[tuple[str, str]] = [
-            ("Cache-Control", self._cache_control),
-            ("Server", SERVER_NAME),
-        ]
-        if record is not None:
-            self._hygiene.add_identity(headers, method, target, record.name)
-            headers.append((KEY_ID_HEADER, str(record.id)))
-        response = web.Response(status=200)
-        response.headers.extend(headers)
-        return response
+        if record is None:
+            return BodilessAnswer(200, self._allowed_head, "")
+        headers: list[tuple[str, str]] = []
+        self._hygiene.add_identity(headers, method, target, record.name)
+        headers.append((KEY_ID_HEADER, str(record.id)))
+        return BodilessAnswer(200, self._allowed_head, header_lines(headers))
 
     def _refused(self, endpoint: str, refusal: Refusal) -> web.Response:
         """A refusal of the decision: 401 or 403 for nginx (which answers 500 for any other

@@ -65,6 +65,11 @@ def _one(headers: HeaderReader, name: str) -> str:
     values = headers.getall(name, ())
     if not values:
         raise BadForwardAuthRequest(f"the {name} header is missing")
+    return _single(name, values)
+
+
+def _single(name: str, values: Sequence[str]) -> str:
+    """Return the one non-empty value of header `name` among its `values`, or raise."""
     if len(values) > 1:
         raise BadForwardAuthRequest(f"the {name} header is sent more than once")
     value = values[0].strip()
@@ -75,9 +80,8 @@ def _one(headers: HeaderReader, name: str) -> str:
 
 def _optional(headers: HeaderReader, name: str) -> str | None:
     """Return the single value of header `name`, None when absent; raise when duplicated."""
-    if not headers.getall(name, ()):
-        return None
-    return _one(headers, name)
+    values = headers.getall(name, ())
+    return _single(name, values) if values else None
 
 
 def _method(headers: HeaderReader, name: str) -> str:

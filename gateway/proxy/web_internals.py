@@ -12,7 +12,10 @@ tests/test_web_internals.py fails when an aiohttp release changes any of them:
 - `RequestHandler.access_logger` (the access line of a request whose handler is cancelled,
   which aiohttp never logs);
 - `AppRunner._make_server` and the built `Server`'s `request_handler`, `request_factory`,
-  `handler_cancellation` and `_kwargs` (an application's connections get that handler too).
+  `handler_cancellation` and `_kwargs` (an application's connections get that handler too);
+- `StreamResponse._start`, `_keep_alive`, `_eof_sent`, `_body_length`, `_payload_writer`,
+  `BaseRequest._payload_writer` and `_prepare_hook`, and `helpers.rfc822_formatted_time`
+  (a bodiless answer written as one byte string: `BodilessAnswer`).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import asyncio
 import collections
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
@@ -103,6 +108,63 @@ class Latin1Head(RelayedResponse):
 
 class Latin1WholeHead(Latin1Head, RelayedWholeResponse):
     """A whole relayed response with a non-ASCII head."""
+
+
+def header_lines(headers: Iterable[tuple[str, str]]) -> str:
+    """Return headers as `Name: value\r\n` lines; raise ValueError for a CR or LF in one, as
+    aiohttp's serialiser does (a value is never allowed to start a header of its own)."""
+    lines = [f"{name}: {value}\r\n" for name, value in headers]
+    text = "".join(lines)
+    # One CR and one LF per line, the line's own end: any other was in a name or value.
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        raise ValueError("newline or carriage return in a response header")
+    return text
+
+
+class BodilessAnswer(web.StreamResponse):
+    """An answer without a body, its head written as one byte string, made in one piece.
+
+    aiohttp's way (a header multidict filled, then Content-Type, Content-Length, Date, Server
+    and Connection worked out, then serialised and written) costs as much as the forward-auth
+    decision it carries. Here the fixed lines are made once per server (`fixed`, from
+    `header_lines`) and the per-answer ones once per answer (`lines`); headers set later on
+    `headers` (the request id) still go out. The head is what aiohttp writes for an empty
+    `web.Response`: Content-Length 0 (none for HEAD), Date, and Connection when the
+    connection's fate needs saying.
+    """
+
+    def __init__(self, status: int, fixed: str, lines: str) -> None:
+        """An answer of `status` (a 2xx, 4xx or 5xx: one that may have a body) with those lines."""
+        super().__init__(status=status)
+        self._lines = fixed + lines
+
+    async def _start(self, request: web.BaseRequest) -> AbstractStreamWriter:
+        self._req = request
+        writer = self._payload_writer = request._payload_writer
+        keep_alive = self._keep_alive
+        if keep_alive is None:
+            keep_alive = self._keep_alive = request.keep_alive
+        await request._prepare_hook(self)
+        version = request.version
+        lines = self._lines
+        if self.headers:
+            lines += header_lines(self.headers.items())
+        if request.method != hdrs.METH_HEAD:
+            lines += "Content-Length: 0\r\n"
+        if version == HttpVersion11:
+            connection = "" if keep_alive else "Connection: close\r\n"
+        else:
+            connection = "Connection: keep-alive\r\n" if keep_alive else ""
+        head = (
+            f"HTTP/{version.major}.{version.minor} {self.status} {self.reason}\r\n{lines}"
+            f"Date: {rfc822_formatted_time()}\r\n{connection}\r\n"
+        )
+        await writer.write_eof(head.encode())
+        self._eof_sent = True
+        self._body_length = writer.output_size
+        self._req = None
+        self._payload_writer = None
+        return writer
 
 
 E_TOO_MANY_CONNECTIONS = "too_many_connections"

@@ -10,18 +10,21 @@ import asyncio
 import collections
 import inspect
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from gateway.proxy.web_internals import (
+    BodilessAnswer,
     JsonErrorRequestHandler,
     JsonErrorServer,
     RelayedResponse,
     RelayedWholeResponse,
+    header_lines,
 )
 
 
@@ -141,3 +144,111 @@ async def test_app_runner_internals_exist() -> None:
     assert callable(server.request_factory)
     assert server.handler_cancellation is False
     assert server._kwargs == {"access_log": None}
+
+
+def test_bodiless_answer_internals_exist() -> None:
+    assert inspect.iscoroutinefunction(web.StreamResponse._start)
+    assert list(inspect.signature(web.StreamResponse._start).parameters) == ["self", "request"]
+    assert inspect.iscoroutinefunction(web.BaseRequest._prepare_hook)
+    for name in ("_keep_alive", "_eof_sent", "_body_length", "_payload_writer", "_req"):
+        assert hasattr(web.StreamResponse(), name), name
+    assert "self._payload_writer = payload_writer" in inspect.getsource(web.BaseRequest.__init__)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("X-Acting-User", "bob\r\nX-Admin: yes")],
+        [("X-Acting-User", "bob\nX-Admin: yes")],
+        [("X-Acting-User", "bob\r")],
+        [("X-A\r\nB", "v")],
+        [("X-Ok", "fine"), ("X-Bad", "a\nb")],
+    ],
+)
+def test_header_lines_refuse_a_line_break(headers: list[tuple[str, str]]) -> None:
+    with pytest.raises(ValueError, match="newline or carriage return"):
+        header_lines(headers)
+
+
+def test_header_lines() -> None:
+    assert header_lines([]) == ""
+    assert header_lines([("A", "1"), ("B-c", "x y")]) == "A: 1\r\nB-c: x y\r\n"
+
+
+def _answer_kinds(plain: bool) -> Callable[[web.BaseRequest], web.StreamResponse]:
+    """A handler answering an empty 200 with two headers: aiohttp's own, or BodilessAnswer."""
+
+    fixed = header_lines([("Cache-Control", "no-store"), ("Server", "keygate")])
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        response: web.StreamResponse
+        if plain:
+            response = web.Response(status=200)
+            response.headers.extend(
+                [("Cache-Control", "no-store"), ("Server", "keygate"), ("X-Acting-User", "bé")]
+            )
+        else:
+            response = BodilessAnswer(200, fixed, header_lines([("X-Acting-User", "bé")]))
+        response.headers["X-Request-Id"] = "rid-1"  # as the proxy handler adds it
+        if "close" in request.path:
+            response.force_close()
+        return response
+
+    return handler  # type: ignore[return-value]
+
+
+async def _heads(plain: bool, requests: list[bytes]) -> tuple[list[bytes], list[int]]:
+    """Send each request on its own connection to a server answering as `plain` says: the
+    heads (Date left out) and the sizes the access logger saw."""
+    logged: list[tuple[int, int]] = []
+
+    class Logger(AbstractAccessLogger):
+        def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+            logged.append((response.status, response.body_length))
+
+    server = JsonErrorServer(_answer_kinds(plain), access_log_class=Logger)
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    heads = []
+    try:
+        for request in requests:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(request)
+                await writer.drain()
+                raw = await asyncio.wait_for(reader.read(65536), 5)
+                # A kept connection stays open: the next request must be answered too.
+                if b"onnection: close" not in raw and b"HTTP/1.0" not in raw:
+                    writer.write(request)
+                    await writer.drain()
+                    again = await asyncio.wait_for(reader.read(65536), 5)
+                    assert again.split(b"\r\n", 1)[0] == raw.split(b"\r\n", 1)[0]
+            finally:
+                writer.close()
+            lines = raw.split(b"\r\n")
+            heads.append(b"\r\n".join(line for line in lines if not line.startswith(b"Date: ")))
+            assert sum(line.startswith(b"Date: ") for line in lines) == 1
+    finally:
+        await runner.cleanup()
+    assert {status for status, _ in logged} == {200}
+    return heads, [size for _, size in logged]
+
+
+async def test_a_bodiless_answer_is_written_as_aiohttp_writes_an_empty_response() -> None:
+    requests = [
+        b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"HEAD /x HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /close HTTP/1.1\r\nHost: h\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        b"GET /x HTTP/1.0\r\nHost: h\r\n\r\n",
+        b"GET /x HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+    ]
+    expected, expected_sizes = await _heads(True, requests)
+    got, sizes = await _heads(False, requests)
+    assert got == expected
+    assert sizes == expected_sizes and all(size > 0 for size in sizes)
+    assert b"X-Acting-User: b\xc3\xa9" in got[0]
+    assert b"Content-Length: 0" in got[0] and b"Content-Length" not in got[1]
