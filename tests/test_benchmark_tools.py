@@ -121,7 +121,7 @@ def test_the_nginx_example_reuses_connections_to_keygate_and_the_backend_as_the_
         KEEPALIVE_REQUESTS,
         UPSTREAM_KEEPALIVE,
     )
-    from gateway.settings import DEFAULT_KEEPALIVE_TIMEOUT
+    from gateway.settings.models import ClientLimits
 
     blocks = _upstream_blocks(FORWARD_AUTH_CONF.read_text(encoding="utf-8"))
     assert set(blocks) == {"keygate_decide", "keygate_backend"}
@@ -131,4 +131,4 @@ def test_the_nginx_example_reuses_connections_to_keygate_and_the_backend_as_the_
     # nginx drops an idle connection to keygate before keygate closes it: never a reused
     # connection the other side already closed.
     timeout = blocks["keygate_decide"]["keepalive_timeout"]
-    assert timeout.endswith("s") and float(timeout[:-1]) < DEFAULT_KEEPALIVE_TIMEOUT
+    assert timeout.endswith("s") and float(timeout[:-1]) < ClientLimits().keepalive_timeout
