@@ -159,6 +159,10 @@ def test_other_forms_carrying_a_key_are_refused_by_both_listeners(value: str) ->
         "Bearer kgtoken",
         "Negotiate YIIBhgYGKwYBBQUCoIIBejCCAXagMDAuBgkqhkiC9xIBAgIGCSqGSIb3",
         "Bearer abc.kg_def.ghi",  # 'kg_' inside a token, not a key
+        # base64url uses `_`: about 1 JWT in 16,000 holds `_kg_`; it is still no key.
+        "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.Qm9_kg_ZHktc2lnbmF0dXJl-x",
+        "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIi_kg_OiJ4In0." + "A" * 40,
+        "Bearer opaque_kg_" + "a" * 36,  # glued to a word by `_`: not at a word boundary
     ],
 )
 def test_the_backends_own_credentials_are_not_keys(value: str) -> None:
