@@ -43,6 +43,7 @@ from gateway.admin.passwords import hash_password
 from gateway.admin.sessions import COOKIE, csrf_token
 from gateway.admin.throttle import LoginThrottle
 from gateway.demo.backend import (
+    TOKEN_LIFETIME,
     BASE_PATH,
     DEMO_STATE,
     TOKEN_AUDIENCE,
@@ -254,6 +255,9 @@ async def test_backend_sign_in_runs_end_to_end_with_grants_from_the_token(
     assert (body["source"], body["actor"], body["admin"]) == ("backend", "backend:ada", "ada")
     assert body["groups"] == ["ops", "staff"] and body["grants"] == ["writer"]
     assert body["grant_all"] is False and body["expires_at"] > time.time()
+    # The session ends with the backend's token (the password is not kept to renew it), and
+    # says so: expires_at is the token's exp, the bound on a group narrowed at the backend.
+    assert abs(body["expires_at"] - (time.time() + TOKEN_LIFETIME)) < 30
     token = resp.cookies[COOKIE].value
 
     who = await expect(await client.get(SESSION, headers=cookie(token)), 200)
