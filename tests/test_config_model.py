@@ -407,6 +407,19 @@ _GRANTS = {"allowed_groups": ["ops"], "roles": {"ops": ["reader"]}}
         ),
         ({"methods": ["local", "local"]}, "admin.sign_in.methods: lists a method twice"),
         (
+            {
+                "methods": ["oidc"],
+                "grants": _GRANTS,
+                "oidc": {
+                    "issuer": "https://login.example",
+                    "client_id": "keygate",
+                    "redirect_url": "https://k.example/api/v1/session/oidc/callback",
+                    "access_token_audience": "keygate",
+                },
+            },
+            "admin.sign_in.oidc.access_token_audience: must be the API's own audience",
+        ),
+        (
             {"methods": ["backend"], "grants": _GRANTS},
             "admin.sign_in.backend: is required when methods lists backend",
         ),

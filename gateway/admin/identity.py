@@ -174,11 +174,13 @@ def identity_from_claims(
     *,
     name_claim: str = "sub",
     display_claim: str = "name",
+    extra_groups: tuple[str, ...] = (),
 ) -> Identity:
     """Return the identity of verified claims, or raise IdentityRefused.
 
     The subject comes from `name_claim` (the audit actor's name), the display name from
-    `display_claim` (then `preferred_username`, then the subject), grants from the groups.
+    `display_claim` (then `preferred_username`, then the subject), grants from the groups
+    (the claim's, then `extra_groups`: a workload's `client:<id>`).
     """
     raw = claim_at(claims, name_claim)
     if raw is None or raw == "":
@@ -186,7 +188,7 @@ def identity_from_claims(
     subject = _usable_name(raw)
     if subject is None:
         raise IdentityRefused(M_BAD_SUBJECT)
-    groups = groups_of(claims, mapping.claim)
+    groups = tuple(dict.fromkeys((*groups_of(claims, mapping.claim), *extra_groups)))
     if not mapping.allowed_groups.intersection(groups):
         raise IdentityRefused(M_NOT_ALLOWED)
     grants: set[str] = set()

@@ -5,7 +5,9 @@ token (sealed by the session manager); each request re-verifies the ID token (Py
 against the provider's JWKS, through the shared `TokenVerifier`), and one that has
 expired, or is older than `REGRANT_INTERVAL`, is refreshed at the provider, so groups
 removed there take effect. A refresh the provider refuses ends the session. A script may
-present an ID token of this client as a bearer token.
+present an ID token of this client as a bearer token, or, with `access_token_audience` set,
+the provider's JWT access token for that audience (RFC 9068); a client-credentials token
+(whose `sub` is its own `client_id`: no user) is in the group `client:<client_id>`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import jwt
+
 from gateway.admin.identity import (
+    MAX_TOKEN_CHARS,
     GrantMapping,
     Identity,
     Source,
@@ -44,6 +49,8 @@ REGRANT_INTERVAL = 300.0
 M_PROVIDER_DOWN = "the identity provider cannot be reached ({cause})"
 M_REFRESH_REFUSED = "the identity provider no longer accepts this sign-in ({code}); sign in again"
 M_NOT_THIS_SIGN_IN = "the ID token is not for this client ({cause})"
+# The group a client-credentials access token is in (no user: its grants are the client's).
+WORKLOAD_GROUP_PREFIX = "client:"
 ID_TOKEN = "id_token"
 REFRESH_TOKEN = "refresh_token"
 
@@ -83,6 +90,7 @@ class OidcSignIn:
         self.flow_key = flow_key(settings.client_secret)
         self.used_states = UsedStates(clock=clock)
         self.page_url = page_url(settings.redirect_url)
+        self._access_verifier: TokenVerifier | None = None
 
     def _verifier(self, discovery: Discovery) -> TokenVerifier:
         return TokenVerifier(
@@ -113,8 +121,48 @@ class OidcSignIn:
         return claims
 
     async def bearer(self, token: str) -> Identity:
-        """Return the identity of a script's bearer ID token (this client's, still valid)."""
+        """Return the identity of a script's bearer token: an ID token of this client, or
+        a JWT access token for `access_token_audience` when that is set."""
+        audience = self.settings.access_token_audience
+        if audience is not None and names_audience(token, audience):
+            return self.access_identity(await self._verify_access(token))
         return self.identity(await self._verify(token))
+
+    def access_identity(self, claims: Mapping[str, Any]) -> Identity:
+        """Return the identity of verified access-token claims (or raise IdentityRefused).
+
+        A token whose `sub` is its `client_id` was issued to the client itself (client
+        credentials, RFC 9068 section 2.2): it is in the group `client:<client_id>`.
+        """
+        client = claims.get("client_id")
+        workload = isinstance(client, str) and client != "" and claims.get("sub") == client
+        extra = (WORKLOAD_GROUP_PREFIX + str(client),) if workload else ()
+        return identity_from_claims(
+            "oidc",
+            claims,
+            self.mapping,
+            name_claim="sub",
+            display_claim=self.settings.name_claim,
+            extra_groups=extra,
+        )
+
+    async def _verify_access(self, token: str) -> dict[str, Any]:
+        try:
+            discovery, _ = await self.client.discovery()
+        except ProviderUnavailable as error:
+            raise TokenInvalid(M_PROVIDER_DOWN.format(cause=error), unavailable=True) from None
+        verifier = self._access_verifier
+        if verifier is None or verifier.jwks_url != discovery.jwks_uri:
+            verifier = TokenVerifier(
+                issuer=discovery.issuer,
+                audience=self.settings.access_token_audience,
+                algorithms=tuple(self.settings.algorithms),
+                jwks_url=discovery.jwks_uri,
+                timeout=self.settings.timeout,
+                leeway=self.settings.leeway,
+            )
+            self._access_verifier = verifier
+        return await verifier.verify(token)
 
     async def renew(self, credentials: Mapping[str, str]) -> tuple[Identity, dict[str, str] | None]:
         """Re-check a session: its ID token while fresh, else a refresh at the provider."""
@@ -149,3 +197,19 @@ def credentials_of(tokens: Tokens) -> dict[str, str]:
     if tokens.refresh_token is not None:
         kept[REFRESH_TOKEN] = tokens.refresh_token
     return kept
+
+
+def names_audience(token: str, audience: str) -> bool:
+    """Return True when a token's (unverified) `aud` names `audience`: which check it gets.
+
+    Only routing: the token is then verified in full against that audience; one that cannot
+    be read goes the ID-token way, which says why it is refused.
+    """
+    if len(token) > MAX_TOKEN_CHARS:
+        return False
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return False
+    named = claims.get("aud")
+    return named == audience or (isinstance(named, list) and audience in named)

@@ -385,6 +385,16 @@ def check_sign_in(settings: Settings, report: Report) -> Settings:
             value = getattr(oidc, field)
             if value and (problem := _http_url_problem(value)):
                 report((*where, field), problem)
+        if oidc.access_token_audience is not None and oidc.access_token_audience in (
+            "",
+            oidc.client_id,
+        ):
+            # The audience tells an access token from an ID token of this client: the same
+            # value would let either pass for the other.
+            report(
+                (*where, "access_token_audience"),
+                "must be the API's own audience, not empty and not the client_id",
+            )
     admin = replace(settings.admin, sign_in=replace(sign_in, trusted_header=header))
     return replace(settings, admin=admin)
 

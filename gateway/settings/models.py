@@ -198,6 +198,10 @@ class OidcSignIn(Section, frozen=True):
     leeway: TokenLeeway = 30.0  # seconds of clock skew allowed on exp, nbf and iat
     timeout: SignInTimeout = 5.0  # seconds one call to the provider may take
     name_claim: ClaimPath = "preferred_username"  # shown as the display name
+    # The `aud` of the provider's JWT access tokens for keygate (a resource indicator, an
+    # API's identifier): scripts may then present those as bearer tokens too. Unset: only
+    # ID tokens of this client are accepted as bearer tokens. Must differ from client_id.
+    access_token_audience: Text | None = None
 
 
 class GrantsMapping(Section, frozen=True):

@@ -43,11 +43,11 @@ from gateway.admin.passwords import hash_password
 from gateway.admin.sessions import COOKIE, csrf_token
 from gateway.admin.throttle import LoginThrottle
 from gateway.demo.backend import (
-    TOKEN_LIFETIME,
     BASE_PATH,
     DEMO_STATE,
     TOKEN_AUDIENCE,
     TOKEN_ISSUER,
+    TOKEN_LIFETIME,
     DemoState,
     create_demo_backend_app,
 )

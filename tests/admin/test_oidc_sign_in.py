@@ -59,10 +59,16 @@ USERS: dict[str, dict[str, Any]] = {
     "rita": {"name": "Rita Reader", "groups": ["kg-readers", "staff"]},
     "mallory": {"name": "Mallory", "groups": ["contractors"]},
 }
+# The API audience of keygate's JWT access tokens, and another API's at the same provider.
+API_AUDIENCE = "urn:keygate:admin"
+OTHER_API = "urn:example:billing"
+CI_CLIENT, CI_SECRET = "ci-deployer", "ci-deployer-secret-0123456789abcdef"
+STRANGER_CLIENT = "ci-stranger"  # a workload the mapping names nowhere
 GRANTS = {
     "claim": "groups",
-    "allowed_groups": ["kg-admins", "kg-readers"],
-    "roles": {"kg-admins": ["*"], "kg-readers": ["reader"]},
+    # A CI job's client-credentials token has no user and no groups: its client is the group.
+    "allowed_groups": ["kg-admins", "kg-readers", "client:" + CI_CLIENT],
+    "roles": {"kg-admins": ["*"], "kg-readers": ["reader"], "client:" + CI_CLIENT: ["reader"]},
 }
 SESSION = "/api/v1/session"
 
@@ -106,7 +112,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     """One provider for the module; each test's admin app listens on the same port."""
     port = free_port()
     workdir = tmp_path_factory.mktemp("oidc-provider")
-    with running_provider(workdir, [client_for(port)], USERS) as provider:
+    clients = [
+        client_for(port),
+        Client(CI_CLIENT, CI_SECRET, [], workload=True),
+        Client(STRANGER_CLIENT, CI_SECRET, [], workload=True),
+    ]
+    with running_provider(workdir, clients, USERS, resources=[API_AUDIENCE, OTHER_API]) as provider:
         yield Setup(provider, port)
 
 
@@ -134,6 +145,7 @@ def settings_for(tmp_path: Path, issuer: str, port: int, methods: list[str]) -> 
                     "scopes": ["openid", "profile", "groups"],
                     "leeway": 0,
                     "name_claim": "name",
+                    "access_token_audience": API_AUDIENCE,
                 },
             }
         },
@@ -449,18 +461,27 @@ async def test_the_provider_down_is_a_clear_message_and_local_break_glass_still_
 
 async def id_token_of(setup: Setup, user: str, client_id: str = CLIENT_ID) -> str:
     """Get a real ID token for `user` from the provider, as a script's CI job would."""
+    return (await tokens_of(setup, user, client_id))["id_token"]
+
+
+async def tokens_of(
+    setup: Setup, user: str, client_id: str = CLIENT_ID, resource: str | None = None
+) -> dict[str, str]:
+    """Sign `user` in at the provider (code flow); return the token endpoint's answer."""
     verifier = secrets.token_urlsafe(32)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
     query = {
         "client_id": client_id,
         "response_type": "code",
         "redirect_uri": setup.callback,
-        "scope": "openid profile groups",
+        "scope": "openid profile groups" + (" api" if resource else ""),
         "state": "s",
         "nonce": "n",
         "code_challenge": challenge.rstrip(b"=").decode(),
         "code_challenge_method": "S256",
     }
+    if resource is not None:
+        query["resource"] = resource
     issuer = setup.provider.issuer
     async with browser() as http:
         url = await provider_login(http, f"{issuer}/auth?{urlencode(query)}", user, setup.callback)
@@ -471,11 +492,13 @@ async def id_token_of(setup: Setup, user: str, client_id: str = CLIENT_ID) -> st
             "redirect_uri": setup.callback,
             "code_verifier": verifier,
         }
+        if resource is not None:
+            form["resource"] = resource
         auth = {"Authorization": aiohttp.encode_basic_auth(CLIENT_ID, SECRET)}
         async with http.post(f"{issuer}/token", data=form, headers=auth) as answer:
             assert answer.status == 200, await answer.text()
-            token: str = (await answer.json())["id_token"]
-            return token
+            answered: dict[str, str] = await answer.json()
+            return answered
 
 
 def claims_of(token: str) -> dict[str, Any]:
@@ -573,3 +596,109 @@ async def test_a_token_from_another_real_provider_is_refused(
     assert claims_of(foreign)["aud"] == CLIENT_ID  # same client id, same user: other issuer
     status, body = await bearer_status(setup, foreign)
     assert status == 401, body
+
+
+# ------------------------------------------------------------- access tokens (workloads)
+
+
+async def access_token_of(
+    setup: Setup, client_id: str = CI_CLIENT, resource: str = API_AUDIENCE
+) -> str:
+    """Get a real JWT access token by client credentials, as a CI job's workload would."""
+    form = {"grant_type": "client_credentials", "resource": resource, "scope": "api"}
+    auth = {"Authorization": aiohttp.encode_basic_auth(client_id, CI_SECRET)}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{setup.provider.issuer}/token", data=form, headers=auth) as answer,
+    ):
+        assert answer.status == 200, await answer.text()
+        token: str = (await answer.json())["access_token"]
+        return token
+
+
+async def test_a_ci_jobs_client_credentials_access_token_works_as_a_bearer_token(
+    setup: Setup, admin: Admin
+) -> None:
+    token = await access_token_of(setup)
+    claims = claims_of(token)  # the provider's JWT access token (RFC 9068), not an ID token
+    assert claims["aud"] == API_AUDIENCE and claims["sub"] == CI_CLIENT
+    assert "groups" not in claims
+    status, body = await bearer_status(setup, token)
+    assert status == 200, body
+    assert (body["source"], body["actor"], body["auth"]) == ("oidc", "oidc:ci-deployer", "bearer")
+    assert body["groups"] == ["client:ci-deployer"] and body["grants"] == ["reader"]
+    assert body["grant_all"] is False
+    # It may act within its grants: a key with a role it may grant, audited as the client.
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http:
+        made = {"name": "ci-made", "roles": ["reader"]}
+        async with http.post(admin.base + "/api/v1/keys", json=made, headers=headers) as answer:
+            assert answer.status == 201, await answer.text()
+        beyond = {"name": "ci-beyond", "roles": ["writer"]}
+        async with http.post(admin.base + "/api/v1/keys", json=beyond, headers=headers) as answer:
+            assert answer.status == 403, await answer.text()
+    assert any(
+        item["actor"] == "oidc:ci-deployer" and item["action"] == "create"
+        for item in await audit(admin)
+    )
+
+
+async def test_a_workload_the_mapping_does_not_name_is_refused(setup: Setup, admin: Admin) -> None:
+    status, body = await bearer_status(setup, await access_token_of(setup, STRANGER_CLIENT))
+    assert status == 403, body
+
+
+@pytest.mark.parametrize(
+    "attack",
+    ["other_api", "other_issuer", "expired", "none_algorithm", "user_token_posing_as_client"],
+)
+async def test_forged_and_misdirected_access_tokens_are_refused(
+    setup: Setup, admin: Admin, attack: str
+) -> None:
+    genuine = claims_of(await access_token_of(setup))
+    now = int(time.time())
+    if attack == "other_api":  # a real token of the same provider, for another API
+        token = await access_token_of(setup, resource=OTHER_API)
+        assert claims_of(token)["aud"] == OTHER_API
+    elif attack == "other_issuer":
+        token = signed(setup, {**genuine, "iss": "http://127.0.0.1:1"})
+    elif attack == "expired":
+        token = signed(setup, {**genuine, "iat": now - 7200, "exp": now - 3600})
+    elif attack == "none_algorithm":
+        token = unsigned(genuine)
+    else:
+        # A user's token issued to the CI client is the user's, not the client's: no
+        # `client:` group for it (and this user is in no allowed group).
+        token = signed(setup, {**genuine, "sub": "mallory"})
+    # The same claims signed properly are accepted: only the attack differs.
+    assert (await bearer_status(setup, signed(setup, genuine, typ="at+jwt")))[0] == 200
+    status, body = await bearer_status(setup, token)
+    assert status == (403 if attack == "user_token_posing_as_client" else 401), body
+    assert token not in json.dumps(body)
+
+
+async def test_an_id_token_is_not_taken_as_an_access_token_nor_the_reverse(
+    setup: Setup, admin: Admin
+) -> None:
+    # An ID token names the client as its audience; one claiming the API's audience must
+    # pass the access-token check, which a user token without an allowed group does not.
+    id_claims = claims_of(await id_token_of(setup, "mallory"))
+    status, body = await bearer_status(setup, signed(setup, {**id_claims, "aud": API_AUDIENCE}))
+    assert status == 403, body
+    # An access token re-labelled with the client as audience is checked as an ID token:
+    # its `sub` is the client, no groups, so it gets no `client:` group and is refused.
+    access = claims_of(await access_token_of(setup))
+    status, body = await bearer_status(setup, signed(setup, {**access, "aud": CLIENT_ID}))
+    assert status == 403, body
+
+
+async def test_a_users_jwt_access_token_works_with_the_users_groups(
+    setup: Setup, admin: Admin
+) -> None:
+    token = (await tokens_of(setup, "rita", resource=API_AUDIENCE))["access_token"]
+    claims = claims_of(token)
+    assert claims["aud"] == API_AUDIENCE and claims["sub"] == "rita"
+    status, body = await bearer_status(setup, token)
+    assert status == 200, body
+    assert body["actor"] == "oidc:rita" and body["grants"] == ["reader"]
+    assert body["groups"] == ["kg-readers", "staff"]  # no `client:` group: a user's token

@@ -142,9 +142,19 @@ class Client:
     client_secret: str
     redirect_uris: list[str]
     post_logout_redirect_uris: list[str] = field(default_factory=list)
+    workload: bool = False  # a CI job's client: client credentials only, no user, no browser
 
     def registration(self) -> dict[str, Any]:
         """Return the client's metadata as oidc-provider takes it."""
+        if self.workload:
+            return {
+                "client_id": self.client_id,
+                "client_secret": self.client_secret,
+                "redirect_uris": [],
+                "grant_types": ["client_credentials"],
+                "response_types": [],
+                "token_endpoint_auth_method": "client_secret_basic",
+            }
         return {
             "client_id": self.client_id,
             "client_secret": self.client_secret,
@@ -202,6 +212,7 @@ def running_provider(
     *,
     ttl: Mapping[str, int] | None = None,
     port: int = 0,
+    resources: Sequence[str] = (),
 ) -> Iterator[Provider]:
     """Start oidc-provider on loopback with these clients and users; stop it on exit."""
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -218,6 +229,7 @@ def running_provider(
         "jwks": {"keys": [private_jwk(key, kid)]},
         "clients": [client.registration() for client in clients],
         "ttl": dict(ttl or {}),
+        "resources": list(resources),
     }
     config_path = workdir / "provider.json"
     config_path.write_text(json.dumps(config))

@@ -2,7 +2,10 @@
 //
 // Usage: node provider.mjs CONFIG.json
 // CONFIG: {"port": 0, "clients": [...], "jwks": {"keys": [private JWK...]}, "users_file": PATH,
-//          "ttl": {"IdToken": s, "AccessToken": s, "RefreshToken": s}}
+//          "ttl": {"IdToken": s, "AccessToken": s, "RefreshToken": s},
+//          "resources": ["urn:...", ...]}
+// Each of `resources` is an API the provider issues JWT access tokens for (RFC 8707 resource
+// indicators, RFC 9068 JWT profile), also to clients allowed `client_credentials` (workloads).
 // Prints one line `{"ready": true, "issuer": "http://127.0.0.1:PORT"}` once it listens.
 // Users are re-read from users_file on every account lookup, so a test can narrow a user's
 // groups at the provider while sessions are open: {"alice": {"name": "Alice", "groups": [...]}}.
@@ -10,10 +13,12 @@
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const HOST = '127.0.0.1';
+const RESOURCES = config.resources || [];
+const RESOURCE_SCOPE = 'api';
 
 function users() {
   return JSON.parse(readFileSync(config.users_file, 'utf8'));
@@ -57,9 +62,29 @@ server.listen(config.port || 0, HOST, () => {
     conformIdTokenClaims: false,
     // A refresh token for every client allowed the grant, so sessions can re-read groups.
     issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+    // A user's access tokens carry the groups too (as a Keycloak group mapper would).
+    async extraTokenClaims(_ctx, token) {
+      if (!token.accountId) return undefined;
+      const user = users()[token.accountId];
+      return user ? { groups: user.groups || [] } : undefined;
+    },
     features: {
       devInteractions: { enabled: true },
       rpInitiatedLogout: { enabled: true },
+      clientCredentials: { enabled: RESOURCES.length > 0 },
+      resourceIndicators: {
+        enabled: true,
+        async getResourceServerInfo(_ctx, resource) {
+          if (!RESOURCES.includes(resource)) throw new errors.InvalidTarget();
+          return {
+            scope: RESOURCE_SCOPE,
+            audience: resource,
+            accessTokenTTL: ttl.AccessToken || 3600,
+            accessTokenFormat: 'jwt',
+            jwt: { sign: { alg: 'RS256' } },
+          };
+        },
+      },
     },
     cookies: { keys: ['keygate-test-provider-cookie-key'] },
     ttl: {
