@@ -4,12 +4,18 @@
 oidc-provider on loopback; Chromium clicks "Sign in with Test IdP", signs in on the
 provider's own pages, lands on the key list, and signs out through the provider's logout.
 A group not allowed to sign in and the provider down are shown as clear messages on the
-page, with the local form still there. Screenshots at 1280 and 390 px go to tests/artifacts/.
+page, with the local form still there. The top bar says who is signed in, which way they
+came in and where their grants come from. With local and backend accounts both enabled
+(`keygate demo`), the form asks which account the name is. Screenshots at 1280 and 390 px
+go to tests/artifacts/.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +24,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import expect as page_expect
 from support.config import write_config
 from support.oidc_provider import Client, Provider, running_provider
-from support.processes import free_port, start_serve
+from support.processes import NEUTRAL_CWD, PYTHON, cli_env, free_port, start_serve
 from test_web_page import (
     ARTIFACTS,
     CHROMIUM_ARGS,
@@ -152,8 +158,16 @@ def test_chromium_signs_in_and_out_through_the_provider(browser: Browser, tmp_pa
         provider_sign_in(page, "alice")
         page_expect(page.get_by_role("button", name="Sign out")).to_be_visible()
         page_expect(page.locator("#who-name")).to_have_text("Alice Admin")
+        page_expect(page.locator("#who-source")).to_have_text("via Test IdP")
+        page_expect(page.locator("#who-grants")).to_have_text(
+            "may grant every role (from group kg-admins)"
+        )
         assert page.url == url  # back on the page, nothing in the address
         page.screenshot(path=str(ARTIFACTS / "oidc-signed-in-1280.png"))
+        page.set_viewport_size({"width": NARROW, "height": 900})
+        page_expect(page.locator("#who-source")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / f"oidc-signed-in-{NARROW}.png"))
+        page.set_viewport_size({"width": WIDE, "height": 900})
 
         page.get_by_role("button", name="Sign out").click()
         # keygate's session is over; the provider asks to end its own.
@@ -193,4 +207,79 @@ def test_a_refused_group_and_a_provider_down_are_explained_on_the_page(
             form.get_by_label("Password", exact=True).fill(PASSWORDS["root"])
             form.get_by_role("button", name="Sign in").click()
             page_expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+            page_expect(page.locator("#who-source")).to_have_text("local account")
+            page_expect(page.locator("#who-grants")).to_have_text(
+                "may grant every role (from this account)"
+            )
             page.context.close()
+
+
+DEMO_START_TIMEOUT = 30.0  # seconds for `keygate demo` to print that it is ready
+DEMO_EXIT_AFTER = 120.0  # seconds the demo runs at most (the test stops it sooner)
+
+
+@contextlib.contextmanager
+def running_demo(directory: Path) -> Iterator[str]:
+    """Run `keygate demo` (local and backend accounts, in that order); yield the page URL."""
+    port, admin_port, backend_port = free_port(), free_port(), free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "demo.log").open("wb") as log:
+        process = subprocess.Popen(
+            [PYTHON, "-m", "gateway", "demo", "--port", str(port), "--admin-port",
+             str(admin_port), "--backend-port", str(backend_port), "--data-dir",
+             str(directory / "data"), "--exit-after", str(DEMO_EXIT_AFTER)],
+            stdout=subprocess.PIPE, stderr=log, cwd=NEUTRAL_CWD, env=cli_env(),
+        )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + DEMO_START_TIMEOUT
+        printed = b""
+        while b"Press Ctrl-C" not in printed:
+            assert time.monotonic() < deadline and process.poll() is None, printed
+            printed += process.stdout.readline()
+        with socket.create_connection(("127.0.0.1", admin_port), timeout=5):
+            pass
+        yield f"http://127.0.0.1:{admin_port}/"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def test_with_local_and_backend_accounts_the_form_asks_which(
+    browser: Browser, tmp_path: Path
+) -> None:
+    with running_demo(tmp_path / "demo") as url:
+        page = open_page(browser, url, NARROW)
+        form = page.get_by_role("form", name="Sign in")
+        account = form.get_by_label("Account", exact=True)
+        page_expect(account).to_be_visible()
+        # In the order admin.sign_in.methods lists them ([local, backend] in the demo).
+        assert account.locator("option").all_inner_texts() == [
+            "keygate account",
+            "Backend account",
+        ]
+        page.screenshot(path=str(ARTIFACTS / f"backend-sign-in-{NARROW}.png"), full_page=True)
+        # The backend's admin/admin is no local account: as a keygate account it is refused.
+        form.get_by_label("Name", exact=True).fill("admin")
+        form.get_by_label("Password", exact=True).fill("admin")
+        form.get_by_role("button", name="Sign in").click()
+        page_expect(page.get_by_role("alert")).to_have_text("Wrong name or password.")
+        account.select_option(label="Backend account")
+        form.get_by_label("Password", exact=True).fill("admin")
+        form.get_by_role("button", name="Sign in").click()
+        page_expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+        page_expect(page.locator("#who-name")).to_have_text("admin")
+        page_expect(page.locator("#who-source")).to_have_text("via the backend's accounts")
+        page_expect(page.locator("#who-grants")).to_have_text(
+            "may grant every role (from group 1int-admin)"
+        )
+        page.screenshot(path=str(ARTIFACTS / f"backend-signed-in-{NARROW}.png"))
+        page.set_viewport_size({"width": WIDE, "height": 900})
+        page.screenshot(path=str(ARTIFACTS / f"backend-signed-in-{WIDE}.png"))
+        page.context.close()

@@ -70,7 +70,17 @@ function plural(count, word) {
 // ------------------------------------------------------------------------ session
 
 // How an admin may sign in (GET /api/v1/session/methods, public): local form, provider button.
-let methods = { local: true, oidc: null };
+let methods = { methods: ["local"], local: true, backend: false, oidc: null };
+
+// The form's ways in, as the sign-in API names them, in the order admin.sign_in lists them.
+const FORM_METHODS = {
+  local: { label: "keygate account", hint: "With your keygate admin account (keygate admins add NAME)." },
+  backend: { label: "Backend account", hint: "With your account at the backend (the same name and password)." },
+};
+
+function formMethods() {
+  return (methods.methods || []).filter((method) => method in FORM_METHODS && methods[method]);
+}
 
 // Why a provider sign-in came back without a session: the callback's `#sign-in-error=CODE`.
 const SIGN_IN_ERRORS = {
@@ -86,7 +96,7 @@ async function loadMethods() {
   try {
     methods = await api("GET", "/api/v1/session/methods");
   } catch {
-    methods = { local: true, oidc: null };
+    methods = { methods: ["local"], local: true, backend: false, oidc: null };
   }
 }
 
@@ -107,10 +117,37 @@ function showMethods() {
   const oidc = methods.oidc;
   $("oidc-sign-in").hidden = !oidc;
   if (oidc) $("oidc-name").textContent = oidc.name;
-  $("signin-local").hidden = !methods.local;
-  $("signin-or").hidden = !(oidc && methods.local);
-  $("signin-hint").hidden = Boolean(oidc);
+  const form = formMethods();
+  $("signin-local").hidden = form.length === 0;
+  $("signin-or").hidden = !(oidc && form.length);
+  $("signin-or-text").textContent = form.length > 1 ? "or with an account" : `or with a ${form[0] === "backend" ? "backend" : "local"} account`;
+  const hint = $("signin-hint");
+  hint.hidden = Boolean(oidc) || form.length !== 1;
+  if (form.length === 1) hint.textContent = FORM_METHODS[form[0]].hint;
+  // Both local and backend accounts: the admin says which (a name may exist in both).
+  const select = $("signin-method");
+  $("signin-method-field").hidden = form.length < 2;
+  const chosen = select.value;
+  select.replaceChildren(...form.map((method) => el("option", { value: method }, FORM_METHODS[method].label)));
+  if (form.includes(chosen)) select.value = chosen;
   $("signin-submit").classList.toggle("primary", !oidc);
+}
+
+// Where the signed-in admin came from: "local account", "via Keycloak", ...
+function sourceLabel(session) {
+  if (session.source === "local") return "local account";
+  if (session.source === "oidc") return `via ${(methods.oidc && methods.oidc.name) || "the identity provider"}`;
+  if (session.source === "backend") return "via the backend's accounts";
+  if (session.source === "header") return "via the sign-in proxy";
+  return session.source;
+}
+
+// What the admin may grant and where that comes from (their account, or their groups).
+function grantsLabel(session) {
+  const roles = session.grant_all ? "every role" : session.grants.length ? session.grants.join(", ") : "no roles";
+  const groups = session.groups || [];
+  const from = session.source === "local" ? "this account" : groups.length ? `${groups.length === 1 ? "group" : "groups"} ${groups.join(", ")}` : "no groups";
+  return `may grant ${roles} (from ${from})`;
 }
 
 function showSignIn(message = "") {
@@ -130,7 +167,7 @@ function showSignIn(message = "") {
   error.hidden = !message;
   showMethods();
   $("signin-password").value = "";
-  if (methods.local) $("signin-name").focus();
+  if (formMethods().length) $("signin-name").focus();
   else if (methods.oidc) $("oidc-sign-in").focus();
 }
 
@@ -143,6 +180,8 @@ async function showApp(session) {
   $("who").hidden = false;
   $("who-name").textContent = session.display_name || session.admin;
   $("who-name").title = session.actor || session.admin;
+  $("who-source").textContent = sourceLabel(session);
+  $("who-grants").textContent = grantsLabel(session);
   $("sign-out").hidden = session.auth !== "session";
   const roles = await api("GET", "/api/v1/roles");
   state.roles = roles.roles;
@@ -166,13 +205,15 @@ function handleFailure(error) {
 
 async function signIn(event) {
   event.preventDefault();
-  if (!methods.local) return; // only the provider's button signs in
+  const form = formMethods();
+  if (!form.length) return; // only the provider's button signs in
   const error = $("signin-error");
   error.hidden = true;
   const name = $("signin-name").value;
   const password = $("signin-password").value;
+  const method = form.length > 1 ? $("signin-method").value : form[0];
   try {
-    const session = await api("POST", "/api/v1/session", { name, password });
+    const session = await api("POST", "/api/v1/session", { name, password, method });
     $("signin-password").value = "";
     await showApp(session);
     $("search").focus();
