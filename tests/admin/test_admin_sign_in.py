@@ -598,3 +598,66 @@ async def test_a_pem_public_key_verifies_instead_of_a_jwks(
         401,
         "token_invalid",
     )
+
+
+def _part(data: object) -> str:
+    return b64(json.dumps(data).encode())
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Bearer",
+        "Bearer  ",
+        "Bearer a.b",
+        "Bearer é.é.é",
+        "Bearer " + "x" * 8_000,  # near the listener's header limit (8,190 bytes)
+        "Bearer " + _part({"alg": "RS256"}) + "." + _part(["not", "an", "object"]) + ".c2ln",
+        "Bearer " + _part(["alg"]) + "." + _part({"sub": "ada"}) + ".c2ln",
+        "Bearer " + _part({"alg": ["RS256"]}) + "." + _part({"sub": "ada"}) + ".c2ln",
+        "Bearer " + _part({"alg": "RS256", "kid": 5}) + "." + _part({"sub": "ada"}) + ".c2ln",
+        "Bearer " + _part({"alg": "RS256", "kid": {"a": 1}}) + "." + _part({}) + ".c2ln",
+        "Bearer " + _part({"alg": "RS256"}) + ".%%%." + "c2ln",
+        "Bearer x.y.z extra",
+    ],
+)
+async def test_hostile_bearer_values_are_a_clear_4xx_never_a_500(
+    backend: TestServer, make_client: Any, value: str, logs: pytest.LogCaptureFixture
+) -> None:
+    client, runtime = await make_client(sign_in_config(backend, methods=["local", "backend"]))
+    resp = await client.get(SESSION, headers={"Authorization": value})
+    assert 400 <= resp.status < 500, (resp.status, await resp.text())
+    body = await resp.json()
+    assert body["error"] and body["message"]
+    assert await runtime.store.list_sessions() == []
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"sub": ["ada"]},
+        {"sub": {"name": "ada"}},
+        {"sub": "ada\nforged log line"},
+        {"sub": "x" * 1000},
+        {"groups": {"ops": True}},
+        {"groups": [1, None, {"a": 1}, "ops"]},
+        {"groups": ["ops", *(f"g{n}" for n in range(600))]},  # over MAX_GROUPS
+        {"name": ["Ada"]},
+        {"exp": "tomorrow"},
+        {"iat": "yesterday"},
+        {"nbf": 10**20},
+    ],
+)
+async def test_signed_tokens_with_hostile_claims_are_a_clear_4xx_or_sane(
+    backend: TestServer, make_client: Any, claims: dict[str, Any]
+) -> None:
+    client, _ = await make_client(sign_in_config(backend, methods=["local", "backend"]))
+    token = forged(backend, **claims)
+    resp = await client.get(SESSION, headers=bearer(token))
+    assert resp.status != 500, await resp.text()
+    body = await resp.json()
+    if resp.status == 200:  # only a usable subject and groups may sign in
+        assert body["admin"] == "ada" and "ops" in body["groups"]
+        assert all(isinstance(group, str) for group in body["groups"])
+    else:
+        assert 400 <= resp.status < 500 and body["error"], body
