@@ -82,9 +82,12 @@ class _Refused(Exception):
         self.status = status
 
 
-def answer_bytes(response: web.StreamResponse, version: str, keep_alive: bool) -> bytes:
+def answer_bytes(
+    response: web.StreamResponse, request_id_line: str, version: str, keep_alive: bool
+) -> bytes:
     """The bytes of `ForwardAuth`'s answer: a BodilessAnswer's lines, or a web.Response's
-    headers and body (the decision's JSON refusals), with Content-Length, Date, Connection."""
+    headers and body (the decision's JSON refusals), with the request id line (made here, as
+    the proxy listener sets it on every answer), Content-Length, Date and Connection."""
     status = response.status
     if isinstance(response, BodilessAnswer):
         lines = response.lines
@@ -100,7 +103,8 @@ def answer_bytes(response: web.StreamResponse, version: str, keep_alive: bool) -
         connection = "Connection: keep-alive\r\n" if keep_alive else ""
     reason = response.reason
     head = (
-        f"HTTP/{version} {status} {reason}\r\n{lines}Content-Length: {len(body)}\r\n"
+        f"HTTP/{version} {status} {reason}\r\n{lines}{request_id_line}"
+        f"Content-Length: {len(body)}\r\n"
         f"Date: {rfc822_formatted_time()}\r\n{connection}\r\n"
     )
     return head.encode() + body
@@ -348,8 +352,9 @@ class DecisionProtocol(asyncio.Protocol):
                 log.exception("unexpected error deciding %s", request.method)
                 response = error_response(500, E_INTERNAL, "internal error")
                 keep_alive = request.keep_alive = False
-        response.headers[REQUEST_ID_HEADER] = notes.request_id
-        data = answer_bytes(response, request.version, keep_alive)
+        # request_id() only ever returns a well-formed id (no CR, LF or other control).
+        rid = f"{REQUEST_ID_HEADER}: {notes.request_id}\r\n"
+        data = answer_bytes(response, rid, request.version, keep_alive)
         if server.write_line is not None:
             server.write_line(
                 access_logger,
