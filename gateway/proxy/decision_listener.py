@@ -43,6 +43,9 @@ MAX_FIELD_SIZE = 8190
 MAX_HEADERS = 128
 # Parsed requests of one connection waiting for their answers before reading pauses.
 MAX_PIPELINED = 16
+# Headers announcing a request body (a Content-Length of 0 announces none: Envoy sends it).
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
+_FRAMING_LENGTHS = frozenset(len(name) for name in _FRAMING)
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found"}
 
 
@@ -169,6 +172,7 @@ class DecisionProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._in_head = False
         self._paused = False
+        self._refusal: bytes | None = None  # a refused head's answer, due after the queue
         self._loop = asyncio.get_running_loop()
 
     # --- connection -------------------------------------------------------------------------
@@ -244,13 +248,19 @@ class DecisionProtocol(asyncio.Protocol):
                 self._refuse(400, E_BAD_REQUEST, "malformed HTTP request")
 
     def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer a refused head after the answers still due for the requests before it, then
+        close (nothing more is read)."""
         transport = self._transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._refusal is not None:
             return
         log.info("refused decision request from %s: %s", self._remote, code)
         self._server.on_refused(code)
-        self._queue.clear()  # answers still due never go out after a refusal
-        transport.write(_plain_error(status, code, message))
+        refusal = _plain_error(status, code, message)
+        if self._task is not None:  # earlier pipelined requests first, in order
+            self._refusal = refusal
+            transport.pause_reading()
+            return
+        transport.write(refusal)
         transport.close()
 
     def on_message_begin(self) -> None:
@@ -288,6 +298,12 @@ class DecisionProtocol(asyncio.Protocol):
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise _Refused(400, "only HTTP/1.0 and HTTP/1.1 are served")
+        if parser.should_upgrade():
+            raise _Refused(400, "protocol upgrades are not served here")
+        for name, value in self._headers:
+            # Refused with its head, before any answer to it: a body, or the promise of one.
+            if len(name) in _FRAMING_LENGTHS and name.lower() in _FRAMING and value.strip() != "0":
+                raise _Refused(400, "a forward-auth request carries no body")
         request = DecisionRequest(
             parser.get_method().decode("ascii", "surrogateescape"),
             self._url.decode("utf-8", "surrogateescape"),
@@ -320,18 +336,24 @@ class DecisionProtocol(asyncio.Protocol):
                     return
                 data = await self._answer(request)
                 transport = self._transport
-                if transport is None:
+                if transport is None or transport.is_closing():
                     return
                 transport.write(data)
                 if not request.keep_alive:
                     transport.close()
                     return
-                if self._paused and len(queue) < MAX_PIPELINED:
+                if self._paused and len(queue) < MAX_PIPELINED and self._refusal is None:
                     self._paused = False
                     transport.resume_reading()
         finally:
             self._task = None
-        if not self._in_head and self._transport is not None:
+        transport = self._transport
+        if transport is None:
+            return
+        if self._refusal is not None:
+            transport.write(self._refusal)
+            transport.close()
+        elif not self._in_head:
             self._arm(self._server.keepalive_timeout)
 
     async def _answer(self, request: DecisionRequest) -> bytes:

@@ -254,6 +254,16 @@ async def test_pipelined_requests_are_answered_in_order(gateway: RunningGateway)
     assert answer.count(b"X-Acting-User: dl-pipelined") == 2
 
 
+async def test_a_refused_head_is_answered_after_the_requests_before_it(
+    gateway: RunningGateway,
+) -> None:
+    assert gateway.decision_port is not None
+    answer = await exchange(gateway.decision_port, decision_head() + b"\x00garbage\r\n\r\n")
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
+    assert statuses == [b"200", b"400"]
+    assert answer.endswith(b'"message": "malformed HTTP request"}')
+
+
 async def test_http_10_is_served_and_closed_unless_kept_alive(gateway: RunningGateway) -> None:
     assert gateway.decision_port is not None
     answer = await exchange(gateway.decision_port, decision_head(version="1.0"))
