@@ -41,6 +41,9 @@ log = logging.getLogger("keygate.decisions")
 MAX_LINE_SIZE = 8190
 MAX_FIELD_SIZE = 8190
 MAX_HEADERS = 128
+# Bytes read toward one request head: httptools gathers a header line whole before handing
+# it over, so a line is bounded here as it arrives, not only once complete.
+MAX_HEAD_SIZE = MAX_LINE_SIZE + MAX_HEADERS * MAX_FIELD_SIZE
 # Parsed requests of one connection waiting for their answers before reading pauses.
 MAX_PIPELINED = 16
 # Headers announcing a request body (a Content-Length of 0 announces none: Envoy sends it).
@@ -168,6 +171,7 @@ class DecisionProtocol(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._line = 0  # bytes of the current head's request line
+        self._head_bytes = 0  # bytes read since the last complete head
         self._deadline = 0.0  # loop time by which the head (or next head's first byte) is due
         self._timer: asyncio.TimerHandle | None = None
         self._in_head = False
@@ -234,6 +238,10 @@ class DecisionProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Parse request bytes; a head this listener refuses is answered, then the connection
         closes."""
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEAD_SIZE:
+            self._refuse(400, E_BAD_REQUEST, f"a request head is larger than {MAX_HEAD_SIZE} bytes")
+            return
         try:
             self._parser.feed_data(data)
         except _Refused as refused:
@@ -294,6 +302,7 @@ class DecisionProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         """The head is in: queue the request for its answer."""
         self._in_head = False
+        self._head_bytes = 0  # bytes after this head in the same read count toward the next
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
