@@ -53,20 +53,26 @@ def write_config(
     redis_url: str | None = None,
     access_log: bool = False,
     forward_auth: bool = False,
+    decision_port: int | None = None,
 ) -> Path:
     """Write a keygate config whose store (keygate.db) and policy sit next to it.
 
     With `redis_url`, rate limits are counted in that Redis (shared by the workers); with
     `access_log`, keygate writes its access line (text, its default) to its output; with
-    `forward_auth`, its decision endpoints answer a front proxy on loopback.
+    `forward_auth`, its decision endpoints answer a front proxy on loopback (with
+    `decision_port`, on the decision listener there too: forward_auth.listen).
     """
     path = directory / filename
     # Access lines are written at level info; warning keeps the run's output to problems.
     level = "info" if access_log else "warning"
     limits = "" if redis_url is None else f'rate_limits: {{redis_url: "{redis_url}"}}\n'
     if forward_auth:
+        listen = ""
+        if decision_port is not None:
+            listen = f", listen: {{host: {LOOPBACK}, port: {decision_port}}}"
         limits += (
-            f'forward_auth: {{prefix: "{FORWARD_AUTH_PREFIX}", trusted_proxies: [{LOOPBACK}/32]}}\n'
+            f'forward_auth: {{prefix: "{FORWARD_AUTH_PREFIX}", '
+            f"trusted_proxies: [{LOOPBACK}/32]{listen}}}\n"
         )
     path.write_text(
         limits
@@ -214,6 +220,7 @@ def prepare_gateway(
     upstream_port: int,
     keys: int,
     access_log: bool,
+    decision_port: int | None = None,
 ) -> tuple[Path, str]:
     """Write policy and config, create the store, the bench key and `keys - 1` filler keys.
 
@@ -227,6 +234,8 @@ def prepare_gateway(
         admin_port=admin_port,
         upstream_port=upstream_port,
         access_log=access_log,
+        forward_auth=decision_port is not None,
+        decision_port=decision_port,
     )
     init_store(config)
     key = create_key(config, BENCH_KEY_NAME)

@@ -1,7 +1,7 @@
 """keygate's CPU per proxied request, in one process: steadier than req/s on a shared machine.
 
     python -m benchmarks.request_cpu [--requests 20000] [--rounds 5] [--access-log on|off]
-                                     [--forward-auth]
+                                     [--forward-auth [--decision-listener]]
 
 One uvloop process holds a minimal upstream (a keep-alive protocol answering a ~100-byte
 JSON document), the real gateway (`running_gateway` on a SQLite store with 10,000 keys, the
@@ -11,7 +11,8 @@ is what the gateway spends per request (uvloop and the kernel's socket work incl
 time counts only this process's work, so other load on the machine hardly moves it. The
 median over rounds is printed; compare two trees by running each. `--forward-auth` sends
 nginx `auth_request` decisions for the same GET instead (the upstream is then not asked; its
-share of the baseline is a few microseconds).
+share of the baseline is a few microseconds); with `--decision-listener` they go to the
+decision listener (`forward_auth.listen`) instead of the proxy listener.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def decision_bytes(host_port: int, key: str) -> bytes:
 
 def prepare(args: argparse.Namespace, directory: Path, upstream_port: int) -> tuple[Path, str]:
     """Write config and policy, create the bench key and seed the rest; the config and key."""
+    decision_port = free_port() if args.decision_listener else None
     return keygate.prepare_gateway(
         directory,
         listen_port=0,
@@ -103,6 +105,7 @@ def prepare(args: argparse.Namespace, directory: Path, upstream_port: int) -> tu
         upstream_port=upstream_port,
         keys=args.keys,
         access_log=args.access_log == "on",
+        decision_port=decision_port,
     )
 
 
@@ -120,6 +123,9 @@ async def measure(args: argparse.Namespace, config: Path, key: str, upstream_por
     direct, keyed = [], []
     async with running_gateway(load_settings(config), serve_admin=False) as running:
         port = running.proxy_port
+        if args.decision_listener:
+            assert running.decision_port is not None
+            port = running.decision_port
         asked = decision_bytes(port, key) if args.forward_auth else request_bytes(port, key)
         await cpu_per_request(port, asked, CONNECTIONS * 50)  # warm-up
         for _ in range(args.rounds):
@@ -156,7 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="send nginx auth_request decisions (/_keygate/nginx) instead of proxied GETs",
     )
+    parser.add_argument(
+        "--decision-listener",
+        action="store_true",
+        help="with --forward-auth: ask the decision listener (forward_auth.listen)",
+    )
     args = parser.parse_args(argv)
+    if args.decision_listener and not args.forward_auth:
+        parser.error("--decision-listener needs --forward-auth")
     import uvloop
 
     with tempfile.TemporaryDirectory(prefix="keygate-cpu-") as temp:

@@ -572,7 +572,8 @@ def test_every_shipped_config_has_only_keys_the_models_know(name: str) -> None:
 
 def test_the_readme_reference_documents_every_setting_of_the_models() -> None:
     documented = yaml_paths(_readme_config(), mapping_values=FREE_MAPPINGS)
-    # Signing keys and the store's PostgreSQL settings have sections of their own.
+    # Signing keys, the store's PostgreSQL settings and the decision listener have sections
+    # of their own.
     elsewhere = {
         "identity.signing_keys",
         "identity.signing_keys[].id",
@@ -580,6 +581,8 @@ def test_the_readme_reference_documents_every_setting_of_the_models() -> None:
         "identity.signing_keys[].file",
         "store.password",
         "store.schema",
+        "forward_auth.listen.host",  # the README's forward-auth section shows them
+        "forward_auth.listen.port",
     }
     assert sorted(model_paths(Settings) - documented - elsewhere) == []
 

@@ -72,29 +72,48 @@ class ProxyAccessLogger(AbstractAccessLogger):
             notes = request[NOTES]
         except KeyError:
             notes = _NOTHING_NOTED
-        incomplete = " incomplete" if notes.incomplete else ""
-        key_name = notes.key_name
         ended = notes.ended
         if ended is None:
             status, size = response.status, response.body_length
         else:  # the client left (or shutdown cut it): say so, with what was relayed so far
             status, size = ended.status, request.writer.output_size
-            incomplete += f" ended={ended.name} received={notes.received}"
-        method, target = request.method, request.raw_path
-        if notes.decision is not None:  # a forward-auth answer: the request it decided
-            method, target = decided(request, notes)
-            incomplete = f" decision={notes.decision}{incomplete}"
-        message = (
-            f'{request.remote} "{method} {_text_target(redact_keys(target))}" '
-            f"{status} {size} {time * 1000:.1f}ms "
-            f"rid={notes.request_id} key={'-' if key_name is None else text_field(key_name)}"
-            f"{incomplete}"
+        write_text(
+            self.logger, request.remote, request.method, request.raw_path, status, size, time, notes
         )
-        writer = access_writer.active
-        if writer is not None:
-            writer.text(message)
-        else:
-            self.logger.info("%s", message)
+
+
+def write_text(
+    logger: logging.Logger,
+    remote: str | None,
+    own_method: str,
+    own_target: str,
+    status: int,
+    size: int,
+    time: float,
+    notes: RequestNotes,
+) -> None:
+    """Write one text access line (ProxyAccessLogger's; the decision listener's too)."""
+    incomplete = " incomplete" if notes.incomplete else ""
+    key_name = notes.key_name
+    ended = notes.ended
+    if ended is not None:
+        incomplete += f" ended={ended.name} received={notes.received}"
+    method, target = own_method, own_target
+    if notes.decision is not None:  # a forward-auth answer: the request it decided
+        if notes.method is not None and notes.target is not None:
+            method, target = notes.method, notes.target
+        incomplete = f" decision={notes.decision}{incomplete}"
+    message = (
+        f'{remote} "{method} {_text_target(redact_keys(target))}" '
+        f"{status} {size} {time * 1000:.1f}ms "
+        f"rid={notes.request_id} key={'-' if key_name is None else text_field(key_name)}"
+        f"{incomplete}"
+    )
+    writer = access_writer.active
+    if writer is not None:
+        writer.text(message)
+    else:
+        logger.info("%s", message)
 
 
 class JsonProxyAccessLogger(AbstractAccessLogger):
@@ -103,38 +122,60 @@ class JsonProxyAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         """Write the access record (never a credential: only the key's name)."""
         notes = request.get(NOTES)
-        method, target = request.method, request.raw_path
-        if notes is not None and notes.decision is not None:
-            method, target = decided(request, notes)
-        path = redact_keys(target)
         status, size = response.status, response.body_length
         ended = None if notes is None else notes.ended
         if ended is not None:  # the client left (or shutdown cut it): what was relayed so far
             status, size = ended.status, request.writer.output_size
-        message = f"{method} {path} {status}"
-        request_id = None if notes is None else notes.request_id
-        duration_ms = round(time * 1000, 2)
-        writer = access_writer.active
-        if writer is not None:
-            fields = (request_id, method, path, status, size, duration_ms)
-            writer.raw(json_access_line(writer.json_head(), message, fields, notes, request.remote))
-            return
-        extra = {
-            "request_id": request_id,
-            "method": method,
-            "path": path,
-            "status": status,
-            "bytes": size,
-            "duration_ms": duration_ms,
-            "remote": request.remote,
-        }
-        if notes is not None:
-            extra["key"] = notes.key_name
-            extra["upstream_status"] = notes.upstream_status
-            extra["upstream_ms"] = notes.upstream_ms
-            extra["incomplete"] = True if notes.incomplete else None
-            if ended is not None:
-                extra["ended"] = ended.name
-                extra["received"] = notes.received
-            extra["decision"] = notes.decision
-        self.logger.info("%s", message, extra=extra)
+        write_json(
+            self.logger, request.remote, request.method, request.raw_path, status, size, time, notes
+        )
+
+
+def write_json(
+    logger: logging.Logger,
+    remote: str | None,
+    own_method: str,
+    own_target: str,
+    status: int,
+    size: int,
+    time: float,
+    notes: RequestNotes | None,
+) -> None:
+    """Write one JSON access record (JsonProxyAccessLogger's; the decision listener's too)."""
+    method, target = own_method, own_target
+    if (
+        notes is not None
+        and notes.decision is not None
+        and notes.method is not None
+        and notes.target is not None
+    ):
+        method, target = notes.method, notes.target
+    path = redact_keys(target)
+    ended = None if notes is None else notes.ended
+    message = f"{method} {path} {status}"
+    request_id = None if notes is None else notes.request_id
+    duration_ms = round(time * 1000, 2)
+    writer = access_writer.active
+    if writer is not None:
+        fields = (request_id, method, path, status, size, duration_ms)
+        writer.raw(json_access_line(writer.json_head(), message, fields, notes, remote))
+        return
+    extra = {
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        "status": status,
+        "bytes": size,
+        "duration_ms": duration_ms,
+        "remote": remote,
+    }
+    if notes is not None:
+        extra["key"] = notes.key_name
+        extra["upstream_status"] = notes.upstream_status
+        extra["upstream_ms"] = notes.upstream_ms
+        extra["incomplete"] = True if notes.incomplete else None
+        if ended is not None:
+            extra["ended"] = ended.name
+            extra["received"] = notes.received
+        extra["decision"] = notes.decision
+    logger.info("%s", message, extra=extra)

@@ -25,7 +25,7 @@ from gateway.proxy.front import (
     TrustedPeers,
     original_request,
 )
-from gateway.proxy.gate import Gate
+from gateway.proxy.gate import AskingRequest, Gate
 from gateway.proxy.hygiene import HeaderHygiene
 from gateway.proxy.notes import RequestNotes
 from gateway.proxy.refusals import RATE_LIMITED, Refusal
@@ -44,7 +44,7 @@ E_NOT_FOUND = "forward_auth_not_found"
 UNKNOWN = "unknown"  # the access line's decision= for a target in the prefix naming no endpoint
 
 
-def peer_address(request: web.BaseRequest) -> str | None:
+def peer_address(request: AskingRequest) -> str | None:
     """The address of the connection's peer (the socket's, never a header's), or None.
 
     aiohttp reads the peer once per connection; `remote` is that address (a Unix socket's
@@ -75,7 +75,7 @@ class ForwardAuth:
         )
         self.claims = self._routes.claims  # the proxy asks this of every request target
 
-    async def answer(self, request: web.BaseRequest, notes: RequestNotes) -> web.StreamResponse:
+    async def answer(self, request: AskingRequest, notes: RequestNotes) -> web.StreamResponse:
         """Answer a request whose target `claims` claimed: the decision, or why there is none."""
         endpoint, envoy_path = self._routes.endpoint(request.raw_path)
         notes.decision = endpoint or UNKNOWN

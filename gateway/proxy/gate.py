@@ -10,8 +10,10 @@ and target it reports. One sequence for both, so the two modes cannot decide dif
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
-from aiohttp import hdrs, web
+from aiohttp import hdrs
+from multidict import CIMultiDictProxy
 
 from gateway.clock import now
 from gateway.keys.keyformat import display_prefix, looks_like_key
@@ -31,6 +33,35 @@ Outcome = Refusal | Limited | None
 _NO_HEADERS: Headers = []  # never changed: refused requests and forward-auth answers get it
 
 
+class AskingRequest(Protocol):
+    """What admission reads of a request: aiohttp's, or the decision listener's adapter."""
+
+    @property
+    def method(self) -> str:
+        """The request's own method."""
+        ...
+
+    @property
+    def raw_path(self) -> str:
+        """The request's own target, as sent."""
+        ...
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """The request's headers."""
+        ...
+
+    @property
+    def remote(self) -> str | None:
+        """The connection's peer address (the socket's)."""
+        ...
+
+    @property
+    def scheme(self) -> str:
+        """http or https."""
+        ...
+
+
 def unknown_key_label(key: str) -> str:
     """Return how the access log names a key keygate does not know: its display prefix only."""
     return "?" + display_prefix(key) + "..." if looks_like_key(key) else "?"
@@ -46,7 +77,7 @@ class Gate:
 
     async def admit(
         self,
-        request: web.BaseRequest,
+        request: AskingRequest,
         notes: RequestNotes,
         method: str,
         target: str,
@@ -104,7 +135,7 @@ class Gate:
 
     def _read_headers(
         self,
-        request: web.BaseRequest,
+        request: AskingRequest,
         notes: RequestNotes,
         method: str,
         target: str,

@@ -77,7 +77,7 @@ class Proxy:
             tuple((key.id, key.secret) for key in settings.identity.signing_keys),
         )
         self._gate = Gate(runtime, hygiene)
-        self._forward_auth = ForwardAuth(runtime, self._gate, hygiene)
+        self.forward_auth = ForwardAuth(runtime, self._gate, hygiene)
 
     def _refuse(self, refusal: refusals.Refusal) -> web.Response:
         """Count and render an auth refusal."""
@@ -181,7 +181,7 @@ class Proxy:
     async def handle(self, request: web.BaseRequest, notes: RequestNotes) -> web.StreamResponse:
         """Run the request flow for one request (the decision, rate limit, forward)."""
         raw_path = request.raw_path
-        forward_auth = self._forward_auth
+        forward_auth = self.forward_auth
         if forward_auth.claims(raw_path):  # never forwarded: keygate answers it itself
             return await forward_auth.answer(request, notes)
         outcome, _, headers = await self._gate.admit(

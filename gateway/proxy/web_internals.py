@@ -138,6 +138,11 @@ class BodilessAnswer(web.StreamResponse):
         super().__init__(status=status)
         self._lines = fixed + lines
 
+    @property
+    def lines(self) -> str:
+        """The answer's header lines made so far (the fixed ones and the per-answer ones)."""
+        return self._lines
+
     async def _start(self, request: web.BaseRequest) -> AbstractStreamWriter:
         self._req = request
         writer = self._payload_writer = request._payload_writer
@@ -167,12 +172,12 @@ class BodilessAnswer(web.StreamResponse):
         return writer
 
 
-E_TOO_MANY_CONNECTIONS = "too_many_connections"
+ETOO_MANY_CONNECTIONS = "too_many_connections"
 _TOO_MANY_BODY = json.dumps(
-    {"error": E_TOO_MANY_CONNECTIONS, "message": "too many open connections; retry shortly"}
+    {"error": ETOO_MANY_CONNECTIONS, "message": "too many open connections; retry shortly"}
 ).encode()
 # Written straight to a refused connection: no parser, no handler, no task for it.
-_TOO_MANY_CONNECTIONS = (
+TOO_MANY_CONNECTIONS = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
     b"Server: keygate\r\nConnection: close\r\nRetry-After: 1\r\n"
     b"Content-Length: %d\r\n\r\n%b" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
@@ -286,7 +291,7 @@ class JsonErrorRequestHandler(RequestHandler):
         if limits.over_capacity():
             # Refuse quickly rather than slow everyone: a canned answer, then close.
             # uvloop's transports are not asyncio.WriteTransport subclasses: cast, not check.
-            cast(asyncio.Transport, transport).write(_TOO_MANY_CONNECTIONS)
+            cast(asyncio.Transport, transport).write(TOO_MANY_CONNECTIONS)
             transport.close()
             return
         self._start_head_clock()  # the first head: from connection open

@@ -33,6 +33,7 @@ from gateway.keys.snapshot import (
 from gateway.keys.table import KeyTable
 from gateway.policy.reload import PolicyHolder, load_policy_file
 from gateway.proxy.access_log import JsonProxyAccessLogger, ProxyAccessLogger, access_logger
+from gateway.proxy.decision_listener import DecisionServer
 from gateway.proxy.handler import Proxy
 from gateway.proxy.web_internals import ConnectionLimits, JsonErrorAppRunner, JsonErrorServer
 from gateway.ratelimit.limiters import LocalLimiter, redis_limiter
@@ -76,6 +77,7 @@ class RunningGateway:
     proxy_port: int
     admin_port: int | None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    decision_port: int | None = None  # forward_auth.listen's, when configured
 
 
 async def open_runtime(settings: Settings, *, writes_snapshot: bool = False) -> Runtime:
@@ -167,6 +169,8 @@ async def running_gateway(
     proxy_site: web.TCPSite | None = None
     admin_runner: JsonErrorAppRunner | None = None
     delivery: Delivery | None = None
+    decisions: DecisionServer | None = None
+    decision_listener: asyncio.Server | None = None
     serving = False
     try:
         if settings.rate_limits.redis_url is not None:
@@ -242,6 +246,29 @@ async def running_gateway(
         )
         await _start_site(site, "proxy", settings.listen.host, settings.listen.port)
         proxy_site = site
+        decision_port: int | None = None
+        listen = settings.forward_auth.listen
+        if listen is not None:
+            decisions = DecisionServer(
+                proxy.forward_auth,
+                head_timeout=settings.client.head_timeout,
+                keepalive_timeout=settings.client.keepalive_timeout,
+                max_connections=settings.client.max_connections,
+                access_log=settings.log.access_log and settings.log.level in ("debug", "info"),
+                json_logs=settings.log.format == "json",
+                on_refused=runtime.metrics.refused,
+            )
+            try:
+                decision_listener = await asyncio.get_running_loop().create_server(
+                    decisions, listen.host, listen.port, reuse_port=reuse_port or None
+                )
+            except OSError as error:
+                reason = os.strerror(error.errno) if error.errno else str(error)
+                raise ListenerError(
+                    f"cannot start the decision listener on {listen.host}:{listen.port}: "
+                    f"{reason.lower()}"
+                ) from None
+            decision_port = decision_listener.sockets[0].getsockname()[1]
         admin_port: int | None = None
         if serve_admin:
             admin_runner = JsonErrorAppRunner(
@@ -267,11 +294,17 @@ async def running_gateway(
             outbox = Outbox(store, settings.expiry, runtime.metrics, notices=bool(hooks))
             tasks.append(asyncio.create_task(outbox.run(), name="keygate-outbox"))
         serving = True
-        yield RunningGateway(runtime, proxy_runner.addresses[0][1], admin_port, tasks)
+        yield RunningGateway(
+            runtime, proxy_runner.addresses[0][1], admin_port, tasks, decision_port
+        )
     finally:
         # Listeners stop first (new connections refused, in-flight requests drain), then the
         # background tasks; the usage flusher writes its last batch when cancelled.
         runtime.draining = True
+        if decision_listener is not None and decisions is not None:
+            decision_listener.close()
+            decisions.close_all()
+            await decision_listener.wait_closed()
         if proxy_site is not None and proxy is not None:
             await proxy_site.stop()
             started = time.monotonic()

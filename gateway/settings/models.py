@@ -394,6 +394,13 @@ class Log(Section, frozen=True):
     file: ConfigPath | None = None  # every log line here instead of stderr
 
 
+class DecisionListener(Section, frozen=True):
+    """`forward_auth.listen`: where front proxies may ask for decisions on their own listener."""
+
+    host: Text = "127.0.0.1"  # loopback: the front proxy usually runs beside keygate
+    port: Port = 8081  # 0 picks a free port
+
+
 class ForwardAuth(Section, frozen=True):
     """`forward_auth`: the endpoints a front proxy asks whether to let a request through."""
 
@@ -401,6 +408,9 @@ class ForwardAuth(Section, frozen=True):
     # CIDRs of the proxies allowed to ask: the connection's peer address, never a header.
     trusted_proxies: tuple[Text, ...] = ("127.0.0.1/32", "::1/128")
     cache_control: Text = "no-store"  # Cache-Control of every answer
+    # A listener for decisions only, lighter than the proxy listener; null: none (the
+    # endpoints on the proxy listener are always there).
+    listen: DecisionListener | None = None
 
     def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """The trusted proxies as networks (checked at load, so this cannot fail)."""
