@@ -627,3 +627,37 @@ def test_the_settings_repr_shows_no_secret(tmp_path: Path) -> None:
     assert "'Authorization': '<redacted>'" in shown
     assert "redis_url='redis://cache:6379/…'" in shown
     assert settings.store.password == KEY  # the values themselves are intact
+
+
+@pytest.mark.parametrize(
+    ("sections", "problem"),
+    [
+        (
+            {"forward_auth": {"listen": {"port": 8081}}},
+            "forward_auth.listen.port: 8081 is also admin",
+        ),
+        ({"admin": {"port": 8080}}, "admin.port: 8080 is also listen"),
+        (
+            {
+                "listen": {"host": "0.0.0.0", "port": 9000},
+                "forward_auth": {"listen": {"port": 9000}},
+            },
+            "forward_auth.listen.port: 9000 is also listen",
+        ),
+    ],
+)
+def test_two_listeners_on_one_port_are_refused(sections: dict[str, Any], problem: str) -> None:
+    """The decision listener's default once was the admin listener's port (8081): enabling it
+    with `listen: {}` failed at start with a bind error instead of a located config problem."""
+    found = problems_of({**MINIMAL, **sections})
+    assert len(found) == 1 and found[0].startswith(f"{WHERE}: {problem}"), found
+
+
+def test_the_decision_listener_default_port_is_its_own() -> None:
+    settings = settings_from_data({**MINIMAL, "forward_auth": {"listen": {}}}, WHERE, {})
+    ports = {settings.listen.port, settings.admin.port}
+    assert settings.forward_auth.listen is not None
+    assert settings.forward_auth.listen.port not in ports
+    # Different addresses may share a port number (0.0.0.0 would be every address).
+    other = {"listen": {"host": "127.0.0.1"}, "admin": {"host": "127.0.0.2", "port": 8080}}
+    assert settings_from_data({**MINIMAL, **other}, WHERE, {}).admin.port == 8080

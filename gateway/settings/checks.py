@@ -399,6 +399,29 @@ def check_sign_in(settings: Settings, report: Report) -> Settings:
     return replace(settings, admin=admin)
 
 
+def check_listener_ports(settings: Settings, report: Report) -> Settings:
+    """No two listeners on one port: the second would fail at start with a bind error."""
+    listeners = [("listen", settings.listen.host, settings.listen.port)]
+    listeners.append(("admin", settings.admin.host, settings.admin.port))
+    decision = settings.forward_auth.listen
+    if decision is not None:
+        listeners.append(("forward_auth.listen", decision.host, decision.port))
+    for index, (name, host, port) in enumerate(listeners):
+        for other, other_host, other_port in listeners[:index]:
+            wildcard = {"0.0.0.0", "::"} & {host, other_host}
+            if port and port == other_port and (host == other_host or wildcard):
+                path = (
+                    ("forward_auth", "listen", "port")
+                    if name == "forward_auth.listen"
+                    else (
+                        name,
+                        "port",
+                    )
+                )
+                report(path, f"{port} is also {other}.port: each listener needs its own port")
+    return settings
+
+
 # In order: a rule reads values the ones before it normalised (TLS needs the URL's scheme).
 CHECKS: tuple[Callable[[Settings, Report], Settings], ...] = (
     check_upstream_url,
@@ -413,4 +436,5 @@ CHECKS: tuple[Callable[[Settings, Report], Settings], ...] = (
     check_webhooks,
     check_forward_auth,
     check_sign_in,
+    check_listener_ports,
 )

@@ -398,7 +398,7 @@ class DecisionListener(Section, frozen=True):
     """`forward_auth.listen`: where front proxies may ask for decisions on their own listener."""
 
     host: Text = "127.0.0.1"  # loopback: the front proxy usually runs beside keygate
-    port: Port = 8081  # 0 picks a free port
+    port: Port = 8082  # 0 picks a free port; 8080 and 8081 are the proxy and admin defaults
 
 
 class ForwardAuth(Section, frozen=True):
