@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import re
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -115,7 +116,8 @@ def make_app(runtime: Runtime) -> web.Application:
 
 
 @pytest.fixture
-async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
+async def runtime(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[Runtime]:
+    shutil.copyfile(sqlite_template, tmp_path / "keygate.db")
     rt = await make_runtime(tmp_path)
     try:
         yield rt
