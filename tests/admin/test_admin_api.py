@@ -85,8 +85,13 @@ def future(days: int = 30) -> str:
     return (datetime.now(UTC) + timedelta(days=days)).isoformat().replace("+00:00", "Z")
 
 
-async def make_runtime(tmp_path: Path) -> Runtime:
-    """Open a real SQLite store with two admins and build a Runtime on it."""
+async def make_runtime(tmp_path: Path, store_from: Path | None = None) -> Runtime:
+    """Open a real SQLite store with two admins and build a Runtime on it.
+
+    `store_from` is a fresh store file to start from (the `sqlite_template` fixture).
+    """
+    if store_from is not None:
+        shutil.copyfile(store_from, tmp_path / "keygate.db")
     settings = settings_from_data(
         {"upstream": {"url": "http://127.0.0.1:9"}, "store": {"url": "sqlite:///keygate.db"}},
         tmp_path / "gateway.yaml",
@@ -117,8 +122,7 @@ def make_app(runtime: Runtime) -> web.Application:
 
 @pytest.fixture
 async def runtime(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[Runtime]:
-    shutil.copyfile(sqlite_template, tmp_path / "keygate.db")
-    rt = await make_runtime(tmp_path)
+    rt = await make_runtime(tmp_path, sqlite_template)
     try:
         yield rt
     finally:
