@@ -30,6 +30,7 @@ from support.upstreams import Backend, start_backend
 from gateway.serve.wiring import RunningGateway, running_gateway
 from gateway.settings import load_settings
 from gateway.store.base import KeyStore
+from gateway.store.sqlite import SqliteKeyStore
 
 # Examples run in-process against real sockets and stores: their time varies with the machine's
 # load, so no per-example deadline (a test bounds its own waits).
@@ -48,10 +49,28 @@ async def backend() -> AsyncIterator[Backend]:
         await started.runner.cleanup()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite store as `open(create=True)` leaves it, made once per run to copy from.
+
+    Creating and migrating a store on disk costs ~20 ms of fsyncs; a copy of this file is the
+    same database (the store closed cleanly, so no WAL file goes with it) for ~1 ms.
+    """
+    path = tmp_path_factory.mktemp("sqlite-template") / "keygate.db"
+
+    async def create() -> None:
+        store = SqliteKeyStore(path)
+        await store.open(create=True)
+        await store.close()
+
+    asyncio.run(create())
+    return path
+
+
 @pytest.fixture
-def config_path(tmp_path: Path, backend: Backend) -> Path:
+def config_path(tmp_path: Path, backend: Backend, sqlite_template: Path) -> Path:
     """A config dir (gateway.yaml, policy.yaml, SQLite store) pointing at the demo backend."""
-    return write_config(tmp_path / "config", backend.url)
+    return write_config(tmp_path / "config", backend.url, store_from=sqlite_template)
 
 
 @pytest.fixture

@@ -105,11 +105,6 @@ class DemoState:
     users: dict[str, str]
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # tests change them live
     token_lifetime: float = TOKEN_LIFETIME
-    signing_key: rsa.RSAPrivateKey = field(
-        default_factory=lambda: rsa.generate_private_key(
-            public_exponent=65537, key_size=RSA_KEY_BITS
-        )
-    )
     kid: str = field(default_factory=lambda: secrets.token_hex(8))
     tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
     trees: dict[str, dict[tuple[str, ...], Node]] = field(
@@ -119,6 +114,18 @@ class DemoState:
     next_apikey_id: int = 1
     # Route names that skip authentication; an app that adds routes may add theirs.
     public_routes: set[str] = field(default_factory=lambda: set(PUBLIC_ROUTES))
+    # Made on first use: an RSA key costs ~40 ms of CPU, and most backends (every test's)
+    # never sign a token.
+    _signing_key: rsa.RSAPrivateKey | None = None
+
+    @property
+    def signing_key(self) -> rsa.RSAPrivateKey:
+        """The backend's token-signing key (fresh per backend, made when first needed)."""
+        if self._signing_key is None:
+            self._signing_key = rsa.generate_private_key(
+                public_exponent=65537, key_size=RSA_KEY_BITS
+            )
+        return self._signing_key
 
 
 DEMO_STATE: Final = web.AppKey("demo_state", DemoState)

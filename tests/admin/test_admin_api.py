@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import re
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -84,8 +85,13 @@ def future(days: int = 30) -> str:
     return (datetime.now(UTC) + timedelta(days=days)).isoformat().replace("+00:00", "Z")
 
 
-async def make_runtime(tmp_path: Path) -> Runtime:
-    """Open a real SQLite store with two admins and build a Runtime on it."""
+async def make_runtime(tmp_path: Path, store_from: Path | None = None) -> Runtime:
+    """Open a real SQLite store with two admins and build a Runtime on it.
+
+    `store_from` is a fresh store file to start from (the `sqlite_template` fixture).
+    """
+    if store_from is not None:
+        shutil.copyfile(store_from, tmp_path / "keygate.db")
     settings = settings_from_data(
         {"upstream": {"url": "http://127.0.0.1:9"}, "store": {"url": "sqlite:///keygate.db"}},
         tmp_path / "gateway.yaml",
@@ -115,8 +121,8 @@ def make_app(runtime: Runtime) -> web.Application:
 
 
 @pytest.fixture
-async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
-    rt = await make_runtime(tmp_path)
+async def runtime(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[Runtime]:
+    rt = await make_runtime(tmp_path, sqlite_template)
     try:
         yield rt
     finally:

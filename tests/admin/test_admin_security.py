@@ -57,8 +57,8 @@ def app_with(runtime: Runtime, **throttle: Any) -> web.Application:
 
 
 @pytest.fixture
-async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
-    rt = await make_runtime(tmp_path)
+async def runtime(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[Runtime]:
+    rt = await make_runtime(tmp_path, sqlite_template)
     await rt.store.add_admin(
         "nogrants", hash_password("nogrants-password", n=TEST_COST), (), False, "test-setup"
     )

@@ -75,8 +75,8 @@ def session_app(runtime: Runtime, clock: Clock, **throttle: Any) -> web.Applicat
 
 
 @pytest.fixture
-async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
-    rt = await make_runtime(tmp_path)
+async def runtime(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[Runtime]:
+    rt = await make_runtime(tmp_path, sqlite_template)
     try:
         yield rt
     finally:

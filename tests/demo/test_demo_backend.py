@@ -16,6 +16,7 @@ from gateway.demo.backend import (
     TOKEN_AUDIENCE,
     TOKEN_ISSUER,
     create_demo_backend_app,
+    public_jwks,
     runner_url,
     start_demo_backend,
 )
@@ -325,3 +326,13 @@ async def test_tokens_are_rs256_signed_and_verify_with_the_published_jwks(
     head, body, signature = token.split(".")
     with pytest.raises(TokenInvalid):
         await verifier.verify(f"{head}.{body}.{signature[::-1]}")
+
+
+def test_each_backend_signs_with_its_own_key_made_once() -> None:
+    """Issue 21.5: the key is made on first use, yet stays one key per backend, not shared."""
+    first = create_demo_backend_app()[DEMO_STATE]
+    second = create_demo_backend_app()[DEMO_STATE]
+    assert first.signing_key is first.signing_key
+    assert public_jwks(first) == public_jwks(first)
+    own = public_jwks(first)["keys"][0]["n"]
+    assert own != public_jwks(second)["keys"][0]["n"]

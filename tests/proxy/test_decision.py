@@ -129,9 +129,11 @@ async def upstream() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def decided(tmp_path: Path, upstream: str) -> AsyncIterator[RunningGateway]:
+async def decided(
+    tmp_path: Path, upstream: str, sqlite_template: Path
+) -> AsyncIterator[RunningGateway]:
     """A gateway with the test policy in front of the catch-all upstream, and an admin."""
-    config = write_config(tmp_path / "config", upstream, policy=POLICY)
+    config = write_config(tmp_path / "config", upstream, policy=POLICY, store_from=sqlite_template)
     async with running_gateway(load_settings(config)) as running:
         await running.runtime.store.add_admin(
             "root", hash_password(ADMIN_PASSWORD, n=TEST_COST), (), True, "test-setup"

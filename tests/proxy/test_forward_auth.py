@@ -77,21 +77,25 @@ def fa_policy(limit: int = 2) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def serving(
-    tmp_path: Path, upstream: Upstream, **extra: Any
+    tmp_path: Path, upstream: Upstream, store_from: Path | None = None, **extra: Any
 ) -> AsyncIterator[RunningGateway]:
     """A gateway in front of `upstream`, signing the acting user, with `extra` settings."""
     settings = {"identity": {"signing_keys": [{"id": SIGNING_ID, "env": "FA_SIGNING"}]}}
     settings.update(extra)
-    config = write_config(tmp_path / "fa", upstream.url, extra=settings, policy=fa_policy())
+    config = write_config(
+        tmp_path / "fa", upstream.url, extra=settings, policy=fa_policy(), store_from=store_from
+    )
     environ = {"FA_SIGNING": SIGNING_SECRET.decode()}
     async with running_gateway(load_settings(config, environ)) as running:
         yield running
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path, upstream: Upstream) -> AsyncIterator[RunningGateway]:
+async def gateway(
+    tmp_path: Path, upstream: Upstream, sqlite_template: Path
+) -> AsyncIterator[RunningGateway]:
     """A gateway with forward-auth on its defaults (prefix /_keygate/, loopback trusted)."""
-    async with serving(tmp_path, upstream) as running:
+    async with serving(tmp_path, upstream, store_from=sqlite_template) as running:
         yield running
 
 

@@ -59,11 +59,15 @@ HEADER_SPELLINGS = [
 
 
 @pytest.fixture
-async def override_gateway(tmp_path: Path, backend: Backend) -> AsyncIterator[RunningGateway]:
+async def override_gateway(
+    tmp_path: Path, backend: Backend, sqlite_template: Path
+) -> AsyncIterator[RunningGateway]:
     """A gateway whose policy adds a role that may only GET the echo path."""
     policy = policy_data()
     policy["roles"][READER_ROLE] = {"allow": [f"GET {REST}/_echo/**"]}
-    config = write_config(tmp_path / "config", backend.url, policy=policy)
+    config = write_config(
+        tmp_path / "config", backend.url, policy=policy, store_from=sqlite_template
+    )
     async with running_gateway(load_settings(config), serve_admin=False) as running:
         yield running
 

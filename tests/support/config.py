@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -81,12 +82,17 @@ def write_config(
     admin_port: int = 0,
     extra: Mapping[str, Any] | None = None,
     policy: Mapping[str, Any] | None = None,
+    store_from: Path | None = None,
 ) -> Path:
     """Write gateway.yaml and policy.yaml into `directory`; return the config path.
 
     `extra` is merged into the config one level deep (e.g. {"upstream": {"timeout": 0.5}}).
+    `store_from` is an SQLite store file copied in as the config's store (the conftest
+    fixture `sqlite_template`: a freshly created store, without the cost of creating one).
     """
     directory.mkdir(parents=True, exist_ok=True)
+    if store_from is not None:
+        shutil.copyfile(store_from, directory / "keygate.db")
     (directory / "policy.yaml").write_text(
         _dump(policy) if policy is not None else _test_policy_text(),
         encoding="utf-8",
