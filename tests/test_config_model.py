@@ -624,3 +624,15 @@ def test_the_settings_repr_shows_no_secret(tmp_path: Path) -> None:
     assert "'Authorization': '<redacted>'" in shown
     assert "redis_url='redis://cache:6379/…'" in shown
     assert settings.store.password == KEY  # the values themselves are intact
+
+
+@pytest.mark.parametrize("value", [0, 3651, -1, "90", 1.5, None])
+def test_usage_keep_days_is_bounded(value: Any) -> None:
+    problems = problems_of({**MINIMAL, "usage": {"keep_days": value}})
+    assert len(problems) == 1 and "usage.keep_days" in problems[0]
+
+
+def test_usage_keep_days_defaults_to_ninety() -> None:
+    assert settings_from_data(MINIMAL, WHERE, {}).usage.keep_days == 90
+    kept = settings_from_data({**MINIMAL, "usage": {"keep_days": 7}}, WHERE, {})
+    assert kept.usage.keep_days == 7
