@@ -17,6 +17,10 @@ HOUR = 3600
 ADDRESSES_PER_KEY_HOUR = 1000
 # Index of each count in a key-hour's list (a list, not an object: the hot path's cost).
 FORWARDED, DENIED, LIMITED, UPSTREAM_ERRORS, NEW_ADDRESSES, CAPPED = range(6)
+# A key-hour is one int, key id above the hour (hashing an int is cheaper than a tuple);
+# hours since 1970 fit in 32 bits for the next 490,000 years.
+_HOUR_BITS = 32
+_HOUR_MASK = (1 << _HOUR_BITS) - 1
 
 
 class UsageCounter:
@@ -24,11 +28,11 @@ class UsageCounter:
 
     def __init__(self) -> None:
         self._pending: dict[int, list[float]] = {}
-        # (key id, hour) -> counts since the last flush (indexes above).
-        self._hours: dict[tuple[int, int], list[int]] = {}
-        # (key id, hour) -> the addresses seen in that hour, kept across flushes so an
+        # key-hour slot (see _slot) -> counts since the last flush (indexes above).
+        self._hours: dict[int, list[int]] = {}
+        # key-hour slot -> the addresses seen in that hour, kept across flushes so an
         # address is counted once per process and hour; hours before the last are dropped.
-        self._seen: dict[tuple[int, int], set[str]] = {}
+        self._seen: dict[int, set[str]] = {}
 
     def record(self, key_id: int, now: float, address: str | None = None) -> None:
         """Note one forwarded use of a key at `now` (hot path: dict updates, no I/O)."""
@@ -38,7 +42,15 @@ class UsageCounter:
         else:
             entry[0] = now
             entry[1] += 1.0
-        self._count(key_id, now, FORWARDED, address)
+        # Inlined _count (the proxy's every admitted request comes here).
+        slot = (key_id << _HOUR_BITS) | (int(now) // HOUR)
+        counts = self._hours.get(slot)
+        if counts is None:
+            counts = self._hours[slot] = [1, 0, 0, 0, 0, 0]
+        else:
+            counts[FORWARDED] += 1
+        if address is not None:
+            self._note_address(slot, counts, address)
 
     def refused(self, key_id: int, now: float, *, limited: bool, address: str | None) -> None:
         """Note a key's request refused by the policy (403) or its rate limit (429)."""
@@ -50,23 +62,26 @@ class UsageCounter:
 
     def _count(self, key_id: int, now: float, which: int, address: str | None) -> None:
         """Add one to a count of the key's hour, and note the address when new."""
-        slot = (key_id, int(now) // HOUR)
+        slot = (key_id << _HOUR_BITS) | (int(now) // HOUR)
         counts = self._hours.get(slot)
         if counts is None:
             counts = self._hours[slot] = [0, 0, 0, 0, 0, 0]
         counts[which] += 1
-        if address is None:
-            return
+        if address is not None:
+            self._note_address(slot, counts, address)
+
+    def _note_address(self, slot: int, counts: list[int], address: str) -> None:
+        """Count `address` in the key-hour once; past the cap, mark the hour capped."""
         seen = self._seen.get(slot)
         if seen is None:
-            seen = self._seen[slot] = set()
-        if address in seen:
-            return
-        if len(seen) >= ADDRESSES_PER_KEY_HOUR:
-            counts[CAPPED] = 1
-            return
-        seen.add(address)
-        counts[NEW_ADDRESSES] += 1
+            self._seen[slot] = {address}
+            counts[NEW_ADDRESSES] += 1
+        elif address not in seen:
+            if len(seen) >= ADDRESSES_PER_KEY_HOUR:
+                counts[CAPPED] = 1
+            else:
+                seen.add(address)
+                counts[NEW_ADDRESSES] += 1
 
     def take(self) -> dict[int, tuple[float, int]]:
         """Return and clear the pending counts as key id -> (last_used_at, uses)."""
@@ -78,11 +93,15 @@ class UsageCounter:
         before the newest one's previous are forgotten)."""
         hours, self._hours = self._hours, {}
         if self._seen:
-            newest = max(hour for _, hour in self._seen)
-            self._seen = {slot: seen for slot, seen in self._seen.items() if slot[1] >= newest - 1}
+            newest = max(slot & _HOUR_MASK for slot in self._seen)
+            self._seen = {
+                slot: seen for slot, seen in self._seen.items() if slot & _HOUR_MASK >= newest - 1
+            }
         return [
-            UsageHour(key_id, hour, c[0], c[1], c[2], c[3], c[4], bool(c[5]))
-            for (key_id, hour), c in hours.items()
+            UsageHour(
+                slot >> _HOUR_BITS, slot & _HOUR_MASK, c[0], c[1], c[2], c[3], c[4], bool(c[5])
+            )
+            for slot, c in hours.items()
         ]
 
     def _put_back(self, batch: dict[int, tuple[float, int]], hours: list[UsageHour]) -> None:
@@ -92,7 +111,9 @@ class UsageCounter:
             entry[0] = max(entry[0], last_used)
             entry[1] += uses
         for row in hours:
-            counts = self._hours.setdefault((row.key_id, row.hour), [0, 0, 0, 0, 0, 0])
+            counts = self._hours.setdefault(
+                (row.key_id << _HOUR_BITS) | row.hour, [0, 0, 0, 0, 0, 0]
+            )
             counts[FORWARDED] += row.forwarded
             counts[DENIED] += row.denied
             counts[LIMITED] += row.limited

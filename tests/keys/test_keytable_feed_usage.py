@@ -245,7 +245,10 @@ def test_address_sets_of_old_hours_are_forgotten() -> None:
     counter.record(1, 0.0, "10.0.0.1")
     counter.record(1, 3 * 3600.0, "10.0.0.1")
     counter.take_hours()
-    assert set(counter._seen) == {(1, 3)}
+    assert [row.hour for row in counter.take_hours()] == []
+    counter.record(1, 3 * 3600.0 + 5, "10.0.0.1")  # still known in hour 3: not new
+    counter.record(1, 0.0 + 5, "10.0.0.1")  # hour 0 was forgotten: counted again
+    assert sorted((r.hour, r.addresses) for r in counter.take_hours()) == [(0, 1), (3, 0)]
 
 
 async def test_empty_flush_does_not_call_the_store() -> None:
