@@ -220,3 +220,35 @@ async def test_two_gateways_on_postgres_add_up(
         # Each instance's rate limit is its own (local limiter): each sent the same mix.
         doubled = {k: v * 2 for k, v in EXPECTED.items() if k != "addresses_capped"}
         assert {k: point[k] for k in doubled} == doubled
+
+
+async def test_forward_auth_decisions_are_counted(tmp_path: Path, backend: Backend) -> None:
+    async with gateway_for(config_for(tmp_path / "c", backend)) as gateway:
+        key = await add_key(gateway, "fa-bot", [ROLE])
+        left = 3600 - time.time() % 3600
+        if left < HOUR_END_MARGIN:
+            await asyncio.sleep(left + 0.1)
+        statuses = []
+        # nginx auth_request: the original method and target in headers, asked with GET.
+        for method in ["GET"] * (LIMIT + 1) + ["POST"]:
+            headers = {
+                "X-API-Key": key,
+                "X-Original-Method": method,
+                "X-Original-URI": f"{REST}/_echo/fa",
+            }
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(
+                    f"http://127.0.0.1:{gateway.proxy_port}/_keygate/nginx", headers=headers
+                ) as response,
+            ):
+                statuses.append(response.status)
+        # nginx is answered 403 for a rate-limit refusal too (it passes on 401 and 403 only).
+        assert statuses == [200] * LIMIT + [403, 403]
+        await gateway.runtime.usage.flush(gateway.runtime.store)
+        row = await gateway.runtime.store.get_key_by_name("fa-bot")
+        assert row is not None
+        hour = int(time.time()) // 3600
+        [counted] = await gateway.runtime.store.usage_hours(row.id, hour, hour)
+        assert (counted.forwarded, counted.denied, counted.limited) == (LIMIT, 1, 1)
+        assert counted.addresses == 1  # the front proxy's connection: loopback
