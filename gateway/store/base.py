@@ -447,7 +447,8 @@ class KeyRecords(Protocol):
     async def record_usage(
         self, usage: dict[int, tuple[float, int]], hours: Sequence[UsageHour] = ()
     ) -> None:
-        """Add use counts and raise last_used_at for many keys in one transaction.
+        """Add use counts and raise last_used_at for many keys, and add `hours` to their
+        key-hour rows (an additive upsert: every instance's flush adds up), in one transaction.
 
         `usage` maps key id -> (last_used_at, uses since the previous flush).
         Writes no change-feed entry (usage is not auth-relevant).

@@ -65,3 +65,12 @@ async def test_prune_usage_deletes_only_older_hours(store: KeyStore, other: KeyS
     assert await store.prune_usage(15) == 5
     assert await other.prune_usage(15) == 0
     assert [row.hour for row in await other.usage_hours(a.id, 0, 100)] == list(range(15, 20))
+
+
+async def test_a_replacing_import_forgets_the_old_keys_usage(store: KeyStore) -> None:
+    a = await store.create_key(new_key("usage-replaced"), ACTOR)
+    await store.record_usage({}, [UsageHour(a.id, 100, forwarded=4)])
+    contents = await store.export_contents()
+    # The imported key keeps its id: the usage of the key it replaces must not become its own.
+    await store.import_contents(contents, replace=True)
+    assert await store.usage_hours(a.id, 0, 1_000) == []
