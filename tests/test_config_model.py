@@ -661,3 +661,15 @@ def test_the_decision_listener_default_port_is_its_own() -> None:
     # Different addresses may share a port number (0.0.0.0 would be every address).
     other = {"listen": {"host": "127.0.0.1"}, "admin": {"host": "127.0.0.2", "port": 8080}}
     assert settings_from_data({**MINIMAL, **other}, WHERE, {}).admin.port == 8080
+
+
+@pytest.mark.parametrize("value", [0, 3651, -1, "90", 1.5, None])
+def test_usage_keep_days_is_bounded(value: Any) -> None:
+    problems = problems_of({**MINIMAL, "usage": {"keep_days": value}})
+    assert len(problems) == 1 and "usage.keep_days" in problems[0]
+
+
+def test_usage_keep_days_defaults_to_ninety() -> None:
+    assert settings_from_data(MINIMAL, WHERE, {}).usage.keep_days == 90
+    kept = settings_from_data({**MINIMAL, "usage": {"keep_days": 7}}, WHERE, {})
+    assert kept.usage.keep_days == 7

@@ -16,6 +16,7 @@ from gateway.admin import (
     page,
     policy_handlers,
     session_handlers,
+    usage_handlers,
 )
 from gateway.admin.backend_sign_in import BackendSignIn
 from gateway.admin.basic_auth import Authenticator
@@ -72,6 +73,7 @@ ROUTES: tuple[tuple[str, str, Handler, str | None], ...] = (
     ("POST", f"{KEY}/revoke", key_handlers.revoke_key, None),
     ("POST", f"{KEY}/reinstate", key_handlers.reinstate_key, None),
     ("POST", f"{KEY}/roll", key_handlers.roll_key, None),
+    ("GET", f"{KEY}/usage", usage_handlers.key_usage, None),
     ("GET", "/api/v1/roles", policy_handlers.list_roles, None),
     ("GET", "/api/v1/policy", policy_handlers.policy_info, None),
     ("POST", "/api/v1/policy/explain", policy_handlers.explain, None),

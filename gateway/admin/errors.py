@@ -37,6 +37,7 @@ E_NAME_CONFLICT = "name_conflict"
 E_IDEMPOTENT_REPLAY = "idempotent_replay"
 E_IDEMPOTENCY_REUSED = "idempotency_key_reused"
 E_NOT_FOUND = "not_found"
+E_OUT_OF_RANGE = "out_of_range"  # a well-formed value outside its bounds (a usage window)
 E_INVALID = key_rules.E_INVALID
 E_UNKNOWN_ROLE = key_rules.E_UNKNOWN_ROLE
 E_UNKNOWN_FIELD = "unknown_field"

@@ -301,6 +301,40 @@ class Changes(_Answer):
     policy: Annotated[str, Meta(description="SHA-256 of the policy in force")]
 
 
+class UsagePoint(_Answer):
+    """A key's usage in one hour or one UTC day (zeros where nothing was counted)."""
+
+    start: Annotated[datetime, Meta(tz=True, description="the hour's or day's start (UTC)")]
+    forwarded: NonNegative
+    denied: Annotated[int, Meta(ge=0, description="refused by the policy (403)")]
+    limited: Annotated[int, Meta(ge=0, description="refused by the rate limit (429)")]
+    upstream_errors: Annotated[
+        int, Meta(ge=0, description="forwarded and answered 5xx (or keygate's 502/504)")
+    ]
+    addresses: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="distinct client addresses: exact within one process, summed over "
+            "processes (an upper bound); a day shows its busiest hour (a lower bound)",
+        ),
+    ]
+    addresses_capped: Annotated[
+        bool, Meta(description="a process saw more addresses than it tracks per key and hour")
+    ]
+
+
+class KeyUsage(_Answer):
+    """A key's usage over time: one point per step from `from` up to `to`."""
+
+    key_id: Annotated[int, Meta(ge=1)]
+    key_name: str
+    step: Literal["hour", "day"]
+    from_: Annotated[datetime, Meta(tz=True)] = msgspec.field(name="from")
+    to: Annotated[datetime, Meta(tz=True)]
+    points: list[UsagePoint]
+
+
 class Session(_Answer):
     """Who is signed in, where their grants come from, what they may grant and (for a web
     session) its CSRF token."""
@@ -371,6 +405,8 @@ MODELS: tuple[type[Struct], ...] = (
     Count,
     BatchCounts,
     Changes,
+    UsagePoint,
+    KeyUsage,
     Session,
 )
 # Whole-body rules JSON Schema states beside the properties (msgspec has no field for them).

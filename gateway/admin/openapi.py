@@ -31,6 +31,7 @@ from gateway.admin.parsing import (
 from gateway.admin.sessions import COOKIE as SESSION_COOKIE
 from gateway.admin.sessions import CSRF_HEADER, SECURE_COOKIE
 from gateway.keys.rules import IDEMPOTENCY_KEY_PATTERN
+from gateway.keys.usage_series import MAX_USAGE_POINTS, STEPS
 from gateway.proxy.decision import EXPLAIN_REASONS
 from gateway.store.base import KEY_SORTS
 
@@ -581,6 +582,42 @@ def _paths() -> dict[str, Schema]:
                 body=_NO_BODY,
             )
         }
+    paths["/api/v1/keys/{id}/usage"] = {
+        "get": _operation(
+            "keyUsage",
+            "A key's usage per hour or UTC day: forwarded, refused by policy (403) or rate "
+            "limit (429), upstream 5xx, distinct client addresses (counted in memory, "
+            "written in batches; every instance adds up)",
+            {**_ok("one point per step", "KeyUsage"), **_errors(400, *_AUTH_ERRORS, 404, 422)},
+            parameters=[
+                _ID_PARAMETER,
+                {
+                    "name": "from",
+                    "in": "query",
+                    "description": (
+                        "RFC 3339 date-time with a time zone (default: 24 hours before to), "
+                        f"within usage.keep_days; {models.NO_LEAP_SECOND}"
+                    ),
+                    "schema": {**_TIME, "maxLength": MAX_TIME_LENGTH},
+                },
+                {
+                    "name": "to",
+                    "in": "query",
+                    "description": (
+                        "RFC 3339 date-time with a time zone (default: now), after from, at "
+                        f"most a day ahead; {models.NO_LEAP_SECOND}"
+                    ),
+                    "schema": {**_TIME, "maxLength": MAX_TIME_LENGTH},
+                },
+                {
+                    "name": "step",
+                    "in": "query",
+                    "description": f"at most {MAX_USAGE_POINTS} points per answer",
+                    "schema": {"type": "string", "enum": ["", *STEPS], "default": "hour"},
+                },
+            ],
+        )
+    }
     paths["/api/v1/keys/identify"] = {
         "post": _operation(
             "identifyKey",

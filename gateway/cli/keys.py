@@ -1,4 +1,4 @@
-"""Command line for API keys: `keygate keys create|list|show|edit|roll|revoke|...|identify`."""
+"""Command line for API keys: `keygate keys create|list|show|edit|roll|revoke|...|usage`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway import clock
 from gateway.cli.common import CliError, add_config_option, cli_actor, load_store_config, open_store
+from gateway.cli.key_usage import add_usage_command
 from gateway.keys import keyformat as keys
 from gateway.keys import rules as key_rules
 from gateway.policy.rules import load_policy
@@ -352,6 +353,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     ):
         batch = keys_commands.add_parser(name, help=f"batch: {name.replace('-', ' ')}")
         batch.set_defaults(func=_batch(action, label))
+
+    add_usage_command(keys_commands)
 
     for sub in keys_commands.choices.values():
         add_config_option(sub)

@@ -1,13 +1,26 @@
-"""Key usage counting: last-used time and use count kept in memory, flushed in batches."""
+"""Key usage counting: last-used time, use count and hourly counts kept in memory, flushed in
+batches (the hot path never writes to the store)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
-from gateway.store.base import KeyRecords, StoreUnavailableError
+from gateway.store.base import KeyRecords, StoreUnavailableError, UsageHour, UsageRecords
 
 log = logging.getLogger("keygate.usage")
+
+HOUR = 3600
+# Distinct client addresses tracked per key and hour in one process; past it the count stops
+# growing and the hour is marked capped (memory stays bounded under address variety).
+ADDRESSES_PER_KEY_HOUR = 1000
+# Index of each count in a key-hour's list (a list, not an object: the hot path's cost).
+FORWARDED, DENIED, LIMITED, UPSTREAM_ERRORS, NEW_ADDRESSES, CAPPED = range(6)
+# A key-hour is one int, key id above the hour (hashing an int is cheaper than a tuple);
+# hours since 1970 fit in 32 bits for the next 490,000 years.
+_HOUR_BITS = 32
+_HOUR_MASK = (1 << _HOUR_BITS) - 1
 
 
 class UsageCounter:
@@ -15,33 +28,109 @@ class UsageCounter:
 
     def __init__(self) -> None:
         self._pending: dict[int, list[float]] = {}
+        # key-hour slot (see _slot) -> counts since the last flush (indexes above).
+        self._hours: dict[int, list[int]] = {}
+        # key-hour slot -> the addresses seen in that hour, kept across flushes so an
+        # address is counted once per process and hour; hours before the last are dropped.
+        self._seen: dict[int, set[str]] = {}
 
-    def record(self, key_id: int, now: float) -> None:
-        """Note one use of a key at `now` (hot path: a dict update, no I/O)."""
+    def record(self, key_id: int, now: float, address: str | None = None) -> None:
+        """Note one forwarded use of a key at `now` (hot path: dict updates, no I/O)."""
         entry = self._pending.get(key_id)
         if entry is None:
             self._pending[key_id] = [now, 1.0]
         else:
             entry[0] = now
             entry[1] += 1.0
+        # Inlined _count (the proxy's every admitted request comes here).
+        slot = (key_id << _HOUR_BITS) | (int(now) // HOUR)
+        counts = self._hours.get(slot)
+        if counts is None:
+            counts = self._hours[slot] = [1, 0, 0, 0, 0, 0]
+        else:
+            counts[FORWARDED] += 1
+        if address is not None:
+            self._note_address(slot, counts, address)
+
+    def refused(self, key_id: int, now: float, *, limited: bool, address: str | None) -> None:
+        """Note a key's request refused by the policy (403) or its rate limit (429)."""
+        self._count(key_id, now, LIMITED if limited else DENIED, address)
+
+    def upstream_error(self, key_id: int, now: float) -> None:
+        """Note a key's forwarded request the upstream answered 5xx (or failed to answer)."""
+        self._count(key_id, now, UPSTREAM_ERRORS, None)
+
+    def _count(self, key_id: int, now: float, which: int, address: str | None) -> None:
+        """Add one to a count of the key's hour, and note the address when new."""
+        slot = (key_id << _HOUR_BITS) | (int(now) // HOUR)
+        counts = self._hours.get(slot)
+        if counts is None:
+            counts = self._hours[slot] = [0, 0, 0, 0, 0, 0]
+        counts[which] += 1
+        if address is not None:
+            self._note_address(slot, counts, address)
+
+    def _note_address(self, slot: int, counts: list[int], address: str) -> None:
+        """Count `address` in the key-hour once; past the cap, mark the hour capped."""
+        seen = self._seen.get(slot)
+        if seen is None:
+            self._seen[slot] = {address}
+            counts[NEW_ADDRESSES] += 1
+        elif address not in seen:
+            if len(seen) >= ADDRESSES_PER_KEY_HOUR:
+                counts[CAPPED] = 1
+            else:
+                seen.add(address)
+                counts[NEW_ADDRESSES] += 1
 
     def take(self) -> dict[int, tuple[float, int]]:
         """Return and clear the pending counts as key id -> (last_used_at, uses)."""
         pending, self._pending = self._pending, {}
         return {key_id: (entry[0], int(entry[1])) for key_id, entry in pending.items()}
 
+    def take_hours(self) -> list[UsageHour]:
+        """Return and clear the hourly counts since the last flush (address sets of hours
+        before the newest one's previous are forgotten)."""
+        hours, self._hours = self._hours, {}
+        if self._seen:
+            newest = max(slot & _HOUR_MASK for slot in self._seen)
+            self._seen = {
+                slot: seen for slot, seen in self._seen.items() if slot & _HOUR_MASK >= newest - 1
+            }
+        return [
+            UsageHour(
+                slot >> _HOUR_BITS, slot & _HOUR_MASK, c[0], c[1], c[2], c[3], c[4], bool(c[5])
+            )
+            for slot, c in hours.items()
+        ]
+
+    def _put_back(self, batch: dict[int, tuple[float, int]], hours: list[UsageHour]) -> None:
+        """Merge a batch that failed to flush back into the pending counts."""
+        for key_id, (last_used, uses) in batch.items():
+            entry = self._pending.setdefault(key_id, [last_used, 0.0])
+            entry[0] = max(entry[0], last_used)
+            entry[1] += uses
+        for row in hours:
+            counts = self._hours.setdefault(
+                (row.key_id << _HOUR_BITS) | row.hour, [0, 0, 0, 0, 0, 0]
+            )
+            counts[FORWARDED] += row.forwarded
+            counts[DENIED] += row.denied
+            counts[LIMITED] += row.limited
+            counts[UPSTREAM_ERRORS] += row.upstream_errors
+            counts[NEW_ADDRESSES] += row.addresses
+            counts[CAPPED] = max(counts[CAPPED], int(row.addresses_capped))
+
     async def flush(self, store: KeyRecords) -> None:
         """Write pending counts to the store; on failure they are merged back for next time."""
         batch = self.take()
-        if not batch:
+        hours = self.take_hours()
+        if not batch and not hours:
             return
         try:
-            await store.record_usage(batch)
+            await store.record_usage(batch, hours)
         except Exception:
-            for key_id, (last_used, uses) in batch.items():
-                entry = self._pending.setdefault(key_id, [last_used, 0.0])
-                entry[0] = max(entry[0], last_used)
-                entry[1] += uses
+            self._put_back(batch, hours)
             raise
 
     async def run(self, store: KeyRecords, interval: float) -> None:
@@ -70,3 +159,19 @@ class UsageCounter:
                     failing = False
         finally:
             await self.flush(store)
+
+
+async def prune_usage_periodically(store: UsageRecords, keep_days: int, interval: float) -> None:
+    """Delete hourly usage older than `keep_days` every `interval` seconds until cancelled;
+    failures are retried at the next interval."""
+    while True:
+        try:
+            pruned = await store.prune_usage(int(time.time()) // HOUR - keep_days * 24)
+        except StoreUnavailableError:
+            pass  # the follower and the admin API report the outage
+        except Exception:
+            log.exception("usage prune failed; retrying later")
+        else:
+            if pruned:
+                log.info("hourly usage pruned: %d old rows removed", pruned)
+        await asyncio.sleep(interval)

@@ -124,8 +124,12 @@ class Limited:
 class UseCounter(Protocol):
     """Where an admitted key's use is counted (gateway.keys.usage.UsageCounter)."""
 
-    def record(self, key_id: int, now: float) -> None:
-        """Note one use of a key at `now`."""
+    def record(self, key_id: int, now: float, address: str | None = None) -> None:
+        """Note one use of a key at `now`, from the client `address`."""
+        ...
+
+    def refused(self, key_id: int, now: float, *, limited: bool, address: str | None) -> None:
+        """Note a key's request refused by the policy (403) or its rate limit (429)."""
         ...
 
 
@@ -140,12 +144,18 @@ async def admit(
     moment: float,
     *,
     deny_anonymous: bool,
+    address: str | None = None,
 ) -> Refusal | Limited | None:
     """Decide a request (`decide`), then count a key caller against its rate limit and, when
     admitted, count its use at `moment`. None: let it through (to the upstream, or for a
-    forward-auth answer, to the front proxy's upstream)."""
+    forward-auth answer, to the front proxy's upstream). A key caller's policy refusal (403)
+    and rate-limit refusal are counted too, with the client `address`."""
     refusal = decide(policy, method, raw_target, caller, overrides, deny_anonymous=deny_anonymous)
-    if refusal is not None or not isinstance(caller, CachedKey):
+    if not isinstance(caller, CachedKey):
+        return refusal
+    if refusal is not None:
+        if refusal.status == 403:
+            uses.refused(caller.id, moment, limited=False, address=address)
         return refusal
     limit = caller.rate_limit or policy.rate_limit_for(caller.roles)
     if limit is not None:
@@ -155,8 +165,9 @@ async def admit(
             else await limiter.check(caller.id, limit)
         )
         if decision is not None and not decision.allowed:
+            uses.refused(caller.id, moment, limited=True, address=address)
             return Limited(limit, decision)
-    uses.record(caller.id, moment)
+    uses.record(caller.id, moment, address)
     return None
 
 

@@ -121,6 +121,7 @@ class Gate:
             runtime.usage,
             moment,
             deny_anonymous=self._deny_anonymous,
+            address=request.remote,
         )
         if outcome is not None:
             return outcome, None, _NO_HEADERS

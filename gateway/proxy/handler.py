@@ -10,6 +10,7 @@ import time
 import aiohttp
 from aiohttp import hdrs, web
 
+from gateway.clock import now
 from gateway.proxy import refusals
 from gateway.proxy.access_log import redact_keys
 from gateway.proxy.decision import Limited
@@ -184,11 +185,14 @@ class Proxy:
         forward_auth = self.forward_auth
         if forward_auth.claims(raw_path):  # never forwarded: keygate answers it itself
             return await forward_auth.answer(request, notes)
-        outcome, _, headers = await self._gate.admit(
+        outcome, key, headers = await self._gate.admit(
             request, notes, request.method, raw_path, forwarding=True
         )
         if outcome is None:
-            return await self._forward(request, notes, headers)
+            response = await self._forward(request, notes, headers)
+            if key is not None and response.status >= 500:  # the upstream's, or its failure's
+                self._runtime.usage.upstream_error(key.id, now())
+            return response
         if isinstance(outcome, Limited):
             response = self._refuse(refusals.RATE_LIMITED)
             response.headers.extend(rate_limit_headers(outcome.limit, outcome.decision))

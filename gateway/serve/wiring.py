@@ -31,6 +31,7 @@ from gateway.keys.snapshot import (
     store_unreachable,
 )
 from gateway.keys.table import KeyTable
+from gateway.keys.usage import prune_usage_periodically
 from gateway.policy.reload import PolicyHolder, load_policy_file
 from gateway.proxy.access_log import JsonProxyAccessLogger, ProxyAccessLogger, access_logger
 from gateway.proxy.decision_listener import DecisionServer
@@ -222,6 +223,14 @@ async def running_gateway(
             asyncio.create_task(
                 runtime.usage.run(runtime.store, settings.usage.flush_interval),
                 name="keygate-usage",
+            )
+        )
+        tasks.append(
+            asyncio.create_task(
+                prune_usage_periodically(
+                    store, settings.usage.keep_days, settings.usage.prune_interval
+                ),
+                name="keygate-usage-prune",
             )
         )
         upstream = create_upstream_client(settings.upstream)

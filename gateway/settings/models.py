@@ -316,10 +316,19 @@ class Feed(Section, frozen=True):
     prune_interval: Seconds01 = 60.0  # seconds between prunes of the change feed
 
 
+# The longest a key's hourly usage may be kept (ten years of hours per key, bounded).
+USAGE_KEEP_DAYS_LIMIT = 3650
+UsageDays = Annotated[
+    int, Meta(ge=1, le=USAGE_KEEP_DAYS_LIMIT, description=f"an integer 1-{USAGE_KEEP_DAYS_LIMIT}")
+]
+
+
 class Usage(Section, frozen=True):
-    """`usage`: batching of last-used times and use counts."""
+    """`usage`: batching of last-used times and use counts; hourly usage kept and pruned."""
 
     flush_interval: Seconds005 = 2.0  # seconds between usage flushes
+    keep_days: UsageDays = 90  # days a key's hourly usage is kept
+    prune_interval: Seconds01 = 3600.0  # seconds between prunes of the hourly usage
 
 
 class Shutdown(Section, frozen=True):

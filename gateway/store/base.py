@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
@@ -125,6 +125,24 @@ class FeedPrunedError(StoreError):
 
 # Roles an administrator may act on: None for every role (grant-all admins and the CLI).
 Grants = frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageHour:
+    """One key's counts in one hour (hour: unix seconds // 3600), as flushed or as summed.
+
+    `addresses` is each instance's distinct client addresses, added up (an upper bound when
+    instances share callers); `addresses_capped` when an instance saw more than it tracks.
+    """
+
+    key_id: int
+    hour: int
+    forwarded: int = 0
+    denied: int = 0  # refused by the policy (403)
+    limited: int = 0  # refused by the rate limit (429)
+    upstream_errors: int = 0  # forwarded, answered 5xx (or failed: keygate's 502/504)
+    addresses: int = 0
+    addresses_capped: bool = False
 
 
 class BatchResult(NamedTuple):
@@ -426,8 +444,11 @@ class KeyRecords(Protocol):
     async def delete_revoked(self, actor: str, grants: Grants = None) -> BatchResult:
         """Delete every revoked key within `grants` in one transaction."""
 
-    async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:
-        """Add use counts and raise last_used_at for many keys in one transaction.
+    async def record_usage(
+        self, usage: dict[int, tuple[float, int]], hours: Sequence[UsageHour] = ()
+    ) -> None:
+        """Add use counts and raise last_used_at for many keys, and add `hours` to their
+        key-hour rows (an additive upsert: every instance's flush adds up), in one transaction.
 
         `usage` maps key id -> (last_used_at, uses since the previous flush).
         Writes no change-feed entry (usage is not auth-relevant).
@@ -619,9 +640,20 @@ class StoreCopy(Protocol):
         """
 
 
+class UsageRecords(Protocol):
+    """Usage per key and hour (written by `KeyRecords.record_usage`): read and prune."""
+
+    async def usage_hours(self, key_id: int, first_hour: int, last_hour: int) -> list[UsageHour]:
+        """Return a key's rows with first_hour <= hour <= last_hour, oldest first."""
+
+    async def prune_usage(self, before_hour: int) -> int:
+        """Delete usage rows of hours before `before_hour`; return how many."""
+
+
 class KeyStore(
     StoreLifecycle,
     KeyRecords,
+    UsageRecords,
     Feed,
     AuditLog,
     NotifyState,

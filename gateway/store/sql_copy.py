@@ -74,5 +74,8 @@ class SqlCopy(SqlBase):
             await tx.execute("DELETE FROM audit_keys")
             await tx.execute(self.dialect.audit_keys_from_details)
             await tx.execute("DELETE FROM idempotency_keys")
+            # Hourly usage is not copied, and what is here counted the keys just replaced
+            # (an imported key may carry the id of one of them).
+            await tx.execute("DELETE FROM key_usage")
             for statement in self.dialect.after_import:
                 await tx.execute(statement)

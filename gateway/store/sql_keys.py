@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from gateway.store.base import (
@@ -21,6 +22,7 @@ from gateway.store.base import (
     NameConflictError,
     NewKey,
     SortPosition,
+    UsageHour,
 )
 from gateway.store.common import (
     ACTION_CREATE,
@@ -55,6 +57,7 @@ from gateway.store.common import (
     wanted_edits,
 )
 from gateway.store.sql import SqlBase, Tx
+from gateway.store.sql_usage import add_usage_hours
 
 INSERT_KEY = (
     "INSERT INTO keys (name, description, roles, status, digest, prefix,"
@@ -452,13 +455,16 @@ class SqlKeys(SqlBase):
         return int(rows[0][0])
 
     # --- usage -----------------------------------------------------------------
-    async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:
-        """Add use counts and raise last_used_at for many keys in one transaction.
+    async def record_usage(
+        self, usage: dict[int, tuple[float, int]], hours: Sequence[UsageHour] = ()
+    ) -> None:
+        """Add use counts and raise last_used_at for many keys, and add the hourly usage
+        rows (`hours`), in one transaction (a retried flush never counts twice).
 
         Unknown ids (keys deleted meanwhile) are ignored; no change-feed entry is written.
         Rows are updated in id order, so two instances flushing at once never deadlock.
         """
-        if not usage:
+        if not usage and not hours:
             return
         rows = [
             (uses, last_used, last_used, key_id)
@@ -471,3 +477,4 @@ class SqlKeys(SqlBase):
                 " WHERE id = ?",
                 rows,
             )
+            await add_usage_hours(tx, self.dialect.greatest, hours)

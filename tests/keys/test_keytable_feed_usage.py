@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,8 +14,8 @@ from support.stores import fill_table, load_table_from
 from gateway.keys import keyformat as keys
 from gateway.keys.feed import FeedFollower, catch_up
 from gateway.keys.table import KeyTable
-from gateway.keys.usage import UsageCounter
-from gateway.store.base import Change, KeyRow, KeyStatus, NewKey
+from gateway.keys.usage import ADDRESSES_PER_KEY_HOUR, UsageCounter, prune_usage_periodically
+from gateway.store.base import Change, KeyRow, KeyStatus, NewKey, UsageHour
 from gateway.store.sqlite import SqliteKeyStore
 
 # Upper bound, in seconds, for a change made by another store instance to reach the table.
@@ -174,9 +174,13 @@ class FailingStore:
     def __init__(self, counter: UsageCounter) -> None:
         self.counter = counter
         self.calls: list[dict[int, tuple[float, int]]] = []
+        self.hours: list[list[UsageHour]] = []
 
-    async def record_usage(self, usage: dict[int, tuple[float, int]]) -> None:
+    async def record_usage(
+        self, usage: dict[int, tuple[float, int]], hours: Sequence[UsageHour] = ()
+    ) -> None:
         self.calls.append(dict(usage))
+        self.hours.append(list(hours))
         self.counter.record(1, 50.0)  # a use recorded while the write is in flight
         self.counter.record(3, 60.0)
         raise ConnectionError("database is away")
@@ -193,6 +197,58 @@ async def test_failed_flush_merges_counts_back() -> None:
     assert store.calls == [{1: (110.0, 2), 2: (90.0, 1)}]
     # Nothing lost, nothing double counted, the latest time kept.
     assert counter.take() == {1: (110.0, 3), 2: (90.0, 1), 3: (60.0, 1)}
+    # The hourly counts too (all in hour 0: moments under 3600 s).
+    assert sorted(counter.take_hours(), key=lambda h: h.key_id) == [
+        UsageHour(1, 0, forwarded=3),
+        UsageHour(2, 0, forwarded=1),
+        UsageHour(3, 0, forwarded=1),
+    ]
+
+
+def test_hourly_counts_split_by_hour_and_outcome() -> None:
+    counter = UsageCounter()
+    counter.record(1, 3599.0, "10.0.0.1")
+    counter.record(1, 3600.0, "10.0.0.1")  # the next hour: the address is new there
+    counter.refused(1, 3700.0, limited=False, address="10.0.0.2")
+    counter.refused(1, 3701.0, limited=True, address="10.0.0.1")
+    counter.upstream_error(1, 3702.0)
+    counter.record(2, 3650.0, None)
+    assert sorted(counter.take_hours(), key=lambda h: (h.key_id, h.hour)) == [
+        UsageHour(1, 0, forwarded=1, addresses=1),
+        UsageHour(1, 1, forwarded=1, denied=1, limited=1, upstream_errors=1, addresses=2),
+        UsageHour(2, 1, forwarded=1),
+    ]
+    assert counter.take_hours() == []
+
+
+def test_an_address_counts_once_per_hour_across_flushes() -> None:
+    counter = UsageCounter()
+    counter.record(1, 7200.0, "10.0.0.1")
+    assert counter.take_hours() == [UsageHour(1, 2, forwarded=1, addresses=1)]
+    counter.record(1, 7300.0, "10.0.0.1")  # seen this hour before the flush: not new
+    counter.record(1, 7301.0, "10.0.0.3")
+    assert counter.take_hours() == [UsageHour(1, 2, forwarded=2, addresses=1)]
+
+
+def test_distinct_addresses_saturate_at_the_cap() -> None:
+    counter = UsageCounter()
+    for n in range(ADDRESSES_PER_KEY_HOUR + 5):
+        counter.record(1, 10.0, f"10.1.{n // 256}.{n % 256}")
+    counter.record(1, 10.0, "10.1.0.0")  # already counted
+    [row] = counter.take_hours()
+    assert row.forwarded == ADDRESSES_PER_KEY_HOUR + 6
+    assert row.addresses == ADDRESSES_PER_KEY_HOUR and row.addresses_capped
+
+
+def test_address_sets_of_old_hours_are_forgotten() -> None:
+    counter = UsageCounter()
+    counter.record(1, 0.0, "10.0.0.1")
+    counter.record(1, 3 * 3600.0, "10.0.0.1")
+    counter.take_hours()
+    assert [row.hour for row in counter.take_hours()] == []
+    counter.record(1, 3 * 3600.0 + 5, "10.0.0.1")  # still known in hour 3: not new
+    counter.record(1, 0.0 + 5, "10.0.0.1")  # hour 0 was forgotten: counted again
+    assert sorted((r.hour, r.addresses) for r in counter.take_hours()) == [(0, 1), (3, 0)]
 
 
 async def test_empty_flush_does_not_call_the_store() -> None:
@@ -258,6 +314,7 @@ async def test_usage_flush_writes_to_the_store(db_path: Path) -> None:
         assert stored is not None
         assert (stored.use_count, stored.last_used_at) == (4, 1003.0)
         assert counter.take() == {}
+        assert await store.usage_hours(created.id, 0, 10) == [UsageHour(created.id, 0, forwarded=4)]
 
 
 async def test_usage_run_flushes_once_more_when_cancelled(db_path: Path) -> None:
@@ -392,3 +449,25 @@ async def test_follower_survives_store_errors(db_path: Path) -> None:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+
+
+async def test_usage_is_pruned_on_schedule(db_path: Path) -> None:
+    async with opened(db_path) as store:
+        new, _ = new_key("pruned")
+        created = await store.create_key(new, "admin")
+        this_hour = int(time.time()) // 3600
+        kept_from = this_hour - 2 * 24  # keep_days=2
+        hours = [UsageHour(created.id, h, forwarded=1) for h in range(kept_from - 3, kept_from + 3)]
+        await store.record_usage({}, hours)
+        task = asyncio.create_task(prune_usage_periodically(store, 2, 0.05))
+        try:
+            start = time.monotonic()
+            while len(await store.usage_hours(created.id, 0, this_hour)) != 3:
+                assert time.monotonic() - start < FEED_BOUND, "not pruned in time"
+                await asyncio.sleep(0.02)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        left = await store.usage_hours(created.id, 0, this_hour)
+        assert [row.hour for row in left] == [kept_from, kept_from + 1, kept_from + 2]

@@ -1,8 +1,9 @@
 """Upstreams for tests: the demo backend plus test-only diagnostics routes on a loopback port.
 
-The diagnostics routes (`_echo`, `_blob`, `_slow`) live here, not in `gateway.demo.backend`:
-they exist for tests, which need to see exactly what the gateway forwards, stream large
-bodies and wait on a slow backend. They answer without a token or an acting user.
+The diagnostics routes (`_echo`, `_blob`, `_slow`, `_status`) live here, not in
+`gateway.demo.backend`: they exist for tests, which need to see exactly what the gateway
+forwards, stream large bodies, wait on a slow backend and get a chosen status. They answer
+without a token or an acting user.
 `start_recording_backend` also notes every request received (the forward-auth front tests
 check what reached the backend).
 """
@@ -40,7 +41,7 @@ SLOW_MAX_DELAY: Final = 30.0
 # has already seen cut off by the gateway) before it cancels them.
 SHUTDOWN_TIMEOUT: Final = 0.1
 # Names of the diagnostics routes (public: no token or acting user needed).
-TEST_ROUTES: Final = frozenset({"echo", "blob", "slow"})
+TEST_ROUTES: Final = frozenset({"echo", "blob", "slow", "status"})
 
 # One period of the blob pattern, and enough periods to cut any 64 KiB chunk from.
 _BLOB_PERIOD: Final = bytes(range(BLOB_MODULUS))
@@ -122,6 +123,14 @@ async def _slow(request: web.Request) -> web.Response:
     return web.json_response({"slept": delay})
 
 
+async def _status(request: web.Request) -> web.Response:
+    """ANY /_status/{code}: answer with that status (200-599), e.g. an upstream 5xx."""
+    code = int(request.match_info["code"])
+    if not 200 <= code <= 599:
+        raise DemoError(400, ERR_INVALID_REQUEST, "code must be an HTTP status in [200, 599]")
+    return web.json_response({"status": code}, status=code)
+
+
 def create_test_upstream_app(
     acting_user_header: str = DEFAULT_ACTING_USER_HEADER,
 ) -> web.Application:
@@ -130,6 +139,7 @@ def create_test_upstream_app(
     app.router.add_route("*", f"{BASE_PATH}/_echo/{{tail:.*}}", _echo, name="echo")
     app.router.add_get(f"{BASE_PATH}/_blob", _blob, name="blob")
     app.router.add_get(f"{BASE_PATH}/_slow", _slow, name="slow")
+    app.router.add_route("*", f"{BASE_PATH}/_status/{{code:[0-9]{{3}}}}", _status, name="status")
     app[DEMO_STATE].public_routes.update(TEST_ROUTES)
     return app
 

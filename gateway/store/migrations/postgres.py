@@ -260,6 +260,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE admin_sessions ADD COLUMN expires_at DOUBLE PRECISION",
         ),
     ),
+    Migration(
+        10,
+        "usage per key and hour: forwarded, refused (policy, rate limit), upstream 5xx, addresses",
+        (
+            # hour: unix seconds // 3600. Every instance adds its counts (an additive upsert);
+            # addresses is the sum of each instance's distinct count (an upper bound across
+            # instances), addresses_capped 1 when an instance saw more than it tracks.
+            """
+            CREATE TABLE key_usage (
+                key_id           BIGINT NOT NULL,
+                hour             BIGINT NOT NULL,
+                forwarded        BIGINT NOT NULL DEFAULT 0,
+                denied           BIGINT NOT NULL DEFAULT 0,
+                limited          BIGINT NOT NULL DEFAULT 0,
+                upstream_errors  BIGINT NOT NULL DEFAULT 0,
+                addresses        BIGINT NOT NULL DEFAULT 0,
+                addresses_capped INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (key_id, hour)
+            )
+            """,
+            "CREATE INDEX key_usage_hour ON key_usage (hour)",
+        ),
+    ),
 )
 
 check_sequence(MIGRATIONS)
