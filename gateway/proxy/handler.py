@@ -10,6 +10,7 @@ import time
 import aiohttp
 from aiohttp import hdrs, web
 
+from gateway.keys import sunset
 from gateway.proxy import refusals
 from gateway.proxy.access_log import redact_keys
 from gateway.proxy.decision import Limited
@@ -184,11 +185,12 @@ class Proxy:
         forward_auth = self._forward_auth
         if forward_auth.claims(raw_path):  # never forwarded: keygate answers it itself
             return await forward_auth.answer(request, notes)
-        outcome, _, headers = await self._gate.admit(
+        gate = self._gate
+        outcome, record, headers = await gate.admit(
             request, notes, request.method, raw_path, forwarding=True
         )
         if outcome is None:
-            return await self._forward(request, notes, headers)
+            return await self._forward(request, notes, headers, gate.expiry_notice(record))
         if isinstance(outcome, Limited):
             response = self._refuse(refusals.RATE_LIMITED)
             response.headers.extend(rate_limit_headers(outcome.limit, outcome.decision))
@@ -196,7 +198,11 @@ class Proxy:
         return self._refuse(outcome)
 
     async def _forward(
-        self, request: web.BaseRequest, notes: RequestNotes, headers: list[tuple[str, str]]
+        self,
+        request: web.BaseRequest,
+        notes: RequestNotes,
+        headers: list[tuple[str, str]],
+        notice: sunset.Headers,
     ) -> web.StreamResponse:
         """Send the request upstream byte-exact and stream the answer back."""
         client_headers = request.headers
@@ -231,7 +237,7 @@ class Proxy:
         notes.upstream_ms = round((time.monotonic() - sent) * 1000, 2)
         notes.upstream_status = upstream.status
         try:
-            return await self._relay(request, notes, upstream)
+            return await self._relay(request, notes, upstream, notice)
         finally:
             upstream.release()
 
@@ -248,9 +254,16 @@ class Proxy:
         return response
 
     async def _relay(
-        self, request: web.BaseRequest, notes: RequestNotes, upstream: UpstreamResponse
+        self,
+        request: web.BaseRequest,
+        notes: RequestNotes,
+        upstream: UpstreamResponse,
+        notice: sunset.Headers,
     ) -> web.StreamResponse:
-        """Copy status, headers (minus hop-by-hop) and body from the upstream response."""
+        """Copy status, headers (minus hop-by-hop) and body from the upstream response.
+
+        `notice`: the key's Deprecation/Sunset headers (gateway.keys.sunset), if any.
+        """
         if upstream.transfer_codings and request.version < aiohttp.HttpVersion11:
             # RFC 9112 section 6.1: no transfer coding may be sent to an HTTP/1.0 client.
             log.warning(
@@ -271,6 +284,9 @@ class Proxy:
         out = response.headers
         out.extend(response_headers(upstream.headers, upstream.connection))
         out[REQUEST_ID_HEADER] = notes.request_id
+        if notice:
+            for name, value in notice:  # keygate's, in place of any the upstream sent
+                out[name] = value
         self._runtime.metrics.forwarded(upstream.status)
         try:
             if whole:
