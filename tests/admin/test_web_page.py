@@ -919,6 +919,58 @@ def test_batch_actions_confirm_with_counts_and_report_them(
     assert [d["scope"] for d in reinstates] == ["all", "batch"]  # newest first
 
 
+def test_chosen_rows_revoke_reinstate_delete_as_one_batch(browser: Browser, tmp_path: Path) -> None:
+    with (
+        running_site(tmp_path / "config", BATCH_KEYS) as batch_site,
+        signed_in(browser, batch_site) as page,
+    ):
+        rows = page.locator("#keys-body tr")
+        page_expect(rows).to_have_count(5)
+        bar = page.get_by_role("group", name="Selected keys")
+        page_expect(bar).to_be_hidden()
+        for name in ("batch-0", "batch-2"):
+            page.get_by_role("checkbox", name=f"Select {name}").check()
+        page_expect(bar).to_contain_text("2 keys selected")
+        screenshot(page, f"chosen-{WIDE}.png")
+        bar.get_by_role("button", name="Revoke 2", exact=True).click()
+        ask = confirm_dialog(page)
+        page_expect(ask).to_contain_text("Revoke batch-2, batch-0?")  # in the list's order
+        button = ask.get_by_role("button", name="Revoke 2 keys", exact=True)
+        page_expect(button).to_be_disabled()
+        ask.get_by_role("textbox", name="Type 2 to confirm").fill("2")
+        button.click()
+        page_expect(page.locator("#status-message")).to_have_text("Revoked 2 API keys.")
+        for name in ("batch-0", "batch-2"):
+            page_expect(row(page, name).get_by_role("img", name="Revoked")).to_be_visible()
+        page_expect(row(page, "batch-1").get_by_role("img", name="Revoked")).to_have_count(0)
+        page_expect(bar).to_be_hidden()  # the selection is spent
+
+        page.set_viewport_size({"width": NARROW, "height": 800})
+        for name in ("batch-0", "batch-1"):
+            page.get_by_role("checkbox", name=f"Select {name}").check()
+        page_expect(bar).to_contain_text("2 keys selected")
+        overflow = page.evaluate("document.documentElement.scrollWidth")
+        assert overflow <= NARROW, "the selection makes the page scroll sideways at 390 px"
+        bar.scroll_into_view_if_needed()
+        screenshot(page, f"chosen-{NARROW}.png")
+        bar.get_by_role("button", name="Reinstate 2", exact=True).click()
+        ask = confirm_dialog(page)
+        page_expect(ask.get_by_role("textbox")).to_be_hidden()
+        ask.get_by_role("button", name="Reinstate 2 keys", exact=True).click()
+        page_expect(page.locator("#status-message")).to_have_text(
+            "Reinstated 1 API key. 1 key already active."
+        )
+        page.get_by_role("checkbox", name="Select batch-2").check()
+        bar.get_by_role("button", name="Delete 1", exact=True).click()
+        confirm_dialog(page).get_by_role("button", name="Delete 1 key", exact=True).click()
+        page_expect(page.locator("#status-message")).to_have_text("Deleted 1 API key.")
+        page_expect(rows).to_have_count(4)
+    audit = json.loads(cli(batch_site.config, "audit", "--json"))
+    revokes = [e for e in audit if e["action"] == "revoke" and e["actor"] == "local:root"]
+    assert sorted(e["key_name"] for e in revokes) == ["batch-0", "batch-2"]
+    assert len({e["details"]["batch_id"] for e in revokes}) == 1
+
+
 # --------------------------------------------------------------------------- 7: beyond the tab
 
 

@@ -28,6 +28,7 @@ const state = {
   roles: [],
   policy: null, // SHA-256 of the policy in force, as last seen
   keys: { items: [], cursors: [null], page: 0, next: null },
+  selected: new Set(), // ids of the rows chosen for a batch (this page's rows only)
   audit: { next: null, key: null }, // key: the one "Audit history" asked about (id, name)
   seq: null,
   pollTimer: null,
@@ -420,14 +421,76 @@ function keyRow(key) {
     el("td", { "data-label": "Last used" }, when(key.last_used_at)),
     el("td", { "data-label": "Uses", class: "num", text: String(key.use_count) }),
     el("td", { "data-label": "Expires" }, when(key.expires_at), expiresSoon(key)),
-    el("td", { class: "row-actions" }, el("div", { class: "menu-anchor" }, settings)),
+    el(
+      "td",
+      { class: "row-actions" },
+      el("input", {
+        type: "checkbox",
+        class: "pick",
+        "aria-label": `Select ${key.name}`,
+        checked: state.selected.has(key.id),
+        "data-focus-key": `pick:${key.id}`,
+        onchange: (event) => pickKey(key.id, event.target.checked),
+      }),
+      el("div", { class: "menu-anchor" }, settings),
+    ),
   );
+}
+
+// ------------------------------------------------------------------------ chosen keys
+
+const CHOSEN = {
+  revoke: { verb: "Revoke", done: "Revoked", typed: true, note: "Requests with them are refused at once; you can reinstate them later." },
+  reinstate: { verb: "Reinstate", done: "Reinstated", typed: false, note: "They work again at once (an expired key needs a new expiry first)." },
+  delete: { verb: "Delete", done: "Deleted", typed: true, note: "This cannot be undone." },
+};
+
+function pickKey(id, picked) {
+  if (picked) state.selected.add(id);
+  else state.selected.delete(id);
+  renderSelection();
+}
+
+function renderSelection() {
+  const n = state.selected.size;
+  $("selection-bar").hidden = n === 0;
+  $("selection-count").textContent = `${plural(n, "key")} selected`;
+  for (const [action, words] of Object.entries(CHOSEN)) $(`chosen-${action}`).textContent = `${words.verb} ${n}`;
+}
+
+async function runChosen(action) {
+  const words = CHOSEN[action];
+  const ids = [...state.selected];
+  const n = ids.length;
+  const names = state.keys.items.filter((key) => state.selected.has(key.id)).map((key) => key.name);
+  const sure = await confirmAction({
+    title: `${words.verb} ${plural(n, "selected API key")}?`,
+    message: `${words.verb} ${names.join(", ")}? ${words.note}`,
+    button: `${words.verb} ${plural(n, "key")}`,
+    typeCount: words.typed && n > 1 ? n : null,
+    danger: words.typed,
+    returnFocus: $(`chosen-${action}`),
+  });
+  if (!sure) return;
+  try {
+    const result = await api("POST", "/api/v1/keys/batch", { action, ids });
+    const left = result.skipped ? ` ${plural(result.skipped, "key")} already ${action === "revoke" ? "revoked" : "active"}.` : "";
+    say(`${words.done} ${plural(result.count, "API key")}.${left}`);
+    state.selected.clear();
+    renderSelection();
+    await loadKeys({ quiet: true });
+  } catch (failure) {
+    handleFailure(failure);
+  }
 }
 
 function renderKeys() {
   const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.focusKey : null;
   const body = $("keys-body");
+  const shown = new Set(state.keys.items.map((key) => key.id));
+  for (const id of [...state.selected]) if (!shown.has(id)) state.selected.delete(id);
   body.replaceChildren(...state.keys.items.map(keyRow));
+  renderSelection();
   $("keys-empty").hidden = state.keys.items.length > 0;
   $("prev-page").disabled = state.keys.page === 0;
   $("next-page").disabled = !state.keys.next;
@@ -990,6 +1053,11 @@ function wire() {
   $("secret-done").addEventListener("click", requestSecretClose);
   $("confirm-ok").addEventListener("click", () => settleConfirm(true));
   $("confirm-type").addEventListener("input", confirmTyped);
+  for (const action of Object.keys(CHOSEN)) $(`chosen-${action}`).addEventListener("click", () => runChosen(action));
+  $("chosen-clear").addEventListener("click", () => {
+    state.selected.clear();
+    renderKeys();
+  });
   $("confirm-type").addEventListener("keydown", (event) => {
     if (event.key === "Enter") settleConfirm(true);
   });
