@@ -64,6 +64,12 @@ class Call:
         return json.loads(self.body)
 
 
+def batch_counts(body: Any, scope: str = "all") -> tuple[int, int]:
+    """A batch answer's (count, skipped), after checking it names a batch id and its scope."""
+    assert re.fullmatch(r"[0-9a-f]{32}", body["batch_id"]) and body["scope"] == scope, body
+    return body["count"], body["skipped"]
+
+
 def admin_block(markdown: str) -> str:
     """Return the one fenced ```sh block of the README's Admin API section."""
     blocks: list[str] = []
@@ -187,8 +193,10 @@ async def test_readme_admin_block_runs_as_written(
         ("POST", "/api/v1/keys/{id}/roll"),
         ("POST", "/api/v1/keys/{id}/revoke"),
         ("POST", "/api/v1/keys/{id}/reinstate"),
+        ("POST", "/api/v1/keys/batch"),
         ("DELETE", "/api/v1/keys/{id}"),
         ("POST", "/api/v1/keys/revoke-all"),
+        ("POST", "/api/v1/keys/reinstate-all"),
         ("POST", "/api/v1/keys/reinstate-all"),
         ("POST", "/api/v1/keys/delete-revoked"),
         ("GET", "/api/v1/roles"),
@@ -197,8 +205,9 @@ async def test_readme_admin_block_runs_as_written(
         ("GET", "/healthz"),
         ("GET", "/readyz"),
     ]
-    (create, listing, show, edit, roll, revoke, reinstate, delete, revoke_all, reinstate_all,
-     delete_revoked, roles, explain, audit, healthz, readyz) = calls  # fmt: skip
+    (create, listing, show, edit, roll, revoke, reinstate, batch, delete, revoke_all,
+     reinstate_all, reinstate_last, delete_revoked, roles, explain, audit, healthz,
+     readyz) = calls  # fmt: skip
 
     assert "added admin alice" in result.stdout and "added admin ops" in result.stdout
     assert create.status == 201
@@ -216,11 +225,13 @@ async def test_readme_admin_block_runs_as_written(
     assert roll.json()["key"]["id"] == key_id and roll.json()["key"]["rolled_at"] is not None
     assert revoke.status == 200 and revoke.json()["status"] == "revoked"
     assert reinstate.status == 200 and reinstate.json()["status"] == "active"
+    assert batch.status == 200 and batch_counts(batch.json(), "chosen") == (1, 0)
     assert delete.status == 204 and delete.body == ""
     # alice may grant only sessions roles: the fixture's all-roles key is not hers to touch.
-    assert (revoke_all.status, revoke_all.json()) == (200, {"count": 0, "skipped": 1})
-    assert (reinstate_all.status, reinstate_all.json()) == (200, {"count": 0, "skipped": 0})
-    assert (delete_revoked.status, delete_revoked.json()) == (200, {"count": 0, "skipped": 0})
+    assert (revoke_all.status, batch_counts(revoke_all.json())) == (200, (0, 1))
+    assert (reinstate_all.status, batch_counts(reinstate_all.json())) == (200, (0, 0))
+    assert (reinstate_last.status, batch_counts(reinstate_last.json(), "batch")) == (200, (0, 0))
+    assert (delete_revoked.status, batch_counts(delete_revoked.json())) == (200, (0, 0))
     grantable = {role["name"]: role["grantable"] for role in roles.json()["roles"]}
     assert grantable["1int-sessions-read"] and grantable["1int-sessions-control"]
     assert not grantable["1int-admin"]
@@ -229,7 +240,7 @@ async def test_readme_admin_block_runs_as_written(
     events = [(event["action"], event["actor"], event["key_id"]) for event in audit.json()["items"]]
     assert events == [
         (action, "local:alice", key_id)
-        for action in ("delete", "reinstate", "revoke", "roll", "edit", "create")
+        for action in ("delete", "revoke", "reinstate", "revoke", "roll", "edit", "create")
     ]
     assert (healthz.status, healthz.json()) == (200, {"status": "ok"})
     assert readyz.status == 200 and readyz.json()["status"] == "ready"

@@ -609,7 +609,8 @@ def test_bad_expiry_and_webhooks_are_each_reported() -> None:
         {"HOOK": "x"},
     )
     assert problems == [
-        f"{WHERE}: expiry.later: unknown setting; known: warn_days, notify_days, check_interval",
+        f"{WHERE}: expiry.later: unknown setting; known: warn_days, notify_days, check_interval, "
+        "sunset_headers",
         f"{WHERE}: expiry.warn_days: expected a whole number of days, 1-3650, got 0",
         f"{WHERE}: expiry.notify_days[1]: expected a whole number of days, 1-3650, got 'x'",
         f"{WHERE}: notify.webhooks[0].url: must be an http:// or https:// URL",

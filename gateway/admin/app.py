@@ -67,6 +67,7 @@ ROUTES: tuple[tuple[str, str, Handler, str | None], ...] = (
     ("POST", f"{KEYS}/delete-revoked", key_handlers.delete_revoked, None),
     ("POST", f"{KEYS}/identify", key_handlers.identify_key, None),
     ("GET", f"{KEYS}/batch-counts", key_handlers.batch_counts, None),
+    ("POST", f"{KEYS}/batch", key_handlers.batch_keys, None),
     ("GET", KEY, key_handlers.get_key, None),
     ("PATCH", KEY, key_handlers.update_key, None),
     ("DELETE", KEY, key_handlers.delete_key, None),

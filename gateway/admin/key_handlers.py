@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -19,13 +19,17 @@ from gateway.admin.errors import (
 from gateway.admin.identity import grant_set_of
 from gateway.admin.middlewares import current_admin
 from gateway.admin.models import (
+    M_BATCH_ID,
     BatchCounts,
+    BatchDone,
     Changes,
     Count,
     Identify,
+    KeyBatch,
     KeyCreate,
     KeyPatch,
     KeyRoll,
+    ReinstateAll,
     convert,
     fields,
     respond,
@@ -57,16 +61,30 @@ from gateway.store.base import (
     KeyChanges,
     KeyFilter,
     KeyRow,
+    NotFoundError,
     SortPosition,
 )
 
 KEY_FIELDS = fields(KeyCreate)
 IDENTIFY_FIELDS = fields(Identify)
 ROLL_FIELDS = fields(KeyRoll)
+REINSTATE_FIELDS = fields(ReinstateAll)
+BATCH_FIELDS = fields(KeyBatch)
+# reinstate-all's of_batch for the latest revoke-all (the store's word).
+LAST_BATCH = "last"
+M_NO_BATCH = "no revoke-all batch to reinstate (none yet, or no batch with that id)"
+M_BATCH_AND_SCOPE = "give batch alone, or with scope last_revoke_all; not with scope all"
 LIST_PARAMS = frozenset({"status", "q", "limit", "cursor", "sort"})
 # The action paths beside a key's own /api/v1/keys/{id}: a literal path wins there, as
 # OpenAPI matches paths, so a key named like an action is reached at that path by its id.
-KEY_ACTIONS = ("revoke-all", "reinstate-all", "delete-revoked", "identify", "batch-counts")
+KEY_ACTIONS = (
+    "revoke-all",
+    "reinstate-all",
+    "delete-revoked",
+    "identify",
+    "batch-counts",
+    "batch",
+)
 STATUSES: tuple[KeyFilter, ...] = ("active", "revoked", "expired", "expiring")
 KEY_CURSOR = "k"
 DAY = 86_400  # seconds
@@ -322,8 +340,13 @@ def _count(result: BatchResult) -> Count:
     return Count(count=result.changed, skipped=result.skipped)
 
 
-def _batch_json(result: BatchResult) -> web.Response:
-    return respond(_count(result))
+def _batch_json(
+    result: BatchResult, scope: Literal["all", "batch", "chosen"] = "all"
+) -> web.Response:
+    done = BatchDone(
+        count=result.changed, skipped=result.skipped, batch_id=result.batch_id, scope=scope
+    )
+    return respond(done)
 
 
 async def batch_counts(request: web.Request) -> web.Response:
@@ -335,6 +358,7 @@ async def batch_counts(request: web.Request) -> web.Response:
             revoke_all=_count(counts["revoke_all"]),
             reinstate_all=_count(counts["reinstate_all"]),
             delete_revoked=_count(counts["delete_revoked"]),
+            reinstate_last_revoke_all=_count(counts["reinstate_last_revoke_all"]),
         )
     )
 
@@ -358,13 +382,43 @@ async def revoke_all(request: web.Request) -> web.Response:
 
 
 async def reinstate_all(request: web.Request) -> web.Response:
-    """POST /api/v1/keys/reinstate-all: reinstate every revoked key within the caller's grants."""
-    await read_no_body(request)
+    """POST /api/v1/keys/reinstate-all: reinstate revoked keys within the caller's grants.
+
+    No body or `{"scope": "all"}`: every revoked key. `{"scope": "last_revoke_all"}`: only
+    those the latest revoke-all revoked; `{"batch": "<batch_id>"}`: those that one revoked.
+    """
+    data = await read_json_object(request, REINSTATE_FIELDS) if request.body_exists else {}
+    body = convert(data, ReinstateAll, {"batch": M_BATCH_ID})
     runtime = _runtime(request)
     admin = current_admin(request)
-    result = await runtime.store.reinstate_all(admin.actor, grant_set_of(admin))
+    of_batch: str | None = None
+    if isinstance(body.batch, str):
+        if isinstance(body.scope, str) and body.scope != "last_revoke_all":
+            raise bad_request(M_BATCH_AND_SCOPE, field="scope")
+        of_batch = body.batch
+    elif body.scope == "last_revoke_all":
+        of_batch = LAST_BATCH
+    try:
+        result = await runtime.store.reinstate_all(admin.actor, grant_set_of(admin), of_batch)
+    except NotFoundError:
+        raise not_found(M_NO_BATCH) from None
     await runtime.apply_own_writes()
-    return _batch_json(result)
+    return _batch_json(result, "all" if of_batch is None else "batch")
+
+
+async def batch_keys(request: web.Request) -> web.Response:
+    """POST /api/v1/keys/batch: revoke, reinstate or delete chosen keys, all or none.
+
+    At most BATCH_IDS_MAX ids; every key must lie within the caller's grants (else 403 and
+    nothing changes); one audit entry per changed key, each with the answer's batch_id.
+    """
+    data = await read_json_object(request, BATCH_FIELDS)
+    body = convert(data, KeyBatch)
+    runtime = _runtime(request)
+    admin = current_admin(request)
+    result = await runtime.store.batch_keys(body.action, body.ids, admin.actor, grant_set_of(admin))
+    await runtime.apply_own_writes()
+    return _batch_json(result, "chosen")
 
 
 async def delete_revoked(request: web.Request) -> web.Response:

@@ -211,6 +211,48 @@ class ExplainRequest(_Body):
     key_id: Id | UnsetType = UNSET
 
 
+# Keys one chosen-keys batch (POST /api/v1/keys/batch) may name: a page of rows, bounded.
+BATCH_IDS_MAX = 500
+BATCH_ID_PATTERN = "^[0-9a-f]{32}$"
+M_BATCH_ID = "batch must be a batch id (32 lower-case hex digits) from a revoke-all answer"
+
+
+class ReinstateAll(_Body):
+    """POST /api/v1/keys/reinstate-all (the body is optional: every revoked key)."""
+
+    scope: (
+        Annotated[
+            Literal["all", "last_revoke_all"],
+            Meta(
+                description="all: every revoked key; last_revoke_all: only the keys the latest"
+                " revoke-all revoked (and still revoked)",
+                extra_json_schema={"default": "all"},
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    batch: (
+        Annotated[
+            str,
+            Meta(
+                pattern=BATCH_ID_PATTERN,
+                description="only the keys the revoke-all with this batch_id revoked",
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
+class KeyBatch(_Body):
+    """POST /api/v1/keys/batch: revoke, reinstate or delete the chosen keys, all or none."""
+
+    action: Literal["revoke", "reinstate", "delete"]
+    ids: Annotated[
+        list[Id],
+        Meta(min_length=1, max_length=BATCH_IDS_MAX, description="the chosen keys' ids"),
+    ]
+
+
 class NoBody(_Body):
     """A write that takes no data: {} or no body, sent as JSON either way (the CSRF rule)."""
 
@@ -286,12 +328,37 @@ class Count(_Answer):
     ]
 
 
+class BatchDone(_Answer):
+    """What a batch action did, and the id its audit entries carry."""
+
+    count: NonNegative
+    skipped: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="matching keys left alone: outside the caller's grants, or (a chosen"
+            " batch) already in the wanted state",
+        ),
+    ]
+    batch_id: Annotated[
+        str, Meta(pattern=BATCH_ID_PATTERN, description="in each of the batch's audit entries")
+    ]
+    scope: Annotated[
+        Literal["all", "batch", "chosen"],
+        Meta(description="all keys in the state, a revoke-all batch's keys, or chosen ids"),
+    ]
+
+
 class BatchCounts(_Answer):
     """What each batch action would do for the caller now."""
 
     revoke_all: Count
     reinstate_all: Count
     delete_revoked: Count
+    reinstate_last_revoke_all: Annotated[
+        Count,
+        Meta(description="reinstate-all with scope last_revoke_all: its keys still revoked"),
+    ]
 
 
 class Changes(_Answer):
@@ -396,6 +463,8 @@ MODELS: tuple[type[Struct], ...] = (
     KeyCreate,
     KeyPatch,
     KeyRoll,
+    ReinstateAll,
+    KeyBatch,
     Identify,
     SignIn,
     ExplainRequest,
@@ -403,6 +472,7 @@ MODELS: tuple[type[Struct], ...] = (
     Key,
     KeyCreated,
     Count,
+    BatchDone,
     BatchCounts,
     Changes,
     UsagePoint,
@@ -413,6 +483,10 @@ MODELS: tuple[type[Struct], ...] = (
 _BODY_RULES: dict[str, dict[str, Any]] = {
     "KeyPatch": {"minProperties": 1},
     "ExplainRequest": {"oneOf": [{"required": ["roles"]}, {"required": ["key_id"]}]},
+    # A batch names revoke-all's keys: with scope all it would contradict itself.
+    "ReinstateAll": {
+        "not": {"required": ["batch", "scope"], "properties": {"scope": {"const": "all"}}}
+    },
 }
 
 

@@ -399,7 +399,6 @@ def _operation(
 def _paths() -> dict[str, Schema]:
     batch = {
         "revoke-all": ("revokeAllKeys", "Revoke every active key (one transaction)"),
-        "reinstate-all": ("reinstateAllKeys", "Reinstate every revoked key (one transaction)"),
         "delete-revoked": ("deleteRevokedKeys", "Delete every revoked key (one transaction)"),
     }
     paths: dict[str, Schema] = {
@@ -578,7 +577,10 @@ def _paths() -> dict[str, Schema]:
             "post": _operation(
                 operation_id,
                 summary,
-                {**_ok("how many keys changed", "Count"), **_errors(*_BODY_ERRORS, *_AUTH_ERRORS)},
+                {
+                    **_ok("how many keys changed, and the batch's id", "BatchDone"),
+                    **_errors(*_BODY_ERRORS, *_AUTH_ERRORS),
+                },
                 body=_NO_BODY,
             )
         }
@@ -616,6 +618,33 @@ def _paths() -> dict[str, Schema]:
                     "schema": {"type": "string", "enum": ["", *STEPS], "default": "hour"},
                 },
             ],
+        )
+    }
+    paths["/api/v1/keys/reinstate-all"] = {
+        "post": {
+            **_operation(
+                "reinstateAllKeys",
+                "Reinstate revoked keys (one transaction): every one (scope all, the default),"
+                " or only those the latest revoke-all (scope last_revoke_all) or a given one"
+                " (batch) revoked",
+                {
+                    **_ok("how many keys changed, and the batch's id", "BatchDone"),
+                    **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 404),
+                },
+            ),
+            "requestBody": _body("ReinstateAll", _OPTIONAL_BODY_DESCRIPTION),
+        }
+    }
+    paths["/api/v1/keys/batch"] = {
+        "post": _operation(
+            "batchKeys",
+            "Revoke, reinstate or delete chosen keys (one transaction, all or none; one audit"
+            " entry per changed key with the batch's id)",
+            {
+                **_ok("how many keys changed, and the batch's id", "BatchDone"),
+                **_errors(*_BODY_ERRORS, *_AUTH_ERRORS, 404, 409),
+            },
+            body="KeyBatch",
         )
     }
     paths["/api/v1/keys/identify"] = {

@@ -109,6 +109,7 @@ class ForwardAuth:
         headers: list[tuple[str, str]] = []
         self._hygiene.add_identity(headers, method, target, record.name)
         headers.append((KEY_ID_HEADER, str(record.id)))
+        headers.extend(self._gate.expiry_notice(record))  # a front proxy may pass them on
         return BodilessAnswer(200, self._allowed_head, header_lines(headers))
 
     def _refused(self, endpoint: str, refusal: Refusal) -> web.Response:

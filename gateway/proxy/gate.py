@@ -16,6 +16,7 @@ from aiohttp import hdrs
 from multidict import CIMultiDictProxy
 
 from gateway.clock import now
+from gateway.keys import sunset
 from gateway.keys.keyformat import display_prefix, looks_like_key
 from gateway.keys.table import CachedKey
 from gateway.proxy import refusals
@@ -74,6 +75,14 @@ class Gate:
         self._runtime = runtime
         self._hygiene = hygiene
         self._deny_anonymous = runtime.settings.anonymous == "deny"
+        expiry = runtime.settings.expiry
+        self._sunset = sunset.SunsetHeaders(expiry.warn_days, expiry.sunset_headers)
+
+    def expiry_notice(self, record: CachedKey | None) -> sunset.Headers:
+        """Deprecation/Sunset for an admitted key within its expiry warning window, else none."""
+        if record is None or record.expires_at is None:
+            return sunset.NONE  # most keys: no clock read
+        return self._sunset.for_key(record.expires_at, now())
 
     async def admit(
         self,

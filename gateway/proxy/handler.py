@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import hdrs, web
 
 from gateway.clock import now
+from gateway.keys import sunset
 from gateway.proxy import refusals
 from gateway.proxy.access_log import redact_keys
 from gateway.proxy.decision import Limited
@@ -185,11 +186,12 @@ class Proxy:
         forward_auth = self.forward_auth
         if forward_auth.claims(raw_path):  # never forwarded: keygate answers it itself
             return await forward_auth.answer(request, notes)
-        outcome, key, headers = await self._gate.admit(
+        gate = self._gate
+        outcome, key, headers = await gate.admit(
             request, notes, request.method, raw_path, forwarding=True
         )
         if outcome is None:
-            response = await self._forward(request, notes, headers)
+            response = await self._forward(request, notes, headers, gate.expiry_notice(key))
             if key is not None and response.status >= 500:  # the upstream's, or its failure's
                 self._runtime.usage.upstream_error(key.id, now())
             return response
@@ -200,7 +202,11 @@ class Proxy:
         return self._refuse(outcome)
 
     async def _forward(
-        self, request: web.BaseRequest, notes: RequestNotes, headers: list[tuple[str, str]]
+        self,
+        request: web.BaseRequest,
+        notes: RequestNotes,
+        headers: list[tuple[str, str]],
+        notice: sunset.Headers,
     ) -> web.StreamResponse:
         """Send the request upstream byte-exact and stream the answer back."""
         client_headers = request.headers
@@ -235,7 +241,7 @@ class Proxy:
         notes.upstream_ms = round((time.monotonic() - sent) * 1000, 2)
         notes.upstream_status = upstream.status
         try:
-            return await self._relay(request, notes, upstream)
+            return await self._relay(request, notes, upstream, notice)
         finally:
             upstream.release()
 
@@ -252,9 +258,16 @@ class Proxy:
         return response
 
     async def _relay(
-        self, request: web.BaseRequest, notes: RequestNotes, upstream: UpstreamResponse
+        self,
+        request: web.BaseRequest,
+        notes: RequestNotes,
+        upstream: UpstreamResponse,
+        notice: sunset.Headers,
     ) -> web.StreamResponse:
-        """Copy status, headers (minus hop-by-hop) and body from the upstream response."""
+        """Copy status, headers (minus hop-by-hop) and body from the upstream response.
+
+        `notice`: the key's Deprecation/Sunset headers (gateway.keys.sunset), if any.
+        """
         if upstream.transfer_codings and request.version < aiohttp.HttpVersion11:
             # RFC 9112 section 6.1: no transfer coding may be sent to an HTTP/1.0 client.
             log.warning(
@@ -275,6 +288,9 @@ class Proxy:
         out = response.headers
         out.extend(response_headers(upstream.headers, upstream.connection))
         out[REQUEST_ID_HEADER] = notes.request_id
+        if notice:
+            for name, value in notice:  # keygate's, in place of any the upstream sent
+                out[name] = value
         self._runtime.metrics.forwarded(upstream.status)
         try:
             if whole:

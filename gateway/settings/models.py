@@ -375,6 +375,8 @@ class ExpirySettings(Section, frozen=True):
     # Days before expiry a "key expiring" event is sent, once each (loaded newest first).
     notify_days: tuple[Days, ...] = (14, 7, 1)
     check_interval: Seconds005 = 60.0  # seconds between checks for keys nearing expiry
+    # Deprecation/Sunset headers on answers to a key within warn_days of its expiry.
+    sunset_headers: bool = True
 
 
 class WebhookSettings(Section, frozen=True):

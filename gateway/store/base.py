@@ -146,10 +146,18 @@ class UsageHour:
 
 
 class BatchResult(NamedTuple):
-    """What a batch action did: keys changed, and matching keys skipped (outside the grants)."""
+    """What a batch action did: keys changed, and matching keys skipped (outside the grants).
+
+    `batch_id`: the id its audit entries carry in their details ("" for a preview count).
+    """
 
     changed: int
     skipped: int
+    batch_id: str = ""
+
+
+# A chosen-keys batch (`batch_keys`): what it does to each key.
+BatchAction = Literal["revoke", "reinstate", "delete"]
 
 
 class LoginFailures(NamedTuple):
@@ -403,7 +411,10 @@ class KeyRecords(Protocol):
         """
 
     async def batch_counts(self, grants: Grants = None) -> dict[str, BatchResult]:
-        """Return what revoke_all, reinstate_all and delete_revoked would do now, by action."""
+        """Return what revoke_all, reinstate_all and delete_revoked would do now, by action.
+
+        Also reinstate_last_revoke_all: reinstate_all of the latest revoke_all batch.
+        """
 
     async def get_key_by_digest(self, digest: bytes) -> KeyRow | None:
         """Return the key whose secret (or whose secret before its last roll) has this digest."""
@@ -438,8 +449,27 @@ class KeyRecords(Protocol):
     async def revoke_all(self, actor: str, grants: Grants = None) -> BatchResult:
         """Revoke every active key within `grants` in one transaction."""
 
-    async def reinstate_all(self, actor: str, grants: Grants = None) -> BatchResult:
-        """Reinstate every revoked key within `grants` in one transaction."""
+    async def reinstate_all(
+        self, actor: str, grants: Grants = None, of_batch: str | None = None
+    ) -> BatchResult:
+        """Reinstate every revoked key within `grants` in one transaction.
+
+        `of_batch`: only those the revoke_all batch with that id revoked ("last": the latest
+        revoke_all's); raise NotFoundError when there is no such batch.
+        """
+
+    async def last_revoke_all(self) -> tuple[str, list[int]] | None:
+        """Return the latest revoke_all batch's id and the key ids it revoked, or None."""
+
+    async def batch_keys(
+        self, action: BatchAction, key_ids: Sequence[int], actor: str, grants: Grants = None
+    ) -> BatchResult:
+        """Revoke, reinstate or delete the chosen keys in one transaction, all or none.
+
+        One audit entry per changed key, each with the batch's id; a key already in the
+        wanted state is skipped. Raise NotFoundError (a missing id), OutsideGrantsError,
+        KeyExpiredError (reinstating an expired key).
+        """
 
     async def delete_revoked(self, actor: str, grants: Grants = None) -> BatchResult:
         """Delete every revoked key within `grants` in one transaction."""

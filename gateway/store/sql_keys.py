@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from gateway.store.base import (
     EXPIRING_WITHIN,
+    BatchAction,
     BatchResult,
     Grants,
     IdempotencyClaim,
@@ -21,6 +24,7 @@ from gateway.store.base import (
     KeyStatus,
     NameConflictError,
     NewKey,
+    NotFoundError,
     SortPosition,
     UsageHour,
 )
@@ -58,6 +62,9 @@ from gateway.store.common import (
 )
 from gateway.store.sql import SqlBase, Tx
 from gateway.store.sql_usage import add_usage_hours
+
+# reinstate_all's of_batch naming the latest revoke_all batch, whoever ran it.
+LAST_BATCH = "last"
 
 INSERT_KEY = (
     "INSERT INTO keys (name, description, roles, status, digest, prefix,"
@@ -226,7 +233,21 @@ class SqlKeys(SqlBase):
             f"SELECT status, COUNT(*), COUNT(*) FILTER (WHERE {scope}) FROM keys GROUP BY status",
             params.values,
         )
-        return batch_counts_of({str(row[0]): (int(row[1]), int(row[2])) for row in rows})
+        counts = batch_counts_of({str(row[0]): (int(row[1]), int(row[2])) for row in rows})
+        counts["reinstate_last_revoke_all"] = BatchResult(0, 0)
+        last = await self.last_revoke_all()
+        if last is not None and last[1]:
+            params = Params(numbered=False)
+            scope = self.dialect.within_grants(grants, params)
+            ids = self.dialect.id_list(last[1], params)
+            rows = await self._read(
+                f"SELECT COUNT(*), COUNT(*) FILTER (WHERE {scope}) FROM keys"
+                f" WHERE status = 'revoked' AND id IN {ids}",
+                params.values,
+            )
+            total, inside = int(rows[0][0]), int(rows[0][1])
+            counts["reinstate_last_revoke_all"] = BatchResult(inside, total - inside)
+        return counts
 
     # --- one key's writes -------------------------------------------------------
     async def update_key(
@@ -368,21 +389,31 @@ class SqlKeys(SqlBase):
         write: str,
         values: tuple[object, ...],
         grants: Grants,
+        of_batch: str | None = None,
     ) -> BatchResult:
         """Change every key with `status` within `grants` in one transaction.
 
         `write` is the statement (without WHERE) for the chosen keys, `values` its
-        parameters. Feed entries, the write and one audit event (count, skipped, ids)
-        commit together; the audit event is indexed under every key it touched.
+        parameters. Feed entries, the write and one audit event (count, skipped, ids,
+        batch id) commit together; the audit event is indexed under every key it touched.
+        `of_batch`: only the keys that revoke_all batch changed ("last": the latest).
         """
         now = time.time()
         async with self._tx(feed=True) as tx:
-            total = int(
-                (await tx.fetch("SELECT COUNT(*) FROM keys WHERE status = ?", status))[0][0]
-            )
+            scope = "status = ?"
             params = Params(status, numbered=False)
+            extra: dict[str, Any] = {"scope": "all"}
+            if of_batch is not None:
+                found = await self._revoke_all_batch(tx, of_batch)
+                if found is None:
+                    raise NotFoundError(f"no revoke_all batch {of_batch!r}")
+                extra = {"scope": "batch", "of_batch": found[0]}
+                scope += f" AND id IN {self.dialect.id_list(found[1], params)}"
+            counted = list(params.values)
+            found_total = await tx.fetch(f"SELECT COUNT(*) FROM keys WHERE {scope}", *counted)
+            total = int(found_total[0][0])
             chosen = await tx.fetch(
-                "SELECT id, digest, previous_digest FROM keys WHERE status = ?"
+                f"SELECT id, digest, previous_digest FROM keys WHERE {scope}"
                 f" AND {self.dialect.within_grants(grants, params)} ORDER BY id",
                 *params.values,
             )
@@ -395,10 +426,11 @@ class SqlKeys(SqlBase):
                 params = Params(*values, numbered=False)
                 ids = self.dialect.id_list(key_ids, params)
                 await tx.execute(f"{write} WHERE id IN {ids}", *params.values)
-            result = BatchResult(len(key_ids), total - len(key_ids))
-            audit_id = await self._audit_tx(
-                tx, now, actor, action, details=batch_details(result, key_ids)
-            )
+            details = batch_details(BatchResult(len(key_ids), total - len(key_ids)), key_ids)
+            if action == ACTION_REINSTATE_ALL:
+                details.update(extra)
+            result = BatchResult(len(key_ids), total - len(key_ids), details["batch_id"])
+            audit_id = await self._audit_tx(tx, now, actor, action, details=details)
             params = Params(audit_id, numbered=False)
             ids = self.dialect.id_list(key_ids, params)
             await tx.execute(
@@ -420,8 +452,13 @@ class SqlKeys(SqlBase):
             grants,
         )
 
-    async def reinstate_all(self, actor: str, grants: Grants = None) -> BatchResult:
-        """Reinstate every revoked key within `grants` in one transaction."""
+    async def reinstate_all(
+        self, actor: str, grants: Grants = None, of_batch: str | None = None
+    ) -> BatchResult:
+        """Reinstate every revoked key within `grants` in one transaction.
+
+        `of_batch`: only those that revoke_all batch revoked ("last": the latest one's).
+        """
         return await self._batch(
             actor,
             ACTION_REINSTATE_ALL,
@@ -430,7 +467,84 @@ class SqlKeys(SqlBase):
             "UPDATE keys SET status = 'active', revoked_at = NULL, updated_at = ?",
             (time.time(),),
             grants,
+            of_batch,
         )
+
+    async def _revoke_all_batch(self, tx: Tx, batch_id: str) -> tuple[str, list[int]] | None:
+        """The (batch id, key ids) of revoke_all batch `batch_id` ("last": the latest), or None."""
+        if batch_id == LAST_BATCH:
+            rows = await tx.fetch(
+                "SELECT details FROM audit WHERE action = ? ORDER BY id DESC LIMIT 1",
+                ACTION_REVOKE_ALL,
+            )
+        else:
+            # Details are stored compact with sorted keys (details_json): an exact member.
+            member = json.dumps({"batch_id": batch_id}, separators=(",", ":"))[1:-1]
+            rows = await tx.fetch(
+                "SELECT details FROM audit WHERE action = ? AND details LIKE ? ESCAPE '\\'"
+                " ORDER BY id DESC LIMIT 1",
+                ACTION_REVOKE_ALL,
+                like_pattern(member),
+            )
+        if not rows:
+            return None
+        details = json.loads(rows[0][0] or "{}")
+        found = details.get("batch_id")
+        if not isinstance(found, str) or (batch_id != LAST_BATCH and found != batch_id):
+            return None
+        return found, [int(key_id) for key_id in details.get("key_ids", [])]
+
+    async def last_revoke_all(self) -> tuple[str, list[int]] | None:
+        """Return the latest revoke_all batch's id and the key ids it revoked, or None."""
+        async with self._snapshot() as tx:
+            return await self._revoke_all_batch(tx, LAST_BATCH)
+
+    async def batch_keys(
+        self, action: BatchAction, key_ids: Sequence[int], actor: str, grants: Grants = None
+    ) -> BatchResult:
+        """Revoke, reinstate or delete the chosen keys in one transaction, all or none.
+
+        One audit entry per changed key, each with the batch's id (and its size); a key
+        already in the wanted state is skipped. Raise NotFoundError, OutsideGrantsError,
+        KeyExpiredError (reinstating an expired key): then nothing is written.
+        """
+        now = time.time()
+        batch_id = uuid.uuid4().hex
+        wanted = sorted(set(key_ids))
+        async with self._tx(feed=True) as tx:
+            rows = [await self._key_tx(tx, key_id) for key_id in wanted]
+            for row in rows:
+                check_grants(row, grants)
+                if action == "reinstate":
+                    check_reinstatable(row, now)
+            target: KeyStatus = "revoked" if action == "revoke" else "active"
+            chosen = rows if action == "delete" else [r for r in rows if r.status != target]
+            details = {"batch_id": batch_id, "batch_size": len(wanted)}
+            for row in chosen:
+                if action == "delete":
+                    await tx.execute("DELETE FROM keys WHERE id = ?", row.id)
+                    await tx.append_changes(digests_of(row), "delete", now)
+                    await self._audit_tx(
+                        tx,
+                        now,
+                        actor,
+                        ACTION_DELETE,
+                        row.id,
+                        row.name,
+                        {**details, "status": row.status},
+                    )
+                    continue
+                await tx.execute(
+                    "UPDATE keys SET status = ?, revoked_at = ?, updated_at = ? WHERE id = ?",
+                    target,
+                    now if action == "revoke" else None,
+                    now,
+                    row.id,
+                )
+                await tx.append_changes([(row.id, row.digest)], "upsert", now)
+                verb = ACTION_REVOKE if action == "revoke" else ACTION_REINSTATE
+                await self._audit_tx(tx, now, actor, verb, row.id, row.name, details)
+        return BatchResult(len(chosen), len(wanted) - len(chosen), batch_id)
 
     async def delete_revoked(self, actor: str, grants: Grants = None) -> BatchResult:
         """Delete every revoked key within `grants` in one transaction."""

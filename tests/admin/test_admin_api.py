@@ -157,6 +157,17 @@ async def expect_error(
     return dict(body)
 
 
+BATCH_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def counts(body: Any, scope: str = "all") -> dict[str, int]:
+    """A batch answer's count and skipped, after checking its batch id and scope."""
+    assert BATCH_ID.fullmatch(body["batch_id"]), body
+    assert body["scope"] == scope, body
+    assert set(body) == {"count", "skipped", "batch_id", "scope"}, body
+    return {"count": body["count"], "skipped": body["skipped"]}
+
+
 async def create(
     client: Client, name: str, roles: list[str] | None = None, auth: dict[str, str] = ROOT
 ) -> dict[str, Any]:
@@ -967,23 +978,27 @@ async def test_batches_count_and_take_effect_immediately(client: Client, runtime
 
     body = await expect(await client.post(f"{KEYS}/revoke-all", headers=WRITE), 200)
     assert_documented("/api/v1/keys/revoke-all", "post", 200, body)
-    assert body == {"count": 3, "skipped": 0}
+    assert counts(body) == {"count": 3, "skipped": 0}
     assert all(lookup(runtime, s).revoked for s in secrets_)
 
-    assert await expect(await client.post(f"{KEYS}/reinstate-all", headers=WRITE), 200) == {
+    assert counts(await expect(await client.post(f"{KEYS}/reinstate-all", headers=WRITE), 200)) == {
         "count": 4,
         "skipped": 0,
     }
     assert not any(lookup(runtime, s).revoked for s in secrets_)
 
     await client.post(f"{KEYS}/{first_id}/revoke", headers=WRITE)
-    assert await expect(await client.post(f"{KEYS}/delete-revoked", headers=WRITE), 200) == {
+    assert counts(
+        await expect(await client.post(f"{KEYS}/delete-revoked", headers=WRITE), 200)
+    ) == {
         "count": 1,
         "skipped": 0,
     }
     assert lookup(runtime, secrets_[0]) is None
     assert all(lookup(runtime, s) is not None for s in secrets_[1:])
-    assert await expect(await client.post(f"{KEYS}/delete-revoked", headers=WRITE), 200) == {
+    assert counts(
+        await expect(await client.post(f"{KEYS}/delete-revoked", headers=WRITE), 200)
+    ) == {
         "count": 0,
         "skipped": 0,
     }
@@ -1488,13 +1503,13 @@ async def test_admin_calls_bind_the_proxy_of_the_same_process(config_path: Path)
         async with session.get(f"{proxy}{echo}", headers=as_key) as resp:
             await expect_error(resp, 401, "key_revoked")
         async with session.post(f"{admin}{KEYS}/reinstate-all", headers=WRITE) as resp:
-            assert await expect(resp, 200) == {"count": 1, "skipped": 0}
+            assert counts(await expect(resp, 200)) == {"count": 1, "skipped": 0}
         async with session.get(f"{proxy}{echo}", headers=as_key) as resp:
             await expect(resp, 200)
         async with session.post(f"{admin}{KEYS}/revoke-all", headers=WRITE) as resp:
-            assert await expect(resp, 200) == {"count": 1, "skipped": 0}
+            assert counts(await expect(resp, 200)) == {"count": 1, "skipped": 0}
         async with session.post(f"{admin}{KEYS}/delete-revoked", headers=WRITE) as resp:
-            assert await expect(resp, 200) == {"count": 1, "skipped": 0}
+            assert counts(await expect(resp, 200)) == {"count": 1, "skipped": 0}
         async with session.get(f"{proxy}{echo}", headers=as_key) as resp:
             await expect_error(resp, 401, "key_unknown")
 

@@ -585,7 +585,9 @@ def test_secret_dialog_at_390_px(browser: Browser, site: Site) -> None:
         page_expect(shown.get_by_role("textbox", name="API key")).to_have_value(re.compile("^kg_"))
         screenshot(page, f"secret-{NARROW}.png")
         shown.get_by_role("button", name="Done").click()
-        confirm_dialog(page).get_by_role("button", name="Confirm").click()  # close anyway
+        confirm_dialog(page).get_by_role(
+            "button", name="Close without copying", exact=True
+        ).click()  # close anyway
         page_expect(shown).to_be_hidden()
         assert page.evaluate("document.getElementById('secret-value').value") == ""
 
@@ -650,7 +652,7 @@ def test_revoke_reinstate_delete_each_confirmed_naming_the_key(
 
         open_settings(page, "lifecycle-key").get_by_role("menuitem", name="Revoke").click()
         screenshot(page, f"confirm-{WIDE}.png")
-        confirm_dialog(page).get_by_role("button", name="Confirm").click()
+        confirm_dialog(page).get_by_role("button", name="Revoke key", exact=True).click()
         page_expect(key.get_by_role("img", name="Revoked")).to_be_visible()
         # Retried: the list is re-read (and its rows replaced) after the change.
         page_expect(key).to_have_css("background-color", REVOKED_GREY)
@@ -664,7 +666,7 @@ def test_revoke_reinstate_delete_each_confirmed_naming_the_key(
         ask = confirm_dialog(page)
         page_expect(ask).to_contain_text("Reinstate")
         page_expect(ask).to_contain_text("lifecycle-key")
-        ask.get_by_role("button", name="Confirm").click()
+        ask.get_by_role("button", name="Reinstate key", exact=True).click()
         page_expect(key.get_by_role("img", name="Revoked")).to_have_count(0)
         page_expect(key).to_contain_text("Active")
 
@@ -673,7 +675,7 @@ def test_revoke_reinstate_delete_each_confirmed_naming_the_key(
         page_expect(ask).to_contain_text("Delete")
         page_expect(ask).to_contain_text("lifecycle-key")
         page_expect(ask).to_contain_text("cannot be undone")
-        ask.get_by_role("button", name="Confirm").click()
+        ask.get_by_role("button", name="Delete key", exact=True).click()
         page_expect(key).to_have_count(0)
         page_expect(page.get_by_role("status").first).to_have_text("Deleted “lifecycle-key”.")
     status, _ = http(site, "GET", "/api/v1/session")
@@ -711,7 +713,7 @@ def test_roll_confirmed_shows_the_new_secret_once_and_both_secrets_work(
         assert shown_before["rolled_at"] is None
 
         open_settings(page, "roll-me").get_by_role("menuitem", name="Roll…").click()
-        confirm_dialog(page).get_by_role("button", name="Confirm").click()
+        confirm_dialog(page).get_by_role("button", name="Roll key", exact=True).click()
         shown = page.get_by_role("dialog", name=re.compile("New secret for “roll-me”"))
         page_expect(shown).to_be_visible()
         page_expect(shown).to_contain_text("It will not be shown again")
@@ -743,7 +745,7 @@ def test_focus_returns_to_the_row_re_rendered_while_a_dialog_was_open(
     with signed_in(browser, site) as page:
         search(page, "refocus-me")
         open_settings(page, "refocus-me").get_by_role("menuitem", name="Roll…").click()
-        confirm_dialog(page).get_by_role("button", name="Confirm").click()
+        confirm_dialog(page).get_by_role("button", name="Roll key", exact=True).click()
         shown = page.get_by_role("dialog", name=re.compile("New secret for “refocus-me”"))
         page_expect(shown).to_be_visible()
         # What a re-render does to the row's button: a new element with the same focus key.
@@ -833,41 +835,75 @@ def test_batch_actions_confirm_with_counts_and_report_them(
     ):
         rows = page.locator("#keys-body tr")
         page_expect(rows).to_have_count(5)
+        items = (
+            "Revoke all API keys",
+            "Reinstate the keys the last “Revoke all” revoked",
+            "Reinstate all revoked API keys (also those revoked one by one)",
+            "Delete all revoked API keys",
+        )
 
         def batch(item: str) -> Locator:
             page.get_by_role("button", name="Batch actions").click()
             menu = page.get_by_role("menu", name="Batch actions")
-            for name in (
-                "Revoke all API keys",
-                "Reinstate all API keys",
-                "Delete all revoked API keys",
-            ):
+            for name in items:
                 page_expect(menu.get_by_role("menuitem", name=name)).to_be_visible()
             menu.get_by_role("menuitem", name=item).click()
             return confirm_dialog(page)
 
         ask = batch("Revoke all API keys")
         page_expect(ask).to_contain_text("Revoke all 4 API keys?")
+        button = ask.get_by_role("button", name="Revoke 4 keys", exact=True)
+        typed = ask.get_by_role("textbox", name="Type 4 to confirm")
+        page_expect(typed).to_be_focused()
+        page_expect(button).to_be_disabled()  # the count is typed first
+        typed.fill("5")
+        page_expect(button).to_be_disabled()
+        typed.press("Enter")  # a wrong count: Enter does nothing
+        page_expect(ask).to_be_visible()
         ask.get_by_role("button", name="Cancel").click()
         page_expect(rows.get_by_role("img", name="Revoked")).to_have_count(1)
 
-        batch("Revoke all API keys").get_by_role("button", name="Confirm").click()
+        ask = batch("Revoke all API keys")
+        typed = ask.get_by_role("textbox", name="Type 4 to confirm")
+        page_expect(typed).to_have_value("")  # a new dialog starts empty
+        typed.fill("4")
+        screenshot(page, f"batch-typed-{WIDE}.png")
+        ask.get_by_role("button", name="Revoke 4 keys", exact=True).click()
         page_expect(page.locator("#status-message")).to_have_text("Revoked 4 API keys.")
         page_expect(rows.get_by_role("img", name="Revoked")).to_have_count(5)
 
-        ask = batch("Reinstate all API keys")
-        page_expect(ask).to_contain_text("Reinstate all 5 API keys?")
-        ask.get_by_role("button", name="Confirm").click()
-        page_expect(page.locator("#status-message")).to_have_text("Reinstated 5 API keys.")
+        # Only the four the batch revoked come back: batch-revoked was revoked for cause.
+        ask = batch("Reinstate the keys the last “Revoke all” revoked")
+        page_expect(ask).to_contain_text("Reinstate 4 API keys of the last “Revoke all”?")
+        page_expect(ask.get_by_role("textbox")).to_be_hidden()  # not destructive: no typing
+        ask.get_by_role("button", name="Reinstate 4 keys", exact=True).click()
+        page_expect(page.locator("#status-message")).to_have_text(
+            "Reinstated 4 API keys of the last “Revoke all”."
+        )
+        page_expect(rows.get_by_role("img", name="Revoked")).to_have_count(1)
+        page_expect(row(page, "batch-revoked").get_by_role("img", name="Revoked")).to_be_visible()
+
+        ask = batch("Reinstate all revoked API keys (also those revoked one by one)")
+        page_expect(ask).to_contain_text("Reinstate all 1 revoked API key?")
+        ask.get_by_role("button", name="Reinstate all 1 key", exact=True).click()
+        page_expect(page.locator("#status-message")).to_have_text("Reinstated 1 API key.")
         page_expect(rows.get_by_role("img", name="Revoked")).to_have_count(0)
 
         for name in ("batch-0", "batch-1"):
             open_settings(page, name).get_by_role("menuitem", name="Revoke").click()
-            confirm_dialog(page).get_by_role("button", name="Confirm").click()
+            confirm_dialog(page).get_by_role("button", name="Revoke key", exact=True).click()
             page_expect(row(page, name).get_by_role("img", name="Revoked")).to_be_visible()
+        page.set_viewport_size({"width": NARROW, "height": 800})
         ask = batch("Delete all revoked API keys")
         page_expect(ask).to_contain_text("Delete 2 revoked API keys?")
-        ask.get_by_role("button", name="Confirm").click()
+        button = ask.get_by_role("button", name="Delete 2 keys", exact=True)
+        page_expect(button).to_be_disabled()
+        ask.get_by_role("textbox", name="Type 2 to confirm").fill("2")
+        page_expect(button).to_be_enabled()
+        overflow = page.evaluate("document.documentElement.scrollWidth")
+        assert overflow <= NARROW, "the dialog makes the page scroll sideways at 390 px"
+        screenshot(page, f"batch-typed-{NARROW}.png")
+        button.click()
         page_expect(page.locator("#status-message")).to_have_text("Deleted 2 revoked API keys.")
         page_expect(rows).to_have_count(3)
 
@@ -876,6 +912,63 @@ def test_batch_actions_confirm_with_counts_and_report_them(
         page_expect(page.locator("#status-message")).to_have_text(
             "There are no revoked API keys to delete."
         )
+    audit = json.loads(cli(batch_site.config, "audit", "--json"))
+    batches = [e for e in audit if e["action"] in ("revoke_all", "reinstate_all", "delete_revoked")]
+    assert all(len(e["details"]["batch_id"]) == 32 for e in batches), batches
+    reinstates = [e["details"] for e in batches if e["action"] == "reinstate_all"]
+    assert [d["scope"] for d in reinstates] == ["all", "batch"]  # newest first
+
+
+def test_chosen_rows_revoke_reinstate_delete_as_one_batch(browser: Browser, tmp_path: Path) -> None:
+    with (
+        running_site(tmp_path / "config", BATCH_KEYS) as batch_site,
+        signed_in(browser, batch_site) as page,
+    ):
+        rows = page.locator("#keys-body tr")
+        page_expect(rows).to_have_count(5)
+        bar = page.get_by_role("group", name="Selected keys")
+        page_expect(bar).to_be_hidden()
+        for name in ("batch-0", "batch-2"):
+            page.get_by_role("checkbox", name=f"Select {name}").check()
+        page_expect(bar).to_contain_text("2 keys selected")
+        screenshot(page, f"chosen-{WIDE}.png")
+        bar.get_by_role("button", name="Revoke 2", exact=True).click()
+        ask = confirm_dialog(page)
+        page_expect(ask).to_contain_text("Revoke batch-2, batch-0?")  # in the list's order
+        button = ask.get_by_role("button", name="Revoke 2 keys", exact=True)
+        page_expect(button).to_be_disabled()
+        ask.get_by_role("textbox", name="Type 2 to confirm").fill("2")
+        button.click()
+        page_expect(page.locator("#status-message")).to_have_text("Revoked 2 API keys.")
+        for name in ("batch-0", "batch-2"):
+            page_expect(row(page, name).get_by_role("img", name="Revoked")).to_be_visible()
+        page_expect(row(page, "batch-1").get_by_role("img", name="Revoked")).to_have_count(0)
+        page_expect(bar).to_be_hidden()  # the selection is spent
+
+        page.set_viewport_size({"width": NARROW, "height": 800})
+        for name in ("batch-0", "batch-1"):
+            page.get_by_role("checkbox", name=f"Select {name}").check()
+        page_expect(bar).to_contain_text("2 keys selected")
+        overflow = page.evaluate("document.documentElement.scrollWidth")
+        assert overflow <= NARROW, "the selection makes the page scroll sideways at 390 px"
+        bar.scroll_into_view_if_needed()
+        screenshot(page, f"chosen-{NARROW}.png")
+        bar.get_by_role("button", name="Reinstate 2", exact=True).click()
+        ask = confirm_dialog(page)
+        page_expect(ask.get_by_role("textbox")).to_be_hidden()
+        ask.get_by_role("button", name="Reinstate 2 keys", exact=True).click()
+        page_expect(page.locator("#status-message")).to_have_text(
+            "Reinstated 1 API key. 1 key already active."
+        )
+        page.get_by_role("checkbox", name="Select batch-2").check()
+        bar.get_by_role("button", name="Delete 1", exact=True).click()
+        confirm_dialog(page).get_by_role("button", name="Delete 1 key", exact=True).click()
+        page_expect(page.locator("#status-message")).to_have_text("Deleted 1 API key.")
+        page_expect(rows).to_have_count(4)
+    audit = json.loads(cli(batch_site.config, "audit", "--json"))
+    revokes = [e for e in audit if e["action"] == "revoke" and e["actor"] == "local:root"]
+    assert sorted(e["key_name"] for e in revokes) == ["batch-0", "batch-2"]
+    assert len({e["details"]["batch_id"] for e in revokes}) == 1
 
 
 # --------------------------------------------------------------------------- 7: beyond the tab
@@ -1016,7 +1109,7 @@ def test_keyboard_only_dialogs_trap_focus_and_close_on_escape(browser: Browser, 
         ask = confirm_dialog(page)
         page_expect(ask.get_by_role("button", name="Cancel")).to_be_focused()
         page.keyboard.press("Tab")
-        page_expect(ask.get_by_role("button", name="Confirm")).to_be_focused()
+        page_expect(ask.get_by_role("button", name="Delete key", exact=True)).to_be_focused()
         page.keyboard.press("Tab")
         page_expect(ask.get_by_role("button", name="Cancel")).to_be_focused()
         page.keyboard.press("Escape")

@@ -28,6 +28,7 @@ const state = {
   roles: [],
   policy: null, // SHA-256 of the policy in force, as last seen
   keys: { items: [], cursors: [null], page: 0, next: null },
+  selected: new Set(), // ids of the rows chosen for a batch (this page's rows only)
   audit: { next: null, key: null }, // key: the one "Audit history" asked about (id, name)
   seq: null,
   pollTimer: null,
@@ -420,14 +421,76 @@ function keyRow(key) {
     el("td", { "data-label": "Last used" }, when(key.last_used_at)),
     el("td", { "data-label": "Uses", class: "num", text: String(key.use_count) }),
     el("td", { "data-label": "Expires" }, when(key.expires_at), expiresSoon(key)),
-    el("td", { class: "row-actions" }, el("div", { class: "menu-anchor" }, settings)),
+    el(
+      "td",
+      { class: "row-actions" },
+      el("input", {
+        type: "checkbox",
+        class: "pick",
+        "aria-label": `Select ${key.name}`,
+        checked: state.selected.has(key.id),
+        "data-focus-key": `pick:${key.id}`,
+        onchange: (event) => pickKey(key.id, event.target.checked),
+      }),
+      el("div", { class: "menu-anchor" }, settings),
+    ),
   );
+}
+
+// ------------------------------------------------------------------------ chosen keys
+
+const CHOSEN = {
+  revoke: { verb: "Revoke", done: "Revoked", typed: true, note: "Requests with them are refused at once; you can reinstate them later." },
+  reinstate: { verb: "Reinstate", done: "Reinstated", typed: false, note: "They work again at once (an expired key needs a new expiry first)." },
+  delete: { verb: "Delete", done: "Deleted", typed: true, note: "This cannot be undone." },
+};
+
+function pickKey(id, picked) {
+  if (picked) state.selected.add(id);
+  else state.selected.delete(id);
+  renderSelection();
+}
+
+function renderSelection() {
+  const n = state.selected.size;
+  $("selection-bar").hidden = n === 0;
+  $("selection-count").textContent = `${plural(n, "key")} selected`;
+  for (const [action, words] of Object.entries(CHOSEN)) $(`chosen-${action}`).textContent = `${words.verb} ${n}`;
+}
+
+async function runChosen(action) {
+  const words = CHOSEN[action];
+  const ids = [...state.selected];
+  const n = ids.length;
+  const names = state.keys.items.filter((key) => state.selected.has(key.id)).map((key) => key.name);
+  const sure = await confirmAction({
+    title: `${words.verb} ${plural(n, "selected API key")}?`,
+    message: `${words.verb} ${names.join(", ")}? ${words.note}`,
+    button: `${words.verb} ${plural(n, "key")}`,
+    typeCount: words.typed && n > 1 ? n : null,
+    danger: words.typed,
+    returnFocus: $(`chosen-${action}`),
+  });
+  if (!sure) return;
+  try {
+    const result = await api("POST", "/api/v1/keys/batch", { action, ids });
+    const left = result.skipped ? ` ${plural(result.skipped, "key")} already ${action === "revoke" ? "revoked" : "active"}.` : "";
+    say(`${words.done} ${plural(result.count, "API key")}.${left}`);
+    state.selected.clear();
+    renderSelection();
+    await loadKeys({ quiet: true });
+  } catch (failure) {
+    handleFailure(failure);
+  }
 }
 
 function renderKeys() {
   const focused = document.activeElement && document.activeElement.dataset ? document.activeElement.dataset.focusKey : null;
   const body = $("keys-body");
+  const shown = new Set(state.keys.items.map((key) => key.id));
+  for (const id of [...state.selected]) if (!shown.has(id)) state.selected.delete(id);
   body.replaceChildren(...state.keys.items.map(keyRow));
+  renderSelection();
   $("keys-empty").hidden = state.keys.items.length > 0;
   $("prev-page").disabled = state.keys.page === 0;
   $("next-page").disabled = !state.keys.next;
@@ -626,6 +689,7 @@ async function requestSecretClose() {
     const sure = await confirmAction({
       title: "Close without copying?",
       message: "You have not copied this API key. It will not be shown again; if you close now, you will have to create a new key.",
+      button: "Close without copying",
       returnFocus: $("secret-done"),
     });
     if (!sure) return;
@@ -638,29 +702,47 @@ async function requestSecretClose() {
 
 let confirmResolve = null;
 
-// Ask in a dialog that names what will happen; resolves true on Confirm, false otherwise.
-function confirmAction({ title, message, returnFocus = null }) {
+// Ask in a dialog that names what will happen; resolves true on its button, false otherwise.
+// `button` says what the button does ("Revoke 62 keys"); with `typeCount` the administrator
+// types that number before the button works (destructive batches).
+function confirmAction({ title, message, button, returnFocus = null, typeCount = null, danger = true }) {
   $("confirm-title").textContent = title;
   $("confirm-message").textContent = message;
+  const ok = $("confirm-ok");
+  ok.textContent = button;
+  ok.className = danger ? "danger" : "primary";
+  const typed = $("confirm-type");
+  $("confirm-type-row").hidden = typeCount === null;
+  typed.value = "";
+  ok.disabled = typeCount !== null;
+  confirmNeeds = typeCount === null ? null : String(typeCount);
+  if (typeCount !== null) $("confirm-type-label").textContent = `Type ${typeCount} to confirm`;
   return new Promise((resolve) => {
     confirmResolve = resolve;
     openDialog($("confirm-dialog"), {
-      initialFocus: $("confirm-cancel"),
+      initialFocus: typeCount === null ? $("confirm-cancel") : typed,
       returnFocus,
       onRequestClose: () => settleConfirm(false),
     });
   });
 }
 
+let confirmNeeds = null; // the number to type, as text, or null
+
+function confirmTyped() {
+  $("confirm-ok").disabled = confirmNeeds !== null && $("confirm-type").value.trim() !== confirmNeeds;
+}
+
 function settleConfirm(answer) {
+  if (answer && $("confirm-ok").disabled) return;
   const resolve = confirmResolve;
   confirmResolve = null;
   closeDialog($("confirm-dialog"));
   if (resolve) resolve(answer);
 }
 
-async function keyAction(key, { title, message, run, done }) {
-  const sure = await confirmAction({ title, message, returnFocus: rowSettingsButton(key) });
+async function keyAction(key, { title, message, button, run, done, danger = true }) {
+  const sure = await confirmAction({ title, message, button, danger, returnFocus: rowSettingsButton(key) });
   if (!sure) return;
   try {
     await run();
@@ -675,6 +757,7 @@ function revokeKey(key) {
   return keyAction(key, {
     title: `Revoke “${key.name}”?`,
     message: `Revoke the API key “${key.name}”? Requests with it are refused at once. You can reinstate it later.`,
+    button: "Revoke key",
     run: () => api("POST", `/api/v1/keys/${key.id}/revoke`),
     done: `Revoked “${key.name}”.`,
   });
@@ -684,6 +767,8 @@ function reinstateKey(key) {
   return keyAction(key, {
     title: `Reinstate “${key.name}”?`,
     message: `Reinstate the API key “${key.name}”? It works again at once.`,
+    button: "Reinstate key",
+    danger: false,
     run: () => api("POST", `/api/v1/keys/${key.id}/reinstate`),
     done: `Reinstated “${key.name}”.`,
   });
@@ -694,6 +779,7 @@ async function rollKey(key) {
   const sure = await confirmAction({
     title: `Roll “${key.name}”?`,
     message: `Give the API key “${key.name}” a new secret? The current secret keeps working for 24 hours, then it is refused; deploy the new one before then.`,
+    button: "Roll key",
     returnFocus: rowSettingsButton(key),
   });
   if (!sure) return;
@@ -713,6 +799,7 @@ function deleteKey(key) {
   return keyAction(key, {
     title: `Delete “${key.name}”?`,
     message: `Delete the API key “${key.name}” for good? This cannot be undone; software using it is refused at once.`,
+    button: "Delete key",
     run: () => api("DELETE", `/api/v1/keys/${key.id}`),
     done: `Deleted “${key.name}”.`,
   });
@@ -727,14 +814,30 @@ const BATCHES = [
     path: "/api/v1/keys/revoke-all",
     none: "There are no API keys to revoke.",
     ask: (n) => [`Revoke all ${plural(n, "API key")}?`, `This revokes ${plural(n, "API key")} at once; requests with them are refused. You can reinstate them later.`],
+    button: (n) => `Revoke ${plural(n, "key")}`,
+    typeCount: true,
     done: (n) => `Revoked ${plural(n, "API key")}.`,
   },
   {
-    label: "Reinstate all API keys",
+    label: "Reinstate the keys the last “Revoke all” revoked",
+    action: "reinstate_last_revoke_all",
+    path: "/api/v1/keys/reinstate-all",
+    body: { scope: "last_revoke_all" },
+    none: "No keys of the last “Revoke all” are still revoked.",
+    ask: (n) => [`Reinstate ${plural(n, "API key")} of the last “Revoke all”?`, `This reinstates the ${plural(n, "API key")} the last “Revoke all” revoked; keys revoked one by one stay revoked.`],
+    button: (n) => `Reinstate ${plural(n, "key")}`,
+    typeCount: false,
+    done: (n) => `Reinstated ${plural(n, "API key")} of the last “Revoke all”.`,
+  },
+  {
+    label: "Reinstate all revoked API keys (also those revoked one by one)",
     action: "reinstate_all",
     path: "/api/v1/keys/reinstate-all",
+    body: { scope: "all" },
     none: "There are no revoked API keys to reinstate.",
-    ask: (n) => [`Reinstate all ${plural(n, "API key")}?`, `This reinstates ${plural(n, "revoked API key")} at once; they work again immediately.`],
+    ask: (n) => [`Reinstate all ${plural(n, "revoked API key")}?`, `This reinstates every revoked API key (${n}), also those revoked one by one for cause; they work again immediately.`],
+    button: (n) => `Reinstate all ${plural(n, "key")}`,
+    typeCount: false,
     done: (n) => `Reinstated ${plural(n, "API key")}.`,
   },
   {
@@ -743,6 +846,8 @@ const BATCHES = [
     path: "/api/v1/keys/delete-revoked",
     none: "There are no revoked API keys to delete.",
     ask: (n) => [`Delete ${plural(n, "revoked API key")}?`, `This deletes ${plural(n, "revoked API key")} for good. This cannot be undone.`],
+    button: (n) => `Delete ${plural(n, "key")}`,
+    typeCount: true,
     done: (n) => `Deleted ${plural(n, "revoked API key")}.`,
   },
 ];
@@ -761,9 +866,16 @@ async function runBatch(batch) {
       return;
     }
     const [title, message] = batch.ask(count);
-    const sure = await confirmAction({ title, message: message + skippedNote(skipped), returnFocus: $("batch-button") });
+    const sure = await confirmAction({
+      title,
+      message: message + skippedNote(skipped),
+      button: batch.button(count),
+      typeCount: batch.typeCount ? count : null,
+      danger: batch.typeCount,
+      returnFocus: $("batch-button"),
+    });
     if (!sure) return;
-    const result = await api("POST", batch.path);
+    const result = await api("POST", batch.path, batch.body);
     const left = result.skipped ? ` ${plural(result.skipped, "key")} outside your grants left alone.` : "";
     say(batch.done(result.count) + left);
     await loadKeys({ quiet: true });
@@ -915,7 +1027,7 @@ function wire() {
   $("signin-form").addEventListener("submit", signIn);
   $("sign-out").addEventListener("click", signOut);
   $("create-button").addEventListener("click", () => openKeyDialog());
-  menuButton($("batch-button"), "Batch actions", () => BATCHES.map((batch) => ({ label: batch.label, danger: batch.action !== "reinstate_all", action: () => runBatch(batch) })));
+  menuButton($("batch-button"), "Batch actions", () => BATCHES.map((batch) => ({ label: batch.label, danger: batch.typeCount, action: () => runBatch(batch) })));
   $("filters").addEventListener("submit", (event) => {
     event.preventDefault();
     restartList();
@@ -940,6 +1052,15 @@ function wire() {
   $("secret-copy").addEventListener("click", copySecret);
   $("secret-done").addEventListener("click", requestSecretClose);
   $("confirm-ok").addEventListener("click", () => settleConfirm(true));
+  $("confirm-type").addEventListener("input", confirmTyped);
+  for (const action of Object.keys(CHOSEN)) $(`chosen-${action}`).addEventListener("click", () => runChosen(action));
+  $("chosen-clear").addEventListener("click", () => {
+    state.selected.clear();
+    renderKeys();
+  });
+  $("confirm-type").addEventListener("keydown", (event) => {
+    if (event.key === "Enter") settleConfirm(true);
+  });
   $("confirm-cancel").addEventListener("click", () => settleConfirm(false));
   $("audit-filters").addEventListener("submit", (event) => {
     event.preventDefault();
