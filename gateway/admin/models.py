@@ -298,6 +298,26 @@ class Key(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
         ]
         | UnsetType
     ) = UNSET
+    can_manage: (
+        Annotated[
+            bool,
+            Meta(
+                description="whether the caller may edit, roll, revoke, reinstate or delete "
+                "this key: every role of it lies within their grants"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    outside_grants: (
+        Annotated[
+            list[str],
+            Meta(
+                description="the key's roles outside the caller's grants (why can_manage is "
+                "false); empty when it is true"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class KeyCreated(Struct, forbid_unknown_fields=True, kw_only=True):

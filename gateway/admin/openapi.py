@@ -96,6 +96,17 @@ SCHEMAS: dict[str, Schema] = {
             "error": {"type": "string", "enum": _ERROR_CODES},
             "message": {"type": "string"},
             "field": {"type": "string", "description": "the request field at fault"},
+            "problems": {
+                "type": "array",
+                "description": (
+                    "a key create or edit: every member's problem at once, this answer's own first"
+                ),
+                "items": {
+                    "type": "object",
+                    "required": ["field", "message"],
+                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
             "retry_after": {"type": "integer", "description": "seconds, with 429"},
             "checks": {"$ref": "#/components/schemas/ReadyChecks"},
             "key": {
