@@ -25,6 +25,7 @@ from gateway.keys.rules import (
     DESCRIPTION_MAX_LENGTH,
     DESCRIPTION_PATTERN,
     M_DESCRIPTION,
+    M_DESCRIPTION_LENGTH,
     M_NAME,
     M_OVERLAP,
     M_ROLES,
@@ -63,6 +64,8 @@ _METHODS = "|".join(
 METHOD_PATTERN = f"^(?:{_METHODS}){PATTERN_END}"
 # Friendlier messages than "Expected `str` matching regex '...'" (or of a length), by field.
 _MESSAGES = {"name": M_NAME, "description": M_DESCRIPTION, "secret": M_SECRET}
+# A field whose length rule has words of its own (the pattern's words would mislead).
+_LENGTH_MESSAGES = {"description": M_DESCRIPTION_LENGTH}
 # Plain words for a value out of its rule (the page shows them next to the field), after
 # the location; the type errors of other members keep msgspec's located reason.
 _PLAIN = {
@@ -525,6 +528,8 @@ def convert(data: dict[str, Any], model: type[T], words: Mapping[str, str] | Non
     except msgspec.ValidationError as error:
         location, reason = _located(str(error))
         friendly = (words or {}).get(location)
+        if friendly is None and "length" in reason:
+            friendly = _LENGTH_MESSAGES.get(location)
         if friendly is None and ("regex" in reason or "length" in reason):
             friendly = _MESSAGES.get(location)
         if location == "roles":  # an empty list: the rule's own words name the field
