@@ -8,7 +8,6 @@ import contextlib
 import logging
 import os
 import re
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import redis.asyncio
 from aiohttp import web
 from support.config import add_key, write_config
 from support.http import RawResponse, http_request, raw_request
+from support.virtual_time import on_virtual_time
 from test_decision import METHODS, POLICY, ROLE_SETS, TARGETS
 
 from gateway.keys import rules as key_rules
@@ -318,28 +318,33 @@ async def test_http_10_is_served_and_closed_unless_kept_alive(gateway: RunningGa
         writer.close()
 
 
+@on_virtual_time
 async def test_a_slow_head_is_cut_at_head_timeout_and_an_idle_one_at_keepalive(
     tmp_path: Path,
 ) -> None:
-    client = {"head_timeout": 0.3, "keepalive_timeout": 0.6}
+    # On virtual time (support/virtual_time.py) the listener's timers fire without the test
+    # sleeping through them, so the two timeouts can lie far apart; the loop's clock makes
+    # the lower bounds exact.
+    loop = asyncio.get_running_loop()
+    client = {"head_timeout": 0.3, "keepalive_timeout": 3.0}
     async with serving(tmp_path, client=client) as gateway:
         assert gateway.decision_port is not None
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.decision_port)
-        started = time.monotonic()
+        started = loop.time()
         try:
             writer.write(decision_head()[:20])  # slowloris: part of a head, then nothing
             assert await asyncio.wait_for(reader.read(), 3) == b""
         finally:
             writer.close()
-        assert 0.25 < time.monotonic() - started < 2.0
+        assert 0.3 <= loop.time() - started < 3.0  # head_timeout, not keepalive_timeout
         # A kept connection: answered, then closed after keepalive_timeout of idling.
         reader, writer = await asyncio.open_connection("127.0.0.1", gateway.decision_port)
         try:
             writer.write(decision_head())
             await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
-            idle = time.monotonic()
-            assert await asyncio.wait_for(reader.read(), 3) == b""
-            assert 0.5 < time.monotonic() - idle < 2.0
+            idle = loop.time()
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            assert 3.0 <= loop.time() - idle < 6.0  # keepalive_timeout, not head_timeout
         finally:
             writer.close()
 
