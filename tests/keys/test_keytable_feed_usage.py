@@ -15,7 +15,15 @@ from gateway.keys import keyformat as keys
 from gateway.keys.feed import FeedFollower, catch_up
 from gateway.keys.table import KeyTable
 from gateway.keys.usage import ADDRESSES_PER_KEY_HOUR, UsageCounter, prune_usage_periodically
-from gateway.store.base import Change, KeyRow, KeyStatus, NewKey, UsageHour
+from gateway.store.base import (
+    Change,
+    KeyRow,
+    KeyStatus,
+    NewKey,
+    RuleUse,
+    SeenAddress,
+    UsageHour,
+)
 from gateway.store.sqlite import SqliteKeyStore
 
 # Upper bound, in seconds, for a change made by another store instance to reach the table.
@@ -177,7 +185,11 @@ class FailingStore:
         self.hours: list[list[UsageHour]] = []
 
     async def record_usage(
-        self, usage: dict[int, tuple[float, int]], hours: Sequence[UsageHour] = ()
+        self,
+        usage: dict[int, tuple[float, int]],
+        hours: Sequence[UsageHour] = (),
+        rules: Sequence[RuleUse] = (),
+        addresses: Sequence[SeenAddress] = (),
     ) -> None:
         self.calls.append(dict(usage))
         self.hours.append(list(hours))
