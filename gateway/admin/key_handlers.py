@@ -84,6 +84,7 @@ KEY_ACTIONS = (
     "identify",
     "batch-counts",
     "batch",
+    "summary",
 )
 STATUSES: tuple[KeyFilter, ...] = ("active", "revoked", "expired", "expiring")
 KEY_CURSOR = "k"

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admin import errors, models
+from gateway.admin.insight_handlers import DEFAULT_DAYS
 from gateway.admin.key_handlers import (
     IDEMPOTENCY_HEADER,
     IDEMPOTENCY_KEY_MAX,
@@ -31,8 +32,10 @@ from gateway.admin.parsing import (
 from gateway.admin.sessions import COOKIE as SESSION_COOKIE
 from gateway.admin.sessions import CSRF_HEADER, SECURE_COOKIE
 from gateway.keys.rules import IDEMPOTENCY_KEY_PATTERN
+from gateway.keys.usage import ADDRESSES_KEPT
 from gateway.keys.usage_series import MAX_USAGE_POINTS, STEPS
 from gateway.proxy.decision import EXPLAIN_REASONS
+from gateway.settings.models import USAGE_KEEP_DAYS_LIMIT
 from gateway.store.base import KEY_SORTS
 
 OPENAPI_VERSION = "3.1.0"
@@ -617,6 +620,59 @@ def _paths() -> dict[str, Schema]:
                     "description": f"at most {MAX_USAGE_POINTS} points per answer",
                     "schema": {"type": "string", "enum": ["", *STEPS], "default": "hour"},
                 },
+            ],
+        )
+    }
+    days = {
+        "name": "days",
+        "in": "query",
+        "description": (
+            f"the window in whole UTC days ending today (default {DEFAULT_DAYS}); more than "
+            "usage.keep_days is a 422"
+        ),
+        "schema": {"type": "integer", "minimum": 1, "maximum": 99999},
+    }
+    paths["/api/v1/keys/{id}/rules"] = {
+        "get": _operation(
+            "keyRules",
+            "The policy rules (role, methods and path as written) a key was allowed by in "
+            "the last days, with counts, most used first (counted in memory, written in "
+            "batches; every instance adds up)",
+            {**_ok("the rules", "KeyRules"), **_errors(400, *_AUTH_ERRORS, 404, 422)},
+            parameters=[_ID_PARAMETER, days],
+        )
+    }
+    paths["/api/v1/keys/{id}/addresses"] = {
+        "get": _operation(
+            "keyAddresses",
+            f"A key's last client addresses (at most {ADDRESSES_KEPT}), newest first",
+            {**_ok("the addresses", "KeyAddresses"), **_errors(400, *_AUTH_ERRORS, 404)},
+            parameters=[_ID_PARAMETER],
+        )
+    }
+    paths["/api/v1/keys/{id}/advice"] = {
+        "get": _operation(
+            "keyAdvice",
+            "Least-privilege advice: the rules and roles a key used and never used in the "
+            "last days, and the smallest role set of the policy that still allows what it "
+            "did (advice only: nothing changes)",
+            {**_ok("the advice", "KeyAdvice"), **_errors(400, *_AUTH_ERRORS, 404, 422)},
+            parameters=[_ID_PARAMETER, days],
+        )
+    }
+    paths["/api/v1/keys/summary"] = {
+        "get": _operation(
+            "keysSummary",
+            "The keys counted by state: total, active, revoked, expired, expiring within "
+            "expiry.warn_days, and active keys unused for unused_days days",
+            {**_ok("the counts", "KeySummary"), **_errors(400, *_AUTH_ERRORS)},
+            parameters=[
+                {
+                    "name": "unused_days",
+                    "in": "query",
+                    "description": f"default {DEFAULT_DAYS}",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": USAGE_KEEP_DAYS_LIMIT},
+                }
             ],
         )
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 from gateway.policy.rules import Rule, RuleIdent
 from gateway.store.base import (
@@ -180,8 +181,8 @@ class UsageCounter:
         self,
         batch: dict[int, tuple[float, int]],
         hours: list[UsageHour],
-        rules: list[RuleUse] = (),  # type: ignore[assignment]
-        addresses: list[SeenAddress] = (),  # type: ignore[assignment]
+        rules: Sequence[RuleUse] = (),
+        addresses: Sequence[SeenAddress] = (),
     ) -> None:
         """Merge a batch that failed to flush back into the pending counts."""
         for use in rules:

@@ -105,9 +105,7 @@ async def test_prune_drops_old_days_and_addresses_and_trims(store: KeyStore) -> 
     )
     pruned = await store.prune_usage(DAY * 24, addresses_kept=2)
     assert pruned == 1 + 1 + 3
-    assert await store.rule_totals(a.id, 0) == [
-        RuleTotal("reader", "GET", "/a", 2, DAY * 86400.0)
-    ]
+    assert await store.rule_totals(a.id, 0) == [RuleTotal("reader", "GET", "/a", 2, DAY * 86400.0)]
     assert [s.address for s in await store.seen_addresses(a.id, 20)] == [
         "10.0.1.4",
         "10.0.1.3",
