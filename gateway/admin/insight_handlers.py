@@ -4,6 +4,7 @@ addresses, least-privilege advice) and the keys' summary line."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -24,11 +25,11 @@ from gateway.admin.models import (
 from gateway.admin.parsing import parse_id, query_params
 from gateway.keys.usage import ADDRESSES_KEPT, DAY
 from gateway.policy import advice as policy_advice
-from gateway.policy.rules import RuleIdent, ident_methods
+from gateway.policy.rules import Policy, RuleIdent, ident_methods
 from gateway.runtime.appkeys import RUNTIME
 from gateway.runtime.context import Runtime
 from gateway.settings.models import USAGE_KEEP_DAYS_LIMIT
-from gateway.store.base import KeyRow
+from gateway.store.base import KeyRow, RuleTotal
 
 DEFAULT_DAYS = 30  # the window of /rules, /advice and the summary's "unused" by default
 DAYS_PARAMS = frozenset({"days"})
@@ -75,9 +76,9 @@ async def _key(request: web.Request, runtime: Runtime) -> KeyRow:
     return row
 
 
-def _window(days: int) -> int:
+def window_start(days: int, now: float) -> int:
     """The first UTC day (unix seconds // 86400) of a window of `days` days ending today."""
-    return int(clock.now()) // DAY - days + 1
+    return int(now) // DAY - days + 1
 
 
 async def key_rules(request: web.Request) -> web.Response:
@@ -87,7 +88,7 @@ async def key_rules(request: web.Request) -> web.Response:
     params = query_params(request, DAYS_PARAMS)
     days = _days(params, "days", DEFAULT_DAYS, runtime.settings.usage.keep_days, kept=True)
     row = await _key(request, runtime)
-    first_day = _window(days)
+    first_day = window_start(days, clock.now())
     totals = await runtime.store.rule_totals(row.id, first_day)
     return respond(
         KeyRules(
@@ -140,36 +141,42 @@ async def key_advice(request: web.Request) -> web.Response:
     params = query_params(request, DAYS_PARAMS)
     days = _days(params, "days", DEFAULT_DAYS, runtime.settings.usage.keep_days, kept=True)
     row = await _key(request, runtime)
-    first_day = _window(days)
+    first_day = window_start(days, clock.now())
     totals = await runtime.store.rule_totals(row.id, first_day)
+    return respond(advice_answer(row, runtime.policy, totals, days, first_day))
+
+
+def advice_answer(
+    row: KeyRow, policy: Policy, totals: Sequence[RuleTotal], days: int, first_day: int
+) -> KeyAdvice:
+    """Return the advice answer of a key from its rule totals since `first_day` (the admin
+    API's and `keygate keys advice --json`'s)."""
     used = [
         policy_advice.UsedRule((total.role, total.methods, total.path), total.count)
         for total in totals
     ]
-    advice = policy_advice.advise(runtime.policy, row.roles, used)
-    return respond(
-        KeyAdvice(
-            key_id=row.id,
-            key_name=row.name,
-            days=days,
-            since=_time(first_day * DAY),
-            requests=advice.requests,
-            used_rules=[
-                UsedRule(
-                    role=rule.ident[0],
-                    methods=ident_methods(rule.ident),
-                    path=rule.ident[2],
-                    count=rule.count,
-                )
-                for rule in advice.used_rules
-            ],
-            unused_rules=[_unused_rule(ident) for ident in advice.unused_rules],
-            used_roles=advice.used_roles,
-            unused_roles=advice.unused_roles,
-            suggested_roles=advice.suggested_roles,
-            unused=advice.unused,
-            message=policy_advice.advice_message(advice, days),
-        )
+    advice = policy_advice.advise(policy, row.roles, used)
+    return KeyAdvice(
+        key_id=row.id,
+        key_name=row.name,
+        days=days,
+        since=_time(first_day * DAY),
+        requests=advice.requests,
+        used_rules=[
+            UsedRule(
+                role=rule.ident[0],
+                methods=ident_methods(rule.ident),
+                path=rule.ident[2],
+                count=rule.count,
+            )
+            for rule in advice.used_rules
+        ],
+        unused_rules=[_unused_rule(ident) for ident in advice.unused_rules],
+        used_roles=advice.used_roles,
+        unused_roles=advice.unused_roles,
+        suggested_roles=advice.suggested_roles,
+        unused=advice.unused,
+        message=policy_advice.advice_message(advice, days),
     )
 
 

@@ -78,7 +78,9 @@ def choose_roles(policy: Policy, own: Sequence[str], used: Sequence[UsedRule]) -
     A used rule stands for each method it names on its path pattern as written; a role set
     allows it when one of its rules (includes resolved) has the same path pattern and
     methods covering that method (`*` only by a `*` rule). Among sets of the smallest size:
-    the most of the key's own roles first, then the fewest rules, then by name. What no role
+    the most of the key's own roles first (those it holds and those they include, so a
+    role inside a broad one the key holds counts as its own), then the fewest rules, then
+    by name. What no role
     of the policy allows any more (a rule since removed) is left out. Past
     ADVICE_SEARCH_LIMIT sets tried, a greedy cover (the role allowing most first) is given.
     """
@@ -89,7 +91,7 @@ def choose_roles(policy: Policy, own: Sequence[str], used: Sequence[UsedRule]) -
     needs = {need for need in needs if any(_allowed(policy, (n,), {need}) for n in candidates)}
     if not needs:
         return []
-    own_set = set(own)
+    own_set = policy.effective_roles(own)
     tried = 0
     for size in range(1, len(candidates) + 1):
         best: tuple[int, int, tuple[str, ...]] | None = None
