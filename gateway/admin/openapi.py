@@ -502,6 +502,18 @@ def _paths() -> dict[str, Schema]:
                         "schema": _SEARCH_TEXT,
                     },
                     {
+                        "name": "role",
+                        "in": "query",
+                        "description": "keys holding this role (as held; includes not resolved)",
+                        "schema": _SEARCH_TEXT,
+                    },
+                    {
+                        "name": "created_by",
+                        "in": "query",
+                        "description": "keys created by exactly this actor (e.g. local:alice)",
+                        "schema": _SEARCH_TEXT,
+                    },
+                    {
                         "name": "sort",
                         "in": "query",
                         "description": "order (keyset-paged); '-' is descending, never-used "

@@ -448,8 +448,12 @@ class KeyRecords(Protocol):
         after: SortPosition | None = None,
         expiring_within: float = EXPIRING_WITHIN,
         digest: bytes | None = None,
+        role: str | None = None,
+        created_by: str | None = None,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and text.
+
+        `role`: only keys holding that role; `created_by`: only keys that actor created.
 
         Sorted by id, the page starts after `after_id`; in any other order, after `after`.
         "expiring" keys are active and expire within `expiring_within` seconds of now.

@@ -181,8 +181,13 @@ class SqlKeys(SqlBase):
         after: SortPosition | None = None,
         expiring_within: float = EXPIRING_WITHIN,
         digest: bytes | None = None,
+        role: str | None = None,
+        created_by: str | None = None,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and a text query.
+
+        `role` keeps the keys holding that role (as held, includes not resolved);
+        `created_by` the keys whose creator is exactly that actor.
 
         "active" excludes expired keys, "expired" is active with expires_at <= now, and the
         query matches name, description or display prefix case-insensitively (ASCII) with
@@ -220,6 +225,10 @@ class SqlKeys(SqlBase):
             where.append(
                 f"(digest = {params.add(digest)} OR previous_digest = {params.add(digest)})"
             )
+        if role is not None:
+            where.append(self.dialect.has_role(role, params))
+        if created_by is not None:
+            where.append(f"created_by = {params.add(created_by)}")
         limit_mark = params.add(limit)
         condition = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._read(

@@ -149,3 +149,27 @@ async def test_key_summary_counts_by_state(store: KeyStore) -> None:
     # A cut-off before every creation: only keys used before it count (none).
     early = await store.key_summary(now, 7 * day, created - 1)
     assert early.unused == 0
+
+
+async def test_list_keys_by_role_and_creator(store: KeyStore) -> None:
+    await store.create_key(new_key("by-role-a", roles=("reader",)), "local:alice")
+    await store.create_key(new_key("by-role-b", roles=("writer", "reader")), "local:bob")
+    await store.create_key(new_key("by-role-c", roles=("writer",)), "local:alice")
+    await store.create_key(new_key("by-role-d", roles=("reader_x",)), "local:alice")
+
+    async def listed(**filters: str) -> list[str]:
+        return [row.name for row in await store.list_keys(**filters)]  # type: ignore[arg-type]
+
+    assert await listed(role="reader") == ["by-role-a", "by-role-b"]  # exact, not a prefix
+    assert await listed(role="writer", created_by="local:alice") == ["by-role-c"]
+    assert await listed(created_by="local:bob") == ["by-role-b"]
+    assert await listed(created_by="local:") == []
+    assert await listed(role="read%") == []
+    first = await store.list_keys(role="reader", limit=1)
+    rest = await store.list_keys(role="reader", limit=5, after_id=first[0].id)
+    assert [row.name for row in first + rest] == ["by-role-a", "by-role-b"]
+    by_name = await store.list_keys(role="reader", sort="-name", limit=1)
+    after = await store.list_keys(
+        role="reader", sort="-name", after=(by_name[0].name, by_name[0].id), limit=5
+    )
+    assert [row.name for row in by_name + after] == ["by-role-b", "by-role-a"]
