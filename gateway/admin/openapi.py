@@ -9,6 +9,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admin import errors, models
+from gateway.admin.audit_export import AUDIT_ACTIONS, AUDIT_CSV_MAX_ROWS, AUDIT_TEXT_MAX
+from gateway.admin.audit_handlers import CSV_TYPE, FORMATS, TRUNCATED_HEADER
 from gateway.admin.insight_handlers import DEFAULT_DAYS
 from gateway.admin.key_handlers import (
     IDEMPOTENCY_HEADER,
@@ -812,23 +814,61 @@ def _paths() -> dict[str, Schema]:
             body="ExplainRequest",
         )
     }
+    page = _ok("a page of events", "AuditPage")
+    page["200"]["description"] = (
+        "a page of events; as CSV (format=csv or Accept: text/csv): a header row (id, at, "
+        "actor, action, key_id, key_name, details JSON), at most "
+        f"{AUDIT_CSV_MAX_ROWS} rows newest first (limit if given), as an attachment; cells a "
+        "spreadsheet would run as a formula start with an apostrophe; "
+        f"{TRUNCATED_HEADER}: true when more entries matched"
+    )
+    page["200"]["content"][CSV_TYPE] = {"schema": {"type": "string"}}
     paths["/api/v1/audit"] = {
         "get": _operation(
             "listAudit",
-            "Audit events, newest first",
-            {**_ok("a page of events", "AuditPage"), **_errors(400, *_AUTH_ERRORS, 422)},
+            "Audit events, newest first, filtered; or a CSV export",
+            {**page, **_errors(400, *_AUTH_ERRORS, 422)},
             tags=("audit",),
             parameters=[
                 {"name": "key_id", "in": "query", "schema": models.schema_of(models.Id)},
                 {"name": "key_name", "in": "query", "schema": _SEARCH_TEXT},
                 {"name": "actor", "in": "query", "schema": _SEARCH_TEXT},
                 {
+                    "name": "action",
+                    "in": "query",
+                    "description": "comma-separated actions (any of them): "
+                    + ", ".join(AUDIT_ACTIONS),
+                    "schema": _SEARCH_TEXT,
+                },
+                {
+                    "name": "q",
+                    "in": "query",
+                    "description": "substring of the key name, actor or details JSON (ASCII "
+                    "letters folded; % and _ match themselves)",
+                    "schema": {**_SEARCH_TEXT, "maxLength": AUDIT_TEXT_MAX},
+                },
+                {
                     "name": "since",
                     "in": "query",
                     "description": (
-                        f"RFC 3339 date-time with a time zone; {models.NO_LEAP_SECOND}"
+                        f"RFC 3339 date-time with a time zone, inclusive; {models.NO_LEAP_SECOND}"
                     ),
                     "schema": {**_TIME, "maxLength": MAX_TIME_LENGTH},
+                },
+                {
+                    "name": "until",
+                    "in": "query",
+                    "description": (
+                        "RFC 3339 date-time with a time zone, inclusive, not before since; "
+                        f"{models.NO_LEAP_SECOND}"
+                    ),
+                    "schema": {**_TIME, "maxLength": MAX_TIME_LENGTH},
+                },
+                {
+                    "name": "format",
+                    "in": "query",
+                    "description": "csv: a CSV export (as Accept: text/csv)",
+                    "schema": {"type": "string", "enum": ["", *FORMATS], "default": "json"},
                 },
                 _LIMIT,
                 _CURSOR,

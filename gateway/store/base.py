@@ -595,8 +595,13 @@ class AuditLog(Protocol):
         since: float | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        actions: Sequence[str] | None = None,
+        until: float | None = None,
+        text: str | None = None,
     ) -> list[AuditEvent]:
-        """List audit events newest first (id < before_id), filtered."""
+        """List audit events newest first (id < before_id), filtered: by key, actor, any of
+        `actions`, since..until (inclusive) and `text`, a substring of the key name, actor
+        or details JSON (ASCII letters folded, no wildcards)."""
 
     async def audit_after(self, after_id: int, limit: int = 500) -> list[AuditEvent]:
         """Return audit events with id > after_id, oldest first."""
