@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from gateway.policy.rules import Rule, RuleIdent
+from gateway.policy.rules import Rule, rule_ident, rule_number
 from gateway.store.base import (
     KeyRecords,
     RuleUse,
@@ -49,8 +49,8 @@ class UsageCounter:
         # key-hour slot -> the addresses seen in that hour, kept across flushes so an
         # address is counted once per process and hour; hours before the last are dropped.
         self._seen: dict[int, set[str]] = {}
-        # key-day slot (as a key-hour's, with days) -> rule ident -> [uses, last used at].
-        self._rules: dict[int, dict[RuleIdent, list[float]]] = {}
+        # key-hour slot -> Rule.number -> [uses, last used at] (days are summed at take).
+        self._rules: dict[int, dict[int, list[float]]] = {}
         # key id -> client address -> last seen at, since the last flush (bounded).
         self._recent: dict[int, dict[str, float]] = {}
 
@@ -66,28 +66,31 @@ class UsageCounter:
             entry[0] = now
             entry[1] += 1.0
         # Inlined _count (the proxy's every admitted request comes here).
-        seconds = int(now)
-        slot = (key_id << _HOUR_BITS) | (seconds // HOUR)
+        slot = (key_id << _HOUR_BITS) | (int(now) // HOUR)
         counts = self._hours.get(slot)
         if counts is None:
             counts = self._hours[slot] = [1, 0, 0, 0, 0, 0]
         else:
             counts[FORWARDED] += 1
         if rule is not None:
-            day_slot = (key_id << _HOUR_BITS) | (seconds // DAY)
-            rules = self._rules.get(day_slot)
+            rules = self._rules.get(slot)
             if rules is None:
-                self._rules[day_slot] = {rule.ident: [1, now]}
+                self._rules[slot] = {rule.number: [1, now]}
             else:
-                uses = rules.get(rule.ident)
+                uses = rules.get(rule.number)
                 if uses is None:
-                    rules[rule.ident] = [1, now]
+                    rules[rule.number] = [1, now]
                 else:
                     uses[0] += 1
                     uses[1] = now
         if address is not None:
             self._note_address(slot, counts, address)
-            self._note_recent(key_id, address, now)
+            # Inlined _note_recent's usual case: a known address, or room for a new one.
+            recent = self._recent.get(key_id)
+            if recent is not None and (address in recent or len(recent) < _ADDRESSES_TRIM_AT):
+                recent[address] = now
+            else:
+                self._note_recent(key_id, address, now)
 
     def refused(self, key_id: int, now: float, *, limited: bool, address: str | None) -> None:
         """Note a key's request refused by the policy (403) or its rate limit (429)."""
@@ -155,14 +158,18 @@ class UsageCounter:
         ]
 
     def take_rules(self) -> list[RuleUse]:
-        """Return and clear the per-day rule counts since the last flush."""
+        """Return and clear the rule counts since the last flush, summed per key and UTC day."""
         rules, self._rules = self._rules, {}
+        days: dict[tuple[int, int, int], list[float]] = {}
+        for slot, by_rule in rules.items():
+            day = (slot & _HOUR_MASK) * HOUR // DAY
+            for number, (count, last) in by_rule.items():
+                summed = days.setdefault((slot >> _HOUR_BITS, day, number), [0, last])
+                summed[0] += count
+                summed[1] = max(summed[1], last)
         return [
-            RuleUse(
-                slot >> _HOUR_BITS, slot & _HOUR_MASK, ident[0], ident[1], ident[2], int(c[0]), c[1]
-            )
-            for slot, by_rule in rules.items()
-            for ident, c in by_rule.items()
+            RuleUse(key_id, day, *rule_ident(number), int(count), last)
+            for (key_id, day, number), (count, last) in days.items()
         ]
 
     def take_addresses(self) -> list[SeenAddress]:
@@ -186,8 +193,11 @@ class UsageCounter:
     ) -> None:
         """Merge a batch that failed to flush back into the pending counts."""
         for use in rules:
-            by_rule = self._rules.setdefault((use.key_id << _HOUR_BITS) | use.day, {})
-            counted = by_rule.setdefault((use.role, use.methods, use.path), [0, use.last_used_at])
+            # Back under the day's first hour (take_rules sums it into the same day again).
+            hour = use.day * DAY // HOUR
+            by_rule = self._rules.setdefault((use.key_id << _HOUR_BITS) | hour, {})
+            number = rule_number((use.role, use.methods, use.path))
+            counted = by_rule.setdefault(number, [0, use.last_used_at])
             counted[0] += use.count
             counted[1] = max(counted[1], use.last_used_at)
         for seen in addresses:

@@ -43,6 +43,26 @@ MATCHER_CACHE_LIMIT = 4096
 RuleIdent = tuple[str, str, str]
 
 
+# Every rule ident this process has loaded, numbered once (a reload's unchanged rules keep
+# their number): as many as the distinct rules the policy files ever held.
+_IDENT_NUMBERS: dict[RuleIdent, int] = {}
+_IDENTS: list[RuleIdent] = []
+
+
+def rule_number(ident: RuleIdent) -> int:
+    """Return the process-wide number of a rule ident (given the first time it is seen)."""
+    number = _IDENT_NUMBERS.get(ident)
+    if number is None:
+        number = _IDENT_NUMBERS[ident] = len(_IDENTS)
+        _IDENTS.append(ident)
+    return number
+
+
+def rule_ident(number: int) -> RuleIdent:
+    """Return the rule ident a Rule.number stands for."""
+    return _IDENTS[number]
+
+
 def ident_methods(ident: RuleIdent) -> list[str]:
     """Return the methods a rule's ident names, as written (`*` for every method)."""
     return ident[1].split(",")
@@ -68,11 +88,16 @@ class Rule:
     index: int
     text: str
     ident: RuleIdent = field(init=False, compare=False, repr=False)
+    # The ident's number in this process (rule_ident turns it back): an int is the cheapest
+    # dict key for the proxy's per-request count.
+    number: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         parts = self.text.split()
         method_text, path = (parts[0], parts[1]) if len(parts) == 2 else ("*", self.text)
-        object.__setattr__(self, "ident", (self.role, method_text, path))
+        ident = (self.role, method_text, path)
+        object.__setattr__(self, "ident", ident)
+        object.__setattr__(self, "number", rule_number(ident))
 
     def allows_method(self, method: str) -> bool:
         """Return True when the rule's methods cover `method` (GET covers HEAD)."""
