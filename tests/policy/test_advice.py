@@ -142,3 +142,16 @@ def test_advice_of_an_unused_key_and_of_included_roles() -> None:
         "In the last 30 days this key used role 'base' (1 of its 2 rules); "
         "every role it holds was used."
     )
+
+
+def test_a_rule_keeps_its_name_across_a_reload_that_moves_it() -> None:
+    before = policy({"r": ["GET /a", "POST /b"]})
+    after = policy({"r": ["POST /b", "PUT /c", "GET  /a"]})  # moved, spaced differently
+    old = before.matcher_for(frozenset({"r"})).allowing("GET", "/a")
+    new = after.matcher_for(frozenset({"r"})).allowing("GET", "/a")
+    assert old is not None and new is not None
+    assert (old.index, new.index) == (0, 2)
+    assert old.ident == new.ident == ("r", "GET", "/a")
+    assert old.number == new.number  # counted under the same name, whatever its position
+    other = after.matcher_for(frozenset({"r"})).allowing("PUT", "/c")
+    assert other is not None and other.number != new.number
