@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from gateway.admin.basic_auth import AUDIT_LOGIN_FAILED, AUDIT_LOGIN_THROTTLED
 from gateway.admin.oidc_handlers import AUDIT_REFUSED
 from gateway.admin.session_handlers import AUDIT_SIGN_IN, AUDIT_SIGN_OUT
-from gateway.keys.rules import AUDIT_IDENTIFY
+from gateway.keys.rules import AUDIT_IDENTIFY, PATTERN_END
 from gateway.store import common
 from gateway.store.base import AuditEvent
 
@@ -54,10 +54,16 @@ class UnknownActionError(ValueError):
     """An action filter names an action the audit log never holds."""
 
 
+def actions_pattern() -> str:
+    """The JSON Schema pattern of an action filter: known actions, commas, ASCII spaces."""
+    one = "(?:" + "|".join(AUDIT_ACTIONS) + ")"
+    return f"^[ ,]*(?:{one}(?: *,[ ,]*{one})*)?[ ,]*{PATTERN_END}"
+
+
 def parse_actions(text: str) -> list[str]:
-    """Return the actions of a comma-separated list (spaces and empty items ignored);
+    """Return the actions of a comma-separated list (ASCII spaces and empty items ignored);
     raise UnknownActionError naming the first unknown one."""
-    actions = [part.strip() for part in text.split(",") if part.strip()]
+    actions = [part.strip(" ") for part in text.split(",") if part.strip(" ")]
     for action in actions:
         if action not in AUDIT_ACTIONS:
             shown = action[:40]

@@ -9,7 +9,12 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admin import errors, models
-from gateway.admin.audit_export import AUDIT_ACTIONS, AUDIT_CSV_MAX_ROWS, AUDIT_TEXT_MAX
+from gateway.admin.audit_export import (
+    AUDIT_ACTIONS,
+    AUDIT_CSV_MAX_ROWS,
+    AUDIT_TEXT_MAX,
+    actions_pattern,
+)
 from gateway.admin.audit_handlers import CSV_TYPE, FORMATS, TRUNCATED_HEADER
 from gateway.admin.insight_handlers import DEFAULT_DAYS
 from gateway.admin.key_handlers import (
@@ -838,7 +843,11 @@ def _paths() -> dict[str, Schema]:
                     "in": "query",
                     "description": "comma-separated actions (any of them): "
                     + ", ".join(AUDIT_ACTIONS),
-                    "schema": _SEARCH_TEXT,
+                    "schema": {
+                        "type": "string",
+                        "maxLength": MAX_QUERY_LENGTH,
+                        "pattern": actions_pattern(),
+                    },
                 },
                 {
                     "name": "q",
