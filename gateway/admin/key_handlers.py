@@ -77,7 +77,7 @@ BATCH_FIELDS = fields(KeyBatch)
 LAST_BATCH = "last"
 M_NO_BATCH = "no revoke-all batch to reinstate (none yet, or no batch with that id)"
 M_BATCH_AND_SCOPE = "give batch alone, or with scope last_revoke_all; not with scope all"
-LIST_PARAMS = frozenset({"status", "q", "limit", "cursor", "sort"})
+LIST_PARAMS = frozenset({"status", "q", "limit", "cursor", "sort", "role", "created_by"})
 # The action paths beside a key's own /api/v1/keys/{id}: a literal path wins there, as
 # OpenAPI matches paths, so a key named like an action is reached at that path by its id.
 KEY_ACTIONS = (
@@ -87,6 +87,7 @@ KEY_ACTIONS = (
     "identify",
     "batch-counts",
     "batch",
+    "summary",
 )
 STATUSES: tuple[KeyFilter, ...] = ("active", "revoked", "expired", "expiring")
 KEY_CURSOR = "k"
@@ -193,7 +194,8 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    """GET /api/v1/keys: one page of keys by id, filtered by status and text.
+    """GET /api/v1/keys: one page of keys by id, filtered by status, text, a role held and
+    the exact creator (every filter kept across the page cursors).
 
     A `q` that is a whole, well-formed key finds that key by its digest (a pasted secret is
     looked up, never matched as text).
@@ -209,6 +211,8 @@ async def list_keys(request: web.Request) -> web.Response:
     digest = None if query is None else keys.digest_if_well_formed(query.strip())
     if digest is not None:
         query = None
+    role = parse_text(params, "role")
+    created_by = parse_text(params, "created_by")
     limit = parse_limit(params)
     sort = next((s for s in KEY_SORTS if s == (params.get("sort") or "id")), None)
     if sort is None:
@@ -225,6 +229,8 @@ async def list_keys(request: web.Request) -> web.Response:
             now=now,
             expiring_within=within,
             digest=digest,
+            role=role,
+            created_by=created_by,
         )
     else:
         after: SortPosition | None = decode_sort_cursor(params, sort, sort.endswith("name"))
@@ -237,6 +243,8 @@ async def list_keys(request: web.Request) -> web.Response:
             after=after,
             expiring_within=within,
             digest=digest,
+            role=role,
+            created_by=created_by,
         )
     page = rows[:limit]
     next_cursor = _next_cursor(sort, page[-1]) if len(rows) > limit else None
