@@ -196,6 +196,7 @@ async def test_readme_admin_block_runs_as_written(
         ("GET", "/api/v1/keys/{id}/advice"),
         ("GET", "/api/v1/keys/summary"),
         ("GET", "/api/v1/keys"),
+        ("GET", "/api/v1/keys"),
         ("PATCH", "/api/v1/keys/{id}"),
         ("POST", "/api/v1/keys/{id}/roll"),
         ("POST", "/api/v1/keys/{id}/revoke"),
@@ -213,7 +214,7 @@ async def test_readme_admin_block_runs_as_written(
         ("GET", "/healthz"),
         ("GET", "/readyz"),
     ]
-    (create, listing, show, rules, addresses, advice, summary, filtered, edit, roll, revoke,
+    (create, listing, show, rules, addresses, advice, summary, filtered, unused, edit, roll, revoke,
      reinstate, batch, delete, revoke_all, reinstate_all, reinstate_last, delete_revoked,
      roles, explain, audit, audit_csv, healthz, readyz) = calls  # fmt: skip
 
@@ -246,6 +247,7 @@ async def test_readme_admin_block_runs_as_written(
     }
     assert filtered.status == 200
     assert [item["name"] for item in filtered.json()["items"]] == [KEY_NAME]
+    assert unused.status == 200 and unused.json()["items"] == []  # as the summary counts
     assert edit.status == 200
     assert edit.json()["description"] == "nightly ETL" and edit.json()["expires_at"] is None
     assert roll.status == 200 and KEY_PATTERN.match(roll.json()["secret"])

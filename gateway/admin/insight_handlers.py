@@ -3,14 +3,13 @@ addresses, least-privilege advice) and the keys' summary line."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from aiohttp import web
 
 from gateway import clock
-from gateway.admin.errors import E_OUT_OF_RANGE, ApiError, bad_request, not_found
+from gateway.admin.errors import not_found
 from gateway.admin.models import (
     AddressSeen,
     KeyAddresses,
@@ -22,7 +21,7 @@ from gateway.admin.models import (
     UsedRule,
     respond,
 )
-from gateway.admin.parsing import parse_id, query_params
+from gateway.admin.parsing import parse_days, parse_id, query_params
 from gateway.keys.usage import ADDRESSES_KEPT, DAY
 from gateway.policy import advice as policy_advice
 from gateway.policy.rules import Policy, RuleIdent, ident_methods
@@ -34,32 +33,10 @@ from gateway.store.base import KeyRow, RuleTotal
 DEFAULT_DAYS = 30  # the window of /rules, /advice and the summary's "unused" by default
 DAYS_PARAMS = frozenset({"days"})
 SUMMARY_PARAMS = frozenset({"unused_days"})
-_DAYS = re.compile(r"[0-9]{1,5}")
 
 
 def _time(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
-
-
-def _days(params: dict[str, str], name: str, default: int, most: int, *, kept: bool) -> int:
-    """Return a whole number of days, `default` when absent: malformed or 0 is a 400; more
-    than `most` a 422 when `kept` (usage.keep_days: older days are pruned), else a 400."""
-    text = params.get(name)
-    if text is None:
-        return min(default, most)
-    if not _DAYS.fullmatch(text) or int(text) < 1:
-        raise bad_request(f"{name} must be a whole number of days from 1", field=name)
-    days = int(text)
-    if days > most:
-        if kept:
-            raise ApiError(
-                422,
-                E_OUT_OF_RANGE,
-                f"{name} must be at most {most} (usage.keep_days: older usage is not kept)",
-                field=name,
-            )
-        raise bad_request(f"{name} must be a whole number of days from 1 to {most}", field=name)
-    return days
 
 
 async def _key(request: web.Request, runtime: Runtime) -> KeyRow:
@@ -86,7 +63,7 @@ async def key_rules(request: web.Request) -> web.Response:
     N days (default 30, at most usage.keep_days), with counts, most used first."""
     runtime = request.app[RUNTIME]
     params = query_params(request, DAYS_PARAMS)
-    days = _days(params, "days", DEFAULT_DAYS, runtime.settings.usage.keep_days, kept=True)
+    days = parse_days(params, "days", DEFAULT_DAYS, runtime.settings.usage.keep_days, kept=True)
     row = await _key(request, runtime)
     first_day = window_start(days, clock.now())
     totals = await runtime.store.rule_totals(row.id, first_day)
@@ -139,7 +116,7 @@ async def key_advice(request: web.Request) -> web.Response:
     only: nothing changes."""
     runtime = request.app[RUNTIME]
     params = query_params(request, DAYS_PARAMS)
-    days = _days(params, "days", DEFAULT_DAYS, runtime.settings.usage.keep_days, kept=True)
+    days = parse_days(params, "days", DEFAULT_DAYS, runtime.settings.usage.keep_days, kept=True)
     row = await _key(request, runtime)
     first_day = window_start(days, clock.now())
     totals = await runtime.store.rule_totals(row.id, first_day)
@@ -185,7 +162,7 @@ async def keys_summary(request: web.Request) -> web.Response:
     revoked, expired, expiring within expiry.warn_days, unused for N days; default 30)."""
     runtime = request.app[RUNTIME]
     params = query_params(request, SUMMARY_PARAMS)
-    days = _days(params, "unused_days", DEFAULT_DAYS, USAGE_KEEP_DAYS_LIMIT, kept=False)
+    days = parse_days(params, "unused_days", DEFAULT_DAYS, USAGE_KEEP_DAYS_LIMIT, kept=False)
     now = clock.now()
     summary = await runtime.store.key_summary(
         now, runtime.settings.expiry.warn_days * DAY, now - days * DAY

@@ -43,6 +43,7 @@ from gateway.admin.parsing import (
     decode_sort_cursor,
     encode_cursor,
     encode_sort_cursor,
+    parse_days,
     parse_id,
     parse_limit,
     parse_text,
@@ -55,6 +56,7 @@ from gateway.keys import rules as key_rules
 from gateway.policy.rules import Policy
 from gateway.runtime.appkeys import RUNTIME
 from gateway.runtime.context import Runtime
+from gateway.settings.models import USAGE_KEEP_DAYS_LIMIT
 from gateway.store.base import (
     KEY_SORTS,
     BatchResult,
@@ -77,7 +79,9 @@ BATCH_FIELDS = fields(KeyBatch)
 LAST_BATCH = "last"
 M_NO_BATCH = "no revoke-all batch to reinstate (none yet, or no batch with that id)"
 M_BATCH_AND_SCOPE = "give batch alone, or with scope last_revoke_all; not with scope all"
-LIST_PARAMS = frozenset({"status", "q", "limit", "cursor", "sort", "role", "created_by"})
+LIST_PARAMS = frozenset(
+    {"status", "q", "limit", "cursor", "sort", "role", "created_by", "unused_days"}
+)
 # The action paths beside a key's own /api/v1/keys/{id}: a literal path wins there, as
 # OpenAPI matches paths, so a key named like an action is reached at that path by its id.
 KEY_ACTIONS = (
@@ -213,12 +217,18 @@ async def list_keys(request: web.Request) -> web.Response:
         query = None
     role = parse_text(params, "role")
     created_by = parse_text(params, "created_by")
+    unused_days = (
+        None
+        if params.get("unused_days") is None
+        else parse_days(params, "unused_days", 0, USAGE_KEEP_DAYS_LIMIT, kept=False)
+    )
     limit = parse_limit(params)
     sort = next((s for s in KEY_SORTS if s == (params.get("sort") or "id")), None)
     if sort is None:
         raise bad_request(M_SORT, field="sort")
     now = clock.now()
     within = runtime.settings.expiry.warn_days * DAY
+    unused_before = None if unused_days is None else now - unused_days * DAY
     if sort == "id":
         after_id = decode_cursor(params, KEY_CURSOR) or 0
         rows = await runtime.store.list_keys(
@@ -231,6 +241,7 @@ async def list_keys(request: web.Request) -> web.Response:
             digest=digest,
             role=role,
             created_by=created_by,
+            unused_before=unused_before,
         )
     else:
         after: SortPosition | None = decode_sort_cursor(params, sort, sort.endswith("name"))
@@ -245,6 +256,7 @@ async def list_keys(request: web.Request) -> web.Response:
             digest=digest,
             role=role,
             created_by=created_by,
+            unused_before=unused_before,
         )
     page = rows[:limit]
     next_cursor = _next_cursor(sort, page[-1]) if len(rows) > limit else None

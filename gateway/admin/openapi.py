@@ -532,6 +532,17 @@ def _paths() -> dict[str, Schema]:
                         "schema": _SEARCH_TEXT,
                     },
                     {
+                        "name": "unused_days",
+                        "in": "query",
+                        "description": "active keys not used for this many days (never-used "
+                        "keys created before then), as the summary counts them",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": USAGE_KEEP_DAYS_LIMIT,
+                        },
+                    },
+                    {
                         "name": "sort",
                         "in": "query",
                         "description": "order (keyset-paged); '-' is descending, never-used "

@@ -16,6 +16,7 @@ from gateway.admin.errors import (
     E_BODY_TOO_LARGE,
     E_INVALID,
     E_MALFORMED_JSON,
+    E_OUT_OF_RANGE,
     E_UNKNOWN_FIELD,
     E_UNSUPPORTED_MEDIA_TYPE,
     ApiError,
@@ -34,6 +35,7 @@ MAX_QUERY_LENGTH = 1000  # characters of a search or filter parameter
 # (aiohttp's limit is 8190), so every target the proxy could be sent can be explained.
 MAX_EXPLAIN_TARGET = 8192
 _ID = re.compile(r"[0-9]{1,19}")
+_DAYS = re.compile(r"[0-9]{1,5}")
 # A page cursor is URL-safe base64 without padding, this long at most (a sort cursor holds
 # the last name: up to ~300 characters); the document states both, and a cursor outside
 # them is a 400. One inside them that this listing did not make, for this order, is a 422.
@@ -330,3 +332,24 @@ def decode_sort_cursor(
     if not valid_value or not valid_position or not 1 <= position <= MAX_ID:
         raise _not_ours()
     return value, position
+
+
+def parse_days(params: dict[str, str], name: str, default: int, most: int, *, kept: bool) -> int:
+    """Return a whole number of days, `default` when absent: malformed or 0 is a 400; more
+    than `most` a 422 when `kept` (usage.keep_days: older days are pruned), else a 400."""
+    text = params.get(name)
+    if text is None:
+        return min(default, most)
+    if not _DAYS.fullmatch(text) or int(text) < 1:
+        raise bad_request(f"{name} must be a whole number of days from 1", field=name)
+    days = int(text)
+    if days > most:
+        if kept:
+            raise ApiError(
+                422,
+                E_OUT_OF_RANGE,
+                f"{name} must be at most {most} (usage.keep_days: older usage is not kept)",
+                field=name,
+            )
+        raise bad_request(f"{name} must be a whole number of days from 1 to {most}", field=name)
+    return days

@@ -450,10 +450,12 @@ class KeyRecords(Protocol):
         digest: bytes | None = None,
         role: str | None = None,
         created_by: str | None = None,
+        unused_before: float | None = None,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and text.
 
-        `role`: only keys holding that role; `created_by`: only keys that actor created.
+        `role`: only keys holding that role; `created_by`: only keys that actor created;
+        `unused_before`: only active keys not used since then (never used: created before).
 
         Sorted by id, the page starts after `after_id`; in any other order, after `after`.
         "expiring" keys are active and expire within `expiring_within` seconds of now.

@@ -138,6 +138,16 @@ def status_condition(
     raise ValueError(f"unknown status filter {status!r}")
 
 
+def unused_condition(moment: float, unused_before: float, params: Params) -> str:
+    """Return the condition of an unused key: active (not expired at `moment`) and last used
+    before `unused_before`, or never used and created before it."""
+    now_mark, before_mark = params.add(moment), params.add(unused_before)
+    return (
+        f"status = 'active' AND (expires_at IS NULL OR expires_at > {now_mark})"
+        f" AND COALESCE(last_used_at, created_at) < {before_mark}"
+    )
+
+
 def audit_conditions(
     params: Params,
     *,

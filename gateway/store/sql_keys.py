@@ -61,6 +61,7 @@ from gateway.store.common import (
     roll_details,
     rolled_row,
     status_condition,
+    unused_condition,
     wanted_edits,
 )
 from gateway.store.sql import SqlBase, Tx
@@ -183,11 +184,14 @@ class SqlKeys(SqlBase):
         digest: bytes | None = None,
         role: str | None = None,
         created_by: str | None = None,
+        unused_before: float | None = None,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and a text query.
 
         `role` keeps the keys holding that role (as held, includes not resolved);
-        `created_by` the keys whose creator is exactly that actor.
+        `created_by` the keys whose creator is exactly that actor; `unused_before` the
+        active keys not used since then (never-used ones created before it), as the
+        summary counts them.
 
         "active" excludes expired keys, "expired" is active with expires_at <= now, and the
         query matches name, description or display prefix case-insensitively (ASCII) with
@@ -229,6 +233,8 @@ class SqlKeys(SqlBase):
             where.append(self.dialect.has_role(role, params))
         if created_by is not None:
             where.append(f"created_by = {params.add(created_by)}")
+        if unused_before is not None:
+            where.append(unused_condition(moment, unused_before, params))
         limit_mark = params.add(limit)
         condition = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._read(

@@ -77,6 +77,13 @@ async def test_summary_counts_keys_by_state(client: Client, runtime: Runtime) ->
         "unused_days": 30,
     }
     assert (await summary(client, unused_days="50"))["unused"] == 0
+    # The list filtered to the unused keys shows the keys counted, page by page.
+    assert await names(client, unused_days="30") == ["old"]
+    assert await names(client, unused_days="50") == []
+    assert await names(client, unused_days="30", sort="-last_used_at") == ["old"]
+    for bad in ("0", "x", "3651"):
+        answer = await client.get(KEYS, params={"unused_days": bad}, headers=ROOT)
+        await expect_error(answer, 400, "invalid_request", "unused_days")
     for bad in ("0", "x", "-3", "3651", "1e3"):
         answer = await client.get(f"{KEYS}/summary", params={"unused_days": bad}, headers=ROOT)
         await expect_error(answer, 400, "invalid_request", "unused_days")

@@ -149,6 +149,13 @@ async def test_key_summary_counts_by_state(store: KeyStore) -> None:
     # A cut-off before every creation: only keys used before it count (none).
     early = await store.key_summary(now, 7 * day, created - 1)
     assert early.unused == 0
+    # The key list's unused filter keeps exactly the keys the summary counts as unused.
+    listed = await store.list_keys(now=now, unused_before=now - 30 * day)
+    assert sorted(row.name for row in listed) == ["sum-expiring", "sum-fresh", "sum-stale"]
+    assert len(listed) == summary.unused
+    by_use = await store.list_keys(now=now, unused_before=now - 30 * day, sort="last_used_at")
+    assert sorted(row.name for row in by_use) == sorted(row.name for row in listed)
+    assert await store.list_keys(now=now, unused_before=created - 1) == []
 
 
 async def test_list_keys_by_role_and_creator(store: KeyStore) -> None:
