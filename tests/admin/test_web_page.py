@@ -166,11 +166,20 @@ def wait_for_port(port: int, serve: ServeProcess, timeout: float = 20.0) -> None
 
 
 @contextlib.contextmanager
-def running_site(directory: Path, keys: list[dict[str, Any]]) -> Iterator[Site]:
-    """Write a config, add the admins and `keys`, start `keygate serve`; stop it after."""
+def running_site(
+    directory: Path,
+    keys: list[dict[str, Any]],
+    *,
+    upstream: str = "http://127.0.0.1:9",
+    policy: dict[str, Any] | None = None,
+) -> Iterator[Site]:
+    """Write a config, add the admins and `keys`, start `keygate serve`; stop it after.
+
+    The upstream is a closed port unless `upstream` names one; `policy` replaces the test policy.
+    """
     proxy_port, admin_port = free_port(), free_port()
     config = write_config(
-        directory, "http://127.0.0.1:9", listen_port=proxy_port, admin_port=admin_port
+        directory, upstream, listen_port=proxy_port, admin_port=admin_port, policy=policy
     )
     cli(config, "init")  # CLI commands never create the database themselves
     add_admin(config, "root", PASSWORDS["root"])

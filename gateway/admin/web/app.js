@@ -1,7 +1,12 @@
 // The API Keys page: sign-in, the key list, create/edit/revoke/delete, batches, audit, explain.
 
 import { api, ApiError, query, setCsrfToken } from "./api.js";
-import { detailsText, expiresInText } from "./format.js";
+import { ACTIONS, auditRows } from "./auditview.js";
+import { countKeys, loadSummary, pageLabel } from "./density.js";
+import { hasParams, loadFeatures } from "./features.js";
+import { expiresInText } from "./format.js";
+import { leaveKeyPage, refreshKeyPage, setupKeyPage, showKeyPage } from "./keypage.js";
+import { currentRoute, go, showView, startRouter } from "./router.js";
 import {
   anyDialogOpen,
   closeDialog,
@@ -13,6 +18,7 @@ import {
   menuButton,
   menuOpen,
   openDialog,
+  when,
 } from "./ui.js";
 
 const PAGE_SIZE = 50;
@@ -29,7 +35,7 @@ const state = {
   policy: null, // SHA-256 of the policy in force, as last seen
   keys: { items: [], cursors: [null], page: 0, next: null },
   selected: new Set(), // ids of the rows chosen for a batch (this page's rows only)
-  audit: { next: null, key: null }, // key: the one "Audit history" asked about (id, name)
+  audit: { next: null, key: null, events: [], expanded: new Set() }, // key: the one "Audit history" asked about (id, name)
   seq: null,
   pollTimer: null,
   polls: 0,
@@ -37,13 +43,6 @@ const state = {
 };
 
 // ------------------------------------------------------------------------ formatting
-
-const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
-
-function when(iso, empty = "Never") {
-  if (!iso) return el("span", { class: "muted", text: empty });
-  return el("time", { datetime: iso, title: iso, text: dateFormat.format(new Date(iso)) });
-}
 
 function toLocalInput(iso) {
   if (!iso) return "";
@@ -184,16 +183,60 @@ async function showApp(session) {
   $("who-source").textContent = sourceLabel(session);
   $("who-grants").textContent = grantsLabel(session);
   $("sign-out").hidden = session.auth !== "session";
-  const roles = await api("GET", "/api/v1/roles");
+  const [roles] = await Promise.all([api("GET", "/api/v1/roles"), loadFeatures()]);
   state.roles = roles.roles;
+  showFilters();
   state.keys.cursors = [null];
   state.keys.page = 0;
   // Read the sequence before the list: any change after this point triggers a refresh.
   const { seq, policy } = await api("GET", "/api/v1/changes");
   state.policy = policy;
+  state.seq = seq;
+  startRouter(showRoute);
   await Promise.all([loadKeys(), loadAudit()]);
   startPolling(seq);
 }
+
+// ------------------------------------------------------------------------ views
+
+function showRoute(route, { navigated }) {
+  if (route.view !== "key") leaveKeyPage();
+  closeMenu({ focusButton: false });
+  showView(route.view, { navigated });
+  if (route.view === "key") showKeyPage(route.id).catch(handleFailure);
+}
+
+// The filters this server supports (an older keygate lacks some): shown, the rest hidden.
+function showFilters() {
+  const keyFilters = hasParams("/api/v1/keys", "role", "created_by");
+  $("role-filter-field").hidden = !keyFilters;
+  $("creator-filter-field").hidden = !keyFilters;
+  const chosen = $("role-filter").value;
+  $("role-filter").replaceChildren(el("option", { value: "" }, "Any"), ...state.roles.map((role) => el("option", { value: role.name }, role.name)));
+  if (state.roles.some((role) => role.name === chosen)) $("role-filter").value = chosen;
+  const audit = {
+    q: "audit-q-field",
+    action: "audit-action-field",
+    since: "audit-from-field",
+    until: "audit-until-field",
+  };
+  for (const [param, field] of Object.entries(audit)) $(field).hidden = !hasParams("/api/v1/audit", param);
+  $("audit-csv").hidden = !hasParams("/api/v1/audit", "format");
+  if (!$("audit-action").options.length) {
+    $("audit-action").append(
+      el("option", { value: "" }, "Any"),
+      ...AUDIT_ACTION_GROUPS.map(([label, actions]) => el("option", { value: actions.join(",") }, label)),
+      el("optgroup", { label: "One action" }, Object.entries(ACTIONS).map(([action, label]) => el("option", { value: action }, label))),
+    );
+  }
+}
+
+const AUDIT_ACTION_GROUPS = [
+  ["Key changes", ["create", "edit", "revoke", "reinstate", "delete", "roll", "revoke_all", "reinstate_all", "delete_revoked"]],
+  ["Batches", ["revoke_all", "reinstate_all", "delete_revoked"]],
+  ["Sign-ins and sign-outs", ["admin_sign_in", "admin_sign_out", "admin_login_failed", "admin_login_throttled"]],
+  ["Admin accounts", ["admin_add", "admin_passwd", "admin_grants", "admin_remove"]],
+];
 
 function handleFailure(error) {
   if (error instanceof ApiError && error.status === 401) {
@@ -298,6 +341,7 @@ function refreshSoon(withAudit = true) {
   state.pending = false;
   loadKeys({ quiet: true }).catch(handleFailure);
   if (withAudit) loadAudit({ quiet: true }).catch(handleFailure);
+  if (currentRoute().view === "key") refreshKeyPage();
 }
 
 document.addEventListener("keygate:overlay-closed", () => {
@@ -306,14 +350,28 @@ document.addEventListener("keygate:overlay-closed", () => {
 
 // ------------------------------------------------------------------------ key list
 
-function listParams() {
+// The list's filters (what "Page X of Y" counts), then its sort and page.
+function listFilters() {
   return {
     q: $("search").value.trim(),
     status: $("status-filter").value,
-    sort: $("sort").value,
-    limit: PAGE_SIZE,
-    cursor: state.keys.cursors[state.keys.page],
+    role: $("role-filter").value,
+    created_by: $("creator-filter").value.trim(),
   };
+}
+
+function listParams() {
+  return { ...listFilters(), sort: $("sort").value, limit: PAGE_SIZE, cursor: state.keys.cursors[state.keys.page] };
+}
+
+// The summary line and "Page X of Y", after the list (they cost more requests than it).
+async function loadOverview({ quiet = false } = {}) {
+  const ticket = listRequest;
+  const [summary, total] = await Promise.all([loadSummary({ background: quiet }), countKeys(listFilters(), state.seq, { background: quiet })]);
+  if (ticket !== listRequest) return;
+  $("keys-summary").hidden = summary === null;
+  $("keys-summary").textContent = summary || "";
+  $("page-label").textContent = pageLabel(state.keys.page, PAGE_SIZE, total);
 }
 
 let listRequest = 0;
@@ -335,6 +393,7 @@ async function loadKeys({ quiet = false } = {}) {
   state.keys.items = page.items;
   state.keys.next = page.next_cursor;
   renderKeys();
+  await loadOverview({ quiet });
 }
 
 function restartList() {
@@ -412,8 +471,8 @@ function keyRow(key) {
   return el(
     "tr",
     { class: `key-row key-${key.status}`, "data-key-id": key.id },
-    el("th", { scope: "row", class: "key-name", text: key.name }),
-    el("td", { "data-label": "Description", class: "description", text: key.description || "" }),
+    el("th", { scope: "row", class: "key-name" }, el("a", { href: `#/keys/${key.id}`, class: "key-link", "data-focus-key": `name:${key.id}`, text: key.name })),
+    el("td", { "data-label": "Description", class: "description" }, key.description ? el("div", { class: "clamp", title: key.description, text: key.description }) : null),
     el("td", { "data-label": "Roles" }, roles),
     el("td", { "data-label": "Status" }, statusCell(key)),
     el("td", { "data-label": "Prefix" }, el("code", { text: `${key.prefix}…` })),
@@ -494,7 +553,6 @@ function renderKeys() {
   $("keys-empty").hidden = state.keys.items.length > 0;
   $("prev-page").disabled = state.keys.page === 0;
   $("next-page").disabled = !state.keys.next;
-  $("page-label").textContent = `Page ${state.keys.page + 1}`;
   $("key-names").replaceChildren(...state.keys.items.map((key) => el("option", { value: key.name })));
   if (focused) {
     const again = focusKeyed(focused, body);
@@ -886,39 +944,6 @@ async function runBatch(batch) {
 
 // ------------------------------------------------------------------------ audit
 
-const ACTIONS = {
-  create: "Created",
-  edit: "Edited",
-  revoke: "Revoked",
-  reinstate: "Reinstated",
-  delete: "Deleted",
-  roll: "Rolled",
-  revoke_all: "Revoked all",
-  reinstate_all: "Reinstated all",
-  delete_revoked: "Deleted all revoked",
-  admin_add: "Admin added",
-  admin_passwd: "Admin password changed",
-  admin_grants: "Admin grants changed",
-  admin_remove: "Admin removed",
-  admin_sign_in: "Signed in",
-  admin_sign_out: "Signed out",
-  admin_login_failed: "Failed sign-in",
-  admin_login_throttled: "Throttled sign-in",
-  identify: "Looked up by secret",
-};
-
-function auditRow(event) {
-  return el(
-    "tr",
-    {},
-    el("td", { "data-label": "When" }, when(event.at)),
-    el("td", { "data-label": "Actor", text: event.actor }),
-    el("td", { "data-label": "Action", text: ACTIONS[event.action] || event.action }),
-    el("td", { "data-label": "Key", text: event.key_name || "" }),
-    el("td", { "data-label": "Details", class: "details", text: detailsText(event.details) }),
-  );
-}
-
 let auditRequest = 0;
 
 async function loadAudit({ more = false, quiet = false } = {}) {
@@ -928,37 +953,54 @@ async function loadAudit({ more = false, quiet = false } = {}) {
   // resolved to its key's id by the server.
   const byId = state.audit.key && state.audit.key.name === name ? state.audit.key.id : null;
   const params = {
+    ...auditFilters(),
     key_id: byId,
     key_name: byId === null ? name : "",
-    actor: $("audit-actor").value.trim(),
     limit: AUDIT_PAGE_SIZE,
     cursor: more ? state.audit.next : null,
   };
   const page = await api("GET", query("/api/v1/audit", params), undefined, { background: quiet });
   if (ticket !== auditRequest) return;
-  const rows = page.items.map(auditRow);
-  if (more) $("audit-body").append(...rows);
-  else $("audit-body").replaceChildren(...rows);
+  state.audit.events = more ? [...state.audit.events, ...page.items] : page.items;
+  $("audit-body").replaceChildren(...auditRows(state.audit.events, state.audit.expanded));
+  const { limit, cursor, ...exported } = params; // the export is every match, not one page
+  $("audit-csv").href = query("/api/v1/audit", { ...exported, format: "csv" });
   state.audit.next = page.next_cursor;
   $("audit-more").hidden = !page.next_cursor;
   $("audit-empty").hidden = $("audit-body").children.length > 0;
+}
+
+// The audit filters other than the key: actor, text, actions, date range (local days).
+function auditFilters() {
+  const day = (value, next) => {
+    if (!value) return "";
+    const date = new Date(`${value}T00:00`);
+    if (next) date.setDate(date.getDate() + 1); // "until" a day includes that whole day
+    return Number.isNaN(date.getTime()) ? "" : date.toISOString();
+  };
+  return {
+    actor: $("audit-actor").value.trim(),
+    q: $("audit-q").value.trim(),
+    action: $("audit-action").value,
+    since: day($("audit-from").value, false),
+    until: day($("audit-until").value, true),
+  };
 }
 
 function focusAudit(key) {
   state.audit.key = { id: key.id, name: key.name };
   $("audit-key").value = key.name;
   $("audit-actor").value = "";
+  for (const id of ["audit-q", "audit-action", "audit-from", "audit-until"]) $(id).value = "";
   loadAudit().catch(handleFailure);
-  $("audit-title").scrollIntoView({ block: "start" });
-  $("audit-key").focus();
+  go({ view: "audit" });
 }
 
 // ------------------------------------------------------------------------ explain
 
 function focusExplain(key) {
   $("explain-key").value = key.name;
-  $("explain-title").scrollIntoView({ block: "start" });
-  $("explain-path").focus();
+  go({ view: "check" }, { focus: $("explain-path") });
 }
 
 async function findKeyByName(name) {
@@ -1034,6 +1076,8 @@ function wire() {
   });
   $("search").addEventListener("input", debounce(restartList, SEARCH_DELAY_MS));
   $("status-filter").addEventListener("change", restartList);
+  $("role-filter").addEventListener("change", restartList);
+  $("creator-filter").addEventListener("input", debounce(restartList, SEARCH_DELAY_MS));
   $("sort").addEventListener("change", restartList);
   $("prev-page").addEventListener("click", () => {
     if (state.keys.page === 0) return;
@@ -1068,6 +1112,7 @@ function wire() {
   });
   $("audit-more").addEventListener("click", () => loadAudit({ more: true }).catch(handleFailure));
   $("explain-form").addEventListener("submit", explain);
+  setupKeyPage({ openKeyDialog, handleFailure, roles: () => state.roles });
 }
 
 async function start() {
