@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import threading
+import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +32,7 @@ from test_web_page import (
     WIDE,
     Site,
     chromium_or_skip,
+    cli,
     row,
     running_site,
     screenshot,
@@ -191,3 +195,151 @@ def test_views_have_urls_and_back_forward_reload_and_focus_follow(
         page.goto(site.url + "#/keys/999999")  # no such key: said, not an error
         page_expect(page.locator("#key-page-title")).to_have_text("Key not found")
         page_expect(page.locator("#key-page-missing")).to_be_visible()
+
+
+# --------------------------------------------------------------------------- a key's page
+
+# (method, path) sent through the proxy, in order: sessions reads (forwarded, 200), upstream
+# 503s (forwarded, counted as upstream 5xx), writes (refused by the policy, 403), then reads
+# past the key's rate limit (429 once its burst is spent).
+MIX = [
+    *[("GET", f"{REST}/sessions/")] * 3,
+    *[("GET", f"{REST}/_status/503")] * 2,
+    *[("PUT", f"{REST}/sessions/")] * 2,
+    *[("GET", f"{REST}/sessions/")] * 4,
+]
+MIX_LIMIT = "6/hour,burst=6"  # six admitted requests, then 429 (an hour's slack: no refill)
+
+
+def send_mix(site: Site, secret: str) -> dict[str, int]:
+    """Send MIX through the proxy; return the counts the usage API must show for it."""
+    statuses = [through_proxy(site, secret, method, path) for method, path in MIX]
+    seen = Counter(statuses)
+    expected = {
+        "forwarded": sum(n for status, n in seen.items() if status not in (403, 429)),
+        "denied": seen[403],
+        "limited": seen[429],
+        "upstream_errors": sum(n for status, n in seen.items() if status >= 500),
+    }
+    # The mix covers every layer of the chart: each count is non-zero.
+    assert seen[200] >= 1 and all(expected.values()), statuses
+    return expected
+
+
+def usage_totals(site: Site, ident: int, query: str = "") -> dict[str, int]:
+    """The usage API's sums over the window of `query` (default: the last 24 hours)."""
+    points = admin_get(site, f"/api/v1/keys/{ident}/usage{query}")["points"]
+    return {name: sum(p[name] for p in points) for name in ("forwarded", "denied", "limited",
+                                                               "upstream_errors")}  # fmt: skip
+
+
+def test_key_page_shows_settings_roles_usage_and_history(browser: Browser, site: Site) -> None:
+    created = cli(site.config, "keys", "create", "--name", "mix-old", "--role",
+                  "1int-sessions-read", "--role", STATUS_ROLE, "--rate-limit", MIX_LIMIT,
+                  "--description", "Mixed traffic for the chart", "--json")  # fmt: skip
+    secret = json.loads(created)["secret"]
+    ident = int(json.loads(created)["id"])
+    cli(site.config, "keys", "edit", "mix-old", "--name", MIX_KEY)  # a rename: same id
+    deadline = time.monotonic() + FLUSH_BOUND  # the proxy follows the CLI's write by the feed
+    while through_proxy(site, secret, "HEAD", f"{REST}/nothing") == 401:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    expected = send_mix(site, secret)
+    expected["denied"] += 1  # the probe that found the key known (403: no rule allows it)
+    while usage_totals(site, ident) != expected:  # flushed every usage.flush_interval
+        assert time.monotonic() < deadline + FLUSH_BOUND, usage_totals(site, ident)
+        time.sleep(0.1)
+    cli(site.config, "keys", "revoke", MIX_KEY)
+    cli(site.config, "keys", "reinstate-all")  # a batch: it names no single key
+    cli(site.config, "keys", "roll", MIX_KEY, "--overlap", "7200")
+
+    for width in (WIDE, NARROW):
+        with signed_in(browser, site, width=width) as page:
+            search(page, MIX_KEY)
+            row(page, MIX_KEY).get_by_role("link", name=MIX_KEY).click()
+            heading_focused(page, MIX_KEY)
+            settings = page.locator("#key-settings")
+            page_expect(settings.locator("[data-setting='Description']")).to_have_text(
+                "Mixed traffic for the chart"
+            )
+            page_expect(settings.locator("[data-setting='Prefix']")).to_contain_text("kg_")
+            page_expect(settings.locator("[data-setting='Created']")).to_contain_text("by cli:")
+            page_expect(settings.locator("[data-setting='Rate limit']")).to_have_text(
+                "6 per hour, burst 6"
+            )
+            page_expect(settings.locator("[data-setting='Secret']")).to_contain_text(
+                "old secret valid until"
+            )
+            roles = page.locator("#key-roles")
+            status_role = roles.locator(f"[data-role='{STATUS_ROLE}']")
+            page_expect(status_role).to_contain_text(f"GET {REST}/_status/*")
+            page_expect(status_role).to_contain_text("chosen-status route")
+            page_expect(roles.locator("[data-role='1int-sessions-read']")).to_contain_text(
+                f"GET {REST}/sessions/**"
+            )
+
+            check_chart(page, expected)
+            for label, step in (("7 days", "hour"), ("90 days", "day")):
+                page.get_by_role("button", name=label).click()
+                page_expect(page.get_by_role("button", name=label)).to_have_attribute(
+                    "aria-pressed", "true"
+                )
+                check_chart(page, expected)
+                bars = page.locator("#usage-chart g.bar").count()
+                assert bars >= (7 * 24 if step == "hour" else 90)
+            page.get_by_role("button", name="24 hours").click()
+            page_expect(page.locator("#usage-chart g.bar")).to_have_count(24)  # whole hours, this one last
+            check_chart(page, expected)
+
+            history = page.locator("#key-history-body tr")
+            page_expect(history.filter(has_text="Reinstated all")).to_have_count(1)
+            page_expect(history.filter(has_text="Rolled")).to_have_count(1)
+            page_expect(history.filter(has_text=f"name: mix-old → {MIX_KEY}")).to_have_count(1)
+            page_expect(
+                history.filter(has_text="Created").filter(has_text="mix-old")
+            ).to_have_count(1)  # the entry under the key's earlier name
+            page_expect(history).to_have_count(5)
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+            screenshot(page, f"key-page-{width}.png", full_page=True)
+            page.get_by_role("button", name="Show as table").click()
+            table = page.locator(".usage-table")
+            page_expect(table).to_be_visible()
+            table.scroll_into_view_if_needed()
+            screenshot(page, f"key-page-table-{width}.png")
+
+
+def check_chart(page: Page, expected: dict[str, int]) -> None:
+    """The chart's legend, its bars and its table (shown or not) carry the expected counts."""
+    table = page.locator(".usage-table")
+    totals = table.locator("tfoot td")
+    page_expect(totals).to_have_text(
+        [str(expected[name]) for name in ("forwarded", "upstream_errors", "denied", "limited")]
+    )
+    legend = page.locator("#usage-legend")
+    ok = expected["forwarded"] - expected["upstream_errors"]
+    refused = expected["denied"] + expected["limited"]
+    page_expect(legend.locator("[data-total='ok']")).to_have_text(str(ok))
+    page_expect(legend.locator("[data-total='upstream']")).to_have_text(
+        str(expected["upstream_errors"])
+    )
+    page_expect(legend.locator("[data-total='refused']")).to_have_text(str(refused))
+    chart = page.locator("#usage-chart svg")
+    page_expect(chart).to_have_attribute(
+        "aria-label", re.compile(rf"{expected['forwarded']} forwarded.*{refused} refused")
+    )
+    # Every request falls in one bar (all were sent within a minute or two): its three
+    # layers' heights are in proportion to the counts.
+    heights = chart.evaluate(
+        """svg => {
+            const bars = [...svg.querySelectorAll("g.bar")].filter(g => g.querySelector("rect"));
+            const sum = (g, name) => [...g.querySelectorAll(`rect.layer-${name}`)]
+                .reduce((total, rect) => total + Number(rect.getAttribute("height")), 0);
+            return bars.map(g => [sum(g, "ok"), sum(g, "upstream"), sum(g, "refused")]);
+        }"""
+    )
+    assert len(heights) in (1, 2), heights  # two when the mix straddled an hour
+    ok_h, upstream_h, refused_h = (sum(h[i] for h in heights) for i in range(3))
+    assert ok_h > 0 and upstream_h > 0 and refused_h > 0
+    if len(heights) == 1:
+        assert abs(ok_h / upstream_h - ok / expected["upstream_errors"]) < 0.01
+        assert abs(refused_h / upstream_h - refused / expected["upstream_errors"]) < 0.01
