@@ -288,7 +288,7 @@ def test_key_page_shows_settings_roles_usage_and_history(browser: Browser, site:
                 bars = page.locator("#usage-chart g.bar").count()
                 assert bars >= (7 * 24 if step == "hour" else 90)
             page.get_by_role("button", name="24 hours").click()
-            page_expect(page.locator("#usage-chart g.bar")).to_have_count(24)  # whole hours, this one last
+            page_expect(page.locator("#usage-chart g.bar")).to_have_count(24)  # whole hours
             check_chart(page, expected)
 
             history = page.locator("#key-history-body tr")
@@ -343,3 +343,100 @@ def check_chart(page: Page, expected: dict[str, int]) -> None:
     if len(heights) == 1:
         assert abs(ok_h / upstream_h - ok / expected["upstream_errors"]) < 0.01
         assert abs(refused_h / upstream_h - refused / expected["upstream_errors"]) < 0.01
+
+
+# --------------------------------------------------------------------------- density
+
+
+def sign_in_by_api(site: Site, times: int) -> None:
+    """Sign root in `times` times through the API (each an audit entry "Signed in")."""
+    for _ in range(times):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{site.admin_port}/api/v1/session",
+            method="POST",
+            data=json.dumps({"name": "root", "password": PASSWORDS["root"]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status in (200, 201)
+
+
+@pytest.mark.parametrize("width", [WIDE, NARROW])
+def test_page_x_of_y_unbroken_names_and_clamped_descriptions(
+    browser: Browser, site: Site, width: int
+) -> None:
+    with signed_in(browser, site, width=width) as page:
+        search(page, "bulk-")
+        body = page.locator("#keys-body tr")
+        page_expect(body).to_have_count(50)
+        label = page.locator("#page-label")
+        page_expect(label).to_have_text("Page 1 of 2")
+        page.get_by_role("button", name="Next page").click()
+        page_expect(body).to_have_count(5)
+        page_expect(label).to_have_text("Page 2 of 2")
+        search(page, "bulk-0")
+        page_expect(label).to_have_text("Page 1 of 1")
+        search(page, "")
+        page_expect(label).to_have_text(re.compile(r"Page 1 of 2"))  # 57+ keys, 50 a page
+
+        search(page, "warehouse")
+        name = row(page, LONG_NAME).get_by_role("link", name=LONG_NAME)
+        # One line box: the name is not broken at its hyphens (nor anywhere else).
+        lines = name.evaluate("a => a.getClientRects().length")
+        assert lines == 1, f"the name is broken into {lines} lines"
+        height = name.evaluate("a => a.getBoundingClientRect().height")
+        line = name.evaluate("a => parseFloat(getComputedStyle(a).lineHeight)")
+        assert height <= line * 1.2
+        clamp = row(page, LONG_NAME).locator(".clamp")
+        page_expect(clamp).to_have_attribute("title", LONG_DESCRIPTION.strip())
+        box = clamp.evaluate(
+            "n => [n.clientHeight, n.scrollHeight, parseFloat(getComputedStyle(n).lineHeight)]"
+        )
+        assert box[1] > box[0], "the long description is not clamped"
+        assert box[0] <= 2 * box[2] + 1, "more than two lines shown"
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        wrap = page.locator("#view-keys .table-wrap")  # the row's controls in view, no scrolling
+        assert wrap.evaluate("n => n.scrollWidth <= n.clientWidth")
+        page_expect(
+            row(page, LONG_NAME).get_by_role("button", name=f"Settings for {LONG_NAME}")
+        ).to_be_in_viewport()
+        screenshot(page, f"density-{width}.png")
+
+        name.click()  # the whole description on the key's page
+        description = page.locator("#key-settings [data-setting='Description']")
+        page_expect(description).to_have_text(LONG_DESCRIPTION.strip())
+        full = description.evaluate("n => n.scrollHeight <= n.clientHeight + 1")
+        assert full, "the key's page cuts the description"
+        title = page.locator("#key-page-title")
+        assert title.evaluate("h => h.getClientRects().length") == 1
+        assert title.evaluate("h => h.getBoundingClientRect().height") < 60  # one line
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        screenshot(page, f"density-key-{width}.png")
+
+
+def test_sign_ins_fold_into_one_expandable_row(browser: Browser, site: Site) -> None:
+    cli(site.config, "keys", "edit", "other-key", "--description", "between the sign-ins")
+    sign_in_by_api(site, 4)
+    for signed, width in ((5, WIDE), (6, NARROW)):
+        with signed_in(browser, site, width=width) as page:  # a fifth, then a sixth
+            page.get_by_role("navigation", name="Views").get_by_role("link", name="Audit").click()
+            audit = page.locator("#audit-body")
+            label = f"{signed} sign-ins by local:root"
+            toggle = audit.get_by_role("button", name=label, exact=True)
+            page_expect(toggle).to_have_attribute("aria-expanded", "false")
+            folded = audit.locator("tr.folded-item")
+            page_expect(folded.first).to_be_hidden()
+            first_rows = audit.locator("tr:visible")
+            page_expect(first_rows.nth(0)).to_contain_text(label)
+            page_expect(first_rows.nth(1)).to_contain_text("other-key")  # the key event shows
+            page_expect(first_rows.nth(1)).to_contain_text("between the sign-ins")
+            screenshot(page, f"audit-folded-{width}.png")
+            toggle.click()
+            page_expect(toggle).to_have_attribute("aria-expanded", "true")
+            items = audit.locator("tr.folded-item")
+            page_expect(items.first).to_be_visible()
+            assert items.count() == signed
+            page_expect(items.first).to_contain_text("Signed in")
+            screenshot(page, f"audit-unfolded-{width}.png")
+            toggle.click()
+            page_expect(items.first).to_be_hidden()

@@ -471,7 +471,7 @@ function keyRow(key) {
   return el(
     "tr",
     { class: `key-row key-${key.status}`, "data-key-id": key.id },
-    el("th", { scope: "row", class: "key-name" }, el("a", { href: `#/keys/${key.id}`, class: "key-link", "data-focus-key": `name:${key.id}`, text: key.name })),
+    el("th", { scope: "row", class: "key-name" }, el("a", { href: `#/keys/${key.id}`, class: "key-link", title: key.name, "data-focus-key": `name:${key.id}`, text: key.name })),
     el("td", { "data-label": "Description", class: "description" }, key.description ? el("div", { class: "clamp", title: key.description, text: key.description }) : null),
     el("td", { "data-label": "Roles" }, roles),
     el("td", { "data-label": "Status" }, statusCell(key)),

@@ -95,7 +95,6 @@ function foldRows(events, expanded) {
     type: "button",
     class: "fold-toggle quiet",
     "aria-expanded": String(open),
-    text: foldLabel(events),
     onclick: () => {
       const now = toggle.getAttribute("aria-expanded") !== "true";
       toggle.setAttribute("aria-expanded", String(now));
@@ -104,6 +103,7 @@ function foldRows(events, expanded) {
       for (const tr of inner) tr.hidden = !now;
     },
   });
+  toggle.append(el("span", { class: "chevron", "aria-hidden": "true" }), foldLabel(events));
   const span = el("span", { class: "fold-span muted" }, when(events[events.length - 1].at), " – ", when(events[0].at));
   const head = el("tr", { class: "fold-row", "data-fold": id }, el("td", { colspan: "5" }, toggle, " ", span));
   return [head, ...inner];
