@@ -33,6 +33,7 @@ from test_web_page import (
     Site,
     chromium_or_skip,
     cli,
+    open_settings,
     row,
     running_site,
     screenshot,
@@ -191,6 +192,19 @@ def test_views_have_urls_and_back_forward_reload_and_focus_follow(
         heading_focused(page, "other-key")
         page.reload()
         page_expect(page.locator("#key-page-title")).to_have_text("other-key")
+
+        # The row menu's "Check access…" and "Audit history" go to those views (back returns).
+        nav.get_by_role("link", name="Keys").click()
+        search(page, "other-key")
+        open_settings(page, "other-key").get_by_role("menuitem", name="Check access…").click()
+        assert page.url.endswith("/#/check")
+        page_expect(page.get_by_label("Key", exact=True)).to_have_value("other-key")
+        page_expect(page.get_by_label("Path", exact=True)).to_be_focused()
+        page.go_back()
+        open_settings(page, "other-key").get_by_role("menuitem", name="Audit history").click()
+        assert page.url.endswith("/#/audit")
+        heading_focused(page, "Audit log")
+        page_expect(page.locator("#audit-body tr").first).to_contain_text("other-key")
 
         page.goto(site.url + "#/keys/999999")  # no such key: said, not an error
         page_expect(page.locator("#key-page-title")).to_have_text("Key not found")

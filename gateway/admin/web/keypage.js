@@ -276,9 +276,18 @@ function renderAdvice(key, advice) {
   section.hidden = !advice;
   if (!advice) return;
   const parts = [el("p", { class: "advice-message", text: advice.message || "" })];
-  const list = (title, items) =>
-    items && items.length ? el("div", {}, el("h3", { text: title }), el("ul", { class: "plain-list" }, items.map((item) => el("li", {}, el("code", { text: ruleText(item) }))))) : null;
-  parts.push(list("Roles used", advice.used_roles), list("Roles not used", advice.unused_roles), list("Rules not used", advice.unused_rules));
+  const entry = (item) => {
+    if (typeof item === "string") return el("li", {}, el("code", { text: item }));
+    const count = typeof item.count === "number" ? `, ${plural(item.count, "request")}` : "";
+    return el("li", {}, el("code", { text: ruleText(item) }), el("span", { class: "muted", text: ` (${item.role}${count})` }));
+  };
+  const list = (title, items) => (items && items.length ? el("div", { "data-advice": title }, el("h3", { text: title }), el("ul", { class: "plain-list" }, items.map(entry))) : null);
+  parts.push(
+    list("Roles used", advice.used_roles),
+    list("Roles not used", advice.unused_roles),
+    list("Rules used", advice.used_rules),
+    list("Rules not used", advice.unused_rules),
+  );
   const suggested = advice.suggested_roles;
   if (Array.isArray(suggested) && suggested.length && !sameSet(suggested, key.roles)) {
     const button = el("button", { type: "button", class: "primary", id: "advice-apply", text: `Edit roles to ${suggested.join(", ")}…` });
