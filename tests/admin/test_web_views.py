@@ -27,6 +27,7 @@ from support.config import REST, policy_data
 from support.upstreams import Backend, start_backend
 from test_web_page import (
     CHROMIUM_ARGS,
+    LIVE_BOUND,
     NARROW,
     PASSWORDS,
     WIDE,
@@ -454,3 +455,80 @@ def test_sign_ins_fold_into_one_expandable_row(browser: Browser, site: Site) -> 
             screenshot(page, f"audit-unfolded-{width}.png")
             toggle.click()
             page_expect(items.first).to_be_hidden()
+
+
+# --------------------------------------------------------------------------- the rules, pure
+
+
+def test_routes_folding_axis_and_summary_rules(browser: Browser, site: Site) -> None:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(site.url)
+        shown = page.evaluate(
+            """async () => {
+                const router = await import("/static/router.js");
+                const audit = await import("/static/auditview.js");
+                const chart = await import("/static/chart.js");
+                const density = await import("/static/density.js");
+                const e = (id, action, actor = "local:alice") => ({ id, action, actor });
+                const folded = audit.foldSignIns([
+                    e(9, "admin_sign_in"), e(8, "admin_sign_out"), e(7, "admin_sign_in"),
+                    e(6, "edit"), e(5, "admin_sign_in"), e(4, "admin_login_failed"),
+                    e(3, "admin_sign_in", "local:bob"), e(2, "admin_sign_in"),
+                ]);
+                return {
+                    routes: ["", "#/keys", "#/audit", "#/check", "#/keys/12", "#/keys/0",
+                             "#/keys/x", "#sign-in-error=cancelled", "#/nope"]
+                        .map(hash => router.routeHash(router.parseRoute(hash))),
+                    folds: folded.map(item => item.fold
+                        ? audit.foldLabel(item.fold) : item.event.action),
+                    nice: [0, 1, 3, 12, 20, 21, 480, 999].map(chart.niceCeiling),
+                    summary: density.summaryText({ total: 73, active: 69, revoked: 0,
+                        expired: 1, expiring: 2, unused: 5, unused_days: 30 }),
+                    one: density.summaryText({ total: 1, revoked: 0, expired: 0, expiring: 0,
+                        unused: 0, unused_days: 30 }),
+                    pages: [[0, 0, false], [0, 50, false], [1, 51, false], [0, 10000, true]]
+                        .map(([at, count, capped]) => density.pageLabel(at, 50, { count, capped })),
+                };
+            }"""
+        )
+    finally:
+        context.close()
+    assert shown["routes"] == [
+        "#/keys", "#/keys", "#/audit", "#/check", "#/keys/12", "#/keys", "#/keys", "#/keys",
+        "#/keys",
+    ]  # fmt: skip
+    assert shown["folds"] == [
+        "2 sign-ins, 1 sign-out by local:alice",
+        "edit",
+        "admin_sign_in",  # one alone is not folded
+        "admin_login_failed",  # failed sign-ins are never folded
+        "2 sign-ins by local:bob, local:alice",
+    ]
+    assert shown["nice"] == [1, 1, 5, 20, 20, 50, 500, 1000]
+    assert shown["summary"] == "73 keys · 1 expired · 2 expiring · 5 unused for 30 days"
+    assert shown["one"] == "1 key"
+    assert shown["pages"] == ["Page 1 of 1", "Page 1 of 1", "Page 2 of 2", "Page 1 of 200+"]
+
+
+def test_key_page_follows_changes_made_elsewhere(browser: Browser, site: Site) -> None:
+    ident = key_id(site, "other-key")
+    with signed_in(browser, site) as page:
+        page.goto(f"{site.url}#/keys/{ident}")
+        description = page.locator("#key-settings [data-setting='Description']")
+        page_expect(page.locator("#key-page-title")).to_have_text("other-key")
+        cli(site.config, "keys", "edit", "other-key", "--description", "changed by the CLI")
+        written = time.monotonic()
+        page_expect(description).to_have_text("changed by the CLI", timeout=5_000)
+        assert time.monotonic() - written <= LIVE_BOUND
+        history = page.locator("#key-history-body tr")
+        page_expect(history.first).to_contain_text("changed by the CLI")
+
+        page.get_by_role("button", name="Edit", exact=True).click()  # the page's own Edit
+        dialog = page.get_by_role("dialog", name="Edit API key other-key")
+        dialog.get_by_label("Description", exact=True).fill("changed on its page")
+        dialog.get_by_role("button", name="Save").click()
+        page_expect(dialog).to_be_hidden()
+        page_expect(page.get_by_role("button", name="Edit", exact=True)).to_be_focused()
+        page_expect(description).to_have_text("changed on its page")
