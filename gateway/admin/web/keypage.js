@@ -285,7 +285,6 @@ function renderAdvice(key, advice) {
   parts.push(
     list("Roles used", advice.used_roles),
     list("Roles not used", advice.unused_roles),
-    list("Rules used", advice.used_rules),
     list("Rules not used", advice.unused_rules),
   );
   const suggested = advice.suggested_roles;
