@@ -532,3 +532,34 @@ def test_key_page_follows_changes_made_elsewhere(browser: Browser, site: Site) -
         page_expect(dialog).to_be_hidden()
         page_expect(page.get_by_role("button", name="Edit", exact=True)).to_be_focused()
         page_expect(description).to_have_text("changed on its page")
+
+
+def test_without_the_insight_endpoints_the_page_degrades(browser: Browser, site: Site) -> None:
+    ident = key_id(site, "other-key")
+    missing = {"error": "not_found", "message": "no such resource"}
+    for width in (WIDE, NARROW):
+        with signed_in(browser, site, width=width) as page:
+            # An older keygate: no OpenAPI document to read, no summary, advice, rules or
+            # addresses endpoints (404, as the admin listener answers an unknown path).
+            for pattern in ("**/api/v1/openapi.json", "**/api/v1/keys/summary*",
+                            "**/api/v1/keys/*/advice*", "**/api/v1/keys/*/rules*",
+                            "**/api/v1/keys/*/addresses*"):  # fmt: skip
+                page.route(pattern, lambda route: route.fulfill(status=404, json=missing))
+            page.reload()
+            page_expect(
+                row(page, "other-key").or_(page.locator("#keys-body tr").first)
+            ).to_be_visible()
+            page_expect(page.locator("#keys-summary")).to_be_hidden()
+            page_expect(page.get_by_label("Role", exact=True)).to_be_hidden()  # undocumented
+            page_expect(page.get_by_label("Created by", exact=True)).to_be_hidden()
+            page_expect(page.locator("#page-label")).to_have_text(re.compile(r"Page 1 of \d+"))
+            page.goto(f"{site.url}#/keys/{ident}")
+            page_expect(page.locator("#key-page-title")).to_have_text("other-key")
+            page_expect(page.locator("#usage-chart svg")).to_be_visible()
+            page_expect(page.locator("#key-history-body tr").first).to_be_visible()
+            for section in ("#key-advice", "#key-rules-used", "#key-addresses"):
+                page_expect(page.locator(section)).to_be_hidden()
+            page.get_by_role("navigation", name="Views").get_by_role("link", name="Audit").click()
+            page_expect(page.get_by_role("link", name="Export CSV")).to_be_hidden()
+            page_expect(page.get_by_label("Text", exact=True)).to_be_hidden()
+            screenshot(page, f"degraded-{width}.png")

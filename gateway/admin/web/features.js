@@ -20,7 +20,7 @@ export async function loadFeatures() {
     }
     known = { paths, params };
   } catch {
-    known = null; // unknown: every feature is tried, and a 404 or 400 hides it
+    known = null; // unknown: optional sections are tried (a 404 hides them), filters hidden
   }
 }
 
@@ -29,9 +29,10 @@ export function hasPath(path) {
   return known === null || known.paths.has(path);
 }
 
-// Whether GET `path` takes every one of the query parameters `names`.
+// Whether GET `path` takes every one of the query parameters `names` (false when the
+// document could not be read: a filter the server may not know would answer 400).
 export function hasParams(path, ...names) {
-  if (known === null) return true;
+  if (known === null) return false;
   const params = known.params.get(path);
   return Boolean(params) && names.every((name) => params.has(name));
 }
