@@ -183,7 +183,8 @@ function chooseRange(name) {
 
 async function loadUsage({ quiet = false } = {}) {
   const id = page.id;
-  const range = RANGES[page.range];
+  const name = page.range;
+  const range = RANGES[name];
   const to = Date.now();
   // Whole hours: the API rounds `from` down; asking for exactly N days keeps N days' points.
   const from = Math.ceil((to - range.span) / HOUR_MS) * HOUR_MS;
@@ -198,8 +199,8 @@ async function loadUsage({ quiet = false } = {}) {
     }
     throw failure;
   }
-  if (id !== page.id) return;
-  page.usage = { ...usage, rangeLabel: range.label };
+  if (id !== page.id || name !== page.range) return; // another key or range was chosen since
+  page.usage = { ...usage, range: name, rangeLabel: range.label };
   $("usage-note").textContent = "";
   drawUsage();
 }
@@ -217,7 +218,9 @@ function drawUsage() {
   const points = usage.points.map((point) => ({ ...point, start: new Date(point.start).getTime() }));
   const totals = usageTotals(points);
   const summary = usageSummary(totals, usage.rangeLabel);
-  box.replaceChildren(usageChart(points, usage.step, box.clientWidth, summary));
+  const chart = usageChart(points, usage.step, box.clientWidth, summary);
+  chart.dataset.range = usage.range;
+  box.replaceChildren(chart);
   $("usage-legend").replaceChildren(usageLegend(totals));
   const per = usage.step === "day" ? "day" : "hour";
   const caption = `Requests of ${usage.key_name} per ${per}, last ${usage.rangeLabel} (${per}s without requests left out)`;
