@@ -9,7 +9,7 @@ const MIN_LABEL_GAP = 72; // px between two time labels on the x axis
 
 // Layers bottom to top; forwarded requests the upstream answered 5xx are part of "forwarded".
 export const LAYERS = [
-  { name: "ok", label: "Forwarded", value: (p) => p.forwarded - p.upstream_errors },
+  { name: "ok", label: "Forwarded, no upstream error", value: (p) => p.forwarded - p.upstream_errors },
   { name: "upstream", label: "Forwarded, upstream 5xx", value: (p) => p.upstream_errors },
   { name: "refused", label: "Refused (403 policy, 429 rate limit)", value: (p) => p.denied + p.limited },
 ];
