@@ -321,6 +321,8 @@ def test_key_page_shows_settings_roles_usage_and_history(browser: Browser, site:
             page.get_by_role("button", name="Show as table").click()
             table = page.locator(".usage-table")
             page_expect(table).to_be_visible()
+            wrap = page.locator("#usage-table-wrap")
+            assert wrap.evaluate("n => n.scrollWidth <= n.clientWidth"), "the table scrolls"
             table.scroll_into_view_if_needed()
             screenshot(page, f"key-page-table-{width}.png")
 
