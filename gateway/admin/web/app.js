@@ -1,9 +1,10 @@
 // The API Keys page: sign-in, the key list, create/edit/revoke/delete, batches, audit, explain.
 
 import { api, ApiError, query, setCsrfToken } from "./api.js";
-import { ACTIONS, auditRows } from "./auditview.js";
+import { auditRows } from "./auditview.js";
 import { countKeys, loadSummary, pageLabel } from "./density.js";
-import { hasParams, loadFeatures } from "./features.js";
+import { loadFeatures } from "./features.js";
+import { auditFilters, listFilters, showFilters } from "./filters.js";
 import { expiresInText } from "./format.js";
 import { leaveKeyPage, refreshKeyPage, setupKeyPage, showKeyPage } from "./keypage.js";
 import { currentRoute, go, showView, startRouter } from "./router.js";
@@ -185,7 +186,7 @@ async function showApp(session) {
   $("sign-out").hidden = session.auth !== "session";
   const [roles] = await Promise.all([api("GET", "/api/v1/roles"), loadFeatures()]);
   state.roles = roles.roles;
-  showFilters();
+  showFilters(state.roles);
   state.keys.cursors = [null];
   state.keys.page = 0;
   // Read the sequence before the list: any change after this point triggers a refresh.
@@ -205,38 +206,6 @@ function showRoute(route, { navigated }) {
   showView(route.view, { navigated });
   if (route.view === "key") showKeyPage(route.id).catch(handleFailure);
 }
-
-// The filters this server supports (an older keygate lacks some): shown, the rest hidden.
-function showFilters() {
-  const keyFilters = hasParams("/api/v1/keys", "role", "created_by");
-  $("role-filter-field").hidden = !keyFilters;
-  $("creator-filter-field").hidden = !keyFilters;
-  const chosen = $("role-filter").value;
-  $("role-filter").replaceChildren(el("option", { value: "" }, "Any"), ...state.roles.map((role) => el("option", { value: role.name }, role.name)));
-  if (state.roles.some((role) => role.name === chosen)) $("role-filter").value = chosen;
-  const audit = {
-    q: "audit-q-field",
-    action: "audit-action-field",
-    since: "audit-from-field",
-    until: "audit-until-field",
-  };
-  for (const [param, field] of Object.entries(audit)) $(field).hidden = !hasParams("/api/v1/audit", param);
-  $("audit-csv").hidden = !hasParams("/api/v1/audit", "format");
-  if (!$("audit-action").options.length) {
-    $("audit-action").append(
-      el("option", { value: "" }, "Any"),
-      ...AUDIT_ACTION_GROUPS.map(([label, actions]) => el("option", { value: actions.join(",") }, label)),
-      el("optgroup", { label: "One action" }, Object.entries(ACTIONS).map(([action, label]) => el("option", { value: action }, label))),
-    );
-  }
-}
-
-const AUDIT_ACTION_GROUPS = [
-  ["Key changes", ["create", "edit", "revoke", "reinstate", "delete", "roll", "revoke_all", "reinstate_all", "delete_revoked"]],
-  ["Batches", ["revoke_all", "reinstate_all", "delete_revoked"]],
-  ["Sign-ins and sign-outs", ["admin_sign_in", "admin_sign_out", "admin_login_failed", "admin_login_throttled"]],
-  ["Admin accounts", ["admin_add", "admin_passwd", "admin_grants", "admin_remove"]],
-];
 
 function handleFailure(error) {
   if (error instanceof ApiError && error.status === 401) {
@@ -349,16 +318,6 @@ document.addEventListener("keygate:overlay-closed", () => {
 });
 
 // ------------------------------------------------------------------------ key list
-
-// The list's filters (what "Page X of Y" counts), then its sort and page.
-function listFilters() {
-  return {
-    q: $("search").value.trim(),
-    status: $("status-filter").value,
-    role: $("role-filter").value,
-    created_by: $("creator-filter").value.trim(),
-  };
-}
 
 function listParams() {
   return { ...listFilters(), sort: $("sort").value, limit: PAGE_SIZE, cursor: state.keys.cursors[state.keys.page] };
@@ -968,23 +927,6 @@ async function loadAudit({ more = false, quiet = false } = {}) {
   state.audit.next = page.next_cursor;
   $("audit-more").hidden = !page.next_cursor;
   $("audit-empty").hidden = $("audit-body").children.length > 0;
-}
-
-// The audit filters other than the key: actor, text, actions, date range (local days).
-function auditFilters() {
-  const day = (value, next) => {
-    if (!value) return "";
-    const date = new Date(`${value}T00:00`);
-    if (next) date.setDate(date.getDate() + 1); // "until" a day includes that whole day
-    return Number.isNaN(date.getTime()) ? "" : date.toISOString();
-  };
-  return {
-    actor: $("audit-actor").value.trim(),
-    q: $("audit-q").value.trim(),
-    action: $("audit-action").value,
-    since: day($("audit-from").value, false),
-    until: day($("audit-until").value, true),
-  };
 }
 
 function focusAudit(key) {
