@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -20,6 +21,7 @@ from support.examples import CI_EXAMPLES, DEV_EXAMPLES
 from support.stores import (
     POSTGRES_ENV_VAR,
     POSTGRES_PROBE_TIMEOUT,
+    MigratedSchemas,
     StoreBackend,
     fresh_schema,
     postgres_server_url,
@@ -31,6 +33,8 @@ from gateway.serve.wiring import RunningGateway, running_gateway
 from gateway.settings import load_settings
 from gateway.store.base import KeyStore
 from gateway.store.sqlite import SqliteKeyStore
+
+T = TypeVar("T")
 
 # Examples run in-process against real sockets and stores: their time varies with the machine's
 # load, so no per-example deadline (a test bounds its own waits).
@@ -114,13 +118,34 @@ def postgres_url() -> Iterator[str]:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
 
 
+@pytest.fixture(scope="session")
+def postgres_schemas(postgres_url: str) -> MigratedSchemas:
+    """This run's PostgreSQL schemas, reset to just-migrated for each test that takes one."""
+    return MigratedSchemas(postgres_url)
+
+
+def run_apart(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run `coroutine` on a loop of its own, leaving the thread's current loop as it was."""
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
-    """Each store backend in turn, on a fresh database (a file, or a PostgreSQL schema)."""
+def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBackend]:
+    """Each store backend in turn, on a new database: a file, or a PostgreSQL schema as the
+    first open leaves it (a reused one reset to just-migrated, or, for a test marked
+    `unmigrated`, one no store has opened yet)."""
     if request.param == "sqlite":
-        return StoreBackend("sqlite", str(tmp_path / "data" / "keygate.db"))
+        yield StoreBackend("sqlite", str(tmp_path / "data" / "keygate.db"))
+        return
     url = request.getfixturevalue("postgres_url")
-    return StoreBackend("postgres", url, fresh_schema())
+    if request.node.get_closest_marker("unmigrated") is not None:
+        yield StoreBackend("postgres", url, fresh_schema())
+        return
+    schemas: MigratedSchemas = request.getfixturevalue("postgres_schemas")
+    schema = run_apart(schemas.take())
+    yield StoreBackend("postgres", url, schema)
+    schemas.give_back(schema)
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import os
 import re
@@ -189,6 +191,11 @@ async def test_readme_admin_block_runs_as_written(
         ("POST", "/api/v1/keys"),
         ("GET", "/api/v1/keys"),
         ("GET", "/api/v1/keys/{id}"),
+        ("GET", "/api/v1/keys/{id}/rules"),
+        ("GET", "/api/v1/keys/{id}/addresses"),
+        ("GET", "/api/v1/keys/{id}/advice"),
+        ("GET", "/api/v1/keys/summary"),
+        ("GET", "/api/v1/keys"),
         ("PATCH", "/api/v1/keys/{id}"),
         ("POST", "/api/v1/keys/{id}/roll"),
         ("POST", "/api/v1/keys/{id}/revoke"),
@@ -202,12 +209,13 @@ async def test_readme_admin_block_runs_as_written(
         ("GET", "/api/v1/roles"),
         ("POST", "/api/v1/policy/explain"),
         ("GET", "/api/v1/audit"),
+        ("GET", "/api/v1/audit"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
     ]
-    (create, listing, show, edit, roll, revoke, reinstate, batch, delete, revoke_all,
-     reinstate_all, reinstate_last, delete_revoked, roles, explain, audit, healthz,
-     readyz) = calls  # fmt: skip
+    (create, listing, show, rules, addresses, advice, summary, filtered, edit, roll, revoke,
+     reinstate, batch, delete, revoke_all, reinstate_all, reinstate_last, delete_revoked,
+     roles, explain, audit, audit_csv, healthz, readyz) = calls  # fmt: skip
 
     assert "added admin alice" in result.stdout and "added admin ops" in result.stdout
     assert create.status == 201
@@ -219,6 +227,25 @@ async def test_readme_admin_block_runs_as_written(
     assert [item["name"] for item in listing.json()["items"]] == [KEY_NAME]
     assert listing.json()["next_cursor"] is None
     assert show.status == 200 and show.json()["id"] == key_id
+    # A key never used: no rules, no addresses, advice says so (and suggests nothing).
+    assert rules.status == 200 and rules.json()["items"] == [] and rules.json()["days"] == 30
+    assert addresses.status == 200 and addresses.json()["key_name"] == KEY_NAME
+    assert addresses.json()["items"] == []
+    assert advice.status == 200 and advice.json()["unused"] is True
+    assert advice.json()["suggested_roles"] is None
+    assert advice.json()["message"] == "In the last 30 days this key made no requests."
+    # The served config's own key (every role) and alice's: none revoked, expired or unused.
+    assert summary.status == 200 and summary.json() == {
+        "total": 2,
+        "active": 2,
+        "revoked": 0,
+        "expired": 0,
+        "expiring": 0,
+        "unused": 0,
+        "unused_days": 30,
+    }
+    assert filtered.status == 200
+    assert [item["name"] for item in filtered.json()["items"]] == [KEY_NAME]
     assert edit.status == 200
     assert edit.json()["description"] == "nightly ETL" and edit.json()["expires_at"] is None
     assert roll.status == 200 and KEY_PATTERN.match(roll.json()["secret"])
@@ -241,6 +268,14 @@ async def test_readme_admin_block_runs_as_written(
     assert events == [
         (action, "local:alice", key_id)
         for action in ("delete", "revoke", "reinstate", "revoke", "roll", "edit", "create")
+    ]
+    table = list(csv.reader(io.StringIO(audit_csv.body)))
+    assert audit_csv.status == 200
+    assert table[0] == ["id", "at", "actor", "action", "key_id", "key_name", "details"]
+    assert [(row[3], row[5]) for row in table[1:]] == [
+        ("revoke", KEY_NAME),
+        ("revoke", KEY_NAME),
+        ("create", KEY_NAME),
     ]
     assert (healthz.status, healthz.json()) == (200, {"status": "ok"})
     assert readyz.status == 200 and readyz.json()["status"] == "ready"

@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.keys import rules as key_rules
+from gateway.proxy import error_answers
 from gateway.store.base import (
     KeyExpiredError,
     NameConflictError,
@@ -41,6 +42,9 @@ E_OUT_OF_RANGE = "out_of_range"  # a well-formed value outside its bounds (a usa
 E_INVALID = key_rules.E_INVALID
 E_UNKNOWN_ROLE = key_rules.E_UNKNOWN_ROLE
 E_UNKNOWN_FIELD = "unknown_field"
+# The HTTP parser's refusal (e.g. a request line over 8190 bytes: a long query of
+# four-byte characters), answered as JSON by the listener before any handler runs.
+E_MALFORMED_REQUEST = error_answers.E_BAD_REQUEST
 E_MALFORMED_JSON = "malformed_json"
 E_UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 E_BODY_TOO_LARGE = "body_too_large"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from aiohttp import web
@@ -17,6 +18,8 @@ from gateway.admin.errors import (
     not_found,
 )
 from gateway.admin.identity import grant_set_of
+from gateway.admin.key_problems import with_problems
+from gateway.admin.key_views import shown_key
 from gateway.admin.middlewares import current_admin
 from gateway.admin.models import (
     M_BATCH_ID,
@@ -74,7 +77,7 @@ BATCH_FIELDS = fields(KeyBatch)
 LAST_BATCH = "last"
 M_NO_BATCH = "no revoke-all batch to reinstate (none yet, or no batch with that id)"
 M_BATCH_AND_SCOPE = "give batch alone, or with scope last_revoke_all; not with scope all"
-LIST_PARAMS = frozenset({"status", "q", "limit", "cursor", "sort"})
+LIST_PARAMS = frozenset({"status", "q", "limit", "cursor", "sort", "role", "created_by"})
 # The action paths beside a key's own /api/v1/keys/{id}: a literal path wins there, as
 # OpenAPI matches paths, so a key named like an action is reached at that path by its id.
 KEY_ACTIONS = (
@@ -84,6 +87,7 @@ KEY_ACTIONS = (
     "identify",
     "batch-counts",
     "batch",
+    "summary",
 )
 STATUSES: tuple[KeyFilter, ...] = ("active", "revoked", "expired", "expiring")
 KEY_CURSOR = "k"
@@ -158,32 +162,46 @@ async def create_key(request: web.Request) -> web.Response:
     runtime = _runtime(request)
     admin = current_admin(request)
     data = await read_json_object(request, KEY_FIELDS)
-    body = to_builtins(convert(data, KeyCreate))
     now = clock.now()
+    check = _member_check(runtime.policy, now)
+    try:
+        body = to_builtins(convert(data, KeyCreate))
+    except Exception as error:
+        raise with_problems(error, data, check, True) from None
     claim = idempotency_claim(request, data, now)
-    new, secret = key_rules.new_key_request(body, runtime.policy, now)
+    try:
+        new, secret = key_rules.new_key_request(body, runtime.policy, now)
+    except Exception as error:
+        raise with_problems(error, data, check, True) from None
     key_rules.check_grants(new.roles, grant_set_of(admin))
     try:
         row = await runtime.store.create_key(new, admin.actor, claim)
     except IdempotentReplayError as replay:
-        shown = None if replay.row is None else key_rules.key_json(replay.row, now, runtime.policy)
+        shown = (
+            None
+            if replay.row is None
+            else shown_key(replay.row, now, runtime.policy, grant_set_of(admin))
+        )
         message = M_REPLAY if replay.row is not None else M_REPLAY_DELETED
         raise ApiError(409, E_IDEMPOTENT_REPLAY, message, extra={"key": shown}) from None
     except IdempotencyMismatchError as error:
         raise ApiError(422, E_IDEMPOTENCY_REUSED, str(error), field=IDEMPOTENCY_HEADER) from None
     await runtime.apply_own_writes()
     return _json(
-        {"key": key_rules.key_json(row, now, runtime.policy), "secret": secret}, status=201
+        {"key": shown_key(row, now, runtime.policy, grant_set_of(admin)), "secret": secret},
+        status=201,
     )
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    """GET /api/v1/keys: one page of keys by id, filtered by status and text.
+    """GET /api/v1/keys: one page of keys by id, filtered by status, text, a role held and
+    the exact creator (every filter kept across the page cursors).
 
     A `q` that is a whole, well-formed key finds that key by its digest (a pasted secret is
     looked up, never matched as text).
     """
     runtime = _runtime(request)
+    grants = grant_set_of(current_admin(request))
     params = query_params(request, LIST_PARAMS)
     status_text = params.get("status") or None
     status = next((s for s in STATUSES if s == status_text), None)
@@ -193,6 +211,8 @@ async def list_keys(request: web.Request) -> web.Response:
     digest = None if query is None else keys.digest_if_well_formed(query.strip())
     if digest is not None:
         query = None
+    role = parse_text(params, "role")
+    created_by = parse_text(params, "created_by")
     limit = parse_limit(params)
     sort = next((s for s in KEY_SORTS if s == (params.get("sort") or "id")), None)
     if sort is None:
@@ -209,6 +229,8 @@ async def list_keys(request: web.Request) -> web.Response:
             now=now,
             expiring_within=within,
             digest=digest,
+            role=role,
+            created_by=created_by,
         )
     else:
         after: SortPosition | None = decode_sort_cursor(params, sort, sort.endswith("name"))
@@ -221,12 +243,14 @@ async def list_keys(request: web.Request) -> web.Response:
             after=after,
             expiring_within=within,
             digest=digest,
+            role=role,
+            created_by=created_by,
         )
     page = rows[:limit]
     next_cursor = _next_cursor(sort, page[-1]) if len(rows) > limit else None
     return _json(
         {
-            "items": [key_rules.key_json(row, now, runtime.policy) for row in page],
+            "items": [shown_key(row, now, runtime.policy, grants) for row in page],
             "next_cursor": next_cursor,
         }
     )
@@ -249,7 +273,8 @@ def _next_cursor(sort: str, last: KeyRow) -> str:
 async def get_key(request: web.Request) -> web.Response:
     """GET /api/v1/keys/{id}: one key."""
     row = await _key_row(request)
-    return _json(key_rules.key_json(row, clock.now(), _runtime(request).policy))
+    grants = grant_set_of(current_admin(request))
+    return _json(shown_key(row, clock.now(), _runtime(request).policy, grants))
 
 
 def key_changes(data: dict[str, Any], policy: Policy, now: float) -> KeyChanges:
@@ -273,6 +298,11 @@ def key_changes(data: dict[str, Any], policy: Policy, now: float) -> KeyChanges:
     )
 
 
+def _member_check(policy: Policy, now: float) -> Callable[[dict[str, Any]], KeyChanges]:
+    """Return the edit body's validation, which also checks one member of a create alone."""
+    return lambda data: key_changes(to_builtins(convert(data, KeyPatch)), policy, now)
+
+
 async def update_key(request: web.Request) -> web.Response:
     """PATCH /api/v1/keys/{id}: edit name, description, roles or expiry."""
     runtime = _runtime(request)
@@ -280,13 +310,17 @@ async def update_key(request: web.Request) -> web.Response:
     key_id = (await _key_row(request)).id  # 404 before the body is read
     data = await read_json_object(request, fields(KeyPatch))
     now = clock.now()
-    changes = key_changes(to_builtins(convert(data, KeyPatch)), runtime.policy, now)
+    check = _member_check(runtime.policy, now)
+    try:
+        changes = check(data)
+    except Exception as error:
+        raise with_problems(error, data, check, False) from None
     grants = grant_set_of(admin)
     if changes.roles is not None:
         key_rules.check_grants(changes.roles, grants)
     row = await runtime.store.update_key(key_id, changes, admin.actor, grants)
     await runtime.apply_own_writes()
-    return _json(key_rules.key_json(row, now, runtime.policy))
+    return _json(shown_key(row, now, runtime.policy, grants))
 
 
 async def _set_revoked(request: web.Request, revoked: bool) -> web.Response:
@@ -294,9 +328,10 @@ async def _set_revoked(request: web.Request, revoked: bool) -> web.Response:
     admin = current_admin(request)
     key_id = await _key_id(request)  # 404 before the body is read
     await read_no_body(request)
-    row = await runtime.store.set_revoked(key_id, revoked, admin.actor, grant_set_of(admin))
+    grants = grant_set_of(admin)
+    row = await runtime.store.set_revoked(key_id, revoked, admin.actor, grants)
     await runtime.apply_own_writes()
-    return _json(key_rules.key_json(row, clock.now(), _runtime(request).policy))
+    return _json(shown_key(row, clock.now(), runtime.policy, grants))
 
 
 async def revoke_key(request: web.Request) -> web.Response:
@@ -321,7 +356,7 @@ async def roll_key(request: web.Request) -> web.Response:
         runtime.store, key_id, overlap, admin.actor, grant_set_of(admin)
     )
     await runtime.apply_own_writes()
-    shown = key_rules.key_json(rolled.row, clock.now(), runtime.policy)
+    shown = shown_key(rolled.row, clock.now(), runtime.policy, grant_set_of(admin))
     return _json({"key": shown, "secret": rolled.secret})
 
 
@@ -444,4 +479,5 @@ async def identify_key(request: web.Request) -> web.Response:
     )
     if row is None:
         raise not_found(M_NO_KEY_FOR_SECRET)
-    return _json(key_rules.key_json(row, clock.now(), _runtime(request).policy))
+    grants = grant_set_of(current_admin(request))
+    return _json(shown_key(row, clock.now(), _runtime(request).policy, grants))

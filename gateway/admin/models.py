@@ -25,6 +25,7 @@ from gateway.keys.rules import (
     DESCRIPTION_MAX_LENGTH,
     DESCRIPTION_PATTERN,
     M_DESCRIPTION,
+    M_DESCRIPTION_LENGTH,
     M_NAME,
     M_OVERLAP,
     M_ROLES,
@@ -63,6 +64,8 @@ _METHODS = "|".join(
 METHOD_PATTERN = f"^(?:{_METHODS}){PATTERN_END}"
 # Friendlier messages than "Expected `str` matching regex '...'" (or of a length), by field.
 _MESSAGES = {"name": M_NAME, "description": M_DESCRIPTION, "secret": M_SECRET}
+# A field whose length rule has words of its own (the pattern's words would mislead).
+_LENGTH_MESSAGES = {"description": M_DESCRIPTION_LENGTH}
 # Plain words for a value out of its rule (the page shows them next to the field), after
 # the location; the type errors of other members keep msgspec's located reason.
 _PLAIN = {
@@ -298,6 +301,26 @@ class Key(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
         ]
         | UnsetType
     ) = UNSET
+    can_manage: (
+        Annotated[
+            bool,
+            Meta(
+                description="whether the caller may edit, roll, revoke, reinstate or delete "
+                "this key: every role of it lies within their grants"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    outside_grants: (
+        Annotated[
+            list[str],
+            Meta(
+                description="the key's roles outside the caller's grants (why can_manage is "
+                "false); empty when it is true"
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class KeyCreated(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -402,6 +425,100 @@ class KeyUsage(_Answer):
     points: list[UsagePoint]
 
 
+class RuleCount(_Answer):
+    """A policy rule a key was allowed by, named as written, with its uses in the window."""
+
+    role: str
+    methods: Annotated[list[str], Meta(description="as written in the policy; ['*']: every")]
+    path: Annotated[str, Meta(description="the path pattern as written in the policy")]
+    count: Annotated[int, Meta(ge=1)]
+    last_used_at: Annotated[datetime, Meta(tz=True)]
+
+
+class KeyRules(_Answer):
+    """The rules a key was allowed by in the last `days` days, most used first."""
+
+    key_id: Id
+    key_name: str
+    days: Annotated[int, Meta(ge=1)]
+    since: Annotated[datetime, Meta(tz=True, description="the window's first UTC day")]
+    items: list[RuleCount]
+
+
+class AddressSeen(_Answer):
+    """A client address that presented the key, and when it was last seen."""
+
+    address: str
+    last_seen_at: Annotated[datetime, Meta(tz=True)]
+
+
+class KeyAddresses(_Answer):
+    """A key's last client addresses (at most ADDRESSES_KEPT), newest first."""
+
+    key_id: Id
+    key_name: str
+    items: list[AddressSeen]
+
+
+class UsedRule(_Answer):
+    """A rule the key used in the window, and how often."""
+
+    role: str
+    methods: list[str]
+    path: str
+    count: Annotated[int, Meta(ge=1)]
+
+
+class UnusedRule(_Answer):
+    """A rule the key's roles grant that it never used in the window."""
+
+    role: str
+    methods: list[str]
+    path: str
+
+
+class KeyAdvice(_Answer):
+    """Least-privilege advice for a key over the last `days` days (advice only)."""
+
+    key_id: Id
+    key_name: str
+    days: Annotated[int, Meta(ge=1)]
+    since: Annotated[datetime, Meta(tz=True, description="the window's first UTC day")]
+    requests: Annotated[int, Meta(ge=0, description="requests allowed in the window")]
+    used_rules: list[UsedRule]
+    unused_rules: list[UnusedRule]
+    used_roles: list[str]
+    unused_roles: list[str]
+    suggested_roles: Annotated[
+        list[str] | None,
+        Meta(
+            description="the smallest set of policy roles that still allows everything the "
+            "key did (null: it made no request)"
+        ),
+    ]
+    unused: Annotated[bool, Meta(description="no request at all in the window")]
+    message: str
+
+
+class KeySummary(_Answer):
+    """The keys counted by state: the page's summary line."""
+
+    total: NonNegative
+    active: Annotated[int, Meta(ge=0, description="neither revoked nor expired")]
+    revoked: NonNegative
+    expired: NonNegative
+    expiring: Annotated[int, Meta(ge=0, description="active, expiring within expiry.warn_days")]
+    unused: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="active keys not used in unused_days days (never-used keys created "
+            "before then included)",
+        ),
+    ]
+    unused_days: Annotated[int, Meta(ge=1)]
+
+
 class Session(_Answer):
     """Who is signed in, where their grants come from, what they may grant and (for a web
     session) its CSRF token."""
@@ -477,6 +594,14 @@ MODELS: tuple[type[Struct], ...] = (
     Changes,
     UsagePoint,
     KeyUsage,
+    RuleCount,
+    KeyRules,
+    AddressSeen,
+    KeyAddresses,
+    UsedRule,
+    UnusedRule,
+    KeyAdvice,
+    KeySummary,
     Session,
 )
 # Whole-body rules JSON Schema states beside the properties (msgspec has no field for them).
@@ -505,6 +630,8 @@ def convert(data: dict[str, Any], model: type[T], words: Mapping[str, str] | Non
     except msgspec.ValidationError as error:
         location, reason = _located(str(error))
         friendly = (words or {}).get(location)
+        if friendly is None and "length" in reason:
+            friendly = _LENGTH_MESSAGES.get(location)
         if friendly is None and ("regex" in reason or "length" in reason):
             friendly = _MESSAGES.get(location)
         if location == "roles":  # an empty list: the rule's own words name the field

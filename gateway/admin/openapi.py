@@ -9,6 +9,14 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admin import errors, models
+from gateway.admin.audit_export import (
+    AUDIT_ACTIONS,
+    AUDIT_CSV_MAX_ROWS,
+    AUDIT_TEXT_MAX,
+    actions_pattern,
+)
+from gateway.admin.audit_handlers import CSV_TYPE, FORMATS, TRUNCATED_HEADER
+from gateway.admin.insight_handlers import DEFAULT_DAYS
 from gateway.admin.key_handlers import (
     IDEMPOTENCY_HEADER,
     IDEMPOTENCY_KEY_MAX,
@@ -31,8 +39,10 @@ from gateway.admin.parsing import (
 from gateway.admin.sessions import COOKIE as SESSION_COOKIE
 from gateway.admin.sessions import CSRF_HEADER, SECURE_COOKIE
 from gateway.keys.rules import IDEMPOTENCY_KEY_PATTERN
+from gateway.keys.usage import ADDRESSES_KEPT
 from gateway.keys.usage_series import MAX_USAGE_POINTS, STEPS
 from gateway.proxy.decision import EXPLAIN_REASONS
+from gateway.settings.models import USAGE_KEEP_DAYS_LIMIT
 from gateway.store.base import KEY_SORTS
 
 OPENAPI_VERSION = "3.1.0"
@@ -96,6 +106,17 @@ SCHEMAS: dict[str, Schema] = {
             "error": {"type": "string", "enum": _ERROR_CODES},
             "message": {"type": "string"},
             "field": {"type": "string", "description": "the request field at fault"},
+            "problems": {
+                "type": "array",
+                "description": (
+                    "a key create or edit: every member's problem at once, this answer's own first"
+                ),
+                "items": {
+                    "type": "object",
+                    "required": ["field", "message"],
+                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
             "retry_after": {"type": "integer", "description": "seconds, with 429"},
             "checks": {"$ref": "#/components/schemas/ReadyChecks"},
             "key": {
@@ -499,6 +520,18 @@ def _paths() -> dict[str, Schema]:
                         "schema": _SEARCH_TEXT,
                     },
                     {
+                        "name": "role",
+                        "in": "query",
+                        "description": "keys holding this role (as held; includes not resolved)",
+                        "schema": _SEARCH_TEXT,
+                    },
+                    {
+                        "name": "created_by",
+                        "in": "query",
+                        "description": "keys created by exactly this actor (e.g. local:alice)",
+                        "schema": _SEARCH_TEXT,
+                    },
+                    {
                         "name": "sort",
                         "in": "query",
                         "description": "order (keyset-paged); '-' is descending, never-used "
@@ -617,6 +650,59 @@ def _paths() -> dict[str, Schema]:
                     "description": f"at most {MAX_USAGE_POINTS} points per answer",
                     "schema": {"type": "string", "enum": ["", *STEPS], "default": "hour"},
                 },
+            ],
+        )
+    }
+    days = {
+        "name": "days",
+        "in": "query",
+        "description": (
+            f"the window in whole UTC days ending today (default {DEFAULT_DAYS}); more than "
+            "usage.keep_days is a 422"
+        ),
+        "schema": {"type": "integer", "minimum": 1, "maximum": 99999},
+    }
+    paths["/api/v1/keys/{id}/rules"] = {
+        "get": _operation(
+            "keyRules",
+            "The policy rules (role, methods and path as written) a key was allowed by in "
+            "the last days, with counts, most used first (counted in memory, written in "
+            "batches; every instance adds up)",
+            {**_ok("the rules", "KeyRules"), **_errors(400, *_AUTH_ERRORS, 404, 422)},
+            parameters=[_ID_PARAMETER, days],
+        )
+    }
+    paths["/api/v1/keys/{id}/addresses"] = {
+        "get": _operation(
+            "keyAddresses",
+            f"A key's last client addresses (at most {ADDRESSES_KEPT}), newest first",
+            {**_ok("the addresses", "KeyAddresses"), **_errors(400, *_AUTH_ERRORS, 404)},
+            parameters=[_ID_PARAMETER],
+        )
+    }
+    paths["/api/v1/keys/{id}/advice"] = {
+        "get": _operation(
+            "keyAdvice",
+            "Least-privilege advice: the rules and roles a key used and never used in the "
+            "last days, and the smallest role set of the policy that still allows what it "
+            "did (advice only: nothing changes)",
+            {**_ok("the advice", "KeyAdvice"), **_errors(400, *_AUTH_ERRORS, 404, 422)},
+            parameters=[_ID_PARAMETER, days],
+        )
+    }
+    paths["/api/v1/keys/summary"] = {
+        "get": _operation(
+            "keysSummary",
+            "The keys counted by state: total, active, revoked, expired, expiring within "
+            "expiry.warn_days, and active keys unused for unused_days days",
+            {**_ok("the counts", "KeySummary"), **_errors(400, *_AUTH_ERRORS)},
+            parameters=[
+                {
+                    "name": "unused_days",
+                    "in": "query",
+                    "description": f"default {DEFAULT_DAYS}",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": USAGE_KEEP_DAYS_LIMIT},
+                }
             ],
         )
     }
@@ -744,23 +830,65 @@ def _paths() -> dict[str, Schema]:
             body="ExplainRequest",
         )
     }
+    page = _ok("a page of events", "AuditPage")
+    page["200"]["description"] = (
+        "a page of events; as CSV (format=csv or Accept: text/csv): a header row (id, at, "
+        "actor, action, key_id, key_name, details JSON), at most "
+        f"{AUDIT_CSV_MAX_ROWS} rows newest first (limit if given), as an attachment; cells a "
+        "spreadsheet would run as a formula start with an apostrophe; "
+        f"{TRUNCATED_HEADER}: true when more entries matched"
+    )
+    page["200"]["content"][CSV_TYPE] = {"schema": {"type": "string"}}
     paths["/api/v1/audit"] = {
         "get": _operation(
             "listAudit",
-            "Audit events, newest first",
-            {**_ok("a page of events", "AuditPage"), **_errors(400, *_AUTH_ERRORS, 422)},
+            "Audit events, newest first, filtered; or a CSV export",
+            {**page, **_errors(400, *_AUTH_ERRORS, 422)},
             tags=("audit",),
             parameters=[
                 {"name": "key_id", "in": "query", "schema": models.schema_of(models.Id)},
                 {"name": "key_name", "in": "query", "schema": _SEARCH_TEXT},
                 {"name": "actor", "in": "query", "schema": _SEARCH_TEXT},
                 {
+                    "name": "action",
+                    "in": "query",
+                    "description": "comma-separated actions (any of them): "
+                    + ", ".join(AUDIT_ACTIONS),
+                    "schema": {
+                        "type": "string",
+                        "maxLength": MAX_QUERY_LENGTH,
+                        "pattern": actions_pattern(),
+                    },
+                },
+                {
+                    "name": "q",
+                    "in": "query",
+                    "description": "substring of the key name, actor or details JSON (ASCII "
+                    "letters folded; % and _ match themselves)",
+                    "schema": {**_SEARCH_TEXT, "maxLength": AUDIT_TEXT_MAX},
+                },
+                {
                     "name": "since",
                     "in": "query",
                     "description": (
-                        f"RFC 3339 date-time with a time zone; {models.NO_LEAP_SECOND}"
+                        f"RFC 3339 date-time with a time zone, inclusive; {models.NO_LEAP_SECOND}"
                     ),
                     "schema": {**_TIME, "maxLength": MAX_TIME_LENGTH},
+                },
+                {
+                    "name": "until",
+                    "in": "query",
+                    "description": (
+                        "RFC 3339 date-time with a time zone, inclusive, not before since; "
+                        f"{models.NO_LEAP_SECOND}"
+                    ),
+                    "schema": {**_TIME, "maxLength": MAX_TIME_LENGTH},
+                },
+                {
+                    "name": "format",
+                    "in": "query",
+                    "description": "csv: a CSV export (as Accept: text/csv)",
+                    "schema": {"type": "string", "enum": ["", *FORMATS], "default": "json"},
                 },
                 _LIMIT,
                 _CURSOR,

@@ -12,6 +12,14 @@ from datetime import datetime
 from typing import Any
 
 from gateway.admin.accounts import validate_admin_name, validate_password
+from gateway.admin.audit_export import (
+    AUDIT_ACTIONS,
+    AUDIT_TEXT_MAX,
+    UnknownActionError,
+    audit_csv,
+    parse_actions,
+)
+from gateway.admin.parsing import is_safe_text
 from gateway.admin.passwords import hash_password
 from gateway.cli.common import CliError, add_config_option, cli_actor, load_store_config, open_store
 from gateway.clock import iso
@@ -203,6 +211,21 @@ def _since(text: str) -> float:
         raise argparse.ArgumentTypeError(M_SINCE) from None
 
 
+def _actions(text: str) -> list[str]:
+    try:
+        return parse_actions(text)
+    except UnknownActionError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _text(text: str) -> str:
+    if len(text) > AUDIT_TEXT_MAX or not is_safe_text(text):
+        raise argparse.ArgumentTypeError(
+            f"must be at most {AUDIT_TEXT_MAX} characters without control characters"
+        )
+    return text
+
+
 def details_text(details: dict[str, Any]) -> str:
     """Return audit details as `name=value` pairs: objects in parentheses
     (`before=(name=a)`), lists comma-separated, null as `-`."""
@@ -230,8 +253,18 @@ async def audit(args: argparse.Namespace) -> int:
             if current is not None:
                 key_id, key_name = current.id, None
         events = await store.list_audit(
-            key_id=key_id, key_name=key_name, actor=args.actor, since=args.since, limit=args.limit
+            key_id=key_id,
+            key_name=key_name,
+            actor=args.actor,
+            since=args.since,
+            limit=args.limit,
+            actions=args.action,
+            until=args.until,
+            text=args.text,
         )
+    if args.csv:
+        sys.stdout.write(audit_csv(events, lambda at: iso(at) or ""))
+        return 0
     items = [audit_json(event) for event in events]
     if args.json:
         print(json.dumps(items, indent=2))
@@ -305,12 +338,31 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     log.add_argument("--key", metavar="NAME|ID", help="only events about this key")
     log.add_argument("--actor", help="only events by this actor (admin name or cli:<user>)")
     log.add_argument("--since", type=_since, help="only events at or after this ISO-8601 time")
+    log.add_argument("--until", type=_since, help="only events at or before this ISO-8601 time")
+    log.add_argument(
+        "--action",
+        type=_actions,
+        metavar="ACTION[,ACTION...]",
+        help="only events with one of these actions: " + ", ".join(AUDIT_ACTIONS),
+    )
+    log.add_argument(
+        "--text",
+        "-q",
+        type=_text,
+        help="only events whose key name, actor or details hold this text (case-insensitive)",
+    )
     log.add_argument(
         "--limit",
         type=_limit,
         default=AUDIT_DEFAULT_LIMIT,
         help=f"most events to show (default {AUDIT_DEFAULT_LIMIT})",
     )
-    log.add_argument("--json", action="store_true", help="print JSON")
+    output = log.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print JSON")
+    output.add_argument(
+        "--csv",
+        action="store_true",
+        help="print CSV (the admin API's export: header row, formula cells neutralised)",
+    )
     add_config_option(log)
     log.set_defaults(func=audit)

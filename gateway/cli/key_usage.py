@@ -31,7 +31,8 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
-async def _resolve(store: KeyStore, ref: str) -> KeyRow:
+async def resolve_key(store: KeyStore, ref: str) -> KeyRow:
+    """Return the key with id or name `ref`, or raise CliError."""
     row = await store.get_key(int(ref)) if ref.isdigit() else await store.get_key_by_name(ref)
     if row is None:
         raise CliError(f"no key with id or name {ref!r}")
@@ -48,7 +49,7 @@ async def keys_usage(args: argparse.Namespace) -> int:
     except UsageWindowError as error:
         raise CliError(f"--{error.field}: {error}") from None
     async with open_store(settings) as store:
-        row = await _resolve(store, args.key)
+        row = await resolve_key(store, args.key)
         rows = await store.usage_hours(row.id, window.first_hour, window.last_hour)
     points = usage_series(rows, window)
     if args.json:

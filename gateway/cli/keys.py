@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway import clock
 from gateway.cli.common import CliError, add_config_option, cli_actor, load_store_config, open_store
+from gateway.cli.key_advice import add_advice_command
 from gateway.cli.key_usage import add_usage_command
 from gateway.keys import keyformat as keys
 from gateway.keys import rules as key_rules
@@ -355,6 +356,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         batch.set_defaults(func=_batch(action, label))
 
     add_usage_command(keys_commands)
+    add_advice_command(keys_commands)
 
     for sub in keys_commands.choices.values():
         add_config_option(sub)

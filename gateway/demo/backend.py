@@ -8,7 +8,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -105,6 +105,7 @@ class DemoState:
     users: dict[str, str]
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # tests change them live
     token_lifetime: float = TOKEN_LIFETIME
+    clock: Callable[[], float] = time.time  # unix seconds tokens are issued and checked at
     kid: str = field(default_factory=lambda: secrets.token_hex(8))
     tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
     trees: dict[str, dict[tuple[str, ...], Node]] = field(
@@ -293,7 +294,7 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
         raise DemoError(401, ERR_UNAUTHENTICATED, "Log in with POST /token or send a token")
     scheme, _, token = authorization.partition(" ")
     entry = state.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
-    if entry is None or entry[1] < time.time():
+    if entry is None or entry[1] < state.clock():
         raise DemoError(401, ERR_INVALID_TOKEN, "The token is unknown or has expired")
     request[ACTING_USER] = entry[0]
     return await handler(request)
@@ -312,7 +313,7 @@ async def _login(request: web.Request) -> web.Response:
     if expected is None or not hmac.compare_digest(expected.encode(), password.encode()):
         raise DemoError(401, ERR_INVALID_CREDENTIALS, "Wrong username or password")
     state = _state(request)
-    issued = time.time()
+    issued = state.clock()
     expires = issued + state.token_lifetime
     token = _make_token(state, username, issued, expires)
     _state(request).tokens[token] = (username, expires)
@@ -488,14 +489,19 @@ def create_demo_backend_app(
     users: Mapping[str, str] | None = None,
     groups: Mapping[str, tuple[str, ...]] | None = None,
     token_lifetime: float = TOKEN_LIFETIME,
+    clock: Callable[[], float] = time.time,
 ) -> web.Application:
-    """Build the demo backend application (fresh in-memory state and signing key, no I/O)."""
+    """Build the demo backend application (fresh in-memory state and signing key, no I/O).
+
+    `clock` (unix seconds) dates the tokens it issues: a test makes them expire when it needs.
+    """
     app = web.Application(middlewares=[_json_errors, _authenticate])
     app[DEMO_STATE] = DemoState(
         acting_user_header=acting_user_header,
         users=dict(DEFAULT_USERS if users is None else users),
         groups=dict(DEFAULT_GROUPS if groups is None else groups),
         token_lifetime=token_lifetime,
+        clock=clock,
     )
     kinds = "|".join(TREE_KINDS)
     base = BASE_PATH

@@ -36,6 +36,7 @@ M_NAME = (
     "without spaces at either end"
 )
 DESCRIPTION_MAX_LENGTH = 1000
+M_DESCRIPTION_LENGTH = f"description must be at most {DESCRIPTION_MAX_LENGTH} characters"
 ROLES_MAX = 64
 
 # Seconds a rolled key's old secret keeps working unless told otherwise (a day: a deploy
@@ -123,9 +124,7 @@ def validate_description(value: Any) -> str:
     if not isinstance(value, str):
         raise InputError("description must be a string", "description")
     if len(value) > DESCRIPTION_MAX_LENGTH:
-        raise InputError(
-            f"description must be at most {DESCRIPTION_MAX_LENGTH} characters", "description"
-        )
+        raise InputError(M_DESCRIPTION_LENGTH, "description")
     # Cc covers C0, DEL and C1; Zl/Zp are line/paragraph separators that split log lines.
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") and c not in "\t\n" for c in value):
         raise InputError(M_DESCRIPTION, "description")

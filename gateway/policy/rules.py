@@ -39,6 +39,35 @@ _NEVER_IN_PATH = "?#;"
 MATCHER_CACHE_LIMIT = 4096
 
 
+# A rule's stable name: (role, its methods as written, its path pattern as written).
+RuleIdent = tuple[str, str, str]
+
+
+# Every rule ident this process has loaded, numbered once (a reload's unchanged rules keep
+# their number): as many as the distinct rules the policy files ever held.
+_IDENT_NUMBERS: dict[RuleIdent, int] = {}
+_IDENTS: list[RuleIdent] = []
+
+
+def rule_number(ident: RuleIdent) -> int:
+    """Return the process-wide number of a rule ident (given the first time it is seen)."""
+    number = _IDENT_NUMBERS.get(ident)
+    if number is None:
+        number = _IDENT_NUMBERS[ident] = len(_IDENTS)
+        _IDENTS.append(ident)
+    return number
+
+
+def rule_ident(number: int) -> RuleIdent:
+    """Return the rule ident a Rule.number stands for."""
+    return _IDENTS[number]
+
+
+def ident_methods(ident: RuleIdent) -> list[str]:
+    """Return the methods a rule's ident names, as written (`*` for every method)."""
+    return ident[1].split(",")
+
+
 class PolicyError(ProblemsError):
     """A policy file failed validation; `problems` lists every problem with its location."""
 
@@ -47,13 +76,28 @@ class PolicyError(ProblemsError):
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One `METHODS PATH` allow rule, with the role and index it came from."""
+    """One `METHODS PATH` allow rule, with the role and index it came from.
+
+    `ident` names the rule stably across reloads: (role, methods as written, path as
+    written), never its index; usage per rule is counted under it.
+    """
 
     methods: frozenset[str] | None  # None means every method
     segments: tuple[str, ...]
     role: str
     index: int
     text: str
+    ident: RuleIdent = field(init=False, compare=False, repr=False)
+    # The ident's number in this process (rule_ident turns it back): an int is the cheapest
+    # dict key for the proxy's per-request count.
+    number: int = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        parts = self.text.split()
+        method_text, path = (parts[0], parts[1]) if len(parts) == 2 else ("*", self.text)
+        ident = (self.role, method_text, path)
+        object.__setattr__(self, "ident", ident)
+        object.__setattr__(self, "number", rule_number(ident))
 
     def allows_method(self, method: str) -> bool:
         """Return True when the rule's methods cover `method` (GET covers HEAD)."""
@@ -115,13 +159,15 @@ def split_path(path: str) -> tuple[str, ...]:
 class _Node:
     """A trie node of a compiled matcher: literal children, a `*` child, terminal methods."""
 
-    __slots__ = ("any_tail", "children", "star", "terminal")
+    __slots__ = ("any_tail", "children", "star", "tail_rules", "terminal", "terminal_rules")
 
     def __init__(self) -> None:
         self.children: dict[str, _Node] = {}
         self.star: _Node | None = None
         self.terminal: set[str] | None = None  # methods allowed when the path ends here
         self.any_tail: set[str] | None = None  # methods allowed for `**` from here on
+        self.terminal_rules: list[Rule] = []  # the rules ending here, in policy order
+        self.tail_rules: list[Rule] = []  # the `**` rules from here, in policy order
 
     def child(self, segment: str) -> _Node:
         """Return (creating it) the child for a literal or `*` segment."""
@@ -150,36 +196,50 @@ class CompiledMatcher:
 
     The trie shares common prefixes, so the regex tries literal segments before `*` exactly
     as a trie walk would, but the whole match runs in C: no path splitting per request.
+    Each way a path can end (a rule's pattern) is a capturing group, so the match names the
+    rule that allowed the request with no extra work: at that pattern, the first rule in
+    policy order (role name, then position in the role) whose methods cover the method.
     """
 
     __slots__ = ("_by_method", "_root")
 
     def __init__(self, rules: Iterable[Rule]) -> None:
         self._root = _Node()
-        self._by_method: dict[str, re.Pattern[str]] = {}
+        # method -> (regex, the rule of each capturing group by its number; 0 unused)
+        self._by_method: dict[str, tuple[re.Pattern[str], tuple[Rule | None, ...]]] = {}
         for rule in rules:
             node = self._root
             for segment in rule.segments:
                 if segment == ANY_SEGMENTS:
                     node.any_tail = _add_methods(node.any_tail, rule.methods)
+                    node.tail_rules.append(rule)
                     break
                 node = node.child(segment)
             else:
                 node.terminal = _add_methods(node.terminal, rule.methods)
+                node.terminal_rules.append(rule)
 
     def allows(self, method: str, path: str) -> bool:
-        """Return True when some rule allows `method` on the decoded `path` (hot path)."""
-        regex = self._by_method.get(method)
-        if regex is None:
+        """Return True when some rule allows `method` on the decoded `path`."""
+        return self.allowing(method, path) is not None
+
+    def allowing(self, method: str, path: str) -> Rule | None:
+        """Return the rule that allows `method` on the decoded `path`, or None (hot path)."""
+        entry = self._by_method.get(method)
+        if entry is None:
             # Any other method token can only match `*` rules: one shared entry, so hostile
             # method names can't grow this cache or force a compile per request.
             key = method if method in KNOWN_METHODS else _OTHER_METHOD
-            regex = self._by_method.get(key)
-            if regex is None:
-                source = _node_regex(self._root, key)
+            entry = self._by_method.get(key)
+            if entry is None:
+                leaves: list[Rule | None] = [None]
+                source = _node_regex(self._root, key, leaves)
                 regex = re.compile(source if source is not None else "(?!)", re.DOTALL)
-                self._by_method[key] = regex
-        return regex.match(path) is not None
+                entry = self._by_method[key] = (regex, tuple(leaves))
+        found = entry[0].match(path)
+        if found is None:
+            return None
+        return entry[1][found.lastindex or 0]
 
 
 _OTHER_METHOD = "\x00other"  # stands for every method token outside KNOWN_METHODS
@@ -189,23 +249,32 @@ def _has(methods: set[str] | None, method: str) -> bool:
     return methods is not None and (method in methods or _EVERY in methods)
 
 
-def _node_regex(node: _Node, method: str) -> str | None:
+def _first_allowing(rules: list[Rule], method: str) -> Rule:
+    """Return the first rule whose methods cover `method` (one exists: the node has it)."""
+    return next(rule for rule in rules if rule.allows_method(method))
+
+
+def _node_regex(node: _Node, method: str, leaves: list[Rule | None]) -> str | None:
     """Return the regex for the rest of a path below `node`, or None when nothing matches.
 
     A path ends with at most one `/` (as split_path ignores it); `*` is one non-empty
     segment; `**` is zero or more segments. `\\Z` (not `$`) so a decoded newline can't end it.
+    Every end is one capturing group (numbered in text order, as `leaves` grows): the
+    group that matched names the rule that allowed the path.
     """
     alternatives = []
     if _has(node.any_tail, method):
-        alternatives.append(r"(?:/.*)?\Z")
+        leaves.append(_first_allowing(node.tail_rules, method))
+        alternatives.append(r"((?:/.*)?\Z)")
     if _has(node.terminal, method):
-        alternatives.append(r"/?\Z")
+        leaves.append(_first_allowing(node.terminal_rules, method))
+        alternatives.append(r"(/?\Z)")
     for segment, child in node.children.items():
-        below = _node_regex(child, method)
+        below = _node_regex(child, method, leaves)
         if below is not None:
             alternatives.append("/" + re.escape(segment) + below)
     if node.star is not None:
-        below = _node_regex(node.star, method)
+        below = _node_regex(node.star, method, leaves)
         if below is not None:
             alternatives.append("/[^/]+" + below)
     if not alternatives:
@@ -334,12 +403,12 @@ class Policy:
 
     def explain(self, roles: Iterable[str], method: str, path: str) -> Decision:
         """Return the decision for METHOD PATH with the rule that decided it (slow, for admins)."""
-        segments = split_path(path)
         if self.is_protected_path(path):
             return Decision(False, "protected")
-        for rule in self.rules_for(roles):
-            if rule.allows_method(method) and rule.matches_path(segments):
-                return Decision(True, "allowed", rule)
+        # The compiled matcher's rule: the one the proxy credits the request's use to.
+        rule = self.matcher_for(frozenset(roles)).allowing(method, path)
+        if rule is not None:
+            return Decision(True, "allowed", rule)
         return Decision(False, "no_rule")
 
 

@@ -7,7 +7,7 @@ import functools
 from gateway.keys import keyformat as keys
 from gateway.keys import table as keytable
 from gateway.keys.table import CachedKey, KeyTable, Probe
-from gateway.policy.rules import Policy
+from gateway.policy.rules import Policy, Rule
 from gateway.proxy.refusals import (
     FORBIDDEN,
     KEY_EXPIRED,
@@ -77,3 +77,11 @@ def authorize(policy: Policy, record: CachedKey, method: str, path: str) -> Refu
     if not policy.matcher_for(record.roles).allows(method, path):
         return FORBIDDEN
     return None
+
+
+def allowing_rule(policy: Policy, record: CachedKey, method: str, path: str) -> Refusal | Rule:
+    """Return the rule that lets the key call METHOD PATH, else the 403 refusal to send."""
+    if policy.is_protected_path(path):
+        return PROTECTED
+    rule = policy.matcher_for(record.roles).allowing(method, path)
+    return FORBIDDEN if rule is None else rule

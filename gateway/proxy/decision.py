@@ -88,6 +88,23 @@ def decide(
     `overrides` are the values of the request's method-override headers (the `_method`
     parameters are read from the target here): each is decided as a method of its own.
     """
+    verdict = verdict_of(
+        policy, method, raw_target, caller, overrides, deny_anonymous=deny_anonymous
+    )
+    return verdict if isinstance(verdict, Refusal) else None
+
+
+def verdict_of(
+    policy: Policy,
+    method: str,
+    raw_target: str,
+    caller: Caller,
+    overrides: Sequence[str] = (),
+    *,
+    deny_anonymous: bool = False,
+) -> Refusal | Rule | None:
+    """Decide as `decide` does, naming the rule that allowed a key caller's METHOD (its use
+    is counted under it): a refusal, that rule, or None (an anonymous caller let through)."""
     try:
         path = decoded_path(raw_target)
     except TargetError as error:
@@ -98,9 +115,9 @@ def decide(
         return KEY_MISSING if deny_anonymous else None
     if isinstance(caller, Refusal):
         return caller
-    refusal = auth.authorize(policy, caller, method, path)
-    if refusal is not None:
-        return refusal
+    rule = auth.allowing_rule(policy, caller, method, path)
+    if isinstance(rule, Refusal):
+        return rule
     for value in overrides:
         refusal = _override_refusal(policy, caller, path, value)
         if refusal is not None:
@@ -110,7 +127,7 @@ def decide(
             refusal = _override_refusal(policy, caller, path, value)
             if refusal is not None:
                 return refusal
-    return None
+    return rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +141,10 @@ class Limited:
 class UseCounter(Protocol):
     """Where an admitted key's use is counted (gateway.keys.usage.UsageCounter)."""
 
-    def record(self, key_id: int, now: float, address: str | None = None) -> None:
-        """Note one use of a key at `now`, from the client `address`."""
+    def record(
+        self, key_id: int, now: float, address: str | None = None, rule: Rule | None = None
+    ) -> None:
+        """Note one use of a key at `now`, from the client `address`, allowed by `rule`."""
         ...
 
     def refused(self, key_id: int, now: float, *, limited: bool, address: str | None) -> None:
@@ -150,13 +169,15 @@ async def admit(
     admitted, count its use at `moment`. None: let it through (to the upstream, or for a
     forward-auth answer, to the front proxy's upstream). A key caller's policy refusal (403)
     and rate-limit refusal are counted too, with the client `address`."""
-    refusal = decide(policy, method, raw_target, caller, overrides, deny_anonymous=deny_anonymous)
-    if not isinstance(caller, CachedKey):
-        return refusal
-    if refusal is not None:
-        if refusal.status == 403:
+    verdict = verdict_of(
+        policy, method, raw_target, caller, overrides, deny_anonymous=deny_anonymous
+    )
+    if isinstance(verdict, Refusal):
+        if verdict.status == 403 and isinstance(caller, CachedKey):
             uses.refused(caller.id, moment, limited=False, address=address)
-        return refusal
+        return verdict
+    if not isinstance(caller, CachedKey):
+        return None
     limit = caller.rate_limit or policy.rate_limit_for(caller.roles)
     if limit is not None:
         decision = (
@@ -167,7 +188,7 @@ async def admit(
         if decision is not None and not decision.allowed:
             uses.refused(caller.id, moment, limited=True, address=address)
             return Limited(limit, decision)
-    uses.record(caller.id, moment, address)
+    uses.record(caller.id, moment, address, verdict)
     return None
 
 

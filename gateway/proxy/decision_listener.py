@@ -19,7 +19,7 @@ import collections
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import httptools
@@ -124,6 +124,32 @@ def _plain_error(status: int, code: str, message: str) -> bytes:
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nServer: keygate\r\n"
         f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
+
+
+async def _resume(answering: Coroutine[Any, Any, bytes], waits_on: Any) -> bytes:
+    """Run a coroutine on from where its first step suspended, as its own task would have.
+
+    `waits_on` is what that step yielded: the future it awaits, or None (a bare yield). The
+    coroutine is resumed when the future is done and reads the future's outcome itself; if
+    this task is cancelled meanwhile, the future is cancelled, so the coroutine sees the
+    cancellation where it waits, as under a task.
+    """
+    while True:
+        try:
+            if waits_on is None:
+                await asyncio.sleep(0)
+            else:
+                waits_on._asyncio_future_blocking = False
+                await asyncio.wait((waits_on,))
+        except asyncio.CancelledError:
+            if waits_on is None:
+                answering.close()
+                raise
+            waits_on.cancel()
+        try:
+            waits_on = answering.send(None)
+        except StopIteration as done:
+            return cast(bytes, done.value)
 
 
 class DecisionServer:
@@ -321,6 +347,9 @@ class DecisionProtocol(asyncio.Protocol):
             version,
             parser.should_keep_alive(),
         )
+        if self._task is None and not self._queue:
+            self._answer_now(request)
+            return
         self._queue.append(request)
         if self._task is None:
             self._task = self._loop.create_task(self._answer_queued())
@@ -334,23 +363,61 @@ class DecisionProtocol(asyncio.Protocol):
 
     # --- answering --------------------------------------------------------------------------
 
-    async def _answer_queued(self) -> None:
-        """Answer the queued requests in order; then wait for the next head (keep-alive)."""
+    def _answer_now(self, request: DecisionRequest) -> None:
+        """Answer a request with nothing queued before it, here, without a task.
+
+        Most decisions never wait (the table, the policy and a local limiter are in memory):
+        their coroutine is run to its end in this callback, which saves a task and a loop
+        turn per decision. One that waits (a Redis-counted limit) is finished by a task, as
+        the queue's are, and the requests after it queue behind it.
+        """
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return  # a head pipelined after the last answer of a closing connection
+        answering = self._answer(request)
+        try:
+            waits_on = answering.send(None)
+        except StopIteration as done:
+            if self._deliver(request, done.value):
+                self._arm(self._server.keepalive_timeout)
+            return
+        self._task = self._loop.create_task(self._answer_queued(answering, waits_on, request))
+
+    def _deliver(self, request: DecisionRequest, data: bytes) -> bool:
+        """Write one answer; False when the connection is over (closed, or not kept alive)."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(data)
+        if not request.keep_alive:
+            transport.close()
+            return False
+        return True
+
+    async def _answer_queued(
+        self,
+        started: Coroutine[Any, Any, bytes] | None = None,
+        waits_on: Any = None,
+        first: DecisionRequest | None = None,
+    ) -> None:
+        """Answer the queued requests in order (after `first`, whose answer `started` is
+        suspended on `waits_on`); then wait for the next head (keep-alive)."""
         queue = self._queue
         try:
+            if started is not None and first is not None:
+                data = await _resume(started, waits_on)
+                if not self._deliver(first, data):
+                    return
             while queue:
                 request = queue.popleft()
                 transport = self._transport
                 if transport is None or transport.is_closing():
                     return
                 data = await self._answer(request)
+                if not self._deliver(request, data):
+                    return
                 transport = self._transport
-                if transport is None or transport.is_closing():
-                    return
-                transport.write(data)
-                if not request.keep_alive:
-                    transport.close()
-                    return
+                assert transport is not None  # _deliver saw it open
                 if self._paused and len(queue) < MAX_PIPELINED and self._refusal is None:
                     self._paused = False
                     transport.resume_reading()

@@ -32,7 +32,7 @@ from gateway.keys.snapshot import (
 )
 from gateway.keys.table import KeyTable
 from gateway.keys.usage import prune_usage_periodically
-from gateway.policy.reload import PolicyHolder, load_policy_file
+from gateway.policy.reload import WATCH_INTERVAL, PolicyHolder, load_policy_file
 from gateway.proxy.access_log import JsonProxyAccessLogger, ProxyAccessLogger, access_logger
 from gateway.proxy.decision_listener import DecisionServer
 from gateway.proxy.handler import Proxy
@@ -153,12 +153,14 @@ async def running_gateway(
     serve_admin: bool = True,
     processes: int = 1,
     worker: int = 0,
+    policy_watch_interval: float = WATCH_INTERVAL,
 ) -> AsyncIterator[RunningGateway]:
     """Start store, feed follower, usage flusher, proxy and admin listeners; stop them on exit.
 
     `processes` is how many processes share the proxy port and `worker` which one this is:
     without Redis (or while it is down, failing closed) each enforces its share of every
-    rate limit.
+    rate limit. `policy_watch_interval` is the seconds between checks of a watched policy
+    file (a test shortens it).
     """
     runtime = await open_runtime(settings, writes_snapshot=serve_admin)
     # One try/finally for everything started from here: whatever fails part-way (the
@@ -207,7 +209,8 @@ async def running_gateway(
             )
             tasks.append(asyncio.create_task(refresh, name="keygate-snapshot"))
         if settings.policy_watch and runtime.policy_source is not None:
-            tasks.append(asyncio.create_task(runtime.policy_source.watch(runtime.reload_policy)))
+            watch = runtime.policy_source.watch(runtime.reload_policy, policy_watch_interval)
+            tasks.append(asyncio.create_task(watch))
         tasks.append(
             asyncio.create_task(
                 prune_periodically(

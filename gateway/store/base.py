@@ -145,6 +145,52 @@ class UsageHour:
     addresses_capped: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class RuleUse:
+    """A key's uses allowed by one policy rule in one day (day: unix seconds // 86400), as
+    flushed; the rule named as written: role, methods (`GET,PUT` or `*`), path pattern."""
+
+    key_id: int
+    day: int
+    role: str
+    methods: str
+    path: str
+    count: int
+    last_used_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTotal:
+    """A key's uses allowed by one rule over a window of days, added up."""
+
+    role: str
+    methods: str
+    path: str
+    count: int
+    last_used_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SeenAddress:
+    """A client address that presented a key, and when it was last seen."""
+
+    key_id: int
+    address: str
+    last_seen_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeySummary:
+    """The keys counted by state for the page's summary line."""
+
+    total: int
+    active: int  # neither revoked nor expired
+    revoked: int
+    expired: int
+    expiring: int  # active, expiring within the warning window
+    unused: int  # active, not used since the cut-off (never-used keys created before it)
+
+
 class BatchResult(NamedTuple):
     """What a batch action did: keys changed, and matching keys skipped (outside the grants).
 
@@ -402,8 +448,12 @@ class KeyRecords(Protocol):
         after: SortPosition | None = None,
         expiring_within: float = EXPIRING_WITHIN,
         digest: bytes | None = None,
+        role: str | None = None,
+        created_by: str | None = None,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and text.
+
+        `role`: only keys holding that role; `created_by`: only keys that actor created.
 
         Sorted by id, the page starts after `after_id`; in any other order, after `after`.
         "expiring" keys are active and expire within `expiring_within` seconds of now.
@@ -475,10 +525,15 @@ class KeyRecords(Protocol):
         """Delete every revoked key within `grants` in one transaction."""
 
     async def record_usage(
-        self, usage: dict[int, tuple[float, int]], hours: Sequence[UsageHour] = ()
+        self,
+        usage: dict[int, tuple[float, int]],
+        hours: Sequence[UsageHour] = (),
+        rules: Sequence[RuleUse] = (),
+        addresses: Sequence[SeenAddress] = (),
     ) -> None:
         """Add use counts and raise last_used_at for many keys, and add `hours` to their
-        key-hour rows (an additive upsert: every instance's flush adds up), in one transaction.
+        key-hour rows and `rules` to their key-day-rule rows (additive upserts: every
+        instance's flush adds up), and raise the `addresses`' last_seen_at, in one transaction.
 
         `usage` maps key id -> (last_used_at, uses since the previous flush).
         Writes no change-feed entry (usage is not auth-relevant).
@@ -486,6 +541,13 @@ class KeyRecords(Protocol):
 
     async def count_expiring(self, now: float, within: float) -> int:
         """Return how many active keys expire after `now` and within `within` seconds."""
+
+    async def trim_addresses(self, key_ids: Sequence[int], keep: int) -> int:
+        """Keep only the newest `keep` addresses of each key in `key_ids`; return how many went."""
+
+    async def key_summary(self, now: float, within: float, unused_before: float) -> KeySummary:
+        """Count the keys by state: expiring within `within` seconds of `now`; unused: active
+        keys last used before `unused_before` (or never, and created before it)."""
 
 
 class Feed(Protocol):
@@ -533,8 +595,13 @@ class AuditLog(Protocol):
         since: float | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        actions: Sequence[str] | None = None,
+        until: float | None = None,
+        text: str | None = None,
     ) -> list[AuditEvent]:
-        """List audit events newest first (id < before_id), filtered."""
+        """List audit events newest first (id < before_id), filtered: by key, actor, any of
+        `actions`, since..until (inclusive) and `text`, a substring of the key name, actor
+        or details JSON (ASCII letters folded, no wildcards)."""
 
     async def audit_after(self, after_id: int, limit: int = 500) -> list[AuditEvent]:
         """Return audit events with id > after_id, oldest first."""
@@ -676,8 +743,16 @@ class UsageRecords(Protocol):
     async def usage_hours(self, key_id: int, first_hour: int, last_hour: int) -> list[UsageHour]:
         """Return a key's rows with first_hour <= hour <= last_hour, oldest first."""
 
-    async def prune_usage(self, before_hour: int) -> int:
-        """Delete usage rows of hours before `before_hour`; return how many."""
+    async def prune_usage(self, before_hour: int, addresses_kept: int | None = None) -> int:
+        """Delete usage rows of hours before `before_hour` (rule rows of days before its day,
+        addresses last seen before it); with `addresses_kept`, keep only each key's newest
+        that many addresses. Return how many rows went."""
+
+    async def rule_totals(self, key_id: int, first_day: int) -> list[RuleTotal]:
+        """Return a key's uses per rule in the days from `first_day`, most used first."""
+
+    async def seen_addresses(self, key_id: int, limit: int) -> list[SeenAddress]:
+        """Return a key's last `limit` client addresses, newest first."""
 
 
 class KeyStore(

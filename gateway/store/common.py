@@ -146,13 +146,30 @@ def audit_conditions(
     actor: str | None,
     since: float | None,
     before_id: int | None,
+    actions: Sequence[str] | None = None,
+    until: float | None = None,
+    text: str | None = None,
+    fold: str = "{}",
 ) -> str:
-    """Return the WHERE clause (or "") of an audit listing's filters; since is inclusive.
+    """Return the WHERE clause (or "") of an audit listing's filters; since and until are
+    inclusive.
 
     By key id: the key's own entries (whatever its name was) and every batch that touched
-    it (audit_keys).
+    it (audit_keys). `actions`: any of them; `text`: a substring of the key name, the actor
+    or the details JSON, ASCII letters folded (`fold`: the dialect's), no wildcards.
     """
     where = []
+    if actions is not None:
+        where.append(f"action IN ({', '.join(params.add(a) for a in actions) or 'NULL'})")
+    if until is not None:
+        where.append(f"at <= {params.add(until)}")
+    if text:
+        pattern = like_pattern(text).translate(ASCII_LOWER_TABLE)
+        matches = [
+            f"{fold.format(column)} LIKE {params.add(pattern)} ESCAPE '\\'"
+            for column in ("key_name", "actor", "details")
+        ]
+        where.append(f"({' OR '.join(matches)})")
     if key_id is not None:
         own, batched = params.add(key_id), params.add(key_id)
         where.append(

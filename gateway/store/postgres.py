@@ -141,6 +141,14 @@ def _within_grants(grants: Grants, params: Params) -> str:
     return f"NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(keys.roles::jsonb) role {inside})"
 
 
+def _has_role(role: str, params: Params) -> str:
+    """Return an SQL condition true for keys holding `role`."""
+    return (
+        "EXISTS (SELECT 1 FROM jsonb_array_elements_text(keys.roles::jsonb) role"
+        f" WHERE role = {params.add(role)})"
+    )
+
+
 def _id_list(ids: list[int], params: Params) -> str:
     """Return a subquery of the ids, passed as one array."""
     return f"(SELECT unnest({params.add(ids)}::bigint[]) AS id)"
@@ -167,6 +175,7 @@ POSTGRES = Dialect(
     keyset=_keyset,
     like_fold=ASCII_LOWER,
     within_grants=_within_grants,
+    has_role=_has_role,
     id_list=_id_list,
     current_seq=_CURRENT_SEQ,
     audit_keys_from_details=AUDIT_KEYS_FROM_DETAILS,

@@ -66,6 +66,8 @@ class Dialect:
     like_fold: str
     # The condition "every role of the key lies within grants" (None: every key).
     within_grants: Callable[[Grants, Params], str]
+    # The condition "the key holds this role" (its roles column is a JSON array).
+    has_role: Callable[[str, Params], str]
     # A subquery of one column, `id`, holding the given ids (one parameter, any count).
     id_list: Callable[[list[int], Params], str]
     # The feed's latest sequence, even when pruning removed every entry.

@@ -77,5 +77,7 @@ class SqlCopy(SqlBase):
             # Hourly usage is not copied, and what is here counted the keys just replaced
             # (an imported key may carry the id of one of them).
             await tx.execute("DELETE FROM key_usage")
+            await tx.execute("DELETE FROM key_rule_usage")
+            await tx.execute("DELETE FROM key_addresses")
             for statement in self.dialect.after_import:
                 await tx.execute(statement)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from gateway.store.base import AbandonedEvent, AuditEvent, ReceiverState
@@ -49,13 +50,26 @@ class SqlEvents(SqlBase):
         since: float | None = None,
         limit: int = 100,
         before_id: int | None = None,
+        actions: Sequence[str] | None = None,
+        until: float | None = None,
+        text: str | None = None,
     ) -> list[AuditEvent]:
-        """List audit events newest first (id < before_id), filtered; since is inclusive."""
+        """List audit events newest first (id < before_id), filtered; since and until are
+        inclusive; `text` is a substring of key name, actor or details (ASCII case folded)."""
         if limit < 0:
             raise ValueError("limit must not be negative")
         params = Params(numbered=False)
         condition = audit_conditions(
-            params, key_id=key_id, key_name=key_name, actor=actor, since=since, before_id=before_id
+            params,
+            key_id=key_id,
+            key_name=key_name,
+            actor=actor,
+            since=since,
+            before_id=before_id,
+            actions=actions,
+            until=until,
+            text=text,
+            fold=self.dialect.like_fold,
         )
         limit_mark = params.add(limit)
         rows = await self._read(

@@ -22,9 +22,12 @@ from gateway.store.base import (
     KeyRow,
     KeySort,
     KeyStatus,
+    KeySummary,
     NameConflictError,
     NewKey,
     NotFoundError,
+    RuleUse,
+    SeenAddress,
     SortPosition,
     UsageHour,
 )
@@ -61,7 +64,7 @@ from gateway.store.common import (
     wanted_edits,
 )
 from gateway.store.sql import SqlBase, Tx
-from gateway.store.sql_usage import add_usage_hours
+from gateway.store.sql_usage import add_rule_uses, add_usage_hours, note_addresses
 
 # reinstate_all's of_batch naming the latest revoke_all batch, whoever ran it.
 LAST_BATCH = "last"
@@ -178,8 +181,13 @@ class SqlKeys(SqlBase):
         after: SortPosition | None = None,
         expiring_within: float = EXPIRING_WITHIN,
         digest: bytes | None = None,
+        role: str | None = None,
+        created_by: str | None = None,
     ) -> list[KeyRow]:
         """List keys in `sort` order after a position, filtered by status and a text query.
+
+        `role` keeps the keys holding that role (as held, includes not resolved);
+        `created_by` the keys whose creator is exactly that actor.
 
         "active" excludes expired keys, "expired" is active with expires_at <= now, and the
         query matches name, description or display prefix case-insensitively (ASCII) with
@@ -217,6 +225,10 @@ class SqlKeys(SqlBase):
             where.append(
                 f"(digest = {params.add(digest)} OR previous_digest = {params.add(digest)})"
             )
+        if role is not None:
+            where.append(self.dialect.has_role(role, params))
+        if created_by is not None:
+            where.append(f"created_by = {params.add(created_by)}")
         limit_mark = params.add(limit)
         condition = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._read(
@@ -568,17 +580,39 @@ class SqlKeys(SqlBase):
         )
         return int(rows[0][0])
 
+    async def key_summary(self, now: float, within: float, unused_before: float) -> KeySummary:
+        """Count the keys by state: expiring within `within` seconds of `now`; unused: active
+        keys last used before `unused_before` (or never, and created before it)."""
+        active = "status = 'active' AND (expires_at IS NULL OR expires_at > ?)"
+        rows = await self._read(
+            "SELECT COUNT(*),"
+            f" COUNT(*) FILTER (WHERE {active}),"
+            " COUNT(*) FILTER (WHERE status = 'revoked'),"
+            " COUNT(*) FILTER (WHERE status = 'active' AND expires_at <= ?),"
+            " COUNT(*) FILTER (WHERE status = 'active' AND expires_at > ? AND expires_at <= ?),"
+            f" COUNT(*) FILTER (WHERE {active} AND COALESCE(last_used_at, created_at) < ?)"
+            " FROM keys",
+            (now, now, now, now + within, now, unused_before),
+        )
+        total, active_count, revoked, expired, expiring, unused = (int(v) for v in rows[0])
+        return KeySummary(total, active_count, revoked, expired, expiring, unused)
+
     # --- usage -----------------------------------------------------------------
     async def record_usage(
-        self, usage: dict[int, tuple[float, int]], hours: Sequence[UsageHour] = ()
+        self,
+        usage: dict[int, tuple[float, int]],
+        hours: Sequence[UsageHour] = (),
+        rules: Sequence[RuleUse] = (),
+        addresses: Sequence[SeenAddress] = (),
     ) -> None:
         """Add use counts and raise last_used_at for many keys, and add the hourly usage
-        rows (`hours`), in one transaction (a retried flush never counts twice).
+        rows (`hours`), the per-rule rows (`rules`) and the addresses seen, in one
+        transaction (a retried flush never counts twice).
 
         Unknown ids (keys deleted meanwhile) are ignored; no change-feed entry is written.
         Rows are updated in id order, so two instances flushing at once never deadlock.
         """
-        if not usage and not hours:
+        if not usage and not hours and not rules and not addresses:
             return
         rows = [
             (uses, last_used, last_used, key_id)
@@ -592,3 +626,5 @@ class SqlKeys(SqlBase):
                 rows,
             )
             await add_usage_hours(tx, self.dialect.greatest, hours)
+            await add_rule_uses(tx, self.dialect.greatest, rules)
+            await note_addresses(tx, self.dialect.greatest, addresses)

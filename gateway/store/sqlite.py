@@ -155,6 +155,11 @@ def _within_grants(grants: Grants, params: Params) -> str:
     return f"NOT EXISTS (SELECT 1 FROM json_each(keys.roles) WHERE {inside})"
 
 
+def _has_role(role: str, params: Params) -> str:
+    """Return an SQL condition true for keys holding `role`."""
+    return f"EXISTS (SELECT 1 FROM json_each(keys.roles) WHERE value = {params.add(role)})"
+
+
 def _id_list(ids: list[int], params: Params) -> str:
     """Return a subquery of the ids, passed as one JSON array."""
     return f"(SELECT value AS id FROM json_each({params.add(json.dumps(ids))}))"
@@ -170,6 +175,7 @@ SQLITE = Dialect(
     keyset=_keyset,
     like_fold="{}",  # SQLite's LIKE folds ASCII letters itself
     within_grants=_within_grants,
+    has_role=_has_role,
     id_list=_id_list,
     current_seq=_CURRENT_SEQ,
     audit_keys_from_details=AUDIT_KEYS_FROM_DETAILS,

@@ -1785,3 +1785,26 @@ async def test_the_schema_refuses_the_descriptions_the_api_refuses(client: Clien
         resp = await client.post(KEYS, json=body, headers=ROOT)
         await expect_error(resp, 400, "invalid_request", "description")
     assert re.search(pattern, "tabs\tand\nnewlines")
+
+
+@pytest.mark.parametrize(
+    ("description", "words"),
+    [
+        ("d" * 1001, "at most 1000 characters"),
+        ("bell\x07here", "control characters"),
+    ],
+    ids=["too long", "control character"],
+)
+async def test_a_bad_description_is_refused_in_its_own_words(
+    client: Client, description: str, words: str
+) -> None:
+    """The message says what is wrong with the description (the page shows it by the field)."""
+    body = {"name": "described", "roles": ["reader"], "description": description}
+    error = await expect_error(
+        await client.post(KEYS, json=body, headers=ROOT), 400, "invalid_request", "description"
+    )
+    assert error["field"] == "description" and words in error["message"], error
+    key_id = (await create(client, "described-later"))["key"]["id"]
+    resp = await client.patch(f"{KEYS}/{key_id}", json={"description": description}, headers=ROOT)
+    error = await expect_error(resp, 400, "invalid_request", "description")
+    assert error["field"] == "description" and words in error["message"], error

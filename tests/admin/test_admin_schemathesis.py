@@ -24,10 +24,12 @@ from aiohttp import web
 
 from gateway.admin.app import create_admin_app
 from gateway.admin.basic_auth import Authenticator
+from gateway.admin.middlewares import SECURITY_HEADERS
 from gateway.admin.passwords import hash_password
 from gateway.admin.sessions import COOKIE as SESSION_COOKIE
 from gateway.admin.throttle import LoginThrottle
 from gateway.policy.rules import policy_from_data
+from gateway.proxy.web_internals import JsonErrorAppRunner
 from gateway.runtime.context import Runtime
 from gateway.settings import settings_from_data
 from gateway.store.sqlite import SqliteKeyStore
@@ -102,7 +104,9 @@ class AdminServer:
         app = create_admin_app(
             runtime, authenticator=Authenticator(store, throttle, dummy_cost=TEST_COST)
         )
-        runner = web.AppRunner(app)
+        # As `keygate serve` runs it: a request line over aiohttp's 8190 bytes (a long query
+        # of four-byte characters, percent-encoded) is answered as JSON too.
+        runner = JsonErrorAppRunner(app, error_headers=SECURITY_HEADERS)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -347,17 +348,41 @@ async def test_backend_down_is_a_clear_503_and_local_break_glass_still_works(
     assert (body["source"], body["actor"], body["grant_all"]) == ("local", "local:root", True)
 
 
+# Seconds past a token's exp before a test counts on it being expired: the sleep runs on the
+# monotonic clock, PyJWT reads the wall clock.
+PAST_EXPIRY = 0.05
+# Seconds a token minted for the expiry test stays valid at least: a sign-in and one request.
+SIGN_IN_WINDOW = 0.5
+# Seconds such a token lives, by its iat and exp: more than SIGN_IN_WINDOW plus the whole
+# second an integer exp may round to, so its iat is never ahead of the real clock.
+EXPIRING_LIFETIME = 2
+
+
+def expiring_soon() -> float:
+    """The test backend's clock: a token minted now (EXPIRING_LIFETIME) expires at the first
+    whole second at least SIGN_IN_WINDOW ahead, so the test waits 0.5-1.5 s for its end.
+
+    JWT times are whole seconds (PyJWT truncates exp): on the real clock a 1 s token expires
+    anywhere from at once (before the sign-in is done) to a second later.
+    """
+    return math.ceil(time.time() + SIGN_IN_WINDOW) - EXPIRING_LIFETIME + 0.001
+
+
 async def test_a_session_whose_token_expires_is_signed_out(
     aiohttp_server: ServerFactory, make_client: Any
 ) -> None:
-    app = create_demo_backend_app(users=PASSWORDS, groups=GROUPS, token_lifetime=1)
+    app = create_demo_backend_app(
+        users=PASSWORDS, groups=GROUPS, token_lifetime=EXPIRING_LIFETIME, clock=expiring_soon
+    )
     server = await aiohttp_server(app)
     client, _ = await make_client(sign_in_config(server, methods=["backend"]))
     resp = await backend_sign_in(client, "ada")
     body = await expect(resp, 200)
+    assert 0 < body["expires_at"] - time.time() <= SIGN_IN_WINDOW + 1
     token = resp.cookies[COOKIE].value
     await expect(await client.get(SESSION, headers=cookie(token)), 200)
-    await asyncio.sleep(max(0.0, body["expires_at"] - time.time()) + 1.1)
+    # The session's expires_at is the token's exp; PyJWT (leeway 0) refuses it from then on.
+    await asyncio.sleep(max(0.0, body["expires_at"] - time.time()) + PAST_EXPIRY)
     error = await expect_error(
         await client.get(SESSION, headers=cookie(token)), 401, "session_ended"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import select
@@ -310,6 +312,29 @@ def test_audit_command_filters_and_json(config: Path) -> None:
     assert "admin_add" in text and "etl" in text and "4 event(s)" in text
     fails(keygate(config, "audit", "--limit", "zero"), 2, "--limit")
     fails(keygate(config, "audit", "--since", "yesterday"), 2, "--since")
+
+
+def test_audit_command_action_time_text_and_csv(config: Path) -> None:
+    ok(keygate(config, "keys", "create", "--name", "=cmd", "--role", "reader"))
+    ok(keygate(config, "keys", "create", "--name", "pct%off", "--role", "reader"))
+    ok(keygate(config, "keys", "create", "--name", "pctXoff", "--role", "reader"))
+    ok(keygate(config, "keys", "revoke", "pctXoff"))
+
+    def actions(*args: str) -> list[tuple[str, str]]:
+        events = json.loads(ok(keygate(config, "audit", *args, "--json")))
+        return [(e["action"], e["key_name"]) for e in events]
+
+    assert actions("--action", "revoke") == [("revoke", "pctXoff")]
+    assert actions("--action", "revoke,create", "-q", "PCT%") == [("create", "pct%off")]
+    assert actions("--text", "pct", "--until", "2000-01-01T00:00:00Z") == []
+    assert len(actions("--until", "2999-01-01T00:00:00Z")) == 4
+    fails(keygate(config, "audit", "--action", "create,bogus"), 2, "unknown action 'bogus'")
+    fails(keygate(config, "audit", "--text", "x" * 201), 2, "at most 200 characters")
+    fails(keygate(config, "audit", "--csv", "--json"), 2, "not allowed with")
+
+    table = list(csv.reader(io.StringIO(ok(keygate(config, "audit", "--csv", "-q", "cmd")))))
+    assert table[0] == ["id", "at", "actor", "action", "key_id", "key_name", "details"]
+    assert [(row[3], row[5]) for row in table[1:]] == [("create", "'=cmd")]
 
 
 async def test_cli_admin_logs_into_the_admin_api(

@@ -22,7 +22,7 @@ from support.upstreams import Backend
 from gateway.events import webhooks as notify
 from gateway.events.outbox import audit_event
 from gateway.keys import keyformat as keys
-from gateway.serve.wiring import running_gateway
+from gateway.serve.wiring import RunningGateway, running_gateway
 from gateway.settings import load_settings
 from gateway.store.base import AuditEvent, NewKey
 from gateway.store.factory import store_for
@@ -31,6 +31,9 @@ SECRET = "whsec-outbox-test"
 SECRET_ENV = "KEYGATE_TEST_WEBHOOK_SECRET"
 DAY = 86_400
 WAIT = 10.0  # seconds an expected event may take to arrive
+# POSTs a receiver that is down refuses, and proxied requests made meanwhile, before it is up.
+FAILED_ATTEMPTS = 3
+REQUESTS_WHILE_DOWN = 20
 
 
 @dataclass
@@ -62,6 +65,15 @@ class Receiver:
         while not check():
             assert time.monotonic() < deadline, [item["type"] for item in self.events]
             await asyncio.sleep(0.02)
+
+
+async def outbox_started(gateway: RunningGateway) -> None:
+    """Wait until the receiver's cursor is in the store: the outbox starts after the history
+    that exists when it first runs."""
+    deadline = time.monotonic() + WAIT
+    while not await gateway.runtime.store.list_receivers():
+        assert time.monotonic() < deadline, "the outbox never started"
+        await asyncio.sleep(0.01)
 
 
 async def start_receiver(receiver: Receiver, port: int = 0) -> tuple[web.AppRunner, str]:
@@ -143,7 +155,7 @@ async def test_changes_from_anywhere_and_expiry_notices_reach_the_webhook_once(
     before = await create_key(config, "before-webhooks", [ALL_ROLE])
     async with running_gateway(settings) as gateway:
         assert gateway.admin_port is not None
-        await asyncio.sleep(0.3)  # the outbox starts after the history that exists
+        await outbox_started(gateway)
         # Another process's writes (what the CLI does: its own store connection).
         soon = await create_key(config, "expires-soon", [ALL_ROLE], expires_at=iso_in(3 * DAY))
         await hook.wait_for(lambda: len(hook.of_type("key.expiring")) == 1)
@@ -220,20 +232,25 @@ async def test_a_receiver_that_is_down_gets_the_events_later_and_the_proxy_does_
     secret = await create_key(config, "busy", [ALL_ROLE])
     try:
         async with running_gateway(load_settings(config)) as gateway:
-            await asyncio.sleep(0.3)
+            await outbox_started(gateway)
             runtime = gateway.runtime
             for index in range(20):
                 await runtime.store.create_key(dataclass_new_key(f"burst-{index}"), "admin-test")
             slowest = 0.0
             proxied = f"http://127.0.0.1:{gateway.proxy_port}{REST}/_echo/x"
             async with aiohttp.ClientSession() as session:
-                deadline = time.monotonic() + 1.0
-                while time.monotonic() < deadline:
+                # Requests go through while delivery is tried and retried (doubling the
+                # wait): at least FAILED_ATTEMPTS refused POSTs, for at least REQUESTS_WHILE_DOWN.
+                deadline = time.monotonic() + WAIT
+                requests = 0
+                while hook.attempts < FAILED_ATTEMPTS or requests < REQUESTS_WHILE_DOWN:
+                    assert time.monotonic() < deadline, (hook.attempts, requests)
                     started = time.monotonic()
                     async with session.get(proxied, headers={"X-API-Key": secret}) as response:
                         assert response.status == 200
                     slowest = max(slowest, time.monotonic() - started)
-            assert hook.attempts >= 1  # delivery was tried (and retried, doubling the wait)
+                    requests += 1
+            assert hook.attempts >= FAILED_ATTEMPTS
             assert slowest < 0.25, slowest  # the proxy never waited for the webhook
             hook.down = False
             await hook.wait_for(lambda: len(hook.of_type("key.created")) == 20)

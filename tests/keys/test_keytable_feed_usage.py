@@ -14,8 +14,22 @@ from support.stores import fill_table, load_table_from
 from gateway.keys import keyformat as keys
 from gateway.keys.feed import FeedFollower, catch_up
 from gateway.keys.table import KeyTable
-from gateway.keys.usage import ADDRESSES_PER_KEY_HOUR, UsageCounter, prune_usage_periodically
-from gateway.store.base import Change, KeyRow, KeyStatus, NewKey, UsageHour
+from gateway.keys.usage import (
+    ADDRESSES_KEPT,
+    ADDRESSES_PER_KEY_HOUR,
+    UsageCounter,
+    prune_usage_periodically,
+)
+from gateway.policy.rules import policy_from_data
+from gateway.store.base import (
+    Change,
+    KeyRow,
+    KeyStatus,
+    NewKey,
+    RuleUse,
+    SeenAddress,
+    UsageHour,
+)
 from gateway.store.sqlite import SqliteKeyStore
 
 # Upper bound, in seconds, for a change made by another store instance to reach the table.
@@ -177,7 +191,11 @@ class FailingStore:
         self.hours: list[list[UsageHour]] = []
 
     async def record_usage(
-        self, usage: dict[int, tuple[float, int]], hours: Sequence[UsageHour] = ()
+        self,
+        usage: dict[int, tuple[float, int]],
+        hours: Sequence[UsageHour] = (),
+        rules: Sequence[RuleUse] = (),
+        addresses: Sequence[SeenAddress] = (),
     ) -> None:
         self.calls.append(dict(usage))
         self.hours.append(list(hours))
@@ -471,3 +489,40 @@ async def test_usage_is_pruned_on_schedule(db_path: Path) -> None:
                 await task
         left = await store.usage_hours(created.id, 0, this_hour)
         assert [row.hour for row in left] == [kept_from, kept_from + 1, kept_from + 2]
+
+
+async def test_rule_uses_and_addresses_are_counted_and_put_back_on_failure() -> None:
+    policy = policy_from_data({"roles": {"r": {"allow": ["GET /a/**", "POST,PUT /b"]}}}, "<t>")
+    matcher = policy.matcher_for(frozenset({"r"}))
+    get_a, put_b = matcher.allowing("GET", "/a/x"), matcher.allowing("PUT", "/b")
+    assert get_a is not None and put_b is not None
+    counter = UsageCounter()
+    day = 86400.0 * 20_000
+    counter.record(1, day + 1, "10.0.0.1", get_a)
+    counter.record(1, day + 2, "10.0.0.2", get_a)
+    counter.record(1, day + 3, "10.0.0.1", put_b)
+    counter.record(1, day + 86400, None, get_a)  # the next day
+    counter.refused(1, day + 4, limited=False, address="10.0.0.3")
+    store = FailingStore(counter)
+    with pytest.raises(ConnectionError):
+        await counter.flush(store)  # type: ignore[arg-type]
+    assert sorted(counter.take_rules(), key=lambda r: (r.day, r.methods)) == [
+        RuleUse(1, 20_000, "r", "GET", "/a/**", 2, day + 2),
+        RuleUse(1, 20_000, "r", "POST,PUT", "/b", 1, day + 3),
+        RuleUse(1, 20_001, "r", "GET", "/a/**", 1, day + 86400),
+    ]
+    assert sorted(counter.take_addresses(), key=lambda a: a.last_seen_at) == [
+        SeenAddress(1, "10.0.0.2", day + 2),
+        SeenAddress(1, "10.0.0.1", day + 3),
+        SeenAddress(1, "10.0.0.3", day + 4),
+    ]
+
+
+def test_the_addresses_kept_in_memory_are_bounded() -> None:
+    counter = UsageCounter()
+    for n in range(1000):
+        counter.record(7, float(n), f"10.0.{n // 256}.{n % 256}")
+    seen = counter.take_addresses()
+    assert len(seen) == ADDRESSES_KEPT
+    assert [s.last_seen_at for s in seen] == [float(n) for n in range(1000 - ADDRESSES_KEPT, 1000)]
+    assert len(counter._recent) == 0

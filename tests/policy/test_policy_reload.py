@@ -94,6 +94,10 @@ async def test_sighup_reloads_every_worker_and_a_broken_file_keeps_the_old_polic
         assert serve.stop() == 0, serve.log_text()
 
 
+# Seconds between checks of the watched policy file in the watch test.
+TEST_WATCH_INTERVAL = 0.05
+
+
 async def test_a_watched_file_reloads_and_keys_with_removed_roles_grant_nothing(
     tmp_path: Path, backend: Backend
 ) -> None:
@@ -103,7 +107,10 @@ async def test_a_watched_file_reloads_and_keys_with_removed_roles_grant_nothing(
         policy=policy([f"GET {REST}/_echo/**"]),
         extra={"policy_watch": True},
     )
-    async with running_gateway(load_settings(config)) as gateway:
+    # The shipped 1 s between checks, shortened: the test waits for one check after the write.
+    async with running_gateway(
+        load_settings(config), policy_watch_interval=TEST_WATCH_INTERVAL
+    ) as gateway:
         secret = await add_key(gateway, "watched", [ROLE])
         first = gateway.runtime.policy_source
         assert first is not None
@@ -113,7 +120,7 @@ async def test_a_watched_file_reloads_and_keys_with_removed_roles_grant_nothing(
         started = time.monotonic()
         while ROLE in gateway.runtime.policy.roles:
             assert time.monotonic() - started < 3, "the watch did not reload the policy"
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(TEST_WATCH_INTERVAL / 2)
         assert (await statuses(gateway.proxy_port, secret, 1)) == [403]
         assert first.loaded.sha256 != sha_before
         runtime = gateway.runtime

@@ -66,6 +66,7 @@ def migrations_of(store_backend: StoreBackend) -> list[int]:
     return [migration.version for migration in module.MIGRATIONS]
 
 
+@pytest.mark.unmigrated
 async def test_open_twice_and_close_twice_are_harmless(store_backend: StoreBackend) -> None:
     opened = store_backend.make()
     await asyncio.gather(opened.open(), opened.open())
@@ -77,6 +78,7 @@ async def test_open_twice_and_close_twice_are_harmless(store_backend: StoreBacke
         await opened.ping()
 
 
+@pytest.mark.unmigrated
 async def test_concurrent_first_opens_migrate_once(store_backend: StoreBackend) -> None:
     stores = [store_backend.make() for _ in range(8)]
     await asyncio.gather(*(s.open() for s in stores))

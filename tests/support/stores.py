@@ -43,6 +43,136 @@ def fresh_schema() -> str:
     return f"t{os.getpid()}_{next(_schema_counter)}"
 
 
+# Catalog entries that make up a schema's structure: a migrated schema is reused only while
+# its structure equals the template's (a test that added a trigger or function spoils it).
+_STRUCTURE = """
+SELECT coalesce(string_agg(part, ',' ORDER BY part), '') FROM (
+    SELECT c.relkind::text || ':' || c.relname FROM pg_class c
+    WHERE c.relnamespace = $1::regnamespace
+    UNION ALL
+    SELECT 'a:' || c.relname || '.' || a.attname || ':' || format_type(a.atttypid, a.atttypmod)
+        || ':' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+    WHERE c.relnamespace = $1::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    SELECT 't:' || t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+    WHERE c.relnamespace = $1::regnamespace
+    UNION ALL
+    SELECT 'f:' || p.proname || ':' || md5(p.prosrc) FROM pg_proc p
+    WHERE p.pronamespace = $1::regnamespace
+    UNION ALL
+    SELECT 'k:' || conname || ':' || pg_get_constraintdef(oid) FROM pg_constraint
+    WHERE connamespace = $1::regnamespace
+) AS parts(part)
+"""
+# Seconds a reset waits for a lock (a connection a test left open): past it, a new schema.
+SCHEMA_RESET_LOCK_TIMEOUT = "2s"
+
+
+def _quoted(name: str) -> str:
+    """`name` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+class MigratedSchemas:
+    """Schemas of the run's PostgreSQL database, each reset to just-migrated between tests.
+
+    Migrating a fresh schema costs the server ~60-250 ms of DDL (most of a store test's
+    setup); resetting a used one to the template's contents (every table emptied and
+    refilled, every sequence set back) costs a few milliseconds. A schema is reused only when
+    its structure still equals the template's; otherwise (or when a reset fails) it is left
+    alone and a new name is handed out, which the store migrates on open as before. A test
+    that must see migrations run asks for `fresh_schema()` instead.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.template = f"t{os.getpid()}_template"
+        self._free: list[str] = []
+        self._structure: str | None = None
+        self._tables: list[str] = []
+        self._sequences: list[tuple[str, int, bool]] = []
+
+    async def _connect(self) -> Any:
+        import asyncpg
+
+        return await asyncpg.connect(self.url)
+
+    async def _prepare(self) -> None:
+        """Migrate the template schema once and note its structure, tables and sequences."""
+        from gateway.store.postgres import PostgresKeyStore
+
+        store = PostgresKeyStore(self.url, schema=self.template)
+        await store.open(create=True)
+        await store.close()
+        conn = await self._connect()
+        try:
+            self._structure = await conn.fetchval(_STRUCTURE, self.template)
+            self._tables = [
+                row[0]
+                for row in await conn.fetch(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY tablename",
+                    self.template,
+                )
+            ]
+            self._sequences = [
+                (row[0], row[1] if row[1] is not None else row[2], row[1] is not None)
+                for row in await conn.fetch(
+                    "SELECT sequencename, last_value, start_value FROM pg_sequences"
+                    " WHERE schemaname = $1",
+                    self.template,
+                )
+            ]
+        finally:
+            await conn.close()
+
+    async def _reset(self, schema: str) -> bool:
+        """Make `schema` equal the template again; False when it cannot be (left alone)."""
+        import asyncpg
+
+        conn = await self._connect()
+        try:
+            if await conn.fetchval(_STRUCTURE, schema) != self._structure:
+                return False
+            target, template = _quoted(schema), _quoted(self.template)
+            # DELETE, not TRUNCATE: a truncate makes new files for every table and index,
+            # which costs as much as migrating anew; the tables hold few rows (no foreign keys).
+            statements = [
+                f"SET LOCAL lock_timeout = '{SCHEMA_RESET_LOCK_TIMEOUT}'",
+                *(f"DELETE FROM {target}.{_quoted(t)}" for t in self._tables),
+                *(
+                    f"INSERT INTO {target}.{_quoted(t)} SELECT * FROM {template}.{_quoted(t)}"
+                    for t in self._tables
+                ),
+                *(
+                    f"SELECT setval('{target}.{_quoted(name)}', {value}, {is_called})"
+                    for name, value, is_called in self._sequences
+                ),
+            ]
+            async with conn.transaction():
+                await conn.execute(";".join(statements))
+            return True
+        except (asyncpg.PostgresError, OSError):
+            return False
+        finally:
+            await conn.close()
+
+    async def take(self) -> str:
+        """A schema as the store's first open leaves it: a reset used one, or a new name."""
+        if self._structure is None:
+            await self._prepare()
+        while self._free:
+            schema = self._free.pop()
+            if await self._reset(schema):
+                return schema
+        return fresh_schema()
+
+    def give_back(self, schema: str) -> None:
+        """Offer `schema` for reuse once its test has closed every store on it."""
+        self._free.append(schema)
+
+
 @dataclass
 class StoreBackend:
     """One store backend under test: how to make stores on one fresh database, and raw SQL."""

@@ -2,11 +2,18 @@
 
 import { api, ApiError, query, setCsrfToken } from "./api.js";
 import { auditRows } from "./auditview.js";
+import { connectionLost, connectionOk, resetConnection, shouldTry, unreachable } from "./banner.js";
 import { countKeys, loadSummary, pageLabel } from "./density.js";
+import { CUSTOM, NEVER, presetExpiry, presetOf, RENEW_PRESET } from "./expiry.js";
 import { loadFeatures } from "./features.js";
+import { clearFieldError, clearWhenFixed, showProblems } from "./fielderrors.js";
 import { auditFilters, listFilters, showFilters } from "./filters.js";
 import { expiresInText } from "./format.js";
+import { grantsText, manageRefusal } from "./grants.js";
+import { checkExpiry, checkName, checkRoles, parseRateLimit } from "./keychecks.js";
 import { leaveKeyPage, refreshKeyPage, setupKeyPage, showKeyPage } from "./keypage.js";
+import { overlapText } from "./overlap.js";
+import { askOverlap } from "./rolldialog.js";
 import { currentRoute, go, showView, startRouter } from "./router.js";
 import {
   anyDialogOpen,
@@ -207,10 +214,18 @@ function showRoute(route, { navigated }) {
   if (route.view === "key") showKeyPage(route.id).catch(handleFailure);
 }
 
+const M_UNREACHABLE = "keygate could not be reached, so this may not have been done. Try again when the connection is back.";
+
 function handleFailure(error) {
   if (error instanceof ApiError && error.status === 401) {
+    resetConnection();
     showSignIn("Your session has ended. Sign in again.");
     return true;
+  }
+  if (unreachable(error)) {
+    connectionLost({ now: true });
+    say(error instanceof ApiError ? error.message : M_UNREACHABLE, "error");
+    return false;
   }
   say(error.message || String(error), "error");
   return false;
@@ -280,12 +295,13 @@ function stopPolling() {
 let polling = false;
 
 async function poll() {
-  if (polling || !state.session) return;
+  if (polling || !state.session || !shouldTry()) return;
   polling = true;
   try {
     const { seq, policy } = await api("GET", "/api/v1/changes", undefined, { background: true });
     state.polls += 1;
-    let changed = state.seq !== null && seq !== state.seq;
+    // Back after the server could not be reached: what changed meanwhile is read again.
+    let changed = connectionOk() || (state.seq !== null && seq !== state.seq);
     state.seq = seq;
     if (state.policy !== null && policy !== state.policy) {
       // The policy was reloaded: its roles (and which keys hold unknown ones) may differ.
@@ -295,7 +311,10 @@ async function poll() {
     state.policy = policy;
     if (changed || state.polls % USAGE_REFRESH_POLLS === 0) refreshSoon(changed);
   } catch (failure) {
-    if (failure instanceof ApiError && failure.status === 401) showSignIn("Your session has ended. Sign in again.");
+    if (failure instanceof ApiError && failure.status === 401) {
+      resetConnection();
+      showSignIn("Your session has ended. Sign in again.");
+    } else if (unreachable(failure)) connectionLost(); // the banner says it, once: no message per poll
   } finally {
     polling = false;
   }
@@ -385,21 +404,24 @@ function expiresSoon(key) {
   return el("span", { class: "expires-soon", text: ` expires ${expiresInText(left / 1000)}` });
 }
 
+// Whether the admin may manage the key: the server's answer (can_manage, the store's rule).
 function canManage(key) {
-  const session = state.session;
-  return session.grant_all || key.roles.every((role) => session.grants.includes(role));
+  return manageRefusal(key, state.session) === null;
 }
 
 function keyMenuItems(key) {
+  const refusal = manageRefusal(key, state.session);
+  const managed = (item) => (refusal ? { ...item, disabled: true, reason: refusal } : item);
   return [
-    { label: "Edit", action: () => openKeyDialog(key) },
-    { label: "Roll…", action: () => rollKey(key) },
-    { label: "Revoke", disabled: key.status === "revoked", action: () => revokeKey(key) },
-    { label: "Reinstate", disabled: key.status !== "revoked", action: () => reinstateKey(key) },
-    { label: "Delete", danger: true, action: () => deleteKey(key) },
+    managed({ label: "Edit", action: () => openKeyDialog(key) }),
+    key.status === "expired" ? managed({ label: "Renew…", action: () => openKeyDialog(key, null, { renew: true }) }) : null,
+    managed({ label: "Roll…", action: () => rollKey(key) }),
+    managed({ label: "Revoke", disabled: key.status === "revoked", action: () => revokeKey(key) }),
+    managed({ label: "Reinstate", disabled: key.status !== "revoked", action: () => reinstateKey(key) }),
+    managed({ label: "Delete", danger: true, action: () => deleteKey(key) }),
     { label: "Check access…", action: () => focusExplain(key) },
     { label: "Audit history", action: () => focusAudit(key) },
-  ];
+  ].filter(Boolean);
 }
 
 function keyRow(key) {
@@ -409,7 +431,7 @@ function keyRow(key) {
       type: "button",
       class: "icon-button settings",
       "aria-label": `Settings for ${key.name}`,
-      title: canManage(key) ? "Settings" : "Settings (some roles are outside your grants)",
+      title: canManage(key) ? "Settings" : `Settings (${manageRefusal(key, state.session)})`,
       "aria-haspopup": "menu",
       "aria-expanded": "false",
       "data-focus-key": `settings:${key.id}`,
@@ -447,9 +469,13 @@ function keyRow(key) {
         class: "pick",
         "aria-label": `Select ${key.name}`,
         checked: state.selected.has(key.id),
+        disabled: !canManage(key),
+        title: manageRefusal(key, state.session),
+        "aria-describedby": canManage(key) ? null : `why-${key.id}`,
         "data-focus-key": `pick:${key.id}`,
         onchange: (event) => pickKey(key.id, event.target.checked),
       }),
+      canManage(key) ? null : el("span", { id: `why-${key.id}`, class: "visually-hidden", text: manageRefusal(key, state.session) }),
       el("div", { class: "menu-anchor" }, settings),
     ),
   );
@@ -521,55 +547,93 @@ function renderKeys() {
 
 // ------------------------------------------------------------------------ create and edit
 
-const FIELDS = { name: "key-name", description: "key-description", roles: "key-roles", expires_at: "key-expires", rate_limit: "key-rate-limit" };
-const RATE_LIMIT = /^\s*(\d+)\s*\/\s*(second|minute|hour)\s*(?:,\s*burst\s*=\s*(\d+)\s*)?$/;
+// The key form's fields as the API names them, in the form's order (fielderrors.js).
+function textField(id) {
+  return { error: `${id}-error`, controls: () => [$(id)], listen: () => [$(id)] };
+}
+
+const KEY_FIELDS = {
+  name: textField("key-name"),
+  description: textField("key-description"),
+  roles: {
+    error: "key-roles-error",
+    controls: () => [...$("key-roles-list").querySelectorAll("input[type=checkbox]:not([disabled])")],
+    listen: () => [$("key-roles-list")],
+  },
+  expires_at: {
+    error: "key-expires-error",
+    // The date when one is being chosen, else the preset: the first is focused.
+    controls: () => ($("key-expiry-preset").value === CUSTOM ? [$("key-expires"), $("key-expiry-preset")] : [$("key-expiry-preset"), $("key-expires")]),
+    listen: () => [$("key-expiry-preset"), $("key-expires")],
+  },
+  rate_limit: textField("key-rate-limit"),
+};
 
 // "100/minute,burst=20" (the CLI's form) for a key's own rate limit; "" for none.
 function rateLimitText(limit) {
   return limit ? `${limit.requests}/${limit.per},burst=${limit.burst}` : "";
 }
 
-// The rate limit typed in the dialog as the API takes it (null when empty).
+// The rate limit typed in the dialog as the API takes it (null when empty; checked first).
 function typedRateLimit() {
-  const text = $("key-rate-limit").value.trim();
-  if (!text) return null;
-  const match = RATE_LIMIT.exec(text);
-  if (!match) {
-    throw { field: "rate_limit", message: "write requests/second, /minute or /hour, optionally ,burst=N (e.g. 100/minute,burst=20)" };
-  }
-  const limit = { requests: Number(match[1]), per: match[2] };
-  if (match[3] !== undefined) limit.burst = Number(match[3]);
-  return limit;
+  return parseRateLimit($("key-rate-limit").value).limit;
 }
+
 let editing = null; // the key being edited, or null when creating
+let renewing = false; // the edit is a renewal (an expired key given a new expiry)
+
+// The expiry chosen: an ISO time, null for never, "" (or raw text) for a date not given.
+function chosenExpiry() {
+  const preset = $("key-expiry-preset").value;
+  return preset === CUSTOM ? fromLocalInput($("key-expires").value) || "" : presetExpiry(preset);
+}
+
+function expiryChanged() {
+  const preset = $("key-expiry-preset").value;
+  const current = editing ? editing.expires_at : null;
+  if (preset === NEVER) return current !== null;
+  if (preset === CUSTOM) return toLocalInput(current) !== $("key-expires").value;
+  return true;
+}
+
+// The checks the page makes before asking the server (a message, or null), by field.
+const KEY_CHECKS = {
+  name: () => checkName($("key-name").value),
+  roles: () => checkRoles(chosenRoles()),
+  expires_at: () => (expiryChanged() ? checkExpiry(chosenExpiry()) : null),
+  rate_limit: () => parseRateLimit($("key-rate-limit").value).error || null,
+};
+
+// Show the date field for a custom expiry, and say when the chosen expiry is.
+function showExpiryChoice() {
+  const preset = $("key-expiry-preset").value;
+  $("key-expires-field").hidden = preset !== CUSTOM;
+  const when = chosenExpiry();
+  const date = when ? new Date(when) : null;
+  let hint = "Choose a date and time, in your local time.";
+  if (preset === NEVER) hint = "The key never expires.";
+  else if (date && !Number.isNaN(date.getTime())) hint = `Expires ${dateFormat.format(date)} (your local time).`;
+  $("key-expiry-hint").textContent = hint;
+}
 
 function clearFieldErrors() {
-  for (const id of Object.values(FIELDS)) {
-    const error = $(`${id}-error`);
-    error.hidden = true;
-    error.textContent = "";
-    const input = $(id);
-    if (input) input.removeAttribute("aria-invalid");
-  }
+  for (const field of Object.values(KEY_FIELDS)) clearFieldError(field);
   $("key-form-error").hidden = true;
+  $("key-form-error").textContent = "";
 }
 
-function showFieldError(failure) {
-  const id = FIELDS[failure.field];
-  if (!id) {
-    $("key-form-error").textContent = failure.message;
-    $("key-form-error").hidden = false;
-    $("key-form-error").scrollIntoView({ block: "nearest" });
-    return;
-  }
-  const error = $(`${id}-error`);
-  error.textContent = failure.message;
-  error.hidden = false;
-  const input = $(id) || $("key-roles-list").querySelector("input:not([disabled])");
-  if (input) {
-    if ($(id)) input.setAttribute("aria-invalid", "true");
-    input.focus();
-  }
+// Show every problem at once beside its field ({field, message}; the server's `problems`).
+function showFieldError(problems) {
+  showProblems(KEY_FIELDS, problems, $("key-form-error"));
+}
+
+let keyDialogWired = false;
+
+function wireKeyDialog() {
+  keyDialogWired = true;
+  $("key-expiry-preset").addEventListener("change", showExpiryChoice);
+  $("key-expires").addEventListener("input", showExpiryChoice);
+  clearWhenFixed(KEY_FIELDS, KEY_CHECKS);
 }
 
 function renderRoleChoices(selected) {
@@ -579,7 +643,7 @@ function renderRoleChoices(selected) {
     ...state.roles.map((role, index) => {
       const grantable = session.grant_all || session.grants.includes(role.name);
       const id = `role-${index}`;
-      const note = grantable ? role.description || "" : `${role.description || ""} (you may not grant this role)`;
+      const note = grantable ? role.description || "" : `${role.description || ""} (you may not grant this role: ${grantsText(session)})`;
       return el(
         "div",
         { class: grantable ? "role-choice" : "role-choice not-grantable" },
@@ -602,18 +666,24 @@ function chosenRoles() {
   return [...$("key-roles-list").querySelectorAll("input[type=checkbox]:checked")].map((box) => box.value);
 }
 
-function openKeyDialog(key = null, returnFocus = null) {
+// Create (no key), edit, or renew (an expired key, offered a new expiry) in one dialog.
+function openKeyDialog(key = null, returnFocus = null, { renew = false } = {}) {
+  if (!keyDialogWired) wireKeyDialog();
   editing = key;
+  renewing = Boolean(key && renew);
   clearFieldErrors();
-  $("key-dialog-title").textContent = key ? `Edit API key ${key.name}` : "Create API key";
-  $("key-submit").textContent = key ? "Save" : "Create";
+  const verb = renewing ? "Renew" : "Edit";
+  $("key-dialog-title").textContent = key ? `${verb} API key ${key.name}` : "Create API key";
+  $("key-submit").textContent = renewing ? "Renew" : key ? "Save" : "Create";
   $("key-name").value = key ? key.name : "";
   $("key-description").value = key ? key.description : "";
   $("key-expires").value = key ? toLocalInput(key.expires_at) : "";
+  $("key-expiry-preset").value = renewing ? RENEW_PRESET : presetOf(key ? key.expires_at : null);
+  showExpiryChoice();
   $("key-rate-limit").value = key ? rateLimitText(key.rate_limit) : "";
   renderRoleChoices(key ? key.roles : []);
   const back = returnFocus || (key ? rowSettingsButton(key) : $("create-button"));
-  openDialog($("key-dialog"), { initialFocus: $("key-name"), returnFocus: back });
+  openDialog($("key-dialog"), { initialFocus: renewing ? $("key-expiry-preset") : $("key-name"), returnFocus: back });
 }
 
 function rowSettingsButton(key) {
@@ -627,10 +697,17 @@ function sameRoles(a, b) {
 async function submitKey(event) {
   event.preventDefault();
   clearFieldErrors();
+  const found = Object.entries(KEY_CHECKS)
+    .map(([field, check]) => ({ field, message: check() }))
+    .filter((problem) => problem.message);
+  if (found.length) {
+    showFieldError(found);
+    return;
+  }
   const name = $("key-name").value;
   const description = $("key-description").value;
   const roles = chosenRoles();
-  const expires = fromLocalInput($("key-expires").value);
+  const expires = chosenExpiry();
   try {
     const rateLimit = typedRateLimit();
     if (editing === null) {
@@ -648,18 +725,22 @@ async function submitKey(event) {
       if (name !== key.name) changes.name = name;
       if (description !== key.description) changes.description = description;
       if (!sameRoles(roles, key.roles)) changes.roles = roles;
-      if (toLocalInput(key.expires_at) !== $("key-expires").value) changes.expires_at = expires;
+      if (expiryChanged()) changes.expires_at = expires;
       if (rateLimitText(key.rate_limit) !== $("key-rate-limit").value.trim()) changes.rate_limit = rateLimit;
       if (Object.keys(changes).length > 0) {
         const saved = await api("PATCH", `/api/v1/keys/${key.id}`, changes);
-        say(`Saved “${saved.name}”.`);
+        const until = saved.expires_at ? `, expires ${dateFormat.format(new Date(saved.expires_at))}` : "";
+        say(renewing ? `Renewed “${saved.name}”${until}.` : `Saved “${saved.name}”.`);
       }
       closeDialog($("key-dialog"));
       await loadKeys({ quiet: true });
     }
   } catch (failure) {
     if (failure instanceof ApiError && failure.status === 401) handleFailure(failure);
-    else showFieldError(failure);
+    else if (unreachable(failure)) {
+      handleFailure(failure);
+      showFieldError([{ field: null, message: failure instanceof ApiError ? failure.message : M_UNREACHABLE }]);
+    } else showFieldError(failure.body.problems || [{ field: failure.field, message: failure.message }]);
   }
 }
 
@@ -673,17 +754,34 @@ function clearSecret() {
   secretCopied = false;
 }
 
+let secretWired = false;
+
 function showSecret(secret, name, { title = `API key “${name}” created`, returnFocus = $("create-button") } = {}) {
+  if (!secretWired) {
+    secretWired = true;
+    $("secret-value").addEventListener("copy", secretFieldCopied);
+  }
   secretCopied = false;
   $("secret-title").textContent = title;
   $("secret-value").value = secret;
   $("secret-copied").textContent = "";
+  // Focus on Copy (not the field: select() would take the focus there).
   openDialog($("secret-dialog"), {
     initialFocus: $("secret-copy"),
     returnFocus,
     onRequestClose: requestSecretClose,
   });
-  $("secret-value").select();
+}
+
+// A copy of the field itself (Ctrl/Cmd+C, the context menu) counts when it took the whole key.
+function secretFieldCopied() {
+  const field = $("secret-value");
+  if (field.value && field.selectionStart === 0 && field.selectionEnd === field.value.length) {
+    secretCopied = true;
+    $("secret-copied").textContent = "Copied to the clipboard.";
+  } else {
+    $("secret-copied").textContent = "Only part of the key was selected: copy the whole key.";
+  }
 }
 
 async function copySecret() {
@@ -791,18 +889,15 @@ function reinstateKey(key) {
   });
 }
 
-// A new secret for the same key; the old one keeps working for the server's default overlap.
+// A new secret for the same key; the old one keeps working for the overlap the admin chose.
 async function rollKey(key) {
-  const sure = await confirmAction({
-    title: `Roll “${key.name}”?`,
-    message: `Give the API key “${key.name}” a new secret? The current secret keeps working for 24 hours, then it is refused; deploy the new one before then.`,
-    button: "Roll key",
-    returnFocus: rowSettingsButton(key),
-  });
-  if (!sure) return;
+  const overlap = await askOverlap(key, rowSettingsButton(key));
+  if (overlap === null) return;
   try {
-    const rolled = await api("POST", `/api/v1/keys/${key.id}/roll`, {});
-    say(`Rolled “${rolled.key.name}”.`);
+    const rolled = await api("POST", `/api/v1/keys/${key.id}/roll`, { overlap_seconds: overlap });
+    const old = rolled.key.previous_expires_at;
+    const until = overlap && old ? `the old secret works until ${dateFormat.format(new Date(old))} (${overlapText(overlap)})` : "the old secret stopped at once";
+    say(`Rolled “${rolled.key.name}”: ${until}.`);
     // Re-read first: the row is re-rendered, and focus returns to its new settings button.
     // A failed re-read must never cost the secret: the next poll reports it.
     await loadKeys({ quiet: true }).catch(() => {});
@@ -868,6 +963,26 @@ const BATCHES = [
     done: (n) => `Deleted ${plural(n, "revoked API key")}.`,
   },
 ];
+
+// The batch menu, each action disabled with the reason when it would touch no key now.
+async function batchMenuItems() {
+  let counts;
+  try {
+    counts = await api("GET", "/api/v1/keys/batch-counts");
+  } catch (failure) {
+    handleFailure(failure);
+    return null;
+  }
+  return BATCHES.map((batch) => {
+    const { count, skipped } = counts[batch.action];
+    const item = { label: batch.label, danger: batch.typeCount, action: () => runBatch(batch) };
+    if (count > 0) return item;
+    const reason = skipped
+      ? `The ${plural(skipped, "key")} it would touch ${skipped === 1 ? "has" : "have"} roles outside your grants: ${grantsText(state.session)}.`
+      : batch.none;
+    return { ...item, disabled: true, reason };
+  });
+}
 
 function skippedNote(skipped) {
   return skipped ? ` ${plural(skipped, "key")} outside your grants will be left alone.` : "";
@@ -1011,7 +1126,7 @@ function wire() {
   $("signin-form").addEventListener("submit", signIn);
   $("sign-out").addEventListener("click", signOut);
   $("create-button").addEventListener("click", () => openKeyDialog());
-  menuButton($("batch-button"), "Batch actions", () => BATCHES.map((batch) => ({ label: batch.label, danger: batch.typeCount, action: () => runBatch(batch) })));
+  menuButton($("batch-button"), "Batch actions", batchMenuItems);
   $("filters").addEventListener("submit", (event) => {
     event.preventDefault();
     restartList();

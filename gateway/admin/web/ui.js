@@ -179,9 +179,15 @@ function placeMenu(menu, button) {
   menu.style.top = `${below + height > window.innerHeight && above > 0 ? above : below}px`;
 }
 
-// Open a menu of `items` ({label, action, disabled}) under `button`; arrows move, Escape closes.
+let menuNotes = 0; // ids of the notes saying why menu items are disabled
+
+// Open a menu of `items` ({label, action, disabled, reason}) under `button`; arrows move,
+// Escape closes. A disabled item's `reason` is its tooltip and accessible description, and
+// shown once as a note under the items (aria-hidden there: the items describe themselves).
 export function openMenu(button, label, items) {
   closeMenu({ focusButton: false });
+  const reasons = [...new Set(items.filter((item) => item.disabled && item.reason).map((item) => item.reason))];
+  const noteIds = new Map(reasons.map((reason) => [reason, `menu-note-${++menuNotes}`]));
   const entries = items.map((item) =>
     el("button", {
       type: "button",
@@ -189,10 +195,13 @@ export function openMenu(button, label, items) {
       tabindex: "-1",
       class: item.danger ? "menuitem destructive" : "menuitem",
       "aria-disabled": item.disabled ? "true" : null,
+      title: item.disabled && item.reason ? item.reason : null,
+      "aria-describedby": item.disabled && item.reason ? noteIds.get(item.reason) : null,
       text: item.label,
     }),
   );
-  const menu = el("div", { role: "menu", class: "menu", "aria-label": label }, entries);
+  const notes = reasons.map((reason) => el("p", { class: "menu-note", id: noteIds.get(reason), "aria-hidden": "true", text: reason }));
+  const menu = el("div", { role: "menu", class: "menu", "aria-label": label }, entries, notes);
   const choose = (index) => {
     const item = items[index];
     if (item.disabled) return;
@@ -237,16 +246,21 @@ export function openMenu(button, label, items) {
   firstEnabled.focus();
 }
 
-// Toggle a menu from its button (click, Enter, Space; ArrowDown opens too).
+// Toggle a menu from its button (click, Enter, Space; ArrowDown opens too). `itemsFor` may
+// answer a promise (items that depend on the server); null opens nothing.
 export function menuButton(button, label, itemsFor) {
+  const open = async () => {
+    const items = await itemsFor();
+    if (items && button.isConnected) openMenu(button, label, items);
+  };
   button.addEventListener("click", () => {
     if (openMenuState && openMenuState.button === button) closeMenu();
-    else openMenu(button, label, itemsFor());
+    else open();
   });
   button.addEventListener("keydown", (event) => {
     if (event.key === "ArrowDown" && !(openMenuState && openMenuState.button === button)) {
       event.preventDefault();
-      openMenu(button, label, itemsFor());
+      open();
     }
   });
 }

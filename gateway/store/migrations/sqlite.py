@@ -301,6 +301,38 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX key_usage_hour ON key_usage (hour)",
         ),
     ),
+    Migration(
+        14,
+        "usage per key, day and policy rule; the last client addresses per key",
+        (
+            # day: unix seconds // 86400. A rule is named as written (role, methods, path),
+            # never by its index, so a policy reload cannot relabel counts. Every instance
+            # adds its counts (an additive upsert).
+            """
+            CREATE TABLE key_rule_usage (
+                key_id       INTEGER NOT NULL,
+                day          INTEGER NOT NULL,
+                role         TEXT    NOT NULL,
+                methods      TEXT    NOT NULL,
+                path         TEXT    NOT NULL,
+                count        INTEGER NOT NULL DEFAULT 0,
+                last_used_at REAL NOT NULL,
+                PRIMARY KEY (key_id, day, role, methods, path)
+            )
+            """,
+            "CREATE INDEX key_rule_usage_day ON key_rule_usage (day)",
+            # The newest few addresses per key (the flush and the prune trim the rest).
+            """
+            CREATE TABLE key_addresses (
+                key_id       INTEGER NOT NULL,
+                address      TEXT    NOT NULL,
+                last_seen_at REAL NOT NULL,
+                PRIMARY KEY (key_id, address)
+            )
+            """,
+            "CREATE INDEX key_addresses_seen ON key_addresses (last_seen_at)",
+        ),
+    ),
 )
 
 check_sequence(MIGRATIONS)
