@@ -566,3 +566,147 @@ def test_without_the_insight_endpoints_the_page_degrades(browser: Browser, site:
             page_expect(page.get_by_role("link", name="Export CSV")).to_be_hidden()
             page_expect(page.get_by_label("Text", exact=True)).to_be_hidden()
             screenshot(page, f"degraded-{width}.png")
+
+
+# --------------------------------------------------------------------------- insight (24.3, 24.5)
+
+ADVICE_ROLES = ["1int-sessions-read", STATUS_ROLE, "1int-rules-read"]
+
+
+def test_summary_line_and_role_and_creator_filters(browser: Browser, site: Site) -> None:
+    summary = admin_get(site, "/api/v1/keys/summary?unused_days=30")
+    for width in (WIDE, NARROW):
+        with signed_in(browser, site, width=width) as page:
+            line = page.locator("#keys-summary")
+            page_expect(line).to_be_visible()
+            page_expect(line).to_contain_text(f"{summary['total']} keys")
+            assert summary["total"] >= len(VIEW_KEYS)
+            cli(site.config, "keys", "create", "--name", f"filter-{width}", "--role", STATUS_ROLE)
+            page_expect(line).to_contain_text(f"{summary['total'] + 1} keys", timeout=5_000)
+            summary["total"] += 1
+
+            body = page.locator("#keys-body tr")
+            page.get_by_label("Role", exact=True).select_option(STATUS_ROLE)
+            page_expect(row(page, f"filter-{width}")).to_be_visible()
+            page_expect(body.filter(has_not_text=STATUS_ROLE)).to_have_count(0)
+            page_expect(row(page, "other-key")).to_have_count(0)
+            page_expect(page.locator("#page-label")).to_have_text("Page 1 of 1")
+            page.get_by_label("Role", exact=True).select_option("")
+            page.get_by_label("Created by", exact=True).fill("cli:root")
+            page_expect(body.filter(has_not_text="by cli:root")).to_have_count(0)
+            page_expect(row(page, f"filter-{width}")).to_be_visible()
+            page_expect(row(page, LONG_NAME)).to_have_count(0)  # minted by "test"
+            screenshot(page, f"summary-filters-{width}.png")
+
+
+def test_advice_rules_used_and_addresses_on_the_key_page(browser: Browser, site: Site) -> None:
+    args = [arg for role in ADVICE_ROLES for arg in ("--role", role)]
+    answer = cli(site.config, "keys", "create", "--name", "advice-key", *args, "--json")
+    created = json.loads(answer)
+    secret, ident = created["secret"], int(created["id"])
+    deadline = time.monotonic() + FLUSH_BOUND
+    while through_proxy(site, secret, "GET", f"{REST}/sessions/") == 401:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for _ in range(2):
+        assert through_proxy(site, secret, "GET", f"{REST}/sessions/") == 200
+    while admin_get(site, f"/api/v1/keys/{ident}/advice?days=30")["requests"] != 3:
+        assert time.monotonic() < deadline + FLUSH_BOUND
+        time.sleep(0.1)
+    for width in (WIDE, NARROW):
+        with signed_in(browser, site, width=width) as page:
+            page.goto(f"{site.url}#/keys/{ident}")
+            advice = page.locator("#key-advice")
+            page_expect(advice).to_contain_text(
+                "In the last 30 days this key used only role '1int-sessions-read'"
+            )
+            page_expect(advice.locator("[data-advice='Roles not used']")).to_contain_text(
+                STATUS_ROLE
+            )
+            rules = page.locator("#key-rules-used")
+            used = rules.locator("tbody tr")
+            page_expect(used).to_have_count(1)
+            page_expect(used.first).to_contain_text(f"GET {REST}/sessions/**")
+            page_expect(used.first.locator("td.num")).to_have_text("3")
+            page_expect(page.locator("#key-addresses")).to_contain_text("127.0.0.1")
+            screenshot(page, f"key-advice-{width}.png", full_page=True)
+
+            apply = advice.get_by_role("button", name="Edit roles to 1int-sessions-read…")
+            apply.click()
+            dialog = page.get_by_role("dialog", name="Edit API key advice-key")
+            page_expect(dialog.get_by_role("checkbox", name="1int-sessions-read")).to_be_checked()
+            page_expect(dialog.get_by_role("checkbox", name=STATUS_ROLE)).not_to_be_checked()
+            page_expect(dialog.get_by_role("checkbox", name="1int-rules-read")).not_to_be_checked()
+            page.keyboard.press("Escape")  # nothing changes without saving
+            page_expect(dialog).to_be_hidden()
+            page_expect(apply).to_be_focused()
+            assert sorted(admin_get(site, f"/api/v1/keys/{ident}")["roles"]) == sorted(ADVICE_ROLES)
+    with signed_in(browser, site) as page:  # and saving it narrows the key
+        page.goto(f"{site.url}#/keys/{ident}")
+        page.locator("#key-advice").get_by_role("button", name=re.compile("Edit roles to")).click()
+        page.get_by_role("dialog").get_by_role("button", name="Save").click()
+        page_expect(page.locator("#key-roles > li")).to_have_count(1)
+        assert admin_get(site, f"/api/v1/keys/{ident}")["roles"] == ["1int-sessions-read"]
+
+
+def test_audit_filters_and_csv_export(browser: Browser, site: Site) -> None:
+    cli(site.config, "keys", "edit", "other-key", "--description", "audit-filter-marker")
+    for width in (WIDE, NARROW):
+        with signed_in(browser, site, width=width) as page:
+            page.get_by_role("navigation", name="Views").get_by_role("link", name="Audit").click()
+            body = page.locator("#audit-body tr:visible")
+            page.get_by_label("Action", exact=True).select_option(label="Sign-ins and sign-outs")
+            page.get_by_role("button", name="Filter").click()
+            page_expect(body.filter(has_not_text=re.compile("sign-in|Signed"))).to_have_count(0)
+            page.get_by_label("Action", exact=True).select_option("")
+
+            page.get_by_label("Text", exact=True).fill("filter-marker")  # part of a detail
+            page.get_by_role("button", name="Filter").click()
+            page_expect(body).to_have_count(1)
+            page_expect(body.first).to_contain_text("other-key")
+            today = time.strftime("%Y-%m-%d")
+            page.get_by_label("From", exact=True).fill(today)
+            page.get_by_label("Until", exact=True).fill(today)
+            page.get_by_role("button", name="Filter").click()
+            page_expect(body).to_have_count(1)
+            tomorrow = time.strftime("%Y-%m-%d", time.localtime(time.time() + 86_400))
+            page.get_by_label("From", exact=True).fill(tomorrow)
+            page.get_by_label("Until", exact=True).fill(tomorrow)
+            page.get_by_role("button", name="Filter").click()
+            page_expect(page.locator("#audit-empty")).to_be_visible()
+            page.get_by_label("From", exact=True).fill(today)
+            page.get_by_label("Until", exact=True).fill(today)
+            page.get_by_role("button", name="Filter").click()
+            page_expect(body).to_have_count(1)
+
+            link = page.get_by_role("link", name="Export CSV")
+            page_expect(link).to_be_visible()
+            href = link.get_attribute("href") or ""
+            assert "format=csv" in href and "q=filter-marker" in href and "limit" not in href
+            answer = page.request.get(site.url.rstrip("/") + href)  # the page's cookie
+            assert answer.status == 200
+            assert answer.headers["content-type"].startswith("text/csv")
+            lines = answer.text().strip().splitlines()
+            assert len(lines) == 2 and "filter-marker" in lines[1]
+            screenshot(page, f"audit-filters-{width}.png")
+
+
+def test_key_page_edit_is_disabled_with_the_reason_outside_the_grants(
+    browser: Browser, site: Site
+) -> None:
+    created = json.loads(
+        cli(site.config, "keys", "create", "--name", "outside-key", "--role", STATUS_ROLE, "--json")
+    )
+    with signed_in(browser, site, name="limited", width=NARROW) as page:
+        page.goto(f"{site.url}#/keys/{created['id']}")
+        edit = page.get_by_role("button", name="Edit", exact=True)
+        page_expect(edit).to_be_disabled()
+        page_expect(edit).to_have_accessible_description(
+            re.compile(rf"can't manage keys with role .{STATUS_ROLE}.: your grants are 1int-")
+        )
+        page_expect(page.locator("#key-advice").get_by_role("button")).to_have_count(0)
+        screenshot(page, f"key-page-limited-{NARROW}.png")
+    with signed_in(browser, site, width=NARROW) as page:  # root may
+        page.goto(f"{site.url}#/keys/{created['id']}")
+        page_expect(page.get_by_role("button", name="Edit", exact=True)).to_be_enabled()
+        page_expect(page.locator("#key-page-edit-reason")).to_be_hidden()

@@ -1169,7 +1169,7 @@ function wire() {
   });
   $("audit-more").addEventListener("click", () => loadAudit({ more: true }).catch(handleFailure));
   $("explain-form").addEventListener("submit", explain);
-  setupKeyPage({ openKeyDialog, handleFailure, roles: () => state.roles });
+  setupKeyPage({ openKeyDialog, handleFailure, roles: () => state.roles, refusal: (key) => manageRefusal(key, state.session) });
 }
 
 async function start() {

@@ -19,6 +19,7 @@ export const ACTIONS = {
   admin_remove: "Admin removed",
   admin_sign_in: "Signed in",
   admin_sign_out: "Signed out",
+  admin_sign_in_refused: "Refused sign-in",
   admin_login_failed: "Failed sign-in",
   admin_login_throttled: "Throttled sign-in",
   identify: "Looked up by secret",

@@ -61,6 +61,6 @@ export function showFilters(roles) {
 const AUDIT_ACTION_GROUPS = [
   ["Key changes", ["create", "edit", "revoke", "reinstate", "delete", "roll", "revoke_all", "reinstate_all", "delete_revoked"]],
   ["Batches", ["revoke_all", "reinstate_all", "delete_revoked"]],
-  ["Sign-ins and sign-outs", ["admin_sign_in", "admin_sign_out", "admin_login_failed", "admin_login_throttled"]],
+  ["Sign-ins and sign-outs", ["admin_sign_in", "admin_sign_out", "admin_sign_in_refused", "admin_login_failed", "admin_login_throttled"]],
   ["Admin accounts", ["admin_add", "admin_passwd", "admin_grants", "admin_remove"]],
 ];

@@ -21,7 +21,7 @@ export const RANGES = {
 
 const $ = (id) => document.getElementById(id);
 
-let hooks = null; // {openKeyDialog, handleFailure, roles, session} from app.js
+let hooks = null; // {openKeyDialog, handleFailure, roles, refusal} from app.js
 const page = {
   id: null,
   key: null,
@@ -131,6 +131,11 @@ function rollCell(key) {
 const STATUS_WORDS = { active: "Active", revoked: "Revoked", expired: "Expired" };
 
 function renderKey(key) {
+  // Outside the admin's grants: Edit is disabled, and says why (the server decides).
+  const refusal = hooks.refusal(key);
+  $("key-page-edit").disabled = Boolean(refusal);
+  $("key-page-edit-reason").hidden = !refusal;
+  $("key-page-edit-reason").textContent = refusal || "";
   $("key-page-title").textContent = key.name;
   $("key-page-title").title = key.name;
   $("key-page-status").textContent = STATUS_WORDS[key.status] || key.status;
@@ -291,7 +296,7 @@ function renderAdvice(key, advice) {
     list("Rules not used", advice.unused_rules),
   );
   const suggested = advice.suggested_roles;
-  if (Array.isArray(suggested) && suggested.length && !sameSet(suggested, key.roles)) {
+  if (Array.isArray(suggested) && suggested.length && !sameSet(suggested, key.roles) && !hooks.refusal(key)) {
     const button = el("button", { type: "button", class: "primary", id: "advice-apply", text: `Edit roles to ${suggested.join(", ")}…` });
     button.addEventListener("click", () => {
       hooks.openKeyDialog(page.key, button);
