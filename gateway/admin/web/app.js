@@ -19,6 +19,7 @@ import {
   anyDialogOpen,
   closeDialog,
   closeMenu,
+  dateFormat,
   el,
   focusKeyed,
   icon,

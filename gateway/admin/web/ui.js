@@ -1,7 +1,8 @@
 // Building blocks of the page: elements, icons, modal dialogs with a focus trap, and menus.
 
 const SVG = "http://www.w3.org/2000/svg";
-const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+// Times as the page writes them: the reader's locale, medium date and short time.
+export const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
 
 export function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
