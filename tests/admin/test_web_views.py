@@ -573,13 +573,24 @@ def test_without_the_insight_endpoints_the_page_degrades(browser: Browser, site:
 ADVICE_ROLES = ["1int-sessions-read", STATUS_ROLE, "1int-rules-read"]
 
 
+def summary_line(summary: dict[str, Any]) -> str:
+    """The summary line the page must show for a GET /api/v1/keys/summary answer."""
+    parts = [f"{summary['total']} key{'s' if summary['total'] != 1 else ''}"]
+    parts += [
+        f"{summary[name]} {name}" for name in ("revoked", "expired", "expiring") if summary[name]
+    ]
+    if summary["unused"]:
+        parts.append(f"{summary['unused']} unused for {summary['unused_days']} days")
+    return " · ".join(parts)
+
+
 def test_summary_line_and_role_and_creator_filters(browser: Browser, site: Site) -> None:
     summary = admin_get(site, "/api/v1/keys/summary?unused_days=30")
     for width in (WIDE, NARROW):
         with signed_in(browser, site, width=width) as page:
             line = page.locator("#keys-summary")
             page_expect(line).to_be_visible()
-            page_expect(line).to_contain_text(f"{summary['total']} keys")
+            page_expect(line).to_have_text(summary_line(summary))
             assert summary["total"] >= len(VIEW_KEYS)
             cli(site.config, "keys", "create", "--name", f"filter-{width}", "--role", STATUS_ROLE)
             page_expect(line).to_contain_text(f"{summary['total'] + 1} keys", timeout=5_000)
@@ -629,6 +640,9 @@ def test_advice_rules_used_and_addresses_on_the_key_page(browser: Browser, site:
             page_expect(used.first).to_contain_text(f"GET {REST}/sessions/**")
             page_expect(used.first.locator("td.num")).to_have_text("3")
             page_expect(page.locator("#key-addresses")).to_contain_text("127.0.0.1")
+            wrap = page.locator("#key-rules-used-body")
+            assert wrap.evaluate("n => n.scrollWidth <= n.clientWidth"), "the rules table scrolls"
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
             screenshot(page, f"key-advice-{width}.png", full_page=True)
 
             apply = advice.get_by_role("button", name="Edit roles to 1int-sessions-read…")
