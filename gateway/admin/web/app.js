@@ -1,18 +1,25 @@
 // The API Keys page: sign-in, the key list, create/edit/revoke/delete, batches, audit, explain.
 
 import { api, ApiError, query, setCsrfToken } from "./api.js";
+import { auditRows } from "./auditview.js";
 import { connectionLost, connectionOk, resetConnection, shouldTry, unreachable } from "./banner.js";
+import { countKeys, loadSummary, pageLabel } from "./density.js";
 import { CUSTOM, NEVER, presetExpiry, presetOf, RENEW_PRESET } from "./expiry.js";
+import { loadFeatures } from "./features.js";
 import { clearFieldError, clearWhenFixed, showProblems } from "./fielderrors.js";
-import { detailsText, expiresInText } from "./format.js";
+import { auditFilters, listFilters, showFilters } from "./filters.js";
+import { expiresInText } from "./format.js";
 import { grantsText, manageRefusal } from "./grants.js";
 import { checkExpiry, checkName, checkRoles, parseRateLimit } from "./keychecks.js";
+import { leaveKeyPage, refreshKeyPage, setupKeyPage, showKeyPage } from "./keypage.js";
 import { overlapText } from "./overlap.js";
 import { askOverlap } from "./rolldialog.js";
+import { currentRoute, go, showView, startRouter } from "./router.js";
 import {
   anyDialogOpen,
   closeDialog,
   closeMenu,
+  dateFormat,
   el,
   focusKeyed,
   icon,
@@ -20,6 +27,7 @@ import {
   menuButton,
   menuOpen,
   openDialog,
+  when,
 } from "./ui.js";
 
 const PAGE_SIZE = 50;
@@ -36,7 +44,7 @@ const state = {
   policy: null, // SHA-256 of the policy in force, as last seen
   keys: { items: [], cursors: [null], page: 0, next: null },
   selected: new Set(), // ids of the rows chosen for a batch (this page's rows only)
-  audit: { next: null, key: null }, // key: the one "Audit history" asked about (id, name)
+  audit: { next: null, key: null, events: [], expanded: new Set() }, // key: the one "Audit history" asked about (id, name)
   seq: null,
   pollTimer: null,
   polls: 0,
@@ -44,13 +52,6 @@ const state = {
 };
 
 // ------------------------------------------------------------------------ formatting
-
-const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
-
-function when(iso, empty = "Never") {
-  if (!iso) return el("span", { class: "muted", text: empty });
-  return el("time", { datetime: iso, title: iso, text: dateFormat.format(new Date(iso)) });
-}
 
 function toLocalInput(iso) {
   if (!iso) return "";
@@ -191,15 +192,27 @@ async function showApp(session) {
   $("who-source").textContent = sourceLabel(session);
   $("who-grants").textContent = grantsLabel(session);
   $("sign-out").hidden = session.auth !== "session";
-  const roles = await api("GET", "/api/v1/roles");
+  const [roles] = await Promise.all([api("GET", "/api/v1/roles"), loadFeatures()]);
   state.roles = roles.roles;
+  showFilters(state.roles);
   state.keys.cursors = [null];
   state.keys.page = 0;
   // Read the sequence before the list: any change after this point triggers a refresh.
   const { seq, policy } = await api("GET", "/api/v1/changes");
   state.policy = policy;
+  state.seq = seq;
+  startRouter(showRoute);
   await Promise.all([loadKeys(), loadAudit()]);
   startPolling(seq);
+}
+
+// ------------------------------------------------------------------------ views
+
+function showRoute(route, { navigated }) {
+  if (route.view !== "key") leaveKeyPage();
+  closeMenu({ focusButton: false });
+  showView(route.view, { navigated });
+  if (route.view === "key") showKeyPage(route.id).catch(handleFailure);
 }
 
 const M_UNREACHABLE = "keygate could not be reached, so this may not have been done. Try again when the connection is back.";
@@ -317,6 +330,7 @@ function refreshSoon(withAudit = true) {
   state.pending = false;
   loadKeys({ quiet: true }).catch(handleFailure);
   if (withAudit) loadAudit({ quiet: true }).catch(handleFailure);
+  if (currentRoute().view === "key") refreshKeyPage();
 }
 
 document.addEventListener("keygate:overlay-closed", () => {
@@ -326,13 +340,17 @@ document.addEventListener("keygate:overlay-closed", () => {
 // ------------------------------------------------------------------------ key list
 
 function listParams() {
-  return {
-    q: $("search").value.trim(),
-    status: $("status-filter").value,
-    sort: $("sort").value,
-    limit: PAGE_SIZE,
-    cursor: state.keys.cursors[state.keys.page],
-  };
+  return { ...listFilters(), sort: $("sort").value, limit: PAGE_SIZE, cursor: state.keys.cursors[state.keys.page] };
+}
+
+// The summary line and "Page X of Y", after the list (they cost more requests than it).
+async function loadOverview({ quiet = false } = {}) {
+  const ticket = listRequest;
+  const [summary, total] = await Promise.all([loadSummary({ background: quiet }), countKeys(listFilters(), state.seq, { background: quiet })]);
+  if (ticket !== listRequest) return;
+  $("keys-summary").hidden = summary === null;
+  $("keys-summary").textContent = summary || "";
+  $("page-label").textContent = pageLabel(state.keys.page, PAGE_SIZE, total);
 }
 
 let listRequest = 0;
@@ -354,6 +372,7 @@ async function loadKeys({ quiet = false } = {}) {
   state.keys.items = page.items;
   state.keys.next = page.next_cursor;
   renderKeys();
+  await loadOverview({ quiet });
 }
 
 function restartList() {
@@ -434,8 +453,8 @@ function keyRow(key) {
   return el(
     "tr",
     { class: `key-row key-${key.status}`, "data-key-id": key.id },
-    el("th", { scope: "row", class: "key-name", text: key.name }),
-    el("td", { "data-label": "Description", class: "description", text: key.description || "" }),
+    el("th", { scope: "row", class: "key-name" }, el("a", { href: `#/keys/${key.id}`, class: "key-link", title: key.name, "data-focus-key": `name:${key.id}`, text: key.name })),
+    el("td", { "data-label": "Description", class: "description" }, key.description ? el("div", { class: "clamp", title: key.description, text: key.description }) : null),
     el("td", { "data-label": "Roles" }, roles),
     el("td", { "data-label": "Status" }, statusCell(key)),
     el("td", { "data-label": "Prefix" }, el("code", { text: `${key.prefix}…` })),
@@ -520,7 +539,6 @@ function renderKeys() {
   $("keys-empty").hidden = state.keys.items.length > 0;
   $("prev-page").disabled = state.keys.page === 0;
   $("next-page").disabled = !state.keys.next;
-  $("page-label").textContent = `Page ${state.keys.page + 1}`;
   $("key-names").replaceChildren(...state.keys.items.map((key) => el("option", { value: key.name })));
   if (focused) {
     const again = focusKeyed(focused, body);
@@ -1001,39 +1019,6 @@ async function runBatch(batch) {
 
 // ------------------------------------------------------------------------ audit
 
-const ACTIONS = {
-  create: "Created",
-  edit: "Edited",
-  revoke: "Revoked",
-  reinstate: "Reinstated",
-  delete: "Deleted",
-  roll: "Rolled",
-  revoke_all: "Revoked all",
-  reinstate_all: "Reinstated all",
-  delete_revoked: "Deleted all revoked",
-  admin_add: "Admin added",
-  admin_passwd: "Admin password changed",
-  admin_grants: "Admin grants changed",
-  admin_remove: "Admin removed",
-  admin_sign_in: "Signed in",
-  admin_sign_out: "Signed out",
-  admin_login_failed: "Failed sign-in",
-  admin_login_throttled: "Throttled sign-in",
-  identify: "Looked up by secret",
-};
-
-function auditRow(event) {
-  return el(
-    "tr",
-    {},
-    el("td", { "data-label": "When" }, when(event.at)),
-    el("td", { "data-label": "Actor", text: event.actor }),
-    el("td", { "data-label": "Action", text: ACTIONS[event.action] || event.action }),
-    el("td", { "data-label": "Key", text: event.key_name || "" }),
-    el("td", { "data-label": "Details", class: "details", text: detailsText(event.details) }),
-  );
-}
-
 let auditRequest = 0;
 
 async function loadAudit({ more = false, quiet = false } = {}) {
@@ -1043,17 +1028,18 @@ async function loadAudit({ more = false, quiet = false } = {}) {
   // resolved to its key's id by the server.
   const byId = state.audit.key && state.audit.key.name === name ? state.audit.key.id : null;
   const params = {
+    ...auditFilters(),
     key_id: byId,
     key_name: byId === null ? name : "",
-    actor: $("audit-actor").value.trim(),
     limit: AUDIT_PAGE_SIZE,
     cursor: more ? state.audit.next : null,
   };
   const page = await api("GET", query("/api/v1/audit", params), undefined, { background: quiet });
   if (ticket !== auditRequest) return;
-  const rows = page.items.map(auditRow);
-  if (more) $("audit-body").append(...rows);
-  else $("audit-body").replaceChildren(...rows);
+  state.audit.events = more ? [...state.audit.events, ...page.items] : page.items;
+  $("audit-body").replaceChildren(...auditRows(state.audit.events, state.audit.expanded));
+  const { limit, cursor, ...exported } = params; // the export is every match, not one page
+  $("audit-csv").href = query("/api/v1/audit", { ...exported, format: "csv" });
   state.audit.next = page.next_cursor;
   $("audit-more").hidden = !page.next_cursor;
   $("audit-empty").hidden = $("audit-body").children.length > 0;
@@ -1063,17 +1049,16 @@ function focusAudit(key) {
   state.audit.key = { id: key.id, name: key.name };
   $("audit-key").value = key.name;
   $("audit-actor").value = "";
+  for (const id of ["audit-q", "audit-action", "audit-from", "audit-until"]) $(id).value = "";
   loadAudit().catch(handleFailure);
-  $("audit-title").scrollIntoView({ block: "start" });
-  $("audit-key").focus();
+  go({ view: "audit" });
 }
 
 // ------------------------------------------------------------------------ explain
 
 function focusExplain(key) {
   $("explain-key").value = key.name;
-  $("explain-title").scrollIntoView({ block: "start" });
-  $("explain-path").focus();
+  go({ view: "check" }, { focus: $("explain-path") });
 }
 
 async function findKeyByName(name) {
@@ -1149,6 +1134,8 @@ function wire() {
   });
   $("search").addEventListener("input", debounce(restartList, SEARCH_DELAY_MS));
   $("status-filter").addEventListener("change", restartList);
+  $("role-filter").addEventListener("change", restartList);
+  $("creator-filter").addEventListener("input", debounce(restartList, SEARCH_DELAY_MS));
   $("sort").addEventListener("change", restartList);
   $("prev-page").addEventListener("click", () => {
     if (state.keys.page === 0) return;
@@ -1183,6 +1170,7 @@ function wire() {
   });
   $("audit-more").addEventListener("click", () => loadAudit({ more: true }).catch(handleFailure));
   $("explain-form").addEventListener("submit", explain);
+  setupKeyPage({ openKeyDialog, handleFailure, roles: () => state.roles, refusal: (key) => manageRefusal(key, state.session) });
 }
 
 async function start() {

@@ -1,6 +1,8 @@
 // Building blocks of the page: elements, icons, modal dialogs with a focus trap, and menus.
 
 const SVG = "http://www.w3.org/2000/svg";
+// Times as the page writes them: the reader's locale, medium date and short time.
+export const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
 
 export function el(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
@@ -16,6 +18,12 @@ export function el(tag, attributes = {}, ...children) {
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return node;
+}
+
+// A time as a <time> element in the reader's locale (ISO in its title), or `empty` muted.
+export function when(iso, empty = "Never") {
+  if (!iso) return el("span", { class: "muted", text: empty });
+  return el("time", { datetime: iso, title: iso, text: dateFormat.format(new Date(iso)) });
 }
 
 const ICON_PATHS = {

@@ -1,0 +1,116 @@
+// Audit rows: action names, one row per event, and runs of sign-ins folded into one row.
+
+import { detailsText } from "./format.js";
+import { el, when } from "./ui.js";
+
+export const ACTIONS = {
+  create: "Created",
+  edit: "Edited",
+  revoke: "Revoked",
+  reinstate: "Reinstated",
+  delete: "Deleted",
+  roll: "Rolled",
+  revoke_all: "Revoked all",
+  reinstate_all: "Reinstated all",
+  delete_revoked: "Deleted all revoked",
+  admin_add: "Admin added",
+  admin_passwd: "Admin password changed",
+  admin_grants: "Admin grants changed",
+  admin_remove: "Admin removed",
+  admin_sign_in: "Signed in",
+  admin_sign_out: "Signed out",
+  admin_sign_in_refused: "Refused sign-in",
+  admin_login_failed: "Failed sign-in",
+  admin_login_throttled: "Throttled sign-in",
+  identify: "Looked up by secret",
+  expiring: "Expiry notice",
+};
+
+// Sign-ins and sign-outs fold; failed or throttled sign-ins stay visible one by one.
+const SESSION_ACTIONS = new Set(["admin_sign_in", "admin_sign_out"]);
+const FOLD_AT = 2; // session events in a row that become one folded row
+
+function plural(count, word) {
+  return `${count} ${word}${count === 1 ? "" : "s"}`;
+}
+
+// Newest-first events as items: {event} alone, or {fold: [events]} for a run of sign-ins.
+export function foldSignIns(events) {
+  const items = [];
+  let run = [];
+  const flush = () => {
+    if (run.length >= FOLD_AT) items.push({ fold: run });
+    else for (const event of run) items.push({ event });
+    run = [];
+  };
+  for (const event of events) {
+    if (SESSION_ACTIONS.has(event.action)) run.push(event);
+    else {
+      flush();
+      items.push({ event });
+    }
+  }
+  flush();
+  return items;
+}
+
+// "5 sign-ins by alice", "3 sign-ins, 2 sign-outs by alice, bob".
+export function foldLabel(events) {
+  const ins = events.filter((event) => event.action === "admin_sign_in").length;
+  const outs = events.length - ins;
+  const actors = [...new Set(events.map((event) => event.actor))];
+  const counts = [ins ? plural(ins, "sign-in") : null, outs ? plural(outs, "sign-out") : null].filter(Boolean).join(", ");
+  return `${counts} by ${actors.join(", ")}`;
+}
+
+// The event's key name, a link to the key's page when the entry names one key.
+function keyName(event) {
+  if (!event.key_name) return null;
+  if (!event.key_id) return event.key_name;
+  return el("a", { href: `#/keys/${event.key_id}`, class: "key-link", text: event.key_name });
+}
+
+export function auditRow(event) {
+  return el(
+    "tr",
+    { "data-audit-id": event.id },
+    el("td", { "data-label": "When" }, when(event.at)),
+    el("td", { "data-label": "Actor", text: event.actor }),
+    el("td", { "data-label": "Action", text: ACTIONS[event.action] || event.action }),
+    el("td", { "data-label": "Key", class: "key-cell" }, keyName(event)),
+    el("td", { "data-label": "Details", class: "details", text: detailsText(event.details) }),
+  );
+}
+
+// The rows of a folded run: a toggle row, then its events (shown when expanded).
+function foldRows(events, expanded) {
+  const id = String(events[0].id); // the newest event names the run across re-renders
+  const open = expanded.has(id);
+  const inner = events.map((event) => {
+    const tr = auditRow(event);
+    tr.classList.add("folded-item");
+    tr.hidden = !open;
+    return tr;
+  });
+  const toggle = el("button", {
+    type: "button",
+    class: "fold-toggle quiet",
+    "aria-expanded": String(open),
+    onclick: () => {
+      const now = toggle.getAttribute("aria-expanded") !== "true";
+      toggle.setAttribute("aria-expanded", String(now));
+      if (now) expanded.add(id);
+      else expanded.delete(id);
+      for (const tr of inner) tr.hidden = !now;
+    },
+  });
+  toggle.append(el("span", { class: "chevron", "aria-hidden": "true" }), foldLabel(events));
+  const span = el("span", { class: "fold-span muted" }, when(events[events.length - 1].at), " – ", when(events[0].at));
+  const head = el("tr", { class: "fold-row", "data-fold": id }, el("td", { colspan: "5" }, toggle, " ", span));
+  return [head, ...inner];
+}
+
+// Table rows for newest-first events, runs of sign-ins folded (`expanded`: open runs' ids).
+export function auditRows(events, expanded) {
+  return foldSignIns(events).flatMap((item) => (item.fold ? foldRows(item.fold, expanded) : [auditRow(item.event)]));
+}
