@@ -28,6 +28,7 @@ from gateway.proxy.decision_listener import (
     MAX_HEADERS,
     MAX_LINE_SIZE,
 )
+from gateway.ratelimit.limiters import REDIS_KEY_PREFIX
 from gateway.serve.wiring import RunningGateway, running_gateway
 from gateway.settings import load_settings
 from gateway.verify import SIGNATURE_HEADER, verify_acting_user
@@ -395,38 +396,47 @@ async def require_redis() -> redis.asyncio.Redis:
     return client
 
 
+async def forget_limits(client: redis.asyncio.Redis) -> None:
+    """Delete keygate's rate-limit counters (key ids repeat from test to test)."""
+    async for name in client.scan_iter(f"{REDIS_KEY_PREFIX}*"):
+        await client.delete(name)
+
+
 async def test_redis_limited_decisions_are_answered_in_order_as_they_suspend(
     tmp_path: Path,
 ) -> None:
     """A Redis-counted limit suspends the decision (a network round trip): pipelined requests
     still get their answers in order, the last over the limit, and the connection serves on."""
     redis = await require_redis()
-    await redis.flushdb()
-    await redis.aclose()
-    async with serving(tmp_path, rate_limits={"redis_url": REDIS_URL}) as gateway:
-        assert gateway.decision_port is not None
-        runtime = gateway.runtime
-        created = await key_rules.create_key(
-            runtime.store,
-            {
-                "name": "dl-limited",
-                "roles": READER,
-                "rate_limit": {"requests": 2, "per": "minute", "burst": 2},
-            },
-            runtime.policy,
-            "test",
-            time.time(),
-        )
-        await runtime.apply_own_writes()
-        keyed = f"X-API-Key: {created.secret}\r\n"
-        data = (
-            decision_head(extra=keyed)
-            + decision_head(target="/1Integrate/rest/apikeys/1", extra=keyed)
-            + decision_head(extra=keyed)
-            + decision_head(extra=keyed)
-            + decision_head(extra="Connection: close\r\n")
-        )
-        answer = await exchange(gateway.decision_port, data)
+    await forget_limits(redis)  # counters other tests left for the same key ids
+    try:
+        async with serving(tmp_path, rate_limits={"redis_url": REDIS_URL}) as gateway:
+            assert gateway.decision_port is not None
+            runtime = gateway.runtime
+            created = await key_rules.create_key(
+                runtime.store,
+                {
+                    "name": "dl-limited",
+                    "roles": READER,
+                    "rate_limit": {"requests": 2, "per": "minute", "burst": 2},
+                },
+                runtime.policy,
+                "test",
+                time.time(),
+            )
+            await runtime.apply_own_writes()
+            keyed = f"X-API-Key: {created.secret}\r\n"
+            data = (
+                decision_head(extra=keyed)
+                + decision_head(target="/1Integrate/rest/apikeys/1", extra=keyed)
+                + decision_head(extra=keyed)
+                + decision_head(extra=keyed)
+                + decision_head(extra="Connection: close\r\n")
+            )
+            answer = await exchange(gateway.decision_port, data)
+    finally:
+        await forget_limits(redis)
+        await redis.aclose()
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
     # allowed, protected (refused before the limit), allowed, over the limit, anonymous.
     assert statuses == [b"200", b"403", b"200", b"403", b"200"]
