@@ -1,8 +1,9 @@
 // A key's own page (#/keys/ID): settings, roles and their rules, usage chart, advice, history.
 
 import { api, ApiError, query } from "./api.js";
-import { auditRows } from "./auditview.js";
+import { mergeNewest, renderAuditRows } from "./auditview.js";
 import { pointLabel, usageChart, usageLegend, usageTable, usageTotals } from "./chart.js";
+import { canFilterUnused } from "./density.js";
 import { hasPath } from "./features.js";
 import { expiresInText } from "./format.js";
 import { el, when } from "./ui.js";
@@ -21,7 +22,7 @@ export const RANGES = {
 
 const $ = (id) => document.getElementById(id);
 
-let hooks = null; // {openKeyDialog, handleFailure, roles, refusal} from app.js
+let hooks = null; // {openKeyDialog, handleFailure, roles, refusal, showUnused} from app.js
 const page = {
   id: null,
   key: null,
@@ -270,9 +271,12 @@ async function loadExtras(key, { quiet }) {
     optional(`/api/v1/keys/${key.id}/addresses`, { quiet }),
   ]);
   if (key.id !== page.id) return;
+  const focused = document.activeElement ? document.activeElement.id : "";
   renderAdvice(key, advice);
   renderRulesUsed(rules);
   renderAddresses(addresses);
+  // A quiet refresh re-renders the advice: its button keeps the focus it had.
+  if (focused && document.activeElement === document.body && $(focused)) $(focused).focus({ preventScroll: true });
 }
 
 function sameSet(a, b) {
@@ -295,6 +299,12 @@ function renderAdvice(key, advice) {
     list("Roles not used", advice.unused_roles),
     list("Rules not used", advice.unused_rules),
   );
+  if (canFilterUnused()) {
+    const days = advice.days || ADVICE_DAYS;
+    const show = el("button", { type: "button", class: "link-button", id: "advice-unused", text: `Show every key unused for ${plural(days, "day")}` });
+    show.addEventListener("click", () => hooks.showUnused(days));
+    parts.push(el("p", { class: "advice-unused" }, show));
+  }
   const suggested = advice.suggested_roles;
   if (Array.isArray(suggested) && suggested.length && !sameSet(suggested, key.roles) && !hooks.refusal(key)) {
     const button = el("button", { type: "button", class: "primary", id: "advice-apply", text: `Edit roles to ${suggested.join(", ")}…` });
@@ -348,15 +358,20 @@ function renderAddresses(addresses) {
 
 // ------------------------------------------------------------------------ history
 
+// The key's history: a page more, or (quiet) its newest entries merged with those shown.
 async function loadHistory({ more = false, quiet = false } = {}) {
   const id = page.id;
   const history = page.history;
   const params = { key_id: id, limit: HISTORY_PAGE_SIZE, cursor: more ? history.next : null };
   const answer = await api("GET", query("/api/v1/audit", params), undefined, { background: quiet });
-  if (id !== page.id) return;
-  history.events = more ? [...history.events, ...answer.items] : answer.items;
-  history.next = answer.next_cursor;
-  $("key-history-body").replaceChildren(...auditRows(history.events, history.expanded));
-  $("key-history-more").hidden = !answer.next_cursor;
+  if (id !== page.id || history !== page.history) return;
+  const merged = quiet && !more ? mergeNewest(answer.items, history.events) : null;
+  if (merged) history.events = merged; // "Load more" goes on from the oldest entry shown
+  else {
+    history.events = more ? [...history.events, ...answer.items] : answer.items;
+    history.next = answer.next_cursor;
+  }
+  renderAuditRows($("key-history-body"), history.events, history.expanded);
+  $("key-history-more").hidden = !history.next;
   $("key-history-empty").hidden = history.events.length > 0;
 }
