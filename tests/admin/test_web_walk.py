@@ -46,6 +46,7 @@ site = test_web_views.site
 
 DAY = 86_400.0
 UNUSED_DAYS = 30  # the summary line's window (density.js UNUSED_DAYS)
+SELECT_CHROME = 40  # px a select needs beside its text: its padding and its arrow
 HISTORY_PAGE = 25  # entries the key page's history and the audit view read at a time
 
 
@@ -243,4 +244,18 @@ def test_the_audit_action_choices_are_distinct(browser: Browser, site: Site) -> 
         )
         box = action.evaluate("n => n.getBoundingClientRect().right")
         assert box <= NARROW, "the action filter runs off the screen"
+        # The chosen group's name is not cut (its text, the padding and the arrow fit).
+        text, inner = action.evaluate(
+            """select => {
+                const span = document.createElement("span");
+                span.style.font = getComputedStyle(select).font;
+                span.style.whiteSpace = "nowrap";
+                span.textContent = select.selectedOptions[0].label;
+                document.body.append(span);
+                const width = span.getBoundingClientRect().width;
+                span.remove();
+                return [width, select.clientWidth];
+            }"""
+        )
+        assert text + SELECT_CHROME <= inner, f"'{text}' px of text in a {inner} px select"
         screenshot(page, f"walk-audit-actions-{NARROW}.png")
