@@ -259,3 +259,37 @@ def test_the_audit_action_choices_are_distinct(browser: Browser, site: Site) -> 
         )
         assert text + SELECT_CHROME <= inner, f"'{text}' px of text in a {inner} px select"
         screenshot(page, f"walk-audit-actions-{NARROW}.png")
+
+
+# --------------------------------------------------------------------------- 390 px
+
+
+def test_the_pager_and_its_label_are_not_broken_at_390_px(browser: Browser, site: Site) -> None:
+    with signed_in(browser, site, width=NARROW) as page:
+        first = page.locator("#keys-body tr").first.get_by_role("link")
+        page.get_by_role("button", name="Next page").click()
+        page_expect(page.locator("#page-label")).to_have_text("Page 2 of 2")
+        # The focus goes to the new page's first key (not lost with the now disabled button).
+        page_expect(first).to_be_focused()
+        page_expect(first).to_be_in_viewport()
+        pager = page.get_by_role("navigation", name="Pages of keys")
+        for part in (
+            pager.get_by_role("button", name="Previous page"),
+            pager.locator("#page-label"),
+            pager.get_by_role("button", name="Next page"),
+        ):
+            lines = part.evaluate(
+                """n => {
+                    const range = document.createRange();
+                    range.selectNodeContents(n);
+                    const tops = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+                    return tops.size;
+                }"""
+            )
+            assert lines == 1, f"{part} is broken over {lines} lines"
+        no_sideways_scroll(page, NARROW)
+        pager.scroll_into_view_if_needed()
+        screenshot(page, f"walk-pager-{NARROW}.png")
+        page.get_by_role("button", name="Previous page").click()
+        page_expect(page.locator("#page-label")).to_have_text("Page 1 of 2")
+        page_expect(first).to_be_focused()

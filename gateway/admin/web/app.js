@@ -460,6 +460,13 @@ async function loadKeys({ quiet = false } = {}) {
   await loadOverview({ quiet });
 }
 
+// After paging: the new page's first key has the focus (and is in view), not a pager button
+// the last or first page disables.
+function focusFirstKey() {
+  const link = $("keys-body").querySelector(".key-link");
+  if (link) link.focus();
+}
+
 function restartList() {
   state.keys.cursors = [null];
   state.keys.page = 0;
@@ -1233,14 +1240,14 @@ function wire() {
   $("prev-page").addEventListener("click", () => {
     if (state.keys.page === 0) return;
     state.keys.page -= 1;
-    loadKeys().catch(handleFailure);
+    loadKeys().then(focusFirstKey, handleFailure);
   });
   $("next-page").addEventListener("click", () => {
     if (!state.keys.next) return;
     state.keys.cursors[state.keys.page + 1] = state.keys.next;
     state.keys.cursors.length = state.keys.page + 2;
     state.keys.page += 1;
-    loadKeys().catch(handleFailure);
+    loadKeys().then(focusFirstKey, handleFailure);
   });
   $("key-form").addEventListener("submit", submitKey);
   $("key-cancel").addEventListener("click", () => closeDialog($("key-dialog")));

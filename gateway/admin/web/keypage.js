@@ -299,12 +299,6 @@ function renderAdvice(key, advice) {
     list("Roles not used", advice.unused_roles),
     list("Rules not used", advice.unused_rules),
   );
-  if (canFilterUnused()) {
-    const days = advice.days || ADVICE_DAYS;
-    const show = el("button", { type: "button", class: "link-button", id: "advice-unused", text: `Show every key unused for ${plural(days, "day")}` });
-    show.addEventListener("click", () => hooks.showUnused(days));
-    parts.push(el("p", { class: "advice-unused" }, show));
-  }
   const suggested = advice.suggested_roles;
   if (Array.isArray(suggested) && suggested.length && !sameSet(suggested, key.roles) && !hooks.refusal(key)) {
     const button = el("button", { type: "button", class: "primary", id: "advice-apply", text: `Edit roles to ${suggested.join(", ")}…` });
@@ -316,6 +310,13 @@ function renderAdvice(key, advice) {
       }
     });
     parts.push(el("p", { class: "hint", text: "Opens the edit dialog with these roles chosen; nothing changes until you save." }), button);
+  }
+  if (canFilterUnused()) {
+    // The advice's "keys unused for N days": every such key, in the list (not only this one).
+    const days = advice.days || ADVICE_DAYS;
+    const show = el("button", { type: "button", class: "link-button", id: "advice-unused", text: `Show every key unused for ${plural(days, "day")}` });
+    show.addEventListener("click", () => hooks.showUnused(days));
+    parts.push(el("p", { class: "advice-unused" }, show));
   }
   $("key-advice-body").replaceChildren(...parts.filter(Boolean));
 }
