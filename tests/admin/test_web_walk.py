@@ -22,6 +22,7 @@ import pytest
 import test_web_views
 from playwright.sync_api import Browser, Page
 from playwright.sync_api import expect as page_expect
+from support.config import create_key as mint_key
 from test_web_page import (
     NARROW,
     PASSWORDS,
@@ -293,3 +294,34 @@ def test_the_pager_and_its_label_are_not_broken_at_390_px(browser: Browser, site
         page.get_by_role("button", name="Previous page").click()
         page_expect(page.locator("#page-label")).to_have_text("Page 1 of 2")
         page_expect(first).to_be_focused()
+
+
+# --------------------------------------------------------------------------- renew
+
+
+def test_an_expired_keys_page_offers_renew(browser: Browser, site: Site) -> None:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # minted "in 2023", expired since
+        pool.submit(
+            asyncio.run,
+            mint_key(site.config, "lapsed-key", ["1int-sessions-read"],
+                     expires_at="2024-01-01T00:00:00Z", now=1_680_000_000.0),
+        ).result()  # fmt: skip
+    ident = key_id(site, "lapsed-key")
+    for width in (NARROW, WIDE):
+        with signed_in(browser, site, width=width) as page:
+            page.goto(f"{site.url}#/keys/{ident}")
+            page_expect(page.locator("#key-page-status")).to_have_text("Expired")
+            renew = page.get_by_role("button", name="Renew…")
+            page_expect(renew).to_be_visible()
+            no_sideways_scroll(page, width)
+            screenshot(page, f"walk-renew-{width}.png")
+            if width == NARROW:
+                continue  # renewed once, at 1280
+            renew.click()
+            dialog = page.get_by_role("dialog", name="Renew API key lapsed-key")
+            page_expect(dialog.get_by_label("Expires", exact=True)).to_be_focused()
+            dialog.get_by_role("button", name="Renew").click()
+            page_expect(dialog).to_be_hidden()
+            page_expect(page.locator("#key-page-status")).to_have_text("Active")
+            page_expect(renew).to_be_hidden()
+            page_expect(page.get_by_role("button", name="Edit", exact=True)).to_be_focused()

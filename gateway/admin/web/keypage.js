@@ -53,6 +53,10 @@ export function setupKeyPage(given) {
   $("key-page-edit").addEventListener("click", () => {
     if (page.key) hooks.openKeyDialog(page.key, $("key-page-edit"));
   });
+  // An expired key: a new expiry, as the list's "Renew…" offers.
+  $("key-page-renew").addEventListener("click", () => {
+    if (page.key) hooks.openKeyDialog(page.key, $("key-page-renew"), { renew: true });
+  });
   $("key-history-more").addEventListener("click", () => loadHistory({ more: true }).catch(hooks.handleFailure));
   new ResizeObserver(() => drawUsage()).observe($("usage-chart"));
 }
@@ -135,6 +139,10 @@ function renderKey(key) {
   // Outside the admin's grants: Edit is disabled, and says why (the server decides).
   const refusal = hooks.refusal(key);
   $("key-page-edit").disabled = Boolean(refusal);
+  const renewFocused = document.activeElement === $("key-page-renew");
+  $("key-page-renew").hidden = key.status !== "expired";
+  $("key-page-renew").disabled = Boolean(refusal);
+  if (renewFocused && $("key-page-renew").hidden) $("key-page-edit").focus(); // renewed: not lost
   $("key-page-edit-reason").hidden = !refusal;
   $("key-page-edit-reason").textContent = refusal || "";
   $("key-page-title").textContent = key.name;
