@@ -154,6 +154,8 @@ def test_a_quiet_refresh_keeps_the_entries_load_more_added_and_the_focus(
         page_expect(history).to_have_count(HISTORY_PAGE)
         page.locator("#key-history-more").click()
         page_expect(history).to_have_count(HISTORY_PAGE + 6)
+        # The button is gone (no more entries): the first entry it added has the focus.
+        page_expect(history.nth(HISTORY_PAGE).get_by_role("link")).to_be_focused()
         history.nth(HISTORY_PAGE + 4).get_by_role("link").focus()  # an entry "Load more" added
         admin_write(site, "PATCH", f"/api/v1/keys/{ident}", {"description": "edited elsewhere"})
         page_expect(history.first).to_contain_text("edited elsewhere")
@@ -170,6 +172,7 @@ def test_a_quiet_refresh_keeps_the_entries_load_more_added_and_the_focus(
         page_expect(audit).to_have_count(HISTORY_PAGE)
         page.locator("#audit-more").click()
         page_expect(audit).to_have_count(HISTORY_PAGE + 7)
+        page_expect(audit.nth(HISTORY_PAGE).get_by_role("link")).to_be_focused()
         audit.last.get_by_role("link").focus()
         admin_write(site, "PATCH", f"/api/v1/keys/{ident}", {"description": "and again"})
         page_expect(audit.first).to_contain_text("and again")

@@ -1,7 +1,7 @@
 // The API Keys page: sign-in, the key list, create/edit/revoke/delete, batches, audit, explain.
 
 import { api, ApiError, query, setCsrfToken } from "./api.js";
-import { mergeNewest, renderAuditRows } from "./auditview.js";
+import { focusFirstNew, mergeNewest, renderAuditRows } from "./auditview.js";
 import { connectionLost, connectionOk, resetConnection, shouldTry, unreachable } from "./banner.js";
 import { countKeys, loadSummary, pageLabel, summaryNodes } from "./density.js";
 import { CUSTOM, NEVER, presetExpiry, presetOf, RENEW_PRESET } from "./expiry.js";
@@ -1268,7 +1268,10 @@ function wire() {
     event.preventDefault();
     loadAudit().catch(handleFailure);
   });
-  $("audit-more").addEventListener("click", () => loadAudit({ more: true }).catch(handleFailure));
+  $("audit-more").addEventListener("click", () => {
+    const before = $("audit-body").children.length;
+    loadAudit({ more: true }).then(() => focusFirstNew($("audit-body"), before), handleFailure);
+  });
   $("explain-form").addEventListener("submit", explain);
   setupKeyPage({ openKeyDialog, handleFailure, roles: () => state.roles, refusal: (key) => manageRefusal(key, state.session), showUnused });
 }

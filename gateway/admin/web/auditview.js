@@ -127,6 +127,14 @@ export function mergeNewest(fresh, loaded) {
   return [...fresh, ...loaded.filter((event) => event.id < oldest)];
 }
 
+// After "Load more" (`before`: the rows shown until then): the first new row's link or toggle
+// takes the focus, which the button (hidden after the last page) would otherwise lose.
+export function focusFirstNew(body, before) {
+  const row = body.children[before];
+  const target = row ? row.querySelector("a[href], button") : null;
+  if (target) target.focus();
+}
+
 // Render events into a table body, the focus staying on the link or toggle it was on.
 export function renderAuditRows(body, events, expanded) {
   const active = document.activeElement;

@@ -1,7 +1,7 @@
 // A key's own page (#/keys/ID): settings, roles and their rules, usage chart, advice, history.
 
 import { api, ApiError, query } from "./api.js";
-import { mergeNewest, renderAuditRows } from "./auditview.js";
+import { focusFirstNew, mergeNewest, renderAuditRows } from "./auditview.js";
 import { pointLabel, usageChart, usageLegend, usageTable, usageTotals } from "./chart.js";
 import { canFilterUnused } from "./density.js";
 import { hasPath } from "./features.js";
@@ -57,7 +57,10 @@ export function setupKeyPage(given) {
   $("key-page-renew").addEventListener("click", () => {
     if (page.key) hooks.openKeyDialog(page.key, $("key-page-renew"), { renew: true });
   });
-  $("key-history-more").addEventListener("click", () => loadHistory({ more: true }).catch(hooks.handleFailure));
+  $("key-history-more").addEventListener("click", () => {
+    const before = $("key-history-body").children.length;
+    loadHistory({ more: true }).then(() => focusFirstNew($("key-history-body"), before), hooks.handleFailure);
+  });
   new ResizeObserver(() => drawUsage()).observe($("usage-chart"));
 }
 
