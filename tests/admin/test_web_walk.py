@@ -328,3 +328,38 @@ def test_an_expired_keys_page_offers_renew(browser: Browser, site: Site) -> None
             page_expect(page.locator("#key-page-status")).to_have_text("Active")
             page_expect(renew).to_be_hidden()
             page_expect(page.get_by_role("button", name="Edit", exact=True)).to_be_focused()
+
+
+# --------------------------------------------------------------------------- every view
+
+
+def test_every_view_loads_without_a_console_error(browser: Browser, site: Site) -> None:
+    ident = key_id(site, "other-key")
+    for width in (WIDE, NARROW):
+        with signed_in(browser, site, width=width) as page:
+            # Console errors too: a CSP violation or a failed module load is one, not a pageerror.
+            errors: list[str] = []
+            page.on(
+                "console",
+                lambda message, seen=errors: (
+                    seen.append(message.text) if message.type == "error" else None
+                ),
+            )
+            views = [("#/audit", "Audit log"), ("#/check", "Can this key call…?"),
+                     (f"#/keys/{ident}", "other-key"), ("#/keys", "API Keys")]  # fmt: skip
+            for hash_, heading in views:
+                page.goto(site.url + hash_)
+                page_expect(page.locator("[data-view-heading]:visible")).to_have_text(heading)
+                no_sideways_scroll(page, width)
+            page.goto(f"{site.url}#/keys/{ident}")
+            for period in ("7 days", "90 days", "24 hours"):
+                page.get_by_role("button", name=period).click()
+                page_expect(page.get_by_role("button", name=period)).to_have_attribute(
+                    "aria-pressed", "true"
+                )
+            page.get_by_role("button", name="Show as table").click()
+            page.get_by_role("button", name="Edit", exact=True).click()
+            page.keyboard.press("Escape")
+            page.reload()
+            page_expect(page.locator("#key-page-title")).to_have_text("other-key")
+            assert errors == []
