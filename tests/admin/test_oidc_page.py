@@ -178,6 +178,22 @@ def test_chromium_signs_in_and_out_through_the_provider(browser: Browser, tmp_pa
         page.context.close()
 
 
+def test_a_deep_link_survives_the_providers_round_trip(browser: Browser, tmp_path: Path) -> None:
+    port = free_port()
+    with (
+        running_provider(tmp_path / "idp", [client_for(port)], USERS) as provider,
+        keygate_with_provider(tmp_path / "kg", provider.issuer, port) as url,
+    ):
+        page = open_page(browser, url + "#/audit", NARROW)
+        provider_sign_in(page, "alice")  # the provider returns to `/`
+        page_expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+        page_expect(page.locator("#view-audit")).to_be_visible()
+        assert page.url == url + "#/audit"
+        assert page.evaluate("sessionStorage.getItem('keygate.return-to')") is None  # once
+        page.screenshot(path=str(ARTIFACTS / f"oidc-deep-link-{NARROW}.png"))
+        page.context.close()
+
+
 def test_a_refused_group_and_a_provider_down_are_explained_on_the_page(
     browser: Browser, tmp_path: Path
 ) -> None:

@@ -1,20 +1,20 @@
 // The API Keys page: sign-in, the key list, create/edit/revoke/delete, batches, audit, explain.
 
 import { api, ApiError, query, setCsrfToken } from "./api.js";
-import { auditRows } from "./auditview.js";
+import { focusFirstNew, mergeNewest, renderAuditRows } from "./auditview.js";
 import { connectionLost, connectionOk, resetConnection, shouldTry, unreachable } from "./banner.js";
-import { countKeys, loadSummary, pageLabel } from "./density.js";
+import { countKeys, loadSummary, pageLabel, summaryNodes } from "./density.js";
 import { CUSTOM, NEVER, presetExpiry, presetOf, RENEW_PRESET } from "./expiry.js";
 import { loadFeatures } from "./features.js";
 import { clearFieldError, clearWhenFixed, showProblems } from "./fielderrors.js";
-import { auditFilters, listFilters, showFilters } from "./filters.js";
+import { auditFilters, listFilters, setUnusedFilter, showFilters, unusedFilter } from "./filters.js";
 import { expiresInText } from "./format.js";
 import { grantsText, manageRefusal } from "./grants.js";
 import { checkExpiry, checkName, checkRoles, parseRateLimit } from "./keychecks.js";
 import { leaveKeyPage, refreshKeyPage, setupKeyPage, showKeyPage } from "./keypage.js";
 import { overlapText } from "./overlap.js";
 import { askOverlap } from "./rolldialog.js";
-import { currentRoute, go, showView, startRouter } from "./router.js";
+import { currentRoute, go, parseRoute, routeHash, showView, startRouter } from "./router.js";
 import {
   anyDialogOpen,
   closeDialog,
@@ -44,7 +44,8 @@ const state = {
   policy: null, // SHA-256 of the policy in force, as last seen
   keys: { items: [], cursors: [null], page: 0, next: null },
   selected: new Set(), // ids of the rows chosen for a batch (this page's rows only)
-  audit: { next: null, key: null, events: [], expanded: new Set() }, // key: the one "Audit history" asked about (id, name)
+  // key: the one "Audit history" asked about (id, name); filters: those the events shown match
+  audit: { next: null, key: null, events: [], expanded: new Set(), filters: null },
   seq: null,
   pollTimer: null,
   polls: 0,
@@ -120,6 +121,47 @@ function signInErrorFromUrl() {
   const describe = SIGN_IN_ERRORS[code];
   const reason = (params.get("reason") || "").replace(/[^A-Za-z0-9_.-]/g, "").slice(0, 64);
   return describe ? describe(name, reason) : "The sign-in could not be completed. Try again.";
+}
+
+// A deep link (#/keys/12) survives the provider's round trip, which comes back to `/`: kept
+// in this tab's sessionStorage when the provider's button is followed, put back once on return.
+const RETURN_TO = "keygate.return-to";
+
+// Only the router's own routes are kept or put back (anything else is dropped unread).
+function isRoute(hash) {
+  return typeof hash === "string" && hash.length > 1 && routeHash(parseRoute(hash)) === hash;
+}
+
+function rememberDeepLink() {
+  try {
+    const hash = window.location.hash;
+    if (isRoute(hash)) window.sessionStorage.setItem(RETURN_TO, hash);
+    else window.sessionStorage.removeItem(RETURN_TO);
+  } catch {
+    // no storage (disabled, private mode): the sign-in lands on the key list
+  }
+}
+
+function restoreDeepLink() {
+  let saved = null;
+  try {
+    saved = window.sessionStorage.getItem(RETURN_TO);
+    window.sessionStorage.removeItem(RETURN_TO);
+  } catch {
+    return;
+  }
+  const hash = window.location.hash;
+  if (isRoute(saved) && (hash === "" || hash === "#")) window.history.replaceState(null, "", window.location.pathname + saved);
+}
+
+// After a sign-in: the list's search on the key list, else the view's heading.
+function focusAfterSignIn() {
+  const view = currentRoute().view;
+  if (view === "keys") $("search").focus();
+  else {
+    const heading = document.querySelector(`[data-view="${view}"] [data-view-heading]`);
+    if (heading) heading.focus();
+  }
 }
 
 function showMethods() {
@@ -245,7 +287,7 @@ async function signIn(event) {
     const session = await api("POST", "/api/v1/session", { name, password, method });
     $("signin-password").value = "";
     await showApp(session);
-    $("search").focus();
+    focusAfterSignIn();
   } catch (failure) {
     $("signin-password").value = "";
     let message = failure.message;
@@ -348,9 +390,52 @@ async function loadOverview({ quiet = false } = {}) {
   const ticket = listRequest;
   const [summary, total] = await Promise.all([loadSummary({ background: quiet }), countKeys(listFilters(), state.seq, { background: quiet })]);
   if (ticket !== listRequest) return;
-  $("keys-summary").hidden = summary === null;
-  $("keys-summary").textContent = summary || "";
+  const line = $("keys-summary");
+  const focused = line.contains(document.activeElement) ? document.activeElement.dataset.focusKey : null;
+  line.hidden = summary === null;
+  line.replaceChildren(...(summary ? summaryNodes(summary, showUnused) : []));
+  if (focused) {
+    const again = focusKeyed(focused, line);
+    if (again) again.focus();
+  }
   $("page-label").textContent = pageLabel(state.keys.page, PAGE_SIZE, total);
+}
+
+// Show only the keys unused for `days` days (the summary line's and the advice's link), with a
+// chip that removes the filter; on the key list, from any view.
+function showUnused(days) {
+  setUnusedFilter(days);
+  renderChips();
+  if (currentRoute().view !== "keys") go({ view: "keys" });
+  restartList();
+}
+
+function renderChips() {
+  const days = unusedFilter();
+  const chips = $("filter-chips");
+  chips.hidden = days === null;
+  if (days === null) return chips.replaceChildren();
+  const label = `unused for ${plural(days, "day")}`;
+  chips.replaceChildren(
+    el("span", { class: "chips-label", text: "Showing only keys" }),
+    el(
+      "button",
+      {
+        type: "button",
+        class: "filter-chip",
+        "aria-label": `Remove filter: ${label}`,
+        title: "Remove this filter",
+        onclick: () => {
+          setUnusedFilter(null);
+          renderChips();
+          restartList();
+          $("search").focus();
+        },
+      },
+      el("span", { text: label }),
+      icon("cross"),
+    ),
+  );
 }
 
 let listRequest = 0;
@@ -373,6 +458,13 @@ async function loadKeys({ quiet = false } = {}) {
   state.keys.next = page.next_cursor;
   renderKeys();
   await loadOverview({ quiet });
+}
+
+// After paging: the new page's first key has the focus (and is in view), not a pager button
+// the last or first page disables.
+function focusFirstKey() {
+  const link = $("keys-body").querySelector(".key-link");
+  if (link) link.focus();
 }
 
 function restartList() {
@@ -1036,12 +1128,19 @@ async function loadAudit({ more = false, quiet = false } = {}) {
   };
   const page = await api("GET", query("/api/v1/audit", params), undefined, { background: quiet });
   if (ticket !== auditRequest) return;
-  state.audit.events = more ? [...state.audit.events, ...page.items] : page.items;
-  $("audit-body").replaceChildren(...auditRows(state.audit.events, state.audit.expanded));
   const { limit, cursor, ...exported } = params; // the export is every match, not one page
+  const filters = JSON.stringify(exported);
+  // A quiet refresh under the same filters keeps the entries "Load more" added.
+  const merged = quiet && !more && filters === state.audit.filters ? mergeNewest(page.items, state.audit.events) : null;
+  if (merged) state.audit.events = merged;
+  else {
+    state.audit.events = more ? [...state.audit.events, ...page.items] : page.items;
+    state.audit.next = page.next_cursor;
+  }
+  state.audit.filters = filters;
+  renderAuditRows($("audit-body"), state.audit.events, state.audit.expanded);
   $("audit-csv").href = query("/api/v1/audit", { ...exported, format: "csv" });
-  state.audit.next = page.next_cursor;
-  $("audit-more").hidden = !page.next_cursor;
+  $("audit-more").hidden = !state.audit.next;
   $("audit-empty").hidden = $("audit-body").children.length > 0;
 }
 
@@ -1125,6 +1224,7 @@ function wire() {
   $("create-button").append(icon("plus"));
   $("batch-button").append(icon("batch"));
   $("signin-form").addEventListener("submit", signIn);
+  $("oidc-sign-in").addEventListener("click", rememberDeepLink);
   $("sign-out").addEventListener("click", signOut);
   $("create-button").addEventListener("click", () => openKeyDialog());
   menuButton($("batch-button"), "Batch actions", batchMenuItems);
@@ -1140,14 +1240,14 @@ function wire() {
   $("prev-page").addEventListener("click", () => {
     if (state.keys.page === 0) return;
     state.keys.page -= 1;
-    loadKeys().catch(handleFailure);
+    loadKeys().then(focusFirstKey, handleFailure);
   });
   $("next-page").addEventListener("click", () => {
     if (!state.keys.next) return;
     state.keys.cursors[state.keys.page + 1] = state.keys.next;
     state.keys.cursors.length = state.keys.page + 2;
     state.keys.page += 1;
-    loadKeys().catch(handleFailure);
+    loadKeys().then(focusFirstKey, handleFailure);
   });
   $("key-form").addEventListener("submit", submitKey);
   $("key-cancel").addEventListener("click", () => closeDialog($("key-dialog")));
@@ -1168,15 +1268,19 @@ function wire() {
     event.preventDefault();
     loadAudit().catch(handleFailure);
   });
-  $("audit-more").addEventListener("click", () => loadAudit({ more: true }).catch(handleFailure));
+  $("audit-more").addEventListener("click", () => {
+    const before = $("audit-body").children.length;
+    loadAudit({ more: true }).then(() => focusFirstNew($("audit-body"), before), handleFailure);
+  });
   $("explain-form").addEventListener("submit", explain);
-  setupKeyPage({ openKeyDialog, handleFailure, roles: () => state.roles, refusal: (key) => manageRefusal(key, state.session) });
+  setupKeyPage({ openKeyDialog, handleFailure, roles: () => state.roles, refusal: (key) => manageRefusal(key, state.session), showUnused });
 }
 
 async function start() {
   wire();
   await loadMethods();
   const signInError = signInErrorFromUrl();
+  restoreDeepLink(); // after the error is read: a failed provider sign-in keeps the link too
   try {
     await showApp(await api("GET", "/api/v1/session"));
   } catch (failure) {

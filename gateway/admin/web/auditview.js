@@ -1,7 +1,7 @@
 // Audit rows: action names, one row per event, and runs of sign-ins folded into one row.
 
 import { detailsText } from "./format.js";
-import { el, when } from "./ui.js";
+import { el, focusKeyed, when } from "./ui.js";
 
 export const ACTIONS = {
   create: "Created",
@@ -67,7 +67,7 @@ export function foldLabel(events) {
 function keyName(event) {
   if (!event.key_name) return null;
   if (!event.key_id) return event.key_name;
-  return el("a", { href: `#/keys/${event.key_id}`, class: "key-link", text: event.key_name });
+  return el("a", { href: `#/keys/${event.key_id}`, class: "key-link", "data-focus-key": `audit-key:${event.id}`, text: event.key_name });
 }
 
 export function auditRow(event) {
@@ -96,6 +96,7 @@ function foldRows(events, expanded) {
     type: "button",
     class: "fold-toggle quiet",
     "aria-expanded": String(open),
+    "data-focus-key": `fold:${id}`,
     onclick: () => {
       const now = toggle.getAttribute("aria-expanded") !== "true";
       toggle.setAttribute("aria-expanded", String(now));
@@ -113,4 +114,34 @@ function foldRows(events, expanded) {
 // Table rows for newest-first events, runs of sign-ins folded (`expanded`: open runs' ids).
 export function auditRows(events, expanded) {
   return foldSignIns(events).flatMap((item) => (item.fold ? foldRows(item.fold, expanded) : [auditRow(item.event)]));
+}
+
+// A quiet refresh's first page (`fresh`) merged with the events shown (`loaded`), both newest
+// first (ids falling): new entries on top, the older ones loaded with "Load more" kept. Null
+// when the page does not reach the entries shown (more new ones than a page), or either is
+// empty: the caller shows the page afresh.
+export function mergeNewest(fresh, loaded) {
+  if (!loaded.length || !fresh.length) return null;
+  const oldest = fresh[fresh.length - 1].id;
+  if (oldest > loaded[0].id) return null;
+  return [...fresh, ...loaded.filter((event) => event.id < oldest)];
+}
+
+// After "Load more" (`before`: the rows shown until then): the first new row's link or toggle
+// takes the focus, which the button (hidden after the last page) would otherwise lose.
+export function focusFirstNew(body, before) {
+  const row = body.children[before];
+  const target = row ? row.querySelector("a[href], button") : null;
+  if (target) target.focus();
+}
+
+// Render events into a table body, the focus staying on the link or toggle it was on.
+export function renderAuditRows(body, events, expanded) {
+  const active = document.activeElement;
+  const focused = active && body.contains(active) ? active.dataset.focusKey : null;
+  body.replaceChildren(...auditRows(events, expanded));
+  if (focused) {
+    const again = focusKeyed(focused, body);
+    if (again) again.focus({ preventScroll: true });
+  }
 }

@@ -1,7 +1,8 @@
 // The key list's overview: the summary line above it and "Page X of Y" under it.
 
 import { api, query } from "./api.js";
-import { hasPath } from "./features.js";
+import { hasParams, hasPath } from "./features.js";
+import { el } from "./ui.js";
 
 const SUMMARY = "/api/v1/keys/summary";
 export const UNUSED_DAYS = 30; // "unused for 30 days" in the summary line
@@ -22,12 +23,34 @@ export function summaryText(summary) {
   return parts.join(" · ");
 }
 
-// The summary line's text, or null when this server has no summary (older keygate).
+// Whether the key list can show only the keys unused for N days (an older keygate cannot).
+export function canFilterUnused() {
+  return hasParams("/api/v1/keys", "unused_days");
+}
+
+// The summary line as nodes: its "N unused for D days" a button showing those keys in the
+// list (`showUnused(days)`), when the list can filter by it; else the plain text.
+export function summaryNodes(summary, showUnused) {
+  if (!summary.unused || !canFilterUnused()) return [summaryText(summary)];
+  const rest = summaryText({ ...summary, unused: 0 });
+  const days = summary.unused_days;
+  const button = el("button", {
+    type: "button",
+    class: "link-button",
+    "data-focus-key": "summary-unused",
+    title: `Show only the keys unused for ${plural(days, "day")}`,
+    text: `${summary.unused} unused for ${plural(days, "day")}`,
+    onclick: () => showUnused(days),
+  });
+  return [`${rest} · `, button];
+}
+
+// The summary (GET /api/v1/keys/summary's answer), or null when this server has none.
 export async function loadSummary({ background = false } = {}) {
   if (!hasPath(SUMMARY)) return null;
   try {
     const summary = await api("GET", query(SUMMARY, { unused_days: UNUSED_DAYS }), undefined, { background });
-    return summary && typeof summary.total === "number" ? summaryText(summary) : null;
+    return summary && typeof summary.total === "number" ? summary : null;
   } catch (failure) {
     if (failure.status === 401) throw failure;
     return null;

@@ -6,6 +6,17 @@ import { el } from "./ui.js";
 
 const $ = (id) => document.getElementById(id);
 
+let unusedDays = null; // "unused for N days" chosen from the summary line or the advice, or null
+
+// Show only the keys unused for `days` days (null: all again); the caller reloads the list.
+export function setUnusedFilter(days) {
+  unusedDays = days;
+}
+
+export function unusedFilter() {
+  return unusedDays;
+}
+
 // The key list's filters (what "Page X of Y" counts; the list adds its sort and page).
 export function listFilters() {
   return {
@@ -13,6 +24,7 @@ export function listFilters() {
     status: $("status-filter").value,
     role: $("role-filter").value,
     created_by: $("creator-filter").value.trim(),
+    unused_days: unusedDays,
   };
 }
 
@@ -58,9 +70,10 @@ export function showFilters(roles) {
   }
 }
 
-const AUDIT_ACTION_GROUPS = [
-  ["Key changes", ["create", "edit", "revoke", "reinstate", "delete", "roll", "revoke_all", "reinstate_all", "delete_revoked"]],
-  ["Batches", ["revoke_all", "reinstate_all", "delete_revoked"]],
+// Each action in one group at most: a group's name says which entries it shows.
+export const AUDIT_ACTION_GROUPS = [
+  ["Changes to one key", ["create", "edit", "roll", "revoke", "reinstate", "delete"]],
+  ["Changes to all keys at once", ["revoke_all", "reinstate_all", "delete_revoked"]],
   ["Sign-ins and sign-outs", ["admin_sign_in", "admin_sign_out", "admin_sign_in_refused", "admin_login_failed", "admin_login_throttled"]],
   ["Admin accounts", ["admin_add", "admin_passwd", "admin_grants", "admin_remove"]],
 ];

@@ -1,8 +1,9 @@
 // A key's own page (#/keys/ID): settings, roles and their rules, usage chart, advice, history.
 
 import { api, ApiError, query } from "./api.js";
-import { auditRows } from "./auditview.js";
+import { focusFirstNew, mergeNewest, renderAuditRows } from "./auditview.js";
 import { pointLabel, usageChart, usageLegend, usageTable, usageTotals } from "./chart.js";
+import { canFilterUnused } from "./density.js";
 import { hasPath } from "./features.js";
 import { expiresInText } from "./format.js";
 import { el, when } from "./ui.js";
@@ -21,7 +22,7 @@ export const RANGES = {
 
 const $ = (id) => document.getElementById(id);
 
-let hooks = null; // {openKeyDialog, handleFailure, roles, refusal} from app.js
+let hooks = null; // {openKeyDialog, handleFailure, roles, refusal, showUnused} from app.js
 const page = {
   id: null,
   key: null,
@@ -52,7 +53,14 @@ export function setupKeyPage(given) {
   $("key-page-edit").addEventListener("click", () => {
     if (page.key) hooks.openKeyDialog(page.key, $("key-page-edit"));
   });
-  $("key-history-more").addEventListener("click", () => loadHistory({ more: true }).catch(hooks.handleFailure));
+  // An expired key: a new expiry, as the list's "Renew…" offers.
+  $("key-page-renew").addEventListener("click", () => {
+    if (page.key) hooks.openKeyDialog(page.key, $("key-page-renew"), { renew: true });
+  });
+  $("key-history-more").addEventListener("click", () => {
+    const before = $("key-history-body").children.length;
+    loadHistory({ more: true }).then(() => focusFirstNew($("key-history-body"), before), hooks.handleFailure);
+  });
   new ResizeObserver(() => drawUsage()).observe($("usage-chart"));
 }
 
@@ -134,6 +142,10 @@ function renderKey(key) {
   // Outside the admin's grants: Edit is disabled, and says why (the server decides).
   const refusal = hooks.refusal(key);
   $("key-page-edit").disabled = Boolean(refusal);
+  const renewFocused = document.activeElement === $("key-page-renew");
+  $("key-page-renew").hidden = key.status !== "expired";
+  $("key-page-renew").disabled = Boolean(refusal);
+  if (renewFocused && $("key-page-renew").hidden) $("key-page-edit").focus(); // renewed: not lost
   $("key-page-edit-reason").hidden = !refusal;
   $("key-page-edit-reason").textContent = refusal || "";
   $("key-page-title").textContent = key.name;
@@ -270,9 +282,12 @@ async function loadExtras(key, { quiet }) {
     optional(`/api/v1/keys/${key.id}/addresses`, { quiet }),
   ]);
   if (key.id !== page.id) return;
+  const focused = document.activeElement ? document.activeElement.id : "";
   renderAdvice(key, advice);
   renderRulesUsed(rules);
   renderAddresses(addresses);
+  // A quiet refresh re-renders the advice: its button keeps the focus it had.
+  if (focused && document.activeElement === document.body && $(focused)) $(focused).focus({ preventScroll: true });
 }
 
 function sameSet(a, b) {
@@ -306,6 +321,13 @@ function renderAdvice(key, advice) {
       }
     });
     parts.push(el("p", { class: "hint", text: "Opens the edit dialog with these roles chosen; nothing changes until you save." }), button);
+  }
+  if (canFilterUnused()) {
+    // The advice's "keys unused for N days": every such key, in the list (not only this one).
+    const days = advice.days || ADVICE_DAYS;
+    const show = el("button", { type: "button", class: "link-button", id: "advice-unused", text: `Show every key unused for ${plural(days, "day")}` });
+    show.addEventListener("click", () => hooks.showUnused(days));
+    parts.push(el("p", { class: "advice-unused" }, show));
   }
   $("key-advice-body").replaceChildren(...parts.filter(Boolean));
 }
@@ -348,15 +370,20 @@ function renderAddresses(addresses) {
 
 // ------------------------------------------------------------------------ history
 
+// The key's history: a page more, or (quiet) its newest entries merged with those shown.
 async function loadHistory({ more = false, quiet = false } = {}) {
   const id = page.id;
   const history = page.history;
   const params = { key_id: id, limit: HISTORY_PAGE_SIZE, cursor: more ? history.next : null };
   const answer = await api("GET", query("/api/v1/audit", params), undefined, { background: quiet });
-  if (id !== page.id) return;
-  history.events = more ? [...history.events, ...answer.items] : answer.items;
-  history.next = answer.next_cursor;
-  $("key-history-body").replaceChildren(...auditRows(history.events, history.expanded));
-  $("key-history-more").hidden = !answer.next_cursor;
+  if (id !== page.id || history !== page.history) return;
+  const merged = quiet && !more ? mergeNewest(answer.items, history.events) : null;
+  if (merged) history.events = merged; // "Load more" goes on from the oldest entry shown
+  else {
+    history.events = more ? [...history.events, ...answer.items] : answer.items;
+    history.next = answer.next_cursor;
+  }
+  renderAuditRows($("key-history-body"), history.events, history.expanded);
+  $("key-history-more").hidden = !history.next;
   $("key-history-empty").hidden = history.events.length > 0;
 }

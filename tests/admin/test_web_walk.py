@@ -1,0 +1,368 @@
+"""Issue 24 tried from outside: what a demanding new administrator trips over, in Chromium.
+
+The summary line's "N unused for 30 days" (and the advice's) shows those keys in the list
+with a removable chip; the key page's and the audit view's quiet refresh keep the entries
+"Load more" added and the focus; a deep link (#/keys/12) survives the sign-in; the audit
+action filter's choices are distinct. Uses test_web_views' gateway (a module of its own
+here, so the counts it checks are its own). Screenshots at 1280 and 390 px go to
+tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import re
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+import test_web_views
+from playwright.sync_api import Browser, Page
+from playwright.sync_api import expect as page_expect
+from support.config import create_key as mint_key
+from test_web_page import (
+    NARROW,
+    PASSWORDS,
+    TIMEOUT_MS,
+    WIDE,
+    Site,
+    row,
+    screenshot,
+    signed_in,
+)
+from test_web_views import admin_get, basic, heading_focused, key_id
+
+from gateway.settings import load_settings
+from gateway.store.factory import store_for
+
+pytestmark = pytest.mark.slow
+
+# test_web_views' fixtures (one Chromium, the test upstream, a gateway of this module's own).
+browser = test_web_views.browser
+upstream = test_web_views.upstream
+site = test_web_views.site
+
+DAY = 86_400.0
+UNUSED_DAYS = 30  # the summary line's window (density.js UNUSED_DAYS)
+SELECT_CHROME = 40  # px a select needs beside its text: its padding and its arrow
+HISTORY_PAGE = 25  # entries the key page's history and the audit view read at a time
+
+
+def admin_write(site: Site, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """A write to the admin API as root (HTTP Basic, JSON); return the JSON answer."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{site.admin_port}{path}",
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={**basic(), "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+def create_key(site: Site, name: str) -> int:
+    """Create a key through the admin API; return its id."""
+    answer = admin_write(
+        site, "POST", "/api/v1/keys", {"name": name, "roles": ["1int-sessions-read"]}
+    )
+    return int(answer["key"]["id"])
+
+
+def last_used_long_ago(site: Site, ids: list[int], days: float) -> None:
+    """Record one use of each key `days` days ago in the gateway's store (as a flush would)."""
+
+    async def record() -> None:
+        store = store_for(load_settings(site.config))
+        await store.open()
+        try:
+            await store.record_usage({ident: (time.time() - days * DAY, 1) for ident in ids})
+        finally:
+            await store.close()
+
+    # Playwright's sync API runs an event loop in this thread: record on another one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, record()).result()
+
+
+def no_sideways_scroll(page: Page, width: int) -> None:
+    """The page is no wider than the viewport."""
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+
+
+# --------------------------------------------------------------------------- unused keys
+
+
+def test_unused_for_30_days_shows_those_keys_with_a_removable_chip(
+    browser: Browser, site: Site
+) -> None:
+    idle = {name: create_key(site, name) for name in ("idle-one", "idle-two")}
+    last_used_long_ago(site, list(idle.values()), 40)
+    listed = admin_get(site, f"/api/v1/keys?unused_days={UNUSED_DAYS}&limit=1000")["items"]
+    names = sorted(key["name"] for key in listed)
+    summary = admin_get(site, f"/api/v1/keys/summary?unused_days={UNUSED_DAYS}")
+    assert names == ["idle-one", "idle-two"] and summary["unused"] == 2
+    label = f"2 unused for {UNUSED_DAYS} days"
+    for width in (WIDE, NARROW):
+        with signed_in(browser, site, width=width) as page:
+            rows = page.locator("#keys-body tr")
+            page_expect(rows).to_have_count(50)  # 57+ keys: a full page
+            summary_line = page.locator("#keys-summary")
+            unused = summary_line.get_by_role("button", name=label)
+            unused.click()
+            chip = page.get_by_role("button", name=f"Remove filter: unused for {UNUSED_DAYS} days")
+            page_expect(chip).to_be_visible()
+            page_expect(rows).to_have_count(2)
+            for name in names:
+                page_expect(row(page, name)).to_be_visible()
+            page_expect(page.locator("#page-label")).to_have_text("Page 1 of 1")
+            page_expect(summary_line.get_by_role("button", name=label)).to_be_focused()
+            no_sideways_scroll(page, width)
+            screenshot(page, f"walk-unused-filter-{width}.png")
+            chip.click()
+            page_expect(chip).to_be_hidden()
+            page_expect(rows).to_have_count(50)
+            page_expect(page.get_by_label("Search", exact=True)).to_be_focused()
+
+            # The advice on a key's page leads to the same list.
+            page.goto(f"{site.url}#/keys/{idle['idle-one']}")
+            advice = page.locator("#key-advice")
+            page_expect(advice).to_contain_text("made no requests")
+            advice.get_by_role(
+                "button", name=f"Show every key unused for {UNUSED_DAYS} days"
+            ).click()
+            page_expect(page.locator("#view-keys")).to_be_visible()
+            assert page.url.endswith("#/keys")
+            page_expect(chip).to_be_visible()
+            page_expect(rows).to_have_count(2)
+
+
+# --------------------------------------------------------------------------- quiet refresh
+
+
+def test_a_quiet_refresh_keeps_the_entries_load_more_added_and_the_focus(
+    browser: Browser, site: Site
+) -> None:
+    ident = create_key(site, "history-key")
+    for n in range(HISTORY_PAGE + 5):  # 31 entries: the creation and 30 edits
+        admin_write(site, "PATCH", f"/api/v1/keys/{ident}", {"description": f"edit {n}"})
+    with signed_in(browser, site) as page:
+        page.goto(f"{site.url}#/keys/{ident}")
+        history = page.locator("#key-history-body tr")
+        page_expect(history).to_have_count(HISTORY_PAGE)
+        page.locator("#key-history-more").click()
+        page_expect(history).to_have_count(HISTORY_PAGE + 6)
+        # The button is gone (no more entries): the first entry it added has the focus.
+        page_expect(history.nth(HISTORY_PAGE).get_by_role("link")).to_be_focused()
+        history.nth(HISTORY_PAGE + 4).get_by_role("link").focus()  # an entry "Load more" added
+        admin_write(site, "PATCH", f"/api/v1/keys/{ident}", {"description": "edited elsewhere"})
+        page_expect(history.first).to_contain_text("edited elsewhere")
+        page_expect(history).to_have_count(HISTORY_PAGE + 7)
+        page_expect(history.nth(HISTORY_PAGE + 5).get_by_role("link")).to_be_focused()
+        page_expect(history.last).to_contain_text("Created")
+        page_expect(page.locator("#key-history-more")).to_be_hidden()
+
+        # The audit view, filtered to the key, keeps them too.
+        page.get_by_role("navigation", name="Views").get_by_role("link", name="Audit").click()
+        page.get_by_label("Key name", exact=True).fill("history-key")
+        page.get_by_role("button", name="Filter").click()
+        audit = page.locator("#audit-body tr")
+        page_expect(audit).to_have_count(HISTORY_PAGE)
+        page.locator("#audit-more").click()
+        page_expect(audit).to_have_count(HISTORY_PAGE + 7)
+        page_expect(audit.nth(HISTORY_PAGE).get_by_role("link")).to_be_focused()
+        audit.last.get_by_role("link").focus()
+        admin_write(site, "PATCH", f"/api/v1/keys/{ident}", {"description": "and again"})
+        page_expect(audit.first).to_contain_text("and again")
+        page_expect(audit).to_have_count(HISTORY_PAGE + 8)
+        page_expect(audit.last.get_by_role("link")).to_be_focused()
+
+
+# --------------------------------------------------------------------------- deep links
+
+
+def test_a_deep_link_survives_a_local_sign_in(browser: Browser, site: Site) -> None:
+    ident = key_id(site, "other-key")
+    for width in (WIDE, NARROW):
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        context.set_default_timeout(TIMEOUT_MS)
+        try:
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error, seen=errors: seen.append(str(error)))
+            page.goto(f"{site.url}#/keys/{ident}")
+            form = page.get_by_role("form", name="Sign in")
+            form.get_by_label("Name", exact=True).fill("root")
+            form.get_by_label("Password", exact=True).fill(PASSWORDS["root"])
+            form.get_by_role("button", name="Sign in").click()
+            page_expect(page.locator("#key-page-title")).to_have_text("other-key")
+            assert page.url.endswith(f"#/keys/{ident}")
+            heading_focused(page, "other-key")  # not the hidden list's search field
+            screenshot(page, f"walk-deep-link-{width}.png")
+
+            # What the provider's round trip leaves in this tab: put back once, and only a
+            # route of the page's own; anything else is dropped unread.
+            for stored, lands in (
+                ("#/check", "#/check"),
+                ('#/keys/1"><img src=x onerror=alert(1)>', "#/keys"),
+                ("javascript:alert(1)", "#/keys"),
+            ):
+                page.evaluate(
+                    "stored => sessionStorage.setItem('keygate.return-to', stored)", stored
+                )
+                page.goto(site.url)
+                page_expect(page.locator(f"[data-view='{lands[2:]}']")).to_be_visible()
+                page_expect(page.locator("img[src=x]")).to_have_count(0)
+                assert page.evaluate("sessionStorage.getItem('keygate.return-to')") is None
+            assert errors == []
+        finally:
+            context.close()
+
+
+# --------------------------------------------------------------------------- audit actions
+
+
+def test_the_audit_action_choices_are_distinct(browser: Browser, site: Site) -> None:
+    with signed_in(browser, site, width=NARROW) as page:
+        page.get_by_role("navigation", name="Views").get_by_role("link", name="Audit").click()
+        # Cards of events that name no key (admins added, sign-ins) show no empty "Key" line.
+        page_expect(page.locator("#audit-body tr:visible").first).to_be_visible()
+        page_expect(page.locator("#audit-body td.key-cell:empty:visible")).to_have_count(0)
+        action = page.get_by_label("Action", exact=True)
+        groups = action.evaluate(
+            """select => [...select.options]
+                .filter(option => option.parentElement === select && option.value.includes(","))
+                .map(option => [option.label, option.value.split(",")])"""
+        )
+        seen: dict[str, str] = {}
+        for label, actions in groups:
+            for name in actions:
+                assert name not in seen, f"{name} is in both {seen[name]!r} and {label!r}"
+                seen[name] = label
+        labels = [label for label, _ in groups]
+        assert "Changes to one key" in labels and "Changes to all keys at once" in labels
+        action.select_option(label="Changes to all keys at once")
+        page.get_by_role("button", name="Filter").click()
+        export = page.get_by_role("link", name="Export CSV")
+        page_expect(export).to_have_attribute(
+            "href", re.compile(r"action=revoke_all%2Creinstate_all%2Cdelete_revoked(&|$)")
+        )
+        box = action.evaluate("n => n.getBoundingClientRect().right")
+        assert box <= NARROW, "the action filter runs off the screen"
+        # The chosen group's name is not cut (its text, the padding and the arrow fit).
+        text, inner = action.evaluate(
+            """select => {
+                const span = document.createElement("span");
+                span.style.font = getComputedStyle(select).font;
+                span.style.whiteSpace = "nowrap";
+                span.textContent = select.selectedOptions[0].label;
+                document.body.append(span);
+                const width = span.getBoundingClientRect().width;
+                span.remove();
+                return [width, select.clientWidth];
+            }"""
+        )
+        assert text + SELECT_CHROME <= inner, f"'{text}' px of text in a {inner} px select"
+        screenshot(page, f"walk-audit-actions-{NARROW}.png")
+
+
+# --------------------------------------------------------------------------- 390 px
+
+
+def test_the_pager_and_its_label_are_not_broken_at_390_px(browser: Browser, site: Site) -> None:
+    with signed_in(browser, site, width=NARROW) as page:
+        first = page.locator("#keys-body tr").first.get_by_role("link")
+        page.get_by_role("button", name="Next page").click()
+        page_expect(page.locator("#page-label")).to_have_text("Page 2 of 2")
+        # The focus goes to the new page's first key (not lost with the now disabled button).
+        page_expect(first).to_be_focused()
+        page_expect(first).to_be_in_viewport()
+        pager = page.get_by_role("navigation", name="Pages of keys")
+        for part in (
+            pager.get_by_role("button", name="Previous page"),
+            pager.locator("#page-label"),
+            pager.get_by_role("button", name="Next page"),
+        ):
+            lines = part.evaluate(
+                """n => {
+                    const range = document.createRange();
+                    range.selectNodeContents(n);
+                    const tops = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+                    return tops.size;
+                }"""
+            )
+            assert lines == 1, f"{part} is broken over {lines} lines"
+        no_sideways_scroll(page, NARROW)
+        pager.scroll_into_view_if_needed()
+        screenshot(page, f"walk-pager-{NARROW}.png")
+        page.get_by_role("button", name="Previous page").click()
+        page_expect(page.locator("#page-label")).to_have_text("Page 1 of 2")
+        page_expect(first).to_be_focused()
+
+
+# --------------------------------------------------------------------------- renew
+
+
+def test_an_expired_keys_page_offers_renew(browser: Browser, site: Site) -> None:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # minted "in 2023", expired since
+        pool.submit(
+            asyncio.run,
+            mint_key(site.config, "lapsed-key", ["1int-sessions-read"],
+                     expires_at="2024-01-01T00:00:00Z", now=1_680_000_000.0),
+        ).result()  # fmt: skip
+    ident = key_id(site, "lapsed-key")
+    for width in (NARROW, WIDE):
+        with signed_in(browser, site, width=width) as page:
+            page.goto(f"{site.url}#/keys/{ident}")
+            page_expect(page.locator("#key-page-status")).to_have_text("Expired")
+            renew = page.get_by_role("button", name="Renew…")
+            page_expect(renew).to_be_visible()
+            no_sideways_scroll(page, width)
+            screenshot(page, f"walk-renew-{width}.png")
+            if width == NARROW:
+                continue  # renewed once, at 1280
+            renew.click()
+            dialog = page.get_by_role("dialog", name="Renew API key lapsed-key")
+            page_expect(dialog.get_by_label("Expires", exact=True)).to_be_focused()
+            dialog.get_by_role("button", name="Renew").click()
+            page_expect(dialog).to_be_hidden()
+            page_expect(page.locator("#key-page-status")).to_have_text("Active")
+            page_expect(renew).to_be_hidden()
+            page_expect(page.get_by_role("button", name="Edit", exact=True)).to_be_focused()
+
+
+# --------------------------------------------------------------------------- every view
+
+
+def test_every_view_loads_without_a_console_error(browser: Browser, site: Site) -> None:
+    ident = key_id(site, "other-key")
+    for width in (WIDE, NARROW):
+        with signed_in(browser, site, width=width) as page:
+            # Console errors too: a CSP violation or a failed module load is one, not a pageerror.
+            errors: list[str] = []
+            page.on(
+                "console",
+                lambda message, seen=errors: (
+                    seen.append(message.text) if message.type == "error" else None
+                ),
+            )
+            views = [("#/audit", "Audit log"), ("#/check", "Can this key call…?"),
+                     (f"#/keys/{ident}", "other-key"), ("#/keys", "API Keys")]  # fmt: skip
+            for hash_, heading in views:
+                page.goto(site.url + hash_)
+                page_expect(page.locator("[data-view-heading]:visible")).to_have_text(heading)
+                no_sideways_scroll(page, width)
+            page.goto(f"{site.url}#/keys/{ident}")
+            for period in ("7 days", "90 days", "24 hours"):
+                page.get_by_role("button", name=period).click()
+                page_expect(page.get_by_role("button", name=period)).to_have_attribute(
+                    "aria-pressed", "true"
+                )
+            page.get_by_role("button", name="Show as table").click()
+            page.get_by_role("button", name="Edit", exact=True).click()
+            page.keyboard.press("Escape")
+            page.reload()
+            page_expect(page.locator("#key-page-title")).to_have_text("other-key")
+            assert errors == []

@@ -1,0 +1,107 @@
+"""The admin page's scripts checked without a browser (acorn, eslint-scope, globals from npm).
+
+tests/support/jscheck/check.mjs parses every module of gateway/admin/web/ and reports syntax
+errors, names used but never declared, imported or a browser global ("X is not defined" in
+a code path no browser test reaches), and imports of names a module does not export. Its
+packages are installed with `npm ci` from tests/support/jscheck/package-lock.json into the
+cache (`$KEYGATE_TEST_NODE_CACHE`, else ~/.cache/keygate/), once per lock file. Without Node
+or npm the test skips with a hint; under CI=true it fails. `python tests/support/js_check.py
+install` installs ahead of a run (.ci/run does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+# Only the standard library at import: .ci/run runs `install` with the system Python.
+CHECK_DIR = Path(__file__).resolve().parent / "jscheck"
+SCRIPT = CHECK_DIR / "check.mjs"
+LOCK_FILE = CHECK_DIR / "package-lock.json"
+INSTALL_TIMEOUT = 120.0  # seconds for `npm ci` (a cold npm cache fetches 5 small packages)
+CHECK_TIMEOUT = 60.0  # seconds for one run of the check over the page's modules
+INSTALL_HINT = (
+    "the page's script check needs Node.js and npm (`sudo apt-get install nodejs npm`), then "
+    "`python tests/support/js_check.py install` (npm ci of tests/support/jscheck/ into "
+    "~/.cache/keygate/); run pytest again"
+)
+
+
+class CheckerMissing(Exception):
+    """Node, npm or the checker's packages cannot be had on this machine."""
+
+
+def cache_dir() -> Path:
+    """Return where the checker's node_modules live: one directory per lock file's content."""
+    digest = hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()[:16]
+    root = os.environ.get("KEYGATE_TEST_NODE_CACHE") or str(Path.home() / ".cache" / "keygate")
+    return Path(root) / f"jscheck-{digest}"
+
+
+def install() -> Path:
+    """Install the checker's packages (npm ci) into the cache unless there; return the dir."""
+    npm = shutil.which("npm")
+    if shutil.which("node") is None or npm is None:
+        raise CheckerMissing("node or npm is not on PATH")
+    target = cache_dir()
+    if (target / "node_modules" / "eslint-scope" / "package.json").is_file():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("package.json", "package-lock.json"):
+        shutil.copyfile(CHECK_DIR / name, target / name)
+    try:
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+            cwd=target,
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise CheckerMissing(f"npm ci took over {INSTALL_TIMEOUT} s") from error
+    if done.returncode != 0:
+        raise CheckerMissing(f"npm ci failed: {done.stderr.strip()[-500:]}")
+    return target
+
+
+def checker_or_skip() -> Path:
+    """Return the installed checker's directory; skip with a hint, or fail under CI=true."""
+    import pytest  # only when used from a test
+
+    try:
+        return install()
+    except (CheckerMissing, OSError) as error:
+        message = f"{INSTALL_HINT} ({error})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and {message}", pytrace=False)
+        pytest.skip(message)
+
+
+def check(installed: Path, files: Sequence[Path]) -> tuple[int, list[str], str]:
+    """Run the check over `files`; return its exit status, its problems (one a line) and
+    what it wrote to stderr (a crash of the checker itself)."""
+    script = installed / "check.mjs"
+    shutil.copyfile(SCRIPT, script)  # next to node_modules: node resolves the packages there
+    done = subprocess.run(
+        ["node", str(script), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=CHECK_TIMEOUT,
+        check=False,
+    )
+    problems = [line for line in done.stdout.splitlines() if line.strip()]
+    return done.returncode, problems, done.stderr.strip()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["install"]:
+        sys.exit("usage: python tests/support/js_check.py install")
+    try:
+        print(f"the script check installed in {install()}")
+    except CheckerMissing as missing:
+        sys.exit(f"{missing}: {INSTALL_HINT}")
