@@ -47,6 +47,7 @@ CSV_TYPE = "text/csv"
 TRUNCATED_HEADER = "X-Keygate-Truncated"
 M_FORMAT = "format must be json or csv"
 M_UNTIL = "until must not be before since"
+TIME_RESOLUTION = 1e-6  # seconds: audit times are shown to the microsecond
 M_TEXT = f"q must be at most {AUDIT_TEXT_MAX} characters without control characters"
 
 
@@ -78,6 +79,12 @@ async def list_audit(request: web.Request) -> web.Response:
     until = parse_since(params, "until")
     if since is not None and until is not None and until < since:
         raise ApiError(422, E_OUT_OF_RANGE, M_UNTIL, field="until")
+    # An entry's `at` is shown rounded to the microsecond (and a float holds little more):
+    # a bound names its whole microsecond, so an entry's own `at` always finds it.
+    if since is not None:
+        since -= TIME_RESOLUTION
+    if until is not None:
+        until += TIME_RESOLUTION
     action_text = parse_text(params, "action")
     try:
         actions = parse_actions(action_text) if action_text is not None else None

@@ -139,3 +139,17 @@ async def test_csv_export_is_safe_and_bounded(
     answer = await client.get(AUDIT, params={"format": "csv"}, headers=ROOT)
     assert answer.headers["X-Keygate-Truncated"] == "true"
     assert len(rows(await answer.text())) == 1 + 4
+
+
+async def test_an_entrys_own_time_finds_it_as_since_and_as_until(
+    client: Client, runtime: Runtime
+) -> None:
+    """`at` is shown to the microsecond, rounded from the stored time: passed back as since
+    or until it must still include its own entry (the bounds take the whole microsecond)."""
+    for index in range(20):
+        await runtime.store.append_audit("local:clock", "identify", None, f"at-{index}", {})
+    entries = await audit(client, actor="local:clock", limit="50")
+    assert len(entries) == 20
+    for entry in entries:
+        found = await audit(client, actor="local:clock", since=entry["at"], until=entry["at"])
+        assert entry["id"] in [e["id"] for e in found], entry
