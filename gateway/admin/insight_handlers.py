@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from gateway import clock
-from gateway.admin.errors import not_found
+from gateway.admin.key_handlers import key_row_of
 from gateway.admin.models import (
     AddressSeen,
     KeyAddresses,
@@ -21,12 +21,11 @@ from gateway.admin.models import (
     UsedRule,
     respond,
 )
-from gateway.admin.parsing import parse_days, parse_id, query_params
+from gateway.admin.parsing import parse_days, query_params
 from gateway.keys.usage import ADDRESSES_KEPT, DAY
 from gateway.policy import advice as policy_advice
 from gateway.policy.rules import Policy, RuleIdent, ident_methods
 from gateway.runtime.appkeys import RUNTIME
-from gateway.runtime.context import Runtime
 from gateway.settings.models import USAGE_KEEP_DAYS_LIMIT
 from gateway.store.base import KeyRow, RuleTotal
 
@@ -37,20 +36,6 @@ SUMMARY_PARAMS = frozenset({"unused_days"})
 
 def _time(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
-
-
-async def _key(request: web.Request, runtime: Runtime) -> KeyRow:
-    """The key named by the path's id or name (404 when there is none)."""
-    ref = request.match_info["id"]
-    store = runtime.store
-    row = (
-        await store.get_key(parse_id(ref))
-        if ref.isascii() and ref.isdigit()
-        else await store.get_key_by_name(ref)
-    )
-    if row is None:
-        raise not_found()
-    return row
 
 
 def window_start(days: int, now: float) -> int:
@@ -64,7 +49,7 @@ async def key_rules(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     params = query_params(request, DAYS_PARAMS)
     days = parse_days(params, "days", DEFAULT_DAYS, runtime.settings.usage.keep_days, kept=True)
-    row = await _key(request, runtime)
+    row = await key_row_of(request)
     first_day = window_start(days, clock.now())
     totals = await runtime.store.rule_totals(row.id, first_day)
     return respond(
@@ -92,7 +77,7 @@ async def key_addresses(request: web.Request) -> web.Response:
     ADDRESSES_KEPT), newest first."""
     runtime = request.app[RUNTIME]
     query_params(request, frozenset())
-    row = await _key(request, runtime)
+    row = await key_row_of(request)
     seen = await runtime.store.seen_addresses(row.id, ADDRESSES_KEPT)
     return respond(
         KeyAddresses(
@@ -117,7 +102,7 @@ async def key_advice(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     params = query_params(request, DAYS_PARAMS)
     days = parse_days(params, "days", DEFAULT_DAYS, runtime.settings.usage.keep_days, kept=True)
-    row = await _key(request, runtime)
+    row = await key_row_of(request)
     first_day = window_start(days, clock.now())
     totals = await runtime.store.rule_totals(row.id, first_day)
     return respond(advice_answer(row, runtime.policy, totals, days, first_day))

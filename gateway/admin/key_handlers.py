@@ -116,8 +116,9 @@ def _runtime(request: web.Request) -> Runtime:
     return request.app[RUNTIME]
 
 
-async def _key_row(request: web.Request) -> KeyRow:
-    """The key a path names, by id or by name as the CLI accepts (names are never all digits)."""
+async def key_row_of(request: web.Request) -> KeyRow:
+    """Return the key a path's {id} names, by id or by name as the CLI accepts (names are
+    never all digits); 404 when there is none."""
     ref = request.match_info["id"]
     store = _runtime(request).store
     if ref.isascii() and ref.isdigit():
@@ -134,7 +135,7 @@ async def _key_id(request: web.Request) -> int:
     ref = request.match_info["id"]
     if ref.isascii() and ref.isdigit():
         return parse_id(ref)
-    return (await _key_row(request)).id
+    return (await key_row_of(request)).id
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -284,7 +285,7 @@ def _next_cursor(sort: str, last: KeyRow) -> str:
 
 async def get_key(request: web.Request) -> web.Response:
     """GET /api/v1/keys/{id}: one key."""
-    row = await _key_row(request)
+    row = await key_row_of(request)
     grants = grant_set_of(current_admin(request))
     return _json(shown_key(row, clock.now(), _runtime(request).policy, grants))
 
@@ -319,7 +320,7 @@ async def update_key(request: web.Request) -> web.Response:
     """PATCH /api/v1/keys/{id}: edit name, description, roles or expiry."""
     runtime = _runtime(request)
     admin = current_admin(request)
-    key_id = (await _key_row(request)).id  # 404 before the body is read
+    key_id = (await key_row_of(request)).id  # 404 before the body is read
     data = await read_json_object(request, fields(KeyPatch))
     now = clock.now()
     check = _member_check(runtime.policy, now)

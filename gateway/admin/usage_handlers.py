@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from gateway import clock
-from gateway.admin.errors import E_OUT_OF_RANGE, ApiError, bad_request, not_found
+from gateway.admin.errors import E_OUT_OF_RANGE, ApiError, bad_request
+from gateway.admin.key_handlers import key_row_of
 from gateway.admin.models import KeyUsage, UsagePoint, respond
-from gateway.admin.parsing import parse_id, parse_since, query_params
+from gateway.admin.parsing import parse_since, query_params
 from gateway.keys.usage_series import (
     M_STEP,
     STEPS,
@@ -44,16 +45,8 @@ async def key_usage(request: web.Request) -> web.Response:
         window = usage_window(start, end, step, clock.now(), runtime.settings.usage.keep_days)
     except UsageWindowError as error:  # well-formed, out of bounds: the document cannot say
         raise ApiError(422, E_OUT_OF_RANGE, str(error), field=error.field) from None
-    ref = request.match_info["id"]
-    store = runtime.store
-    row = (
-        await store.get_key(parse_id(ref))
-        if ref.isascii() and ref.isdigit()
-        else await store.get_key_by_name(ref)
-    )
-    if row is None:
-        raise not_found()
-    rows = await store.usage_hours(row.id, window.first_hour, window.last_hour)
+    row = await key_row_of(request)
+    rows = await runtime.store.usage_hours(row.id, window.first_hour, window.last_hour)
     return respond(
         KeyUsage(
             key_id=row.id,
