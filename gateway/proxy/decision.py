@@ -225,15 +225,14 @@ def explain(
     caller: Caller,
     overrides: Sequence[str] = (),
 ) -> Explanation:
-    """Decide as the proxy does (`decide`), and name the rule that allowed the request."""
-    refusal = decide(policy, method, raw_target, caller, overrides)
+    """Decide as the proxy does (`verdict_of`), and name the rule that allowed the request."""
+    verdict = verdict_of(policy, method, raw_target, caller, overrides)
+    refusal = verdict if isinstance(verdict, Refusal) else None
+    rule = verdict if isinstance(verdict, Rule) else None
     try:
         path = decoded_path(raw_target)
     except TargetError:
         return Explanation(refusal, None, None)
-    rule = None
-    if refusal is None and isinstance(caller, CachedKey):
-        rule = policy.explain(caller.roles, method, path).rule
     return Explanation(refusal, path, rule)
 
 
