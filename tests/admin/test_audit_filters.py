@@ -6,9 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,13 +15,10 @@ from test_admin_api import (
     ROOT,
     WRITE,
     Client,
-    ClientFactory,
     assert_documented,
     create,
     expect,
     expect_error,
-    make_app,
-    make_runtime,
 )
 
 from gateway.admin import audit_handlers
@@ -31,20 +26,6 @@ from gateway.admin.audit_export import AUDIT_CSV_MAX_ROWS, AUDIT_TEXT_MAX
 from gateway.runtime.context import Runtime
 
 AUDIT = "/api/v1/audit"
-
-
-@pytest.fixture
-async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
-    rt = await make_runtime(tmp_path)
-    try:
-        yield rt
-    finally:
-        await rt.store.close()
-
-
-@pytest.fixture
-async def client(aiohttp_client: ClientFactory, runtime: Runtime) -> Client:
-    return await aiohttp_client(make_app(runtime))
 
 
 async def audit(client: Client, **params: str) -> list[dict[str, Any]]:

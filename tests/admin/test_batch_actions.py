@@ -2,46 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from test_admin_api import (
     KEYS,
     LIMITED,
     ROOT,
     WRITE,
     Client,
-    ClientFactory,
     assert_documented,
     counts,
     create,
     expect,
     expect_error,
     lookup,
-    make_app,
-    make_runtime,
 )
 
 from gateway.admin.models import BATCH_IDS_MAX
 from gateway.runtime.context import Runtime
 
 LIMITED_WRITE = {**LIMITED, "Content-Type": "application/json"}
-
-
-@pytest.fixture
-async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
-    rt = await make_runtime(tmp_path)
-    try:
-        yield rt
-    finally:
-        await rt.store.close()
-
-
-@pytest.fixture
-async def client(aiohttp_client: ClientFactory, runtime: Runtime) -> Client:
-    return await aiohttp_client(make_app(runtime))
 
 
 async def keys(client: Client, *names: str, roles: list[str] | None = None) -> dict[str, Any]:

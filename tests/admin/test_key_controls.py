@@ -3,41 +3,18 @@ every problem of a key body at once."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 from test_admin_api import (
     KEYS,
     LIMITED,
     ROOT,
     Client,
-    ClientFactory,
     assert_documented,
     create,
     expect,
     expect_error,
-    make_app,
-    make_runtime,
 )
 
-from gateway.runtime.context import Runtime
-
 LIMITED_WRITE = {**LIMITED, "Content-Type": "application/json"}
-
-
-@pytest.fixture
-async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
-    rt = await make_runtime(tmp_path)
-    try:
-        yield rt
-    finally:
-        await rt.store.close()
-
-
-@pytest.fixture
-async def client(aiohttp_client: ClientFactory, runtime: Runtime) -> Client:
-    return await aiohttp_client(make_app(runtime))
 
 
 async def test_each_key_says_whether_the_caller_may_manage_it_as_the_store_decides(

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from support.stores import new_key
 from test_admin_api import (
     KEYS,
@@ -15,32 +12,15 @@ from test_admin_api import (
     ROOT,
     WRITE,
     Client,
-    ClientFactory,
     assert_documented,
     create,
     expect,
     expect_error,
-    make_app,
-    make_runtime,
 )
 
 from gateway.runtime.context import Runtime
 
 DAY = 86400.0
-
-
-@pytest.fixture
-async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
-    rt = await make_runtime(tmp_path)
-    try:
-        yield rt
-    finally:
-        await rt.store.close()
-
-
-@pytest.fixture
-async def client(aiohttp_client: ClientFactory, runtime: Runtime) -> Client:
-    return await aiohttp_client(make_app(runtime))
 
 
 async def summary(client: Client, **params: str) -> dict[str, Any]:
