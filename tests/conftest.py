@@ -42,6 +42,18 @@ hypothesis_settings.register_profile("dev", max_examples=DEV_EXAMPLES, deadline=
 hypothesis_settings.register_profile("ci", max_examples=CI_EXAMPLES, deadline=None)
 hypothesis_settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 
+# Test workers per core for `-n auto` (pytest-xdist): a worker waits for sockets, stores and
+# subprocesses about 40% of its time, so two per core keep both cores busy; at most
+# MAX_TEST_WORKERS, which the per-worker ports and Redis databases (support/workers.py) allow.
+WORKERS_PER_CORE = 2
+MAX_TEST_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """How many workers `-n auto` starts: two per core this process may run on, at most 4."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_TEST_WORKERS, WORKERS_PER_CORE * (cores or 1)))
+
 
 @pytest.fixture
 async def backend() -> AsyncIterator[Backend]:

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from support.fixed_keys import fixed_key
 from support.stores import fill_table
 
 import gateway
@@ -32,8 +33,8 @@ from gateway.store.base import KeyRow, KeyStatus
 
 EXAMPLE = Path(gateway.__file__).resolve().parent / "examples" / "policy.yaml"
 NOW = 1_800_000_000.0
-KEY = keys.generate_key()
-OTHER_KEY = keys.generate_key()
+KEY = fixed_key("auth")
+OTHER_KEY = fixed_key("auth-other")
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJl"
 BASIC = "Basic YWRtaW46YWRtaW4="
 

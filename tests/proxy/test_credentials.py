@@ -6,8 +6,8 @@ from __future__ import annotations
 import base64
 
 import pytest
+from support.fixed_keys import fixed_key
 
-from gateway.keys import keyformat as keys
 from gateway.proxy.credentials import (
     Credential,
     carries_api_key,
@@ -18,7 +18,7 @@ from gateway.proxy.credentials import (
 )
 from gateway.proxy.refusals import Refusal
 
-KEY = keys.generate_key()
+KEY = fixed_key("credentials")
 SEPARATORS = [" ", "\t", "  ", " \t ", "\t\t"]
 
 
@@ -100,7 +100,7 @@ def test_decode_basic() -> None:
 
 # --------------------------------------------------------------- issue 19.8: one rule for both
 
-OTHER = keys.generate_key()
+OTHER = fixed_key("credentials-other")
 
 
 def _proxy_and_admin(value: str) -> tuple[object, bool]:

@@ -19,6 +19,7 @@ from aiohttp import web
 from support.config import add_key, write_config
 from support.http import RawResponse, http_request, raw_request
 from support.virtual_time import on_virtual_time
+from support.workers import redis_test_url
 from test_decision import METHODS, POLICY, ROLE_SETS, TARGETS
 
 from gateway.keys import rules as key_rules
@@ -38,7 +39,7 @@ SIGNING_SECRET = b"decision-listener-signing-secret-0123456789"
 KEYS = {SIGNING_ID: SIGNING_SECRET}
 ALLOWED = f"{TARGETS[0]}"  # GET is allowed there for the reader role
 READER = ["reader"]
-REDIS_URL = os.environ.get("KEYGATE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+REDIS_URL = redis_test_url()
 
 
 async def catch_all(request: web.BaseRequest) -> web.StreamResponse:

@@ -14,6 +14,7 @@ import redis.asyncio
 from support.config import REST, create_key, policy_data, write_config
 from support.http import http_request, raw_request
 from support.processes import free_port, reaped, start_serve, wait_for_port
+from support.workers import redis_test_url
 
 from gateway.keys import keyformat as keys
 from gateway.keys import rules as key_rules
@@ -23,7 +24,7 @@ from gateway.serve.wiring import RunningGateway, running_gateway
 from gateway.settings import load_settings
 from gateway.store.base import KeyChanges
 
-REDIS_URL = os.environ.get("KEYGATE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+REDIS_URL = redis_test_url()
 LIMITED_ROLE = "limited-reader"
 
 

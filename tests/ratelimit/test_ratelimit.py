@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
+from support.workers import redis_test_url
 
 from gateway.ratelimit.limiters import (
     LocalLimiter,
@@ -27,7 +28,7 @@ from gateway.ratelimit.limiters import (
     share,
 )
 
-REDIS_URL = os.environ.get("KEYGATE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+REDIS_URL = redis_test_url()
 TEN_PER_SECOND = RateLimit(10, "second", 10)
 # Redis keeps its own time: a test of counting alone uses a limit that no test run outlasts.
 TEN_PER_MINUTE = RateLimit(10, "minute", 10)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from typing import Any
 
 from support.config import ALL_ROLE, create_key, write_config
 from support.upstreams import Backend
+from support.workers import free_port as free_port  # the port helpers' old home
 
 PYTHON = sys.executable
 
@@ -32,13 +32,6 @@ START_TIMEOUT = 15.0
 
 # Working directory of subprocesses: nowhere near the repo's own config/ (no accidental use).
 NEUTRAL_CWD = Path(tempfile.gettempdir())
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def wait_for_port(

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import trustme
 from support.virtual_time import on_virtual_time
+from support.workers import free_port
 
 from gateway.settings import Upstream as UpstreamSettings
 from gateway.settings import UpstreamTLS
@@ -692,9 +693,7 @@ async def test_idle_data_drops_the_connection() -> None:
 
 
 async def test_connection_refused() -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # free a moment ago, and no other worker takes it
     async with client_for(f"http://127.0.0.1:{port}") as client:
         with pytest.raises(UpstreamClosed) as caught:
             await fetch(client)
