@@ -305,10 +305,44 @@ def forward_auth_conf(
     )
 
 
+def stub_decider_conf(prefix: Path, port: int, acting_user: str) -> str:
+    """Return nginx.conf for a decision service that costs next to nothing: every decision
+    is 200 with `acting_user` (no key read, no log), so nginx's own auth_request cost shows."""
+    return (
+        _main_block(prefix, 1)
+        + "http {\n"
+        + _http_common(prefix)
+        + f"""\
+    server {{
+        listen {LOOPBACK}:{port} backlog=4096;
+        location / {{
+            add_header X-Acting-User {acting_user};
+            add_header Cache-Control no-store;
+            return 200;
+        }}
+    }}
+}}
+"""
+    )
+
+
+def start_stub_decider(binary: str, root: Path, port: int, acting_user: str) -> ManagedProcess:
+    """Start the stub decision service (one nginx worker) under root/stub-decider on `port`."""
+    prefix = _prefix_dir(root, "stub-decider")
+    conf = stub_decider_conf(prefix, port, acting_user)
+    return _start(binary, prefix, conf, "stub decider nginx", port)
+
+
 def start_forward_auth(
-    binary: str, root: Path, port: int, upstream_port: int, keygate_port: int, workers: int
+    binary: str,
+    root: Path,
+    port: int,
+    upstream_port: int,
+    keygate_port: int,
+    workers: int,
+    name: str = "forward-auth",
 ) -> ManagedProcess:
-    """Start nginx running the forward-auth example under root/forward-auth on `port`."""
-    prefix = _prefix_dir(root, "forward-auth")
+    """Start nginx running the forward-auth example under root/`name` on `port`."""
+    prefix = _prefix_dir(root, name)
     conf = forward_auth_conf(prefix, port, upstream_port, keygate_port, workers)
     return _start(binary, prefix, conf, "nginx forward-auth", port)

@@ -67,6 +67,7 @@ CONTENDERS = (
     "nginx",
     "nginx-log",
     "nginx-auth",
+    "nginx-auth-floor",
     "bare",
     "keygate-w1",
     "keygate-w2",
@@ -95,6 +96,7 @@ LABELS = {
     "nginx": "nginx peer",
     "nginx-log": "nginx peer +log",
     "nginx-auth": "nginx auth +log",
+    "nginx-auth-floor": "nginx auth stub",
     "bare": "aiohttp bare",
     "keygate-w1": "keygate w1",
     "keygate-w2": "keygate w2",
@@ -112,6 +114,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "nginx-auth": ("nginx-auth",),
     "auth-request": ("nginx-auth",),
     "forward-auth": ("nginx-auth",),
+    "nginx-auth-floor": ("nginx-auth-floor",),
+    "auth-floor": ("nginx-auth-floor",),
     "keygate-w2-log": ("keygate-w2-log",),
     "w2-log": ("keygate-w2-log",),
     "log": ("nginx-log", "keygate-w2-log"),
@@ -138,6 +142,7 @@ RATIOS = (
     ("keygate w2 log on / off", "keygate-w2-log", "keygate-w2"),
     ("nginx peer log on / off", "nginx-log", "nginx"),
     ("nginx auth_request / nginx peer, logs on", "nginx-auth", "nginx-log"),
+    ("nginx auth_request to a stub / nginx peer, logs on", "nginx-auth-floor", "nginx-log"),
     ("keygate w1 / aiohttp bare", "keygate-w1", "bare"),
     ("keygate w2 / aiohttp bare", "keygate-w2", "bare"),
     ("keygate keyed / anon (w2)", "keygate-w2", "keygate-anon"),
@@ -524,6 +529,7 @@ class Harness:
             "nginx": self._nginx_peer,
             "nginx-log": lambda: self._nginx_peer(access_log=True),
             "nginx-auth": self._nginx_forward_auth,
+            "nginx-auth-floor": self._nginx_forward_auth_floor,
             "bare": self._aiohttp_bare,
             "keygate-w1": lambda: self._keygate(1, keyed=True),
             "keygate-w2": lambda: self._keygate(2, keyed=True),
@@ -613,6 +619,36 @@ class Harness:
                 checks += check_access_log(decider.log_path, "decision=nginx")
                 print(f"self-check ok ({checks})", end="", flush=True)
                 yield Target(port, headers, (front.pgid, decider.pgid), ("nginx", "keygate"))
+            finally:
+                front.stop()
+        finally:
+            decider.stop()
+
+    @contextlib.contextmanager
+    def _nginx_forward_auth_floor(self) -> Iterator[Target]:
+        """Run the same forward-auth nginx asking a stub that allows everything at nginx's
+        own speed: the ceiling any decision service reaches behind nginx's auth_request."""
+        decider_port, port = free_ports(2)
+        decider = nginx.start_stub_decider(
+            self.tools.nginx, self.root, decider_port, BENCH_KEY_NAME
+        )
+        try:
+            front = nginx.start_forward_auth(
+                self.tools.nginx,
+                self.root,
+                port,
+                self.upstream_port,
+                decider_port,
+                self.args.nginx_workers,
+                name="forward-auth-stub",
+            )
+            try:
+                headers = {KEY_HEADER: self.keygate_key or self.nginx_key}
+                checks = check_passthrough(port, headers)
+                log = self.root / "forward-auth-stub" / nginx.ACCESS_LOG_NAME
+                checks += check_access_log(log, f"key={BENCH_KEY_NAME}")
+                print(f"self-check ok ({checks})", end="", flush=True)
+                yield Target(port, headers, (front.pgid, decider.pgid), ("nginx", "stub"))
             finally:
                 front.stop()
         finally:

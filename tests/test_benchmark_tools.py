@@ -132,3 +132,30 @@ def test_the_nginx_example_reuses_connections_to_keygate_and_the_backend_as_the_
     # connection the other side already closed.
     timeout = blocks["keygate_decide"]["keepalive_timeout"]
     assert timeout.endswith("s") and float(timeout[:-1]) < ClientLimits().keepalive_timeout
+
+
+@pytest.mark.slow
+def test_the_stub_decider_allows_every_request_with_the_acting_user(tmp_path: Path) -> None:
+    """The floor contender's decider (real nginx): any decision request is 200 with the
+    acting user, as keygate's allowed answer, and costs nginx's own speed."""
+    import http.client
+
+    from support.fronts import find_nginx, tool_or_skip
+    from support.workers import free_port
+
+    from benchmarks.nginx import start_stub_decider
+
+    binary = tool_or_skip("nginx", find_nginx())
+    port = free_port()
+    decider = start_stub_decider(binary, tmp_path, port, "bench")
+    try:
+        for path in ("/_keygate/nginx", "/anything?x=1"):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", path, headers={"X-Original-URI": "/1Integrate/rest/x"})
+            answer = connection.getresponse()
+            assert answer.status == 200, path
+            assert answer.getheader("X-Acting-User") == "bench"
+            assert answer.getheader("Cache-Control") == "no-store"
+            connection.close()
+    finally:
+        decider.stop()
