@@ -265,12 +265,16 @@ async def test_slow_and_idle_clients_are_closed_while_others_are_served(
         slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(200)]
         for _, writer in slow:  # a head that never ends
             writer.write(f"GET {REST}/_echo/x HTTP/1.1\r\nHost: x\r\nX-Slow: ".encode())
-        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(100)]
-        for reader, writer in idle:  # one request, then silence on a keep-alive connection
+        idle = []
+        for _ in range(100):  # one request, then silence on a keep-alive connection
+            # Each sends at once: opened all first and served one by one, the last ones
+            # could sit past head_timeout on a loaded machine and be closed unanswered.
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(
                 f"GET {REST}/_echo/x HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\n\r\n".encode()
             )
             await reader.readuntil(b"\r\n\r\n")
+            idle.append((reader, writer))
         during = descriptors(serve.process.pid)
         started = time.monotonic()
         served = 0
