@@ -11,13 +11,19 @@ install` installs ahead of a run (.ci/run does).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+try:
+    from support import npm_packages
+except ImportError:  # run as a script (.ci/run): this directory is on sys.path
+    import npm_packages  # type: ignore[no-redef]
+
+PackagesMissing = npm_packages.PackagesMissing
 
 # Only the standard library at import: .ci/run runs `install` with the system Python.
 CHECK_DIR = Path(__file__).resolve().parent / "jscheck"
@@ -32,41 +38,17 @@ INSTALL_HINT = (
 )
 
 
-class CheckerMissing(Exception):
-    """Node, npm or the checker's packages cannot be had on this machine."""
+CheckerMissing = PackagesMissing
 
 
 def cache_dir() -> Path:
     """Return where the checker's node_modules live: one directory per lock file's content."""
-    digest = hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()[:16]
-    root = os.environ.get("KEYGATE_TEST_NODE_CACHE") or str(Path.home() / ".cache" / "keygate")
-    return Path(root) / f"jscheck-{digest}"
+    return npm_packages.cache_dir(CHECK_DIR, "jscheck")
 
 
 def install() -> Path:
     """Install the checker's packages (npm ci) into the cache unless there; return the dir."""
-    npm = shutil.which("npm")
-    if shutil.which("node") is None or npm is None:
-        raise CheckerMissing("node or npm is not on PATH")
-    target = cache_dir()
-    if (target / "node_modules" / "eslint-scope" / "package.json").is_file():
-        return target
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("package.json", "package-lock.json"):
-        shutil.copyfile(CHECK_DIR / name, target / name)
-    try:
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
-            cwd=target,
-            capture_output=True,
-            text=True,
-            timeout=INSTALL_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired as error:
-        raise CheckerMissing(f"npm ci took over {INSTALL_TIMEOUT} s") from error
-    if done.returncode != 0:
-        raise CheckerMissing(f"npm ci failed: {done.stderr.strip()[-500:]}")
-    return target
+    return npm_packages.npm_ci(CHECK_DIR, "jscheck", "eslint-scope", INSTALL_TIMEOUT)
 
 
 def checker_or_skip() -> Path:

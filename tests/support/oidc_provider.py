@@ -30,6 +30,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 # Only the standard library at import: .ci/run runs `install` with the system Python.
+try:
+    from support import npm_packages
+except ImportError:  # run as a script (.ci/run): this directory is on sys.path
+    import npm_packages  # type: ignore[no-redef]
+
 if TYPE_CHECKING:
     import aiohttp
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -50,15 +55,12 @@ INSTALL_HINT = (
 _FORM_ACTION = re.compile(r'<form[^>]*action="([^"]+)"')
 
 
-class ProviderMissing(Exception):
-    """Node, npm or the provider's packages cannot be had on this machine."""
+ProviderMissing = npm_packages.PackagesMissing
 
 
 def cache_dir() -> Path:
     """Return where the provider's node_modules live: one directory per lock file's content."""
-    digest = hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()[:16]
-    root = os.environ.get("KEYGATE_TEST_NODE_CACHE") or str(Path.home() / ".cache" / "keygate")
-    return Path(root) / f"oidc-provider-{digest}"
+    return npm_packages.cache_dir(OIDC_DIR, "oidc-provider")
 
 
 def node_version(node: str) -> tuple[int, int]:
@@ -70,30 +72,12 @@ def node_version(node: str) -> tuple[int, int]:
 
 def install() -> Path:
     """Install the provider's packages (npm ci) into the cache unless there; return the dir."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
+    node = shutil.which("node")
+    if node is None:
         raise ProviderMissing("node or npm is not on PATH")
     if node_version(node) < MIN_NODE:
         raise ProviderMissing(f"node {node_version(node)} is older than {MIN_NODE}")
-    target = cache_dir()
-    if (target / "node_modules" / "oidc-provider" / "package.json").is_file():
-        return target
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("package.json", "package-lock.json"):
-        shutil.copyfile(OIDC_DIR / name, target / name)
-    try:
-        done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
-            cwd=target,
-            capture_output=True,
-            text=True,
-            timeout=INSTALL_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired as error:
-        raise ProviderMissing(f"npm ci took over {INSTALL_TIMEOUT} s") from error
-    if done.returncode != 0:
-        raise ProviderMissing(f"npm ci failed: {done.stderr.strip()[-500:]}")
-    return target
+    return npm_packages.npm_ci(OIDC_DIR, "oidc-provider", "oidc-provider", INSTALL_TIMEOUT)
 
 
 def provider_or_skip() -> Path:
