@@ -875,7 +875,8 @@ def _paths() -> dict[str, Schema]:
                     "name": "q",
                     "in": "query",
                     "description": "substring of the key name, actor or details JSON (ASCII "
-                    "letters folded; % and _ match themselves)",
+                    "letters folded; % and _ match themselves; non-ASCII, quotes and "
+                    "backslashes match as written, not as JSON escapes)",
                     "schema": {**_SEARCH_TEXT, "maxLength": AUDIT_TEXT_MAX},
                 },
                 {

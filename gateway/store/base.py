@@ -603,7 +603,7 @@ class AuditLog(Protocol):
     ) -> list[AuditEvent]:
         """List audit events newest first (id < before_id), filtered: by key, actor, any of
         `actions`, since..until (inclusive) and `text`, a substring of the key name, actor
-        or details JSON (ASCII letters folded, no wildcards)."""
+        or details as written (not their JSON escapes; ASCII letters folded, no wildcards)."""
 
     async def audit_after(self, after_id: int, limit: int = 500) -> list[AuditEvent]:
         """Return audit events with id > after_id, oldest first."""

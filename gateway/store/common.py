@@ -148,6 +148,31 @@ def unused_condition(moment: float, unused_before: float, params: Params) -> str
     )
 
 
+def audit_text_condition(text: str, params: Params, fold: str = "{}") -> str:
+    """Return the condition "`text` is a substring of the key name, the actor or the details
+    as the administrator reads them", ASCII letters folded (`fold`: the dialect's), no
+    wildcards.
+
+    Details are stored as JSON with non-ASCII characters, quotes and backslashes escaped
+    (details_json), so they are searched for the text escaped the same way: "Zürich" finds
+    `Z\\u00fcrich`, while a typed `\\u00fc` finds only a literal backslash-u. A text with a
+    quote is also searched with its quotes unescaped, so `"50%"` still finds the JSON value.
+    """
+    searched = [
+        ("key_name", text),
+        ("actor", text),
+        ("details", json_string_text(text)),
+    ]
+    if '"' in text:
+        searched.append(("details", '"'.join(map(json_string_text, text.split('"')))))
+    matches = [
+        f"{fold.format(column)} LIKE "
+        f"{params.add(like_pattern(value).translate(ASCII_LOWER_TABLE))} ESCAPE '\\'"
+        for column, value in searched
+    ]
+    return f"({' OR '.join(matches)})"
+
+
 def audit_conditions(
     params: Params,
     *,
@@ -165,8 +190,7 @@ def audit_conditions(
     inclusive.
 
     By key id: the key's own entries (whatever its name was) and every batch that touched
-    it (audit_keys). `actions`: any of them; `text`: a substring of the key name, the actor
-    or the details JSON, ASCII letters folded (`fold`: the dialect's), no wildcards.
+    it (audit_keys). `actions`: any of them; `text`: see audit_text_condition.
     """
     where = []
     if actions is not None:
@@ -174,12 +198,7 @@ def audit_conditions(
     if until is not None:
         where.append(f"at <= {params.add(until)}")
     if text:
-        pattern = like_pattern(text).translate(ASCII_LOWER_TABLE)
-        matches = [
-            f"{fold.format(column)} LIKE {params.add(pattern)} ESCAPE '\\'"
-            for column in ("key_name", "actor", "details")
-        ]
-        where.append(f"({' OR '.join(matches)})")
+        where.append(audit_text_condition(text, params, fold))
     if key_id is not None:
         own, batched = params.add(key_id), params.add(key_id)
         where.append(
@@ -526,6 +545,11 @@ def details_json(details: dict[str, Any] | None) -> str:
 
 # Folds ASCII letters only, as SQLite's LIKE and NOCASE do.
 ASCII_LOWER_TABLE = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def json_string_text(text: str) -> str:
+    """Return `text` as details_json writes it inside a JSON string (quotes not included)."""
+    return json.dumps(text)[1:-1]
 
 
 def like_pattern(query: str) -> str:

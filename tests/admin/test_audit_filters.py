@@ -81,6 +81,24 @@ async def test_text_search_escapes_like_wildcards(client: Client, runtime: Runti
     assert await audit(client, q="x" * AUDIT_TEXT_MAX) == []
 
 
+async def test_text_search_finds_what_the_details_say(client: Client) -> None:
+    # Details are stored as JSON with escapes (\u00fc, \"); q matches the text as shown.
+    for name, description in (("zk", "Zürich-export"), ("jp", 'the "日本" feed')):
+        made = await create(client, name)
+        answer = await client.patch(
+            f"{KEYS}/{made['key']['id']}", json={"description": description}, headers=WRITE
+        )
+        await expect(answer, 200)
+
+    async def described(q: str) -> list[str]:
+        return [e["details"]["after"]["description"] for e in await audit(client, q=q)]
+
+    assert await described("zürich-EXPORT") == ["Zürich-export"]
+    assert await described('"日本" FEED') == ['the "日本" feed']
+    assert await described("\\u00fc") == []  # the storage escape typed literally
+    assert await described("\\") == []
+
+
 def rows(text: str) -> list[list[str]]:
     return list(csv.reader(io.StringIO(text)))
 
