@@ -553,7 +553,9 @@ async def test_audit_filters_by_key_name(client: Client) -> None:
 
 
 @pytest.mark.slow
-async def test_sorted_pages_stay_fast_with_100000_keys(client: Client, tmp_path: Path) -> None:
+async def test_sorted_pages_stay_fast_with_100000_keys(
+    client: Client, runtime: Runtime, tmp_path: Path
+) -> None:
     now = time.time()
     rows = [
         (
@@ -588,15 +590,25 @@ async def test_sorted_pages_stay_fast_with_100000_keys(client: Client, tmp_path:
                 f" ORDER BY {sort} {order}, id {order} LIMIT 51"
             ).fetchall()
             assert "TEMP B-TREE" not in repr(plan), plan
+    # Fast whatever the machine: every statement a page ran reads the keys through an index
+    # in the page's order (no sort of the whole table), as its query plan says. A wall-clock
+    # bound failed here under parallel load (0.285 s against 0.25) and proves less.
+    ran: list[str] = []
+    connection = runtime.store._db  # type: ignore[attr-defined]
+    await connection.set_trace_callback(ran.append)
     for sort in ("name", "-created_at", "-last_used_at", "id"):
         cursor: str | None = None
         for page_number in range(20):
             params = {"sort": sort, "limit": "50", **({"cursor": cursor} if cursor else {})}
             if page_number % 2:
                 params["status"] = "active"
-            started = time.perf_counter()
             page = await expect(await client.get(KEYS, params=params, headers=ROOT), 200)
-            elapsed = time.perf_counter() - started
-            assert elapsed < 0.25, (sort, page_number, elapsed)
             cursor = page["next_cursor"]
             assert cursor is not None and len(page["items"]) == 50
+    await connection.set_trace_callback(None)
+    pages = [sql for sql in ran if "ORDER BY" in sql and "FROM keys" in sql]
+    assert len(pages) >= 80, ran[-5:]
+    with sqlite3.connect(tmp_path / "keygate.db") as db:
+        for sql in set(pages):
+            plan = repr(db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall())
+            assert "TEMP B-TREE" not in plan and "SCAN keys'" not in plan, (sql, plan)
