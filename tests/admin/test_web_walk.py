@@ -3,9 +3,9 @@
 The summary line's "N unused for 30 days" (and the advice's) shows those keys in the list
 with a removable chip; the key page's and the audit view's quiet refresh keep the entries
 "Load more" added and the focus; a deep link (#/keys/12) survives the sign-in; the audit
-action filter's choices are distinct. Uses test_web_views' gateway (a module of its own
-here, so the counts it checks are its own). Screenshots at 1280 and 390 px go to
-tests/artifacts/.
+action filter's choices are distinct; times in the history read like every other time. Uses
+test_web_views' gateway (a module of its own here, so the counts it checks are its own).
+Screenshots at 1280 and 390 px go to tests/artifacts/.
 """
 
 from __future__ import annotations
@@ -63,11 +63,10 @@ def admin_write(site: Site, method: str, path: str, body: dict[str, Any] | None 
         return json.loads(response.read() or b"null")
 
 
-def create_key(site: Site, name: str) -> int:
-    """Create a key through the admin API; return its id."""
-    answer = admin_write(
-        site, "POST", "/api/v1/keys", {"name": name, "roles": ["1int-sessions-read"]}
-    )
+def create_key(site: Site, name: str, **fields: Any) -> int:
+    """Create a key through the admin API (with any other `fields`); return its id."""
+    body = {"name": name, "roles": ["1int-sessions-read"], **fields}
+    answer = admin_write(site, "POST", "/api/v1/keys", body)
     return int(answer["key"]["id"])
 
 
@@ -366,3 +365,35 @@ def test_every_view_loads_without_a_console_error(browser: Browser, site: Site) 
             page.reload()
             page_expect(page.locator("#key-page-title")).to_have_text("other-key")
             assert errors == []
+
+
+# --------------------------------------------------------------------------- history times
+
+ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+
+
+def test_times_in_a_keys_history_read_like_the_pages_other_times(
+    browser: Browser, site: Site
+) -> None:
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 90 * DAY))
+    ident = create_key(site, "history-times", expires_at=expires)
+    admin_write(site, "POST", f"/api/v1/keys/{ident}/roll", {"overlap_seconds": 7200})
+    rolled = admin_get(site, f"/api/v1/keys/{ident}")
+    with signed_in(browser, site, width=NARROW) as page:
+        page.goto(f"{site.url}#/keys/{ident}")
+        history = page.locator("#key-history-body tr")
+        page_expect(history).to_have_count(2)
+        # The settings' "old secret valid until …" and the roll entry name the same time, alike.
+        until = page.locator("#key-settings [data-setting='Secret'] time").last
+        page_expect(until).to_have_attribute("datetime", rolled["previous_expires_at"])
+        roll_time = history.filter(has_text="Rolled").locator("td.details time")
+        page_expect(roll_time).to_have_attribute("datetime", rolled["previous_expires_at"])
+        page_expect(roll_time).to_have_text(until.inner_text())
+        created = history.filter(has_text="Created").locator("td.details time")
+        page_expect(created).to_have_attribute("datetime", rolled["expires_at"])
+        expiry = page.locator("#key-settings [data-setting='Expires'] time")
+        page_expect(created).to_have_text(expiry.inner_text())
+        for text in history.locator("td.details").all_inner_texts():
+            assert not ISO_TIME.search(text), text
+        history.first.scroll_into_view_if_needed()
+        screenshot(page, f"walk-history-times-{NARROW}.png")
