@@ -3,9 +3,10 @@
 The summary line's "N unused for 30 days" (and the advice's) shows those keys in the list
 with a removable chip; the key page's and the audit view's quiet refresh keep the entries
 "Load more" added and the focus; a deep link (#/keys/12) survives the sign-in; the audit
-action filter's choices are distinct; times in the history read like every other time. Uses
-test_web_views' gateway (a module of its own here, so the counts it checks are its own).
-Screenshots at 1280 and 390 px go to tests/artifacts/.
+action filter's choices are distinct; times in the history read like every other time; a
+key's page offers the row menu's actions. Uses test_web_views' gateway (a module of its own
+here, so the counts it checks are its own). Screenshots at 1280 and 390 px go to
+tests/artifacts/.
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ from support.config import create_key as mint_key
 from test_web_page import (
     NARROW,
     PASSWORDS,
+    REVOKED_GREY,
     TIMEOUT_MS,
     WIDE,
     Site,
+    cli,
+    confirm_dialog,
+    http,
     row,
     screenshot,
     signed_in,
@@ -397,3 +402,90 @@ def test_times_in_a_keys_history_read_like_the_pages_other_times(
             assert not ISO_TIME.search(text), text
         history.first.scroll_into_view_if_needed()
         screenshot(page, f"walk-history-times-{NARROW}.png")
+
+
+# --------------------------------------------------------------------------- a key's page: actions
+
+
+def key_status(site: Site, ident: int) -> tuple[int, Any]:
+    """The admin API's answer for key `ident` as root: (status, JSON)."""
+    return http(site, "GET", f"/api/v1/keys/{ident}", basic())
+
+
+@pytest.mark.parametrize("width", [WIDE, NARROW])
+def test_a_keys_page_offers_roll_revoke_reinstate_and_delete(
+    browser: Browser, site: Site, width: int
+) -> None:
+    name = f"page-actions-{width}"
+    ident = create_key(site, name)
+    with signed_in(browser, site, width=width) as page:
+        page.goto(f"{site.url}#/keys/{ident}")
+        head = page.locator(".key-head")
+        status = page.locator("#key-page-status")
+        revoke = head.get_by_role("button", name="Revoke", exact=True)
+        reinstate = head.get_by_role("button", name="Reinstate", exact=True)
+        roll = head.get_by_role("button", name="Roll…", exact=True)
+        delete = head.get_by_role("button", name="Delete", exact=True)
+        page_expect(status).to_have_text("Active")
+        for button in (head.get_by_role("button", name="Edit", exact=True), roll, revoke, delete):
+            page_expect(button).to_be_enabled()
+        page_expect(reinstate).to_be_hidden()
+        no_sideways_scroll(page, width)
+        screenshot(page, f"walk-key-actions-{width}.png")
+
+        # Revoke, asked first naming the key; cancelled: nothing changes, the focus is back.
+        revoke.click()
+        ask = confirm_dialog(page)
+        page_expect(ask).to_contain_text(name)
+        ask.get_by_role("button", name="Cancel").click()
+        page_expect(revoke).to_be_focused()
+        page_expect(status).to_have_text("Active")
+        page.keyboard.press("Enter")  # the keyboard alone
+        confirm_dialog(page).get_by_role("button", name="Revoke key", exact=True).click()
+        page_expect(status).to_have_text("Revoked")
+        page_expect(head).to_have_css("background-color", REVOKED_GREY)
+        page_expect(revoke).to_be_hidden()
+        page_expect(reinstate).to_be_focused()  # the control in its place, as in the menu
+        page_expect(page.locator("#key-settings [data-setting='Revoked']")).to_be_visible()
+        page_expect(page.locator("#key-history-body tr").first).to_contain_text("Revoked")
+        page_expect(page.get_by_role("status")).to_have_text(f"Revoked “{name}”.")
+        assert key_status(site, ident)[1]["status"] == "revoked"
+        screenshot(page, f"walk-key-revoked-{width}.png")
+
+        page.keyboard.press("Enter")
+        ask = confirm_dialog(page)
+        page_expect(ask).to_contain_text(f"Reinstate the API key “{name}”")
+        ask.get_by_role("button", name="Reinstate key", exact=True).click()
+        page_expect(status).to_have_text("Active")
+        page_expect(revoke).to_be_focused()
+        assert head.evaluate("n => getComputedStyle(n).backgroundColor") != REVOKED_GREY
+
+        # Roll: the roll dialog, then the new secret once; the page shows the overlap.
+        roll.click()
+        page.get_by_role("dialog", name=f"Roll “{name}”?").get_by_role(
+            "button", name="Roll key", exact=True
+        ).click()
+        shown = page.get_by_role("dialog", name=f"New secret for “{name}”")
+        page_expect(shown).to_be_visible()
+        shown.get_by_role("button", name="Copy").click()
+        shown.get_by_role("button", name="Done").click()
+        page_expect(shown).to_be_hidden()
+        page_expect(roll).to_be_focused()
+        page_expect(page.locator("#key-settings [data-setting='Secret']")).to_contain_text(
+            "old secret valid until"
+        )
+
+        # Delete: back to the list, which says so.
+        delete.click()
+        ask = confirm_dialog(page)
+        page_expect(ask).to_contain_text("cannot be undone")
+        ask.get_by_role("button", name="Delete key", exact=True).click()
+        page_expect(page.locator("#view-keys")).to_be_visible()
+        assert page.url.endswith("#/keys")
+        heading_focused(page, "API Keys")
+        page_expect(page.locator("#status-message")).to_have_text(f"Deleted “{name}”.")
+        assert key_status(site, ident)[0] == 404
+    actions = json.loads(cli(site.config, "audit", "--key", name, "--json"))
+    assert [event["action"] for event in actions][:5] == [
+        "delete", "roll", "reinstate", "revoke", "create"
+    ]  # fmt: skip

@@ -67,8 +67,10 @@ function fromLocalInput(value) {
   return Number.isNaN(date.getTime()) ? value : date.toISOString();
 }
 
+// The status line of the view shown (a key's page has its own). The URL, not the router:
+// after Delete on a key's page the list is the view, before the router has heard of it.
 function say(message, kind = "info") {
-  const node = $("status-message");
+  const node = parseRoute(window.location.hash).view === "key" ? $("key-page-message") : $("status-message");
   node.textContent = message;
   node.dataset.kind = kind;
 }
@@ -826,7 +828,7 @@ async function submitKey(event) {
         say(renewing ? `Renewed “${saved.name}”${until}.` : `Saved “${saved.name}”.`);
       }
       closeDialog($("key-dialog"));
-      await loadKeys({ quiet: true });
+      await reread();
     }
   } catch (failure) {
     if (failure instanceof ApiError && failure.status === 401) handleFailure(failure);
@@ -949,20 +951,36 @@ function settleConfirm(answer) {
   if (resolve) resolve(answer);
 }
 
-async function keyAction(key, { title, message, button, run, done, danger = true }) {
-  const sure = await confirmAction({ title, message, button, danger, returnFocus: rowSettingsButton(key) });
+// After a change made here: the list read again, and the key's page when one is shown (by
+// the URL: after a Delete there the list is shown, though the router has not heard yet).
+function reread() {
+  const onKeyPage = parseRoute(window.location.hash).view === "key";
+  return Promise.all([loadKeys({ quiet: true }), onKeyPage ? refreshKeyPage() : null]);
+}
+
+// Whether `key`'s own page is shown (its Delete goes back to the list).
+function showsKeyPage(key) {
+  const route = parseRoute(window.location.hash);
+  return route.view === "key" && route.id === key.id;
+}
+
+// One key's action, confirmed first. `from` is the control that asked (the focus returns
+// there): the key page's button, or (null) the row's settings button.
+async function keyAction(key, from, { title, message, button, run, done, danger = true, deletes = false }) {
+  const sure = await confirmAction({ title, message, button, danger, returnFocus: from || rowSettingsButton(key) });
   if (!sure) return;
   try {
     await run();
+    if (deletes && showsKeyPage(key)) go({ view: "keys" });
     say(done);
-    await loadKeys({ quiet: true });
+    await reread();
   } catch (failure) {
     handleFailure(failure);
   }
 }
 
-function revokeKey(key) {
-  return keyAction(key, {
+function revokeKey(key, from = null) {
+  return keyAction(key, from, {
     title: `Revoke “${key.name}”?`,
     message: `Revoke the API key “${key.name}”? Requests with it are refused at once. You can reinstate it later.`,
     button: "Revoke key",
@@ -971,8 +989,8 @@ function revokeKey(key) {
   });
 }
 
-function reinstateKey(key) {
-  return keyAction(key, {
+function reinstateKey(key, from = null) {
+  return keyAction(key, from, {
     title: `Reinstate “${key.name}”?`,
     message: `Reinstate the API key “${key.name}”? It works again at once.`,
     button: "Reinstate key",
@@ -983,8 +1001,10 @@ function reinstateKey(key) {
 }
 
 // A new secret for the same key; the old one keeps working for the overlap the admin chose.
-async function rollKey(key) {
-  const overlap = await askOverlap(key, rowSettingsButton(key));
+// `from`: as keyAction's.
+async function rollKey(key, from = null) {
+  const back = () => from || rowSettingsButton(key);
+  const overlap = await askOverlap(key, back());
   if (overlap === null) return;
   try {
     const rolled = await api("POST", `/api/v1/keys/${key.id}/roll`, { overlap_seconds: overlap });
@@ -993,20 +1013,21 @@ async function rollKey(key) {
     say(`Rolled “${rolled.key.name}”: ${until}.`);
     // Re-read first: the row is re-rendered, and focus returns to its new settings button.
     // A failed re-read must never cost the secret: the next poll reports it.
-    await loadKeys({ quiet: true }).catch(() => {});
-    showSecret(rolled.secret, rolled.key.name, { title: `New secret for “${rolled.key.name}”`, returnFocus: rowSettingsButton(key) });
+    await reread().catch(() => {});
+    showSecret(rolled.secret, rolled.key.name, { title: `New secret for “${rolled.key.name}”`, returnFocus: back() });
   } catch (failure) {
     handleFailure(failure);
   }
 }
 
-function deleteKey(key) {
-  return keyAction(key, {
+function deleteKey(key, from = null) {
+  return keyAction(key, from, {
     title: `Delete “${key.name}”?`,
     message: `Delete the API key “${key.name}” for good? This cannot be undone; software using it is refused at once.`,
     button: "Delete key",
     run: () => api("DELETE", `/api/v1/keys/${key.id}`),
     done: `Deleted “${key.name}”.`,
+    deletes: true,
   });
 }
 
@@ -1273,7 +1294,17 @@ function wire() {
     loadAudit({ more: true }).then(() => focusFirstNew($("audit-body"), before), handleFailure);
   });
   $("explain-form").addEventListener("submit", explain);
-  setupKeyPage({ openKeyDialog, handleFailure, roles: () => state.roles, refusal: (key) => manageRefusal(key, state.session), showUnused });
+  setupKeyPage({
+    openKeyDialog,
+    rollKey,
+    revokeKey,
+    reinstateKey,
+    deleteKey,
+    handleFailure,
+    roles: () => state.roles,
+    refusal: (key) => manageRefusal(key, state.session),
+    showUnused,
+  });
 }
 
 async function start() {
