@@ -4,9 +4,9 @@ The summary line's "N unused for 30 days" (and the advice's) shows those keys in
 with a removable chip; the key page's and the audit view's quiet refresh keep the entries
 "Load more" added and the focus; a deep link (#/keys/12) survives the sign-in; the audit
 action filter's choices are distinct; times in the history read like every other time; a
-key's page offers the row menu's actions. Uses test_web_views' gateway (a module of its own
-here, so the counts it checks are its own). Screenshots at 1280 and 390 px go to
-tests/artifacts/.
+key's page offers the row menu's actions; sign-out resets the views for the next admin. Uses
+test_web_views' gateway (a module of its own here, so the counts it checks are its own).
+Screenshots at 1280 and 390 px go to tests/artifacts/.
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ from test_web_page import (
     http,
     row,
     screenshot,
+    search,
+    sign_in,
     signed_in,
 )
-from test_web_views import admin_get, basic, heading_focused, key_id
+from test_web_views import LONG_NAME, admin_get, basic, heading_focused, key_id
 
 from gateway.settings import load_settings
 from gateway.store.factory import store_for
@@ -54,6 +56,7 @@ DAY = 86_400.0
 UNUSED_DAYS = 30  # the summary line's window (density.js UNUSED_DAYS)
 SELECT_CHROME = 40  # px a select needs beside its text: its padding and its arrow
 HISTORY_PAGE = 25  # entries the key page's history and the audit view read at a time
+BULK_KEYS = 55  # test_web_views' keys named bulk-NN
 
 
 def admin_write(site: Site, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -489,3 +492,62 @@ def test_a_keys_page_offers_roll_revoke_reinstate_and_delete(
     assert [event["action"] for event in actions][:5] == [
         "delete", "roll", "reinstate", "revoke", "create"
     ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- sign-out
+
+
+def search_bulk_page_two(page: Page) -> None:
+    """Sort Z-A, search "bulk", go to page 2 (each step seen done before the next)."""
+    rows = page.locator("#keys-body tr")
+    page.get_by_label("Sort", exact=True).select_option("-name")
+    page_expect(rows.first).to_contain_text(LONG_NAME)  # unsearched, Z-A: "warehouse-…" first
+    search(page, "bulk")  # searched: "bulk-54" first
+    page.get_by_role("button", name="Next page").click()
+    page_expect(page.locator("#page-label")).to_have_text("Page 2 of 2")
+    page_expect(rows).to_have_count(BULK_KEYS - 50)
+
+
+def test_sign_out_resets_the_views_for_the_next_admin(browser: Browser, site: Site) -> None:
+    ident = key_id(site, "other-key")
+    with signed_in(browser, site) as page:
+        rows = page.locator("#keys-body tr")
+        page_label = page.locator("#page-label")
+        searched = page.get_by_label("Search", exact=True)
+        chip = page.locator("#filter-chips")
+        first_page = "Page 1 of 2"  # 57 keys and those the other tests add: under 100
+
+        def at_the_defaults() -> None:
+            page_expect(page.locator("#view-keys")).to_be_visible()
+            assert not page.url.endswith(f"#/keys/{ident}")
+            page_expect(chip).to_be_hidden()
+            page_expect(searched).to_have_value("")
+            page_expect(page.get_by_label("Status", exact=True)).to_have_value("")
+            page_expect(page.get_by_label("Sort", exact=True)).to_have_value("-created_at")
+            page_expect(rows).to_have_count(50)
+            page_expect(page_label).to_have_text(first_page)
+            page_expect(searched).to_be_focused()
+
+        page_expect(page_label).to_have_text(first_page)
+        # root: page 2 of a sorted search, then the advice's "unused for 30 days" filter and a
+        # status filter on the list; signs out from a key's page.
+        search_bulk_page_two(page)
+        page.goto(f"{site.url}#/keys/{ident}")
+        page.locator("#key-advice").get_by_role(
+            "button", name=f"Show every key unused for {UNUSED_DAYS} days"
+        ).click()
+        page_expect(chip).to_be_visible()
+        page.get_by_label("Status", exact=True).select_option("active")
+        page.goto(f"{site.url}#/keys/{ident}")
+        page_expect(page.locator("#key-page-title")).to_have_text("other-key")
+        page.get_by_role("button", name="Sign out").click()
+        page_expect(page.get_by_role("form", name="Sign in")).to_be_visible()
+        sign_in(page, "limited")  # the next admin, in the same tab
+        at_the_defaults()
+
+        # limited: page 2 of a sorted search; signs out from the list.
+        search_bulk_page_two(page)
+        page.get_by_role("button", name="Sign out").click()
+        page_expect(page.get_by_role("form", name="Sign in")).to_be_visible()
+        sign_in(page, "root")
+        at_the_defaults()

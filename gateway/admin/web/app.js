@@ -11,7 +11,7 @@ import { auditFilters, listFilters, setUnusedFilter, showFilters, unusedFilter }
 import { expiresInText } from "./format.js";
 import { grantsText, manageRefusal } from "./grants.js";
 import { checkExpiry, checkName, checkRoles, parseRateLimit } from "./keychecks.js";
-import { leaveKeyPage, refreshKeyPage, setupKeyPage, showKeyPage } from "./keypage.js";
+import { leaveKeyPage, refreshKeyPage, resetKeyPage, setupKeyPage, showKeyPage } from "./keypage.js";
 import { overlapText } from "./overlap.js";
 import { askOverlap } from "./rolldialog.js";
 import { currentRoute, go, parseRoute, routeHash, showView, startRouter } from "./router.js";
@@ -314,12 +314,35 @@ async function signOut() {
       return;
     }
   }
+  resetViews();
   // keygate's session is over; the provider's own session ends at its logout page, if any.
   if (fromProvider && methods.oidc.logout) {
     window.location.assign(methods.oidc.logout);
     return;
   }
   showSignIn("You have signed out.");
+}
+
+// The next admin to sign in in this tab starts from the defaults: none of the previous one's
+// filters, search, page, chosen rows, audit filters, check or key page (nor their rows).
+function resetViews() {
+  for (const form of ["filters", "audit-filters", "explain-form"]) $(form).reset();
+  setUnusedFilter(null);
+  renderChips();
+  listRequest += 1; // answers still on their way are dropped
+  auditRequest += 1;
+  state.keys = { items: [], cursors: [null], page: 0, next: null };
+  state.selected.clear();
+  state.audit = { next: null, key: null, events: [], expanded: new Set(), filters: null };
+  renderKeys();
+  $("keys-summary").hidden = true;
+  $("keys-summary").replaceChildren();
+  $("page-label").textContent = "Page 1";
+  $("audit-body").replaceChildren();
+  $("explain-result").replaceChildren();
+  $("status-message").textContent = "";
+  resetKeyPage();
+  window.history.replaceState(null, "", window.location.pathname); // the key list
 }
 
 // ------------------------------------------------------------------------ live updates

@@ -41,10 +41,11 @@ const IN_PLACE_OF = {
   "key-page-revoke": "key-page-reinstate",
   "key-page-reinstate": "key-page-revoke",
 };
+const DEFAULT_RANGE = "24h";
 const page = {
   id: null,
   key: null,
-  range: "24h",
+  range: DEFAULT_RANGE,
   usage: null, // the last usage answer, redrawn on resize
   history: { events: [], next: null, expanded: new Set() },
   ticket: 0,
@@ -142,6 +143,18 @@ export function refreshKeyPage() {
 export function leaveKeyPage() {
   page.id = null;
   page.ticket += 1;
+}
+
+// Sign-out: leave the page, and its chart's period and table back to their defaults.
+export function resetKeyPage() {
+  leaveKeyPage();
+  page.key = null;
+  page.usage = null;
+  page.range = DEFAULT_RANGE;
+  for (const button of $("usage-ranges").querySelectorAll("button")) button.setAttribute("aria-pressed", String(button.dataset.range === DEFAULT_RANGE));
+  $("usage-table-toggle").setAttribute("aria-expanded", "false");
+  $("usage-table-toggle").textContent = "Show as table";
+  $("usage-table-wrap").classList.add("visually-hidden");
 }
 
 // ------------------------------------------------------------------------ settings and roles
