@@ -713,15 +713,20 @@ def test_key_page_edit_is_disabled_with_the_reason_outside_the_grants(
     )
     with signed_in(browser, site, name="limited", width=NARROW) as page:
         page.goto(f"{site.url}#/keys/{created['id']}")
-        edit = page.get_by_role("button", name="Edit", exact=True)
-        page_expect(edit).to_be_disabled()
-        page_expect(edit).to_have_accessible_description(
-            re.compile(rf"can't manage keys with role .{STATUS_ROLE}.: your grants are 1int-")
-        )
+        reason = re.compile(rf"can't manage keys with role .{STATUS_ROLE}.: your grants are 1int-")
+        # Every action the row menu disables for this admin, disabled here too, saying why.
+        for name in ("Edit", "Roll…", "Revoke", "Delete"):
+            button = page.locator(".key-head").get_by_role("button", name=name, exact=True)
+            page_expect(button).to_be_disabled()
+            page_expect(button).to_have_accessible_description(reason)
+        page_expect(page.locator("#key-page-edit-reason")).to_have_text(reason)
+        page_expect(page.get_by_role("button", name="Reinstate", exact=True)).to_be_hidden()
         advice = page.locator("#key-advice")  # the roles it may not edit are not offered
         page_expect(advice.get_by_role("button", name=re.compile("Edit roles to"))).to_have_count(0)
         screenshot(page, f"key-page-limited-{NARROW}.png")
     with signed_in(browser, site, width=NARROW) as page:  # root may
         page.goto(f"{site.url}#/keys/{created['id']}")
-        page_expect(page.get_by_role("button", name="Edit", exact=True)).to_be_enabled()
+        for name in ("Edit", "Roll…", "Revoke", "Delete"):
+            button = page.locator(".key-head").get_by_role("button", name=name, exact=True)
+            page_expect(button).to_be_enabled()
         page_expect(page.locator("#key-page-edit-reason")).to_be_hidden()

@@ -3,9 +3,10 @@
 The summary line's "N unused for 30 days" (and the advice's) shows those keys in the list
 with a removable chip; the key page's and the audit view's quiet refresh keep the entries
 "Load more" added and the focus; a deep link (#/keys/12) survives the sign-in; the audit
-action filter's choices are distinct. Uses test_web_views' gateway (a module of its own
-here, so the counts it checks are its own). Screenshots at 1280 and 390 px go to
-tests/artifacts/.
+action filter's choices are distinct; times in the history read like every other time; a
+key's page offers the row menu's actions; sign-out resets the views for the next admin. Uses
+test_web_views' gateway (a module of its own here, so the counts it checks are its own).
+Screenshots at 1280 and 390 px go to tests/artifacts/.
 """
 
 from __future__ import annotations
@@ -26,14 +27,20 @@ from support.config import create_key as mint_key
 from test_web_page import (
     NARROW,
     PASSWORDS,
+    REVOKED_GREY,
     TIMEOUT_MS,
     WIDE,
     Site,
+    cli,
+    confirm_dialog,
+    http,
     row,
     screenshot,
+    search,
+    sign_in,
     signed_in,
 )
-from test_web_views import admin_get, basic, heading_focused, key_id
+from test_web_views import LONG_NAME, admin_get, basic, heading_focused, key_id
 
 from gateway.settings import load_settings
 from gateway.store.factory import store_for
@@ -49,6 +56,7 @@ DAY = 86_400.0
 UNUSED_DAYS = 30  # the summary line's window (density.js UNUSED_DAYS)
 SELECT_CHROME = 40  # px a select needs beside its text: its padding and its arrow
 HISTORY_PAGE = 25  # entries the key page's history and the audit view read at a time
+BULK_KEYS = 55  # test_web_views' keys named bulk-NN
 
 
 def admin_write(site: Site, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -63,11 +71,10 @@ def admin_write(site: Site, method: str, path: str, body: dict[str, Any] | None 
         return json.loads(response.read() or b"null")
 
 
-def create_key(site: Site, name: str) -> int:
-    """Create a key through the admin API; return its id."""
-    answer = admin_write(
-        site, "POST", "/api/v1/keys", {"name": name, "roles": ["1int-sessions-read"]}
-    )
+def create_key(site: Site, name: str, **fields: Any) -> int:
+    """Create a key through the admin API (with any other `fields`); return its id."""
+    body = {"name": name, "roles": ["1int-sessions-read"], **fields}
+    answer = admin_write(site, "POST", "/api/v1/keys", body)
     return int(answer["key"]["id"])
 
 
@@ -366,3 +373,181 @@ def test_every_view_loads_without_a_console_error(browser: Browser, site: Site) 
             page.reload()
             page_expect(page.locator("#key-page-title")).to_have_text("other-key")
             assert errors == []
+
+
+# --------------------------------------------------------------------------- history times
+
+ISO_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+
+
+def test_times_in_a_keys_history_read_like_the_pages_other_times(
+    browser: Browser, site: Site
+) -> None:
+    expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 90 * DAY))
+    ident = create_key(site, "history-times", expires_at=expires)
+    admin_write(site, "POST", f"/api/v1/keys/{ident}/roll", {"overlap_seconds": 7200})
+    rolled = admin_get(site, f"/api/v1/keys/{ident}")
+    with signed_in(browser, site, width=NARROW) as page:
+        page.goto(f"{site.url}#/keys/{ident}")
+        history = page.locator("#key-history-body tr")
+        page_expect(history).to_have_count(2)
+        # The settings' "old secret valid until …" and the roll entry name the same time, alike.
+        until = page.locator("#key-settings [data-setting='Secret'] time").last
+        page_expect(until).to_have_attribute("datetime", rolled["previous_expires_at"])
+        roll_time = history.filter(has_text="Rolled").locator("td.details time")
+        page_expect(roll_time).to_have_attribute("datetime", rolled["previous_expires_at"])
+        page_expect(roll_time).to_have_text(until.inner_text())
+        created = history.filter(has_text="Created").locator("td.details time")
+        page_expect(created).to_have_attribute("datetime", rolled["expires_at"])
+        expiry = page.locator("#key-settings [data-setting='Expires'] time")
+        page_expect(created).to_have_text(expiry.inner_text())
+        for text in history.locator("td.details").all_inner_texts():
+            assert not ISO_TIME.search(text), text
+        history.first.scroll_into_view_if_needed()
+        screenshot(page, f"walk-history-times-{NARROW}.png")
+
+
+# --------------------------------------------------------------------------- a key's page: actions
+
+
+def key_status(site: Site, ident: int) -> tuple[int, Any]:
+    """The admin API's answer for key `ident` as root: (status, JSON)."""
+    return http(site, "GET", f"/api/v1/keys/{ident}", basic())
+
+
+@pytest.mark.parametrize("width", [WIDE, NARROW])
+def test_a_keys_page_offers_roll_revoke_reinstate_and_delete(
+    browser: Browser, site: Site, width: int
+) -> None:
+    name = f"page-actions-{width}"
+    ident = create_key(site, name)
+    with signed_in(browser, site, width=width) as page:
+        page.goto(f"{site.url}#/keys/{ident}")
+        head = page.locator(".key-head")
+        status = page.locator("#key-page-status")
+        revoke = head.get_by_role("button", name="Revoke", exact=True)
+        reinstate = head.get_by_role("button", name="Reinstate", exact=True)
+        roll = head.get_by_role("button", name="Roll…", exact=True)
+        delete = head.get_by_role("button", name="Delete", exact=True)
+        page_expect(status).to_have_text("Active")
+        for button in (head.get_by_role("button", name="Edit", exact=True), roll, revoke, delete):
+            page_expect(button).to_be_enabled()
+        page_expect(reinstate).to_be_hidden()
+        no_sideways_scroll(page, width)
+        screenshot(page, f"walk-key-actions-{width}.png")
+
+        # Revoke, asked first naming the key; cancelled: nothing changes, the focus is back.
+        revoke.click()
+        ask = confirm_dialog(page)
+        page_expect(ask).to_contain_text(name)
+        ask.get_by_role("button", name="Cancel").click()
+        page_expect(revoke).to_be_focused()
+        page_expect(status).to_have_text("Active")
+        page.keyboard.press("Enter")  # the keyboard alone
+        confirm_dialog(page).get_by_role("button", name="Revoke key", exact=True).click()
+        page_expect(status).to_have_text("Revoked")
+        page_expect(head).to_have_css("background-color", REVOKED_GREY)
+        page_expect(revoke).to_be_hidden()
+        page_expect(reinstate).to_be_focused()  # the control in its place, as in the menu
+        page_expect(page.locator("#key-settings [data-setting='Revoked']")).to_be_visible()
+        page_expect(page.locator("#key-history-body tr").first).to_contain_text("Revoked")
+        page_expect(page.get_by_role("status")).to_have_text(f"Revoked “{name}”.")
+        assert key_status(site, ident)[1]["status"] == "revoked"
+        screenshot(page, f"walk-key-revoked-{width}.png")
+
+        page.keyboard.press("Enter")
+        ask = confirm_dialog(page)
+        page_expect(ask).to_contain_text(f"Reinstate the API key “{name}”")
+        ask.get_by_role("button", name="Reinstate key", exact=True).click()
+        page_expect(status).to_have_text("Active")
+        page_expect(revoke).to_be_focused()
+        assert head.evaluate("n => getComputedStyle(n).backgroundColor") != REVOKED_GREY
+
+        # Roll: the roll dialog, then the new secret once; the page shows the overlap.
+        roll.click()
+        page.get_by_role("dialog", name=f"Roll “{name}”?").get_by_role(
+            "button", name="Roll key", exact=True
+        ).click()
+        shown = page.get_by_role("dialog", name=f"New secret for “{name}”")
+        page_expect(shown).to_be_visible()
+        shown.get_by_role("button", name="Copy").click()
+        shown.get_by_role("button", name="Done").click()
+        page_expect(shown).to_be_hidden()
+        page_expect(roll).to_be_focused()
+        page_expect(page.locator("#key-settings [data-setting='Secret']")).to_contain_text(
+            "old secret valid until"
+        )
+
+        # Delete: back to the list, which says so.
+        delete.click()
+        ask = confirm_dialog(page)
+        page_expect(ask).to_contain_text("cannot be undone")
+        ask.get_by_role("button", name="Delete key", exact=True).click()
+        page_expect(page.locator("#view-keys")).to_be_visible()
+        assert page.url.endswith("#/keys")
+        heading_focused(page, "API Keys")
+        page_expect(page.locator("#status-message")).to_have_text(f"Deleted “{name}”.")
+        assert key_status(site, ident)[0] == 404
+    actions = json.loads(cli(site.config, "audit", "--key", name, "--json"))
+    assert [event["action"] for event in actions][:5] == [
+        "delete", "roll", "reinstate", "revoke", "create"
+    ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- sign-out
+
+
+def search_bulk_page_two(page: Page) -> None:
+    """Sort Z-A, search "bulk", go to page 2 (each step seen done before the next)."""
+    rows = page.locator("#keys-body tr")
+    page.get_by_label("Sort", exact=True).select_option("-name")
+    page_expect(rows.first).to_contain_text(LONG_NAME)  # unsearched, Z-A: "warehouse-…" first
+    search(page, "bulk")  # searched: "bulk-54" first
+    page.get_by_role("button", name="Next page").click()
+    page_expect(page.locator("#page-label")).to_have_text("Page 2 of 2")
+    page_expect(rows).to_have_count(BULK_KEYS - 50)
+
+
+def test_sign_out_resets_the_views_for_the_next_admin(browser: Browser, site: Site) -> None:
+    ident = key_id(site, "other-key")
+    with signed_in(browser, site) as page:
+        rows = page.locator("#keys-body tr")
+        page_label = page.locator("#page-label")
+        searched = page.get_by_label("Search", exact=True)
+        chip = page.locator("#filter-chips")
+        first_page = "Page 1 of 2"  # 57 keys and those the other tests add: under 100
+
+        def at_the_defaults() -> None:
+            page_expect(page.locator("#view-keys")).to_be_visible()
+            assert not page.url.endswith(f"#/keys/{ident}")
+            page_expect(chip).to_be_hidden()
+            page_expect(searched).to_have_value("")
+            page_expect(page.get_by_label("Status", exact=True)).to_have_value("")
+            page_expect(page.get_by_label("Sort", exact=True)).to_have_value("-created_at")
+            page_expect(rows).to_have_count(50)
+            page_expect(page_label).to_have_text(first_page)
+            page_expect(searched).to_be_focused()
+
+        page_expect(page_label).to_have_text(first_page)
+        # root: page 2 of a sorted search, then the advice's "unused for 30 days" filter and a
+        # status filter on the list; signs out from a key's page.
+        search_bulk_page_two(page)
+        page.goto(f"{site.url}#/keys/{ident}")
+        page.locator("#key-advice").get_by_role(
+            "button", name=f"Show every key unused for {UNUSED_DAYS} days"
+        ).click()
+        page_expect(chip).to_be_visible()
+        page.get_by_label("Status", exact=True).select_option("active")
+        page.goto(f"{site.url}#/keys/{ident}")
+        page_expect(page.locator("#key-page-title")).to_have_text("other-key")
+        page.get_by_role("button", name="Sign out").click()
+        page_expect(page.get_by_role("form", name="Sign in")).to_be_visible()
+        sign_in(page, "limited")  # the next admin, in the same tab
+        at_the_defaults()
+
+        # limited: page 2 of a sorted search; signs out from the list.
+        search_bulk_page_two(page)
+        page.get_by_role("button", name="Sign out").click()
+        page_expect(page.get_by_role("form", name="Sign in")).to_be_visible()
+        sign_in(page, "root")
+        at_the_defaults()

@@ -11,7 +11,7 @@ import { auditFilters, listFilters, setUnusedFilter, showFilters, unusedFilter }
 import { expiresInText } from "./format.js";
 import { grantsText, manageRefusal } from "./grants.js";
 import { checkExpiry, checkName, checkRoles, parseRateLimit } from "./keychecks.js";
-import { leaveKeyPage, refreshKeyPage, setupKeyPage, showKeyPage } from "./keypage.js";
+import { leaveKeyPage, refreshKeyPage, resetKeyPage, setupKeyPage, showKeyPage } from "./keypage.js";
 import { overlapText } from "./overlap.js";
 import { askOverlap } from "./rolldialog.js";
 import { currentRoute, go, parseRoute, routeHash, showView, startRouter } from "./router.js";
@@ -67,8 +67,10 @@ function fromLocalInput(value) {
   return Number.isNaN(date.getTime()) ? value : date.toISOString();
 }
 
+// The status line of the view shown (a key's page has its own). The URL, not the router:
+// after Delete on a key's page the list is the view, before the router has heard of it.
 function say(message, kind = "info") {
-  const node = $("status-message");
+  const node = parseRoute(window.location.hash).view === "key" ? $("key-page-message") : $("status-message");
   node.textContent = message;
   node.dataset.kind = kind;
 }
@@ -312,12 +314,35 @@ async function signOut() {
       return;
     }
   }
+  resetViews();
   // keygate's session is over; the provider's own session ends at its logout page, if any.
   if (fromProvider && methods.oidc.logout) {
     window.location.assign(methods.oidc.logout);
     return;
   }
   showSignIn("You have signed out.");
+}
+
+// The next admin to sign in in this tab starts from the defaults: none of the previous one's
+// filters, search, page, chosen rows, audit filters, check or key page (nor their rows).
+function resetViews() {
+  for (const form of ["filters", "audit-filters", "explain-form"]) $(form).reset();
+  setUnusedFilter(null);
+  renderChips();
+  listRequest += 1; // answers still on their way are dropped
+  auditRequest += 1;
+  state.keys = { items: [], cursors: [null], page: 0, next: null };
+  state.selected.clear();
+  state.audit = { next: null, key: null, events: [], expanded: new Set(), filters: null };
+  renderKeys();
+  $("keys-summary").hidden = true;
+  $("keys-summary").replaceChildren();
+  $("page-label").textContent = "Page 1";
+  $("audit-body").replaceChildren();
+  $("explain-result").replaceChildren();
+  $("status-message").textContent = "";
+  resetKeyPage();
+  window.history.replaceState(null, "", window.location.pathname); // the key list
 }
 
 // ------------------------------------------------------------------------ live updates
@@ -826,7 +851,7 @@ async function submitKey(event) {
         say(renewing ? `Renewed “${saved.name}”${until}.` : `Saved “${saved.name}”.`);
       }
       closeDialog($("key-dialog"));
-      await loadKeys({ quiet: true });
+      await reread();
     }
   } catch (failure) {
     if (failure instanceof ApiError && failure.status === 401) handleFailure(failure);
@@ -949,20 +974,36 @@ function settleConfirm(answer) {
   if (resolve) resolve(answer);
 }
 
-async function keyAction(key, { title, message, button, run, done, danger = true }) {
-  const sure = await confirmAction({ title, message, button, danger, returnFocus: rowSettingsButton(key) });
+// After a change made here: the list read again, and the key's page when one is shown (by
+// the URL: after a Delete there the list is shown, though the router has not heard yet).
+function reread() {
+  const onKeyPage = parseRoute(window.location.hash).view === "key";
+  return Promise.all([loadKeys({ quiet: true }), onKeyPage ? refreshKeyPage() : null]);
+}
+
+// Whether `key`'s own page is shown (its Delete goes back to the list).
+function showsKeyPage(key) {
+  const route = parseRoute(window.location.hash);
+  return route.view === "key" && route.id === key.id;
+}
+
+// One key's action, confirmed first. `from` is the control that asked (the focus returns
+// there): the key page's button, or (null) the row's settings button.
+async function keyAction(key, from, { title, message, button, run, done, danger = true, deletes = false }) {
+  const sure = await confirmAction({ title, message, button, danger, returnFocus: from || rowSettingsButton(key) });
   if (!sure) return;
   try {
     await run();
+    if (deletes && showsKeyPage(key)) go({ view: "keys" });
     say(done);
-    await loadKeys({ quiet: true });
+    await reread();
   } catch (failure) {
     handleFailure(failure);
   }
 }
 
-function revokeKey(key) {
-  return keyAction(key, {
+function revokeKey(key, from = null) {
+  return keyAction(key, from, {
     title: `Revoke “${key.name}”?`,
     message: `Revoke the API key “${key.name}”? Requests with it are refused at once. You can reinstate it later.`,
     button: "Revoke key",
@@ -971,8 +1012,8 @@ function revokeKey(key) {
   });
 }
 
-function reinstateKey(key) {
-  return keyAction(key, {
+function reinstateKey(key, from = null) {
+  return keyAction(key, from, {
     title: `Reinstate “${key.name}”?`,
     message: `Reinstate the API key “${key.name}”? It works again at once.`,
     button: "Reinstate key",
@@ -983,8 +1024,10 @@ function reinstateKey(key) {
 }
 
 // A new secret for the same key; the old one keeps working for the overlap the admin chose.
-async function rollKey(key) {
-  const overlap = await askOverlap(key, rowSettingsButton(key));
+// `from`: as keyAction's.
+async function rollKey(key, from = null) {
+  const back = () => from || rowSettingsButton(key);
+  const overlap = await askOverlap(key, back());
   if (overlap === null) return;
   try {
     const rolled = await api("POST", `/api/v1/keys/${key.id}/roll`, { overlap_seconds: overlap });
@@ -993,20 +1036,21 @@ async function rollKey(key) {
     say(`Rolled “${rolled.key.name}”: ${until}.`);
     // Re-read first: the row is re-rendered, and focus returns to its new settings button.
     // A failed re-read must never cost the secret: the next poll reports it.
-    await loadKeys({ quiet: true }).catch(() => {});
-    showSecret(rolled.secret, rolled.key.name, { title: `New secret for “${rolled.key.name}”`, returnFocus: rowSettingsButton(key) });
+    await reread().catch(() => {});
+    showSecret(rolled.secret, rolled.key.name, { title: `New secret for “${rolled.key.name}”`, returnFocus: back() });
   } catch (failure) {
     handleFailure(failure);
   }
 }
 
-function deleteKey(key) {
-  return keyAction(key, {
+function deleteKey(key, from = null) {
+  return keyAction(key, from, {
     title: `Delete “${key.name}”?`,
     message: `Delete the API key “${key.name}” for good? This cannot be undone; software using it is refused at once.`,
     button: "Delete key",
     run: () => api("DELETE", `/api/v1/keys/${key.id}`),
     done: `Deleted “${key.name}”.`,
+    deletes: true,
   });
 }
 
@@ -1273,7 +1317,17 @@ function wire() {
     loadAudit({ more: true }).then(() => focusFirstNew($("audit-body"), before), handleFailure);
   });
   $("explain-form").addEventListener("submit", explain);
-  setupKeyPage({ openKeyDialog, handleFailure, roles: () => state.roles, refusal: (key) => manageRefusal(key, state.session), showUnused });
+  setupKeyPage({
+    openKeyDialog,
+    rollKey,
+    revokeKey,
+    reinstateKey,
+    deleteKey,
+    handleFailure,
+    roles: () => state.roles,
+    refusal: (key) => manageRefusal(key, state.session),
+    showUnused,
+  });
 }
 
 async function start() {

@@ -1,6 +1,6 @@
 // Audit rows: action names, one row per event, and runs of sign-ins folded into one row.
 
-import { detailsText } from "./format.js";
+import { detailsParts } from "./format.js";
 import { el, focusKeyed, when } from "./ui.js";
 
 export const ACTIONS = {
@@ -78,7 +78,7 @@ export function auditRow(event) {
     el("td", { "data-label": "Actor", text: event.actor }),
     el("td", { "data-label": "Action", text: ACTIONS[event.action] || event.action }),
     el("td", { "data-label": "Key", class: "key-cell" }, keyName(event)),
-    el("td", { "data-label": "Details", class: "details", text: detailsText(event.details) }),
+    el("td", { "data-label": "Details", class: "details" }, detailsParts(event.details).map((part) => (typeof part === "string" ? part : when(part.time)))),
   );
 }
 

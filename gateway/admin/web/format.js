@@ -32,20 +32,37 @@ export function valueText(value) {
   return String(value);
 }
 
-// An audit entry's details as one line of text: edits as before → after, batches as counts.
-export function detailsText(details) {
+// A time as the API writes it (`clock.iso`): only such values under a `…_at` name are times.
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/;
+
+// One detail's value: text, or {time: iso} for the page to write as it writes every time.
+function valuePart(name, value) {
+  return name.endsWith("_at") && typeof value === "string" && ISO_TIME.test(value) ? { time: value } : valueText(value);
+}
+
+// Entries, each a list of parts, as one list with `separator` between them.
+function joined(entries, separator) {
+  return entries.flatMap((parts, index) => (index ? [separator, ...parts] : parts));
+}
+
+// An audit entry's details as the parts of one line (text, and {time: iso} where a time is):
+// edits as before → after, batches as counts.
+export function detailsParts(details) {
   details = details || {};
   if (details.before && details.after) {
-    return Object.keys(details.after)
-      .map((field) => `${field}: ${valueText(details.before[field])} → ${valueText(details.after[field])}`)
-      .join("; ");
+    const fields = Object.keys(details.after);
+    return joined(
+      fields.map((field) => [`${field}: `, valuePart(field, details.before[field]), " → ", valuePart(field, details.after[field])]),
+      "; ",
+    );
   }
   if ("count" in details) {
     const skipped = details.skipped ? `, ${details.skipped} skipped` : "";
     const batch = details.batch_id ? ` (batch ${details.batch_id})` : "";
-    return `${plural(details.count, "key")}${skipped}${batch}`;
+    return [`${plural(details.count, "key")}${skipped}${batch}`];
   }
-  return Object.entries(details)
-    .map(([name, value]) => `${name}: ${valueText(value)}`)
-    .join("; ");
+  return joined(
+    Object.entries(details).map(([name, value]) => [`${name}: `, valuePart(name, value)]),
+    "; ",
+  );
 }

@@ -1,4 +1,5 @@
-// A key's own page (#/keys/ID): settings, roles and their rules, usage chart, advice, history.
+// A key's own page (#/keys/ID): settings, roles and their rules, usage chart, advice, history,
+// and the list's actions on the key (app.js's own functions and dialogs, called back).
 
 import { api, ApiError, query } from "./api.js";
 import { focusFirstNew, mergeNewest, renderAuditRows } from "./auditview.js";
@@ -22,11 +23,29 @@ export const RANGES = {
 
 const $ = (id) => document.getElementById(id);
 
-let hooks = null; // {openKeyDialog, handleFailure, roles, refusal, showUnused} from app.js
+// {openKeyDialog, rollKey, revokeKey, reinstateKey, deleteKey, handleFailure, roles, refusal,
+// showUnused} from app.js
+let hooks = null;
+// The page's buttons for the list's actions, and the app.js function each one calls.
+const ACTIONS = {
+  "key-page-roll": "rollKey",
+  "key-page-revoke": "revokeKey",
+  "key-page-reinstate": "reinstateKey",
+  "key-page-delete": "deleteKey",
+};
+// Every action the admin's grants may refuse (all but Check access and Audit history).
+const MANAGE_BUTTONS = ["key-page-renew", "key-page-edit", ...Object.keys(ACTIONS)];
+// A button the key's new state hides hands the focus to the one shown in its place.
+const IN_PLACE_OF = {
+  "key-page-renew": "key-page-edit",
+  "key-page-revoke": "key-page-reinstate",
+  "key-page-reinstate": "key-page-revoke",
+};
+const DEFAULT_RANGE = "24h";
 const page = {
   id: null,
   key: null,
-  range: "24h",
+  range: DEFAULT_RANGE,
   usage: null, // the last usage answer, redrawn on resize
   history: { events: [], next: null, expanded: new Set() },
   ticket: 0,
@@ -57,6 +76,12 @@ export function setupKeyPage(given) {
   $("key-page-renew").addEventListener("click", () => {
     if (page.key) hooks.openKeyDialog(page.key, $("key-page-renew"), { renew: true });
   });
+  // The row menu's actions, the same functions: the focus comes back to the button used.
+  for (const [id, action] of Object.entries(ACTIONS)) {
+    $(id).addEventListener("click", () => {
+      if (page.key) hooks[action](page.key, $(id));
+    });
+  }
   $("key-history-more").addEventListener("click", () => {
     const before = $("key-history-body").children.length;
     loadHistory({ more: true }).then(() => focusFirstNew($("key-history-body"), before), hooks.handleFailure);
@@ -76,7 +101,11 @@ export async function showKeyPage(id, { quiet = false } = {}) {
     $("key-page-title").textContent = "API key";
     $("key-page-body").hidden = true;
     $("key-page-missing").hidden = true;
+    $("key-page-actions").hidden = true;
+    $("key-page-edit-reason").hidden = true;
     $("key-page-status").textContent = "";
+    delete $("key-page-head").dataset.status;
+    $("key-page-message").textContent = "";
   }
   let key;
   try {
@@ -86,7 +115,11 @@ export async function showKeyPage(id, { quiet = false } = {}) {
     if (failure instanceof ApiError && failure.status === 404) {
       page.key = null;
       $("key-page-title").textContent = "Key not found";
+      $("key-page-status").textContent = "";
+      delete $("key-page-head").dataset.status;
       $("key-page-body").hidden = true;
+      $("key-page-actions").hidden = true;
+      $("key-page-edit-reason").hidden = true;
       $("key-page-missing").hidden = false;
       return;
     }
@@ -100,15 +133,28 @@ export async function showKeyPage(id, { quiet = false } = {}) {
   await Promise.all([loadUsage({ quiet }), loadHistory({ quiet }), loadExtras(key, { quiet })]);
 }
 
-// A refresh after a change elsewhere (or the periodic usage refresh) while the page is shown.
+// A refresh after a change (here or elsewhere, or the periodic usage refresh) while the page
+// is shown; resolves when it is drawn.
 export function refreshKeyPage() {
-  if (page.id === null) return;
-  showKeyPage(page.id, { quiet: true }).catch(hooks.handleFailure);
+  if (page.id === null) return Promise.resolve();
+  return showKeyPage(page.id, { quiet: true }).catch(hooks.handleFailure);
 }
 
 export function leaveKeyPage() {
   page.id = null;
   page.ticket += 1;
+}
+
+// Sign-out: leave the page, and its chart's period and table back to their defaults.
+export function resetKeyPage() {
+  leaveKeyPage();
+  page.key = null;
+  page.usage = null;
+  page.range = DEFAULT_RANGE;
+  for (const button of $("usage-ranges").querySelectorAll("button")) button.setAttribute("aria-pressed", String(button.dataset.range === DEFAULT_RANGE));
+  $("usage-table-toggle").setAttribute("aria-expanded", "false");
+  $("usage-table-toggle").textContent = "Show as table";
+  $("usage-table-wrap").classList.add("visually-hidden");
 }
 
 // ------------------------------------------------------------------------ settings and roles
@@ -138,16 +184,24 @@ function rollCell(key) {
 
 const STATUS_WORDS = { active: "Active", revoked: "Revoked", expired: "Expired" };
 
-function renderKey(key) {
-  // Outside the admin's grants: Edit is disabled, and says why (the server decides).
+// The actions the key's state offers, as the row menu does: Renew for an expired key, Revoke
+// or Reinstate; outside the admin's grants each is disabled and says why (the server decides).
+function renderActions(key) {
   const refusal = hooks.refusal(key);
-  $("key-page-edit").disabled = Boolean(refusal);
-  const renewFocused = document.activeElement === $("key-page-renew");
+  const focused = document.activeElement ? document.activeElement.id : "";
+  $("key-page-actions").hidden = false;
   $("key-page-renew").hidden = key.status !== "expired";
-  $("key-page-renew").disabled = Boolean(refusal);
-  if (renewFocused && $("key-page-renew").hidden) $("key-page-edit").focus(); // renewed: not lost
+  $("key-page-revoke").hidden = key.status === "revoked";
+  $("key-page-reinstate").hidden = key.status !== "revoked";
+  for (const id of MANAGE_BUTTONS) $(id).disabled = Boolean(refusal);
+  if (focused in IN_PLACE_OF && $(focused).hidden) $(IN_PLACE_OF[focused]).focus(); // not lost
   $("key-page-edit-reason").hidden = !refusal;
   $("key-page-edit-reason").textContent = refusal || "";
+}
+
+function renderKey(key) {
+  renderActions(key);
+  $("key-page-head").dataset.status = key.status;
   $("key-page-title").textContent = key.name;
   $("key-page-title").title = key.name;
   $("key-page-status").textContent = STATUS_WORDS[key.status] || key.status;
