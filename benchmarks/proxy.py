@@ -90,7 +90,7 @@ ACCESS_LOG_WAIT_S = 5.0  # seconds a contender's buffered access log may take to
 # refuses, and every keyed request pays for the limiter's decision.
 NEVER_TRIGGERS = "1000000000/second,burst=1000000000"
 LIMITED_KEY_NAME = "bench-limited"
-REDIS_URL = os.environ.get("KEYGATE_BENCH_REDIS", "redis://127.0.0.1:6379/14")
+REDIS_URL = os.environ.get("KEYGATE_BENCH_REDIS", "redis://127.0.0.1:6379/7")
 LABELS = {
     "upstream": "upstream direct",
     "nginx": "nginx peer",
@@ -185,7 +185,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "keygate --workers 2 on its decision listener (forward_auth.listen), both logging "
         "every request; rl and "
         "rl-redis are w2 with a key whose own rate limit never triggers, counted locally or "
-        "in Redis ($KEYGATE_BENCH_REDIS, default redis://127.0.0.1:6379/14)",
+        "in Redis ($KEYGATE_BENCH_REDIS, default redis://127.0.0.1:6379/7)",
     )
     parser.add_argument(
         "--nginx-workers", type=int, default=1, help="worker_processes of the nginx peer"
