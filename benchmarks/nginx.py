@@ -142,13 +142,10 @@ def _http_common(prefix: Path) -> str:
 def upstream_conf(prefix: Path, port: int) -> str:
     """Return the upstream's nginx.conf: small JSON, 1 MiB file, and the X-Acting-User echo."""
     www = prefix / "www"
-    return (
-        _main_block(prefix, 1)
-        + "http {\n"
-        + _http_common(prefix)
-        + f"""\
-    server {{
-        listen {LOOPBACK}:{port} backlog=4096;
+    return _one_server_conf(
+        prefix,
+        port,
+        f"""\
         location = {SMALL_PATH} {{ return 200 '{SMALL_BODY}'; }}
         location = {BIG_PATH} {{ alias {www}/big.json; }}
         location = {WHOAMI_PATH} {{
@@ -156,7 +153,20 @@ def upstream_conf(prefix: Path, port: int) -> str:
             return 200 "$http_x_acting_user";
         }}
         location / {{ return 404 '{{"error":"not_found"}}'; }}
-    }}
+""",
+    )
+
+
+def _one_server_conf(prefix: Path, port: int, locations: str) -> str:
+    """Return nginx.conf for one worker serving `locations` on `port` (no access log)."""
+    return (
+        _main_block(prefix, 1)
+        + "http {\n"
+        + _http_common(prefix)
+        + f"""\
+    server {{
+        listen {LOOPBACK}:{port} backlog=4096;
+{locations}    }}
 }}
 """
     )
@@ -308,21 +318,16 @@ def forward_auth_conf(
 def stub_decider_conf(prefix: Path, port: int, acting_user: str) -> str:
     """Return nginx.conf for a decision service that costs next to nothing: every decision
     is 200 with `acting_user` (no key read, no log), so nginx's own auth_request cost shows."""
-    return (
-        _main_block(prefix, 1)
-        + "http {\n"
-        + _http_common(prefix)
-        + f"""\
-    server {{
-        listen {LOOPBACK}:{port} backlog=4096;
+    return _one_server_conf(
+        prefix,
+        port,
+        f"""\
         location / {{
             add_header X-Acting-User {acting_user};
             add_header Cache-Control no-store;
             return 200;
         }}
-    }}
-}}
-"""
+""",
     )
 
 

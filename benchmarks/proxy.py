@@ -448,6 +448,16 @@ class Summary:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class FrontNginx:
+    """A running forward-auth nginx: its port, the request headers, its group, checks done."""
+
+    port: int
+    headers: dict[str, str]
+    pgid: int
+    checks: int
+
+
 @dataclass
 class Harness:
     """One benchmark run: the shared upstream, the contenders, and what they measured."""
@@ -581,7 +591,7 @@ class Harness:
         listener, benchmarks.request_cpu --forward-auth [--decision-listener]).
         """
         assert self.keygate_dir is not None
-        keygate_port, admin_port, decision_port, port = free_ports(4)
+        keygate_port, admin_port, decision_port = free_ports(3)
         config = keygate.write_config(
             self.keygate_dir,
             "forward-auth.yaml",
@@ -602,55 +612,54 @@ class Harness:
             python=self.args.python,
         )
         try:
-            front = nginx.start_forward_auth(
-                self.tools.nginx,
-                self.root,
-                port,
-                self.upstream_port,
-                decision_port,
-                self.args.nginx_workers,
-            )
-            try:
-                headers = {KEY_HEADER: self.keygate_key}
-                checks = check_passthrough(port, headers)
-                checks += check_key_enforcement(port, self.keygate_key, anonymous_passes=True)
-                log = self.root / "forward-auth" / nginx.ACCESS_LOG_NAME
-                checks += check_access_log(log, f"key={BENCH_KEY_NAME}")
+            with self._forward_auth_front(decision_port, "forward-auth") as front:
+                checks = check_key_enforcement(front.port, self.keygate_key, anonymous_passes=True)
                 checks += check_access_log(decider.log_path, "decision=nginx")
-                print(f"self-check ok ({checks})", end="", flush=True)
-                yield Target(port, headers, (front.pgid, decider.pgid), ("nginx", "keygate"))
-            finally:
-                front.stop()
+                print(f"self-check ok ({front.checks + checks})", end="", flush=True)
+                yield Target(
+                    front.port, front.headers, (front.pgid, decider.pgid), ("nginx", "keygate")
+                )
         finally:
             decider.stop()
+
+    @contextlib.contextmanager
+    def _forward_auth_front(self, decider_port: int, name: str) -> Iterator[FrontNginx]:
+        """Run the forward-auth nginx (deploy/nginx/) under root/`name`, asking the decision
+        service on `decider_port`, self-checked: requests pass and its access line names the
+        bench key."""
+        port = free_port()
+        front = nginx.start_forward_auth(
+            self.tools.nginx,
+            self.root,
+            port,
+            self.upstream_port,
+            decider_port,
+            self.args.nginx_workers,
+            name=name,
+        )
+        try:
+            headers = {KEY_HEADER: self.keygate_key or self.nginx_key}
+            checks = check_passthrough(port, headers)
+            log = self.root / name / nginx.ACCESS_LOG_NAME
+            checks += check_access_log(log, f"key={BENCH_KEY_NAME}")
+            yield FrontNginx(port, headers, front.pgid, checks)
+        finally:
+            front.stop()
 
     @contextlib.contextmanager
     def _nginx_forward_auth_floor(self) -> Iterator[Target]:
         """Run the same forward-auth nginx asking a stub that allows everything at nginx's
         own speed: the ceiling any decision service reaches behind nginx's auth_request."""
-        decider_port, port = free_ports(2)
+        decider_port = free_port()
         decider = nginx.start_stub_decider(
             self.tools.nginx, self.root, decider_port, BENCH_KEY_NAME
         )
         try:
-            front = nginx.start_forward_auth(
-                self.tools.nginx,
-                self.root,
-                port,
-                self.upstream_port,
-                decider_port,
-                self.args.nginx_workers,
-                name="forward-auth-stub",
-            )
-            try:
-                headers = {KEY_HEADER: self.keygate_key or self.nginx_key}
-                checks = check_passthrough(port, headers)
-                log = self.root / "forward-auth-stub" / nginx.ACCESS_LOG_NAME
-                checks += check_access_log(log, f"key={BENCH_KEY_NAME}")
-                print(f"self-check ok ({checks})", end="", flush=True)
-                yield Target(port, headers, (front.pgid, decider.pgid), ("nginx", "stub"))
-            finally:
-                front.stop()
+            with self._forward_auth_front(decider_port, "forward-auth-stub") as front:
+                print(f"self-check ok ({front.checks})", end="", flush=True)
+                yield Target(
+                    front.port, front.headers, (front.pgid, decider.pgid), ("nginx", "stub")
+                )
         finally:
             decider.stop()
 
