@@ -5,7 +5,8 @@ with a removable chip; the key page's and the audit view's quiet refresh keep th
 "Load more" added and the focus; a deep link (#/keys/12) survives the sign-in; the audit
 action filter's choices are distinct; times in the history read like every other time; a
 key's page offers the row menu's actions; sign-out resets the views for the next admin, and
-so does a session that ended when another admin signs in (not when the same one does). Uses
+so does a session that ended when another admin signs in (not when the same one does); a
+roll's overlap reads "2 hours" in the history and the audit log. Uses
 test_web_views' gateway (a module of its own here, so the counts it checks are its own).
 Screenshots at 1280 and 390 px go to tests/artifacts/.
 """
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 import test_web_views
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser, Locator, Page
 from playwright.sync_api import expect as page_expect
 from support.config import create_key as mint_key
 from test_web_page import (
@@ -615,3 +616,31 @@ def test_a_session_that_ends_resets_the_views_only_for_another_admin(
         assert page.url.endswith(f"#/keys/{ident}")
         page_expect(searched).to_have_value("bulk")
         page_expect(sort).to_have_value("-name")
+
+
+# --------------------------------------------------------------------------- a roll's overlap
+
+
+def overlap_reads_as_text(page: Page, entry: Locator, shot: str) -> None:
+    """A roll entry's details say "overlap: 2 hours"; the raw seconds only in its tooltip."""
+    details = entry.locator("td.details")
+    page_expect(details).to_contain_text("overlap: 2 hours")
+    assert "7200" not in details.inner_text()
+    page_expect(details.locator("[title='overlap_seconds: 7200']")).to_have_text("2 hours")
+    details.scroll_into_view_if_needed()
+    screenshot(page, shot)
+
+
+def test_a_rolls_overlap_reads_like_the_pages_other_overlaps(browser: Browser, site: Site) -> None:
+    ident = create_key(site, "overlap-text")
+    admin_write(site, "POST", f"/api/v1/keys/{ident}/roll", {"overlap_seconds": 7200})
+    with signed_in(browser, site, width=NARROW) as page:
+        page.goto(f"{site.url}#/keys/{ident}")
+        history = page.locator("#key-history-body tr").filter(has_text="Rolled")
+        page_expect(history).to_have_count(1)
+        overlap_reads_as_text(page, history, f"walk-roll-overlap-history-{NARROW}.png")
+        page.goto(f"{site.url}#/audit")
+        audit = page.locator("#audit-body tr").filter(has_text="overlap-text")
+        rolled = audit.filter(has_text="Rolled")
+        page_expect(rolled).to_have_count(1)
+        overlap_reads_as_text(page, rolled, f"walk-roll-overlap-audit-{NARROW}.png")
