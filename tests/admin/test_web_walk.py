@@ -4,7 +4,9 @@ The summary line's "N unused for 30 days" (and the advice's) shows those keys in
 with a removable chip; the key page's and the audit view's quiet refresh keep the entries
 "Load more" added and the focus; a deep link (#/keys/12) survives the sign-in; the audit
 action filter's choices are distinct; times in the history read like every other time; a
-key's page offers the row menu's actions; sign-out resets the views for the next admin. Uses
+key's page offers the row menu's actions; sign-out resets the views for the next admin, and
+so does a session that ended when another admin signs in (not when the same one does); a
+roll's overlap reads "2 hours" in the history and the audit log. Uses
 test_web_views' gateway (a module of its own here, so the counts it checks are its own).
 Screenshots at 1280 and 390 px go to tests/artifacts/.
 """
@@ -15,13 +17,14 @@ import asyncio
 import concurrent.futures
 import json
 import re
+import sqlite3
 import time
 import urllib.request
 from typing import Any
 
 import pytest
 import test_web_views
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser, Locator, Page
 from playwright.sync_api import expect as page_expect
 from support.config import create_key as mint_key
 from test_web_page import (
@@ -37,11 +40,13 @@ from test_web_page import (
     row,
     screenshot,
     search,
+    session_cookie,
     sign_in,
     signed_in,
 )
 from test_web_views import LONG_NAME, admin_get, basic, heading_focused, key_id
 
+from gateway.admin.sessions import token_hash
 from gateway.settings import load_settings
 from gateway.store.factory import store_for
 
@@ -551,3 +556,91 @@ def test_sign_out_resets_the_views_for_the_next_admin(browser: Browser, site: Si
         page_expect(page.get_by_role("form", name="Sign in")).to_be_visible()
         sign_in(page, "root")
         at_the_defaults()
+
+
+# --------------------------------------------------------------------------- a session that ends
+
+
+def end_the_session(site: Site, page: Page) -> None:
+    """Start this page's session an absolute timeout ago in the gateway's SQLite store (as if
+    the admin had been signed in that long); the page's next poll meets the 401."""
+    token = session_cookie(page)["value"]
+    with sqlite3.connect(site.config.parent / "keygate.db") as db:
+        ended = db.execute(
+            "UPDATE admin_sessions SET created_at = created_at - ? WHERE token_hash = ?",
+            (load_settings(site.config).sessions.absolute_timeout, token_hash(token)),
+        )
+        assert ended.rowcount == 1
+    form = page.get_by_role("form", name="Sign in")
+    page_expect(form.get_by_role("alert")).to_have_text("Your session has ended. Sign in again.")
+
+
+def sign_in_again(page: Page, name: str) -> None:
+    """Sign in with the form and wait until signed in (whichever view then shows)."""
+    form = page.get_by_role("form", name="Sign in")
+    form.get_by_label("Name", exact=True).fill(name)
+    form.get_by_label("Password", exact=True).fill(PASSWORDS[name])
+    form.get_by_role("button", name="Sign in").click()
+    page_expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+
+
+def test_a_session_that_ends_resets_the_views_only_for_another_admin(
+    browser: Browser, site: Site
+) -> None:
+    ident = key_id(site, "other-key")
+    with signed_in(browser, site) as page:
+        searched = page.get_by_label("Search", exact=True)
+        sort = page.get_by_label("Sort", exact=True)
+        rows = page.locator("#keys-body tr")
+        # root: page 2 of a sorted search, then a key's page; the session ends there.
+        search_bulk_page_two(page)
+        page.goto(f"{site.url}#/keys/{ident}")
+        page_expect(page.locator("#key-page-title")).to_have_text("other-key")
+        end_the_session(site, page)
+        sign_in_again(page, "limited")  # another admin, in the same tab
+        page_expect(page.locator("#view-keys")).to_be_visible()
+        assert not page.url.endswith(f"#/keys/{ident}")
+        page_expect(searched).to_have_value("")
+        page_expect(sort).to_have_value("-created_at")
+        page_expect(rows).to_have_count(50)
+        page_expect(page.locator("#page-label")).to_have_text("Page 1 of 2")
+        page_expect(searched).to_be_focused()
+
+        # limited: the same view; their session ends and they sign back in: still theirs.
+        search_bulk_page_two(page)
+        page.goto(f"{site.url}#/keys/{ident}")
+        page_expect(page.locator("#key-page-title")).to_have_text("other-key")
+        end_the_session(site, page)
+        sign_in_again(page, "limited")
+        page_expect(page.locator("#key-page-title")).to_have_text("other-key")
+        assert page.url.endswith(f"#/keys/{ident}")
+        page_expect(searched).to_have_value("bulk")
+        page_expect(sort).to_have_value("-name")
+
+
+# --------------------------------------------------------------------------- a roll's overlap
+
+
+def overlap_reads_as_text(page: Page, entry: Locator, shot: str) -> None:
+    """A roll entry's details say "overlap: 2 hours"; the raw seconds only in its tooltip."""
+    details = entry.locator("td.details")
+    page_expect(details).to_contain_text("overlap: 2 hours")
+    assert "7200" not in details.inner_text()
+    page_expect(details.locator("[title='overlap_seconds: 7200']")).to_have_text("2 hours")
+    details.scroll_into_view_if_needed()
+    screenshot(page, shot)
+
+
+def test_a_rolls_overlap_reads_like_the_pages_other_overlaps(browser: Browser, site: Site) -> None:
+    ident = create_key(site, "overlap-text")
+    admin_write(site, "POST", f"/api/v1/keys/{ident}/roll", {"overlap_seconds": 7200})
+    with signed_in(browser, site, width=NARROW) as page:
+        page.goto(f"{site.url}#/keys/{ident}")
+        history = page.locator("#key-history-body tr").filter(has_text="Rolled")
+        page_expect(history).to_have_count(1)
+        overlap_reads_as_text(page, history, f"walk-roll-overlap-history-{NARROW}.png")
+        page.goto(f"{site.url}#/audit")
+        audit = page.locator("#audit-body tr").filter(has_text="overlap-text")
+        rolled = audit.filter(has_text="Rolled")
+        page_expect(rolled).to_have_count(1)
+        overlap_reads_as_text(page, rolled, f"walk-roll-overlap-audit-{NARROW}.png")

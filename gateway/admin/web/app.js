@@ -40,6 +40,7 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   session: null,
+  viewsOf: null, // the actor whose filters, search, key page and rows the views hold
   roles: [],
   policy: null, // SHA-256 of the policy in force, as last seen
   keys: { items: [], cursors: [null], page: 0, next: null },
@@ -224,7 +225,16 @@ function showSignIn(message = "") {
   else if (methods.oidc) $("oidc-sign-in").focus();
 }
 
+// Who signed in, as the session API names them ("local:root", "oidc:…"): one admin.
+function actorOf(session) {
+  return session.actor || session.admin;
+}
+
 async function showApp(session) {
+  // A session that ended without Sign out left its admin's views: another admin starts
+  // from the defaults, the same admin signing back in finds their view as they left it.
+  if (state.viewsOf !== null && state.viewsOf !== actorOf(session)) resetViews();
+  state.viewsOf = actorOf(session);
   state.session = session;
   setCsrfToken(session.csrf_token);
   $("loading").hidden = true;
@@ -343,6 +353,7 @@ function resetViews() {
   $("status-message").textContent = "";
   resetKeyPage();
   window.history.replaceState(null, "", window.location.pathname); // the key list
+  state.viewsOf = null;
 }
 
 // ------------------------------------------------------------------------ live updates

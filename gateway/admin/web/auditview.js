@@ -70,6 +70,14 @@ function keyName(event) {
   return el("a", { href: `#/keys/${event.key_id}`, class: "key-link", "data-focus-key": `audit-key:${event.id}`, text: event.key_name });
 }
 
+// One part of an entry's details: text, a time as the page writes times, or a roll's overlap
+// as the roll dialog says it (the API's seconds in its tooltip, as a time's tooltip is its ISO).
+function detailNode(part) {
+  if (typeof part === "string") return part;
+  if ("overlap" in part) return el("span", { class: "overlap", title: `overlap_seconds: ${part.overlap}`, text: part.text });
+  return when(part.time);
+}
+
 export function auditRow(event) {
   return el(
     "tr",
@@ -78,7 +86,7 @@ export function auditRow(event) {
     el("td", { "data-label": "Actor", text: event.actor }),
     el("td", { "data-label": "Action", text: ACTIONS[event.action] || event.action }),
     el("td", { "data-label": "Key", class: "key-cell" }, keyName(event)),
-    el("td", { "data-label": "Details", class: "details" }, detailsParts(event.details).map((part) => (typeof part === "string" ? part : when(part.time)))),
+    el("td", { "data-label": "Details", class: "details" }, detailsParts(event.details).map(detailNode)),
   );
 }
 

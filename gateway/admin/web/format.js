@@ -1,5 +1,7 @@
 // Texts the page computes from API values (pure; the CLI's Python follows the same rules).
 
+import { overlapText } from "./overlap.js";
+
 const MINUTE = 60; // seconds
 const HOUR = 3_600;
 const DAY = 86_400;
@@ -35,8 +37,18 @@ export function valueText(value) {
 // A time as the API writes it (`clock.iso`): only such values under a `…_at` name are times.
 const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$/;
 
-// One detail's value: text, or {time: iso} for the page to write as it writes every time.
+// A roll's overlap in seconds, as the roll API and its audit entry name it.
+const OVERLAP = "overlap_seconds";
+
+// One detail's name as the line says it: a roll's overlap is "overlap" (its text says the unit).
+function nameText(name, value) {
+  return name === OVERLAP && Number.isInteger(value) ? "overlap" : name;
+}
+
+// One detail's value: text, {time: iso} for the page to write as it writes every time, or
+// {overlap: seconds, text} ("2 hours", as the roll dialog says it; the seconds for a tooltip).
 function valuePart(name, value) {
+  if (name === OVERLAP && Number.isInteger(value) && value >= 0) return { overlap: value, text: overlapText(value) };
   return name.endsWith("_at") && typeof value === "string" && ISO_TIME.test(value) ? { time: value } : valueText(value);
 }
 
@@ -52,7 +64,7 @@ export function detailsParts(details) {
   if (details.before && details.after) {
     const fields = Object.keys(details.after);
     return joined(
-      fields.map((field) => [`${field}: `, valuePart(field, details.before[field]), " → ", valuePart(field, details.after[field])]),
+      fields.map((field) => [`${nameText(field, details.after[field])}: `, valuePart(field, details.before[field]), " → ", valuePart(field, details.after[field])]),
       "; ",
     );
   }
@@ -62,7 +74,7 @@ export function detailsParts(details) {
     return [`${plural(details.count, "key")}${skipped}${batch}`];
   }
   return joined(
-    Object.entries(details).map(([name, value]) => [`${name}: `, valuePart(name, value)]),
+    Object.entries(details).map(([name, value]) => [`${nameText(name, value)}: `, valuePart(name, value)]),
     "; ",
   );
 }
