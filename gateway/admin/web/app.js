@@ -480,9 +480,10 @@ async function loadKeys({ quiet = false } = {}) {
   const ticket = ++listRequest;
   const page = await api("GET", query("/api/v1/keys", listParams()), undefined, { background: quiet });
   if (ticket !== listRequest) return; // a newer request (typing, paging) wins
-  if (quiet && menuOpen()) {
-    // A background read that started before a row's menu opened: rendering would pull the
-    // row (and the open menu) out from under the pointer. Read again when the menu closes.
+  if (menuOpen()) {
+    // A read that started before a row's menu opened (a background refresh, or a search
+    // typed a moment before): rendering would pull the row (and the open menu) out from
+    // under the pointer. Read again when the menu closes.
     state.pending = true;
     return;
   }
