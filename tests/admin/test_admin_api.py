@@ -120,20 +120,6 @@ def make_app(runtime: Runtime) -> web.Application:
     )
 
 
-@pytest.fixture
-async def runtime(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[Runtime]:
-    rt = await make_runtime(tmp_path, sqlite_template)
-    try:
-        yield rt
-    finally:
-        await rt.store.close()
-
-
-@pytest.fixture
-async def client(aiohttp_client: ClientFactory, runtime: Runtime) -> Client:
-    return await aiohttp_client(make_app(runtime))
-
-
 async def expect(resp: aiohttp.ClientResponse, status: int) -> Any:
     """Assert the status and a JSON body (except 204) and return the body."""
     text = await resp.text()

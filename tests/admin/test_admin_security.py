@@ -31,7 +31,6 @@ from test_admin_api import (
     expect_error,
     future,
     make_app,
-    make_runtime,
 )
 
 from gateway.admin.app import create_admin_app
@@ -58,20 +57,12 @@ def app_with(runtime: Runtime, **throttle: Any) -> web.Application:
 
 
 @pytest.fixture
-async def runtime(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[Runtime]:
-    rt = await make_runtime(tmp_path, sqlite_template)
-    await rt.store.add_admin(
+async def runtime(runtime: Runtime) -> Runtime:
+    """The shared runtime (tests/admin/conftest.py), with an admin who may grant no role."""
+    await runtime.store.add_admin(
         "nogrants", hash_password("nogrants-password", n=TEST_COST), (), False, "test-setup"
     )
-    try:
-        yield rt
-    finally:
-        await rt.store.close()
-
-
-@pytest.fixture
-async def client(aiohttp_client: ClientFactory, runtime: Runtime) -> Client:
-    return await aiohttp_client(make_app(runtime))
+    return runtime
 
 
 def origin_of(client: Client) -> str:

@@ -8,7 +8,6 @@ import re
 import sqlite3
 import ssl
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,6 @@ from test_admin_api import (
     create,
     expect,
     expect_error,
-    make_runtime,
 )
 from test_admin_api import counts as batch_counts
 
@@ -73,15 +71,6 @@ def session_app(runtime: Runtime, clock: Clock, **throttle: Any) -> web.Applicat
     authenticator = Authenticator(runtime.store, LoginThrottle(**settings), dummy_cost=TEST_COST)
     sessions = SessionManager(runtime.store, SessionSettings(IDLE, ABSOLUTE), clock=clock)
     return create_admin_app(runtime, authenticator=authenticator, sessions=sessions)
-
-
-@pytest.fixture
-async def runtime(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[Runtime]:
-    rt = await make_runtime(tmp_path, sqlite_template)
-    try:
-        yield rt
-    finally:
-        await rt.store.close()
 
 
 @pytest.fixture

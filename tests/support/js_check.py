@@ -11,7 +11,6 @@ install` installs ahead of a run (.ci/run does).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -53,15 +52,8 @@ def install() -> Path:
 
 def checker_or_skip() -> Path:
     """Return the installed checker's directory; skip with a hint, or fail under CI=true."""
-    import pytest  # only when used from a test
-
-    try:
-        return install()
-    except (CheckerMissing, OSError) as error:
-        message = f"{INSTALL_HINT} ({error})"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and {message}", pytrace=False)
-        pytest.skip(message)
+    # Looked up when called, so a test may replace this module's install.
+    return npm_packages.installed_or_skip(lambda: install(), INSTALL_HINT)
 
 
 def check(installed: Path, files: Sequence[Path]) -> tuple[int, list[str], str]:

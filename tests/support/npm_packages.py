@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 CACHE_ENV_VAR = "KEYGATE_TEST_NODE_CACHE"
@@ -60,3 +61,17 @@ def npm_ci(source: Path, name: str, marker_package: str, timeout: float) -> Path
         if done.returncode != 0:
             raise PackagesMissing(f"npm ci failed: {done.stderr.strip()[-500:]}")
     return target
+
+
+def installed_or_skip(install: Callable[[], Path], hint: str) -> Path:
+    """Return what `install` installed; when it cannot, skip the test with `hint`, or fail
+    it under CI=true (CI must never pass by skipping)."""
+    import pytest  # only when used from a test
+
+    try:
+        return install()
+    except (PackagesMissing, OSError) as error:
+        message = f"{hint} ({error})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and {message}", pytrace=False)
+        pytest.skip(message)
