@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,12 +21,10 @@ try:
 except ImportError:  # run as a script (.ci/run): this directory is on sys.path
     import npm_packages  # type: ignore[no-redef]
 
-PackagesMissing = npm_packages.PackagesMissing
 
 # Only the standard library at import: .ci/run runs `install` with the system Python.
 CHECK_DIR = Path(__file__).resolve().parent / "jscheck"
 SCRIPT = CHECK_DIR / "check.mjs"
-LOCK_FILE = CHECK_DIR / "package-lock.json"
 INSTALL_TIMEOUT = 120.0  # seconds for `npm ci` (a cold npm cache fetches 5 small packages)
 CHECK_TIMEOUT = 60.0  # seconds for one run of the check over the page's modules
 INSTALL_HINT = (
@@ -35,14 +32,6 @@ INSTALL_HINT = (
     "`python tests/support/js_check.py install` (npm ci of tests/support/jscheck/ into "
     "~/.cache/keygate/); run pytest again"
 )
-
-
-CheckerMissing = PackagesMissing
-
-
-def cache_dir() -> Path:
-    """Return where the checker's node_modules live: one directory per lock file's content."""
-    return npm_packages.cache_dir(CHECK_DIR, "jscheck")
 
 
 def install() -> Path:
@@ -73,9 +62,4 @@ def check(installed: Path, files: Sequence[Path]) -> tuple[int, list[str], str]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["install"]:
-        sys.exit("usage: python tests/support/js_check.py install")
-    try:
-        print(f"the script check installed in {install()}")
-    except CheckerMissing as missing:
-        sys.exit(f"{missing}: {INSTALL_HINT}")
+    npm_packages.install_command(install, "the script check", INSTALL_HINT)

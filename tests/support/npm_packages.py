@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,3 +76,15 @@ def installed_or_skip(install: Callable[[], Path], hint: str) -> Path:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true and {message}", pytrace=False)
         pytest.skip(message)
+
+
+def install_command(install: Callable[[], Path], what: str, hint: str) -> None:
+    """Run a tool's `python tests/support/<tool>.py install` (.ci/run installs ahead of a run):
+    install, say where, or exit non-zero with the reason and `hint`."""
+    script = Path(sys.argv[0]).name
+    if sys.argv[1:] != ["install"]:
+        sys.exit(f"usage: python tests/support/{script} install")
+    try:
+        print(f"{what} installed in {install()}")
+    except PackagesMissing as missing:
+        sys.exit(f"{missing}: {hint}")

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
 
 OIDC_DIR = Path(__file__).resolve().parent / "oidc"
 SCRIPT = OIDC_DIR / "provider.mjs"
-LOCK_FILE = OIDC_DIR / "package-lock.json"
 MIN_NODE = (20, 19)  # oidc-provider 9's engines field
 INSTALL_TIMEOUT = 300.0  # seconds for `npm ci` (a cold npm cache fetches ~40 packages)
 READY_TIMEOUT = 20.0  # seconds for the provider to print its ready line
@@ -56,11 +54,6 @@ _FORM_ACTION = re.compile(r'<form[^>]*action="([^"]+)"')
 
 
 ProviderMissing = npm_packages.PackagesMissing
-
-
-def cache_dir() -> Path:
-    """Return where the provider's node_modules live: one directory per lock file's content."""
-    return npm_packages.cache_dir(OIDC_DIR, "oidc-provider")
 
 
 def node_version(node: str) -> tuple[int, int]:
@@ -295,9 +288,4 @@ async def provider_login(
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["install"]:
-        sys.exit("usage: python tests/support/oidc_provider.py install")
-    try:
-        print(f"oidc-provider installed in {install()}")
-    except ProviderMissing as missing:
-        sys.exit(f"{missing}: {INSTALL_HINT}")
+    npm_packages.install_command(install, "oidc-provider", INSTALL_HINT)
